@@ -1,0 +1,192 @@
+"""FeatureSet: the features of one layer for a batch of images, plus what produced them.
+
+Saved as safetensors: the tensor under ``"features"`` and the metadata as strings, so a
+feature file is self-describing (target, layer, input size, preprocessing, dtype,
+source files) and can be checked against its target when loaded.
+
+Example:
+    >>> fs = FeatureSet.extract(target, images, layer="blocks.2", sources=["cat.png"])
+    >>> fs.save("feats.safetensors")
+    >>> fs = FeatureSet.load("feats.safetensors", target=target)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .targets import TargetNetwork
+
+__all__ = ["FeatureSet", "check_features"]
+
+FORMAT_VERSION = "1"
+
+
+def check_features(features: torch.Tensor, expected_shape: Sequence[int] | None = None, name: str = "features") -> None:
+    """Raises a clear ``ValueError`` for non-finite features or a shape not matching the layer.
+
+    Args:
+        features: ``(N, *shape)`` tensor.
+        expected_shape: the layer's feature shape without the batch dimension.
+        name: the argument name used in messages.
+    """
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or a FeatureSet, got {type(features).__name__}.")
+    if features.ndim < 2:
+        raise ValueError(f"`{name}` must have a batch dimension, (N, ...), got shape {tuple(features.shape)}.")
+    if expected_shape is not None and tuple(features.shape[1:]) != tuple(expected_shape):
+        raise ValueError(
+            f"`{name}` has shape {tuple(features.shape)} but the target layer produces "
+            f"(N, {', '.join(map(str, expected_shape))}) for this input size. Check the layer name, "
+            f"the target and the image size the features were extracted at."
+        )
+    if not torch.isfinite(features).all():
+        bad = (~torch.isfinite(features)).sum().item()
+        raise ValueError(f"`{name}` contains {bad} non-finite values (NaN or inf); features must be finite.")
+
+
+@dataclass
+class FeatureSet:
+    """Features of one layer for N images.
+
+    Attributes:
+        features: ``(N, ...)`` tensor.
+        target: name of the target network (``TargetNetwork.name``).
+        layer: the layer the features come from.
+        input_size: ``(H, W)`` of the images given to the target (before its own resize).
+        preprocessing: the target's resize/normalization, for the record.
+        sources: one entry per image (file names or labels).
+    """
+
+    features: torch.Tensor
+    target: str
+    layer: str
+    input_size: tuple[int, int]
+    preprocessing: dict = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.input_size = tuple(int(v) for v in self.input_size)
+        if self.sources and len(self.sources) != len(self.features):
+            raise ValueError(
+                f"`sources` has {len(self.sources)} entries but `features` has {len(self.features)} items."
+            )
+        check_features(self.features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.features.dtype
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    @torch.no_grad()
+    def extract(
+        cls,
+        target: TargetNetwork,
+        images: torch.Tensor,
+        layer: str | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> "FeatureSet":
+        """Runs ``target`` on ``images`` ([0, 1], NCHW) and keeps ``layer``'s features."""
+        layer = layer or target.layer
+        feats = target.feature(images, layer).float().cpu().contiguous()
+        return cls(
+            features=feats,
+            target=target.name,
+            layer=layer,
+            input_size=tuple(images.shape[-2:]),
+            preprocessing=_preprocessing(target),
+            sources=list(sources) if sources is not None else [f"image_{i}" for i in range(len(images))],
+        )
+
+    def check(self, target: TargetNetwork) -> None:
+        """Checks that ``target`` could have produced these features."""
+        if target.name != self.target:
+            raise ValueError(
+                f"features were extracted with target {self.target!r} but `target` is {target.name!r}."
+            )
+        if self.layer not in target.layer_names():
+            raise ValueError(f"features come from layer {self.layer!r}, which {target.name!r} does not have.")
+        check_features(self.features, target.feature_shape(self.layer, self.input_size))
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes a safetensors file atomically (a failed write leaves no partial file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "format": "diffinv.FeatureSet",
+            "version": FORMAT_VERSION,
+            "target": self.target,
+            "layer": self.layer,
+            "input_size": json.dumps(list(self.input_size)),
+            "preprocessing": json.dumps(self.preprocessing),
+            "sources": json.dumps(self.sources),
+            "dtype": str(self.features.dtype).replace("torch.", ""),
+            "shape": json.dumps(list(self.features.shape)),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            save_file({"features": self.features.contiguous().cpu()}, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, target: TargetNetwork | None = None) -> "FeatureSet":
+        """Reads a file written by :meth:`save`; checks metadata against the tensor and ``target``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"feature file {str(path)!r} does not exist.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                features = f.get_tensor("features")
+        except Exception as err:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors feature file: {err}") from err
+        if metadata.get("format") != "diffinv.FeatureSet":
+            raise ValueError(f"{str(path)!r} is not a diffinv FeatureSet file (no diffinv metadata).")
+        shape = json.loads(metadata["shape"])
+        if list(features.shape) != shape or str(features.dtype).replace("torch.", "") != metadata["dtype"]:
+            raise ValueError(
+                f"{str(path)!r}: stored tensor {tuple(features.shape)} {features.dtype} does not match its "
+                f"metadata {tuple(shape)} {metadata['dtype']}; the file is corrupt."
+            )
+        fs = cls(
+            features=features,
+            target=metadata["target"],
+            layer=metadata["layer"],
+            input_size=tuple(json.loads(metadata["input_size"])),
+            preprocessing=json.loads(metadata.get("preprocessing", "{}")),
+            sources=json.loads(metadata.get("sources", "[]")),
+        )
+        if target is not None:
+            fs.check(target)
+        return fs
+
+    def to_target(self, weights: str | None = "default") -> TargetNetwork:
+        """Rebuilds the target network these features came from (a known name)."""
+        size = self.preprocessing.get("input_size")
+        return TargetNetwork.from_name(
+            self.target, layers=self.layer, weights=weights, input_size=tuple(size) if size else None
+        )
+
+
+def _preprocessing(target: TargetNetwork) -> dict:
+    return {
+        "input_size": list(target.input_size) if target.input_size else None,
+        "mean": [round(v, 6) for v in target.mean.flatten().tolist()],
+        "std": [round(v, 6) for v in target.std.flatten().tolist()],
+        "range": "[0, 1] NCHW",
+    }

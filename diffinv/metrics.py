@@ -1,0 +1,116 @@
+"""Reconstruction metrics, per image.
+
+All images are float tensors in ``[0, 1]``, NCHW; every function returns one value per
+image (a tensor of shape ``(N,)``), so callers can average over images and seeds.
+PSNR and SSIM come from torchmetrics (SSIM: 11x11 gaussian window, sigma 1.5, data
+range 1, as in the protocol of ``BENCHMARKS.md``); LPIPS from the ``lpips`` package.
+
+Example:
+    >>> psnr(reconstruction, original)            # tensor([24.1, 19.8])
+    >>> LPIPS().available                          # False unless AlexNet weights are cached
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from .targets import TargetNetwork
+
+__all__ = ["psnr", "ssim", "LPIPS", "feature_residual", "top1_agreement", "temporal_consistency"]
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(
+            f"reconstruction and reference must both be (N, C, H, W) with equal shapes, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}."
+        )
+
+
+@torch.no_grad()
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for images in [0, 1], per image."""
+    _check_pair(x, y)
+    x, y = x.float().clamp(0, 1), y.float().clamp(0, 1)
+    return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+@torch.no_grad()
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (gaussian window 11, sigma 1.5, data range 1), per image."""
+    _check_pair(x, y)
+    x, y = x.float().clamp(0, 1), y.float().clamp(0, 1)
+    return structural_similarity_index_measure(
+        x, y, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none"
+    )
+
+
+def _alexnet_checkpoint() -> Path:
+    from torchvision.models import AlexNet_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
+
+
+class LPIPS(nn.Module):
+    """LPIPS distance (AlexNet backbone), only with the real backbone weights.
+
+    The ``lpips`` package ships its calibrated linear heads, but the AlexNet backbone comes
+    from torchvision's downloader. Offline, the backbone file must already be in the torch
+    hub cache (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``); without it
+    :attr:`available` is ``False`` and :meth:`forward` returns ``None`` — never a number from
+    a random backbone.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.checkpoint = _alexnet_checkpoint()
+        self.available = self.checkpoint.is_file()
+        self.net = None
+        if self.available:
+            import lpips
+
+            self.net = lpips.LPIPS(net="alex", pretrained=True, verbose=False).eval().requires_grad_(False)
+
+    @property
+    def reason(self) -> str:
+        return "" if self.available else f"LPIPS unavailable: AlexNet weights not found at {self.checkpoint}"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        _check_pair(x, y)
+        if self.net is None:
+            return None
+        self.net.to(x.device)
+        return self.net(x.float(), y.float(), normalize=True).flatten()
+
+
+@torch.no_grad()
+def feature_residual(target: TargetNetwork, x: torch.Tensor, features: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+    """``||f(x) - features|| / ||features||`` per image: did the inversion match?"""
+    pred = target.feature(x, layer).float().flatten(1)
+    ref = features.to(pred.device).float().flatten(1)
+    return (pred - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def top1_agreement(target: TargetNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """1.0 where the classifier's top-1 on the reconstruction equals that on the original.
+
+    Returns ``None`` when the target has no classifier head.
+    """
+    _check_pair(x, y)
+    if not target.has_classifier:
+        return None
+    return (target.predict(x) == target.predict(y)).float()
+
+
+@torch.no_grad()
+def temporal_consistency(frames: torch.Tensor) -> float:
+    """Mean absolute difference between consecutive frames ``(T, C, H, W)`` (lower = steadier)."""
+    if frames.ndim != 4 or len(frames) < 2:
+        raise ValueError(f"`frames` must be (T, C, H, W) with T >= 2, got shape {tuple(frames.shape)}.")
+    return (frames[1:].float() - frames[:-1].float()).abs().mean().item()
