@@ -2,8 +2,9 @@
 
 All images are float tensors in ``[0, 1]``, NCHW; every function returns one value per
 image (a tensor of shape ``(N,)``), so callers can average over images and seeds.
-PSNR and SSIM come from torchmetrics (SSIM: 11x11 gaussian window, sigma 1.5, data
-range 1, as in the protocol of ``BENCHMARKS.md``); LPIPS from the ``lpips`` package.
+PSNR and SSIM come from scikit-image (SSIM: gaussian window, sigma 1.5, data range 1,
+population covariance — Wang et al.'s settings and the protocol of ``BENCHMARKS.md``);
+LPIPS from the ``lpips`` package.
 
 Example:
     >>> psnr(reconstruction, original)            # tensor([24.1, 19.8])
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .targets import TargetNetwork
 
@@ -35,18 +36,27 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB for images in [0, 1], per image."""
     _check_pair(x, y)
-    x, y = x.float().clamp(0, 1), y.float().clamp(0, 1)
-    return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return torch.tensor([peak_signal_noise_ratio(b, a, data_range=1.0) for a, b in zip(_hwc(x), _hwc(y))])
 
 
 @torch.no_grad()
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Structural similarity (gaussian window 11, sigma 1.5, data range 1), per image."""
+    """Structural similarity (gaussian window, sigma 1.5, data range 1), per image."""
     _check_pair(x, y)
-    x, y = x.float().clamp(0, 1), y.float().clamp(0, 1)
-    return structural_similarity_index_measure(
-        x, y, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none"
+    return torch.tensor(
+        [
+            structural_similarity(
+                a, b, channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+            )
+            for a, b in zip(_hwc(x), _hwc(y))
+        ],
+        dtype=torch.float32,
     )
+
+
+def _hwc(images: torch.Tensor):
+    """NCHW tensor in [0, 1] -> list of HWC float64 arrays (what scikit-image expects)."""
+    return list(images.detach().double().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
 
 
 def _alexnet_checkpoint() -> Path:

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch import nn
+
+from diffinv.targets import TargetNetwork, WeightsNotFoundError
+
+
+def test_efficientnet_lite0_real_weights_classify_photos(lite0, photos):
+    # chelsea is a cat (285, Egyptian cat), coffee an espresso (967): the weights are real.
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.6")
+    assert target.has_classifier and len(target.categories) == 1000
+    pred = target.predict(photos[:2])
+    assert pred.tolist() == [285, 967]
+    assert target.class_name(285) == "Egyptian cat"
+
+
+def test_feature_shapes_and_early_stop(lite0):
+    assert lite0.feature_shape("blocks.1", (64, 64)) == (24, 16, 16)
+    assert lite0.feature_shape("blocks.6", (64, 64)) == (320, 2, 2)
+    feats = lite0.forward(torch.rand(2, 3, 64, 64), layers=["blocks.1", "blocks.6"])
+    assert feats["blocks.1"].shape == (2, 24, 16, 16) and feats["blocks.6"].shape == (2, 320, 2, 2)
+
+
+def test_gradient_flows_to_pixels(lite0):
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    lite0.feature(x, "blocks.2").pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in lite0.parameters())
+
+
+def test_resize_to_input_size():
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights=None, input_size=(64, 64))
+    a = target.feature(torch.rand(1, 3, 96, 96))
+    assert a.shape == (1, 40, 8, 8)
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ValueError, match=r"`layer` 'layer9' is not a module.*Valid layer names are: .*blocks\.1"):
+        TargetNetwork.from_name("tf_efficientnet_lite0", "layer9", weights=None)
+
+
+def test_resnet50_without_offline_weights_explains(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=r"weights=None"):
+        TargetNetwork.from_name("resnet50", "layer3")
+    random = TargetNetwork.from_name("resnet50", "layer3", weights=None, input_size=(64, 64))
+    assert random.feature_shape("layer3", (64, 64)) == (1024, 4, 4)
+
+
+def test_resnet_loads_local_state_dict(tmp_path):
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None)
+    path = tmp_path / "r50.pth"
+    torch.save(model.state_dict(), path)
+    target = TargetNetwork.from_name("resnet50", "layer1", weights=str(path))
+    assert torch.equal(target.model.conv1.weight, model.conv1.weight)
+
+
+def test_any_module_and_timm_name():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, padding=1))
+    target = TargetNetwork(net, "2", input_size=None)
+    assert target.feature_shape("2", (32, 32)) == (4, 16, 16)
+    assert not target.has_classifier
+    with pytest.raises(ValueError, match="no classifier head"):
+        target.predict(torch.rand(1, 3, 32, 32))
+    timm_target = TargetNetwork.from_name("resnet18", "layer2", weights=None, input_size=(64, 64))
+    assert timm_target.feature_shape("layer2", (64, 64)) == (128, 8, 8)
+    with pytest.raises(ValueError, match=r"neither a built-in target \(.*\) nor a timm model name"):
+        TargetNetwork.from_name("not_a_model_xyz", "a", weights=None)
+
+
+def test_bad_images_shape(lite0):
+    with pytest.raises(ValueError, match=r"`images` must be a \(N, 3, H, W\)"):
+        lite0.feature(torch.rand(3, 64, 64), "blocks.1")
