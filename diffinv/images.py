@@ -36,7 +36,7 @@ def from_array(array: np.ndarray, size=None) -> torch.Tensor:
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
     array = array[..., :3]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float()
     if array.dtype == np.uint8:
         tensor = tensor / 255.0
     return _fit(tensor, size)

@@ -102,7 +102,7 @@ class DIPInverter(Inverter):
         *,
         iterations: int = 300,
         learning_rate: float = 0.01,
-        channels: tuple[int, ...] = (32, 64, 64, 128),
+        channels: tuple[int, ...] = (16, 32, 32, 64),
         input_noise_std: float = 1.0 / 30.0,
         loss: str = "nmse",
         temporal_weight: float = 0.0,

@@ -57,7 +57,7 @@ class PixelInverter(Inverter):
         temporal_weight: smoothing between consecutive images of the batch (video frames).
 
     Example:
-        >>> out = PixelInverter(target, iterations=200)(feature_set)
+        >>> out = PixelInverter(target, iterations=300)(feature_set)
         >>> out.images.shape
         torch.Size([4, 3, 128, 128])
     """
@@ -68,12 +68,12 @@ class PixelInverter(Inverter):
         self,
         target: TargetNetwork,
         *,
-        iterations: int = 200,
-        learning_rate: float = 0.05,
+        iterations: int = 300,
+        learning_rate: float = 0.1,
         tv_weight: float = 0.05,
         tv: str = "isotropic",
         tv_beta: float = 2.0,
-        jitter: int = 2,
+        jitter: int = 1,
         loss: str = "nmse",
         temporal_weight: float = 0.0,
     ):

@@ -1,0 +1,867 @@
+"""DiffInvPipeline: white-box feature inversion through a Stable Diffusion prior.
+
+Given the features ``f`` of an image at one layer of a target network ``N``, the pipeline
+optimizes the initial latent ``z_T`` of a K-step deterministic sampler so that
+``N(decode(sample(z_T)))`` matches ``f``::
+
+    z_T (fp32, optimized) -> K DDIM steps (UNet, checkpointed, optional CFG)
+        -> VAE decode (checkpointed) -> image in [0, 1] -> N -> feature loss + priors
+
+Only latents are optimized (all weights are frozen). With ``gradient_checkpointing=True``
+(the default) every UNet call and the VAE decode are recomputed during the backward pass,
+so memory stays nearly flat as K grows. The networks may run in fp16/bf16
+(``torch_dtype``); the optimized latents and the loss stay fp32; a non-finite loss or
+gradient is detected and the step is retried (fp16: with a smaller loss scale) or
+skipped, and counted in the output.
+
+This file also works as a diffusers ``custom_pipeline`` (it imports ``diffinv`` only by
+absolute imports)::
+
+    pipe = DiffusionPipeline.from_pretrained(sd_dir, custom_pipeline="pipelines/diffinv_pipeline.py",
+                                             target="tf_efficientnet_lite0", layer="blocks.2")
+
+Example:
+    >>> pipe = DiffInvPipeline.from_pretrained("path/to/stable-diffusion-v1-5", target="resnet50", layer="layer3")
+    >>> out = pipe(feature_set, num_inference_steps=10, num_iterations=100)
+    >>> out.images[0].save("reconstruction.png"); out.feature_residual
+    >>> pipe = load_pipeline("tiny", target=target)        # random weights, offline, for tests
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import diffusers
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from diffinv.features import FeatureSet
+from diffinv.inverters.base import resolve_features
+from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
+from diffinv.metrics import feature_residual
+from diffinv.prompts import class_prompt, resolve_prompts
+from diffinv.targets import TargetNetwork
+
+__all__ = [
+    "DEFINITIONS",
+    "DiffInvPipeline",
+    "DiffInvPipelineOutput",
+    "ModelFilesNotFoundError",
+    "definition_dir",
+    "load_pipeline",
+]
+
+logger = logging.get_logger(__name__)
+
+# Pipeline definitions shipped in ``pipelines/<name>/`` (model_index.json + configs, no weights).
+DEFINITIONS = ("tiny", "sd15", "sd-turbo")
+_WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack")
+_TARGET_WEIGHTS_FILE = "target/model.safetensors"
+_HOW_TO_PROVIDE = (
+    "Offline, provide a diffusers-format Stable Diffusion directory (model_index.json, unet/, vae/, "
+    "text_encoder/, tokenizer/, scheduler/ with their weights): on a machine with internet run "
+    "`huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir DIR` (or "
+    "stabilityai/sd-turbo), copy DIR here and pass its path; or pre-fill the Hugging Face cache (HF_HOME). "
+    "For speed/memory measurements without weights use `load_pipeline('sd15')` (random weights built from "
+    "pipelines/sd15)."
+)
+
+
+class ModelFilesNotFoundError(FileNotFoundError):
+    """The diffusion model's files are not on this machine (and cannot be downloaded here)."""
+
+
+@dataclass
+class DiffInvPipelineOutput(BaseOutput):
+    """Output of :class:`DiffInvPipeline`.
+
+    Attributes:
+        images: the reconstructions: a list of PIL images, a ``(N, H, W, 3)`` numpy array or a
+            ``(N, 3, H, W)`` tensor in [0, 1] (``output_type``), or the final VAE latents
+            (``output_type="latent"``).
+        loss_history: ``(iterations, N)`` per-image loss (feature loss + latent prior) at each
+            optimization iteration; NaN where that iteration's loss was not finite.
+        feature_residual: ``(N,)`` ``||f(x_hat) - f|| / ||f||`` of the returned images.
+        prompts: the prompt used for each image (after ``@file`` references and the automatic
+            class prompt are resolved).
+        skipped_steps: iterations whose loss or gradient was not finite (no update was made).
+        latents: ``(N, C, h, w)`` the optimized initial latents ``z_T`` (fp32, CPU): feed them back
+            as ``latents=`` to continue, or to :meth:`DiffInvPipeline.render`.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    loss_history: torch.Tensor
+    feature_residual: torch.Tensor
+    prompts: list[str]
+    skipped_steps: int
+    latents: torch.Tensor
+
+
+class DiffInvPipeline(DiffusionPipeline):
+    r"""Inverts the features of a target network by optimizing Stable Diffusion latents.
+
+    Args:
+        vae: decodes latents to images.
+        text_encoder: CLIP text encoder for the prompt embeddings.
+        tokenizer: its tokenizer.
+        unet: the denoiser.
+        scheduler: the model's scheduler. Its configuration (betas, prediction type) defines the
+            differentiable sampler, which is always deterministic DDIM (see :meth:`chain_scheduler`).
+        target: the network whose features are inverted: a :class:`~diffinv.targets.TargetNetwork`,
+            a name for :meth:`TargetNetwork.from_name` (``"resnet50"``, ``"tf_efficientnet_lite0"``,
+            any timm name), or ``None`` (then a FeatureSet's own target is built at call time).
+        layer: the default feature layer (a FeatureSet carries its own).
+        target_weights: weights for a target given by name: ``"default"`` (pretrained, local
+            cache), ``None`` (random) or a state-dict file.
+        target_config: a target description saved by :meth:`save_pretrained` (used when ``target``
+            is not given).
+
+    The target is not a diffusers component: its description (``target.config()`` plus the
+    weights) is stored as ``target_config`` in ``model_index.json``, and weights that cannot be
+    rebuilt by name are written to ``target/model.safetensors`` by :meth:`save_pretrained`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = []
+    _callback_tensor_inputs = ["latents", "loss", "prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        target: TargetNetwork | str | None = None,
+        layer: str | None = None,
+        target_weights: str | None = "default",
+        target_config: dict | None = None,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        for module in (vae, text_encoder, unet):
+            module.eval().requires_grad_(False)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.target: TargetNetwork | None = None
+        self.layer: str | None = None
+        self._target_weights = None
+        self.register_to_config(target_config=None)
+        if target is not None:
+            self.set_target(target, layer=layer, weights=target_weights)
+        elif target_config:
+            self.set_target(dict(target_config), layer=layer)
+
+    # ------------------------------------------------------------------ target
+    def set_target(
+        self, target: TargetNetwork | str | dict, layer: str | None = None, weights: str | None = "default"
+    ) -> "DiffInvPipeline":
+        """Sets the network whose features are inverted.
+
+        Args:
+            target: a TargetNetwork, a name for ``TargetNetwork.from_name`` or a saved
+                ``target_config`` dict (``name``, ``layers``, ``input_size``, ``weights``).
+            layer: the default feature layer; defaults to the target's single layer.
+            weights: for a name: ``"default"``, ``None`` (random) or a state-dict file.
+        """
+        if isinstance(target, dict):
+            config = target
+            weights = config.get("weights", "default")
+            if isinstance(weights, str) and weights != "default" and not os.path.isfile(weights):
+                raise ModelFilesNotFoundError(
+                    f"`target_config` weights {weights!r} not found. A pipeline saved with its target's weights "
+                    f"must be loaded with `DiffInvPipeline.from_pretrained(DIR)` (which resolves them inside DIR), "
+                    f"or pass `target=` explicitly."
+                )
+            size = config.get("input_size")
+            try:
+                target = TargetNetwork.from_name(
+                    config["name"],
+                    layer or config.get("layers"),
+                    weights=weights,
+                    input_size=tuple(size) if size else None,
+                )
+            except ValueError as err:
+                raise ValueError(
+                    f"the saved target {config['name']!r} cannot be rebuilt by name ({err}); pass "
+                    f"`target=TargetNetwork(...)` to `from_pretrained`."
+                ) from err
+            layer = layer or config.get("layer")
+        elif isinstance(target, str):
+            target = TargetNetwork.from_name(target, layer, weights=weights)
+        elif isinstance(target, TargetNetwork):
+            weights = "instance"  # unknown origin: save_pretrained writes its weights
+        else:
+            raise TypeError(f"`target` must be a TargetNetwork, a name or a config dict, got {type(target).__name__}.")
+        if layer is not None and layer not in target.layer_names():
+            raise ValueError(f"`layer` {layer!r} is not a module of target {target.name!r}.")
+        self.target = target.to(self.device)
+        self.layer = layer or (target.layers[0] if len(target.layers) == 1 else None)
+        self._target_weights = weights
+        self.register_to_config(target_config={**target.config(), "layer": self.layer, "weights": weights})
+        return self
+
+    def to(self, *args, **kwargs) -> "DiffInvPipeline":
+        """Moves/casts the diffusion components; the target only moves (it keeps its dtype)."""
+        super().to(*args, **kwargs)
+        if self.target is not None:
+            self.target.to(self.device)
+        return self
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DiffInvPipeline":
+        r"""Loads a diffusers-format Stable Diffusion model (a directory or a Hub id in the HF cache).
+
+        SD 1.x/2.x and one-step turbo models load; their extra components (safety checker,
+        feature extractor) are not loaded. Keyword arguments are those of
+        ``DiffusionPipeline.from_pretrained`` (``torch_dtype``, ``variant``, ``local_files_only``,
+        ...) plus ``target``, ``layer`` and ``target_weights`` (see the class docstring).
+
+        Raises:
+            ModelFilesNotFoundError: the directory or its weights are missing, or the Hub id is
+                neither cached nor downloadable; the message says how to provide the files offline.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            _check_model_dir(path)
+            target_config = _read_json(Path(path) / "model_index.json").get("target_config")
+            weights = (target_config or {}).get("weights")
+            if "target" not in kwargs and "target_config" not in kwargs and weights == _TARGET_WEIGHTS_FILE:
+                kwargs["target_config"] = {**target_config, "weights": os.path.join(path, weights)}
+            return super().from_pretrained(path, **kwargs)
+        if os.path.exists(path) or path.startswith(("/", ".", "~")) or path.count("/") > 1:
+            raise ModelFilesNotFoundError(
+                f"`pretrained_model_name_or_path` {path!r} is not a directory. " + _HOW_TO_PROVIDE
+            )
+        try:
+            return super().from_pretrained(path, **kwargs)
+        except OSError as err:
+            hint = f" ({path!r} names a weight-free definition: use `load_pipeline({path!r})`.)" if path in DEFINITIONS else ""
+            raise ModelFilesNotFoundError(
+                f"could not load the diffusion model {path!r}: it is not a local directory and not in the "
+                f"Hugging Face cache, and it could not be downloaded ({type(err).__name__}).{hint} " + _HOW_TO_PROVIDE
+            ) from err
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Saves the diffusion components and the target's description (and weights when needed).
+
+        A target built by name with ``"default"`` weights is saved as its description only; any
+        other target (random weights, a weight file, an instance) also gets its weights in
+        ``target/model.safetensors``, so :meth:`from_pretrained` rebuilds it exactly.
+        """
+        config = self.config.target_config
+        if self.target is None or self._target_weights == "default":
+            super().save_pretrained(save_directory, **kwargs)
+            return
+        from safetensors.torch import save_file
+
+        path = Path(save_directory) / _TARGET_WEIGHTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.target.model.state_dict().items()}
+        save_file(state, str(path))
+        self.register_to_config(target_config={**config, "weights": _TARGET_WEIGHTS_FILE})
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.register_to_config(target_config=config)
+
+    @classmethod
+    def from_definition(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        target: TargetNetwork | str | None = None,
+        layer: str | None = None,
+        target_weights: str | None = "default",
+        torch_dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ) -> "DiffInvPipeline":
+        """Builds a pipeline with random weights from a definition (model_index.json + configs).
+
+        Args:
+            name_or_path: ``"tiny"``, ``"sd15"``, ``"sd-turbo"`` (folders of ``pipelines/``) or a
+                directory with the same layout. Real-size random pipelines are for speed and memory
+                measurements only.
+            seed: seeds the random weights (the global RNG state is left as it was).
+
+        The tokenizer comes from ``tokenizer/vocab.json`` and ``merges.txt`` when present;
+        otherwise the real CLIP vocabulary is built from the BPE file shipped by
+        ``open_clip_torch`` (``pip install open_clip_torch``).
+        """
+        folder = definition_dir(name_or_path)
+        index = _read_json(folder / "model_index.json")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+            text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(folder / "text_encoder" / "config.json"))
+        scheduler_cls = getattr(diffusers, index["scheduler"][1])
+        scheduler = scheduler_cls.from_config(scheduler_cls.load_config(folder / "scheduler"))
+        pipe = cls(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=_load_tokenizer(folder / "tokenizer"),
+            unet=unet,
+            scheduler=scheduler,
+            target=target,
+            layer=layer,
+            target_weights=target_weights,
+        )
+        pipe.register_to_config(_name_or_path=str(folder))
+        if torch_dtype is not None:
+            pipe.to(dtype=torch_dtype)
+        return pipe
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    def chain_scheduler(self, num_inference_steps: int, device: torch.device | str | None = None) -> DDIMScheduler:
+        """The differentiable sampler: deterministic DDIM over ``num_inference_steps`` steps.
+
+        Built from the model's scheduler configuration (betas, prediction type), whatever its
+        class (PNDM, Euler for turbo models, ...), with ``"trailing"`` timestep spacing so that
+        step one always starts from pure noise (t = T - 1), K = 1 included, and without sample
+        clipping. ``DDIMScheduler.step`` keeps no state between calls, so the same chain is re-run
+        every optimization iteration and backpropagated through.
+        """
+        scheduler = DDIMScheduler.from_config(
+            self.scheduler.config, timestep_spacing="trailing", clip_sample=False, thresholding=False
+        )
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler
+
+    def encode_prompt(
+        self,
+        prompt: list[str],
+        device: torch.device,
+        do_classifier_free_guidance: bool,
+        negative_prompt: list[str] | None = None,
+    ) -> torch.Tensor:
+        """CLIP embeddings ``(N, L, D)``; with guidance ``(2N, L, D)``, negative/unconditional first."""
+
+        def embed(texts: list[str]) -> torch.Tensor:
+            tokens = self.tokenizer(
+                texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            )
+            mask = None
+            if getattr(self.text_encoder.config, "use_attention_mask", False):
+                mask = tokens.attention_mask.to(device)
+            return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+        embeds = embed(prompt)
+        if do_classifier_free_guidance:
+            embeds = torch.cat([embed(negative_prompt or [""] * len(prompt)), embeds])
+        return embeds.to(self.unet.dtype)
+
+    def _noise_prediction(
+        self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor, guidance_scale: float
+    ) -> torch.Tensor:
+        """One UNet call (two halves with classifier-free guidance): fp32 in, fp32 out."""
+        do_cfg = guidance_scale > 1.0
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        noise = self.unet(model_input.to(self.unet.dtype), t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        noise = noise.float()
+        if do_cfg:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode: scaled latents -> images in [0, 1], fp32."""
+        latents = latents / self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift:
+            latents = latents + shift
+        images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def _sample(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        scheduler: DDIMScheduler,
+        guidance_scale: float,
+        offsets: Sequence[torch.Tensor] = (),
+        gradient_checkpointing: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_T -> (final latents z_0, images in [0, 1]); differentiable in the caller's grad mode.
+
+        ``offsets[i]`` is added to the latent after step ``i`` (the optimized intermediate latents).
+        """
+
+        def call(fn, *args):
+            if gradient_checkpointing and torch.is_grad_enabled():
+                return checkpoint(fn, *args, use_reentrant=False)
+            return fn(*args)
+
+        for i, t in enumerate(scheduler.timesteps):
+            noise = call(self._noise_prediction, latents, t, prompt_embeds, guidance_scale)
+            latents = scheduler.step(noise, t, latents, eta=0.0, return_dict=False)[0]
+            if i < len(offsets):
+                latents = latents + offsets[i]
+        return latents, call(self._decode_latents, latents)
+
+    def render(
+        self,
+        latents: torch.Tensor,
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 20,
+        gradient_checkpointing: bool = True,
+    ) -> torch.Tensor:
+        """Images in [0, 1] ``(N, 3, H, W)`` from initial latents through the K-step sampler and the VAE.
+
+        Differentiable with respect to ``latents`` when called with gradients enabled (each
+        UNet call and the decode are checkpointed if ``gradient_checkpointing``). Used to
+        generate in-range targets and to look at optimized latents.
+        """
+        device = self._execution_device
+        prompts = resolve_prompts(prompt, len(latents))
+        negative = resolve_prompts(negative_prompt, len(latents), "negative_prompt") if negative_prompt else None
+        with torch.no_grad():
+            embeds = self.encode_prompt(prompts, device, guidance_scale > 1.0, negative)
+        scheduler = self.chain_scheduler(num_inference_steps, device)
+        return self._sample(latents.to(device, torch.float32), embeds, scheduler, guidance_scale, (), gradient_checkpointing)[1]
+
+    @torch.no_grad()
+    def predict_classes(self, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """The target's top-1 class for each feature map, or ``None`` when it cannot classify them.
+
+        The rest of the network is run from ``layer`` (its output replaced by ``features``).
+        That is exact when every path to the classifier goes through ``layer`` (a stage of a
+        ResNet or an EfficientNet, not a module inside a residual block); this is verified on a
+        random probe image, and ``None`` is returned otherwise, or when the target has no
+        classifier head or class names.
+        """
+        target = self.target
+        if target is None or not target.has_classifier or target.categories is None:
+            return None
+        module = dict(target.model.named_modules()).get(layer)
+        if module is None:
+            return None
+        device = target.mean.device
+        probe = torch.rand(1, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
+
+        def logits_from(feats: torch.Tensor) -> torch.Tensor:
+            handle = module.register_forward_hook(lambda _m, _i, _o: feats)
+            try:
+                return target.logits(torch.zeros(len(feats), 3, *image_size, device=device)).float()
+            finally:
+                handle.remove()
+
+        try:
+            probe_features = target.feature(probe, layer)
+            reference = target.logits(probe).float()
+            if not torch.allclose(logits_from(probe_features), reference, rtol=1e-3, atol=1e-3):
+                return None
+            dtype = probe_features.dtype
+            return logits_from(features.to(device, dtype)).argmax(dim=1).cpu()
+        except (RuntimeError, ValueError):  # the layer's output is not a single tensor, shapes differ, ...
+            return None
+
+    # ------------------------------------------------------------------ the gradient step
+    @torch.enable_grad()
+    def _gradient_step(
+        self,
+        variables: list[torch.Tensor],
+        features: torch.Tensor,
+        layer: str,
+        prompt_embeds: torch.Tensor,
+        scheduler: DDIMScheduler,
+        guidance_scale: float,
+        loss: str,
+        latent_prior_weight: float,
+        temporal_weight: float,
+        gradient_checkpointing: bool,
+        loss_scale: float,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Per-image loss at ``variables`` and its gradient (``None`` when the loss is not finite)."""
+        variables = [v.detach().requires_grad_() for v in variables]
+        _, images = self._sample(
+            variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing
+        )
+        target_dtype = next(self.target.model.parameters()).dtype
+        predicted = self.target.feature(images.to(target_dtype), layer)
+        per_image = feature_loss(predicted, features, loss)
+        if latent_prior_weight:
+            per_image = per_image + latent_prior_weight * latent_prior(variables[0])
+        total = per_image.sum()
+        if temporal_weight:
+            total = total + temporal_weight * temporal_smoothness(variables[0])
+        if not torch.isfinite(total):
+            return per_image.detach(), None
+        grads = torch.autograd.grad(total * loss_scale, variables)
+        return per_image.detach(), [g / loss_scale for g in grads]
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(
+        self,
+        features: torch.Tensor | FeatureSet,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 20,
+        num_iterations: int = 100,
+        learning_rate: float = 0.05,
+        height: int | None = None,
+        width: int | None = None,
+        layer: str | None = None,
+        loss: str = "nmse",
+        latent_prior_weight: float = 0.1,
+        temporal_weight: float = 0.0,
+        optimize: str = "initial",
+        gradient_checkpointing: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_retries: int = 3,
+    ) -> DiffInvPipelineOutput | tuple:
+        r"""Reconstructs images from features.
+
+        Args:
+            features: ``(N, ...)`` features of the target at ``layer``, or a
+                :class:`~diffinv.features.FeatureSet` (which carries its layer and input size). Several
+                feature maps are inverted at once, as a batch.
+            prompt: ``None`` (default): the target's predicted class as ``"a photo of a {class}"``
+                when it can classify the features (see :meth:`predict_classes`), else no text;
+                ``"auto"``: the same, and an error when impossible; a string, one string per image,
+                or a prompt-file reference (``"@backgrounds:3"``, see :mod:`diffinv.prompts`);
+                ``""``: no text.
+            negative_prompt: used with classifier-free guidance (``guidance_scale > 1``).
+            guidance_scale: classifier-free guidance weight; ``<= 1`` runs the UNet once per step on
+                the prompt alone (use 0 or 1 for turbo models).
+            num_inference_steps: K, the steps of the deterministic sampler (1 for turbo models).
+            num_iterations: optimization iterations (Adam, cosine-annealed learning rate).
+            learning_rate: Adam step size on the fp32 latents.
+            height, width: image size, multiples of 8. Defaults: the FeatureSet's input size
+                (rounded to a multiple of 8 when the target resizes its input anyway), else the
+                UNet's native size (``unet.config.sample_size * vae_scale_factor``).
+            layer: the feature layer for a tensor (default: the pipeline's layer).
+            loss: ``"nmse"`` (default), ``"mse"`` or ``"cosine"``.
+            latent_prior_weight: weight of ``latent_prior(z_T)`` (keeps z_T Gaussian-like).
+            temporal_weight: smoothing between consecutive latents of the batch (video frames).
+            optimize: ``"initial"`` (z_T only) or ``"all"`` (z_T plus an offset to each intermediate
+                latent of the chain).
+            gradient_checkpointing: recompute each UNet call and the decode in the backward pass
+                (memory nearly flat in K); off is faster and uses memory linear in K.
+            generator: seeds the initial latents (one generator, or one per image).
+            latents: ``(N, 4, H/8, W/8)`` initial latents instead of random ones.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return a :class:`DiffInvPipelineOutput` (else a tuple of its fields).
+            callback_on_step_end: ``fn(pipe, iteration, timestep, callback_kwargs) -> dict`` after
+                each optimization iteration; returning ``{"latents": ...}`` replaces the latents;
+                setting ``pipe._interrupt = True`` stops early.
+            callback_on_step_end_tensor_inputs: keys of ``callback_kwargs``, from
+                ``_callback_tensor_inputs``.
+            max_retries: with fp16 networks, how often an iteration whose gradient overflowed is
+                retried with a halved loss scale before it is skipped.
+
+        Returns:
+            :class:`DiffInvPipelineOutput`: images, per-image loss history, feature residual,
+            prompts, skipped steps and the optimized latents.
+        """
+        # 1. Check inputs
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        if optimize not in ("initial", "all"):
+            raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        bad_keys = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad_keys:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {bad_keys}, expected keys in {self._callback_tensor_inputs}."
+            )
+        if self.target is None:
+            if not isinstance(features, FeatureSet):
+                raise ValueError(
+                    "the pipeline has no target network: pass `target=` to `from_pretrained`/`load_pipeline`, "
+                    "call `pipe.set_target(...)`, or pass a FeatureSet (which names its target)."
+                )
+            self.set_target(features.to_target())
+        height, width = self._image_size(features, height, width)
+        if isinstance(features, FeatureSet):
+            if layer is not None and layer != features.layer:
+                raise ValueError(f"`layer` is {layer!r} but the FeatureSet's features come from {features.layer!r}.")
+            features.check(self.target)
+        elif layer is None and self.layer is None:
+            raise ValueError(
+                f"`layer` is required: the target {self.target.name!r} has several layers {self.target.layers}."
+            )
+        feats, layer, _ = resolve_features(self.target, features, (height, width), layer or self.layer)
+
+        # 2. Define call parameters
+        batch_size = len(feats)
+        device = self._execution_device
+        self._interrupt = False
+        do_cfg = guidance_scale > 1.0
+        feats = feats.to(self.target.mean.device, torch.float32)
+
+        # 3. Prompts: resolve (automatic class prompt, prompt files) and encode
+        prompts = self._resolve_prompts(prompt, feats, layer, (height, width))
+        negative = resolve_prompts(negative_prompt, batch_size, "negative_prompt") if negative_prompt else None
+        prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
+
+        # 4. Prepare the differentiable sampler
+        scheduler = self.chain_scheduler(num_inference_steps, device)
+
+        # 5. Prepare the latents (fp32 master copies) and the optimizer
+        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+            latents = latents * scheduler.init_noise_sigma
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape} for {height}x{width} images.")
+        variables = [latents.to(device, torch.float32).clone()]
+        if optimize == "all":
+            variables += [torch.zeros_like(variables[0]) for _ in range(num_inference_steps - 1)]
+        optimizer = torch.optim.Adam(variables, lr=learning_rate)
+        lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, num_iterations)
+        best_loss = torch.full((batch_size,), float("inf"), device=device)
+        best = [v.clone() for v in variables]
+        loss_scale = 2.0**16 if self.unet.dtype == torch.float16 else 1.0
+        history, skipped, good_steps = [], 0, 0
+
+        # 6. Optimization loop
+        with self.progress_bar(total=num_iterations) as progress_bar:
+            for i in range(num_iterations):
+                if self.interrupt:
+                    break
+                for _attempt in range(max_retries + 1):
+                    per_image, grads = self._gradient_step(
+                        variables, feats, layer, prompt_embeds, scheduler, guidance_scale, loss,
+                        latent_prior_weight, temporal_weight, gradient_checkpointing, loss_scale,
+                    )  # fmt: skip
+                    finite = grads is not None and all(torch.isfinite(g).all() for g in grads)
+                    if finite or grads is None or loss_scale <= 1.0:
+                        break  # retrying only helps a gradient that overflowed at a large loss scale
+                    loss_scale /= 2.0
+                history.append(per_image.float().cpu())
+                if not finite:
+                    skipped += 1
+                    logger.warning(f"iteration {i}: non-finite loss or gradient; the step was skipped.")
+                else:
+                    improved = per_image.to(device) < best_loss
+                    best_loss = torch.where(improved, per_image.to(device), best_loss)
+                    for kept, current in zip(best, variables):
+                        kept[improved] = current[improved]
+                    for variable, grad in zip(variables, grads):
+                        variable.grad = grad
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    good_steps += 1
+                    if loss_scale > 1.0 and good_steps % 100 == 0:
+                        loss_scale = min(loss_scale * 2.0, 2.0**24)
+                lr_schedule.step()
+
+                if callback_on_step_end is not None:
+                    available = {"latents": variables[0], "loss": per_image, "prompt_embeds": prompt_embeds}
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, scheduler.timesteps[0], callback_kwargs) or {}
+                    if "latents" in callback_outputs:
+                        variables[0].copy_(callback_outputs["latents"])
+                progress_bar.update()
+                progress_bar.set_postfix(loss=f"{per_image.float().mean().item():.4g}")
+
+        # 7. Render the best latents seen
+        final_latents, images = self._sample(best[0], prompt_embeds, scheduler, guidance_scale, best[1:], False)
+        if not torch.isfinite(images).all():
+            raise FloatingPointError(
+                f"the reconstruction is not finite in {self.unet.dtype}: every step of some images failed "
+                f"({skipped} of {len(history)} iterations skipped). Run the networks in bfloat16 or float32."
+            )
+        residual = feature_residual(self.target, images, feats, layer).cpu()
+
+        # 8. Post-process
+        if output_type == "latent":
+            output = final_latents
+        else:
+            output = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=[False] * batch_size)
+        self.maybe_free_model_hooks()
+        result = DiffInvPipelineOutput(
+            images=output,
+            loss_history=torch.stack(history) if history else torch.empty(0, batch_size),
+            feature_residual=residual,
+            prompts=prompts,
+            skipped_steps=skipped,
+            latents=best[0].detach().cpu(),
+        )
+        return result if return_dict else result.to_tuple()
+
+    # ------------------------------------------------------------------ call helpers
+    def _image_size(self, features, height: int | None, width: int | None) -> tuple[int, int]:
+        """Output size from the arguments, the FeatureSet or the UNet; multiples of 8."""
+        if height is None and width is None and isinstance(features, FeatureSet):
+            height, width = features.input_size
+            if (height % 8 or width % 8) and self.target.input_size is not None:
+                # the target resizes its input anyway: any size near the original gives the same features
+                height, width = (max(8, 8 * round(v / 8)) for v in (height, width))
+        else:
+            sample_size = self.unet.config.sample_size
+            sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
+            height = height or sample_size * self.vae_scale_factor
+            width = width or sample_size * self.vae_scale_factor
+        if height % 8 or width % 8:
+            raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
+        return int(height), int(width)
+
+    def _resolve_prompts(self, prompt, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> list[str]:
+        if prompt is not None and prompt != "auto":
+            return resolve_prompts(prompt, len(features))
+        classes = self.predict_classes(features, layer, image_size)
+        if classes is None:
+            if prompt == "auto":
+                raise ValueError(
+                    f"`prompt='auto'` needs a target with a classifier head and class names whose layer {layer!r} "
+                    f"feeds the classifier alone; {self.target.name!r} cannot classify these features. Give a prompt."
+                )
+            return [""] * len(features)
+        return [class_prompt(self.target.class_name(int(c))) for c in classes]
+
+
+# ---------------------------------------------------------------------- module helpers
+def definition_dir(name_or_path: str | os.PathLike) -> Path:
+    """The folder of a pipeline definition: a name in :data:`DEFINITIONS` or a directory."""
+    path = Path(name_or_path)
+    if (path / "model_index.json").is_file():
+        return path
+    if str(name_or_path) in DEFINITIONS:
+        # ``diffinv.pipelines`` rather than ``__file__``: this file may run as a copied custom_pipeline
+        return Path(importlib.import_module("diffinv.pipelines").__file__).parent / str(name_or_path)
+    raise ModelFilesNotFoundError(
+        f"pipeline definition {str(name_or_path)!r} not found: expected one of {', '.join(DEFINITIONS)} or a "
+        f"directory with model_index.json and component configs."
+    )
+
+
+def load_pipeline(
+    model: str | os.PathLike | DiffusionPipeline,
+    *,
+    target: TargetNetwork | str | None = None,
+    layer: str | None = None,
+    target_weights: str | None = "default",
+    torch_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    attention: str = "sdpa",
+    seed: int = 0,
+    **kwargs,
+) -> DiffInvPipeline:
+    """A ready pipeline from a definition name, a diffusers directory / Hub id, or a pipeline.
+
+    Args:
+        model: ``"tiny"``, ``"sd15"``, ``"sd-turbo"`` build random weights from ``pipelines/``
+            (tests, timing); a path to a diffusers directory or a cached Hub id loads real weights;
+            a pipeline is used as is.
+        target, layer, target_weights: the target network (see :class:`DiffInvPipeline`).
+        torch_dtype: e.g. ``torch.float16`` / ``torch.bfloat16`` for the networks (GPU).
+        device: where to run (default: where the weights are, i.e. CPU).
+        attention: ``"sdpa"`` (PyTorch scaled-dot-product attention, the default) or ``"xformers"``
+            (memory-efficient attention when xformers is installed; SDPA with a warning otherwise).
+        seed: seeds the random weights of a definition.
+        kwargs: passed to :meth:`DiffInvPipeline.from_pretrained`.
+
+    Example:
+        >>> pipe = load_pipeline("sd15", target="resnet50", layer="layer3", torch_dtype=torch.float16, device="cuda")
+    """
+    if attention not in ("sdpa", "xformers"):
+        raise ValueError(f"`attention` must be 'sdpa' or 'xformers', got {attention!r}.")
+    if isinstance(model, DiffusionPipeline):
+        pipe = model
+        if target is not None:
+            pipe.set_target(target, layer=layer, weights=target_weights)
+        if torch_dtype is not None:
+            pipe.to(dtype=torch_dtype)
+    elif str(model) in DEFINITIONS and not os.path.isdir(model):
+        pipe = DiffInvPipeline.from_definition(
+            model, target=target, layer=layer, target_weights=target_weights, torch_dtype=torch_dtype, seed=seed
+        )
+    else:
+        pipe = DiffInvPipeline.from_pretrained(
+            model, target=target, layer=layer, target_weights=target_weights, torch_dtype=torch_dtype, **kwargs
+        )
+    if device is not None:
+        pipe.to(device)
+    if attention == "xformers":
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except (ImportError, ModuleNotFoundError, ValueError) as err:
+            logger.warning(f"xformers attention is not available ({err}); using PyTorch SDPA attention.")
+    return pipe
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _check_model_dir(path: str) -> None:
+    """Raises :class:`ModelFilesNotFoundError` unless ``path`` holds a loadable diffusers pipeline."""
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file():
+        raise ModelFilesNotFoundError(
+            f"`pretrained_model_name_or_path` {path!r} has no model_index.json, so it is not a diffusers-format "
+            f"pipeline directory. " + _HOW_TO_PROVIDE
+        )
+    index = _read_json(folder / "model_index.json")
+    for name in _WEIGHT_COMPONENTS:
+        entry = index.get(name)
+        if not entry or entry[0] is None:
+            continue
+        files = [p for p in (folder / name).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json")]
+        if not files:
+            raise ModelFilesNotFoundError(
+                f"`pretrained_model_name_or_path` {path!r}: the component {name!r} has no weights in {folder / name} "
+                f"(a definition without weights?). " + _HOW_TO_PROVIDE
+            )
+
+
+def _load_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A CLIPTokenizer from a tokenizer folder, or built from open_clip's CLIP BPE file."""
+    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
+        return CLIPTokenizer.from_pretrained(folder)
+    try:
+        from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    except ImportError as err:
+        raise ImportError(
+            f"{folder} has no vocabulary; the real CLIP vocabulary is built from the BPE file of `open_clip_torch`: "
+            f"`pip install open_clip_torch` (or provide vocab.json and merges.txt there)."
+        ) from err
+    import gzip
+
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]  # exactly as CLIP's own tokenizer
+    merges = [tuple(m.split()) for m in merges]
+    symbols = list(bytes_to_unicode().values())
+    symbols += [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    config = _read_json(folder / "tokenizer_config.json")
+    special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(config.get(k), str)}
+    return CLIPTokenizer(
+        vocab={s: i for i, s in enumerate(symbols)},
+        merges=merges,
+        model_max_length=config.get("model_max_length", 77),
+        **special,
+    )
