@@ -29,7 +29,7 @@ from .inverters.base import Inverter
 from .metrics import LPIPS, feature_residual, psnr, ssim, top1_agreement
 from .targets import TargetNetwork
 
-__all__ = ["PeakMemory", "run_benchmark", "summarize", "write_table", "write_grid"]
+__all__ = ["PeakMemory", "run_benchmark", "summarize", "write_depth_plot", "write_grid", "write_table"]
 
 METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
 
@@ -122,7 +122,8 @@ def run_benchmark(
         sources: one name per image.
         layers: the layers to invert, shallow to deep.
         methods: name -> factory building an :class:`Inverter` for the target.
-        out_dir: ``results.json``, ``results.md``, ``grid.png`` and ``images/`` go here.
+        out_dir: ``results.json``, ``results.md``, ``grid.png``, ``psnr_vs_depth.png`` and
+            ``images/`` go here.
         seeds: each (layer, method) is run once per seed.
         config: recorded in ``results.json``.
 
@@ -177,6 +178,7 @@ def run_benchmark(
     _write_json(results_path, {"config": meta, "records": records})
     write_table(records, out_dir / "results.md", layers=layers, methods=list(methods), meta=meta)
     write_grid(images, sources, out_dir, layers, list(methods), seed=seeds[0], path=out_dir / "grid.png")
+    write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=list(layers), methods=list(methods))
     return records
 
 
@@ -249,5 +251,36 @@ def write_grid(images, sources, out_dir, layers, methods, *, seed: int = 0, path
                 grid.paste(to_pil(load_image(file, (h, w))), (label_w + (j + 1) * w, y))
     tmp = path.with_name(path.name + ".tmp")
     grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") -> Path:
+    """Mean ± std of ``metric`` against layer depth, one line per method (black-box dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(records, layers, methods)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method in methods:
+        points = [(layers.index(r["layer"]), r[metric], r["white_box"]) for r in rows
+                  if r["method"] == method and r[metric] is not None]
+        if not points:
+            continue
+        xs, stats, white = zip(*points)
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
+                    linestyle="-" if white[0] else "--", label=f"{method} ({'white' if white[0] else 'black'}-box)")
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlabel("layer (shallow → deep)")
+    ax.set_ylabel({"psnr": "PSNR (dB)"}.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
     os.replace(tmp, path)
     return path

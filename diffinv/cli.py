@@ -1,4 +1,4 @@
-"""The ``diffinv`` command: extract, invert, demo (see ``diffinv COMMAND --help``)."""
+"""The ``diffinv`` command: extract, invert, demo, bench, ... (see ``diffinv COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     _add_method_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="methods x layers x seeds on a set of images: tables, grids, plots")
+    _add_target_args(p)
+    p.add_argument("--layers", nargs="+", default=None, help="default: the target's four default depths")
+    p.add_argument("--methods", nargs="+", default=["pixel", "dip"],
+                   help="any of diffusion mapper decoder dip pixel")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--images", default=None, help="a folder of image files")
+    source.add_argument("--dataset", default="skimage", help="built-in: skimage, foolbox-imagenet")
+    p.add_argument("--num-images", type=int, default=4, help="at most this many images (default 4)")
+    p.add_argument("--size", type=int, default=128, help="image size (default 128; the protocol uses 224)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--out", required=True, help="output folder (resumes what is already there)")
+    _add_method_args(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -154,6 +169,30 @@ def cmd_demo(args) -> int:
                   config={"command": "demo", "iterations": args.iterations, "model": args.model})
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/grid.png, {args.out}/results.json, {args.out}/results.md")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_benchmark
+    from .datasets import load_dataset, load_folder
+    from .targets import DEFAULT_LAYERS, TargetNetwork
+
+    layers = args.layers or list(DEFAULT_LAYERS.get(args.target, ()))
+    if not layers:
+        raise ValueError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
+    if args.images:
+        images, names = load_folder(args.images, args.size, limit=args.num_images)
+    else:
+        images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
+    target = TargetNetwork.from_name(args.target, layers, weights=_weights(args.weights),
+                                     input_size=(args.size, args.size)).to(args.device)
+    factories = {m: method_factory(m, args) for m in args.methods}
+    print(f"diffinv bench: {len(names)} images at {args.size}x{args.size}, target {args.target}, "
+          f"layers {', '.join(layers)}, methods {', '.join(args.methods)}, seeds {args.seeds}")
+    run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds,
+                  config={"command": "bench", "dataset": args.images or args.dataset,
+                          "iterations": args.iterations, "model": args.model})
+    print((Path(args.out) / "results.md").read_text())
     return 0
 
 

@@ -1,0 +1,733 @@
+"""Training the black-box inverters on (image, feature) pairs, with accelerate.
+
+One loop serves both learned maps:
+
+* ``train_decoder``: :class:`~diffinv.inverters.decoder.UpconvNet`, features -> pixels,
+  pixel MSE (Dosovitskiy & Brox), optionally plus a feature loss;
+* ``train_mapper``: :class:`~diffinv.mapper.FeatureMapper`, features -> diffusion latent,
+  MSE to the VAE encoding, optionally plus pixel and feature losses through the decoder.
+
+Training images are photos and video frames held in memory; every step draws random
+crops (random scale, random horizontal flip) and computes the target's features on the
+fly, so the network never sees the same pair twice. Validation scores PSNR/SSIM on
+held-out images (other photos, another clip, or the tail of each training source).
+
+The output folder is the trained model (``save_pretrained``: ``config.json`` +
+safetensors) plus ``training_log.json``, ``loss_curve.png`` and ``checkpoints/``. A
+checkpoint (accelerate ``save_state``: weights, optimizer, LR schedule, RNG states, step,
+the crop generator and the history) is written to a temporary folder and renamed, so an
+interrupted run never leaves a half-written one; ``resume=True`` continues from the
+latest and reproduces the uninterrupted run.
+
+Example:
+    >>> config = TrainConfig(out="decoders/blocks.2", layer="blocks.2", images=["photos/"],
+    ...                      videos=["clip.mp4"], val_samples=["chelsea", "coffee"], max_steps=2000)
+    >>> result = train_decoder(config)
+    >>> result.val_psnr
+    18.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .images import IMAGE_SUFFIXES, _fit, from_array, list_images, load_image
+from .losses import mse, normalized_mse
+from .targets import TargetNetwork
+
+__all__ = [
+    "ImageDataset",
+    "TrainConfig",
+    "TrainResult",
+    "add_train_arguments",
+    "cmd_train_decoder",
+    "cmd_train_mapper",
+    "latest_checkpoint",
+    "load_training_data",
+    "plot_loss_curve",
+    "read_video_frames",
+    "train_decoder",
+    "train_mapper",
+]
+
+CHECKPOINT_PREFIX = "checkpoint-"
+# Settings that must match between a run and the one it resumes.
+RESUME_KEYS = ("kind", "target", "weights", "layer", "size", "hidden_channels", "model")
+
+
+# ---------------------------------------------------------------------- data
+def read_video_frames(
+    path: str | os.PathLike,
+    *,
+    max_frames: int | None = None,
+    step: int = 1,
+    max_side: int | None = None,
+) -> list[torch.Tensor]:
+    """Decodes a video with PyAV into uint8 ``(3, H, W)`` frames.
+
+    Args:
+        path: the video file.
+        max_frames: keep at most this many frames (after ``step``).
+        step: keep every ``step``-th frame.
+        max_side: downscale frames so that their shorter side is at most this (saves memory).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded as a video, or has no frames.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist.")
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{str(path)!r} has no video stream.")
+            for i, frame in enumerate(container.decode(video=0)):
+                if i % step:
+                    continue
+                frames.append(_shrink(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1), max_side))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except av.error.FFmpegError as err:
+        raise ValueError(f"video file {str(path)!r} could not be decoded ({err}).") from err
+    if not frames:
+        raise ValueError(f"video file {str(path)!r} has no frames.")
+    return frames
+
+
+def _shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """uint8 (3, H, W) -> shorter side at most ``max_side`` (uint8, contiguous)."""
+    h, w = image.shape[-2:]
+    if max_side is None or min(h, w) <= max_side:
+        return image.contiguous()
+    scale = max_side / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return out.round().clamp(0, 255).to(torch.uint8).contiguous()
+
+
+def _image_files(paths: Sequence[str | os.PathLike]) -> list[list[Path]]:
+    """Files and folders -> groups of image files (one group per folder, one per loose file)."""
+    groups = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            groups.append(list_images(p))  # raises for an empty folder
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{str(p)!r} is not an image file ({', '.join(IMAGE_SUFFIXES)}).")
+            groups.append([p])
+        else:
+            raise FileNotFoundError(f"image file or folder {str(p)!r} does not exist.")
+    return groups
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Photos and video frames in memory (uint8), served as random crops or whole images.
+
+    Args:
+        items: uint8 ``(3, H, W)`` tensors of any sizes.
+        names: one name per item.
+
+    ``dataset[i]`` is item ``i`` in [0, 1]; :meth:`random_crops` draws a training batch;
+    :meth:`fixed` gives every item resized and center-cropped (validation).
+    """
+
+    def __init__(self, items: Sequence[torch.Tensor], names: Sequence[str]):
+        if not items:
+            raise ValueError("the dataset is empty: no images or video frames were given.")
+        if len(items) != len(names):
+            raise ValueError(f"{len(items)} items but {len(names)} names.")
+        self.items, self.names = list(items), list(names)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.items[index].float() / 255.0
+
+    def random_crops(
+        self,
+        n: int,
+        size: int,
+        generator: torch.Generator,
+        *,
+        min_scale: float = 0.5,
+        flip: bool = True,
+    ) -> torch.Tensor:
+        """``n`` random square crops, resized to ``size`` and randomly flipped: ``(n, 3, size, size)``.
+
+        The crop side is uniform in ``[min_scale, 1]`` times the item's shorter side, so the
+        network sees each source at several scales.
+        """
+        crops = []
+        for _ in range(n):
+            item = self.items[int(torch.randint(len(self.items), (1,), generator=generator))]
+            h, w = item.shape[-2:]
+            scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=generator))
+            side = max(2, int(min(h, w) * scale))
+            top = int(torch.randint(h - side + 1, (1,), generator=generator))
+            left = int(torch.randint(w - side + 1, (1,), generator=generator))
+            crop = item[:, top : top + side, left : left + side].float()[None] / 255.0
+            crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            if flip and float(torch.rand((), generator=generator)) < 0.5:
+                crop = crop.flip(-1)
+            crops.append(crop.clamp(0, 1))
+        return torch.stack(crops)
+
+    def fixed(self, size: int) -> torch.Tensor:
+        """Every item resized (shorter side) and center-cropped to ``size``: ``(N, 3, size, size)``."""
+        return torch.stack([_fit(self[i], size) for i in range(len(self))])
+
+
+def _load_sources(images=(), videos=(), samples=(), *, max_side=None, max_frames=None, frame_step=1):
+    """-> list of (group name, items, names) per source, in a stable order."""
+    groups = []
+    for files in _image_files(images):
+        items = [_shrink((load_image(f) * 255).round().to(torch.uint8), max_side) for f in files]
+        groups.append((str(files[0].parent), items, [str(f) for f in files]))
+    for video in videos:
+        frames = read_video_frames(video, max_frames=max_frames, step=frame_step, max_side=max_side)
+        groups.append((str(video), frames, [f"{Path(video).name}#{i * frame_step}" for i in range(len(frames))]))
+    if samples:
+        try:
+            import skimage.data
+        except ImportError as err:
+            raise ImportError("`val_samples`/`samples` need scikit-image (`pip install scikit-image`).") from err
+        items, names = [], []
+        for name in samples:
+            loader = getattr(skimage.data, name, None)
+            if loader is None:
+                raise ValueError(f"`{name}` is not an image of skimage.data.")
+            items.append(_shrink((from_array(loader()) * 255).round().to(torch.uint8), max_side))
+            names.append(f"skimage:{name}")
+        groups.append(("skimage", items, names))
+    return groups
+
+
+def load_training_data(config: "TrainConfig") -> tuple[ImageDataset, ImageDataset | None]:
+    """The training set and the validation set of a :class:`TrainConfig`.
+
+    Without explicit validation sources, the last ``val_fraction`` of every training
+    source (folder or clip, at least one item of those with two or more) is held out —
+    the tail of a clip rather than random frames, so that near-duplicate neighbours of a
+    validation frame are not in the training set.
+
+    Raises:
+        ValueError: no training source, an empty folder, an unreadable video.
+    """
+    if not (config.images or config.videos):
+        raise ValueError("no training data: pass `images` (image files or folders) and/or `videos`.")
+    max_side = 2 * config.size
+    train = _load_sources(config.images, config.videos, max_side=max_side, max_frames=config.max_frames,
+                          frame_step=config.frame_step)
+    explicit_val = config.val_images or config.val_videos or config.val_samples
+    items, names, val_items, val_names = [], [], [], []
+    for _, group_items, group_names in train:
+        hold = 0
+        if not explicit_val and config.val_fraction > 0 and len(group_items) >= 2:
+            hold = max(1, math.ceil(config.val_fraction * len(group_items)))
+        cut = len(group_items) - hold
+        items += group_items[:cut]
+        names += group_names[:cut]
+        val_items += group_items[cut:]
+        val_names += group_names[cut:]
+    if explicit_val:
+        val_frames = config.max_val_frames
+        for _, group_items, group_names in _load_sources(config.val_images, config.val_videos, config.val_samples,
+                                                         max_side=max_side, max_frames=val_frames,
+                                                         frame_step=max(1, config.val_frame_step)):
+            val_items += group_items
+            val_names += group_names
+    train_set = ImageDataset(items, names)
+    return train_set, (ImageDataset(val_items, val_names) if val_items else None)
+
+
+# ---------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (the command-line options of ``train-decoder`` / ``train-mapper``).
+
+    Attributes:
+        out: output folder (the trained model, log, loss curve, checkpoints).
+        layer: the target layer whose features are inverted.
+        target, weights: the target network (``TargetNetwork.from_name``); ``weights=None``
+            for random weights.
+        images: image files or folders; videos: video files (all frames, see
+            ``max_frames`` / ``frame_step``).
+        val_images, val_videos, val_samples: held-out images (files/folders, clips,
+            ``skimage.data`` names); without them ``val_fraction`` of each source is held out.
+        size: training and validation images are ``size x size`` (the target's input size).
+        batch_size, max_steps, learning_rate, weight_decay, warmup_steps: optimization
+            (AdamW, cosine schedule with warmup, gradient clipping at 1).
+        checkpoint_every, keep_checkpoints, val_every: checkpoint and validation intervals.
+        resume: continue from the latest checkpoint in ``out``.
+        mixed_precision: ``"auto"`` (bf16/fp16 on GPU, none on CPU), ``"no"``, ``"fp16"``, ``"bf16"``.
+        device: ``"cpu"`` forces the CPU; otherwise accelerate picks the GPU when there is one.
+        hidden_channels: width of the decoder / mapper.
+        feature_weight: weight of the feature loss ``nmse(target(x_hat), f)`` (both kinds).
+        pixel_weight: mapper only, weight of the pixel MSE after VAE decoding.
+        model: mapper only, the Stable Diffusion model whose VAE defines the latents.
+        min_crop: smallest random crop, as a fraction of an item's shorter side.
+    """
+
+    out: str
+    layer: str
+    kind: str = "decoder"
+    target: str = "tf_efficientnet_lite0"
+    weights: str | None = "default"
+    images: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    val_images: list[str] = field(default_factory=list)
+    val_videos: list[str] = field(default_factory=list)
+    val_samples: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1
+    max_frames: int | None = None
+    frame_step: int = 1
+    max_val_frames: int | None = 16
+    val_frame_step: int = 8
+    size: int = 128
+    batch_size: int = 16
+    max_steps: int = 2000
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    val_every: int = 250
+    resume: bool = False
+    seed: int = 0
+    mixed_precision: str = "auto"
+    device: str | None = None
+    hidden_channels: int = 128
+    feature_weight: float = 0.0
+    pixel_weight: float = 0.0
+    model: str | None = None
+    min_crop: float = 0.5
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        out: the output folder (loadable with ``from_pretrained``).
+        step: the last step trained.
+        val_psnr, val_ssim: mean over the validation images at the end (None without them).
+        seconds: training wall time of this run (excluding data loading and validation).
+        images_per_second: training throughput (crops per second, forward + backward).
+        log: the content of ``training_log.json``.
+    """
+
+    out: Path
+    step: int
+    val_psnr: float | None
+    val_ssim: float | None
+    seconds: float
+    images_per_second: float
+    log: dict
+
+
+class _TrainerState:
+    """Step, crop generator and history: saved in every checkpoint through accelerate."""
+
+    def __init__(self, seed: int):
+        self.step, self.skipped, self.seconds, self.images = 0, 0, 0.0, 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.losses: list[float] = []
+        self.validation: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "skipped": self.skipped, "seconds": self.seconds, "images": self.images,
+                "generator": self.generator.get_state(), "losses": list(self.losses),
+                "validation": list(self.validation)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.skipped = int(state["step"]), int(state["skipped"])
+        self.seconds, self.images = float(state["seconds"]), int(state["images"])
+        self.generator.set_state(state["generator"])
+        self.losses, self.validation = list(state["losses"]), list(state["validation"])
+
+
+# ---------------------------------------------------------------------- the two tasks
+class _DecoderTask:
+    """Features -> pixels (UpconvNet)."""
+
+    kind = "decoder"
+
+    def __init__(self, config: TrainConfig, target: TargetNetwork, device):
+        self.config, self.target = config, target
+
+    def build(self):
+        from .inverters.decoder import UpconvNet
+
+        return UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
+                                    hidden_channels=self.config.hidden_channels)
+
+    def loss(self, model, images, feats):
+        pred = model(feats)
+        parts = {"pixel": mse(pred, images).mean()}
+        if self.config.feature_weight > 0:
+            parts["feature"] = self.config.feature_weight * normalized_mse(
+                self.target.feature(pred, self.config.layer), feats).mean()
+        return sum(parts.values()), parts
+
+    def reconstruct(self, model, feats):
+        return model(feats).float().clamp(0, 1)
+
+
+class _MapperTask:
+    """Features -> diffusion latent (FeatureMapper), supervised by the VAE encoding."""
+
+    kind = "mapper"
+
+    def __init__(self, config: TrainConfig, target: TargetNetwork, device):
+        from .mapper import load_vae
+
+        if not config.model:
+            raise ValueError("`model` is required to train a mapper: the Stable Diffusion model whose VAE "
+                             "defines the latent space (a diffusers folder, or 'tiny' for random weights).")
+        self.config, self.target = config, target
+        self.vae = load_vae(config.model).to(device)
+
+    def build(self):
+        from .mapper import FeatureMapper
+
+        return FeatureMapper.for_target(self.target, self.config.layer, (self.config.size,) * 2, self.vae,
+                                        model=self.config.model, hidden_channels=self.config.hidden_channels)
+
+    def loss(self, model, images, feats):
+        from .mapper import decode_latents, encode_latents
+
+        with torch.no_grad():
+            latents = encode_latents(self.vae, images).float()
+        pred = model(feats)
+        parts = {"latent": mse(pred, latents).mean()}
+        if self.config.pixel_weight > 0 or self.config.feature_weight > 0:
+            decoded = decode_latents(self.vae, pred)
+            if self.config.pixel_weight > 0:
+                parts["pixel"] = self.config.pixel_weight * mse(decoded, images).mean()
+            if self.config.feature_weight > 0:
+                parts["feature"] = self.config.feature_weight * normalized_mse(
+                    self.target.feature(decoded, self.config.layer), feats).mean()
+        return sum(parts.values()), parts
+
+    def reconstruct(self, model, feats):
+        from .mapper import decode_latents
+
+        return decode_latents(self.vae, model(feats).float()).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The checkpoint folder with the highest step in ``out/checkpoints`` (complete ones only)."""
+    folder = Path(out) / "checkpoints"
+    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def _save_checkpoint(accelerator, out: Path, state: _TrainerState, config: TrainConfig, keep: int) -> Path:
+    folder = out / "checkpoints"
+    final = folder / f"{CHECKPOINT_PREFIX}{state.step:07d}"
+    tmp = folder / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": state.step, "config": asdict(config)}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        complete = sorted((p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=lambda p: p.name)
+        for old in complete[: max(0, len(complete) - max(1, keep))]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_model(model, out: Path) -> None:
+    """``save_pretrained`` into a temporary folder, then each file is renamed into ``out``."""
+    tmp = out / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    for file in tmp.iterdir():
+        os.replace(file, out / file.name)
+    tmp.rmdir()
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Training loss (raw and smoothed, log scale) and validation PSNR per step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = np.arange(1, len(losses) + 1)
+    values = np.asarray(losses, dtype=float)
+    if len(values):
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8, label="train loss")
+        smooth, ema = [], values[0]
+        for v in values:
+            ema = 0.95 * ema + 0.05 * v if np.isfinite(v) else ema
+            smooth.append(ema)
+        ax.plot(steps, smooth, color="tab:blue", linewidth=1.5, label="train loss (EMA)")
+        if (values[np.isfinite(values)] > 0).all():
+            ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    if validation:
+        ax2 = ax.twinx()
+        ax2.plot([v["step"] for v in validation], [v["psnr"] for v in validation], "o-", color="tab:red",
+                 label="validation PSNR")
+        ax2.set_ylabel("validation PSNR (dB)", color="tab:red")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------- the loop
+@torch.no_grad()
+def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int) -> dict:
+    from .metrics import psnr, ssim
+
+    model.eval()
+    recon = []
+    for chunk in images.split(batch_size):
+        chunk = chunk.to(device)
+        recon.append(task.reconstruct(model, target.feature(chunk, layer)).cpu())
+    model.train()
+    recon = torch.cat(recon)
+    return {"psnr": float(psnr(recon, images).mean()), "ssim": float(ssim(recon, images).mean()),
+            "mse": float(mse(recon, images).mean())}
+
+
+def _mixed_precision(choice: str, device: str) -> str:
+    if choice != "auto":
+        return choice
+    if device == "cpu" or not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _train(config: TrainConfig, task_cls) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    # 1. Check inputs
+    config.kind = task_cls.kind
+    if config.max_steps < 1 or config.batch_size < 1:
+        raise ValueError(f"`max_steps` and `batch_size` must be positive, got {config.max_steps} and {config.batch_size}.")
+    out = Path(config.out)
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None and not config.resume:
+        raise ValueError(f"`out` {str(out)!r} already holds a training run ({checkpoint.name}); pass `--resume` to "
+                         f"continue it or choose another `--out`.")
+    if config.resume and checkpoint is not None:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+        changed = {k: (saved.get(k), getattr(config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(config, k)}
+        if changed:
+            raise ValueError("cannot resume: these settings differ from the checkpoint's (saved, now): "
+                             + ", ".join(f"{k}={v[0]!r}/{v[1]!r}" for k, v in changed.items()))
+
+    # 2. Data, target, accelerator
+    train_set, val_set = load_training_data(config)
+    device_choice = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision, device_choice),
+                              cpu=device_choice == "cpu")
+    device = accelerator.device
+    set_seed(config.seed)
+    target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
+                                     input_size=(config.size, config.size)).to(device)
+    task = task_cls(config, target, device)
+    val_images = val_set.fixed(config.size) if val_set is not None else None
+
+    # 3. Model, feature statistics, optimizer
+    model = task.build().train()
+    stats_generator = torch.Generator().manual_seed(config.seed + 1)
+    with torch.no_grad():
+        sample = torch.cat([target.feature(train_set.random_crops(config.batch_size, config.size, stats_generator,
+                                                                  min_scale=config.min_crop).to(device), config.layer)
+                            for _ in range(max(1, 64 // config.batch_size))])
+    model.set_feature_stats(sample.cpu())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.max_steps),
+                                 num_training_steps=config.max_steps)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    state = _TrainerState(config.seed)
+    accelerator.register_for_checkpointing(state)
+    if config.resume and checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    start_step = state.step
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def finish_interval(final: bool = False):
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            _save_model(unwrapped, out)
+            _write_json(out / "training_log.json", _log(config, state, train_set, val_set, start_step))
+            plot_loss_curve(state.losses, state.validation, out / "loss_curve.png",
+                            f"{task.kind} {config.target}.{config.layer} @ {config.size}px")
+
+    # 4. Loop
+    bar = tqdm(total=config.max_steps, initial=start_step, desc=f"train-{task.kind} {config.layer}",
+               disable=not (config.progress and accelerator.is_local_main_process))
+    while state.step < config.max_steps:
+        tic = time.perf_counter()
+        images = train_set.random_crops(config.batch_size, config.size, state.generator,
+                                        min_scale=config.min_crop).to(device)
+        with torch.no_grad():
+            feats = target.feature(images, config.layer).float()
+        with accelerator.autocast():
+            loss, parts = task.loss(model, images, feats)
+        if torch.isfinite(loss):
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+        else:
+            state.skipped += 1
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.losses.append(float(loss.detach()))
+        state.images += len(images)
+        state.seconds += time.perf_counter() - tic
+        bar.update(1)
+        postfix = {"loss": f"{state.losses[-1]:.4g}"}
+        if val_images is not None and (state.step % config.val_every == 0 or state.step == config.max_steps):
+            scores = _validate(task, model, target, val_images, config.layer, device, config.batch_size)
+            state.validation.append({"step": state.step, **scores})
+            postfix["val_psnr"] = f"{scores['psnr']:.2f}"
+        bar.set_postfix(postfix)
+        if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
+            _save_checkpoint(accelerator, out, state, config, config.keep_checkpoints)
+            finish_interval()
+    bar.close()
+    if start_step >= config.max_steps:  # nothing left to train: still leave a model and a log
+        finish_interval()
+    log = _log(config, state, train_set, val_set, start_step)
+    final_val = state.validation[-1] if state.validation else {}
+    return TrainResult(out=out, step=state.step, val_psnr=final_val.get("psnr"), val_ssim=final_val.get("ssim"),
+                       seconds=state.seconds, images_per_second=log["images_per_second"], log=log)
+
+
+def _log(config: TrainConfig, state: _TrainerState, train_set, val_set, start_step: int) -> dict:
+    return {
+        "config": asdict(config),
+        "step": state.step,
+        "resumed_from": start_step or None,
+        "train_items": len(train_set),
+        "val_items": [] if val_set is None else val_set.names,
+        "skipped_steps": state.skipped,
+        "train_seconds": state.seconds,
+        "images_per_second": state.images / state.seconds if state.seconds else 0.0,
+        "losses": state.losses,
+        "validation": state.validation,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def train_decoder(config: TrainConfig) -> TrainResult:
+    """Trains an :class:`~diffinv.inverters.decoder.UpconvNet` for ``config.layer``; see :class:`TrainConfig`."""
+    return _train(config, _DecoderTask)
+
+
+def train_mapper(config: TrainConfig) -> TrainResult:
+    """Trains a :class:`~diffinv.mapper.FeatureMapper` for ``config.layer`` into ``config.model``'s latent space."""
+    return _train(config, _MapperTask)
+
+
+# ---------------------------------------------------------------------- command line
+def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    """Options of ``diffinv train-decoder`` (``kind="decoder"``) and ``diffinv train-mapper``."""
+    d = TrainConfig(out="", layer="")
+    p.add_argument("--target", default=d.target, help="resnet50, resnet101, tf_efficientnet_lite0 or a timm name")
+    p.add_argument("--weights", default="default", help="target weights: 'default', 'random' or a state-dict file")
+    p.add_argument("--layer", required=True, help="the target layer whose features are inverted")
+    p.add_argument("--images", nargs="*", default=[], help="training image files and/or folders")
+    p.add_argument("--video", nargs="*", default=[], dest="videos", help="training video files (all frames)")
+    p.add_argument("--val-images", nargs="*", default=[], help="held-out image files/folders for validation")
+    p.add_argument("--val-video", nargs="*", default=[], dest="val_videos", help="held-out clips for validation")
+    p.add_argument("--val-samples", nargs="*", default=[], help="held-out skimage.data photos, e.g. chelsea coffee")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="without --val-*: hold out this tail fraction of every source (default 0.1)")
+    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per training video")
+    p.add_argument("--frame-step", type=int, default=d.frame_step, help="use every N-th frame of training videos")
+    p.add_argument("--size", type=int, default=d.size, help=f"image size (default {d.size})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
+    p.add_argument("--hidden-channels", type=int, default=d.hidden_channels)
+    p.add_argument("--feature-weight", type=float, default=0.0, help="weight of the feature loss (default 0)")
+    if kind == "mapper":
+        p.add_argument("--model", required=True,
+                       help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
+        p.add_argument("--pixel-weight", type=float, default=0.0, help="weight of the pixel loss after decoding")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--device", default=None, help="'cpu' to force the CPU (default: GPU when available)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", required=True, help="output folder: trained model, log, loss curve, checkpoints")
+
+
+def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["weights"] = None if args.weights == "random" else args.weights
+    values["kind"] = kind
+    return TrainConfig(**values)
+
+
+def _print_result(result: TrainResult) -> None:
+    val = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.2f} dB SSIM {result.val_ssim:.3f}"
+    print(f"trained to step {result.step} ({result.images_per_second:.1f} images/s{val}); "
+          f"wrote {result.out} (model, training_log.json, loss_curve.png, checkpoints/)")
+
+
+def cmd_train_decoder(args: argparse.Namespace) -> int:
+    """``diffinv train-decoder``."""
+    _print_result(train_decoder(_config_from_args(args, "decoder")))
+    return 0
+
+
+def cmd_train_mapper(args: argparse.Namespace) -> int:
+    """``diffinv train-mapper``."""
+    _print_result(train_mapper(_config_from_args(args, "mapper")))
+    return 0
