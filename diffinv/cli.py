@@ -32,6 +32,9 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
                         "or tiny/sd15/sd-turbo for random weights (timing only)")
     p.add_argument("--prompt", default=None, help="text prompt for the diffusion method ('auto': the target's class)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps K of the diffusion method")
+    p.add_argument("--mapper", default=None, help="--method mapper: a `diffinv train-mapper` folder (or per-layer folders)")
+    p.add_argument("--decoder", default=None, help="--method decoder: a `diffinv train-decoder` folder (or per-layer folders)")
+    p.add_argument("--strength", type=float, default=0.0, help="--method mapper: img2img refinement strength (default 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -82,6 +85,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (resumes what is already there)")
     _add_method_args(p)
     p.set_defaults(func=cmd_bench)
+
+    from .training import add_train_arguments, cmd_train_decoder, cmd_train_mapper
+
+    p = sub.add_parser("train-mapper", help="(image, feature) pairs -> a features-to-latent mapper (black-box)")
+    add_train_arguments(p, "mapper")
+    p.set_defaults(func=cmd_train_mapper)
+    p = sub.add_parser("train-decoder", help="(image, feature) pairs -> an UpconvNet decoder (black-box baseline)")
+    add_train_arguments(p, "decoder")
+    p.set_defaults(func=cmd_train_decoder)
+
+    from .video import cmd_video
+
+    p = sub.add_parser("video", help="a video clip -> temporally smoothed reconstructions (frames, mp4s, metrics)")
+    p.add_argument("video", help="a video file FFmpeg can read (mp4, mkv, ...)")
+    _add_target_args(p)
+    p.add_argument("--layer", required=True, help="layer name (run with an unknown name to list them)")
+    p.add_argument("--method", default="pixel", help="pixel, dip or diffusion")
+    p.add_argument("--temporal-weight", type=float, default=0.0,
+                   help="λ of λ·Σ||z_t - z_(t-1)||² between consecutive frames (default 0: independent frames)")
+    p.add_argument("--window", type=int, default=4, help="frames inverted together as one batch (default 4)")
+    p.add_argument("--warm-start", choices=("auto", "on", "off"), default="auto",
+                   help="start each window from the previous reconstruction (auto: when λ > 0)")
+    p.add_argument("--start", type=int, default=0, help="first frame, 0-based (default 0)")
+    p.add_argument("--frames", type=int, default=None, help="number of frames to invert (default: to the end)")
+    p.add_argument("--stride", type=int, default=1, help="keep every STRIDE-th frame (default 1)")
+    p.add_argument("--size", type=int, default=128, help="frames are resized and center-cropped to SIZE x SIZE")
+    p.add_argument("--features", default=None, help="features of the selected frames (.safetensors) instead of extracting them")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out, skipping finished frames")
+    p.add_argument("--no-mp4", action="store_true", help="do not write reconstruction.mp4 and side_by_side.mp4")
+    p.add_argument("--out", required=True, help="output folder: frames/, metrics.json, *.mp4")
+    _add_method_args(p)
+    p.set_defaults(func=cmd_video)
     return parser
 
 
@@ -102,8 +138,22 @@ def method_factory(name: str, args: argparse.Namespace):
         if "iterations" in extra:
             extra["num_iterations"] = extra.pop("iterations")
         return lambda target: DiffusionInverter(target, model=args.model, device=args.device, **extra)
+    if name == "decoder":
+        if not args.decoder:
+            raise SystemExit("error: `--method decoder` needs `--decoder DIR` (from `diffinv train-decoder`).")
+        from .inverters.decoder import DecoderInverter
+
+        return lambda target: DecoderInverter(target, decoder=args.decoder)
+    if name == "mapper":
+        if not args.mapper:
+            raise SystemExit("error: `--method mapper` needs `--mapper DIR` (from `diffinv train-mapper`).")
+        from .inverters.mapper import MapperInverter
+
+        refine = {"num_inference_steps": args.steps} if args.steps else {}
+        return lambda target: MapperInverter(target, mapper=args.mapper, model=args.model, strength=args.strength,
+                                             prompt=args.prompt or "", **refine)
     if name not in INVERTERS:
-        raise SystemExit(f"error: `--method` {name!r} is not one of {', '.join([*INVERTERS, 'diffusion'])}.")
+        raise SystemExit(f"error: `--method` {name!r} is not one of {', '.join([*INVERTERS, 'diffusion', 'mapper', 'decoder'])}.")
     return lambda target: INVERTERS[name](target, **extra)
 
 

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 __all__ = ["load_image", "load_images", "sample_images", "save_image", "to_pil", "SAMPLE_PHOTOS", "IMAGE_SUFFIXES"]
 
 # Real photos bundled with scikit-image (public domain / CC0), used by the demo.
-SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field")
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 

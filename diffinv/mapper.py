@@ -106,8 +106,11 @@ def load_vae(model: str | os.PathLike | AutoencoderKL, *, torch_dtype: torch.dty
     builtin = _builtin_dir(str(model))
     if builtin is not None:
         warnings.warn(f"`model` {str(model)!r} is an architecture without weights: the VAE has RANDOM weights "
-                      f"(fine for tests and timing, meaningless for reconstructions).", stacklevel=2)
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(builtin / "vae")))
+                      f"(seeded, the same at every load; fine for tests and timing, meaningless for "
+                      f"reconstructions).", stacklevel=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(builtin / "vae")))
         return vae.to(torch_dtype or torch.float32).eval().requires_grad_(False)
     if not path.exists():
         try:

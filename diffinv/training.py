@@ -65,7 +65,7 @@ __all__ = [
 
 CHECKPOINT_PREFIX = "checkpoint-"
 # Settings that must match between a run and the one it resumes.
-RESUME_KEYS = ("kind", "target", "weights", "layer", "size", "hidden_channels", "model")
+RESUME_KEYS = ("kind", "target", "weights", "layer", "size", "hidden_channels", "min_channels", "model")
 
 
 # ---------------------------------------------------------------------- data
@@ -281,6 +281,7 @@ class TrainConfig:
         mixed_precision: ``"auto"`` (bf16/fp16 on GPU, none on CPU), ``"no"``, ``"fp16"``, ``"bf16"``.
         device: ``"cpu"`` forces the CPU; otherwise accelerate picks the GPU when there is one.
         hidden_channels: width of the decoder / mapper.
+        min_channels: decoder only, width of its full-resolution stages.
         feature_weight: weight of the feature loss ``nmse(target(x_hat), f)`` (both kinds).
         pixel_weight: mapper only, weight of the pixel MSE after VAE decoding.
         model: mapper only, the Stable Diffusion model whose VAE defines the latents.
@@ -316,6 +317,7 @@ class TrainConfig:
     mixed_precision: str = "auto"
     device: str | None = None
     hidden_channels: int = 128
+    min_channels: int = 32
     feature_weight: float = 0.0
     pixel_weight: float = 0.0
     model: str | None = None
@@ -379,7 +381,8 @@ class _DecoderTask:
         from .inverters.decoder import UpconvNet
 
         return UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
-                                    hidden_channels=self.config.hidden_channels)
+                                    hidden_channels=self.config.hidden_channels,
+                                    min_channels=self.config.min_channels)
 
     def loss(self, model, images, feats):
         pred = model(feats)
@@ -585,7 +588,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.max_steps),
                                  num_training_steps=config.max_steps)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    state = _TrainerState(config.seed)
+    state = _TrainerState(config.seed + accelerator.process_index)  # each process its own crops
     accelerator.register_for_checkpointing(state)
     if config.resume and checkpoint is not None:
         accelerator.load_state(str(checkpoint))
@@ -594,7 +597,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
 
-    def finish_interval(final: bool = False):
+    def finish_interval():
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
             _save_model(unwrapped, out)
@@ -693,6 +696,8 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
     p.add_argument("--hidden-channels", type=int, default=d.hidden_channels)
     p.add_argument("--feature-weight", type=float, default=0.0, help="weight of the feature loss (default 0)")
+    if kind == "decoder":
+        p.add_argument("--min-channels", type=int, default=d.min_channels, help="width of the full-resolution stages")
     if kind == "mapper":
         p.add_argument("--model", required=True,
                        help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")

@@ -17,7 +17,7 @@ skipped, and counted in the output.
 This file also works as a diffusers ``custom_pipeline`` (it imports ``diffinv`` only by
 absolute imports)::
 
-    pipe = DiffusionPipeline.from_pretrained(sd_dir, custom_pipeline="pipelines/diffinv_pipeline.py",
+    pipe = DiffusionPipeline.from_pretrained(sd_dir, custom_pipeline="pipelines/diffinv_pipeline.py", trust_remote_code=True,
                                              target="tf_efficientnet_lite0", layer="blocks.2")
 
 Example:
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -333,17 +334,24 @@ class DiffInvPipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         return getattr(self, "_interrupt", False)
 
+    @property
+    def _target_dtype(self) -> torch.dtype:
+        """The target keeps its own dtype (fp32 unless cast): images are cast to it."""
+        return next(self.target.parameters(), torch.empty(0)).dtype
+
     def chain_scheduler(self, num_inference_steps: int, device: torch.device | str | None = None) -> DDIMScheduler:
         """The differentiable sampler: deterministic DDIM over ``num_inference_steps`` steps.
 
         Built from the model's scheduler configuration (betas, prediction type), whatever its
         class (PNDM, Euler for turbo models, ...), with ``"trailing"`` timestep spacing so that
-        step one always starts from pure noise (t = T - 1), K = 1 included, and without sample
-        clipping. ``DDIMScheduler.step`` keeps no state between calls, so the same chain is re-run
-        every optimization iteration and backpropagated through.
+        step one always starts from pure noise (t = T - 1), K = 1 included; the last step lands
+        on the predicted clean latent (``set_alpha_to_one``), so K = 1 equals a one-step Euler
+        sample of a turbo model; no sample clipping. ``DDIMScheduler.step`` keeps no state
+        between calls, so the same chain is re-run every optimization iteration and
+        backpropagated through.
         """
         scheduler = DDIMScheduler.from_config(
-            self.scheduler.config, timestep_spacing="trailing", clip_sample=False, thresholding=False
+            self.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, thresholding=False
         )
         scheduler.set_timesteps(num_inference_steps, device=device)
         return scheduler
@@ -499,8 +507,7 @@ class DiffInvPipeline(DiffusionPipeline):
         _, images = self._sample(
             variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing
         )
-        target_dtype = next(self.target.model.parameters()).dtype
-        predicted = self.target.feature(images.to(target_dtype), layer)
+        predicted = self.target.feature(images.to(self._target_dtype), layer)
         per_image = feature_loss(predicted, features, loss)
         if latent_prior_weight:
             per_image = per_image + latent_prior_weight * latent_prior(variables[0])
@@ -522,7 +529,7 @@ class DiffInvPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         num_inference_steps: int = 20,
         num_iterations: int = 100,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.1,
         height: int | None = None,
         width: int | None = None,
         layer: str | None = None,
@@ -640,7 +647,6 @@ class DiffInvPipeline(DiffusionPipeline):
         if optimize == "all":
             variables += [torch.zeros_like(variables[0]) for _ in range(num_inference_steps - 1)]
         optimizer = torch.optim.Adam(variables, lr=learning_rate)
-        lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, num_iterations)
         best_loss = torch.full((batch_size,), float("inf"), device=device)
         best = [v.clone() for v in variables]
         loss_scale = 2.0**16 if self.unet.dtype == torch.float16 else 1.0
@@ -651,6 +657,8 @@ class DiffInvPipeline(DiffusionPipeline):
             for i in range(num_iterations):
                 if self.interrupt:
                     break
+                for group in optimizer.param_groups:  # cosine annealing to 0 over the iterations
+                    group["lr"] = 0.5 * learning_rate * (1.0 + math.cos(math.pi * i / num_iterations))
                 for _attempt in range(max_retries + 1):
                     per_image, grads = self._gradient_step(
                         variables, feats, layer, prompt_embeds, scheduler, guidance_scale, loss,
@@ -676,7 +684,6 @@ class DiffInvPipeline(DiffusionPipeline):
                     good_steps += 1
                     if loss_scale > 1.0 and good_steps % 100 == 0:
                         loss_scale = min(loss_scale * 2.0, 2.0**24)
-                lr_schedule.step()
 
                 if callback_on_step_end is not None:
                     available = {"latents": variables[0], "loss": per_image, "prompt_embeds": prompt_embeds}
@@ -694,7 +701,7 @@ class DiffInvPipeline(DiffusionPipeline):
                 f"the reconstruction is not finite in {self.unet.dtype}: every step of some images failed "
                 f"({skipped} of {len(history)} iterations skipped). Run the networks in bfloat16 or float32."
             )
-        residual = feature_residual(self.target, images, feats, layer).cpu()
+        residual = feature_residual(self.target, images.to(self._target_dtype), feats, layer).cpu()
 
         # 8. Post-process
         if output_type == "latent":

@@ -70,3 +70,9 @@ def test_peak_memory_sees_an_allocation():
 
         time.sleep(0.05)
     assert big.peak_mb - small.peak_mb > 40
+
+
+def test_every_sample_photo_loads():
+    from diffinv.images import SAMPLE_PHOTOS, sample_images
+
+    assert sample_images(SAMPLE_PHOTOS, 16).shape == (len(SAMPLE_PHOTOS), 3, 16, 16)

@@ -109,6 +109,7 @@ def optimize(
     prior_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     temporal_weight: float = 0.0,
     temporal_fn: Callable[[], torch.Tensor] | None = None,
+    temporal_anchor: torch.Tensor | None = None,
     lr_schedule: bool = True,
     final_fn: Callable[[], torch.Tensor] | None = None,
     desc: str = "invert",
@@ -122,6 +123,8 @@ def optimize(
         prior_fn: per-image prior on the images, already weighted, ``(N,)``.
         temporal_weight, temporal_fn: adds ``temporal_weight * temporal_smoothness(temporal_fn())``
             — the frames of a video inverted as one batch.
+        temporal_anchor: a fixed ``(1, ...)`` tensor in the space of ``temporal_fn()`` (e.g. the
+            previous window's last frame), put in front of it in the temporal term.
         lr_schedule: cosine-anneal the learning rate to 0 over ``iterations``.
         final_fn: renders the returned images (default ``image_fn``); use it to drop
             training-time randomness such as jitter.
@@ -148,7 +151,10 @@ def optimize(
             per_image = per_image + prior_fn(images)
         total = per_image.sum()
         if temporal_weight > 0 and temporal_fn is not None:
-            total = total + temporal_weight * temporal_smoothness(temporal_fn())
+            variables = temporal_fn()
+            if temporal_anchor is not None:
+                variables = torch.cat([temporal_anchor.to(variables), variables])
+            total = total + temporal_weight * temporal_smoothness(variables)
         if not torch.isfinite(total):
             skipped += 1
             history.append(torch.full_like(per_image, float("nan")).detach().cpu())

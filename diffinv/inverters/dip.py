@@ -88,7 +88,11 @@ class DIPInverter(Inverter):
         input_noise_std: std of the perturbation of the input noise at every step
             (DIP's regularization; 0 disables it).
         loss: feature loss, ``"nmse"``, ``"mse"`` or ``"cosine"``.
-        temporal_weight: smoothing between consecutive output images (video frames).
+        temporal_weight: smoothing between consecutive output images (video frames). The
+            optimized variables are generator weights, which have no frame-to-frame
+            correspondence, so the output images are what is smoothed.
+        init_iterations: with ``invert(init=images)``, steps of a pixel MSE pre-fit of the
+            generators to ``init`` before the feature loss (a warm start).
 
     Example:
         >>> out = DIPInverter(target, iterations=300)(feature_set)
@@ -106,10 +110,12 @@ class DIPInverter(Inverter):
         input_noise_std: float = 1.0 / 30.0,
         loss: str = "nmse",
         temporal_weight: float = 0.0,
+        init_iterations: int = 100,
     ):
         super().__init__(target)
         self.iterations, self.learning_rate, self.channels = iterations, learning_rate, tuple(channels)
         self.input_noise_std, self.loss, self.temporal_weight = input_noise_std, loss, temporal_weight
+        self.init_iterations = init_iterations
 
     def invert(
         self,
@@ -118,7 +124,11 @@ class DIPInverter(Inverter):
         *,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        init: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> InversionOutput:
+        """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
+        ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
         start = time.perf_counter()
         feats, layer, size = resolve_features(self.target, features, image_size)
         levels = len(self.channels)
@@ -136,6 +146,11 @@ class DIPInverter(Inverter):
                 return net(z + self.input_noise_std * torch.randn_like(z))
             return net(z)
 
+        if init is not None:
+            if tuple(init.shape) != (n, 3, *size):
+                raise ValueError(f"`init` must be (N, 3, H, W) = {(n, 3, *size)}, got {tuple(init.shape)}.")
+            _prefit(net, render, init.detach().to(device).float(), self.init_iterations, self.learning_rate)
+
         images, history, info = optimize(
             list(net.parameters()),
             render,
@@ -147,9 +162,23 @@ class DIPInverter(Inverter):
             loss=self.loss,
             temporal_weight=self.temporal_weight,
             temporal_fn=lambda: net(z),
+            temporal_anchor=anchor,
             final_fn=lambda: net(z),
             desc=f"dip {layer}",
             progress=progress,
         )
         residual = feature_residual(self.target, images.to(device), feats, layer).cpu()
         return InversionOutput(images, history, residual, time.perf_counter() - start, self.name, info)
+
+
+@torch.enable_grad()
+def _prefit(net: nn.Module, render, images: torch.Tensor, iterations: int, lr: float) -> None:
+    """Fits the generators' output to ``images`` (pixel MSE): DIP's warm start."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        loss = (render() - images).pow(2).mean()
+        if not torch.isfinite(loss):
+            continue
+        loss.backward()
+        optimizer.step()

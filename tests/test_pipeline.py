@@ -1,0 +1,489 @@
+"""DiffInvPipeline on tiny random diffusion components (pipelines/tiny) and the real EfficientNet-Lite0."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from torch import nn
+
+from diffinv.features import FeatureSet
+from diffinv.inverters.base import InversionOutput
+from diffinv.inverters.diffusion import DiffusionInverter
+from diffinv.pipelines import (
+    DEFINITIONS,
+    DiffInvPipeline,
+    DiffInvPipelineOutput,
+    ModelFilesNotFoundError,
+    definition_dir,
+    load_pipeline,
+)
+from diffinv.prompts import available_prompt_files, load_prompts, resolve_prompts
+from diffinv.targets import TargetNetwork
+
+PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "diffinv_pipeline.py"
+FAST = dict(num_inference_steps=2, num_iterations=3, output_type="pt")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_sd_one_thread():
+    """One intra-op thread for these small tensors: as fast alone, and 10-20x faster than two
+    when other jobs share the 2 cores (OpenMP threads then wait on each other)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_target():
+    """Real EfficientNet-Lite0 weights, images fed at their own size (32x32 here)."""
+    return TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.0", "blocks.1"], input_size=None)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_pipe(tiny_sd_target):
+    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_images(tiny_sd_pipe):
+    """Two in-range images: made by the same pipeline from known latents."""
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return tiny_sd_pipe.render(z, num_inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_features(tiny_sd_target, tiny_sd_images):
+    return FeatureSet.extract(tiny_sd_target, tiny_sd_images, "blocks.1", sources=["a", "b"])
+
+
+def _seed(n=0):
+    return torch.Generator().manual_seed(n)
+
+
+# ---------------------------------------------------------------------- definitions
+def test_definitions_have_real_sizes():
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    for name in DEFINITIONS:
+        index = json.loads((definition_dir(name) / "model_index.json").read_text())
+        assert index["_class_name"] == "DiffInvPipeline"
+        assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+        assert not list(definition_dir(name).rglob("*.safetensors")), "definitions carry no weights"
+    # the real architectures, counted without allocating them
+    sizes = {}
+    for name in ("sd15", "sd-turbo"):
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(definition_dir(name) / "unet"))
+        sizes[name] = sum(p.numel() for p in unet.parameters())
+    assert sizes == {"sd15": 859_520_964, "sd-turbo": 865_910_724}
+
+
+def test_tiny_pipeline_builds_offline(tiny_sd_pipe):
+    assert isinstance(tiny_sd_pipe, DiffInvPipeline)
+    assert tiny_sd_pipe.vae_scale_factor == 2 and tiny_sd_pipe.unet.config.sample_size == 16
+    assert tiny_sd_pipe.tokenizer.model_max_length == 77
+    # the tiny vocabulary is the start of CLIP's: same ids for these tokens
+    assert tiny_sd_pipe.tokenizer("a photo of a").input_ids[1:-1] == [320, 1125, 539, 320]
+    assert all(not p.requires_grad for p in tiny_sd_pipe.unet.parameters())
+
+
+def test_loads_a_stable_diffusion_directory(tiny_sd_pipe, tiny_sd_target, tiny_sd_features, tmp_path):
+    """An SD 1.x layout saved by StableDiffusionPipeline, with safety-checker entries that are not loaded."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    parts = {k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
+    scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(definition_dir("sd15") / "scheduler"))
+    sd = StableDiffusionPipeline(**parts, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                 requires_safety_checker=False)
+    sd.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"])
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    pipe = DiffInvPipeline.from_pretrained(tmp_path, target=tiny_sd_target, layer="blocks.1")
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler" and not hasattr(pipe, "safety_checker")
+    out = pipe(tiny_sd_features, generator=_seed(2), **FAST)
+    ref = tiny_sd_pipe(tiny_sd_features, generator=_seed(2), **FAST)
+    assert torch.equal(out.images, ref.images)  # the chain depends on the betas, not the scheduler class
+
+
+def test_one_step_chain_equals_a_turbo_euler_sample(tiny_sd_pipe):
+    from diffusers import EulerDiscreteScheduler
+
+    euler = EulerDiscreteScheduler.from_config(
+        EulerDiscreteScheduler.load_config(definition_dir("sd-turbo") / "scheduler")
+    )
+    pipe = DiffInvPipeline(**{k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")},
+                           scheduler=euler)
+    for k in (1, 2, 4, 20):
+        chain = pipe.chain_scheduler(k)
+        assert int(chain.timesteps[0]) == 999 and len(chain.timesteps) == k
+    z = torch.randn(1, 4, 16, 16, generator=_seed(10))
+    embeds = pipe.encode_prompt(["a photo"], torch.device("cpu"), False)
+    with torch.no_grad():
+        ours = pipe._sample(z, embeds, pipe.chain_scheduler(1), 1.0, (), False)[0]
+        euler.set_timesteps(1)
+        t = euler.timesteps[0]
+        # x_T = sqrt(sigma^2 + 1) z, the variance-matched start (diffusers' Euler uses sigma_max z for
+        # trailing spacing, 0.2% smaller: a rescaling of z_T, which is optimized anyway)
+        x = z * (euler.sigmas[0] ** 2 + 1) ** 0.5
+        noise = pipe.unet(euler.scale_model_input(x, t), t, encoder_hidden_states=embeds).sample
+        reference = euler.step(noise, t, x).prev_sample
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- gradients
+def _render_loss(pipe, target, z, feats, checkpointing=True, steps=3):
+    images = pipe.render(z, prompt="a photo", num_inference_steps=steps, gradient_checkpointing=checkpointing)
+    return (target.feature(images, "blocks.1") - feats).pow(2).mean()
+
+
+def test_gradient_reaches_latent_through_whole_chain(tiny_sd_pipe, tiny_sd_target, tiny_sd_features):
+    feats = tiny_sd_features.features[:1]
+    z = torch.randn(1, 4, 16, 16, generator=_seed(3))
+    z_var = z.clone().requires_grad_()
+    loss = _render_loss(tiny_sd_pipe, tiny_sd_target, z_var, feats)
+    (grad,) = torch.autograd.grad(loss, z_var)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # the gradient is the derivative of the whole chain (3 UNet calls, decode, target):
+    # central finite difference along the gradient direction
+    direction = grad / grad.norm()
+    eps = 1e-2
+    with torch.no_grad():
+        plus = _render_loss(tiny_sd_pipe, tiny_sd_target, z + eps * direction, feats)
+        minus = _render_loss(tiny_sd_pipe, tiny_sd_target, z - eps * direction, feats)
+    numeric = (plus - minus) / (2 * eps)
+    assert numeric.item() == pytest.approx(grad.norm().item(), rel=0.05)
+
+
+def test_checkpointed_and_plain_gradients_agree(tiny_sd_pipe, tiny_sd_target, tiny_sd_features):
+    feats = tiny_sd_features.features
+    z = torch.randn(2, 4, 16, 16, generator=_seed(4))
+    grads = []
+    for checkpointing in (True, False):
+        z_var = z.clone().requires_grad_()
+        grads.append(torch.autograd.grad(_render_loss(tiny_sd_pipe, tiny_sd_target, z_var, feats, checkpointing), z_var)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+
+
+def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
+    fs = FeatureSet.extract(tiny_sd_target, tiny_sd_images[:1], "blocks.0")
+    out = tiny_sd_pipe(
+        fs, prompt="", num_inference_steps=2, num_iterations=40, learning_rate=0.3, latent_prior_weight=0.0,
+        generator=_seed(5), output_type="pt",
+    )  # fmt: skip
+    history = out.loss_history[:, 0]
+    assert out.skipped_steps == 0 and torch.isfinite(history).all()
+    assert history.min() <= history[0] / 10
+    # the returned image is the best one seen: its residual matches the best loss
+    assert out.feature_residual[0].item() ** 2 == pytest.approx(history.min().item(), rel=1e-3)
+
+
+def test_optimizing_all_latents_lowers_the_loss(tiny_sd_pipe, tiny_sd_features):
+    out = tiny_sd_pipe(tiny_sd_features, prompt="", num_inference_steps=3, num_iterations=8, learning_rate=0.1,
+                       optimize="all", generator=_seed(6), output_type="pt")
+    assert out.loss_history.shape == (8, 2)
+    assert (out.loss_history.min(0).values < out.loss_history[0]).all()
+
+
+# ---------------------------------------------------------------------- prompts
+def test_prompt_changes_the_output(tiny_sd_pipe, tiny_sd_features):
+    z = torch.randn(2, 4, 16, 16, generator=_seed(7))
+    a = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", latents=z, **FAST)
+    b = tiny_sd_pipe(tiny_sd_features, prompt="a red car on a street", latents=z, **FAST)
+    assert a.prompts == ["a photo of a cat"] * 2 and b.prompts == ["a red car on a street"] * 2
+    assert (a.images - b.images).abs().max() > 1e-3
+    # classifier-free guidance: the negative prompt matters too
+    c = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", guidance_scale=3.0, latents=z, **FAST)
+    d = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", negative_prompt="blurry", guidance_scale=3.0,
+                     latents=z, **FAST)
+    assert (c.images - d.images).abs().max() > 1e-3
+
+
+def test_automatic_prompt_is_the_targets_class(tiny_sd_pipe, tiny_sd_target, tiny_sd_images, tiny_sd_features):
+    expected = [f"a photo of a {tiny_sd_target.class_name(int(i))}" for i in tiny_sd_target.predict(tiny_sd_images)]
+    out = tiny_sd_pipe(tiny_sd_features, generator=_seed(), **FAST)
+    assert out.prompts == expected
+    assert tiny_sd_pipe(tiny_sd_features, prompt="auto", generator=_seed(), **FAST).prompts == expected
+    assert expected[0] in load_prompts("imagenet_classes")
+
+
+def test_no_automatic_prompt_without_classifier(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
+    torch.manual_seed(0)
+    conv = TargetNetwork(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()), "1", input_size=None)
+    try:
+        tiny_sd_pipe.set_target(conv)
+        feats = conv.feature(tiny_sd_images)
+        assert tiny_sd_pipe(feats, generator=_seed(), **FAST).prompts == ["", ""]
+        with pytest.raises(ValueError, match="prompt='auto'"):
+            tiny_sd_pipe(feats, prompt="auto", **FAST)
+    finally:
+        tiny_sd_pipe.set_target(tiny_sd_target, layer="blocks.1")
+
+
+def test_prompt_files_by_name(tiny_sd_pipe, tiny_sd_features):
+    assert {"imagenet_classes", "backgrounds", "foregrounds"} <= set(available_prompt_files())
+    classes = load_prompts("imagenet_classes")
+    assert len(classes) == 1000 and classes[285] == "a photo of a Egyptian cat"
+    assert resolve_prompts("@imagenet_classes:285,1", 2) == ["a photo of a Egyptian cat", "a photo of a goldfish"]
+    background = load_prompts("backgrounds")[3]
+    out = tiny_sd_pipe(tiny_sd_features, prompt="@backgrounds:3", generator=_seed(), **FAST)
+    assert out.prompts == [background, background]
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_prompts("@backgrounds:999", 1)
+    with pytest.raises(ValueError, match="gives 3 prompts for 2"):
+        resolve_prompts(["a", "b", "c"], 2)
+    with pytest.raises(FileNotFoundError, match="prompt file 'nope' not found"):
+        load_prompts("nope")
+
+
+# ---------------------------------------------------------------------- outputs, batching, callbacks
+def test_output_types_and_tuple(tiny_sd_pipe, tiny_sd_features):
+    z = torch.randn(2, 4, 16, 16, generator=_seed(8))
+    pil = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "pil"})
+    assert isinstance(pil, DiffInvPipelineOutput) and len(pil.images) == 2
+    assert isinstance(pil.images[0], PIL.Image.Image) and pil.images[0].size == (32, 32)
+    arr = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "np"}).images
+    assert isinstance(arr, np.ndarray) and arr.shape == (2, 32, 32, 3)
+    pt = tiny_sd_pipe(tiny_sd_features, latents=z, **FAST)
+    assert pt.images.shape == (2, 3, 32, 32) and 0 <= pt.images.min() and pt.images.max() <= 1
+    np.testing.assert_allclose(arr, pt.images.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    assert pt.loss_history.shape == (3, 2) and pt.feature_residual.shape == (2,)
+    assert pt.latents.shape == (2, 4, 16, 16) and pt.latents.dtype == torch.float32
+    latent = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "latent"}).images
+    assert latent.shape == (2, 4, 16, 16)
+    as_tuple = tiny_sd_pipe(tiny_sd_features, latents=z, return_dict=False, **FAST)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], pt.images)
+
+
+def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
+    z = torch.randn(2, 4, 16, 16, generator=_seed(9))
+    batch = tiny_sd_pipe(tiny_sd_features, latents=z, num_inference_steps=2, num_iterations=5, output_type="pt")
+    single = tiny_sd_pipe(tiny_sd_features.features[:1], layer="blocks.1", height=32, width=32, latents=z[:1],
+                          num_inference_steps=2, num_iterations=5, output_type="pt")
+    assert single.prompts == batch.prompts[:1]
+    torch.testing.assert_close(single.images[0], batch.images[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(single.loss_history[:, 0], batch.loss_history[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_generator_makes_runs_reproducible(tiny_sd_pipe, tiny_sd_features):
+    a = tiny_sd_pipe(tiny_sd_features, generator=_seed(11), **FAST)
+    b = tiny_sd_pipe(tiny_sd_features, generator=_seed(11), **FAST)
+    c = tiny_sd_pipe(tiny_sd_features, generator=_seed(12), **FAST)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
+def test_callback_sees_every_iteration_and_can_stop(tiny_sd_pipe, tiny_sd_features):
+    seen = []
+
+    def callback(pipe, step, timestep, kwargs):
+        seen.append((step, int(timestep), tuple(kwargs["latents"].shape), kwargs["loss"].shape))
+        if step == 2:
+            pipe._interrupt = True
+        return {}
+
+    out = tiny_sd_pipe(tiny_sd_features, num_inference_steps=2, num_iterations=10, output_type="pt",
+                       callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "loss"])
+    assert [s[0] for s in seen] == [0, 1, 2] and seen[0][1] == 999
+    assert seen[0][2:] == ((2, 4, 16, 16), (2,)) and out.loss_history.shape == (3, 2)
+
+
+class _BlowUp(nn.Module):
+    """A convolution whose output turns NaN while ``broken`` is set (a numerical blow-up)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.broken = False
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * float("nan") if self.broken else y
+
+
+def test_non_finite_step_is_skipped_and_reported(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
+    torch.manual_seed(0)
+    blow_up = _BlowUp()
+    target = TargetNetwork(nn.Sequential(blow_up), "0", input_size=None)
+    feats = target.feature(tiny_sd_images)
+
+    def break_iteration_1(pipe, step, timestep, kwargs):
+        blow_up.broken = step == 0  # iteration 1 sees NaN features
+        return {}
+
+    try:
+        tiny_sd_pipe.set_target(target)
+        out = tiny_sd_pipe(feats, prompt="", num_inference_steps=2, num_iterations=4, output_type="pt",
+                           callback_on_step_end=break_iteration_1)
+    finally:
+        tiny_sd_pipe.set_target(tiny_sd_target, layer="blocks.1")
+    assert out.skipped_steps == 1
+    assert torch.isnan(out.loss_history[1]).all() and torch.isfinite(out.loss_history[[0, 2, 3]]).all()
+    assert torch.isfinite(out.images).all() and torch.isfinite(out.latents).all()
+    assert torch.isfinite(out.feature_residual).all()
+
+
+def test_bfloat16_networks_keep_fp32_latents_and_loss(tiny_sd_target, tiny_sd_features):
+    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    assert next(pipe.target.parameters()).dtype == torch.float32
+    out = pipe(tiny_sd_features, generator=_seed(), **FAST)
+    assert out.latents.dtype == torch.float32 and out.loss_history.dtype == torch.float32
+    assert out.skipped_steps == 0 and torch.isfinite(out.loss_history).all()
+
+
+def test_xformers_is_used_when_installed_and_asked_for_else_sdpa(tiny_sd_target, tiny_sd_features):
+    import importlib.util
+
+    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
+    pipe.set_progress_bar_config(disable=True)
+    usable = importlib.util.find_spec("xformers") is not None and torch.cuda.is_available()
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == ({"XFormersAttnProcessor"} if usable else {"AttnProcessor2_0"})
+    assert torch.isfinite(pipe(tiny_sd_features, generator=_seed(), **FAST).loss_history).all()
+    with pytest.raises(ValueError, match="`attention` must be"):
+        load_pipeline("tiny", attention="flash")
+
+
+# ---------------------------------------------------------------------- save / load
+def test_save_load_round_trip_gives_identical_results(tiny_sd_pipe, tiny_sd_features, tmp_path):
+    tiny_sd_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["target_config"]["name"] == "tf_efficientnet_lite0" and index["target_config"]["layer"] == "blocks.1"
+    loaded = DiffInvPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.target is not None and loaded.layer == "blocks.1" and loaded.target.input_size is None
+    a = tiny_sd_pipe(tiny_sd_features, generator=_seed(13), **FAST)
+    b = loaded(tiny_sd_features, generator=_seed(13), **FAST)
+    assert a.prompts == b.prompts
+    assert torch.equal(a.images, b.images) and torch.equal(a.loss_history, b.loss_history)
+
+
+def test_round_trip_of_random_and_named_targets(tmp_path):
+    # a random-weight target cannot be rebuilt by name: its weights are saved with the pipeline
+    pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights=None)
+    pipe.save_pretrained(tmp_path / "random")
+    assert (tmp_path / "random" / "target" / "model.safetensors").is_file()
+    loaded = DiffInvPipeline.from_pretrained(tmp_path / "random")
+    for (k, a), (_, b) in zip(pipe.target.state_dict().items(), loaded.target.state_dict().items()):
+        assert torch.equal(a, b), k
+    # a named target with default weights is saved as its description only
+    pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.2")
+    pipe.save_pretrained(tmp_path / "named")
+    assert not (tmp_path / "named" / "target").exists()
+    loaded = DiffInvPipeline.from_pretrained(tmp_path / "named", layer="blocks.4")
+    assert loaded.config.target_config["weights"] == "default" and loaded.layer == "blocks.4"
+    assert loaded.target.input_size == (224, 224)
+
+
+def test_works_as_diffusers_custom_pipeline(tiny_sd_pipe, tiny_sd_target, tiny_sd_features, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    tiny_sd_pipe.save_pretrained(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True,
+                                             target=tiny_sd_target,
+                                             layer="blocks.1")
+    assert type(pipe).__name__ == "DiffInvPipeline"
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(tiny_sd_features, generator=_seed(14), **FAST)
+    ref = tiny_sd_pipe(tiny_sd_features, generator=_seed(14), **FAST)
+    assert torch.equal(out.images, ref.images)
+
+
+# ---------------------------------------------------------------------- the Inverter adapter
+def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
+    inverter = DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", num_inference_steps=2, num_iterations=3)
+    out = inverter.invert(tiny_sd_features, generator=_seed(), progress=False)
+    assert isinstance(out, InversionOutput) and out.method == "diffusion"
+    assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (3, 2)
+    assert out.feature_residual.shape == (2,) and out.info["skipped_steps"] == 0 and len(out.info["prompts"]) == 2
+    with pytest.raises(TypeError, match="unknown pipeline arguments"):
+        DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", iterations=3)
+
+
+def test_diffusion_inverter_resizes_to_sizes_not_multiple_of_8(tiny_sd_images):
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(32, 32))
+    images = torch.nn.functional.interpolate(tiny_sd_images, size=(30, 30), mode="bilinear", antialias=True)
+    fs = FeatureSet.extract(target, images, "blocks.1")
+    out = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=1, num_iterations=2).invert(fs, progress=False)
+    assert out.images.shape == (2, 3, 30, 30) and out.info["generated_size"] == [32, 32]
+
+
+# ---------------------------------------------------------------------- bad input
+def test_feature_shape_not_matching_the_layer(tiny_sd_pipe):
+    with pytest.raises(ValueError, match=r"`features` has shape \(1, 24, 4, 4\) but the target layer produces"):
+        tiny_sd_pipe(torch.randn(1, 24, 4, 4), height=32, width=32, **FAST)
+
+
+def test_non_finite_features(tiny_sd_pipe, tiny_sd_features):
+    bad = tiny_sd_features.features.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        tiny_sd_pipe(bad, height=32, width=32, **FAST)
+
+
+def test_height_and_width_must_be_multiples_of_8(tiny_sd_pipe, tiny_sd_features):
+    with pytest.raises(ValueError, match="`height` and `width` have to be divisible by 8 but are 36 and 32"):
+        tiny_sd_pipe(tiny_sd_features.features, height=36, width=32, **FAST)
+    # features extracted at 30x30 by a target that does not resize: no multiple of 8 can match them
+    odd = FeatureSet(torch.randn(1, 24, 8, 8), "tf_efficientnet_lite0", "blocks.1", (30, 30))
+    with pytest.raises(ValueError, match="divisible by 8 but are 30 and 30"):
+        tiny_sd_pipe(odd, **FAST)
+
+
+def test_other_bad_arguments(tiny_sd_pipe, tiny_sd_features):
+    with pytest.raises(ValueError, match="`output_type` must be"):
+        tiny_sd_pipe(tiny_sd_features, output_type="jpeg")
+    with pytest.raises(ValueError, match="`optimize` must be"):
+        tiny_sd_pipe(tiny_sd_features, optimize="some")
+    with pytest.raises(ValueError, match="`num_iterations` must be a positive integer"):
+        tiny_sd_pipe(tiny_sd_features, num_iterations=0)
+    with pytest.raises(ValueError, match=r"`latents` has shape \(1, 4, 8, 8\), expected \(2, 4, 16, 16\)"):
+        tiny_sd_pipe(tiny_sd_features, latents=torch.randn(1, 4, 8, 8), **FAST)
+    with pytest.raises(ValueError, match="`layer` is 'blocks.0' but the FeatureSet's features come from 'blocks.1'"):
+        tiny_sd_pipe(tiny_sd_features, layer="blocks.0", **FAST)
+
+
+def test_missing_model_files_say_how_to_provide_them(tmp_path, monkeypatch):
+    with pytest.raises(ModelFilesNotFoundError, match="is not a directory.*huggingface-cli download"):
+        DiffInvPipeline.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFilesNotFoundError, match="has no model_index.json.*diffusers-format"):
+        DiffInvPipeline.from_pretrained(tmp_path / "empty")
+    with pytest.raises(ModelFilesNotFoundError, match="component 'unet' has no weights"):
+        DiffInvPipeline.from_pretrained(definition_dir("sd15"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFilesNotFoundError, match="not in the Hugging Face cache.*load_pipeline\\('sd15'\\)"):
+        DiffInvPipeline.from_pretrained("sd15")
+    with pytest.raises(ModelFilesNotFoundError, match="could not load the diffusion model 'someone/no-such-model'"):
+        load_pipeline("someone/no-such-model", target="tf_efficientnet_lite0")
+
+
+# ---------------------------------------------------------------------- real weights (opt-in)
+@pytest.mark.slow
+def test_real_stable_diffusion_directory():
+    """Set DIFFINV_SD_PATH to a diffusers-format SD 1.x/2.x/turbo directory to run this."""
+    path = os.environ.get("DIFFINV_SD_PATH")
+    if not path:
+        pytest.skip("DIFFINV_SD_PATH is not set")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(224, 224)).to(device)
+    pipe = load_pipeline(path, target=target, torch_dtype=dtype, device=device)
+    from diffinv.images import sample_images
+
+    fs = FeatureSet.extract(target, sample_images(("chelsea",), 224).to(device), "blocks.2")
+    out = pipe(fs, num_inference_steps=4, num_iterations=20, generator=_seed(), output_type="pt")
+    assert out.prompts == ["a photo of a Egyptian cat"]
+    assert out.loss_history[-1, 0] < out.loss_history[0, 0] and out.skipped_steps <= 2

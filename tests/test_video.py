@@ -1,0 +1,275 @@
+"""Video: PyAV frame I/O, bad input, windowed inversion with temporal smoothing, resume, CLI."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffinv.features import FeatureSet
+from diffinv.inverters import DIPInverter, InversionOutput, Inverter, PixelInverter, resolve_features
+from diffinv.video import (
+    extract_video_features,
+    frame_path,
+    invert_video,
+    read_video,
+    write_side_by_side,
+    write_video,
+)
+
+NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
+
+
+def synthetic_frame(i: int) -> np.ndarray:
+    """A smooth colour gradient with a white square moving right by 3 px per frame (uint8 HWC)."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    frame = np.stack([x * 255 // WIDTH, y * 255 // HEIGHT, np.full_like(x, 96)], axis=-1).astype(np.uint8)
+    frame[12:28, 4 + 3 * i : 20 + 3 * i] = 255
+    return frame
+
+
+@pytest.fixture(scope="module")
+def tiny_mp4(tmp_path_factory):
+    """A 12-frame 64x48 H.264 mp4 written with PyAV."""
+    import av
+
+    path = tmp_path_factory.mktemp("clip") / "tiny.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.options = {"crf": "10"}
+        for i in range(NUM_FRAMES):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(synthetic_frame(i), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+# ---------------------------------------------------------------------- reading / writing
+def test_read_video_range_stride_resize(tiny_mp4):
+    clip = read_video(tiny_mp4)
+    assert clip.frames.shape == (NUM_FRAMES, 3, HEIGHT, WIDTH)
+    assert clip.indices == list(range(NUM_FRAMES)) and clip.num_frames == NUM_FRAMES
+    assert clip.fps == pytest.approx(10.0)
+    expected = torch.from_numpy(synthetic_frame(5)).permute(2, 0, 1).float() / 255
+    assert (clip.frames[5] - expected).abs().mean() < 0.03  # lossy codec, but the right frame
+    assert (clip.frames[5] - clip.frames[6]).abs().mean() > 0.01  # and frames differ
+
+    sub = read_video(tiny_mp4, start=2, stop=10, stride=3, size=32)
+    assert sub.indices == [2, 5, 8]
+    assert sub.frames.shape == (3, 3, 32, 32)
+    assert sub.fps == pytest.approx(10.0 / 3)
+    assert sub.names == ["tiny.mp4#2", "tiny.mp4#5", "tiny.mp4#8"]
+    assert 0.0 <= sub.frames.min() and sub.frames.max() <= 1.0
+    assert read_video(tiny_mp4, start=11).indices == [11]
+
+
+def test_read_video_bad_input(tiny_mp4, tmp_path):
+    import av
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_video(tmp_path / "missing.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is empty \(0 bytes\)"):
+        read_video(tmp_path / "empty.mp4")
+    (tmp_path / "text.mp4").write_text("this is not a video")
+    with pytest.raises(ValueError, match="could not be read as a video"):
+        read_video(tmp_path / "text.mp4")
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(tiny_mp4.read_bytes()[:200])
+    with pytest.raises(ValueError, match="could not be read as a video"):
+        read_video(truncated)
+    audio = tmp_path / "audio.mp4"  # a valid container with no video stream
+    with av.open(str(audio), mode="w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(ValueError, match="has no video stream"):
+        read_video(audio)
+    with pytest.raises(ValueError, match=r"start=12, stop=None is outside the clip: .* has 12 frames \(0..11\)"):
+        read_video(tiny_mp4, start=12)
+    with pytest.raises(ValueError, match="outside the clip"):
+        read_video(tiny_mp4, start=4, stop=20)
+    with pytest.raises(ValueError, match="`stride` >= 1"):
+        read_video(tiny_mp4, stride=0)
+    with pytest.raises(ValueError, match="`stop` must be greater than `start`"):
+        read_video(tiny_mp4, start=5, stop=5)
+
+
+def test_write_video_round_trip_and_side_by_side(tiny_mp4, tmp_path):
+    clip = read_video(tiny_mp4, stop=5)
+    path = write_video(clip.frames[:, :, :47, :63], tmp_path / "odd.mp4", fps=10)  # odd size: padded
+    back = read_video(path)
+    assert back.frames.shape == (5, 3, 48, 64) and back.fps == pytest.approx(10.0)
+    assert (back.frames[:, :, :47, :63] - clip.frames[:, :, :47, :63]).abs().mean() < 0.03
+    sbs = read_video(write_side_by_side(clip.frames, 1 - clip.frames, tmp_path / "sbs.mp4", fps=10))
+    assert sbs.frames.shape == (5, 3, 48, 2 * 64 + 2)
+    assert not list(tmp_path.glob("*.tmp*"))
+    with pytest.raises(ValueError, match="T >= 1"):
+        write_video(torch.zeros(0, 3, 8, 8), tmp_path / "none.mp4")
+
+
+def test_extract_video_features(lite0, tiny_mp4):
+    clip = read_video(tiny_mp4, stop=5, size=64)
+    fs = extract_video_features(lite0, clip, "blocks.2", batch_size=2)
+    assert fs.features.shape == (5, 40, 8, 8) and fs.sources == clip.names and fs.input_size == (64, 64)
+    assert torch.allclose(fs.features, lite0.feature(clip.frames, "blocks.2"), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- windowed inversion
+class RecordingInverter(Inverter):
+    """No optimization: returns ``init`` (or grey) and records what each window received."""
+
+    name = "recording"
+
+    def __init__(self, target, temporal_weight=0.0):
+        super().__init__(target)
+        self.temporal_weight, self.calls = temporal_weight, []
+
+    def invert(self, features, image_size=None, *, generator=None, progress=True, init=None):
+        feats, _, size = resolve_features(self.target, features, image_size)
+        self.calls.append({"n": len(feats), "init": None if init is None else init.clone()})
+        images = torch.full((len(feats), 3, *size), 0.5) if init is None else init.clone()
+        return InversionOutput(images, torch.zeros(1, len(feats)), torch.zeros(len(feats)), 0.0, self.name)
+
+
+@pytest.fixture(scope="module")
+def clip_features(lite0, tiny_mp4):
+    clip = read_video(tiny_mp4, stop=4, size=64)
+    return clip, extract_video_features(lite0, clip, "blocks.2")
+
+
+def test_windows_warm_start_and_overlap(lite0, clip_features):
+    clip, fs = clip_features
+    independent = RecordingInverter(lite0, temporal_weight=0.0)
+    out = invert_video(independent, fs, window=2, references=clip.frames, progress=False)
+    assert [c["n"] for c in independent.calls] == [2, 2]
+    assert all(c["init"] is None for c in independent.calls)  # λ = 0: independent frames
+    assert out.summary["settings"]["boundary"] == "none" and out.done == [True] * 4
+
+    # λ > 0 and no `anchor=`: the previous frame is re-inverted in front of each window.
+    smooth = RecordingInverter(lite0, temporal_weight=1.0)
+    out = invert_video(smooth, fs, window=3, references=clip.frames, progress=False)
+    assert [c["n"] for c in smooth.calls] == [3, 2]
+    assert smooth.calls[0]["init"] is None and smooth.calls[1]["init"].shape == (2, 3, 64, 64)
+    assert torch.equal(smooth.calls[1]["init"][1], out.images[2])  # warm start: the previous frame
+    assert out.summary["settings"]["boundary"] == "overlap" and out.images.shape == (4, 3, 64, 64)
+    assert len(out.records) == 4 and out.records[0]["temporal_diff"] is None
+
+    with pytest.raises(ValueError, match="`references` has 3 frames but `features` has 4"):
+        invert_video(smooth, fs, references=clip.frames[:3], progress=False)
+    with pytest.raises(ValueError, match="`window` must be a positive integer"):
+        invert_video(smooth, fs, window=0, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(4, 40, 8, 8\) but the target layer produces \(N, 112, 4, 4\)"):
+        invert_video(smooth, FeatureSet(fs.features, fs.target, "blocks.4", (64, 64)),
+                     progress=False)
+    with pytest.raises(ValueError, match="needs RecordingInverter.invert\\(anchor=...\\)"):
+        invert_video(smooth, fs, boundary="anchor", progress=False)
+
+
+def test_temporal_smoothing_steadies_reconstructions(lite0, clip_features):
+    clip, fs = clip_features
+    figures = {}
+    for weight in (0.0, 30.0):
+        inverter = PixelInverter(lite0, iterations=15, learning_rate=0.1, temporal_weight=weight)
+        out = invert_video(inverter, fs, window=2, references=clip.frames, progress=False)
+        figures[weight] = out.summary
+    assert figures[30.0]["settings"]["boundary"] == "anchor" and figures[30.0]["settings"]["warm_start"]
+    assert figures[30.0]["temporal_consistency"] < 0.75 * figures[0.0]["temporal_consistency"]
+    assert figures[30.0]["flicker"] < figures[0.0]["flicker"]
+    for summary in figures.values():
+        assert np.isfinite(summary["psnr_mean"]) and summary["frames_done"] == 4
+
+
+def test_dip_warm_start_and_anchor(lite0, clip_features):
+    clip, fs = clip_features
+    dip = DIPInverter(lite0, iterations=2, channels=(4, 8), init_iterations=2, temporal_weight=1.0)
+    out = invert_video(dip, fs, window=2, references=clip.frames, progress=False)
+    assert out.images.shape == (4, 3, 64, 64) and out.summary["settings"]["boundary"] == "anchor"
+    with pytest.raises(ValueError, match="`init` must be"):
+        dip.invert(fs, init=torch.zeros(2, 3, 64, 64), progress=False)
+
+
+class Interrupted(Exception):
+    """Stands for the process being killed mid-window."""
+
+
+def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_path, monkeypatch):
+    clip, fs = clip_features
+    inverter = PixelInverter(lite0, iterations=5, temporal_weight=5.0)
+    original = PixelInverter.invert
+    calls = []
+
+    @functools.wraps(original)
+    def interrupted(self, features, *args, **kwargs):
+        calls.append(len(features))
+        if len(calls) == 2:
+            raise Interrupted  # killed in the middle of the second window
+        return original(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(PixelInverter, "invert", interrupted)
+    with pytest.raises(Interrupted):
+        invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["frame"] for r in metrics["frames"]] == [0, 1] and metrics["summary"]["frames_done"] == 2
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_00000.png", "frame_00001.png"]
+    first = frame_path(tmp_path, 0).read_bytes()
+
+    with pytest.raises(ValueError, match="already holds 2 finished frames.*resume"):
+        invert_video(inverter, fs, window=2, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings .*temporal_weight: 5.0 there vs 1.0 now"):
+        invert_video(PixelInverter(lite0, iterations=5, temporal_weight=1.0), fs, window=2, out_dir=tmp_path,
+                     resume=True, progress=False)
+
+    calls.clear()
+    out = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, resume=True, progress=False)
+    assert calls == [2] and out.computed == [2, 3]  # frames 0 and 1 were not inverted again
+    assert frame_path(tmp_path, 0).read_bytes() == first
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["frame"] for r in metrics["frames"]] == [0, 1, 2, 3]
+    assert metrics["summary"]["temporal_consistency"] == pytest.approx(
+        (out.images[1:] - out.images[:-1]).abs().mean().item(), rel=1e-5)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    monkeypatch.setattr(PixelInverter, "invert", original)
+    uninterrupted = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path / "once", progress=False)
+    assert torch.equal(out.images, uninterrupted.images)  # resuming changes nothing
+
+    monkeypatch.setattr(PixelInverter, "invert", interrupted)
+    calls.clear()
+    again = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, resume=True, progress=False)
+    assert calls == [] and again.computed == [] and torch.equal(again.images, out.images)
+
+
+# ---------------------------------------------------------------------- the command
+def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
+    from diffinv.cli import main
+
+    out = tmp_path / "run"
+    argv = ["video", str(tiny_mp4), "--layer", "blocks.2", "--method", "pixel", "--iterations", "5",
+            "--size", "32", "--start", "2", "--frames", "4", "--stride", "2", "--window", "3",
+            "--temporal-weight", "2", "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["frame"] for r in metrics["frames"]] == [2, 4, 6, 8]
+    assert all(r["psnr"] > 0 and 0 < r["ssim"] <= 1 for r in metrics["frames"])
+    assert metrics["config"]["temporal_weight"] == 2.0 and metrics["config"]["boundary"] == "anchor"
+    for key in ("psnr_mean", "temporal_consistency", "source_temporal_consistency", "flicker"):
+        assert key in metrics["summary"]
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"frame_{i:05d}.png" for i in (2, 4, 6, 8)]
+    assert read_video(out / "reconstruction.mp4").frames.shape == (4, 3, 32, 32)
+    assert read_video(out / "side_by_side.mp4").frames.shape == (4, 3, 32, 66)
+
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    assert "0 frames computed now, 4 resumed" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert "already holds 4 finished frames" in capsys.readouterr().err
+
+    assert main(["video", str(tiny_mp4), "--layer", "blocks.2", "--start", "40", "--out", str(tmp_path / "x")]) == 2
+    assert "outside the clip" in capsys.readouterr().err
+    wrong = FeatureSet(torch.zeros(3, 40, 4, 4), "tf_efficientnet_lite0", "blocks.2", (32, 32)).save(tmp_path / "f.safetensors")
+    assert main(argv[:-2] + ["--features", str(wrong), "--out", str(tmp_path / "y")]) == 2
+    assert "holds 3 feature maps but the selected frames are 4" in capsys.readouterr().err
