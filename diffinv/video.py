@@ -32,7 +32,7 @@ Example:
     >>> clip = read_video(sample_video_path(), start=16, stop=32, size=128)
     >>> target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(128, 128))
     >>> features = extract_video_features(target, clip, "blocks.2")
-    >>> out = invert_video(PixelInverter(target, temporal_weight=10.0), features,
+    >>> out = invert_video(PixelInverter(target, temporal_weight=30.0), features,
     ...                    references=clip.frames, out_dir="video_out")
     >>> out.summary["temporal_consistency"], out.summary["source_temporal_consistency"]
 """
@@ -237,7 +237,8 @@ def write_side_by_side(
     """Writes an mp4 of ``original | reconstruction``, frame by frame (white gap between)."""
     if originals.shape != reconstructions.shape:
         raise ValueError(
-            f"`originals` {tuple(originals.shape)} and `reconstructions` {tuple(reconstructions.shape)} differ in shape."
+            f"`originals` {tuple(originals.shape)} and `reconstructions` {tuple(reconstructions.shape)} "
+            f"differ in shape."
         )
     sep = torch.ones(*originals.shape[:3], gap)
     return write_video(torch.cat([originals.cpu().float(), sep, reconstructions.cpu().float()], dim=3), path, fps)
@@ -321,7 +322,8 @@ def video_summary(
         if references is not None:
             d_src = references[idx].float() - references[idx - 1].float()
             summary["source_temporal_consistency"] = d_src.abs().mean().item()
-            summary["temporal_ratio"] = summary["temporal_consistency"] / max(summary["source_temporal_consistency"], 1e-12)
+            source = max(summary["source_temporal_consistency"], 1e-12)
+            summary["temporal_ratio"] = summary["temporal_consistency"] / source
             summary["flicker"] = (d_rec - d_src).abs().mean().item()
     return summary
 
@@ -369,7 +371,8 @@ def _load_previous(out_dir: Path, config: Mapping, frame_ids: Sequence[int], siz
         previous = json.loads(path.read_text())
         old_config, old_records = previous["config"], previous["frames"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{str(path)!r} is not a diffinv video metrics file ({err}); move it away or choose another output folder.") from err
+        raise ValueError(f"{str(path)!r} is not a diffinv video metrics file ({err}); move it away or choose "
+                         f"another output folder.") from err
     if not resume:
         if old_records:
             raise ValueError(
@@ -404,8 +407,12 @@ def _load_previous(out_dir: Path, config: Mapping, frame_ids: Sequence[int], siz
 def _hyperparameters(inverter: Inverter) -> dict:
     """The inverter's plain settings (numbers, strings, tuples of numbers), for the record."""
     plain = (bool, int, float, str)
+
+    def is_plain(v):
+        return isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v))
+
     return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(inverter).items()
-            if not k.startswith("_") and (isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v)))}
+            if not k.startswith("_") and is_plain(v)}
 
 
 def _windows(todo: Sequence[int], window: int) -> list[list[int]]:
@@ -476,13 +483,16 @@ def invert_video(
         raise ValueError(f"`window` must be a positive integer, got {window!r}.")
     if references is not None:
         if len(references) != n:
-            raise ValueError(f"`references` has {len(references)} frames but `features` has {n}; they must match one to one.")
+            raise ValueError(f"`references` has {len(references)} frames but `features` has {n}; "
+                             f"they must match one to one.")
         if tuple(references.shape[1:]) != (3, *size):
-            raise ValueError(f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, got {tuple(references.shape)}.")
+            raise ValueError(f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, "
+                             f"got {tuple(references.shape)}.")
         references = references.detach().float().cpu()
     frame_ids = list(range(n)) if frame_ids is None else [int(i) for i in frame_ids]
     if len(frame_ids) != n or len(set(frame_ids)) != n:
-        raise ValueError(f"`frame_ids` must hold {n} distinct frame numbers, got {len(frame_ids)} ({len(set(frame_ids))} distinct).")
+        raise ValueError(f"`frame_ids` must hold {n} distinct frame numbers, got {len(frame_ids)} "
+                         f"({len(set(frame_ids))} distinct).")
     if boundary not in ("auto", "anchor", "overlap", "none"):
         raise ValueError(f"`boundary` must be 'auto', 'anchor', 'overlap' or 'none', got {boundary!r}.")
     weight = float(getattr(inverter, "temporal_weight", 0.0) or 0.0)
@@ -544,7 +554,8 @@ def invert_video(
         batch = FeatureSet(batch, target.name, layer, size)  # carries the layer for multi-layer targets
         out = inverter.invert(batch, size, generator=generator, progress=progress, **kwargs)
         recon = _quantize(out.images[drop:])
-        residual = feature_residual(target, recon.to(device), feats[positions[0] : positions[-1] + 1].to(device), layer).cpu()
+        window_feats = feats[positions[0] : positions[-1] + 1].to(device)
+        residual = feature_residual(target, recon.to(device), window_feats, layer).cpu()
         scores = {}
         if references is not None:
             ref = references[positions]
@@ -591,17 +602,20 @@ def cmd_video(args) -> int:
     stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
     clip = read_video(args.video, start=args.start, stop=stop, stride=args.stride, size=args.size)
     if args.frames is not None and len(clip) < args.frames:
-        raise ValueError(f"`--frames {args.frames}` asked for more frames than the clip holds from --start {args.start}: got {len(clip)}.")
+        raise ValueError(f"`--frames {args.frames}` asked for more frames than the clip holds from "
+                         f"--start {args.start}: got {len(clip)}.")
 
     # 2. Target and features
     size = tuple(clip.frames.shape[-2:])
-    target = TargetNetwork.from_name(args.target, args.layer, weights=_weights(args.weights), input_size=size).to(args.device)
+    target = TargetNetwork.from_name(args.target, args.layer, weights=_weights(args.weights), input_size=size)
+    target = target.to(args.device)
     if args.features:
         features = FeatureSet.load(args.features, target=target)
         if len(features) != len(clip):
             raise ValueError(
                 f"`--features` {args.features!r} holds {len(features)} feature maps but the selected frames are "
-                f"{len(clip)} (frames {clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}); they must match one to one."
+                f"{len(clip)} (frames {clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}); "
+                f"they must match one to one."
             )
         if features.layer != args.layer:
             raise ValueError(f"`--features` come from layer {features.layer!r}, not `--layer` {args.layer!r}.")

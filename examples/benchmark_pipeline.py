@@ -12,9 +12,11 @@ off, per dtype.
   subtracts what was allocated before it (weights, features).
 * Peak memory, CPU: every configuration runs in a fresh process; the process's peak
   resident set size (``ru_maxrss``) after the call, and that minus the peak before it
-  (weights, features) — the memory the iterations themselves needed. The process runs with
-  ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the system and the peak
-  is not an artefact of glibc keeping freed memory.
+  (weights, features) — the memory the iterations themselves needed. glibc keeps freed
+  memory of small and mid-size blocks in its heap, which inflates this with the number of
+  allocations; ``--malloc-mmap-threshold 65536`` makes every block of 64 KiB or more its own
+  mapping, returned when freed, for a tighter figure (the iterations get slower: use the
+  default run for timing).
 * Saved activations: the bytes of the distinct tensors autograd keeps from the forward pass
   for the backward pass (weights excluded), recorded with ``saved_tensors_hooks`` — exactly
   the memory that grows with K; with checkpointing only the inputs of each UNet call and the
@@ -58,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default="blocks.2", help="EfficientNet-Lite0 layer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None,
+                   help="CPU: MALLOC_MMAP_THRESHOLD_ for the worker processes (tighter peak RSS, slower)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one configuration, JSON in and out
     return p.parse_args(argv)
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
     if not on_gpu and "fp16" in dtypes:
         print("note: fp16 is skipped on CPU (use bf16 there).", file=sys.stderr)
         dtypes = [d for d in dtypes if d != "fp16"]
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     for dtype in dtypes:
         for steps in args.steps:
             for ckpt in args.checkpointing:
@@ -156,7 +160,9 @@ def main(argv=None) -> int:
                 if on_gpu:  # the CUDA peak counter resets per configuration
                     row = run_one(**config)
                 else:  # a fresh process per configuration: its peak RSS belongs to this configuration alone
-                    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+                    env = dict(os.environ)
+                    if args.malloc_mmap_threshold:
+                        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
                     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config)],
                                           capture_output=True, text=True, env=env)
                     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -168,19 +174,20 @@ def main(argv=None) -> int:
                       f"peak {row['peak_mib']:.0f} MiB ({row['above_weights_mib']:.0f} above weights, "
                       f"{row['saved_activations_mib']:.1f} saved activations)",
                       file=sys.stderr, flush=True)
-    print(table(rows, args))
+    print(table(rows, args, load))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
 
 
-def table(rows: list[dict], args) -> str:
+def table(rows: list[dict], args, load: float) -> str:
     memory = "peak CUDA memory" if args.device.startswith("cuda") else "peak RSS"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {rows[0]['threads']} thread(s)"
     lines = [
         f"DiffInvPipeline `{args.size}` (random weights), {rows[0]['image']}, batch {args.batch}, "
-        f"target tf_efficientnet_lite0.{args.layer}, {device}, {args.iterations} iterations per row",
+        f"target tf_efficientnet_lite0.{args.layer}, {device}, {args.iterations} iterations per row "
+        f"(load average {load:.1f} -> {os.getloadavg()[0]:.1f}: other processes share the machine when above 0)",
         "",
         f"| K | checkpointing | dtype | s / iteration | {memory} (MiB) | above weights (MiB) | saved activations (MiB) |",
         "|---|---|---|---|---|---|---|",

@@ -16,7 +16,7 @@ Interrupt it at any time; run it again with ``--resume`` to continue.
     python examples/invert_video.py --video my_clip.mp4 --frames 32 --stride 2 --out mine
 
 The same job from the command line: ``diffinv video CLIP.mp4 --layer blocks.2 --method pixel
---temporal-weight 3 --frames 16 --start 16 --out video_out``.
+--temporal-weight 30 --frames 16 --start 16 --out video_out``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="frames are resized and center-cropped to SIZE x SIZE")
     parser.add_argument("--layer", default="blocks.2")
     parser.add_argument("--method", choices=("pixel", "dip"), default="pixel")
-    parser.add_argument("--temporal-weight", type=float, default=3.0, help="λ (0: independent frames)")
+    parser.add_argument("--temporal-weight", type=float, default=30.0, help="λ (0: independent frames)")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -84,8 +84,8 @@ def main() -> None:
         src = "" if r["source_temporal_diff"] is None else f"{r['source_temporal_diff']:.4f}"
         print(f"| {r['frame']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['feature_residual']:.3f} | {diff} | {src} |")
     s = out.summary
-    print(f"\nmean PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}; temporal consistency "
-          f"{s['temporal_consistency']:.4f} (source {s['source_temporal_consistency']:.4f}, ratio "
+    print(f"\nmean PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}; "
+          f"temporal consistency {s['temporal_consistency']:.4f} (source {s['source_temporal_consistency']:.4f}, ratio "
           f"{s['temporal_ratio']:.2f}), flicker {s['flicker']:.4f}; {len(out.computed)} frames computed in "
           f"{out.seconds:.0f} s")
     print(f"wrote {out_dir}/frames/, metrics.json, reconstruction.mp4, side_by_side.mp4")

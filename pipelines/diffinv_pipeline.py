@@ -299,7 +299,8 @@ class DiffInvPipeline(DiffusionPipeline):
             name_or_path: ``"tiny"``, ``"sd15"``, ``"sd-turbo"`` (folders of ``pipelines/``) or a
                 directory with the same layout. Real-size random pipelines are for speed and memory
                 measurements only.
-            seed: seeds the random weights (the global RNG state is left as it was).
+            seed: seeds the random weights of each component (the global RNG state is left as it
+                was), so the VAE equals ``AutoencoderKL.from_config`` right after ``torch.manual_seed(seed)``.
 
         The tokenizer comes from ``tokenizer/vocab.json`` and ``merges.txt`` when present;
         otherwise the real CLIP vocabulary is built from the BPE file shipped by
@@ -307,10 +308,12 @@ class DiffInvPipeline(DiffusionPipeline):
         """
         folder = definition_dir(name_or_path)
         index = _read_json(folder / "model_index.json")
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # each component seeded alone, as diffusers' dummy components
             torch.manual_seed(seed)
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+            torch.manual_seed(seed)
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+            torch.manual_seed(seed)
             text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(folder / "text_encoder" / "config.json"))
         scheduler_cls = getattr(diffusers, index["scheduler"][1])
         scheduler = scheduler_cls.from_config(scheduler_cls.load_config(folder / "scheduler"))

@@ -234,7 +234,8 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
     assert not list(tmp_path.rglob("*.tmp"))
 
     monkeypatch.setattr(PixelInverter, "invert", original)
-    uninterrupted = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path / "once", progress=False)
+    uninterrupted = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path / "once",
+                                 progress=False)
     assert torch.equal(out.images, uninterrupted.images)  # resuming changes nothing
 
     monkeypatch.setattr(PixelInverter, "invert", interrupted)
@@ -270,6 +271,7 @@ def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
 
     assert main(["video", str(tiny_mp4), "--layer", "blocks.2", "--start", "40", "--out", str(tmp_path / "x")]) == 2
     assert "outside the clip" in capsys.readouterr().err
-    wrong = FeatureSet(torch.zeros(3, 40, 4, 4), "tf_efficientnet_lite0", "blocks.2", (32, 32)).save(tmp_path / "f.safetensors")
+    wrong = FeatureSet(torch.zeros(3, 40, 4, 4), "tf_efficientnet_lite0", "blocks.2", (32, 32))
+    wrong = wrong.save(tmp_path / "f.safetensors")
     assert main(argv[:-2] + ["--features", str(wrong), "--out", str(tmp_path / "y")]) == 2
     assert "holds 3 feature maps but the selected frames are 4" in capsys.readouterr().err

@@ -44,8 +44,9 @@ class DiffusionInverter(Inverter):
         model: a diffusers Stable Diffusion directory (or a cached Hub id) for real weights;
             ``"tiny"``, ``"sd15"``, ``"sd-turbo"`` for random weights built from ``pipelines/``
             (tests, timing); or a loaded :class:`~diffinv.pipelines.DiffInvPipeline`.
-        torch_dtype: dtype of the diffusion networks (e.g. ``torch.float16`` on GPU); latents
-            and the loss stay fp32.
+        torch_dtype: dtype of the diffusion networks; default bfloat16 on a GPU that supports it
+            (else float16), float32 on CPU. Latents and the loss stay fp32; the target keeps
+            its own dtype.
         device: where the diffusion networks run (default: CUDA when available).
         attention: ``"sdpa"`` or ``"xformers"``.
         **call_kwargs: arguments of the pipeline call (``prompt``, ``num_inference_steps``,
@@ -78,6 +79,8 @@ class DiffusionInverter(Inverter):
             raise TypeError(f"DiffusionInverter got unknown pipeline arguments {unknown}; accepted: {sorted(accepted)}.")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch_dtype is None and str(device).startswith("cuda"):
+            torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if isinstance(model, (str, os.PathLike)):
             self.pipe = _cached_pipeline(os.fspath(model), torch_dtype, str(device), attention)
         else:
