@@ -243,7 +243,7 @@ class DiffInvPipeline(DiffusionPipeline):
             _check_model_dir(path)
             target_config = _read_json(Path(path) / "model_index.json").get("target_config")
             weights = (target_config or {}).get("weights")
-            if "target" not in kwargs and "target_config" not in kwargs and weights == _TARGET_WEIGHTS_FILE:
+            if kwargs.get("target") is None and kwargs.get("target_config") is None and weights == _TARGET_WEIGHTS_FILE:
                 kwargs["target_config"] = {**target_config, "weights": os.path.join(path, weights)}
             return super().from_pretrained(path, **kwargs)
         if os.path.exists(path) or path.startswith(("/", ".", "~")) or path.count("/") > 1:
@@ -543,6 +543,9 @@ class DiffInvPipeline(DiffusionPipeline):
         gradient_checkpointing: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        init: str = "noise",
+        mapper=None,
+        strength: float = 0.5,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -579,6 +582,12 @@ class DiffInvPipeline(DiffusionPipeline):
                 (memory nearly flat in K); off is faster and uses memory linear in K.
             generator: seeds the initial latents (one generator, or one per image).
             latents: ``(N, 4, H/8, W/8)`` initial latents instead of random ones.
+            init: ``"noise"`` (default): start from Gaussian latents z_T; ``"mapper"``: the hybrid
+                start — a trained :class:`~diffinv.mapper.FeatureMapper` predicts the clean latent
+                from the features, it is noised to the timestep at ``strength`` (as in img2img) and
+                the optimization runs through the remaining ``round(K * strength)`` sampler steps.
+            mapper: the FeatureMapper for ``init="mapper"``.
+            strength: with ``init="mapper"``, how far into the chain the start is noised, in (0, 1].
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`DiffInvPipelineOutput` (else a tuple of its fields).
             callback_on_step_end: ``fn(pipe, iteration, timestep, callback_kwargs) -> dict`` after
@@ -598,6 +607,15 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if optimize not in ("initial", "all"):
             raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
+        if init not in ("noise", "mapper"):
+            raise ValueError(f"`init` must be 'noise' or 'mapper', got {init!r}.")
+        if init == "mapper":
+            if mapper is None or not hasattr(mapper, "initial_latents"):
+                raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
+            if latents is not None:
+                raise ValueError("pass either `latents` or `init='mapper'`, not both.")
+            if not 0.0 < strength <= 1.0:
+                raise ValueError(f"`strength` must be in (0, 1], got {strength}.")
         for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -641,14 +659,22 @@ class DiffInvPipeline(DiffusionPipeline):
 
         # 5. Prepare the latents (fp32 master copies) and the optimizer
         shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
+        if init == "mapper":  # hybrid: the black-box mapper's clean latent, noised to the start step
+            clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
+            if tuple(clean.shape) != shape:
+                raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
+            steps = max(1, round(num_inference_steps * strength))
+            scheduler.timesteps = scheduler.timesteps[num_inference_steps - steps :]
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+            latents = scheduler.add_noise(clean, noise, scheduler.timesteps[:1])
+        elif latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
             latents = latents * scheduler.init_noise_sigma
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape} for {height}x{width} images.")
         variables = [latents.to(device, torch.float32).clone()]
         if optimize == "all":
-            variables += [torch.zeros_like(variables[0]) for _ in range(num_inference_steps - 1)]
+            variables += [torch.zeros_like(variables[0]) for _ in range(len(scheduler.timesteps) - 1)]
         optimizer = torch.optim.Adam(variables, lr=learning_rate)
         best_loss = torch.full((batch_size,), float("inf"), device=device)
         best = [v.clone() for v in variables]

@@ -67,3 +67,15 @@ def test_hybrid_start_beats_noise_start(tmp_path):
     hybrid = pipe(fs, init="mapper", mapper=mapper, generator=torch.Generator().manual_seed(0), **kwargs)
     assert hybrid.loss_history.shape == from_noise.loss_history.shape == (10, 4)
     assert hybrid.feature_residual.mean() < from_noise.feature_residual.mean()
+
+
+def test_hybrid_start_bad_input():
+    from diffinv.pipelines.diffinv_pipeline import load_pipeline
+
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", LAYER, input_size=(32, 32))
+    pipe = load_pipeline("tiny", target=target, layer=LAYER)
+    feats = FeatureSet.extract(target, torch.rand(1, 3, 32, 32), LAYER)
+    with pytest.raises(ValueError, match="`init='mapper'` needs `mapper=`"):
+        pipe(feats, init="mapper", num_iterations=1)
+    with pytest.raises(ValueError, match="`init` must be 'noise' or 'mapper'"):
+        pipe(feats, init="zeros", num_iterations=1)

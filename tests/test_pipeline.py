@@ -179,7 +179,7 @@ def test_checkpointed_and_plain_gradients_agree(tiny_sd_pipe, tiny_sd_target, ti
 def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
     fs = FeatureSet.extract(tiny_sd_target, tiny_sd_images[:1], "blocks.0")
     out = tiny_sd_pipe(
-        fs, prompt="", num_inference_steps=2, num_iterations=40, learning_rate=0.3, latent_prior_weight=0.0,
+        fs, prompt="", num_inference_steps=2, num_iterations=60, learning_rate=0.3, latent_prior_weight=0.0,
         generator=_seed(5), output_type="pt",
     )  # fmt: skip
     history = out.loss_history[:, 0]
@@ -375,9 +375,9 @@ def test_round_trip_of_random_and_named_targets(tmp_path):
     pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights=None)
     pipe.save_pretrained(tmp_path / "random")
     assert (tmp_path / "random" / "target" / "model.safetensors").is_file()
-    loaded = DiffInvPipeline.from_pretrained(tmp_path / "random")
-    for (k, a), (_, b) in zip(pipe.target.state_dict().items(), loaded.target.state_dict().items()):
-        assert torch.equal(a, b), k
+    for loaded in (DiffInvPipeline.from_pretrained(tmp_path / "random"), load_pipeline(tmp_path / "random")):
+        for (k, a), (_, b) in zip(pipe.target.state_dict().items(), loaded.target.state_dict().items()):
+            assert torch.equal(a, b), k
     # a named target with default weights is saved as its description only
     pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.2")
     pipe.save_pretrained(tmp_path / "named")
