@@ -176,9 +176,12 @@ def run_benchmark(
         bar.update(1)
     bar.close()
     _write_json(results_path, {"config": meta, "records": records})
-    write_table(records, out_dir / "results.md", layers=layers, methods=list(methods), meta=meta)
-    write_grid(images, sources, out_dir, layers, list(methods), seed=seeds[0], path=out_dir / "grid.png")
-    write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=list(layers), methods=list(methods))
+    # Tables and figures cover every record in the folder: earlier runs may have added layers or methods.
+    layers = list(dict.fromkeys([*layers, *(r["layer"] for r in records)]))
+    methods = list(dict.fromkeys([*methods, *(r["method"] for r in records)]))
+    write_table(records, out_dir / "results.md", layers=layers, methods=methods, meta=meta)
+    write_grid(images, sources, out_dir, layers, methods, seed=seeds[0], path=out_dir / "grid.png")
+    write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=layers, methods=methods)
     return records
 
 

@@ -38,17 +38,12 @@ from .targets import TargetNetwork
 
 __all__ = [
     "FeatureMapper",
-    "BUILTIN_MODELS",
     "decode_latents",
     "encode_latents",
     "load_vae",
     "resolve_model_dir",
     "vae_scale_factor",
 ]
-
-# diffusers-format definitions without weights in pipelines/ (random weights: timing only).
-BUILTIN_MODELS = ("tiny", "sd15", "sd-turbo")
-
 
 # ---------------------------------------------------------------------- VAE helpers
 def vae_scale_factor(vae: AutoencoderKL) -> int:
@@ -71,12 +66,10 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _builtin_dir(name: str) -> Path | None:
-    if name not in BUILTIN_MODELS:
-        return None
-    import diffinv.pipelines
+    """The folder of a weightless definition in ``pipelines/`` (random weights: timing only)."""
+    from .pipelines import DEFINITIONS, definition_dir
 
-    path = Path(diffinv.pipelines.__file__).parent / name
-    return path if path.is_dir() else None
+    return definition_dir(name) if name in DEFINITIONS else None
 
 
 def _has_weights(folder: Path) -> bool:
@@ -88,7 +81,7 @@ def load_vae(model: str | os.PathLike | AutoencoderKL, *, torch_dtype: torch.dty
 
     Args:
         model: a diffusers model directory (with a ``vae/`` sub-folder) or a VAE directory,
-            a Hugging Face id already in the local cache, one of :data:`BUILTIN_MODELS`
+            a Hugging Face id already in the local cache, one of ``diffinv.pipelines.DEFINITIONS``
             (architecture only, random weights: for tests and timing), or a VAE instance.
         torch_dtype: load the weights in this dtype.
 
@@ -121,7 +114,7 @@ def load_vae(model: str | os.PathLike | AutoencoderKL, *, torch_dtype: torch.dty
                 f"`model` {str(model)!r} is neither a local diffusers directory nor in the Hugging Face cache "
                 f"({type(err).__name__}). Offline, copy a diffusers-format Stable Diffusion folder (with "
                 f"vae/config.json and vae/diffusion_pytorch_model.safetensors) to this machine and pass its path, "
-                f"or use one of {', '.join(BUILTIN_MODELS)} for random weights."
+                f"or use tiny, sd15 or sd-turbo for random weights."
             ) from err
     raise FileNotFoundError(
         f"`model` {str(model)!r} has no VAE weights: expected {str(path / 'vae')!r} with config.json and "

@@ -581,9 +581,9 @@ def invert_video(
             done[p] = True
         computed.extend(positions)
         save_metrics()
-        bar.update(len(positions))
         if "psnr" in scores:
-            bar.set_postfix(psnr=f"{scores['psnr'].mean():.2f}")
+            bar.set_postfix(psnr=f"{scores['psnr'].mean():.2f}", refresh=False)
+        bar.update(len(positions))
     bar.close()
     save_metrics()
     ordered = [records[p] for p in sorted(records)]

@@ -24,13 +24,7 @@ from diffinv.training import TrainConfig, train_mapper
 LAYER = "blocks.2"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is as fast, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hybrid_start_beats_noise_start(tmp_path):

@@ -33,13 +33,7 @@ from diffinv.training import (
 LAYERS = ("blocks.1", "blocks.4", "blocks.6", "global_pool")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is as fast, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vae(blocks: int = 2) -> AutoencoderKL:

@@ -28,14 +28,7 @@ PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "diffinv_pip
 FAST = dict(num_inference_steps=2, num_iterations=3, output_type="pt")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_sd_one_thread():
-    """One intra-op thread: these tensors are too small to gain from a second one, and when other
-    jobs share the 2 cores two OpenMP threads wait on each other (an iteration took 17x longer)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
