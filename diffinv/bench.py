@@ -177,8 +177,8 @@ def run_benchmark(
     bar.close()
     _write_json(results_path, {"config": meta, "records": records})
     # Tables and figures cover every record in the folder: earlier runs may have added layers or methods.
-    layers = list(dict.fromkeys([*layers, *(r["layer"] for r in records)]))
-    methods = list(dict.fromkeys([*methods, *(r["method"] for r in records)]))
+    layers = list(dict.fromkeys([*(r["layer"] for r in records), *layers]))
+    methods = list(dict.fromkeys([*(r["method"] for r in records), *methods]))
     write_table(records, out_dir / "results.md", layers=layers, methods=methods, meta=meta)
     write_grid(images, sources, out_dir, layers, methods, seed=seeds[0], path=out_dir / "grid.png")
     write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=layers, methods=methods)
@@ -209,7 +209,7 @@ def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequen
 def write_table(records, path, *, layers, methods, meta: Mapping | None = None) -> str:
     """Writes the mean ± std markdown table and returns it."""
     fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.3f}", "feature_residual": "{:.3f}",
-           "top1_agreement": "{:.2f}", "seconds": "{:.1f}", "peak_memory_mb": "{:.0f}"}
+           "top1_agreement": "{:.2f}", "seconds": "{:.2f}", "peak_memory_mb": "{:.0f}"}
     head = ["layer", "method", "box", "n", "PSNR (dB)", "SSIM", "LPIPS", "feat. residual", "top-1 agr.", "s / image", "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summarize(records, layers, methods):

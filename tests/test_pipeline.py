@@ -479,3 +479,12 @@ def test_real_stable_diffusion_directory():
     out = pipe(fs, num_inference_steps=4, num_iterations=20, generator=_seed(), output_type="pt")
     assert out.prompts == ["a photo of a Egyptian cat"]
     assert out.loss_history[-1, 0] < out.loss_history[0, 0] and out.skipped_steps <= 2
+
+
+def test_diffusion_inverter_temporal_weight_reaches_the_call(tiny_sd_target):
+    from diffinv.inverters.diffusion import DiffusionInverter
+
+    inverter = DiffusionInverter(tiny_sd_target, model="tiny", num_iterations=1)
+    assert inverter.temporal_weight == 0.0
+    inverter.temporal_weight = 30
+    assert inverter.call_kwargs["temporal_weight"] == 30.0

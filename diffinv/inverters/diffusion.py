@@ -88,6 +88,15 @@ class DiffusionInverter(Inverter):
         self.model = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
         self.call_kwargs = call_kwargs
 
+    @property
+    def temporal_weight(self) -> float:
+        """λ of the temporal smoothing between consecutive latents (video frames in one batch)."""
+        return float(self.call_kwargs.get("temporal_weight", 0.0))
+
+    @temporal_weight.setter
+    def temporal_weight(self, value: float) -> None:
+        self.call_kwargs["temporal_weight"] = float(value)
+
     def invert(
         self,
         features: torch.Tensor | FeatureSet,
