@@ -173,9 +173,20 @@ def _feature_error(features_shape, expected, config) -> str:
     )
 
 
-def check_model_input(model, features: torch.Tensor | FeatureSet) -> torch.Tensor:
-    """Checks features (tensor or FeatureSet) against a mapper's/decoder's config; returns the tensor."""
+def check_model_input(
+    model, features: torch.Tensor | FeatureSet, image_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Checks features (tensor or FeatureSet) against a mapper's/decoder's config; returns the tensor.
+
+    ``image_size``: the input size the features are for (what ``resolve_features`` found), checked
+    against the size the model was trained at.
+    """
     config = model.config
+    if image_size is not None and config.input_size and tuple(image_size) != tuple(config.input_size):
+        raise ValueError(
+            f"`features` are for input size {tuple(image_size)} but this model was trained at "
+            f"{tuple(config.input_size)}."
+        )
     if isinstance(features, FeatureSet):
         if config.layer and features.layer != config.layer:
             raise ValueError(

@@ -199,13 +199,7 @@ class DecoderInverter(Inverter):
         load_start = time.perf_counter()
         feats, layer, size = resolve_features(self.target, features, image_size)
         decoder = self.decoder_for(layer)
-        if isinstance(features, FeatureSet):
-            check_model_input(decoder, features)
-        if tuple(decoder.config.input_size) != tuple(size):
-            raise ValueError(
-                f"`features` are for input size {tuple(size)} but the decoder was trained at "
-                f"{tuple(decoder.config.input_size)}."
-            )
+        check_model_input(decoder, features, size)
         load_seconds = time.perf_counter() - load_start
         start = time.perf_counter()
         images = decoder.reconstruct(feats, self.batch_size)

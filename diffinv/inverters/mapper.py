@@ -198,10 +198,7 @@ class MapperInverter(Inverter):
         load_start = time.perf_counter()
         feats, layer, size = resolve_features(self.target, features, image_size)
         mapper = self.mapper_for(layer)
-        check_model_input(mapper, features)
-        if tuple(mapper.config.input_size) != tuple(size):
-            raise ValueError(f"`features` are for input size {tuple(size)} but the mapper was trained at "
-                             f"{tuple(mapper.config.input_size)}.")
+        check_model_input(mapper, features, size)
         if self.strength > 0:
             self._load_refiner(mapper)
         vae = self._load_vae(mapper)
