@@ -1,8 +1,20 @@
-"""diffinv: reconstruct images from the features of deep networks, with a diffusion prior."""
+"""diffinv: reconstruct images from the features of deep networks, with a diffusion prior.
 
-from .features import FeatureSet
-from .targets import TargetNetwork, WeightsNotFoundError
+``from diffinv import DiffInvPipeline`` works too: the pipeline (and diffusers) is imported
+only when it is first asked for.
+"""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["FeatureSet", "TargetNetwork", "WeightsNotFoundError", "__version__"]
+from .features import FeatureSet  # noqa: E402
+from .targets import TargetNetwork, WeightsNotFoundError  # noqa: E402
+
+__all__ = ["DiffInvPipeline", "FeatureSet", "TargetNetwork", "WeightsNotFoundError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "DiffInvPipeline":
+        from .pipelines import DiffInvPipeline
+
+        return DiffInvPipeline
+    raise AttributeError(f"module 'diffinv' has no attribute {name!r}")

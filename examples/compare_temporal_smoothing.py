@@ -34,7 +34,9 @@ import torch
 
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.targets import TargetNetwork
-from diffinv.video import extract_video_features, invert_video, read_video, sample_video_path, write_video
+from diffinv.datasets import sample_video_path
+from diffinv.io import read_video, write_video
+from diffinv.jobs.video import extract_video_features, invert_video
 
 MAX_PSNR_COST = 0.5  # dB: the most PSNR smoothing may cost to be chosen
 

@@ -26,14 +26,9 @@ from pathlib import Path
 
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.targets import TargetNetwork
-from diffinv.video import (
-    extract_video_features,
-    invert_video,
-    read_video,
-    sample_video_path,
-    write_side_by_side,
-    write_video,
-)
+from diffinv.datasets import sample_video_path
+from diffinv.io import read_video, write_side_by_side, write_video
+from diffinv.jobs.video import extract_video_features, invert_video
 
 
 def main() -> None:

@@ -26,13 +26,15 @@ from pathlib import Path
 
 import torch
 
-from diffinv.bench import run_benchmark, summarize
+from diffinv.jobs.bench import run_benchmark
+from diffinv.jobs.report import summarize
 from diffinv.datasets import offline_training_sources
-from diffinv.images import sample_images
+from diffinv.io import sample_images
 from diffinv.inverters import DIPInverter, PixelInverter
-from diffinv.inverters.decoder import DecoderInverter, UpconvNet
+from diffinv.inverters.decoder import DecoderInverter
+from diffinv.models import UpconvNet
 from diffinv.targets import TargetNetwork
-from diffinv.training import TrainConfig, train_decoder
+from diffinv.jobs.training import TrainConfig, train_decoder
 
 HELD_OUT = ("chelsea", "coffee", "astronaut", "rocket")
 

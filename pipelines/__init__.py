@@ -1,18 +1,15 @@
 """Diffusers pipelines of diffinv (importable as ``diffinv.pipelines``).
 
-``diffinv_pipeline.py`` holds :class:`DiffInvPipeline`; the sub-folders ``tiny``, ``sd15`` and
-``sd-turbo`` are diffusers-format definitions without weights (model_index.json + component
-configs), from which :func:`load_pipeline` builds random-weight pipelines offline.
+* ``diffinv_pipeline.py``: :class:`DiffInvPipeline` (one class per file, diffusers style; it
+  also works as a diffusers ``custom_pipeline``);
+* ``definitions.py``: the weight-free definitions ``tiny``, ``sd15`` and ``sd-turbo`` (the
+  sub-folders: model_index.json + component configs) and checks of model folders;
+* ``loaders.py``: :func:`load_pipeline` and :func:`load_vae`.
 """
 
-from .diffinv_pipeline import (
-    DEFINITIONS,
-    DiffInvPipeline,
-    DiffInvPipelineOutput,
-    ModelFilesNotFoundError,
-    definition_dir,
-    load_pipeline,
-)
+from .definitions import DEFINITIONS, ModelFilesNotFoundError, definition_dir
+from .diffinv_pipeline import DiffInvPipeline, DiffInvPipelineOutput
+from .loaders import load_pipeline, load_vae
 
 __all__ = [
     "DEFINITIONS",
@@ -21,4 +18,5 @@ __all__ = [
     "ModelFilesNotFoundError",
     "definition_dir",
     "load_pipeline",
+    "load_vae",
 ]

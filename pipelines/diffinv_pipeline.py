@@ -29,8 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -50,43 +48,27 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from diffinv.features import FeatureSet
-from diffinv.inverters.base import resolve_features
+from diffinv.features import FeatureSet, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
 from diffinv.prompts import class_prompt, resolve_prompts
+from diffinv.pipelines.definitions import (
+    DEFINITIONS,
+    HOW_TO_PROVIDE,
+    ModelFilesNotFoundError,
+    check_model_dir,
+    definition_dir,
+    load_tokenizer,
+    read_json,
+)
 from diffinv.targets import TargetNetwork
 
-__all__ = [
-    "DEFINITIONS",
-    "DiffInvPipeline",
-    "DiffInvPipelineOutput",
-    "ModelFilesNotFoundError",
-    "definition_dir",
-    "load_pipeline",
-]
+__all__ = ["DiffInvPipeline", "DiffInvPipelineOutput"]
 
 logger = logging.get_logger(__name__)
 
 # Pipeline definitions shipped in ``pipelines/<name>/`` (model_index.json + configs, no weights).
-DEFINITIONS = ("tiny", "sd15", "sd-turbo")
-_WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack")
 _TARGET_WEIGHTS_FILE = "target/model.safetensors"
-_HOW_TO_PROVIDE = (
-    "Offline, provide a diffusers-format Stable Diffusion directory (model_index.json, unet/, vae/, "
-    "text_encoder/, tokenizer/, scheduler/ with their weights): on a machine with internet run "
-    "`huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir DIR` (or "
-    "stabilityai/sd-turbo), copy DIR here and pass its path; or pre-fill the Hugging Face cache (HF_HOME). "
-    "For speed/memory measurements without weights use `load_pipeline('sd15')` (random weights built from "
-    "pipelines/sd15)."
-)
-
-
-class ModelFilesNotFoundError(FileNotFoundError):
-    """The diffusion model's files are not on this machine (and cannot be downloaded here)."""
-
-
 @dataclass
 class DiffInvPipelineOutput(BaseOutput):
     """Output of :class:`DiffInvPipeline`.
@@ -240,15 +222,15 @@ class DiffInvPipeline(DiffusionPipeline):
         """
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path):
-            _check_model_dir(path)
-            target_config = _read_json(Path(path) / "model_index.json").get("target_config")
+            check_model_dir(path)
+            target_config = read_json(Path(path) / "model_index.json").get("target_config")
             weights = (target_config or {}).get("weights")
             if kwargs.get("target") is None and kwargs.get("target_config") is None and weights == _TARGET_WEIGHTS_FILE:
                 kwargs["target_config"] = {**target_config, "weights": os.path.join(path, weights)}
             return super().from_pretrained(path, **kwargs)
         if os.path.exists(path) or path.startswith(("/", ".", "~")) or path.count("/") > 1:
             raise ModelFilesNotFoundError(
-                f"`pretrained_model_name_or_path` {path!r} is not a directory. " + _HOW_TO_PROVIDE
+                f"`pretrained_model_name_or_path` {path!r} is not a directory. " + HOW_TO_PROVIDE
             )
         try:
             return super().from_pretrained(path, **kwargs)
@@ -256,7 +238,7 @@ class DiffInvPipeline(DiffusionPipeline):
             hint = f" ({path!r} names a weight-free definition: use `load_pipeline({path!r})`.)" if path in DEFINITIONS else ""
             raise ModelFilesNotFoundError(
                 f"could not load the diffusion model {path!r}: it is not a local directory and not in the "
-                f"Hugging Face cache, and it could not be downloaded ({type(err).__name__}).{hint} " + _HOW_TO_PROVIDE
+                f"Hugging Face cache, and it could not be downloaded ({type(err).__name__}).{hint} " + HOW_TO_PROVIDE
             ) from err
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -307,7 +289,7 @@ class DiffInvPipeline(DiffusionPipeline):
         ``open_clip_torch`` (``pip install open_clip_torch``).
         """
         folder = definition_dir(name_or_path)
-        index = _read_json(folder / "model_index.json")
+        index = read_json(folder / "model_index.json")
         with torch.random.fork_rng(devices=[]):  # each component seeded alone, as diffusers' dummy components
             torch.manual_seed(seed)
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
@@ -320,7 +302,7 @@ class DiffInvPipeline(DiffusionPipeline):
         pipe = cls(
             vae=vae,
             text_encoder=text_encoder,
-            tokenizer=_load_tokenizer(folder / "tokenizer"),
+            tokenizer=load_tokenizer(folder / "tokenizer"),
             unet=unet,
             scheduler=scheduler,
             target=target,
@@ -779,125 +761,3 @@ class DiffInvPipeline(DiffusionPipeline):
         return [class_prompt(self.target.class_name(int(c))) for c in classes]
 
 
-# ---------------------------------------------------------------------- module helpers
-def definition_dir(name_or_path: str | os.PathLike) -> Path:
-    """The folder of a pipeline definition: a name in :data:`DEFINITIONS` or a directory."""
-    path = Path(name_or_path)
-    if (path / "model_index.json").is_file():
-        return path
-    if str(name_or_path) in DEFINITIONS:
-        # ``diffinv.pipelines`` rather than ``__file__``: this file may run as a copied custom_pipeline
-        return Path(importlib.import_module("diffinv.pipelines").__file__).parent / str(name_or_path)
-    raise ModelFilesNotFoundError(
-        f"pipeline definition {str(name_or_path)!r} not found: expected one of {', '.join(DEFINITIONS)} or a "
-        f"directory with model_index.json and component configs."
-    )
-
-
-def load_pipeline(
-    model: str | os.PathLike | DiffusionPipeline,
-    *,
-    target: TargetNetwork | str | None = None,
-    layer: str | None = None,
-    target_weights: str | None = "default",
-    torch_dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-    attention: str = "sdpa",
-    seed: int = 0,
-    **kwargs,
-) -> DiffInvPipeline:
-    """A ready pipeline from a definition name, a diffusers directory / Hub id, or a pipeline.
-
-    Args:
-        model: ``"tiny"``, ``"sd15"``, ``"sd-turbo"`` build random weights from ``pipelines/``
-            (tests, timing); a path to a diffusers directory or a cached Hub id loads real weights;
-            a pipeline is used as is.
-        target, layer, target_weights: the target network (see :class:`DiffInvPipeline`).
-        torch_dtype: e.g. ``torch.float16`` / ``torch.bfloat16`` for the networks (GPU).
-        device: where to run (default: where the weights are, i.e. CPU).
-        attention: ``"sdpa"`` (PyTorch scaled-dot-product attention, the default) or ``"xformers"``
-            (memory-efficient attention when xformers is installed; SDPA with a warning otherwise).
-        seed: seeds the random weights of a definition.
-        kwargs: passed to :meth:`DiffInvPipeline.from_pretrained`.
-
-    Example:
-        >>> pipe = load_pipeline("sd15", target="resnet50", layer="layer3", torch_dtype=torch.float16, device="cuda")
-    """
-    if attention not in ("sdpa", "xformers"):
-        raise ValueError(f"`attention` must be 'sdpa' or 'xformers', got {attention!r}.")
-    if isinstance(model, DiffusionPipeline):
-        pipe = model
-        if target is not None:
-            pipe.set_target(target, layer=layer, weights=target_weights)
-        if torch_dtype is not None:
-            pipe.to(dtype=torch_dtype)
-    elif str(model) in DEFINITIONS and not os.path.isdir(model):
-        pipe = DiffInvPipeline.from_definition(
-            model, target=target, layer=layer, target_weights=target_weights, torch_dtype=torch_dtype, seed=seed
-        )
-    else:
-        pipe = DiffInvPipeline.from_pretrained(
-            model, target=target, layer=layer, target_weights=target_weights, torch_dtype=torch_dtype, **kwargs
-        )
-    if device is not None:
-        pipe.to(device)
-    if attention == "xformers":
-        try:
-            pipe.enable_xformers_memory_efficient_attention()
-        except (ImportError, ModuleNotFoundError, ValueError) as err:
-            logger.warning(f"xformers attention is not available ({err}); using PyTorch SDPA attention.")
-    return pipe
-
-
-def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _check_model_dir(path: str) -> None:
-    """Raises :class:`ModelFilesNotFoundError` unless ``path`` holds a loadable diffusers pipeline."""
-    folder = Path(path)
-    if not (folder / "model_index.json").is_file():
-        raise ModelFilesNotFoundError(
-            f"`pretrained_model_name_or_path` {path!r} has no model_index.json, so it is not a diffusers-format "
-            f"pipeline directory. " + _HOW_TO_PROVIDE
-        )
-    index = _read_json(folder / "model_index.json")
-    for name in _WEIGHT_COMPONENTS:
-        entry = index.get(name)
-        if not entry or entry[0] is None:
-            continue
-        files = [p for p in (folder / name).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json")]
-        if not files:
-            raise ModelFilesNotFoundError(
-                f"`pretrained_model_name_or_path` {path!r}: the component {name!r} has no weights in {folder / name} "
-                f"(a definition without weights?). " + _HOW_TO_PROVIDE
-            )
-
-
-def _load_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A CLIPTokenizer from a tokenizer folder, or built from open_clip's CLIP BPE file."""
-    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
-        return CLIPTokenizer.from_pretrained(folder)
-    try:
-        from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    except ImportError as err:
-        raise ImportError(
-            f"{folder} has no vocabulary; the real CLIP vocabulary is built from the BPE file of `open_clip_torch`: "
-            f"`pip install open_clip_torch` (or provide vocab.json and merges.txt there)."
-        ) from err
-    import gzip
-
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
-        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]  # exactly as CLIP's own tokenizer
-    merges = [tuple(m.split()) for m in merges]
-    symbols = list(bytes_to_unicode().values())
-    symbols += [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    config = _read_json(folder / "tokenizer_config.json")
-    special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(config.get(k), str)}
-    return CLIPTokenizer(
-        vocab={s: i for i, s in enumerate(symbols)},
-        merges=merges,
-        model_max_length=config.get("model_max_length", 77),
-        **special,
-    )

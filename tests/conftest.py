@@ -27,7 +27,7 @@ def lite0():
 @pytest.fixture(scope="session")
 def photos():
     """Real photos from scikit-image at 224x224: chelsea, coffee, astronaut, rocket."""
-    from diffinv.images import sample_images
+    from diffinv.io import sample_images
 
     return sample_images(("chelsea", "coffee", "astronaut", "rocket"), 224)
 

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from diffinv.bench import PeakMemory, run_benchmark
+from diffinv.jobs.bench import PeakMemory, run_benchmark
 from diffinv.cli import main
 from diffinv.datasets import load_dataset
-from diffinv.images import save_image
+from diffinv.io import save_image
 from diffinv.inverters import PixelInverter
 
 
@@ -73,6 +73,6 @@ def test_peak_memory_sees_an_allocation():
 
 
 def test_every_sample_photo_loads():
-    from diffinv.images import SAMPLE_PHOTOS, sample_images
+    from diffinv.io import SAMPLE_PHOTOS, sample_images
 
     assert sample_images(SAMPLE_PHOTOS, 16).shape == (len(SAMPLE_PHOTOS), 3, 16, 16)

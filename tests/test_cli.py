@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffinv.cli import main
-from diffinv.images import save_image
+from diffinv.io import save_image
 
 
 @pytest.fixture(scope="module")

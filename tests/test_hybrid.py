@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from diffinv.features import FeatureSet
-from diffinv.images import sample_images, save_image
-from diffinv.mapper import FeatureMapper, decode_latents
+from diffinv.io import sample_images, save_image
+from diffinv.models import FeatureMapper, decode_latents
 from diffinv.metrics import feature_residual
 from diffinv.targets import TargetNetwork
-from diffinv.training import TrainConfig, train_mapper
+from diffinv.jobs.training import TrainConfig, train_mapper
 
 LAYER = "blocks.2"
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hybrid_start_beats_noise_start(tmp_path):
-    from diffinv.pipelines.diffinv_pipeline import load_pipeline
+    from diffinv.pipelines import load_pipeline
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", LAYER, input_size=(32, 32))
     pipe = load_pipeline("tiny", target=target, layer=LAYER)
@@ -64,7 +64,7 @@ def test_hybrid_start_beats_noise_start(tmp_path):
 
 
 def test_hybrid_start_bad_input():
-    from diffinv.pipelines.diffinv_pipeline import load_pipeline
+    from diffinv.pipelines import load_pipeline
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", LAYER, input_size=(32, 32))
     pipe = load_pipeline("tiny", target=target, layer=LAYER)

@@ -16,12 +16,13 @@ from safetensors.torch import load_file
 
 from diffinv.cli import main
 from diffinv.features import FeatureSet
-from diffinv.images import save_image
-from diffinv.inverters.decoder import DecoderInverter, UpconvNet
+from diffinv.io import save_image
+from diffinv.inverters.decoder import DecoderInverter
+from diffinv.models import UpconvNet
 from diffinv.inverters.mapper import MapperInverter
-from diffinv.mapper import FeatureMapper, decode_latents, encode_latents
+from diffinv.models import FeatureMapper, decode_latents, encode_latents
 from diffinv.targets import TargetNetwork
-from diffinv.training import (
+from diffinv.jobs.training import (
     ImageDataset,
     TrainConfig,
     load_training_data,
@@ -215,7 +216,7 @@ def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
 
 
 def test_mapper_img2img_refinement(target32, small_photos):
-    from diffinv.pipelines.diffinv_pipeline import load_pipeline
+    from diffinv.pipelines import load_pipeline
 
     pipe = load_pipeline("tiny")
     mapper = FeatureMapper.for_target(target32, "blocks.2", (32, 32), pipe.vae, hidden_channels=16)

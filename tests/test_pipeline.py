@@ -473,7 +473,7 @@ def test_real_stable_diffusion_directory():
     dtype = torch.float16 if device == "cuda" else torch.float32
     target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(224, 224)).to(device)
     pipe = load_pipeline(path, target=target, torch_dtype=dtype, device=device)
-    from diffinv.images import sample_images
+    from diffinv.io import sample_images
 
     fs = FeatureSet.extract(target, sample_images(("chelsea",), 224).to(device), "blocks.2")
     out = pipe(fs, num_inference_steps=4, num_iterations=20, generator=_seed(), output_type="pt")

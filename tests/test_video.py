@@ -8,15 +8,10 @@ import pytest
 import torch
 
 from diffinv.features import FeatureSet
-from diffinv.inverters import DIPInverter, InversionOutput, Inverter, PixelInverter, resolve_features
-from diffinv.video import (
-    extract_video_features,
-    frame_path,
-    invert_video,
-    read_video,
-    write_side_by_side,
-    write_video,
-)
+from diffinv.features import resolve_features
+from diffinv.inverters import DIPInverter, InversionOutput, Inverter, PixelInverter
+from diffinv.io import read_video, write_side_by_side, write_video
+from diffinv.jobs.video import extract_video_features, frame_path, invert_video
 
 NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
 

@@ -1,9 +1,29 @@
-"""Inverters: one file per method, one result type (:class:`InversionOutput`)."""
+"""Inverters: one file per method behind one template (:class:`Inverter`), and the registry.
 
-from .base import InversionOutput, Inverter, optimize, resolve_features
+:data:`INVERTERS` maps each method name to its class, in the order the command line lists them:
+white-box methods first (``diffusion``, ``pixel``, ``dip``), then black-box ones (``mapper``,
+``decoder``).
+"""
+
+from .base import InversionOutput, Inverter, optimize
+from .decoder import DecoderInverter
+from .diffusion import DiffusionInverter
 from .dip import DIPInverter
+from .mapper import MapperInverter
 from .pixel import PixelInverter
 
-INVERTERS = {"pixel": PixelInverter, "dip": DIPInverter}
+INVERTERS: dict[str, type[Inverter]] = {
+    cls.name: cls for cls in (DiffusionInverter, PixelInverter, DIPInverter, MapperInverter, DecoderInverter)
+}
 
-__all__ = ["INVERTERS", "DIPInverter", "InversionOutput", "Inverter", "PixelInverter", "optimize", "resolve_features"]
+__all__ = [
+    "INVERTERS",
+    "DIPInverter",
+    "DecoderInverter",
+    "DiffusionInverter",
+    "InversionOutput",
+    "Inverter",
+    "MapperInverter",
+    "PixelInverter",
+    "optimize",
+]

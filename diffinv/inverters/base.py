@@ -1,26 +1,30 @@
-"""What every inverter shares: the result type and the optimization loop.
+"""What every inverter shares: the result type, the ``invert()`` template and the optimization loop.
 
-An optimizing inverter is a *parameterization* — ``(params, image_fn)``, as in lucent:
-the tensors to optimize and a function that renders images in [0, 1] from them — plus
-the target network and its features. :func:`optimize` runs the loop: feature loss +
-priors (+ temporal smoothing over consecutive frames), Adam, a progress bar, and a
-guard that never lets a non-finite loss or gradient reach the parameters.
+:meth:`Inverter.invert` is written once: it resolves and checks the features, prepares the
+method (loading learned models is timed apart), runs the method's own
+:meth:`Inverter._reconstruct`, and scores the feature residual of what came out. An
+optimizing method is a *parameterization* — ``(params, image_fn)``, as in lucent: the
+tensors to optimize and a function that renders images in [0, 1] from them — handed to
+:func:`optimize`, which runs the one rule of :mod:`diffinv.optimization`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from ..features import FeatureSet, check_features
+from ..features import FeatureSet, resolve_features
+from ..io import fingerprint_path
 from ..losses import feature_loss, temporal_smoothness
+from ..metrics import feature_residual
+from ..optimization import run_optimization
 from ..targets import TargetNetwork
 
-__all__ = ["InversionOutput", "Inverter", "optimize", "resolve_features"]
+__all__ = ["InversionOutput", "Inverter", "optimize"]
 
 
 @dataclass
@@ -29,9 +33,11 @@ class InversionOutput:
 
     Attributes:
         images: ``(N, 3, H, W)`` reconstructions in [0, 1] (CPU, float32).
-        loss_history: ``(iterations, N)`` per-image total loss at each iteration.
+        loss_history: ``(iterations, N)`` per-image total loss at each iteration (``(0, N)``
+            for methods that do not optimize).
         feature_residual: ``(N,)`` ``||f(x_hat) - f|| / ||f||`` of the returned images.
-        seconds: wall time of the whole inversion.
+        seconds: wall time of the reconstruction (loading learned models excluded: see
+            ``info["load_seconds"]``).
         method: the inverter's name.
         info: anything else worth keeping (skipped steps, hyper-parameters, ...).
     """
@@ -47,7 +53,8 @@ class InversionOutput:
 class Inverter:
     """Base class: ``inverter(features, image_size) -> InversionOutput``.
 
-    Subclasses set :attr:`name` and implement :meth:`invert`.
+    Subclasses set :attr:`name` (and :attr:`white_box`), implement :meth:`_reconstruct`, and
+    may override :meth:`_prepare` (load what the layer needs; timed apart).
     """
 
     name = "inverter"
@@ -56,6 +63,11 @@ class Inverter:
     def __init__(self, target: TargetNetwork):
         self.target = target
 
+    @property
+    def device(self) -> torch.device:
+        """Where the target runs; reconstructions are made there."""
+        return self.target.mean.device
+
     def invert(
         self,
         features: torch.Tensor | FeatureSet,
@@ -63,37 +75,62 @@ class Inverter:
         *,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        **kwargs,
     ) -> InversionOutput:
-        raise NotImplementedError
+        """Reconstructs images from ``features``.
+
+        Args:
+            features: a FeatureSet (it carries its layer and input size) or an ``(N, ...)`` tensor
+                of the target's (single) layer.
+            image_size: ``(H, W)``; default the FeatureSet's input size or the target's.
+            generator: seeds every random choice of the method.
+            progress: show a progress bar.
+            **kwargs: method-specific options (e.g. ``init``/``anchor`` for video warm starts).
+        """
+        feats, layer, size = resolve_features(self.target, features, image_size)
+        load_start = time.perf_counter()
+        self._prepare(features, layer, size)
+        start = time.perf_counter()
+        images, history, info = self._reconstruct(
+            feats.to(self.device), layer, size, generator=generator, progress=progress, **kwargs
+        )
+        images = images.detach().float().clamp(0, 1)
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        seconds = time.perf_counter() - start
+        residual = feature_residual(self.target, images.to(self.device), feats, layer).cpu()
+        info = {"load_seconds": start - load_start, **info}
+        return InversionOutput(images.cpu(), history, residual, seconds, self.name, info)
 
     def __call__(self, *args, **kwargs) -> InversionOutput:
         return self.invert(*args, **kwargs)
 
+    def _prepare(self, features: torch.Tensor | FeatureSet, layer: str, size: tuple[int, int]) -> None:
+        """Loads and checks what inverting ``layer`` needs (learned models); default nothing."""
 
-def resolve_features(
-    target: TargetNetwork,
-    features: torch.Tensor | FeatureSet,
-    image_size: tuple[int, int] | None,
-    layer: str | None = None,
-) -> tuple[torch.Tensor, str, tuple[int, int]]:
-    """Validates ``features`` against ``target`` and returns ``(tensor, layer, image_size)``.
+    def _reconstruct(
+        self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator, progress: bool, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(images (N, 3, H, W) in [0, 1], loss history (iterations, N), info)``."""
+        raise NotImplementedError
 
-    A FeatureSet carries its layer and input size; a plain tensor uses ``layer`` (or the
-    target's single layer) and ``image_size`` (or the target's input size).
-    """
-    if isinstance(features, FeatureSet):
-        layer = features.layer
-        image_size = image_size or features.input_size
-        tensor = features.features
-    else:
-        layer = layer or target.layer
-        image_size = image_size or target.input_size
-        tensor = features
-        if image_size is None:
-            raise ValueError("`image_size` is required when `features` is a tensor and the target has no input size.")
-    image_size = tuple(int(v) for v in image_size)
-    check_features(tensor, target.feature_shape(layer, image_size))
-    return tensor, layer, image_size
+    def settings(self) -> dict:
+        """What defines this inverter's results: its name and plain hyper-parameters, and a
+        fingerprint of every model folder it reads (recorded in run manifests)."""
+        plain = (bool, int, float, str, type(None))
+        out = {"method": self.name}
+        for key, value in sorted(vars(self).items()):
+            if key.startswith("_") or key == "target":
+                continue
+            if isinstance(value, tuple) and all(isinstance(v, plain) for v in value):
+                value = list(value)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if isinstance(value, plain) or isinstance(value, list):
+                out[key] = value
+                if isinstance(value, str) and os.path.exists(value):
+                    out[f"{key}_fingerprint"] = fingerprint_path(value)
+        return out
 
 
 def optimize(
@@ -115,10 +152,13 @@ def optimize(
     desc: str = "invert",
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Minimizes ``feature_loss(target(image_fn()), features) + prior_fn(images)``.
+    """Minimizes ``feature_loss(target(image_fn()), features) + prior_fn(images)`` per image.
+
+    The rule (schedule, best iterate per image, non-finite steps) is that of
+    :func:`diffinv.optimization.run_optimization`.
 
     Args:
-        params: tensors to optimize (``requires_grad`` is set here).
+        params: tensors to optimize; the first dimension of each is one block per image.
         image_fn: renders ``(N, 3, H, W)`` images in [0, 1] from ``params``.
         prior_fn: per-image prior on the images, already weighted, ``(N,)``.
         temporal_weight, temporal_fn: adds ``temporal_weight * temporal_smoothness(temporal_fn())``
@@ -130,53 +170,33 @@ def optimize(
             training-time randomness such as jitter.
 
     Returns:
-        ``(images, loss_history (iterations, N), info)`` with the images rendered from the
-        best parameters seen (lowest total loss), detached, on CPU.
+        ``(images, loss_history (iterations, N), info)`` with the images rendered from each
+        image's best parameters, detached, on CPU.
     """
-    if iterations < 1:
-        raise ValueError(f"`iterations` must be at least 1, got {iterations}.")
     params = [p.requires_grad_(True) for p in params]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations) if lr_schedule else None
-    features = features.to(next(iter(params)).device).float()
-    history, skipped = [], 0
-    best_loss, best_state = float("inf"), None
-    start = time.perf_counter()
-    bar = tqdm(range(iterations), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        optimizer.zero_grad(set_to_none=True)
+    features = features.to(params[0].device).float()
+
+    @torch.enable_grad()
+    def step(variables):
         images = image_fn()
         per_image = feature_loss(target.feature(images, layer), features, loss)
         if prior_fn is not None:
             per_image = per_image + prior_fn(images)
         total = per_image.sum()
         if temporal_weight > 0 and temporal_fn is not None:
-            variables = temporal_fn()
+            smoothed = temporal_fn()
             if temporal_anchor is not None:
-                variables = torch.cat([temporal_anchor.to(variables), variables])
-            total = total + temporal_weight * temporal_smoothness(variables)
+                smoothed = torch.cat([temporal_anchor.to(smoothed), smoothed])
+            total = total + temporal_weight * temporal_smoothness(smoothed)
         if not torch.isfinite(total):
-            skipped += 1
-            history.append(torch.full_like(per_image, float("nan")).detach().cpu())
-            continue
-        total.backward()
-        if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
-            skipped += 1
-            history.append(per_image.detach().cpu())
-            continue
-        if total.item() < best_loss:
-            best_loss = total.item()
-            best_state = [p.detach().clone() for p in params]
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        history.append(per_image.detach().cpu())
-        bar.set_postfix(loss=f"{total.item():.4g}")
-    if best_state is not None:
-        with torch.no_grad():
-            for p, best in zip(params, best_state):
-                p.copy_(best)
+            return per_image.detach(), None
+        return per_image.detach(), list(torch.autograd.grad(total, variables, allow_unused=True))
+
+    start = time.perf_counter()
+    result = run_optimization(params, step, iterations=iterations, lr=lr, num_images=len(features),
+                              schedule=lr_schedule, progress=progress, desc=desc)
     with torch.no_grad():
         images = (final_fn or image_fn)().detach().float().clamp(0, 1).cpu()
-    info = {"skipped_steps": skipped, "best_loss": best_loss, "optimize_seconds": time.perf_counter() - start}
-    return images, torch.stack(history), info
+    info = {"skipped_steps": result.skipped_steps, "best_loss": result.best_loss.tolist(),
+            "optimize_seconds": time.perf_counter() - start}
+    return images, result.history, info

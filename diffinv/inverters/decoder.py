@@ -1,10 +1,8 @@
 """Dosovitskiy & Brox (CVPR 2016): a trained up-convolutional decoder, features -> pixels.
 
 The learned black-box baseline: no diffusion model, no gradients of the target, only
-(image, feature) pairs to train on (:func:`diffinv.training.train_decoder`). For feature
-maps the network is a few 3x3 convolutions at the feature resolution followed by x2
-"up-convolutions" (4x4 transposed convolutions, leaky ReLU 0.2) until the image size; for
-pooled vectors, fully connected layers onto a 4x4 grid come first, as in the paper.
+(image, feature) pairs to train on (:func:`diffinv.jobs.training.train_decoder`); the
+network is :class:`~diffinv.models.UpconvNet`.
 
 Example:
     >>> inverter = DecoderInverter(target, decoder="out/decoder_blocks.2")
@@ -15,126 +13,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from torch import nn
 
-from ..features import FeatureSet
-from ..mapper import check_model_input, resolve_model_dir
-from ..metrics import feature_residual
+from ..models import UpconvNet, check_model_input, resolve_model_dir
 from ..targets import TargetNetwork
-from .base import InversionOutput, Inverter, resolve_features
+from .base import Inverter
 
-__all__ = ["DecoderInverter", "UpconvNet"]
-
-
-def _lrelu() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.2, inplace=True)
-
-
-class UpconvNet(ModelMixin, ConfigMixin):
-    """The UpconvNet decoder: ``(N, *feature_shape)`` features -> ``(N, 3, H, W)`` images.
-
-    Args:
-        feature_shape: ``(C, h, w)`` feature maps or ``(C,)`` pooled vectors.
-        image_size: ``(H, W)`` of the output.
-        hidden_channels: channels at the feature resolution; halved at every up-convolution
-            down to ``min_channels``.
-        min_channels: the narrowest stage (the full-resolution ones).
-        num_convs: 3x3 convolutions at the feature resolution.
-        fc_channels: width of the fully connected layers (pooled vectors only).
-        target, layer, input_size: what produced the features (recorded, and checked).
-
-    The output is not squashed: training regresses pixels directly (a Euclidean loss as
-    in the paper) and :meth:`reconstruct` clamps to [0, 1].
-    """
-
-    config_name = "config.json"
-
-    @register_to_config
-    def __init__(
-        self,
-        feature_shape: Sequence[int] = (40, 16, 16),
-        image_size: Sequence[int] = (128, 128),
-        hidden_channels: int = 128,
-        min_channels: int = 32,
-        num_convs: int = 2,
-        fc_channels: int = 1024,
-        target: str | None = None,
-        layer: str | None = None,
-        input_size: Sequence[int] | None = None,
-    ):
-        super().__init__()
-        feature_shape, image_size = tuple(feature_shape), tuple(image_size)
-        if len(feature_shape) not in (1, 3):
-            raise ValueError(
-                f"`feature_shape` must be (C, H, W) for feature maps or (C,) for pooled vectors, got {feature_shape}."
-            )
-        channels, ch = feature_shape[0], hidden_channels
-        self.register_buffer("feature_mean", torch.zeros(channels))
-        self.register_buffer("feature_std", torch.ones(channels))
-        if len(feature_shape) == 3:
-            self.fc = None
-            layers, start = [nn.Conv2d(channels, ch, 3, padding=1), _lrelu()], feature_shape[1]
-        else:
-            self.fc = nn.Sequential(nn.Linear(channels, fc_channels), _lrelu(), nn.Linear(fc_channels, fc_channels),
-                                    _lrelu(), nn.Linear(fc_channels, ch * 16), _lrelu())
-            layers, start = [], 4
-        for _ in range(num_convs):
-            layers += [nn.Conv2d(ch, ch, 3, padding=1), _lrelu()]
-        for _ in range(max(0, math.ceil(math.log2(image_size[0] / start) - 1e-6))):
-            out = max(min_channels, ch // 2)
-            layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1), _lrelu(),
-                       nn.Conv2d(out, out, 3, padding=1), _lrelu()]
-            ch = out
-        layers.append(nn.Conv2d(ch, 3, 3, padding=1))
-        self.body = nn.Sequential(*layers)
-
-    @classmethod
-    def for_target(cls, target: TargetNetwork, layer: str, image_size: tuple[int, int], **kwargs) -> "UpconvNet":
-        """A decoder sized for ``target``'s ``layer`` at ``image_size``."""
-        size = tuple(int(v) for v in image_size)
-        return cls(feature_shape=target.feature_shape(layer, size), image_size=size, target=target.name,
-                   layer=layer, input_size=size, **kwargs)
-
-    @torch.no_grad()
-    def set_feature_stats(self, features: torch.Tensor) -> None:
-        """Stores per-channel mean/std of training features (``(N, C, ...)``) for standardization."""
-        dims = [0] + list(range(2, features.ndim))
-        self.feature_mean.copy_(features.float().mean(dim=dims))
-        self.feature_std.copy_(features.float().std(dim=dims).clamp_min(1e-6))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Features -> images (unclamped; about [0, 1] once trained)."""
-        shape = (1, -1) + (1,) * (features.ndim - 2)
-        x = (features.to(self.feature_std.dtype) - self.feature_mean.view(shape)) / self.feature_std.view(shape)
-        if self.fc is not None:
-            x = self.fc(x.flatten(1)).view(len(x), -1, 4, 4)
-        x = self.body(x) + 0.5
-        size = tuple(self.config.image_size)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return x
-
-    @torch.no_grad()
-    def reconstruct(self, features: torch.Tensor | FeatureSet, batch_size: int = 32) -> torch.Tensor:
-        """Checked features -> images in [0, 1] (float32, on the decoder's device)."""
-        features = check_model_input(self, features)
-        was_training = self.training
-        self.eval()
-        try:
-            out = [self(chunk.to(self.device)).float().clamp(0, 1) for chunk in features.split(batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(out)
+__all__ = ["DecoderInverter"]
 
 
 class DecoderInverter(Inverter):
@@ -188,24 +76,9 @@ class DecoderInverter(Inverter):
         self._decoders[layer] = model
         return model
 
-    def invert(
-        self,
-        features: torch.Tensor | FeatureSet,
-        image_size: tuple[int, int] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> InversionOutput:
-        load_start = time.perf_counter()
-        feats, layer, size = resolve_features(self.target, features, image_size)
-        decoder = self.decoder_for(layer)
-        check_model_input(decoder, features, size)
-        load_seconds = time.perf_counter() - load_start
-        start = time.perf_counter()
-        images = decoder.reconstruct(feats, self.batch_size)
-        if images.is_cuda:
-            torch.cuda.synchronize(images.device)
-        seconds = time.perf_counter() - start
-        residual = feature_residual(self.target, images, feats, layer).cpu()
-        info = {"load_seconds": load_seconds, "images_per_second": len(images) / max(seconds, 1e-9)}
-        return InversionOutput(images.cpu(), torch.zeros(0, len(images)), residual, seconds, self.name, info)
+    def _prepare(self, features, layer, size):
+        check_model_input(self.decoder_for(layer), features, size)
+
+    def _reconstruct(self, features, layer, size, *, generator, progress):
+        images = self.decoder_for(layer).reconstruct(features, self.batch_size)
+        return images, torch.zeros(0, len(images)), {}

@@ -15,15 +15,13 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 
-from ..features import FeatureSet
-from ..metrics import feature_residual
+from ..pipelines import DiffInvPipeline, load_pipeline
 from ..targets import TargetNetwork
-from .base import InversionOutput, Inverter, resolve_features
+from .base import Inverter
 
 __all__ = ["DiffusionInverter"]
 
@@ -31,8 +29,6 @@ __all__ = ["DiffusionInverter"]
 @functools.lru_cache(maxsize=1)
 def _cached_pipeline(model: str, torch_dtype: torch.dtype | None, device: str | None, attention: str):
     """The last loaded pipeline is kept: the benchmark builds one inverter per (layer, seed)."""
-    from ..pipelines import load_pipeline
-
     return load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention)
 
 
@@ -71,8 +67,6 @@ class DiffusionInverter(Inverter):
         **call_kwargs,
     ):
         super().__init__(target)
-        from ..pipelines import DiffInvPipeline
-
         accepted = set(inspect.signature(DiffInvPipeline.__call__).parameters) - {"self", *self._reserved}
         unknown = sorted(set(call_kwargs) - accepted)
         if unknown:
@@ -97,16 +91,10 @@ class DiffusionInverter(Inverter):
     def temporal_weight(self, value: float) -> None:
         self.call_kwargs["temporal_weight"] = float(value)
 
-    def invert(
-        self,
-        features: torch.Tensor | FeatureSet,
-        image_size: tuple[int, int] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> InversionOutput:
-        start = time.perf_counter()
-        feats, layer, size = resolve_features(self.target, features, image_size)
+    def settings(self) -> dict:
+        return {**super().settings(), **{k: v for k, v in self.call_kwargs.items() if isinstance(v, (int, float, str))}}
+
+    def _reconstruct(self, features, layer, size, *, generator, progress):
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
         height, width = (max(8, 8 * round(v / 8)) for v in size)
         if (height, width) != size and self.target.input_size is None:
@@ -116,20 +104,11 @@ class DiffusionInverter(Inverter):
             )
         pipe = self.pipe.set_target(self.target, layer=layer)
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"diffusion {layer}")
-        out = pipe(
-            features if isinstance(features, FeatureSet) else feats,
-            height=height,
-            width=width,
-            layer=None if isinstance(features, FeatureSet) else layer,
-            generator=generator,
-            output_type="pt",
-            **self.call_kwargs,
-        )
+        out = pipe(features, height=height, width=width, layer=layer, generator=generator, output_type="pt",
+                   **self.call_kwargs)
         images = out.images.float()
-        residual = out.feature_residual
         if (height, width) != size:
-            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-            residual = feature_residual(self.target, images, feats, layer).cpu()
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
         info = {
             "skipped_steps": out.skipped_steps,
             "prompts": out.prompts,
@@ -137,11 +116,4 @@ class DiffusionInverter(Inverter):
             "generated_size": [height, width],
             **{k: v for k, v in self.call_kwargs.items() if isinstance(v, (int, float, str))},
         }
-        return InversionOutput(
-            images=images.cpu(),
-            loss_history=out.loss_history,
-            feature_residual=residual,
-            seconds=time.perf_counter() - start,
-            method=self.name,
-            info=info,
-        )
+        return images, out.loss_history, info

@@ -1,80 +1,21 @@
 """Deep Image Prior (Ulyanov et al., CVPR 2018) for feature inversion.
 
-An untrained encoder-decoder with skip connections maps fixed noise to the image; its
-weights are optimized so that the target's features of the output match. The network's
-structure is the prior: it fits natural images long before it fits noise.
-
-N images are inverted by N *independent* generators run as one network: every
-convolution is grouped (``groups=N``), so image ``i`` only ever sees its own weights,
-and BatchNorm over the batch of one normalizes each image's channels by themselves.
+An untrained encoder-decoder with skip connections (:class:`~diffinv.models.SkipGenerator`)
+maps fixed noise to the image; its weights are optimized so that the target's features of
+the output match. The network's structure is the prior: it fits natural images long before
+it fits noise. N images are inverted by N independent generators run as one network.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
-from ..features import FeatureSet
-from ..metrics import feature_residual
+from ..models import SkipGenerator
 from ..targets import TargetNetwork
-from .base import InversionOutput, Inverter, optimize, resolve_features
+from .base import Inverter, optimize
 
-__all__ = ["DIPInverter", "SkipGenerator"]
-
-
-def _conv(cin: int, cout: int, groups: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin * groups, cout * groups, kernel, stride=stride, padding=kernel // 2, groups=groups, padding_mode="reflect"),
-        nn.BatchNorm2d(cout * groups),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
-
-
-class SkipGenerator(nn.Module):
-    """The DIP "skip" hourglass for ``groups`` independent images.
-
-    Args:
-        groups: number of independent generators (images).
-        in_channels: channels of the input noise per image.
-        channels: channels per level (down and up), per image.
-        skip_channels: channels of each skip connection, per image.
-    """
-
-    def __init__(self, groups: int = 1, in_channels: int = 32, channels=(32, 64, 64, 128), skip_channels: int = 4):
-        super().__init__()
-        self.groups, self.in_channels = groups, in_channels
-        self.down, self.skip, self.up = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        cin = in_channels
-        for c in channels:
-            self.skip.append(_conv(cin, skip_channels, groups, kernel=1))
-            self.down.append(nn.Sequential(_conv(cin, c, groups, stride=2), _conv(c, c, groups)))
-            cin = c
-        for i in reversed(range(len(channels))):
-            c_out = channels[i - 1] if i > 0 else channels[0]
-            self.up.append(_conv(cin + skip_channels, c_out, groups))
-            cin = c_out
-        self.head = nn.Conv2d(cin * groups, 3 * groups, 1, groups=groups)
-        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``z``: ``(1, groups * in_channels, H, W)`` -> images ``(groups, 3, H, W)`` in [0, 1]."""
-        skips, x = [], z
-        for skip, down in zip(self.skip, self.down):
-            skips.append(skip(x))
-            x = down(x)
-        for up, s in zip(self.up, reversed(skips)):
-            x = self.upsample(x)
-            x = up(_cat_groups(x, s, self.groups))
-        out = torch.sigmoid(self.head(x))
-        return out.view(self.groups, 3, *out.shape[-2:])
-
-
-def _cat_groups(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
-    """Concatenates channels image by image, so grouped convolutions stay per image."""
-    n, _, h, w = a.shape
-    return torch.cat([a.view(n, groups, -1, h, w), b.view(n, groups, -1, h, w)], dim=2).view(n, -1, h, w)
+__all__ = ["DIPInverter"]
 
 
 class DIPInverter(Inverter):
@@ -117,29 +58,17 @@ class DIPInverter(Inverter):
         self.input_noise_std, self.loss, self.temporal_weight = input_noise_std, loss, temporal_weight
         self.init_iterations = init_iterations
 
-    def invert(
-        self,
-        features: torch.Tensor | FeatureSet,
-        image_size: tuple[int, int] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-        init: torch.Tensor | None = None,
-        anchor: torch.Tensor | None = None,
-    ) -> InversionOutput:
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
-        start = time.perf_counter()
-        feats, layer, size = resolve_features(self.target, features, image_size)
         levels = len(self.channels)
         if size[0] % 2**levels or size[1] % 2**levels:
             raise ValueError(f"DIP needs `image_size` divisible by {2 ** levels} (its {levels} levels), got {size}.")
-        device = self.target.mean.device
-        n = len(feats)
+        n = len(features)
         if generator is not None:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        net = SkipGenerator(n, channels=self.channels).to(device).train()
-        z = 0.1 * torch.rand(1, n * net.in_channels, *size, generator=generator).to(device)
+        net = SkipGenerator(n, channels=self.channels).to(self.device).train()
+        z = 0.1 * torch.rand(1, n * net.in_channels, *size, generator=generator).to(self.device)
 
         def render():
             if self.input_noise_std > 0:
@@ -149,13 +78,13 @@ class DIPInverter(Inverter):
         if init is not None:
             if tuple(init.shape) != (n, 3, *size):
                 raise ValueError(f"`init` must be (N, 3, H, W) = {(n, 3, *size)}, got {tuple(init.shape)}.")
-            _prefit(net, render, init.detach().to(device).float(), self.init_iterations, self.learning_rate)
+            _prefit(net, render, init.detach().to(self.device).float(), self.init_iterations, self.learning_rate)
 
-        images, history, info = optimize(
+        return optimize(
             list(net.parameters()),
             render,
             self.target,
-            feats,
+            features,
             layer,
             iterations=self.iterations,
             lr=self.learning_rate,
@@ -167,8 +96,6 @@ class DIPInverter(Inverter):
             desc=f"dip {layer}",
             progress=progress,
         )
-        residual = feature_residual(self.target, images.to(device), feats, layer).cpu()
-        return InversionOutput(images, history, residual, time.perf_counter() - start, self.name, info)
 
 
 @torch.enable_grad()

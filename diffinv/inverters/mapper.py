@@ -22,23 +22,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..features import FeatureSet
-from ..mapper import FeatureMapper, check_model_input, decode_latents, load_vae, resolve_model_dir, vae_scale_factor
-from ..metrics import feature_residual
+from ..models import FeatureMapper, check_model_input, decode_latents, resolve_model_dir, vae_scale_factor
+from ..pipelines.loaders import load_pipeline, load_vae
 from ..targets import TargetNetwork
-from .base import InversionOutput, Inverter, resolve_features
+from .base import Inverter
 
 __all__ = ["MapperInverter"]
 
 
 class MapperInverter(Inverter):
-    """Features -> :class:`~diffinv.mapper.FeatureMapper` -> VAE decode (-> optional img2img).
+    """Features -> :class:`~diffinv.models.FeatureMapper` -> VAE decode (-> optional img2img).
 
     Args:
         target: the network whose features are inverted (checks and feature residual).
         mapper: a trained mapper, its folder, or a folder of per-layer mapper folders.
         model: the Stable Diffusion model the mapper was trained for (see
-            :func:`~diffinv.mapper.load_vae`); defaults to the one recorded in the mapper.
+            :func:`~diffinv.pipelines.load_vae`); defaults to the one recorded in the mapper.
         vae: the VAE instance instead of ``model``.
         unet, scheduler, text_encoder, tokenizer: for the img2img refinement
             (``strength > 0``); loaded from ``model`` with ``load_pipeline`` when not given.
@@ -132,8 +131,6 @@ class MapperInverter(Inverter):
     def _load_refiner(self, mapper: FeatureMapper) -> None:
         if self.unet is not None and self.scheduler is not None:
             return
-        from diffinv.pipelines.diffinv_pipeline import load_pipeline
-
         pipe = load_pipeline(self._model_name(mapper), device=self.target.mean.device)
         self.unet, self.scheduler = pipe.unet, pipe.scheduler
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -186,33 +183,20 @@ class MapperInverter(Inverter):
         return latents
 
     # ------------------------------------------------------------------ inversion
-    @torch.no_grad()
-    def invert(
-        self,
-        features: torch.Tensor | FeatureSet,
-        image_size: tuple[int, int] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> InversionOutput:
-        load_start = time.perf_counter()
-        feats, layer, size = resolve_features(self.target, features, image_size)
+    def _prepare(self, features, layer, size):
         mapper = self.mapper_for(layer)
         check_model_input(mapper, features, size)
         if self.strength > 0:
             self._load_refiner(mapper)
-        vae = self._load_vae(mapper)
-        load_seconds = time.perf_counter() - load_start
-        start = time.perf_counter()
-        latents = mapper.initial_latents(feats)
+        self._load_vae(mapper)
+
+    @torch.no_grad()
+    def _reconstruct(self, features, layer, size, *, generator, progress):
+        latents = self.mapper_for(layer).initial_latents(features)
         if self.strength > 0:
             latents = self.refine(latents, generator=generator, progress=progress)
-        images = torch.cat([decode_latents(vae, z).clamp(0, 1) for z in latents.split(self.batch_size)])
-        seconds = time.perf_counter() - start
-        residual = feature_residual(self.target, images, feats, layer).cpu()
-        info = {"load_seconds": load_seconds, "strength": self.strength, "latents": latents.cpu(),
-                "images_per_second": len(images) / max(seconds, 1e-9)}
-        return InversionOutput(images.cpu(), torch.zeros(0, len(images)), residual, seconds, self.name, info)
+        images = torch.cat([decode_latents(self.vae, z).clamp(0, 1) for z in latents.split(self.batch_size)])
+        return images, torch.zeros(0, len(images)), {"strength": self.strength, "latents": latents.cpu()}
 
 
 def vae_latent_shape(vae, mapper: FeatureMapper) -> tuple[int, int, int]:

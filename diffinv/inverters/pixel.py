@@ -6,15 +6,11 @@ The image is parameterized by logits (``sigmoid`` keeps it in [0, 1]); random ji
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ..features import FeatureSet
 from ..losses import total_variation
-from ..metrics import feature_residual
 from ..targets import TargetNetwork
-from .base import InversionOutput, Inverter, optimize, resolve_features
+from .base import Inverter, optimize
 
 __all__ = ["PixelInverter", "pixel_parameterization"]
 
@@ -84,27 +80,15 @@ class PixelInverter(Inverter):
         self.tv_weight, self.tv, self.tv_beta = tv_weight, tv, tv_beta
         self.jitter, self.loss, self.temporal_weight = jitter, loss, temporal_weight
 
-    def invert(
-        self,
-        features: torch.Tensor | FeatureSet,
-        image_size: tuple[int, int] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-        init: torch.Tensor | None = None,
-        anchor: torch.Tensor | None = None,
-    ) -> InversionOutput:
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
         before the first one in the temporal term (the previous video frame)."""
-        start = time.perf_counter()
-        feats, layer, size = resolve_features(self.target, features, image_size)
-        device = self.target.mean.device
-        params, render = pixel_parameterization(len(feats), size, generator=generator, device=device, init=init)
-        images, history, info = optimize(
+        params, render = pixel_parameterization(len(features), size, generator=generator, device=self.device, init=init)
+        return optimize(
             params,
             lambda: _jitter(render(), self.jitter, generator),
             self.target,
-            feats,
+            features,
             layer,
             iterations=self.iterations,
             lr=self.learning_rate,
@@ -117,5 +101,3 @@ class PixelInverter(Inverter):
             desc=f"pixel {layer}",
             progress=progress,
         )
-        residual = feature_residual(self.target, images.to(device), feats, layer).cpu()
-        return InversionOutput(images, history, residual, time.perf_counter() - start, self.name, info)

@@ -12,7 +12,7 @@ It is a diffusers ``ModelMixin`` + ``ConfigMixin``: ``save_pretrained`` /
 latent shapes) and the weights as safetensors. Training lives in :mod:`diffinv.training`.
 
 Example:
-    >>> vae = load_vae("path/to/stable-diffusion-v1-5")
+    >>> vae = diffinv.pipelines.load_vae("path/to/stable-diffusion-v1-5")
     >>> mapper = FeatureMapper.for_target(target, "blocks.2", (256, 256), vae)
     >>> latents = mapper.initial_latents(feature_set)          # (N, 4, 32, 32)
     >>> images = decode_latents(vae, latents).clamp(0, 1)
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,93 +32,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .features import FeatureSet, check_features
-from .targets import TargetNetwork
+from ..features import FeatureSet, check_features
+from ..targets import TargetNetwork
+from .vae import vae_scale_factor
 
-__all__ = [
-    "FeatureMapper",
-    "decode_latents",
-    "encode_latents",
-    "load_vae",
-    "resolve_model_dir",
-    "vae_scale_factor",
-]
+__all__ = ["FeatureMapper", "check_model_input", "resolve_model_dir"]
 
-# ---------------------------------------------------------------------- VAE helpers
-def vae_scale_factor(vae: AutoencoderKL) -> int:
-    """Spatial downsampling of the VAE: ``2 ** (number of blocks - 1)`` (8 for SD)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> scaled latents (the posterior mean, as the diffusion model sees them)."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    mean = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.mean
-    return (mean - shift) * vae.config.scaling_factor
-
-
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images, ``(x + 1) / 2`` (not clamped, so losses keep their gradient)."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    images = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype)).sample
-    return (images.float() + 1) / 2
-
-
-def _builtin_dir(name: str) -> Path | None:
-    """The folder of a weightless definition in ``pipelines/`` (random weights: timing only)."""
-    from .pipelines import DEFINITIONS, definition_dir
-
-    return definition_dir(name) if name in DEFINITIONS else None
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
-
-
-def load_vae(model: str | os.PathLike | AutoencoderKL, *, torch_dtype: torch.dtype | None = None) -> AutoencoderKL:
-    """The ``AutoencoderKL`` of a Stable Diffusion model, frozen, in eval mode.
-
-    Args:
-        model: a diffusers model directory (with a ``vae/`` sub-folder) or a VAE directory,
-            a Hugging Face id already in the local cache, one of ``diffinv.pipelines.DEFINITIONS``
-            (architecture only, random weights: for tests and timing), or a VAE instance.
-        torch_dtype: load the weights in this dtype.
-
-    Raises:
-        FileNotFoundError: the model is not on this machine, with how to provide it offline.
-    """
-    if isinstance(model, nn.Module):
-        return model.eval().requires_grad_(False)
-    kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-    path = Path(model)
-    if path.is_dir():
-        folder = path / "vae" if (path / "vae").is_dir() else path
-        if _has_weights(folder):
-            return AutoencoderKL.from_pretrained(str(folder), **kwargs).eval().requires_grad_(False)
-    builtin = _builtin_dir(str(model))
-    if builtin is not None:
-        warnings.warn(f"`model` {str(model)!r} is an architecture without weights: the VAE has RANDOM weights "
-                      f"(seeded, the same at every load; fine for tests and timing, meaningless for "
-                      f"reconstructions).", stacklevel=2)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(builtin / "vae")))
-        return vae.to(torch_dtype or torch.float32).eval().requires_grad_(False)
-    if not path.exists():
-        try:
-            return AutoencoderKL.from_pretrained(str(model), subfolder="vae", local_files_only=True,
-                                                 **kwargs).eval().requires_grad_(False)
-        except Exception as err:  # huggingface_hub raises several error types offline
-            raise FileNotFoundError(
-                f"`model` {str(model)!r} is neither a local diffusers directory nor in the Hugging Face cache "
-                f"({type(err).__name__}). Offline, copy a diffusers-format Stable Diffusion folder (with "
-                f"vae/config.json and vae/diffusion_pytorch_model.safetensors) to this machine and pass its path, "
-                f"or use tiny, sd15 or sd-turbo for random weights."
-            ) from err
-    raise FileNotFoundError(
-        f"`model` {str(model)!r} has no VAE weights: expected {str(path / 'vae')!r} with config.json and "
-        f"diffusion_pytorch_model.safetensors (a diffusers-format Stable Diffusion folder)."
-    )
 
 
 def resolve_model_dir(path: str | os.PathLike, layer: str | None = None, kind: str = "mapper") -> Path:

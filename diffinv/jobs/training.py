@@ -2,9 +2,9 @@
 
 One loop serves both learned maps:
 
-* ``train_decoder``: :class:`~diffinv.inverters.decoder.UpconvNet`, features -> pixels,
+* ``train_decoder``: :class:`~diffinv.models.UpconvNet`, features -> pixels,
   pixel MSE (Dosovitskiy & Brox), optionally plus a feature loss;
-* ``train_mapper``: :class:`~diffinv.mapper.FeatureMapper`, features -> diffusion latent,
+* ``train_mapper``: :class:`~diffinv.models.FeatureMapper`, features -> diffusion latent,
   MSE to the VAE encoding, optionally plus pixel and feature losses through the decoder.
 
 Training images are photos and video frames held in memory; every step draws random
@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -44,17 +43,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .images import IMAGE_SUFFIXES, _fit, from_array, list_images, load_image
-from .losses import mse, normalized_mse
-from .targets import TargetNetwork
+from ..io import VideoFrames, _fit, from_array, image_groups, load_image, write_json
+from ..losses import mse, normalized_mse
+from ..metrics import psnr, ssim
+from ..models import FeatureMapper, UpconvNet, decode_latents, encode_latents
+from ..pipelines.loaders import load_vae
+from ..targets import TargetNetwork
 
 __all__ = [
     "ImageDataset",
     "TrainConfig",
     "TrainResult",
-    "add_train_arguments",
-    "cmd_train_decoder",
-    "cmd_train_mapper",
     "latest_checkpoint",
     "load_training_data",
     "plot_loss_curve",
@@ -73,39 +72,18 @@ def read_video_frames(
     path: str | os.PathLike,
     *,
     max_frames: int | None = None,
-    step: int = 1,
+    stride: int = 1,
     max_side: int | None = None,
 ) -> list[torch.Tensor]:
-    """Decodes a video with PyAV into uint8 ``(3, H, W)`` frames.
-
-    Args:
-        path: the video file.
-        max_frames: keep at most this many frames (after ``step``).
-        step: keep every ``step``-th frame.
-        max_side: downscale frames so that their shorter side is at most this (saves memory).
+    """uint8 ``(3, H, W)`` frames of a video (every ``stride``-th, at most ``max_frames``), each
+    downscaled as it is decoded so that its shorter side is at most ``max_side`` (saves memory).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded as a video, or has no frames.
+        FileNotFoundError, ValueError: as :class:`~diffinv.io.VideoFrames`; or the file has no frames.
     """
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file {str(path)!r} does not exist.")
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{str(path)!r} has no video stream.")
-            for i, frame in enumerate(container.decode(video=0)):
-                if i % step:
-                    continue
-                frames.append(_shrink(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1), max_side))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except av.error.FFmpegError as err:
-        raise ValueError(f"video file {str(path)!r} could not be decoded ({err}).") from err
+    stop = None if max_frames is None else max_frames * stride
+    frames = [_shrink(torch.from_numpy(array).permute(2, 0, 1), max_side)
+              for _, array in VideoFrames(path, stop=stop, stride=stride)]
     if not frames:
         raise ValueError(f"video file {str(path)!r} has no frames.")
     return frames
@@ -120,22 +98,6 @@ def _shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
     return out.round().clamp(0, 255).to(torch.uint8).contiguous()
-
-
-def _image_files(paths: Sequence[str | os.PathLike]) -> list[list[Path]]:
-    """Files and folders -> groups of image files (one group per folder, one per loose file)."""
-    groups = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            groups.append(list_images(p))  # raises for an empty folder
-        elif p.is_file():
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"{str(p)!r} is not an image file ({', '.join(IMAGE_SUFFIXES)}).")
-            groups.append([p])
-        else:
-            raise FileNotFoundError(f"image file or folder {str(p)!r} does not exist.")
-    return groups
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -196,15 +158,15 @@ class ImageDataset(torch.utils.data.Dataset):
         return torch.stack([_fit(self[i], size) for i in range(len(self))])
 
 
-def _load_sources(images=(), videos=(), samples=(), *, max_side=None, max_frames=None, frame_step=1):
+def _load_sources(images=(), videos=(), samples=(), *, max_side=None, max_frames=None, stride=1):
     """-> list of (group name, items, names) per source, in a stable order."""
     groups = []
-    for files in _image_files(images):
+    for files in image_groups(images):
         items = [_shrink((load_image(f) * 255).round().to(torch.uint8), max_side) for f in files]
         groups.append((str(files[0].parent), items, [str(f) for f in files]))
     for video in videos:
-        frames = read_video_frames(video, max_frames=max_frames, step=frame_step, max_side=max_side)
-        groups.append((str(video), frames, [f"{Path(video).name}#{i * frame_step}" for i in range(len(frames))]))
+        frames = read_video_frames(video, max_frames=max_frames, stride=stride, max_side=max_side)
+        groups.append((str(video), frames, [f"{Path(video).name}#{i * stride}" for i in range(len(frames))]))
     if samples:
         try:
             import skimage.data
@@ -236,7 +198,7 @@ def load_training_data(config: "TrainConfig") -> tuple[ImageDataset, ImageDatase
         raise ValueError("no training data: pass `images` (image files or folders) and/or `videos`.")
     max_side = 2 * config.size
     train = _load_sources(config.images, config.videos, max_side=max_side, max_frames=config.max_frames,
-                          frame_step=config.frame_step)
+                          stride=config.stride)
     explicit_val = config.val_images or config.val_videos or config.val_samples
     items, names, val_items, val_names = [], [], [], []
     for _, group_items, group_names in train:
@@ -252,7 +214,7 @@ def load_training_data(config: "TrainConfig") -> tuple[ImageDataset, ImageDatase
         val_frames = config.max_val_frames
         for _, group_items, group_names in _load_sources(config.val_images, config.val_videos, config.val_samples,
                                                          max_side=max_side, max_frames=val_frames,
-                                                         frame_step=max(1, config.val_frame_step)):
+                                                         stride=max(1, config.val_stride)):
             val_items += group_items
             val_names += group_names
     train_set = ImageDataset(items, names)
@@ -270,7 +232,7 @@ class TrainConfig:
         target, weights: the target network (``TargetNetwork.from_name``); ``weights=None``
             for random weights.
         images: image files or folders; videos: video files (all frames, see
-            ``max_frames`` / ``frame_step``).
+            ``max_frames`` / ``stride``).
         val_images, val_videos, val_samples: held-out images (files/folders, clips,
             ``skimage.data`` names); without them ``val_fraction`` of each source is held out.
         size: training and validation images are ``size x size`` (the target's input size).
@@ -300,9 +262,9 @@ class TrainConfig:
     val_samples: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     max_frames: int | None = None
-    frame_step: int = 1
+    stride: int = 1
     max_val_frames: int | None = 16
-    val_frame_step: int = 8
+    val_stride: int = 8
     size: int = 128
     batch_size: int = 16
     max_steps: int = 2000
@@ -378,8 +340,6 @@ class _DecoderTask:
         self.config, self.target = config, target
 
     def build(self):
-        from .inverters.decoder import UpconvNet
-
         return UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
                                     hidden_channels=self.config.hidden_channels,
                                     min_channels=self.config.min_channels)
@@ -402,8 +362,6 @@ class _MapperTask:
     kind = "mapper"
 
     def __init__(self, config: TrainConfig, target: TargetNetwork, device):
-        from .mapper import load_vae
-
         if not config.model:
             raise ValueError("`model` is required to train a mapper: the Stable Diffusion model whose VAE "
                              "defines the latent space (a diffusers folder, or 'tiny' for random weights).")
@@ -411,14 +369,10 @@ class _MapperTask:
         self.vae = load_vae(config.model).to(device)
 
     def build(self):
-        from .mapper import FeatureMapper
-
         return FeatureMapper.for_target(self.target, self.config.layer, (self.config.size,) * 2, self.vae,
                                         model=self.config.model, hidden_channels=self.config.hidden_channels)
 
     def loss(self, model, images, feats):
-        from .mapper import decode_latents, encode_latents
-
         with torch.no_grad():
             latents = encode_latents(self.vae, images).float()
         pred = model(feats)
@@ -433,8 +387,6 @@ class _MapperTask:
         return sum(parts.values()), parts
 
     def reconstruct(self, model, feats):
-        from .mapper import decode_latents
-
         return decode_latents(self.vae, model(feats).float()).clamp(0, 1)
 
 
@@ -477,12 +429,6 @@ def _save_model(model, out: Path) -> None:
     tmp.rmdir()
 
 
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Training loss (raw and smoothed, log scale) and validation PSNR per step, as a PNG."""
     import matplotlib
@@ -522,8 +468,6 @@ def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: s
 # ---------------------------------------------------------------------- the loop
 @torch.no_grad()
 def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int) -> dict:
-    from .metrics import psnr, ssim
-
     model.eval()
     recon = []
     for chunk in images.split(batch_size):
@@ -601,7 +545,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
             _save_model(unwrapped, out)
-            _write_json(out / "training_log.json", _log(config, state, train_set, val_set, start_step))
+            write_json(out / "training_log.json", _log(config, state, train_set, val_set, start_step))
             plot_loss_curve(state.losses, state.validation, out / "loss_curve.png",
                             f"{task.kind} {config.target}.{config.layer} @ {config.size}px")
 
@@ -665,74 +609,10 @@ def _log(config: TrainConfig, state: _TrainerState, train_set, val_set, start_st
 
 
 def train_decoder(config: TrainConfig) -> TrainResult:
-    """Trains an :class:`~diffinv.inverters.decoder.UpconvNet` for ``config.layer``; see :class:`TrainConfig`."""
+    """Trains an :class:`~diffinv.models.UpconvNet` for ``config.layer``; see :class:`TrainConfig`."""
     return _train(config, _DecoderTask)
 
 
 def train_mapper(config: TrainConfig) -> TrainResult:
-    """Trains a :class:`~diffinv.mapper.FeatureMapper` for ``config.layer`` into ``config.model``'s latent space."""
+    """Trains a :class:`~diffinv.models.FeatureMapper` for ``config.layer`` into ``config.model``'s latent space."""
     return _train(config, _MapperTask)
-
-
-# ---------------------------------------------------------------------- command line
-def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    """Options of ``diffinv train-decoder`` (``kind="decoder"``) and ``diffinv train-mapper``."""
-    d = TrainConfig(out="", layer="")
-    p.add_argument("--target", default=d.target, help="resnet50, resnet101, tf_efficientnet_lite0 or a timm name")
-    p.add_argument("--weights", default="default", help="target weights: 'default', 'random' or a state-dict file")
-    p.add_argument("--layer", required=True, help="the target layer whose features are inverted")
-    p.add_argument("--images", nargs="*", default=[], help="training image files and/or folders")
-    p.add_argument("--video", nargs="*", default=[], dest="videos", help="training video files (all frames)")
-    p.add_argument("--val-images", nargs="*", default=[], help="held-out image files/folders for validation")
-    p.add_argument("--val-video", nargs="*", default=[], dest="val_videos", help="held-out clips for validation")
-    p.add_argument("--val-samples", nargs="*", default=[], help="held-out skimage.data photos, e.g. chelsea coffee")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="without --val-*: hold out this tail fraction of every source (default 0.1)")
-    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per training video")
-    p.add_argument("--frame-step", type=int, default=d.frame_step, help="use every N-th frame of training videos")
-    p.add_argument("--size", type=int, default=d.size, help=f"image size (default {d.size})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
-    p.add_argument("--hidden-channels", type=int, default=d.hidden_channels)
-    p.add_argument("--feature-weight", type=float, default=0.0, help="weight of the feature loss (default 0)")
-    if kind == "decoder":
-        p.add_argument("--min-channels", type=int, default=d.min_channels, help="width of the full-resolution stages")
-    if kind == "mapper":
-        p.add_argument("--model", required=True,
-                       help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
-        p.add_argument("--pixel-weight", type=float, default=0.0, help="weight of the pixel loss after decoding")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
-    p.add_argument("--device", default=None, help="'cpu' to force the CPU (default: GPU when available)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", required=True, help="output folder: trained model, log, loss curve, checkpoints")
-
-
-def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
-    names = {f for f in TrainConfig.__dataclass_fields__}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["weights"] = None if args.weights == "random" else args.weights
-    values["kind"] = kind
-    return TrainConfig(**values)
-
-
-def _print_result(result: TrainResult) -> None:
-    val = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.2f} dB SSIM {result.val_ssim:.3f}"
-    print(f"trained to step {result.step} ({result.images_per_second:.1f} images/s{val}); "
-          f"wrote {result.out} (model, training_log.json, loss_curve.png, checkpoints/)")
-
-
-def cmd_train_decoder(args: argparse.Namespace) -> int:
-    """``diffinv train-decoder``."""
-    _print_result(train_decoder(_config_from_args(args, "decoder")))
-    return 0
-
-
-def cmd_train_mapper(args: argparse.Namespace) -> int:
-    """``diffinv train-mapper``."""
-    _print_result(train_mapper(_config_from_args(args, "mapper")))
-    return 0

@@ -1,0 +1,47 @@
+"""The ``diffinv`` command: one module per subcommand (see ``diffinv COMMAND --help``).
+
+The only place argparse lives. Every user error is reported as ``diffinv CMD: error: ...``
+with exit code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..jobs.store import RunSettingsError
+from ..pipelines.definitions import ModelFilesNotFoundError
+from ..targets import WeightsNotFoundError
+from . import bench, extract, invert, train, video
+from .common import UsageError
+
+__all__ = ["build_parser", "main"]
+
+COMMANDS = (extract, invert, bench, video, train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffinv", description="Reconstruct images from deep-network features.")
+    parser.add_argument("--version", action="version", version=f"diffinv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNotFoundError, ValueError,
+            FileNotFoundError, NotADirectoryError, ImportError) as err:
+        if args.debug:
+            raise
+        print(f"diffinv {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

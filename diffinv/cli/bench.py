@@ -1,0 +1,73 @@
+"""``diffinv bench`` (methods x layers x seeds on a set of images) and ``diffinv demo`` (its preset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..datasets import DATASETS, load_dataset, load_image_files
+from ..jobs.bench import run_benchmark
+from ..targets import DEFAULT_LAYERS, TargetNetwork
+from .common import (
+    METHODS,
+    UsageError,
+    add_images_arg,
+    add_method_args,
+    add_out_arg,
+    add_overwrite_arg,
+    add_size_arg,
+    add_target_args,
+    inverter_factory,
+    resolve_device,
+)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("bench", help="methods x layers x seeds on a set of images: tables, grids, plots")
+    _add_arguments(p, demo=False)
+    p = sub.add_parser("demo", help="the main job: real photos, the real EfficientNet-Lite0, four depths, "
+                                    "every method that needs no trained model (a preset of `bench`)")
+    _add_arguments(p, demo=True)
+
+
+def _add_arguments(p, *, demo: bool) -> None:
+    add_target_args(p)
+    p.add_argument("--layers", nargs="+", default=None, help="default: the target's four default depths")
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS, metavar="METHOD",
+                   help=f"any of {', '.join(METHODS)} (default: pixel dip, plus diffusion with --model)")
+    source = p.add_mutually_exclusive_group()
+    add_images_arg(source)
+    source.add_argument("--dataset", default="skimage", choices=DATASETS,
+                        help="built-in images: skimage (default: real photos) or foolbox-imagenet")
+    p.add_argument("--num-images", type=int, default=4, help="at most this many images (default 4)")
+    add_size_arg(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0] if demo else [0, 1],
+                   help=f"random seeds (default {'0' if demo else '0 1'})")
+    add_overwrite_arg(p)
+    add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",
+                required=not demo, default="demo_out" if demo else None)
+    add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    layers = args.layers or list(DEFAULT_LAYERS.get(args.target, ()))
+    if not layers:
+        raise UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
+    methods = args.methods or (["pixel", "dip"] + (["diffusion"] if args.model else []))
+    factories = {m: inverter_factory(m, args) for m in methods}
+    if args.images:
+        images, names = load_image_files(args.images, args.size, limit=args.num_images)
+        dataset = "files"
+    else:
+        images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
+        dataset = args.dataset
+    target = TargetNetwork.from_name(args.target, layers, weights=args.weights,
+                                     input_size=(args.size, args.size)).to(device)
+    print(f"diffinv {args.command}: {len(names)} images at {args.size}x{args.size}, target {args.target}, "
+          f"layers {', '.join(layers)}, methods {', '.join(methods)}, seeds {args.seeds}")
+    run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds,
+                  settings={"dataset": dataset}, overwrite=args.overwrite)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/grid.png, results.json, results.md, psnr_vs_depth.png, images/")
+    return 0

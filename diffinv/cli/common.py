@@ -1,0 +1,144 @@
+"""The command line's one vocabulary: every flag that means the same thing is defined here once.
+
+| flag | meaning |
+|---|---|
+| ``--out``/``-o`` | the output (a folder; ``extract``: a ``.safetensors`` file) |
+| ``--images`` | image files and/or folders (every image file in a folder, sorted) |
+| ``--size`` | images are resized and center-cropped to SIZE x SIZE (default 128 everywhere) |
+| ``--target``/``--weights`` | the network and its weights (``default``, ``random:SEED`` or a file) |
+| ``--method``/``--methods`` | one method / several, from the registry |
+| ``--seed``/``--seeds`` | one seed / several |
+| ``--iterations`` | optimization iterations of a white-box method |
+| ``--steps`` | sampler steps K of the diffusion chain |
+| ``--stride`` | keep every STRIDE-th video frame |
+| ``--device`` | ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` |
+| ``--overwrite`` | start a fresh run in an output folder that holds another run |
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..inverters import INVERTERS
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "UsageError",
+    "add_device_arg",
+    "add_images_arg",
+    "add_method_args",
+    "add_out_arg",
+    "add_overwrite_arg",
+    "add_size_arg",
+    "add_target_args",
+    "inverter_factory",
+    "resolve_device",
+]
+
+DEFAULT_SIZE = 128
+METHODS = tuple(INVERTERS)
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong: reported as ``diffinv CMD: error: ...`` with exit code 2."""
+
+
+def add_out_arg(p: argparse.ArgumentParser, help: str, *, required: bool = True, default=None) -> None:
+    p.add_argument("--out", "-o", required=required, default=default, help=help)
+
+
+def add_images_arg(p: argparse.ArgumentParser, help: str = "image files and/or folders", **kwargs) -> None:
+    p.add_argument("--images", nargs="+", default=kwargs.pop("default", None), help=help, **kwargs)
+
+
+def add_size_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                   help=f"images are resized and center-cropped to SIZE x SIZE (default {DEFAULT_SIZE})")
+
+
+def add_target_args(p: argparse.ArgumentParser, *, weights_default: str | None = "default") -> None:
+    p.add_argument("--target", default="tf_efficientnet_lite0",
+                   help="resnet50, resnet101, tf_efficientnet_lite0 (default) or any timm model name")
+    p.add_argument("--weights", default=weights_default,
+                   help="target weights: 'default' (pretrained, from the local cache), 'random:SEED' "
+                        "(seeded random weights), or a state-dict file")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, the default), cpu, cuda or cuda:N")
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out holds a run made with other settings, delete its results and start afresh "
+                        "(without it, such a folder is refused; one with the same settings is resumed)")
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """Options of the inverters (each applies to the methods named in its help)."""
+    p.add_argument("--iterations", type=int, default=None,
+                   help="optimization iterations of pixel, dip and diffusion (default: the method's own)")
+    p.add_argument("--model", default=None,
+                   help="diffusion, mapper: a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo "
+                        "(random weights: for trying the diffusion path and timing, not for real reconstructions)")
+    p.add_argument("--prompt", default=None, help="diffusion: text prompt ('auto': the target's predicted class)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
+    p.add_argument("--mapper", default=None, help="mapper: a `diffinv train-mapper` folder (or per-layer folders)")
+    p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
+    p.add_argument("--strength", type=float, default=0.0,
+                   help="mapper: img2img refinement strength in [0, 1] (default 0: decode the mapper's latent only)")
+    add_device_arg(p)
+
+
+def resolve_device(value: str) -> torch.device:
+    """``--device`` -> a device, or a :class:`UsageError` that says what is available."""
+    if value in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise UsageError(f"`--device` {value!r} is not a device; expected auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"`--device` {value!r}: no CUDA GPU is available on this machine; use --device cpu (or auto).")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"`--device` {value!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}.")
+    elif device.type != "cpu":
+        raise UsageError(f"`--device` {value!r} is not supported; expected auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def inverter_factory(name: str, args: argparse.Namespace):
+    """``target -> Inverter`` for a method name and the command-line options."""
+    if name not in INVERTERS:
+        raise UsageError(f"`--method` {name!r} is not one of {', '.join(METHODS)}.")
+    cls = INVERTERS[name]
+    iterations = getattr(args, "iterations", None)
+    device = resolve_device(getattr(args, "device", "auto"))
+    if name == "diffusion":
+        if not args.model:
+            raise UsageError("`--method diffusion` needs `--model PATH` (a diffusers Stable Diffusion folder; "
+                             "`--model tiny` builds random weights to try the path).")
+        kwargs = {"model": args.model, "device": str(device)}
+        if args.prompt:
+            kwargs["prompt"] = args.prompt
+        if args.steps:
+            kwargs["num_inference_steps"] = args.steps
+        if iterations is not None:
+            kwargs["num_iterations"] = iterations
+    elif name == "decoder":
+        if not args.decoder:
+            raise UsageError("`--method decoder` needs `--decoder DIR` (from `diffinv train-decoder`).")
+        kwargs = {"decoder": args.decoder}
+    elif name == "mapper":
+        if not args.mapper:
+            raise UsageError("`--method mapper` needs `--mapper DIR` (from `diffinv train-mapper`).")
+        kwargs = {"mapper": args.mapper, "model": args.model, "strength": args.strength, "prompt": args.prompt or ""}
+        if args.steps:
+            kwargs["num_inference_steps"] = args.steps
+    else:
+        kwargs = {} if iterations is None else {"iterations": iterations}
+    return lambda target: cls(target, **kwargs)

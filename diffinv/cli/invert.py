@@ -1,0 +1,64 @@
+"""``diffinv invert``: a feature file -> reconstructions (one PNG per feature map) and metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..features import FeatureSet
+from ..io import load_images, save_image, write_json
+from ..jobs.store import unique_names
+from ..metrics import psnr, ssim, top1_agreement
+from ..targets import TargetNetwork
+from .common import METHODS, UsageError, add_method_args, add_out_arg, inverter_factory, resolve_device
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("invert", help="features -> reconstructed images (PNG) and metrics")
+    p.add_argument("features", help="a .safetensors file written by `diffinv extract`")
+    p.add_argument("--method", default="dip", choices=METHODS, help="inversion method (default dip)")
+    p.add_argument("--weights", default=None,
+                   help="target weights (default: those recorded in the features): 'default', 'random:SEED' or a file")
+    p.add_argument("--reference", nargs="+", default=None,
+                   help="the original images, in the features' order, to score the reconstructions")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_out_arg(p, "output folder")
+    add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    fs = FeatureSet.load(args.features)
+    if args.weights is None:
+        target = fs.to_target()
+    else:
+        size = fs.preprocessing.get("input_size")
+        target = TargetNetwork.from_name(fs.target, fs.layer, weights=args.weights,
+                                         input_size=tuple(size) if size else None)
+    target = target.to(device)
+    fs.check(target)
+    references = None
+    if args.reference:
+        if len(args.reference) != len(fs):
+            raise UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps.")
+        references = load_images(args.reference, fs.input_size).to(device)
+    inverter = inverter_factory(args.method, args)(target)
+    out = inverter.invert(fs, generator=torch.Generator().manual_seed(args.seed))
+    out_dir = Path(args.out)
+    files = [f"{name}_{args.method}.png" for name in unique_names(fs.sources)]
+    for image, file in zip(out.images, files):
+        save_image(image, out_dir / file)
+    summary = {"method": args.method, "settings": inverter.settings(), "seed": args.seed, "layer": fs.layer,
+               "target": target.identity(), "seconds": out.seconds,
+               "feature_residual": out.feature_residual.tolist(), "sources": fs.sources, "files": files}
+    if references is not None:
+        recon = out.images.to(device)
+        agree = top1_agreement(target, recon, references)
+        summary.update(psnr=psnr(recon, references).tolist(), ssim=ssim(recon, references).tolist(),
+                       top1_agreement=None if agree is None else agree.tolist())
+    write_json(out_dir / "metrics.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("sources", "files", "settings")}, indent=1))
+    return 0

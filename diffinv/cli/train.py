@@ -1,0 +1,81 @@
+"""``diffinv train-decoder`` / ``diffinv train-mapper``: (image, feature) pairs -> a black-box inverter."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..jobs.training import TrainConfig, TrainResult, train_decoder, train_mapper
+from .common import (
+    add_device_arg,
+    add_images_arg,
+    add_out_arg,
+    add_overwrite_arg,
+    add_size_arg,
+    add_target_args,
+    resolve_device,
+)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train-mapper", help="(image, feature) pairs -> a features-to-latent mapper (black-box)")
+    add_train_arguments(p, "mapper")
+    p.set_defaults(func=lambda args: _train(args, "mapper"))
+    p = sub.add_parser("train-decoder", help="(image, feature) pairs -> an UpconvNet decoder (black-box baseline)")
+    add_train_arguments(p, "decoder")
+    p.set_defaults(func=lambda args: _train(args, "decoder"))
+
+
+def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    """Options of ``diffinv train-decoder`` (``kind="decoder"``) and ``diffinv train-mapper``."""
+    d = TrainConfig(out="", layer="")
+    add_target_args(p)
+    p.add_argument("--layer", required=True, help="the target layer whose features are inverted")
+    add_images_arg(p, "training image files and/or folders", default=[])
+    p.add_argument("--video", nargs="+", default=[], dest="videos", help="training video files (all frames)")
+    p.add_argument("--val-images", nargs="+", default=[], help="held-out image files/folders for validation")
+    p.add_argument("--val-video", nargs="+", default=[], dest="val_videos", help="held-out clips for validation")
+    p.add_argument("--val-samples", nargs="+", default=[], help="held-out skimage.data photos, e.g. chelsea coffee")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="without --val-*: hold out this tail fraction of every source (default 0.1)")
+    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per training video")
+    p.add_argument("--stride", type=int, default=d.stride, help="keep every STRIDE-th frame of training videos")
+    add_size_arg(p)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"crops per training step (default {d.batch_size})")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
+    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
+    p.add_argument("--hidden-channels", type=int, default=d.hidden_channels)
+    p.add_argument("--feature-weight", type=float, default=0.0, help="weight of the feature loss (default 0)")
+    if kind == "decoder":
+        p.add_argument("--min-channels", type=int, default=d.min_channels, help="width of the full-resolution stages")
+    if kind == "mapper":
+        p.add_argument("--model", required=True,
+                       help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
+        p.add_argument("--pixel-weight", type=float, default=0.0, help="weight of the pixel loss after decoding")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    add_device_arg(p)
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    add_overwrite_arg(p)
+    add_out_arg(p, "output folder: trained model, log, loss curve, checkpoints (resumed when it holds the same run)")
+
+
+def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
+    names = set(TrainConfig.__dataclass_fields__)
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["device"] = resolve_device(args.device).type
+    values["kind"] = kind
+    return TrainConfig(**values)
+
+
+def _print_result(result: TrainResult) -> None:
+    val = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.2f} dB SSIM {result.val_ssim:.3f}"
+    print(f"trained to step {result.step} ({result.images_per_second:.1f} images/s{val}); "
+          f"wrote {result.out} (model, training_log.json, loss_curve.png, checkpoints/)")
+
+
+def _train(args: argparse.Namespace, kind: str) -> int:
+    train = train_decoder if kind == "decoder" else train_mapper
+    _print_result(train(_config_from_args(args, kind)))
+    return 0

@@ -1,0 +1,407 @@
+"""I/O at the edges: image and video files <-> [0, 1] NCHW tensors, and atomic writes.
+
+Every file diffinv writes appears under its final name only once complete
+(:func:`atomic_path`): an interrupted run never leaves a half-written PNG, JSON or mp4.
+Video is decoded by one PyAV reader (:func:`iter_video_frames`), which
+:func:`read_video` and the training data loader share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SAMPLE_PHOTOS",
+    "VideoClip",
+    "atomic_path",
+    "collect_images",
+    "fingerprint_path",
+    "from_array",
+    "VideoFrames",
+    "image_groups",
+    "list_images",
+    "load_image",
+    "load_images",
+    "read_video",
+    "sample_images",
+    "save_image",
+    "to_pil",
+    "write_json",
+    "write_side_by_side",
+    "write_video",
+]
+
+# Real photos bundled with scikit-image (public domain / CC0), used by the demo.
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _fit(image: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tensor:
+    """Resizes the shorter side and center-crops to ``size`` (an int means square)."""
+    if size is None:
+        return image
+    h_out, w_out = (size, size) if isinstance(size, int) else size
+    _, h, w = image.shape
+    scale = max(h_out / h, w_out / w)
+    h_new, w_new = max(h_out, round(h * scale)), max(w_out, round(w * scale))
+    image = F.interpolate(image[None], size=(h_new, w_new), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (h_new - h_out) // 2, (w_new - w_out) // 2
+    return image[:, top : top + h_out, left : left + w_out].clamp(0, 1)
+
+
+def from_array(array: np.ndarray, size=None) -> torch.Tensor:
+    """HWC uint8 / float array (grey or RGB[A]) -> (3, H, W) float tensor in [0, 1]."""
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    array = array[..., :3]
+    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float()
+    if array.dtype == np.uint8:
+        tensor = tensor / 255.0
+    return _fit(tensor, size)
+
+
+def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Reads one image file as ``(3, H, W)`` in [0, 1], resized and center-cropped to ``size``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"image file {str(path)!r} could not be decoded as an image ({err}).") from err
+    return from_array(array, size)
+
+
+def load_images(paths: Sequence[str | os.PathLike], size: int | tuple[int, int] | None = 224) -> torch.Tensor:
+    """Reads several image files into one ``(N, 3, H, W)`` batch (all decoded before returning)."""
+    if not paths:
+        raise ValueError("no image files were given.")
+    images = [load_image(p, size) for p in paths]
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) > 1:
+        raise ValueError(f"images have different sizes {sorted(shapes)}; pass a `size` to bring them to one.")
+    return torch.stack(images)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist.")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image folder {str(folder)!r} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def image_groups(paths: Sequence[str | os.PathLike]) -> list[list[Path]]:
+    """Files and folders -> groups of image files: one group per folder, one per loose file.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a file is not an image file, or a folder holds none.
+    """
+    groups = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            groups.append(list_images(p))
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{str(p)!r} is not an image file ({', '.join(IMAGE_SUFFIXES)}).")
+            groups.append([p])
+        else:
+            raise FileNotFoundError(f"image file or folder {str(p)!r} does not exist.")
+    return groups
+
+
+def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files and folders (their image files, sorted) -> one list of files, in order."""
+    if not paths:
+        raise ValueError("no image files or folders were given.")
+    return [f for group in image_groups(paths) for f in group]
+
+
+def sample_images(names: Sequence[str] = SAMPLE_PHOTOS[:4], size: int | tuple[int, int] = 224) -> torch.Tensor:
+    """Real photos from scikit-image's ``skimage.data`` (installed with ``diffinv[demo]``)."""
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise ImportError(
+            "the sample photos come from scikit-image: `pip install scikit-image` (or `pip install diffinv[demo]`)."
+        ) from err
+    images = []
+    for name in names:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            raise ValueError(f"`{name}` is not an image of skimage.data; try one of {', '.join(SAMPLE_PHOTOS)}.")
+        images.append(from_array(loader(), size))
+    return torch.stack(images)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` in [0, 1] -> PIL image."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+# ---------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; renames it to ``path`` when the block succeeds.
+
+    The parent folder is created; on an error the temporary file is removed and ``path`` is
+    left as it was. The temporary name keeps the suffix (``x.tmp.png``) for writers that
+    pick the format from it.
+
+    Example:
+        >>> with atomic_path("out/grid.png") as tmp:
+        ...     image.save(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack")
+_NOT_MODEL = ("checkpoints", "training_log.json", "manifest.json")
+
+
+def fingerprint_path(path: str | os.PathLike, chunk: int = 2**20) -> str:
+    """A short fingerprint of a model file or folder (16 hex digits).
+
+    For a folder, every model file below it (configs and weights; not training checkpoints or
+    logs) counts with its relative path, size, and its first and last ``chunk`` bytes: fast on
+    multi-GB weights, and any re-trained or replaced model changes it.
+    """
+    import hashlib
+
+    path = Path(path)
+    if path.is_file():
+        files, root = [path], path.parent
+    else:
+        root = path
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _MODEL_SUFFIXES
+                       and not any(part in _NOT_MODEL or part.startswith(".") for part in p.relative_to(path).parts))
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root).as_posix()}:{size}:".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(chunk))
+            if size > chunk:
+                f.seek(max(chunk, size - chunk))
+                digest.update(f.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def write_json(path: str | os.PathLike, payload) -> Path:
+    """Writes ``payload`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return path
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Writes ``(3, H, W)`` in [0, 1] as a PNG, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        to_pil(image).save(tmp, format="PNG")
+    return path
+
+
+# ---------------------------------------------------------------------- video
+class VideoFrames:
+    """The one PyAV reader: iterates ``(frame number, uint8 HWC RGB array)`` over frames
+    ``start, start + stride, ... < stop`` of the first video stream.
+
+    After (or during) iteration, ``decoded`` is the number of frames decoded (all frames up to
+    the end of the selection, selected or not) and ``fps`` the stream's frame rate.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, not a readable video, or has no video stream; bad range.
+
+    Example:
+        >>> for index, array in VideoFrames("clip.mp4", stride=2): ...
+    """
+
+    def __init__(self, path: str | os.PathLike, *, start: int = 0, stop: int | None = None, stride: int = 1):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"video file {str(self.path)!r} does not exist.")
+        if self.path.stat().st_size == 0:
+            raise ValueError(f"video file {str(self.path)!r} is empty (0 bytes).")
+        if start < 0 or stride < 1:
+            raise ValueError(f"`start` must be >= 0 and `stride` >= 1, got start={start}, stride={stride}.")
+        if stop is not None and stop <= start:
+            raise ValueError(f"`stop` must be greater than `start`, got start={start}, stop={stop}.")
+        self.start, self.stop, self.stride = start, stop, stride
+        self.decoded, self.fps = 0, 25.0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise ValueError(f"video file {str(self.path)!r} has no video stream.")
+                stream = container.streams.video[0]
+                self.fps = float(stream.average_rate or stream.guessed_rate or 25)
+                for i, frame in enumerate(container.decode(stream)):
+                    if self.stop is not None and i >= self.stop:
+                        break
+                    self.decoded = i + 1
+                    if i >= self.start and (i - self.start) % self.stride == 0:
+                        yield i, frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as err:
+            raise ValueError(
+                f"video file {str(self.path)!r} could not be read as a video ({err}). Expected a file FFmpeg can "
+                f"decode, e.g. an H.264 mp4; it may be truncated or not a video."
+            ) from err
+
+
+@dataclass
+class VideoClip:
+    """Frames of a video file.
+
+    Attributes:
+        frames: ``(T, 3, H, W)`` in [0, 1].
+        indices: the frame number of each frame in the file (0-based, decode order).
+        fps: frame rate of the selection (the file's rate divided by the stride).
+        path: the file.
+        num_frames: frames in the whole file (decoded up to the end of the selection only,
+            so a lower bound when ``stop`` was given).
+    """
+
+    frames: torch.Tensor
+    indices: list[int]
+    fps: float
+    path: str
+    num_frames: int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def names(self) -> list[str]:
+        """``"clip.mp4#12"`` per frame: the FeatureSet sources."""
+        name = Path(self.path).name
+        return [f"{name}#{i}" for i in self.indices]
+
+
+def read_video(
+    path: str | os.PathLike,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    stride: int = 1,
+    size: int | tuple[int, int] | None = None,
+) -> VideoClip:
+    """Decodes frames ``start, start + stride, ... < stop`` of a video file with PyAV.
+
+    Args:
+        path: any container/codec FFmpeg reads (mp4, mkv, avi, ...); the first video stream.
+        start: first frame (0-based).
+        stop: end of the range, exclusive (``None``: to the end of the clip).
+        stride: keep every ``stride``-th frame.
+        size: resize the shorter side and center-crop to ``size`` (an int means square);
+            ``None`` keeps the native size.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, not a readable video, has no video stream or no
+            frames, or the frame range lies outside the clip.
+
+    Example:
+        >>> clip = read_video("bigbuckbunny.mp4", start=16, stop=48, stride=2, size=128)
+        >>> clip.frames.shape, clip.indices[:3]
+        (torch.Size([16, 3, 128, 128]), [16, 18, 20])
+    """
+    reader = VideoFrames(path, start=start, stop=stop, stride=stride)
+    frames, indices = [], []
+    for i, array in reader:
+        frames.append(from_array(array, size))
+        indices.append(i)
+    count = reader.decoded
+    if count == 0:
+        raise ValueError(f"video file {str(path)!r} has no frames.")
+    if start >= count or (stop is not None and stop > count):
+        raise ValueError(
+            f"frame range start={start}, stop={stop} is outside the clip: {str(path)!r} has {count} frames "
+            f"(0..{count - 1})."
+        )
+    return VideoClip(torch.stack(frames), indices, reader.fps / stride, str(path), count)
+
+
+def _encoder() -> str:
+    import av
+
+    for name in ("libx264", "h264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # not built into this FFmpeg
+            continue
+    raise RuntimeError("this PyAV build has no H.264 or MPEG-4 encoder; cannot write mp4 files.")
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 25.0, *, crf: int = 18) -> Path:
+    """Writes ``(T, 3, H, W)`` frames in [0, 1] as an H.264 mp4, atomically.
+
+    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). The file appears
+    under its final name only once complete.
+    """
+    import av
+
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3 or len(frames) == 0:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"`frames` must be a (T, 3, H, W) tensor with T >= 1, got {shape}.")
+    if not fps > 0:
+        raise ValueError(f"`fps` must be positive, got {fps}.")
+    path = Path(path)
+    array = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    h, w = array.shape[1:3]
+    array = np.pad(array, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    codec = _encoder()
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = array.shape[2], array.shape[1], "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf)}
+        for image in array:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_side_by_side(
+    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike, fps: float = 25.0, gap: int = 2
+) -> Path:
+    """Writes an mp4 of ``original | reconstruction``, frame by frame (white gap between)."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(
+            f"`originals` {tuple(originals.shape)} and `reconstructions` {tuple(reconstructions.shape)} "
+            f"differ in shape."
+        )
+    sep = torch.ones(*originals.shape[:3], gap)
+    return write_video(torch.cat([originals.cpu().float(), sep, reconstructions.cpu().float()], dim=3), path, fps)

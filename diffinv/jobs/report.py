@@ -1,0 +1,120 @@
+"""Tables, image grids and plots of benchmark records.
+
+Example:
+    >>> write_table(records, "results.md", layers=["blocks.1"], methods=["pixel", "dip"])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..io import atomic_path, load_image, to_pil
+
+__all__ = ["METRICS", "summarize", "write_depth_plot", "write_grid", "write_table"]
+
+METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
+
+
+def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str]) -> list[dict]:
+    """Mean and std of each metric per (layer, method), over images and seeds."""
+    rows = []
+    for layer in layers:
+        for method in methods:
+            group = [r for r in records if r["layer"] == layer and r["method"] == method]
+            if not group:
+                continue
+            row = {"layer": layer, "method": method, "n": len(group), "white_box": group[0].get("white_box", True)}
+            for metric in METRICS:
+                values = [r[metric] for r in group if r.get(metric) is not None]
+                if values:
+                    mean = sum(values) / len(values)
+                    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+                    row[metric] = (mean, std)
+                else:
+                    row[metric] = None
+            rows.append(row)
+    return rows
+
+
+def write_table(records, path, *, layers, methods, meta: Mapping | None = None) -> str:
+    """Writes the mean ± std markdown table and returns it."""
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.3f}", "feature_residual": "{:.3f}",
+           "top1_agreement": "{:.2f}", "seconds": "{:.2f}", "peak_memory_mb": "{:.0f}"}
+    head = ["layer", "method", "box", "n", "PSNR (dB)", "SSIM", "LPIPS", "feat. residual", "top-1 agr.", "s / image", "peak MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summarize(records, layers, methods):
+        cells = [row["layer"], row["method"], "white" if row["white_box"] else "black", str(row["n"])]
+        for metric in METRICS:
+            value = row[metric]
+            cells.append("n/a" if value is None else f"{fmt[metric].format(value[0])} ± {fmt[metric].format(value[1])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = []
+    if meta:
+        notes.append(f"Target `{meta.get('target')}`, images {meta.get('image_size')}, device {meta.get('device')}.")
+        if meta.get("lpips") != "alexnet":
+            notes.append(str(meta.get("lpips")) + ".")
+    notes.append("Mean ± std over images and seeds; top-1 agr. = share of reconstructions the target classifies "
+                 "as it classifies the original; peak MiB = GPU allocated or CPU resident set during the inversion.")
+    text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return text
+
+
+def write_grid(images, layers, methods, image_file, path, *, index: int = 0) -> Path:
+    """Rows = layers, columns = original + methods, for image ``index``.
+
+    ``image_file(layer, method)`` names the reconstruction's PNG (skipped when missing).
+    """
+    path = Path(path)
+    h, w = images.shape[-2:]
+    label_w, label_h = 110, 18
+    grid = Image.new("RGB", (label_w + w * (1 + len(methods)), label_h + h * len(layers)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, title in enumerate(["original", *methods]):
+        draw.text((label_w + j * w + 4, 3), title, fill="black")
+    for i, layer in enumerate(layers):
+        y = label_h + i * h
+        draw.text((4, y + h // 2 - 6), layer, fill="black")
+        grid.paste(to_pil(images[index]), (label_w, y))
+        for j, method in enumerate(methods):
+            file = image_file(layer, method)
+            if file.is_file():
+                grid.paste(to_pil(load_image(file, (h, w))), (label_w + (j + 1) * w, y))
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    return path
+
+
+def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") -> Path:
+    """Mean ± std of ``metric`` against layer depth, one line per method (black-box dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(records, layers, methods)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method in methods:
+        points = [(layers.index(r["layer"]), r[metric], r["white_box"]) for r in rows
+                  if r["method"] == method and r[metric] is not None]
+        if not points:
+            continue
+        xs, stats, white = zip(*points)
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
+                    linestyle="-" if white[0] else "--", label=f"{method} ({'white' if white[0] else 'black'}-box)")
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlabel("layer (shallow → deep)")
+    ax.set_ylabel({"psnr": "PSNR (dB)"}.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,198 @@
+"""The run store: one folder per run, a manifest of what defines its results, records appended atomically.
+
+Every long job (``bench``/``demo``, ``video``, ``train-decoder``/``train-mapper``) writes into a
+:class:`RunStore`:
+
+* ``manifest.json``: the job kind, the diffinv version and the *settings that define the
+  results* (target and a fingerprint of its weights, layers, methods and their
+  hyper-parameters, image size, iterations, seeds, model folders and their fingerprints, ...).
+* ``records.jsonl``: one JSON record per finished item, appended with a single ``write`` and
+  ``fsync``; a line cut short by a crash is ignored when the folder is read again.
+* the job's own outputs (images, tables, checkpoints), each written atomically.
+
+Opening a folder that already holds a run *resumes* it when the settings are the same, and
+*refuses* with :class:`RunSettingsError`, listing every changed setting, when they are not:
+records made under other settings are never mixed in. ``overwrite=True`` (``--overwrite``)
+clears the folder's run files and starts afresh.
+
+Example:
+    >>> store = RunStore("bench_out", "bench", {"target": "resnet50", "iterations": 300})
+    >>> if ("layer3", "pixel", 0, "cat.png") not in store.keys(KEY):
+    ...     store.append({"layer": "layer3", "method": "pixel", "seed": 0, "image": "cat.png", "psnr": 14.2})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from .. import __version__
+from ..io import write_json
+
+__all__ = ["RunSettingsError", "RunStore", "settings_diff", "unique_names"]
+
+MANIFEST = "manifest.json"
+RECORDS = "records.jsonl"
+
+
+class RunSettingsError(ValueError):
+    """An output folder holds a run made with other settings (or is not a run folder)."""
+
+
+def settings_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Human-readable differences between two settings dicts (nested dicts are compared key by key)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if key not in old:
+            changes.append(f"{name}: not set there, {new[key]!r} now")
+        elif key not in new:
+            changes.append(f"{name}: {old[key]!r} there, not set now")
+        elif isinstance(old[key], Mapping) and isinstance(new[key], Mapping):
+            changes += settings_diff(old[key], new[key], prefix=f"{name}.")
+        elif old[key] != new[key]:
+            changes.append(f"{name}: {old[key]!r} there, {new[key]!r} now")
+    return changes
+
+
+def _jsonable(value):
+    """Settings as JSON would give them back (tuples -> lists), so that comparisons are exact."""
+    return json.loads(json.dumps(value))
+
+
+class RunStore:
+    """A run folder with a manifest and append-only records.
+
+    Args:
+        folder: the output folder (created if missing).
+        kind: the job, e.g. ``"bench"``, ``"video"``, ``"train-decoder"``.
+        settings: everything that defines the results (JSON-serializable).
+        overwrite: start a fresh run even when the folder holds one (its run files are removed).
+        outputs: names of files/folders the job writes into ``folder`` besides the manifest and the
+            records; ``overwrite`` removes them too (nothing else in the folder is touched).
+
+    Raises:
+        RunSettingsError: the folder holds a run of another kind or with other settings (the message
+            lists each changed setting), or files of a run without a manifest.
+        NotADirectoryError: ``folder`` is an existing file.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        kind: str,
+        settings: Mapping,
+        *,
+        overwrite: bool = False,
+        outputs: Sequence[str] = (),
+    ):
+        self.folder, self.kind = Path(folder), kind
+        self.settings = _jsonable(dict(settings))
+        self.outputs = tuple(outputs)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"output folder {str(self.folder)!r} is an existing file; choose a folder.")
+        manifest = self._read_manifest()
+        if manifest is not None and not overwrite:
+            self._check(manifest)
+        elif manifest is None and not overwrite:
+            leftovers = [name for name in (RECORDS, *self.outputs) if (self.folder / name).exists()]
+            if leftovers:
+                raise RunSettingsError(
+                    f"output folder {str(self.folder)!r} holds {', '.join(leftovers)} but no {MANIFEST}: its settings "
+                    f"are unknown, so its results cannot be resumed. Choose another output folder, or pass "
+                    f"--overwrite (overwrite=True) to start a fresh run there."
+                )
+        if overwrite:
+            self.clear()
+        self.resumed = manifest is not None and not overwrite
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.folder / MANIFEST, {"kind": kind, "diffinv_version": __version__, "settings": self.settings})
+
+    # ------------------------------------------------------------------ manifest
+    def _read_manifest(self) -> dict | None:
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest["kind"], manifest["settings"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise RunSettingsError(f"{str(path)!r} is not a diffinv run manifest ({err}); move it away or choose "
+                                   f"another output folder.") from err
+        return manifest
+
+    def _check(self, manifest: Mapping) -> None:
+        where = str(self.folder)
+        if manifest["kind"] != self.kind:
+            raise RunSettingsError(
+                f"output folder {where!r} holds a {manifest['kind']!r} run, not a {self.kind!r} run; choose another "
+                f"output folder, or pass --overwrite (overwrite=True) to replace it."
+            )
+        old = {"diffinv_version": manifest.get("diffinv_version"), **manifest["settings"]}
+        changes = settings_diff(old, {"diffinv_version": __version__, **self.settings})
+        if changes:
+            raise RunSettingsError(
+                f"cannot resume in {where!r}: it holds a {self.kind} run made with other settings, and its results "
+                f"would be mixed with these:\n  " + "\n  ".join(changes)
+                + "\nUse the same settings to resume it, choose another output folder, or pass --overwrite "
+                "(overwrite=True) to delete its results and start a fresh run."
+            )
+
+    def clear(self) -> None:
+        """Removes the run's files (manifest, records, declared outputs); nothing else in the folder."""
+        for name in (MANIFEST, RECORDS, *self.outputs):
+            path = self.folder / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+
+    # ------------------------------------------------------------------ records
+    @property
+    def records_path(self) -> Path:
+        return self.folder / RECORDS
+
+    def records(self) -> list[dict]:
+        """Every finished record, in the order written (a last line cut short by a crash is skipped)."""
+        if not self.records_path.is_file():
+            return []
+        records = []
+        for line in self.records_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a write cut short: that item was not finished
+        return records
+
+    def keys(self, key: Callable[[Mapping], tuple]) -> set[tuple]:
+        """``key(record)`` of every finished record."""
+        return {key(r) for r in self.records()}
+
+    def append(self, record: Mapping) -> None:
+        """Appends one record: one ``write`` of one line, then ``fsync``."""
+        line = (json.dumps(_jsonable(dict(record))) + "\n").encode("utf-8")
+        fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def unique_names(sources: Sequence[str]) -> list[str]:
+    """A file-name stem per source, unique within ``sources``.
+
+    The stem of the source when no other source has it (``cat.png`` -> ``cat``); otherwise the
+    stem and a short hash of the full source (``d1/img.png`` -> ``img-3f2a9c1b``), and the
+    position when the same source is given twice.
+    """
+    stems = [Path(str(s)).stem or "image" for s in sources]
+    names = [
+        stem if stems.count(stem) == 1 else f"{stem}-{hashlib.sha1(str(s).encode()).hexdigest()[:8]}"
+        for stem, s in zip(stems, sources)
+    ]
+    return [name if names.count(name) == 1 else f"{name}-{i}" for i, name in enumerate(names)]

@@ -1,0 +1,68 @@
+"""The Deep Image Prior "skip" hourglass (Ulyanov et al., CVPR 2018), for N independent images.
+
+N images are inverted by N *independent* generators run as one network: every
+convolution is grouped (``groups=N``), so image ``i`` only ever sees its own weights,
+and BatchNorm over the batch of one normalizes each image's channels by themselves.
+Every parameter's first dimension is ``N`` contiguous per-image blocks, so the
+optimization rule can keep the best iterate per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["SkipGenerator"]
+
+
+def _conv(cin: int, cout: int, groups: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin * groups, cout * groups, kernel, stride=stride, padding=kernel // 2, groups=groups, padding_mode="reflect"),
+        nn.BatchNorm2d(cout * groups),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class SkipGenerator(nn.Module):
+    """The DIP "skip" hourglass for ``groups`` independent images.
+
+    Args:
+        groups: number of independent generators (images).
+        in_channels: channels of the input noise per image.
+        channels: channels per level (down and up), per image.
+        skip_channels: channels of each skip connection, per image.
+    """
+
+    def __init__(self, groups: int = 1, in_channels: int = 32, channels=(32, 64, 64, 128), skip_channels: int = 4):
+        super().__init__()
+        self.groups, self.in_channels = groups, in_channels
+        self.down, self.skip, self.up = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        cin = in_channels
+        for c in channels:
+            self.skip.append(_conv(cin, skip_channels, groups, kernel=1))
+            self.down.append(nn.Sequential(_conv(cin, c, groups, stride=2), _conv(c, c, groups)))
+            cin = c
+        for i in reversed(range(len(channels))):
+            c_out = channels[i - 1] if i > 0 else channels[0]
+            self.up.append(_conv(cin + skip_channels, c_out, groups))
+            cin = c_out
+        self.head = nn.Conv2d(cin * groups, 3 * groups, 1, groups=groups)
+        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``z``: ``(1, groups * in_channels, H, W)`` -> images ``(groups, 3, H, W)`` in [0, 1]."""
+        skips, x = [], z
+        for skip, down in zip(self.skip, self.down):
+            skips.append(skip(x))
+            x = down(x)
+        for up, s in zip(self.up, reversed(skips)):
+            x = self.upsample(x)
+            x = up(_cat_groups(x, s, self.groups))
+        out = torch.sigmoid(self.head(x))
+        return out.view(self.groups, 3, *out.shape[-2:])
+
+
+def _cat_groups(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
+    """Concatenates channels image by image, so grouped convolutions stay per image."""
+    n, _, h, w = a.shape
+    return torch.cat([a.view(n, groups, -1, h, w), b.view(n, groups, -1, h, w)], dim=2).view(n, -1, h, w)

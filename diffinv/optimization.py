@@ -1,0 +1,165 @@
+"""The one optimization rule of every optimizing inverter (pixel, dip, diffusion, ...).
+
+* **Schedule**: Adam whose learning rate follows a cosine from ``lr`` at iteration 0 to 0 at
+  the end (:func:`cosine_lr`), indexed by the iteration, whether or not earlier steps were
+  skipped.
+* **Best iterate per image**: each image keeps the variables of the iteration where *its own*
+  loss was lowest (:class:`BestIterate`); every optimized tensor's first dimension is split
+  into one block per image (latents and pixels: one row per image; the DIP generators: the
+  blocks of the grouped convolutions).
+* **Non-finite steps**: an iteration whose loss or gradient is not finite makes no update
+  and is counted once in ``skipped_steps``; its loss history row keeps the (non-finite)
+  per-image losses.
+
+:func:`run_optimization` is the loop; a method supplies ``step(variables) -> (per_image_loss,
+gradients or None)``. :class:`~diffinv.pipelines.DiffInvPipeline` runs the same loop with its
+own gradient step (checkpointed sampler, fp16 loss scaling).
+
+Example:
+    >>> result = run_optimization([logits], step, iterations=300, lr=0.1, num_images=4)
+    >>> result.history.shape, result.skipped_steps
+    (torch.Size([300, 4]), 0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["BestIterate", "OptimizationResult", "cosine_lr", "run_optimization"]
+
+StepFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
+
+
+def cosine_lr(lr: float, iteration: int, iterations: int) -> float:
+    """The learning rate of ``iteration`` (0-based): ``lr`` at 0, annealed to 0 by a cosine."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * iteration / iterations))
+
+
+class BestIterate:
+    """Keeps, per image, the variables at the iteration with that image's lowest loss.
+
+    Args:
+        variables: the optimized tensors; the first dimension of each is ``num_images``
+            contiguous blocks, block ``i`` belonging to image ``i``.
+        num_images: N.
+
+    Raises:
+        ValueError: a tensor's first dimension is not a multiple of ``num_images``.
+    """
+
+    def __init__(self, variables: Sequence[torch.Tensor], num_images: int):
+        for v in variables:
+            if v.ndim == 0 or v.shape[0] % num_images:
+                raise ValueError(
+                    f"an optimized tensor of shape {tuple(v.shape)} cannot be split into {num_images} per-image blocks "
+                    f"along its first dimension."
+                )
+        self.num_images = num_images
+        self.loss = torch.full((num_images,), float("inf"))
+        self.values = [v.detach().clone() for v in variables]
+
+    def _blocks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(self.num_images, -1)
+
+    @torch.no_grad()
+    def update(self, per_image: torch.Tensor, variables: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Keeps the current variables of every image whose finite loss improved; returns that mask."""
+        per_image = per_image.detach().float().cpu()
+        improved = torch.isfinite(per_image) & (per_image < self.loss)
+        if improved.any():
+            self.loss = torch.where(improved, per_image, self.loss)
+            for kept, current in zip(self.values, variables):
+                mask = improved.to(kept.device)
+                self._blocks(kept)[mask] = self._blocks(current.detach())[mask]
+        return improved
+
+    @torch.no_grad()
+    def restore(self, variables: Sequence[torch.Tensor]) -> None:
+        """Copies the kept values into ``variables`` (images never improved keep their start)."""
+        for variable, kept in zip(variables, self.values):
+            variable.copy_(kept)
+
+
+@dataclass
+class OptimizationResult:
+    """What :func:`run_optimization` leaves besides the restored variables.
+
+    Attributes:
+        history: ``(iterations run, N)`` per-image loss at each iteration (non-finite where it was).
+        skipped_steps: iterations that made no update (non-finite loss or gradient).
+        best_loss: ``(N,)`` the lowest finite loss of each image (inf if none).
+    """
+
+    history: torch.Tensor
+    skipped_steps: int
+    best_loss: torch.Tensor
+
+
+def run_optimization(
+    variables: Sequence[torch.Tensor],
+    step: StepFn,
+    *,
+    iterations: int,
+    lr: float,
+    num_images: int,
+    schedule: bool = True,
+    progress: bool | object = True,
+    desc: str = "invert",
+    callback: Callable[[int, torch.Tensor], bool | None] | None = None,
+) -> OptimizationResult:
+    """Optimizes ``variables`` in place under the one rule, then restores each image's best iterate.
+
+    Args:
+        variables: leaf tensors to optimize (their ``.grad`` is set from ``step``'s gradients).
+        step: ``step(variables) -> (per_image_loss (N,), gradients or None)``; ``None`` means the
+            loss was not finite (no gradient was computed).
+        iterations: optimization iterations (>= 1).
+        lr: Adam's initial learning rate.
+        num_images: N, the images the variables hold (see :class:`BestIterate`).
+        schedule: cosine-anneal the learning rate to 0 (:func:`cosine_lr`); else constant.
+        progress: show a tqdm bar (``True``/``False``), or an object with ``update()`` and
+            ``set_postfix()`` to report to (e.g. a diffusers progress bar).
+        callback: ``callback(iteration, per_image_loss)`` after each iteration; returning ``True``
+            stops the loop.
+
+    Returns:
+        :class:`OptimizationResult`.
+    """
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be a positive integer, got {iterations!r}.")
+    variables = list(variables)
+    optimizer = torch.optim.Adam(variables, lr=lr)
+    best = BestIterate(variables, num_images)
+    history, skipped = [], 0
+    bar = progress if not isinstance(progress, bool) else tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
+    try:
+        for i in range(iterations):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, i, iterations) if schedule else lr
+            per_image, grads = step(variables)
+            history.append(per_image.detach().float().cpu())
+            finite = grads is not None and torch.isfinite(per_image).all() and all(
+                g is None or torch.isfinite(g).all() for g in grads
+            )
+            if finite:
+                best.update(per_image, variables)
+                for variable, grad in zip(variables, grads):
+                    variable.grad = grad
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                skipped += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{per_image.float().mean().item():.4g}")
+            if callback is not None and callback(i, per_image):
+                break
+    finally:
+        if isinstance(progress, bool):
+            bar.close()
+    best.restore(variables)
+    return OptimizationResult(torch.stack(history), skipped, best.loss)
