@@ -37,11 +37,12 @@ def load_image_files(
 ) -> tuple[torch.Tensor, list[str]]:
     """Image files and folders (every image file in a folder, sorted), resized and center-cropped to ``size``.
 
-    Returns ``(images, sources)`` with the full path of each file as its source.
+    Returns ``(images, names)``: each file's name, or its full path where two files share a name.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files = collect_images(paths)[:limit]
-    return load_images(files, size), [str(p) for p in files]
+    names = [p.name for p in files]
+    return load_images(files, size), [n if names.count(n) == 1 else str(p) for n, p in zip(names, files)]
 
 
 def load_dataset(name: str, size: int, limit: int | None = None) -> tuple[torch.Tensor, list[str], list[int | None]]:

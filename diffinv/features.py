@@ -23,11 +23,45 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .io import atomic_path
 from .targets import TargetNetwork
 
-__all__ = ["FeatureSet", "check_features", "resolve_features"]
+__all__ = ["FeatureSet", "check_features", "check_images", "check_input_size", "resolve_features"]
 
 FORMAT_VERSION = "1"
+
+
+def check_input_size(input_size, name: str = "input_size") -> tuple[int, int]:
+    """``(H, W)`` of positive integers (a list or tuple of two; an int ``n`` means ``(n, n)``)."""
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        input_size = (input_size, input_size)
+    if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) or getattr(v, "is_integer", lambda: False)()
+                       for v in input_size)):
+        raise ValueError(f"`{name}` must be (height, width), two positive integers, got {input_size!r}.")
+    size = tuple(int(v) for v in input_size)
+    if min(size) < 1:
+        raise ValueError(f"`{name}` must be (height, width), two positive integers, got {input_size!r}.")
+    return size
+
+
+def check_images(images, name: str = "images") -> torch.Tensor:
+    """A ``(N, 3, H, W)`` float32 batch in [0, 1] from float (any precision) or uint8 images; else a ValueError."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor (N, 3, H, W) in [0, 1], got {type(images).__name__}.")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"`{name}` must be a (N, 3, H, W) tensor in [0, 1], got shape {tuple(images.shape)}.")
+    if len(images) == 0:
+        raise ValueError(f"`{name}` is an empty batch (N = 0); give at least one image.")
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.is_floating_point():
+        raise ValueError(f"`{name}` has dtype {images.dtype}; expected float images in [0, 1] or uint8 in 0..255.")
+    images = images.float()
+    if not torch.isfinite(images).all() or images.min() < -1e-3 or images.max() > 1 + 1e-3:
+        raise ValueError(f"`{name}` must hold finite values in [0, 1], got min {images.min().item():.4g} and max "
+                         f"{images.max().item():.4g}; divide uint8-range floats by 255.")
+    return images.clamp(0, 1)
 
 
 def check_features(features: torch.Tensor, expected_shape: Sequence[int] | None = None, name: str = "features") -> None:
@@ -80,12 +114,14 @@ class FeatureSet:
     weights_fingerprint: str | None = None
 
     def __post_init__(self):
-        self.input_size = tuple(int(v) for v in self.input_size)
+        self.input_size = check_input_size(self.input_size)
         if self.sources and len(self.sources) != len(self.features):
             raise ValueError(
                 f"`sources` has {len(self.sources)} entries but `features` has {len(self.features)} items."
             )
         check_features(self.features)
+        if len(self.features) == 0:
+            raise ValueError("`features` holds no feature maps (its batch dimension is 0); a FeatureSet needs at least one.")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -104,9 +140,16 @@ class FeatureSet:
         layer: str | None = None,
         sources: Sequence[str] | None = None,
     ) -> "FeatureSet":
-        """Runs ``target`` on ``images`` ([0, 1], NCHW) and keeps ``layer``'s features."""
+        """Runs ``target`` on ``images`` ([0, 1], NCHW) and keeps ``layer``'s features.
+
+        ``images`` may be float (any precision, in [0, 1]) or uint8 (0..255, scaled by 1/255).
+
+        Raises:
+            ValueError: an empty batch, another integer dtype, or float values outside [0, 1].
+        """
+        images = check_images(images)
         layer = layer or target.layer
-        feats = target.feature(images, layer).float().cpu().contiguous()
+        feats = target.feature(images.to(target.mean.device), layer).float().cpu().contiguous()
         return cls(
             features=feats,
             target=target.name,
@@ -143,7 +186,6 @@ class FeatureSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes a safetensors file atomically (a failed write leaves no partial file)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "format": "diffinv.FeatureSet",
             "version": FORMAT_VERSION,
@@ -157,12 +199,8 @@ class FeatureSet:
             "weights": json.dumps(self.weights),
             "weights_fingerprint": json.dumps(self.weights_fingerprint),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"features": self.features.contiguous().cpu()}, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -179,22 +217,41 @@ class FeatureSet:
             raise ValueError(f"{str(path)!r} is not a readable safetensors feature file: {err}") from err
         if metadata.get("format") != "diffinv.FeatureSet":
             raise ValueError(f"{str(path)!r} is not a diffinv FeatureSet file (no diffinv metadata).")
-        shape = json.loads(metadata["shape"])
-        if list(features.shape) != shape or str(features.dtype).replace("torch.", "") != metadata["dtype"]:
+
+        required = object()
+
+        def field(key: str, default=required, parse: bool = True):
+            if key not in metadata:
+                if default is not required:
+                    return default
+                raise ValueError(f"feature file {str(path)!r} has no {key!r} in its metadata; the file is corrupt or "
+                                 f"was not written by `diffinv extract`.")
+            try:
+                return json.loads(metadata[key]) if parse else metadata[key]
+            except json.JSONDecodeError as err:
+                raise ValueError(f"feature file {str(path)!r}: metadata {key!r} = {metadata[key]!r} is not valid JSON "
+                                 f"({err}); the file is corrupt.") from None
+
+        shape = field("shape")
+        dtype = field("dtype", parse=False)
+        if list(features.shape) != shape or str(features.dtype).replace("torch.", "") != dtype:
             raise ValueError(
                 f"{str(path)!r}: stored tensor {tuple(features.shape)} {features.dtype} does not match its "
-                f"metadata {tuple(shape)} {metadata['dtype']}; the file is corrupt."
+                f"metadata {tuple(shape)} {dtype}; the file is corrupt."
             )
-        fs = cls(
-            features=features,
-            target=metadata["target"],
-            layer=metadata["layer"],
-            input_size=tuple(json.loads(metadata["input_size"])),
-            preprocessing=json.loads(metadata.get("preprocessing", "{}")),
-            sources=json.loads(metadata.get("sources", "[]")),
-            weights=json.loads(metadata.get("weights", "null")),
-            weights_fingerprint=json.loads(metadata.get("weights_fingerprint", "null")),
-        )
+        try:
+            fs = cls(
+                features=features,
+                target=field("target", parse=False),
+                layer=field("layer", parse=False),
+                input_size=field("input_size"),
+                preprocessing=field("preprocessing", {}),
+                sources=field("sources", []),
+                weights=field("weights", None),
+                weights_fingerprint=field("weights_fingerprint", None),
+            )
+        except ValueError as err:
+            raise ValueError(f"feature file {str(path)!r}: {err}") from None
         if target is not None:
             fs.check(target)
         return fs
@@ -262,6 +319,6 @@ def resolve_features(
         tensor = features
         if image_size is None:
             raise ValueError("`image_size` is required when `features` is a tensor and the target has no input size.")
-    image_size = tuple(int(v) for v in image_size)
+    image_size = check_input_size(image_size, "image_size")
     check_features(tensor, target.feature_shape(layer, image_size))
     return tensor, layer, image_size

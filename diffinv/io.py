@@ -62,26 +62,65 @@ def _fit(image: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tenso
 
 
 def from_array(array: np.ndarray, size=None) -> torch.Tensor:
-    """HWC uint8 / float array (grey or RGB[A]) -> (3, H, W) float tensor in [0, 1]."""
+    """HWC (or HW) array, grey or RGB[A], -> (3, H, W) float tensor in [0, 1].
+
+    Integers are scaled by their type's range (uint8 by 255, uint16 by 65535, ...); floats
+    are taken as [0, 1].
+    """
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
     array = array[..., :3]
-    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float()
-    if array.dtype == np.uint8:
-        tensor = tensor / 255.0
+    if array.shape[-1] == 2:  # grey + alpha
+        array = np.repeat(array[..., :1], 3, axis=-1)
+    scale = float(np.iinfo(array.dtype).max) if np.issubdtype(array.dtype, np.integer) else 1.0
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).permute(2, 0, 1) / scale
     return _fit(tensor, size)
 
 
+def _pixels(img: Image.Image) -> np.ndarray:
+    """The pixels of a PIL image at their full bit depth (16-bit and float images are not clipped to 8 bits)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(img).astype(np.uint16)
+    if img.mode == "I":  # 32-bit integer mode: 16-bit PNGs open as this
+        array = np.asarray(img)
+        return array.astype(np.uint16) if array.min() >= 0 and array.max() <= 65535 else (array / array.max()).astype(np.float32)
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)
+        return array / max(1.0, float(array.max()))
+    if img.mode in ("RGB", "L"):
+        return np.asarray(img)
+    return np.asarray(img.convert("RGB"))
+
+
 def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """Reads one image file as ``(3, H, W)`` in [0, 1], resized and center-cropped to ``size``."""
+    """Reads one image file as ``(3, H, W)`` in [0, 1], resized and center-cropped to ``size``.
+
+    8-bit, 16-bit and float images are scaled by their own range. Pillow's decompression-bomb
+    limit applies (``PIL.Image.MAX_IMAGE_PIXELS``, which the environment variable
+    ``DIFFINV_MAX_IMAGE_PIXELS`` sets; ``0`` lifts it).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it cannot be decoded, or it is larger than the decompression-bomb limit.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
+    previous, limit = Image.MAX_IMAGE_PIXELS, os.environ.get("DIFFINV_MAX_IMAGE_PIXELS")
     try:
+        if limit is not None:
+            Image.MAX_IMAGE_PIXELS = int(limit) or None
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+            array = _pixels(img)
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"image file {str(path)!r} is larger than the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            f"({err}). If you trust the file, set DIFFINV_MAX_IMAGE_PIXELS to a larger number (0 for no limit)."
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image file {str(path)!r} could not be decoded as an image ({err}).") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     return from_array(array, size)
 
 

@@ -383,17 +383,54 @@ def _timm_model(name: str, weights) -> nn.Module:
     if weights is None:
         return timm.create_model(name, pretrained=False)
     if weights == "default":
+        cached = _timm_cached_weights(name)
+        if cached is None:
+            cfg = timm.models.get_pretrained_cfg(name)
+            where = f"the Hugging Face cache ({getattr(cfg, 'hf_hub_id', None) or name})" if cfg else "the Hugging Face cache"
+            raise WeightsNotFoundError(
+                f"Pretrained weights for timm model {name!r} are not on this machine (looked in {where} and "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}); diffinv does not download them. Offline, run "
+                f"`timm.create_model({name!r}, pretrained=True)` once on a machine with internet and copy its "
+                f"HF_HOME cache here, pass `--weights PATH` (`weights=PATH`) to a state-dict file, or use "
+                f"`random:0` for random weights."
+            )
+        import huggingface_hub.constants as hub
+
+        offline, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True  # the files are cached: never touch the network
         try:
             return timm.create_model(name, pretrained=True)
-        except Exception as err:  # offline: huggingface_hub / urllib raise various errors
+        except Exception as err:  # a broken cache entry
             raise WeightsNotFoundError(
-                f"Could not load pretrained weights for timm model {name!r} ({type(err).__name__}: {err}). "
-                f"Offline, put them in the Hugging Face cache (HF_HOME) on a machine with internet, "
-                f"pass `weights=PATH` to a state-dict file, or `weights=None` for random weights."
+                f"Could not load the cached pretrained weights of timm model {name!r} ({type(err).__name__}: {err}). "
+                f"Pass `weights=PATH` to a state-dict file, or `random:0` for random weights."
             ) from err
+        finally:
+            hub.HF_HUB_OFFLINE = offline
     model = timm.create_model(name, pretrained=False)
     model.load_state_dict(_load_state_dict(weights))
     return model
+
+
+def _timm_cached_weights(name: str) -> str | None:
+    """The local file of a timm model's pretrained weights, or None (no network access)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        for filename in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"):
+            found = filename and try_to_load_from_cache(hub_id.split("@")[0], filename)
+            if isinstance(found, str):
+                return found
+    url = getattr(cfg, "url", None)
+    if url:
+        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if local.is_file():
+            return str(local)
+    return None
 
 
 def _last_feature_module(model: nn.Module) -> str:

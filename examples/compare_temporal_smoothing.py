@@ -14,8 +14,9 @@ Temporal consistency = mean ``|x_t − x_{t−1}|`` over consecutive reconstruct
 ``|(x_t − x_{t−1}) − (s_t − s_{t−1})|`` against the source ``s``: change the source does not
 have. The chosen λ is the steadiest setting that costs at most 0.5 dB PSNR and is not
 steadier than the source clip (a ratio below 1 means real motion is smoothed away). Every
-setting writes to its own folder and resumes, so an interrupted comparison
-loses nothing.
+setting writes to its own run folder and resumes when run again with the same options, so an
+interrupted comparison loses nothing (other options in the same ``--out`` are refused;
+``--overwrite`` starts every setting afresh).
 
     python examples/compare_temporal_smoothing.py --out smoothing_out
     python examples/compare_temporal_smoothing.py --weights 1 3 10 30 --warm-only --size 96 --out sweep
@@ -27,7 +28,6 @@ Writes ``OUT/results.md`` (the tables), ``OUT/results.json`` and ``OUT/compariso
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -35,7 +35,8 @@ import torch
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.targets import TargetNetwork
 from diffinv.datasets import sample_video_path
-from diffinv.io import read_video, write_video
+from diffinv.io import atomic_path, read_video, write_json, write_video
+from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.video import extract_video_features, invert_video
 
 MAX_PSNR_COST = 0.5  # dB: the most PSNR smoothing may cost to be chosen
@@ -56,7 +57,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="smoothing_out")
+    parser.add_argument("--out", default="smoothing_out", help="output folder (resumed when it holds the same runs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="if --out holds runs with other settings, delete their results and start afresh")
     args = parser.parse_args()
     out_dir = Path(args.out)
 
@@ -83,9 +86,12 @@ def main() -> None:
         inverter = cls(target, iterations=args.iterations, temporal_weight=weight)
         folder = out_dir / label.replace("λ = ", "lambda_").replace(", ", "_").replace(" ", "_")
         print(f"-- {label}")
-        out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                           warm_start=warm, out_dir=folder, resume=True, seed=args.seed,
-                           config={"source": str(video), "iterations": args.iterations})
+        try:
+            out = invert_video(inverter, features, window=args.window, references=clip.frames,
+                               frame_ids=clip.indices, warm_start=warm, out_dir=folder, overwrite=args.overwrite,
+                               seed=args.seed, settings={"source": str(video.resolve()), "stride": args.stride})
+        except RunSettingsError as err:  # another run in its folder: say what changed, no traceback
+            parser.error(str(err))
         results[label] = out
 
     # 3. Tables
@@ -129,12 +135,12 @@ def main() -> None:
     cells += [f"{base['source_temporal_consistency']:.4f}"]
     lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
-    (out_dir / "results.md").write_text(table)
-    (out_dir / "results.json").write_text(json.dumps(
-        {"args": vars(args), "chosen": chosen,
-         "settings": {lb: {"summary": {k: v for k, v in r.summary.items() if k != "settings"},
-                           "config": r.summary["settings"], "frames": r.records} for lb, r in results.items()}},
-        indent=1))
+    with atomic_path(out_dir / "results.md") as tmp:
+        tmp.write_text(table, encoding="utf-8")
+    write_json(out_dir / "results.json",
+               {"args": vars(args), "chosen": chosen,
+                "settings": {lb: {"summary": {k: v for k, v in r.summary.items() if k != "settings"},
+                                  "config": r.summary["settings"], "frames": r.records} for lb, r in results.items()}})
     write_video(torch.cat([clip.frames, results["independent"].images, results[chosen].images], dim=3),
                 out_dir / "comparison.mp4", clip.fps)
     print(table)

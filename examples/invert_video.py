@@ -9,7 +9,10 @@ inverts them window by window with temporal smoothing, and writes
     OUT/reconstruction.mp4         the reconstructed clip
     OUT/side_by_side.mp4           original | reconstruction
 
-Interrupt it at any time; run it again with ``--resume`` to continue.
+The output folder is a run store (``OUT/manifest.json`` holds the settings, ``OUT/records.jsonl``
+one record per finished frame): interrupt it at any time and run the same command again to
+continue. Other settings in the same folder are refused (the message lists what changed);
+``--overwrite`` starts afresh.
 
     python examples/invert_video.py --out video_out                 # 16 frames, 128 px, pixel method
     python examples/invert_video.py --method dip --size 64 --out video_dip
@@ -28,6 +31,7 @@ from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.targets import TargetNetwork
 from diffinv.datasets import sample_video_path
 from diffinv.io import read_video, write_side_by_side, write_video
+from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.video import extract_video_features, invert_video
 
 
@@ -44,8 +48,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="video_out")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--out", default="video_out", help="output folder (resumed when it holds the same run)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="if --out holds a run with other settings, delete its results and start afresh")
     args = parser.parse_args()
 
     # 1. Frames of a real clip
@@ -64,9 +69,12 @@ def main() -> None:
         inverter = PixelInverter(target, iterations=args.iterations, temporal_weight=args.temporal_weight)
     else:
         inverter = DIPInverter(target, iterations=args.iterations, temporal_weight=args.temporal_weight)
-    out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                       out_dir=args.out, resume=args.resume, seed=args.seed,
-                       config={"source": str(video), "iterations": args.iterations})
+    try:
+        out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
+                           out_dir=args.out, overwrite=args.overwrite, seed=args.seed,
+                           settings={"source": str(video.resolve()), "stride": args.stride})
+    except RunSettingsError as err:  # another run in --out: say what changed, no traceback
+        parser.error(str(err))
 
     # 4. Videos and a report
     out_dir = Path(args.out)

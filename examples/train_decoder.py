@@ -11,10 +11,12 @@ rocket — the photos `diffinv demo` inverts, never seen in training.
     python examples/train_decoder.py --out out_decoder --stage train --layers blocks.1
     python examples/train_decoder.py --out out_decoder --stage eval --methods pixel dip
 
-Stages can run in separate processes (one per layer, say) and be re-run: training resumes
-from its last checkpoint and the benchmark skips what `OUT/bench/results.json` already has.
-Writes `OUT/decoders/<layer>/` (model, training_log.json, loss_curve.png), `OUT/bench/`
-(results.json, results.md, grid.png, images/) and `OUT/summary.md`.
+Stages can run in separate processes (one per layer, say) and be re-run with the same
+options: training resumes from its last checkpoint and the benchmark skips the records it
+already has. Other options are refused (the message lists what changed) unless `--overwrite`
+is given, which starts those runs afresh. Writes `OUT/decoders/<layer>/` (manifest.json, model,
+training_log.json, loss_curve.png, checkpoints/), `OUT/bench/` (manifest.json, records.jsonl,
+results.json, results.md, grid.png, images/) and `OUT/summary.md`.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-from diffinv.jobs.bench import run_benchmark
-from diffinv.jobs.report import summarize
 from diffinv.datasets import offline_training_sources
-from diffinv.io import sample_images
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.inverters.decoder import DecoderInverter
+from diffinv.io import sample_images
+from diffinv.jobs.bench import run_benchmark
+from diffinv.jobs.report import summarize
+from diffinv.jobs.training import TrainConfig, train_decoder
 from diffinv.models import UpconvNet
 from diffinv.targets import TargetNetwork
-from diffinv.jobs.training import TrainConfig, train_decoder
 
 HELD_OUT = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -48,8 +50,8 @@ def train(args) -> None:
             out=str(args.out / "decoders" / layer), layer=layer, images=images, videos=videos,
             val_samples=list(HELD_OUT), size=args.size, batch_size=args.batch_size, max_steps=args.max_steps,
             learning_rate=args.lr, hidden_channels=args.hidden_channels, min_channels=args.min_channels,
-            checkpoint_every=args.checkpoint_every, val_every=args.val_every, resume=True, seed=args.seed,
-            device=args.device)
+            checkpoint_every=args.checkpoint_every, val_every=args.val_every, seed=args.seed, device=args.device,
+            overwrite=args.overwrite)
         result = train_decoder(config)
         print(f"{layer}: step {result.step}, held-out PSNR {result.val_psnr:.2f} dB, SSIM {result.val_ssim:.3f}, "
               f"{result.images_per_second:.1f} training images/s")
@@ -80,7 +82,7 @@ def evaluate(args) -> None:
     }
     methods = {m: factories[m] for m in args.methods}
     records = run_benchmark(target, images, list(HELD_OUT), layers, methods, args.out / "bench", seeds=[args.seed],
-                            config={"command": "examples/train_decoder.py", "size": args.size})
+                            settings={"example": "train_decoder"}, overwrite=args.overwrite)
     rows = summarize(records, layers, list(methods))
     lines = ["| layer | method | box | PSNR (dB) | SSIM | top-1 agr. | feat. residual | s / image | images / s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -128,6 +130,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the training runs and the benchmark afresh when OUT holds runs with other settings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

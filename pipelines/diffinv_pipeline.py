@@ -12,7 +12,10 @@ Only latents are optimized (all weights are frozen). With ``gradient_checkpointi
 so memory stays nearly flat as K grows. The networks may run in fp16/bf16
 (``torch_dtype``); the optimized latents and the loss stay fp32; a non-finite loss or
 gradient is detected and the step is retried (fp16: with a smaller loss scale) or
-skipped, and counted in the output.
+skipped, and counted in the output. The loop is the one optimization rule of every diffinv
+inverter, :func:`diffinv.optimization.run_optimization` (cosine learning rate, best iterate per
+image); :meth:`DiffInvPipeline.img2img` and the hybrid start share one img2img chain
+(:func:`img2img_steps`).
 
 This file also works as a diffusers ``custom_pipeline`` (it imports ``diffinv`` only by
 absolute imports)::
@@ -25,13 +28,14 @@ Example:
     >>> out = pipe(feature_set, num_inference_steps=10, num_iterations=100)
     >>> out.images[0].save("reconstruction.png"); out.feature_residual
     >>> pipe = load_pipeline("tiny", target=target)        # random weights, offline, for tests
+    >>> refined = pipe.img2img(latents, strength=0.3, num_inference_steps=20)   # img2img on clean latents
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +55,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from diffinv.features import FeatureSet, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
+from diffinv.optimization import run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
     DEFINITIONS,
@@ -63,12 +68,42 @@ from diffinv.pipelines.definitions import (
 )
 from diffinv.targets import TargetNetwork
 
-__all__ = ["DiffInvPipeline", "DiffInvPipelineOutput"]
+__all__ = ["DiffInvPipeline", "DiffInvPipelineOutput", "img2img_steps"]
 
 logger = logging.get_logger(__name__)
 
-# Pipeline definitions shipped in ``pipelines/<name>/`` (model_index.json + configs, no weights).
+# Where save_pretrained writes the weights of a target that cannot be rebuilt by name.
 _TARGET_WEIGHTS_FILE = "target/model.safetensors"
+
+
+def img2img_steps(num_inference_steps: int, strength: float) -> int:
+    """The sampler steps that img2img at ``strength`` runs: ``max(1, round(K * strength))``.
+
+    The one definition of img2img strength in diffinv, shared by :meth:`DiffInvPipeline.img2img`,
+    the hybrid start (``DiffInvPipeline.__call__(init="mapper")``) and the refinement of
+    :class:`~diffinv.inverters.mapper.MapperInverter`: the clean latent is noised to the first
+    timestep of the last ``img2img_steps(K, strength)`` steps of the K-step chain
+    (:meth:`DiffInvPipeline.chain_scheduler`), which then run. Strength 1 runs the whole chain
+    from (almost) pure noise; any strength > 0 runs at least one step.
+
+    Args:
+        num_inference_steps: K, the steps of the full chain (>= 1).
+        strength: how far into the chain the start is noised, in (0, 1].
+
+    Raises:
+        ValueError: ``num_inference_steps`` is not a positive integer, or ``strength`` is not in (0, 1].
+
+    Example:
+        >>> img2img_steps(20, 0.3), img2img_steps(4, 0.1), img2img_steps(4, 1.0)
+        (6, 1, 4)
+    """
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
+    return max(1, round(num_inference_steps * strength))
+
+
 @dataclass
 class DiffInvPipelineOutput(BaseOutput):
     """Output of :class:`DiffInvPipeline`.
@@ -114,6 +149,12 @@ class DiffInvPipeline(DiffusionPipeline):
         target_config: a target description saved by :meth:`save_pretrained` (used when ``target``
             is not given).
 
+    A target the pipeline builds itself (given by name, or from a saved ``target_config``) takes,
+    at each call, the input size the features were made at: a FeatureSet's recorded resize
+    (``preprocessing["input_size"]``, else its ``input_size``), or for a tensor the call's
+    ``input_size`` (else ``height``/``width``). A :class:`~diffinv.targets.TargetNetwork` passed
+    in keeps its own ``input_size``.
+
     The target is not a diffusers component: its description (``target.config()`` plus the
     weights) is stored as ``target_config`` in ``model_index.json``, and weights that cannot be
     rebuilt by name are written to ``target/model.safetensors`` by :meth:`save_pretrained`.
@@ -144,6 +185,7 @@ class DiffInvPipeline(DiffusionPipeline):
         self.target: TargetNetwork | None = None
         self.layer: str | None = None
         self._target_weights = None
+        self._target_built = False  # built by name / from a config: its input size follows the features
         self.register_to_config(target_config=None)
         if target is not None:
             self.set_target(target, layer=layer, weights=target_weights)
@@ -158,9 +200,12 @@ class DiffInvPipeline(DiffusionPipeline):
 
         Args:
             target: a TargetNetwork, a name for ``TargetNetwork.from_name`` or a saved
-                ``target_config`` dict (``name``, ``layers``, ``input_size``, ``weights``).
+                ``target_config`` dict (``name``, ``layers``, ``input_size``, ``weights``). A target
+                built from a name or a config takes the features' input size at each call (see the
+                class docstring); a TargetNetwork keeps its own.
             layer: the default feature layer; defaults to the target's single layer.
-            weights: for a name: ``"default"``, ``None`` (random) or a state-dict file.
+            weights: for a name: ``"default"``, ``"random:SEED"``, ``None`` (unseeded random) or a
+                state-dict file.
         """
         if isinstance(target, dict):
             config = target
@@ -196,6 +241,7 @@ class DiffInvPipeline(DiffusionPipeline):
         self.target = target.to(self.device)
         self.layer = layer or (target.layers[0] if len(target.layers) == 1 else None)
         self._target_weights = weights
+        self._target_built = weights != "instance"
         self.register_to_config(target_config={**target.config(), "layer": self.layer, "weights": weights})
         return self
 
@@ -394,10 +440,14 @@ class DiffInvPipeline(DiffusionPipeline):
         guidance_scale: float,
         offsets: Sequence[torch.Tensor] = (),
         gradient_checkpointing: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decode: bool = True,
+        progress_bar=None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z_T -> (final latents z_0, images in [0, 1]); differentiable in the caller's grad mode.
 
         ``offsets[i]`` is added to the latent after step ``i`` (the optimized intermediate latents).
+        ``decode=False`` skips the VAE (the images are ``None``); ``progress_bar.update()`` is called
+        after each step when given.
         """
 
         def call(fn, *args):
@@ -410,7 +460,9 @@ class DiffInvPipeline(DiffusionPipeline):
             latents = scheduler.step(noise, t, latents, eta=0.0, return_dict=False)[0]
             if i < len(offsets):
                 latents = latents + offsets[i]
-        return latents, call(self._decode_latents, latents)
+            if progress_bar is not None:
+                progress_bar.update()
+        return latents, call(self._decode_latents, latents) if decode else None
 
     def render(
         self,
@@ -434,6 +486,79 @@ class DiffInvPipeline(DiffusionPipeline):
             embeds = self.encode_prompt(prompts, device, guidance_scale > 1.0, negative)
         scheduler = self.chain_scheduler(num_inference_steps, device)
         return self._sample(latents.to(device, torch.float32), embeds, scheduler, guidance_scale, (), gradient_checkpointing)[1]
+
+    def img2img_chain(
+        self, num_inference_steps: int, strength: float, device: torch.device | str | None = None
+    ) -> DDIMScheduler:
+        """The chain of img2img at ``strength``: the last :func:`img2img_steps` steps of :meth:`chain_scheduler`.
+
+        Used by :meth:`img2img`, the hybrid start (``init="mapper"``) and, through :meth:`img2img`,
+        by :class:`~diffinv.inverters.mapper.MapperInverter`.
+
+        Raises:
+            ValueError: ``strength`` is not in (0, 1] (see :func:`img2img_steps`).
+        """
+        steps = img2img_steps(num_inference_steps, strength)
+        scheduler = self.chain_scheduler(num_inference_steps, device)
+        scheduler.timesteps = scheduler.timesteps[num_inference_steps - steps :]
+        return scheduler
+
+    @staticmethod
+    def _noised_start(
+        clean: torch.Tensor, scheduler: DDIMScheduler, generator: torch.Generator | list[torch.Generator] | None
+    ) -> torch.Tensor:
+        """Clean latents noised (fp32) to the first timestep of ``scheduler``'s chain, as img2img starts."""
+        noise = randn_tensor(clean.shape, generator=generator, device=clean.device, dtype=torch.float32)
+        return scheduler.add_noise(clean.float(), noise, scheduler.timesteps[:1])
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        latents: torch.Tensor,
+        strength: float,
+        num_inference_steps: int = 20,
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """img2img (SDEdit) on clean latents: noise them to ``strength`` and denoise with the deterministic chain.
+
+        The latents are noised to the first timestep of :meth:`img2img_chain` (the last
+        ``img2img_steps(num_inference_steps, strength)`` steps of the K-step DDIM chain of
+        :meth:`chain_scheduler`) and those steps run; the same chain as the hybrid start
+        ``__call__(init="mapper")``. No gradients.
+
+        Args:
+            latents: ``(N, C, h, w)`` clean scaled latents (e.g. a FeatureMapper's prediction).
+            strength: in (0, 1]: the fraction of the chain that runs (1: from almost pure noise).
+            num_inference_steps: K, the steps of the full chain.
+            prompt, negative_prompt, guidance_scale: text conditioning (``guidance_scale > 1``:
+                classifier-free guidance), as in :meth:`render`.
+            generator: seeds the noise.
+
+        Returns:
+            ``(N, C, h, w)`` the denoised clean latents, fp32, on the execution device (images:
+            ``diffinv.models.decode_latents(pipe.vae, latents)``).
+
+        Raises:
+            ValueError: ``strength`` is not in (0, 1].
+
+        Example:
+            >>> refined = pipe.img2img(mapper.initial_latents(feature_set), strength=0.3, generator=g)
+        """
+        device = self._execution_device
+        scheduler = self.img2img_chain(num_inference_steps, strength, device)
+        prompts = resolve_prompts(prompt, len(latents))
+        negative = resolve_prompts(negative_prompt, len(latents), "negative_prompt") if negative_prompt else None
+        embeds = self.encode_prompt(prompts, device, guidance_scale > 1.0, negative)
+        latents = self._noised_start(latents.to(device, torch.float32), scheduler, generator)
+        with self.progress_bar(total=len(scheduler.timesteps)) as progress_bar:
+            latents, _ = self._sample(
+                latents, embeds, scheduler, guidance_scale, gradient_checkpointing=False, decode=False,
+                progress_bar=progress_bar,
+            )
+        return latents
 
     @torch.no_grad()
     def predict_classes(self, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> torch.Tensor | None:
@@ -517,6 +642,7 @@ class DiffInvPipeline(DiffusionPipeline):
         learning_rate: float = 0.1,
         height: int | None = None,
         width: int | None = None,
+        input_size: tuple[int, int] | None = None,
         layer: str | None = None,
         loss: str = "nmse",
         latent_prior_weight: float = 0.1,
@@ -549,11 +675,17 @@ class DiffInvPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance weight; ``<= 1`` runs the UNet once per step on
                 the prompt alone (use 0 or 1 for turbo models).
             num_inference_steps: K, the steps of the deterministic sampler (1 for turbo models).
-            num_iterations: optimization iterations (Adam, cosine-annealed learning rate).
+            num_iterations: optimization iterations, under the one rule of
+                :func:`diffinv.optimization.run_optimization` (Adam, cosine-annealed learning rate,
+                each image's best iterate returned, non-finite steps skipped).
             learning_rate: Adam step size on the fp32 latents.
             height, width: image size, multiples of 8. Defaults: the FeatureSet's input size
                 (rounded to a multiple of 8 when the target resizes its input anyway), else the
                 UNet's native size (``unet.config.sample_size * vae_scale_factor``).
+            input_size: for a tensor, the ``(H, W)`` the target network saw when it made the
+                features (after its own resize). A target the pipeline built by name takes it
+                (default: ``(height, width)`` when either is given, else its own input size); a
+                FeatureSet carries it. A TargetNetwork passed in keeps its own input size.
             layer: the feature layer for a tensor (default: the pipeline's layer).
             loss: ``"nmse"`` (default), ``"mse"`` or ``"cosine"``.
             latent_prior_weight: weight of ``latent_prior(z_T)`` (keeps z_T Gaussian-like).
@@ -565,11 +697,13 @@ class DiffInvPipeline(DiffusionPipeline):
             generator: seeds the initial latents (one generator, or one per image).
             latents: ``(N, 4, H/8, W/8)`` initial latents instead of random ones.
             init: ``"noise"`` (default): start from Gaussian latents z_T; ``"mapper"``: the hybrid
-                start — a trained :class:`~diffinv.mapper.FeatureMapper` predicts the clean latent
-                from the features, it is noised to the timestep at ``strength`` (as in img2img) and
-                the optimization runs through the remaining ``round(K * strength)`` sampler steps.
+                start — a trained :class:`~diffinv.models.FeatureMapper` predicts the clean latent
+                from the features, it is noised as :meth:`img2img` does at ``strength`` and the
+                optimization runs through the same chain (:meth:`img2img_chain`: the last
+                ``img2img_steps(K, strength)`` sampler steps).
             mapper: the FeatureMapper for ``init="mapper"``.
-            strength: with ``init="mapper"``, how far into the chain the start is noised, in (0, 1].
+            strength: with ``init="mapper"``, how far into the chain the start is noised, in (0, 1]
+                (see :func:`img2img_steps`).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`DiffInvPipelineOutput` (else a tuple of its fields).
             callback_on_step_end: ``fn(pipe, iteration, timestep, callback_kwargs) -> dict`` after
@@ -591,16 +725,26 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
         if init not in ("noise", "mapper"):
             raise ValueError(f"`init` must be 'noise' or 'mapper', got {init!r}.")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if init == "mapper":
             if mapper is None or not hasattr(mapper, "initial_latents"):
                 raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
             if latents is not None:
                 raise ValueError("pass either `latents` or `init='mapper'`, not both.")
-            if not 0.0 < strength <= 1.0:
-                raise ValueError(f"`strength` must be in (0, 1], got {strength}.")
-        for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            img2img_steps(num_inference_steps, strength)  # checks `strength`
+        if input_size is not None:
+            if not isinstance(input_size, (tuple, list)) or len(input_size) != 2 or not all(
+                isinstance(v, int) and v > 0 for v in input_size
+            ):
+                raise ValueError(f"`input_size` must be (height, width), two positive integers, got {input_size!r}.")
+            if isinstance(features, FeatureSet):
+                raise ValueError(
+                    f"`input_size` is for a feature tensor; the FeatureSet records the input size its features were "
+                    f"made at ({features.preprocessing.get('input_size') or list(features.input_size)}), got "
+                    f"{input_size!r}."
+                )
         bad_keys = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad_keys:
             raise ValueError(
@@ -613,108 +757,110 @@ class DiffInvPipeline(DiffusionPipeline):
                     "call `pipe.set_target(...)`, or pass a FeatureSet (which names its target)."
                 )
             self.set_target(features.to_target())
-        height, width = self._image_size(features, height, width)
-        if isinstance(features, FeatureSet):
-            if layer is not None and layer != features.layer:
-                raise ValueError(f"`layer` is {layer!r} but the FeatureSet's features come from {features.layer!r}.")
-            features.check(self.target)
-        elif layer is None and self.layer is None:
-            raise ValueError(
-                f"`layer` is required: the target {self.target.name!r} has several layers {self.target.layers}."
-            )
-        feats, layer, _ = resolve_features(self.target, features, (height, width), layer or self.layer)
+        with self._target_input_size(self._features_input_size(features, height, width, input_size)):
+            height, width = self._image_size(features, height, width)
+            if isinstance(features, FeatureSet):
+                if layer is not None and layer != features.layer:
+                    raise ValueError(
+                        f"`layer` is {layer!r} but the FeatureSet's features come from {features.layer!r}."
+                    )
+                features.check(self.target)
+            elif layer is None and self.layer is None:
+                raise ValueError(
+                    f"`layer` is required: the target {self.target.name!r} has several layers {self.target.layers}."
+                )
+            feats, layer, _ = resolve_features(self.target, features, (height, width), layer or self.layer)
 
-        # 2. Define call parameters
-        batch_size = len(feats)
-        device = self._execution_device
-        self._interrupt = False
-        do_cfg = guidance_scale > 1.0
-        feats = feats.to(self.target.mean.device, torch.float32)
+            # 2. Define call parameters
+            batch_size = len(feats)
+            device = self._execution_device
+            self._interrupt = False
+            do_cfg = guidance_scale > 1.0
+            feats = feats.to(self.target.mean.device, torch.float32)
 
-        # 3. Prompts: resolve (automatic class prompt, prompt files) and encode
-        prompts = self._resolve_prompts(prompt, feats, layer, (height, width))
-        negative = resolve_prompts(negative_prompt, batch_size, "negative_prompt") if negative_prompt else None
-        prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
+            # 3. Prompts: resolve (automatic class prompt, prompt files) and encode
+            prompts = self._resolve_prompts(prompt, feats, layer, (height, width))
+            negative = resolve_prompts(negative_prompt, batch_size, "negative_prompt") if negative_prompt else None
+            prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
 
-        # 4. Prepare the differentiable sampler
-        scheduler = self.chain_scheduler(num_inference_steps, device)
+            # 4. Prepare the differentiable sampler: the whole chain, or its img2img tail for the hybrid start
+            if init == "mapper":
+                scheduler = self.img2img_chain(num_inference_steps, strength, device)
+            else:
+                scheduler = self.chain_scheduler(num_inference_steps, device)
 
-        # 5. Prepare the latents (fp32 master copies) and the optimizer
-        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if init == "mapper":  # hybrid: the black-box mapper's clean latent, noised to the start step
-            clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
-            if tuple(clean.shape) != shape:
-                raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
-            steps = max(1, round(num_inference_steps * strength))
-            scheduler.timesteps = scheduler.timesteps[num_inference_steps - steps :]
-            noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-            latents = scheduler.add_noise(clean, noise, scheduler.timesteps[:1])
-        elif latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-            latents = latents * scheduler.init_noise_sigma
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape} for {height}x{width} images.")
-        variables = [latents.to(device, torch.float32).clone()]
-        if optimize == "all":
-            variables += [torch.zeros_like(variables[0]) for _ in range(len(scheduler.timesteps) - 1)]
-        optimizer = torch.optim.Adam(variables, lr=learning_rate)
-        best_loss = torch.full((batch_size,), float("inf"), device=device)
-        best = [v.clone() for v in variables]
-        loss_scale = 2.0**16 if self.unet.dtype == torch.float16 else 1.0
-        history, skipped, good_steps = [], 0, 0
+            # 5. Prepare the optimized variables (fp32 master copies): z_T (+ one offset per intermediate latent)
+            factor = self.vae_scale_factor
+            shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
+            if init == "mapper":  # hybrid: the black-box mapper's clean latent, noised as img2img does
+                clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
+                if tuple(clean.shape) != shape:
+                    raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
+                latents = self._noised_start(clean, scheduler, generator)
+            elif latents is None:
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+                latents = latents * scheduler.init_noise_sigma
+            elif tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, expected {shape} for {height}x{width} images."
+                )
+            variables = [latents.to(device, torch.float32).clone()]
+            if optimize == "all":  # each (N, C, h, w): one block per image, as the one optimization rule needs
+                variables += [torch.zeros_like(variables[0]) for _ in range(len(scheduler.timesteps) - 1)]
 
-        # 6. Optimization loop
-        with self.progress_bar(total=num_iterations) as progress_bar:
-            for i in range(num_iterations):
-                if self.interrupt:
-                    break
-                for group in optimizer.param_groups:  # cosine annealing to 0 over the iterations
-                    group["lr"] = 0.5 * learning_rate * (1.0 + math.cos(math.pi * i / num_iterations))
+            # 6. The gradient step (fp16: retried at a halved loss scale when the gradient overflowed)
+            #    and the step hook (callback_on_step_end, interrupt)
+            scaler = {"scale": 2.0**16 if self.unet.dtype == torch.float16 else 1.0, "good_steps": 0, "iteration": 0}
+
+            def step(variables: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
                 for _attempt in range(max_retries + 1):
                     per_image, grads = self._gradient_step(
                         variables, feats, layer, prompt_embeds, scheduler, guidance_scale, loss,
-                        latent_prior_weight, temporal_weight, gradient_checkpointing, loss_scale,
+                        latent_prior_weight, temporal_weight, gradient_checkpointing, scaler["scale"],
                     )  # fmt: skip
                     finite = grads is not None and all(torch.isfinite(g).all() for g in grads)
-                    if finite or grads is None or loss_scale <= 1.0:
+                    if finite or grads is None or scaler["scale"] <= 1.0:
                         break  # retrying only helps a gradient that overflowed at a large loss scale
-                    loss_scale /= 2.0
-                history.append(per_image.float().cpu())
-                if not finite:
-                    skipped += 1
-                    logger.warning(f"iteration {i}: non-finite loss or gradient; the step was skipped.")
+                    scaler["scale"] /= 2.0
+                if finite:
+                    scaler["good_steps"] += 1
+                    if scaler["scale"] > 1.0 and scaler["good_steps"] % 100 == 0:
+                        scaler["scale"] = min(scaler["scale"] * 2.0, 2.0**24)
                 else:
-                    improved = per_image.to(device) < best_loss
-                    best_loss = torch.where(improved, per_image.to(device), best_loss)
-                    for kept, current in zip(best, variables):
-                        kept[improved] = current[improved]
-                    for variable, grad in zip(variables, grads):
-                        variable.grad = grad
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    good_steps += 1
-                    if loss_scale > 1.0 and good_steps % 100 == 0:
-                        loss_scale = min(loss_scale * 2.0, 2.0**24)
+                    logger.warning(f"iteration {scaler['iteration']}: non-finite loss or gradient; step skipped.")
+                scaler["iteration"] += 1
+                return per_image, grads
 
+            def on_step_end(i: int, per_image: torch.Tensor) -> bool:
                 if callback_on_step_end is not None:
                     available = {"latents": variables[0], "loss": per_image, "prompt_embeds": prompt_embeds}
                     callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, scheduler.timesteps[0], callback_kwargs) or {}
                     if "latents" in callback_outputs:
                         variables[0].copy_(callback_outputs["latents"])
-                progress_bar.update()
-                progress_bar.set_postfix(loss=f"{per_image.float().mean().item():.4g}")
+                return self.interrupt
 
-        # 7. Render the best latents seen
-        final_latents, images = self._sample(best[0], prompt_embeds, scheduler, guidance_scale, best[1:], False)
-        if not torch.isfinite(images).all():
-            raise FloatingPointError(
-                f"the reconstruction is not finite in {self.unet.dtype}: every step of some images failed "
-                f"({skipped} of {len(history)} iterations skipped). Run the networks in bfloat16 or float32."
+            # 7. Optimization loop: the one rule of diffinv.optimization (cosine schedule, best iterate
+            #    per image, non-finite steps skipped and counted); it leaves each image's best variables
+            with self.progress_bar(total=num_iterations) as progress_bar:
+                optimized = run_optimization(
+                    variables, step, iterations=num_iterations, lr=learning_rate, num_images=batch_size,
+                    progress=progress_bar, callback=on_step_end,
+                )  # fmt: skip
+
+            # 8. Render the best latents seen
+            final_latents, images = self._sample(
+                variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing=False
             )
-        residual = feature_residual(self.target, images.to(self._target_dtype), feats, layer).cpu()
+            if not torch.isfinite(images).all():
+                raise FloatingPointError(
+                    f"the reconstruction is not finite in {self.unet.dtype}: every step of some images failed "
+                    f"({optimized.skipped_steps} of {len(optimized.history)} iterations skipped). Run the networks in "
+                    f"bfloat16 or float32."
+                )
+            residual = feature_residual(self.target, images.to(self._target_dtype), feats, layer).cpu()
 
-        # 8. Post-process
+        # 9. Post-process
         if output_type == "latent":
             output = final_latents
         else:
@@ -722,15 +868,54 @@ class DiffInvPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         result = DiffInvPipelineOutput(
             images=output,
-            loss_history=torch.stack(history) if history else torch.empty(0, batch_size),
+            loss_history=optimized.history,
             feature_residual=residual,
             prompts=prompts,
-            skipped_steps=skipped,
-            latents=best[0].detach().cpu(),
+            skipped_steps=optimized.skipped_steps,
+            latents=variables[0].detach().cpu(),
         )
         return result if return_dict else result.to_tuple()
 
     # ------------------------------------------------------------------ call helpers
+    def _features_input_size(
+        self, features, height: int | None, width: int | None, input_size: tuple[int, int] | None
+    ) -> tuple[int, int] | str:
+        """The input size the target takes for this call; ``"own"`` keeps the target's.
+
+        Only a target the pipeline built (by name or from a saved config) adapts: to a FeatureSet's
+        recorded resize (else its input size: the images were fed as they were), or for a tensor to
+        ``input_size``, else ``(height, width)`` when either is given.
+        """
+        if not self._target_built:
+            if input_size is not None and tuple(input_size) != self.target.input_size:
+                raise ValueError(
+                    f"`input_size` is {tuple(input_size)} but the target {self.target.name!r} was passed in as a "
+                    f"TargetNetwork with input size {self.target.input_size}, which it keeps: build it with "
+                    f"`input_size={tuple(input_size)}`, or give the target by name."
+                )
+            return "own"
+        if isinstance(features, FeatureSet):
+            recorded = features.preprocessing.get("input_size")
+            return tuple(int(v) for v in recorded) if recorded else tuple(features.input_size)
+        if input_size is not None:
+            return tuple(int(v) for v in input_size)
+        if height is not None or width is not None:
+            return self._image_size(features, height, width)
+        return "own"
+
+    @contextlib.contextmanager
+    def _target_input_size(self, size: tuple[int, int] | str) -> Iterator[None]:
+        """Sets the target's input size for one call (``"own"``: unchanged), then restores it."""
+        if size == "own":
+            yield
+            return
+        previous = self.target.input_size
+        self.target.input_size = size
+        try:
+            yield
+        finally:
+            self.target.input_size = previous
+
     def _image_size(self, features, height: int | None, width: int | None) -> tuple[int, int]:
         """Output size from the arguments, the FeatureSet or the UNet; multiples of 8."""
         if height is None and width is None and isinstance(features, FeatureSet):

@@ -6,9 +6,10 @@ for the pipeline's own VAE on these photos (latent + pixel + feature loss), so i
 latent already matches the features better than noise; the hybrid start must keep that
 lead through the same number of optimization iterations.
 
-Needs ``DiffInvPipeline.__call__(..., init="mapper", mapper=FeatureMapper)`` (and
-``init="noise"``, the default), which the pipeline does not have yet: this test fails with a
-``TypeError`` until it is wired.
+The hybrid start is ``DiffInvPipeline.__call__(..., init="mapper", mapper=FeatureMapper,
+strength=s)``: the mapper's latent is noised as :meth:`DiffInvPipeline.img2img` does and the
+optimization runs through the same img2img chain (``img2img_steps(K, s)`` steps; that it is the
+very chain of img2img and of ``MapperInverter``'s refinement is tested in test_pipeline.py).
 """
 
 import pytest
@@ -73,3 +74,9 @@ def test_hybrid_start_bad_input():
         pipe(feats, init="mapper", num_iterations=1)
     with pytest.raises(ValueError, match="`init` must be 'noise' or 'mapper'"):
         pipe(feats, init="zeros", num_iterations=1)
+    mapper = FeatureMapper.for_target(target, LAYER, (32, 32), pipe.vae, hidden_channels=8)
+    for strength in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"`strength` must be a number in \(0, 1\]"):
+            pipe(feats, init="mapper", mapper=mapper, strength=strength, num_iterations=1)
+    with pytest.raises(ValueError, match="pass either `latents` or `init='mapper'`, not both"):
+        pipe(feats, init="mapper", mapper=mapper, latents=torch.zeros(1, 4, 16, 16), num_iterations=1)

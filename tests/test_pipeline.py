@@ -11,14 +11,19 @@ import torch
 from torch import nn
 
 from diffinv.features import FeatureSet
+from diffinv.inverters import base
 from diffinv.inverters.base import InversionOutput
 from diffinv.inverters.diffusion import DiffusionInverter
+from diffinv.inverters.mapper import MapperInverter
+from diffinv.models import FeatureMapper
+from diffinv.optimization import cosine_lr
 from diffinv.pipelines import (
     DEFINITIONS,
     DiffInvPipeline,
     DiffInvPipelineOutput,
     ModelFilesNotFoundError,
     definition_dir,
+    img2img_steps,
     load_pipeline,
 )
 from diffinv.prompts import available_prompt_files, load_prompts, resolve_prompts
@@ -347,6 +352,180 @@ def test_xformers_is_used_when_installed_and_asked_for_else_sdpa(tiny_sd_target,
     assert torch.isfinite(pipe(tiny_sd_features, generator=_seed(), **FAST).loss_history).all()
     with pytest.raises(ValueError, match="`attention` must be"):
         load_pipeline("tiny", attention="flash")
+
+
+# ---------------------------------------------------------------------- the one optimization rule
+def _scripted_loss(script: torch.Tensor, seen: list):
+    """``loss(x)``: the next row of ``script`` as per-image loss, with gradient 1 wrt ``x[:, :3]``."""
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x[:, :3].detach().clone())
+        linear = x[:, :3].flatten(1).sum(1)
+        return script[len(seen) - 1] + linear - linear.detach()
+
+    return loss
+
+
+def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, tiny_sd_features, monkeypatch):
+    """The same injected per-image losses give the pipeline and ``inverters.base.optimize`` the same
+    learning rates, skipped steps, loss history and best iterate per image."""
+    nan = float("nan")
+    script = torch.tensor([[3.0, 1.0], [nan, nan], [2.0, 2.0], [1.0, 3.0], [4.0, 0.5], [5.0, 5.0]])
+    iterations, lr = len(script), 0.1
+    z = torch.randn(2, 4, 16, 16, generator=_seed(20))
+
+    # the pipeline, its gradient step replaced by the script
+    pipe_seen = []
+    pipe_loss = _scripted_loss(script, pipe_seen)
+
+    def gradient_step(variables, *args):
+        with torch.enable_grad():
+            x = variables[0].detach().requires_grad_()
+            per_image = pipe_loss(x)
+            if not torch.isfinite(per_image).all():
+                return per_image.detach(), None
+            return per_image.detach(), [torch.autograd.grad(per_image.sum(), x)[0]]
+
+    monkeypatch.setattr(tiny_sd_pipe, "_gradient_step", gradient_step)
+    out = tiny_sd_pipe(tiny_sd_features, prompt="", latents=z, num_inference_steps=1, num_iterations=iterations,
+                       learning_rate=lr, output_type="pt")
+
+    # the inverters' optimize(), its feature loss replaced by the script (identity target: features = x[:, :3])
+    opt_seen = []
+    opt_loss = _scripted_loss(script, opt_seen)
+    monkeypatch.setattr(base, "feature_loss", lambda predicted, features, loss: opt_loss(x))
+    identity = TargetNetwork(nn.Sequential(nn.Identity()), "0", mean=(0, 0, 0), std=(1, 1, 1), input_size=None)
+    x = z.clone()
+    _, history, info = base.optimize([x], lambda: x[:, :3], identity, torch.zeros(2, 3, 16, 16), "0",
+                                     iterations=iterations, lr=lr, progress=False)
+
+    torch.testing.assert_close(out.loss_history, script, equal_nan=True)
+    torch.testing.assert_close(history, script, equal_nan=True)
+    assert out.skipped_steps == info["skipped_steps"] == 1
+    # learning rates: with a constant unit gradient each Adam step moves by the step's learning rate
+    pipe_lrs = [(a - b)[0, 0, 0, 0].item() for a, b in zip(pipe_seen, pipe_seen[1:])]
+    opt_lrs = [(a - b)[0, 0, 0, 0].item() for a, b in zip(opt_seen, opt_seen[1:])]
+    expected = [0.0 if i == 1 else cosine_lr(lr, i, iterations) for i in range(iterations - 1)]
+    assert pipe_lrs == opt_lrs and pipe_lrs == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    # each image keeps its own best iterate: image 0 from iteration 3, image 1 from iteration 4
+    assert torch.equal(out.latents[0, :3], pipe_seen[3][0]) and torch.equal(out.latents[1, :3], pipe_seen[4][1])
+    assert torch.equal(out.latents, x.detach()) and info["best_loss"] == [1.0, 0.5]
+
+
+def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(tiny_sd_target, tiny_sd_features, monkeypatch):
+    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", torch_dtype=torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    scales = []
+
+    def gradient_step(variables, *args):  # the gradient overflows above a loss scale of 2**14
+        scales.append(args[-1])
+        grad = torch.full_like(variables[0], float("inf") if args[-1] > 2.0**14 else 1.0)
+        return torch.ones(len(variables[0])), [grad]
+
+    monkeypatch.setattr(pipe, "_gradient_step", gradient_step)
+    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, num_iterations=2, generator=_seed(),
+               output_type="pt")
+    assert scales == [2.0**16, 2.0**15, 2.0**14, 2.0**14] and out.skipped_steps == 0
+    scales.clear()
+    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, num_iterations=2, max_retries=1, generator=_seed(),
+               output_type="pt")
+    # iteration 0 fails at 2**16 and 2**15 (skipped, counted once; the scale is halved once more),
+    # iteration 1 succeeds at 2**14
+    assert scales == [2.0**16, 2.0**15, 2.0**14] and out.skipped_steps == 1
+    assert out.loss_history.shape == (2, 2) and torch.isfinite(out.latents).all()
+
+
+# ---------------------------------------------------------------------- img2img: one strength, one chain
+def test_img2img_steps():
+    assert [img2img_steps(4, s) for s in (0.01, 0.25, 0.5, 0.9, 1.0)] == [1, 1, 2, 4, 4]
+    assert img2img_steps(20, 0.3) == 6 and img2img_steps(1, 0.2) == 1
+    for bad in (0, 0.0, -0.1, 1.5, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="`strength` must be a number in \\(0, 1\\]"):
+            img2img_steps(4, bad)
+    with pytest.raises(ValueError, match="`num_inference_steps` must be a positive integer, got 0"):
+        img2img_steps(0, 0.5)
+
+
+def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_pipe, tiny_sd_target,
+                                                                       tiny_sd_features, monkeypatch):
+    torch.manual_seed(0)
+    mapper = FeatureMapper.for_target(tiny_sd_target, "blocks.1", (32, 32), tiny_sd_pipe.vae, hidden_channels=8)
+    steps, strength = 4, 0.5
+    chains = []
+    sample = tiny_sd_pipe._sample
+
+    def spy(latents, prompt_embeds, scheduler, *args, **kwargs):
+        chains.append([int(t) for t in scheduler.timesteps])
+        return sample(latents, prompt_embeds, scheduler, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_sd_pipe, "_sample", spy)
+    direct = tiny_sd_pipe.img2img(mapper.initial_latents(tiny_sd_features), strength, num_inference_steps=steps,
+                                  generator=_seed(21))
+    expected = [int(t) for t in tiny_sd_pipe.chain_scheduler(steps).timesteps[steps - img2img_steps(steps, strength):]]
+    assert chains == [expected] and len(expected) == 2 and direct.shape == (2, 4, 16, 16)
+
+    # MapperInverter's refinement is the pipeline's img2img
+    chains.clear()
+    inverter = MapperInverter.from_pipeline(tiny_sd_target, tiny_sd_pipe, mapper=mapper, strength=strength,
+                                            num_inference_steps=steps)
+    refined = inverter(tiny_sd_features, generator=_seed(21), progress=False)
+    assert chains == [expected] and refined.info["img2img_steps"] == 2
+    assert torch.equal(refined.info["latents"], direct)
+
+    # the hybrid start noises the same way into the same chain: with a zero learning rate its
+    # result is the img2img of the mapper's latent
+    chains.clear()
+    hybrid = tiny_sd_pipe(tiny_sd_features, init="mapper", mapper=mapper, strength=strength, prompt="",
+                          num_inference_steps=steps, num_iterations=1, learning_rate=0.0, generator=_seed(21),
+                          output_type="latent")
+    assert chains and all(chain == expected for chain in chains)
+    torch.testing.assert_close(hybrid.images, direct, rtol=0, atol=1e-6)
+
+    # strength 0: no refinement, no pipeline
+    plain = MapperInverter(tiny_sd_target, mapper=mapper, vae=tiny_sd_pipe.vae, strength=0.0)
+    out = plain(tiny_sd_features, progress=False)
+    assert plain.pipe is None and out.info["img2img_steps"] == 0
+    with torch.no_grad():
+        assert torch.equal(out.info["latents"], mapper.initial_latents(tiny_sd_features).cpu())
+    with pytest.raises(ValueError, match=r"`strength` must be in \[0, 1\]"):
+        MapperInverter(tiny_sd_target, mapper=mapper, strength=1.5)
+
+
+# ---------------------------------------------------------------------- the target's input size
+def test_target_by_name_takes_the_input_size_of_the_features():
+    """A FeatureSet made at another size than 224 inverts with a target given by name (issue "one spine" 7)."""
+    pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:0")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.target.input_size == (224, 224)
+    images = torch.rand(1, 3, 96, 96, generator=_seed(30))
+    resizing = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=(64, 64))
+    resized = FeatureSet.extract(resizing, images, "blocks.1")  # 96x96 images, resized to 64x64 by the target
+    as_is = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=None)
+    own = FeatureSet.extract(as_is, images[..., :64, :64], "blocks.1")  # 64x64 images fed as they are
+    assert resized.features.shape == own.features.shape == (1, 24, 16, 16)
+
+    # a FeatureSet: its recorded resize, else its input size
+    out = pipe(resized, prompt="", **FAST)
+    assert out.images.shape == (1, 3, 96, 96) and torch.isfinite(out.loss_history).all()
+    assert pipe(own, prompt="", **FAST).images.shape == (1, 3, 64, 64)
+    assert pipe.target.input_size == (224, 224)  # for the call only
+    # a tensor: `input_size`, else `height`/`width`, else the target's own
+    out = pipe(resized.features, input_size=(64, 64), height=96, width=96, prompt="", **FAST)
+    assert out.images.shape == (1, 3, 96, 96)
+    assert pipe(own.features, height=64, width=64, prompt="", **FAST).images.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"`features` has shape \(1, 24, 16, 16\) but the target layer produces "
+                                         r"\(N, 24, 56, 56\)"):
+        pipe(own.features, prompt="", **FAST)
+    with pytest.raises(ValueError, match="`input_size` is for a feature tensor"):
+        pipe(own, input_size=(64, 64), **FAST)
+
+    # a TargetNetwork passed in keeps its own input size (224 here)
+    pipe.set_target(TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0"))
+    with pytest.raises(ValueError, match=r"`features` has shape \(1, 24, 16, 16\) but the target layer produces"):
+        pipe(own, prompt="", **FAST)
+    with pytest.raises(ValueError, match=r"`input_size` is \(64, 64\) but the target 'tf_efficientnet_lite0' was "
+                                         r"passed in as a TargetNetwork with input size \(224, 224\)"):
+        pipe(own.features, input_size=(64, 64), **FAST)
 
 
 # ---------------------------------------------------------------------- save / load

@@ -11,6 +11,8 @@ from diffinv.features import FeatureSet
 from diffinv.features import resolve_features
 from diffinv.inverters import DIPInverter, InversionOutput, Inverter, PixelInverter
 from diffinv.io import read_video, write_side_by_side, write_video
+from diffinv.targets import TargetNetwork
+from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.video import extract_video_features, frame_path, invert_video
 
 NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
@@ -210,23 +212,34 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["frame"] for r in metrics["frames"]] == [0, 1] and metrics["summary"]["frames_done"] == 2
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_00000.png", "frame_00001.png"]
+    assert [r["frame"] for r in map(json.loads, (tmp_path / "records.jsonl").read_text().splitlines())] == [0, 1]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["kind"] == "video" and manifest["settings"]["temporal_weight"] == 5.0
+    assert manifest["settings"]["target"]["weights_fingerprint"] == lite0.weights_fingerprint()
     first = frame_path(tmp_path, 0).read_bytes()
 
-    with pytest.raises(ValueError, match="already holds 2 finished frames.*resume"):
-        invert_video(inverter, fs, window=2, out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="other settings .*temporal_weight: 5.0 there vs 1.0 now"):
-        invert_video(PixelInverter(lite0, iterations=5, temporal_weight=1.0), fs, window=2, out_dir=tmp_path,
-                     resume=True, progress=False)
-
+    # Other settings are refused, naming each changed setting; the folder is left as it was.
     calls.clear()
-    out = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(RunSettingsError, match=r"other settings(.|\n)*temporal_weight: 5.0 there, 1.0 now"):
+        invert_video(PixelInverter(lite0, iterations=5, temporal_weight=1.0), fs, window=2,
+                     references=clip.frames, out_dir=tmp_path, progress=False)
+    with pytest.raises(RunSettingsError, match=r"inverter.iterations: 5 there, 6 now"):
+        invert_video(PixelInverter(lite0, iterations=6, temporal_weight=5.0), fs, window=2,
+                     references=clip.frames, out_dir=tmp_path, progress=False)
+    with pytest.raises(RunSettingsError, match=r"window: 2 there, 3 now"):
+        invert_video(inverter, fs, window=3, references=clip.frames, out_dir=tmp_path, progress=False)
+    assert calls == [] and frame_path(tmp_path, 0).read_bytes() == first
+
+    # The same settings resume, with no flag.
+    out = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, progress=False)
     assert calls == [2] and out.computed == [2, 3]  # frames 0 and 1 were not inverted again
     assert frame_path(tmp_path, 0).read_bytes() == first
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["frame"] for r in metrics["frames"]] == [0, 1, 2, 3]
     assert metrics["summary"]["temporal_consistency"] == pytest.approx(
         (out.images[1:] - out.images[:-1]).abs().mean().item(), rel=1e-5)
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert metrics["config"]["temporal_weight"] == 5.0 and metrics["config"]["inverter"]["iterations"] == 5
+    assert not list(tmp_path.rglob("*.tmp*"))
 
     monkeypatch.setattr(PixelInverter, "invert", original)
     uninterrupted = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path / "once",
@@ -235,8 +248,26 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
 
     monkeypatch.setattr(PixelInverter, "invert", interrupted)
     calls.clear()
-    again = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, resume=True, progress=False)
+    again = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, progress=False)
     assert calls == [] and again.computed == [] and torch.equal(again.images, out.images)
+
+    # A frame whose PNG is gone is inverted again (its new record is the one that counts).
+    frame_path(tmp_path, 3).unlink()
+    monkeypatch.setattr(PixelInverter, "invert", original)
+    patched = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path, progress=False)
+    assert patched.computed == [3] and frame_path(tmp_path, 3).is_file()
+    assert torch.equal(patched.images[:3], out.images[:3])
+    assert [r["frame"] for r in json.loads((tmp_path / "metrics.json").read_text())["frames"]] == [0, 1, 2, 3]
+
+    # overwrite=True starts afresh, with any settings: the old records and frames are gone.
+    other = PixelInverter(lite0, iterations=3, temporal_weight=1.0)
+    fresh = invert_video(other, fs, window=2, references=clip.frames, out_dir=tmp_path, overwrite=True,
+                         progress=False)
+    assert fresh.computed == [0, 1, 2, 3]
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["temporal_weight"] == 1.0 and [r["frame"] for r in metrics["frames"]] == [0, 1, 2, 3]
+    assert (tmp_path / "once").is_dir()  # what the run did not write is left alone
 
 
 # ---------------------------------------------------------------------- the command
@@ -259,10 +290,21 @@ def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
     assert read_video(out / "side_by_side.mp4").frames.shape == (4, 3, 32, 66)
 
     capsys.readouterr()
-    assert main(argv + ["--resume"]) == 0
+    assert main(argv) == 0  # the same settings: resumed, nothing to compute
     assert "0 frames computed now, 4 resumed" in capsys.readouterr().out
-    assert main(argv) == 2
-    assert "already holds 4 finished frames" in capsys.readouterr().err
+    changed = [("--temporal-weight", "3", "temporal_weight: 2.0 there, 3.0 now"),
+               ("--iterations", "6", "inverter.iterations: 5 there, 6 now"),
+               ("--stride", "1", "stride: 2 there, 1 now")]
+    for flag, value, message in changed:
+        new_argv = list(argv)
+        new_argv[argv.index(flag) + 1] = value
+        assert main(new_argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("diffinv video: error: cannot resume") and message in err and "--overwrite" in err
+    assert main(argv[:argv.index("--temporal-weight")] + ["--temporal-weight", "3", "--out", str(out),
+                                                           "--overwrite"]) == 0
+    assert "4 frames computed now, 0 resumed" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["config"]["temporal_weight"] == 3.0
 
     assert main(["video", str(tiny_mp4), "--layer", "blocks.2", "--start", "40", "--out", str(tmp_path / "x")]) == 2
     assert "outside the clip" in capsys.readouterr().err
@@ -270,3 +312,17 @@ def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
     wrong = wrong.save(tmp_path / "f.safetensors")
     assert main(argv[:-2] + ["--features", str(wrong), "--out", str(tmp_path / "y")]) == 2
     assert "holds 3 feature maps but the selected frames are 4" in capsys.readouterr().err
+    other_weights = FeatureSet(torch.zeros(4, 40, 4, 4), "tf_efficientnet_lite0", "blocks.2", (32, 32),
+                               weights="random:1", weights_fingerprint="0" * 16).save(tmp_path / "g.safetensors")
+    assert main(argv[:-2] + ["--features", str(other_weights), "--out", str(tmp_path / "y")]) == 2
+    assert "features were extracted with 'tf_efficientnet_lite0' weights 'random:1'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()  # refused before any output
+
+    # Features of the selected frames, made by the same network and weights, are inverted as given.
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(32, 32))
+    clip = read_video(tiny_mp4, start=2, stop=9, stride=2, size=32)
+    given = extract_video_features(target, clip, "blocks.2").save(tmp_path / "clip.safetensors")
+    assert main(argv[:-2] + ["--features", str(given), "--no-mp4", "--out", str(tmp_path / "z")]) == 0
+    z = json.loads((tmp_path / "z" / "metrics.json").read_text())
+    assert [r["frame"] for r in z["frames"]] == [2, 4, 6, 8] and z["config"]["features"] != "extracted"
+    assert [r["psnr"] for r in z["frames"]] == pytest.approx([r["psnr"] for r in metrics["frames"]], abs=1e-6)

@@ -31,16 +31,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that a user's input can cause: reported in one line, exit code 2.
+USER_ERRORS = (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNotFoundError, ValueError, TypeError,
+               FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+
 def main(argv=None) -> int:
+    """Runs one command; returns the exit code (0 done, 2 usage error, 130 interrupted, 1 other failure)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNotFoundError, ValueError,
-            FileNotFoundError, NotADirectoryError, ImportError) as err:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        out = getattr(args, "out", None)
+        kept = f" What was finished is kept in {out!r}; run the same command again to resume." if out else ""
+        print(f"\ndiffinv {args.command}: interrupted.{kept}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
         if args.debug:
             raise
         print(f"diffinv {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug or a failure of the machine: still no traceback unless asked for
+        if args.debug:
+            raise
+        print(f"diffinv {args.command}: error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

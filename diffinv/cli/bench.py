@@ -16,7 +16,9 @@ from .common import (
     add_overwrite_arg,
     add_size_arg,
     add_target_args,
+    check_out_dir,
     inverter_factory,
+    positive_int,
     resolve_device,
 )
 
@@ -38,7 +40,7 @@ def _add_arguments(p, *, demo: bool) -> None:
     add_images_arg(source)
     source.add_argument("--dataset", default="skimage", choices=DATASETS,
                         help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=int, default=4, help="at most this many images (default 4)")
+    p.add_argument("--num-images", type=positive_int, default=4, help="at most this many images (default 4)")
     add_size_arg(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")
@@ -50,7 +52,9 @@ def _add_arguments(p, *, demo: bool) -> None:
 
 
 def run(args) -> int:
+    # 1. Check every argument before any model is loaded
     device = resolve_device(args.device)
+    check_out_dir(args.out)
     layers = args.layers or list(DEFAULT_LAYERS.get(args.target, ()))
     if not layers:
         raise UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
@@ -62,6 +66,8 @@ def run(args) -> int:
     else:
         images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
         dataset = args.dataset
+
+    # 2. Target, then the benchmark (resumed, or refused when --out holds other settings)
     target = TargetNetwork.from_name(args.target, layers, weights=args.weights,
                                      input_size=(args.size, args.size)).to(device)
     print(f"diffinv {args.command}: {len(names)} images at {args.size}x{args.size}, target {args.target}, "

@@ -18,10 +18,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 
 from ..inverters import INVERTERS
+from ..models import resolve_model_dir
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -33,8 +37,15 @@ __all__ = [
     "add_overwrite_arg",
     "add_size_arg",
     "add_target_args",
+    "check_out_dir",
+    "check_out_file",
     "inverter_factory",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
     "resolve_device",
+    "unit_float",
 ]
 
 DEFAULT_SIZE = 128
@@ -43,6 +54,98 @@ METHODS = tuple(INVERTERS)
 
 class UsageError(ValueError):
     """A command-line argument is wrong: reported as ``diffinv CMD: error: ...`` with exit code 2."""
+
+
+# ---------------------------------------------------------------------- argument types (checked by argparse)
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse reports ``argument --size: ...`` with exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------- output locations
+def _writable_folder(folder: Path, flag: str, value) -> None:
+    """Raises UsageError unless files can be created in ``folder`` (or, when it does not exist yet,
+    in its nearest existing parent): a probe file is created there and removed again."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"`{flag}` {str(value)!r}: {str(probe)!r} is a file, not a folder; choose another path.")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".diffinv-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise UsageError(f"`{flag}` {str(value)!r}: cannot write in {str(probe)!r} ({err.strerror or err}); "
+                         f"choose a folder you can write to.") from None
+
+
+def check_out_dir(value: str, flag: str = "--out") -> Path:
+    """An output *folder*: not an existing file, and writable (checked before any work)."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"`{flag}` {value!r} is an existing file, but an output folder is expected; choose a folder.")
+    _writable_folder(path, flag, value)
+    return path
+
+
+def check_out_file(value: str, flag: str = "--out", suffix: str | None = None) -> Path:
+    """An output *file*: not a folder, in a writable folder (checked before any work)."""
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"`{flag}` {value!r} is a folder, but an output file is expected (e.g. {value.rstrip('/')}/features"
+                         f"{suffix or ''}).")
+    if suffix and path.suffix != suffix:
+        raise UsageError(f"`{flag}` {value!r}: expected a {suffix} file name.")
+    _writable_folder(path.parent if str(path.parent) else Path("."), flag, value)
+    return path
 
 
 def add_out_arg(p: argparse.ArgumentParser, help: str, *, required: bool = True, default=None) -> None:
@@ -54,7 +157,7 @@ def add_images_arg(p: argparse.ArgumentParser, help: str = "image files and/or f
 
 
 def add_size_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
+    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
                    help=f"images are resized and center-cropped to SIZE x SIZE (default {DEFAULT_SIZE})")
 
 
@@ -78,16 +181,16 @@ def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """Options of the inverters (each applies to the methods named in its help)."""
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=positive_int, default=None,
                    help="optimization iterations of pixel, dip and diffusion (default: the method's own)")
     p.add_argument("--model", default=None,
                    help="diffusion, mapper: a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo "
                         "(random weights: for trying the diffusion path and timing, not for real reconstructions)")
     p.add_argument("--prompt", default=None, help="diffusion: text prompt ('auto': the target's predicted class)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
+    p.add_argument("--steps", type=positive_int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
     p.add_argument("--mapper", default=None, help="mapper: a `diffinv train-mapper` folder (or per-layer folders)")
     p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
-    p.add_argument("--strength", type=float, default=0.0,
+    p.add_argument("--strength", type=unit_float, default=0.0,
                    help="mapper: img2img refinement strength in [0, 1] (default 0: decode the mapper's latent only)")
     add_device_arg(p)
 
@@ -132,10 +235,12 @@ def inverter_factory(name: str, args: argparse.Namespace):
     elif name == "decoder":
         if not args.decoder:
             raise UsageError("`--method decoder` needs `--decoder DIR` (from `diffinv train-decoder`).")
+        resolve_model_dir(args.decoder, kind="decoder")
         kwargs = {"decoder": args.decoder}
     elif name == "mapper":
         if not args.mapper:
             raise UsageError("`--method mapper` needs `--mapper DIR` (from `diffinv train-mapper`).")
+        resolve_model_dir(args.mapper, kind="mapper")
         kwargs = {"mapper": args.mapper, "model": args.model, "strength": args.strength, "prompt": args.prompt or ""}
         if args.steps:
             kwargs["num_inference_steps"] = args.steps

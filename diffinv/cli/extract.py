@@ -5,7 +5,16 @@ from __future__ import annotations
 from ..features import FeatureSet
 from ..io import collect_images, load_images
 from ..targets import TargetNetwork
-from .common import UsageError, add_device_arg, add_images_arg, add_out_arg, add_size_arg, add_target_args, resolve_device
+from .common import (
+    UsageError,
+    add_device_arg,
+    add_images_arg,
+    add_out_arg,
+    add_size_arg,
+    add_target_args,
+    check_out_file,
+    resolve_device,
+)
 
 
 def add_parsers(sub) -> None:
@@ -25,12 +34,13 @@ def run(args) -> int:
     if not paths:
         raise UsageError("no images: give image files or folders (positional or `--images`).")
     device = resolve_device(args.device)
+    out = check_out_file(args.out)
     files = collect_images(paths)
     target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights,
                                      input_size=(args.size, args.size)).to(device)
     images = load_images(files, args.size).to(device)
     fs = FeatureSet.extract(target, images, args.layer, sources=[str(p) for p in files])
-    path = fs.save(args.out)
+    path = fs.save(out)
     print(f"wrote {path}: {len(fs)} x {tuple(fs.features.shape[1:])} features of {args.target}.{args.layer} "
           f"(weights {target.weights}, fingerprint {target.weights_fingerprint()})")
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import torch
 
 from ..features import FeatureSet
@@ -12,7 +10,7 @@ from ..io import load_images, save_image, write_json
 from ..jobs.store import unique_names
 from ..metrics import psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
-from .common import METHODS, UsageError, add_method_args, add_out_arg, inverter_factory, resolve_device
+from .common import METHODS, UsageError, add_method_args, add_out_arg, check_out_dir, inverter_factory, resolve_device
 
 
 def add_parsers(sub) -> None:
@@ -30,8 +28,17 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
+    # 1. Check every argument before any model is loaded
     device = resolve_device(args.device)
+    out_dir = check_out_dir(args.out)
     fs = FeatureSet.load(args.features)
+    if args.reference and len(args.reference) != len(fs):
+        raise UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps; give one per map, "
+                         f"in the order of the features' sources.")
+    make_inverter = inverter_factory(args.method, args)
+    references = load_images(args.reference, fs.input_size).to(device) if args.reference else None
+
+    # 2. The target that made the features (its weights checked), then the inversion
     if args.weights is None:
         target = fs.to_target()
     else:
@@ -40,14 +47,8 @@ def run(args) -> int:
                                          input_size=tuple(size) if size else None)
     target = target.to(device)
     fs.check(target)
-    references = None
-    if args.reference:
-        if len(args.reference) != len(fs):
-            raise UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps.")
-        references = load_images(args.reference, fs.input_size).to(device)
-    inverter = inverter_factory(args.method, args)(target)
+    inverter = make_inverter(target)
     out = inverter.invert(fs, generator=torch.Generator().manual_seed(args.seed))
-    out_dir = Path(args.out)
     files = [f"{name}_{args.method}.png" for name in unique_names(fs.sources)]
     for image, file in zip(out.images, files):
         save_image(image, out_dir / file)

@@ -44,13 +44,15 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
     p.add_argument("--hidden-channels", type=int, default=d.hidden_channels)
-    p.add_argument("--feature-weight", type=float, default=0.0, help="weight of the feature loss (default 0)")
+    p.add_argument("--feature-weight", type=float, default=d.feature_weight,
+                   help=f"weight of the feature loss (default {d.feature_weight:g})")
     if kind == "decoder":
         p.add_argument("--min-channels", type=int, default=d.min_channels, help="width of the full-resolution stages")
     if kind == "mapper":
         p.add_argument("--model", required=True,
                        help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
-        p.add_argument("--pixel-weight", type=float, default=0.0, help="weight of the pixel loss after decoding")
+        p.add_argument("--pixel-weight", type=float, default=d.pixel_weight,
+                       help=f"weight of the pixel loss after decoding (default {d.pixel_weight:g})")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     p.add_argument("--val-every", type=int, default=d.val_every)
@@ -64,15 +66,18 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
 def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
     names = set(TrainConfig.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["device"] = resolve_device(args.device).type
+    values["device"] = str(resolve_device(args.device))
     values["kind"] = kind
     return TrainConfig(**values)
 
 
 def _print_result(result: TrainResult) -> None:
     val = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.2f} dB SSIM {result.val_ssim:.3f}"
-    print(f"trained to step {result.step} ({result.images_per_second:.1f} images/s{val}); "
-          f"wrote {result.out} (model, training_log.json, loss_curve.png, checkpoints/)")
+    start = result.log["resumed_from"]
+    done = "already trained" if start == result.step else "trained"
+    resumed = f"resumed from step {start}, " if start and start < result.step else ""
+    print(f"{done} to step {result.step} ({resumed}{result.images_per_second:.1f} images/s{val}); "
+          f"wrote {result.out} (manifest.json, model, training_log.json, loss_curve.png, checkpoints/)")
 
 
 def _train(args: argparse.Namespace, kind: str) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..features import FeatureSet
-from ..io import read_video, write_side_by_side, write_video
+from ..io import fingerprint_path, read_video, write_side_by_side, write_video
 from ..jobs.video import extract_video_features, invert_video
 from ..targets import TargetNetwork
 from .common import (
     METHODS,
+    UsageError,
     add_method_args,
     add_out_arg,
     add_overwrite_arg,
@@ -35,7 +36,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--frames", type=int, default=None, help="number of frames to invert (default: to the end)")
     p.add_argument("--stride", type=int, default=1, help="keep every STRIDE-th frame (default 1)")
     add_size_arg(p)
-    p.add_argument("--features", default=None, help="features of the selected frames (.safetensors) instead of extracting them")
+    p.add_argument("--features", default=None,
+                   help="features of the selected frames (.safetensors) instead of extracting them; they are checked "
+                        "against the target (network, weights, layer, size)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-mp4", action="store_true", help="do not write reconstruction.mp4 and side_by_side.mp4")
     add_overwrite_arg(p)
@@ -50,11 +53,13 @@ def run(args) -> int:
 
     # 1. Read the clip
     if args.frames is not None and args.frames < 1:
-        raise ValueError(f"`--frames` must be at least 1, got {args.frames}.")
+        raise UsageError(f"`--frames` must be at least 1, got {args.frames}.")
+    if args.window < 1:
+        raise UsageError(f"`--window` must be at least 1, got {args.window}.")
     stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
     clip = read_video(args.video, start=args.start, stop=stop, stride=args.stride, size=args.size)
     if args.frames is not None and len(clip) < args.frames:
-        raise ValueError(f"`--frames {args.frames}` asked for more frames than the clip holds from "
+        raise UsageError(f"`--frames {args.frames}` asked for more frames than the clip holds from "
                          f"--start {args.start}: got {len(clip)}.")
 
     # 2. Target and features
@@ -62,18 +67,21 @@ def run(args) -> int:
     target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights, input_size=size)
     target = target.to(device)
     if args.features:
-        features = FeatureSet.load(args.features, target=target)
+        features = FeatureSet.load(args.features)
         if len(features) != len(clip):
-            raise ValueError(
+            raise UsageError(
                 f"`--features` {args.features!r} holds {len(features)} feature maps but the selected frames are "
                 f"{len(clip)} (frames {clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}); "
                 f"they must match one to one."
             )
         if features.layer != args.layer:
-            raise ValueError(f"`--features` come from layer {features.layer!r}, not `--layer` {args.layer!r}.")
+            raise UsageError(f"`--features` {args.features!r} come from layer {features.layer!r}, not `--layer` "
+                             f"{args.layer!r}.")
         if tuple(features.input_size) != size:
-            raise ValueError(f"`--features` were extracted at {features.input_size}, but the frames are read at "
-                             f"{size} (`--size {args.size}`); pass the size they were extracted at.")
+            raise UsageError(f"`--features` {args.features!r} were extracted at {features.input_size}, but the "
+                             f"frames are read at {size} (`--size {args.size}`); pass the size they were "
+                             f"extracted at.")
+        features.check(target)  # the network and weights that made them (provenance), and their shape
     else:
         features = extract_video_features(target, clip, args.layer)
 
@@ -82,19 +90,20 @@ def run(args) -> int:
     if hasattr(inverter, "temporal_weight"):
         inverter.temporal_weight = args.temporal_weight
     elif args.temporal_weight > 0:
-        raise ValueError(f"method {args.method!r} has no `temporal_weight`: it cannot smooth over time; "
-                         f"use --temporal-weight 0 (independent frames) or an optimizing method (pixel, dip).")
+        raise UsageError(f"`--method` {args.method!r} has no `temporal_weight`: it cannot smooth over time with "
+                         f"`--temporal-weight {args.temporal_weight}`; use --temporal-weight 0 (independent frames) "
+                         f"or an optimizing method (pixel, dip).")
     warm = {"auto": None, "on": True, "off": False}[args.warm_start]
 
-    # 4. Invert, window by window (frames and metrics written as they finish)
+    # 4. Invert, window by window, into the run store (frames and records written as they finish)
     out_dir = Path(args.out)
-    config = {"source": str(Path(args.video).resolve()), "iterations": args.iterations, "command": "video",
-              "device": device.type, "stride": args.stride}
+    settings = {"source": str(Path(args.video).resolve()), "stride": args.stride,
+                "features": fingerprint_path(args.features) if args.features else "extracted"}
     print(f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
           f"{args.video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
           f"temporal weight {args.temporal_weight}, window {args.window}")
     out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                       warm_start=warm, out_dir=out_dir, overwrite=args.overwrite, seed=args.seed, config=config)
+                       warm_start=warm, out_dir=out_dir, overwrite=args.overwrite, seed=args.seed, settings=settings)
 
     # 5. Videos
     if not args.no_mp4:

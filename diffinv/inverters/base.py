@@ -88,6 +88,9 @@ class Inverter:
             **kwargs: method-specific options (e.g. ``init``/``anchor`` for video warm starts).
         """
         feats, layer, size = resolve_features(self.target, features, image_size)
+        if len(feats) == 0:
+            raise ValueError("`features` holds no feature maps (an empty batch); give at least one.")
+        self.check_image_size(size)
         load_start = time.perf_counter()
         self._prepare(features, layer, size)
         start = time.perf_counter()
@@ -104,6 +107,9 @@ class Inverter:
 
     def __call__(self, *args, **kwargs) -> InversionOutput:
         return self.invert(*args, **kwargs)
+
+    def check_image_size(self, size: tuple[int, int]) -> None:
+        """Raises ``ValueError`` when the method cannot make images of ``size`` (default: any size)."""
 
     def _prepare(self, features: torch.Tensor | FeatureSet, layer: str, size: tuple[int, int]) -> None:
         """Loads and checks what inverting ``layer`` needs (learned models); default nothing."""
@@ -122,11 +128,11 @@ class Inverter:
         for key, value in sorted(vars(self).items()):
             if key.startswith("_") or key == "target":
                 continue
-            if isinstance(value, tuple) and all(isinstance(v, plain) for v in value):
-                value = list(value)
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
-            if isinstance(value, plain) or isinstance(value, list):
+            if isinstance(value, (tuple, list)) and all(isinstance(v, plain) for v in value):
+                value = list(value)
+            if isinstance(value, plain) or isinstance(value, list) and all(isinstance(v, plain) for v in value):
                 out[key] = value
                 if isinstance(value, str) and os.path.exists(value):
                     out[f"{key}_fingerprint"] = fingerprint_path(value)

@@ -54,7 +54,7 @@ class DiffusionInverter(Inverter):
     """
 
     name = "diffusion"
-    _reserved = ("features", "height", "width", "generator", "output_type", "return_dict", "layer")
+    _reserved = ("features", "height", "width", "input_size", "generator", "output_type", "return_dict", "layer")
 
     def __init__(
         self,

@@ -58,12 +58,15 @@ class DIPInverter(Inverter):
         self.input_noise_std, self.loss, self.temporal_weight = input_noise_std, loss, temporal_weight
         self.init_iterations = init_iterations
 
+    def check_image_size(self, size: tuple[int, int]) -> None:
+        levels = len(self.channels)
+        if size[0] % 2**levels or size[1] % 2**levels:
+            raise ValueError(f"DIP needs `image_size` divisible by {2 ** levels} (its {levels} levels), got "
+                             f"{tuple(size)}; use a size such as {max(2**levels, size[0] // 2**levels * 2**levels)}.")
+
     def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
-        levels = len(self.channels)
-        if size[0] % 2**levels or size[1] % 2**levels:
-            raise ValueError(f"DIP needs `image_size` divisible by {2 ** levels} (its {levels} levels), got {size}.")
         n = len(features)
         if generator is not None:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))

@@ -1,9 +1,12 @@
 """Black-box inversion with a trained FeatureMapper: features -> latent -> VAE decode.
 
-Optionally the decoded guess is refined by a few img2img steps of the diffusion model
-(SDEdit): the mapper's latent is noised to strength ``s`` (``s * num_inference_steps``
-of the schedule) and denoised by the UNet, which pulls it toward natural images while
-keeping its layout. No gradient of the target is used anywhere.
+Optionally the decoded guess is refined by img2img (SDEdit) with the diffusion model:
+:meth:`DiffInvPipeline.img2img <diffinv.pipelines.DiffInvPipeline.img2img>` noises the
+mapper's latent to strength ``s`` and denoises it through the last
+``img2img_steps(num_inference_steps, s)`` steps of the pipeline's deterministic chain — the
+same definition and chain as the hybrid start ``pipe(features, init="mapper", strength=s)``.
+It pulls the guess toward natural images while keeping its layout. No gradient of the target
+is used anywhere.
 
 Example:
     >>> inverter = MapperInverter(target, mapper="mappers/blocks.2", model="path/to/sd15")
@@ -14,20 +17,19 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..models import FeatureMapper, check_model_input, decode_latents, resolve_model_dir, vae_scale_factor
-from ..pipelines.loaders import load_pipeline, load_vae
+from ..pipelines import DiffInvPipeline, img2img_steps, load_pipeline, load_vae
 from ..targets import TargetNetwork
 from .base import Inverter
 
 __all__ = ["MapperInverter"]
+
+_PIPELINE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 
 
 class MapperInverter(Inverter):
@@ -39,17 +41,22 @@ class MapperInverter(Inverter):
         model: the Stable Diffusion model the mapper was trained for (see
             :func:`~diffinv.pipelines.load_vae`); defaults to the one recorded in the mapper.
         vae: the VAE instance instead of ``model``.
-        unet, scheduler, text_encoder, tokenizer: for the img2img refinement
-            (``strength > 0``); loaded from ``model`` with ``load_pipeline`` when not given.
-        strength: img2img strength in [0, 1]; 0 (default) only decodes the mapper's latent.
-        num_inference_steps: steps of the full schedule; ``strength * num_inference_steps`` run.
+        pipe: the diffusion pipeline for the img2img refinement (``strength > 0``): a
+            :class:`~diffinv.pipelines.DiffInvPipeline`, or any diffusers Stable Diffusion pipeline
+            (a DiffInvPipeline is built from its components); loaded from ``model`` with
+            :func:`~diffinv.pipelines.load_pipeline` when not given.
+        strength: img2img strength in [0, 1]; 0 (default) only decodes the mapper's latent;
+            otherwise :meth:`DiffInvPipeline.img2img <diffinv.pipelines.DiffInvPipeline.img2img>`
+            runs :func:`~diffinv.pipelines.img2img_steps` ``(num_inference_steps, strength)`` steps.
+        num_inference_steps: K, the steps of the full chain.
         prompt: text for the refinement (default: none).
         guidance_scale: classifier-free guidance for the refinement (<= 1: off).
         batch_size: images decoded per VAE call.
 
     Raises:
         FileNotFoundError: no trained mapper, or no diffusion model files.
-        ValueError: features of another layer, target or input size than the mapper's.
+        ValueError: features of another layer, target or input size than the mapper's; ``strength``
+            not in [0, 1].
     """
 
     name = "mapper"
@@ -62,10 +69,7 @@ class MapperInverter(Inverter):
         mapper: FeatureMapper | str | os.PathLike,
         model: str | os.PathLike | None = None,
         vae=None,
-        unet=None,
-        scheduler=None,
-        text_encoder=None,
-        tokenizer=None,
+        pipe=None,
         strength: float = 0.0,
         num_inference_steps: int = 20,
         prompt: str = "",
@@ -73,10 +77,12 @@ class MapperInverter(Inverter):
         batch_size: int = 16,
     ):
         super().__init__(target)
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"`strength` must be in [0, 1], got {strength}.")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"`strength` must be in [0, 1] (0: no img2img refinement), got {strength!r}.")
+        if strength > 0:
+            img2img_steps(num_inference_steps, strength)  # checks `num_inference_steps` now, not after loading
         self.model, self.vae = model, vae
-        self.unet, self.scheduler, self.text_encoder, self.tokenizer = unet, scheduler, text_encoder, tokenizer
+        self._pipe = self._as_diffinv_pipeline(pipe) if pipe is not None else None  # not a setting (see settings())
         self.strength, self.num_inference_steps = strength, num_inference_steps
         self.prompt, self.guidance_scale, self.batch_size = prompt, guidance_scale, batch_size
         self._mappers: dict[str | None, FeatureMapper] = {}
@@ -92,9 +98,26 @@ class MapperInverter(Inverter):
 
     @classmethod
     def from_pipeline(cls, target: TargetNetwork, pipe, *, mapper, **kwargs) -> "MapperInverter":
-        """Uses the components of a diffusers Stable Diffusion pipeline (e.g. ``DiffInvPipeline``)."""
-        return cls(target, mapper=mapper, vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler,
-                   text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, **kwargs)
+        """Uses a diffusers Stable Diffusion pipeline (e.g. ``DiffInvPipeline``): its VAE and, for
+        ``strength > 0``, its img2img."""
+        return cls(target, mapper=mapper, vae=pipe.vae, pipe=pipe, **kwargs)
+
+    @property
+    def pipe(self) -> DiffInvPipeline | None:
+        """The pipeline whose :meth:`~diffinv.pipelines.DiffInvPipeline.img2img` refines; ``None`` until needed."""
+        return self._pipe
+
+    @staticmethod
+    def _as_diffinv_pipeline(pipe) -> DiffInvPipeline:
+        if isinstance(pipe, DiffInvPipeline):
+            return pipe
+        missing = [name for name in _PIPELINE_COMPONENTS if getattr(pipe, name, None) is None]
+        if missing:
+            raise ValueError(
+                f"`pipe` must be a DiffInvPipeline or a Stable Diffusion pipeline with "
+                f"{', '.join(_PIPELINE_COMPONENTS)}; {type(pipe).__name__} has no {', '.join(missing)}."
+            )
+        return DiffInvPipeline(**{name: getattr(pipe, name) for name in _PIPELINE_COMPONENTS})
 
     # ------------------------------------------------------------------ components
     def mapper_for(self, layer: str) -> FeatureMapper:
@@ -128,66 +151,43 @@ class MapperInverter(Inverter):
             )
         return self.vae
 
-    def _load_refiner(self, mapper: FeatureMapper) -> None:
-        if self.unet is not None and self.scheduler is not None:
-            return
-        pipe = load_pipeline(self._model_name(mapper), device=self.target.mean.device)
-        self.unet, self.scheduler = pipe.unet, pipe.scheduler
-        self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
-        if self.vae is None:
-            self.vae = pipe.vae
+    def _load_pipeline(self, mapper: FeatureMapper) -> DiffInvPipeline:
+        if self._pipe is None:
+            self._pipe = load_pipeline(self._model_name(mapper), device=self.target.mean.device)
+            if self.vae is None:
+                self.vae = self._pipe.vae
+        return self._pipe
 
     # ------------------------------------------------------------------ img2img
     @torch.no_grad()
-    def _prompt_embeds(self, n: int, device) -> torch.Tensor:
-        """``(n, L, D)`` prompt embeddings; with guidance ``(2n, L, D)``, unconditional first."""
-
-        def embed(text: str) -> torch.Tensor:
-            if self.tokenizer is None or self.text_encoder is None:
-                dim = self.unet.config.cross_attention_dim
-                return torch.zeros(n, 77, dim, device=device, dtype=self.unet.dtype)
-            ids = self.tokenizer([text] * n, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids
-            return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)
-
-        cond = embed(self.prompt)
-        return torch.cat([embed(""), cond]) if self.guidance_scale > 1.0 else cond
-
-    @torch.no_grad()
     def refine(self, latents: torch.Tensor, *, generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
-        """img2img: noise ``latents`` to ``strength`` and denoise them with the UNet."""
-        from diffusers.utils.torch_utils import randn_tensor
+        """img2img: ``latents`` noised to ``strength`` and denoised by the pipeline's chain (strength 0: as is).
 
-        device = latents.device
-        scheduler = self.scheduler
-        scheduler.set_timesteps(self.num_inference_steps, device=device)
-        run = min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
-        begin = (self.num_inference_steps - run) * scheduler.order
-        timesteps = scheduler.timesteps[begin:]
-        if run == 0 or len(timesteps) == 0:
+        The pipeline's :meth:`~diffinv.pipelines.DiffInvPipeline.img2img`, with this inverter's
+        ``strength``, ``num_inference_steps``, ``prompt`` and ``guidance_scale``; the result is on
+        ``latents``' device.
+
+        Raises:
+            ValueError: ``strength > 0`` and no pipeline was given or loaded yet (see ``pipe``).
+        """
+        if self.strength == 0:
             return latents
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(latents)))
-        embeds = self._prompt_embeds(len(latents), device)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        cfg = self.guidance_scale > 1.0
-        for t in tqdm(timesteps, desc="img2img", disable=not progress, leave=False):
-            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
-            eps = self.unet(model_input.to(self.unet.dtype), t, encoder_hidden_states=embeds).sample.float()
-            if cfg:
-                uncond, cond = eps.chunk(2)
-                eps = uncond + self.guidance_scale * (cond - uncond)
-            latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
-        return latents
+        if self._pipe is None:
+            raise ValueError("`refine` needs the diffusion pipeline: pass `pipe=` (or `model=`) and invert once, "
+                             "or use `MapperInverter.from_pipeline`.")
+        self._pipe.set_progress_bar_config(disable=not progress, leave=False, desc="img2img")
+        refined = self._pipe.img2img(
+            latents, self.strength, num_inference_steps=self.num_inference_steps, prompt=self.prompt,
+            guidance_scale=self.guidance_scale, generator=generator,
+        )  # fmt: skip
+        return refined.to(latents.device)
 
     # ------------------------------------------------------------------ inversion
     def _prepare(self, features, layer, size):
         mapper = self.mapper_for(layer)
         check_model_input(mapper, features, size)
         if self.strength > 0:
-            self._load_refiner(mapper)
+            self._load_pipeline(mapper)
         self._load_vae(mapper)
 
     @torch.no_grad()
@@ -196,7 +196,9 @@ class MapperInverter(Inverter):
         if self.strength > 0:
             latents = self.refine(latents, generator=generator, progress=progress)
         images = torch.cat([decode_latents(self.vae, z).clamp(0, 1) for z in latents.split(self.batch_size)])
-        return images, torch.zeros(0, len(images)), {"strength": self.strength, "latents": latents.cpu()}
+        steps = img2img_steps(self.num_inference_steps, self.strength) if self.strength > 0 else 0
+        info = {"strength": self.strength, "img2img_steps": steps, "latents": latents.cpu()}
+        return images, torch.zeros(0, len(images)), info
 
 
 def vae_latent_shape(vae, mapper: FeatureMapper) -> tuple[int, int, int]:

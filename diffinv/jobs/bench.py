@@ -134,6 +134,8 @@ def run_benchmark(
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()}
+    for inverter in inverters.values():
+        inverter.check_image_size(tuple(images.shape[-2:]))
     device = target.mean.device
     manifest = {
         "target": {**target.identity(), "input_size": list(target.input_size) if target.input_size else None},
@@ -184,6 +186,7 @@ def run_benchmark(
             record["skipped_steps"] = int(out.info.get("skipped_steps", 0))
             if _key(record) not in done:
                 store.append(record)
+        write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": store.records()})
         bar.update(1)
     bar.close()
     records = store.records()

@@ -12,12 +12,15 @@ crops (random scale, random horizontal flip) and computes the target's features 
 fly, so the network never sees the same pair twice. Validation scores PSNR/SSIM on
 held-out images (other photos, another clip, or the tail of each training source).
 
-The output folder is the trained model (``save_pretrained``: ``config.json`` +
-safetensors) plus ``training_log.json``, ``loss_curve.png`` and ``checkpoints/``. A
-checkpoint (accelerate ``save_state``: weights, optimizer, LR schedule, RNG states, step,
-the crop generator and the history) is written to a temporary folder and renamed, so an
-interrupted run never leaves a half-written one; ``resume=True`` continues from the
-latest and reproduces the uninterrupted run.
+The output folder is a run store (:mod:`diffinv.jobs.store`): ``manifest.json`` with the
+settings that define the trained model, the model itself (``save_pretrained``: ``config.json``
++ safetensors), ``training_log.json``, ``loss_curve.png`` and ``checkpoints/``. Training again
+into the same folder with the same settings resumes from the latest checkpoint (and reproduces
+the uninterrupted run); other settings are refused with a :class:`~diffinv.jobs.store.RunSettingsError`
+that lists each change; ``overwrite=True`` starts afresh. A checkpoint (accelerate
+``save_state``: weights, optimizer, LR schedule, RNG states, step, the crop generator and the
+history) is written to a temporary folder and renamed, so an interrupted run never leaves a
+half-written one.
 
 Example:
     >>> config = TrainConfig(out="decoders/blocks.2", layer="blocks.2", images=["photos/"],
@@ -29,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 import shutil
@@ -41,14 +44,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from tqdm.auto import tqdm
 
-from ..io import VideoFrames, _fit, from_array, image_groups, load_image, write_json
+from ..io import VideoFrames, _fit, atomic_path, fingerprint_path, from_array, image_groups, load_image, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
 from ..models import FeatureMapper, UpconvNet, decode_latents, encode_latents
 from ..pipelines.loaders import load_vae
 from ..targets import TargetNetwork
+from .store import RunStore
 
 __all__ = [
     "ImageDataset",
@@ -63,8 +68,8 @@ __all__ = [
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
-# Settings that must match between a run and the one it resumes.
-RESUME_KEYS = ("kind", "target", "weights", "layer", "size", "hidden_channels", "min_channels", "model")
+# What a training run writes into its folder besides the manifest (``overwrite`` removes them).
+OUTPUTS = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, "training_log.json", "loss_curve.png", "checkpoints", ".model.tmp")
 
 
 # ---------------------------------------------------------------------- data
@@ -226,11 +231,17 @@ def load_training_data(config: "TrainConfig") -> tuple[ImageDataset, ImageDatase
 class TrainConfig:
     """Everything a training run needs (the command-line options of ``train-decoder`` / ``train-mapper``).
 
+    Every field defines the trained model and is recorded in the run's manifest, except ``out``,
+    ``overwrite``, ``device``, ``progress`` and the intervals ``checkpoint_every``,
+    ``keep_checkpoints`` and ``val_every`` (``mixed_precision`` is recorded as resolved, the
+    target by its weights fingerprint, a ``model`` folder by its fingerprint, the training data
+    also by a fingerprint of its pixels).
+
     Attributes:
-        out: output folder (the trained model, log, loss curve, checkpoints).
+        out: output folder, a run store (the trained model, log, loss curve, checkpoints).
         layer: the target layer whose features are inverted.
-        target, weights: the target network (``TargetNetwork.from_name``); ``weights=None``
-            for random weights.
+        target, weights: the target network (``TargetNetwork.from_name``): ``weights`` is
+            ``"default"``, ``"random:SEED"`` or a state-dict file.
         images: image files or folders; videos: video files (all frames, see
             ``max_frames`` / ``stride``).
         val_images, val_videos, val_samples: held-out images (files/folders, clips,
@@ -239,9 +250,12 @@ class TrainConfig:
         batch_size, max_steps, learning_rate, weight_decay, warmup_steps: optimization
             (AdamW, cosine schedule with warmup, gradient clipping at 1).
         checkpoint_every, keep_checkpoints, val_every: checkpoint and validation intervals.
-        resume: continue from the latest checkpoint in ``out``.
+        overwrite: start a fresh run even if ``out`` holds one with other settings (its model,
+            log and checkpoints are deleted). Without it, a run with the same settings is
+            resumed from its latest checkpoint and one with other settings is refused.
         mixed_precision: ``"auto"`` (bf16/fp16 on GPU, none on CPU), ``"no"``, ``"fp16"``, ``"bf16"``.
-        device: ``"cpu"`` forces the CPU; otherwise accelerate picks the GPU when there is one.
+        device: ``"cpu"`` forces the CPU, ``"cuda:N"`` picks a GPU of a single-process run;
+            otherwise accelerate picks the GPU when there is one (one per process).
         hidden_channels: width of the decoder / mapper.
         min_channels: decoder only, width of its full-resolution stages.
         feature_weight: weight of the feature loss ``nmse(target(x_hat), f)`` (both kinds).
@@ -274,7 +288,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     val_every: int = 250
-    resume: bool = False
+    overwrite: bool = False
     seed: int = 0
     mixed_precision: str = "auto"
     device: str | None = None
@@ -335,9 +349,13 @@ class _DecoderTask:
     """Features -> pixels (UpconvNet)."""
 
     kind = "decoder"
+    unused = ("model", "pixel_weight")  # TrainConfig fields a decoder ignores
 
     def __init__(self, config: TrainConfig, target: TargetNetwork, device):
         self.config, self.target = config, target
+
+    def settings(self) -> dict:
+        return {}
 
     def build(self):
         return UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
@@ -360,6 +378,7 @@ class _MapperTask:
     """Features -> diffusion latent (FeatureMapper), supervised by the VAE encoding."""
 
     kind = "mapper"
+    unused = ("min_channels",)
 
     def __init__(self, config: TrainConfig, target: TargetNetwork, device):
         if not config.model:
@@ -367,6 +386,11 @@ class _MapperTask:
                              "defines the latent space (a diffusers folder, or 'tiny' for random weights).")
         self.config, self.target = config, target
         self.vae = load_vae(config.model).to(device)
+
+    def settings(self) -> dict:
+        """The model folder's fingerprint (a re-trained or replaced VAE defines another latent space)."""
+        path = Path(self.config.model)
+        return {"model_fingerprint": fingerprint_path(path) if path.exists() else None}
 
     def build(self):
         return FeatureMapper.for_target(self.target, self.config.layer, (self.config.size,) * 2, self.vae,
@@ -399,7 +423,8 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def _save_checkpoint(accelerator, out: Path, state: _TrainerState, config: TrainConfig, keep: int) -> Path:
+def _save_checkpoint(accelerator, out: Path, state: _TrainerState, keep: int) -> Path:
+    """``save_state`` into a temporary folder, renamed when complete; keeps the ``keep`` latest."""
     folder = out / "checkpoints"
     final = folder / f"{CHECKPOINT_PREFIX}{state.step:07d}"
     tmp = folder / f".{final.name}.tmp"
@@ -408,7 +433,7 @@ def _save_checkpoint(accelerator, out: Path, state: _TrainerState, config: Train
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": state.step, "config": asdict(config)}, indent=1))
+        write_json(tmp / "trainer_state.json", {"step": state.step})  # marks the checkpoint complete
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -458,10 +483,9 @@ def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: s
         ax2.set_ylabel("validation PSNR (dB)", color="tab:red")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -479,12 +503,49 @@ def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: s
             "mse": float(mse(recon, images).mean())}
 
 
-def _mixed_precision(choice: str, device: str) -> str:
+def _mixed_precision(choice: str, device: torch.device) -> str:
+    if choice not in ("auto", "no", "fp16", "bf16"):
+        raise ValueError(f"`mixed_precision` {choice!r} is not supported; expected 'auto', 'no', 'fp16' or 'bf16'.")
     if choice != "auto":
         return choice
-    if device == "cpu" or not torch.cuda.is_available():
+    if device.type == "cpu" or not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _device(choice: str | None) -> torch.device:
+    """``TrainConfig.device`` -> a device (``None``: CUDA when available)."""
+    if not choice:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(choice)
+    except RuntimeError:
+        raise ValueError(f"`device` {choice!r} is not a device; expected 'cpu', 'cuda' or 'cuda:N'.") from None
+
+
+# Fields of TrainConfig that do not define the trained model (not in the run's manifest).
+NOT_SETTINGS = ("out", "kind", "overwrite", "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every")
+
+
+def _data_fingerprint(*datasets: ImageDataset | None) -> str:
+    """A 16-hex-digit fingerprint of the pixels of the datasets, in order (same sources, other content: another one)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for dataset in datasets:
+        digest.update(b"|")
+        for item in [] if dataset is None else dataset.items:
+            digest.update(f"{tuple(item.shape)}".encode())
+            digest.update(item.contiguous().numpy())
+    return digest.hexdigest()
+
+
+def _settings(config: TrainConfig, task, target: TargetNetwork, accelerator, train_set, val_set) -> dict:
+    """The settings that define the trained model: the run's manifest (see :class:`TrainConfig`)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_SETTINGS + task.unused}
+    del settings["weights"]  # recorded with the target, with their fingerprint
+    settings.update(target=target.identity(), mixed_precision=accelerator.mixed_precision,
+                    processes=accelerator.num_processes, data_fingerprint=_data_fingerprint(train_set, val_set))
+    settings.update(task.settings())
+    return settings
 
 
 def _train(config: TrainConfig, task_cls) -> TrainResult:
@@ -497,22 +558,18 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     if config.max_steps < 1 or config.batch_size < 1:
         raise ValueError(f"`max_steps` and `batch_size` must be positive, got {config.max_steps} and {config.batch_size}.")
     out = Path(config.out)
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is not None and not config.resume:
-        raise ValueError(f"`out` {str(out)!r} already holds a training run ({checkpoint.name}); pass `--resume` to "
-                         f"continue it or choose another `--out`.")
-    if config.resume and checkpoint is not None:
-        saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-        changed = {k: (saved.get(k), getattr(config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(config, k)}
-        if changed:
-            raise ValueError("cannot resume: these settings differ from the checkpoint's (saved, now): "
-                             + ", ".join(f"{k}={v[0]!r}/{v[1]!r}" for k, v in changed.items()))
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"`out` {str(out)!r} is an existing file; expected an output folder.")
+    device = _device(config.device)
+    mixed_precision = _mixed_precision(config.mixed_precision, device)
 
-    # 2. Data, target, accelerator
+    # 2. Data (before the run store: a source that fails to load leaves no run behind)
     train_set, val_set = load_training_data(config)
-    device_choice = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision, device_choice),
-                              cpu=device_choice == "cpu")
+
+    # 3. Accelerator, target, task
+    if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(device)  # accelerate uses the current GPU of a single process
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
     device = accelerator.device
     set_seed(config.seed)
     target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
@@ -520,7 +577,14 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     task = task_cls(config, target, device)
     val_images = val_set.fixed(config.size) if val_set is not None else None
 
-    # 3. Model, feature statistics, optimizer
+    # 4. Run store: the same settings resume from the latest checkpoint, other settings are refused
+    if accelerator.is_main_process:
+        RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
+                 overwrite=config.overwrite, outputs=OUTPUTS)
+    accelerator.wait_for_everyone()
+    checkpoint = latest_checkpoint(out)
+
+    # 5. Model, feature statistics, optimizer, resumed state
     model = task.build().train()
     stats_generator = torch.Generator().manual_seed(config.seed + 1)
     with torch.no_grad():
@@ -534,12 +598,10 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     state = _TrainerState(config.seed + accelerator.process_index)  # each process its own crops
     accelerator.register_for_checkpointing(state)
-    if config.resume and checkpoint is not None:
+    if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
     start_step = state.step
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
 
     def finish_interval():
         unwrapped = accelerator.unwrap_model(model)
@@ -549,7 +611,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
             plot_loss_curve(state.losses, state.validation, out / "loss_curve.png",
                             f"{task.kind} {config.target}.{config.layer} @ {config.size}px")
 
-    # 4. Loop
+    # 6. Loop
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"train-{task.kind} {config.layer}",
                disable=not (config.progress and accelerator.is_local_main_process))
     while state.step < config.max_steps:
@@ -581,7 +643,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
             postfix["val_psnr"] = f"{scores['psnr']:.2f}"
         bar.set_postfix(postfix)
         if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-            _save_checkpoint(accelerator, out, state, config, config.keep_checkpoints)
+            _save_checkpoint(accelerator, out, state, config.keep_checkpoints)
             finish_interval()
     bar.close()
     if start_step >= config.max_steps:  # nothing left to train: still leave a model and a log

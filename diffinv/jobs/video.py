@@ -1,4 +1,4 @@
-"""Video: frame I/O (PyAV), per-clip features, and windowed inversion with temporal smoothing.
+"""Video: per-clip features, and windowed inversion with temporal smoothing.
 
 The frames of a clip are inverted in *windows* of a few consecutive frames, each window
 one batch. With ``temporal_weight`` λ > 0 the inverter adds ``λ·Σ_t ‖v_t − v_{t−1}‖²/d``
@@ -18,15 +18,18 @@ What is smoothed, per method:
   generators' output images. Warm start: a short pre-fit of the fresh generators to the
   previous reconstruction (``DIPInverter(init_iterations=...)``).
 * any other :class:`~diffinv.inverters.Inverter`: works here when its constructor takes
-  ``temporal_weight`` (kept as the attribute of that name); ``invert(init=images)`` enables
-  the warm start and ``invert(anchor=image)`` the fixed anchor (an image ``(1, 3, H, W)``
-  in [0, 1]; an inverter that smooths latents may encode it). Without ``anchor`` the
-  previous frame is re-inverted as the first frame of the next window (``boundary="overlap"``)
-  and its new result is discarded.
+  ``temporal_weight`` (kept as the attribute of that name); an ``init=images`` option of its
+  ``_reconstruct`` (or of its own ``invert``) enables the warm start and ``anchor=image`` the
+  fixed anchor (an image ``(1, 3, H, W)`` in [0, 1]; an inverter that smooths latents may
+  encode it). Without ``anchor`` the previous frame is re-inverted as the first frame of the
+  next window (``boundary="overlap"``) and its new result is discarded.
 
-With an output folder, :func:`invert_video` writes every frame as a PNG as soon as its
-window finishes and rewrites ``metrics.json`` (atomically) after each window, so an
-interrupted run keeps everything finished and ``resume=True`` continues where it stopped.
+With an output folder, :func:`invert_video` is a *run store* (:mod:`diffinv.jobs.store`):
+``manifest.json`` holds every setting that defines the results, every frame is written as a
+PNG as soon as its window finishes and then appended as one record to ``records.jsonl``, and
+``metrics.json`` (derived from the records) is rewritten atomically after each window. An
+interrupted run keeps everything finished; running it again with the same settings continues
+where it stopped, with other settings it is refused (``overwrite=True`` starts afresh).
 
 Example:
     >>> clip = read_video(sample_video_path(), start=16, stop=32, size=128)
@@ -39,8 +42,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
-import json
 import math
 import os
 import time
@@ -57,6 +60,7 @@ from ..inverters import Inverter
 from ..io import VideoClip, load_image, save_image, write_json
 from ..metrics import feature_residual, psnr, ssim
 from ..targets import TargetNetwork
+from .store import RunStore
 
 __all__ = [
     "VideoInversionOutput",
@@ -67,9 +71,9 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.json"
-# Settings that must match for `resume=True` to continue a run (others, e.g. `window`, may change).
-RESUME_KEYS = ("source", "target", "layer", "method", "temporal_weight", "warm_start", "boundary",
-               "image_size", "frames", "seed", "iterations")
+# What a video run writes into its folder besides the store's manifest and records (the mp4s are
+# written by the command and the examples); `overwrite=True` removes them.
+OUTPUTS = ("frames", METRICS_FILE, "reconstruction.mp4", "side_by_side.mp4")
 
 
 @torch.no_grad()
@@ -166,57 +170,47 @@ def frame_path(out_dir: str | os.PathLike, frame: int) -> Path:
     return Path(out_dir) / "frames" / f"frame_{frame:05d}.png"
 
 
-def _load_previous(out_dir: Path, config: Mapping, frame_ids: Sequence[int], size, resume: bool):
-    """Finished frames of a previous run in ``out_dir``: ``{position: (record, image)}``."""
-    path = out_dir / METRICS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        previous = json.loads(path.read_text())
-        old_config, old_records = previous["config"], previous["frames"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{str(path)!r} is not a diffinv video metrics file ({err}); move it away or choose "
-                         f"another output folder.") from err
-    if not resume:
-        if old_records:
-            raise ValueError(
-                f"output folder {str(out_dir)!r} already holds {len(old_records)} finished frames of a previous run; "
-                f"pass `resume=True` (`--resume`) to continue it, or choose another output folder."
-            )
-        return {}
-    changed = [k for k in RESUME_KEYS if k in config and k in old_config and config[k] != old_config[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {old_config[k]!r} there vs {config[k]!r} now" for k in changed)
-        raise ValueError(
-            f"cannot resume in {str(out_dir)!r}: it holds a run with other settings ({diffs}). "
-            f"Use the same settings, or another output folder."
-        )
+def _frames_fingerprint(frames: torch.Tensor) -> str:
+    """Fingerprint of the source frames as 8-bit pixels (what the run inverts and scores against)."""
+    pixels = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+    return hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:16]
+
+
+def _finished(store: RunStore, frame_ids: Sequence[int], size: Sequence[int]) -> dict[int, tuple[dict, torch.Tensor]]:
+    """Finished frames of the run in ``store``: ``{position: (record, image)}``.
+
+    A frame is finished when it has a record and its PNG reads back at ``size``; a frame
+    recorded more than once (its PNG was lost and it was inverted again) counts with its
+    last record.
+    """
     position_of = {frame: p for p, frame in enumerate(frame_ids)}
+    last = {}
+    for record in store.records():
+        if record.get("frame") in position_of:
+            last[position_of[record["frame"]]] = record
     finished = {}
-    for record in old_records:
-        position = position_of.get(record.get("frame"))
-        file = frame_path(out_dir, record.get("frame", -1))
-        if position is None or not file.is_file():
-            continue  # a PNG that never made it, or a frame outside this selection: recompute
+    for position, record in last.items():
+        file = frame_path(store.folder, record["frame"])
+        if not file.is_file():
+            continue  # the PNG never made it (or was removed): recompute
         try:
             image = load_image(file)
         except (ValueError, OSError):
             continue
-        if tuple(image.shape[-2:]) != tuple(size):
-            continue
-        finished[position] = (record, image)
+        if tuple(image.shape[-2:]) == tuple(size):
+            finished[position] = (record, image)
     return finished
 
 
-def _hyperparameters(inverter: Inverter) -> dict:
-    """The inverter's plain settings (numbers, strings, tuples of numbers), for the record."""
-    plain = (bool, int, float, str)
-
-    def is_plain(v):
-        return isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v))
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(inverter).items()
-            if not k.startswith("_") and is_plain(v)}
+def _options(inverter: Inverter) -> set[str]:
+    """The keyword options ``inverter.invert`` takes: its own, and those of the method's
+    ``_reconstruct`` when ``invert`` hands ``**kwargs`` on to it (the :class:`Inverter` template)."""
+    params = inspect.signature(inverter.invert).parameters
+    names = {name for name, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names |= {name for name, p in inspect.signature(inverter._reconstruct).parameters.items()
+                  if p.kind is not p.VAR_KEYWORD}
+    return names
 
 
 def _windows(todo: Sequence[int], window: int) -> list[list[int]]:
@@ -240,9 +234,9 @@ def invert_video(
     warm_start: bool | None = None,
     boundary: str = "auto",
     out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
+    overwrite: bool = False,
     seed: int = 0,
-    config: Mapping | None = None,
+    settings: Mapping | None = None,
     progress: bool = True,
 ) -> VideoInversionOutput:
     """Inverts the features of consecutive frames, window by window.
@@ -261,22 +255,27 @@ def invert_video(
             ``"anchor"`` (a fixed image, ``invert(anchor=...)``), ``"overlap"`` (re-invert it as the
             window's first frame, discard the result), ``"none"``, or ``"auto"`` (anchor if the
             inverter accepts it, else overlap).
-        out_dir: write ``frames/*.png`` after each window and ``metrics.json`` (atomic).
-        resume: continue a previous run in ``out_dir`` (same settings), skipping frames whose
-            PNG exists and whose metrics are recorded. Without it, a folder that already
-            holds finished frames is an error.
+        out_dir: the run folder (a :class:`~diffinv.jobs.store.RunStore`): ``manifest.json``,
+            ``records.jsonl`` (one record per finished frame), ``frames/*.png`` (written after each
+            window) and ``metrics.json`` (config, summary and per-frame metrics; atomic). A folder
+            that holds a run with the same settings is resumed: frames whose record and PNG exist
+            are not inverted again. ``None``: write nothing.
+        overwrite: start afresh in ``out_dir`` even when it holds a run (with other settings:
+            without ``overwrite`` that is refused).
         seed: each window uses ``torch.Generator().manual_seed(seed * 100_000 + first position)``,
             and warm starts/anchors are the 8-bit frames (as written), so a resumed run computes
             what an uninterrupted one would.
-        config: extra settings recorded in ``metrics.json``; those named in ``RESUME_KEYS``
-            (e.g. ``source``, ``iterations``) must match on resume.
+        settings: more settings that define the results (e.g. the source file and stride), for the
+            manifest and ``metrics.json``'s config.
 
     Returns:
         :class:`VideoInversionOutput`.
 
     Raises:
         ValueError: features that do not fit the target, ``references`` / ``frame_ids`` of
-            another length or size, bad ``window``/``boundary``, or a folder that cannot be resumed.
+            another length or size, bad ``window``/``boundary``.
+        RunSettingsError: ``out_dir`` holds a run made with other settings (the message lists
+            each changed setting) and ``overwrite`` is not set.
     """
     start_time = time.perf_counter()
     # 1. Check inputs
@@ -300,7 +299,7 @@ def invert_video(
     if boundary not in ("auto", "anchor", "overlap", "none"):
         raise ValueError(f"`boundary` must be 'auto', 'anchor', 'overlap' or 'none', got {boundary!r}.")
     weight = float(getattr(inverter, "temporal_weight", 0.0) or 0.0)
-    accepts = inspect.signature(inverter.invert).parameters
+    accepts = _options(inverter)
     warm_start = weight > 0 if warm_start is None else bool(warm_start)
     if warm_start and "init" not in accepts:
         warnings.warn(f"{type(inverter).__name__}.invert takes no `init=`; frames are not warm-started.", stacklevel=2)
@@ -311,32 +310,43 @@ def invert_video(
         raise ValueError(f"`boundary='anchor'` needs {type(inverter).__name__}.invert(anchor=...); use 'overlap'.")
     if weight <= 0:
         boundary = "none"
-    settings = {
-        "target": target.name, "layer": layer, "method": getattr(inverter, "name", type(inverter).__name__),
-        "temporal_weight": weight, "window": window, "warm_start": warm_start, "boundary": boundary,
-        "image_size": list(size), "frames": frame_ids, "seed": seed, "inverter": _hyperparameters(inverter),
-        **dict(config or {}),
+    device = target.mean.device
+    manifest = {
+        "target": {**target.identity(), "input_size": list(target.input_size) if target.input_size else None},
+        "layer": layer,
+        "method": inverter.name,
+        "inverter": inverter.settings(),
+        "temporal_weight": weight,
+        "window": window,
+        "warm_start": warm_start,
+        "boundary": boundary,
+        "image_size": list(size),
+        "frames": frame_ids,
+        "frames_fingerprint": None if references is None else _frames_fingerprint(references),
+        "seed": seed,
+        "device": device.type,
+        **dict(settings or {}),
     }
 
-    # 2. What is finished already
+    # 2. The run store, and what is finished already
     images = torch.zeros(n, 3, *size)
     done = [False] * n
     records: dict[int, dict] = {}
-    out_path = Path(out_dir) if out_dir is not None else None
-    if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-        for position, (record, image) in _load_previous(out_path, settings, frame_ids, size, resume).items():
+    store = None
+    if out_dir is not None:
+        store = RunStore(out_dir, "video", manifest, overwrite=overwrite, outputs=OUTPUTS)
+        manifest = store.settings  # as JSON gives it back
+        for position, (record, image) in _finished(store, frame_ids, size).items():
             images[position], done[position], records[position] = image, True, record
 
     def save_metrics():
-        if out_path is None:
+        if store is None:
             return
         ordered = [records[p] for p in sorted(records)]
         summary = video_summary(images, references, done, ordered)
-        write_json(out_path / METRICS_FILE, {"config": settings, "summary": summary, "frames": ordered})
+        write_json(store.folder / METRICS_FILE, {"config": manifest, "summary": summary, "frames": ordered})
 
     # 3. Loop over windows of unfinished frames
-    device = target.mean.device
     todo = [p for p in range(n) if not done[p]]
     computed: list[int] = []
     bar = tqdm(total=n, initial=n - len(todo), desc="video frames", unit="frame", disable=not progress)
@@ -364,11 +374,11 @@ def invert_video(
         if references is not None:
             ref = references[positions]
             scores = {"psnr": psnr(recon, ref), "ssim": ssim(recon, ref)}
-        # 4. Write the window's frames, then its metrics (both atomic)
+        # 4. Write each frame of the window (atomic PNG), then append its record
         for i, p in enumerate(positions):
             images[p] = recon[i]
-            if out_path is not None:
-                save_image(recon[i], frame_path(out_path, frame_ids[p]))
+            if store is not None:
+                save_image(recon[i], frame_path(store.folder, frame_ids[p]))
             prev_image = images[p - 1] if p > 0 and done[p - 1] else None
             record = {
                 "position": p, "frame": frame_ids[p], "file": f"frames/frame_{frame_ids[p]:05d}.png",
@@ -381,6 +391,8 @@ def invert_video(
                 "seconds": out.seconds / len(positions),
                 "skipped_steps": int(out.info.get("skipped_steps", 0)),
             }
+            if store is not None:
+                store.append(record)
             records[p] = record
             done[p] = True
         computed.extend(positions)
@@ -391,7 +403,7 @@ def invert_video(
     bar.close()
     save_metrics()
     ordered = [records[p] for p in sorted(records)]
-    summary = {**video_summary(images, references, done, ordered), "settings": settings}
+    summary = {**video_summary(images, references, done, ordered), "settings": manifest}
     return VideoInversionOutput(images, done, ordered, summary, computed, time.perf_counter() - start_time)
 
 

@@ -7,7 +7,8 @@
 """
 
 from .dip import SkipGenerator
-from .mapper import FeatureMapper, check_model_input, resolve_model_dir
+from .learned import check_model_input, resolve_model_dir
+from .mapper import FeatureMapper
 from .upconv import UpconvNet
 from .vae import decode_latents, encode_latents, vae_scale_factor
 

@@ -21,9 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,32 +30,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..features import FeatureSet, check_features
+from ..features import FeatureSet
 from ..targets import TargetNetwork
+from .learned import FeatureStandardizer, check_model_input
 from .vae import vae_scale_factor
 
-__all__ = ["FeatureMapper", "check_model_input", "resolve_model_dir"]
+__all__ = ["FeatureMapper"]
 
-
-
-def resolve_model_dir(path: str | os.PathLike, layer: str | None = None, kind: str = "mapper") -> Path:
-    """A trained model folder: ``path`` itself, or ``path/<layer>`` for a folder of per-layer models.
-
-    Raises:
-        FileNotFoundError: with what was looked for.
-    """
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if layer is not None and (path / layer / "config.json").is_file():
-        return path / layer
-    if not path.exists():
-        raise FileNotFoundError(f"`{kind}` folder {str(path)!r} does not exist. Train one with `diffinv train-{kind}`.")
-    found = sorted(p.parent.name for p in path.glob("*/config.json"))
-    raise FileNotFoundError(
-        f"`{kind}` folder {str(path)!r} has no config.json" + (f" and no sub-folder {layer!r}" if layer else "")
-        + (f"; it has models for {', '.join(found)}." if found else ". Train one with `diffinv train-" + kind + "`.")
-    )
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -83,54 +62,8 @@ def _resample_stages(size_in: int, size_out: int) -> int:
     return round(math.log2(size_out / size_in))
 
 
-def _feature_error(features_shape, expected, config) -> str:
-    return (
-        f"`features` have shape {tuple(features_shape)} but this model was trained on layer {config.layer!r} of "
-        f"{config.target!r} at input size {tuple(config.input_size or ())}, whose features are "
-        f"(N, {', '.join(map(str, expected))}). Use the model trained for this layer and size."
-    )
-
-
-def check_model_input(
-    model, features: torch.Tensor | FeatureSet, image_size: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """Checks features (tensor or FeatureSet) against a mapper's/decoder's config; returns the tensor.
-
-    ``image_size``: the input size the features are for (what ``resolve_features`` found), checked
-    against the size the model was trained at.
-    """
-    config = model.config
-    if image_size is not None and config.input_size and tuple(image_size) != tuple(config.input_size):
-        raise ValueError(
-            f"`features` are for input size {tuple(image_size)} but this model was trained at "
-            f"{tuple(config.input_size)}."
-        )
-    if isinstance(features, FeatureSet):
-        if config.layer and features.layer != config.layer:
-            raise ValueError(
-                f"`features` come from layer {features.layer!r} but this model was trained on layer {config.layer!r}."
-            )
-        if config.target and features.target != config.target:
-            raise ValueError(
-                f"`features` come from target {features.target!r} but this model was trained on {config.target!r}."
-            )
-        if config.input_size and tuple(features.input_size) != tuple(config.input_size):
-            raise ValueError(
-                f"`features` were extracted at input size {tuple(features.input_size)} but this model was trained "
-                f"at {tuple(config.input_size)}."
-            )
-        features = features.features
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"`features` must be a torch.Tensor or a FeatureSet, got {type(features).__name__}.")
-    expected = tuple(config.feature_shape)
-    if features.ndim < 2 or tuple(features.shape[1:]) != expected:
-        raise ValueError(_feature_error(features.shape, expected, config))
-    check_features(features, expected)
-    return features
-
-
 # ---------------------------------------------------------------------- the mapper
-class FeatureMapper(ModelMixin, ConfigMixin):
+class FeatureMapper(ModelMixin, ConfigMixin, FeatureStandardizer):
     """Features of one target layer -> scaled diffusion latents.
 
     Spatial features ``(C, h, w)`` go through a 3x3 convolution, x2 strided convolutions or
@@ -181,8 +114,7 @@ class FeatureMapper(ModelMixin, ConfigMixin):
         if len(latent_shape) != 3:
             raise ValueError(f"`latent_shape` must be (channels, height, width), got {latent_shape}.")
         channels, hid = feature_shape[0], hidden_channels
-        self.register_buffer("feature_mean", torch.zeros(channels))
-        self.register_buffer("feature_std", torch.ones(channels))
+        self.register_feature_stats(channels)
         if len(feature_shape) == 3:
             self.fc = None
             self.conv_in = nn.Conv2d(channels, hid, 3, padding=1)
@@ -237,21 +169,10 @@ class FeatureMapper(ModelMixin, ConfigMixin):
             **kwargs,
         )
 
-    @torch.no_grad()
-    def set_feature_stats(self, features: torch.Tensor) -> None:
-        """Stores per-channel mean/std of training features (``(N, C, ...)``) for standardization."""
-        dims = [0] + list(range(2, features.ndim))
-        self.feature_mean.copy_(features.float().mean(dim=dims))
-        self.feature_std.copy_(features.float().std(dim=dims).clamp_min(1e-6))
-
     # ------------------------------------------------------------------ forward
-    def _standardize(self, features: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (features.ndim - 2)
-        return (features - self.feature_mean.view(shape)) / self.feature_std.view(shape)
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``(N, *feature_shape)`` -> ``(N, *latent_shape)`` scaled latents."""
-        x = self._standardize(features.to(self.conv_in.weight.dtype))
+        x = self.standardize(features.to(self.conv_in.weight.dtype))
         if self.fc is not None:
             x = F.silu(self.fc(x.flatten(1))).view(len(x), -1, self._grid, self._grid)
         x = self.resample(self.conv_in(x))
@@ -271,11 +192,4 @@ class FeatureMapper(ModelMixin, ConfigMixin):
         Raises:
             ValueError: features of another layer, target or input size, or non-finite.
         """
-        features = check_model_input(self, features)
-        was_training = self.training
-        self.eval()
-        try:
-            out = [self(chunk.to(self.device)).float() for chunk in features.split(batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(out)
+        return self.predict(check_model_input(self, features), batch_size)

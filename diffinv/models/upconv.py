@@ -19,7 +19,7 @@ from torch import nn
 
 from ..features import FeatureSet
 from ..targets import TargetNetwork
-from .mapper import check_model_input
+from .learned import FeatureStandardizer, check_model_input
 
 __all__ = ["UpconvNet"]
 
@@ -28,7 +28,7 @@ def _lrelu() -> nn.LeakyReLU:
     return nn.LeakyReLU(0.2, inplace=True)
 
 
-class UpconvNet(ModelMixin, ConfigMixin):
+class UpconvNet(ModelMixin, ConfigMixin, FeatureStandardizer):
     """The UpconvNet decoder: ``(N, *feature_shape)`` features -> ``(N, 3, H, W)`` images.
 
     Args:
@@ -67,8 +67,7 @@ class UpconvNet(ModelMixin, ConfigMixin):
                 f"`feature_shape` must be (C, H, W) for feature maps or (C,) for pooled vectors, got {feature_shape}."
             )
         channels, ch = feature_shape[0], hidden_channels
-        self.register_buffer("feature_mean", torch.zeros(channels))
-        self.register_buffer("feature_std", torch.ones(channels))
+        self.register_feature_stats(channels)
         if len(feature_shape) == 3:
             self.fc = None
             layers, start = [nn.Conv2d(channels, ch, 3, padding=1), _lrelu()], feature_shape[1]
@@ -93,17 +92,9 @@ class UpconvNet(ModelMixin, ConfigMixin):
         return cls(feature_shape=target.feature_shape(layer, size), image_size=size, target=target.name,
                    layer=layer, input_size=size, **kwargs)
 
-    @torch.no_grad()
-    def set_feature_stats(self, features: torch.Tensor) -> None:
-        """Stores per-channel mean/std of training features (``(N, C, ...)``) for standardization."""
-        dims = [0] + list(range(2, features.ndim))
-        self.feature_mean.copy_(features.float().mean(dim=dims))
-        self.feature_std.copy_(features.float().std(dim=dims).clamp_min(1e-6))
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Features -> images (unclamped; about [0, 1] once trained)."""
-        shape = (1, -1) + (1,) * (features.ndim - 2)
-        x = (features.to(self.feature_std.dtype) - self.feature_mean.view(shape)) / self.feature_std.view(shape)
+        x = self.standardize(features.to(self.feature_std.dtype))
         if self.fc is not None:
             x = self.fc(x.flatten(1)).view(len(x), -1, 4, 4)
         x = self.body(x) + 0.5
@@ -115,11 +106,4 @@ class UpconvNet(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def reconstruct(self, features: torch.Tensor | FeatureSet, batch_size: int = 32) -> torch.Tensor:
         """Checked features -> images in [0, 1] (float32, on the decoder's device)."""
-        features = check_model_input(self, features)
-        was_training = self.training
-        self.eval()
-        try:
-            out = [self(chunk.to(self.device)).float().clamp(0, 1) for chunk in features.split(batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(out)
+        return self.predict(check_model_input(self, features), batch_size).clamp(0, 1)
