@@ -321,4 +321,6 @@ def resolve_features(
             raise ValueError("`image_size` is required when `features` is a tensor and the target has no input size.")
     image_size = check_input_size(image_size, "image_size")
     check_features(tensor, target.feature_shape(layer, image_size))
+    if len(tensor) == 0:
+        raise ValueError("`features` holds no feature maps (an empty batch); give at least one.")
     return tensor, layer, image_size

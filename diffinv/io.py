@@ -312,7 +312,7 @@ class VideoFrames:
                     self.decoded = i + 1
                     if i >= self.start and (i - self.start) % self.stride == 0:
                         yield i, frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as err:
+        except (av.error.FFmpegError, UnicodeDecodeError) as err:  # a corrupt header may hold invalid UTF-8
             raise ValueError(
                 f"video file {str(self.path)!r} could not be read as a video ({err}). Expected a file FFmpeg can "
                 f"decode, e.g. an H.264 mp4; it may be truncated or not a video."

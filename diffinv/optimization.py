@@ -30,9 +30,17 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BestIterate", "OptimizationResult", "cosine_lr", "run_optimization"]
+__all__ = ["BestIterate", "OptimizationResult", "check_weight", "cosine_lr", "run_optimization"]
 
 StepFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
+
+
+def check_weight(name: str, value: float, *, positive: bool = False) -> float:
+    """A finite number >= 0 (> 0 with ``positive``) for a loss weight or step size, else a ValueError naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise ValueError(f"`{name}` must be a finite number {'>' if positive else '>='} 0, got {value!r}.")
+    return float(value)
 
 
 def cosine_lr(lr: float, iteration: int, iterations: int) -> float:
@@ -130,8 +138,9 @@ def run_optimization(
     Returns:
         :class:`OptimizationResult`.
     """
-    if not isinstance(iterations, int) or iterations < 1:
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
         raise ValueError(f"`iterations` must be a positive integer, got {iterations!r}.")
+    check_weight("learning_rate", lr)
     variables = list(variables)
     optimizer = torch.optim.Adam(variables, lr=lr)
     best = BestIterate(variables, num_images)

@@ -52,10 +52,10 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from diffinv.features import FeatureSet, resolve_features
+from diffinv.features import FeatureSet, check_input_size, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
-from diffinv.optimization import run_optimization
+from diffinv.optimization import check_weight, run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
     DEFINITIONS,
@@ -278,13 +278,15 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ModelFilesNotFoundError(
                 f"`pretrained_model_name_or_path` {path!r} is not a directory. " + HOW_TO_PROVIDE
             )
+        kwargs.setdefault("local_files_only", True)  # a Hub id loads from the local cache; never a silent download
         try:
             return super().from_pretrained(path, **kwargs)
         except OSError as err:
             hint = f" ({path!r} names a weight-free definition: use `load_pipeline({path!r})`.)" if path in DEFINITIONS else ""
             raise ModelFilesNotFoundError(
                 f"could not load the diffusion model {path!r}: it is not a local directory and not in the "
-                f"Hugging Face cache, and it could not be downloaded ({type(err).__name__}).{hint} " + HOW_TO_PROVIDE
+                f"Hugging Face cache on this machine ({type(err).__name__}; diffinv loads Hub ids from the cache "
+                f"only, pass `local_files_only=False` to allow a download).{hint} " + HOW_TO_PROVIDE
             ) from err
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -733,12 +735,13 @@ class DiffInvPipeline(DiffusionPipeline):
                 raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
             if latents is not None:
                 raise ValueError("pass either `latents` or `init='mapper'`, not both.")
-            img2img_steps(num_inference_steps, strength)  # checks `strength`
+        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by init="mapper")
+        check_weight("temporal_weight", temporal_weight)
+        check_weight("latent_prior_weight", latent_prior_weight)
+        check_weight("guidance_scale", guidance_scale)
+        check_weight("learning_rate", learning_rate)
         if input_size is not None:
-            if not isinstance(input_size, (tuple, list)) or len(input_size) != 2 or not all(
-                isinstance(v, int) and v > 0 for v in input_size
-            ):
-                raise ValueError(f"`input_size` must be (height, width), two positive integers, got {input_size!r}.")
+            input_size = check_input_size(input_size)
             if isinstance(features, FeatureSet):
                 raise ValueError(
                     f"`input_size` is for a feature tensor; the FeatureSet records the input size its features were "

@@ -22,8 +22,14 @@ from diffinv.cli import main
 from diffinv.features import FeatureSet
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.io import load_image, save_image
+from diffinv.targets import TargetNetwork
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def single_layer_target():
+    """The real EfficientNet-Lite0 with the single layer blocks.1, 64 x 64."""
+    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(64, 64))
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +155,7 @@ def test_extract_takes_uint8_and_half_images_and_refuses_others(lite0, small_pho
     assert half.dtype == torch.float32 and close(half)
     with pytest.raises(ValueError, match="`images` has dtype torch.int64"):
         FeatureSet.extract(lite0, as_uint8.long(), "blocks.1")
-    with pytest.raises(ValueError, match=r"`images` must hold finite values in \[0, 1\], got min 0 and max 255"):
+    with pytest.raises(ValueError, match=r"`images` must hold finite values in \[0, 1\], got min \d+ and max \d+; divide uint8-range floats by 255"):
         FeatureSet.extract(lite0, as_uint8.float(), "blocks.1")
     with pytest.raises(ValueError, match=r"`images` is an empty batch"):
         FeatureSet.extract(lite0, small_photos[:0], "blocks.1")
@@ -187,9 +193,7 @@ def test_featureset_arguments():
 
 
 def test_python_api_refuses_empty_batches():
-    from diffinv.targets import TargetNetwork
-
-    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(64, 64))
+    target = single_layer_target()
     empty = torch.zeros(0, 24, 16, 16)
     for cls in (PixelInverter, DIPInverter):
         with pytest.raises(ValueError, match="`features` holds no feature maps"):
@@ -229,3 +233,69 @@ def test_process_level_usage_error_has_no_traceback(tmp_path):
                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "diffinv invert: error: feature file" in result.stderr and "missing.safetensors" in result.stderr
+
+
+# ---------------------------------------------------------------------- video, training
+@pytest.mark.parametrize("argv, needle", [
+    (["video", "clip.mp4", "--layer", "blocks.1", "--temporal-weight", "-5", "--out", "x"],
+     "argument --temporal-weight: expected a finite number >= 0, got -5"),
+    (["video", "clip.mp4", "--layer", "blocks.1", "--window", "0", "--out", "x"], "argument --window"),
+    (["video", "clip.mp4", "--layer", "blocks.1", "--stride", "0", "--out", "x"], "argument --stride"),
+    (["video", "clip.mp4", "--layer", "blocks.1", "--frames", "0", "--out", "x"], "argument --frames"),
+    (["train-decoder", "--layer", "blocks.1", "--images", "x", "--lr", "0", "--out", "x"], "argument --lr"),
+    (["train-decoder", "--layer", "blocks.1", "--images", "x", "--batch-size", "0", "--out", "x"],
+     "argument --batch-size"),
+    (["train-decoder", "--layer", "blocks.1", "--images", "x", "--val-fraction", "1.5", "--out", "x"],
+     "argument --val-fraction"),
+])
+def test_bad_video_and_training_numbers(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and needle in err and "Traceback" not in err
+
+
+def test_corrupt_video_is_a_clear_error(capsys, tmp_path):
+    from diffinv.datasets import sample_video_path
+
+    data = bytearray(sample_video_path("bikes.mp4").read_bytes()[:20000])  # truncated ...
+    data[100:164] = bytes(range(192, 256))  # ... and its header overwritten with non-UTF-8 bytes
+    (tmp_path / "broken.mp4").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert_usage_error(capsys, ["video", tmp_path / "broken.mp4", "--layer", "blocks.1", "--iterations", "1",
+                                "--out", out], "broken.mp4", "could not be read as a video")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_training_without_data_or_with_bad_out(capsys, files, tmp_path):
+    assert_usage_error(capsys, ["train-decoder", "--layer", "blocks.1", "--out", tmp_path / "t"], "no training data",
+                       "--images")
+    assert_usage_error(capsys, ["train-decoder", "--layer", "blocks.1", "--images", files["photo"],
+                                "--out", files["file"]], "`--out`", "existing file")
+    assert not (tmp_path / "t").exists()
+
+
+# ---------------------------------------------------------------------- Python API ranges
+def test_python_api_ranges(lite0, small_photos):
+    from diffinv.pipelines import load_pipeline
+
+    target = single_layer_target()
+    feats = FeatureSet.extract(target, small_photos[:1], "blocks.1")
+    with pytest.raises(ValueError, match="`temporal_weight` must be a finite number >= 0, got -5"):
+        PixelInverter(target, iterations=1, temporal_weight=-5).invert(feats, progress=False)
+    with pytest.raises(ValueError, match="`learning_rate` must be a finite number >= 0"):
+        DIPInverter(target, iterations=1, learning_rate=-0.1).invert(feats, progress=False)
+    pipe = load_pipeline("tiny", target=target)
+    for kwargs, needle in [
+        ({"strength": 2.0}, r"`strength` must be a number in \(0, 1\], got 2.0"),
+        ({"temporal_weight": -1.0}, "`temporal_weight` must be a finite number >= 0"),
+        ({"guidance_scale": float("nan")}, "`guidance_scale` must be a finite number >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            pipe(feats, num_inference_steps=1, num_iterations=1, output_type="pt", **kwargs)
+    with pytest.raises(ValueError, match="`input_size` must be"):
+        pipe(feats.features, input_size="64", num_inference_steps=1, num_iterations=1, output_type="pt")
+    with pytest.raises(ValueError, match="`features` holds no feature maps"):
+        pipe(feats.features[:0], height=64, width=64, num_inference_steps=1, num_iterations=1, output_type="pt")
+
+

@@ -18,6 +18,7 @@ from .common import (
     add_target_args,
     check_out_dir,
     inverter_factory,
+    non_negative_int,
     positive_int,
     resolve_device,
 )
@@ -42,7 +43,7 @@ def _add_arguments(p, *, demo: bool) -> None:
                         help="built-in images: skimage (default: real photos) or foolbox-imagenet")
     p.add_argument("--num-images", type=positive_int, default=4, help="at most this many images (default 4)")
     add_size_arg(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0] if demo else [0, 1],
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")
     add_overwrite_arg(p)
     add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",

@@ -10,7 +10,16 @@ from ..io import load_images, save_image, write_json
 from ..jobs.store import unique_names
 from ..metrics import psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
-from .common import METHODS, UsageError, add_method_args, add_out_arg, check_out_dir, inverter_factory, resolve_device
+from .common import (
+    METHODS,
+    UsageError,
+    add_method_args,
+    add_out_arg,
+    check_out_dir,
+    inverter_factory,
+    non_negative_int,
+    resolve_device,
+)
 
 
 def add_parsers(sub) -> None:
@@ -21,7 +30,7 @@ def add_parsers(sub) -> None:
                    help="target weights (default: those recorded in the features): 'default', 'random:SEED' or a file")
     p.add_argument("--reference", nargs="+", default=None,
                    help="the original images, in the features' order, to score the reconstructions")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     add_out_arg(p, "output folder")
     add_method_args(p)
     p.set_defaults(func=run)

@@ -16,7 +16,11 @@ from .common import (
     add_overwrite_arg,
     add_size_arg,
     add_target_args,
+    check_out_dir,
     inverter_factory,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
     resolve_device,
 )
 
@@ -27,19 +31,19 @@ def add_parsers(sub) -> None:
     add_target_args(p)
     p.add_argument("--layer", required=True, help="layer name (run with an unknown name to list them)")
     p.add_argument("--method", default="pixel", choices=METHODS, help="inversion method (default pixel)")
-    p.add_argument("--temporal-weight", type=float, default=0.0,
+    p.add_argument("--temporal-weight", type=non_negative_float, default=0.0,
                    help="λ of λ·Σ||z_t - z_(t-1)||² between consecutive frames (default 0: independent frames)")
-    p.add_argument("--window", type=int, default=4, help="frames inverted together as one batch (default 4)")
+    p.add_argument("--window", type=positive_int, default=4, help="frames inverted together as one batch (default 4)")
     p.add_argument("--warm-start", choices=("auto", "on", "off"), default="auto",
                    help="start each window from the previous reconstruction (auto: when λ > 0)")
-    p.add_argument("--start", type=int, default=0, help="first frame, 0-based (default 0)")
-    p.add_argument("--frames", type=int, default=None, help="number of frames to invert (default: to the end)")
-    p.add_argument("--stride", type=int, default=1, help="keep every STRIDE-th frame (default 1)")
+    p.add_argument("--start", type=non_negative_int, default=0, help="first frame, 0-based (default 0)")
+    p.add_argument("--frames", type=positive_int, default=None, help="number of frames to invert (default: to the end)")
+    p.add_argument("--stride", type=positive_int, default=1, help="keep every STRIDE-th frame (default 1)")
     add_size_arg(p)
     p.add_argument("--features", default=None,
                    help="features of the selected frames (.safetensors) instead of extracting them; they are checked "
                         "against the target (network, weights, layer, size)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-mp4", action="store_true", help="do not write reconstruction.mp4 and side_by_side.mp4")
     add_overwrite_arg(p)
     add_out_arg(p, "output folder: frames/, metrics.json, *.mp4 (resumed when it holds the same run)")
@@ -49,13 +53,10 @@ def add_parsers(sub) -> None:
 
 def run(args) -> int:
     """``diffinv video IN.mp4 --layer L --method M [--temporal-weight λ] --out DIR``."""
+    # 1. Check every argument before any model is loaded, then read the clip
     device = resolve_device(args.device)
-
-    # 1. Read the clip
-    if args.frames is not None and args.frames < 1:
-        raise UsageError(f"`--frames` must be at least 1, got {args.frames}.")
-    if args.window < 1:
-        raise UsageError(f"`--window` must be at least 1, got {args.window}.")
+    check_out_dir(args.out)
+    make_inverter = inverter_factory(args.method, args)
     stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
     clip = read_video(args.video, start=args.start, stop=stop, stride=args.stride, size=args.size)
     if args.frames is not None and len(clip) < args.frames:
@@ -86,7 +87,7 @@ def run(args) -> int:
         features = extract_video_features(target, clip, args.layer)
 
     # 3. The inverter, with temporal smoothing
-    inverter = inverter_factory(args.method, args)(target)
+    inverter = make_inverter(target)
     if hasattr(inverter, "temporal_weight"):
         inverter.temporal_weight = args.temporal_weight
     elif args.temporal_weight > 0:

@@ -21,7 +21,7 @@ from ..features import FeatureSet, resolve_features
 from ..io import fingerprint_path
 from ..losses import feature_loss, temporal_smoothness
 from ..metrics import feature_residual
-from ..optimization import run_optimization
+from ..optimization import check_weight, run_optimization
 from ..targets import TargetNetwork
 
 __all__ = ["InversionOutput", "Inverter", "optimize"]
@@ -88,8 +88,6 @@ class Inverter:
             **kwargs: method-specific options (e.g. ``init``/``anchor`` for video warm starts).
         """
         feats, layer, size = resolve_features(self.target, features, image_size)
-        if len(feats) == 0:
-            raise ValueError("`features` holds no feature maps (an empty batch); give at least one.")
         self.check_image_size(size)
         load_start = time.perf_counter()
         self._prepare(features, layer, size)
@@ -179,6 +177,7 @@ def optimize(
         ``(images, loss_history (iterations, N), info)`` with the images rendered from each
         image's best parameters, detached, on CPU.
     """
+    check_weight("temporal_weight", temporal_weight)
     params = [p.requires_grad_(True) for p in params]
     features = features.to(params[0].device).float()
 
