@@ -55,6 +55,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from diffinv.features import FeatureSet, check_input_size, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
+from diffinv.models.vae import decode_latents
 from diffinv.optimization import check_weight, run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
@@ -426,13 +427,8 @@ class DiffInvPipeline(DiffusionPipeline):
         return noise
 
     def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE decode: scaled latents -> images in [0, 1], fp32."""
-        latents = latents / self.vae.config.scaling_factor
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift:
-            latents = latents + shift
-        images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        """VAE decode: scaled latents -> images in [0, 1], fp32 (the one decode path, :func:`decode_latents`)."""
+        return decode_latents(self.vae, latents).clamp(0, 1)
 
     def _sample(
         self,

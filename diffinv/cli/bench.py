@@ -7,21 +7,7 @@ from pathlib import Path
 from ..datasets import DATASETS, load_dataset, load_image_files
 from ..jobs.bench import run_benchmark
 from ..targets import DEFAULT_LAYERS, TargetNetwork
-from .common import (
-    METHODS,
-    UsageError,
-    add_images_arg,
-    add_method_args,
-    add_out_arg,
-    add_overwrite_arg,
-    add_size_arg,
-    add_target_args,
-    check_out_dir,
-    inverter_factory,
-    non_negative_int,
-    positive_int,
-    resolve_device,
-)
+from . import common
 
 
 def add_parsers(sub) -> None:
@@ -33,34 +19,34 @@ def add_parsers(sub) -> None:
 
 
 def _add_arguments(p, *, demo: bool) -> None:
-    add_target_args(p)
+    common.add_target_args(p)
     p.add_argument("--layers", nargs="+", default=None, help="default: the target's four default depths")
-    p.add_argument("--methods", nargs="+", default=None, choices=METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(METHODS)} (default: pixel dip, plus diffusion with --model)")
+    p.add_argument("--methods", nargs="+", default=None, choices=common.METHODS, metavar="METHOD",
+                   help=f"any of {', '.join(common.METHODS)} (default: pixel dip, plus diffusion with --model)")
     source = p.add_mutually_exclusive_group()
-    add_images_arg(source)
+    common.add_images_arg(source)
     source.add_argument("--dataset", default="skimage", choices=DATASETS,
                         help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=positive_int, default=4, help="at most this many images (default 4)")
-    add_size_arg(p)
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0] if demo else [0, 1],
+    p.add_argument("--num-images", type=common.positive_int, default=4, help="at most this many images (default 4)")
+    common.add_size_arg(p)
+    p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")
-    add_overwrite_arg(p)
-    add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",
+    common.add_overwrite_arg(p)
+    common.add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",
                 required=not demo, default="demo_out" if demo else None)
-    add_method_args(p)
+    common.add_method_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     # 1. Check every argument before any model is loaded
-    device = resolve_device(args.device)
-    check_out_dir(args.out)
+    device = common.resolve_device(args.device)
+    common.check_out_dir(args.out)
     layers = args.layers or list(DEFAULT_LAYERS.get(args.target, ()))
     if not layers:
-        raise UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
+        raise common.UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
     methods = args.methods or (["pixel", "dip"] + (["diffusion"] if args.model else []))
-    factories = {m: inverter_factory(m, args) for m in methods}
+    factories = {m: common.inverter_factory(m, args) for m in methods}
     if args.images:
         images, names = load_image_files(args.images, args.size, limit=args.num_images)
         dataset = "files"

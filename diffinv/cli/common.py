@@ -18,8 +18,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,56 +59,28 @@ class UsageError(ValueError):
 
 
 # ---------------------------------------------------------------------- argument types (checked by argparse)
-def positive_int(text: str) -> int:
-    """An integer >= 1 (argparse reports ``argument --size: ...`` with exit code 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
-    return value
+def _number(cast: type, expected: str, accept) -> "Callable[[str], int | float]":
+    """An argparse ``type``: ``cast(text)`` if ``accept(value)``, else argparse's error (exit code 2):
+    ``argument --size: expected a positive integer (>= 1), got 0``."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = expected  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
-    return value
+positive_int = _number(int, "a positive integer (>= 1)", lambda v: v >= 1)
+non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a finite number > 0", lambda v: 0 < v < math.inf)
+non_negative_float = _number(float, "a finite number >= 0", lambda v: 0 <= v < math.inf)
+unit_float = _number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 # ---------------------------------------------------------------------- output locations

@@ -5,36 +5,27 @@ from __future__ import annotations
 from ..features import FeatureSet
 from ..io import collect_images, load_images
 from ..targets import TargetNetwork
-from .common import (
-    UsageError,
-    add_device_arg,
-    add_images_arg,
-    add_out_arg,
-    add_size_arg,
-    add_target_args,
-    check_out_file,
-    resolve_device,
-)
+from . import common
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("extract", help="images -> features of one layer (safetensors)")
     p.add_argument("paths", nargs="*", metavar="IMAGE", help="image files and/or folders (or use --images)")
-    add_images_arg(p)
-    add_target_args(p)
+    common.add_images_arg(p)
+    common.add_target_args(p)
     p.add_argument("--layer", required=True, help="layer name (run with an unknown name to list them)")
-    add_size_arg(p)
-    add_out_arg(p, "output .safetensors file")
-    add_device_arg(p)
+    common.add_size_arg(p)
+    common.add_out_arg(p, "output .safetensors file")
+    common.add_device_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     paths = [*args.paths, *(args.images or [])]
     if not paths:
-        raise UsageError("no images: give image files or folders (positional or `--images`).")
-    device = resolve_device(args.device)
-    out = check_out_file(args.out)
+        raise common.UsageError("no images: give image files or folders (positional or `--images`).")
+    device = common.resolve_device(args.device)
+    out = common.check_out_file(args.out)
     files = collect_images(paths)
     target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights,
                                      input_size=(args.size, args.size)).to(device)

@@ -10,41 +10,32 @@ from ..io import load_images, save_image, write_json
 from ..jobs.store import unique_names
 from ..metrics import psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
-from .common import (
-    METHODS,
-    UsageError,
-    add_method_args,
-    add_out_arg,
-    check_out_dir,
-    inverter_factory,
-    non_negative_int,
-    resolve_device,
-)
+from . import common
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("invert", help="features -> reconstructed images (PNG) and metrics")
     p.add_argument("features", help="a .safetensors file written by `diffinv extract`")
-    p.add_argument("--method", default="dip", choices=METHODS, help="inversion method (default dip)")
+    p.add_argument("--method", default="dip", choices=common.METHODS, help="inversion method (default dip)")
     p.add_argument("--weights", default=None,
                    help="target weights (default: those recorded in the features): 'default', 'random:SEED' or a file")
     p.add_argument("--reference", nargs="+", default=None,
                    help="the original images, in the features' order, to score the reconstructions")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    add_out_arg(p, "output folder")
-    add_method_args(p)
+    p.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (default 0)")
+    common.add_out_arg(p, "output folder")
+    common.add_method_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     # 1. Check every argument before any model is loaded
-    device = resolve_device(args.device)
-    out_dir = check_out_dir(args.out)
+    device = common.resolve_device(args.device)
+    out_dir = common.check_out_dir(args.out)
     fs = FeatureSet.load(args.features)
     if args.reference and len(args.reference) != len(fs):
-        raise UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps; give one per map, "
+        raise common.UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps; give one per map, "
                          f"in the order of the features' sources.")
-    make_inverter = inverter_factory(args.method, args)
+    make_inverter = common.inverter_factory(args.method, args)
     references = load_images(args.reference, fs.input_size).to(device) if args.reference else None
 
     # 2. The target that made the features (its weights checked), then the inversion

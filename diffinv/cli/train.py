@@ -5,22 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..jobs.training import TrainConfig, TrainResult, train_decoder, train_mapper
-from .common import (
-    UsageError,
-    add_device_arg,
-    add_images_arg,
-    add_out_arg,
-    add_overwrite_arg,
-    add_size_arg,
-    add_target_args,
-    check_out_dir,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    resolve_device,
-    unit_float,
-)
+from . import common
 
 
 def add_parsers(sub) -> None:
@@ -35,48 +20,48 @@ def add_parsers(sub) -> None:
 def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     """Options of ``diffinv train-decoder`` (``kind="decoder"``) and ``diffinv train-mapper``."""
     d = TrainConfig(out="", layer="")
-    add_target_args(p)
+    common.add_target_args(p)
     p.add_argument("--layer", required=True, help="the target layer whose features are inverted")
-    add_images_arg(p, "training image files and/or folders", default=[])
+    common.add_images_arg(p, "training image files and/or folders", default=[])
     p.add_argument("--video", nargs="+", default=[], dest="videos", help="training video files (all frames)")
     p.add_argument("--val-images", nargs="+", default=[], help="held-out image files/folders for validation")
     p.add_argument("--val-video", nargs="+", default=[], dest="val_videos", help="held-out clips for validation")
     p.add_argument("--val-samples", nargs="+", default=[], help="held-out skimage.data photos, e.g. chelsea coffee")
-    p.add_argument("--val-fraction", type=unit_float, default=d.val_fraction,
+    p.add_argument("--val-fraction", type=common.unit_float, default=d.val_fraction,
                    help="without --val-*: hold out this tail fraction of every source (default 0.1)")
-    p.add_argument("--max-frames", type=positive_int, default=None, help="at most this many frames per training video")
-    p.add_argument("--stride", type=positive_int, default=d.stride, help="keep every STRIDE-th frame of training videos")
-    add_size_arg(p)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"crops per training step (default {d.batch_size})")
-    p.add_argument("--max-steps", type=positive_int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
-    p.add_argument("--lr", type=positive_float, default=d.learning_rate, dest="learning_rate")
-    p.add_argument("--hidden-channels", type=positive_int, default=d.hidden_channels)
-    p.add_argument("--feature-weight", type=non_negative_float, default=d.feature_weight,
+    p.add_argument("--max-frames", type=common.positive_int, default=None, help="at most this many frames per training video")
+    p.add_argument("--stride", type=common.positive_int, default=d.stride, help="keep every STRIDE-th frame of training videos")
+    common.add_size_arg(p)
+    p.add_argument("--batch-size", type=common.positive_int, default=d.batch_size, help=f"crops per training step (default {d.batch_size})")
+    p.add_argument("--max-steps", type=common.positive_int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
+    p.add_argument("--lr", type=common.positive_float, default=d.learning_rate, dest="learning_rate")
+    p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels)
+    p.add_argument("--feature-weight", type=common.non_negative_float, default=d.feature_weight,
                    help=f"weight of the feature loss (default {d.feature_weight:g})")
     if kind == "decoder":
-        p.add_argument("--min-channels", type=positive_int, default=d.min_channels, help="width of the full-resolution stages")
+        p.add_argument("--min-channels", type=common.positive_int, default=d.min_channels, help="width of the full-resolution stages")
     if kind == "mapper":
         p.add_argument("--model", required=True,
                        help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
-        p.add_argument("--pixel-weight", type=non_negative_float, default=d.pixel_weight,
+        p.add_argument("--pixel-weight", type=common.non_negative_float, default=d.pixel_weight,
                        help=f"weight of the pixel loss after decoding (default {d.pixel_weight:g})")
-    p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=positive_int, default=d.keep_checkpoints)
-    p.add_argument("--val-every", type=positive_int, default=d.val_every)
+    p.add_argument("--checkpoint-every", type=common.positive_int, default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=common.positive_int, default=d.keep_checkpoints)
+    p.add_argument("--val-every", type=common.positive_int, default=d.val_every)
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
-    add_device_arg(p)
-    p.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"random seed (default {d.seed})")
-    add_overwrite_arg(p)
-    add_out_arg(p, "output folder: trained model, log, loss curve, checkpoints (resumed when it holds the same run)")
+    common.add_device_arg(p)
+    p.add_argument("--seed", type=common.non_negative_int, default=d.seed, help=f"random seed (default {d.seed})")
+    common.add_overwrite_arg(p)
+    common.add_out_arg(p, "output folder: trained model, log, loss curve, checkpoints (resumed when it holds the same run)")
 
 
 def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
-    check_out_dir(args.out)
+    common.check_out_dir(args.out)
     if not (args.images or args.videos):
-        raise UsageError("no training data: give `--images` (files and/or folders) and/or `--video` clips.")
+        raise common.UsageError("no training data: give `--images` (files and/or folders) and/or `--video` clips.")
     names = set(TrainConfig.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["device"] = str(resolve_device(args.device))
+    values["device"] = str(common.resolve_device(args.device))
     values["kind"] = kind
     return TrainConfig(**values)
 

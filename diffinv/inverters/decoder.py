@@ -14,11 +14,10 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from ..models import UpconvNet, check_model_input, resolve_model_dir
+from ..models import PerLayerModels, UpconvNet, check_model_input
 from ..targets import TargetNetwork
 from .base import Inverter
 
@@ -48,33 +47,12 @@ class DecoderInverter(Inverter):
     def __init__(self, target: TargetNetwork, *, decoder: UpconvNet | str | os.PathLike, batch_size: int = 32):
         super().__init__(target)
         self.batch_size = batch_size
-        self._decoders: dict[str | None, UpconvNet] = {}
-        if isinstance(decoder, UpconvNet):
-            self._decoders[decoder.config.layer] = decoder
-            self.path = None
-        else:
-            self.path = Path(decoder)
-            if not self.path.is_dir():
-                raise FileNotFoundError(
-                    f"`decoder` folder {str(self.path)!r} does not exist. Train one with `diffinv train-decoder`."
-                )
+        self._decoders = PerLayerModels(decoder, UpconvNet, "decoder", target.mean.device)
+        self.path = self._decoders.path
 
     def decoder_for(self, layer: str) -> UpconvNet:
         """The decoder trained on ``layer`` (loaded once, on the target's device)."""
-        if layer in self._decoders:
-            return self._decoders[layer]
-        if self.path is None:
-            trained = ", ".join(str(k) for k in self._decoders)
-            raise ValueError(f"`features` come from layer {layer!r} but the decoder was trained on {trained}.")
-        model = UpconvNet.from_pretrained(str(resolve_model_dir(self.path, layer, "decoder")))
-        model = model.to(self.target.mean.device).eval().requires_grad_(False)
-        if model.config.layer != layer:
-            raise ValueError(
-                f"`features` come from layer {layer!r} but the decoder in {str(self.path)!r} was trained on "
-                f"{model.config.layer!r}."
-            )
-        self._decoders[layer] = model
-        return model
+        return self._decoders(layer)
 
     def _prepare(self, features, layer, size):
         check_model_input(self.decoder_for(layer), features, size)

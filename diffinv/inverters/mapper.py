@@ -18,11 +18,10 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from ..models import FeatureMapper, check_model_input, decode_latents, resolve_model_dir, vae_scale_factor
+from ..models import FeatureMapper, PerLayerModels, check_model_input, decode_latents, vae_scale_factor
 from ..pipelines import DiffInvPipeline, img2img_steps, load_pipeline, load_vae
 from ..targets import TargetNetwork
 from .base import Inverter
@@ -85,16 +84,8 @@ class MapperInverter(Inverter):
         self._pipe = self._as_diffinv_pipeline(pipe) if pipe is not None else None  # not a setting (see settings())
         self.strength, self.num_inference_steps = strength, num_inference_steps
         self.prompt, self.guidance_scale, self.batch_size = prompt, guidance_scale, batch_size
-        self._mappers: dict[str | None, FeatureMapper] = {}
-        if isinstance(mapper, FeatureMapper):
-            self._mappers[mapper.config.layer] = mapper.to(target.mean.device).eval().requires_grad_(False)
-            self.path = None
-        else:
-            self.path = Path(mapper)
-            if not self.path.is_dir():
-                raise FileNotFoundError(
-                    f"`mapper` folder {str(self.path)!r} does not exist. Train one with `diffinv train-mapper`."
-                )
+        self._mappers = PerLayerModels(mapper, FeatureMapper, "mapper", target.mean.device)
+        self.path = self._mappers.path
 
     @classmethod
     def from_pipeline(cls, target: TargetNetwork, pipe, *, mapper, **kwargs) -> "MapperInverter":
@@ -122,17 +113,7 @@ class MapperInverter(Inverter):
     # ------------------------------------------------------------------ components
     def mapper_for(self, layer: str) -> FeatureMapper:
         """The mapper trained on ``layer`` (loaded once, on the target's device)."""
-        if layer in self._mappers:
-            return self._mappers[layer]
-        if self.path is None:
-            trained = ", ".join(str(k) for k in self._mappers)
-            raise ValueError(f"`features` come from layer {layer!r} but the mapper was trained on {trained}.")
-        mapper = FeatureMapper.from_pretrained(str(resolve_model_dir(self.path, layer, "mapper")))
-        if mapper.config.layer != layer:
-            raise ValueError(f"`features` come from layer {layer!r} but the mapper in {str(self.path)!r} was "
-                             f"trained on {mapper.config.layer!r}.")
-        self._mappers[layer] = mapper.to(self.target.mean.device).eval().requires_grad_(False)
-        return self._mappers[layer]
+        return self._mappers(layer)
 
     def _model_name(self, mapper: FeatureMapper):
         model = self.model or mapper.config.model

@@ -7,13 +7,14 @@
 """
 
 from .dip import SkipGenerator
-from .learned import check_model_input, resolve_model_dir
+from .learned import PerLayerModels, check_model_input, resolve_model_dir
 from .mapper import FeatureMapper
 from .upconv import UpconvNet
 from .vae import decode_latents, encode_latents, vae_scale_factor
 
 __all__ = [
     "FeatureMapper",
+    "PerLayerModels",
     "SkipGenerator",
     "UpconvNet",
     "check_model_input",

@@ -12,7 +12,7 @@ import torch
 
 from ..features import FeatureSet, check_features
 
-__all__ = ["MODEL_CLASSES", "FeatureStandardizer", "check_model_input", "folder_kind", "resolve_model_dir"]
+__all__ = ["MODEL_CLASSES", "FeatureStandardizer", "PerLayerModels", "check_model_input", "folder_kind", "resolve_model_dir"]
 
 
 class FeatureStandardizer:
@@ -104,6 +104,44 @@ def resolve_model_dir(path: str | os.PathLike, layer: str | None = None, kind: s
         f"`{kind}` folder {str(path)!r} has no config.json" + (f" and no sub-folder {layer!r}" if layer else "")
         + (f"; it has models for {', '.join(found)}." if found else ". Train one with `diffinv train-" + kind + "`.")
     )
+
+
+class PerLayerModels:
+    """Trained models of one kind, one per layer: a model given as it is, or a folder (of per-layer
+    folders) whose models are loaded once each, frozen, on ``device``.
+
+    Args:
+        model: a trained model (``cls``) or its folder / a folder of per-layer folders.
+        cls: :class:`~diffinv.models.UpconvNet` or :class:`~diffinv.models.FeatureMapper`.
+        kind: ``"decoder"`` or ``"mapper"`` (for messages and the folder-kind check).
+        device: where the models run.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`resolve_model_dir` (missing folder, wrong kind).
+    """
+
+    def __init__(self, model, cls, kind: str, device):
+        self.cls, self.kind, self.device = cls, kind, device
+        self._models: dict = {}
+        if isinstance(model, cls):
+            self._models[model.config.layer] = model.to(device).eval().requires_grad_(False)
+            self.path = None
+        else:
+            self.path = resolve_model_dir(model, kind=kind)
+
+    def __call__(self, layer: str):
+        """The model trained on ``layer``."""
+        if layer in self._models:
+            return self._models[layer]
+        if self.path is None:
+            trained = ", ".join(str(k) for k in self._models)
+            raise ValueError(f"`features` come from layer {layer!r} but the {self.kind} was trained on {trained}.")
+        model = self.cls.from_pretrained(str(resolve_model_dir(self.path, layer, self.kind)))
+        if model.config.layer != layer:
+            raise ValueError(f"`features` come from layer {layer!r} but the {self.kind} in {str(self.path)!r} was "
+                             f"trained on {model.config.layer!r}.")
+        self._models[layer] = model.to(self.device).eval().requires_grad_(False)
+        return self._models[layer]
 
 
 def _feature_error(features_shape, expected, config) -> str:
