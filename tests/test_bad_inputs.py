@@ -122,6 +122,13 @@ def test_a_folder_of_the_wrong_kind_is_named(capsys, files, tmp_path):
                                 "--out", out], "this is a decoder folder; use --decoder")
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "decoder", "--decoder", mapper, "--out", out],
                        "this is a mapper folder; use --mapper")
+    assert_usage_error(capsys, ["invert", files["feats"], "--method", "diffusion", "--model", mapper, "--out", out],
+                       "`--model`", "this is a mapper folder; use --mapper")
+    assert_usage_error(capsys, ["demo", "--model", tmp_path / "nope", "--out", out], "`--model`", "is not a folder",
+                       "tiny, sd15, sd-turbo")
+    (tmp_path / "empty").mkdir()
+    assert_usage_error(capsys, ["invert", files["feats"], "--method", "diffusion", "--model", tmp_path / "empty",
+                                "--out", out], "`--model`", "has no model_index.json")
     assert not out.exists()
 
 

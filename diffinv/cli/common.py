@@ -28,6 +28,8 @@ import torch
 
 from ..inverters import INVERTERS
 from ..models import resolve_model_dir
+from ..models.learned import folder_kind
+from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -188,11 +190,31 @@ def resolve_device(value: str) -> torch.device:
     return device
 
 
+def check_model(value: str | None, flag: str = "--model") -> None:
+    """``--model``: a definition name, a diffusers folder with weights, or a Hub id (checked when loaded)."""
+    if value is None or value in DEFINITIONS:
+        return
+    path = Path(value).expanduser()
+    if path.exists() or value.startswith(("/", ".", "~")) or value.count("/") > 1:
+        if not path.is_dir():
+            raise UsageError(f"`{flag}` {value!r} is not a folder; expected a diffusers Stable Diffusion folder "
+                             f"(model_index.json, unet/, vae/, ...), or {', '.join(DEFINITIONS)} for random weights.")
+        kind = folder_kind(path)
+        if kind in ("decoder", "mapper"):
+            raise UsageError(f"`{flag}` {value!r} is not a Stable Diffusion folder: this is a {kind} folder; use "
+                             f"--{kind} {value!r}.")
+        try:
+            check_model_dir(str(path))
+        except ModelFilesNotFoundError as err:
+            raise UsageError(f"`{flag}` {value!r}: {err}") from None
+
+
 def inverter_factory(name: str, args: argparse.Namespace):
     """``target -> Inverter`` for a method name and the command-line options."""
     if name not in INVERTERS:
         raise UsageError(f"`--method` {name!r} is not one of {', '.join(METHODS)}.")
     cls = INVERTERS[name]
+    check_model(getattr(args, "model", None))
     iterations = getattr(args, "iterations", None)
     device = resolve_device(getattr(args, "device", "auto"))
     if name == "diffusion":
