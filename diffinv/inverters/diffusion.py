@@ -92,7 +92,14 @@ class DiffusionInverter(Inverter):
         self.call_kwargs["temporal_weight"] = float(value)
 
     def settings(self) -> dict:
-        return {**super().settings(), **{k: v for k, v in self.call_kwargs.items() if isinstance(v, (int, float, str))}}
+        """The model (and its folder's fingerprint), the networks' dtype, and every plain argument of the
+        pipeline call: the defaults of :meth:`DiffInvPipeline.__call__` updated by this inverter's."""
+        plain = (bool, int, float, str, type(None))
+        defaults = {name: p.default for name, p in inspect.signature(DiffInvPipeline.__call__).parameters.items()
+                    if name not in ("self", "latents", "mapper", "callback_on_step_end", *self._reserved)
+                    and isinstance(p.default, plain)}
+        calls = {k: v for k, v in {**defaults, **self.call_kwargs}.items() if isinstance(v, plain)}
+        return {**super().settings(), "torch_dtype": str(self.pipe.unet.dtype), **calls}
 
     def _reconstruct(self, features, layer, size, *, generator, progress):
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
