@@ -7,7 +7,10 @@ Every long job (``bench``/``demo``, ``video``, ``train-decoder``/``train-mapper`
   results* (target and a fingerprint of its weights, layers, methods and their
   hyper-parameters, image size, iterations, seeds, model folders and their fingerprints, ...).
 * ``records.jsonl``: one JSON record per finished item, appended with a single ``write`` and
-  ``fsync``; a line cut short by a crash is ignored when the folder is read again.
+  ``fsync``; a line cut short by a crash is ignored when the folder is read again. Under a
+  multi-process launch each process appends to its own shard (``records.rank1.jsonl``, ...);
+  :meth:`RunStore.records` reads them all, so a run started with N processes can be finished
+  with any number.
 * the job's own outputs (images, tables, checkpoints), each written atomically.
 
 Opening a folder that already holds a run *resumes* it when the settings are the same, and
@@ -74,6 +77,9 @@ class RunStore:
         overwrite: start a fresh run even when the folder holds one (its run files are removed).
         outputs: names of files/folders the job writes into ``folder`` besides the manifest and the
             records; ``overwrite`` removes them too (nothing else in the folder is touched).
+        state: accelerate's ``PartialState`` under a multi-process launch (see
+            :mod:`diffinv.jobs.distributed`): every process checks the folder, the main process
+            clears it (``overwrite``) and writes the manifest, and the others wait for it.
 
     Raises:
         RunSettingsError: the folder holds a run of another kind or with other settings (the message
@@ -89,10 +95,13 @@ class RunStore:
         *,
         overwrite: bool = False,
         outputs: Sequence[str] = (),
+        state=None,
     ):
         self.folder, self.kind = Path(folder), kind
         self.settings = _jsonable(dict(settings))
         self.outputs = tuple(outputs)
+        self.rank = 0 if state is None else state.process_index
+        main = state is None or state.is_main_process
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"output folder {str(self.folder)!r} is an existing file; choose a folder.")
         manifest = self._read_manifest()
@@ -106,11 +115,14 @@ class RunStore:
                     f"are unknown, so its results cannot be resumed. Choose another output folder, or pass "
                     f"--overwrite (overwrite=True) to start a fresh run there."
                 )
-        if overwrite:
-            self.clear()
         self.resumed = manifest is not None and not overwrite
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / MANIFEST, {"kind": kind, "diffinv_version": __version__, "settings": self.settings})
+        if main:
+            if overwrite:
+                self.clear()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json(self.folder / MANIFEST, {"kind": kind, "diffinv_version": __version__, "settings": self.settings})
+        if state is not None:
+            state.wait_for_everyone()
 
     # ------------------------------------------------------------------ manifest
     def _read_manifest(self) -> dict | None:
@@ -144,7 +156,8 @@ class RunStore:
 
     def clear(self) -> None:
         """Removes the run's files (manifest, records, declared outputs); nothing else in the folder."""
-        for name in (MANIFEST, RECORDS, *self.outputs):
+        shards = [p.name for p in self.folder.glob("records.rank*.jsonl")] if self.folder.is_dir() else []
+        for name in (MANIFEST, RECORDS, *shards, *self.outputs):
             path = self.folder / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -154,18 +167,22 @@ class RunStore:
     # ------------------------------------------------------------------ records
     @property
     def records_path(self) -> Path:
-        return self.folder / RECORDS
+        """Where this process appends: ``records.jsonl`` (main process), ``records.rankN.jsonl`` (process N)."""
+        return self.folder / (RECORDS if self.rank == 0 else f"records.rank{self.rank}.jsonl")
 
     def records(self) -> list[dict]:
-        """Every finished record, in the order written (a last line cut short by a crash is skipped)."""
-        if not self.records_path.is_file():
-            return []
+        """Every finished record of every process, shard by shard in the order written (a line cut
+        short by a crash is skipped)."""
+        shards = sorted(self.folder.glob("records.rank*.jsonl"), key=lambda p: int(p.name[12:-6] or 0))
         records = []
-        for line in self.records_path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a write cut short: that item was not finished
+        for path in [self.folder / RECORDS, *shards]:
+            if not path.is_file():
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a write cut short: that item was not finished
         return records
 
     def keys(self, key: Callable[[Mapping], tuple]) -> set[tuple]:
