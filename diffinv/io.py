@@ -9,6 +9,7 @@ Video is decoded by one PyAV reader (:func:`iter_video_frames`), which
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -231,8 +232,6 @@ def fingerprint_path(path: str | os.PathLike, chunk: int = 2**20) -> str:
     logs) counts with its relative path, size, and its first and last ``chunk`` bytes: fast on
     multi-GB weights, and any re-trained or replaced model changes it.
     """
-    import hashlib
-
     path = Path(path)
     if path.is_file():
         files, root = [path], path.parent

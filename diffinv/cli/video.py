@@ -1,4 +1,9 @@
-"""``diffinv video``: a clip -> temporally smoothed reconstructions (frames, mp4s, metrics)."""
+"""``diffinv video``: clips -> temporally smoothed reconstructions (frames, mp4s, metrics).
+
+One clip writes its run into ``--out``; several clips write one run folder per clip,
+``--out/<name>/`` (names from :func:`~diffinv.jobs.store.unique_names`), and ``--out/summary.json``.
+Under ``torchrun``/``accelerate launch`` with several processes the clips are split across them.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,18 @@ from pathlib import Path
 
 from ..features import FeatureSet
 from ..io import fingerprint_path, read_video, write_side_by_side, write_video
-from ..jobs.video import extract_video_features, invert_video
+from ..jobs.distributed import is_distributed_launch, process_device, process_state, shard
+from ..jobs.store import MANIFEST, unique_names
+from ..jobs.video import SUMMARY_FILE, extract_video_features, invert_video, write_clips_summary
 from ..targets import TargetNetwork
 from . import common
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("video", help="a video clip -> temporally smoothed reconstructions (frames, mp4s, metrics)")
-    p.add_argument("video", help="a video file FFmpeg can read (mp4, mkv, ...)")
+    p = sub.add_parser("video", help="video clips -> temporally smoothed reconstructions (frames, mp4s, metrics)")
+    p.add_argument("video", nargs="+",
+                   help="video files FFmpeg can read (mp4, mkv, ...); several clips are split across the processes "
+                        "of a torchrun/accelerate launch")
     common.add_target_args(p)
     p.add_argument("--layer", required=True, help="layer name (run with an unknown name to list them)")
     p.add_argument("--method", default="pixel", choices=common.METHODS, help="inversion method (default pixel)")
@@ -32,27 +41,94 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-mp4", action="store_true", help="do not write reconstruction.mp4 and side_by_side.mp4")
     common.add_overwrite_arg(p)
-    common.add_out_arg(p, "output folder: frames/, metrics.json, *.mp4 (resumed when it holds the same run)")
+    common.add_out_arg(p, "output folder: frames/, metrics.json, *.mp4 (resumed when it holds the same run); with "
+                          "several clips one such folder per clip in it, and summary.json")
     common.add_method_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    """``diffinv video IN.mp4 --layer L --method M [--temporal-weight λ] --out DIR``."""
-    # 1. Check every argument before any model is loaded, then read the clip
+    """``diffinv video IN.mp4 [IN2.mp4 ...] --layer L --method M [--temporal-weight λ] --out DIR``."""
+    # 1. Check every argument and every clip before any model is loaded or anything is written
     device = common.resolve_device(args.device)
-    common.check_out_dir(args.out)
+    out_dir = common.check_out_dir(args.out)
+    clips = [str(c) for c in args.video]
+    several = len(clips) > 1
+    if several and args.features:
+        raise common.UsageError(f"`--features` holds the features of one clip, but {len(clips)} clips were given; "
+                                f"pass one clip with --features, or leave --features out to extract them.")
+    if several and (out_dir / MANIFEST).is_file():
+        raise common.UsageError(f"`--out` {args.out!r} holds a one-clip run; several clips write one folder per clip "
+                                f"and summary.json there. Choose another output folder.")
+    if not several and (out_dir / SUMMARY_FILE).is_file():
+        raise common.UsageError(f"`--out` {args.out!r} holds a run of several clips ({SUMMARY_FILE}); a one-clip run "
+                                f"writes frames/ and metrics.json there. Choose another output folder.")
+    state = process_state() if is_distributed_launch() else None
+    if state is not None:
+        device = process_device(state, device)  # its own GPU per process
+        args.device = str(device)  # for inverters that load models themselves
     make_inverter = common.inverter_factory(args.method, args)
-    stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
-    clip = read_video(args.video, start=args.start, stop=stop, stride=args.stride, size=args.size)
-    if args.frames is not None and len(clip) < args.frames:
-        raise common.UsageError(f"`--frames {args.frames}` asked for more frames than the clip holds from "
-                         f"--start {args.start}: got {len(clip)}.")
+    if several or state is not None:
+        for clip in clips:  # every process checks every clip, so that all of them stop on a bad one
+            _read_clip(clip, args, size=8)
 
-    # 2. Target and features
+    # 2. Each process inverts its share of the clips (all of them without a multi-process launch)
+    names = unique_names(clips) if several else ["."]
+    jobs = list(zip(clips, names))
+    # One clip of independent windows (λ = 0, no warm start): its windows are split instead.
+    split = state is not None and not several and args.temporal_weight == 0 and args.warm_start != "on"
+    mine = jobs if state is None or split else shard(jobs, state)
+    if split:
+        i, n = state.process_index, state.num_processes
+        print(f"diffinv video: process {i} of {n} inverts windows {i}, {i + n}, ... of {clips[0]} "
+              f"(independent windows: --temporal-weight 0)")
+    elif state is not None:
+        print(f"diffinv video: process {state.process_index} of {state.num_processes} inverts "
+              f"{', '.join(c for c, _ in mine) or 'no clip'} ({len(mine)} of {len(clips)} clips)")
+    targets: dict = {}
+    for clip, name in mine:
+        _invert_clip(clip, out_dir / name if several else out_dir, args, device, make_inverter, targets,
+                     state=state if split else None)
+
+    # 3. The table of all clips, by the main process once every process is done
+    if state is not None:
+        state.wait_for_everyone()
+    if several and (state is None or state.is_main_process):
+        summary = write_clips_summary(out_dir, jobs)
+        for row in summary["clips"]:
+            psnr = f"PSNR {row['psnr_mean']:.2f} dB" if "psnr_mean" in row else "no frames"
+            print(f"  {row['folder']}/: {row['clip']}, {row.get('frames_done', 0)} frames, {psnr}")
+        print(f"wrote {out_dir}/{SUMMARY_FILE} ({len(clips)} clips, {summary['frames_done']} frames"
+              + (f", PSNR {summary['psnr_mean']:.2f} dB" if "psnr_mean" in summary else "") + ")")
+    return 0
+
+
+def _read_clip(video: str, args, size=None):
+    """The selected frames of one clip (``--start/--frames/--stride``), at ``size`` (default ``--size``)."""
+    stop = None if args.frames is None else args.start + (args.frames - 1) * args.stride + 1
+    size = args.size if size is None else size
+    clip = read_video(video, start=args.start, stop=stop, stride=args.stride, size=size)
+    if args.frames is not None and len(clip) < args.frames:
+        raise common.UsageError(f"`--frames {args.frames}` asked for more frames than the clip {video!r} holds from "
+                                f"--start {args.start}: got {len(clip)}.")
+    return clip
+
+
+def _invert_clip(video: str, out_dir: Path, args, device, make_inverter, targets: dict, state=None) -> None:
+    """One clip into its run folder ``out_dir``: frames/, metrics.json and the mp4s.
+
+    With ``state`` (a multi-process launch), the clip's windows are split across the processes and the
+    main process writes the mp4s and reports.
+    """
+    clip = _read_clip(video, args)
+    main = state is None or state.is_main_process
+
+    # 1. Target (one per frame size) and features
     size = tuple(clip.frames.shape[-2:])
-    target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights, input_size=size)
-    target = target.to(device)
+    if size not in targets:
+        target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights, input_size=size)
+        targets[size] = target.to(device)
+    target = targets[size]
     if args.features:
         features = FeatureSet.load(args.features)
         if len(features) != len(clip):
@@ -72,7 +148,7 @@ def run(args) -> int:
     else:
         features = extract_video_features(target, clip, args.layer)
 
-    # 3. The inverter, with temporal smoothing
+    # 2. The inverter, with temporal smoothing
     inverter = make_inverter(target)
     if hasattr(inverter, "temporal_weight"):
         inverter.temporal_weight = args.temporal_weight
@@ -82,17 +158,20 @@ def run(args) -> int:
                          f"or an optimizing method (pixel, dip).")
     warm = {"auto": None, "on": True, "off": False}[args.warm_start]
 
-    # 4. Invert, window by window, into the run store (frames and records written as they finish)
-    out_dir = Path(args.out)
-    settings = {"source": str(Path(args.video).resolve()), "stride": args.stride,
+    # 3. Invert, window by window, into the run store (frames and records written as they finish)
+    settings = {"source": str(Path(video).resolve()), "stride": args.stride,
                 "features": fingerprint_path(args.features) if args.features else "extracted"}
-    print(f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
-          f"{args.video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
+    if main:
+        print(f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
+          f"{video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
           f"temporal weight {args.temporal_weight}, window {args.window}")
     out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                       warm_start=warm, out_dir=out_dir, overwrite=args.overwrite, seed=args.seed, settings=settings)
+                       warm_start=warm, out_dir=out_dir, overwrite=args.overwrite, seed=args.seed, settings=settings,
+                       state=state)
+    if not main:
+        return
 
-    # 5. Videos
+    # 4. Videos
     if not args.no_mp4:
         write_video(out.images, out_dir / "reconstruction.mp4", clip.fps)
         write_side_by_side(clip.frames, out.images, out_dir / "side_by_side.mp4", clip.fps)
@@ -106,4 +185,3 @@ def run(args) -> int:
     written = "frames/, metrics.json" + ("" if args.no_mp4 else ", reconstruction.mp4, side_by_side.mp4")
     print(f"wrote {out_dir}/{{{written}}} ({len(out.computed)} frames computed now, "
           f"{len(clip) - len(out.computed)} resumed)")
-    return 0

@@ -1,9 +1,12 @@
 """Per-layer comparison of inversion methods: records, tables and image grids.
 
-:func:`run_benchmark` inverts the features of every (layer, method, seed), scores the
-reconstructions and appends one record per image to the run store as soon as each item
-finishes, so an interrupted run keeps its work and a re-run with the same settings skips
-what is done; a re-run with other settings is refused (:mod:`diffinv.jobs.store`).
+:func:`run_benchmark` inverts the features of every work item (layer, method, seed, chunk of
+``batch_size`` images), scores the reconstructions and appends one record per image to the run
+store as soon as each item finishes, so an interrupted run keeps its work and a re-run with the
+same settings skips what is done; a re-run with other settings is refused
+(:mod:`diffinv.jobs.store`). Under ``torchrun``/``accelerate launch`` the items are split across the
+processes (:mod:`diffinv.jobs.distributed`), each appending to its own records shard, and the main
+process merges the results; a run can be resumed with any number of processes.
 ``diffinv demo`` is this benchmark on embedded defaults.
 
 Example:
@@ -29,9 +32,10 @@ from ..io import save_image, write_json
 from ..metrics import LPIPS, psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
 from .report import write_depth_plot, write_grid, write_table
+from .distributed import process_device, shard
 from .store import RunStore, unique_names
 
-__all__ = ["PeakMemory", "image_path", "run_benchmark"]
+__all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "run_benchmark", "work_items"]
 
 
 class PeakMemory:
@@ -95,6 +99,34 @@ def image_path(out_dir: str | os.PathLike, layer: str, method: str, seed: int, n
 
 
 OUTPUTS = ("images", "results.json", "results.md", "grid.png", "psnr_vs_depth.png")
+DEFAULT_BATCH_SIZE = 8
+
+
+def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int], num_images: int,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> list[tuple[str, str, int, range]]:
+    """Every work item of a benchmark, in a fixed order: ``(layer, method, seed, image indices)``, the
+    images in chunks of ``batch_size`` (inverted together). An item's numbers depend only on the item
+    (its chunk, its seed), so any process may run it."""
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    chunks = [range(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
+    return [(layer, method, seed, chunk) for layer in layers for method in methods for seed in seeds
+            for chunk in chunks]
+
+
+def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+                   sources: Sequence[str]) -> list[dict]:
+    """The records of every process, one per key (the first written), in the order of the settings:
+    layer, method, seed, image."""
+    order = [{v: i for i, v in enumerate(values)} for values in (layers, methods, seeds, sources)]
+    unique = {}
+    for record in records:
+        unique.setdefault(_key(record), dict(record))
+
+    def rank(key):
+        return tuple(o.get(v, len(o)) for o, v in zip(order, key))
+
+    return [unique[k] for k in sorted(unique, key=rank)]
 
 
 def run_benchmark(
@@ -106,11 +138,13 @@ def run_benchmark(
     out_dir: str | os.PathLike,
     *,
     seeds: Sequence[int] = (0,),
+    batch_size: int = DEFAULT_BATCH_SIZE,
     settings: Mapping | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    state=None,
 ) -> list[dict]:
-    """Inverts every (layer, method, seed) and writes results, tables and grids into a run store.
+    """Inverts every (layer, method, seed, chunk of images) and writes results, tables and grids into a run store.
 
     Args:
         target: the network; its ``input_size`` should equal the images' size.
@@ -119,80 +153,122 @@ def run_benchmark(
             unique per source (:func:`~diffinv.jobs.store.unique_names`).
         layers: the layers to invert, shallow to deep.
         methods: name -> an :class:`Inverter` for the target, or a factory ``target -> Inverter``.
-        out_dir: the run folder: ``manifest.json``, ``records.jsonl``, ``results.json``,
-            ``results.md``, ``grid.png``, ``psnr_vs_depth.png`` and ``images/``.
+        out_dir: the run folder: ``manifest.json``, ``records.jsonl`` (``records.rankN.jsonl`` for
+            process N of a multi-process launch), ``results.json``, ``results.md``, ``grid.png``,
+            ``psnr_vs_depth.png`` and ``images/``.
         seeds: each (layer, method) is run once per seed.
+        batch_size: images inverted together: one work item is (layer, method, seed, a chunk of
+            ``batch_size`` images). Part of the settings (it can change the numbers).
         settings: more settings that define the results (e.g. the dataset), for the manifest.
         overwrite: start afresh in a folder that holds a run with other settings.
+        state: accelerate's ``PartialState`` under a multi-process launch
+            (:func:`~diffinv.jobs.distributed.process_state`): the unfinished work items are split
+            round-robin across the processes, each process runs its items on its own device
+            (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
+            and the main process writes the merged results, tables and plots once all are done.
+            ``None``: one process does everything.
 
     Returns:
-        Every record of the run (resumed ones included).
+        Every record of the run (resumed ones and those of other processes included), one per
+        (layer, method, seed, image), in that order.
 
     Raises:
         RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
     """
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
+    device = target.mean.device
+    if state is not None:
+        device = process_device(state, device)
+        if target.mean.device != device:
+            target = target.to(device)
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()}
     for inverter in inverters.values():
         inverter.check_image_size(tuple(images.shape[-2:]))
-    device = target.mean.device
+    work = work_items(layers, list(inverters), seeds, len(images), batch_size)
     manifest = {
         "target": {**target.identity(), "input_size": list(target.input_size) if target.input_size else None},
         "layers": list(layers),
         "methods": {name: inverter.settings() for name, inverter in inverters.items()},
         "seeds": list(seeds),
+        "batch_size": int(batch_size),
         "image_size": list(images.shape[-2:]),
         "images": list(sources),
         "images_fingerprint": _images_fingerprint(images),
         "device": device.type,
         **dict(settings or {}),
     }
-    store = RunStore(out_dir, "bench", manifest, overwrite=overwrite, outputs=OUTPUTS)
+    store = RunStore(out_dir, "bench", manifest, overwrite=overwrite, outputs=OUTPUTS, state=state)
     out_dir = store.folder
+    main = state is None or state.is_main_process
+    show = progress and (state is None or state.is_local_main_process)
     names = unique_names(sources)
     done = store.keys(_key)
+    if state is not None:
+        state.wait_for_everyone()  # every process has read the same finished records before any appends
     lpips_metric = LPIPS()
     images = images.to(device)
-    work = [(layer, method, seed) for layer in layers for method in inverters for seed in seeds]
-    todo = [w for w in work if any((*w, s) not in done for s in sources)]
+    todo = [w for w in work if any((w[0], w[1], w[2], sources[i]) not in done for i in w[3])]
+    mine = todo if state is None else shard(todo, state)
     meta = {"target": target.name, "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet",
             "device": str(device)}
-    bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="benchmark", disable=not progress)
+
+    def write_results() -> list[dict]:
+        records = merged_records(store.records(), layers, list(inverters), seeds, sources)
+        write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": records})
+        return records
+
+    if state is None:
+        bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="benchmark", disable=not show)
+    else:
+        bar = tqdm(total=len(mine), desc=f"benchmark [process {state.process_index} of {state.num_processes}]",
+                   disable=not show)
     features = {}
-    for layer, method, seed in todo:
-        bar.set_postfix_str(f"{layer} {method} seed {seed}")
-        if layer not in features:
-            features[layer] = FeatureSet.extract(target, images, layer, sources=list(sources))
+    for layer, method, seed, chunk in mine:
+        bar.set_postfix_str(f"{layer} {method} seed {seed} images {chunk.start}-{chunk.stop - 1}")
+        if (layer, chunk) not in features:
+            if not any(key[0] == layer for key in features):
+                features.clear()  # items come layer by layer: keep one layer's features
+            features[layer, chunk] = FeatureSet.extract(target, images[chunk.start:chunk.stop], layer,
+                                                        sources=[sources[i] for i in chunk])
+        originals = images[chunk.start:chunk.stop]
         inverter = inverters[method]
         with PeakMemory(device) as memory:
-            out = inverter.invert(features[layer], generator=torch.Generator().manual_seed(seed), progress=progress)
+            out = inverter.invert(features[layer, chunk], generator=torch.Generator().manual_seed(seed),
+                                  progress=show)
         recon = out.images.to(device)
         scores = {
-            "psnr": psnr(recon, images),
-            "ssim": ssim(recon, images),
-            "lpips": lpips_metric(recon, images),
+            "psnr": psnr(recon, originals),
+            "ssim": ssim(recon, originals),
+            "lpips": lpips_metric(recon, originals),
             "feature_residual": out.feature_residual,
-            "top1_agreement": top1_agreement(target, recon, images),
+            "top1_agreement": top1_agreement(target, recon, originals),
         }
-        for i, (source, name) in enumerate(zip(sources, names)):
-            file = save_image(out.images[i], image_path(out_dir, layer, method, seed, name))
-            record = {"layer": layer, "method": method, "seed": seed, "image": source,
+        for j, i in enumerate(chunk):
+            if (layer, method, seed, sources[i]) in done:
+                continue  # finished earlier (in a chunk that was cut short): kept as it is
+            file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
+            record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
                       "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box)}
             for metric, values in scores.items():
-                record[metric] = None if values is None else float(values[i])
-            record["seconds"] = out.seconds / len(sources)
+                record[metric] = None if values is None else float(values[j])
+            record["seconds"] = out.seconds / len(chunk)
             record["peak_memory_mb"] = memory.peak_mb
             record["skipped_steps"] = int(out.info.get("skipped_steps", 0))
-            if _key(record) not in done:
-                store.append(record)
-        write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": store.records()})
+            store.append(record)
+        if main:
+            write_results()
         bar.update(1)
     bar.close()
-    records = store.records()
-    write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": records})
-    write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta)
-    write_grid(images, layers, list(inverters), lambda layer, method: image_path(out_dir, layer, method, seeds[0], names[0]),
-               out_dir / "grid.png")
-    write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=list(layers), methods=list(inverters))
+    if state is not None:
+        state.wait_for_everyone()  # every process's records are written
+    if main:
+        records = write_results()
+        write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta)
+        write_grid(images, layers, list(inverters),
+                   lambda layer, method: image_path(out_dir, layer, method, seeds[0], names[0]), out_dir / "grid.png")
+        write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=list(layers), methods=list(inverters))
+    if state is not None:
+        state.wait_for_everyone()  # the merged outputs are written when any process returns
+        records = merged_records(store.records(), layers, list(inverters), seeds, sources)
     return records

@@ -31,6 +31,13 @@ PNG as soon as its window finishes and then appended as one record to ``records.
 interrupted run keeps everything finished; running it again with the same settings continues
 where it stopped, with other settings it is refused (``overwrite=True`` starts afresh).
 
+Several clips go into one output folder as one run folder per clip (``OUT/<name>/``, each a run
+store of its own, so each is resumed or refused on its own), and :func:`write_clips_summary`
+tabulates them in ``OUT/summary.json``. Under a multi-process launch the command gives each
+process its share of the clips (:func:`~diffinv.jobs.distributed.shard`); no two processes share
+a clip folder, so each opens its stores alone. One clip of independent windows (λ = 0, no warm
+start) can instead split its windows across the processes (``invert_video(state=...)``).
+
 Example:
     >>> clip = read_video(sample_video_path(), start=16, stop=32, size=128)
     >>> target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(128, 128))
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import math
 import os
 import time
@@ -60,6 +68,7 @@ from ..inverters import Inverter
 from ..io import VideoClip, load_image, save_image, write_json
 from ..metrics import feature_residual, psnr, ssim
 from ..targets import TargetNetwork
+from .distributed import shard
 from .store import RunStore
 
 __all__ = [
@@ -68,9 +77,16 @@ __all__ = [
     "frame_path",
     "invert_video",
     "video_summary",
+    "write_clips_summary",
 ]
 
 METRICS_FILE = "metrics.json"
+# Several clips in one output folder: one run folder per clip, and this table of them all.
+SUMMARY_FILE = "summary.json"
+# The per-clip figures that summary.json lists (means over the clip's finished frames; no timings,
+# so that the same results give the same summary however many processes made them).
+CLIP_FIGURES = ("frames", "frames_done", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "feature_residual_mean",
+                "temporal_consistency", "source_temporal_consistency", "temporal_ratio", "flicker")
 # What a video run writes into its folder besides the store's manifest and records (the mp4s are
 # written by the command and the examples); `overwrite=True` removes them.
 OUTPUTS = ("frames", METRICS_FILE, "reconstruction.mp4", "side_by_side.mp4")
@@ -153,7 +169,8 @@ class VideoInversionOutput:
         done: per frame, whether it is finished.
         records: per-frame metrics (finished frames, in frame order).
         summary: :func:`video_summary` of the finished frames plus the settings.
-        computed: positions inverted by this call (a resumed run skips finished ones).
+        computed: positions inverted by this call (a resumed run skips finished ones), by any of the
+            processes when the windows were split across them.
         seconds: wall time of this call.
     """
 
@@ -224,6 +241,18 @@ def _windows(todo: Sequence[int], window: int) -> list[list[int]]:
     return runs
 
 
+def _with_temporal_diffs(p: int, record: dict, images: torch.Tensor, references: torch.Tensor | None,
+                         done: Sequence[bool]) -> dict:
+    """``record`` with its temporal differences filled in when the previous frame was not finished
+    at the time it was written (it was inverted later, or by another process) but is now."""
+    if record.get("temporal_diff") is not None or p == 0 or not (done[p] and done[p - 1]):
+        return record
+    record = {**record, "temporal_diff": _mean_abs_diff(images[p], images[p - 1])}
+    if references is not None:
+        record["source_temporal_diff"] = _mean_abs_diff(references[p], references[p - 1])
+    return record
+
+
 def invert_video(
     inverter: Inverter,
     features: FeatureSet | torch.Tensor,
@@ -238,6 +267,7 @@ def invert_video(
     seed: int = 0,
     settings: Mapping | None = None,
     progress: bool = True,
+    state=None,
 ) -> VideoInversionOutput:
     """Inverts the features of consecutive frames, window by window.
 
@@ -267,13 +297,21 @@ def invert_video(
             what an uninterrupted one would.
         settings: more settings that define the results (e.g. the source file and stride), for the
             manifest and ``metrics.json``'s config.
+        state: accelerate's ``PartialState`` under a multi-process launch
+            (:func:`~diffinv.jobs.distributed.process_state`), to split the windows of one clip across
+            the processes. Only for independent windows (λ = 0, no warm start) and with an ``out_dir``
+            that every process sees: each process inverts every ``num_processes``-th window and appends
+            its records to its own shard of the store; at the end every process reads the whole run
+            back (and returns it) and the main process writes ``metrics.json``. Each window keeps its
+            seed, so the frames are those of a one-process run. ``None`` (or one process): no split.
 
     Returns:
         :class:`VideoInversionOutput`.
 
     Raises:
         ValueError: features that do not fit the target, ``references`` / ``frame_ids`` of
-            another length or size, bad ``window``/``boundary``.
+            another length or size, bad ``window``/``boundary``; ``state`` of several processes with
+            windows that depend on each other (λ > 0 or warm start) or without ``out_dir``.
         RunSettingsError: ``out_dir`` holds a run made with other settings (the message lists
             each changed setting) and ``overwrite`` is not set.
     """
@@ -310,6 +348,13 @@ def invert_video(
         raise ValueError(f"`boundary='anchor'` needs {type(inverter).__name__}.invert(anchor=...); use 'overlap'.")
     if weight <= 0:
         boundary = "none"
+    split = state is not None and state.num_processes > 1
+    if split and (weight > 0 or warm_start):
+        raise ValueError(f"the windows of one clip can be split across processes only when they are independent "
+                         f"(temporal_weight 0 and no warm start), got temporal_weight={weight}, "
+                         f"warm_start={warm_start}: each window starts from the previous one's result.")
+    if split and out_dir is None:
+        raise ValueError("splitting the windows of one clip across processes needs `out_dir`, where they meet.")
     device = target.mean.device
     manifest = {
         "target": {**target.identity(), "input_size": list(target.input_size) if target.input_size else None},
@@ -334,23 +379,34 @@ def invert_video(
     records: dict[int, dict] = {}
     store = None
     if out_dir is not None:
-        store = RunStore(out_dir, "video", manifest, overwrite=overwrite, outputs=OUTPUTS)
+        store = RunStore(out_dir, "video", manifest, overwrite=overwrite, outputs=OUTPUTS,
+                         state=state if split else None)
         manifest = store.settings  # as JSON gives it back
+
+    def load_finished():
         for position, (record, image) in _finished(store, frame_ids, size).items():
             images[position], done[position], records[position] = image, True, record
 
+    if store is not None:
+        load_finished()
+    main = not split or state.is_main_process
+
     def save_metrics():
-        if store is None:
+        if store is None or not main:
             return
-        ordered = [records[p] for p in sorted(records)]
+        ordered = [_with_temporal_diffs(p, records[p], images, references, done) for p in sorted(records)]
         summary = video_summary(images, references, done, ordered)
         write_json(store.folder / METRICS_FILE, {"config": manifest, "summary": summary, "frames": ordered})
 
     # 3. Loop over windows of unfinished frames
     todo = [p for p in range(n) if not done[p]]
     computed: list[int] = []
-    bar = tqdm(total=n, initial=n - len(todo), desc="video frames", unit="frame", disable=not progress)
-    for positions in _windows(todo, window):
+    windows = _windows(todo, window)
+    if split:  # every process made the same list from the same store: each takes its share
+        windows = shard(windows, state)
+    total = n if not split else n - len(todo) + sum(len(w) for w in windows)
+    bar = tqdm(total=total, initial=n - len(todo), desc="video frames", unit="frame", disable=not progress)
+    for positions in windows:
         first = positions[0]
         previous = images[first - 1 : first] if first > 0 and done[first - 1] else None
         batch = feats[positions[0] : positions[-1] + 1]
@@ -401,9 +457,52 @@ def invert_video(
             bar.set_postfix(psnr=f"{scores['psnr'].mean():.2f}", refresh=False)
         bar.update(len(positions))
     bar.close()
+    if split:  # the other processes' windows: read back from the store once all are written
+        state.wait_for_everyone()
+        load_finished()
+        computed = [p for p in todo if done[p]]  # by all processes
     save_metrics()
-    ordered = [records[p] for p in sorted(records)]
+    ordered = [_with_temporal_diffs(p, records[p], images, references, done) for p in sorted(records)]
     summary = {**video_summary(images, references, done, ordered), "settings": manifest}
     return VideoInversionOutput(images, done, ordered, summary, computed, time.perf_counter() - start_time)
 
 
+
+
+# ---------------------------------------------------------------------- several clips
+def write_clips_summary(out_dir: str | os.PathLike, clips: Sequence[tuple[str, str]]) -> dict:
+    """Writes ``out_dir/summary.json`` for the clips run into ``out_dir/<folder>/`` (atomic).
+
+    Args:
+        out_dir: the output folder of a several-clip run.
+        clips: ``(clip, folder)`` per clip, in the order given: the clip as named on the command
+            line and its run folder's name under ``out_dir``.
+
+    Returns:
+        ``{"clips": [{"clip", "folder", "source", "frames", "frames_done", "psnr_mean", ...}], "frames",
+        "frames_done", "psnr_mean", "ssim_mean", "feature_residual_mean"}``: per clip the figures of
+        its ``metrics.json`` summary (:data:`CLIP_FIGURES`; PSNR/SSIM and the temporal figures), and
+        means over the finished frames of all clips. Built from the clip folders only, so it is the
+        same whichever process (or how many) made them.
+    """
+    out_dir = Path(out_dir)
+    rows, frames = [], []
+    for clip, folder in clips:
+        row: dict = {"clip": str(clip), "folder": str(folder)}
+        path = out_dir / folder / METRICS_FILE
+        if path.is_file():
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            row["source"] = metrics["config"].get("source")
+            row.update({k: metrics["summary"][k] for k in CLIP_FIGURES if k in metrics["summary"]})
+            frames += metrics["frames"]
+        else:  # not run (yet): nothing finished
+            row.update(frames_done=0)
+        rows.append(row)
+    summary: dict = {"clips": rows, "frames": sum(r.get("frames", 0) for r in rows),
+                     "frames_done": sum(r.get("frames_done", 0) for r in rows)}
+    for key in ("psnr", "ssim", "feature_residual"):
+        values = [r[key] for r in frames if r.get(key) is not None]
+        if values:
+            summary[f"{key}_mean"] = sum(values) / len(values)
+    write_json(out_dir / SUMMARY_FILE, summary)
+    return summary
