@@ -204,7 +204,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it to ``path`` when the block succeeds.
 
     The parent folder is created; on an error the temporary file is removed and ``path`` is
-    left as it was. The temporary name keeps the suffix (``x.tmp.png``) for writers that
+    left as it was. The temporary name (per process) keeps the suffix (``.x.PID.tmp.png``) for writers that
     pick the format from it.
 
     Example:
@@ -213,7 +213,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # one per writer process
     try:
         yield tmp
         os.replace(tmp, path)

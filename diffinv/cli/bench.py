@@ -1,11 +1,16 @@
-"""``diffinv bench`` (methods x layers x seeds on a set of images) and ``diffinv demo`` (its preset)."""
+"""``diffinv bench`` (methods x layers x seeds on a set of images) and ``diffinv demo`` (its preset).
+
+Both scale out unchanged under ``torchrun --nproc_per_node N -m diffinv bench ...`` or
+``accelerate launch --multi_gpu --num_processes N -m diffinv bench ...``: the work items are split
+across the processes and the main process writes the merged tables (:mod:`diffinv.jobs.bench`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..datasets import DATASETS, load_dataset, load_image_files
-from ..jobs.bench import run_benchmark
+from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark
+from ..jobs.distributed import is_distributed_launch, process_device, process_state
 from ..targets import DEFAULT_LAYERS, TargetNetwork
 from . import common
 
@@ -31,6 +36,9 @@ def _add_arguments(p, *, demo: bool) -> None:
     common.add_size_arg(p)
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")
+    p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images inverted together (default {DEFAULT_BATCH_SIZE}); a work item is one layer, method, "
+                        f"seed and batch of images, the unit split across processes under torchrun/accelerate launch")
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",
                 required=not demo, default="demo_out" if demo else None)
@@ -54,13 +62,21 @@ def run(args) -> int:
         images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
         dataset = args.dataset
 
-    # 2. Target, then the benchmark (resumed, or refused when --out holds other settings)
+    # 2. Target, then the benchmark (resumed, or refused when --out holds other settings); under
+    #    torchrun/accelerate launch each process runs its share of the work items on its own device
+    state = process_state() if is_distributed_launch() else None
+    if state is not None:
+        device = process_device(state, device)
+    main = state is None or state.is_main_process
     target = TargetNetwork.from_name(args.target, layers, weights=args.weights,
                                      input_size=(args.size, args.size)).to(device)
-    print(f"diffinv {args.command}: {len(names)} images at {args.size}x{args.size}, target {args.target}, "
-          f"layers {', '.join(layers)}, methods {', '.join(methods)}, seeds {args.seeds}")
-    run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds,
-                  settings={"dataset": dataset}, overwrite=args.overwrite)
-    print((Path(args.out) / "results.md").read_text())
-    print(f"wrote {args.out}/grid.png, results.json, results.md, psnr_vs_depth.png, images/")
+    if main:
+        split = f", split across {state.num_processes} processes" if state is not None else ""
+        print(f"diffinv {args.command}: {len(names)} images at {args.size}x{args.size}, target {args.target}, "
+              f"layers {', '.join(layers)}, methods {', '.join(methods)}, seeds {args.seeds}{split}")
+    run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds, batch_size=args.batch_size,
+                  settings={"dataset": dataset}, overwrite=args.overwrite, state=state)
+    if main:
+        print((Path(args.out) / "results.md").read_text())
+        print(f"wrote {args.out}/grid.png, results.json, results.md, psnr_vs_depth.png, images/")
     return 0

@@ -11,6 +11,7 @@
 | ``--iterations`` | optimization iterations of a white-box method |
 | ``--steps`` | sampler steps K of the diffusion chain |
 | ``--stride`` | keep every STRIDE-th video frame |
+| ``--batch-size`` | images processed together (bench items; the global batch of a training step) |
 | ``--device`` | ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` |
 | ``--overwrite`` | start a fresh run in an output folder that holds another run |
 """

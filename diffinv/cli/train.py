@@ -1,4 +1,9 @@
-"""``diffinv train-decoder`` / ``diffinv train-mapper``: (image, feature) pairs -> a black-box inverter."""
+"""``diffinv train-decoder`` / ``diffinv train-mapper``: (image, feature) pairs -> a black-box inverter.
+
+Both run data-parallel under ``accelerate launch`` / ``torchrun``: ``--batch-size`` is the global
+batch, ``--lr`` its learning rate, the logged loss the mean over the global batch, written by the
+main process (see :mod:`diffinv.jobs.training`).
+"""
 
 from __future__ import annotations
 
@@ -32,9 +37,14 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--max-frames", type=common.positive_int, default=None, help="at most this many frames per training video")
     p.add_argument("--stride", type=common.positive_int, default=d.stride, help="keep every STRIDE-th frame of training videos")
     common.add_size_arg(p)
-    p.add_argument("--batch-size", type=common.positive_int, default=d.batch_size, help=f"crops per training step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=common.positive_int, default=d.batch_size,
+                   help=f"global batch: crops per optimizer step, summed over the processes of an `accelerate launch`/"
+                        f"`torchrun` run (divisible by their number; each process trains on its equal slice of the "
+                        f"same crops, so the run does not depend on the process count) (default {d.batch_size})")
     p.add_argument("--max-steps", type=common.positive_int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
-    p.add_argument("--lr", type=common.positive_float, default=d.learning_rate, dest="learning_rate")
+    p.add_argument("--lr", type=common.positive_float, default=d.learning_rate, dest="learning_rate",
+                   help=f"peak learning rate of AdamW for one step of the global batch, used as given (not scaled "
+                        f"with the number of processes; cosine schedule with warmup) (default {d.learning_rate:g})")
     p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels)
     p.add_argument("--feature-weight", type=common.non_negative_float, default=d.feature_weight,
                    help=f"weight of the feature loss (default {d.feature_weight:g})")
@@ -67,6 +77,8 @@ def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
 
 
 def _print_result(result: TrainResult) -> None:
+    if not result.main_process:  # under `accelerate launch`/`torchrun`: one summary, from the main process
+        return
     val = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.2f} dB SSIM {result.val_ssim:.3f}"
     start = result.log["resumed_from"]
     done = "already trained" if start == result.step else "trained"

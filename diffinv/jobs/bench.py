@@ -31,8 +31,8 @@ from ..inverters import Inverter
 from ..io import save_image, write_json
 from ..metrics import LPIPS, psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
-from .report import write_depth_plot, write_grid, write_table
 from .distributed import process_device, shard
+from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
 __all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "run_benchmark", "work_items"]

@@ -22,6 +22,26 @@ that lists each change; ``overwrite=True`` starts afresh. A checkpoint (accelera
 history) is written to a temporary folder and renamed, so an interrupted run never leaves a
 half-written one.
 
+Data-parallel training (``accelerate launch`` / ``torchrun``, one process per GPU, or gloo on CPU):
+
+* ``batch_size`` is the *global* batch: the crops of one optimizer step summed over the N
+  processes; it must be divisible by N. Every process holds the same seeded crop generator,
+  draws the parameters of the whole global batch and builds only its slice
+  ``[rank*B/N, (rank+1)*B/N)``, so N processes train on exactly the crops of one process with
+  the same ``batch_size``; DDP averages the gradients, so the update is the same (up to the
+  order of float reductions), and a run's results do not depend on N.
+* ``learning_rate`` is the rate of one step of the global batch, used as given (no scaling
+  with N): the same ``batch_size`` and ``learning_rate`` give the same run whatever N.
+* The logged loss is the mean over the global batch (the per-process means averaged across
+  processes); a step is skipped on every process when that mean is not finite. Only the main
+  process writes the model, ``training_log.json`` and ``loss_curve.png``, and validates (on
+  the whole validation set, with the unwrapped model; the others go on to the next step).
+  ``images_per_second`` counts the crops of all processes.
+* The number of processes is not a setting: a run started with N processes resumes with any
+  number (same ``batch_size``). The checkpoint's crop generator (saved by the main process)
+  is the only random state the loop uses; accelerate's per-process RNG files of another
+  process count are ignored.
+
 Example:
     >>> config = TrainConfig(out="decoders/blocks.2", layer="blocks.2", images=["photos/"],
     ...                      videos=["clip.mp4"], val_samples=["chelsea", "coffee"], max_steps=2000)
@@ -137,25 +157,34 @@ class ImageDataset(torch.utils.data.Dataset):
         *,
         min_scale: float = 0.5,
         flip: bool = True,
+        keep: slice | None = None,
     ) -> torch.Tensor:
         """``n`` random square crops, resized to ``size`` and randomly flipped: ``(n, 3, size, size)``.
 
         The crop side is uniform in ``[min_scale, 1]`` times the item's shorter side, so the
-        network sees each source at several scales.
+        network sees each source at several scales. With ``keep`` (a slice of ``range(n)``), the
+        random draws of all ``n`` crops are made (the generator advances as for ``n``) but only
+        the kept crops are built and returned: one process's share of a global batch.
         """
+        kept = set(range(n)[keep]) if keep is not None else None
         crops = []
-        for _ in range(n):
+        for index in range(n):
             item = self.items[int(torch.randint(len(self.items), (1,), generator=generator))]
             h, w = item.shape[-2:]
             scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=generator))
             side = max(2, int(min(h, w) * scale))
             top = int(torch.randint(h - side + 1, (1,), generator=generator))
             left = int(torch.randint(w - side + 1, (1,), generator=generator))
+            flipped = flip and float(torch.rand((), generator=generator)) < 0.5
+            if kept is not None and index not in kept:
+                continue
             crop = item[:, top : top + side, left : left + side].float()[None] / 255.0
             crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-            if flip and float(torch.rand((), generator=generator)) < 0.5:
+            if flipped:
                 crop = crop.flip(-1)
             crops.append(crop.clamp(0, 1))
+        if not crops:
+            return torch.empty(0, 3, size, size)
         return torch.stack(crops)
 
     def fixed(self, size: int) -> torch.Tensor:
@@ -248,7 +277,9 @@ class TrainConfig:
             ``skimage.data`` names); without them ``val_fraction`` of each source is held out.
         size: training and validation images are ``size x size`` (the target's input size).
         batch_size, max_steps, learning_rate, weight_decay, warmup_steps: optimization
-            (AdamW, cosine schedule with warmup, gradient clipping at 1).
+            (AdamW, cosine schedule with warmup, gradient clipping at 1). ``batch_size`` is the
+            global batch (summed over the processes of a distributed launch, divisible by their
+            number) and ``learning_rate`` the rate for it, not scaled with the process count.
         checkpoint_every, keep_checkpoints, val_every: checkpoint and validation intervals.
         overwrite: start a fresh run even if ``out`` holds one with other settings (its model,
             log and checkpoints are deleted). Without it, a run with the same settings is
@@ -310,8 +341,11 @@ class TrainResult:
         step: the last step trained.
         val_psnr, val_ssim: mean over the validation images at the end (None without them).
         seconds: training wall time of this run (excluding data loading and validation).
-        images_per_second: training throughput (crops per second, forward + backward).
+        images_per_second: training throughput (crops per second, forward + backward; under a
+            distributed launch, the crops of all processes per second of this process).
         log: the content of ``training_log.json``.
+        main_process: whether this is the main process of the launch (the others do not validate,
+            so their ``val_psnr``/``val_ssim`` are None; always True for a single process).
     """
 
     out: Path
@@ -321,6 +355,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     log: dict
+    main_process: bool = True
 
 
 class _TrainerState:
@@ -432,6 +467,7 @@ def _save_checkpoint(accelerator, out: Path, state: _TrainerState, keep: int) ->
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
     if accelerator.is_main_process:
         write_json(tmp / "trainer_state.json", {"step": state.step})  # marks the checkpoint complete
         if final.exists():
@@ -542,15 +578,16 @@ def _settings(config: TrainConfig, task, target: TargetNetwork, accelerator, tra
     """The settings that define the trained model: the run's manifest (see :class:`TrainConfig`)."""
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_SETTINGS + task.unused}
     del settings["weights"]  # recorded with the target, with their fingerprint
+    # not the number of processes: the global batch defines the run, which resumes with any number
     settings.update(target=target.identity(), mixed_precision=accelerator.mixed_precision,
-                    processes=accelerator.num_processes, data_fingerprint=_data_fingerprint(train_set, val_set))
+                    data_fingerprint=_data_fingerprint(train_set, val_set))
     settings.update(task.settings())
     return settings
 
 
 def _train(config: TrainConfig, task_cls) -> TrainResult:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
     # 1. Check inputs
@@ -563,14 +600,23 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     device = _device(config.device)
     mixed_precision = _mixed_precision(config.mixed_precision, device)
 
-    # 2. Data (before the run store: a source that fails to load leaves no run behind)
-    train_set, val_set = load_training_data(config)
-
-    # 3. Accelerator, target, task
+    # 2. Accelerator (one process, or one of a distributed launch): the global batch is split evenly
     if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.cuda.set_device(device)  # accelerate uses the current GPU of a single process
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    # split_batches: the batch is the global one, so the LR schedule advances one step per optimizer
+    # step whatever the number of processes (accelerate otherwise steps it once per process)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     device = accelerator.device
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % processes:
+        raise ValueError(f"`batch_size` {config.batch_size} is the global batch (crops per step summed over the "
+                         f"processes) and must be divisible by the number of processes, {processes}; choose e.g. "
+                         f"{processes * max(1, round(config.batch_size / processes))}.")
+    local = slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
+
+    # 3. Data (before the run store: a source that fails to load leaves no run behind), target, task
+    train_set, val_set = load_training_data(config)
     set_seed(config.seed)
     target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
                                      input_size=(config.size, config.size)).to(device)
@@ -578,9 +624,9 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     val_images = val_set.fixed(config.size) if val_set is not None else None
 
     # 4. Run store: the same settings resume from the latest checkpoint, other settings are refused
-    if accelerator.is_main_process:
-        RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
-                 overwrite=config.overwrite, outputs=OUTPUTS)
+    #    (every process checks the folder, the main one writes the manifest, the others wait for it)
+    RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
+             overwrite=config.overwrite, outputs=OUTPUTS, state=accelerator.state)
     accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(out)
 
@@ -596,9 +642,11 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.max_steps),
                                  num_training_steps=config.max_steps)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    state = _TrainerState(config.seed + accelerator.process_index)  # each process its own crops
+    state = _TrainerState(config.seed)  # the same crop generator in every process: each builds its slice
     accelerator.register_for_checkpointing(state)
     if checkpoint is not None:
+        # accelerate's RNG file of this process is missing when the checkpoint was written by fewer
+        # processes: it then keeps the seeded state (the loop draws from the crop generator only)
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
     start_step = state.step
@@ -617,12 +665,15 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     while state.step < config.max_steps:
         tic = time.perf_counter()
         images = train_set.random_crops(config.batch_size, config.size, state.generator,
-                                        min_scale=config.min_crop).to(device)
+                                        min_scale=config.min_crop, keep=local).to(device)
         with torch.no_grad():
             feats = target.feature(images, config.layer).float()
         with accelerator.autocast():
             loss, parts = task.loss(model, images, feats)
-        if torch.isfinite(loss):
+        # the loss of the global batch (equal slices: the mean of the per-process means), the same
+        # in every process, so that all of them skip a non-finite step together
+        global_loss = accelerator.reduce(loss.detach().float().reshape(1), reduction="mean")[0]
+        if torch.isfinite(global_loss):
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -632,13 +683,16 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
             state.skipped += 1
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        state.losses.append(float(loss.detach()))
-        state.images += len(images)
+        state.losses.append(float(global_loss))
+        state.images += config.batch_size
         state.seconds += time.perf_counter() - tic
         bar.update(1)
         postfix = {"loss": f"{state.losses[-1]:.4g}"}
-        if val_images is not None and (state.step % config.val_every == 0 or state.step == config.max_steps):
-            scores = _validate(task, model, target, val_images, config.layer, device, config.batch_size)
+        if (val_images is not None and accelerator.is_main_process
+                and (state.step % config.val_every == 0 or state.step == config.max_steps)):
+            # the unwrapped model: no collective call, the other processes go on to the next step
+            scores = _validate(task, accelerator.unwrap_model(model), target, val_images, config.layer, device,
+                               config.batch_size)
             state.validation.append({"step": state.step, **scores})
             postfix["val_psnr"] = f"{scores['psnr']:.2f}"
         bar.set_postfix(postfix)
@@ -651,7 +705,8 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     log = _log(config, state, train_set, val_set, start_step)
     final_val = state.validation[-1] if state.validation else {}
     return TrainResult(out=out, step=state.step, val_psnr=final_val.get("psnr"), val_ssim=final_val.get("ssim"),
-                       seconds=state.seconds, images_per_second=log["images_per_second"], log=log)
+                       seconds=state.seconds, images_per_second=log["images_per_second"], log=log,
+                       main_process=accelerator.is_main_process)
 
 
 def _log(config: TrainConfig, state: _TrainerState, train_set, val_set, start_step: int) -> dict:

@@ -1,0 +1,145 @@
+"""`diffinv bench` split across 2 real processes (torchrun, gloo on CPU): the same records as one
+process, one records shard per process, the merged tables written once; and a 2-process run cut
+short by Ctrl-C finished by 1 process without recomputing what was finished."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from diffinv.jobs.bench import merged_records, work_items
+
+ARGS = ["bench", "--size", "32", "--num-images", "2", "--layers", "blocks.1", "blocks.2", "--methods", "pixel", "dip",
+        "--seeds", "0", "1", "--batch-size", "1"]
+ITEMS = 2 * 2 * 2 * 2  # layers x methods x seeds x chunks of one image
+METRICS = ("psnr", "ssim", "feature_residual", "top1_agreement", "lpips")
+
+
+def env() -> dict:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(name, None)
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(*argv: str, processes: int = 1) -> list[str]:
+    """``python -m diffinv ARGV``, or the same under ``torchrun --nproc_per_node PROCESSES``."""
+    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                                          "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return [sys.executable, *launcher, "-m", "diffinv", *argv]
+
+
+def diffinv(root: Path, *argv: str, processes: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*argv, processes=processes), cwd=root, env=env(), capture_output=True, text=True,
+                          timeout=600)
+
+
+def key(record: dict) -> tuple:
+    return record["layer"], record["method"], record["seed"], record["image"]
+
+
+def raw_records(folder: Path) -> list[dict]:
+    """Every complete line of every records shard of a run folder."""
+    records = []
+    for path in sorted(folder.glob("records*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def test_work_items_and_merge_order():
+    items = work_items(["l1", "l2"], ["pixel"], [0, 1], 5, batch_size=2)
+    assert len(items) == 2 * 2 * 3 and items[0] == ("l1", "pixel", 0, range(0, 2)) and items[2][3] == range(4, 5)
+    assert work_items(["l1"], ["pixel"], [0], 4, batch_size=8)[0][3] == range(0, 4)  # the demo: one batch
+    records = [{"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 1.0},
+               {"layer": "l1", "method": "pixel", "seed": 1, "image": "a", "psnr": 2.0},
+               {"layer": "l1", "method": "pixel", "seed": 0, "image": "b", "psnr": 3.0},
+               {"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 9.0}]  # a duplicate: first kept
+    merged = merged_records(records, ["l1", "l2"], ["pixel"], [0, 1], ["a", "b"])
+    assert [(key(r), r["psnr"]) for r in merged] == [(("l1", "pixel", 0, "b"), 3.0), (("l1", "pixel", 1, "a"), 2.0),
+                                                     (("l2", "pixel", 0, "b"), 1.0)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same small benchmark in one process (``D1``) and split across 2 torchrun processes (``D2``)."""
+    root = tmp_path_factory.mktemp("scaleout_bench")
+    for out, processes in (("D1", 1), ("D2", 2)):
+        result = diffinv(root, *ARGS, "--iterations", "3", "--out", out, processes=processes)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return root
+
+
+def test_two_processes_give_the_records_of_one(runs):
+    one = json.loads((runs / "D1" / "results.json").read_text())["records"]
+    two = json.loads((runs / "D2" / "results.json").read_text())["records"]
+    assert len(one) == len(two) == ITEMS
+    assert [key(r) for r in two] == [key(r) for r in one]  # merged in the settings' order
+    for a, b in zip(one, two):
+        assert a["file"] == b["file"]
+        for metric in METRICS:
+            assert (a[metric] is None) == (b[metric] is None)
+            if a[metric] is not None:
+                assert b[metric] == pytest.approx(a[metric], abs=1e-6), (key(a), metric)
+    # each process wrote its own shard, nothing twice, nothing lost
+    folder = runs / "D2"
+    assert sorted(p.name for p in folder.glob("records*.jsonl")) == ["records.jsonl", "records.rank1.jsonl"]
+    assert all((folder / name).read_text().strip() for name in ("records.jsonl", "records.rank1.jsonl"))
+    raw = raw_records(folder)
+    assert len(raw) == ITEMS and len({key(r) for r in raw}) == ITEMS
+    assert not list((runs / "D1").glob("records.rank*.jsonl"))
+    for name in ("results.md", "grid.png", "psnr_vs_depth.png"):
+        assert (folder / name).is_file()
+    assert all((folder / r["file"]).is_file() for r in two)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["settings"]["batch_size"] == 1 and "num_processes" not in json.dumps(manifest)
+    assert manifest == json.loads((runs / "D1" / "manifest.json").read_text())  # the process count is no setting
+
+
+def test_interrupted_two_process_run_is_finished_by_one(tmp_path):
+    argv = [*ARGS, "--iterations", "40", "--out", "D"]
+    folder = tmp_path / "D"
+    proc = subprocess.Popen(command(*argv, processes=2), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not raw_records(folder) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the launcher and both workers
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    first = raw_records(folder)
+    assert 0 < len(first) < ITEMS, log  # cut short after some records
+    assert len({key(r) for r in first}) == len(first)
+    stamps = {key(r): (folder / r["file"]).stat().st_mtime_ns for r in first}
+
+    result = diffinv(tmp_path, *argv)  # one process finishes it
+    assert result.returncode == 0, result.stdout + result.stderr
+    final = json.loads((folder / "results.json").read_text())["records"]
+    assert len(final) == ITEMS and len({key(r) for r in final}) == ITEMS
+    by_key = {key(r): r for r in final}
+    for record in first:  # kept as written, image files untouched: nothing finished was recomputed
+        assert by_key[key(record)] == record
+        assert (folder / record["file"]).stat().st_mtime_ns == stamps[key(record)]
+    raw = raw_records(folder)
+    assert len(raw) == ITEMS and len({key(r) for r in raw}) == ITEMS
+    for name in ("results.md", "grid.png", "psnr_vs_depth.png"):
+        assert (folder / name).is_file()
