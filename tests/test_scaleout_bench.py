@@ -5,15 +5,14 @@ short by Ctrl-C finished by 1 process without recomputing what was finished."""
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from diffinv.jobs.bench import merged_records, work_items
+from launch import command, env, run_diffinv
 
 ARGS = ["bench", "--size", "32", "--num-images", "2", "--layers", "blocks.1", "blocks.2", "--methods", "pixel", "dip",
         "--seeds", "0", "1", "--batch-size", "1"]
@@ -21,29 +20,8 @@ ITEMS = 2 * 2 * 2 * 2  # layers x methods x seeds x chunks of one image
 METRICS = ("psnr", "ssim", "feature_residual", "top1_agreement", "lpips")
 
 
-def env() -> dict:
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(name, None)
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def command(*argv: str, processes: int = 1) -> list[str]:
-    """``python -m diffinv ARGV``, or the same under ``torchrun --nproc_per_node PROCESSES``."""
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                                          "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    return [sys.executable, *launcher, "-m", "diffinv", *argv]
-
-
 def diffinv(root: Path, *argv: str, processes: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*argv, processes=processes), cwd=root, env=env(), capture_output=True, text=True,
-                          timeout=600)
+    return run_diffinv(*argv, processes=processes, cwd=root)
 
 
 def key(record: dict) -> tuple:

@@ -8,12 +8,9 @@ processes, from that checkpoint, under the same manifest.
 """
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from safetensors.torch import load_file
 
 from diffinv.cli import main
 from diffinv.io import save_image
+from launch import command, env, run_diffinv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,26 +31,8 @@ TRAIN = ["train-decoder", "--layer", "blocks.2", "--size", "32", "--max-steps", 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-def env() -> dict:
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(name, None)
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def diffinv(*argv: str, processes: int = 1) -> subprocess.CompletedProcess:
-    """``python -m diffinv ARGV``, or the same under ``torchrun --nproc_per_node PROCESSES``."""
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                                          "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    done = subprocess.run([sys.executable, *launcher, "-m", "diffinv", *argv], env=env(), capture_output=True,
-                          text=True, timeout=600)
-    return done
+    return run_diffinv(*argv, processes=processes)
 
 
 def log(out: Path) -> dict:
@@ -142,9 +122,7 @@ def test_two_process_run_killed_then_finished_by_one_process(runs, tmp_path):
     workers) just after its first checkpoint, possibly while writing the next one; one process finishes it."""
     out, steps = tmp_path / "killed", 20
     argv = [*TRAIN, "--max-steps", str(steps), "--images", str(runs["photos"]), "--out", str(out)]
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())]
-    proc = subprocess.Popen([sys.executable, *launcher, "-m", "diffinv", *argv], env=env(), start_new_session=True,
+    proc = subprocess.Popen(command(*argv, processes=2), env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "checkpoints" / "checkpoint-0000002"
     deadline = time.monotonic() + 300

@@ -2,16 +2,14 @@
 results when the clips are split across 2 real processes (torchrun, gloo on CPU)."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from diffinv.jobs.store import unique_names
+from launch import run_diffinv
 
 HEIGHT, WIDTH = 48, 64
 CLIPS = ["a/clip.mp4", "b/clip.mp4"]  # the same file name in two folders: unique_names keeps them apart
@@ -50,18 +48,9 @@ def clips_dir(tmp_path_factory):
     return root
 
 
-def diffinv(root: Path, *argv: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m diffinv ARGV`` (or under ``launcher``) in ``root``, one OpenMP thread per process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("WORLD_SIZE", None)
-    command = [sys.executable, *(launcher or []), "-m", "diffinv", *argv]
-    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def diffinv(root: Path, *argv: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """``python -m diffinv ARGV`` in ``root`` (under torchrun with ``processes``), one OpenMP thread per process."""
+    return run_diffinv(*argv, processes=processes, cwd=root, timeout=300)
 
 
 def per_frame_psnr(out: Path, names: list[str]) -> dict:
@@ -135,8 +124,7 @@ def test_several_clips_bad_input_refused_before_any_work(clips_dir):
 
 
 def test_several_clips_split_across_two_processes_match_one_process(clips_dir, one_process_run):
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    result = diffinv(clips_dir, "video", *CLIPS, *ARGS, "--out", "D2", launcher=launcher)
+    result = diffinv(clips_dir, "video", *CLIPS, *ARGS, "--out", "D2", processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     names = unique_names(CLIPS)
     for rank, clip in enumerate(CLIPS):  # one clip per process
@@ -155,8 +143,7 @@ def test_one_clip_of_independent_windows_split_across_two_processes(clips_dir):
             "--window", "2", "--temporal-weight", "0", "--no-mp4"]
     one = diffinv(clips_dir, *args, "--out", "S1")
     assert one.returncode == 0, one.stderr
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    two = diffinv(clips_dir, *args, "--out", "S2", launcher=launcher)
+    two = diffinv(clips_dir, *args, "--out", "S2", processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "process 1 of 2 inverts windows 1, 3, ... of a/clip.mp4" in two.stdout
     assert "6 frames computed now, 0 resumed" in two.stdout  # reported once, by the main process, for all
