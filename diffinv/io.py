@@ -33,6 +33,7 @@ __all__ = [
     "VideoFrames",
     "image_groups",
     "list_images",
+    "pixels_fingerprint",
     "load_image",
     "load_images",
     "read_video",
@@ -249,6 +250,12 @@ def fingerprint_path(path: str | os.PathLike, chunk: int = 2**20) -> str:
                 f.seek(max(chunk, size - chunk))
                 digest.update(f.read(chunk))
     return digest.hexdigest()[:16]
+
+
+def pixels_fingerprint(images: torch.Tensor) -> str:
+    """A 16-hex-digit fingerprint of images in [0, 1] as 8-bit pixels (what a run inverts and scores against)."""
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+    return hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:16]
 
 
 def write_json(path: str | os.PathLike, payload) -> Path:

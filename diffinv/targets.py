@@ -280,8 +280,9 @@ class TargetNetwork(nn.Module):
         return self._fingerprint
 
     def identity(self) -> dict:
-        """Name, weights source and weights fingerprint: what FeatureSets and run manifests record."""
-        return {"name": self.name, "weights": self.weights, "weights_fingerprint": self.weights_fingerprint()}
+        """Name, weights source, weights fingerprint and input size: what run manifests record."""
+        return {"name": self.name, "weights": self.weights, "weights_fingerprint": self.weights_fingerprint(),
+                "input_size": list(self.input_size) if self.input_size else None}
 
 
 # ---------------------------------------------------------------------- loaders

@@ -22,6 +22,7 @@ __all__ = [
     "ModelFilesNotFoundError",
     "check_model_dir",
     "definition_dir",
+    "is_local_path",
     "load_tokenizer",
     "read_json",
 ]
@@ -41,6 +42,13 @@ HOW_TO_PROVIDE = (
 
 class ModelFilesNotFoundError(FileNotFoundError):
     """The diffusion model's files are not on this machine (and cannot be downloaded here)."""
+
+
+def is_local_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether a model argument names a local path (it exists, starts with ``/``, ``.`` or ``~``, or has
+    more than one ``/``) rather than a Hugging Face Hub id (``org/name``)."""
+    text = os.fspath(name_or_path)
+    return os.path.exists(text) or text.startswith(("/", ".", "~")) or text.count("/") > 1
 
 
 def definition_dir(name_or_path: str | os.PathLike) -> Path:

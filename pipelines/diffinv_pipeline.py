@@ -64,6 +64,7 @@ from diffinv.pipelines.definitions import (
     ModelFilesNotFoundError,
     check_model_dir,
     definition_dir,
+    is_local_path,
     load_tokenizer,
     read_json,
 )
@@ -275,7 +276,7 @@ class DiffInvPipeline(DiffusionPipeline):
             if kwargs.get("target") is None and kwargs.get("target_config") is None and weights == _TARGET_WEIGHTS_FILE:
                 kwargs["target_config"] = {**target_config, "weights": os.path.join(path, weights)}
             return super().from_pretrained(path, **kwargs)
-        if os.path.exists(path) or path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        if is_local_path(path):
             raise ModelFilesNotFoundError(
                 f"`pretrained_model_name_or_path` {path!r} is not a directory. " + HOW_TO_PROVIDE
             )

@@ -30,7 +30,7 @@ import torch
 from ..inverters import INVERTERS
 from ..models import resolve_model_dir
 from ..models.learned import folder_kind
-from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir
+from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, is_local_path
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -196,7 +196,7 @@ def check_model(value: str | None, flag: str = "--model") -> None:
     if value is None or value in DEFINITIONS:
         return
     path = Path(value).expanduser()
-    if path.exists() or value.startswith(("/", ".", "~")) or value.count("/") > 1:
+    if is_local_path(value) or path.exists():
         if not path.is_dir():
             raise UsageError(f"`{flag}` {value!r} is not a folder; expected a diffusers Stable Diffusion folder "
                              f"(model_index.json, unet/, vae/, ...), or {', '.join(DEFINITIONS)} for random weights.")

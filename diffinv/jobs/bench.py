@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 import threading
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..features import FeatureSet
 from ..inverters import Inverter
-from ..io import save_image, write_json
+from ..io import pixels_fingerprint, save_image, write_json
 from ..metrics import LPIPS, psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
 from .distributed import process_device, shard
@@ -85,12 +84,6 @@ def _rss_bytes() -> int:
 
 def _key(record: Mapping) -> tuple:
     return (record["layer"], record["method"], record["seed"], record["image"])
-
-
-def _images_fingerprint(images: torch.Tensor) -> str:
-    """Fingerprint of the images as 8-bit pixels (what defines the benchmark's inputs)."""
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
-    return hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:16]
 
 
 def image_path(out_dir: str | os.PathLike, layer: str, method: str, seed: int, name: str) -> Path:
@@ -187,14 +180,14 @@ def run_benchmark(
         inverter.check_image_size(tuple(images.shape[-2:]))
     work = work_items(layers, list(inverters), seeds, len(images), batch_size)
     manifest = {
-        "target": {**target.identity(), "input_size": list(target.input_size) if target.input_size else None},
+        "target": target.identity(),
         "layers": list(layers),
         "methods": {name: inverter.settings() for name, inverter in inverters.items()},
         "seeds": list(seeds),
         "batch_size": int(batch_size),
         "image_size": list(images.shape[-2:]),
         "images": list(sources),
-        "images_fingerprint": _images_fingerprint(images),
+        "images_fingerprint": pixels_fingerprint(images),
         "device": device.type,
         **dict(settings or {}),
     }

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -65,7 +64,7 @@ from tqdm.auto import tqdm
 
 from ..features import FeatureSet, resolve_features
 from ..inverters import Inverter
-from ..io import VideoClip, load_image, save_image, write_json
+from ..io import VideoClip, load_image, pixels_fingerprint, save_image, write_json
 from ..metrics import feature_residual, psnr, ssim
 from ..targets import TargetNetwork
 from .distributed import shard
@@ -185,12 +184,6 @@ class VideoInversionOutput:
 def frame_path(out_dir: str | os.PathLike, frame: int) -> Path:
     """Where :func:`invert_video` writes the reconstruction of clip frame number ``frame``."""
     return Path(out_dir) / "frames" / f"frame_{frame:05d}.png"
-
-
-def _frames_fingerprint(frames: torch.Tensor) -> str:
-    """Fingerprint of the source frames as 8-bit pixels (what the run inverts and scores against)."""
-    pixels = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
-    return hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:16]
 
 
 def _finished(store: RunStore, frame_ids: Sequence[int], size: Sequence[int]) -> dict[int, tuple[dict, torch.Tensor]]:
@@ -357,7 +350,7 @@ def invert_video(
         raise ValueError("splitting the windows of one clip across processes needs `out_dir`, where they meet.")
     device = target.mean.device
     manifest = {
-        "target": {**target.identity(), "input_size": list(target.input_size) if target.input_size else None},
+        "target": target.identity(),
         "layer": layer,
         "method": inverter.name,
         "inverter": inverter.settings(),
@@ -367,7 +360,7 @@ def invert_video(
         "boundary": boundary,
         "image_size": list(size),
         "frames": frame_ids,
-        "frames_fingerprint": None if references is None else _frames_fingerprint(references),
+        "frames_fingerprint": None if references is None else pixels_fingerprint(references),
         "seed": seed,
         "device": device.type,
         **dict(settings or {}),
