@@ -72,7 +72,7 @@ class BestIterate:
         self.values = [v.detach().clone() for v in variables]
 
     def _blocks(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.view(self.num_images, -1)
+        return tensor.unflatten(0, (self.num_images, -1))  # a view in any memory format (channels_last too)
 
     @torch.no_grad()
     def update(self, per_image: torch.Tensor, variables: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -62,6 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--malloc-mmap-threshold", type=int, default=None,
                    help="CPU: MALLOC_MMAP_THRESHOLD_ for the worker processes (tighter peak RSS, slower)")
+    p.add_argument("--compile", action="store_true", help="also run each configuration with compile=True")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the floor: one UNet forward+backward per step, the VAE decode and the target "
+                        "(+ the recompute of checkpointing), to compare with the loop's seconds per iteration")
+    p.add_argument("--target-weights", default="default", help="EfficientNet-Lite0 weights (default, random:SEED)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one configuration, JSON in and out
     return p.parse_args(argv)
@@ -71,17 +76,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: int, height, width, batch: int,
-            guidance_scale: float, layer: str, device: str, threads: int | None) -> dict:
-    """One configuration in this process."""
-    if threads:
-        torch.set_num_threads(threads)
+_PIPELINES: dict = {}  # GPU: one pipeline per (size, dtype, layer), reused across configurations
+
+
+def build(size: str, dtype: str, layer: str, device: str, target_weights: str):
     from diffinv.pipelines import load_pipeline
     from diffinv.targets import TargetNetwork
 
-    target = TargetNetwork.from_name("tf_efficientnet_lite0", layer, input_size=None)
-    pipe = load_pipeline(size, target=target, torch_dtype=DTYPES[dtype], device=device)
-    pipe.set_progress_bar_config(disable=True)
+    key = (size, dtype, layer, device, target_weights)
+    if key not in _PIPELINES:
+        _PIPELINES.clear()
+        target = TargetNetwork.from_name("tf_efficientnet_lite0", layer, input_size=None, weights=target_weights)
+        pipe = load_pipeline(size, target=target, torch_dtype=DTYPES[dtype], device=device)
+        pipe.set_progress_bar_config(disable=True)
+        _PIPELINES[key] = pipe
+    pipe = _PIPELINES[key]
+    return pipe, pipe.target
+
+
+def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: int, height, width, batch: int,
+            guidance_scale: float, layer: str, device: str, threads: int | None, compile: bool = False,
+            floor: bool = False, target_weights: str = "default") -> dict:
+    """One configuration in this process."""
+    if threads:
+        torch.set_num_threads(threads)
+    pipe, target = build(size, dtype, layer, device, target_weights)
     sample = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or sample, width or sample
     with torch.no_grad():
@@ -119,7 +138,7 @@ def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: 
     start = time.perf_counter()
     out = pipe(features, prompt="", height=height, width=width, num_inference_steps=steps, num_iterations=iterations,
                guidance_scale=guidance_scale, gradient_checkpointing=checkpointing, generator=torch.Generator().manual_seed(0),
-               output_type="pt", callback_on_step_end=callback)
+               output_type="pt", callback_on_step_end=callback, compile=compile)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         peak, above = torch.cuda.max_memory_allocated() / 2**20, (torch.cuda.max_memory_allocated() - before) / 2**20
@@ -127,14 +146,77 @@ def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: 
         peak = peak_rss_mib()
         above = peak - before
     per_iteration = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    parts = floor_parts(pipe, features, layer, height, width, batch) if floor else None
     return {
         "size": size, "image": f"{height}x{width}", "batch": batch, "K": steps, "checkpointing": checkpointing,
-        "dtype": dtype, "device": device, "threads": torch.get_num_threads(),
+        "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "compile": compile,
+        "floor_s": None if parts is None else floor_seconds(parts, steps, checkpointing), "floor_parts": parts,
         "s_per_iteration": statistics.median(per_iteration[1:]) if len(per_iteration) > 1 else per_iteration[0],
         "first_iteration_s": per_iteration[0], "peak_mib": peak, "above_weights_mib": above,
         "saved_activations_mib": sum(saved.values()) / 2**20,
         "skipped_steps": out.skipped_steps, "loss": [float(v) for v in out.loss_history[-1]],
     }
+
+
+def _timed(fn, device: str, repeats: int = 3) -> float:
+    """Median seconds of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def floor_parts(pipe, features, layer: str, height: int, width: int, batch: int) -> dict:
+    """Seconds of the networks alone, outside the loop: a UNet forward (with autograd recording, as the
+    recompute runs it) and forward+backward, the VAE decode likewise, the target forward+backward."""
+    from diffinv.losses import feature_loss
+    from diffinv.models.vae import decode_latents
+
+    device = str(pipe._execution_device)
+    dtype = pipe.unet.dtype
+    latents = torch.randn(batch, pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
+                          width // pipe.vae_scale_factor, device=device)
+    embeds = pipe.encode_prompt([""] * batch, device, False)
+    t = torch.tensor(999, device=device)
+
+    def unet(backward: bool):
+        with torch.enable_grad():
+            z = latents.clone().requires_grad_()
+            out = pipe.unet(z.to(dtype), t, encoder_hidden_states=embeds, return_dict=False)[0].float()
+            if backward:
+                out.sum().backward()
+
+    def vae(backward: bool):
+        with torch.enable_grad():
+            z = latents.clone().requires_grad_()
+            out = decode_latents(pipe.vae, z)
+            if backward:
+                out.sum().backward()
+
+    def target():
+        with torch.enable_grad():
+            x = torch.rand(batch, 3, height, width, device=device, requires_grad=True)
+            feature_loss(pipe.target.feature(x.to(pipe._target_dtype), layer), features, "nmse").sum().backward()
+
+    return {"unet_forward": _timed(lambda: unet(False), device), "unet_forward_backward": _timed(lambda: unet(True), device),
+            "vae_forward": _timed(lambda: vae(False), device), "vae_forward_backward": _timed(lambda: vae(True), device),
+            "target_forward_backward": _timed(target, device)}
+
+
+def floor_seconds(parts: dict, steps: int, checkpointing: bool) -> float:
+    """The least an iteration can take: K UNet forward+backward, the decode's, the target's, and with
+    checkpointing the recompute (one more UNet forward per step and one more decode forward)."""
+    floor = steps * parts["unet_forward_backward"] + parts["vae_forward_backward"] + parts["target_forward_backward"]
+    if checkpointing:
+        floor += steps * parts["unet_forward"] + parts["vae_forward"]
+    return floor
 
 
 def main(argv=None) -> int:
@@ -150,30 +232,33 @@ def main(argv=None) -> int:
         print("note: fp16 is skipped on CPU (use bf16 there).", file=sys.stderr)
         dtypes = [d for d in dtypes if d != "fp16"]
     rows, load = [], os.getloadavg()[0]
-    for dtype in dtypes:
-        for steps in args.steps:
-            for ckpt in args.checkpointing:
-                config = dict(size=args.size, steps=steps, checkpointing=ckpt == "on", dtype=dtype,
-                              iterations=args.iterations, height=args.height, width=args.width, batch=args.batch,
-                              guidance_scale=args.guidance_scale, layer=args.layer, device=args.device,
-                              threads=args.threads)
-                if on_gpu:  # the CUDA peak counter resets per configuration
-                    row = run_one(**config)
-                else:  # a fresh process per configuration: its peak RSS belongs to this configuration alone
-                    env = dict(os.environ)
-                    if args.malloc_mmap_threshold:
-                        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-                    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config)],
-                                          capture_output=True, text=True, env=env)
-                    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                    if done.returncode != 0 or not lines:
-                        raise SystemExit(f"configuration {config} failed:\n{done.stderr[-3000:]}")
-                    row = json.loads(lines[-1][len("RESULT "):])
-                rows.append(row)
-                print(f"K={steps:<3} checkpointing={ckpt:<3} {dtype}: {row['s_per_iteration']:.3f} s/it, "
-                      f"peak {row['peak_mib']:.0f} MiB ({row['above_weights_mib']:.0f} above weights, "
-                      f"{row['saved_activations_mib']:.1f} saved activations)",
-                      file=sys.stderr, flush=True)
+    configs = [dict(size=args.size, steps=steps, checkpointing=ckpt == "on", dtype=dtype, iterations=args.iterations,
+                    height=args.height, width=args.width, batch=args.batch, guidance_scale=args.guidance_scale,
+                    layer=args.layer, device=args.device, threads=args.threads, compile=compile, floor=args.floor,
+                    target_weights=args.target_weights)
+               for dtype in dtypes for compile in ([False, True] if args.compile else [False])
+               for steps in args.steps for ckpt in args.checkpointing]
+    for config in configs:
+        steps, ckpt, dtype = config["steps"], "on" if config["checkpointing"] else "off", config["dtype"]
+        if on_gpu:  # the CUDA peak counter resets per configuration
+            row = run_one(**config)
+        else:  # a fresh process per configuration: its peak RSS belongs to this configuration alone
+            env = dict(os.environ)
+            if args.malloc_mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config)],
+                                  capture_output=True, text=True, env=env)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode != 0 or not lines:
+                raise SystemExit(f"configuration {config} failed:\n{done.stderr[-3000:]}")
+            row = json.loads(lines[-1][len("RESULT "):])
+        rows.append(row)
+        floor = f", floor {row['floor_s']:.3f} s" if row["floor_s"] else ""
+        print(f"K={steps:<3} checkpointing={ckpt:<3} {dtype}{' compiled' if row['compile'] else ''}: "
+              f"{row['s_per_iteration']:.3f} s/it (first {row['first_iteration_s']:.1f} s){floor}, "
+              f"peak {row['peak_mib']:.0f} MiB ({row['above_weights_mib']:.0f} above weights, "
+              f"{row['saved_activations_mib']:.1f} saved activations)",
+              file=sys.stderr, flush=True)
     print(table(rows, args, load))
     if args.json:
         with open(args.json, "w") as f:
@@ -189,18 +274,25 @@ def table(rows: list[dict], args, load: float) -> str:
         f"target tf_efficientnet_lite0.{args.layer}, {device}, {args.iterations} iterations per row "
         f"(load average {load:.1f} -> {os.getloadavg()[0]:.1f}: other processes share the machine when above 0)",
         "",
-        f"| K | checkpointing | dtype | s / iteration | {memory} (MiB) | above weights (MiB) | saved activations (MiB) |",
-        "|---|---|---|---|---|---|---|",
+        f"| K | checkpointing | dtype | compile | s / iteration | first iteration (s) | floor (s) | loop overhead "
+        f"| {memory} (MiB) | above weights (MiB) | saved activations (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['K']} | {'on' if r['checkpointing'] else 'off'} | {r['dtype']} | {r['s_per_iteration']:.3f} "
-                     f"| {r['peak_mib']:.0f} | {r['above_weights_mib']:.0f} | {r['saved_activations_mib']:.2f} |")
+        floor, overhead = "-", "-"
+        if r.get("floor_s"):
+            floor, overhead = f"{r['floor_s']:.3f}", f"{100 * (r['s_per_iteration'] / r['floor_s'] - 1):+.0f} %"
+        lines.append(f"| {r['K']} | {'on' if r['checkpointing'] else 'off'} | {r['dtype']} "
+                     f"| {'yes' if r.get('compile') else 'no'} | {r['s_per_iteration']:.3f} | {r['first_iteration_s']:.1f} "
+                     f"| {floor} | {overhead} | {r['peak_mib']:.0f} | {r['above_weights_mib']:.0f} "
+                     f"| {r['saved_activations_mib']:.2f} |")
     ks = sorted({r["K"] for r in rows})
     if len(ks) > 1:
         lines.append("")
         for dtype in dict.fromkeys(r["dtype"] for r in rows):
             for ckpt in (True, False):
-                sel = {r["K"]: r for r in rows if r["dtype"] == dtype and r["checkpointing"] == ckpt}
+                sel = {r["K"]: r for r in rows if r["dtype"] == dtype and r["checkpointing"] == ckpt
+                       and not r.get("compile")}
                 if ks[0] in sel and ks[-1] in sel:
                     lo, hi = sel[ks[0]], sel[ks[-1]]
                     lines.append(

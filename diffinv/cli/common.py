@@ -167,6 +167,9 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
     p.add_argument("--mapper", default=None, help="mapper: a `diffinv train-mapper` folder (or per-layer folders)")
     p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
+    p.add_argument("--compile", action="store_true",
+                   help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
+                        "iterations compile for minutes on CPU)")
     p.add_argument("--strength", type=unit_float, default=0.0,
                    help="mapper: img2img refinement strength in [0, 1] (default 0: decode the mapper's latent only)")
     add_device_arg(p)
@@ -229,6 +232,8 @@ def inverter_factory(name: str, args: argparse.Namespace):
             kwargs["num_inference_steps"] = args.steps
         if iterations is not None:
             kwargs["num_iterations"] = iterations
+        if getattr(args, "compile", False):
+            kwargs["compile"] = True
     elif name == "decoder":
         if not args.decoder:
             raise UsageError("`--method decoder` needs `--decoder DIR` (from `diffinv train-decoder`).")
@@ -243,4 +248,6 @@ def inverter_factory(name: str, args: argparse.Namespace):
             kwargs["num_inference_steps"] = args.steps
     else:
         kwargs = {} if iterations is None else {"iterations": iterations}
+        if getattr(args, "compile", False):
+            kwargs["compile"] = True
     return lambda target: cls(target, **kwargs)

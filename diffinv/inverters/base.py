@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..compilation import feature_function
 from ..features import FeatureSet, resolve_features
 from ..io import fingerprint_path
 from ..losses import feature_loss, temporal_smoothness
@@ -155,6 +156,7 @@ def optimize(
     final_fn: Callable[[], torch.Tensor] | None = None,
     desc: str = "invert",
     progress: bool = True,
+    compile: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Minimizes ``feature_loss(target(image_fn()), features) + prior_fn(images)`` per image.
 
@@ -172,6 +174,8 @@ def optimize(
         lr_schedule: cosine-anneal the learning rate to 0 over ``iterations``.
         final_fn: renders the returned images (default ``image_fn``); use it to drop
             training-time randomness such as jitter.
+        compile: run the target's feature function through ``torch.compile``
+            (:mod:`diffinv.compilation`).
 
     Returns:
         ``(images, loss_history (iterations, N), info)`` with the images rendered from each
@@ -180,11 +184,12 @@ def optimize(
     check_weight("temporal_weight", temporal_weight)
     params = [p.requires_grad_(True) for p in params]
     features = features.to(params[0].device).float()
+    feature_fn = feature_function(target, layer, compile)
 
     @torch.enable_grad()
     def step(variables):
         images = image_fn()
-        per_image = feature_loss(target.feature(images, layer), features, loss)
+        per_image = feature_loss(feature_fn(images), features, loss)
         if prior_fn is not None:
             per_image = per_image + prior_fn(images)
         total = per_image.sum()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..compilation import backend
 from ..models import SkipGenerator
 from ..targets import TargetNetwork
 from .base import Inverter, optimize
@@ -26,6 +27,7 @@ class DIPInverter(Inverter):
         iterations: optimization steps.
         learning_rate: Adam step size on the generator weights.
         channels: generator channels per level (a small net is enough and fast on CPU).
+        in_channels: channels of the fixed input noise per image.
         input_noise_std: std of the perturbation of the input noise at every step
             (DIP's regularization; 0 disables it).
         loss: feature loss, ``"nmse"``, ``"mse"`` or ``"cosine"``.
@@ -34,6 +36,8 @@ class DIPInverter(Inverter):
             correspondence, so the output images are what is smoothed.
         init_iterations: with ``invert(init=images)``, steps of a pixel MSE pre-fit of the
             generators to ``init`` before the feature loss (a warm start).
+        compile: run the generator and the target through ``torch.compile`` (``True``: inductor;
+            or a backend name; :mod:`diffinv.compilation`).
 
     Example:
         >>> out = DIPInverter(target, iterations=300)(feature_set)
@@ -48,15 +52,19 @@ class DIPInverter(Inverter):
         iterations: int = 300,
         learning_rate: float = 0.01,
         channels: tuple[int, ...] = (16, 32, 32, 64),
+        in_channels: int = 32,
         input_noise_std: float = 1.0 / 30.0,
         loss: str = "nmse",
         temporal_weight: float = 0.0,
         init_iterations: int = 100,
+        compile: bool | str = False,
     ):
         super().__init__(target)
         self.iterations, self.learning_rate, self.channels = iterations, learning_rate, tuple(channels)
+        self.in_channels = in_channels
         self.input_noise_std, self.loss, self.temporal_weight = input_noise_std, loss, temporal_weight
         self.init_iterations = init_iterations
+        self.compile = compile
 
     def check_image_size(self, size: tuple[int, int]) -> None:
         levels = len(self.channels)
@@ -70,13 +78,14 @@ class DIPInverter(Inverter):
         n = len(features)
         if generator is not None:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        net = SkipGenerator(n, channels=self.channels).to(self.device).train()
+        net = SkipGenerator(n, in_channels=self.in_channels, channels=self.channels).to(self.device).train()
         z = 0.1 * torch.rand(1, n * net.in_channels, *size, generator=generator).to(self.device)
+        generate = net if backend(self.compile) is None else torch.compile(net, backend=backend(self.compile))
 
         def render():
             if self.input_noise_std > 0:
-                return net(z + self.input_noise_std * torch.randn_like(z))
-            return net(z)
+                return generate(z + self.input_noise_std * torch.randn_like(z))
+            return generate(z)
 
         if init is not None:
             if tuple(init.shape) != (n, 3, *size):
@@ -98,6 +107,7 @@ class DIPInverter(Inverter):
             final_fn=lambda: net(z),
             desc=f"dip {layer}",
             progress=progress,
+            compile=self.compile,
         )
 
 

@@ -51,6 +51,8 @@ class PixelInverter(Inverter):
         jitter: maximum random translation in pixels (0 disables it).
         loss: feature loss, ``"nmse"``, ``"mse"`` or ``"cosine"``.
         temporal_weight: smoothing between consecutive images of the batch (video frames).
+        compile: run the target through ``torch.compile`` (``True``: inductor; or a backend name;
+            :mod:`diffinv.compilation`).
 
     Example:
         >>> out = PixelInverter(target, iterations=300)(feature_set)
@@ -72,6 +74,7 @@ class PixelInverter(Inverter):
         jitter: int = 1,
         loss: str = "nmse",
         temporal_weight: float = 0.0,
+        compile: bool | str = False,
     ):
         super().__init__(target)
         if tv not in ("isotropic", "anisotropic"):
@@ -79,6 +82,7 @@ class PixelInverter(Inverter):
         self.iterations, self.learning_rate = iterations, learning_rate
         self.tv_weight, self.tv, self.tv_beta = tv_weight, tv, tv_beta
         self.jitter, self.loss, self.temporal_weight = jitter, loss, temporal_weight
+        self.compile = compile
 
     def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
@@ -100,4 +104,5 @@ class PixelInverter(Inverter):
             final_fn=render,
             desc=f"pixel {layer}",
             progress=progress,
+            compile=self.compile,
         )

@@ -1,0 +1,81 @@
+"""``compile=`` (torch.compile of the networks that run every iteration) gives the eager results.
+
+The pixel test compiles with inductor (real C++ kernels on CPU, about a minute here); the DIP and
+pipeline tests use the ``aot_eager`` backend, which traces the same graphs (forward and backward,
+through activation checkpointing) without generating code, so they stay fast.
+"""
+
+import pytest
+import torch
+
+from diffinv.compilation import backend, compiled, compiled_feature, feature_function
+from diffinv.features import FeatureSet
+from diffinv.inverters import DIPInverter, PixelInverter
+from diffinv.pipelines import load_pipeline
+from diffinv.targets import TargetNetwork
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.0", "blocks.1"], input_size=None)
+
+
+@pytest.fixture(scope="module")
+def features(target):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return FeatureSet.extract(target, images, "blocks.1", sources=["a", "b"])
+
+
+def test_compiled_networks_are_made_once_and_kept(target):
+    first = compiled_feature(target, "blocks.1")
+    assert compiled_feature(target, "blocks.1") is first
+    assert compiled_feature(target, "blocks.0") is not first
+    assert compiled_feature(target, "blocks.1", "aot_eager") is not first  # one per backend
+    plain = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=None)
+    assert set(target.state_dict()) == set(plain.state_dict())  # kept outside the modules
+    eager = feature_function(target, "blocks.1", compile=False)
+    assert eager is not first and eager.func == target.feature
+    net = torch.nn.Linear(2, 2)
+    assert compiled(net) is compiled(net) and compiled(net, key="other") is not compiled(net)
+    assert backend(True) == "inductor" and backend(False) is None and backend("aot_eager") == "aot_eager"
+    with pytest.raises(ValueError, match="`compile` must be True, False or a torch.compile backend"):
+        backend("fastest")
+
+
+def _same(fast, eager):
+    torch.testing.assert_close(fast.loss_history, eager.loss_history, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fast.images, eager.images, rtol=1e-3, atol=2e-3)
+
+
+def test_inductor_compiled_pixel_inversion_matches_eager(target, features):
+    eager = PixelInverter(target, iterations=3).invert(features, generator=torch.Generator().manual_seed(1),
+                                                       progress=False)
+    inverter = PixelInverter(target, iterations=3, compile=True)
+    assert inverter.settings()["compile"] is True
+    _same(inverter.invert(features, generator=torch.Generator().manual_seed(1), progress=False), eager)
+    assert ("feature:blocks.1", "inductor") in target.__dict__["_diffinv_compiled"]
+
+
+def test_compiled_dip_generator_matches_eager(target, features):
+    kwargs = dict(iterations=3, channels=(8, 8), in_channels=4)
+    eager = DIPInverter(target, **kwargs).invert(features, generator=torch.Generator().manual_seed(1), progress=False)
+    fast = DIPInverter(target, compile="aot_eager", **kwargs).invert(
+        features, generator=torch.Generator().manual_seed(1), progress=False)
+    _same(fast, eager)
+
+
+def test_compiled_pipeline_matches_eager(target, features):
+    pipe = load_pipeline("tiny", target=target, layer="blocks.1")
+    pipe.set_progress_bar_config(disable=True)
+    run = dict(num_inference_steps=2, num_iterations=2, output_type="pt", prompt="")
+    eager = pipe(features, generator=torch.Generator().manual_seed(2), **run)
+    fast = pipe(features, generator=torch.Generator().manual_seed(2), compile="aot_eager", **run)
+    assert ("forward", "aot_eager") in pipe.unet.__dict__["_diffinv_compiled"]
+    assert ("decode", "aot_eager") in pipe.vae.__dict__["_diffinv_compiled"]
+    _same(fast, eager)
+    again = pipe(features, generator=torch.Generator().manual_seed(2), **run)  # compile is per call
+    torch.testing.assert_close(again.images, eager.images)
+    with pytest.raises(ValueError, match="`compile` must be"):
+        pipe(features, compile="fastest", **run)
