@@ -64,7 +64,7 @@ class DIPInverter(Inverter):
             raise ValueError(f"DIP needs `image_size` divisible by {2 ** levels} (its {levels} levels), got "
                              f"{tuple(size)}; use a size such as {max(2**levels, size[0] // 2**levels * 2**levels)}.")
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
         n = len(features)
@@ -98,6 +98,7 @@ class DIPInverter(Inverter):
             final_fn=lambda: net(z),
             desc=f"dip {layer}",
             progress=progress,
+            callback=callback,
         )
 
 

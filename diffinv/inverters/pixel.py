@@ -80,7 +80,7 @@ class PixelInverter(Inverter):
         self.tv_weight, self.tv, self.tv_beta = tv_weight, tv, tv_beta
         self.jitter, self.loss, self.temporal_weight = jitter, loss, temporal_weight
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
         before the first one in the temporal term (the previous video frame)."""
         params, render = pixel_parameterization(len(features), size, generator=generator, device=self.device, init=init)
@@ -100,4 +100,5 @@ class PixelInverter(Inverter):
             final_fn=render,
             desc=f"pixel {layer}",
             progress=progress,
+            callback=callback,
         )
