@@ -9,7 +9,9 @@ with a busy message.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no usage reports
 
@@ -45,7 +47,25 @@ def _status(update) -> str:
 
 
 def _loss_frame(losses) -> pd.DataFrame:
-    return pd.DataFrame(losses or [], columns=["iteration", "loss"])
+    """``[(iteration, loss)]`` as a typed frame (numbers even when empty, so the plot's axes are quantitative)."""
+    its, values = zip(*losses) if losses else ((), ())
+    return pd.DataFrame({"iteration": pd.Series(its, dtype="int64"), "loss": pd.Series(values, dtype="float64")})
+
+
+def _files(items, folder: Path) -> list[tuple[str, str]]:
+    """``[(image array, caption)]`` -> ``[(PNG path, caption)]``, each image written once (atomically) under
+    ``folder``. A streamed gallery re-sends the same images many times: as arrays, Gradio would rewrite
+    their cached copies in place while the browser reads them; a file is copied into its cache once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for array, caption in items:
+        path = folder / f"{hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()}.png"
+        if not path.is_file():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            Image.fromarray(array).save(tmp, format="PNG")
+            os.replace(tmp, path)
+        out.append((str(path), caption))
+    return out
 
 
 def _png(path) -> Image.Image | None:
@@ -58,6 +78,7 @@ def _png(path) -> Image.Image | None:
 def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks:
     """The Blocks of the app; ``bench`` does the work."""
     layers, default_layer = bench.layer_choices(DEFAULT_TARGET)
+    shown = bench.work_dir / "images"
 
     def to_request(photo, upload, target, weights, layer, method, model, decoder, mapper, iterations, size, seed):
         return InvertRequest(image=upload if upload is not None else photo, target=(target or "").strip(),
@@ -165,7 +186,8 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                 yield f"**{error_message(err, bench.user_errors)}**", [], _loss_frame([]), ""
                 return
             for update in bench.invert(req, session):
-                yield _status(update), update.images, _loss_frame(update.losses), _metrics_table(update.metrics)
+                yield (_status(update), _files(update.images, shown), _loss_frame(update.losses),
+                       _metrics_table(update.metrics))
 
         run.click(invert, fields, [status, gallery, losses, metrics], api_name="invert", concurrency_limit=1,
                   concurrency_id="work")
@@ -192,8 +214,8 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                 return
             for update in bench.depth(req, session):
                 table = pd.DataFrame([{k: r.get(k) for k in ("layer", "psnr", "ssim", "feature_residual",
-                                                             "top1_agreement")} for r in update.records])
-                yield _status(update), update.images, _png(update.plot), table
+                                                             "top1_agreement")} for r in update.records]).round(3)
+                yield _status(update), _files(update.images, shown), _png(update.plot), table
 
         depth_run.click(depth, fields, [depth_status, depth_gallery, depth_plot, depth_table], api_name="depth",
                         concurrency_limit=1, concurrency_id="work")
@@ -207,7 +229,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             except Exception as err:
                 return f"**{error_message(err, bench.user_errors)}**", None, [], []
             table = pd.DataFrame(view.ranking, columns=["channel", "mean activation"])
-            return view.note, table, view.maps, view.visualizations
+            return view.note, table, _files(view.maps, shown), view.visualizations
 
         channels_run.click(channels, [*fields, top], [channels_status, channels_table, channels_maps, channels_visuals],
                            api_name="channels", concurrency_limit=1, concurrency_id="work")
