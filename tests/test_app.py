@@ -7,8 +7,8 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 from diffinv.app.runner import BUSY, InvertRequest, Workbench, error_message
 from diffinv.cli import USER_ERRORS, build_parser
@@ -86,6 +86,9 @@ def test_depth_inverts_every_default_layer_and_plots_psnr(bench):
 
 
 def test_channels_ranked_by_mean_activation_with_a_hook_for_visualizations(bench):
+    upload = np.zeros((40, 90, 3), np.uint8)
+    upload[:, 45:] = 255
+    assert bench.channels(small(image=upload, size=32), top=2).maps[0][0].shape == (32, 32, 3)
     view = bench.channels(small(), top=5)
     strengths = [s for _, s in view.ranking]
     assert len(view.ranking) == 5 and strengths == sorted(strengths, reverse=True)
@@ -112,6 +115,21 @@ def test_open_run_shows_a_bench_folder_and_refuses_others(bench, tmp_path):
         bench.open_run(str(tmp_path))
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         bench.open_run(str(tmp_path / "missing"))
+
+
+def test_inverter_callback_sees_each_iteration_renders_and_stops(lite0, small_photos):
+    from diffinv.features import FeatureSet
+    from diffinv.inverters import DIPInverter
+
+    seen = []
+
+    def callback(i, per_image, render):
+        seen.append((i, tuple(per_image.shape), tuple(render().shape)))
+        return i == 2
+
+    feats = FeatureSet.extract(lite0, small_photos[:2], "blocks.1")
+    out = DIPInverter(lite0, iterations=50)(feats, progress=False, callback=callback)
+    assert seen == [(i, (2,), (2, 3, 64, 64)) for i in range(3)] and len(out.loss_history) == 3
 
 
 def test_cli_defaults_are_local_and_private():

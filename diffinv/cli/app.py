@@ -35,7 +35,8 @@ def build(device: str = "auto"):
 
 def run(args) -> int:
     demo = build(args.device)
-    print(f"diffinv app: http://{args.host}:{args.port} (Ctrl+C stops it)")
+    print(f"diffinv app: starting on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    # One run at a time across sessions (the work events share one slot; others wait in the queue).
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   ssr_mode=False, quiet=True, footer_links=[])
+                                                   ssr_mode=False, footer_links=[])
     return 0
