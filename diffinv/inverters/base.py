@@ -76,6 +76,7 @@ class Inverter:
         *,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        callback: Callable[[int, torch.Tensor, Callable[[], torch.Tensor] | None], bool | None] | None = None,
         **kwargs,
     ) -> InversionOutput:
         """Reconstructs images from ``features``.
@@ -86,8 +87,14 @@ class Inverter:
             image_size: ``(H, W)``; default the FeatureSet's input size or the target's.
             generator: seeds every random choice of the method.
             progress: show a progress bar.
+            callback: optimizing methods only: ``callback(iteration, per_image_loss, render)`` after
+                each iteration, where ``render()`` returns the current images (CPU, [0, 1]; ``None``
+                where the method cannot render cheaply); returning ``True`` stops the optimization
+                (each image keeps its best iterate so far).
             **kwargs: method-specific options (e.g. ``init``/``anchor`` for video warm starts).
         """
+        if callback is not None:
+            kwargs["callback"] = callback
         feats, layer, size = resolve_features(self.target, features, image_size)
         self.check_image_size(size)
         load_start = time.perf_counter()
@@ -157,6 +164,7 @@ def optimize(
     desc: str = "invert",
     progress: bool = True,
     compile: bool | str = False,
+    callback: Callable[[int, torch.Tensor, Callable[[], torch.Tensor]], bool | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Minimizes ``feature_loss(target(image_fn()), features) + prior_fn(images)`` per image.
 
@@ -176,6 +184,8 @@ def optimize(
             training-time randomness such as jitter.
         compile: run the target's feature function through ``torch.compile``
             (:mod:`diffinv.compilation`).
+        callback: ``callback(iteration, per_image_loss, render)`` after each iteration (see
+            :meth:`Inverter.invert`); ``render()`` gives the current images as ``final_fn`` does.
 
     Returns:
         ``(images, loss_history (iterations, N), info)`` with the images rendered from each
@@ -202,9 +212,17 @@ def optimize(
             return per_image.detach(), None
         return per_image.detach(), list(torch.autograd.grad(total, variables, allow_unused=True))
 
+    @torch.no_grad()
+    def render_now() -> torch.Tensor:
+        return (final_fn or image_fn)().detach().float().clamp(0, 1).cpu()
+
+    def on_iteration(i: int, per_image: torch.Tensor):
+        return callback(i, per_image, render_now)
+
     start = time.perf_counter()
     result = run_optimization(params, step, iterations=iterations, lr=lr, num_images=len(features),
-                              schedule=lr_schedule, progress=progress, desc=desc)
+                              schedule=lr_schedule, progress=progress, desc=desc,
+                              callback=None if callback is None else on_iteration)
     with torch.no_grad():
         images = (final_fn or image_fn)().detach().float().clamp(0, 1).cpu()
     info = {"skipped_steps": result.skipped_steps, "best_loss": result.best_loss.tolist(),

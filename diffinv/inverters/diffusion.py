@@ -101,7 +101,7 @@ class DiffusionInverter(Inverter):
         calls = {k: v for k, v in {**defaults, **self.call_kwargs}.items() if isinstance(v, plain)}
         return {**super().settings(), "torch_dtype": str(self.pipe.unet.dtype), **calls}
 
-    def _reconstruct(self, features, layer, size, *, generator, progress):
+    def _reconstruct(self, features, layer, size, *, generator, progress, callback=None):
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
         height, width = (max(8, 8 * round(v / 8)) for v in size)
         if (height, width) != size and self.target.input_size is None:
@@ -111,8 +111,17 @@ class DiffusionInverter(Inverter):
             )
         pipe = self.pipe.set_target(self.target, layer=layer)
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"diffusion {layer}")
+        hook = {}
+        if callback is not None:  # the loss only: rendering a latent costs a full sampler pass
+
+            def on_step_end(pipe, i, timestep, callback_kwargs):
+                if callback(i, callback_kwargs["loss"], None):
+                    pipe._interrupt = True
+                return {}
+
+            hook = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["loss"]}
         out = pipe(features, height=height, width=width, layer=layer, generator=generator, output_type="pt",
-                   **self.call_kwargs)
+                   **self.call_kwargs, **hook)
         images = out.images.float()
         if (height, width) != size:
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)

@@ -72,7 +72,7 @@ class DIPInverter(Inverter):
             raise ValueError(f"DIP needs `image_size` divisible by {2 ** levels} (its {levels} levels), got "
                              f"{tuple(size)}; use a size such as {max(2**levels, size[0] // 2**levels * 2**levels)}.")
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
         n = len(features)
@@ -108,6 +108,7 @@ class DIPInverter(Inverter):
             desc=f"dip {layer}",
             progress=progress,
             compile=self.compile,
+            callback=callback,
         )
 
 

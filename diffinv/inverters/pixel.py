@@ -84,7 +84,7 @@ class PixelInverter(Inverter):
         self.jitter, self.loss, self.temporal_weight = jitter, loss, temporal_weight
         self.compile = compile
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None):
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
         before the first one in the temporal term (the previous video frame)."""
         params, render = pixel_parameterization(len(features), size, generator=generator, device=self.device, init=init)
@@ -105,4 +105,5 @@ class PixelInverter(Inverter):
             desc=f"pixel {layer}",
             progress=progress,
             compile=self.compile,
+            callback=callback,
         )

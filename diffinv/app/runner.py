@@ -1,0 +1,481 @@
+"""The work behind the browser app, free of Gradio: inputs, runs streamed as updates, run folders.
+
+:class:`Workbench` turns the app's fields into the same objects the command line builds (the
+inverter comes from the command line's own ``inverter_factory``, handed in by ``diffinv app``, so
+a wrong field gives the CLI's message), runs one inversion at a time per browser session
+(:class:`Session`) in a worker thread, and yields :class:`Update` s as the optimization goes: the
+current reconstruction every few iterations, the loss curve, then the metrics. ``Cancel`` stops
+the optimization at the next iteration; each image keeps its best iterate so far.
+
+Example:
+    >>> bench = Workbench(inverter_factory)                    # diffinv.cli.common.inverter_factory
+    >>> request = InvertRequest(image="chelsea", layer="blocks.2", method="pixel", iterations=50, size=64)
+    >>> for update in bench.invert(request, bench.session("me")):
+    ...     print(update.message)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..features import FeatureSet
+from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
+from ..jobs.report import write_depth_plot
+from ..metrics import psnr, ssim, top1_agreement
+from ..targets import DEFAULT_LAYERS, TargetNetwork
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "PHOTOS",
+    "BusyError",
+    "ChannelView",
+    "InvertRequest",
+    "RunView",
+    "Session",
+    "Update",
+    "Workbench",
+    "error_message",
+]
+
+DEFAULT_TARGET = "tf_efficientnet_lite0"
+PHOTOS = tuple(SAMPLE_PHOTOS)
+BUSY = ("Busy: a run is already in progress in this session. Wait for it to finish, or press Cancel "
+        "(runs of all sessions take turns: one at a time).")
+
+
+class BusyError(RuntimeError):
+    """This session already has a run in progress."""
+
+    def __init__(self):
+        super().__init__(BUSY)
+
+
+def error_message(err: BaseException, user_errors: tuple[type[BaseException], ...] = (ValueError,)) -> str:
+    """The command line's one-line text for an error: ``diffinv app: error: ...`` (a user error as it
+    is, anything else with its type), never a traceback."""
+    if isinstance(err, user_errors):
+        return f"diffinv app: error: {err}"
+    return f"diffinv app: error: {type(err).__name__}: {err}"
+
+
+@dataclass
+class InvertRequest:
+    """The fields of the Invert and Depth tabs (names as the command line's flags).
+
+    Attributes:
+        image: a bundled photo's name (:data:`PHOTOS`), an image file, or an ``(H, W, 3)`` uint8 array (upload).
+        layer: the layer to invert (Depth: ignored, the target's default layers are used).
+        model, decoder, mapper: folders for the methods that need them (``tiny`` for a random-weight
+            diffusion model to try the path).
+    """
+
+    image: str | np.ndarray = "chelsea"
+    target: str = DEFAULT_TARGET
+    weights: str = "default"
+    layer: str | None = None
+    method: str = "pixel"
+    iterations: int | None = 100
+    size: int = 128
+    seed: int = 0
+    model: str | None = None
+    decoder: str | None = None
+    mapper: str | None = None
+    steps: int | None = None
+
+    def options(self, device: str = "auto") -> argparse.Namespace:
+        """The fields as the command line's parsed options (for ``inverter_factory``)."""
+        blank = lambda v: v.strip() if isinstance(v, str) and v.strip() else None  # noqa: E731
+        return argparse.Namespace(iterations=self.iterations, model=blank(self.model), prompt=None, steps=self.steps,
+                                  mapper=blank(self.mapper), decoder=blank(self.decoder), strength=0.0,
+                                  device=device)
+
+
+@dataclass
+class Update:
+    """One step of a run, as the page shows it.
+
+    Attributes:
+        message: the status line (an error: the CLI's text, ``error`` set).
+        images: ``[(image (H, W, 3) uint8, caption)]``: the original and the reconstruction(s) so far.
+        losses: ``[(iteration, mean loss)]`` so far (Invert), or ``[]``.
+        metrics: ``{name: value}`` once a reconstruction is finished (Depth: of the last layer).
+        records: Depth: one dict per finished layer (layer, psnr, ssim, feature_residual, top1_agreement).
+        plot: Depth: the PSNR-vs-depth plot (a PNG path) once every layer is finished.
+    """
+
+    message: str
+    images: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    records: list = field(default_factory=list)
+    plot: str | None = None
+    error: bool = False
+    done: bool = False
+
+
+class Session:
+    """One browser session: at most one run at a time, and its Cancel switch."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.cancel = threading.Event()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def claim(self) -> None:
+        """Marks the session busy (raises :class:`BusyError` when it already is) and clears Cancel."""
+        if not self._lock.acquire(blocking=False):
+            raise BusyError()
+        self.cancel.clear()
+
+    def release(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+
+
+@dataclass
+class RunView:
+    """A ``diffinv bench`` run folder, as the Runs tab shows it."""
+
+    folder: Path
+    table: str
+    records: list[dict]
+    settings: dict
+    grid: Path | None
+    plots: list[Path]
+
+
+@dataclass
+class ChannelView:
+    """The Channels tab: the layer's channels ranked by mean activation on the image.
+
+    Attributes:
+        ranking: ``[(channel, mean activation)]``, strongest first.
+        maps: ``[(activation map (H, W, 3) uint8, caption)]`` of those channels, upsampled to the image.
+        visualizations: per-channel inversions / feature visualizations, from the interpretability
+            module once it is connected (:attr:`Workbench.channel_visualizer`); ``[]`` before.
+    """
+
+    ranking: list[tuple[int, float]]
+    maps: list
+    visualizations: list
+    note: str
+
+
+def _uint8(image: torch.Tensor) -> np.ndarray:
+    return np.asarray(to_pil(image))
+
+
+class Workbench:
+    """What the app's buttons do; one per app, shared by its sessions.
+
+    Args:
+        inverter_factory: ``(method, options) -> (target -> Inverter)``, the command line's
+            :func:`diffinv.cli.common.inverter_factory` (checks every field before any work).
+        user_errors: the exception types the command line reports as user errors.
+        stream_every: a streamed image every this many iterations (at least 20 per run).
+        channel_visualizer: ``(target, layer, channels, image, size) -> [(image, caption)]``:
+            per-channel inversion / feature visualization (the interpretability module); ``None``
+            until it is connected.
+        work_dir: where plots are written (default: a temporary folder).
+        device: where targets and inverters run (``cpu``, ``cuda``, ``cuda:N``).
+    """
+
+    def __init__(
+        self,
+        inverter_factory: Callable[[str, argparse.Namespace], Callable[[TargetNetwork], object]],
+        *,
+        user_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, ImportError),
+        stream_every: int = 5,
+        channel_visualizer: Callable | None = None,
+        work_dir: str | Path | None = None,
+        device: str = "cpu",
+    ):
+        self.device = str(device)
+        self.inverter_factory = inverter_factory
+        self.user_errors = user_errors
+        self.stream_every = stream_every
+        self.channel_visualizer = channel_visualizer
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="diffinv-app-"))
+        self._sessions: dict[str, Session] = {}
+        self._targets: dict[tuple, TargetNetwork] = {}
+        self._guard = threading.Lock()
+        self._runs = 0
+
+    # ------------------------------------------------------------------ sessions and targets
+    def session(self, key: str | None) -> Session:
+        with self._guard:
+            return self._sessions.setdefault(key or "", Session())
+
+    def target(self, name: str, weights: str, size: int, layers: tuple[str, ...] | None = None) -> TargetNetwork:
+        """The target network (cached: the last few asked for)."""
+        key = (name, weights, int(size), layers)
+        with self._guard:
+            if key not in self._targets:
+                if len(self._targets) >= 4:
+                    self._targets.pop(next(iter(self._targets)))
+                target = TargetNetwork.from_name(name, list(layers) if layers else None, weights=weights,
+                                                 input_size=(int(size), int(size)))
+                self._targets[key] = target.to(self.device).eval()
+            return self._targets[key]
+
+    def layer_choices(self, name: str = DEFAULT_TARGET, weights: str = "default") -> tuple[list[str], str]:
+        """``(layers, default)``: the target's default depths first, then every other module name;
+        the default is a middle depth (``blocks.2`` for EfficientNet-Lite0)."""
+        defaults = list(DEFAULT_LAYERS.get(name, ()))
+        target = self.target(name, weights, 224)
+        names = defaults + [n for n in target.layer_names() if n not in defaults]
+        default = defaults[max(0, len(defaults) // 2 - 1)] if defaults else target.layers[-1]
+        return names, default
+
+    def load_image(self, image: str | np.ndarray | None, size: int) -> tuple[torch.Tensor, str]:
+        """``((1, 3, size, size) in [0, 1], name)`` of a bundled photo, an image file or an uploaded array."""
+        if image is None or (isinstance(image, str) and not image.strip()):
+            raise ValueError("`--images`: no image; pick a bundled photo or upload one.")
+        if isinstance(image, np.ndarray):
+            if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+                raise ValueError(f"`--images`: the uploaded image has shape {image.shape}; expected (H, W) or (H, W, 3).")
+            return from_array(image, size).unsqueeze(0), "upload"
+        if image in PHOTOS:
+            return sample_images([image], size), image
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"`--images` {image!r}: no such file; expected one of {', '.join(PHOTOS)} or an "
+                                    f"image file.")
+        return load_image(path, size).unsqueeze(0), path.name
+
+    # ------------------------------------------------------------------ Invert
+    def _check(self, request: InvertRequest):
+        """Every field checked (the CLI's messages) before any work; returns ``target -> Inverter``."""
+        if not isinstance(request.size, int) or request.size < 8:
+            raise ValueError(f"`--size` expected an integer >= 8, got {request.size!r}")
+        if request.iterations is not None and (not isinstance(request.iterations, int) or request.iterations < 1):
+            raise ValueError(f"`--iterations` expected a positive integer (>= 1), got {request.iterations!r}")
+        return self.inverter_factory(request.method, request.options(self.device))
+
+    def _metrics(self, target: TargetNetwork, recon: torch.Tensor, original: torch.Tensor, out) -> dict:
+        device = target.mean.device
+        recon, original = recon.to(device), original.to(device)
+        agree = top1_agreement(target, recon, original)
+        metrics = {"psnr": float(psnr(recon, original)[0]), "ssim": float(ssim(recon, original)[0]),
+                   "feature_residual": float(out.feature_residual[0]),
+                   "top1_agreement": None if agree is None else float(agree[0]), "seconds": float(out.seconds)}
+        if target.has_classifier:
+            metrics["class_original"] = target.class_name(int(target.predict(original)[0]))
+            metrics["class_reconstruction"] = target.class_name(int(target.predict(recon)[0]))
+        return metrics
+
+    def _stream(self, session: Session, work: Callable[[Callable], None]) -> Iterator[tuple]:
+        """Runs ``work(emit)`` in a worker thread and yields what it emits; an exception is yielded as
+        ``("error", message)``. The session (claimed by the caller) is released when the work ends."""
+        events: queue.Queue = queue.Queue()
+
+        def worker():
+            try:
+                work(events.put)
+            except BaseException as err:  # shown in the page, never as a traceback
+                events.put(("error", error_message(err, self.user_errors)))
+            finally:
+                session.release()
+                events.put(None)
+
+        threading.Thread(target=worker, daemon=True, name="diffinv-app-run").start()
+        while (event := events.get()) is not None:
+            yield event
+
+    def _invert_one(self, target, make_inverter, features, request: InvertRequest, session, emit, label: str):
+        """Inverts one feature map; emits ``("step", iteration, mean loss, image or None)`` every few
+        iterations; returns the InversionOutput."""
+        inverter = make_inverter(target)
+        inverter.check_image_size((request.size, request.size))
+        total = request.iterations or getattr(inverter, "iterations", None)
+        every = max(1, min(self.stream_every, (total or 100) // 20 or 1))
+
+        def callback(i, per_image, render):
+            loss = float(per_image.float().mean())
+            if i % every == 0 or (total and i == total - 1) or session.cancel.is_set():
+                emit(("step", label, i + 1, total, loss, None if render is None else _uint8(render()[0])))
+            else:
+                emit(("loss", label, i + 1, total, loss))
+            return session.cancel.is_set()
+
+        kwargs = {"callback": callback} if inverter.white_box else {}
+        generator = torch.Generator().manual_seed(int(request.seed))
+        return inverter.invert(features, generator=generator, progress=False, **kwargs)
+
+    def invert(self, request: InvertRequest, session: Session) -> Iterator[Update]:
+        """Inverts one image at one layer, streaming :class:`Update` s; the last one has the metrics."""
+        try:
+            session.claim()
+        except BusyError as err:
+            yield Update(str(err), error=True, done=True)
+            return
+        try:
+            make_inverter = self._check(request)
+            original, name = self.load_image(request.image, request.size)
+            if not request.layer:
+                raise ValueError("`--layer`: no layer chosen.")
+            target = self.target(request.target, request.weights, request.size, (request.layer,))
+        except BaseException as err:
+            session.release()
+            yield Update(error_message(err, self.user_errors), error=True, done=True)
+            return
+        shown = [(_uint8(original[0]), f"original ({name})")]
+        losses: list[tuple[int, float]] = []
+
+        def work(emit):
+            features = FeatureSet.extract(target, original.to(target.mean.device), request.layer, sources=[name])
+            out = self._invert_one(target, make_inverter, features, request, session, emit, request.layer)
+            emit(("done", out, self._metrics(target, out.images, original, out)))
+
+        latest = None
+        for event in self._stream(session, work):
+            if event[0] == "error":
+                yield Update(event[1], images=shown + ([latest] if latest else []), losses=losses, error=True,
+                             done=True)
+                return
+            if event[0] in ("step", "loss"):
+                _, _, i, total, loss = event[:5]
+                losses.append((i, loss))
+                if event[0] == "step":
+                    if event[5] is not None:
+                        latest = (event[5], f"{request.method}, iteration {i}")
+                    state = "cancelling" if session.cancel.is_set() else "running"
+                    yield Update(f"{state}: {request.method} at {request.layer}, iteration {i}/{total or '?'}, "
+                                 f"loss {loss:.4g}", images=shown + ([latest] if latest else []), losses=list(losses))
+            elif event[0] == "done":
+                _, out, metrics = event
+                stopped = session.cancel.is_set() and len(out.loss_history) < (request.iterations or 0)
+                word = f"cancelled after {len(out.loss_history)} iterations (best iterate kept)" if stopped else "done"
+                yield Update(f"{word}: {request.method} at {request.layer} in {out.seconds:.1f} s",
+                             images=shown + [(_uint8(out.images[0]), f"{request.method} reconstruction")],
+                             losses=list(losses), metrics=metrics, done=True)
+
+    # ------------------------------------------------------------------ Depth
+    def depth(self, request: InvertRequest, session: Session) -> Iterator[Update]:
+        """Inverts one image at each of the target's default layers (shallow to deep), side by side,
+        then the PSNR-vs-depth plot (:func:`diffinv.jobs.report.write_depth_plot`)."""
+        try:
+            session.claim()
+        except BusyError as err:
+            yield Update(str(err), error=True, done=True)
+            return
+        try:
+            layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
+            if not layers:
+                raise ValueError(f"`--layers`: target {request.target!r} has no default layers; the Depth tab needs "
+                                 f"one of {', '.join(DEFAULT_LAYERS)}.")
+            make_inverter = self._check(request)
+            original, name = self.load_image(request.image, request.size)
+            target = self.target(request.target, request.weights, request.size, layers)
+        except BaseException as err:
+            session.release()
+            yield Update(error_message(err, self.user_errors), error=True, done=True)
+            return
+        shown = [(_uint8(original[0]), f"original ({name})")]
+        records: list[dict] = []
+        with self._guard:
+            self._runs += 1
+            plot_path = self.work_dir / f"depth-{self._runs}" / "psnr_vs_depth.png"
+
+        def work(emit):
+            x = original.to(target.mean.device)
+            for layer in layers:
+                if session.cancel.is_set():
+                    break
+                features = FeatureSet.extract(target, x, layer, sources=[name])
+                out = self._invert_one(target, make_inverter, features, request, session, emit, layer)
+                metrics = self._metrics(target, out.images, original, out)
+                records.append({"layer": layer, "method": request.method, "white_box": True, **metrics})
+                emit(("layer", layer, out, metrics))
+            if records:
+                write_depth_plot(records, plot_path, layers=[r["layer"] for r in records], methods=[request.method])
+            emit(("done",))
+
+        for event in self._stream(session, work):
+            if event[0] == "error":
+                yield Update(event[1], images=list(shown), records=list(records), error=True, done=True)
+                return
+            if event[0] == "step":
+                _, layer, i, total, loss = event[:5]
+                yield Update(f"running: {request.method} at {layer} ({len(records) + 1}/{len(layers)}), iteration "
+                             f"{i}/{total or '?'}, loss {loss:.4g}", images=list(shown), records=list(records))
+            elif event[0] == "layer":
+                _, layer, out, metrics = event
+                shown.append((_uint8(out.images[0]), f"{layer}: {metrics['psnr']:.2f} dB"))
+                yield Update(f"finished {layer} ({len(records)}/{len(layers)})", images=list(shown),
+                             metrics=metrics, records=list(records))
+            elif event[0] == "done":
+                word = "cancelled" if len(records) < len(layers) else "done"
+                yield Update(f"{word}: {len(records)} of {len(layers)} layers", images=list(shown),
+                             records=list(records), plot=str(plot_path) if plot_path.is_file() else None, done=True)
+
+    # ------------------------------------------------------------------ Runs
+    def open_run(self, folder: str) -> RunView:
+        """A ``diffinv bench`` / ``diffinv demo`` run folder: its table, records, grid and plots."""
+        path = Path(str(folder or "").strip()).expanduser()
+        if not str(folder or "").strip():
+            raise ValueError("`--out`: no run folder given; enter the folder of a `diffinv bench` run.")
+        if not path.is_dir():
+            raise NotADirectoryError(f"`--out` {str(folder)!r} is not a folder; expected the folder of a "
+                                     f"`diffinv bench` run.")
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"`--out` {str(folder)!r} holds no manifest.json: it is not a diffinv run folder.")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("kind") != "bench":
+            raise ValueError(f"`--out` {str(folder)!r} holds a {manifest.get('kind')!r} run, not a 'bench' run.")
+        results = path / "results.json"
+        records = json.loads(results.read_text(encoding="utf-8"))["records"] if results.is_file() else []
+        table = (path / "results.md").read_text(encoding="utf-8") if (path / "results.md").is_file() else (
+            "_No results.md yet: the run has not finished its first table._")
+        grid = path / "grid.png"
+        plots = sorted(p for p in path.glob("*.png") if p.name != "grid.png")
+        return RunView(path, table, records, manifest.get("settings", {}), grid if grid.is_file() else None, plots)
+
+    # ------------------------------------------------------------------ Channels
+    def channels(self, request: InvertRequest, top: int = 8) -> ChannelView:
+        """The ``top`` channels of ``request.layer`` ranked by mean activation on the image, with their
+        activation maps; per-channel inversions come from :attr:`channel_visualizer` when connected."""
+        if not isinstance(top, int) or top < 1:
+            raise ValueError(f"`--top` expected a positive integer (>= 1), got {top!r}")
+        if not request.layer:
+            raise ValueError("`--layer`: no layer chosen.")
+        original, _ = self.load_image(request.image, request.size)
+        target = self.target(request.target, request.weights, request.size, (request.layer,))
+        with torch.no_grad():
+            feats = target.feature(original.to(target.mean.device), request.layer).float().cpu()[0]
+        if feats.ndim != 3:
+            raise ValueError(f"`--layer` {request.layer!r} gives features of shape {tuple(feats.shape)}; channels need "
+                             f"a (C, H, W) feature map.")
+        strength = feats.mean(dim=(1, 2))
+        order = strength.argsort(descending=True)[:top].tolist()
+        maps = []
+        for c in order:
+            m = feats[c]
+            m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+            m = torch.nn.functional.interpolate(m[None, None], size=original.shape[-2:], mode="bilinear",
+                                                align_corners=False)[0, 0]
+            heat = torch.stack([m, 0.25 * m, 1 - m]).clamp(0, 1)
+            overlay = 0.45 * original[0] + 0.55 * heat
+            maps.append((_uint8(overlay), f"channel {c}: mean {float(strength[c]):.3g}"))
+        ranking = [(c, float(strength[c])) for c in order]
+        if self.channel_visualizer is None:
+            visuals, note = [], ("Per-channel inversion and feature visualization are not connected in this build "
+                                 "(they come with the interpretability module); shown: where each channel fires.")
+        else:
+            visuals = list(self.channel_visualizer(target, request.layer, order, original, request.size))
+            note = "Per-channel inversions from the interpretability module."
+        return ChannelView(ranking, maps, visuals, note)
