@@ -33,6 +33,8 @@ __all__ = [
     "GANFilesNotFoundError",
     "GANGenerator",
     "ModuleGenerator",
+    "biggan_files",
+    "is_random_biggan",
     "load_biggan",
     "small_biggan_config",
 ]
@@ -262,6 +264,35 @@ def _cache_folders(cache_dir: str | os.PathLike | None) -> list[Path]:
     return folders + [Path(default).expanduser()]
 
 
+def biggan_files(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """``(config.json, pytorch_model.bin)`` of a BigGAN folder or of a name in the package's cache (nothing is
+    downloaded); a :class:`GANFilesNotFoundError` that says how to provide them otherwise."""
+    text = os.fspath(name_or_path)
+    if text in BIGGAN_MODELS:
+        folders = _cache_folders(cache_dir)
+        config = _cached_file(_BIGGAN_URL.format(name=text, file="config.json"), folders)
+        weights = _cached_file(_BIGGAN_URL.format(name=text, file="pytorch_model.bin"), folders)
+        if config is None or weights is None:
+            raise GANFilesNotFoundError(
+                f"`gan` {text!r}: its weights are not in the cache ({', '.join(map(str, folders))}) and are never "
+                f"downloaded at run time. " + gan_how_to_provide(text)
+            )
+        return config, weights
+    folder = Path(text).expanduser()
+    config, weights = folder / _CONFIG, folder / _WEIGHTS
+    if not folder.is_dir() or not config.is_file() or not weights.is_file():
+        raise GANFilesNotFoundError(
+            f"`gan` {text!r} is not one of {', '.join(BIGGAN_MODELS)}, 'tiny', 'tiny:RES', or a folder with {_CONFIG} "
+            f"and {_WEIGHTS}. " + gan_how_to_provide()
+        )
+    return config, weights
+
+
+def is_random_biggan(name: str) -> bool:
+    """Whether ``name`` asks for a small random BigGAN (``"tiny"`` or ``"tiny:RES"``)."""
+    return name == TINY or name.startswith(TINY + ":")
+
+
 def load_biggan(
     name_or_path: str | os.PathLike = "biggan-deep-128",
     *,
@@ -285,31 +316,14 @@ def load_biggan(
         ImportError: ``pytorch-pretrained-biggan`` is not installed.
     """
     text = os.fspath(name_or_path)
-    if text == TINY or text.startswith(TINY + ":"):
+    if is_random_biggan(text):
         resolution = text.split(":", 1)[1] if ":" in text else "128"
         if not resolution.isdigit():
             raise ValueError(f"`gan` {text!r}: expected 'tiny' or 'tiny:RES' with RES in pixels, e.g. 'tiny:32'.")
         return random_biggan(int(resolution), truncation=truncation).to(device or "cpu")
     package = _biggan_package()
-    if text in BIGGAN_MODELS:
-        folders = _cache_folders(cache_dir)
-        config = _cached_file(_BIGGAN_URL.format(name=text, file="config.json"), folders)
-        weights = _cached_file(_BIGGAN_URL.format(name=text, file="pytorch_model.bin"), folders)
-        if config is None or weights is None:
-            raise GANFilesNotFoundError(
-                f"`gan` {text!r}: its weights are not in the cache ({', '.join(map(str, folders))}) and are never "
-                f"downloaded at run time. " + gan_how_to_provide(text)
-            )
-        name = text
-    else:
-        folder = Path(text).expanduser()
-        config, weights = folder / _CONFIG, folder / _WEIGHTS
-        if not folder.is_dir() or not config.is_file() or not weights.is_file():
-            raise GANFilesNotFoundError(
-                f"`gan` {text!r} is not one of {', '.join(BIGGAN_MODELS)}, 'tiny', or a folder with {_CONFIG} and "
-                f"{_WEIGHTS}. " + gan_how_to_provide()
-            )
-        name = str(folder)
+    config, weights = biggan_files(text, cache_dir)
+    name = text if text in BIGGAN_MODELS else str(Path(text).expanduser())
     model = package.BigGAN(package.BigGANConfig.from_json_file(str(config)))
     state = torch.load(str(weights), map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
