@@ -7,6 +7,7 @@ real photos.
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -167,3 +168,32 @@ def test_bench_marks_hybrid_rows(tmp_path):
     assert {r["method"]: r["hybrid"] for r in records} == {"gan": False, "gan+diffusion": True}
     table = (out / "results.md").read_text()
     assert "| gan+diffusion | hybrid |" in table and "| gan | white |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DIFFINV_SD_PATH"), reason="set DIFFINV_SD_PATH to a diffusers Stable Diffusion "
+                    "folder (and DIFFINV_BIGGAN to BigGAN weights for the GAN start) to measure the hybrids")
+def test_real_hybrids():
+    """Quality with real weights: ``DIFFINV_SD_PATH=DIR [DIFFINV_BIGGAN=DIR] pytest -m slow tests/test_hybrid_start.py -s``.
+
+    The start is the GAN inversion with real BigGAN weights when given, else a blurred photo (a stand-in for a
+    black-box estimate); strength 0.3 refinement through real Stable Diffusion must not end worse than its start.
+    """
+    import torch.nn.functional as F
+
+    from diffinv.metrics import psnr
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.4", input_size=(128, 128)).to(device)
+    photos = sample_images(("chelsea", "coffee"), 128)
+    features = FeatureSet.extract(target, photos.to(device), "blocks.4")
+    if os.environ.get("DIFFINV_BIGGAN"):
+        start = GANInverter(target, os.environ["DIFFINV_BIGGAN"])
+    else:
+        start = F.interpolate(F.interpolate(photos, size=16, mode="area"), size=128, mode="bilinear").clamp(0, 1)
+    inverter = DiffusionInverter(target, os.environ["DIFFINV_SD_PATH"], start=start, num_inference_steps=20,
+                                 num_iterations=50, device=device)
+    out = inverter(features, generator=torch.Generator().manual_seed(0))
+    print("start loss", out.info["start_loss"], "refined loss", out.info["refined_loss"], "kept", out.info["kept_start"],
+          "PSNR", psnr(out.images, photos).tolist(), f"{out.seconds / 2:.1f} s / image")
+    assert (torch.tensor(out.info["refined_loss"]) < torch.tensor(out.info["start_loss"])).any()
