@@ -255,6 +255,42 @@ class TargetNetwork(nn.Module):
         """Top-1 class index per image."""
         return self.logits(images).argmax(dim=1)
 
+    @torch.no_grad()
+    def classify_features(self, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """The top-1 class for each feature map of ``layer``, or ``None`` when they cannot be classified.
+
+        The rest of the network is run from ``layer`` (its output replaced by ``features``).
+        That is exact when every path to the classifier goes through ``layer`` (a stage of a
+        ResNet or an EfficientNet, not a module inside a residual block); this is verified on a
+        random probe image, and ``None`` is returned otherwise, or when the network has no
+        classifier head or class names. Used for the automatic prompt of the diffusion prior and
+        the initial class of a class-conditional GAN.
+        """
+        if not self.has_classifier or self.categories is None:
+            return None
+        module = dict(self.model.named_modules()).get(layer)
+        if module is None:
+            return None
+        device = self.mean.device
+        probe = torch.rand(1, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
+
+        def logits_from(feats: torch.Tensor) -> torch.Tensor:
+            handle = module.register_forward_hook(lambda _m, _i, _o: feats)
+            try:
+                return self.logits(torch.zeros(len(feats), 3, *image_size, device=device)).float()
+            finally:
+                handle.remove()
+
+        try:
+            probe_features = self.feature(probe, layer)
+            reference = self.logits(probe).float()
+            if not torch.allclose(logits_from(probe_features), reference, rtol=1e-3, atol=1e-3):
+                return None
+            dtype = probe_features.dtype
+            return logits_from(features.to(device, dtype)).argmax(dim=1).cpu()
+        except (RuntimeError, ValueError):  # the layer's output is not a single tensor, shapes differ, ...
+            return None
+
     def class_name(self, index: int) -> str:
         if self.categories is None:
             return f"class {index}"

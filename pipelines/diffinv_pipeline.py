@@ -54,10 +54,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffinv.compilation import backend, compiled, feature_function
-from diffinv.features import FeatureSet, check_input_size, resolve_features
+from diffinv.features import FeatureSet, check_images, check_input_size, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
-from diffinv.models.vae import decode_latents
+from diffinv.models.vae import decode_latents, encode_latents
 from diffinv.optimization import check_weight, run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
@@ -84,7 +84,7 @@ def img2img_steps(num_inference_steps: int, strength: float) -> int:
     """The sampler steps that img2img at ``strength`` runs: ``max(1, round(K * strength))``.
 
     The one definition of img2img strength in diffinv, shared by :meth:`DiffInvPipeline.img2img`,
-    the hybrid start (``DiffInvPipeline.__call__(init="mapper")``) and the refinement of
+    the hybrid starts (``DiffInvPipeline.__call__(init="mapper" or "image")``) and the refinement of
     :class:`~diffinv.inverters.mapper.MapperInverter`: the clean latent is noised to the first
     timestep of the last ``img2img_steps(K, strength)`` steps of the K-step chain
     (:meth:`DiffInvPipeline.chain_scheduler`), which then run. Strength 1 runs the whole chain
@@ -503,7 +503,7 @@ class DiffInvPipeline(DiffusionPipeline):
     ) -> DDIMScheduler:
         """The chain of img2img at ``strength``: the last :func:`img2img_steps` steps of :meth:`chain_scheduler`.
 
-        Used by :meth:`img2img`, the hybrid start (``init="mapper"``) and, through :meth:`img2img`,
+        Used by :meth:`img2img`, the hybrid starts (``init="mapper"``, ``"image"``) and, through :meth:`img2img`,
         by :class:`~diffinv.inverters.mapper.MapperInverter`.
 
         Raises:
@@ -513,6 +513,32 @@ class DiffInvPipeline(DiffusionPipeline):
         scheduler = self.chain_scheduler(num_inference_steps, device)
         scheduler.timesteps = scheduler.timesteps[num_inference_steps - steps :]
         return scheduler
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Images in [0, 1] -> clean scaled VAE latents (the posterior mean), resized to ``size`` first when it
+        differs: the start of ``init="image"`` (decode them with :func:`diffinv.models.decode_latents`)."""
+        image = image.to(self._execution_device, torch.float32)
+        if size is not None and tuple(image.shape[-2:]) != tuple(size):
+            image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True,
+                                                    align_corners=False).clamp(0, 1)
+        return encode_latents(self.vae, image).float().contiguous()
+
+    @staticmethod
+    def _start_images(image, batch_size: int) -> torch.Tensor:
+        """``image=`` as a ``(N or 1, 3, H, W)`` float tensor in [0, 1]; a ValueError otherwise."""
+        if isinstance(image, PIL.Image.Image):
+            image = [image]
+        if isinstance(image, list):
+            if not image or not all(isinstance(im, PIL.Image.Image) for im in image):
+                raise ValueError("`image` must be a (N, 3, H, W) tensor in [0, 1], a PIL image or a list of them.")
+            image = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                                 for im in image])
+        image = check_images(image, "image")
+        if len(image) not in (1, batch_size):
+            raise ValueError(f"`image` has {len(image)} images for {batch_size} feature maps; give one per map, or one "
+                             f"for all.")
+        return image
 
     @staticmethod
     def _noised_start(
@@ -538,7 +564,7 @@ class DiffInvPipeline(DiffusionPipeline):
         The latents are noised to the first timestep of :meth:`img2img_chain` (the last
         ``img2img_steps(num_inference_steps, strength)`` steps of the K-step DDIM chain of
         :meth:`chain_scheduler`) and those steps run; the same chain as the hybrid start
-        ``__call__(init="mapper")``. No gradients.
+        ``__call__(init="mapper"|"image")``. No gradients.
 
         Args:
             latents: ``(N, C, h, w)`` clean scaled latents (e.g. a FeatureMapper's prediction).
@@ -571,41 +597,12 @@ class DiffInvPipeline(DiffusionPipeline):
             )
         return latents
 
-    @torch.no_grad()
     def predict_classes(self, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> torch.Tensor | None:
-        """The target's top-1 class for each feature map, or ``None`` when it cannot classify them.
-
-        The rest of the network is run from ``layer`` (its output replaced by ``features``).
-        That is exact when every path to the classifier goes through ``layer`` (a stage of a
-        ResNet or an EfficientNet, not a module inside a residual block); this is verified on a
-        random probe image, and ``None`` is returned otherwise, or when the target has no
-        classifier head or class names.
-        """
-        target = self.target
-        if target is None or not target.has_classifier or target.categories is None:
+        """The target's top-1 class for each feature map, or ``None`` when it cannot classify them
+        (:meth:`TargetNetwork.classify_features <diffinv.targets.TargetNetwork.classify_features>`)."""
+        if self.target is None:
             return None
-        module = dict(target.model.named_modules()).get(layer)
-        if module is None:
-            return None
-        device = target.mean.device
-        probe = torch.rand(1, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
-
-        def logits_from(feats: torch.Tensor) -> torch.Tensor:
-            handle = module.register_forward_hook(lambda _m, _i, _o: feats)
-            try:
-                return target.logits(torch.zeros(len(feats), 3, *image_size, device=device)).float()
-            finally:
-                handle.remove()
-
-        try:
-            probe_features = target.feature(probe, layer)
-            reference = target.logits(probe).float()
-            if not torch.allclose(logits_from(probe_features), reference, rtol=1e-3, atol=1e-3):
-                return None
-            dtype = probe_features.dtype
-            return logits_from(features.to(device, dtype)).argmax(dim=1).cpu()
-        except (RuntimeError, ValueError):  # the layer's output is not a single tensor, shapes differ, ...
-            return None
+        return self.target.classify_features(features, layer, image_size)
 
     # ------------------------------------------------------------------ the gradient step
     @torch.enable_grad()
@@ -664,6 +661,7 @@ class DiffInvPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         init: str = "noise",
         mapper=None,
+        image: torch.Tensor | PIL.Image.Image | list[PIL.Image.Image] | None = None,
         strength: float = 0.5,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -713,9 +711,13 @@ class DiffInvPipeline(DiffusionPipeline):
                 from the features, it is noised as :meth:`img2img` does at ``strength`` and the
                 optimization runs through the same chain (:meth:`img2img_chain`: the last
                 ``img2img_steps(K, strength)`` sampler steps).
+                ``"image"``: the hybrid start from any image estimate (a black-box decoder's, a GAN's,
+                a file): ``image`` is encoded by the VAE and used as that clean latent.
             mapper: the FeatureMapper for ``init="mapper"``.
-            strength: with ``init="mapper"``, how far into the chain the start is noised, in (0, 1]
-                (see :func:`img2img_steps`).
+            image: for ``init="image"``: ``(N, 3, H, W)`` (or ``(1, 3, H, W)``, used for every feature
+                map) in [0, 1], or PIL images; resized to the output size when it differs.
+            strength: with ``init="mapper"`` or ``"image"``, how far into the chain the start is noised,
+                in (0, 1] (see :func:`img2img_steps`).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`DiffInvPipelineOutput` (else a tuple of its fields).
             callback_on_step_end: ``fn(pipe, iteration, timestep, callback_kwargs) -> dict`` after
@@ -739,8 +741,8 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if optimize not in ("initial", "all"):
             raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
-        if init not in ("noise", "mapper"):
-            raise ValueError(f"`init` must be 'noise' or 'mapper', got {init!r}.")
+        if init not in ("noise", "mapper", "image"):
+            raise ValueError(f"`init` must be 'noise', 'mapper' or 'image', got {init!r}.")
         for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -749,7 +751,15 @@ class DiffInvPipeline(DiffusionPipeline):
                 raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
             if latents is not None:
                 raise ValueError("pass either `latents` or `init='mapper'`, not both.")
-        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by init="mapper")
+        if init == "image":
+            if image is None:
+                raise ValueError("`init='image'` needs `image=`: the start image(s), (N, 3, H, W) in [0, 1] or PIL.")
+            if latents is not None:
+                raise ValueError("pass either `latents` or `init='image'`, not both.")
+            image = self._start_images(image, len(features))
+        elif image is not None:
+            raise ValueError(f"`image` is the start of `init='image'`, but `init` is {init!r}.")
+        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by init="mapper" and "image")
         check_weight("temporal_weight", temporal_weight)
         check_weight("latent_prior_weight", latent_prior_weight)
         check_weight("guidance_scale", guidance_scale)
@@ -802,7 +812,7 @@ class DiffInvPipeline(DiffusionPipeline):
             prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
 
             # 4. Prepare the differentiable sampler: the whole chain, or its img2img tail for the hybrid start
-            if init == "mapper":
+            if init in ("mapper", "image"):
                 scheduler = self.img2img_chain(num_inference_steps, strength, device)
             else:
                 scheduler = self.chain_scheduler(num_inference_steps, device)
@@ -814,6 +824,10 @@ class DiffInvPipeline(DiffusionPipeline):
                 clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
                 if tuple(clean.shape) != shape:
                     raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
+                latents = self._noised_start(clean, scheduler, generator)
+            elif init == "image":  # hybrid: any image estimate, encoded by the VAE, noised as img2img does
+                clean = self.encode_image(image, (height, width)).to(device, torch.float32)
+                clean = clean.expand(shape).contiguous() if len(clean) == 1 else clean
                 latents = self._noised_start(clean, scheduler, generator)
             elif latents is None:
                 latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)

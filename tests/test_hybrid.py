@@ -72,7 +72,7 @@ def test_hybrid_start_bad_input():
     feats = FeatureSet.extract(target, torch.rand(1, 3, 32, 32), LAYER)
     with pytest.raises(ValueError, match="`init='mapper'` needs `mapper=`"):
         pipe(feats, init="mapper", num_iterations=1)
-    with pytest.raises(ValueError, match="`init` must be 'noise' or 'mapper'"):
+    with pytest.raises(ValueError, match="`init` must be 'noise', 'mapper' or 'image'"):
         pipe(feats, init="zeros", num_iterations=1)
     mapper = FeatureMapper.for_target(target, LAYER, (32, 32), pipe.vae, hidden_channels=8)
     for strength in (0.0, 1.5):

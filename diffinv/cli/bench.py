@@ -26,8 +26,10 @@ def add_parsers(sub) -> None:
 def _add_arguments(p, *, demo: bool) -> None:
     common.add_target_args(p)
     p.add_argument("--layers", nargs="+", default=None, help="default: the target's four default depths")
-    p.add_argument("--methods", nargs="+", default=None, choices=common.METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(common.METHODS)} (default: pixel dip, plus diffusion with --model)")
+    p.add_argument("--methods", nargs="+", default=None, choices=common.METHODS + common.HYBRID_METHODS,
+                   metavar="METHOD", help=f"any of {', '.join(common.METHODS)}, or a hybrid "
+                                          f"{'|'.join(common.HYBRID_METHODS)} (default: pixel dip, plus diffusion "
+                                          f"with --model)")
     source = p.add_mutually_exclusive_group()
     common.add_images_arg(source)
     source.add_argument("--dataset", default="skimage", choices=DATASETS,

@@ -6,7 +6,8 @@
 | ``--images`` | image files and/or folders (every image file in a folder, sorted) |
 | ``--size`` | images are resized and center-cropped to SIZE x SIZE (default 128 everywhere) |
 | ``--target``/``--weights`` | the network and its weights (``default``, ``random:SEED`` or a file) |
-| ``--method``/``--methods`` | one method / several, from the registry |
+| ``--method``/``--methods`` | one method / several, from the registry, or a hybrid ``START+diffusion`` |
+| ``--init``/``--strength`` | diffusion's hybrid start (a method's estimate or an image file) and img2img strength |
 | ``--seed``/``--seeds`` | one seed / several |
 | ``--iterations`` | optimization iterations of a white-box method |
 | ``--steps`` | sampler steps K of the diffusion chain |
@@ -28,12 +29,17 @@ from pathlib import Path
 import torch
 
 from ..inverters import INVERTERS
+from ..inverters.diffusion import HYBRID_STRENGTH
+from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
+from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models import resolve_model_dir
 from ..models.learned import folder_kind
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, is_local_path
 
 __all__ = [
     "DEFAULT_SIZE",
+    "HYBRID_METHODS",
+    "METHODS",
     "UsageError",
     "add_device_arg",
     "add_images_arg",
@@ -55,6 +61,8 @@ __all__ = [
 
 DEFAULT_SIZE = 128
 METHODS = tuple(INVERTERS)
+START_METHODS = ("decoder", "mapper", "dip", "gan")  # estimates the diffusion chain can refine (--init)
+HYBRID_METHODS = tuple(f"{start}+diffusion" for start in START_METHODS)
 
 
 class UsageError(ValueError):
@@ -170,8 +178,21 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
                         "iterations compile for minutes on CPU)")
-    p.add_argument("--strength", type=unit_float, default=0.0,
-                   help="mapper: img2img refinement strength in [0, 1] (default 0: decode the mapper's latent only)")
+    p.add_argument("--init", default=None, metavar="decoder|mapper|dip|gan|IMAGE",
+                   help="diffusion: start the chain from another method's estimate (its own flags: --decoder, --mapper, "
+                        "--gan) or from an image file, noised to --strength and refined (a hybrid; `--method "
+                        "START+diffusion` means the same)")
+    p.add_argument("--strength", type=unit_float, default=None,
+                   help=f"img2img strength in [0, 1]: mapper: refinement of its latent (default 0: decode it only); "
+                        f"diffusion with --init: how far the start is noised, in (0, 1] (default {HYBRID_STRENGTH})")
+    p.add_argument("--gan", default="biggan-deep-128",
+                   help="gan: a BigGAN folder (config.json + pytorch_model.bin), biggan-deep-128/256/512 from the local "
+                        "pytorch-pretrained-biggan cache (default biggan-deep-128), or tiny / tiny:RES (random weights: "
+                        "for trying the path and timing)")
+    p.add_argument("--truncation", type=_number(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+                   default=DEFAULT_TRUNCATION, help=f"gan: BigGAN truncation in (0, 1] (default {DEFAULT_TRUNCATION})")
+    p.add_argument("--restarts", type=positive_int, default=DEFAULT_RESTARTS,
+                   help=f"gan: random restarts per image, the best kept (default {DEFAULT_RESTARTS})")
     add_device_arg(p)
 
 
@@ -213,10 +234,57 @@ def check_model(value: str | None, flag: str = "--model") -> None:
             raise UsageError(f"`{flag}` {value!r}: {err}") from None
 
 
+def check_gan(value: str) -> None:
+    """``--gan``: ``tiny[:RES]``, a BigGAN folder, or a cached BigGAN name (checked before any work)."""
+    if is_random_biggan(value):
+        resolution = value.partition(":")[2] or "128"
+        if not resolution.isdigit() or int(resolution) < 8 or not math.log2(int(resolution) / 4).is_integer():
+            raise UsageError(f"`--gan` {value!r}: expected tiny or tiny:RES with RES 4 times a power of two (8 ... 512).")
+        return
+    try:
+        biggan_files(value)
+    except GANFilesNotFoundError as err:
+        raise UsageError(f"`--gan` {value!r}: {err}") from None
+
+
+def _hybrid_start(init: str, args: argparse.Namespace):
+    """``target -> start`` for ``--init``: a method of :data:`START_METHODS` or an image file."""
+    if init in START_METHODS:
+        if init == "mapper":  # the start is the mapper's own estimate; --strength is the refinement's
+            args = argparse.Namespace(**{**vars(args), "strength": 0.0})
+        return _single_factory(init, args)
+    if init in INVERTERS:
+        raise UsageError(f"`--init` {init!r}: the chain starts from one of {', '.join(START_METHODS)} or an image file.")
+    path = Path(init).expanduser()
+    if not path.is_file():
+        raise UsageError(f"`--init` {init!r} is neither one of {', '.join(START_METHODS)} nor an existing image file.")
+    return lambda target: str(path)
+
+
 def inverter_factory(name: str, args: argparse.Namespace):
-    """``target -> Inverter`` for a method name and the command-line options."""
-    if name not in INVERTERS:
-        raise UsageError(f"`--method` {name!r} is not one of {', '.join(METHODS)}.")
+    """``target -> Inverter`` for a method name (or a hybrid ``START+diffusion``) and the command-line options."""
+    init = getattr(args, "init", None)
+    if name in HYBRID_METHODS:
+        start = name.split("+")[0]
+        if init is not None and init != start:
+            raise UsageError(f"`--method` {name!r} starts from {start}, but `--init` is {init!r}; give one of them.")
+        name, init = "diffusion", start
+    elif name not in INVERTERS:
+        raise UsageError(f"`--method` {name!r} is not one of {', '.join(METHODS + HYBRID_METHODS)}.")
+    if init is not None and name != "diffusion":
+        raise UsageError(f"`--init` {init!r} starts the diffusion chain; it does not apply to `--method {name}`.")
+    make = _single_factory(name, args)
+    if init is None:
+        return make
+    strength = HYBRID_STRENGTH if args.strength is None else args.strength
+    if strength == 0:
+        raise UsageError("`--strength` 0 with `--init`: the start must be noised into the chain; expected (0, 1].")
+    start = _hybrid_start(init, args)
+    return lambda target: make(target, start=start(target), strength=strength)
+
+
+def _single_factory(name: str, args: argparse.Namespace):
+    """``target, **extra -> Inverter`` for one registered method."""
     cls = INVERTERS[name]
     check_model(getattr(args, "model", None))
     iterations = getattr(args, "iterations", None)
@@ -243,11 +311,17 @@ def inverter_factory(name: str, args: argparse.Namespace):
         if not args.mapper:
             raise UsageError("`--method mapper` needs `--mapper DIR` (from `diffinv train-mapper`).")
         resolve_model_dir(args.mapper, kind="mapper")
-        kwargs = {"mapper": args.mapper, "model": args.model, "strength": args.strength, "prompt": args.prompt or ""}
+        kwargs = {"mapper": args.mapper, "model": args.model, "strength": args.strength or 0.0,
+                  "prompt": args.prompt or ""}
         if args.steps:
             kwargs["num_inference_steps"] = args.steps
+    elif name == "gan":
+        check_gan(args.gan)
+        kwargs = {"gan": args.gan, "truncation": args.truncation, "restarts": args.restarts}
+        if iterations is not None:
+            kwargs["iterations"] = iterations
     else:
         kwargs = {} if iterations is None else {"iterations": iterations}
         if getattr(args, "compile", False):
             kwargs["compile"] = True
-    return lambda target: cls(target, **kwargs)
+    return lambda target, **extra: cls(target, **kwargs, **extra)

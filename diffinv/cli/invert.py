@@ -16,7 +16,8 @@ from . import common
 def add_parsers(sub) -> None:
     p = sub.add_parser("invert", help="features -> reconstructed images (PNG) and metrics")
     p.add_argument("features", help="a .safetensors file written by `diffinv extract`")
-    p.add_argument("--method", default="dip", choices=common.METHODS, help="inversion method (default dip)")
+    p.add_argument("--method", default="dip", choices=common.METHODS + common.HYBRID_METHODS,
+                   help="inversion method (default dip); START+diffusion = --method diffusion --init START")
     p.add_argument("--weights", default=None,
                    help="target weights (default: those recorded in the features): 'default', 'random:SEED' or a file")
     p.add_argument("--reference", nargs="+", default=None,
@@ -52,7 +53,7 @@ def run(args) -> int:
     files = [f"{name}_{args.method}.png" for name in unique_names(fs.sources)]
     for image, file in zip(out.images, files):
         save_image(image, out_dir / file)
-    summary = {"method": args.method, "settings": inverter.settings(), "seed": args.seed, "layer": fs.layer,
+    summary = {"method": args.method, "hybrid": inverter.hybrid, "settings": inverter.settings(), "seed": args.seed, "layer": fs.layer,
                "target": target.identity(), "seconds": out.seconds,
                "feature_residual": out.feature_residual.tolist(), "sources": fs.sources, "files": files}
     if references is not None:

@@ -1,7 +1,7 @@
 """Inverters: one file per method behind one template (:class:`Inverter`), and the registry.
 
 :data:`INVERTERS` maps each method name to its class, in the order the command line lists them:
-white-box methods first (``diffusion``, ``pixel``, ``dip``), then black-box ones (``mapper``,
+white-box methods first (``diffusion``, ``pixel``, ``dip``, ``gan``), then black-box ones (``mapper``,
 ``decoder``).
 """
 
@@ -9,11 +9,12 @@ from .base import InversionOutput, Inverter, optimize
 from .decoder import DecoderInverter
 from .diffusion import DiffusionInverter
 from .dip import DIPInverter
+from .gan import GANInverter
 from .mapper import MapperInverter
 from .pixel import PixelInverter
 
 INVERTERS: dict[str, type[Inverter]] = {
-    cls.name: cls for cls in (DiffusionInverter, PixelInverter, DIPInverter, MapperInverter, DecoderInverter)
+    cls.name: cls for cls in (DiffusionInverter, PixelInverter, DIPInverter, GANInverter, MapperInverter, DecoderInverter)
 }
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DIPInverter",
     "DecoderInverter",
     "DiffusionInverter",
+    "GANInverter",
     "InversionOutput",
     "Inverter",
     "MapperInverter",

@@ -54,12 +54,13 @@ class InversionOutput:
 class Inverter:
     """Base class: ``inverter(features, image_size) -> InversionOutput``.
 
-    Subclasses set :attr:`name` (and :attr:`white_box`), implement :meth:`_reconstruct`, and
+    Subclasses set :attr:`name` (and :attr:`white_box`, :attr:`hybrid`), implement :meth:`_reconstruct`, and
     may override :meth:`_prepare` (load what the layer needs; timed apart).
     """
 
     name = "inverter"
     white_box = True
+    hybrid = False  # a black-box start refined white-box (see DiffusionInverter's ``start``)
 
     def __init__(self, target: TargetNetwork):
         self.target = target

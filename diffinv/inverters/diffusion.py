@@ -4,10 +4,18 @@ An adapter around :class:`diffinv.pipelines.DiffInvPipeline` so that the CLI and
 benchmark use the diffusion method like the other inverters: images in [0, 1] at the
 requested size, per-image loss history and feature residual in an :class:`InversionOutput`.
 
+With ``start=`` it is a *hybrid*: another method's estimate (a black-box decoder or mapper, a
+GAN inversion, DIP, an image file) is encoded by the VAE, noised to img2img ``strength`` and
+refined through the rest of the chain (``pipe(..., init="image")``), as DRAG++ (ICML 2025)
+refines its inverse network's output through Stable Diffusion from strength 0.3. The start
+counts as an iterate: an image whose refinement ends with a higher feature loss than its start
+keeps the start (``info["kept_start"]``).
+
 Example:
     >>> inverter = DiffusionInverter(target, model="path/to/stable-diffusion-v1-5", num_inference_steps=10)
     >>> out = inverter(feature_set)
     >>> out.images.shape, out.info["prompts"]
+    >>> hybrid = DiffusionInverter(target, model=..., start=DecoderInverter(target, decoder="decoders/"))
 """
 
 from __future__ import annotations
@@ -19,11 +27,16 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..features import check_images
+from ..io import fingerprint_path, load_images, pixels_fingerprint
+from ..losses import feature_loss
 from ..pipelines import DiffInvPipeline, load_pipeline
 from ..targets import TargetNetwork
 from .base import Inverter
 
-__all__ = ["DiffusionInverter"]
+__all__ = ["HYBRID_STRENGTH", "DiffusionInverter"]
+
+HYBRID_STRENGTH = 0.3  # DRAG++'s img2img strength for refining a black-box estimate
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,6 +58,12 @@ class DiffusionInverter(Inverter):
             its own dtype.
         device: where the diffusion networks run (default: CUDA when available).
         attention: ``"sdpa"`` or ``"xformers"``.
+        start: the hybrid start: an :class:`Inverter` whose reconstructions start the chain (run
+            first, on the same features; its time counts), an image file (or a list of files, one per
+            feature map), or a ``(N or 1, 3, H, W)`` tensor in [0, 1]. ``strength`` then defaults to
+            :data:`HYBRID_STRENGTH` (0.3).
+        keep_start: with ``start``, return the start for images whose refinement ends with a higher
+            feature loss than it (the start counts as an iterate of the best-iterate rule).
         **call_kwargs: arguments of the pipeline call (``prompt``, ``num_inference_steps``,
             ``num_iterations``, ``learning_rate``, ``guidance_scale``, ``optimize``,
             ``temporal_weight``, ...).
@@ -64,9 +83,26 @@ class DiffusionInverter(Inverter):
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         attention: str = "sdpa",
+        start: Inverter | str | os.PathLike | list | torch.Tensor | None = None,
+        keep_start: bool = True,
         **call_kwargs,
     ):
         super().__init__(target)
+        if start is not None:
+            if call_kwargs.get("init", "image") != "image" or "image" in call_kwargs:
+                raise ValueError("`start` sets the pipeline's `init='image'` and `image`; do not pass them as well.")
+            call_kwargs = {"init": "image", "strength": HYBRID_STRENGTH, **call_kwargs}
+            if isinstance(start, torch.Tensor):
+                start = check_images(start, "start")
+            elif isinstance(start, (str, os.PathLike)):
+                start = [start]
+            if isinstance(start, list) and not all(os.path.isfile(p) for p in start):
+                missing = [os.fspath(p) for p in start if not os.path.isfile(p)]
+                raise FileNotFoundError(f"`start` image file(s) {missing} do not exist.")
+            if isinstance(start, Inverter) and start.target is not target:
+                raise ValueError("`start` must be an inverter of the same target network.")
+        self._start = start
+        self.keep_start = bool(keep_start)
         accepted = set(inspect.signature(DiffInvPipeline.__call__).parameters) - {"self", *self._reserved}
         unknown = sorted(set(call_kwargs) - accepted)
         if unknown:
@@ -83,6 +119,16 @@ class DiffusionInverter(Inverter):
         self.call_kwargs = call_kwargs
 
     @property
+    def hybrid(self) -> bool:
+        """Whether the chain starts from another method's estimate (black-box start, white-box refinement)."""
+        return self._start is not None
+
+    @property
+    def start(self):
+        """The hybrid start: an Inverter, image files or a tensor (``None``: the plain white-box method)."""
+        return self._start
+
+    @property
     def temporal_weight(self) -> float:
         """λ of the temporal smoothing between consecutive latents (video frames in one batch)."""
         return float(self.call_kwargs.get("temporal_weight", 0.0))
@@ -96,12 +142,46 @@ class DiffusionInverter(Inverter):
         pipeline call: the defaults of :meth:`DiffInvPipeline.__call__` updated by this inverter's."""
         plain = (bool, int, float, str, type(None))
         defaults = {name: p.default for name, p in inspect.signature(DiffInvPipeline.__call__).parameters.items()
-                    if name not in ("self", "latents", "mapper", "callback_on_step_end", *self._reserved)
+                    if name not in ("self", "latents", "mapper", "image", "callback_on_step_end", *self._reserved)
                     and isinstance(p.default, plain)}
         calls = {k: v for k, v in {**defaults, **self.call_kwargs}.items() if isinstance(v, plain)}
-        return {**super().settings(), "torch_dtype": str(self.pipe.unet.dtype), **calls}
+        out = {**super().settings(), "torch_dtype": str(self.pipe.unet.dtype), **calls}
+        if not self.hybrid:
+            out.pop("keep_start", None)
+        elif isinstance(self._start, Inverter):
+            out["start"] = self._start.settings()
+        elif isinstance(self._start, list):
+            out["start"] = [os.fspath(p) for p in self._start]
+            out["start_fingerprint"] = [fingerprint_path(p) for p in self._start]
+        else:
+            out["start"] = {"tensor": list(self._start.shape), "fingerprint": pixels_fingerprint(self._start)}
+        return out
+
+    def _prepare(self, features, layer, size):
+        if isinstance(self._start, Inverter):
+            self._start.check_image_size(size)
+            self._start._prepare(features, layer, size)
+
+    def start_images(self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator,
+                     progress: bool) -> tuple[torch.Tensor, dict]:
+        """The hybrid's start images ``(N or 1, 3, H, W)`` at ``size`` and what the start method reported."""
+        if isinstance(self._start, Inverter):
+            images, _, info = self._start._reconstruct(features, layer, size, generator=generator, progress=progress)
+            info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list)) and k != "latents"}
+            return images.detach().float().clamp(0, 1), {"start_method": self._start.name, "start_info": info}
+        if isinstance(self._start, list):
+            if len(self._start) not in (1, len(features)):
+                raise ValueError(f"`start` has {len(self._start)} image files for {len(features)} feature maps; give one "
+                                 f"per map, or one for all.")
+            return load_images(self._start, size), {"start_method": "image"}
+        return self._start, {"start_method": "image"}
 
     def _reconstruct(self, features, layer, size, *, generator, progress, callback=None):
+        call_kwargs, start, start_info = dict(self.call_kwargs), None, {}
+        if self.hybrid:
+            start, start_info = self.start_images(features, layer, size, generator=generator, progress=progress)
+            start = start.to(self.device)
+            call_kwargs["image"] = start
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
         height, width = (max(8, 8 * round(v / 8)) for v in size)
         if (height, width) != size and self.target.input_size is None:
@@ -121,15 +201,32 @@ class DiffusionInverter(Inverter):
 
             hook = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["loss"]}
         out = pipe(features, height=height, width=width, layer=layer, generator=generator, output_type="pt",
-                   **self.call_kwargs, **hook)
+                   **call_kwargs, **hook)
         images = out.images.float()
         if (height, width) != size:
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        if start is not None:
+            start_info.update(self._keep_better_start(images, start, features, layer))
+            images = start_info.pop("images")
         info = {
             "skipped_steps": out.skipped_steps,
             "prompts": out.prompts,
             "model": str(self.model),
             "generated_size": [height, width],
             **{k: v for k, v in self.call_kwargs.items() if isinstance(v, (int, float, str))},
+            **start_info,
         }
         return images, out.loss_history, info
+
+    @torch.no_grad()
+    def _keep_better_start(self, refined: torch.Tensor, start: torch.Tensor, features: torch.Tensor, layer: str) -> dict:
+        """Per image, the refinement or (``keep_start``) its start when the start's feature loss is lower."""
+        start = start.to(refined).expand_as(refined)
+        kind = self.call_kwargs.get("loss", "nmse")
+        feats = features.to(self.device).float()
+        losses = [feature_loss(self.target.feature(x.to(self.device), layer).float(), feats, kind).cpu()
+                  for x in (start, refined)]
+        kept = losses[0] < losses[1] if self.keep_start else torch.zeros(len(refined), dtype=torch.bool)
+        images = torch.where(kept.view(-1, 1, 1, 1).to(refined.device), start, refined)
+        return {"images": images, "kept_start": kept.tolist(), "start_loss": losses[0].tolist(),
+                "refined_loss": losses[1].tolist()}

@@ -242,7 +242,8 @@ def run_benchmark(
                 continue  # finished earlier (in a chunk that was cut short): kept as it is
             file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
             record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
-                      "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box)}
+                      "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
+                      "hybrid": bool(inverter.hybrid)}
             for metric, values in scores.items():
                 record[metric] = None if values is None else float(values[j])
             record["seconds"] = out.seconds / len(chunk)

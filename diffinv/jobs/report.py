@@ -27,7 +27,8 @@ def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequen
             group = [r for r in records if r["layer"] == layer and r["method"] == method]
             if not group:
                 continue
-            row = {"layer": layer, "method": method, "n": len(group), "white_box": group[0].get("white_box", True)}
+            row = {"layer": layer, "method": method, "n": len(group), "white_box": group[0].get("white_box", True),
+                   "hybrid": group[0].get("hybrid", False)}
             for metric in METRICS:
                 values = [r[metric] for r in group if r.get(metric) is not None]
                 if values:
@@ -47,7 +48,8 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
     head = ["layer", "method", "box", "n", "PSNR (dB)", "SSIM", "LPIPS", "feat. residual", "top-1 agr.", "s / image", "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summarize(records, layers, methods):
-        cells = [row["layer"], row["method"], "white" if row["white_box"] else "black", str(row["n"])]
+        box = "hybrid" if row["hybrid"] else "white" if row["white_box"] else "black"
+        cells = [row["layer"], row["method"], box, str(row["n"])]
         for metric in METRICS:
             value = row[metric]
             cells.append("n/a" if value is None else f"{fmt[metric].format(value[0])} ± {fmt[metric].format(value[1])}")
@@ -57,6 +59,9 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
         notes.append(f"Target `{meta.get('target')}`, images {meta.get('image_size')}, device {meta.get('device')}.")
         if meta.get("lpips") != "alexnet":
             notes.append(str(meta.get("lpips")) + ".")
+    if any(row.get("hybrid") for row in summarize(records, layers, methods)):
+        notes.append("box hybrid = a black-box (or GAN) start refined white-box through the diffusion chain; its "
+                     "s / image includes the start.")
     notes.append("Mean ± std over images and seeds; top-1 agr. = share of reconstructions the target classifies "
                  "as it classifies the original; peak MiB = GPU allocated or CPU resident set during the inversion.")
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

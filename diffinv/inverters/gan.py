@@ -1,0 +1,172 @@
+"""GAN latent inversion: optimize a generator's latent ``z`` (and class embedding) so that N(G(z)) matches.
+
+The prior is the GAN's learned image manifold (BigGAN-deep on ImageNet classes, or any
+``nn.Module`` generator). The class of a class-conditional generator starts from the target's
+own prediction when the target can classify the features (as the diffusion prior's automatic
+prompt does), otherwise from a random class per restart. The truncation trick bounds the
+latent: ``z = latent_bound * tanh(w)`` is optimized through ``w``, so ``z`` never leaves the
+region the generator was sampled from. Several random restarts run as one batch; each image
+keeps its best restart (best of R, as in Huh et al., ECCV 2020, who invert BigGAN from
+several seeds because the latent landscape is far from convex).
+
+Example:
+    >>> out = GANInverter(target, gan="path/to/biggan-deep-128", restarts=4)(feature_set)
+    >>> out.info["classes"], out.info["best_restart"]
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.gan import BigGANGenerator, GANGenerator, ModuleGenerator, load_biggan
+from ..targets import TargetNetwork
+from .base import Inverter, optimize
+
+__all__ = ["GANInverter"]
+
+DEFAULT_TRUNCATION = 0.7
+DEFAULT_RESTARTS = 4
+
+
+class GANInverter(Inverter):
+    """White-box inversion through a GAN's latent space.
+
+    Args:
+        target: the network whose features are inverted.
+        gan: a BigGAN folder (``config.json`` + ``pytorch_model.bin``), a name of
+            :data:`~diffinv.models.gan.BIGGAN_MODELS` in the package's cache, ``"tiny"``/``"tiny:RES"``
+            (a small random BigGAN: tests, timing), a :class:`~diffinv.models.gan.GANGenerator`, or any
+            ``nn.Module`` ``G(z) -> images in [-1, 1]`` (see ``z_dim``, ``output_range``).
+        truncation: BigGAN's truncation in (0, 1] (default 0.7): smaller gives more typical,
+            less varied images; inversion needs to reach an arbitrary image, so the default sits
+            above the 0.4-0.5 usual for sampling.
+        restarts: R random starts per image, optimized together; each image keeps the one with the
+            lowest loss (default 4).
+        iterations: optimization steps (default 200).
+        learning_rate: Adam step size on the latent parameters.
+        optimize_class: also optimize the class embedding (class-conditional generators).
+        classes: the starting class (an int, or one per image); default the target's prediction
+            from the features when it can classify them and the GAN has as many classes, else a
+            random class per restart.
+        loss: feature loss, ``"nmse"``, ``"mse"`` or ``"cosine"``.
+        z_dim, output_range: for a plain ``nn.Module`` generator (see
+            :class:`~diffinv.models.gan.ModuleGenerator`).
+        cache_dir: another folder to look for cached BigGAN files in.
+
+    Raises:
+        GANFilesNotFoundError: the BigGAN weights are not on this machine (how to provide them is
+            in the message).
+    """
+
+    name = "gan"
+
+    def __init__(
+        self,
+        target: TargetNetwork,
+        gan: str | os.PathLike | nn.Module = "biggan-deep-128",
+        *,
+        truncation: float = DEFAULT_TRUNCATION,
+        restarts: int = DEFAULT_RESTARTS,
+        iterations: int = 200,
+        learning_rate: float = 0.05,
+        optimize_class: bool = True,
+        classes: int | list[int] | None = None,
+        loss: str = "nmse",
+        z_dim: int | None = None,
+        output_range: str = "tanh",
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__(target)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"`restarts` must be a positive integer, got {restarts!r}.")
+        if isinstance(gan, GANGenerator):
+            generator = gan
+        elif isinstance(gan, nn.Module) and type(gan).__name__ == "BigGAN":
+            generator = BigGANGenerator(gan, truncation)
+        elif isinstance(gan, nn.Module):
+            generator = ModuleGenerator(gan, z_dim, output_range)
+        else:
+            generator = load_biggan(gan, truncation=truncation, cache_dir=cache_dir)
+        self._generator = generator.to(self.device)
+        self.gan = gan if isinstance(gan, str) else os.fspath(gan) if isinstance(gan, os.PathLike) else generator.name
+        self.truncation = getattr(generator, "truncation", None)
+        self.restarts, self.iterations, self.learning_rate = restarts, iterations, learning_rate
+        self.optimize_class = bool(optimize_class) and generator.embed_dim > 0
+        self.classes = [classes] if isinstance(classes, int) else classes
+        self.loss = loss
+
+    @property
+    def generator(self) -> GANGenerator:
+        """The frozen generator (on the target's device)."""
+        return self._generator
+
+    def start_classes(self, features: torch.Tensor, layer: str, size: tuple[int, int],
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, str]:
+        """``(N * R,)`` starting classes (image-major) and where they came from."""
+        n, r, gan = len(features), self.restarts, self.generator
+        if self.classes is not None:
+            if len(self.classes) not in (1, n) or not all(0 <= int(c) < gan.num_classes for c in self.classes):
+                raise ValueError(f"`classes` must be one class or one per image ({n}), each in [0, {gan.num_classes}), "
+                                 f"got {self.classes!r}.")
+            classes = torch.tensor([int(c) for c in self.classes]).expand(n) if len(self.classes) == 1 \
+                else torch.tensor([int(c) for c in self.classes])
+            return classes.repeat_interleave(r), "given"
+        categories = self.target.categories
+        if categories is not None and len(categories) == gan.num_classes:
+            predicted = self.target.classify_features(features, layer, size)
+            if predicted is not None:
+                return predicted.repeat_interleave(r), "predicted"
+        return torch.randint(0, gan.num_classes, (n * r,), generator=generator), "random"
+
+    def _reconstruct(self, features, layer, size, *, generator, progress):
+        n, r, gan = len(features), self.restarts, self.generator
+        device = self.device
+
+        # 1. Starting points: R per image (rows image-major), z drawn as the generator was sampled
+        z0 = gan.sample_latents(n * r, generator).to(device)
+        bound = gan.latent_bound
+        if bound is None:
+            w = z0.clone()
+        else:  # z = bound * tanh(w): the truncation region, with a gradient everywhere
+            w = torch.atanh((z0 / bound).clamp(-0.999, 0.999))
+        params = [w]
+        classes, class_source = (None, "none")
+        embed = None
+        if gan.embed_dim > 0:
+            classes, class_source = self.start_classes(features, layer, size, generator)
+            embed = gan.class_embeddings(classes).to(device).float()
+            if self.optimize_class:
+                params.append(embed)
+
+        def render() -> torch.Tensor:
+            z = w if bound is None else bound * torch.tanh(w)
+            images = gan(z, embed)
+            if tuple(images.shape[-2:]) != tuple(size):
+                images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+            return images
+
+        # 2. One optimization of every restart at once (the best iterate of each row is kept)
+        images, history, info = optimize(
+            params, render, self.target, features.repeat_interleave(r, dim=0), layer,
+            iterations=self.iterations, lr=self.learning_rate, loss=self.loss, desc=f"gan {layer}", progress=progress,
+        )  # fmt: skip
+
+        # 3. Best of R per image
+        best = torch.tensor(info.pop("best_loss")).view(n, r)
+        pick = best.nan_to_num(float("inf")).argmin(dim=1)
+        rows = torch.arange(n) * r + pick
+        images = images[rows]
+        history = history.view(len(history), n, r)[:, torch.arange(n), pick]
+        info.update(
+            best_loss=best[torch.arange(n), pick].tolist(),
+            best_restart=pick.tolist(),
+            restarts=r,
+            classes=None if classes is None else classes.view(n, r)[torch.arange(n), pick].tolist(),
+            class_source=class_source,
+            latents=(w if bound is None else bound * torch.tanh(w)).detach()[rows].cpu(),
+        )
+        return images, history, info
