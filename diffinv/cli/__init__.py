@@ -13,12 +13,12 @@ from .. import __version__
 from ..jobs.store import RunSettingsError
 from ..pipelines.definitions import ModelFilesNotFoundError
 from ..targets import WeightsNotFoundError
-from . import bench, extract, invert, train, video
+from . import audit, bench, extract, invert, train, video
 from .common import UsageError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (extract, invert, bench, video, train)
+COMMANDS = (extract, invert, bench, video, train, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
