@@ -155,6 +155,33 @@ class Defense:
         return features
 
 
+    def attacker_transform(self, observed: torch.Tensor, generator: torch.Generator | None = None):
+        """What an attacker who knows this defense applies to its candidate features ``(N, ...)``
+        before comparing them with the ``observed`` (defended) ones, differentiably.
+
+        Every step is applied with fresh randomness per call and straight-through gradients,
+        except a last ``prune`` or ``topk`` step: its zeros survive in ``observed``, so the attacker
+        reads which channels / entries were kept and applies that same support (a fresh random
+        mask would only add noise to the match).
+        """
+        steps = list(self.steps)
+        support = None
+        if steps and steps[-1][0] in ("prune", "topk"):
+            name, _ = steps.pop()
+            nonzero = observed.detach() != 0
+            if name == "prune":
+                nonzero = nonzero.flatten(2).any(dim=2) if observed.ndim > 2 else nonzero
+                nonzero = nonzero.view(*nonzero.shape, *([1] * (observed.ndim - nonzero.ndim)))
+            support = nonzero.to(observed.dtype)
+        head = Defense(tuple(steps))
+
+        def transform(features: torch.Tensor) -> torch.Tensor:
+            features = head(features, generator, straight_through=True)
+            return features if support is None else features * support.to(features)
+
+        return transform
+
+
 def parse_defense(text: str) -> Defense:
     """One setting: ``none``, ``NAME:STRENGTH`` or a composition ``A+B`` (applied left to right).
 

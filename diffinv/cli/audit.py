@@ -51,6 +51,8 @@ def add_parsers(sub) -> None:
                         "ImageNet samples and grace_hopper.jpg, minus the audited images)")
     p.add_argument("--max-steps", type=common.positive_int, default=300,
                    help="decoder: training steps of each decoder (default 300)")
+    p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels,
+                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
     p.add_argument("--train-batch-size", type=common.positive_int, default=d.batch_size,
                    help=f"decoder: crops per training step (default {d.batch_size})")
     common.add_overwrite_arg(p)
@@ -93,6 +95,7 @@ def run(args) -> int:
             raise common.UsageError("`--train-images`: no training images left (the audited images are held out).")
         methods["decoder"] = TrainConfig(out="", layer="", images=[str(f) for f in train_images],
                                          max_steps=args.max_steps, batch_size=args.train_batch_size,
+                                         hidden_channels=args.hidden_channels,
                                          val_fraction=0.0, device=str(device))
 
     # 2. Target, then the audit (resumed, or refused when --out holds other settings)

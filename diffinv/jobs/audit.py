@@ -8,8 +8,9 @@ For each layer (split point) and defense setting (:mod:`diffinv.defenses`):
 * **attack success** of every method, PSNR, SSIM, LPIPS (when available) and top-1 agreement of the
   reconstruction, for two attackers: the *naive* one inverts the defended features as if they were
   not defended; the *adaptive* one knows the defense: the white-box methods that optimize
-  (pixel, dip) differentiate through it inside their loss (fresh noise/masks every step,
-  straight-through quantization and top-k); the decoder is trained on defended features (the
+  (pixel, dip) differentiate through it inside their loss
+  (:meth:`~diffinv.defenses.Defense.attacker_transform`: fresh noise/masks every step,
+  straight-through quantization and top-k, the observed support of a final prune/top-k); the decoder is trained on defended features (the
   training job, :func:`~diffinv.jobs.training.train_decoder`, with ``defense`` set). Without a defense
   the two attackers are the same and only the naive one runs.
 
@@ -275,7 +276,8 @@ def run_audit(
         elif attacker == "adaptive":
             draws = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start) + 1 + seed)
             out = inverters[method].invert(defended, generator=generator, progress=show,
-                                           feature_transform=lambda f: defense(f, draws, straight_through=True))
+                                           feature_transform=defense.attacker_transform(
+                                               defended.features.to(device), draws))
         else:
             out = inverters[method].invert(defended, generator=generator, progress=show)
         recon = out.images.to(device)
