@@ -249,6 +249,11 @@ class UtilityUnavailable(ValueError):
     """The rest of the network cannot be run from this layer's features (the reason says why)."""
 
 
+def _check_classifier(target: TargetNetwork) -> None:
+    if not target.has_classifier:
+        raise UtilityUnavailable(f"target {target.name!r} has no classifier head, so there is no top-1 to agree on.")
+
+
 def split_logits(target: TargetNetwork, images: torch.Tensor, layer: str, features: torch.Tensor) -> torch.Tensor:
     """The target's logits when ``layer`` outputs ``features`` instead of its own output.
 
@@ -258,8 +263,7 @@ def split_logits(target: TargetNetwork, images: torch.Tensor, layer: str, featur
         UtilityUnavailable: no classifier head, the layer's output is not one tensor of the
             features' shape, or the layer runs more than once in a forward pass.
     """
-    if not target.has_classifier:
-        raise UtilityUnavailable(f"target {target.name!r} has no classifier head, so there is no top-1 to agree on.")
+    _check_classifier(target)
     module = dict(target.model.named_modules()).get(layer)
     if module is None:
         raise ValueError(f"`layer` {layer!r} is not a module of {target.name!r}.")
@@ -298,6 +302,7 @@ def utility_agreement(target: TargetNetwork, images: torch.Tensor, layer: str, c
     Raises:
         UtilityUnavailable: the network cannot be run from ``layer`` (the message says why).
     """
+    _check_classifier(target)
     reference = target.logits(images).float()
     check = split_logits(target, torch.zeros_like(images), layer, clean.to(images.device)).float()
     scale = reference.abs().max().clamp_min(1e-6)
