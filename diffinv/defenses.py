@@ -162,22 +162,34 @@ class Defense:
         Every step is applied with fresh randomness per call and straight-through gradients,
         except a last ``prune`` or ``topk`` step: its zeros survive in ``observed``, so the attacker
         reads which channels / entries were kept and applies that same support (a fresh random
-        mask would only add noise to the match).
+        mask would only add noise to the match); for top-k an entry outside the support counts
+        only by how much its magnitude exceeds the smallest kept one (it was dropped for being
+        smaller).
         """
         steps = list(self.steps)
-        support = None
+        support, threshold = None, None
         if steps and steps[-1][0] in ("prune", "topk"):
             name, _ = steps.pop()
-            nonzero = observed.detach() != 0
+            observed = observed.detach()
+            nonzero = observed != 0
             if name == "prune":
                 nonzero = nonzero.flatten(2).any(dim=2) if observed.ndim > 2 else nonzero
                 nonzero = nonzero.view(*nonzero.shape, *([1] * (observed.ndim - nonzero.ndim)))
+            else:  # the dropped entries were at most the smallest kept magnitude: only the excess is an error
+                kept = torch.where(nonzero, observed.abs(), torch.full_like(observed, float("inf")))
+                threshold = _per_image(kept.flatten(1).min(dim=1).values, observed)
             support = nonzero.to(observed.dtype)
         head = Defense(tuple(steps))
 
         def transform(features: torch.Tensor) -> torch.Tensor:
             features = head(features, generator, straight_through=True)
-            return features if support is None else features * support.to(features)
+            if support is None:
+                return features
+            mask = support.to(features)
+            if threshold is None:
+                return features * mask
+            excess = features.sign() * torch.relu(features.abs() - threshold.to(features))
+            return features * mask + excess * (1 - mask)
 
         return transform
 
