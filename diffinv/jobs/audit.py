@@ -80,9 +80,10 @@ def _key(record: Mapping) -> tuple:
             record.get("seed", 0), record.get("image", ""))
 
 
-def _adaptive_reason(method: str, inverter: Inverter | None) -> str | None:
-    """``None`` when the method has an adaptive attacker, else why not."""
-    if method == "decoder" or method in _THROUGH_LOSS:
+def _adaptive_reason(method: str, trained: bool) -> str | None:
+    """``None`` when the method has an adaptive attacker (it optimizes through the defense, or the audit
+    trains it on defended features), else why not."""
+    if trained or method in _THROUGH_LOSS:
         return None
     return (f"{method}: no adaptive attacker in the audit (it does not optimize the loss of `optimize()` and is not "
             f"trained here); only the naive attack is reported")
@@ -143,6 +144,9 @@ def run_audit(
     if not layers:
         raise ValueError("`layers` is empty; give at least one split point.")
     defenses = list(dict.fromkeys(defenses))
+    for name, value in methods.items():
+        if isinstance(value, TrainConfig) and name != "decoder":
+            raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but the audit trains only decoders ('decoder').")
     device = target.mean.device
     if state is not None:
         device = process_device(state, device)
@@ -201,7 +205,7 @@ def run_audit(
             attackers = ("naive", "adaptive") if by_spec[spec] else ("naive",)
             for method in names:
                 for attacker in attackers:
-                    if attacker == "adaptive" and _adaptive_reason(method, inverters.get(method)):
+                    if attacker == "adaptive" and _adaptive_reason(method, method not in inverters):
                         continue
                     work += [(layer, spec, method, attacker, seed, chunk) for seed in seeds for chunk in chunks]
 
@@ -268,7 +272,7 @@ def run_audit(
             bar.update(1)
             continue
         generator = torch.Generator().manual_seed(seed)
-        if method == "decoder":
+        if method not in inverters:  # the decoders the audit trains
             known = spec if attacker == "adaptive" else "none"
             if known not in decoders:
                 decoders[known] = DecoderInverter(target, decoder=decoder_folder(out_dir, by_spec.get(known, Defense())))
@@ -284,7 +288,7 @@ def run_audit(
         scores = {"psnr": psnr(recon, originals), "ssim": ssim(recon, originals),
                   "lpips": lpips_metric(recon, originals), "top1_agreement": top1_agreement(target, recon, originals),
                   "feature_residual": out.feature_residual}
-        white_box = method != "decoder" and bool(inverters[method].white_box)
+        white_box = method in inverters and bool(inverters[method].white_box)
         for j, i in enumerate(chunk):
             if keys[j] in done:
                 continue
@@ -302,7 +306,7 @@ def run_audit(
         state.wait_for_everyone()
 
     # 6. Report (main process)
-    report = build_report(store.records(), layers, specs, names, inverters, meta={
+    report = build_report(store.records(), layers, specs, names, [m for m in names if m not in inverters], meta={
         "target": target.name, "image_size": list(size), "images": len(sources), "seeds": list(seeds),
         "lpips": lpips_metric.reason or "alexnet", "device": str(device)})
     if main:
@@ -334,11 +338,10 @@ def _mean(values) -> float | None:
 
 
 def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
-                 inverters: Mapping[str, Inverter] | None = None, meta: Mapping | None = None) -> dict:
+                 trained: Sequence[str] = (), meta: Mapping | None = None) -> dict:
     """The audit's summary of ``records``: per (layer, defense setting) the utility and, per method and
     attacker, the mean metrics; per layer the setting that keeps utility >= 0.9 with the lowest best
-    attack PSNR; the cost in seconds."""
-    inverters = inverters or {}
+    attack PSNR; the cost in seconds. ``trained``: the methods the audit trained per defense."""
     rows = []
     for layer in layers:
         for spec in specs:
@@ -353,7 +356,7 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
                              and r["defense"] == spec and r["method"] == method and r["attacker"] == source]
                     entry[attacker] = {"n": len(group), **{m: _mean(r.get(m) for r in group) for m in METRICS}} \
                         if group else None
-                reason = None if spec == "none" else _adaptive_reason(method, inverters.get(method))
+                reason = None if spec == "none" else _adaptive_reason(method, method in trained)
                 if reason:
                     entry["adaptive_reason"] = reason
                 row["attacks"][method] = entry
@@ -414,7 +417,10 @@ def write_report_md(report: Mapping, path) -> str:
                 lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 8)
         rec = report["recommendation"].get(layer)
         lines.append("")
-        if rec:
+        if rec and rec["defense"] == "none" or rec and rec["psnr_drop"] is not None and rec["psnr_drop"] <= 0:
+            lines.append(f"No defense setting that keeps utility >= {report['utility_threshold']} lowers the best "
+                         f"attack's PSNR below no defense ({rec['best_attack_psnr']:.2f} dB).")
+        elif rec:
             drop = "" if rec["psnr_drop"] is None else f", {rec['psnr_drop']:.2f} dB below no defense"
             lines.append(f"Keeping utility >= {report['utility_threshold']}: **{rec['defense']}** (utility "
                          f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to {rec['best_attack_psnr']:.2f}"
