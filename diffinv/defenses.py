@@ -7,9 +7,9 @@ them first. Each transform has one strength:
 |---|---|---|
 | ``none`` | identity | — |
 | ``noise:S`` | add Gaussian noise of std ``S`` x the std of each image's features | ``S >= 0`` |
-| ``quantize:B`` | uniform quantization of each image's features to ``2**B`` levels between their min and max | bits ``B`` in 1..16 |
+| ``quantize:B`` | each image's features to ``2**B`` uniform levels between their min and max | bits ``B`` in 1..16 |
 | ``prune:P`` | zero a random ``round(P * C)`` of the ``C`` channels of each image | ``P`` in [0, 1) |
-| ``topk:K`` | keep the ``round(K * numel)`` entries of largest magnitude of each image, zero the rest | ``K`` in (0, 1] |
+| ``topk:K`` | keep each image's ``round(K * numel)`` largest-magnitude entries, zero the rest | ``K`` in (0, 1] |
 
 ``A+B`` composes them, applied left to right (``prune:0.5+noise:0.1``). On the command line a
 family takes several strengths, one setting each: ``noise:0.1,0.3,1.0`` (:func:`parse_defenses`).

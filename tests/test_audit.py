@@ -145,7 +145,8 @@ def test_feature_transform_reaches_the_loss_and_only_optimizing_methods_take_it(
     (["--defenses", "quantize:0"], "the strength of 'quantize' must be an integer number of bits in 1..16, got '0'"),
     (["--defenses", "prune:1.5"], r"fraction of channels in \[0, 1\)"),
     (["--methods", "pixel", "decoder", "--decoder", "x"], "the audit trains its own decoders"),
-    (["--size", "36"], "multiple of 8"),
+    (["--layers", "nope"], "`layer` 'nope' is not a module"),
+    (["--methods", "dip", "--size", "40"], "DIP needs `image_size` divisible by 16"),
 ])
 def test_bad_inputs_fail_before_any_work(tmp_path, capsys, argv, match):
     out = tmp_path / "audit"
@@ -166,7 +167,8 @@ def test_build_report_picks_the_setting_that_keeps_utility(tmp_path):
                 "image": "a", "psnr": psnr_value, "ssim": 0.1, "lpips": None, "top1_agreement": 1.0,
                 "feature_residual": 0.1, "seconds": 1.0}
 
-    records = [{"kind": "utility", "layer": "L", "defense": d, "image": "a", "utility": u, "reason": None, "seconds": 0.1}
+    records = [{"kind": "utility", "layer": "L", "defense": d, "image": "a", "utility": u, "reason": None,
+                "seconds": 0.1}
                for d, u in (("none", 1.0), ("noise:1", 1.0), ("noise:3", 0.0))]
     records += [attack("none", 20.0), attack("noise:1", 15.0), attack("noise:3", 10.0)]
     report = build_report(records, ["L"], ["none", "noise:1", "noise:3"], ["pixel"])

@@ -83,7 +83,8 @@ def test_composition_applies_left_to_right(feats):
     dead = lambda out: (out.flatten(2) == 0).all(dim=2).sum(dim=1).tolist()  # noqa: E731
     assert dead(noise_then_prune(feats, g())) == [8] * 3
     assert dead(prune_then_noise(feats, g())) == [0] * 3
-    assert torch.equal(parse_defense("quantize:2+topk:0.5")(feats), parse_defense("topk:0.5")(parse_defense("quantize:2")(feats)))
+    composed = parse_defense("quantize:2+topk:0.5")(feats)
+    assert torch.equal(composed, parse_defense("topk:0.5")(parse_defense("quantize:2")(feats)))
 
 
 def test_parsing_settings_and_clear_errors():

@@ -1,4 +1,4 @@
-"""``diffinv audit``: the privacy–utility curve of a split point, for defenses and attacks (:mod:`diffinv.jobs.audit`).
+"""``diffinv audit``: the privacy–utility curve of a split point (:mod:`diffinv.jobs.audit`).
 
 Scales out unchanged under ``torchrun``/``accelerate launch`` (work items split across the
 processes; decoders trained data-parallel)."""
@@ -75,8 +75,6 @@ def run(args) -> int:
     if args.decoder:
         raise common.UsageError("`--decoder`: the audit trains its own decoders (clean and per defense) on "
                                 "--train-images; leave --decoder out.")
-    if args.size % 8:
-        raise common.UsageError(f"`--size` {args.size}: the audit needs a multiple of 8 (the decoder's and DIP's levels).")
     methods = {m: common.inverter_factory(m, args) for m in args.methods if m != "decoder"}
     if args.images:
         images, names = load_image_files(args.images, args.size, limit=args.num_images)

@@ -10,7 +10,8 @@ For each layer (split point) and defense setting (:mod:`diffinv.defenses`):
   not defended; the *adaptive* one knows the defense: the white-box methods that optimize
   (pixel, dip) differentiate through it inside their loss
   (:meth:`~diffinv.defenses.Defense.attacker_transform`: fresh noise/masks every step,
-  straight-through quantization and top-k, the observed support of a final prune/top-k); the decoder is trained on defended features (the
+  straight-through quantization and top-k, the observed support of a final prune/top-k); the
+  decoder is trained on defended features (the
   training job, :func:`~diffinv.jobs.training.train_decoder`, with ``defense`` set). Without a defense
   the two attackers are the same and only the naive one runs.
 
@@ -275,7 +276,8 @@ def run_audit(
         if method not in inverters:  # the decoders the audit trains
             known = spec if attacker == "adaptive" else "none"
             if known not in decoders:
-                decoders[known] = DecoderInverter(target, decoder=decoder_folder(out_dir, by_spec.get(known, Defense())))
+                folder = decoder_folder(out_dir, by_spec.get(known, Defense()))
+                decoders[known] = DecoderInverter(target, decoder=folder)
             out = decoders[known].invert(defended, generator=generator, progress=show)
         elif attacker == "adaptive":
             draws = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start) + 1 + seed)
@@ -395,7 +397,8 @@ def write_report_md(report: Mapping, path) -> str:
     meta = report.get("meta", {})
     if meta:
         lines += [f"Target `{meta.get('target')}`, {meta.get('images')} images at {meta.get('image_size')}, seeds "
-                  f"{meta.get('seeds')}, device {meta.get('device')}. Utility = top-1 agreement of the network run from "
+                  f"{meta.get('seeds')}, device {meta.get('device')}. Utility = top-1 agreement of the network run "
+                  f"from "
                   f"the defended features with the undefended network; attack top-1 = agreement of the "
                   f"reconstruction's class. naive / adaptive = attacker unaware of / aware of the defense.", ""]
         if meta.get("lpips") != "alexnet":
@@ -423,7 +426,8 @@ def write_report_md(report: Mapping, path) -> str:
         elif rec:
             drop = "" if rec["psnr_drop"] is None else f", {rec['psnr_drop']:.2f} dB below no defense"
             lines.append(f"Keeping utility >= {report['utility_threshold']}: **{rec['defense']}** (utility "
-                         f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to {rec['best_attack_psnr']:.2f}"
+                         f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to "
+                         f"{rec['best_attack_psnr']:.2f}"
                          f" dB{drop}.")
         else:
             lines.append(f"No setting keeps utility >= {report['utility_threshold']} (or utility is unavailable).")
