@@ -175,3 +175,19 @@ def test_build_report_picks_the_setting_that_keeps_utility(tmp_path):
     assert report["recommendation"]["L"] == {"defense": "noise:1", "utility": 1.0, "best_attack_psnr": 15.0,
                                              "psnr_drop": 5.0}
     assert report["settings"][1]["attacks"]["pixel"]["adaptive"] is None  # not run in these records
+
+
+def test_audit_command_end_to_end(tmp_path, capsys, one_thread):
+    out = tmp_path / "audit"
+    argv = ["audit", "--weights", "random:0", "--layer", "blocks.1", "--defenses", "none", "quantize:2,1",
+            "--methods", "pixel", "decoder", "--dataset", "foolbox-imagenet", "--num-images", "2", "--size", "32",
+            "--iterations", "2", "--max-steps", "1", "--train-batch-size", "2", "--hidden-channels", "8", "--out", str(out)]
+    assert main(argv) == 0
+    assert "## blocks.1" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert [r["defense"] for r in report["settings"]] == ["none", "quantize:2", "quantize:1"]
+    training = report["config"]["methods"]["decoder"]["training"]
+    # the decoders train on the offline photos, never on the audited ones
+    assert training["images"] and not any(name in f for f in training["images"]
+                                          for name in ("imagenet_00_243.jpg", "imagenet_01_559.jpg"))
+    assert main(argv) == 0  # resumed: nothing to do
