@@ -102,6 +102,8 @@ class FeatureSet:
             ``"random:SEED"``, a file's path, ...); ``None`` when unknown.
         weights_fingerprint: :meth:`TargetNetwork.weights_fingerprint` of the weights that made
             the features; ``None`` when unknown (then only the target's name is checked).
+        defense: the defense applied to the features after the layer (``diffinv.defenses`` spec,
+            e.g. ``"noise:0.1"``); ``None``: the layer's own output (files without it load as ``None``).
     """
 
     features: torch.Tensor
@@ -112,6 +114,7 @@ class FeatureSet:
     sources: list[str] = field(default_factory=list)
     weights: str | None = None
     weights_fingerprint: str | None = None
+    defense: str | None = None
 
     def __post_init__(self):
         self.input_size = check_input_size(self.input_size)
@@ -198,6 +201,7 @@ class FeatureSet:
             "shape": json.dumps(list(self.features.shape)),
             "weights": json.dumps(self.weights),
             "weights_fingerprint": json.dumps(self.weights_fingerprint),
+            "defense": json.dumps(self.defense),
         }
         with atomic_path(path) as tmp:
             save_file({"features": self.features.contiguous().cpu()}, str(tmp), metadata=metadata)
@@ -249,6 +253,7 @@ class FeatureSet:
                 sources=field("sources", []),
                 weights=field("weights", None),
                 weights_fingerprint=field("weights_fingerprint", None),
+                defense=field("defense", None),
             )
         except ValueError as err:
             raise ValueError(f"feature file {str(path)!r}: {err}") from None

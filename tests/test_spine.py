@@ -186,14 +186,14 @@ def test_inverters_return_each_images_best_iterate(cls, lite0, small_photos):
 def test_cli_vocabulary():
     parser = build_parser()
     helps = {name: sub.format_help() for name, sub in parser._subparsers._group_actions[0].choices.items()}
-    assert set(helps) == {"extract", "invert", "bench", "demo", "video", "train-decoder", "train-mapper", "app"}
+    assert set(helps) == {"extract", "invert", "bench", "demo", "video", "train-decoder", "train-mapper", "audit", "app"}
     assert "--device" in helps.pop("app")  # the browser app: no output, target or size of its own
     for name, text in helps.items():
         assert "--out" in text and "-o" in text, name
         assert "--device" in text, name
         if name != "invert":
             assert "--target" in text and "--weights" in text and "--size" in text, name
-        if name in ("extract", "bench", "demo", "train-decoder", "train-mapper"):
+        if name in ("extract", "bench", "demo", "train-decoder", "train-mapper", "audit"):
             assert "--images" in text, name
     for name in ("invert", "bench", "video"):
         for method in INVERTERS:

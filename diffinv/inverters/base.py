@@ -10,6 +10,7 @@ tensors to optimize and a function that renders images in [0, 1] from them — h
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,10 @@ from ..optimization import check_weight, run_optimization
 from ..targets import TargetNetwork
 
 __all__ = ["InversionOutput", "Inverter", "optimize"]
+
+# The transform applied to the predicted features inside :func:`optimize`'s loss (an attacker that
+# knows a defense optimizes through it); set by ``Inverter.invert(feature_transform=...)``.
+_FEATURE_TRANSFORM: contextvars.ContextVar = contextvars.ContextVar("feature_transform", default=None)
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Inverter:
         generator: torch.Generator | None = None,
         progress: bool = True,
         callback: Callable[[int, torch.Tensor, Callable[[], torch.Tensor] | None], bool | None] | None = None,
+        feature_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **kwargs,
     ) -> InversionOutput:
         """Reconstructs images from ``features``.
@@ -92,6 +98,10 @@ class Inverter:
                 each iteration, where ``render()`` returns the current images (CPU, [0, 1]; ``None``
                 where the method cannot render cheaply); returning ``True`` stops the optimization
                 (each image keeps its best iterate so far).
+            feature_transform: applied to the features of every candidate image inside the loss
+                of :func:`optimize` (e.g. a defense, with fresh randomness per call: the adaptive
+                attacker of ``diffinv audit``). Only for methods that optimize with :func:`optimize`;
+                others raise ``ValueError``.
             **kwargs: method-specific options (e.g. ``init``/``anchor`` for video warm starts).
         """
         if callback is not None:
@@ -101,9 +111,17 @@ class Inverter:
         load_start = time.perf_counter()
         self._prepare(features, layer, size)
         start = time.perf_counter()
-        images, history, info = self._reconstruct(
-            feats.to(self.device), layer, size, generator=generator, progress=progress, **kwargs
-        )
+        used = [] if feature_transform is not None else None
+        token = _FEATURE_TRANSFORM.set(None if used is None else (feature_transform, used))
+        try:
+            images, history, info = self._reconstruct(
+                feats.to(self.device), layer, size, generator=generator, progress=progress, **kwargs
+            )
+        finally:
+            _FEATURE_TRANSFORM.reset(token)
+        if used is not None and not used:
+            raise ValueError(f"method {self.name!r} does not optimize the feature loss of `optimize()`, so it cannot "
+                             f"take a `feature_transform`.")
         images = images.detach().float().clamp(0, 1)
         if images.is_cuda:
             torch.cuda.synchronize(images.device)
@@ -196,11 +214,17 @@ def optimize(
     params = [p.requires_grad_(True) for p in params]
     features = features.to(params[0].device).float()
     feature_fn = feature_function(target, layer, compile)
+    transform = _FEATURE_TRANSFORM.get()
+    if transform is not None:
+        transform[1].append(True)
 
     @torch.enable_grad()
     def step(variables):
         images = image_fn()
-        per_image = feature_loss(feature_fn(images), features, loss)
+        predicted = feature_fn(images)
+        if transform is not None:
+            predicted = transform[0](predicted)
+        per_image = feature_loss(predicted, features, loss)
         if prior_fn is not None:
             per_image = per_image + prior_fn(images)
         total = per_image.sum()

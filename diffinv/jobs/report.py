@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from ..io import atomic_path, load_image, to_pil
 
-__all__ = ["METRICS", "summarize", "write_depth_plot", "write_grid", "write_table"]
+__all__ = ["METRICS", "summarize", "write_depth_plot", "write_grid", "write_privacy_utility_plot", "write_table"]
 
 METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
 
@@ -117,6 +117,53 @@ def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") ->
     ax.set_ylabel({"psnr": "PSNR (dB)"}.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequence[str], methods: Sequence[str]) -> Path:
+    """The privacy–utility curve of an audit: one column per layer; attack PSNR (top) and attack top-1
+    agreement (bottom) against the deployment's utility, one curve per method (adaptive attacker
+    solid, naive dashed), each point labelled with its defense setting.
+
+    ``rows``: the ``settings`` of an audit report (``layer``, ``defense``, ``utility``,
+    ``attacks[method][attacker][metric]``). Settings without utility are left out.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(layers), figsize=(5 * len(layers), 7), dpi=110, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for col, layer in enumerate(layers):
+        mine = [r for r in rows if r["layer"] == layer and r.get("utility") is not None]
+        for row_index, (metric, label) in enumerate((("psnr", "attack PSNR (dB)"), ("top1_agreement", "attack top-1 agr."))):
+            ax = axes[row_index][col]
+            for k, method in enumerate(methods):
+                for attacker, style in (("adaptive", "-"), ("naive", "--")):
+                    points = [(r["utility"], (r["attacks"].get(method) or {}).get(attacker) or {}, r["defense"])
+                              for r in mine]
+                    points = sorted((p for p in points if p[1].get(metric) is not None), key=lambda p: p[0])
+                    if not points:
+                        continue
+                    xs = [p[0] for p in points]
+                    ys = [p[1][metric] for p in points]
+                    ax.plot(xs, ys, style, marker="o" if attacker == "adaptive" else "x", color=colors[k % len(colors)],
+                            label=f"{method} {attacker}")
+                    if attacker == "adaptive" or method == methods[0]:
+                        for x, y, (_, _, spec) in zip(xs, ys, points):
+                            ax.annotate(spec, (x, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points")
+            ax.set_xlabel("utility (top-1 agreement of the defended deployment)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            if row_index == 0:
+                ax.set_title(layer)
+        axes[0][col].legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

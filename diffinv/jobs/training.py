@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from tqdm.auto import tqdm
 
+from ..defenses import parse_defense
 from ..io import VideoFrames, _fit, atomic_path, fingerprint_path, from_array, image_groups, load_image, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
@@ -293,6 +294,9 @@ class TrainConfig:
         pixel_weight: mapper only, weight of the pixel MSE after VAE decoding.
         model: mapper only, the Stable Diffusion model whose VAE defines the latents.
         min_crop: smallest random crop, as a fraction of an item's shorter side.
+        defense: a :mod:`diffinv.defenses` setting (``"noise:0.3"``) applied to the features the
+            model learns from and is validated on (fresh noise/masks per step): the black-box
+            attacker that knows the defense (``diffinv audit``). ``None``: the layer's features.
     """
 
     out: str
@@ -330,6 +334,7 @@ class TrainConfig:
     model: str | None = None
     min_crop: float = 0.5
     progress: bool = True
+    defense: str | None = None
 
 
 @dataclass
@@ -527,12 +532,17 @@ def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: s
 
 # ---------------------------------------------------------------------- the loop
 @torch.no_grad()
-def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int) -> dict:
+def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int,
+              defense=None) -> dict:
     model.eval()
     recon = []
+    generator = torch.Generator().manual_seed(0)  # the same defended validation features every time
     for chunk in images.split(batch_size):
         chunk = chunk.to(device)
-        recon.append(task.reconstruct(model, target.feature(chunk, layer)).cpu())
+        feats = target.feature(chunk, layer)
+        if defense:
+            feats = defense(feats, generator)
+        recon.append(task.reconstruct(model, feats).cpu())
     model.train()
     recon = torch.cat(recon)
     return {"psnr": float(psnr(recon, images).mean()), "ssim": float(ssim(recon, images).mean()),
@@ -582,6 +592,8 @@ def _settings(config: TrainConfig, task, target: TargetNetwork, accelerator, tra
     settings.update(target=target.identity(), mixed_precision=accelerator.mixed_precision,
                     data_fingerprint=_data_fingerprint(train_set, val_set))
     settings.update(task.settings())
+    if settings.get("defense") is None:
+        settings.pop("defense", None)  # runs without a defense keep the manifests they had before the field
     return settings
 
 
@@ -599,6 +611,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
         raise NotADirectoryError(f"`out` {str(out)!r} is an existing file; expected an output folder.")
     device = _device(config.device)
     mixed_precision = _mixed_precision(config.mixed_precision, device)
+    defense = parse_defense(config.defense) if config.defense is not None else None
 
     # 2. Accelerator (one process, or one of a distributed launch): the global batch is split evenly
     if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -637,6 +650,8 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
         sample = torch.cat([target.feature(train_set.random_crops(config.batch_size, config.size, stats_generator,
                                                                   min_scale=config.min_crop).to(device), config.layer)
                             for _ in range(max(1, 64 // config.batch_size))])
+        if defense:
+            sample = defense(sample, stats_generator)
     model.set_feature_stats(sample.cpu())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.max_steps),
@@ -668,6 +683,8 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
                                         min_scale=config.min_crop, keep=local).to(device)
         with torch.no_grad():
             feats = target.feature(images, config.layer).float()
+            if defense:
+                feats = defense(feats, state.generator)
         with accelerator.autocast():
             loss, parts = task.loss(model, images, feats)
         # the loss of the global batch (equal slices: the mean of the per-process means), the same
@@ -692,7 +709,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
                 and (state.step % config.val_every == 0 or state.step == config.max_steps)):
             # the unwrapped model: no collective call, the other processes go on to the next step
             scores = _validate(task, accelerator.unwrap_model(model), target, val_images, config.layer, device,
-                               config.batch_size)
+                               config.batch_size, defense)
             state.validation.append({"step": state.step, **scores})
             postfix["val_psnr"] = f"{scores['psnr']:.2f}"
         bar.set_postfix(postfix)

@@ -1,0 +1,116 @@
+"""``diffinv audit``: the privacy–utility curve of a split point (:mod:`diffinv.jobs.audit`).
+
+Scales out unchanged under ``torchrun``/``accelerate launch`` (work items split across the
+processes; decoders trained data-parallel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..datasets import DATASETS, load_dataset, load_image_files, offline_training_sources
+from ..defenses import parse_defenses
+from ..io import collect_images
+from ..jobs.audit import run_audit
+from ..jobs.bench import DEFAULT_BATCH_SIZE
+from ..jobs.distributed import is_distributed_launch, process_device, process_state
+from ..jobs.training import TrainConfig
+from ..targets import DEFAULT_LAYERS, TargetNetwork
+from . import common
+
+DEFAULT_DEFENSES = ("none", "noise:0.1,0.3,1.0", "quantize:8,4,2", "prune:0.5", "topk:0.1")
+AUDIT_METHODS = ("pixel", "dip", "decoder", "diffusion")
+
+
+def add_parsers(sub) -> None:
+    d = TrainConfig(out="", layer="")
+    p = sub.add_parser("audit", help="privacy audit of a split point: defenses, utility, naive and adaptive attacks, "
+                                     "the privacy-utility curve")
+    common.add_target_args(p)
+    p.add_argument("--layers", "--layer", nargs="+", default=None, dest="layers",
+                   help="split point(s) (default: the target's first and third default depths)")
+    p.add_argument("--defenses", nargs="+", default=list(DEFAULT_DEFENSES), metavar="DEFENSE",
+                   help="settings: none, noise:S (std relative to the features' std), quantize:BITS, prune:FRACTION "
+                        "(of channels), topk:FRACTION (of entries); several strengths with commas (noise:0.1,0.3); "
+                        "compose with + (prune:0.5+noise:0.1) (default: " + " ".join(DEFAULT_DEFENSES) + ")")
+    p.add_argument("--methods", nargs="+", default=["pixel", "dip"], choices=AUDIT_METHODS, metavar="METHOD",
+                   help=f"attacks, any of {', '.join(AUDIT_METHODS)} (default: pixel dip); decoder: trained by the "
+                        f"audit on --train-images (clean features: the naive attacker; defended: the adaptive one); "
+                        f"diffusion: naive attacker only")
+    source = p.add_mutually_exclusive_group()
+    common.add_images_arg(source)
+    source.add_argument("--dataset", default="skimage", choices=DATASETS,
+                        help="built-in images: skimage (default: real photos) or foolbox-imagenet")
+    p.add_argument("--num-images", type=common.positive_int, default=8, help="at most this many images (default 8)")
+    common.add_size_arg(p)
+    p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0], help="random seeds (default 0)")
+    p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images attacked together (default {DEFAULT_BATCH_SIZE}): a work item is one layer, defense, "
+                        f"method, attacker, seed and batch of images")
+    p.add_argument("--train-images", nargs="+", default=None,
+                   help="decoder: training image files and/or folders (default: the offline training photos, foolbox's "
+                        "ImageNet samples and grace_hopper.jpg, minus the audited images)")
+    p.add_argument("--max-steps", type=common.positive_int, default=300,
+                   help="decoder: training steps of each decoder (default 300)")
+    p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels,
+                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
+    p.add_argument("--train-batch-size", type=common.positive_int, default=d.batch_size,
+                   help=f"decoder: crops per training step (default {d.batch_size})")
+    common.add_overwrite_arg(p)
+    common.add_out_arg(p, "output folder (resumed when it holds an audit with the same settings)")
+    common.add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # 1. Check every argument before any model is loaded
+    device = common.resolve_device(args.device)
+    common.check_out_dir(args.out)
+    try:
+        defenses = parse_defenses(args.defenses)
+    except ValueError as err:
+        raise common.UsageError(f"`--defenses`: {err}") from None
+    layers = args.layers or list(DEFAULT_LAYERS.get(args.target, ()))[0:3:2]
+    if not layers:
+        raise common.UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
+    if args.decoder:
+        raise common.UsageError("`--decoder`: the audit trains its own decoders (clean and per defense) on "
+                                "--train-images; leave --decoder out.")
+    methods = {m: common.inverter_factory(m, args) for m in args.methods if m != "decoder"}
+    if args.images:
+        images, names = load_image_files(args.images, args.size, limit=args.num_images)
+        dataset = "files"
+    else:
+        images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
+        dataset = args.dataset
+    if "decoder" in args.methods:
+        train_images = args.train_images
+        if train_images is None:
+            audited = {Path(n).name for n in names}
+            train_images = [f for f in offline_training_sources()[0] if Path(f).name not in audited]
+        elif not collect_images(train_images):
+            raise common.UsageError(f"`--train-images` {train_images!r} holds no image files.")
+        if not train_images:
+            raise common.UsageError("`--train-images`: no training images left (the audited images are held out).")
+        methods["decoder"] = TrainConfig(out="", layer="", images=[str(f) for f in train_images],
+                                         max_steps=args.max_steps, batch_size=args.train_batch_size,
+                                         hidden_channels=args.hidden_channels,
+                                         val_fraction=0.0, device=str(device))
+
+    # 2. Target, then the audit (resumed, or refused when --out holds other settings)
+    state = process_state() if is_distributed_launch() else None
+    if state is not None:
+        device = process_device(state, device)
+    main = state is None or state.is_main_process
+    target = TargetNetwork.from_name(args.target, layers, weights=args.weights,
+                                     input_size=(args.size, args.size)).to(device)
+    if main:
+        split = f", split across {state.num_processes} processes" if state is not None else ""
+        print(f"diffinv audit: {len(names)} images at {args.size}x{args.size}, target {args.target}, layers "
+              f"{', '.join(layers)}, defenses {' '.join(d.spec for d in defenses)}, methods "
+              f"{', '.join(args.methods)}{split}")
+    run_audit(target, images, names, layers, defenses, methods, args.out, seeds=args.seeds,
+              batch_size=args.batch_size, settings={"dataset": dataset}, overwrite=args.overwrite, state=state)
+    if main:
+        print((Path(args.out) / "report.md").read_text())
+        print(f"wrote {args.out}/report.json, report.md, privacy_utility.png, grid_LAYER.png, images/")
+    return 0

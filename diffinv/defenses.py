@@ -1,0 +1,328 @@
+"""Defenses of a split point: small feature transforms with a strength, composable.
+
+A split-computing deployment ships the features of layer L off the device; a defense transforms
+them first. Each transform has one strength:
+
+| spec | transform | strength |
+|---|---|---|
+| ``none`` | identity | — |
+| ``noise:S`` | add Gaussian noise of std ``S`` x the std of each image's features | ``S >= 0`` |
+| ``quantize:B`` | each image's features to ``2**B`` uniform levels between their min and max | bits ``B`` in 1..16 |
+| ``prune:P`` | zero a random ``round(P * C)`` of the ``C`` channels of each image | ``P`` in [0, 1) |
+| ``topk:K`` | keep each image's ``round(K * numel)`` largest-magnitude entries, zero the rest | ``K`` in (0, 1] |
+
+``A+B`` composes them, applied left to right (``prune:0.5+noise:0.1``). On the command line a
+family takes several strengths, one setting each: ``noise:0.1,0.3,1.0`` (:func:`parse_defenses`).
+
+The adaptive attacker differentiates through a defense (``straight_through=True``): the random
+ones draw fresh noise/masks at every call (the expectation over the defense's randomness), and
+quantization and top-k pass the gradient straight through (the identity's gradient).
+
+:func:`split_logits` runs the rest of the network from (defended) features of a layer, for the
+deployment's utility.
+
+Example:
+    >>> defense = parse_defense("prune:0.5+noise:0.1")
+    >>> defended = defense(features, generator=torch.Generator().manual_seed(0))
+    >>> defense.spec
+    'prune:0.5+noise:0.1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .features import FeatureSet
+from .targets import TargetNetwork
+
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "UtilityUnavailable",
+    "apply_defense",
+    "parse_defense",
+    "parse_defenses",
+    "split_logits",
+    "utility_agreement",
+]
+
+
+# ---------------------------------------------------------------------- transforms (N, ...) -> (N, ...)
+def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device).to(like)
+
+
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _noise(f: torch.Tensor, sigma: float, generator, straight_through: bool) -> torch.Tensor:
+    std = _per_image(f.detach().flatten(1).std(dim=1), f)
+    return f + sigma * std * _randn(f.shape, generator, f)
+
+
+def _quantize(f: torch.Tensor, bits: int, generator, straight_through: bool) -> torch.Tensor:
+    flat = f.detach().flatten(1)
+    lo, hi = _per_image(flat.min(dim=1).values, f), _per_image(flat.max(dim=1).values, f)
+    step = (hi - lo) / (2**bits - 1)
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    q = torch.where(step > 0, lo + torch.round((f.detach() - lo) / safe) * step, f.detach())
+    return f + (q - f).detach() if straight_through else q
+
+
+def _prune(f: torch.Tensor, fraction: float, generator, straight_through: bool) -> torch.Tensor:
+    n, channels = f.shape[0], f.shape[1]
+    k = round(fraction * channels)
+    device = generator.device if generator is not None else f.device
+    order = torch.rand(n, channels, generator=generator, device=device).argsort(dim=1)[:, :k].to(f.device)
+    mask = torch.ones(n, channels, device=f.device, dtype=f.dtype).scatter_(1, order, 0.0)
+    return f * mask.view(n, channels, *([1] * (f.ndim - 2)))
+
+
+def _topk(f: torch.Tensor, fraction: float, generator, straight_through: bool) -> torch.Tensor:
+    flat = f.flatten(1)
+    k = max(1, round(fraction * flat.shape[1]))
+    index = flat.detach().abs().topk(k, dim=1).indices
+    mask = torch.zeros_like(flat).scatter_(1, index, 1.0)
+    kept = (flat * mask).view_as(f)
+    return f + (kept - f).detach() if straight_through else kept
+
+
+@dataclass(frozen=True)
+class _Family:
+    transform: Callable
+    accept: Callable[[float], bool]
+    expected: str
+    example: str
+    random: bool
+    integer: bool = False
+
+
+DEFENSES: dict[str, _Family] = {
+    "noise": _Family(_noise, lambda v: 0 <= v < math.inf, "a finite number >= 0 (the noise std relative to the "
+                     "features' std)", "0.1", True),
+    "quantize": _Family(_quantize, lambda v: v.is_integer() and 1 <= v <= 16, "an integer number of bits in 1..16",
+                        "4", False, integer=True),
+    "prune": _Family(_prune, lambda v: 0 <= v < 1, "a fraction of channels in [0, 1)", "0.5", True),
+    "topk": _Family(_topk, lambda v: 0 < v <= 1, "a fraction of entries in (0, 1]", "0.1", False),
+}
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A defense setting: transforms applied in order (none: identity).
+
+    Attributes:
+        steps: ``((name, strength), ...)``, e.g. ``(("prune", 0.5), ("noise", 0.1))``.
+    """
+
+    steps: tuple[tuple[str, float | int], ...] = ()
+
+    @property
+    def spec(self) -> str:
+        """``"none"``, ``"noise:0.1"``, ``"prune:0.5+noise:0.1"``: what :func:`parse_defense` reads back."""
+        return "+".join(f"{name}:{strength:g}" for name, strength in self.steps) or "none"
+
+    @property
+    def random(self) -> bool:
+        """Whether a draw depends on the generator (noise, pruning masks)."""
+        return any(DEFENSES[name].random for name, _ in self.steps)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def __call__(self, features: torch.Tensor, generator: torch.Generator | None = None, *,
+                 straight_through: bool = False) -> torch.Tensor:
+        """The defended features ``(N, ...)`` (the first dimension is the image).
+
+        Args:
+            features: ``(N, C, ...)`` features (``C``: the channels that ``prune`` zeroes).
+            generator: draws the noise and pruning masks (``None``: the global RNG).
+            straight_through: differentiable for an attacker: quantization and top-k pass the
+                gradient of the identity (straight-through estimator).
+        """
+        for name, strength in self.steps:
+            features = DEFENSES[name].transform(features, strength, generator, straight_through)
+        return features
+
+
+    def attacker_transform(self, observed: torch.Tensor, generator: torch.Generator | None = None):
+        """What an attacker who knows this defense applies to its candidate features ``(N, ...)``
+        before comparing them with the ``observed`` (defended) ones, differentiably.
+
+        Every step is applied with fresh randomness per call and straight-through gradients,
+        except a last ``prune`` or ``topk`` step: its zeros survive in ``observed``, so the attacker
+        reads which channels / entries were kept and applies that same support (a fresh random
+        mask would only add noise to the match); for top-k an entry outside the support counts
+        only by how much its magnitude exceeds the smallest kept one (it was dropped for being
+        smaller).
+        """
+        steps = list(self.steps)
+        support, threshold = None, None
+        if steps and steps[-1][0] in ("prune", "topk"):
+            name, _ = steps.pop()
+            observed = observed.detach()
+            nonzero = observed != 0
+            if name == "prune":
+                nonzero = nonzero.flatten(2).any(dim=2) if observed.ndim > 2 else nonzero
+                nonzero = nonzero.view(*nonzero.shape, *([1] * (observed.ndim - nonzero.ndim)))
+            else:  # the dropped entries were at most the smallest kept magnitude: only the excess is an error
+                kept = torch.where(nonzero, observed.abs(), torch.full_like(observed, float("inf")))
+                threshold = _per_image(kept.flatten(1).min(dim=1).values, observed)
+            support = nonzero.to(observed.dtype)
+        head = Defense(tuple(steps))
+
+        def transform(features: torch.Tensor) -> torch.Tensor:
+            features = head(features, generator, straight_through=True)
+            if support is None:
+                return features
+            mask = support.to(features)
+            if threshold is None:
+                return features * mask
+            excess = features.sign() * torch.relu(features.abs() - threshold.to(features))
+            return features * mask + excess * (1 - mask)
+
+        return transform
+
+
+def parse_defense(text: str) -> Defense:
+    """One setting: ``none``, ``NAME:STRENGTH`` or a composition ``A+B`` (applied left to right).
+
+    Raises:
+        ValueError: an unknown name, a missing or bad strength (the message says what is expected).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"defense {text!r} is empty; expected none or NAME:STRENGTH with NAME one of "
+                         f"{', '.join(DEFENSES)}.")
+    text = text.strip()
+    if text == "none":
+        return Defense()
+    steps = []
+    for part in text.split("+"):
+        name, _, value = part.partition(":")
+        if name not in DEFENSES:
+            raise ValueError(f"defense {text!r}: {name!r} is not a defense; expected none or one of "
+                             f"{', '.join(DEFENSES)} (NAME:STRENGTH, composed with '+').")
+        family = DEFENSES[name]
+        if not value:
+            raise ValueError(f"defense {text!r}: {name!r} needs a strength, e.g. {name}:{family.example}.")
+        if "," in value:
+            raise ValueError(f"defense {text!r}: a composed setting takes one strength per part; give each "
+                             f"setting as its own argument.")
+        try:
+            strength = float(value)
+        except ValueError:
+            strength = math.nan
+        if math.isnan(strength) or not family.accept(strength):
+            raise ValueError(f"defense {text!r}: the strength of {name!r} must be {family.expected}, got {value!r}.")
+        steps.append((name, int(strength) if family.integer else strength))
+    return Defense(tuple(steps))
+
+
+def parse_defenses(tokens: Sequence[str]) -> list[Defense]:
+    """Command-line tokens -> settings: ``noise:0.1,0.3`` gives two; duplicates are dropped, order kept.
+
+    Raises:
+        ValueError: as :func:`parse_defense`, or no setting at all.
+    """
+    settings = []
+    for token in tokens:
+        name, _, values = token.partition(":")
+        if "+" not in token and "," in values:
+            parsed = [parse_defense(f"{name}:{v}") for v in values.split(",")]
+        else:
+            parsed = [parse_defense(token)]
+        settings += [d for d in parsed if d not in settings]
+    if not settings:
+        raise ValueError("no defense setting given; expected e.g. none noise:0.1,0.3 quantize:4.")
+    return settings
+
+
+def apply_defense(features: FeatureSet, defense: Defense, generator: torch.Generator | None = None) -> FeatureSet:
+    """The FeatureSet a deployment with ``defense`` ships; its ``defense`` field records it (after any earlier one)."""
+    if not defense:
+        return features
+    done = features.defense
+    return dataclasses.replace(features, features=defense(features.features, generator).contiguous(),
+                               defense=defense.spec if not done or done == "none" else f"{done}+{defense.spec}")
+
+
+# ---------------------------------------------------------------------- utility
+class UtilityUnavailable(ValueError):
+    """The rest of the network cannot be run from this layer's features (the reason says why)."""
+
+
+def _check_classifier(target: TargetNetwork) -> None:
+    if not target.has_classifier:
+        raise UtilityUnavailable(f"target {target.name!r} has no classifier head, so there is no top-1 to agree on.")
+
+
+def split_logits(target: TargetNetwork, images: torch.Tensor, layer: str, features: torch.Tensor) -> torch.Tensor:
+    """The target's logits when ``layer`` outputs ``features`` instead of its own output.
+
+    A forward hook replaces the layer's output, so the rest of the network runs from it.
+
+    Raises:
+        UtilityUnavailable: no classifier head, the layer's output is not one tensor of the
+            features' shape, or the layer runs more than once in a forward pass.
+    """
+    _check_classifier(target)
+    module = dict(target.model.named_modules()).get(layer)
+    if module is None:
+        raise ValueError(f"`layer` {layer!r} is not a module of {target.name!r}.")
+    calls = []
+
+    def hook(_module, _inputs, output):
+        calls.append(1)
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(features.shape):
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise UtilityUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
+                                     f"{tuple(features.shape)}; the rest of the network cannot run from them.")
+        return features.to(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = target.model(target.preprocess(images))
+    finally:
+        handle.remove()
+    if len(calls) != 1:
+        raise UtilityUnavailable(f"layer {layer!r} runs {len(calls)} times in one forward pass (a shared module); "
+                                 f"replacing its output would not be a split at one point.")
+    return logits
+
+
+@torch.no_grad()
+def utility_agreement(target: TargetNetwork, images: torch.Tensor, layer: str, clean: torch.Tensor,
+                      defended: torch.Tensor) -> torch.Tensor:
+    """Per image, 1.0 where the network run from the ``defended`` features of ``layer`` predicts the
+    class it predicts from the images (the deployment still works), else 0.0.
+
+    First checks that the split is real: run from the ``clean`` features with *blank* images at
+    the input, the network must give its ordinary logits — so nothing but ``layer``'s output
+    reaches the classifier (no skip connection around the layer, no second use of it).
+
+    Raises:
+        UtilityUnavailable: the network cannot be run from ``layer`` (the message says why).
+    """
+    _check_classifier(target)
+    reference = target.logits(images).float()
+    check = split_logits(target, torch.zeros_like(images), layer, clean.to(images.device)).float()
+    scale = reference.abs().max().clamp_min(1e-6)
+    error = ((check - reference).abs().max() / scale).item()
+    if error > 1e-3:
+        raise UtilityUnavailable(
+            f"running {target.name!r} from the features of {layer!r} does not reproduce its logits (relative error "
+            f"{error:.2g} with the undefended features): more than this layer's output reaches the classifier (a "
+            f"skip connection around it), so the network cannot run from the shipped features alone.")
+    defended_logits = split_logits(target, images, layer, defended.to(images.device))
+    return (defended_logits.argmax(dim=1) == reference.argmax(dim=1)).float().cpu()

@@ -1,0 +1,441 @@
+"""Privacy audit of a split point: defenses, the deployment's utility and the attacks' success.
+
+For each layer (split point) and defense setting (:mod:`diffinv.defenses`):
+
+* **utility**: the target's top-1 agreement when the rest of the network runs from the defended
+  features (:func:`~diffinv.defenses.utility_agreement`; ``None`` with the reason where the network
+  cannot be run from the layer);
+* **attack success** of every method, PSNR, SSIM, LPIPS (when available) and top-1 agreement of the
+  reconstruction, for two attackers: the *naive* one inverts the defended features as if they were
+  not defended; the *adaptive* one knows the defense: the white-box methods that optimize
+  (pixel, dip) differentiate through it inside their loss
+  (:meth:`~diffinv.defenses.Defense.attacker_transform`: fresh noise/masks every step,
+  straight-through quantization and top-k, the observed support of a final prune/top-k); the
+  decoder is trained on defended features (the
+  training job, :func:`~diffinv.jobs.training.train_decoder`, with ``defense`` set). Without a defense
+  the two attackers are the same and only the naive one runs.
+
+The run folder is a run store (:mod:`diffinv.jobs.store`): ``manifest.json``, one record per
+(layer, defense, method, attacker, seed, image) and per (layer, defense, image) of utility, appended
+as each work item finishes (resumable; other settings refused). The work items are split across
+the processes of a ``torchrun``/``accelerate launch`` run as in the bench; the decoders are trained
+first, data-parallel. The main process writes ``report.json``, ``report.md``,
+``privacy_utility.png`` and ``grid_LAYER.png`` (rows = defense settings).
+
+Example:
+    >>> report = run_audit(target, images, names, ["blocks.1"], parse_defenses(["none", "noise:0.3"]),
+    ...                    {"pixel": PixelInverter}, out_dir="audit_out")
+    >>> report["settings"][1]["utility"], report["settings"][1]["attacks"]["pixel"]["adaptive"]["psnr"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..defenses import Defense, UtilityUnavailable, apply_defense, utility_agreement
+from ..features import FeatureSet
+from ..inverters import DecoderInverter, Inverter
+from ..io import atomic_path, pixels_fingerprint, save_image, write_json
+from ..metrics import LPIPS, psnr, ssim, top1_agreement
+from ..targets import TargetNetwork
+from .bench import DEFAULT_BATCH_SIZE, work_items
+from .distributed import process_device, shard
+from .report import write_grid, write_privacy_utility_plot
+from .store import RunStore, unique_names
+from .training import NOT_SETTINGS, TrainConfig, train_decoder
+
+__all__ = ["ATTACKERS", "UTILITY_THRESHOLD", "audit_image_path", "decoder_folder", "run_audit"]
+
+ATTACKERS = ("naive", "adaptive")
+UTILITY_THRESHOLD = 0.9
+OUTPUTS = ("images", "decoders", "report.json", "report.md", "privacy_utility.png")
+METRICS = ("psnr", "ssim", "lpips", "top1_agreement", "feature_residual", "seconds")
+# methods whose attack optimizes the loss of ``inverters.base.optimize`` (adaptive: through the defense)
+_THROUGH_LOSS = ("pixel", "dip")
+
+
+def _slug(spec: str) -> str:
+    return spec.replace(":", "-").replace("+", "_")
+
+
+def decoder_folder(out_dir, defense: Defense) -> Path:
+    """Where the audit trains the decoders that know ``defense``: ``decoders/SPEC/LAYER`` (``none``: the naive one)."""
+    return Path(out_dir) / "decoders" / _slug(defense.spec)
+
+
+def audit_image_path(out_dir, layer: str, defense: str, method: str, attacker: str, seed: int, name: str) -> Path:
+    """``images/LAYER/DEFENSE/METHOD_ATTACKER/NAME_seedS.png``."""
+    return Path(out_dir) / "images" / layer / _slug(defense) / f"{method}_{attacker}" / f"{name}_seed{seed}.png"
+
+
+def _key(record: Mapping) -> tuple:
+    return (record["kind"], record["layer"], record["defense"], record.get("method", ""), record.get("attacker", ""),
+            record.get("seed", 0), record.get("image", ""))
+
+
+def _adaptive_reason(method: str, trained: bool) -> str | None:
+    """``None`` when the method has an adaptive attacker (it optimizes through the defense, or the audit
+    trains it on defended features), else why not."""
+    if trained or method in _THROUGH_LOSS:
+        return None
+    return (f"{method}: no adaptive attacker in the audit (it does not optimize the loss of `optimize()` and is not "
+            f"trained here); only the naive attack is reported")
+
+
+def _defense_seed(layer: str, spec: str, start: int) -> int:
+    """The seed of a chunk's defense draw: depends on the layer, the setting and the chunk, nothing else."""
+    return zlib.crc32(f"{layer}|{spec}|{start}".encode())
+
+
+def run_audit(
+    target: TargetNetwork,
+    images: torch.Tensor,
+    sources: Sequence[str],
+    layers: Sequence[str],
+    defenses: Sequence[Defense],
+    methods: Mapping[str, Inverter | Callable[[TargetNetwork], Inverter] | TrainConfig],
+    out_dir: str | os.PathLike,
+    *,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    settings: Mapping | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    state=None,
+) -> dict:
+    """Audits ``layers`` of ``target`` under each defense setting; returns the report (``report.json``).
+
+    Args:
+        target: the network (with a classifier head for utility and top-1 agreement).
+        images: ``(N, 3, H, W)`` originals in [0, 1].
+        sources: one name per image.
+        layers: the split points.
+        defenses: the settings (:func:`~diffinv.defenses.parse_defenses`); include ``Defense()``
+            (none) for the undefended reference.
+        methods: name -> an :class:`Inverter`, a factory ``target -> Inverter``, or, for
+            ``"decoder"``, a :class:`~diffinv.jobs.training.TrainConfig` template: the audit trains one
+            decoder per layer on clean features (the naive attacker) and one per defense setting on
+            defended features (the adaptive one), into ``out_dir/decoders`` (``out``, ``layer``,
+            ``defense``, ``target``, ``weights`` and ``size`` are filled in).
+        out_dir: the run folder.
+        seeds: each attack runs once per seed.
+        batch_size: images per work item.
+        settings: more settings for the manifest (e.g. the dataset).
+        overwrite: start afresh in a folder that holds another run.
+        state: accelerate's ``PartialState`` under a multi-process launch: work items are split
+            across the processes, decoders trained data-parallel, the main process writes the report.
+
+    Raises:
+        RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
+        ValueError: no defense setting, mismatched ``sources``, a method that cannot make images of this size.
+    """
+    # 1. Check inputs
+    if len(sources) != len(images):
+        raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
+    if not defenses:
+        raise ValueError("`defenses` is empty; give at least one setting (e.g. none).")
+    if not layers:
+        raise ValueError("`layers` is empty; give at least one split point.")
+    defenses = list(dict.fromkeys(defenses))
+    for name, value in methods.items():
+        if isinstance(value, TrainConfig) and name != "decoder":
+            raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but the audit trains only decoders ('decoder').")
+    device = target.mean.device
+    if state is not None:
+        device = process_device(state, device)
+        if target.mean.device != device:
+            target = target.to(device)
+    size = tuple(images.shape[-2:])
+    trainer = methods.get("decoder") if isinstance(methods.get("decoder"), TrainConfig) else None
+    inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()
+                 if not isinstance(f, TrainConfig)}
+    for inverter in inverters.values():
+        inverter.check_image_size(size)
+    names = list(methods)
+    specs = [d.spec for d in defenses]
+    by_spec = dict(zip(specs, defenses))
+    if trainer is not None:
+        trainer = dataclasses.replace(trainer, target=target.name, weights=target.weights, size=size[0],
+                                      kind="decoder", progress=progress)
+        if size[0] != size[1]:
+            raise ValueError(f"the decoder trains on square images; the audited images are {size[0]}x{size[1]}.")
+
+    # 2. Run store
+    training = None
+    if trainer is not None:
+        training = {k: v for k, v in dataclasses.asdict(trainer).items()
+                    if k not in NOT_SETTINGS + ("layer", "defense", "model", "pixel_weight", "target", "weights")}
+    manifest = {
+        "target": target.identity(),
+        "layers": list(layers),
+        "defenses": specs,
+        "methods": {**{n: inv.settings() for n, inv in inverters.items()},
+                    **({"decoder": {"method": "decoder", "training": training}} if trainer is not None else {})},
+        "attackers": list(ATTACKERS),
+        "seeds": list(seeds),
+        "batch_size": int(batch_size),
+        "image_size": list(size),
+        "images": list(sources),
+        "images_fingerprint": pixels_fingerprint(images),
+        "device": device.type,
+        **dict(settings or {}),
+    }
+    store = RunStore(out_dir, "audit", manifest, overwrite=overwrite, outputs=OUTPUTS, state=state)
+    out_dir = store.folder
+    main = state is None or state.is_main_process
+    show = progress and (state is None or state.is_local_main_process)
+    files = unique_names(sources)
+    done = store.keys(_key)
+    if state is not None:
+        state.wait_for_everyone()
+
+    # 3. Work items: utility per (layer, defense, chunk); attacks per (layer, defense, method, attacker, seed, chunk)
+    chunks = [w[3] for w in work_items([""], [""], [0], len(images), batch_size)]
+    work = []
+    for layer in layers:
+        for spec in specs:
+            work += [(layer, spec, "", "", 0, chunk) for chunk in chunks]
+            attackers = ("naive", "adaptive") if by_spec[spec] else ("naive",)
+            for method in names:
+                for attacker in attackers:
+                    if attacker == "adaptive" and _adaptive_reason(method, method not in inverters):
+                        continue
+                    work += [(layer, spec, method, attacker, seed, chunk) for seed in seeds for chunk in chunks]
+
+    def item_keys(item):
+        layer, spec, method, attacker, seed, chunk = item
+        kind = "attack" if method else "utility"
+        return [(kind, layer, spec, method, attacker, seed, sources[i]) for i in chunk]
+
+    todo = [w for w in work if any(k not in done for k in item_keys(w))]
+
+    # 4. Decoders (every process takes part: data-parallel training), before any attack that needs them
+    decoders = {}
+    if trainer is not None:
+        # the naive attacker's decoder knows no defense; the adaptive one's knows the item's
+        needed = dict.fromkeys((w[0], w[1] if w[3] == "adaptive" else "none") for w in todo if w[2] == "decoder")
+        for layer, spec in needed:
+            folder = decoder_folder(out_dir, by_spec.get(spec, Defense())) / layer
+            config = dataclasses.replace(trainer, out=str(folder), layer=layer,
+                                         defense=None if spec == "none" else spec)
+            result = train_decoder(config)
+            if main and ("training", layer, spec, "decoder", "", 0, "") not in done:
+                store.append({"kind": "training", "layer": layer, "defense": spec, "method": "decoder",
+                              "seconds": result.log["train_seconds"], "steps": result.step,
+                              "val_psnr": result.val_psnr, "val_ssim": result.val_ssim})
+        if state is not None:
+            state.wait_for_everyone()
+
+    # 5. Loop over this process's work items
+    lpips_metric = LPIPS()
+    images = images.to(device)
+    mine = todo if state is None else shard(todo, state)
+    if state is None:
+        bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="audit", disable=not show)
+    else:
+        bar = tqdm(total=len(mine), desc=f"audit [process {state.process_index} of {state.num_processes}]",
+                   disable=not show)
+    cache: dict = {}
+    for item in mine:
+        layer, spec, method, attacker, seed, chunk = item
+        defense = by_spec[spec]
+        bar.set_postfix_str(f"{layer} {spec} {method or 'utility'} {attacker} images {chunk.start}-{chunk.stop - 1}")
+        if (layer, spec, chunk) not in cache:
+            if not any(k[0] == layer for k in cache):
+                cache.clear()  # items come layer by layer
+            clean = FeatureSet.extract(target, images[chunk.start:chunk.stop], layer,
+                                       sources=[sources[i] for i in chunk])
+            generator = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start))
+            cache[layer, spec, chunk] = (clean, apply_defense(clean, defense, generator))
+        clean, defended = cache[layer, spec, chunk]
+        originals = images[chunk.start:chunk.stop]
+        keys = item_keys(item)
+        if not method:
+            tic = time.perf_counter()
+            try:
+                agreement, reason = utility_agreement(target, originals, layer, clean.features,
+                                                      defended.features).tolist(), None
+            except UtilityUnavailable as err:
+                agreement, reason = [None] * len(chunk), str(err)
+            seconds = (time.perf_counter() - tic) / len(chunk)
+            for j, i in enumerate(chunk):
+                if keys[j] not in done:
+                    store.append({"kind": "utility", "layer": layer, "defense": spec, "image": sources[i],
+                                  "utility": agreement[j], "reason": reason, "seconds": seconds})
+            bar.update(1)
+            continue
+        generator = torch.Generator().manual_seed(seed)
+        if method not in inverters:  # the decoders the audit trains
+            known = spec if attacker == "adaptive" else "none"
+            if known not in decoders:
+                folder = decoder_folder(out_dir, by_spec.get(known, Defense()))
+                decoders[known] = DecoderInverter(target, decoder=folder)
+            out = decoders[known].invert(defended, generator=generator, progress=show)
+        elif attacker == "adaptive":
+            draws = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start) + 1 + seed)
+            out = inverters[method].invert(defended, generator=generator, progress=show,
+                                           feature_transform=defense.attacker_transform(
+                                               defended.features.to(device), draws))
+        else:
+            out = inverters[method].invert(defended, generator=generator, progress=show)
+        recon = out.images.to(device)
+        scores = {"psnr": psnr(recon, originals), "ssim": ssim(recon, originals),
+                  "lpips": lpips_metric(recon, originals), "top1_agreement": top1_agreement(target, recon, originals),
+                  "feature_residual": out.feature_residual}
+        white_box = method in inverters and bool(inverters[method].white_box)
+        for j, i in enumerate(chunk):
+            if keys[j] in done:
+                continue
+            file = save_image(out.images[j], audit_image_path(out_dir, layer, spec, method, attacker, seed, files[i]))
+            record = {"kind": "attack", "layer": layer, "defense": spec, "method": method, "attacker": attacker,
+                      "seed": seed, "image": sources[i], "file": file.relative_to(out_dir).as_posix(),
+                      "white_box": white_box}
+            for metric, values in scores.items():
+                record[metric] = None if values is None else float(values[j])
+            record["seconds"] = out.seconds / len(chunk)
+            store.append(record)
+        bar.update(1)
+    bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+
+    # 6. Report (main process)
+    report = build_report(store.records(), layers, specs, names, [m for m in names if m not in inverters], meta={
+        "target": target.name, "image_size": list(size), "images": len(sources), "seeds": list(seeds),
+        "lpips": lpips_metric.reason or "alexnet", "device": str(device)})
+    if main:
+        write_json(out_dir / "report.json", {"config": store.settings, **report})
+        write_report_md(report, out_dir / "report.md")
+        write_privacy_utility_plot(report["settings"], out_dir / "privacy_utility.png", layers=list(layers),
+                                   methods=names)
+        columns = [f"{m} {a}" for m in names for a in ATTACKERS]
+        for layer in layers:
+            write_grid(images, specs, columns,
+                       lambda spec, column, layer=layer: _grid_file(out_dir, layer, spec, column, seeds[0], files[0]),
+                       out_dir / f"grid_{layer}.png")
+    if state is not None:
+        state.wait_for_everyone()
+    return report
+
+
+def _grid_file(out_dir, layer, spec, column, seed, name) -> Path:
+    method, attacker = column.rsplit(" ", 1)
+    path = audit_image_path(out_dir, layer, spec, method, attacker, seed, name)
+    if attacker == "adaptive" and spec == "none":  # no defense: the adaptive attacker is the naive one
+        path = audit_image_path(out_dir, layer, spec, method, "naive", seed, name)
+    return path
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
+                 trained: Sequence[str] = (), meta: Mapping | None = None) -> dict:
+    """The audit's summary of ``records``: per (layer, defense setting) the utility and, per method and
+    attacker, the mean metrics; per layer the setting that keeps utility >= 0.9 with the lowest best
+    attack PSNR; the cost in seconds. ``trained``: the methods the audit trained per defense."""
+    rows = []
+    for layer in layers:
+        for spec in specs:
+            util = [r for r in records if r["kind"] == "utility" and r["layer"] == layer and r["defense"] == spec]
+            row = {"layer": layer, "defense": spec, "utility": _mean(r["utility"] for r in util),
+                   "utility_reason": next((r["reason"] for r in util if r.get("reason")), None), "attacks": {}}
+            for method in methods:
+                entry = {}
+                for attacker in ATTACKERS:
+                    source = "naive" if spec == "none" else attacker
+                    group = [r for r in records if r["kind"] == "attack" and r["layer"] == layer
+                             and r["defense"] == spec and r["method"] == method and r["attacker"] == source]
+                    entry[attacker] = {"n": len(group), **{m: _mean(r.get(m) for r in group) for m in METRICS}} \
+                        if group else None
+                reason = None if spec == "none" else _adaptive_reason(method, method in trained)
+                if reason:
+                    entry["adaptive_reason"] = reason
+                row["attacks"][method] = entry
+            psnrs = [a["psnr"] for e in row["attacks"].values() for k, a in e.items()
+                     if k in ATTACKERS and a and a["psnr"] is not None]
+            row["best_attack_psnr"] = max(psnrs) if psnrs else None
+            top1s = [a["top1_agreement"] for e in row["attacks"].values() for k, a in e.items()
+                     if k in ATTACKERS and a and a["top1_agreement"] is not None]
+            row["best_attack_top1"] = max(top1s) if top1s else None
+            rows.append(row)
+    recommendation = {}
+    for layer in layers:
+        mine = [r for r in rows if r["layer"] == layer]
+        reference = next((r for r in mine if r["defense"] == "none"), None)
+        ok = [r for r in mine if r["utility"] is not None and r["utility"] >= UTILITY_THRESHOLD
+              and r["best_attack_psnr"] is not None]
+        best = min(ok, key=lambda r: r["best_attack_psnr"], default=None)
+        recommendation[layer] = None if best is None else {
+            "defense": best["defense"], "utility": best["utility"], "best_attack_psnr": best["best_attack_psnr"],
+            "psnr_drop": (reference["best_attack_psnr"] - best["best_attack_psnr"])
+            if reference and reference["best_attack_psnr"] is not None else None}
+    cost = {"attack_seconds": sum(r.get("seconds") or 0 for r in records if r["kind"] == "attack"),
+            "utility_seconds": sum(r.get("seconds") or 0 for r in records if r["kind"] == "utility"),
+            "decoder_training_seconds": sum(r.get("seconds") or 0 for r in records if r["kind"] == "training")}
+    return {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
+            "recommendation": recommendation, "cost_seconds": cost}
+
+
+def write_report_md(report: Mapping, path) -> str:
+    """``report.md``: one table per layer (defense x method: utility, naive / adaptive PSNR, SSIM, top-1)."""
+
+    def fmt(value, spec):
+        return "n/a" if value is None else spec.format(value)
+
+    lines = ["# Privacy audit", ""]
+    meta = report.get("meta", {})
+    if meta:
+        lines += [f"Target `{meta.get('target')}`, {meta.get('images')} images at {meta.get('image_size')}, seeds "
+                  f"{meta.get('seeds')}, device {meta.get('device')}. Utility = top-1 agreement of the network run "
+                  f"from "
+                  f"the defended features with the undefended network; attack top-1 = agreement of the "
+                  f"reconstruction's class. naive / adaptive = attacker unaware of / aware of the defense.", ""]
+        if meta.get("lpips") != "alexnet":
+            lines += [f"{meta.get('lpips')}.", ""]
+    layers = list(dict.fromkeys(r["layer"] for r in report["settings"]))
+    for layer in layers:
+        lines += [f"## {layer}", "", "| defense | utility | method | PSNR naive | PSNR adaptive | SSIM naive | "
+                  "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |", "|" + "---|" * 10]
+        for row in (r for r in report["settings"] if r["layer"] == layer):
+            for method, entry in row["attacks"].items():
+                n, a = entry.get("naive") or {}, entry.get("adaptive") or {}
+                lines.append("| " + " | ".join([
+                    row["defense"], fmt(row["utility"], "{:.2f}"), method,
+                    fmt(n.get("psnr"), "{:.2f}"), fmt(a.get("psnr"), "{:.2f}"),
+                    fmt(n.get("ssim"), "{:.3f}"), fmt(a.get("ssim"), "{:.3f}"),
+                    fmt(n.get("top1_agreement"), "{:.2f}"), fmt(a.get("top1_agreement"), "{:.2f}"),
+                    fmt(a.get("seconds", n.get("seconds")), "{:.2f}")]) + " |")
+            if row["utility_reason"]:
+                lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 8)
+        rec = report["recommendation"].get(layer)
+        lines.append("")
+        if rec and rec["defense"] == "none" or rec and rec["psnr_drop"] is not None and rec["psnr_drop"] <= 0:
+            lines.append(f"No defense setting that keeps utility >= {report['utility_threshold']} lowers the best "
+                         f"attack's PSNR below no defense ({rec['best_attack_psnr']:.2f} dB).")
+        elif rec:
+            drop = "" if rec["psnr_drop"] is None else f", {rec['psnr_drop']:.2f} dB below no defense"
+            lines.append(f"Keeping utility >= {report['utility_threshold']}: **{rec['defense']}** (utility "
+                         f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to "
+                         f"{rec['best_attack_psnr']:.2f}"
+                         f" dB{drop}.")
+        else:
+            lines.append(f"No setting keeps utility >= {report['utility_threshold']} (or utility is unavailable).")
+        lines.append("")
+    cost = report["cost_seconds"]
+    lines.append(f"Cost: {cost['attack_seconds']:.0f} s of attacks, {cost['utility_seconds']:.1f} s of utility, "
+                 f"{cost['decoder_training_seconds']:.0f} s of decoder training.")
+    text = "\n".join(lines) + "\n"
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return text
