@@ -13,12 +13,12 @@ from .. import __version__
 from ..jobs.store import RunSettingsError
 from ..pipelines.definitions import ModelFilesNotFoundError
 from ..targets import WeightsNotFoundError
-from . import bench, extract, invert, train, video
+from . import bench, channels, dead_filters, extract, invert, train, video, visualize
 from .common import UsageError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (extract, invert, bench, video, train)
+COMMANDS = (extract, invert, bench, video, train, visualize, channels, dead_filters)
 
 
 def build_parser() -> argparse.ArgumentParser:
