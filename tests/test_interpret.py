@@ -120,6 +120,19 @@ def test_activation_rises_under_optimization(method):
         assert torch.allclose(out.values, objective(target.forward(out.images, ["3"])), atol=1e-5)
 
 
+def test_visualize_through_a_diffusion_sampler():
+    from diffinv.pipelines import load_pipeline
+
+    pipe = load_pipeline("tiny")  # random weights, 32 px, VAE factor 2
+    pipe.set_progress_bar_config(disable=True)
+    out = visualize(tiny_target(), channel("3", [2, 3]), 2, size=(32, 32), method="diffusion", pipeline=pipe,
+                    iterations=6, learning_rate=0.5, transforms=None, generator=torch.Generator().manual_seed(0),
+                    progress=False)
+    assert out.images.shape == (2, 3, 32, 32) and out.info["param"] == "diffusion"
+    assert torch.allclose(out.values, out.history.max(0).values, atol=1e-3)  # the best iterate, rendered again
+    assert (out.values > out.history[0]).all()
+
+
 def test_visualize_with_transforms_and_plain_pixels():
     target = tiny_target()
     out = visualize(target, channel("3", 0) + 0.1 * layer_norm("2"), 1, size=(32, 32), param="pixel",

@@ -164,7 +164,8 @@ def results_table(rows, settings) -> str:
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         lines.append(f"| {r['channel']} | {r['reached']:.3f} | {r['natural_max']:.3f} | {ratio} |")
     what = "mean activation over positions" if settings["objective"] == "channel" else "activation at the centre"
-    return ("\n".join(lines) + f"\n\n{settings['method']} ({settings['param'] or settings['method']}), "
+    method = settings["method"] + (f" ({settings['param']})" if settings["param"] else "")
+    return ("\n".join(lines) + f"\n\n{method}, "
             f"{settings['iterations']} iterations, {settings['size']}x{settings['size']}; activation = the channel's {what} "
             f"(natural: max over {settings['natural_images']['count']} images of the channel's "
             f"{'mean' if settings['objective'] == 'channel' else 'maximum over positions'}).\n")
