@@ -176,8 +176,10 @@ def write_tile_grid(out_dir, rows, columns: int = 4):
 
     from ..io import atomic_path, load_image, to_pil
 
-    tiles = [load_image(out_dir / r["file"]) for r in rows]
-    h, w = tiles[0].shape[-2:]
+    tiles = [to_pil(load_image(out_dir / r["file"])) for r in rows]
+    zoom = max(1, -(-128 // tiles[0].width))  # small tiles are enlarged (nearest) so that their labels fit
+    tiles = [t.resize((t.width * zoom, t.height * zoom), Image.NEAREST) for t in tiles]
+    h, w = tiles[0].height, tiles[0].width
     label = 16
     cols = min(columns, len(tiles))
     nrows = -(-len(tiles) // cols)
@@ -187,7 +189,7 @@ def write_tile_grid(out_dir, rows, columns: int = 4):
         x, y = (i % cols) * w, (i // cols) * (h + label)
         ratio = "" if r["ratio"] is None else f" ({r['ratio']:.1f}x)"
         draw.text((x + 3, y + 2), f"ch {r['channel']}: {r['reached']:.1f}{ratio}", fill="black")
-        grid.paste(to_pil(tile), (x, y + label))
+        grid.paste(tile, (x, y + label))
     with atomic_path(out_dir / "grid.png") as tmp:
         grid.save(tmp, format="PNG", optimize=True)
     return out_dir / "grid.png"
