@@ -186,7 +186,8 @@ def test_inverters_return_each_images_best_iterate(cls, lite0, small_photos):
 def test_cli_vocabulary():
     parser = build_parser()
     helps = {name: sub.format_help() for name, sub in parser._subparsers._group_actions[0].choices.items()}
-    assert set(helps) == {"extract", "invert", "bench", "demo", "video", "train-decoder", "train-mapper", "audit", "app"}
+    assert set(helps) == {"extract", "invert", "bench", "demo", "video", "train-decoder", "train-mapper",
+                          "visualize", "channels", "dead-filters", "audit", "app"}
     assert "--device" in helps.pop("app")  # the browser app: no output, target or size of its own
     for name, text in helps.items():
         assert "--out" in text and "-o" in text, name

@@ -1,0 +1,136 @@
+"""Image parameterizations for feature visualization: ``(params, image_fn)`` as in lucent.
+
+``image_fn(train=True)`` renders ``(N, 3, H, W)`` images in [0, 1] from ``params``; ``train=False``
+drops training-time randomness (the DIP input noise). Every tensor in ``params`` has one block
+per image along its first dimension, as :func:`diffinv.optimization.run_optimization` needs.
+
+* :func:`fourier_image` — lucid's decorrelated parameterization: the image's spectrum, scaled
+  by 1/frequency, plus a linear colour decorrelation (the square root of ImageNet's colour
+  covariance) before the sigmoid. Steps then move all frequencies and colours at comparable
+  rates, which is why lucid's visualizations look natural.
+* :func:`pixel_image` — the pixel inverter's sigmoid logits (:func:`~diffinv.inverters.pixel.pixel_parameterization`).
+* :func:`dip_image` — the Deep Image Prior generator (:class:`~diffinv.models.SkipGenerator`).
+* :func:`diffusion_image` — a K-step Stable Diffusion sampler and VAE from the initial latent
+  (:meth:`~diffinv.pipelines.DiffInvPipeline.render`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..inverters.pixel import pixel_parameterization
+from ..models import SkipGenerator
+
+__all__ = ["COLOR_CORRELATION_SVD_SQRT", "diffusion_image", "dip_image", "fourier_image", "pixel_image"]
+
+ImageFn = Callable[..., torch.Tensor]
+
+# lucid's square root of the ImageNet colour covariance (from its SVD), columns normalized below.
+COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+
+
+def _randn(shape, generator, device) -> torch.Tensor:
+    where = generator.device if generator is not None else "cpu"
+    return torch.randn(*shape, generator=generator, device=where).to(device)
+
+
+def fourier_image(
+    n: int,
+    size: tuple[int, int],
+    *,
+    sd: float = 0.01,
+    decay_power: float = 1.0,
+    decorrelate: bool = True,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> tuple[list[torch.Tensor], ImageFn]:
+    """Spectrum ``(n, 3, H, W // 2 + 1, 2)`` (real, imaginary) scaled by ``1 / freq ** decay_power``,
+    inverse FFT, colour decorrelation, sigmoid.
+
+    Args:
+        sd: std of the initial spectrum.
+        decay_power: how strongly high frequencies are damped.
+        decorrelate: apply the colour decorrelation (else the three channels are independent).
+    """
+    h, w = size
+    freqs = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2)
+    scale = (1.0 / freqs.clamp(min=1.0 / max(h, w)) ** decay_power)[None, None, ..., None].to(device)
+    spectrum = (sd * _randn((n, 3, *freqs.shape, 2), generator, device)).requires_grad_(True)
+    colors = (COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()).to(device)
+
+    def image_fn(train: bool = True) -> torch.Tensor:
+        image = torch.fft.irfftn(torch.view_as_complex(scale * spectrum), s=(h, w), norm="ortho") / 4.0
+        if decorrelate:
+            image = torch.einsum("nchw,dc->ndhw", image, colors)
+        return torch.sigmoid(image)
+
+    return [spectrum], image_fn
+
+
+def pixel_image(
+    n: int, size: tuple[int, int], *, generator: torch.Generator | None = None, device=None
+) -> tuple[list[torch.Tensor], ImageFn]:
+    """The pixel inverter's parameterization: sigmoid of per-pixel logits (grey + small noise)."""
+    params, render = pixel_parameterization(n, size, generator=generator, device=device)
+    return params, lambda train=True: render()
+
+
+def dip_image(
+    n: int,
+    size: tuple[int, int],
+    *,
+    channels: Sequence[int] = (16, 32, 32, 64),
+    input_noise_std: float = 1.0 / 30.0,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> tuple[list[torch.Tensor], ImageFn]:
+    """N independent DIP generators from fixed noise (the DIP inverter's prior); ``train=True`` perturbs the noise.
+
+    Raises:
+        ValueError: ``size`` is not divisible by ``2 ** len(channels)``.
+    """
+    levels = len(channels)
+    if size[0] % 2**levels or size[1] % 2**levels:
+        raise ValueError(f"the DIP generator needs a size divisible by {2 ** levels} (its {levels} levels), got {tuple(size)}.")
+    if generator is not None:
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    net = SkipGenerator(n, channels=tuple(channels)).to(device).train()
+    z = 0.1 * torch.rand(1, n * net.in_channels, *size, generator=generator).to(device)
+
+    def image_fn(train: bool = True) -> torch.Tensor:
+        if train and input_noise_std > 0:
+            return net(z + input_noise_std * torch.randn_like(z))
+        return net(z)
+
+    return list(net.parameters()), image_fn
+
+
+def diffusion_image(
+    pipe,
+    n: int,
+    size: tuple[int, int],
+    *,
+    prompt: str | list[str] = "",
+    num_inference_steps: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[list[torch.Tensor], ImageFn]:
+    """Initial latents of a :class:`~diffinv.pipelines.DiffInvPipeline`'s K-step sampler, rendered by it.
+
+    Raises:
+        ValueError: ``size`` is not a multiple of the VAE's scale factor.
+    """
+    factor = pipe.vae_scale_factor
+    if size[0] % factor or size[1] % factor:
+        raise ValueError(f"the diffusion model makes images whose sides are multiples of {factor}, got {tuple(size)}.")
+    device = pipe._execution_device
+    shape = (n, pipe.unet.config.in_channels, size[0] // factor, size[1] // factor)
+    sigma = pipe.chain_scheduler(num_inference_steps, device).init_noise_sigma
+    latents = (sigma * _randn(shape, generator, device)).float().requires_grad_(True)
+
+    def image_fn(train: bool = True) -> torch.Tensor:
+        return pipe.render(latents, prompt, num_inference_steps=num_inference_steps,
+                           gradient_checkpointing=train).float()
+
+    return [latents], image_fn
