@@ -92,7 +92,11 @@ def test_channels_ranked_by_mean_activation_with_a_hook_for_visualizations(bench
     view = bench.channels(small(), top=5)
     strengths = [s for _, s in view.ranking]
     assert len(view.ranking) == 5 and strengths == sorted(strengths, reverse=True)
-    assert len(view.maps) == 5 and view.maps[0][0].shape == (64, 64, 3) and view.visualizations == []
+    assert len(view.maps) == 5 and view.maps[0][0].shape == (64, 64, 3)
+    # each channel's per-channel inversion, then its feature visualization (diffinv.interpret)
+    assert len(view.visualizations) == 10 and view.visualizations[0][0].shape == (64, 64, 3)
+    assert [c for c, _ in view.ranking] == [int(cap.split()[1]) for _, cap in view.visualizations[:5]]
+    assert "alone (pixel)" in view.visualizations[0][1] and "visualized" in view.visualizations[5][1]
     calls = []
     hooked = Workbench(inverter_factory, channel_visualizer=lambda *a: calls.append(a) or [("img", "c")])
     assert hooked.channels(small(), top=3).visualizations == [("img", "c")]

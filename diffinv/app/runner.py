@@ -29,6 +29,9 @@ import numpy as np
 import torch
 
 from ..features import FeatureSet
+from ..interpret.channels import channel_activations, heat_maps, invert_channels, overlay, top_channels
+from ..interpret.objectives import channel
+from ..interpret.visualize import visualize
 from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
 from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
@@ -164,8 +167,8 @@ class ChannelView:
     Attributes:
         ranking: ``[(channel, mean activation)]``, strongest first.
         maps: ``[(activation map (H, W, 3) uint8, caption)]`` of those channels, upsampled to the image.
-        visualizations: per-channel inversions / feature visualizations, from the interpretability
-            module once it is connected (:attr:`Workbench.channel_visualizer`); ``[]`` before.
+        visualizations: ``[(image, caption)]``: each channel's per-channel inversion, then its feature
+            visualization (or what a custom :attr:`Workbench.channel_visualizer` returns).
     """
 
     ranking: list[tuple[int, float]]
@@ -186,9 +189,9 @@ class Workbench:
             :func:`diffinv.cli.common.inverter_factory` (checks every field before any work).
         user_errors: the exception types the command line reports as user errors.
         stream_every: a streamed image every this many iterations (at least 20 per run).
-        channel_visualizer: ``(target, layer, channels, image, size) -> [(image, caption)]``:
-            per-channel inversion / feature visualization (the interpretability module); ``None``
-            until it is connected.
+        channel_visualizer: ``(target, layer, channels, image, size) -> [(image, caption)]``: replaces the
+            Channels tab's per-channel inversions and feature visualizations (default ``None``: those of
+            :mod:`diffinv.interpret`).
         work_dir: where plots are written (default: a temporary folder).
         device: where targets and inverters run (``cpu``, ``cuda``, ``cuda:N``).
     """
@@ -447,35 +450,38 @@ class Workbench:
 
     # ------------------------------------------------------------------ Channels
     def channels(self, request: InvertRequest, top: int = 8) -> ChannelView:
-        """The ``top`` channels of ``request.layer`` ranked by mean activation on the image, with their
-        activation maps; per-channel inversions come from :attr:`channel_visualizer` when connected."""
+        """The ``top`` channels of ``request.layer`` ranked by mean activation on the image (the interpretability
+        module, :mod:`diffinv.interpret`): where each fires (its heat map over the image), the image
+        reconstructed from that channel alone with ``request.method`` (per-channel inversion), and the
+        channel's feature visualization (pixel, Fourier parameterization), each with ``request.iterations``
+        (default 128). A custom :attr:`channel_visualizer` replaces the last two."""
         if not isinstance(top, int) or top < 1:
             raise ValueError(f"`--top` expected a positive integer (>= 1), got {top!r}")
         if not request.layer:
             raise ValueError("`--layer`: no layer chosen.")
+        make_inverter = self._check(request)
         original, _ = self.load_image(request.image, request.size)
         target = self.target(request.target, request.weights, request.size, (request.layer,))
+        activations = channel_activations(target, request.layer, original)[0]
+        order = top_channels(activations[None], min(top, len(activations)))
         with torch.no_grad():
-            feats = target.feature(original.to(target.mean.device), request.layer).float().cpu()[0]
-        if feats.ndim != 3:
-            raise ValueError(f"`--layer` {request.layer!r} gives features of shape {tuple(feats.shape)}; channels need "
-                             f"a (C, H, W) feature map.")
-        strength = feats.mean(dim=(1, 2))
-        order = strength.argsort(descending=True)[:top].tolist()
-        maps = []
-        for c in order:
-            m = feats[c]
-            m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
-            m = torch.nn.functional.interpolate(m[None, None], size=original.shape[-2:], mode="bilinear",
-                                                align_corners=False)[0, 0]
-            heat = torch.stack([m, 0.25 * m, 1 - m]).clamp(0, 1)
-            overlay = 0.45 * original[0] + 0.55 * heat
-            maps.append((_uint8(overlay), f"channel {c}: mean {float(strength[c]):.3g}"))
-        ranking = [(c, float(strength[c])) for c in order]
-        if self.channel_visualizer is None:
-            visuals, note = [], ("Per-channel inversion and feature visualization are not connected in this build "
-                                 "(they come with the interpretability module); shown: where each channel fires.")
-        else:
+            feats = target.feature(original.to(target.mean.device), request.layer).float().cpu()
+        overlays = overlay(original[0], heat_maps(feats, order, tuple(original.shape[-2:])))
+        maps = [(_uint8(overlays[i]), f"channel {c}: mean {float(activations[c]):.3g}") for i, c in enumerate(order)]
+        ranking = [(c, float(activations[c])) for c in order]
+        if self.channel_visualizer is not None:
             visuals = list(self.channel_visualizer(target, request.layer, order, original, request.size))
-            note = "Per-channel inversions from the interpretability module."
+            return ChannelView(ranking, maps, visuals, "Channels shown by the connected visualizer.")
+        generator = torch.Generator().manual_seed(int(request.seed))
+        alone = invert_channels(make_inverter(target), original, request.layer, order, generator=generator,
+                                progress=False)
+        iterations = request.iterations or 128
+        shown = visualize(target, channel(request.layer, order), len(order), size=(request.size, request.size),
+                          iterations=iterations, generator=torch.Generator().manual_seed(int(request.seed)),
+                          progress=False)
+        visuals = [(_uint8(alone.images[i]), f"channel {c} alone ({request.method})") for i, c in enumerate(order)]
+        visuals += [(_uint8(shown.images[i]), f"channel {c} visualized: {float(shown.values[i]):.3g}")
+                    for i, c in enumerate(order)]
+        note = (f"Per-channel inversion ({request.method}, only that channel kept) and feature visualization "
+                f"(pixel, Fourier, {iterations} iterations) of the top {len(order)} channels.")
         return ChannelView(ranking, maps, visuals, note)

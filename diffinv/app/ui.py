@@ -141,7 +141,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                         channels_status = gr.Markdown("", elem_id="channels-status")
                         channels_table = gr.Dataframe(label="ranking", elem_id="channels-table")
                         channels_maps = gr.Gallery(label="activation maps", columns=4, height=260)
-                        channels_visuals = gr.Gallery(label="per-channel inversions", columns=4, height=260)
+                        channels_visuals = gr.Gallery(label="per-channel inversions, then feature visualizations", columns=4, height=260)
                     with gr.Tab("Runs", id="runs"):
                         with gr.Row():
                             folder = gr.Textbox("", label="run folder of `diffinv bench` / `diffinv demo` (--out)",
@@ -229,7 +229,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             except Exception as err:
                 return f"**{error_message(err, bench.user_errors)}**", None, [], []
             table = pd.DataFrame(view.ranking, columns=["channel", "mean activation"])
-            return view.note, table, _files(view.maps, shown), view.visualizations
+            return view.note, table, _files(view.maps, shown), _files(view.visualizations, shown)
 
         channels_run.click(channels, [*fields, top], [channels_status, channels_table, channels_maps, channels_visuals],
                            api_name="channels", concurrency_limit=1, concurrency_id="work")
