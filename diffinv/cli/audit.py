@@ -12,9 +12,9 @@ from ..defenses import parse_defenses
 from ..io import collect_images
 from ..jobs.audit import run_audit
 from ..jobs.bench import DEFAULT_BATCH_SIZE
-from ..jobs.distributed import is_distributed_launch, process_device, process_state
+from ..jobs.distributed import launch_state
 from ..jobs.training import TrainConfig
-from ..targets import DEFAULT_LAYERS, TargetNetwork
+from ..targets import DEFAULT_LAYERS
 from . import common
 
 DEFAULT_DEFENSES = ("none", "noise:0.1,0.3,1.0", "quantize:8,4,2", "prune:0.5", "topk:0.1")
@@ -97,12 +97,9 @@ def run(args) -> int:
                                          val_fraction=0.0, device=str(device))
 
     # 2. Target, then the audit (resumed, or refused when --out holds other settings)
-    state = process_state() if is_distributed_launch() else None
-    if state is not None:
-        device = process_device(state, device)
+    state, device = launch_state(device)
     main = state is None or state.is_main_process
-    target = TargetNetwork.from_name(args.target, layers, weights=args.weights,
-                                     input_size=(args.size, args.size)).to(device)
+    target = common.target_from_args(args, layers, device)
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
         print(f"diffinv audit: {len(names)} images at {args.size}x{args.size}, target {args.target}, layers "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..datasets import DATASETS, load_dataset, load_image_files
 from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark
-from ..jobs.distributed import is_distributed_launch, process_device, process_state
-from ..targets import DEFAULT_LAYERS, TargetNetwork
+from ..jobs.distributed import launch_state
+from ..targets import DEFAULT_LAYERS
 from . import common
 
 
@@ -66,12 +66,9 @@ def run(args) -> int:
 
     # 2. Target, then the benchmark (resumed, or refused when --out holds other settings); under
     #    torchrun/accelerate launch each process runs its share of the work items on its own device
-    state = process_state() if is_distributed_launch() else None
-    if state is not None:
-        device = process_device(state, device)
+    state, device = launch_state(device)
     main = state is None or state.is_main_process
-    target = TargetNetwork.from_name(args.target, layers, weights=args.weights,
-                                     input_size=(args.size, args.size)).to(device)
+    target = common.target_from_args(args, layers, device)
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
         print(f"diffinv {args.command}: {len(names)} images at {args.size}x{args.size}, target {args.target}, "

@@ -10,7 +10,6 @@ import torch
 
 from ..io import atomic_path, load_image, pixels_fingerprint, save_image, to_pil, write_json
 from ..jobs.store import RunStore
-from ..targets import TargetNetwork
 from . import common
 
 OUTPUTS = ("reconstructions", "heatmaps", "channels.png", "results.json")
@@ -42,8 +41,7 @@ def run(args) -> int:
     out_dir = common.check_out_dir(args.out)
     make_inverter = common.inverter_factory(args.method, args)
     image = load_image(args.image, args.size)
-    target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights,
-                                     input_size=(args.size, args.size)).to(device)
+    target = common.target_from_args(args, args.layer, device)
     num_channels = check_layer(target, args.layer)
     if args.channels:
         check_channels(args.channels, num_channels, args.layer)

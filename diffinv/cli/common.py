@@ -35,6 +35,7 @@ from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models import resolve_model_dir
 from ..models.learned import folder_kind
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, is_local_path
+from ..targets import TargetNetwork
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -42,6 +43,7 @@ __all__ = [
     "METHODS",
     "UsageError",
     "add_device_arg",
+    "target_from_args",
     "add_images_arg",
     "add_method_args",
     "add_out_arg",
@@ -325,3 +327,9 @@ def _single_factory(name: str, args: argparse.Namespace):
         if getattr(args, "compile", False):
             kwargs["compile"] = True
     return lambda target, **extra: cls(target, **kwargs, **extra)
+
+
+def target_from_args(args: argparse.Namespace, layers, device: torch.device):
+    """The target of ``--target``/``--weights`` at ``layers``, fed ``--size`` x ``--size`` images, on ``device``."""
+    return TargetNetwork.from_name(args.target, layers, weights=args.weights,
+                                   input_size=(args.size, args.size)).to(device)

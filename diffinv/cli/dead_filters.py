@@ -6,7 +6,6 @@ Streams the images a batch at a time (memory independent of their number) and wr
 
 from __future__ import annotations
 
-from ..targets import TargetNetwork
 from . import common
 from .visualize import add_source_args, image_batches, source_description
 
@@ -42,8 +41,7 @@ def run(args) -> int:
     if args.rare_percent > 100:
         raise common.UsageError(f"`--rare-percent` {args.rare_percent:g} is not a percentage in [0, 100].")
     count, batches = image_batches(args, args.size, args.batch_size)
-    target = TargetNetwork.from_name(args.target, args.layers, weights=args.weights,
-                                     input_size=(args.size, args.size)).to(device)
+    target = common.target_from_args(args, args.layers, device)
     for layer in args.layers:
         check_layer(target, layer)
     settings = {"target": target.identity(), "layers": list(args.layers), **source_description(args),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..features import FeatureSet
 from ..io import collect_images, load_images
-from ..targets import TargetNetwork
 from . import common
 
 
@@ -27,8 +26,7 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     out = common.check_out_file(args.out)
     files = collect_images(paths)
-    target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights,
-                                     input_size=(args.size, args.size)).to(device)
+    target = common.target_from_args(args, args.layer, device)
     images = load_images(files, args.size).to(device)
     fs = FeatureSet.extract(target, images, args.layer, sources=[str(p) for p in files])
     path = fs.save(out)

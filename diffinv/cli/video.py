@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..features import FeatureSet
 from ..io import fingerprint_path, read_video, write_side_by_side, write_video
-from ..jobs.distributed import is_distributed_launch, process_device, process_state, shard
+from ..jobs.distributed import launch_state, shard
 from ..jobs.store import MANIFEST, unique_names
 from ..jobs.video import SUMMARY_FILE, extract_video_features, invert_video, write_clips_summary
 from ..targets import TargetNetwork
@@ -63,9 +63,8 @@ def run(args) -> int:
     if not several and (out_dir / SUMMARY_FILE).is_file():
         raise common.UsageError(f"`--out` {args.out!r} holds a run of several clips ({SUMMARY_FILE}); a one-clip run "
                                 f"writes frames/ and metrics.json there. Choose another output folder.")
-    state = process_state() if is_distributed_launch() else None
+    state, device = launch_state(device)  # under torchrun/accelerate launch: its own GPU per process
     if state is not None:
-        device = process_device(state, device)  # its own GPU per process
         args.device = str(device)  # for inverters that load models themselves
     make_inverter = common.inverter_factory(args.method, args)
     if several or state is not None:

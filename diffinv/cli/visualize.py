@@ -13,7 +13,6 @@ import torch
 from ..datasets import DATASETS, load_dataset
 from ..io import collect_images, load_images, pixels_fingerprint, save_image, write_json
 from ..jobs.store import RunStore
-from ..targets import TargetNetwork
 from . import common
 
 OUTPUTS = ("grid.png", "results.json", "results.md", "tiles")
@@ -100,8 +99,7 @@ def run(args) -> int:
         common.check_model(args.model)
     if args.method == "dip" and args.size % 16:
         raise common.UsageError(f"`--size` {args.size}: the dip method needs a multiple of 16, e.g. {max(16, args.size // 16 * 16)}.")
-    target = TargetNetwork.from_name(args.target, args.layer, weights=args.weights,
-                                     input_size=(args.size, args.size)).to(device)
+    target = common.target_from_args(args, args.layer, device)
     num_channels = check_layer(target, args.layer)
     if args.channels:
         check_channels(args.channels, num_channels, args.layer)

@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 from accelerate import PartialState
 
-__all__ = ["is_distributed_launch", "process_device", "process_state", "shard"]
+__all__ = ["is_distributed_launch", "launch_state", "process_device", "process_state", "shard"]
 
 T = TypeVar("T")
 
@@ -48,3 +48,12 @@ def process_device(state: PartialState, requested: torch.device) -> torch.device
 def shard(items: Sequence[T], state: PartialState) -> list[T]:
     """This process's share of ``items``: every ``num_processes``-th, starting at its index."""
     return list(items[state.process_index :: state.num_processes])
+
+
+def launch_state(device: torch.device) -> tuple[PartialState | None, torch.device]:
+    """``(state, device)`` for a job: under ``torchrun``/``accelerate launch`` accelerate's process state and
+    this process's own device (:func:`process_device`); otherwise ``(None, device)``."""
+    if not is_distributed_launch():
+        return None, device
+    state = process_state()
+    return state, process_device(state, device)
