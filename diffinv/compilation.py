@@ -24,6 +24,14 @@ from torch import nn
 __all__ = ["backend", "compiled", "compiled_feature", "feature_function"]
 
 
+@functools.lru_cache(maxsize=1)
+def _backends() -> frozenset[str]:
+    """Every ``torch.compile`` backend (asked once: the loops check ``compile`` at every call)."""
+    import torch._dynamo
+
+    return frozenset(torch._dynamo.list_backends(exclude_tags=()))
+
+
 def backend(compile: bool | str) -> str | None:
     """``compile`` -> a ``torch.compile`` backend: ``True`` is ``"inductor"`` (the default), a string names
     one (e.g. ``"aot_eager"``, ``"cudagraphs"``), ``False`` is none."""
@@ -31,12 +39,10 @@ def backend(compile: bool | str) -> str | None:
         return "inductor"
     if compile is False or compile is None:
         return None
-    import torch._dynamo
-
-    if isinstance(compile, str) and compile in torch._dynamo.list_backends(exclude_tags=()):
+    if isinstance(compile, str) and compile in _backends():
         return compile
     raise ValueError(f"`compile` must be True, False or a torch.compile backend "
-                     f"({', '.join(torch._dynamo.list_backends())}), got {compile!r}.")
+                     f"({', '.join(sorted(_backends()))}), got {compile!r}.")
 
 
 def compiled(module: nn.Module, fn: Callable | None = None, key: str = "forward", compile: bool | str = True) -> Callable:

@@ -34,6 +34,7 @@ __all__ = [
     "image_groups",
     "list_images",
     "pixels_fingerprint",
+    "save_figure",
     "load_image",
     "load_images",
     "read_video",
@@ -271,6 +272,17 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         to_pil(image).save(tmp, format="PNG")
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Writes a matplotlib figure as a PNG, atomically, and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
     return path
 
 

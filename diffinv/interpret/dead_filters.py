@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_path, write_json
+from ..io import atomic_path, save_figure, write_json
 from ..targets import TargetNetwork
 from .objectives import check_feature_map
 
@@ -132,11 +132,7 @@ class DeadFilterReport:
         axes[-1][0].set_xlabel("max activation over images and positions")
         axes[-1][1].set_xlabel("fraction of images with max > eps")
         fig.tight_layout()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 @torch.no_grad()

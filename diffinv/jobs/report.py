@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..io import atomic_path, load_image, to_pil
+from ..io import atomic_path, load_image, save_figure, to_pil
 
 __all__ = ["METRICS", "summarize", "write_depth_plot", "write_grid", "write_privacy_utility_plot", "write_table"]
 
@@ -118,11 +118,7 @@ def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") ->
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequence[str], methods: Sequence[str]) -> Path:
@@ -165,8 +161,4 @@ def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequenc
                 ax.set_title(layer)
         axes[0][col].legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

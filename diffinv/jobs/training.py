@@ -68,7 +68,7 @@ from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from tqdm.auto import tqdm
 
 from ..defenses import parse_defense
-from ..io import VideoFrames, _fit, atomic_path, fingerprint_path, from_array, image_groups, load_image, write_json
+from ..io import VideoFrames, _fit, fingerprint_path, from_array, image_groups, load_image, save_figure, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
 from ..models import FeatureMapper, UpconvNet, decode_latents, encode_latents
@@ -524,10 +524,7 @@ def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: s
         ax2.set_ylabel("validation PSNR (dB)", color="tab:red")
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- the loop
