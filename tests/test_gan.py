@@ -152,12 +152,12 @@ def test_cli_gan(tmp_path, in_range, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DIFFINV_BIGGAN"),
+                    reason="set DIFFINV_BIGGAN to a BigGAN folder (config.json + pytorch_model.bin) or biggan-deep-128 "
+                           "in the pytorch-pretrained-biggan cache to measure GAN inversion with real weights")
 def test_real_biggan_inverts_real_features():
     """Quality with real weights: ``DIFFINV_BIGGAN=DIR_OR_NAME pytest -m slow tests/test_gan.py -s``."""
-    where = os.environ.get("DIFFINV_BIGGAN")
-    if not where:
-        pytest.skip("set DIFFINV_BIGGAN to a BigGAN folder (config.json + pytorch_model.bin) or biggan-deep-128 in "
-                    "the pytorch-pretrained-biggan cache to measure GAN inversion with real weights")
+    where = os.environ["DIFFINV_BIGGAN"]
     from diffinv.io import sample_images
     from diffinv.metrics import psnr
 
