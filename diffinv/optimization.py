@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BestIterate", "OptimizationResult", "check_weight", "cosine_lr", "run_optimization"]
+__all__ = ["BestIterate", "OptimizationResult", "adam", "all_finite", "check_weight", "cosine_lr", "run_optimization"]
 
 StepFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
 
@@ -41,6 +41,35 @@ def check_weight(name: str, value: float, *, positive: bool = False) -> float:
     if not ok or value < 0 or (positive and value == 0):
         raise ValueError(f"`{name}` must be a finite number {'>' if positive else '>='} 0, got {value!r}.")
     return float(value)
+
+
+def adam(variables: Sequence[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam over ``variables``: the fused kernel where torch has it for their device (one kernel
+    for all tensors instead of a dozen small ops per tensor: 0.6 ms instead of 3 ms a step for
+    the 66 tensors of the demo's DIP generators on CPU), else the default implementation."""
+    devices = {v.device.type for v in variables}
+    if devices <= {"cpu", "cuda"} and all(v.is_floating_point() for v in variables):
+        try:
+            return torch.optim.Adam(variables, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # torch without a fused Adam for this device
+            pass
+    return torch.optim.Adam(variables, lr=lr)
+
+
+def all_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
+    """Whether every element of every tensor (``None`` skipped) is finite.
+
+    One fused norm over all tensors answers it in the common case (a finite total norm means
+    every element is finite); only a non-finite norm, which can also be an overflow of finite
+    values, is checked tensor by tensor.
+    """
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return True
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None and bool(torch.isfinite(get_total_norm(tensors))):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def cosine_lr(lr: float, iteration: int, iterations: int) -> float:
@@ -79,7 +108,11 @@ class BestIterate:
         """Keeps the current variables of every image whose finite loss improved; returns that mask."""
         per_image = per_image.detach().float().cpu()
         improved = torch.isfinite(per_image) & (per_image < self.loss)
-        if improved.any():
+        if improved.all():  # the common case while the loss falls: one plain copy per tensor
+            self.loss = per_image.clone()
+            for kept, current in zip(self.values, variables):
+                kept.copy_(current.detach())
+        elif improved.any():
             self.loss = torch.where(improved, per_image, self.loss)
             for kept, current in zip(self.values, variables):
                 mask = improved.to(kept.device)
@@ -142,7 +175,7 @@ def run_optimization(
         raise ValueError(f"`iterations` must be a positive integer, got {iterations!r}.")
     check_weight("learning_rate", lr)
     variables = list(variables)
-    optimizer = torch.optim.Adam(variables, lr=lr)
+    optimizer = adam(variables, lr)
     best = BestIterate(variables, num_images)
     history, skipped = [], 0
     bar = progress if not isinstance(progress, bool) else tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
@@ -152,9 +185,7 @@ def run_optimization(
                 group["lr"] = cosine_lr(lr, i, iterations) if schedule else lr
             per_image, grads = step(variables)
             history.append(per_image.detach().float().cpu())
-            finite = grads is not None and torch.isfinite(per_image).all() and all(
-                g is None or torch.isfinite(g).all() for g in grads
-            )
+            finite = grads is not None and bool(torch.isfinite(per_image).all()) and all_finite(grads)
             if finite:
                 best.update(per_image, variables)
                 for variable, grad in zip(variables, grads):

@@ -27,6 +27,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Runs diffinv from the checkout given as the first argument, as an installed copy would: the
+# checkout's ``pipelines/`` and ``prompts/`` folders are the subpackages ``diffinv.pipelines`` and
+# ``diffinv.prompts`` (setup.cfg's package_dir), which a plain PYTHONPATH entry would not give.
+BOOTSTRAP = """
+import importlib.util, runpy, sys
+repo = sys.argv.pop(1)
+sys.path.insert(0, repo)
+import diffinv
+for name in ("prompts", "pipelines"):
+    spec = importlib.util.spec_from_file_location(
+        "diffinv." + name, f"{repo}/{name}/__init__.py", submodule_search_locations=[f"{repo}/{name}"])
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+if len(sys.argv) > 1:
+    runpy.run_module("diffinv", run_name="__main__", alter_sys=True)
+else:
+    import diffinv.cli
+"""
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -35,18 +54,18 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("demo_args", nargs="*", help="extra arguments for `diffinv demo` (after `--`)")
     args = p.parse_args(argv)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([args.repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    python = [sys.executable, "-c", BOOTSTRAP, str(Path(args.repo).resolve())]
     load_before = os.getloadavg()[0]
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import diffinv.cli"], check=True, env=env, cwd=args.repo)
+    subprocess.run(python, check=True, cwd=args.repo)
     imports = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or Path(tmp) / "demo_out")
-        command = [sys.executable, "-m", "diffinv", "demo", "--out", str(out), "--overwrite", *args.demo_args]
+        command = [*python, "demo", "--out", str(out), "--overwrite", *args.demo_args]
         start = time.perf_counter()
-        done = subprocess.run(command, env=env, cwd=args.repo, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=args.repo, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"`{' '.join(command)}` failed:\n{done.stderr[-3000:]}")

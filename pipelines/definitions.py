@@ -13,8 +13,10 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 __all__ = [
     "DEFINITIONS",
@@ -92,6 +94,8 @@ def check_model_dir(path: str) -> None:
 
 def load_tokenizer(folder: Path) -> CLIPTokenizer:
     """A CLIPTokenizer from a tokenizer folder, or built from open_clip's CLIP BPE file."""
+    from transformers import CLIPTokenizer  # here, so that the definitions import without transformers
+
     if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
         return CLIPTokenizer.from_pretrained(folder)
     try:

@@ -58,7 +58,7 @@ from diffinv.features import FeatureSet, check_images, check_input_size, resolve
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
 from diffinv.models.vae import decode_latents, encode_latents
-from diffinv.optimization import check_weight, run_optimization
+from diffinv.optimization import all_finite, check_weight, run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
     DEFINITIONS,
@@ -850,7 +850,7 @@ class DiffInvPipeline(DiffusionPipeline):
                         variables, feats, layer, prompt_embeds, scheduler, guidance_scale, loss,
                         latent_prior_weight, temporal_weight, gradient_checkpointing, scaler["scale"],
                     )  # fmt: skip
-                    finite = grads is not None and all(torch.isfinite(g).all() for g in grads)
+                    finite = grads is not None and all_finite(grads)
                     if finite or grads is None or scaler["scale"] <= 1.0:
                         break  # retrying only helps a gradient that overflowed at a large loss scale
                     scaler["scale"] /= 2.0

@@ -40,7 +40,7 @@ def test_cli_errors_are_clear(photo_files, tmp_path, capsys):
 def test_demo_writes_grid_tables_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--size", "32", "--num-images", "2", "--iterations", "3",
-            "--layers", "blocks.1", "blocks.6"]
+            "--layers", "blocks.1", "blocks.6", "--workers", "1"]  # in this process (the monkeypatch below)
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["records"]) == 2 * 2 * 2  # layers x methods x images

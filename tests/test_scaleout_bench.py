@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffinv.jobs.bench import merged_records, work_items
+from diffinv.jobs.distributed import WorkClaims, local_workers
 from launch import command, env, run_diffinv
 
 ARGS = ["bench", "--size", "32", "--num-images", "2", "--layers", "blocks.1", "blocks.2", "--methods", "pixel", "dip",
@@ -53,14 +55,62 @@ def test_work_items_and_merge_order():
                                                      (("l2", "pixel", 0, "b"), 1.0)]
 
 
+class FakeState:
+    def __init__(self, index: int):
+        self.process_index, self.is_main_process = index, index == 0
+
+
+def test_work_claims_give_each_item_to_one_process(tmp_path):
+    items = list(range(7))
+    main, other = WorkClaims(tmp_path, FakeState(0)), WorkClaims(tmp_path, FakeState(1))
+    taken = {0: [], 1: []}
+    first, second = main.take(items), other.take(items)
+    for _ in range(3):  # the two processes alternate, one item at a time
+        taken[0].append(next(first))
+        taken[1].append(next(second))
+    taken[0] += list(first)
+    taken[1] += list(second)
+    assert taken == {0: [0, 1, 2, 3], 1: [6, 5, 4]}  # process 1 starts from the end; nothing twice, nothing lost
+    assert len(list((tmp_path / ".claims").iterdir())) == 7
+    WorkClaims(tmp_path, FakeState(0))  # a new run clears stale claims
+    assert list(WorkClaims(tmp_path, FakeState(1)).take(items)) == items[::-1]
+    main.close()
+    assert not (tmp_path / ".claims").exists()
+    assert list(WorkClaims(tmp_path, None).take(items)) == items  # one process: everything, in order
+
+
+def test_local_workers(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("diffinv.jobs.distributed.available_cores", lambda: 4)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert local_workers("auto", cpu, 8) == 4 and local_workers("auto", cpu, 3) == 3 and local_workers("auto", gpu, 8) == 1
+    assert local_workers(2, gpu, 8) == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already launched: no second launch
+    assert local_workers("auto", cpu, 8) == 1 and local_workers(3, cpu, 8) == 1
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same small benchmark in one process (``D1``) and split across 2 torchrun processes (``D2``)."""
+    """The same small benchmark in one process (``D1``), split across 2 torchrun processes (``D2``),
+    and across 2 processes that the command starts itself (``W2``, ``--workers 2``)."""
     root = tmp_path_factory.mktemp("scaleout_bench")
-    for out, processes in (("D1", 1), ("D2", 2)):
-        result = diffinv(root, *ARGS, "--iterations", "3", "--out", out, processes=processes)
+    for out, processes, workers in (("D1", 1, "1"), ("D2", 2, "1"), ("W2", 1, "2")):
+        result = diffinv(root, *ARGS, "--iterations", "3", "--out", out, "--workers", workers, processes=processes)
         assert result.returncode == 0, result.stdout + result.stderr
     return root
+
+
+def test_workers_flag_gives_the_records_of_one_process(runs):
+    one = json.loads((runs / "D1" / "results.json").read_text())
+    two = json.loads((runs / "W2" / "results.json").read_text())
+    assert two["config"]["processes"] == 2 and one["config"]["processes"] == 1
+    assert [key(r) for r in two["records"]] == [key(r) for r in one["records"]]
+    for a, b in zip(one["records"], two["records"]):
+        for metric in METRICS:
+            if a[metric] is not None:
+                assert b[metric] == pytest.approx(a[metric], abs=1e-6), (key(a), metric)
+    assert len(raw_records(runs / "W2")) == ITEMS and not (runs / "W2" / ".claims").exists()
+    assert json.loads((runs / "W2" / "manifest.json").read_text()) == json.loads((runs / "D1" / "manifest.json").read_text())
 
 
 def test_two_processes_give_the_records_of_one(runs):

@@ -7,7 +7,9 @@ with exit code 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from .. import __version__
 from ..jobs.store import RunSettingsError
@@ -39,6 +41,7 @@ USER_ERRORS = (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNot
 def main(argv=None) -> int:
     """Runs one command; returns the exit code (0 done, 2 usage error, 130 interrupted, 1 other failure)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves (--workers)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -51,6 +54,10 @@ def main(argv=None) -> int:
     except USER_ERRORS as err:
         if args.debug:
             raise
+        if os.environ.get("RANK", "0") != "0":
+            # under a launch every process meets the same input error; the launcher stops the others when
+            # one exits, so the others wait: rank 0 says it once, or this one if rank 0 is far behind
+            time.sleep(2)
         print(f"diffinv {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug or a failure of the machine: still no traceback unless asked for

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..datasets import DATASETS, load_dataset, load_image_files
-from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark
-from ..jobs.distributed import launch_state
+from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark, work_items
+from ..jobs.distributed import launch_local, launch_state, local_workers
 from ..targets import DEFAULT_LAYERS
 from . import common
 
@@ -41,6 +41,7 @@ def _add_arguments(p, *, demo: bool) -> None:
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images inverted together (default {DEFAULT_BATCH_SIZE}); a work item is one layer, method, "
                         f"seed and batch of images, the unit split across processes under torchrun/accelerate launch")
+    common.add_workers_arg(p, "auto" if demo else 1)
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",
                 required=not demo, default="demo_out" if demo else None)
@@ -64,7 +65,14 @@ def run(args) -> int:
         images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
         dataset = args.dataset
 
-    # 2. Target, then the benchmark (resumed, or refused when --out holds other settings); under
+    # 2. On CPU, several processes with a share of the cores each (--workers): this command again,
+    #    under torchrun's launcher, on this machine
+    workers = local_workers(args.workers, device, len(work_items(layers, methods, args.seeds, len(names), args.batch_size)))
+    if workers > 1:
+        print(f"diffinv {args.command}: {workers} processes on this machine (--workers)")
+        return launch_local(args.argv, workers)
+
+    # 3. Target, then the benchmark (resumed, or refused when --out holds other settings); under
     #    torchrun/accelerate launch each process runs its share of the work items on its own device
     state, device = launch_state(device)
     main = state is None or state.is_main_process

@@ -166,6 +166,20 @@ def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
                         "(without it, such a folder is refused; one with the same settings is resumed)")
 
 
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else _number(int, "a positive integer (>= 1) or auto", lambda v: v >= 1)(text)
+
+
+_workers.__name__ = "a positive integer (>= 1) or auto"
+
+
+def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
+    p.add_argument("--workers", type=_workers, default=default, metavar="N|auto",
+                   help="run the work items in N processes on this machine, each with its share of the CPU cores "
+                        "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU. "
+                        f"The same results; under torchrun/accelerate launch it is ignored (default {default})")
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """Options of the inverters (each applies to the methods named in its help)."""
     p.add_argument("--iterations", type=positive_int, default=None,

@@ -9,7 +9,7 @@ per image along its first dimension, as :func:`diffinv.optimization.run_optimiza
   covariance) before the sigmoid. Steps then move all frequencies and colours at comparable
   rates, which is why lucid's visualizations look natural.
 * :func:`pixel_image` — the pixel inverter's sigmoid logits (:func:`~diffinv.inverters.pixel.pixel_parameterization`).
-* :func:`dip_image` — the Deep Image Prior generator (:class:`~diffinv.models.SkipGenerator`).
+* :func:`dip_image` — the DIP inverter's generators (:func:`~diffinv.inverters.dip.dip_parameterization`).
 * :func:`diffusion_image` — a K-step Stable Diffusion sampler and VAE from the initial latent
   (:meth:`~diffinv.pipelines.DiffInvPipeline.render`).
 """
@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..inverters.dip import dip_parameterization
 from ..inverters.pixel import pixel_parameterization
-from ..models import SkipGenerator
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "diffusion_image", "dip_image", "fourier_image", "pixel_image"]
 
@@ -94,16 +94,8 @@ def dip_image(
     levels = len(channels)
     if size[0] % 2**levels or size[1] % 2**levels:
         raise ValueError(f"the DIP generator needs a size divisible by {2 ** levels} (its {levels} levels), got {tuple(size)}.")
-    if generator is not None:
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    net = SkipGenerator(n, channels=tuple(channels)).to(device).train()
-    z = 0.1 * torch.rand(1, n * net.in_channels, *size, generator=generator).to(device)
-
-    def image_fn(train: bool = True) -> torch.Tensor:
-        if train and input_noise_std > 0:
-            return net(z + input_noise_std * torch.randn_like(z))
-        return net(z)
-
+    net, _, image_fn = dip_parameterization(n, size, channels=tuple(channels), input_noise_std=input_noise_std,
+                                            generator=generator, device=device)
     return list(net.parameters()), image_fn
 
 

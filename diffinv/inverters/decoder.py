@@ -17,7 +17,8 @@ import os
 
 import torch
 
-from ..models import PerLayerModels, UpconvNet, check_model_input
+from .. import models  # UpconvNet imports diffusers when first used
+from ..models.learned import PerLayerModels, check_model_input
 from ..targets import TargetNetwork
 from .base import Inverter
 
@@ -44,13 +45,13 @@ class DecoderInverter(Inverter):
     name = "decoder"
     white_box = False
 
-    def __init__(self, target: TargetNetwork, *, decoder: UpconvNet | str | os.PathLike, batch_size: int = 32):
+    def __init__(self, target: TargetNetwork, *, decoder: models.UpconvNet | str | os.PathLike, batch_size: int = 32):
         super().__init__(target)
         self.batch_size = batch_size
-        self._decoders = PerLayerModels(decoder, UpconvNet, "decoder", target.mean.device)
+        self._decoders = PerLayerModels(decoder, models.UpconvNet, "decoder", target.mean.device)
         self.path = self._decoders.path
 
-    def decoder_for(self, layer: str) -> UpconvNet:
+    def decoder_for(self, layer: str) -> models.UpconvNet:
         """The decoder trained on ``layer`` (loaded once, on the target's device)."""
         return self._decoders(layer)
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from ..features import check_images
 from ..io import fingerprint_path, load_images, pixels_fingerprint
+from .. import pipelines  # its names import diffusers when first used
 from ..losses import feature_loss
-from ..pipelines import DiffInvPipeline, load_pipeline
 from ..targets import TargetNetwork
 from .base import Inverter
 
@@ -42,7 +42,7 @@ HYBRID_STRENGTH = 0.3  # DRAG++'s img2img strength for refining a black-box esti
 @functools.lru_cache(maxsize=1)
 def _cached_pipeline(model: str, torch_dtype: torch.dtype | None, device: str | None, attention: str):
     """The last loaded pipeline is kept: the benchmark builds one inverter per (layer, seed)."""
-    return load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention)
+    return pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention)
 
 
 class DiffusionInverter(Inverter):
@@ -103,7 +103,7 @@ class DiffusionInverter(Inverter):
                 raise ValueError("`start` must be an inverter of the same target network.")
         self._start = start
         self.keep_start = bool(keep_start)
-        accepted = set(inspect.signature(DiffInvPipeline.__call__).parameters) - {"self", *self._reserved}
+        accepted = set(inspect.signature(pipelines.DiffInvPipeline.__call__).parameters) - {"self", *self._reserved}
         unknown = sorted(set(call_kwargs) - accepted)
         if unknown:
             raise TypeError(f"DiffusionInverter got unknown pipeline arguments {unknown}; accepted: {sorted(accepted)}.")
@@ -141,7 +141,7 @@ class DiffusionInverter(Inverter):
         """The model (and its folder's fingerprint), the networks' dtype, and every plain argument of the
         pipeline call: the defaults of :meth:`DiffInvPipeline.__call__` updated by this inverter's."""
         plain = (bool, int, float, str, type(None))
-        defaults = {name: p.default for name, p in inspect.signature(DiffInvPipeline.__call__).parameters.items()
+        defaults = {name: p.default for name, p in inspect.signature(pipelines.DiffInvPipeline.__call__).parameters.items()
                     if name not in ("self", "latents", "mapper", "image", "callback_on_step_end", *self._reserved)
                     and isinstance(p.default, plain)}
         calls = {k: v for k, v in {**defaults, **self.call_kwargs}.items() if isinstance(v, plain)}

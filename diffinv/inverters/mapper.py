@@ -21,8 +21,8 @@ import os
 
 import torch
 
-from ..models import FeatureMapper, PerLayerModels, check_model_input, decode_latents, vae_scale_factor
-from ..pipelines import DiffInvPipeline, img2img_steps, load_pipeline, load_vae
+from .. import models, pipelines  # FeatureMapper and the pipelines import diffusers when first used
+from ..models.learned import PerLayerModels, check_model_input
 from ..targets import TargetNetwork
 from .base import Inverter
 
@@ -65,7 +65,7 @@ class MapperInverter(Inverter):
         self,
         target: TargetNetwork,
         *,
-        mapper: FeatureMapper | str | os.PathLike,
+        mapper: models.FeatureMapper | str | os.PathLike,
         model: str | os.PathLike | None = None,
         vae=None,
         pipe=None,
@@ -79,12 +79,12 @@ class MapperInverter(Inverter):
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"`strength` must be in [0, 1] (0: no img2img refinement), got {strength!r}.")
         if strength > 0:
-            img2img_steps(num_inference_steps, strength)  # checks `num_inference_steps` now, not after loading
+            pipelines.img2img_steps(num_inference_steps, strength)  # checks `num_inference_steps` now, not after loading
         self.model, self.vae = model, vae
         self._pipe = self._as_diffinv_pipeline(pipe) if pipe is not None else None  # not a setting (see settings())
         self.strength, self.num_inference_steps = strength, num_inference_steps
         self.prompt, self.guidance_scale, self.batch_size = prompt, guidance_scale, batch_size
-        self._mappers = PerLayerModels(mapper, FeatureMapper, "mapper", target.mean.device)
+        self._mappers = PerLayerModels(mapper, models.FeatureMapper, "mapper", target.mean.device)
         self.path = self._mappers.path
 
     @classmethod
@@ -94,13 +94,13 @@ class MapperInverter(Inverter):
         return cls(target, mapper=mapper, vae=pipe.vae, pipe=pipe, **kwargs)
 
     @property
-    def pipe(self) -> DiffInvPipeline | None:
+    def pipe(self) -> pipelines.DiffInvPipeline | None:
         """The pipeline whose :meth:`~diffinv.pipelines.DiffInvPipeline.img2img` refines; ``None`` until needed."""
         return self._pipe
 
     @staticmethod
-    def _as_diffinv_pipeline(pipe) -> DiffInvPipeline:
-        if isinstance(pipe, DiffInvPipeline):
+    def _as_diffinv_pipeline(pipe) -> pipelines.DiffInvPipeline:
+        if isinstance(pipe, pipelines.DiffInvPipeline):
             return pipe
         missing = [name for name in _PIPELINE_COMPONENTS if getattr(pipe, name, None) is None]
         if missing:
@@ -108,22 +108,22 @@ class MapperInverter(Inverter):
                 f"`pipe` must be a DiffInvPipeline or a Stable Diffusion pipeline with "
                 f"{', '.join(_PIPELINE_COMPONENTS)}; {type(pipe).__name__} has no {', '.join(missing)}."
             )
-        return DiffInvPipeline(**{name: getattr(pipe, name) for name in _PIPELINE_COMPONENTS})
+        return pipelines.DiffInvPipeline(**{name: getattr(pipe, name) for name in _PIPELINE_COMPONENTS})
 
     # ------------------------------------------------------------------ components
-    def mapper_for(self, layer: str) -> FeatureMapper:
+    def mapper_for(self, layer: str) -> models.FeatureMapper:
         """The mapper trained on ``layer`` (loaded once, on the target's device)."""
         return self._mappers(layer)
 
-    def _model_name(self, mapper: FeatureMapper):
+    def _model_name(self, mapper: models.FeatureMapper):
         model = self.model or mapper.config.model
         if model is None:
             raise ValueError("`model` is required: the Stable Diffusion model whose VAE the mapper was trained for.")
         return model
 
-    def _load_vae(self, mapper: FeatureMapper):
+    def _load_vae(self, mapper: models.FeatureMapper):
         if self.vae is None:
-            self.vae = load_vae(self._model_name(mapper))
+            self.vae = pipelines.load_vae(self._model_name(mapper))
         self.vae = self.vae.to(self.target.mean.device)
         if vae_latent_shape(self.vae, mapper) != tuple(mapper.config.latent_shape):
             raise ValueError(
@@ -132,9 +132,9 @@ class MapperInverter(Inverter):
             )
         return self.vae
 
-    def _load_pipeline(self, mapper: FeatureMapper) -> DiffInvPipeline:
+    def _load_pipeline(self, mapper: models.FeatureMapper) -> pipelines.DiffInvPipeline:
         if self._pipe is None:
-            self._pipe = load_pipeline(self._model_name(mapper), device=self.target.mean.device)
+            self._pipe = pipelines.load_pipeline(self._model_name(mapper), device=self.target.mean.device)
             if self.vae is None:
                 self.vae = self._pipe.vae
         return self._pipe
@@ -176,13 +176,13 @@ class MapperInverter(Inverter):
         latents = self.mapper_for(layer).initial_latents(features)
         if self.strength > 0:
             latents = self.refine(latents, generator=generator, progress=progress)
-        images = torch.cat([decode_latents(self.vae, z).clamp(0, 1) for z in latents.split(self.batch_size)])
-        steps = img2img_steps(self.num_inference_steps, self.strength) if self.strength > 0 else 0
+        images = torch.cat([models.decode_latents(self.vae, z).clamp(0, 1) for z in latents.split(self.batch_size)])
+        steps = pipelines.img2img_steps(self.num_inference_steps, self.strength) if self.strength > 0 else 0
         info = {"strength": self.strength, "img2img_steps": steps, "latents": latents.cpu()}
         return images, torch.zeros(0, len(images)), info
 
 
-def vae_latent_shape(vae, mapper: FeatureMapper) -> tuple[int, int, int]:
-    f = vae_scale_factor(vae)
+def vae_latent_shape(vae, mapper: models.FeatureMapper) -> tuple[int, int, int]:
+    f = models.vae_scale_factor(vae)
     h, w = mapper.config.input_size
     return (vae.config.latent_channels, h // f, w // f)

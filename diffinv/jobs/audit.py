@@ -47,7 +47,7 @@ from ..io import atomic_path, pixels_fingerprint, save_image, write_json
 from ..metrics import LPIPS, psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, work_items
-from .distributed import process_device, shard
+from .distributed import WorkClaims, process_device
 from .report import write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
 from .training import NOT_SETTINGS, TrainConfig, train_decoder
@@ -194,6 +194,7 @@ def run_audit(
     show = progress and (state is None or state.is_local_main_process)
     files = unique_names(sources)
     done = store.keys(_key)
+    claims = WorkClaims(out_dir, state)
     if state is not None:
         state.wait_for_everyone()
 
@@ -237,11 +238,11 @@ def run_audit(
     # 5. Loop over this process's work items
     lpips_metric = LPIPS()
     images = images.to(device)
-    mine = todo if state is None else shard(todo, state)
+    mine = claims.take(todo)  # under a launch: the next item no other process has taken
     if state is None:
         bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="audit", disable=not show)
     else:
-        bar = tqdm(total=len(mine), desc=f"audit [process {state.process_index} of {state.num_processes}]",
+        bar = tqdm(desc=f"audit [process {state.process_index} of {state.num_processes}]", unit="item",
                    disable=not show)
     cache: dict = {}
     for item in mine:
@@ -306,6 +307,7 @@ def run_audit(
     bar.close()
     if state is not None:
         state.wait_for_everyone()
+        claims.close()
 
     # 6. Report (main process)
     report = build_report(store.records(), layers, specs, names, [m for m in names if m not in inverters], meta={

@@ -30,7 +30,7 @@ from ..inverters import Inverter
 from ..io import pixels_fingerprint, save_image, write_json
 from ..metrics import LPIPS, psnr, ssim, top1_agreement
 from ..targets import TargetNetwork
-from .distributed import process_device, shard
+from .distributed import WorkClaims, process_device
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
@@ -155,8 +155,8 @@ def run_benchmark(
         settings: more settings that define the results (e.g. the dataset), for the manifest.
         overwrite: start afresh in a folder that holds a run with other settings.
         state: accelerate's ``PartialState`` under a multi-process launch
-            (:func:`~diffinv.jobs.distributed.process_state`): the unfinished work items are split
-            round-robin across the processes, each process runs its items on its own device
+            (:func:`~diffinv.jobs.distributed.process_state`): each unfinished work item is taken by the
+            next free process (:class:`~diffinv.jobs.distributed.WorkClaims`), each process runs its items on its own device
             (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
             and the main process writes the merged results, tables and plots once all are done.
             ``None``: one process does everything.
@@ -197,14 +197,16 @@ def run_benchmark(
     show = progress and (state is None or state.is_local_main_process)
     names = unique_names(sources)
     done = store.keys(_key)
+    claims = WorkClaims(out_dir, state)
     if state is not None:
         state.wait_for_everyone()  # every process has read the same finished records before any appends
     lpips_metric = LPIPS()
     images = images.to(device)
     todo = [w for w in work if any((w[0], w[1], w[2], sources[i]) not in done for i in w[3])]
-    mine = todo if state is None else shard(todo, state)
+    mine = claims.take(todo)  # under a launch: the next item no other process has taken
     meta = {"target": target.name, "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet",
-            "device": str(device)}
+            "device": str(device), "processes": 1 if state is None else state.num_processes,
+            "threads": torch.get_num_threads()}
 
     def write_results() -> list[dict]:
         records = merged_records(store.records(), layers, list(inverters), seeds, sources)
@@ -214,7 +216,7 @@ def run_benchmark(
     if state is None:
         bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="benchmark", disable=not show)
     else:
-        bar = tqdm(total=len(mine), desc=f"benchmark [process {state.process_index} of {state.num_processes}]",
+        bar = tqdm(desc=f"benchmark [process {state.process_index} of {state.num_processes}]", unit="item",
                    disable=not show)
     features = {}
     for layer, method, seed, chunk in mine:
@@ -256,6 +258,7 @@ def run_benchmark(
     bar.close()
     if state is not None:
         state.wait_for_everyone()  # every process's records are written
+        claims.close()
     if main:
         records = write_results()
         write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta)

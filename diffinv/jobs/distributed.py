@@ -3,9 +3,16 @@
 A job launched with ``accelerate launch`` or ``torchrun`` (several processes, GPUs or
 machines) calls :func:`process_state` once: accelerate's ``PartialState``, formed over gloo on
 CPU-only machines (``cpu=True``, which accelerate needs to form the group there) and over NCCL
-on GPUs. Work items are split round-robin by :func:`shard`; each process writes its finished
-records into the run store (its own shard, see :class:`~diffinv.jobs.store.RunStore`), and the
-main process merges the outputs at the end. A plain single-process command is unchanged.
+on GPUs. Work items are split round-robin by :func:`shard`, or taken one at a time by whichever
+process is free (:class:`WorkClaims`: items of unequal cost balance themselves); each process
+writes its finished records into the run store (its own shard, see
+:class:`~diffinv.jobs.store.RunStore`), and the main process merges the outputs at the end. A
+plain single-process command is unchanged.
+
+:func:`launch_local` starts such a job on one machine from inside a command (``--workers N``):
+N processes, each with its share of the CPU cores. On CPU that is faster than one process using
+every core: the small convolutions of a feature inversion keep one core busy far better than
+they split across several.
 
 Example:
     >>> state = process_state()
@@ -16,14 +23,20 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 from accelerate import PartialState
 
-__all__ = ["is_distributed_launch", "launch_state", "process_device", "process_state", "shard"]
+__all__ = ["WorkClaims", "available_cores", "is_distributed_launch", "launch_local", "launch_state", "local_workers",
+           "process_device", "process_state", "shard"]
+
+CLAIMS = ".claims"  # the folder of claim files inside a run folder
 
 T = TypeVar("T")
 
@@ -48,6 +61,88 @@ def process_device(state: PartialState, requested: torch.device) -> torch.device
 def shard(items: Sequence[T], state: PartialState) -> list[T]:
     """This process's share of ``items``: every ``num_processes``-th, starting at its index."""
     return list(items[state.process_index :: state.num_processes])
+
+
+class WorkClaims:
+    """Work items taken one at a time by whichever process is free.
+
+    A process takes an item by creating its claim file (``RUN_FOLDER/.claims/INDEX``) exclusively, an
+    atomic step of the file system, so each item runs exactly once and a process that finishes early
+    takes more. Every process must see the same item list (read after the same barrier). The main
+    process removes stale claims when the object is made (before that barrier) and the folder at
+    :meth:`close`.
+
+    Args:
+        folder: the run folder (shared by every process, as the run store is).
+        state: accelerate's ``PartialState``, or ``None`` (one process: every item is its own).
+    """
+
+    def __init__(self, folder: str | os.PathLike, state: PartialState | None):
+        self.folder, self.state = Path(folder) / CLAIMS, state
+        if state is not None and state.is_main_process:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+
+    def take(self, items: Sequence[T]) -> Iterator[T]:
+        """Yields the items this process claims (all of them, in order, for one process). Odd-numbered
+        processes go through the list from its end, so that the last items to start are cheap
+        ones of both ends rather than one long item (items come grouped, e.g. layer by layer)."""
+        order = list(enumerate(items))
+        if self.state is not None and self.state.process_index % 2:
+            order.reverse()
+        for index, item in order:
+            if self.state is not None:
+                try:
+                    os.close(os.open(self.folder / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue  # another process has it
+            yield item
+
+    def close(self) -> None:
+        """Removes the claim files (main process; call after every process has finished)."""
+        if self.state is not None and self.state.is_main_process:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_workers(workers: int | str, device: torch.device, items: int) -> int:
+    """The number of local processes for ``--workers``: ``"auto"`` is one per CPU core (at most one
+    per work item) on CPU and 1 on a GPU; 1 under ``torchrun``/``accelerate launch`` (already split)."""
+    if is_distributed_launch():
+        return 1
+    if workers == "auto":
+        return max(1, min(available_cores(), items)) if device.type == "cpu" else 1
+    return int(workers)
+
+
+def launch_local(argv: Sequence[str], processes: int) -> int:
+    """Runs ``python -m diffinv ARGV`` as ``processes`` processes on this machine (torchrun's launcher,
+    a local rendezvous, gloo on CPU), each with ``cores // processes`` threads unless
+    ``OMP_NUM_THREADS`` is set; returns the first failed process's exit code, or 0.
+
+    Raises:
+        KeyboardInterrupt: the launch was interrupted (the processes are stopped; what they finished is kept).
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // processes)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failed process says why itself
+    config = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--module", "diffinv",
+                                           *argv])
+    try:
+        run(config)
+    except ChildFailedError as err:
+        codes = [failure.exitcode for failure in err.failures.values()]
+        return next((code for code in codes if code and code > 0), 1)
+    except SignalException as err:
+        raise KeyboardInterrupt from err
+    return 0
 
 
 def launch_state(device: torch.device) -> tuple[PartialState | None, torch.device]:

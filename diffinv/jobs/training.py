@@ -64,15 +64,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from tqdm.auto import tqdm
 
 from ..defenses import parse_defense
 from ..io import VideoFrames, _fit, fingerprint_path, from_array, image_groups, load_image, save_figure, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
-from ..models import FeatureMapper, UpconvNet, decode_latents, encode_latents
-from ..pipelines.loaders import load_vae
+from .. import models, pipelines  # their learned models import diffusers when first used
 from ..targets import TargetNetwork
 from .store import RunStore
 
@@ -89,8 +87,13 @@ __all__ = [
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
-# What a training run writes into its folder besides the manifest (``overwrite`` removes them).
-OUTPUTS = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, "training_log.json", "loss_curve.png", "checkpoints", ".model.tmp")
+
+
+def _outputs() -> tuple[str, ...]:
+    """What a training run writes into its folder besides the manifest (``overwrite`` removes them)."""
+    from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+
+    return CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, "training_log.json", "loss_curve.png", "checkpoints", ".model.tmp"
 
 
 # ---------------------------------------------------------------------- data
@@ -398,7 +401,7 @@ class _DecoderTask:
         return {}
 
     def build(self):
-        return UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
+        return models.UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
                                     hidden_channels=self.config.hidden_channels,
                                     min_channels=self.config.min_channels)
 
@@ -425,7 +428,7 @@ class _MapperTask:
             raise ValueError("`model` is required to train a mapper: the Stable Diffusion model whose VAE "
                              "defines the latent space (a diffusers folder, or 'tiny' for random weights).")
         self.config, self.target = config, target
-        self.vae = load_vae(config.model).to(device)
+        self.vae = pipelines.load_vae(config.model).to(device)
 
     def settings(self) -> dict:
         """The model folder's fingerprint (a re-trained or replaced VAE defines another latent space)."""
@@ -433,16 +436,16 @@ class _MapperTask:
         return {"model_fingerprint": fingerprint_path(path) if path.exists() else None}
 
     def build(self):
-        return FeatureMapper.for_target(self.target, self.config.layer, (self.config.size,) * 2, self.vae,
+        return models.FeatureMapper.for_target(self.target, self.config.layer, (self.config.size,) * 2, self.vae,
                                         model=self.config.model, hidden_channels=self.config.hidden_channels)
 
     def loss(self, model, images, feats):
         with torch.no_grad():
-            latents = encode_latents(self.vae, images).float()
+            latents = models.encode_latents(self.vae, images).float()
         pred = model(feats)
         parts = {"latent": mse(pred, latents).mean()}
         if self.config.pixel_weight > 0 or self.config.feature_weight > 0:
-            decoded = decode_latents(self.vae, pred)
+            decoded = models.decode_latents(self.vae, pred)
             if self.config.pixel_weight > 0:
                 parts["pixel"] = self.config.pixel_weight * mse(decoded, images).mean()
             if self.config.feature_weight > 0:
@@ -451,7 +454,7 @@ class _MapperTask:
         return sum(parts.values()), parts
 
     def reconstruct(self, model, feats):
-        return decode_latents(self.vae, model(feats).float()).clamp(0, 1)
+        return models.decode_latents(self.vae, model(feats).float()).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -636,7 +639,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     # 4. Run store: the same settings resume from the latest checkpoint, other settings are refused
     #    (every process checks the folder, the main one writes the manifest, the others wait for it)
     RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
-             overwrite=config.overwrite, outputs=OUTPUTS, state=accelerator.state)
+             overwrite=config.overwrite, outputs=_outputs(), state=accelerator.state)
     accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(out)
 

@@ -4,13 +4,24 @@
 * :class:`~diffinv.models.mapper.FeatureMapper`: features -> diffusion latent (black-box, hybrid start);
 * :class:`~diffinv.models.dip.SkipGenerator`: the Deep Image Prior generator;
 * :mod:`~diffinv.models.vae`: encode/decode helpers of a Stable Diffusion VAE.
+
+Importing the package is cheap: the diffusers-based models (and diffusers) are imported when
+first asked for.
 """
 
-from .dip import SkipGenerator
-from .learned import PerLayerModels, check_model_input, resolve_model_dir
-from .mapper import FeatureMapper
-from .upconv import UpconvNet
-from .vae import decode_latents, encode_latents, vae_scale_factor
+import importlib
+
+_HOME = {
+    "FeatureMapper": "mapper",
+    "PerLayerModels": "learned",
+    "SkipGenerator": "dip",
+    "UpconvNet": "upconv",
+    "check_model_input": "learned",
+    "decode_latents": "vae",
+    "encode_latents": "vae",
+    "resolve_model_dir": "learned",
+    "vae_scale_factor": "vae",
+}
 
 __all__ = [
     "FeatureMapper",
@@ -23,3 +34,9 @@ __all__ = [
     "resolve_model_dir",
     "vae_scale_factor",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
