@@ -3,10 +3,11 @@
 ``compile=True`` (or a backend name, e.g. ``"aot_eager"``) on an optimizing inverter (``pixel``,
 ``dip``) or on the pipeline call (``--compile`` on the command line) runs the target's feature function, the DIP generator,
 the UNet and the VAE decoder through :func:`torch.compile`. The results equal the eager ones
-within floating-point tolerance; the first iterations pay the compile time (a minute and
-more on CPU for a real network), so it pays on long runs, not on a short CPU demo
-(``examples/benchmark_pipeline.py --compile`` and ``examples/benchmark_demo.py --compile``
-print both figures).
+within floating-point tolerance; the first iterations pay the compile time (up to a minute on
+CPU for Lite0 or the DIP generators). It is off by default: on CPU, inductor made the
+channels-last Lite0 and DIP generators slower, not faster (51 -> 75 and 51 -> 65 ms forward+backward
+at 4 x 128 x 128; ``examples/benchmark_demo.py --skip-demo --breakdown --compile`` and
+``examples/benchmark_pipeline.py --compile`` print the figures).
 
 Example:
     >>> unet = compiled(pipe.unet)                       # the same object at every call

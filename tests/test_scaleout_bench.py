@@ -84,7 +84,10 @@ def test_local_workers(monkeypatch):
     monkeypatch.setattr("diffinv.jobs.distributed.available_cores", lambda: 4)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert local_workers("auto", cpu, 8) == 4 and local_workers("auto", cpu, 3) == 3 and local_workers("auto", gpu, 8) == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert local_workers(2, gpu, 8) == 2
+    with pytest.raises(ValueError, match="`--workers` 3 on cuda: each process needs a GPU of its own"):
+        local_workers(3, gpu, 8)
     monkeypatch.setenv("WORLD_SIZE", "2")  # already launched: no second launch
     assert local_workers("auto", cpu, 8) == 1 and local_workers(3, cpu, 8) == 1
 

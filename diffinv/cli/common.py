@@ -193,7 +193,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
     p.add_argument("--compile", action="store_true",
                    help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
-                        "iterations compile for minutes on CPU)")
+                        "iterations compile, up to a minute on CPU, where the compiled networks were not faster)")
     p.add_argument("--init", default=None, metavar="decoder|mapper|dip|gan|IMAGE",
                    help="diffusion: start the chain from another method's estimate (its own flags: --decoder, --mapper, "
                         "--gan) or from an image file, noised to --strength and refined (a hybrid; `--method "

@@ -116,6 +116,10 @@ def local_workers(workers: int | str, device: torch.device, items: int) -> int:
         return 1
     if workers == "auto":
         return max(1, min(available_cores(), items)) if device.type == "cpu" else 1
+    gpus = torch.cuda.device_count() if device.type == "cuda" else None
+    if gpus is not None and workers > gpus:
+        raise ValueError(f"`--workers` {workers} on {device}: each process needs a GPU of its own and this machine "
+                         f"has {gpus}; use --workers {gpus} or fewer (or --device cpu).")
     return int(workers)
 
 

@@ -56,7 +56,10 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     if meta:
-        notes.append(f"Target `{meta.get('target')}`, images {meta.get('image_size')}, device {meta.get('device')}.")
+        where = f"device {meta.get('device')}"
+        if meta.get("processes", 1) > 1:
+            where += f", {meta['processes']} processes x {meta.get('threads')} threads (s / image is each process's time)"
+        notes.append(f"Target `{meta.get('target')}`, images {meta.get('image_size')}, {where}.")
         if meta.get("lpips") != "alexnet":
             notes.append(str(meta.get("lpips")) + ".")
     if any(row.get("hybrid") for row in summarize(records, layers, methods)):
