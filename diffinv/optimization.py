@@ -164,7 +164,7 @@ def run_optimization(
         num_images: N, the images the variables hold (see :class:`BestIterate`).
         schedule: cosine-anneal the learning rate to 0 (:func:`cosine_lr`); else constant.
         progress: show a tqdm bar (``True``/``False``), or an object with ``update()`` and
-            ``set_postfix()`` to report to (e.g. a diffusers progress bar).
+            ``set_postfix(refresh=False)`` to report to (e.g. a diffusers progress bar).
         callback: ``callback(iteration, per_image_loss)`` after each iteration; returning ``True``
             stops the loop.
 
@@ -195,7 +195,7 @@ def run_optimization(
             else:
                 skipped += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{per_image.float().mean().item():.4g}")
+            bar.set_postfix(loss=f"{per_image.float().mean().item():.4g}", refresh=False)  # drawn at tqdm's pace
             if callback is not None and callback(i, per_image):
                 break
     finally:

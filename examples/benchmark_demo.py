@@ -128,7 +128,7 @@ def breakdown(iterations: int = 300, compile: bool = False) -> dict:
     """Where one iteration of each demo method goes, at the demo's settings, scaled to the demo."""
     import torch
 
-    from diffinv.compilation import compiled, compiled_feature
+    from diffinv.compilation import compiled_feature
     from diffinv.datasets import load_dataset
     from diffinv.features import FeatureSet
     from diffinv.inverters import DIPInverter, PixelInverter
@@ -139,14 +139,14 @@ def breakdown(iterations: int = 300, compile: bool = False) -> dict:
     images = load_dataset("skimage", 128, limit=4)[0]
     layers = list(DEFAULT_LAYERS["tf_efficientnet_lite0"])
     target = TargetNetwork.from_name("tf_efficientnet_lite0", layers, input_size=(128, 128))
-    net, z, render = dip_parameterization(len(images), (128, 128), generator=torch.Generator().manual_seed(0))
+    net, render = dip_parameterization(len(images), (128, 128), generator=torch.Generator().manual_seed(0))
     params = list(net.parameters())
     optimizer = adam(params, 0.01)
     for param in params:
         param.grad = torch.zeros_like(param)
-    noise_shape = (1, 128, 128, z.shape[1])
-    parts = {"dip generator fwd+bwd (without its noise)": _ms(lambda: net(z).sum().backward()),
-             "dip input noise": _ms(lambda: z + torch.randn(noise_shape).permute(0, 3, 1, 2)),
+    noise_shape = (1, 128, 128, len(images) * net.in_channels)
+    parts = {"dip generator fwd+bwd (without its noise)": _ms(lambda: render(train=False).sum().backward()),
+             "dip input noise": _ms(lambda: torch.randn(noise_shape).permute(0, 3, 1, 2) / 30),
              "dip Adam step": _ms(optimizer.step)}
     x = images.clone().requires_grad_(True)
     rows = []
@@ -189,12 +189,13 @@ def breakdown(iterations: int = 300, compile: bool = False) -> dict:
         feature(x).sum().backward()
         target_first = time.perf_counter() - start
         target_steady = _ms(lambda: feature(x).sum().backward())
-        generate = compiled(net)
-        eager_generator = _ms(lambda: net(z).sum().backward())
+        _, compiled_render = dip_parameterization(len(images), (128, 128), compile=True,
+                                                  generator=torch.Generator().manual_seed(0))
+        eager_generator = _ms(lambda: render(train=False).sum().backward())
         start = time.perf_counter()
-        generate(z).sum().backward()
+        compiled_render(train=False).sum().backward()
         generator_first = time.perf_counter() - start
-        generator_steady = _ms(lambda: generate(z).sum().backward())
+        generator_steady = _ms(lambda: compiled_render(train=False).sum().backward())
         print("\ntorch.compile (inductor), forward+backward:")
         print(f"  target to {deepest}: first call {target_first:.1f} s, then {target_steady:.1f} ms (eager {eager:.1f} ms)")
         print(f"  dip generator: first call {generator_first:.1f} s, then {generator_steady:.1f} ms "

@@ -221,7 +221,7 @@ def test_ctrl_c_keeps_finished_work_and_exits_130(tmp_path):
     out = tmp_path / "bench"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "diffinv", "bench", "--layers", "blocks.1", "blocks.2", "blocks.4", "blocks.6",
-           "--methods", "pixel", "--num-images", "1", "--size", "32", "--seeds", "0", "--iterations", "40",
+           "--methods", "pixel", "--num-images", "1", "--size", "32", "--seeds", "0", "--iterations", "1500",
            "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120

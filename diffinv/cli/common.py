@@ -166,11 +166,14 @@ def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
                         "(without it, such a folder is refused; one with the same settings is resumed)")
 
 
+_positive_int_or_auto = _number(int, "a positive integer (>= 1) or auto", lambda v: v >= 1)
+
+
 def _workers(text: str) -> int | str:
-    return "auto" if text == "auto" else _number(int, "a positive integer (>= 1) or auto", lambda v: v >= 1)(text)
+    return "auto" if text == "auto" else _positive_int_or_auto(text)
 
 
-_workers.__name__ = "a positive integer (>= 1) or auto"
+_workers.__name__ = _positive_int_or_auto.__name__
 
 
 def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:

@@ -94,7 +94,7 @@ def dip_image(
     levels = len(channels)
     if size[0] % 2**levels or size[1] % 2**levels:
         raise ValueError(f"the DIP generator needs a size divisible by {2 ** levels} (its {levels} levels), got {tuple(size)}.")
-    net, _, image_fn = dip_parameterization(n, size, channels=tuple(channels), input_noise_std=input_noise_std,
+    net, image_fn = dip_parameterization(n, size, channels=tuple(channels), input_noise_std=input_noise_std,
                                             generator=generator, device=device)
     return list(net.parameters()), image_fn
 
