@@ -223,7 +223,9 @@ def test_ctrl_c_keeps_finished_work_and_exits_130(tmp_path):
     cmd = [sys.executable, "-m", "diffinv", "bench", "--layers", "blocks.1", "blocks.2", "blocks.4", "blocks.6",
            "--methods", "pixel", "--num-images", "1", "--size", "32", "--seeds", "0", "--iterations", "1500",
            "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT as a terminal has it, even when the tests themselves run in a background job (which ignores it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "records.jsonl").is_file():
         time.sleep(0.2)
