@@ -191,6 +191,9 @@ def test_weights_come_only_from_the_models_folder_and_never_show_a_file(logged, 
     assert message(bench, small(method="diffusion", model="/tmp")) == (
         "diffinv app: error: `--model` '/tmp': no such folder in this server's models folder (--models-dir); "
         "expected tiny, sd15, sd-turbo or the name of a folder there.")
+    (models / "not-a-decoder").mkdir(exist_ok=True)  # the CLI's message, with the folder as the visitor named it
+    text = message(bench, small(method="decoder", decoder="not-a-decoder"))
+    assert "'not-a-decoder'" in text and str(models.resolve()) not in text and str(models) not in text
     nothing = Workbench(inverter_factory)  # no --models-dir: no files at all
     assert message(nothing, small(weights="good.pt")) == WEIGHTS_MISSING.format("good.pt")
     assert inside(None, "x") is None and inside(models, "") is None and inside(models, "a\x00b") is None

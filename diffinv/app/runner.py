@@ -23,9 +23,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
 import dataclasses
+import json
+import os
 import queue
 import tempfile
 import threading
@@ -216,7 +217,9 @@ class Workbench:
             to 512, 1000 iterations, no files).
         wait_seconds: how long a new run waits for the previous one (a cancelled run stops at its next
             iteration) before it is refused as busy.
-        heartbeat_seconds: the longest gap between two updates while a run works.
+        heartbeat_seconds: while a run works, an update (``heartbeat``, nothing new to show) whenever this
+            long passes without one, so that a server notices a closed page at once (``diffinv app``: 0.5 s);
+            ``None`` (default): none, updates come only with the run's progress (every few iterations).
     """
 
     def __init__(
@@ -230,7 +233,7 @@ class Workbench:
         device: str = "cpu",
         limits: Limits | None = None,
         wait_seconds: float = 60.0,
-        heartbeat_seconds: float = 0.5,
+        heartbeat_seconds: float | None = None,
     ):
         self.device = str(device)
         self.limits = limits or Limits()
@@ -246,6 +249,15 @@ class Workbench:
         self._guard = threading.Lock()
         self._run_lock = threading.Lock()  # one run on the machine at a time, across sessions
         self._runs = 0
+
+    def error_text(self, err: BaseException) -> str:
+        """:func:`error_message` with the server's folders left out: a path under ``--models-dir`` or
+        ``--runs-dir`` is shown by its name there, as the visitor gave it."""
+        text = error_message(err, self.user_errors)
+        for root in (self.limits.models_dir, self.limits.runs_dir):
+            if root is not None:
+                text = text.replace(os.path.realpath(root) + os.sep, "")
+        return text
 
     @property
     def running(self) -> bool:
@@ -348,14 +360,14 @@ class Workbench:
 
         One run at a time: the work starts once the previous run's worker has stopped (``("wait",)`` is
         yielded while it waits, ``("error", RUN_BUSY)`` after :attr:`wait_seconds`). ``("beat",)`` is yielded
-        whenever :attr:`heartbeat_seconds` pass without an event. Closing this generator before the work
+        whenever :attr:`heartbeat_seconds` (if set) pass without an event. Closing this generator before the work
         has ended (Gradio closes it when the page is closed or the job cancelled) sets the session's Cancel,
         so the work stops at its next iteration."""
         events: queue.Queue = queue.Queue()
         started = finished = False
         try:
             deadline = time.monotonic() + self.wait_seconds
-            while not self._run_lock.acquire(timeout=self.heartbeat_seconds):
+            while not self._run_lock.acquire(timeout=self.heartbeat_seconds or 0.5):
                 if time.monotonic() > deadline:
                     yield ("error", RUN_BUSY)
                     return
@@ -365,7 +377,7 @@ class Workbench:
                 try:
                     work(events.put)
                 except BaseException as err:  # shown in the page, never as a traceback
-                    events.put(("error", error_message(err, self.user_errors)))
+                    events.put(("error", self.error_text(err)))
                 finally:
                     self._run_lock.release()
                     session.release()
@@ -432,7 +444,7 @@ class Workbench:
             target = self.target(request.target, request.weights, request.size, (request.layer,))
         except BaseException as err:
             session.release()
-            yield Update(error_message(err, self.user_errors), error=True, done=True)
+            yield Update(self.error_text(err), error=True, done=True)
             return
         shown = [(_uint8(original[0]), f"original ({name})")]
         losses: list[tuple[int, float]] = []
@@ -492,7 +504,7 @@ class Workbench:
             target = self.target(request.target, request.weights, request.size, layers)
         except BaseException as err:
             session.release()
-            yield Update(error_message(err, self.user_errors), error=True, done=True)
+            yield Update(self.error_text(err), error=True, done=True)
             return
         shown = [(_uint8(original[0]), f"original ({name})")]
         records: list[dict] = []

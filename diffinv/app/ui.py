@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..inverters import INVERTERS  # noqa: E402
-from .runner import DEFAULT_TARGET, PHOTOS, BusyError, InvertRequest, Workbench, error_message  # noqa: E402
+from .runner import DEFAULT_TARGET, PHOTOS, BusyError, InvertRequest, Workbench  # noqa: E402
 
 __all__ = ["build_app"]
 
@@ -188,7 +188,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 names, default = bench.layer_choices((name or "").strip(), (weights_value or "").strip() or "default")
             except Exception as err:
-                return gr.update(), error_message(err, bench.user_errors)
+                return gr.update(), bench.error_text(err)
             return gr.update(choices=names, value=default), f"target {name}: {len(names)} layers"
 
         target.submit(refresh_layers, [target, weights], [layer, status], api_name="layers")
@@ -202,7 +202,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 req = to_request(*values)
             except Exception as err:
-                yield f"**{error_message(err, bench.user_errors)}**", [], _loss_frame([]), ""
+                yield f"**{bench.error_text(err)}**", [], _loss_frame([]), ""
                 return
             yield from run_updates(bench.invert(req, session), lambda update: (
                 _status(update), _files(update.images, shown), _loss_frame(update.losses),
@@ -229,7 +229,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 req = to_request(*values)
             except Exception as err:
-                yield f"**{error_message(err, bench.user_errors)}**", [], None, None
+                yield f"**{bench.error_text(err)}**", [], None, None
                 return
             def show(update):
                 table = pd.DataFrame([{k: r.get(k) for k in ("layer", "psnr", "ssim", "feature_residual",
@@ -250,7 +250,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             except BusyError as err:
                 return f"**{err}**", None, [], []
             except Exception as err:
-                return f"**{error_message(err, bench.user_errors)}**", None, [], []
+                return f"**{bench.error_text(err)}**", None, [], []
             table = pd.DataFrame(view.ranking, columns=["channel", "mean activation"])
             return view.note, table, _files(view.maps, shown), _files(view.visualizations, shown)
 
@@ -262,7 +262,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 view = bench.open_run(path)
             except Exception as err:
-                return f"**{error_message(err, bench.user_errors)}**", "", None, [], None
+                return f"**{bench.error_text(err)}**", "", None, [], None
             plots = [(_png(p), p.name) for p in view.plots]
             records = pd.DataFrame(view.records) if view.records else None
             return (f"{str(path).strip()}: {len(view.records)} records", view.table, _png(view.grid), plots, records)

@@ -59,7 +59,9 @@ def workbench(device: str = "auto", limits=None):
     from . import USER_ERRORS
 
     device = str(common.resolve_device(device))
-    return Workbench(common.inverter_factory, user_errors=USER_ERRORS, device=device, limits=limits)
+    # heartbeats: a closed page is noticed within half a second, and its run cancelled at the next iteration
+    return Workbench(common.inverter_factory, user_errors=USER_ERRORS, device=device, limits=limits,
+                     heartbeat_seconds=0.5)
 
 
 def build(device: str = "auto", limits=None):
