@@ -149,9 +149,13 @@ def test_fields_out_of_bounds_get_the_flag_the_value_and_the_bound(logged):
     assert update.message == f"diffinv app: error: {size.format(10**6)}"
     with pytest.raises(ValueError, match=r"^`--top` expected an integer from 1 to 16 \(this server's bound\), got 17$"):
         bench.channels(small(), top=17)
+    capped = Workbench(inverter_factory, limits=Limits(max_iterations=50), channel_visualizer=lambda *a: [])
+    with pytest.raises(ValueError, match=r"^`--iterations` 20 x `--top` 3: the Channels tab optimizes one image per "
+                                         r"channel, and 60 image-iterations are above this server's --max-iterations 50"):
+        capped.channels(small(iterations=20), top=3)
+    assert capped.channels(small(iterations=10), top=5).note == "Channels shown by the connected visualizer."
     last = list(bench.invert(small(seed=MAX_SEED), bench.session("messages")))[-1]
     assert last.message.startswith("done") and not bench.session("messages").busy
-    capped = Workbench(inverter_factory, limits=Limits(max_iterations=50))
     assert list(capped.invert(small(iterations=None), capped.session("x")))[-1].message == (
         "diffinv app: error: `--iterations`: the method's default, 300, is above this server's "
         "--max-iterations 50; enter a number of iterations.")

@@ -595,11 +595,17 @@ class Workbench:
         module, :mod:`diffinv.interpret`): where each fires (its heat map over the image), the image
         reconstructed from that channel alone with ``request.method`` (per-channel inversion), and the
         channel's feature visualization (pixel, Fourier parameterization), each with ``request.iterations``
-        (default 128). A custom :attr:`channel_visualizer` replaces the last two."""
+        (default 128, or fewer to stay within the bound). A custom :attr:`channel_visualizer` replaces the last
+        two. The work is not cancellable, so it is bounded: ``top`` x iterations at most ``--max-iterations``."""
         top = bounded_int(top, "--top", 1, self.limits.max_top, "this server's bound")
         request = self.checked(request)
+        budget = self.limits.max_iterations  # one image per channel: the tab runs top x iterations image-iterations
         if request.iterations is None:
-            request = dataclasses.replace(request, iterations=min(128, self.limits.max_iterations))
+            request = dataclasses.replace(request, iterations=max(1, min(128, budget // top)))
+        elif request.iterations * top > budget:
+            raise ValueError(f"`--iterations` {request.iterations} x `--top` {top}: the Channels tab optimizes one "
+                             f"image per channel, and {request.iterations * top} image-iterations are above this "
+                             f"server's --max-iterations {budget}; lower either.")
         if not request.layer:
             raise ValueError("`--layer`: no layer chosen.")
         make_inverter = self._check(request)
