@@ -150,8 +150,9 @@ def test_fields_out_of_bounds_get_the_flag_the_value_and_the_bound(logged):
     with pytest.raises(ValueError, match=r"^`--top` expected an integer from 1 to 16 \(this server's bound\), got 17$"):
         bench.channels(small(), top=17)
     capped = Workbench(inverter_factory, limits=Limits(max_iterations=50), channel_visualizer=lambda *a: [])
-    with pytest.raises(ValueError, match=r"^`--iterations` 20 x `--top` 3: the Channels tab optimizes one image per "
-                                         r"channel, and 60 image-iterations are above this server's --max-iterations 50"):
+    with pytest.raises(ValueError, match=r"^`--iterations` 20 x `--top` 3: the Channels tab optimizes one image "
+                                         r"per channel, and 60 image-iterations are above this server's "
+                                         r"--max-iterations 50"):
         capped.channels(small(iterations=20), top=3)
     assert capped.channels(small(iterations=10), top=5).note == "Channels shown by the connected visualizer."
     last = list(bench.invert(small(seed=MAX_SEED), bench.session("messages")))[-1]
@@ -293,7 +294,8 @@ def test_visitor_gets_bounds_and_root_messages_in_the_page(server):
                                    "--max-iterations), got 1000000000"),
         (fields(seed=1e30), f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got 1e+30"),
         (fields(seed=2.5), f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got 2.5"),
-        (fields(weights="../outside/real.pt"), WEIGHTS_MISSING.format("../outside/real.pt")[len("diffinv app: error: "):]),
+        (fields(weights="../outside/real.pt"),
+         WEIGHTS_MISSING.format("../outside/real.pt").removeprefix("diffinv app: error: ")),
     ]:
         status, *_ = client.predict(*values, api_name="/invert")
         assert status == f"**diffinv app: error: {expected}**"

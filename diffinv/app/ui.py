@@ -84,7 +84,6 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
     """The Blocks of the app; ``bench`` does the work."""
     layers, default_layer = bench.layer_choices(DEFAULT_TARGET)
     shown = bench.work_dir / "images"
-
     limits = bench.limits
 
     def to_request(photo, upload, target, weights, layer, method, model, decoder, mapper, iterations, size, seed):
@@ -231,6 +230,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             except Exception as err:
                 yield f"**{bench.error_text(err)}**", [], None, None
                 return
+
             def show(update):
                 table = pd.DataFrame([{k: r.get(k) for k in ("layer", "psnr", "ssim", "feature_residual",
                                                              "top1_agreement")} for r in update.records]).round(3)
