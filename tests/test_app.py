@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffinv.app.limits import Limits
 from diffinv.app.runner import BUSY, InvertRequest, Workbench, error_message
 from diffinv.cli import USER_ERRORS, build_parser
 from diffinv.cli.common import UsageError, inverter_factory
@@ -22,7 +23,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    return Workbench(inverter_factory, user_errors=USER_ERRORS, work_dir=tmp_path_factory.mktemp("app"))
+    return Workbench(inverter_factory, user_errors=USER_ERRORS, work_dir=tmp_path_factory.mktemp("app"),
+                     limits=Limits(runs_dir=tmp_path_factory.mktemp("runs")))
 
 
 def small(**kwargs):
@@ -69,7 +71,8 @@ def test_one_run_per_session_and_errors_as_the_cli_says_them(bench):
         inverter_factory("decoder", small(method="decoder").options())
     assert update.error and update.message == f"diffinv app: error: {err.value}"
     (update,) = list(bench.invert(small(iterations=0), session))
-    assert update.message == "diffinv app: error: `--iterations` expected a positive integer (>= 1), got 0"
+    assert update.message == ("diffinv app: error: `--iterations` expected an integer from 1 to 1000 (this server's "
+                              "--max-iterations), got 0")
     (update,) = list(bench.depth(small(target="resnet18", weights="random:0"), session))
     assert "has no default layers" in update.message and "Traceback" not in update.message
     assert error_message(RuntimeError("boom"), USER_ERRORS) == "diffinv app: error: RuntimeError: boom"
@@ -103,22 +106,21 @@ def test_channels_ranked_by_mean_activation_with_a_hook_for_visualizations(bench
     assert calls[0][1] == "blocks.2" and calls[0][2] == [c for c, _ in hooked.channels(small(), top=3).ranking]
 
 
-def test_open_run_shows_a_bench_folder_and_refuses_others(bench, tmp_path):
+def test_open_run_shows_a_bench_folder_and_refuses_others(bench):
     from diffinv.io import sample_images
     from diffinv.jobs.bench import run_benchmark
     from diffinv.targets import TargetNetwork
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.1", "blocks.2"], input_size=(32, 32))
     run_benchmark(target, sample_images(["chelsea"], 32), ["chelsea"], ["blocks.1", "blocks.2"],
-                  {"pixel": lambda t: inverter_factory("pixel", small(iterations=2).options())(t)}, tmp_path / "run",
-                  progress=False)
-    view = bench.open_run(str(tmp_path / "run"))
+                  {"pixel": lambda t: inverter_factory("pixel", small(iterations=2).options())(t)},
+                  bench.limits.runs_dir / "run", progress=False)
+    view = bench.open_run("run")
     assert "| blocks.1 | pixel |" in view.table and len(view.records) == 2
     assert view.grid.name == "grid.png" and [p.name for p in view.plots] == ["psnr_vs_depth.png"]
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        bench.open_run(str(tmp_path))
-    with pytest.raises(NotADirectoryError, match="is not a folder"):
-        bench.open_run(str(tmp_path / "missing"))
+    for name in (".", "missing"):  # the runs folder itself holds no manifest
+        with pytest.raises(ValueError, match=f"^`--out` '{name}': no run folder of that name in this server's runs"):
+            bench.open_run(name)
 
 
 def test_inverter_callback_sees_each_iteration_renders_and_stops(lite0, small_photos):
@@ -213,7 +215,7 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.locator("#runs-open").click()
             page.locator("#runs-status").get_by_text("diffinv app: error:").wait_for(timeout=30_000)
             message = page.locator("#runs-status").inner_text()
-            assert "--out" in message and "is not a folder" in message and "Traceback" not in message
+            assert "--out" in message and "no run folder of that name" in message and "Traceback" not in message
         finally:
             browser.close()
     assert outside == []

@@ -4,6 +4,7 @@
 ``pip install diffinv[app]``; start with ``diffinv app``.
 """
 
+from .limits import Limits
 from .runner import InvertRequest, Session, Update, Workbench, error_message
 
-__all__ = ["InvertRequest", "Session", "Update", "Workbench", "error_message"]
+__all__ = ["InvertRequest", "Limits", "Session", "Update", "Workbench", "error_message"]

@@ -5,7 +5,13 @@ inverter comes from the command line's own ``inverter_factory``, handed in by ``
 a wrong field gives the CLI's message), runs one inversion at a time per browser session
 (:class:`Session`) in a worker thread, and yields :class:`Update` s as the optimization goes: the
 current reconstruction every few iterations, the loss curve, then the metrics. ``Cancel`` stops
-the optimization at the next iteration; each image keeps its best iterate so far.
+the optimization at the next iteration; each image keeps its best iterate so far. So does closing
+the update stream (a closed page: Gradio closes the generator), and one run holds the machine at a
+time across sessions: a new run waits until the previous one has stopped.
+
+Every field a visitor sends is checked against the server's :class:`~diffinv.app.limits.Limits`
+first (sizes, iterations, seeds, counts; files only under ``--models-dir``, run folders only under
+``--runs-dir``).
 
 Example:
     >>> bench = Workbench(inverter_factory)                    # diffinv.cli.common.inverter_factory
@@ -17,10 +23,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +45,15 @@ from ..interpret.visualize import visualize
 from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
 from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
+from ..pipelines.definitions import DEFINITIONS as MODEL_DEFINITIONS
 from ..targets import DEFAULT_LAYERS, TargetNetwork
+from .limits import MAX_SEED, MIN_SIZE, Limits, bounded_int, check_photo, resolve_folder, resolve_weights, run_folder
+from .limits import served_file
 
 __all__ = [
     "DEFAULT_TARGET",
     "PHOTOS",
+    "RUN_BUSY",
     "BusyError",
     "ChannelView",
     "InvertRequest",
@@ -54,13 +68,15 @@ DEFAULT_TARGET = "tf_efficientnet_lite0"
 PHOTOS = tuple(SAMPLE_PHOTOS)
 BUSY = ("Busy: a run is already in progress in this session. Wait for it to finish, or press Cancel "
         "(runs of all sessions take turns: one at a time).")
+RUN_BUSY = ("Busy: another visitor's run is still going; try again in a moment (this server runs one at a time).")
+WAITING = "waiting: the previous run is stopping (one run at a time)..."
 
 
 class BusyError(RuntimeError):
-    """This session already has a run in progress."""
+    """This session already has a run in progress (or another visitor's run holds the machine)."""
 
-    def __init__(self):
-        super().__init__(BUSY)
+    def __init__(self, message: str = BUSY):
+        super().__init__(message)
 
 
 def error_message(err: BaseException, user_errors: tuple[type[BaseException], ...] = (ValueError,)) -> str:
@@ -114,6 +130,8 @@ class Update:
         metrics: ``{name: value}`` once a reconstruction is finished (Depth: of the last layer).
         records: Depth: one dict per finished layer (layer, psnr, ssim, feature_residual, top1_agreement).
         plot: Depth: the PSNR-vs-depth plot (a PNG path) once every layer is finished.
+        heartbeat: nothing new to show (the page skips it): yielded while the work runs, so that the
+            server notices a closed page within a fraction of a second and cancels the run.
     """
 
     message: str
@@ -124,6 +142,7 @@ class Update:
     plot: str | None = None
     error: bool = False
     done: bool = False
+    heartbeat: bool = False  # nothing new to show; yielded so that a closed page is noticed (the page skips it)
 
 
 class Session:
@@ -194,6 +213,13 @@ class Workbench:
             :mod:`diffinv.interpret`).
         work_dir: where plots are written (default: a temporary folder).
         device: where targets and inverters run (``cpu``, ``cuda``, ``cuda:N``).
+        limits: the server's bounds and file roots (default :class:`~diffinv.app.limits.Limits`: sizes up
+            to 512, 1000 iterations, no files).
+        wait_seconds: how long a new run waits for the previous one (a cancelled run stops at its next
+            iteration) before it is refused as busy.
+        heartbeat_seconds: while a run works, an update (``heartbeat``, nothing new to show) whenever this
+            long passes without one, so that a server notices a closed page at once (``diffinv app``: 0.5 s);
+            ``None`` (default): none, updates come only with the run's progress (every few iterations).
     """
 
     def __init__(
@@ -205,8 +231,14 @@ class Workbench:
         channel_visualizer: Callable | None = None,
         work_dir: str | Path | None = None,
         device: str = "cpu",
+        limits: Limits | None = None,
+        wait_seconds: float = 60.0,
+        heartbeat_seconds: float | None = None,
     ):
         self.device = str(device)
+        self.limits = limits or Limits()
+        self.wait_seconds = wait_seconds
+        self.heartbeat_seconds = heartbeat_seconds
         self.inverter_factory = inverter_factory
         self.user_errors = user_errors
         self.stream_every = stream_every
@@ -215,7 +247,22 @@ class Workbench:
         self._sessions: dict[str, Session] = {}
         self._targets: dict[tuple, TargetNetwork] = {}
         self._guard = threading.Lock()
+        self._run_lock = threading.Lock()  # one run on the machine at a time, across sessions
         self._runs = 0
+
+    def error_text(self, err: BaseException) -> str:
+        """:func:`error_message` with the server's folders left out: a path under ``--models-dir`` or
+        ``--runs-dir`` is shown by its name there, as the visitor gave it."""
+        text = error_message(err, self.user_errors)
+        for root in (self.limits.models_dir, self.limits.runs_dir):
+            if root is not None:
+                text = text.replace(os.path.realpath(root) + os.sep, "")
+        return text
+
+    @property
+    def running(self) -> bool:
+        """A run's work is going on (held from its start until its worker has stopped, cancelled or not)."""
+        return self._run_lock.locked()
 
     # ------------------------------------------------------------------ sessions and targets
     def session(self, key: str | None) -> Session:
@@ -223,14 +270,24 @@ class Workbench:
             return self._sessions.setdefault(key or "", Session())
 
     def target(self, name: str, weights: str, size: int, layers: tuple[str, ...] | None = None) -> TargetNetwork:
-        """The target network (cached: the last few asked for)."""
-        key = (name, weights, int(size), layers)
+        """The target network (cached: the last few asked for). ``weights``: ``default``, ``random:SEED`` or
+        a file name under the models folder; a file that does not load is reported without its contents."""
+        source = resolve_weights(weights, self.limits)
+        key = (name, source, int(size), layers)
         with self._guard:
             if key not in self._targets:
                 if len(self._targets) >= 4:
                     self._targets.pop(next(iter(self._targets)))
-                target = TargetNetwork.from_name(name, list(layers) if layers else None, weights=weights,
-                                                 input_size=(int(size), int(size)))
+                try:
+                    target = TargetNetwork.from_name(name, list(layers) if layers else None, weights=source,
+                                                     input_size=(int(size), int(size)))
+                except Exception as err:
+                    if source in ("default",) or source.startswith("random:"):
+                        raise
+                    # the loader's text may quote the file (a text file: "Unsupported operand 83", its first byte)
+                    raise ValueError(f"`--weights` {weights.strip()!r}: could not be loaded as the state dict of "
+                                     f"{name!r} ({type(err).__name__}); expected a file written by "
+                                     f"torch.save(model.state_dict()) for this target.") from None
                 self._targets[key] = target.to(self.device).eval()
             return self._targets[key]
 
@@ -260,12 +317,29 @@ class Workbench:
         return load_image(path, size).unsqueeze(0), path.name
 
     # ------------------------------------------------------------------ Invert
+    def checked(self, request: InvertRequest) -> InvertRequest:
+        """The request with its numbers checked against the server's :attr:`limits` and its folders resolved
+        under the models folder (raises ``ValueError`` naming the field, the value and the bound)."""
+        limits = self.limits
+        check_photo(request.image)
+        resolve_weights(request.weights, limits)
+        iterations = request.iterations
+        if iterations is not None:
+            iterations = bounded_int(iterations, "--iterations", 1, limits.max_iterations,
+                                     "this server's --max-iterations")
+        steps = None if request.steps is None else bounded_int(request.steps, "--steps", 1, limits.max_steps)
+        return dataclasses.replace(
+            request, size=bounded_int(request.size, "--size", MIN_SIZE, limits.max_size, "this server's --max-size"),
+            iterations=iterations, seed=bounded_int(request.seed, "--seed", 0, MAX_SEED, "2**32 - 1"), steps=steps,
+            model=resolve_folder(request.model, "--model", limits, builtin=MODEL_DEFINITIONS),
+            decoder=resolve_folder(request.decoder, "--decoder", limits),
+            mapper=resolve_folder(request.mapper, "--mapper", limits))
+
     def _check(self, request: InvertRequest):
-        """Every field checked (the CLI's messages) before any work; returns ``target -> Inverter``."""
-        if not isinstance(request.size, int) or request.size < 8:
-            raise ValueError(f"`--size` expected an integer >= 8, got {request.size!r}")
-        if request.iterations is not None and (not isinstance(request.iterations, int) or request.iterations < 1):
-            raise ValueError(f"`--iterations` expected a positive integer (>= 1), got {request.iterations!r}")
+        """Every field checked (the CLI's messages) before any work (``request``: :meth:`checked`);
+        returns ``target -> Inverter``."""
+        # TODO(resources): the CLI's memory check (diffinv.resources.check_memory, issue 22) goes here, with the
+        # checked request's size, method, target and iterations, so the app refuses what does not fit as the CLI does.
         return self.inverter_factory(request.method, request.options(self.device))
 
     def _metrics(self, target: TargetNetwork, recon: torch.Tensor, original: torch.Tensor, out) -> dict:
@@ -282,21 +356,54 @@ class Workbench:
 
     def _stream(self, session: Session, work: Callable[[Callable], None]) -> Iterator[tuple]:
         """Runs ``work(emit)`` in a worker thread and yields what it emits; an exception is yielded as
-        ``("error", message)``. The session (claimed by the caller) is released when the work ends."""
+        ``("error", message)``. The session (claimed by the caller) is released when the work ends.
+
+        One run at a time: the work starts once the previous run's worker has stopped (``("wait",)`` is
+        yielded while it waits, ``("error", RUN_BUSY)`` after :attr:`wait_seconds`). ``("beat",)`` is yielded
+        whenever :attr:`heartbeat_seconds` (if set) pass without an event. Closing this generator before the work
+        has ended (Gradio closes it when the page is closed or the job cancelled) sets the session's Cancel,
+        so the work stops at its next iteration."""
         events: queue.Queue = queue.Queue()
+        started = finished = False
+        try:
+            deadline = time.monotonic() + self.wait_seconds
+            while not self._run_lock.acquire(timeout=self.heartbeat_seconds or 0.5):
+                if time.monotonic() > deadline:
+                    yield ("error", RUN_BUSY)
+                    return
+                yield ("wait",)
 
-        def worker():
+            def worker():
+                try:
+                    work(events.put)
+                except BaseException as err:  # shown in the page, never as a traceback
+                    events.put(("error", self.error_text(err)))
+                finally:
+                    self._run_lock.release()
+                    session.release()
+                    events.put(None)
+
             try:
-                work(events.put)
-            except BaseException as err:  # shown in the page, never as a traceback
-                events.put(("error", error_message(err, self.user_errors)))
-            finally:
+                threading.Thread(target=worker, daemon=True, name="diffinv-app-run").start()
+            except BaseException:
+                self._run_lock.release()
+                raise
+            started = True
+            while True:
+                try:
+                    event = events.get(timeout=self.heartbeat_seconds)
+                except queue.Empty:
+                    yield ("beat",)
+                    continue
+                if event is None:
+                    finished = True
+                    return
+                yield event
+        finally:
+            if not started:
                 session.release()
-                events.put(None)
-
-        threading.Thread(target=worker, daemon=True, name="diffinv-app-run").start()
-        while (event := events.get()) is not None:
-            yield event
+            elif not finished:
+                session.cancel.set()
 
     def _invert_one(self, target, make_inverter, features, request: InvertRequest, session, emit, label: str):
         """Inverts one feature map; emits ``("step", iteration, mean loss, image or None)`` every few
@@ -304,6 +411,9 @@ class Workbench:
         inverter = make_inverter(target)
         inverter.check_image_size((request.size, request.size))
         total = request.iterations or getattr(inverter, "iterations", None)
+        if total and total > self.limits.max_iterations:
+            raise ValueError(f"`--iterations`: the method's default, {total}, is above this server's --max-iterations "
+                             f"{self.limits.max_iterations}; enter a number of iterations.")
         every = max(1, min(self.stream_every, (total or 100) // 20 or 1))
 
         def callback(i, per_image, render):
@@ -326,6 +436,7 @@ class Workbench:
             yield Update(str(err), error=True, done=True)
             return
         try:
+            request = self.checked(request)
             make_inverter = self._check(request)
             original, name = self.load_image(request.image, request.size)
             if not request.layer:
@@ -333,7 +444,7 @@ class Workbench:
             target = self.target(request.target, request.weights, request.size, (request.layer,))
         except BaseException as err:
             session.release()
-            yield Update(error_message(err, self.user_errors), error=True, done=True)
+            yield Update(self.error_text(err), error=True, done=True)
             return
         shown = [(_uint8(original[0]), f"original ({name})")]
         losses: list[tuple[int, float]] = []
@@ -343,13 +454,20 @@ class Workbench:
             out = self._invert_one(target, make_inverter, features, request, session, emit, request.layer)
             emit(("done", out, self._metrics(target, out.images, original, out)))
 
+        with contextlib.closing(self._stream(session, work)) as stream:
+            yield from self._invert_updates(stream, request, session, shown, losses)
+
+    def _invert_updates(self, stream, request: InvertRequest, session: Session, shown: list, losses: list):
+        """The Invert tab's updates for the events of its run."""
         latest = None
-        for event in self._stream(session, work):
-            if event[0] == "error":
+        for event in stream:
+            if event[0] in ("wait", "beat"):
+                yield Update(WAITING) if event[0] == "wait" else Update("", heartbeat=True)
+            elif event[0] == "error":
                 yield Update(event[1], images=shown + ([latest] if latest else []), losses=losses, error=True,
                              done=True)
                 return
-            if event[0] in ("step", "loss"):
+            elif event[0] in ("step", "loss"):
                 _, _, i, total, loss = event[:5]
                 losses.append((i, loss))
                 if event[0] == "step":
@@ -376,6 +494,7 @@ class Workbench:
             yield Update(str(err), error=True, done=True)
             return
         try:
+            request = self.checked(request)
             layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
             if not layers:
                 raise ValueError(f"`--layers`: target {request.target!r} has no default layers; the Depth tab needs "
@@ -385,7 +504,7 @@ class Workbench:
             target = self.target(request.target, request.weights, request.size, layers)
         except BaseException as err:
             session.release()
-            yield Update(error_message(err, self.user_errors), error=True, done=True)
+            yield Update(self.error_text(err), error=True, done=True)
             return
         shown = [(_uint8(original[0]), f"original ({name})")]
         records: list[dict] = []
@@ -407,11 +526,18 @@ class Workbench:
                 write_depth_plot(records, plot_path, layers=[r["layer"] for r in records], methods=[request.method])
             emit(("done",))
 
-        for event in self._stream(session, work):
-            if event[0] == "error":
+        with contextlib.closing(self._stream(session, work)) as stream:
+            yield from self._depth_updates(stream, request, layers, shown, records, plot_path)
+
+    def _depth_updates(self, stream, request: InvertRequest, layers, shown, records, plot_path):
+        """The Depth tab's updates for the events of its run."""
+        for event in stream:
+            if event[0] in ("wait", "beat"):
+                yield Update(WAITING) if event[0] == "wait" else Update("", heartbeat=True)
+            elif event[0] == "error":
                 yield Update(event[1], images=list(shown), records=list(records), error=True, done=True)
                 return
-            if event[0] == "step":
+            elif event[0] == "step":
                 _, layer, i, total, loss = event[:5]
                 yield Update(f"running: {request.method} at {layer} ({len(records) + 1}/{len(layers)}), iteration "
                              f"{i}/{total or '?'}, loss {loss:.4g}", images=list(shown), records=list(records))
@@ -427,26 +553,41 @@ class Workbench:
 
     # ------------------------------------------------------------------ Runs
     def open_run(self, folder: str) -> RunView:
-        """A ``diffinv bench`` / ``diffinv demo`` run folder: its table, records, grid and plots."""
-        path = Path(str(folder or "").strip()).expanduser()
-        if not str(folder or "").strip():
-            raise ValueError("`--out`: no run folder given; enter the folder of a `diffinv bench` run.")
-        if not path.is_dir():
-            raise NotADirectoryError(f"`--out` {str(folder)!r} is not a folder; expected the folder of a "
-                                     f"`diffinv bench` run.")
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"`--out` {str(folder)!r} holds no manifest.json: it is not a diffinv run folder.")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("kind") != "bench":
-            raise ValueError(f"`--out` {str(folder)!r} holds a {manifest.get('kind')!r} run, not a 'bench' run.")
-        results = path / "results.json"
-        records = json.loads(results.read_text(encoding="utf-8"))["records"] if results.is_file() else []
-        table = (path / "results.md").read_text(encoding="utf-8") if (path / "results.md").is_file() else (
-            "_No results.md yet: the run has not finished its first table._")
-        grid = path / "grid.png"
-        plots = sorted(p for p in path.glob("*.png") if p.name != "grid.png")
-        return RunView(path, table, records, manifest.get("settings", {}), grid if grid.is_file() else None, plots)
+        """A ``diffinv bench`` / ``diffinv demo`` run folder under the runs folder (``limits.runs_dir``): its
+        table, records, grid and plots. Only files whose real path stays under the runs folder are read (a
+        symlink out of it is treated as absent); a file that does not parse is named, its contents never shown."""
+        root = self.limits.runs_dir
+        path = run_folder(folder, self.limits)
+        name = str(folder).strip()
+
+        def read_json(file: str):
+            served = served_file(path, file, root)
+            if served is None:
+                return None
+            try:
+                return json.loads(served.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                raise ValueError(f"`--out` {name!r}: its {file} could not be read as JSON; is the run folder "
+                                 f"intact?") from None
+
+        manifest = read_json("manifest.json")
+        if not isinstance(manifest, dict) or manifest.get("kind") != "bench":
+            kind = manifest.get("kind") if isinstance(manifest, dict) else None
+            raise ValueError(f"`--out` {name!r} holds a {str(kind)[:40]!r} run, not a 'bench' run.")
+        results = read_json("results.json")
+        records = results.get("records", []) if isinstance(results, dict) else []
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"`--out` {name!r}: its results.json holds no list of records; is the run folder intact?")
+        table_file = served_file(path, "results.md", root)
+        try:
+            table = table_file.read_text(encoding="utf-8") if table_file else (
+                "_No results.md yet: the run has not finished its first table._")
+        except (OSError, UnicodeDecodeError):
+            raise ValueError(f"`--out` {name!r}: its results.md could not be read as text.") from None
+        grid = served_file(path, "grid.png", root)
+        plots = sorted(p for p in (served_file(path, f.name, root) for f in path.glob("*.png") if f.name != "grid.png")
+                       if p is not None)
+        return RunView(path, table, records, manifest.get("settings", {}), grid, plots)
 
     # ------------------------------------------------------------------ Channels
     def channels(self, request: InvertRequest, top: int = 8) -> ChannelView:
@@ -454,12 +595,28 @@ class Workbench:
         module, :mod:`diffinv.interpret`): where each fires (its heat map over the image), the image
         reconstructed from that channel alone with ``request.method`` (per-channel inversion), and the
         channel's feature visualization (pixel, Fourier parameterization), each with ``request.iterations``
-        (default 128). A custom :attr:`channel_visualizer` replaces the last two."""
-        if not isinstance(top, int) or top < 1:
-            raise ValueError(f"`--top` expected a positive integer (>= 1), got {top!r}")
+        (default 128, or fewer to stay within the bound). A custom :attr:`channel_visualizer` replaces the last
+        two. The work is not cancellable, so it is bounded: ``top`` x iterations at most ``--max-iterations``."""
+        top = bounded_int(top, "--top", 1, self.limits.max_top, "this server's bound")
+        request = self.checked(request)
+        budget = self.limits.max_iterations  # one image per channel: the tab runs top x iterations image-iterations
+        if request.iterations is None:
+            request = dataclasses.replace(request, iterations=max(1, min(128, budget // top)))
+        elif request.iterations * top > budget:
+            raise ValueError(f"`--iterations` {request.iterations} x `--top` {top}: the Channels tab optimizes one "
+                             f"image per channel, and {request.iterations * top} image-iterations are above this "
+                             f"server's --max-iterations {budget}; lower either.")
         if not request.layer:
             raise ValueError("`--layer`: no layer chosen.")
         make_inverter = self._check(request)
+        if not self._run_lock.acquire(timeout=self.wait_seconds):
+            raise BusyError(RUN_BUSY)
+        try:
+            return self._channels(request, top, make_inverter)
+        finally:
+            self._run_lock.release()
+
+    def _channels(self, request: InvertRequest, top: int, make_inverter) -> ChannelView:
         original, _ = self.load_image(request.image, request.size)
         target = self.target(request.target, request.weights, request.size, (request.layer,))
         activations = channel_activations(target, request.layer, original)[0]
@@ -475,7 +632,7 @@ class Workbench:
         generator = torch.Generator().manual_seed(int(request.seed))
         alone = invert_channels(make_inverter(target), original, request.layer, order, generator=generator,
                                 progress=False)
-        iterations = request.iterations or 128
+        iterations = request.iterations
         shown = visualize(target, channel(request.layer, order), len(order), size=(request.size, request.size),
                           iterations=iterations, generator=torch.Generator().manual_seed(int(request.seed)),
                           progress=False)

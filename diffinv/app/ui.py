@@ -4,7 +4,12 @@ in the status line with the command line's text, never as a traceback.
 
 Runs take turns: the work events share one queue slot (``concurrency_id="work"``), so a second
 session waits with Gradio's queue position shown; a second run in the same session is refused
-with a busy message.
+with a busy message. A closed page or a cancelled job closes the handler's generator, which
+cancels its run at the next iteration (the Workbench's heartbeat updates, skipped here, let
+Gradio notice a closed page while a run works); the next run starts once it has stopped.
+
+Numbers arrive as the visitor sent them (no Gradio ``minimum``/``maximum``, whose errors bypass the
+status line) and are checked by the Workbench against the server's bounds.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..inverters import INVERTERS  # noqa: E402
-from .runner import DEFAULT_TARGET, PHOTOS, InvertRequest, Workbench, error_message  # noqa: E402
+from .runner import DEFAULT_TARGET, PHOTOS, BusyError, InvertRequest, Workbench  # noqa: E402
 
 __all__ = ["build_app"]
 
@@ -79,13 +84,23 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
     """The Blocks of the app; ``bench`` does the work."""
     layers, default_layer = bench.layer_choices(DEFAULT_TARGET)
     shown = bench.work_dir / "images"
+    limits = bench.limits
 
     def to_request(photo, upload, target, weights, layer, method, model, decoder, mapper, iterations, size, seed):
+        # numbers as sent: the Workbench checks them against the server's bounds (a message, never an overflow)
         return InvertRequest(image=upload if upload is not None else photo, target=(target or "").strip(),
                              weights=(weights or "").strip() or "default", layer=layer, method=method,
-                             iterations=None if iterations in (None, "") else int(iterations),
-                             size=int(size) if size not in (None, "") else 0, seed=int(seed or 0),
-                             model=model, decoder=decoder, mapper=mapper)
+                             iterations=None if iterations in (None, "") else iterations, size=size,
+                             seed=0 if seed in (None, "") else seed, model=model, decoder=decoder, mapper=mapper)
+
+    def run_updates(updates, show):
+        """The handler's yields for a Workbench run; closing it (a closed page) closes the run's updates,
+        which cancels the run."""
+        try:
+            for update in updates:
+                yield gr.skip() if update.heartbeat else show(update)
+        finally:
+            updates.close()
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"## {title}\nReconstruct an image from a network's features and watch it form: "
@@ -96,7 +111,8 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                 photo = gr.Dropdown(list(PHOTOS), value=PHOTOS[0], label="bundled photo (--images)")
                 upload = gr.Image(type="numpy", label="or upload an image", height=160, sources=["upload"])
                 target = gr.Textbox(DEFAULT_TARGET, label="target network (--target)")
-                weights = gr.Textbox("default", label="weights (--weights): default, random:SEED or a file")
+                weights = gr.Textbox("default", label="weights (--weights): default, random:SEED or a file",
+                                     info="a file: its name in the server's models folder (--models-dir)")
                 layer = gr.Dropdown(layers, value=default_layer, label="layer (--layer)", allow_custom_value=True)
                 method = gr.Dropdown(list(INVERTERS), value="pixel", label="method (--method)")
                 model = gr.Dropdown(["tiny"], value=None, label="Stable Diffusion folder (--model); tiny = random "
@@ -104,9 +120,10 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                 decoder = gr.Textbox("", label="decoder folder (--decoder)", visible=False)
                 mapper = gr.Textbox("", label="mapper folder (--mapper)", visible=False)
                 with gr.Row():
-                    iterations = gr.Number(100, precision=0, minimum=1, label="iterations (--iterations)")
-                    size = gr.Number(128, precision=0, minimum=8, label="size (--size)")
-                    seed = gr.Number(0, precision=0, minimum=0, label="seed (--seed)")
+                    iterations = gr.Number(100, label="iterations (--iterations)",
+                                           info=f"1 to {limits.max_iterations}")
+                    size = gr.Number(128, label="size (--size)", info=f"8 to {limits.max_size} pixels")
+                    seed = gr.Number(0, label="seed (--seed)", info="0 to 2**32 - 1")
             with gr.Column(scale=2):
                 with gr.Tabs():
                     with gr.Tab("Invert", id="invert"):
@@ -136,7 +153,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                         gr.Markdown("The channels of the layer that fire most on the image (mean activation), and "
                                     "where they fire.")
                         with gr.Row():
-                            top = gr.Number(8, precision=0, minimum=1, label="top channels")
+                            top = gr.Number(8, label="top channels", info=f"1 to {limits.max_top}")
                             channels_run = gr.Button("Show", variant="primary", elem_id="channels-run")
                         channels_status = gr.Markdown("", elem_id="channels-status")
                         channels_table = gr.Dataframe(label="ranking", elem_id="channels-table")
@@ -145,6 +162,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                     with gr.Tab("Runs", id="runs"):
                         with gr.Row():
                             folder = gr.Textbox("", label="run folder of `diffinv bench` / `diffinv demo` (--out)",
+                                                info="its name in the server's runs folder (--runs-dir)",
                                                 scale=4, elem_id="runs-folder")
                             open_run = gr.Button("Open", variant="primary", scale=1, elem_id="runs-open")
                         runs_status = gr.Markdown("", elem_id="runs-status")
@@ -169,7 +187,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 names, default = bench.layer_choices((name or "").strip(), (weights_value or "").strip() or "default")
             except Exception as err:
-                return gr.update(), error_message(err, bench.user_errors)
+                return gr.update(), bench.error_text(err)
             return gr.update(choices=names, value=default), f"target {name}: {len(names)} layers"
 
         target.submit(refresh_layers, [target, weights], [layer, status], api_name="layers")
@@ -183,11 +201,11 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 req = to_request(*values)
             except Exception as err:
-                yield f"**{error_message(err, bench.user_errors)}**", [], _loss_frame([]), ""
+                yield f"**{bench.error_text(err)}**", [], _loss_frame([]), ""
                 return
-            for update in bench.invert(req, session):
-                yield (_status(update), _files(update.images, shown), _loss_frame(update.losses),
-                       _metrics_table(update.metrics))
+            yield from run_updates(bench.invert(req, session), lambda update: (
+                _status(update), _files(update.images, shown), _loss_frame(update.losses),
+                _metrics_table(update.metrics)))
 
         run.click(invert, fields, [status, gallery, losses, metrics], api_name="invert", concurrency_limit=1,
                   concurrency_id="work")
@@ -210,12 +228,15 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 req = to_request(*values)
             except Exception as err:
-                yield f"**{error_message(err, bench.user_errors)}**", [], None, None
+                yield f"**{bench.error_text(err)}**", [], None, None
                 return
-            for update in bench.depth(req, session):
+
+            def show(update):
                 table = pd.DataFrame([{k: r.get(k) for k in ("layer", "psnr", "ssim", "feature_residual",
                                                              "top1_agreement")} for r in update.records]).round(3)
-                yield _status(update), _files(update.images, shown), _png(update.plot), table
+                return _status(update), _files(update.images, shown), _png(update.plot), table
+
+            yield from run_updates(bench.depth(req, session), show)
 
         depth_run.click(depth, fields, [depth_status, depth_gallery, depth_plot, depth_table], api_name="depth",
                         concurrency_limit=1, concurrency_id="work")
@@ -225,9 +246,11 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                      top):
             values, k = (photo, upload, target, weights, layer, method, model, decoder, mapper, iterations, size, seed), top
             try:
-                view = bench.channels(to_request(*values), top=int(k or 0))
+                view = bench.channels(to_request(*values), top=k)
+            except BusyError as err:
+                return f"**{err}**", None, [], []
             except Exception as err:
-                return f"**{error_message(err, bench.user_errors)}**", None, [], []
+                return f"**{bench.error_text(err)}**", None, [], []
             table = pd.DataFrame(view.ranking, columns=["channel", "mean activation"])
             return view.note, table, _files(view.maps, shown), _files(view.visualizations, shown)
 
@@ -239,10 +262,10 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 view = bench.open_run(path)
             except Exception as err:
-                return f"**{error_message(err, bench.user_errors)}**", "", None, [], None
+                return f"**{bench.error_text(err)}**", "", None, [], None
             plots = [(_png(p), p.name) for p in view.plots]
             records = pd.DataFrame(view.records) if view.records else None
-            return (f"{view.folder}: {len(view.records)} records", view.table, _png(view.grid), plots, records)
+            return (f"{str(path).strip()}: {len(view.records)} records", view.table, _png(view.grid), plots, records)
 
         open_run.click(open_folder, folder, [runs_status, runs_table, runs_grid, runs_plots, runs_records], api_name="open_run")
         folder.submit(open_folder, folder, [runs_status, runs_table, runs_grid, runs_plots, runs_records],

@@ -1,42 +1,88 @@
-"""``diffinv app``: the browser explorer (Gradio), offline and on this machine only by default."""
+"""``diffinv app``: the browser explorer (Gradio), offline and on this machine only by default.
+
+What one visitor may ask of the server is bounded (``--max-size``, ``--max-iterations``), and files come only
+from two folders: weight files and model / decoder / mapper folders from ``--models-dir``, run folders of the
+Runs tab from ``--runs-dir`` (both default to the folder the app is started in).
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
+from pathlib import Path
 
 from . import common
 
+#: The largest upload Gradio accepts (an image; it is resized to ``--size`` at once).
+MAX_UPLOAD = "25mb"
+
+
+def _folder(text: str) -> Path:
+    """An argparse ``type``: an existing folder (its real path)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}")
+    return Path(os.path.realpath(path))
+
 
 def add_parsers(sub) -> None:
+    from ..app.limits import DEFAULT_MAX_ITERATIONS, DEFAULT_MAX_SIZE
+
     p = sub.add_parser("app", help="the browser explorer: watch a reconstruction form, layer by layer (Gradio)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=common.positive_int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true",
                    help="also make a public gradio.live link (off by default; needs internet)")
+    p.add_argument("--max-size", type=common.positive_int, default=DEFAULT_MAX_SIZE,
+                   help=f"largest --size a visitor may ask for, in pixels per side (default {DEFAULT_MAX_SIZE})")
+    p.add_argument("--max-iterations", type=common.positive_int, default=DEFAULT_MAX_ITERATIONS,
+                   help=f"most --iterations a visitor may ask for (default {DEFAULT_MAX_ITERATIONS})")
+    p.add_argument("--models-dir", type=_folder, default=".",
+                   help="the folder that weight files (--weights NAME) and model, decoder and mapper folders come "
+                        "from; nothing outside it is read (default: the folder the app is started in)")
+    p.add_argument("--runs-dir", type=_folder, default=".",
+                   help="the folder whose run folders the Runs tab serves; nothing outside it is read (default: the "
+                        "folder the app is started in)")
     common.add_device_arg(p)
     p.set_defaults(func=run)
 
 
-def build(device: str = "auto"):
-    """The app's Blocks, with the command line's inverter factory and error types (``diffinv app``; tests)."""
+def workbench(device: str = "auto", limits=None):
+    """The app's :class:`~diffinv.app.runner.Workbench`, with the command line's inverter factory and error types."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise ImportError("`diffinv app` needs Gradio: pip install 'diffinv[app]'") from None
     from ..app.runner import Workbench
-    from ..app.ui import build_app
     from . import USER_ERRORS
 
     device = str(common.resolve_device(device))
-    return build_app(Workbench(common.inverter_factory, user_errors=USER_ERRORS, device=device))
+    # heartbeats: a closed page is noticed within half a second, and its run cancelled at the next iteration
+    return Workbench(common.inverter_factory, user_errors=USER_ERRORS, device=device, limits=limits,
+                     heartbeat_seconds=0.5)
+
+
+def build(device: str = "auto", limits=None):
+    """The app's Blocks (``diffinv app``; tests). ``limits``: a :class:`~diffinv.app.limits.Limits`."""
+    bench = workbench(device, limits)
+    from ..app.ui import build_app
+
+    return build_app(bench)
 
 
 def run(args) -> int:
-    demo = build(args.device)
-    print(f"diffinv app: starting on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    from ..app.limits import MIN_SIZE, Limits
+
+    if args.max_size < MIN_SIZE:
+        raise common.UsageError(f"`--max-size` expected an integer >= {MIN_SIZE}, got {args.max_size}")
+    limits = Limits(max_size=args.max_size, max_iterations=args.max_iterations, models_dir=args.models_dir,
+                    runs_dir=args.runs_dir)
+    demo = build(args.device, limits)
+    print(f"diffinv app: starting on http://{args.host}:{args.port} (Ctrl+C stops it); runs up to {args.max_size} "
+          f"px and {args.max_iterations} iterations; models from {args.models_dir}, runs from {args.runs_dir}")
     # One run at a time across sessions (the work events share one slot; others wait in the queue).
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   ssr_mode=False, footer_links=[])
+                                                   ssr_mode=False, footer_links=[], max_file_size=MAX_UPLOAD)
     return 0
