@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from diffinv.defenses import (Defense, UtilityUnavailable, apply_defense, parse_defense, parse_defenses,
-                              split_logits, utility_agreement)
+                              utility_agreement)
 from diffinv.features import FeatureSet
 from diffinv.targets import TargetNetwork
 
@@ -149,7 +149,7 @@ def test_utility_is_one_without_defense_and_falls_with_strong_noise(lite0, small
     images = small_photos
     clean = lite0.feature(images, "blocks.2")
     assert utility_agreement(lite0, images, "blocks.2", clean, clean).tolist() == [1.0] * len(images)
-    assert torch.allclose(split_logits(lite0, torch.zeros_like(images), "blocks.2", clean), lite0.logits(images),
+    assert torch.allclose(lite0.split_logits("blocks.2", clean, torch.zeros_like(images)), lite0.logits(images),
                           atol=1e-4)
     noisy = parse_defense("noise:30")(clean, g())
     assert utility_agreement(lite0, images, "blocks.2", clean, noisy).mean() < 0.5
