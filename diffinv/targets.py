@@ -13,11 +13,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -58,25 +57,21 @@ class _StopForward(Exception):
     """Raised by a hook once every requested layer has been captured."""
 
 
-@contextlib.contextmanager
-def _hooked(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
-    """A forward hook ``fn(output)`` on ``module`` for the calling thread only, removed on exit.
+def _thread_hook(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Registers a forward hook ``fn(output)`` on ``module`` for the calling thread only; returns its handle.
 
     Other threads running the same (shared) network meanwhile do not see it, so concurrent
-    forward passes of one target (a pipeline shared between threads) stay independent.
+    forward passes of one target (a pipeline shared between threads) stay independent. Under
+    ``torch.compile`` the hook applies as is (asking for the thread would break the graph).
     """
-    thread = threading.get_ident()
+    thread = None if torch.compiler.is_compiling() else threading.get_ident()
 
     def hook(_module, _inputs, output):
-        if threading.get_ident() == thread:
+        if thread is None or torch.compiler.is_compiling() or threading.get_ident() == thread:
             return fn(output)
         return None
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return module.register_forward_hook(hook)
 
 
 def available_targets() -> list[str]:
@@ -271,13 +266,14 @@ class TargetNetwork(nn.Module):
 
             return fn
 
-        with contextlib.ExitStack() as hooks:
-            for name in layers:
-                hooks.enter_context(_hooked(modules[name], capture(name)))
-            try:
-                self.model(self.preprocess(images, input_size=input_size))
-            except _StopForward:
-                pass
+        handles = [_thread_hook(modules[name], capture(name)) for name in layers]
+        try:
+            self.model(self.preprocess(images, input_size=input_size))
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
         missing = [name for name in layers if name not in captured]
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass of {self.name!r}.")
@@ -338,8 +334,11 @@ class TargetNetwork(nn.Module):
                                        f"{tuple(features.shape)}; the rest of the network cannot run from them.")
             return features.to(output)
 
-        with _hooked(module, replace):
+        handle = _thread_hook(module, replace)
+        try:
             logits = self.logits(images, input_size=input_size)
+        finally:
+            handle.remove()
         if len(calls) != 1:
             raise SplitUnavailable(f"layer {layer!r} runs {len(calls)} times in one forward pass (a shared module); "
                                    f"replacing its output would not be a split at one point.")

@@ -812,9 +812,11 @@ class DiffInvPipeline(DiffusionPipeline):
             target, built = features.to_target().to(self.device), False
         size = self._features_input_size(target, built, features, height, width, input_size)
         height, width = self._image_size(features, height, width, size or target.input_size)
-        if not isinstance(features, FeatureSet) and layer is None and self.layer is None:
-            raise ValueError(f"`layer` is required: the target {target.name!r} has several layers {target.layers}.")
-        feats, layer, _ = resolve_features(target, features, (height, width), layer or self.layer, input_size=size)
+        if not isinstance(features, FeatureSet):  # a FeatureSet carries its layer (an explicit `layer` must be it)
+            if layer is None and self.layer is None:
+                raise ValueError(f"`layer` is required: the target {target.name!r} has several layers {target.layers}.")
+            layer = layer or self.layer
+        feats, layer, _ = resolve_features(target, features, (height, width), layer, input_size=size)
         return _CallFeatures(feats.to(target.mean.device, torch.float32), target, layer, size, (height, width))
 
     def prepare_latents(
