@@ -91,7 +91,8 @@ def test_concurrent_forward_passes_of_one_target(lite0, small_photos):
     """The layer hooks of one thread's forward pass are invisible to another thread's (a shared target)."""
     import threading
 
-    jobs = {"blocks.1 at 64": dict(layers=["blocks.1"]), "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
+    jobs = {"blocks.1 at 64": dict(layers=["blocks.1"]),
+            "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
             "both": dict(layers=["blocks.2", "blocks.4"])}
     images = small_photos[:2]
     single = {name: lite0.forward(images, **kwargs) for name, kwargs in jobs.items()}
