@@ -320,6 +320,21 @@ class DiffInvPipeline(DiffusionPipeline):
         self.register_to_config(target_config={**target.config(), "layer": self.layer, "weights": weights})
         return self
 
+    def with_target(
+        self, target: TargetNetwork | str, layer: str | None = None, weights: str | None = "default"
+    ) -> "DiffInvPipeline":
+        """A pipeline sharing this one's components (no copies) with another target: what a caller that
+        shares a pipeline between targets (an ``lru_cache``, threads) uses instead of :meth:`set_target`,
+        which changes the shared pipeline for every caller.
+
+        Example:
+            >>> out = shared.with_target(target, layer="blocks.2")(features)
+        """
+        pipe = type(self)(**self.components, target=target, layer=layer, target_weights=weights)
+        pipe.register_to_config(_name_or_path=self.name_or_path)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
     def to(self, *args, **kwargs) -> "DiffInvPipeline":
         """Moves/casts the diffusion components; the target only moves (it keeps its dtype)."""
         super().to(*args, **kwargs)

@@ -618,6 +618,20 @@ def test_concurrent_calls_on_one_pipeline_equal_single_calls():
     assert set(vars(pipe)) == set(vars(fresh)) | {"_interrupt"}  # no per-call state but diffusers' own
 
 
+def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(tiny_sd_pipe, tiny_sd_target,
+                                                                          tiny_sd_features):
+    other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
+    pipe = tiny_sd_pipe.with_target(other, layer="blocks.2")
+    assert pipe.unet is tiny_sd_pipe.unet and pipe.vae is tiny_sd_pipe.vae and pipe.target is other
+    assert tiny_sd_pipe.target is tiny_sd_target and tiny_sd_pipe.layer == "blocks.1"
+    images = torch.rand(1, 3, 32, 32, generator=_seed(60))
+    out = pipe(other.feature(images), prompt="", height=32, width=32, generator=_seed(61), **FAST)
+    assert out.images.shape == (1, 3, 32, 32)
+    same = tiny_sd_pipe.with_target(tiny_sd_target, layer="blocks.1")
+    a, b = (p(tiny_sd_features, generator=_seed(62), **FAST) for p in (same, tiny_sd_pipe))
+    assert torch.equal(a.images, b.images)
+
+
 def test_nearest_multiple_of_8():
     assert nearest_multiple_of_8((30, 100)) == (32, 96) and nearest_multiple_of_8((3, 64)) == (8, 64)
     assert nearest_multiple_of_8((36, 44)) == (32, 48)  # Python rounds halves to even: 4.5 -> 4, 5.5 -> 6
