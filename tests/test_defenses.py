@@ -180,6 +180,8 @@ def test_utility_unavailable_says_why(small_photos):
     clean = skip.feature(images)
     with pytest.raises(UtilityUnavailable, match="does not reproduce its logits .* skip connection"):
         utility_agreement(skip, images, "body", clean, clean)
+    skip.categories = list("abcde")  # the same check keeps the automatic class prompt from a wrong split
+    assert skip.classify_features(clean, "body", (64, 64)) is None
     twice = TargetNetwork(_Twice(), "body", has_classifier=True, input_size=None)
     with pytest.raises(UtilityUnavailable, match="runs 2 times in one forward pass"):
         utility_agreement(twice, images, "body", twice.feature(images), twice.feature(images))

@@ -1,8 +1,8 @@
 """DiffInvPipeline on tiny random diffusion components (pipelines/tiny) and the real EfficientNet-Lite0."""
 
+import functools
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from diffinv.pipelines import (
 )
 from diffinv.prompts import available_prompt_files, load_prompts, resolve_prompts
 from diffinv.targets import TargetNetwork
+from threads import run_in_threads
 
 PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "diffinv_pipeline.py"
 FAST = dict(num_inference_steps=2, num_iterations=3, output_type="pt")
@@ -589,24 +590,8 @@ def test_concurrent_calls_on_one_pipeline_equal_single_calls():
 
     single = {name: run(kwargs) for name, kwargs in calls.items()}
     assert [tuple(out.images.shape[-2:]) for out in single.values()] == [(96, 96), (32, 32), (48, 48)]
-    for first, second in (("resized 96 -> 64", "as is, 32"), ("as is, 32", "tensor, 48")):
-        results, errors = {}, []
-        barrier = threading.Barrier(2)
-
-        def worker(name):
-            try:
-                barrier.wait()
-                for _ in range(2):
-                    results.setdefault(name, []).append(run(calls[name]))
-            except Exception as err:  # reported below, with the thread's name
-                errors.append(f"{name}: {type(err).__name__}: {err}")
-
-        threads = [threading.Thread(target=worker, args=(name,)) for name in (first, second)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=300)
-        assert not errors, errors
+    for pair in (("resized 96 -> 64", "as is, 32"), ("as is, 32", "tensor, 48")):
+        results = run_in_threads({name: functools.partial(run, calls[name]) for name in pair}, repeat=2)
         for name, outs in results.items():
             for out in outs:
                 for field in ("images", "loss_history", "latents", "feature_residual"):

@@ -1,8 +1,11 @@
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 from diffinv.targets import TargetNetwork, WeightsNotFoundError
+from threads import run_in_threads
 
 
 def test_efficientnet_lite0_real_weights_classify_photos(lite0, photos):
@@ -89,46 +92,17 @@ def test_input_size_per_call_leaves_the_target_as_it_is(lite0, small_photos):
 
 def test_concurrent_forward_passes_of_one_target(lite0, small_photos):
     """The layer hooks of one thread's forward pass are invisible to another thread's (a shared target)."""
-    import threading
-
     jobs = {"blocks.1 at 64": dict(layers=["blocks.1"]),
             "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
             "both": dict(layers=["blocks.2", "blocks.4"])}
     images = small_photos[:2]
     single = {name: lite0.forward(images, **kwargs) for name, kwargs in jobs.items()}
-    results, errors = {}, []
-    barrier = threading.Barrier(len(jobs))
-
-    def worker(name):
-        try:
-            barrier.wait()
-            results[name] = [lite0.forward(images, **jobs[name]) for _ in range(8)]
-        except Exception as err:  # reported below
-            errors.append(f"{name}: {type(err).__name__}: {err}")
-
-    threads = [threading.Thread(target=worker, args=(name,)) for name in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
+    results = run_in_threads({name: functools.partial(lite0.forward, images, **kwargs) for name, kwargs in jobs.items()},
+                             repeat=8)
     for name, outs in results.items():
         for out in outs:
             assert out.keys() == single[name].keys()
             assert all(torch.equal(out[k], single[name][k]) for k in out), name
-
-
-class _SkipAround(nn.Module):
-    """The classifier also reads the input of ``body`` (a skip connection around it)."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 5)
-        self.num_classes = 5
-
-    def forward(self, x):
-        x = self.stem(x)
-        return self.head((x + self.body(x)).mean(dim=(2, 3)))
 
 
 def test_running_the_network_from_a_layer(lite0, small_photos):
@@ -142,8 +116,3 @@ def test_running_the_network_from_a_layer(lite0, small_photos):
     with pytest.raises(ValueError, match=r"layer 'blocks.6' outputs \(4, 320, 2, 2\), not one tensor of the "
                                          r"features' shape \(4, 320, 3, 3\)"):
         lite0.split_logits("blocks.6", torch.zeros(4, 320, 3, 3), images)
-    torch.manual_seed(0)
-    skip = TargetNetwork(_SkipAround(), "body", has_classifier=True, categories=list("abcde"), input_size=None)
-    with pytest.raises(ValueError, match="does not reproduce its logits"):
-        skip.check_split("body", images)
-    assert skip.classify_features(skip.feature(images), "body", (64, 64)) is None
