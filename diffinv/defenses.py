@@ -18,7 +18,8 @@ The adaptive attacker differentiates through a defense (``straight_through=True`
 ones draw fresh noise/masks at every call (the expectation over the defense's randomness), and
 quantization and top-k pass the gradient straight through (the identity's gradient).
 
-:func:`split_logits` runs the rest of the network from (defended) features of a layer, for the
+:func:`utility_agreement` runs the rest of the network from (defended) features of a layer
+(:meth:`TargetNetwork.split_logits <diffinv.targets.TargetNetwork.split_logits>`), for the
 deployment's utility.
 
 Example:
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from .features import FeatureSet
-from .targets import TargetNetwork
+from .targets import SplitUnavailable, TargetNetwork
 
 __all__ = [
     "DEFENSES",
@@ -47,7 +48,6 @@ __all__ = [
     "apply_defense",
     "parse_defense",
     "parse_defenses",
-    "split_logits",
     "utility_agreement",
 ]
 
@@ -257,48 +257,7 @@ def apply_defense(features: FeatureSet, defense: Defense, generator: torch.Gener
 
 
 # ---------------------------------------------------------------------- utility
-class UtilityUnavailable(ValueError):
-    """The rest of the network cannot be run from this layer's features (the reason says why)."""
-
-
-def _check_classifier(target: TargetNetwork) -> None:
-    if not target.has_classifier:
-        raise UtilityUnavailable(f"target {target.name!r} has no classifier head, so there is no top-1 to agree on.")
-
-
-def split_logits(target: TargetNetwork, images: torch.Tensor, layer: str, features: torch.Tensor) -> torch.Tensor:
-    """The target's logits when ``layer`` outputs ``features`` instead of its own output.
-
-    A forward hook replaces the layer's output, so the rest of the network runs from it.
-
-    Raises:
-        UtilityUnavailable: no classifier head, the layer's output is not one tensor of the
-            features' shape, or the layer runs more than once in a forward pass.
-    """
-    _check_classifier(target)
-    module = dict(target.model.named_modules()).get(layer)
-    if module is None:
-        raise ValueError(f"`layer` {layer!r} is not a module of {target.name!r}.")
-    calls = []
-
-    def hook(_module, _inputs, output):
-        calls.append(1)
-        if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(features.shape):
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise UtilityUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
-                                     f"{tuple(features.shape)}; the rest of the network cannot run from them.")
-        return features.to(output)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            logits = target.model(target.preprocess(images))
-    finally:
-        handle.remove()
-    if len(calls) != 1:
-        raise UtilityUnavailable(f"layer {layer!r} runs {len(calls)} times in one forward pass (a shared module); "
-                                 f"replacing its output would not be a split at one point.")
-    return logits
+UtilityUnavailable = SplitUnavailable  # the deployment's name for it: its utility cannot be measured at this layer
 
 
 @torch.no_grad()
@@ -307,22 +266,18 @@ def utility_agreement(target: TargetNetwork, images: torch.Tensor, layer: str, c
     """Per image, 1.0 where the network run from the ``defended`` features of ``layer`` predicts the
     class it predicts from the images (the deployment still works), else 0.0.
 
-    First checks that the split is real: run from the ``clean`` features with *blank* images at
-    the input, the network must give its ordinary logits — so nothing but ``layer``'s output
-    reaches the classifier (no skip connection around the layer, no second use of it).
+    First checks that the split is real (:meth:`TargetNetwork.check_split
+    <diffinv.targets.TargetNetwork.check_split>`): nothing but ``layer``'s output may reach the
+    classifier (no skip connection around the layer, no second use of it). The network runs from
+    the features by :meth:`TargetNetwork.split_logits <diffinv.targets.TargetNetwork.split_logits>`.
+
+    Args:
+        clean: the layer's own features of ``images`` (``target.feature(images, layer)``).
 
     Raises:
         UtilityUnavailable: the network cannot be run from ``layer`` (the message says why).
     """
-    _check_classifier(target)
+    target.check_split(layer, images, clean.to(images.device))
     reference = target.logits(images).float()
-    check = split_logits(target, torch.zeros_like(images), layer, clean.to(images.device)).float()
-    scale = reference.abs().max().clamp_min(1e-6)
-    error = ((check - reference).abs().max() / scale).item()
-    if error > 1e-3:
-        raise UtilityUnavailable(
-            f"running {target.name!r} from the features of {layer!r} does not reproduce its logits (relative error "
-            f"{error:.2g} with the undefended features): more than this layer's output reaches the classifier (a "
-            f"skip connection around it), so the network cannot run from the shipped features alone.")
-    defended_logits = split_logits(target, images, layer, defended.to(images.device))
+    defended_logits = target.split_logits(layer, defended.to(images.device), images)
     return (defended_logits.argmax(dim=1) == reference.argmax(dim=1)).float().cpu()

@@ -307,25 +307,34 @@ def resolve_features(
     features: torch.Tensor | FeatureSet,
     image_size: tuple[int, int] | None,
     layer: str | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, str, tuple[int, int]]:
     """Validates ``features`` against ``target`` and returns ``(tensor, layer, image_size)``.
 
-    A FeatureSet carries its layer and input size; a plain tensor uses ``layer`` (or the
-    target's single layer) and ``image_size`` (or the target's input size).
+    A FeatureSet carries its layer and input size (a ``layer`` given must be its layer), and is
+    checked to come from ``target`` with its weights; a plain tensor uses ``layer`` (or the
+    target's single layer) and ``image_size`` (or the target's input size). The shape is checked
+    with one probe forward pass at ``image_size``, the target resizing to ``input_size`` when
+    given (:meth:`TargetNetwork.preprocess <diffinv.targets.TargetNetwork.preprocess>`).
     """
     if isinstance(features, FeatureSet):
+        if layer is not None and layer != features.layer:
+            raise ValueError(f"`layer` is {layer!r} but the FeatureSet's features come from {features.layer!r}.")
         features.check_provenance(target)
         layer = features.layer
+        if layer not in target.layer_names():
+            raise ValueError(f"features come from layer {layer!r}, which {target.name!r} does not have.")
         image_size = image_size or features.input_size
         tensor = features.features
     else:
         layer = layer or target.layer
-        image_size = image_size or target.input_size
+        image_size = image_size or input_size or target.input_size
         tensor = features
         if image_size is None:
             raise ValueError("`image_size` is required when `features` is a tensor and the target has no input size.")
     image_size = check_input_size(image_size, "image_size")
-    check_features(tensor, target.feature_shape(layer, image_size))
+    check_features(tensor, target.feature_shape(layer, image_size, input_size=input_size))
     if len(tensor) == 0:
         raise ValueError("`features` holds no feature maps (an empty batch); give at least one.")
     return tensor, layer, image_size

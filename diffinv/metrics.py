@@ -99,9 +99,11 @@ class LPIPS(nn.Module):
 
 
 @torch.no_grad()
-def feature_residual(target: TargetNetwork, x: torch.Tensor, features: torch.Tensor, layer: str | None = None) -> torch.Tensor:
-    """``||f(x) - features|| / ||features||`` per image: did the inversion match?"""
-    pred = target.feature(x, layer).float().flatten(1)
+def feature_residual(target: TargetNetwork, x: torch.Tensor, features: torch.Tensor, layer: str | None = None, *,
+                     input_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``||f(x) - features|| / ||features||`` per image: did the inversion match? (``input_size``: the
+    target resizes to it instead of its own, :meth:`TargetNetwork.preprocess`.)"""
+    pred = target.feature(x, layer, input_size=input_size).float().flatten(1)
     ref = features.to(pred.device).float().flatten(1)
     return (pred - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "SplitUnavailable",
     "TargetNetwork",
     "WeightsNotFoundError",
     "available_targets",
@@ -47,8 +49,29 @@ class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine and cannot be downloaded here."""
 
 
+class SplitUnavailable(ValueError):
+    """The rest of the network cannot be run from this layer's features (the reason says why)."""
+
+
 class _StopForward(Exception):
     """Raised by a hook once every requested layer has been captured."""
+
+
+def _thread_hook(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Registers a forward hook ``fn(output)`` on ``module`` for the calling thread only; returns its handle.
+
+    Other threads running the same (shared) network meanwhile do not see it, so concurrent
+    forward passes of one target (a pipeline shared between threads) stay independent. Under
+    ``torch.compile`` the hook applies as is (asking for the thread would break the graph).
+    """
+    thread = None if torch.compiler.is_compiling() else threading.get_ident()
+
+    def hook(_module, _inputs, output):
+        if thread is None or torch.compiler.is_compiling() or threading.get_ident() == thread:
+            return fn(output)
+        return None
+
+    return module.register_forward_hook(hook)
 
 
 def available_targets() -> list[str]:
@@ -192,46 +215,60 @@ class TargetNetwork(nn.Module):
         return self.layers[0]
 
     @torch.no_grad()
-    def feature_shape(self, layer: str | None = None, image_size: tuple[int, int] = (224, 224)) -> tuple[int, ...]:
-        """Shape (without batch) of ``layer``'s features for images of ``image_size``."""
+    def feature_shape(
+        self, layer: str | None = None, image_size: tuple[int, int] = (224, 224), *,
+        input_size: tuple[int, int] | None = None,
+    ) -> tuple[int, ...]:
+        """Shape (without batch) of ``layer``'s features for images of ``image_size`` (``input_size``: as
+        in :meth:`preprocess`)."""
         layer = layer or self.layer
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None else torch.float32
         x = torch.zeros(1, 3, *image_size, device=device, dtype=dtype)
-        return tuple(self.forward(x, layers=[layer])[layer].shape[1:])
+        return tuple(self.forward(x, layers=[layer], input_size=input_size)[layer].shape[1:])
 
     # ------------------------------------------------------------------ forward
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] NCHW -> resized, normalized network input (differentiable)."""
+    def preprocess(self, images: torch.Tensor, *, input_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """[0, 1] NCHW -> resized, normalized network input (differentiable).
+
+        Args:
+            images: ``(N, 3, H, W)`` in [0, 1].
+            input_size: ``(H, W)`` to resize to for this call instead of the target's own
+                :attr:`input_size` (``None``: the target's own). The target is not changed, so
+                calls with different sizes can share it (threads included).
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"`images` must be a (N, 3, H, W) tensor in [0, 1], got shape {tuple(images.shape)}.")
-        if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
-            images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        size = tuple(input_size) if input_size is not None else self.input_size
+        if size is not None and tuple(images.shape[-2:]) != size:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         mean, std = self.mean.to(images), self.std.to(images)
         return ((images - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def forward(self, images: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, layers: Sequence[str] | None = None, *, input_size: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Features of ``images`` at ``layers`` (default: all of this target's layers).
 
         The forward pass stops as soon as the last requested layer has run, so shallow
-        layers are cheap.
+        layers are cheap. ``input_size``: as in :meth:`preprocess`.
         """
         layers = list(layers) if layers is not None else self.layers
         captured: dict[str, torch.Tensor] = {}
         modules = dict(self.model.named_modules())
 
-        def hook(name):
-            def fn(_module, _inputs, output):
+        def capture(name):
+            def fn(output):
                 captured[name] = output
                 if len(captured) == len(layers):
                     raise _StopForward
 
             return fn
 
-        handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
+        handles = [_thread_hook(modules[name], capture(name)) for name in layers]
         try:
-            self.model(self.preprocess(images))
+            self.model(self.preprocess(images, input_size=input_size))
         except _StopForward:
             pass
         finally:
@@ -242,56 +279,129 @@ class TargetNetwork(nn.Module):
             raise RuntimeError(f"layers {missing} did not run in the forward pass of {self.name!r}.")
         return captured
 
-    def feature(self, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
-        """Features of ``images`` at one layer."""
+    def feature(
+        self, images: torch.Tensor, layer: str | None = None, *, input_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Features of ``images`` at one layer (``input_size``: as in :meth:`preprocess`)."""
         layer = layer or self.layer
-        return self.forward(images, layers=[layer])[layer]
+        return self.forward(images, layers=[layer], input_size=input_size)[layer]
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, *, input_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Class logits of the whole network (only for networks with a classifier head)."""
         if not self.has_classifier:
             raise ValueError(f"target {self.name!r} has no classifier head.")
-        return self.model(self.preprocess(images))
+        return self.model(self.preprocess(images, input_size=input_size))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Top-1 class index per image."""
         return self.logits(images).argmax(dim=1)
 
+    # ------------------------------------------------------------------ running the network from a layer
     @torch.no_grad()
-    def classify_features(self, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> torch.Tensor | None:
+    def split_logits(
+        self, layer: str, features: torch.Tensor, images: torch.Tensor, *, input_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """The logits when ``layer`` outputs ``features`` instead of its own output.
+
+        A forward hook replaces the layer's output, so the rest of the network runs from it. It
+        is the network split at ``layer`` only when nothing else reaches the classifier (no skip
+        connection around the layer): :meth:`check_split` verifies that.
+
+        Args:
+            layer: the split point, a module name.
+            features: ``(N, ...)`` what the layer outputs instead of its own output.
+            images: ``(N, 3, H, W)`` in [0, 1], what enters the network (blank images when only
+                the features should count).
+            input_size: as in :meth:`preprocess`.
+
+        Raises:
+            SplitUnavailable: no classifier head, ``layer`` is not a module, its output is not one
+                tensor of the features' shape, or it runs more than once in a forward pass.
+        """
+        if not self.has_classifier:
+            raise SplitUnavailable(f"target {self.name!r} has no classifier head, so there are no logits to run to.")
+        module = dict(self.model.named_modules()).get(layer)
+        if module is None or not layer:
+            raise SplitUnavailable(f"`layer` {layer!r} is not a module of {self.name!r}.")
+        calls = []
+
+        def replace(output):
+            calls.append(1)
+            if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(features.shape):
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise SplitUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
+                                       f"{tuple(features.shape)}; the rest of the network cannot run from them.")
+            return features.to(output)
+
+        handle = _thread_hook(module, replace)
+        try:
+            logits = self.logits(images, input_size=input_size)
+        finally:
+            handle.remove()
+        if len(calls) != 1:
+            raise SplitUnavailable(f"layer {layer!r} runs {len(calls)} times in one forward pass (a shared module); "
+                                   f"replacing its output would not be a split at one point.")
+        return logits
+
+    @torch.no_grad()
+    def check_split(
+        self, layer: str, images: torch.Tensor, features: torch.Tensor | None = None, *,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        """Checks that the network can run from ``layer``'s features alone.
+
+        Run from the layer's own features of ``images`` with *blank* images at the input, the
+        network must give its ordinary logits of ``images`` (relative error at most 1e-3): then
+        nothing but ``layer``'s output reaches the classifier (no skip connection around the
+        layer, no second use of it). Exact for a stage of a ResNet or an EfficientNet, not for a
+        module inside a residual block.
+
+        Args:
+            layer: the split point.
+            images: ``(N, 3, H, W)`` in [0, 1] to check on.
+            features: the layer's own features of ``images`` when already computed.
+            input_size: as in :meth:`preprocess`.
+
+        Raises:
+            SplitUnavailable: it cannot (the message says why).
+        """
+        if not self.has_classifier:
+            raise SplitUnavailable(f"target {self.name!r} has no classifier head, so there are no logits to run to.")
+        reference = self.logits(images, input_size=input_size).float()
+        if features is None:
+            features = self.feature(images, layer, input_size=input_size)
+        check = self.split_logits(layer, features, torch.zeros_like(images), input_size=input_size).float()
+        scale = reference.abs().max().clamp_min(1e-6)
+        error = ((check - reference).abs().max() / scale).item()
+        if error > 1e-3:
+            raise SplitUnavailable(
+                f"running {self.name!r} from the features of {layer!r} does not reproduce its logits (relative error "
+                f"{error:.2g} with the undefended features): more than this layer's output reaches the classifier (a "
+                f"skip connection around it), so the network cannot run from the shipped features alone.")
+
+    @torch.no_grad()
+    def classify_features(
+        self, features: torch.Tensor, layer: str, image_size: tuple[int, int], *,
+        input_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor | None:
         """The top-1 class for each feature map of ``layer``, or ``None`` when they cannot be classified.
 
-        The rest of the network is run from ``layer`` (its output replaced by ``features``).
-        That is exact when every path to the classifier goes through ``layer`` (a stage of a
-        ResNet or an EfficientNet, not a module inside a residual block); this is verified on a
-        random probe image, and ``None`` is returned otherwise, or when the network has no
-        classifier head or class names. Used for the automatic prompt of the diffusion prior and
-        the initial class of a class-conditional GAN.
+        The rest of the network is run from ``layer`` (:meth:`split_logits`), after
+        :meth:`check_split` on a seeded random probe image of ``image_size``; ``None`` when the
+        split does not hold, or when the network has no classifier head or class names. Used for
+        the automatic prompt of the diffusion prior and the initial class of a class-conditional
+        GAN. ``input_size``: as in :meth:`preprocess`.
         """
         if not self.has_classifier or self.categories is None:
             return None
-        module = dict(self.model.named_modules()).get(layer)
-        if module is None:
-            return None
         device = self.mean.device
         probe = torch.rand(1, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
-
-        def logits_from(feats: torch.Tensor) -> torch.Tensor:
-            handle = module.register_forward_hook(lambda _m, _i, _o: feats)
-            try:
-                return self.logits(torch.zeros(len(feats), 3, *image_size, device=device)).float()
-            finally:
-                handle.remove()
-
+        blank = torch.zeros(len(features), 3, *image_size, device=device)
         try:
-            probe_features = self.feature(probe, layer)
-            reference = self.logits(probe).float()
-            if not torch.allclose(logits_from(probe_features), reference, rtol=1e-3, atol=1e-3):
-                return None
-            dtype = probe_features.dtype
-            return logits_from(features.to(device, dtype)).argmax(dim=1).cpu()
-        except (RuntimeError, ValueError):  # the layer's output is not a single tensor, shapes differ, ...
+            self.check_split(layer, probe, input_size=input_size)
+            return self.split_logits(layer, features, blank, input_size=input_size).float().argmax(dim=1).cpu()
+        except (RuntimeError, ValueError):  # SplitUnavailable; shapes differ, ...
             return None
 
     def class_name(self, index: int) -> str:

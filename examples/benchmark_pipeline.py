@@ -203,7 +203,7 @@ def floor_parts(pipe, features, layer: str, height: int, width: int, batch: int)
     def target():
         with torch.enable_grad():
             x = torch.rand(batch, 3, height, width, device=device, requires_grad=True)
-            feature_loss(pipe.target.feature(x.to(pipe._target_dtype), layer), features, "nmse").sum().backward()
+            feature_loss(pipe.target.feature(x.to(next(pipe.target.parameters()).dtype), layer), features, "nmse").sum().backward()
 
     return {"unet_forward": _timed(lambda: unet(False), device), "unet_forward_backward": _timed(lambda: unet(True), device),
             "vae_forward": _timed(lambda: vae(False), device), "vae_forward_backward": _timed(lambda: vae(True), device),

@@ -2,9 +2,12 @@
 
 * ``diffinv_pipeline.py``: :class:`DiffInvPipeline` (one class per file, diffusers style; it
   also works as a diffusers ``custom_pipeline``) and :func:`img2img_steps`, the one definition of
-  img2img strength (the pipeline's img2img, its hybrid start and the mapper's refinement);
+  img2img strength (the pipeline's img2img, its hybrid start and the mapper's refinement), and
+  :func:`nearest_multiple_of_8`, the size generated for an image size that is not a multiple of 8;
 * ``definitions.py``: the weight-free definitions ``tiny``, ``sd15`` and ``sd-turbo`` (the
   sub-folders: model_index.json + component configs) and checks of model folders;
+* ``loss_scaling.py``: :class:`LossScaler`, the fp16 loss scale of the pipeline's gradient step
+  (``torch.amp.GradScaler``'s rules for gradients returned by a closure);
 * ``loaders.py``: :func:`load_pipeline` and :func:`load_vae`.
 
 Importing the package is cheap: diffusers and transformers are imported only when a name that
@@ -20,6 +23,8 @@ _HOME = {
     "DiffInvPipeline": "diffinv_pipeline",
     "DiffInvPipelineOutput": "diffinv_pipeline",
     "img2img_steps": "diffinv_pipeline",
+    "nearest_multiple_of_8": "diffinv_pipeline",
+    "LossScaler": "loss_scaling",
     "load_pipeline": "loaders",
     "load_vae": "loaders",
 }
@@ -28,11 +33,13 @@ __all__ = [
     "DEFINITIONS",
     "DiffInvPipeline",
     "DiffInvPipelineOutput",
+    "LossScaler",
     "ModelFilesNotFoundError",
     "definition_dir",
     "img2img_steps",
     "load_pipeline",
     "load_vae",
+    "nearest_multiple_of_8",
 ]
 
 

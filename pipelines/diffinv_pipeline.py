@@ -33,10 +33,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,7 @@ from diffinv.features import FeatureSet, check_images, check_input_size, resolve
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
 from diffinv.models.vae import decode_latents, encode_latents
-from diffinv.optimization import all_finite, check_weight, run_optimization
+from diffinv.optimization import check_weight, run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
     DEFINITIONS,
@@ -70,14 +70,57 @@ from diffinv.pipelines.definitions import (
     load_tokenizer,
     read_json,
 )
+from diffinv.pipelines.loss_scaling import LossScaler
 from diffinv.targets import TargetNetwork
 
-__all__ = ["DiffInvPipeline", "DiffInvPipelineOutput", "img2img_steps"]
+__all__ = ["DiffInvPipeline", "DiffInvPipelineOutput", "img2img_steps", "nearest_multiple_of_8"]
 
 logger = logging.get_logger(__name__)
 
 # Where save_pretrained writes the weights of a target that cannot be rebuilt by name.
 _TARGET_WEIGHTS_FILE = "target/model.safetensors"
+
+# A tokenizer backed by the Rust `tokenizers` library refuses concurrent calls ("Already borrowed"):
+# calls of a pipeline shared between threads take turns to tokenize (a few microseconds).
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def nearest_multiple_of_8(size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` rounded per side to the nearest multiple of 8 (at least 8): the size a Stable
+    Diffusion model generates for a requested image size that it cannot make itself.
+
+    The one rounding of diffinv: the pipeline's default output size for a FeatureSet made at another
+    size, and the generated size of :class:`~diffinv.inverters.diffusion.DiffusionInverter`.
+
+    Example:
+        >>> nearest_multiple_of_8((30, 100)), nearest_multiple_of_8((3, 64))
+        ((32, 96), (8, 64))
+    """
+    return tuple(max(8, 8 * round(v / 8)) for v in size)
+
+
+def _dtype_of(target: TargetNetwork) -> torch.dtype:
+    """The target keeps its own dtype (fp32 unless cast): images are cast to it."""
+    return next(target.parameters(), torch.empty(0)).dtype
+
+
+@dataclass(frozen=True)
+class _CallFeatures:
+    """The features of one call, resolved once (:meth:`DiffInvPipeline.resolve_call_features`).
+
+    Attributes:
+        features: ``(N, ...)`` the checked feature tensor, fp32, on the target's device.
+        target: the network they come from.
+        layer: their layer.
+        input_size: the ``(H, W)`` the target resizes to in this call (``None``: its own).
+        image_size: ``(H, W)`` of the images the pipeline generates, multiples of 8.
+    """
+
+    features: torch.Tensor
+    target: TargetNetwork
+    layer: str
+    input_size: tuple[int, int] | None
+    image_size: tuple[int, int]
 
 
 def img2img_steps(num_inference_steps: int, strength: float) -> int:
@@ -167,7 +210,6 @@ class DiffInvPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = []
     _callback_tensor_inputs = ["latents", "loss", "prompt_embeds"]
-    _compile_networks = False  # set per call by `compile=` (torch.compile the UNet, VAE decoder, target)
 
     def __init__(
         self,
@@ -191,11 +233,39 @@ class DiffInvPipeline(DiffusionPipeline):
         self.layer: str | None = None
         self._target_weights = None
         self._target_built = False  # built by name / from a config: its input size follows the features
+        self._saved_target = None  # (target_config, layer) whose weights lie in the folder being loaded
         self.register_to_config(target_config=None)
         if target is not None:
             self.set_target(target, layer=layer, weights=target_weights)
+        elif target_config and target_config.get("weights") == _TARGET_WEIGHTS_FILE:
+            # the weights file is relative to the saved folder, which diffusers names only after __init__
+            # (`register_to_config(_name_or_path=...)`, below): the target is built then
+            self._saved_target = (dict(target_config), layer)
+            self.register_to_config(target_config=dict(target_config))
         elif target_config:
             self.set_target(dict(target_config), layer=layer)
+
+    def register_to_config(self, **kwargs) -> None:
+        """diffusers' ``register_to_config``; once a loaded pipeline's folder is known (``_name_or_path``,
+        set by ``DiffusionPipeline.from_pretrained`` after ``__init__``), the target saved with its
+        weights in that folder (``target/model.safetensors``) is built from there.
+
+        This is how a saved folder with its own target weights loads through diffusers' own
+        mechanism, ``DiffusionPipeline.from_pretrained(DIR, custom_pipeline=".../diffinv_pipeline.py")``,
+        whatever the working directory.
+
+        Raises:
+            ModelFilesNotFoundError: the folder does not hold the target weights its ``model_index.json``
+                names.
+        """
+        super().register_to_config(**kwargs)
+        saved = self.__dict__.get("_saved_target")
+        if saved is None or kwargs.get("_name_or_path") is None:
+            return
+        config, layer = saved
+        weights = _saved_target_weights(kwargs["_name_or_path"], config["weights"])
+        self._saved_target = None
+        self.set_target({**config, "weights": weights}, layer=layer)
 
     # ------------------------------------------------------------------ target
     def set_target(
@@ -250,6 +320,21 @@ class DiffInvPipeline(DiffusionPipeline):
         self.register_to_config(target_config={**target.config(), "layer": self.layer, "weights": weights})
         return self
 
+    def with_target(
+        self, target: TargetNetwork | str, layer: str | None = None, weights: str | None = "default"
+    ) -> "DiffInvPipeline":
+        """A pipeline sharing this one's components (no copies) with another target: what a caller that
+        shares a pipeline between targets (an ``lru_cache``, threads) uses instead of :meth:`set_target`,
+        which changes the shared pipeline for every caller.
+
+        Example:
+            >>> out = shared.with_target(target, layer="blocks.2")(features)
+        """
+        pipe = type(self)(**self.components, target=target, layer=layer, target_weights=weights)
+        pipe.register_to_config(_name_or_path=self.name_or_path)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
     def to(self, *args, **kwargs) -> "DiffInvPipeline":
         """Moves/casts the diffusion components; the target only moves (it keeps its dtype)."""
         super().to(*args, **kwargs)
@@ -273,11 +358,7 @@ class DiffInvPipeline(DiffusionPipeline):
         """
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path):
-            check_model_dir(path)
-            target_config = read_json(Path(path) / "model_index.json").get("target_config")
-            weights = (target_config or {}).get("weights")
-            if kwargs.get("target") is None and kwargs.get("target_config") is None and weights == _TARGET_WEIGHTS_FILE:
-                kwargs["target_config"] = {**target_config, "weights": os.path.join(path, weights)}
+            check_model_dir(path)  # a target saved with its weights is built from DIR (`register_to_config`)
             return super().from_pretrained(path, **kwargs)
         if is_local_path(path):
             raise ModelFilesNotFoundError(
@@ -372,11 +453,6 @@ class DiffInvPipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         return getattr(self, "_interrupt", False)
 
-    @property
-    def _target_dtype(self) -> torch.dtype:
-        """The target keeps its own dtype (fp32 unless cast): images are cast to it."""
-        return next(self.target.parameters(), torch.empty(0)).dtype
-
     def chain_scheduler(self, num_inference_steps: int, device: torch.device | str | None = None) -> DDIMScheduler:
         """The differentiable sampler: deterministic DDIM over ``num_inference_steps`` steps.
 
@@ -404,9 +480,11 @@ class DiffInvPipeline(DiffusionPipeline):
         """CLIP embeddings ``(N, L, D)``; with guidance ``(2N, L, D)``, negative/unconditional first."""
 
         def embed(texts: list[str]) -> torch.Tensor:
-            tokens = self.tokenizer(
-                texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            )
+            with _TOKENIZER_LOCK:
+                tokens = self.tokenizer(
+                    texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt",
+                )  # fmt: skip
             mask = None
             if getattr(self.text_encoder.config, "use_attention_mask", False):
                 mask = tokens.attention_mask.to(device)
@@ -418,12 +496,18 @@ class DiffInvPipeline(DiffusionPipeline):
         return embeds.to(self.unet.dtype)
 
     def _noise_prediction(
-        self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        guidance_scale: float,
+        compile: bool | str = False,
     ) -> torch.Tensor:
-        """One UNet call (two halves with classifier-free guidance): fp32 in, fp32 out."""
+        """One UNet call (two halves with classifier-free guidance): fp32 in, fp32 out; ``compile``: through
+        ``torch.compile`` with that backend (:mod:`diffinv.compilation`)."""
         do_cfg = guidance_scale > 1.0
         model_input = torch.cat([latents] * 2) if do_cfg else latents
-        unet = compiled(self.unet, compile=self._compile_networks) if self._compile_networks else self.unet
+        unet = compiled(self.unet, compile=compile) if compile else self.unet
         noise = unet(model_input.to(self.unet.dtype), t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
         noise = noise.float()
         if do_cfg:
@@ -431,10 +515,10 @@ class DiffInvPipeline(DiffusionPipeline):
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
-    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode_latents(self, latents: torch.Tensor, compile: bool | str = False) -> torch.Tensor:
         """VAE decode: scaled latents -> images in [0, 1], fp32 (the one decode path, :func:`decode_latents`)."""
-        if self._compile_networks:
-            decode = compiled(self.vae, functools.partial(decode_latents, self.vae), "decode", self._compile_networks)
+        if compile:
+            decode = compiled(self.vae, functools.partial(decode_latents, self.vae), "decode", compile)
             return decode(latents).clamp(0, 1)
         return decode_latents(self.vae, latents).clamp(0, 1)
 
@@ -448,12 +532,13 @@ class DiffInvPipeline(DiffusionPipeline):
         gradient_checkpointing: bool = True,
         decode: bool = True,
         progress_bar=None,
+        compile: bool | str = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z_T -> (final latents z_0, images in [0, 1]); differentiable in the caller's grad mode.
 
         ``offsets[i]`` is added to the latent after step ``i`` (the optimized intermediate latents).
         ``decode=False`` skips the VAE (the images are ``None``); ``progress_bar.update()`` is called
-        after each step when given.
+        after each step when given; ``compile``: the UNet and the decoder run through ``torch.compile``.
         """
 
         def call(fn, *args):
@@ -467,13 +552,13 @@ class DiffInvPipeline(DiffusionPipeline):
         # bf16, 4.1 -> 3.6 s in fp32).
         step_timesteps = scheduler.timesteps.tolist()
         for i, t in enumerate(scheduler.timesteps):
-            noise = call(self._noise_prediction, latents, t, prompt_embeds, guidance_scale)
+            noise = call(self._noise_prediction, latents, t, prompt_embeds, guidance_scale, compile)
             latents = scheduler.step(noise, step_timesteps[i], latents, eta=0.0, return_dict=False)[0]
             if i < len(offsets):
                 latents = latents + offsets[i]
             if progress_bar is not None:
                 progress_bar.update()
-        return latents, call(self._decode_latents, latents) if decode else None
+        return latents, call(self._decode_latents, latents, compile) if decode else None
 
     def render(
         self,
@@ -597,20 +682,16 @@ class DiffInvPipeline(DiffusionPipeline):
             )
         return latents
 
-    def predict_classes(self, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> torch.Tensor | None:
-        """The target's top-1 class for each feature map, or ``None`` when it cannot classify them
-        (:meth:`TargetNetwork.classify_features <diffinv.targets.TargetNetwork.classify_features>`)."""
-        if self.target is None:
-            return None
-        return self.target.classify_features(features, layer, image_size)
-
     # ------------------------------------------------------------------ the gradient step
     @torch.enable_grad()
     def _gradient_step(
         self,
         variables: list[torch.Tensor],
+        *,
         features: torch.Tensor,
+        target: TargetNetwork,
         layer: str,
+        input_size: tuple[int, int] | None,
         prompt_embeds: torch.Tensor,
         scheduler: DDIMScheduler,
         guidance_scale: float,
@@ -618,14 +699,18 @@ class DiffInvPipeline(DiffusionPipeline):
         latent_prior_weight: float,
         temporal_weight: float,
         gradient_checkpointing: bool,
+        compile: bool | str,
         loss_scale: float,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Per-image loss at ``variables`` and its gradient (``None`` when the loss is not finite)."""
+        """Per-image loss at ``variables`` and the gradients of the loss times ``loss_scale`` (``None`` when
+        the loss is not finite); :meth:`LossScaler.unscale` divides them back."""
         variables = [v.detach().requires_grad_() for v in variables]
         _, images = self._sample(
-            variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing
+            variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing,
+            compile=compile,
         )
-        predicted = feature_function(self.target, layer, self._compile_networks)(images.to(self._target_dtype))
+        feature = feature_function(target, layer, compile)
+        predicted = feature(images.to(_dtype_of(target)), input_size=input_size)
         per_image = feature_loss(predicted, features, loss)
         if latent_prior_weight:
             per_image = per_image + latent_prior_weight * latent_prior(variables[0])
@@ -634,10 +719,159 @@ class DiffInvPipeline(DiffusionPipeline):
             total = total + temporal_weight * temporal_smoothness(variables[0])
         if not torch.isfinite(total):
             return per_image.detach(), None
-        grads = torch.autograd.grad(total * loss_scale, variables)
-        return per_image.detach(), [g / loss_scale for g in grads]
+        return per_image.detach(), list(torch.autograd.grad(total * loss_scale, variables))
 
     # ------------------------------------------------------------------ the call
+    def check_inputs(
+        self,
+        features: torch.Tensor | FeatureSet,
+        guidance_scale: float,
+        num_inference_steps: int,
+        num_iterations: int,
+        learning_rate: float,
+        input_size: tuple[int, int] | None,
+        latent_prior_weight: float,
+        temporal_weight: float,
+        optimize: str,
+        latents: torch.Tensor | None,
+        init: str,
+        mapper,
+        image,
+        strength: float,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str],
+        max_retries: int,
+        num_images_per_prompt: int,
+    ) -> None:
+        """Raises a ValueError naming the argument, its value and what was expected, for any argument
+        of :meth:`__call__` that can be checked before the features are (:meth:`resolve_call_features`)."""
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        if optimize not in ("initial", "all"):
+            raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
+        if init not in ("noise", "mapper", "image"):
+            raise ValueError(f"`init` must be 'noise', 'mapper' or 'image', got {init!r}.")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"`max_retries` must be an integer >= 0, got {max_retries!r}.")
+        if num_images_per_prompt != 1:
+            raise ValueError(
+                f"`num_images_per_prompt` must be 1, got {num_images_per_prompt!r}: DiffInvPipeline makes one "
+                f"reconstruction per feature map (the feature maps are the batch). For several samples of a map, "
+                f"repeat it in the batch, or call again with another `generator`."
+            )
+        if init == "mapper":
+            if mapper is None or not hasattr(mapper, "initial_latents"):
+                raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
+            if latents is not None:
+                raise ValueError("pass either `latents` or `init='mapper'`, not both.")
+        if init == "image":
+            if image is None:
+                raise ValueError("`init='image'` needs `image=`: the start image(s), (N, 3, H, W) in [0, 1] or PIL.")
+            if latents is not None:
+                raise ValueError("pass either `latents` or `init='image'`, not both.")
+        elif image is not None:
+            raise ValueError(f"`image` is the start of `init='image'`, but `init` is {init!r}.")
+        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by init="mapper" and "image")
+        check_weight("temporal_weight", temporal_weight)
+        check_weight("latent_prior_weight", latent_prior_weight)
+        check_weight("guidance_scale", guidance_scale)
+        check_weight("learning_rate", learning_rate)
+        if input_size is not None:
+            input_size = check_input_size(input_size)
+            if isinstance(features, FeatureSet):
+                raise ValueError(
+                    f"`input_size` is for a feature tensor; the FeatureSet records the input size its features were "
+                    f"made at ({features.preprocessing.get('input_size') or list(features.input_size)}), got "
+                    f"{input_size!r}."
+                )
+        bad_keys = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad_keys:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {bad_keys}, expected keys in {self._callback_tensor_inputs}."
+            )
+        if self.target is None and not isinstance(features, FeatureSet):
+            if self.__dict__.get("_saved_target") is not None:
+                raise ValueError(
+                    f"the pipeline's saved target weights {self._saved_target[0]['weights']!r} were never resolved: "
+                    f"load the folder with `DiffInvPipeline.from_pretrained(DIR)` or "
+                    f"`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=...)`, or pass `target=`."
+                )
+            raise ValueError(
+                "the pipeline has no target network: pass `target=` to `from_pretrained`/`load_pipeline`, "
+                "call `pipe.set_target(...)`, or pass a FeatureSet (which names its target)."
+            )
+
+    def resolve_call_features(
+        self,
+        features: torch.Tensor | FeatureSet,
+        height: int | None,
+        width: int | None,
+        input_size: tuple[int, int] | None,
+        layer: str | None,
+    ) -> _CallFeatures:
+        """Resolves the features of one call once: the target, the size it resizes to, the output size.
+
+        The target is the pipeline's, or (a pipeline without one) the FeatureSet's own, rebuilt for
+        this call and not kept. A target the pipeline built (by name or from a saved config) resizes
+        to the input size the features were made at, passed to each feature call
+        (:meth:`TargetNetwork.feature <diffinv.targets.TargetNetwork.feature>`'s ``input_size``), so
+        the target itself never changes and calls can share the pipeline. The features are checked
+        with one probe forward pass (:func:`~diffinv.features.resolve_features`).
+        """
+        if self.target is not None:
+            target, built = self.target, self._target_built
+        else:
+            target, built = features.to_target().to(self.device), False
+        size = self._features_input_size(target, built, features, height, width, input_size)
+        height, width = self._image_size(features, height, width, size or target.input_size)
+        if not isinstance(features, FeatureSet):  # a FeatureSet carries its layer (an explicit `layer` must be it)
+            if layer is None and self.layer is None:
+                raise ValueError(f"`layer` is required: the target {target.name!r} has several layers {target.layers}.")
+            layer = layer or self.layer
+        feats, layer, _ = resolve_features(target, features, (height, width), layer, input_size=size)
+        return _CallFeatures(feats.to(target.mean.device, torch.float32), target, layer, size, (height, width))
+
+    def prepare_latents(
+        self,
+        shape: tuple[int, int, int, int],
+        scheduler: DDIMScheduler,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+        init: str = "noise",
+        mapper=None,
+        features: torch.Tensor | FeatureSet | None = None,
+        image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The initial latents ``z_T`` ``(N, C, h, w)``, fp32 on ``device``.
+
+        ``latents`` as given (checked against ``shape``); for the hybrid starts the clean latent of
+        the mapper (``init="mapper"``, from ``features``) or of the VAE-encoded ``image``
+        (``init="image"``), noised as :meth:`img2img` does to the first timestep of ``scheduler``;
+        else Gaussian noise times the scheduler's ``init_noise_sigma``.
+        """
+        height, width = shape[2] * self.vae_scale_factor, shape[3] * self.vae_scale_factor
+        if init == "mapper":  # hybrid: the black-box mapper's clean latent, noised as img2img does
+            clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
+            if tuple(clean.shape) != shape:
+                raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
+            latents = self._noised_start(clean, scheduler, generator)
+        elif init == "image":  # hybrid: any image estimate, encoded by the VAE, noised as img2img does
+            clean = self.encode_image(image, (height, width)).to(device, torch.float32)
+            clean = clean.expand(shape).contiguous() if len(clean) == 1 else clean
+            latents = self._noised_start(clean, scheduler, generator)
+        elif latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+            latents = latents * scheduler.init_noise_sigma
+        elif tuple(latents.shape) != shape:
+            raise ValueError(
+                f"`latents` has shape {tuple(latents.shape)}, expected {shape} for {height}x{width} images."
+            )
+        return latents.to(device, torch.float32).clone()
+
     @torch.no_grad()
     def __call__(
         self,
@@ -669,6 +903,7 @@ class DiffInvPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_retries: int = 3,
         compile: bool | str = False,
+        num_images_per_prompt: int = 1,
     ) -> DiffInvPipelineOutput | tuple:
         r"""Reconstructs images from features.
 
@@ -677,7 +912,8 @@ class DiffInvPipeline(DiffusionPipeline):
                 :class:`~diffinv.features.FeatureSet` (which carries its layer and input size). Several
                 feature maps are inverted at once, as a batch.
             prompt: ``None`` (default): the target's predicted class as ``"a photo of a {class}"``
-                when it can classify the features (see :meth:`predict_classes`), else no text;
+                when it can classify the features (see :meth:`TargetNetwork.classify_features
+                <diffinv.targets.TargetNetwork.classify_features>`), else no text;
                 ``"auto"``: the same, and an error when impossible; a string, one string per image,
                 or a prompt-file reference (``"@backgrounds:3"``, see :mod:`diffinv.prompts`);
                 ``""``: no text.
@@ -726,171 +962,112 @@ class DiffInvPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: keys of ``callback_kwargs``, from
                 ``_callback_tensor_inputs``.
             max_retries: with fp16 networks, how often an iteration whose gradient overflowed is
-                retried with a halved loss scale before it is skipped.
+                retried with a halved loss scale before it is skipped (:class:`LossScaler`).
             compile: run the UNet, the VAE decoder and the target through ``torch.compile`` (``True``:
                 inductor; or a backend name)
                 (:mod:`diffinv.compilation`; compiled once per network and kept): the same results
                 within tolerance, slower first iterations, faster later ones.
+            num_images_per_prompt: accepted for diffusers clients, and only as 1: the pipeline makes
+                one reconstruction per feature map (the feature maps are the batch). For several
+                samples of one map, repeat it in the batch or call again with another ``generator``.
 
         Returns:
             :class:`DiffInvPipelineOutput`: images, per-image loss history, feature residual,
             prompts, skipped steps and the optimized latents.
         """
         # 1. Check inputs
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
-        if optimize not in ("initial", "all"):
-            raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
-        if init not in ("noise", "mapper", "image"):
-            raise ValueError(f"`init` must be 'noise', 'mapper' or 'image', got {init!r}.")
-        for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if init == "mapper":
-            if mapper is None or not hasattr(mapper, "initial_latents"):
-                raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
-            if latents is not None:
-                raise ValueError("pass either `latents` or `init='mapper'`, not both.")
-        if init == "image":
-            if image is None:
-                raise ValueError("`init='image'` needs `image=`: the start image(s), (N, 3, H, W) in [0, 1] or PIL.")
-            if latents is not None:
-                raise ValueError("pass either `latents` or `init='image'`, not both.")
+        self.check_inputs(
+            features, guidance_scale, num_inference_steps, num_iterations, learning_rate,
+            input_size, latent_prior_weight, temporal_weight, optimize, latents, init, mapper, image, strength,
+            output_type, callback_on_step_end_tensor_inputs, max_retries, num_images_per_prompt,
+        )  # fmt: skip
+        if image is not None:
             image = self._start_images(image, len(features))
-        elif image is not None:
-            raise ValueError(f"`image` is the start of `init='image'`, but `init` is {init!r}.")
-        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by init="mapper" and "image")
-        check_weight("temporal_weight", temporal_weight)
-        check_weight("latent_prior_weight", latent_prior_weight)
-        check_weight("guidance_scale", guidance_scale)
-        check_weight("learning_rate", learning_rate)
-        if input_size is not None:
-            input_size = check_input_size(input_size)
-            if isinstance(features, FeatureSet):
-                raise ValueError(
-                    f"`input_size` is for a feature tensor; the FeatureSet records the input size its features were "
-                    f"made at ({features.preprocessing.get('input_size') or list(features.input_size)}), got "
-                    f"{input_size!r}."
-                )
-        bad_keys = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if bad_keys:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has {bad_keys}, expected keys in {self._callback_tensor_inputs}."
+
+        # 2. Resolve the features once: the target, the input size it resizes to, the output size, the layer
+        call = self.resolve_call_features(features, height, width, input_size, layer)
+        feats, target, layer, (height, width) = call.features, call.target, call.layer, call.image_size
+
+        # 3. Define call parameters
+        batch_size = len(feats)
+        device = self._execution_device
+        self._interrupt = False
+        compile = compile if backend(compile) else False
+        do_cfg = guidance_scale > 1.0
+
+        # 4. Prompts: resolve (automatic class prompt, prompt files) and encode
+        prompts = self._resolve_prompts(prompt, call)
+        negative = resolve_prompts(negative_prompt, batch_size, "negative_prompt") if negative_prompt else None
+        prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
+
+        # 5. Prepare the differentiable sampler: the whole chain, or its img2img tail for the hybrid start
+        if init in ("mapper", "image"):
+            scheduler = self.img2img_chain(num_inference_steps, strength, device)
+        else:
+            scheduler = self.chain_scheduler(num_inference_steps, device)
+
+        # 6. Prepare the optimized variables (fp32 master copies): z_T (+ one offset per intermediate latent)
+        factor = self.vae_scale_factor
+        shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
+        variables = [self.prepare_latents(shape, scheduler, device, generator, latents, init, mapper, features, image)]
+        if optimize == "all":  # each (N, C, h, w): one block per image, as the one optimization rule needs
+            variables += [torch.zeros_like(variables[0]) for _ in range(len(scheduler.timesteps) - 1)]
+
+        # 7. The closure (loss and gradient; fp16: retried at a halved loss scale when the gradient
+        #    overflowed), the step hook (callback_on_step_end, interrupt), and the optimization loop: the
+        #    one rule of diffinv.optimization (cosine schedule, best iterate per image, non-finite steps
+        #    skipped and counted); it leaves each image's best variables
+        scaler = LossScaler(enabled=self.unet.dtype == torch.float16)
+        objective = dict(
+            features=feats, target=target, layer=layer, input_size=call.input_size, prompt_embeds=prompt_embeds,
+            scheduler=scheduler, guidance_scale=guidance_scale, loss=loss, latent_prior_weight=latent_prior_weight,
+            temporal_weight=temporal_weight, gradient_checkpointing=gradient_checkpointing, compile=compile,
+        )  # fmt: skip
+        iteration = 0
+
+        def closure(variables: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+            nonlocal iteration
+            for _attempt in range(max_retries + 1):
+                scale = scaler.scale
+                per_image, grads = self._gradient_step(variables, **objective, loss_scale=scale)
+                if grads is None:
+                    break  # the loss itself is not finite: no loss scale helps
+                grads, found_inf = scaler.unscale(grads)
+                scaler.update(found_inf)
+                if not found_inf or scale <= 1.0:
+                    break  # retrying only helps a gradient that overflowed at a large loss scale
+            if grads is None or found_inf:
+                logger.warning(f"iteration {iteration}: non-finite loss or gradient; step skipped.")
+            iteration += 1
+            return per_image, grads
+
+        def on_step_end(i: int, per_image: torch.Tensor) -> bool:
+            if callback_on_step_end is not None:
+                available = {"latents": variables[0], "loss": per_image, "prompt_embeds": prompt_embeds}
+                callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, scheduler.timesteps[0], callback_kwargs) or {}
+                if "latents" in callback_outputs:
+                    variables[0].copy_(callback_outputs["latents"])
+            return self.interrupt
+
+        with self.progress_bar(total=num_iterations) as progress_bar:
+            optimized = run_optimization(
+                variables, closure, iterations=num_iterations, lr=learning_rate, num_images=batch_size,
+                progress=progress_bar, callback=on_step_end,
+            )  # fmt: skip
+
+        # 8. Render the best latents seen, and how well their features match
+        final_latents, images = self._sample(
+            variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing=False,
+            compile=compile,
+        )
+        if not torch.isfinite(images).all():
+            raise FloatingPointError(
+                f"the reconstruction is not finite in {self.unet.dtype}: every step of some images failed "
+                f"({optimized.skipped_steps} of {len(optimized.history)} iterations skipped). Run the networks in "
+                f"bfloat16 or float32."
             )
-        if self.target is None:
-            if not isinstance(features, FeatureSet):
-                raise ValueError(
-                    "the pipeline has no target network: pass `target=` to `from_pretrained`/`load_pipeline`, "
-                    "call `pipe.set_target(...)`, or pass a FeatureSet (which names its target)."
-                )
-            self.set_target(features.to_target())
-        with self._target_input_size(self._features_input_size(features, height, width, input_size)):
-            height, width = self._image_size(features, height, width)
-            if isinstance(features, FeatureSet):
-                if layer is not None and layer != features.layer:
-                    raise ValueError(
-                        f"`layer` is {layer!r} but the FeatureSet's features come from {features.layer!r}."
-                    )
-                features.check(self.target)
-            elif layer is None and self.layer is None:
-                raise ValueError(
-                    f"`layer` is required: the target {self.target.name!r} has several layers {self.target.layers}."
-                )
-            feats, layer, _ = resolve_features(self.target, features, (height, width), layer or self.layer)
-
-            # 2. Define call parameters
-            batch_size = len(feats)
-            device = self._execution_device
-            self._interrupt = False
-            self._compile_networks = compile if backend(compile) else False
-            do_cfg = guidance_scale > 1.0
-            feats = feats.to(self.target.mean.device, torch.float32)
-
-            # 3. Prompts: resolve (automatic class prompt, prompt files) and encode
-            prompts = self._resolve_prompts(prompt, feats, layer, (height, width))
-            negative = resolve_prompts(negative_prompt, batch_size, "negative_prompt") if negative_prompt else None
-            prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
-
-            # 4. Prepare the differentiable sampler: the whole chain, or its img2img tail for the hybrid start
-            if init in ("mapper", "image"):
-                scheduler = self.img2img_chain(num_inference_steps, strength, device)
-            else:
-                scheduler = self.chain_scheduler(num_inference_steps, device)
-
-            # 5. Prepare the optimized variables (fp32 master copies): z_T (+ one offset per intermediate latent)
-            factor = self.vae_scale_factor
-            shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
-            if init == "mapper":  # hybrid: the black-box mapper's clean latent, noised as img2img does
-                clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
-                if tuple(clean.shape) != shape:
-                    raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
-                latents = self._noised_start(clean, scheduler, generator)
-            elif init == "image":  # hybrid: any image estimate, encoded by the VAE, noised as img2img does
-                clean = self.encode_image(image, (height, width)).to(device, torch.float32)
-                clean = clean.expand(shape).contiguous() if len(clean) == 1 else clean
-                latents = self._noised_start(clean, scheduler, generator)
-            elif latents is None:
-                latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-                latents = latents * scheduler.init_noise_sigma
-            elif tuple(latents.shape) != shape:
-                raise ValueError(
-                    f"`latents` has shape {tuple(latents.shape)}, expected {shape} for {height}x{width} images."
-                )
-            variables = [latents.to(device, torch.float32).clone()]
-            if optimize == "all":  # each (N, C, h, w): one block per image, as the one optimization rule needs
-                variables += [torch.zeros_like(variables[0]) for _ in range(len(scheduler.timesteps) - 1)]
-
-            # 6. The gradient step (fp16: retried at a halved loss scale when the gradient overflowed)
-            #    and the step hook (callback_on_step_end, interrupt)
-            scaler = {"scale": 2.0**16 if self.unet.dtype == torch.float16 else 1.0, "good_steps": 0, "iteration": 0}
-
-            def step(variables: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-                for _attempt in range(max_retries + 1):
-                    per_image, grads = self._gradient_step(
-                        variables, feats, layer, prompt_embeds, scheduler, guidance_scale, loss,
-                        latent_prior_weight, temporal_weight, gradient_checkpointing, scaler["scale"],
-                    )  # fmt: skip
-                    finite = grads is not None and all_finite(grads)
-                    if finite or grads is None or scaler["scale"] <= 1.0:
-                        break  # retrying only helps a gradient that overflowed at a large loss scale
-                    scaler["scale"] /= 2.0
-                if finite:
-                    scaler["good_steps"] += 1
-                    if scaler["scale"] > 1.0 and scaler["good_steps"] % 100 == 0:
-                        scaler["scale"] = min(scaler["scale"] * 2.0, 2.0**24)
-                else:
-                    logger.warning(f"iteration {scaler['iteration']}: non-finite loss or gradient; step skipped.")
-                scaler["iteration"] += 1
-                return per_image, grads
-
-            def on_step_end(i: int, per_image: torch.Tensor) -> bool:
-                if callback_on_step_end is not None:
-                    available = {"latents": variables[0], "loss": per_image, "prompt_embeds": prompt_embeds}
-                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, scheduler.timesteps[0], callback_kwargs) or {}
-                    if "latents" in callback_outputs:
-                        variables[0].copy_(callback_outputs["latents"])
-                return self.interrupt
-
-            # 7. Optimization loop: the one rule of diffinv.optimization (cosine schedule, best iterate
-            #    per image, non-finite steps skipped and counted); it leaves each image's best variables
-            with self.progress_bar(total=num_iterations) as progress_bar:
-                optimized = run_optimization(
-                    variables, step, iterations=num_iterations, lr=learning_rate, num_images=batch_size,
-                    progress=progress_bar, callback=on_step_end,
-                )  # fmt: skip
-
-            # 8. Render the best latents seen
-            final_latents, images = self._sample(
-                variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing=False
-            )
-            if not torch.isfinite(images).all():
-                raise FloatingPointError(
-                    f"the reconstruction is not finite in {self.unet.dtype}: every step of some images failed "
-                    f"({optimized.skipped_steps} of {len(optimized.history)} iterations skipped). Run the networks in "
-                    f"bfloat16 or float32."
-                )
-            residual = feature_residual(self.target, images.to(self._target_dtype), feats, layer).cpu()
+        residual = feature_residual(target, images.to(_dtype_of(target)), feats, layer, input_size=call.input_size)
 
         # 9. Post-process
         if output_type == "latent":
@@ -901,7 +1078,7 @@ class DiffInvPipeline(DiffusionPipeline):
         result = DiffInvPipelineOutput(
             images=output,
             loss_history=optimized.history,
-            feature_residual=residual,
+            feature_residual=residual.cpu(),
             prompts=prompts,
             skipped_steps=optimized.skipped_steps,
             latents=variables[0].detach().cpu(),
@@ -910,51 +1087,50 @@ class DiffInvPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ call helpers
     def _features_input_size(
-        self, features, height: int | None, width: int | None, input_size: tuple[int, int] | None
-    ) -> tuple[int, int] | str:
-        """The input size the target takes for this call; ``"own"`` keeps the target's.
+        self,
+        target: TargetNetwork,
+        built: bool,
+        features,
+        height: int | None,
+        width: int | None,
+        input_size: tuple[int, int] | None,
+    ) -> tuple[int, int] | None:
+        """The input size the target resizes to in this call; ``None`` keeps the target's own.
 
         Only a target the pipeline built (by name or from a saved config) adapts: to a FeatureSet's
         recorded resize (else its input size: the images were fed as they were), or for a tensor to
         ``input_size``, else ``(height, width)`` when either is given.
         """
-        if not self._target_built:
-            if input_size is not None and tuple(input_size) != self.target.input_size:
+        if not built:
+            if input_size is not None and tuple(input_size) != target.input_size:
                 raise ValueError(
-                    f"`input_size` is {tuple(input_size)} but the target {self.target.name!r} was passed in as a "
-                    f"TargetNetwork with input size {self.target.input_size}, which it keeps: build it with "
+                    f"`input_size` is {tuple(input_size)} but the target {target.name!r} was passed in as a "
+                    f"TargetNetwork with input size {target.input_size}, which it keeps: build it with "
                     f"`input_size={tuple(input_size)}`, or give the target by name."
                 )
-            return "own"
+            return None
         if isinstance(features, FeatureSet):
             recorded = features.preprocessing.get("input_size")
             return tuple(int(v) for v in recorded) if recorded else tuple(features.input_size)
         if input_size is not None:
             return tuple(int(v) for v in input_size)
         if height is not None or width is not None:
-            return self._image_size(features, height, width)
-        return "own"
+            return self._image_size(features, height, width, target.input_size)
+        return None
 
-    @contextlib.contextmanager
-    def _target_input_size(self, size: tuple[int, int] | str) -> Iterator[None]:
-        """Sets the target's input size for one call (``"own"``: unchanged), then restores it."""
-        if size == "own":
-            yield
-            return
-        previous = self.target.input_size
-        self.target.input_size = size
-        try:
-            yield
-        finally:
-            self.target.input_size = previous
+    def _image_size(
+        self, features, height: int | None, width: int | None, target_input_size: tuple[int, int] | None
+    ) -> tuple[int, int]:
+        """Output size from the arguments, the FeatureSet or the UNet; multiples of 8.
 
-    def _image_size(self, features, height: int | None, width: int | None) -> tuple[int, int]:
-        """Output size from the arguments, the FeatureSet or the UNet; multiples of 8."""
+        A FeatureSet's size that is not a multiple of 8 is rounded to the nearest one when the
+        target resizes its input (``target_input_size`` is not ``None``) anyway.
+        """
         if height is None and width is None and isinstance(features, FeatureSet):
             height, width = features.input_size
-            if (height % 8 or width % 8) and self.target.input_size is not None:
+            if (height % 8 or width % 8) and target_input_size is not None:
                 # the target resizes its input anyway: any size near the original gives the same features
-                height, width = (max(8, 8 * round(v / 8)) for v in (height, width))
+                height, width = nearest_multiple_of_8((height, width))
         else:
             sample_size = self.unet.config.sample_size
             sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
@@ -964,17 +1140,40 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
         return int(height), int(width)
 
-    def _resolve_prompts(self, prompt, features: torch.Tensor, layer: str, image_size: tuple[int, int]) -> list[str]:
+    def _resolve_prompts(self, prompt, call: _CallFeatures) -> list[str]:
+        """The prompt of each image: given (``@file`` references resolved), or the target's class."""
         if prompt is not None and prompt != "auto":
-            return resolve_prompts(prompt, len(features))
-        classes = self.predict_classes(features, layer, image_size)
+            return resolve_prompts(prompt, len(call.features))
+        classes = call.target.classify_features(call.features, call.layer, call.image_size, input_size=call.input_size)
         if classes is None:
             if prompt == "auto":
                 raise ValueError(
-                    f"`prompt='auto'` needs a target with a classifier head and class names whose layer {layer!r} "
-                    f"feeds the classifier alone; {self.target.name!r} cannot classify these features. Give a prompt."
+                    f"`prompt='auto'` needs a target with a classifier head and class names whose layer "
+                    f"{call.layer!r} feeds the classifier alone; {call.target.name!r} cannot classify these features. "
+                    f"Give a prompt."
                 )
-            return [""] * len(features)
-        return [class_prompt(self.target.class_name(int(c))) for c in classes]
+            return [""] * len(call.features)
+        return [class_prompt(call.target.class_name(int(c))) for c in classes]
 
 
+def _saved_target_weights(name_or_path: str | os.PathLike, weights: str) -> str:
+    """The target weights file ``weights`` (relative, as ``save_pretrained`` writes it) of a saved pipeline
+    folder, or of a Hub id's cached snapshot; a ModelFilesNotFoundError naming it when it is not there."""
+    folder = os.fspath(name_or_path)
+    if os.path.isdir(folder):
+        path = os.path.join(folder, weights)
+        if os.path.isfile(path):
+            return path
+    elif not is_local_path(folder):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(folder, weights)
+        if isinstance(cached, str):
+            return cached
+        path = f"{folder}/{weights}"
+    else:
+        path = os.path.join(folder, weights)
+    raise ModelFilesNotFoundError(
+        f"`target_config` weights {weights!r} not found: expected {path!r}, written by `save_pretrained` with the "
+        f"pipeline. Copy the whole saved folder, or pass `target=` explicitly."
+    )

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from diffinv.defenses import (Defense, UtilityUnavailable, apply_defense, parse_defense, parse_defenses,
-                              split_logits, utility_agreement)
+                              utility_agreement)
 from diffinv.features import FeatureSet
 from diffinv.targets import TargetNetwork
 
@@ -149,7 +149,7 @@ def test_utility_is_one_without_defense_and_falls_with_strong_noise(lite0, small
     images = small_photos
     clean = lite0.feature(images, "blocks.2")
     assert utility_agreement(lite0, images, "blocks.2", clean, clean).tolist() == [1.0] * len(images)
-    assert torch.allclose(split_logits(lite0, torch.zeros_like(images), "blocks.2", clean), lite0.logits(images),
+    assert torch.allclose(lite0.split_logits("blocks.2", clean, torch.zeros_like(images)), lite0.logits(images),
                           atol=1e-4)
     noisy = parse_defense("noise:30")(clean, g())
     assert utility_agreement(lite0, images, "blocks.2", clean, noisy).mean() < 0.5
@@ -180,6 +180,8 @@ def test_utility_unavailable_says_why(small_photos):
     clean = skip.feature(images)
     with pytest.raises(UtilityUnavailable, match="does not reproduce its logits .* skip connection"):
         utility_agreement(skip, images, "body", clean, clean)
+    skip.categories = list("abcde")  # the same check keeps the automatic class prompt from a wrong split
+    assert skip.classify_features(clean, "body", (64, 64)) is None
     twice = TargetNetwork(_Twice(), "body", has_classifier=True, input_size=None)
     with pytest.raises(UtilityUnavailable, match="runs 2 times in one forward pass"):
         utility_agreement(twice, images, "body", twice.feature(images), twice.feature(images))

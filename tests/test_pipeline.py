@@ -1,5 +1,6 @@
 """DiffInvPipeline on tiny random diffusion components (pipelines/tiny) and the real EfficientNet-Lite0."""
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -21,13 +22,16 @@ from diffinv.pipelines import (
     DEFINITIONS,
     DiffInvPipeline,
     DiffInvPipelineOutput,
+    LossScaler,
     ModelFilesNotFoundError,
     definition_dir,
     img2img_steps,
     load_pipeline,
+    nearest_multiple_of_8,
 )
 from diffinv.prompts import available_prompt_files, load_prompts, resolve_prompts
 from diffinv.targets import TargetNetwork
+from threads import run_in_threads
 
 PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "diffinv_pipeline.py"
 FAST = dict(num_inference_steps=2, num_iterations=3, output_type="pt")
@@ -378,7 +382,7 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
     pipe_seen = []
     pipe_loss = _scripted_loss(script, pipe_seen)
 
-    def gradient_step(variables, *args):
+    def gradient_step(variables, **objective):
         with torch.enable_grad():
             x = variables[0].detach().requires_grad_()
             per_image = pipe_loss(x)
@@ -417,9 +421,9 @@ def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(tiny_sd_targe
     pipe.set_progress_bar_config(disable=True)
     scales = []
 
-    def gradient_step(variables, *args):  # the gradient overflows above a loss scale of 2**14
-        scales.append(args[-1])
-        grad = torch.full_like(variables[0], float("inf") if args[-1] > 2.0**14 else 1.0)
+    def gradient_step(variables, *, loss_scale, **objective):  # the gradient overflows above a loss scale of 2**14
+        scales.append(loss_scale)
+        grad = torch.full_like(variables[0], float("inf") if loss_scale > 2.0**14 else loss_scale)
         return torch.ones(len(variables[0])), [grad]
 
     monkeypatch.setattr(pipe, "_gradient_step", gradient_step)
@@ -433,6 +437,39 @@ def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(tiny_sd_targe
     # iteration 1 succeeds at 2**14
     assert scales == [2.0**16, 2.0**15, 2.0**14] and out.skipped_steps == 1
     assert out.loss_history.shape == (2, 2) and torch.isfinite(out.latents).all()
+
+
+def test_loss_scaler_follows_torch_grad_scaler():
+    """LossScaler's scale moves as torch.amp.GradScaler's does for the same overflow pattern (back off on an
+    inf, grow after `growth_interval` good steps in a row, the run restarting at an inf), and it skips
+    exactly the steps GradScaler skips."""
+    pattern = [False, False, True, False, False, False, False, True, True, False, False, False, False]
+    ours = LossScaler(init_scale=2.0**10, growth_interval=3)
+    weight = torch.ones(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    reference = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    for overflow in pattern:
+        factor = float("inf") if overflow else 1.0
+        before = weight.detach().clone()
+        reference.scale((weight * factor).sum()).backward()
+        reference.step(optimizer)
+        reference.update()
+        optimizer.zero_grad(set_to_none=True)
+        grads, found_inf = ours.unscale([torch.full((1,), factor * ours.scale)])
+        ours.update(found_inf)
+        assert found_inf == overflow and torch.equal(weight.detach() == before, torch.tensor([overflow]))
+        assert (found_inf or grads[0].item() == 1.0) and ours.scale == reference.get_scale()
+    assert ours.scale == 2.0**9  # 3 back-offs, 2 growths (the good run before the first inf was too short)
+    # bounds (GradScaler has none): never below 1, never above 2**24; disabled: always 1
+    bounded = LossScaler(init_scale=2.0, growth_interval=1, max_scale=4.0)
+    bounded.update(True), bounded.update(True)
+    assert bounded.scale == 1.0
+    for _ in range(5):
+        bounded.update(False)
+    assert bounded.scale == 4.0
+    disabled = LossScaler(enabled=False)
+    disabled.update(True)
+    assert disabled.scale == 1.0 and disabled.unscale([torch.ones(1)])[0][0].item() == 1.0
 
 
 # ---------------------------------------------------------------------- img2img: one strength, one chain
@@ -528,6 +565,63 @@ def test_target_by_name_takes_the_input_size_of_the_features():
         pipe(own.features, input_size=(64, 64), **FAST)
 
 
+def test_concurrent_calls_on_one_pipeline_equal_single_calls():
+    """Two threads call one shared pipeline (as the app's lru_cache shares it) with different feature sizes,
+    target input sizes, chains and guidance: each result equals its single-threaded one, and the pipeline's
+    target is left as it was (the input size of a call is passed to the feature calls, never set on it)."""
+    pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:0")
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(1, 3, 96, 96, generator=_seed(40))
+    resizing = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=(64, 64))
+    as_is = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=None)
+    calls = {
+        "resized 96 -> 64": dict(features=FeatureSet.extract(resizing, images, "blocks.1"), prompt="",
+                                 num_inference_steps=2, generator_seed=41),
+        "as is, 32": dict(features=FeatureSet.extract(as_is, images[..., :32, :32], "blocks.1"), prompt="a cat",
+                          guidance_scale=2.0, optimize="all", num_inference_steps=1, generator_seed=42),
+        "tensor, 48": dict(features=as_is.feature(images[..., :48, :48]), input_size=(48, 48), height=48, width=48,
+                           prompt="", num_inference_steps=2, generator_seed=43),
+    }
+
+    def run(kwargs):
+        kwargs = dict(kwargs)
+        generator = _seed(kwargs.pop("generator_seed"))
+        return pipe(generator=generator, num_iterations=4, output_type="pt", **kwargs)
+
+    single = {name: run(kwargs) for name, kwargs in calls.items()}
+    assert [tuple(out.images.shape[-2:]) for out in single.values()] == [(96, 96), (32, 32), (48, 48)]
+    for pair in (("resized 96 -> 64", "as is, 32"), ("as is, 32", "tensor, 48")):
+        results = run_in_threads({name: functools.partial(run, calls[name]) for name in pair}, repeat=2)
+        for name, outs in results.items():
+            for out in outs:
+                for field in ("images", "loss_history", "latents", "feature_residual"):
+                    assert torch.equal(getattr(out, field), getattr(single[name], field)), (name, field)
+                assert out.prompts == single[name].prompts
+    assert pipe.target.input_size == (224, 224)
+    fresh = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:0")
+    fresh.set_progress_bar_config(disable=True)
+    assert set(vars(pipe)) == set(vars(fresh)) | {"_interrupt"}  # no per-call state but diffusers' own
+
+
+def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(tiny_sd_pipe, tiny_sd_target,
+                                                                          tiny_sd_features):
+    other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
+    pipe = tiny_sd_pipe.with_target(other, layer="blocks.2")
+    assert pipe.unet is tiny_sd_pipe.unet and pipe.vae is tiny_sd_pipe.vae and pipe.target is other
+    assert tiny_sd_pipe.target is tiny_sd_target and tiny_sd_pipe.layer == "blocks.1"
+    images = torch.rand(1, 3, 32, 32, generator=_seed(60))
+    out = pipe(other.feature(images), prompt="", height=32, width=32, generator=_seed(61), **FAST)
+    assert out.images.shape == (1, 3, 32, 32)
+    same = tiny_sd_pipe.with_target(tiny_sd_target, layer="blocks.1")
+    a, b = (p(tiny_sd_features, generator=_seed(62), **FAST) for p in (same, tiny_sd_pipe))
+    assert torch.equal(a.images, b.images)
+
+
+def test_nearest_multiple_of_8():
+    assert nearest_multiple_of_8((30, 100)) == (32, 96) and nearest_multiple_of_8((3, 64)) == (8, 64)
+    assert nearest_multiple_of_8((36, 44)) == (32, 48)  # Python rounds halves to even: 4.5 -> 4, 5.5 -> 6
+
+
 # ---------------------------------------------------------------------- save / load
 def test_save_load_round_trip_gives_identical_results(tiny_sd_pipe, tiny_sd_features, tmp_path):
     tiny_sd_pipe.save_pretrained(tmp_path)
@@ -571,6 +665,43 @@ def test_works_as_diffusers_custom_pipeline(tiny_sd_pipe, tiny_sd_target, tiny_s
     out = pipe(tiny_sd_features, generator=_seed(14), **FAST)
     ref = tiny_sd_pipe(tiny_sd_features, generator=_seed(14), **FAST)
     assert torch.equal(out.images, ref.images)
+
+
+def test_diffusers_client_loads_a_folder_with_its_own_target_weights(tmp_path, monkeypatch):
+    """`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=...)`, the diffusers client, loads a folder saved with
+    its target's weights from any working directory, and runs it as the pipeline that saved it did (issue 22)."""
+    from diffusers import DiffusionPipeline
+
+    pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:3")
+    pipe.set_progress_bar_config(disable=True)
+    saved = tmp_path / "saved"
+    pipe.save_pretrained(saved)
+    assert (saved / "target" / "model.safetensors").is_file()
+    assert json.loads((saved / "model_index.json").read_text())["target_config"]["weights"] == "target/model.safetensors"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the weights path is relative to the folder, not the cwd
+
+    client = DiffusionPipeline.from_pretrained(saved, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
+    assert type(client).__name__ == "DiffInvPipeline" and client.layer == "blocks.1"
+    for (key, a), (_, b) in zip(pipe.target.state_dict().items(), client.target.state_dict().items()):
+        assert torch.equal(a, b), key
+    client.set_progress_bar_config(disable=True)
+    images = torch.rand(1, 3, 32, 32, generator=_seed(50))
+    features = FeatureSet.extract(pipe.target, images, "blocks.1")
+    out = client(features, prompt="", num_images_per_prompt=1, generator=_seed(51), **FAST)
+    ref = pipe(features, prompt="", generator=_seed(51), **FAST)
+    assert torch.equal(out.images, ref.images) and out.images.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="`num_images_per_prompt` must be 1, got 2: DiffInvPipeline makes one "
+                                         "reconstruction per feature map"):
+        client(features, num_images_per_prompt=2, **FAST)
+    # the library's own loader resolves the weights the same way
+    loaded = DiffInvPipeline.from_pretrained(saved)
+    assert loaded.target.weights_fingerprint() == pipe.target.weights_fingerprint()
+    # a folder without the weights its model_index.json names says which file is missing
+    (saved / "target" / "model.safetensors").unlink()
+    with pytest.raises(ModelFilesNotFoundError, match=r"weights 'target/model.safetensors' not found: expected "
+                                                      r"'.*saved/target/model.safetensors'"):
+        DiffusionPipeline.from_pretrained(saved, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
 
 
 # ---------------------------------------------------------------------- the Inverter adapter

@@ -1,8 +1,11 @@
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 from diffinv.targets import TargetNetwork, WeightsNotFoundError
+from threads import run_in_threads
 
 
 def test_efficientnet_lite0_real_weights_classify_photos(lite0, photos):
@@ -73,3 +76,43 @@ def test_any_module_and_timm_name():
 def test_bad_images_shape(lite0):
     with pytest.raises(ValueError, match=r"`images` must be a \(N, 3, H, W\)"):
         lite0.feature(torch.rand(3, 64, 64), "blocks.1")
+
+
+def test_input_size_per_call_leaves_the_target_as_it_is(lite0, small_photos):
+    """`input_size=` resizes for one call (what the pipeline passes for features made at another size)."""
+    images = small_photos[:2]  # 64x64
+    small = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    per_call = lite0.feature(images, "blocks.2", input_size=(32, 32))
+    assert torch.equal(per_call, lite0.feature(small, "blocks.2", input_size=(32, 32)))
+    assert per_call.shape == (2, 40, 4, 4) and lite0.input_size == (64, 64)
+    assert lite0.feature_shape("blocks.2", (96, 96), input_size=(32, 32)) == (40, 4, 4)
+    assert lite0.feature(images, "blocks.2").shape == (2, 40, 8, 8)
+
+
+def test_concurrent_forward_passes_of_one_target(lite0, small_photos):
+    """The layer hooks of one thread's forward pass are invisible to another thread's (a shared target)."""
+    jobs = {"blocks.1 at 64": dict(layers=["blocks.1"]),
+            "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
+            "both": dict(layers=["blocks.2", "blocks.4"])}
+    images = small_photos[:2]
+    single = {name: lite0.forward(images, **kwargs) for name, kwargs in jobs.items()}
+    results = run_in_threads({name: functools.partial(lite0.forward, images, **kwargs) for name, kwargs in jobs.items()},
+                             repeat=8)
+    for name, outs in results.items():
+        for out in outs:
+            assert out.keys() == single[name].keys()
+            assert all(torch.equal(out[k], single[name][k]) for k in out), name
+
+
+def test_running_the_network_from_a_layer(lite0, small_photos):
+    """One split (`split_logits`, checked by `check_split`) serves the automatic class and the defenses."""
+    images = small_photos
+    clean = lite0.feature(images, "blocks.6")
+    lite0.check_split("blocks.6", images, clean)
+    assert torch.allclose(lite0.split_logits("blocks.6", clean, torch.zeros_like(images)), lite0.logits(images),
+                          atol=1e-4)
+    assert torch.equal(lite0.classify_features(clean, "blocks.6", (64, 64)), lite0.predict(images))
+    with pytest.raises(ValueError, match=r"layer 'blocks.6' outputs \(4, 320, 2, 2\), not one tensor of the "
+                                         r"features' shape \(4, 320, 3, 3\)"):
+        lite0.split_logits("blocks.6", torch.zeros(4, 320, 3, 3), images)

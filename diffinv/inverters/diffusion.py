@@ -73,7 +73,8 @@ class DiffusionInverter(Inverter):
     """
 
     name = "diffusion"
-    _reserved = ("features", "height", "width", "input_size", "generator", "output_type", "return_dict", "layer")
+    _reserved = ("features", "height", "width", "input_size", "generator", "output_type", "return_dict", "layer",
+                 "num_images_per_prompt")
 
     def __init__(
         self,
@@ -183,7 +184,7 @@ class DiffusionInverter(Inverter):
             start = start.to(self.device)
             call_kwargs["image"] = start
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
-        height, width = (max(8, 8 * round(v / 8)) for v in size)
+        height, width = pipelines.nearest_multiple_of_8(size)
         if (height, width) != size and self.target.input_size is None:
             raise ValueError(
                 f"`image_size` {size} is not a multiple of 8 and target {self.target.name!r} does not resize its "
