@@ -130,9 +130,9 @@ class RunStore:
         if not path.is_file():
             return None
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(path.read_bytes())
             manifest["kind"], manifest["settings"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:  # ValueError: not JSON, not UTF-8
             raise RunSettingsError(f"{str(path)!r} is not a diffinv run manifest ({err}); move it away or choose "
                                    f"another output folder.") from err
         return manifest
@@ -178,11 +178,13 @@ class RunStore:
         for path in [self.folder / RECORDS, *shards]:
             if not path.is_file():
                 continue
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_bytes().splitlines():
                 try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
+                    record = json.loads(line)
+                except ValueError:  # not JSON (or not UTF-8)
                     continue  # a write cut short: that item was not finished
+                if isinstance(record, dict):
+                    records.append(record)
         return records
 
     def keys(self, key: Callable[[Mapping], tuple]) -> set[tuple]:

@@ -1,0 +1,143 @@
+"""Run folders as attack surfaces: nothing in one is ever unpickled; the caller's config is not changed.
+
+A payload (a pickle whose ``__reduce__`` creates a marker file) is planted in every file of a
+training checkpoint and of bench / audit / video run folders; running the same command again must
+resume cleanly or stop with a clear error, and the marker must never appear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffinv.io import save_image, sample_images
+from diffinv.jobs.checkpoints import CheckpointError
+from diffinv.jobs.store import RunSettingsError
+from diffinv.jobs.training import TrainConfig, train_decoder
+
+
+class Payload:
+    """Unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+def payloads(marker: Path) -> dict[str, bytes]:
+    """The payload as a raw pickle and as a ``torch.save`` file (a zip whose data.pkl carries it)."""
+    buffer = io.BytesIO()
+    torch.save({"state": Payload(marker)}, buffer)
+    raw = pickle.dumps(Payload(marker), protocol=4)
+    pickle.loads(raw)  # the payload works: unpickling it creates the marker
+    assert marker.is_file()
+    marker.unlink()
+    return {"pickle": raw, "torch": buffer.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for i, image in enumerate(sample_images(("chelsea", "coffee", "astronaut"), 48)):
+        save_image(image, folder / f"photo{i}.png")
+    return folder
+
+
+def train_config(out, photo_dir, **kwargs) -> TrainConfig:
+    values = dict(out=str(out), layer="blocks.1", images=[str(photo_dir)], size=32, batch_size=2, max_steps=2,
+                  hidden_channels=8, min_channels=8, warmup_steps=1, checkpoint_every=1, keep_checkpoints=5,
+                  val_every=1, weights="random:0", device="cpu", progress=False)
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(photo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "decoder"
+    config = train_config(out, photo_dir, kind="mapper")
+    before = dataclasses.asdict(config)
+    result = train_decoder(config)
+    return out, config, before, result
+
+
+def test_training_leaves_the_callers_config_alone(trained):
+    _, config, before, result = trained
+    assert dataclasses.asdict(config) == before and config.kind == "mapper"
+    assert result.log["config"]["kind"] == "decoder"
+
+
+def test_checkpoint_holds_no_pickle(trained):
+    out, *_ = trained
+    checkpoint = out / "checkpoints" / "checkpoint-0000002"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "generator.safetensors", "model.safetensors", "optimizer.pt", "random_states_0.safetensors",
+        "scheduler.pt", "trainer_state.json"]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["format"] == 2
+    for name in ("optimizer.pt", "scheduler.pt"):  # weights-only files
+        torch.load(checkpoint / name, weights_only=True)
+
+
+def test_payload_in_any_checkpoint_file_never_runs(trained, photo_dir, tmp_path):
+    out, *_ = trained
+    marker = tmp_path / "PWNED"
+    files = sorted(p.name for p in (out / "checkpoints" / "checkpoint-0000002").iterdir())
+    for name in files:
+        for kind, payload in payloads(marker).items():
+            run = tmp_path / f"{name}-{kind}"
+            shutil.copytree(out, run)
+            shutil.rmtree(run / "checkpoints" / "checkpoint-0000001")
+            (run / "checkpoints" / "checkpoint-0000002" / name).write_bytes(payload)
+            with pytest.raises(CheckpointError, match=rf"(?s){name}'.*nothing in a run folder is unpickled|older diffinv"):
+                train_decoder(train_config(run, photo_dir))
+            assert not marker.exists(), f"a payload in {name} ({kind}) ran"
+
+
+def test_planted_pickles_beside_a_checkpoint_are_ignored(trained, photo_dir, tmp_path):
+    """accelerate's old file names (and every other file of the run folder) carry payloads: a clean resume."""
+    out, *_ = trained
+    marker = tmp_path / "PWNED"
+    payload = payloads(marker)["pickle"]
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-0000002")  # resume from step 1: trains a step
+    (run / "diffusion_pytorch_model.safetensors").unlink()
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"):
+        (run / "checkpoints" / "checkpoint-0000001" / name).write_bytes(payload)
+    for name in ("training_log.json", "loss_curve.png", "config.json"):
+        (run / name).write_bytes(payload)
+    result = train_decoder(train_config(run, photo_dir))
+    assert result.log["resumed_from"] == 1 and result.step == 2 and not marker.exists()
+    assert result.log["losses"] == trained[3].log["losses"]  # the same run as the uninterrupted one
+
+
+def test_checkpoint_of_the_pickled_format_is_refused(trained, photo_dir, tmp_path):
+    out, *_ = trained
+    marker = tmp_path / "PWNED"
+    run = tmp_path / "old"
+    shutil.copytree(out, run)
+    checkpoint = run / "checkpoints" / "checkpoint-0000002"
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2}))  # what accelerate-era diffinv wrote
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(payloads(marker)["torch"])
+    with pytest.raises(CheckpointError, match="format 1, expected 2: it was written by an older diffinv"):
+        train_decoder(train_config(run, photo_dir))
+    assert not marker.exists()
+
+
+def test_payload_as_manifest_is_refused(trained, photo_dir, tmp_path):
+    out, *_ = trained
+    marker = tmp_path / "PWNED"
+    run = tmp_path / "manifest"
+    shutil.copytree(out, run)
+    (run / "manifest.json").write_bytes(payloads(marker)["pickle"])
+    with pytest.raises(RunSettingsError, match="is not a diffinv run manifest"):
+        train_decoder(train_config(run, photo_dir))
+    assert not marker.exists()
