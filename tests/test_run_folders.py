@@ -141,3 +141,88 @@ def test_payload_as_manifest_is_refused(trained, photo_dir, tmp_path):
     with pytest.raises(RunSettingsError, match="is not a diffinv run manifest"):
         train_decoder(train_config(run, photo_dir))
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- bench, audit, video run folders
+@pytest.fixture(scope="module")
+def target():
+    from diffinv.targets import TargetNetwork
+
+    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(32, 32), weights="random:0")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return sample_images(("chelsea", "coffee"), 32)
+
+
+def plant_everywhere(folder: Path, payload: bytes, *, manifest: bool) -> int:
+    """Writes ``payload`` over every file of a run folder (the manifest only with ``manifest``) and
+    adds a claims folder full of it; returns the number of files."""
+    claims = folder / ".claims"
+    claims.mkdir(exist_ok=True)
+    for name in ("000000", "000001", ".active"):
+        (claims / name).write_bytes(payload)
+    files = [p for p in folder.rglob("*") if p.is_file() and (manifest or p.name != "manifest.json")]
+    for path in files:
+        path.write_bytes(payload)
+    return len(files)
+
+
+def rerun_with_payloads(run, folder: Path, tmp_path: Path, expected_outputs):
+    """Runs ``run(folder)`` once, plants payloads everywhere, runs it again (a clean resume, which redoes
+    what it cannot read), and once more with the manifest replaced too (refused)."""
+    marker = tmp_path / "PWNED"
+    run(folder)
+    payload = payloads(marker)["pickle"]
+    assert plant_everywhere(folder, payload, manifest=False) >= 5
+    run(folder)
+    assert not marker.exists()
+    for name in expected_outputs:  # written again, as they should be
+        assert (folder / name).read_bytes() != payload
+    plant_everywhere(folder, payloads(marker)["torch"], manifest=True)
+    with pytest.raises(RunSettingsError, match="is not a diffinv run manifest"):
+        run(folder)
+    assert not marker.exists()
+
+
+def test_payloads_in_a_bench_folder_never_run(target, images, tmp_path):
+    from diffinv.inverters import PixelInverter
+    from diffinv.jobs.bench import run_benchmark
+
+    def run(folder):
+        records = run_benchmark(target, images, ["a", "b"], ["blocks.1"],
+                                {"pixel": lambda t: PixelInverter(t, iterations=2)}, folder, batch_size=1,
+                                progress=False)
+        assert len(records) == 2 and all(r["psnr"] is not None for r in records)
+
+    rerun_with_payloads(run, tmp_path / "bench", tmp_path, ["results.json", "results.md", "grid.png"])
+
+
+def test_payloads_in_an_audit_folder_never_run(target, images, tmp_path):
+    from diffinv.defenses import parse_defenses
+    from diffinv.inverters import PixelInverter
+    from diffinv.jobs.audit import run_audit
+
+    def run(folder):
+        report = run_audit(target, images, ["a", "b"], ["blocks.1"], parse_defenses(["none", "noise:0.5"]),
+                           {"pixel": lambda t: PixelInverter(t, iterations=2)}, folder, progress=False)
+        assert [row["defense"] for row in report["settings"]] == ["none", "noise:0.5"]
+
+    rerun_with_payloads(run, tmp_path / "audit", tmp_path, ["report.json", "report.md"])
+
+
+def test_payloads_in_a_video_folder_never_run(target, tmp_path):
+    from diffinv.features import FeatureSet
+    from diffinv.inverters import PixelInverter
+    from diffinv.jobs.video import invert_video
+
+    frames = sample_images(("chelsea",), 32).repeat(3, 1, 1, 1) * torch.linspace(0.6, 1, 3)[:, None, None, None]
+    features = FeatureSet.extract(target, frames, "blocks.1")
+
+    def run(folder):
+        out = invert_video(PixelInverter(target, iterations=2), features, window=2, references=frames,
+                           out_dir=folder, progress=False)
+        assert all(out.done)
+
+    rerun_with_payloads(run, tmp_path / "video", tmp_path, ["metrics.json"])
