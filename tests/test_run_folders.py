@@ -226,3 +226,22 @@ def test_payloads_in_a_video_folder_never_run(target, tmp_path):
         assert all(out.done)
 
     rerun_with_payloads(run, tmp_path / "video", tmp_path, ["metrics.json"])
+
+
+def test_a_record_after_a_line_cut_short_is_kept(tmp_path):
+    from diffinv.jobs.store import RunStore
+
+    store = RunStore(tmp_path, "bench", {})
+    store.append({"k": 1})
+    with open(store.records_path, "ab") as f:
+        f.write(b'{"k": 2, "ps')  # a crash in the middle of a write
+    store.append({"k": 3})
+    assert store.records() == [{"k": 1}, {"k": 3}]
+    assert store.new_records() == [{"k": 1}, {"k": 3}]
+    store.append({"k": 4})
+    with open(store.records_path, "ab") as f:
+        f.write(b'{"k": 5')  # being written: read once complete
+    assert store.new_records() == [{"k": 4}]
+    with open(store.records_path, "ab") as f:
+        f.write(b'}\n')
+    assert store.new_records() == [{"k": 5}] and store.new_records() == []

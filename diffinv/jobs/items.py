@@ -35,6 +35,7 @@ import fcntl
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,10 @@ class ItemClaims:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder) / CLAIMS
+        self.locking = True
         self._active = self._join()
 
-    def _join(self) -> int:
+    def _join(self) -> int | None:
         """A shared lock on ``.active`` (whoever holds it exclusively may remove the folder)."""
         while True:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,15 @@ class ItemClaims:
                 fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
             except FileNotFoundError:
                 continue  # the last process of a run just removed the folder
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as err:  # ENOLCK, EOPNOTSUPP: a file system without locks
+                os.close(fd)
+                self.locking = False
+                warnings.warn(f"the file system of {str(self.folder.parent)!r} does not support file locks ({err}): "
+                              f"the items are not claimed, so only one process may work on this run folder at a "
+                              f"time", stacklevel=3)
+                return None
             try:
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
                     return fd
@@ -85,7 +95,9 @@ class ItemClaims:
 
     def acquire(self, index: int, *, wait: bool = False) -> int | None:
         """Claims item ``index``: a file descriptor holding the claim, or ``None`` when another process
-        holds it (``wait``: block until it lets go instead)."""
+        holds it (``wait``: block until it lets go instead). Without file locks, every item is this process's."""
+        if not self.locking:
+            return -1
         fd = os.open(self.folder / f"{index:06d}", os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,7 +111,8 @@ class ItemClaims:
     @staticmethod
     def release(fd: int) -> None:
         """Lets go of a claim (the item is finished, or given up)."""
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
     def leave(self) -> None:
         """This process stops working on the run (its shared lock on ``.active`` goes)."""
@@ -109,6 +122,8 @@ class ItemClaims:
 
     def close(self) -> bool:
         """Leaves the run and removes the claims folder if no other process works on it; whether it did."""
+        if not self.locking:
+            return False
         if self._active is None:
             self._active = self._join()
         try:

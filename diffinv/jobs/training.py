@@ -315,10 +315,10 @@ def _device(choice: str | None) -> torch.device:
 NOT_SETTINGS = ("out", "kind", "overwrite", "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every")
 
 
-def _data_fingerprint(*datasets: ImageDataset | None) -> str:
+def _data_fingerprint(*sets: ImageDataset | None) -> str:
     """A 16-hex-digit fingerprint of the pixels of the datasets, in order (same sources, other content: another one)."""
     digest = hashlib.blake2b(digest_size=8)
-    for dataset in datasets:
+    for dataset in sets:
         digest.update(b"|")
         for item in [] if dataset is None else dataset.items:
             digest.update(f"{tuple(item.shape)}".encode())
