@@ -245,3 +245,18 @@ def test_a_record_after_a_line_cut_short_is_kept(tmp_path):
     with open(store.records_path, "ab") as f:
         f.write(b'}\n')
     assert store.new_records() == [{"k": 5}] and store.new_records() == []
+
+
+def test_a_claim_that_is_a_link_is_refused_and_its_target_untouched(target, images, tmp_path):
+    from diffinv.inverters import PixelInverter
+    from diffinv.jobs.bench import run_benchmark
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    folder = tmp_path / "bench"
+    (folder / ".claims").mkdir(parents=True)
+    (folder / ".claims" / "000000").symlink_to(precious)
+    with pytest.raises(RunSettingsError, match=r"claim file .*000000.* cannot be opened"):
+        run_benchmark(target, images, ["a", "b"], ["blocks.1"], {"pixel": lambda t: PixelInverter(t, iterations=1)},
+                      folder, batch_size=1, progress=False)
+    assert precious.read_text() == "keep me"

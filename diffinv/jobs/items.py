@@ -34,7 +34,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import socket
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from ..io import pixels_fingerprint
 from ..metrics import psnr, ssim, top1_agreement
 from .distributed import process_device
-from .store import RunStore
+from .store import RunSettingsError, RunStore
 
 __all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_scores", "item_settings", "merge_records", "place",
            "score_images"]
@@ -74,7 +74,7 @@ class ItemClaims:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / ACTIVE
             try:
-                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+                fd = _open_plain(path)
             except FileNotFoundError:
                 continue  # the last process of a run just removed the folder
             try:
@@ -98,14 +98,12 @@ class ItemClaims:
         holds it (``wait``: block until it lets go instead). Without file locks, every item is this process's."""
         if not self.locking:
             return -1
-        fd = os.open(self.folder / f"{index:06d}", os.O_CREAT | os.O_RDWR, 0o644)
+        fd = _open_plain(self.folder / f"{index:06d}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())  # who holds it, for a person looking
         return fd
 
     @staticmethod
@@ -134,6 +132,23 @@ class ItemClaims:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.leave()
         return True
+
+
+def _open_plain(path: Path) -> int:
+    """Opens (creates) a claim file to lock it; nothing is read from it or written into it. A symbolic
+    link or anything but a regular file in its place is refused."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise RunSettingsError(f"claim file {str(path)!r} cannot be opened ({err}); the claims of a run folder are "
+                           f"plain files: remove {str(path.parent)!r} when no process works on the run.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunSettingsError(f"claim file {str(path)!r} is not a regular file; the claims of a run folder are plain "
+                           f"files: remove {str(path.parent)!r} when no process works on the run.")
+    return fd
 
 
 class WorkRunner:

@@ -214,7 +214,7 @@ class RunStore:
         """Appends one record: one ``write`` of one line, then ``fsync``. After a line cut short (a crash
         during a write), the record starts on a line of its own."""
         line = (json.dumps(_jsonable(dict(record))) + "\n").encode("utf-8")
-        fd = os.open(self.records_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.records_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
