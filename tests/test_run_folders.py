@@ -260,3 +260,15 @@ def test_a_claim_that_is_a_link_is_refused_and_its_target_untouched(target, imag
         run_benchmark(target, images, ["a", "b"], ["blocks.1"], {"pixel": lambda t: PixelInverter(t, iterations=1)},
                       folder, batch_size=1, progress=False)
     assert precious.read_text() == "keep me"
+
+
+def test_a_claims_folder_that_is_a_link_is_refused(tmp_path):
+    from diffinv.jobs.items import ItemClaims
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".claims").symlink_to(elsewhere)
+    with pytest.raises(RunSettingsError, match="is not a folder of claims"):
+        ItemClaims(tmp_path / "run")
+    assert not list(elsewhere.iterdir())

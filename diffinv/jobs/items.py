@@ -71,6 +71,9 @@ class ItemClaims:
     def _join(self) -> int | None:
         """A shared lock on ``.active`` (whoever holds it exclusively may remove the folder)."""
         while True:
+            if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
+                raise RunSettingsError(f"{str(self.folder)!r} is not a folder of claims (a link or a file); remove it "
+                                       f"when no process works on the run.")
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / ACTIVE
             try:
