@@ -2,8 +2,8 @@
 
 Every file diffinv writes appears under its final name only once complete
 (:func:`atomic_path`): an interrupted run never leaves a half-written PNG, JSON or mp4.
-Video is decoded by one PyAV reader (:func:`iter_video_frames`), which
-:func:`read_video` and the training data loader share.
+Video is decoded by one PyAV reader (:class:`VideoFrames`), which
+:func:`read_video` and the training data (:func:`diffinv.datasets.read_video_frames`) share.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "load_images",
     "read_video",
     "sample_images",
+    "sample_photo",
     "save_image",
     "to_pil",
     "write_json",
@@ -177,21 +178,28 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return [f for group in image_groups(paths) for f in group]
 
 
-def sample_images(names: Sequence[str] = SAMPLE_PHOTOS[:4], size: int | tuple[int, int] = 224) -> torch.Tensor:
-    """Real photos from scikit-image's ``skimage.data`` (installed with ``diffinv[demo]``)."""
+def sample_photo(name: str) -> np.ndarray:
+    """One of scikit-image's ``skimage.data`` photos (installed with ``diffinv[demo]``), as its array.
+
+    Raises:
+        ImportError: scikit-image is not installed.
+        ValueError: ``name`` is not an image of ``skimage.data``.
+    """
     try:
         import skimage.data
     except ImportError as err:
         raise ImportError(
             "the sample photos come from scikit-image: `pip install scikit-image` (or `pip install diffinv[demo]`)."
         ) from err
-    images = []
-    for name in names:
-        loader = getattr(skimage.data, name, None)
-        if loader is None:
-            raise ValueError(f"`{name}` is not an image of skimage.data; try one of {', '.join(SAMPLE_PHOTOS)}.")
-        images.append(from_array(loader(), size))
-    return torch.stack(images)
+    loader = getattr(skimage.data, name, None)
+    if loader is None:
+        raise ValueError(f"`{name}` is not an image of skimage.data; try one of {', '.join(SAMPLE_PHOTOS)}.")
+    return loader()
+
+
+def sample_images(names: Sequence[str] = SAMPLE_PHOTOS[:4], size: int | tuple[int, int] = 224) -> torch.Tensor:
+    """Real photos from scikit-image's ``skimage.data`` (:func:`sample_photo`), resized and center-cropped."""
+    return torch.stack([from_array(sample_photo(name), size) for name in names])
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -121,8 +122,16 @@ def top1_agreement(target: TargetNetwork, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def temporal_consistency(frames: torch.Tensor) -> float:
-    """Mean absolute difference between consecutive frames ``(T, C, H, W)`` (lower = steadier)."""
+def temporal_consistency(frames: torch.Tensor, pairs: Sequence[int] | None = None) -> float:
+    """Mean absolute difference between consecutive frames ``(T, C, H, W)`` (lower = steadier).
+
+    Args:
+        frames: the clip.
+        pairs: the frames ``t`` whose difference to frame ``t - 1`` counts (``None``: all, ``1..T-1``).
+    """
     if frames.ndim != 4 or len(frames) < 2:
         raise ValueError(f"`frames` must be (T, C, H, W) with T >= 2, got shape {tuple(frames.shape)}.")
-    return (frames[1:].float() - frames[:-1].float()).abs().mean().item()
+    idx = torch.arange(1, len(frames)) if pairs is None else torch.as_tensor(list(pairs), dtype=torch.long)
+    if len(idx) == 0 or int(idx.min()) < 1 or int(idx.max()) >= len(frames):
+        raise ValueError(f"`pairs` must be frame indices in 1..{len(frames) - 1}, got {list(idx.tolist())}.")
+    return (frames[idx].float() - frames[idx - 1].float()).abs().mean().item()

@@ -20,14 +20,8 @@ from diffinv.inverters.decoder import DecoderInverter
 from diffinv.inverters.mapper import MapperInverter
 from diffinv.io import save_image
 from diffinv.jobs.store import RunSettingsError
-from diffinv.jobs.training import (
-    ImageDataset,
-    TrainConfig,
-    load_training_data,
-    read_video_frames,
-    train_decoder,
-    train_mapper,
-)
+from diffinv.datasets import ImageDataset, read_video_frames
+from diffinv.jobs.training import TrainConfig, load_training_data, train_decoder, train_mapper
 from diffinv.models import FeatureMapper, UpconvNet, decode_latents, encode_latents
 from diffinv.pipelines import load_pipeline
 from diffinv.targets import TargetNetwork

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,9 @@ import pytest
 import torch
 
 from diffinv.jobs.bench import merged_records, work_items
-from diffinv.jobs.distributed import WorkClaims, local_workers
+from diffinv.jobs.distributed import local_workers
+from diffinv.jobs.items import WorkRunner
+from diffinv.jobs.store import RunStore
 from launch import command, env, run_diffinv
 
 ARGS = ["bench", "--size", "32", "--num-images", "2", "--layers", "blocks.1", "blocks.2", "--methods", "pixel", "dip",
@@ -56,27 +60,45 @@ def test_work_items_and_merge_order():
 
 
 class FakeState:
-    def __init__(self, index: int):
-        self.process_index, self.is_main_process = index, index == 0
+    def __init__(self, index: int, processes: int = 2):
+        self.process_index, self.num_processes, self.is_main_process = index, processes, index == 0
+
+    def wait_for_everyone(self):
+        pass
 
 
-def test_work_claims_give_each_item_to_one_process(tmp_path):
-    items = list(range(7))
-    main, other = WorkClaims(tmp_path, FakeState(0)), WorkClaims(tmp_path, FakeState(1))
+def test_work_runner_gives_each_item_to_one_process(tmp_path):
+    """Two runners on one store (as two processes): the second takes what the first does not hold,
+    from the end; each item once; a resumed runner skips the finished items."""
+    key = lambda r: (r["item"],)  # noqa: E731
+    work = list(range(7))
+    stores = [RunStore(tmp_path, "test", {}), RunStore(tmp_path, "test", {})]
+    main, other = (WorkRunner(store, work, lambda w: [(w,)], key, FakeState(i)) for i, store in enumerate(stores))
     taken = {0: [], 1: []}
-    first, second = main.take(items), other.take(items)
-    for _ in range(3):  # the two processes alternate, one item at a time
-        taken[0].append(next(first))
-        taken[1].append(next(second))
-    taken[0] += list(first)
-    taken[1] += list(second)
-    assert taken == {0: [0, 1, 2, 3], 1: [6, 5, 4]}  # process 1 starts from the end; nothing twice, nothing lost
-    assert len(list((tmp_path / ".claims").iterdir())) == 7
-    WorkClaims(tmp_path, FakeState(0))  # a new run clears stale claims
-    assert list(WorkClaims(tmp_path, FakeState(1)).take(items)) == items[::-1]
-    main.close()
+
+    def run(index):
+        def run_item(item):
+            taken[index].append(item)
+            if index == 0 and item == 2:  # process 1 starts while process 0 works on item 2
+                thread.start()
+                deadline = time.monotonic() + 60
+                while len(taken[1]) < 4 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            stores[index].append({"item": item})
+        return run_item
+
+    thread = threading.Thread(target=other.run, args=(run(1),), kwargs={"desc": "other", "show": False})
+    main.run(run(0), desc="main", show=False)
+    thread.join(timeout=60)
+    assert taken == {0: [0, 1, 2], 1: [6, 5, 4, 3]}  # process 1 started from the end; nothing twice, nothing lost
+    assert sorted(r["item"] for r in stores[0].records()) == work
+    main.claims.close()  # another process still works on the run: the claims stay
+    assert (tmp_path / ".claims").is_dir()
+    other.close()
+    main.close()  # the last one to finish removes them
     assert not (tmp_path / ".claims").exists()
-    assert list(WorkClaims(tmp_path, None).take(items)) == items  # one process: everything, in order
+    again = WorkRunner(RunStore(tmp_path, "test", {}), work + [7], lambda w: [(w,)], key)
+    assert again.todo == [7]
 
 
 def test_local_workers(monkeypatch):
@@ -174,3 +196,57 @@ def test_interrupted_two_process_run_is_finished_by_one(tmp_path):
     assert len(raw) == ITEMS and len({key(r) for r in raw}) == ITEMS
     for name in ("results.md", "grid.png", "psnr_vs_depth.png"):
         assert (folder / name).is_file()
+
+
+def test_two_independent_commands_on_one_folder_share_the_work(runs, tmp_path):
+    """Two `diffinv bench` commands (no launcher) started together on the same --out: each item runs in
+    one of them only (no record twice), both return the whole run, and the numbers are those of one process."""
+    argv = [*ARGS, "--iterations", "3", "--out", "D"]
+    procs = [subprocess.Popen(command(*argv), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], logs
+    folder = tmp_path / "D"
+    raw = raw_records(folder)
+    assert len(raw) == ITEMS and len({key(r) for r in raw}) == ITEMS, logs  # nothing done twice
+    one = json.loads((runs / "D1" / "results.json").read_text())["records"]
+    both = json.loads((folder / "results.json").read_text())["records"]
+    assert [key(r) for r in both] == [key(r) for r in one]
+    for a, b in zip(one, both):
+        for metric in METRICS:
+            if a[metric] is not None:
+                assert b[metric] == pytest.approx(a[metric], abs=1e-6), (key(a), metric)
+    assert not (folder / ".claims").exists()  # the last to finish removed the claims
+
+
+HOLD = """
+import sys, time
+from diffinv.jobs.items import ItemClaims
+claims = ItemClaims(sys.argv[1])
+assert claims.acquire(3) is not None
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_claim_is_held_while_its_process_lives(tmp_path):
+    """Another process's claim is respected while it runs, and is free once it is killed (no stale claim)."""
+    from diffinv.jobs.items import ItemClaims
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], env=env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        claims = ItemClaims(tmp_path)
+        assert claims.acquire(3) is None  # held by the live process
+        fd = claims.acquire(4)
+        assert fd is not None
+        claims.release(fd)
+        assert not claims.close()  # the other process still works on the run: the claims stay
+    finally:
+        proc.kill()
+        proc.wait()
+    claims = ItemClaims(tmp_path)
+    fd = claims.acquire(3)  # its owner is gone: the claim is free
+    assert fd is not None
+    claims.release(fd)
+    assert claims.close() and not (tmp_path / ".claims").exists()

@@ -85,7 +85,8 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     # every process wrote its accelerate RNG state; the model, optimizer and trainer state once
     checkpoint = runs["two"] / "checkpoints" / "checkpoint-0000002"
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert {"random_states_0.pkl", "random_states_1.pkl", "custom_checkpoint_0.pkl", "trainer_state.json"} <= set(names)
+    assert {"random_states_0.safetensors", "random_states_1.safetensors", "generator.safetensors", "model.safetensors",
+            "optimizer.pt", "scheduler.pt", "trainer_state.json"} == set(names)
 
 
 def test_two_process_run_resumed_with_one_process(runs, tmp_path):

@@ -38,16 +38,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..defenses import Defense, UtilityUnavailable, apply_defense, utility_agreement
 from ..features import FeatureSet
 from ..inverters import DecoderInverter, Inverter
-from ..io import atomic_path, pixels_fingerprint, save_image, write_json
-from ..metrics import LPIPS, psnr, ssim, top1_agreement
+from ..io import atomic_path, save_image, write_json
+from ..metrics import LPIPS
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, work_items
-from .distributed import WorkClaims, process_device
+from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place, score_images
 from .report import write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
 from .training import NOT_SETTINGS, TrainConfig, train_decoder
@@ -148,11 +147,7 @@ def run_audit(
     for name, value in methods.items():
         if isinstance(value, TrainConfig) and name != "decoder":
             raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but the audit trains only decoders ('decoder').")
-    device = target.mean.device
-    if state is not None:
-        device = process_device(state, device)
-        if target.mean.device != device:
-            target = target.to(device)
+    target, device = place(target, state)
     size = tuple(images.shape[-2:])
     trainer = methods.get("decoder") if isinstance(methods.get("decoder"), TrainConfig) else None
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()
@@ -173,30 +168,17 @@ def run_audit(
     if trainer is not None:
         training = {k: v for k, v in dataclasses.asdict(trainer).items()
                     if k not in NOT_SETTINGS + ("layer", "defense", "model", "pixel_weight", "target", "weights")}
-    manifest = {
-        "target": target.identity(),
-        "layers": list(layers),
-        "defenses": specs,
-        "methods": {**{n: inv.settings() for n, inv in inverters.items()},
-                    **({"decoder": {"method": "decoder", "training": training}} if trainer is not None else {})},
-        "attackers": list(ATTACKERS),
-        "seeds": list(seeds),
-        "batch_size": int(batch_size),
-        "image_size": list(size),
-        "images": list(sources),
-        "images_fingerprint": pixels_fingerprint(images),
-        "device": device.type,
-        **dict(settings or {}),
-    }
-    store = RunStore(out_dir, "audit", manifest, overwrite=overwrite, outputs=OUTPUTS, state=state)
+    manifest = item_settings(
+        target, images, sources, layers, seeds, batch_size, device, defenses=specs,
+        methods={**{n: inv.settings() for n, inv in inverters.items()},
+                 **({"decoder": {"method": "decoder", "training": training}} if trainer is not None else {})},
+        attackers=list(ATTACKERS))
+    store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
+                     state=state)
     out_dir = store.folder
     main = state is None or state.is_main_process
     show = progress and (state is None or state.is_local_main_process)
     files = unique_names(sources)
-    done = store.keys(_key)
-    claims = WorkClaims(out_dir, state)
-    if state is not None:
-        state.wait_for_everyone()
 
     # 3. Work items: utility per (layer, defense, chunk); attacks per (layer, defense, method, attacker, seed, chunk)
     chunks = [w[3] for w in work_items([""], [""], [0], len(images), batch_size)]
@@ -216,7 +198,8 @@ def run_audit(
         kind = "attack" if method else "utility"
         return [(kind, layer, spec, method, attacker, seed, sources[i]) for i in chunk]
 
-    todo = [w for w in work if any(k not in done for k in item_keys(w))]
+    runner = WorkRunner(store, work, item_keys, _key, state)
+    todo, done = runner.todo, runner.done
 
     # 4. Decoders (every process takes part: data-parallel training), before any attack that needs them
     decoders = {}
@@ -235,28 +218,22 @@ def run_audit(
         if state is not None:
             state.wait_for_everyone()
 
-    # 5. Loop over this process's work items
+    # 5. This process's work items
     lpips_metric = LPIPS()
     images = images.to(device)
-    mine = claims.take(todo)  # under a launch: the next item no other process has taken
-    if state is None:
-        bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="audit", disable=not show)
-    else:
-        bar = tqdm(desc=f"audit [process {state.process_index} of {state.num_processes}]", unit="item",
-                   disable=not show)
-    cache: dict = {}
-    for item in mine:
+    cache = LayerCache()
+
+    def run_item(item) -> None:
         layer, spec, method, attacker, seed, chunk = item
         defense = by_spec[spec]
-        bar.set_postfix_str(f"{layer} {spec} {method or 'utility'} {attacker} images {chunk.start}-{chunk.stop - 1}")
-        if (layer, spec, chunk) not in cache:
-            if not any(k[0] == layer for k in cache):
-                cache.clear()  # items come layer by layer
+
+        def extract():
             clean = FeatureSet.extract(target, images[chunk.start:chunk.stop], layer,
                                        sources=[sources[i] for i in chunk])
             generator = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start))
-            cache[layer, spec, chunk] = (clean, apply_defense(clean, defense, generator))
-        clean, defended = cache[layer, spec, chunk]
+            return clean, apply_defense(clean, defense, generator)
+
+        clean, defended = cache.get((layer, spec, chunk), extract)
         originals = images[chunk.start:chunk.stop]
         keys = item_keys(item)
         if not method:
@@ -271,8 +248,7 @@ def run_audit(
                 if keys[j] not in done:
                     store.append({"kind": "utility", "layer": layer, "defense": spec, "image": sources[i],
                                   "utility": agreement[j], "reason": reason, "seconds": seconds})
-            bar.update(1)
-            continue
+            return
         generator = torch.Generator().manual_seed(seed)
         if method not in inverters:  # the decoders the audit trains
             known = spec if attacker == "adaptive" else "none"
@@ -287,30 +263,22 @@ def run_audit(
                                                defended.features.to(device), draws))
         else:
             out = inverters[method].invert(defended, generator=generator, progress=show)
-        recon = out.images.to(device)
-        scores = {"psnr": psnr(recon, originals), "ssim": ssim(recon, originals),
-                  "lpips": lpips_metric(recon, originals), "top1_agreement": top1_agreement(target, recon, originals),
-                  "feature_residual": out.feature_residual}
+        scores = score_images(target, lpips_metric, out.images.to(device), originals, out.feature_residual)
         white_box = method in inverters and bool(inverters[method].white_box)
         for j, i in enumerate(chunk):
             if keys[j] in done:
                 continue
             file = save_image(out.images[j], audit_image_path(out_dir, layer, spec, method, attacker, seed, files[i]))
-            record = {"kind": "attack", "layer": layer, "defense": spec, "method": method, "attacker": attacker,
-                      "seed": seed, "image": sources[i], "file": file.relative_to(out_dir).as_posix(),
-                      "white_box": white_box}
-            for metric, values in scores.items():
-                record[metric] = None if values is None else float(values[j])
-            record["seconds"] = out.seconds / len(chunk)
-            store.append(record)
-        bar.update(1)
-    bar.close()
-    if state is not None:
-        state.wait_for_everyone()
-        claims.close()
+            store.append({"kind": "attack", "layer": layer, "defense": spec, "method": method, "attacker": attacker,
+                          "seed": seed, "image": sources[i], "file": file.relative_to(out_dir).as_posix(),
+                          "white_box": white_box, **image_scores(scores, j), "seconds": out.seconds / len(chunk)})
+
+    runner.run(run_item, desc="audit", show=show,
+               describe=lambda w: f"{w[0]} {w[1]} {w[2] or 'utility'} {w[3]} images {w[5].start}-{w[5].stop - 1}")
+    runner.close()
 
     # 6. Report (main process)
-    report = build_report(store.records(), layers, specs, names, [m for m in names if m not in inverters], meta={
+    report = build_report(merge_records(store.records(), _key), layers, specs, names, [m for m in names if m not in inverters], meta={
         "target": target.name, "image_size": list(size), "images": len(sources), "seeds": list(seeds),
         "lpips": lpips_metric.reason or "alexnet", "device": str(device)})
     if main:

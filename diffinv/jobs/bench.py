@@ -4,9 +4,11 @@
 ``batch_size`` images), scores the reconstructions and appends one record per image to the run
 store as soon as each item finishes, so an interrupted run keeps its work and a re-run with the
 same settings skips what is done; a re-run with other settings is refused
-(:mod:`diffinv.jobs.store`). Under ``torchrun``/``accelerate launch`` the items are split across the
-processes (:mod:`diffinv.jobs.distributed`), each appending to its own records shard, and the main
-process merges the results; a run can be resumed with any number of processes.
+(:mod:`diffinv.jobs.store`). The items are run by :class:`~diffinv.jobs.items.WorkRunner`: under
+``torchrun``/``accelerate launch`` they are split across the processes, each appending to its own
+records shard, and the main process merges the results; a run can be resumed with any number of
+processes, and a second command started on the same folder joins the run (it takes only the items
+no process holds) instead of doing the work again.
 ``diffinv demo`` is this benchmark on embedded defaults.
 
 Example:
@@ -23,14 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..features import FeatureSet
 from ..inverters import Inverter
-from ..io import pixels_fingerprint, save_image, write_json
-from ..metrics import LPIPS, psnr, ssim, top1_agreement
+from ..io import save_image, write_json
+from ..metrics import LPIPS
 from ..targets import TargetNetwork
-from .distributed import WorkClaims, process_device
+from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place, score_images
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
@@ -111,15 +112,7 @@ def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: S
                    sources: Sequence[str]) -> list[dict]:
     """The records of every process, one per key (the first written), in the order of the settings:
     layer, method, seed, image."""
-    order = [{v: i for i, v in enumerate(values)} for values in (layers, methods, seeds, sources)]
-    unique = {}
-    for record in records:
-        unique.setdefault(_key(record), dict(record))
-
-    def rank(key):
-        return tuple(o.get(v, len(o)) for o, v in zip(order, key))
-
-    return [unique[k] for k in sorted(unique, key=rank)]
+    return merge_records(records, _key, (layers, methods, seeds, sources))
 
 
 def run_benchmark(
@@ -156,8 +149,8 @@ def run_benchmark(
         overwrite: start afresh in a folder that holds a run with other settings.
         state: accelerate's ``PartialState`` under a multi-process launch
             (:func:`~diffinv.jobs.distributed.process_state`): each unfinished work item is taken by the
-            next free process (:class:`~diffinv.jobs.distributed.WorkClaims`), each process runs its items on its own device
-            (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
+            next free process (:class:`~diffinv.jobs.items.WorkRunner`), each process runs its items on its
+            own device (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
             and the main process writes the merged results, tables and plots once all are done.
             ``None``: one process does everything.
 
@@ -170,40 +163,22 @@ def run_benchmark(
     """
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
-    device = target.mean.device
-    if state is not None:
-        device = process_device(state, device)
-        if target.mean.device != device:
-            target = target.to(device)
+    target, device = place(target, state)
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()}
     for inverter in inverters.values():
         inverter.check_image_size(tuple(images.shape[-2:]))
     work = work_items(layers, list(inverters), seeds, len(images), batch_size)
-    manifest = {
-        "target": target.identity(),
-        "layers": list(layers),
-        "methods": {name: inverter.settings() for name, inverter in inverters.items()},
-        "seeds": list(seeds),
-        "batch_size": int(batch_size),
-        "image_size": list(images.shape[-2:]),
-        "images": list(sources),
-        "images_fingerprint": pixels_fingerprint(images),
-        "device": device.type,
-        **dict(settings or {}),
-    }
-    store = RunStore(out_dir, "bench", manifest, overwrite=overwrite, outputs=OUTPUTS, state=state)
+    manifest = item_settings(target, images, sources, layers, seeds, batch_size, device,
+                             methods={name: inverter.settings() for name, inverter in inverters.items()})
+    store = RunStore(out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
+                     state=state)
     out_dir = store.folder
     main = state is None or state.is_main_process
     show = progress and (state is None or state.is_local_main_process)
     names = unique_names(sources)
-    done = store.keys(_key)
-    claims = WorkClaims(out_dir, state)
-    if state is not None:
-        state.wait_for_everyone()  # every process has read the same finished records before any appends
+    runner = WorkRunner(store, work, lambda w: [(w[0], w[1], w[2], sources[i]) for i in w[3]], _key, state)
     lpips_metric = LPIPS()
     images = images.to(device)
-    todo = [w for w in work if any((w[0], w[1], w[2], sources[i]) not in done for i in w[3])]
-    mine = claims.take(todo)  # under a launch: the next item no other process has taken
     meta = {"target": target.name, "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet",
             "device": str(device), "processes": 1 if state is None else state.num_processes,
             "threads": torch.get_num_threads()}
@@ -213,52 +188,33 @@ def run_benchmark(
         write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": records})
         return records
 
-    if state is None:
-        bar = tqdm(total=len(work), initial=len(work) - len(todo), desc="benchmark", disable=not show)
-    else:
-        bar = tqdm(desc=f"benchmark [process {state.process_index} of {state.num_processes}]", unit="item",
-                   disable=not show)
-    features = {}
-    for layer, method, seed, chunk in mine:
-        bar.set_postfix_str(f"{layer} {method} seed {seed} images {chunk.start}-{chunk.stop - 1}")
-        if (layer, chunk) not in features:
-            if not any(key[0] == layer for key in features):
-                features.clear()  # items come layer by layer: keep one layer's features
-            features[layer, chunk] = FeatureSet.extract(target, images[chunk.start:chunk.stop], layer,
-                                                        sources=[sources[i] for i in chunk])
+    features = LayerCache()
+
+    def run_item(item) -> None:
+        layer, method, seed, chunk = item
+        feats = features.get((layer, chunk), lambda: FeatureSet.extract(
+            target, images[chunk.start:chunk.stop], layer, sources=[sources[i] for i in chunk]))
         originals = images[chunk.start:chunk.stop]
         inverter = inverters[method]
         with PeakMemory(device) as memory:
-            out = inverter.invert(features[layer, chunk], generator=torch.Generator().manual_seed(seed),
-                                  progress=show)
-        recon = out.images.to(device)
-        scores = {
-            "psnr": psnr(recon, originals),
-            "ssim": ssim(recon, originals),
-            "lpips": lpips_metric(recon, originals),
-            "feature_residual": out.feature_residual,
-            "top1_agreement": top1_agreement(target, recon, originals),
-        }
+            out = inverter.invert(feats, generator=torch.Generator().manual_seed(seed), progress=show)
+        scores = score_images(target, lpips_metric, out.images.to(device), originals, out.feature_residual)
         for j, i in enumerate(chunk):
-            if (layer, method, seed, sources[i]) in done:
+            if (layer, method, seed, sources[i]) in runner.done:
                 continue  # finished earlier (in a chunk that was cut short): kept as it is
             file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
             record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
                       "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                      "hybrid": bool(inverter.hybrid)}
-            for metric, values in scores.items():
-                record[metric] = None if values is None else float(values[j])
-            record["seconds"] = out.seconds / len(chunk)
-            record["peak_memory_mb"] = memory.peak_mb
-            record["skipped_steps"] = int(out.info.get("skipped_steps", 0))
+                      "hybrid": bool(inverter.hybrid), **image_scores(scores, j),
+                      "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
+                      "skipped_steps": int(out.info.get("skipped_steps", 0))}
             store.append(record)
         if main:
             write_results()
-        bar.update(1)
-    bar.close()
-    if state is not None:
-        state.wait_for_everyone()  # every process's records are written
-        claims.close()
+
+    runner.run(run_item, desc="benchmark", show=show,
+               describe=lambda w: f"{w[0]} {w[1]} seed {w[2]} images {w[3].start}-{w[3].stop - 1}")
+    runner.close()
     if main:
         records = write_results()
         write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta)

@@ -4,7 +4,7 @@ A job launched with ``accelerate launch`` or ``torchrun`` (several processes, GP
 machines) calls :func:`process_state` once: accelerate's ``PartialState``, formed over gloo on
 CPU-only machines (``cpu=True``, which accelerate needs to form the group there) and over NCCL
 on GPUs. Work items are split round-robin by :func:`shard`, or taken one at a time by whichever
-process is free (:class:`WorkClaims`: items of unequal cost balance themselves); each process
+process is free (:class:`~diffinv.jobs.items.WorkRunner`: items of unequal cost balance themselves); each process
 writes its finished records into the run store (its own shard, see
 :class:`~diffinv.jobs.store.RunStore`), and the main process merges the outputs at the end. A
 plain single-process command is unchanged.
@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TypeVar
 
 import torch
 from accelerate import PartialState
 
-__all__ = ["WorkClaims", "available_cores", "is_distributed_launch", "launch_local", "launch_state", "local_workers",
+__all__ = ["available_cores", "is_distributed_launch", "launch_local", "launch_state", "local_workers",
            "process_device", "process_state", "shard"]
-
-CLAIMS = ".claims"  # the folder of claim files inside a run folder
 
 T = TypeVar("T")
 
@@ -61,47 +57,6 @@ def process_device(state: PartialState, requested: torch.device) -> torch.device
 def shard(items: Sequence[T], state: PartialState) -> list[T]:
     """This process's share of ``items``: every ``num_processes``-th, starting at its index."""
     return list(items[state.process_index :: state.num_processes])
-
-
-class WorkClaims:
-    """Work items taken one at a time by whichever process is free.
-
-    A process takes an item by creating its claim file (``RUN_FOLDER/.claims/INDEX``) exclusively, an
-    atomic step of the file system, so each item runs exactly once and a process that finishes early
-    takes more. Every process must see the same item list (read after the same barrier). The main
-    process removes stale claims when the object is made (before that barrier) and the folder at
-    :meth:`close`.
-
-    Args:
-        folder: the run folder (shared by every process, as the run store is).
-        state: accelerate's ``PartialState``, or ``None`` (one process: every item is its own).
-    """
-
-    def __init__(self, folder: str | os.PathLike, state: PartialState | None):
-        self.folder, self.state = Path(folder) / CLAIMS, state
-        if state is not None and state.is_main_process:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder.mkdir(parents=True)
-
-    def take(self, items: Sequence[T]) -> Iterator[T]:
-        """Yields the items this process claims (all of them, in order, for one process). Odd-numbered
-        processes go through the list from its end, so that the last items to start are cheap
-        ones of both ends rather than one long item (items come grouped, e.g. layer by layer)."""
-        order = list(enumerate(items))
-        if self.state is not None and self.state.process_index % 2:
-            order.reverse()
-        for index, item in order:
-            if self.state is not None:
-                try:
-                    os.close(os.open(self.folder / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    continue  # another process has it
-            yield item
-
-    def close(self) -> None:
-        """Removes the claim files (main process; call after every process has finished)."""
-        if self.state is not None and self.state.is_main_process:
-            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def available_cores() -> int:

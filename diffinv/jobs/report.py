@@ -1,4 +1,4 @@
-"""Tables, image grids and plots of benchmark records.
+"""Tables, image grids and plots of benchmark records, and the loss curve of a training run.
 
 Example:
     >>> write_table(records, "results.md", layers=["blocks.1"], methods=["pixel", "dip"])
@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 
 from ..io import atomic_path, load_image, save_figure, to_pil
 
-__all__ = ["METRICS", "summarize", "write_depth_plot", "write_grid", "write_privacy_utility_plot", "write_table"]
+__all__ = ["METRICS", "plot_loss_curve", "summarize", "write_depth_plot", "write_grid", "write_privacy_utility_plot",
+           "write_table"]
 
 METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
 
@@ -165,3 +166,35 @@ def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequenc
         axes[0][col].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_loss_curve(losses: Sequence[float], validation: Sequence[Mapping], path, title: str = "") -> Path:
+    """Training loss (raw and smoothed, log scale) and validation PSNR per step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = np.arange(1, len(losses) + 1)
+    values = np.asarray(losses, dtype=float)
+    if len(values):
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8, label="train loss")
+        smooth, ema = [], values[0]
+        for v in values:
+            ema = 0.95 * ema + 0.05 * v if np.isfinite(v) else ema
+            smooth.append(ema)
+        ax.plot(steps, smooth, color="tab:blue", linewidth=1.5, label="train loss (EMA)")
+        if (values[np.isfinite(values)] > 0).all():
+            ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    if validation:
+        ax2 = ax.twinx()
+        ax2.plot([v["step"] for v in validation], [v["psnr"] for v in validation], "o-", color="tab:red",
+                 label="validation PSNR")
+        ax2.set_ylabel("validation PSNR (dB)", color="tab:red")
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))

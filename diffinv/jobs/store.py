@@ -100,6 +100,7 @@ class RunStore:
         self.folder, self.kind = Path(folder), kind
         self.settings = _jsonable(dict(settings))
         self.outputs = tuple(outputs)
+        self._offsets: dict[Path, int] = {}  # how far new_records() has read each shard
         self.rank = 0 if state is None else state.process_index
         main = state is None or state.is_main_process
         if self.folder.exists() and not self.folder.is_dir():
@@ -130,9 +131,9 @@ class RunStore:
         if not path.is_file():
             return None
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(path.read_bytes())
             manifest["kind"], manifest["settings"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:  # ValueError: not JSON, not UTF-8
             raise RunSettingsError(f"{str(path)!r} is not a diffinv run manifest ({err}); move it away or choose "
                                    f"another output folder.") from err
         return manifest
@@ -170,19 +171,39 @@ class RunStore:
         """Where this process appends: ``records.jsonl`` (main process), ``records.rankN.jsonl`` (process N)."""
         return self.folder / (RECORDS if self.rank == 0 else f"records.rank{self.rank}.jsonl")
 
+    def _shards(self) -> list[Path]:
+        shards = sorted(self.folder.glob("records.rank*.jsonl"), key=lambda p: int(p.name[12:-6] or 0))
+        return [path for path in [self.folder / RECORDS, *shards] if path.is_file()]
+
+    @staticmethod
+    def _parse(lines: list[bytes]) -> list[dict]:
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:  # not JSON (or not UTF-8)
+                continue  # a write cut short: that item was not finished
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
     def records(self) -> list[dict]:
         """Every finished record of every process, shard by shard in the order written (a line cut
         short by a crash is skipped)."""
-        shards = sorted(self.folder.glob("records.rank*.jsonl"), key=lambda p: int(p.name[12:-6] or 0))
+        return [r for path in self._shards() for r in self._parse(path.read_bytes().splitlines())]
+
+    def new_records(self) -> list[dict]:
+        """The records appended (by any process) since the last call: the first call gives all of
+        them, later calls read only what the shards gained (complete lines)."""
+        offsets = self._offsets
         records = []
-        for path in [self.folder / RECORDS, *shards]:
-            if not path.is_file():
-                continue
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a write cut short: that item was not finished
+        for path in self._shards():
+            with open(path, "rb") as f:
+                f.seek(offsets.get(path, 0))
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            offsets[path] = offsets.get(path, 0) + end
+            records += self._parse(data[:end].splitlines())
         return records
 
     def keys(self, key: Callable[[Mapping], tuple]) -> set[tuple]:
@@ -190,10 +211,14 @@ class RunStore:
         return {key(r) for r in self.records()}
 
     def append(self, record: Mapping) -> None:
-        """Appends one record: one ``write`` of one line, then ``fsync``."""
+        """Appends one record: one ``write`` of one line, then ``fsync``. After a line cut short (a crash
+        during a write), the record starts on a line of its own."""
         line = (json.dumps(_jsonable(dict(record))) + "\n").encode("utf-8")
-        fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.records_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
         finally:

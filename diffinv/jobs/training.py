@@ -7,9 +7,9 @@ One loop serves both learned maps:
 * ``train_mapper``: :class:`~diffinv.models.FeatureMapper`, features -> diffusion latent,
   MSE to the VAE encoding, optionally plus pixel and feature losses through the decoder.
 
-Training images are photos and video frames held in memory; every step draws random
-crops (random scale, random horizontal flip) and computes the target's features on the
-fly, so the network never sees the same pair twice. Validation scores PSNR/SSIM on
+Training images are photos and video frames held in memory (:mod:`diffinv.datasets`); every
+step draws random crops (random scale, random horizontal flip) and computes the target's features
+on the fly, so the network never sees the same pair twice. Validation scores PSNR/SSIM on
 held-out images (other photos, another clip, or the tail of each training source).
 
 The output folder is a run store (:mod:`diffinv.jobs.store`): ``manifest.json`` with the
@@ -17,10 +17,11 @@ settings that define the trained model, the model itself (``save_pretrained``: `
 + safetensors), ``training_log.json``, ``loss_curve.png`` and ``checkpoints/``. Training again
 into the same folder with the same settings resumes from the latest checkpoint (and reproduces
 the uninterrupted run); other settings are refused with a :class:`~diffinv.jobs.store.RunSettingsError`
-that lists each change; ``overwrite=True`` starts afresh. A checkpoint (accelerate
-``save_state``: weights, optimizer, LR schedule, RNG states, step, the crop generator and the
-history) is written to a temporary folder and renamed, so an interrupted run never leaves a
-half-written one.
+that lists each change; ``overwrite=True`` starts afresh. A checkpoint
+(:mod:`diffinv.jobs.checkpoints`: weights, optimizer, LR schedule, RNG states, step, the crop
+generator and the history, in safetensors, JSON and weights-only files: nothing is unpickled) is
+written to a temporary folder and renamed, so an interrupted run never leaves a half-written one.
+The caller's :class:`TrainConfig` is never changed.
 
 Data-parallel training (``accelerate launch`` / ``torchrun``, one process per GPU, or gloo on CPU):
 
@@ -39,8 +40,8 @@ Data-parallel training (``accelerate launch`` / ``torchrun``, one process per GP
   ``images_per_second`` counts the crops of all processes.
 * The number of processes is not a setting: a run started with N processes resumes with any
   number (same ``batch_size``). The checkpoint's crop generator (saved by the main process)
-  is the only random state the loop uses; accelerate's per-process RNG files of another
-  process count are ignored.
+  is the only random state the loop uses; the per-process RNG files of another process
+  count are ignored.
 
 Example:
     >>> config = TrainConfig(out="decoders/blocks.2", layer="blocks.2", images=["photos/"],
@@ -52,41 +53,29 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
 import os
-import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import datasets
+from ..datasets import ImageDataset
 from ..defenses import parse_defense
-from ..io import VideoFrames, _fit, fingerprint_path, from_array, image_groups, load_image, save_figure, write_json
+from ..io import fingerprint_path, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
 from .. import models, pipelines  # their learned models import diffusers when first used
 from ..targets import TargetNetwork
+from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from .report import plot_loss_curve
 from .store import RunStore
 
-__all__ = [
-    "ImageDataset",
-    "TrainConfig",
-    "TrainResult",
-    "latest_checkpoint",
-    "load_training_data",
-    "plot_loss_curve",
-    "read_video_frames",
-    "train_decoder",
-    "train_mapper",
-]
-
-CHECKPOINT_PREFIX = "checkpoint-"
+__all__ = ["NOT_SETTINGS", "TrainConfig", "TrainResult", "load_training_data", "train_decoder", "train_mapper"]
 
 
 def _outputs() -> tuple[str, ...]:
@@ -97,166 +86,13 @@ def _outputs() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- data
-def read_video_frames(
-    path: str | os.PathLike,
-    *,
-    max_frames: int | None = None,
-    stride: int = 1,
-    max_side: int | None = None,
-) -> list[torch.Tensor]:
-    """uint8 ``(3, H, W)`` frames of a video (every ``stride``-th, at most ``max_frames``), each
-    downscaled as it is decoded so that its shorter side is at most ``max_side`` (saves memory).
-
-    Raises:
-        FileNotFoundError, ValueError: as :class:`~diffinv.io.VideoFrames`; or the file has no frames.
-    """
-    stop = None if max_frames is None else max_frames * stride
-    frames = [_shrink(torch.from_numpy(array).permute(2, 0, 1), max_side)
-              for _, array in VideoFrames(path, stop=stop, stride=stride)]
-    if not frames:
-        raise ValueError(f"video file {str(path)!r} has no frames.")
-    return frames
-
-
-def _shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
-    """uint8 (3, H, W) -> shorter side at most ``max_side`` (uint8, contiguous)."""
-    h, w = image.shape[-2:]
-    if max_side is None or min(h, w) <= max_side:
-        return image.contiguous()
-    scale = max_side / min(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    return out.round().clamp(0, 255).to(torch.uint8).contiguous()
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Photos and video frames in memory (uint8), served as random crops or whole images.
-
-    Args:
-        items: uint8 ``(3, H, W)`` tensors of any sizes.
-        names: one name per item.
-
-    ``dataset[i]`` is item ``i`` in [0, 1]; :meth:`random_crops` draws a training batch;
-    :meth:`fixed` gives every item resized and center-cropped (validation).
-    """
-
-    def __init__(self, items: Sequence[torch.Tensor], names: Sequence[str]):
-        if not items:
-            raise ValueError("the dataset is empty: no images or video frames were given.")
-        if len(items) != len(names):
-            raise ValueError(f"{len(items)} items but {len(names)} names.")
-        self.items, self.names = list(items), list(names)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.items[index].float() / 255.0
-
-    def random_crops(
-        self,
-        n: int,
-        size: int,
-        generator: torch.Generator,
-        *,
-        min_scale: float = 0.5,
-        flip: bool = True,
-        keep: slice | None = None,
-    ) -> torch.Tensor:
-        """``n`` random square crops, resized to ``size`` and randomly flipped: ``(n, 3, size, size)``.
-
-        The crop side is uniform in ``[min_scale, 1]`` times the item's shorter side, so the
-        network sees each source at several scales. With ``keep`` (a slice of ``range(n)``), the
-        random draws of all ``n`` crops are made (the generator advances as for ``n``) but only
-        the kept crops are built and returned: one process's share of a global batch.
-        """
-        kept = set(range(n)[keep]) if keep is not None else None
-        crops = []
-        for index in range(n):
-            item = self.items[int(torch.randint(len(self.items), (1,), generator=generator))]
-            h, w = item.shape[-2:]
-            scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=generator))
-            side = max(2, int(min(h, w) * scale))
-            top = int(torch.randint(h - side + 1, (1,), generator=generator))
-            left = int(torch.randint(w - side + 1, (1,), generator=generator))
-            flipped = flip and float(torch.rand((), generator=generator)) < 0.5
-            if kept is not None and index not in kept:
-                continue
-            crop = item[:, top : top + side, left : left + side].float()[None] / 255.0
-            crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-            if flipped:
-                crop = crop.flip(-1)
-            crops.append(crop.clamp(0, 1))
-        if not crops:
-            return torch.empty(0, 3, size, size)
-        return torch.stack(crops)
-
-    def fixed(self, size: int) -> torch.Tensor:
-        """Every item resized (shorter side) and center-cropped to ``size``: ``(N, 3, size, size)``."""
-        return torch.stack([_fit(self[i], size) for i in range(len(self))])
-
-
-def _load_sources(images=(), videos=(), samples=(), *, max_side=None, max_frames=None, stride=1):
-    """-> list of (group name, items, names) per source, in a stable order."""
-    groups = []
-    for files in image_groups(images):
-        items = [_shrink((load_image(f) * 255).round().to(torch.uint8), max_side) for f in files]
-        groups.append((str(files[0].parent), items, [str(f) for f in files]))
-    for video in videos:
-        frames = read_video_frames(video, max_frames=max_frames, stride=stride, max_side=max_side)
-        groups.append((str(video), frames, [f"{Path(video).name}#{i * stride}" for i in range(len(frames))]))
-    if samples:
-        try:
-            import skimage.data
-        except ImportError as err:
-            raise ImportError("`val_samples`/`samples` need scikit-image (`pip install scikit-image`).") from err
-        items, names = [], []
-        for name in samples:
-            loader = getattr(skimage.data, name, None)
-            if loader is None:
-                raise ValueError(f"`{name}` is not an image of skimage.data.")
-            items.append(_shrink((from_array(loader()) * 255).round().to(torch.uint8), max_side))
-            names.append(f"skimage:{name}")
-        groups.append(("skimage", items, names))
-    return groups
-
-
 def load_training_data(config: "TrainConfig") -> tuple[ImageDataset, ImageDataset | None]:
-    """The training set and the validation set of a :class:`TrainConfig`.
-
-    Without explicit validation sources, the last ``val_fraction`` of every training
-    source (folder or clip, at least one item of those with two or more) is held out —
-    the tail of a clip rather than random frames, so that near-duplicate neighbours of a
-    validation frame are not in the training set.
-
-    Raises:
-        ValueError: no training source, an empty folder, an unreadable video.
-    """
-    if not (config.images or config.videos):
-        raise ValueError("no training data: pass `images` (image files or folders) and/or `videos`.")
-    max_side = 2 * config.size
-    train = _load_sources(config.images, config.videos, max_side=max_side, max_frames=config.max_frames,
-                          stride=config.stride)
-    explicit_val = config.val_images or config.val_videos or config.val_samples
-    items, names, val_items, val_names = [], [], [], []
-    for _, group_items, group_names in train:
-        hold = 0
-        if not explicit_val and config.val_fraction > 0 and len(group_items) >= 2:
-            hold = max(1, math.ceil(config.val_fraction * len(group_items)))
-        cut = len(group_items) - hold
-        items += group_items[:cut]
-        names += group_names[:cut]
-        val_items += group_items[cut:]
-        val_names += group_names[cut:]
-    if explicit_val:
-        val_frames = config.max_val_frames
-        for _, group_items, group_names in _load_sources(config.val_images, config.val_videos, config.val_samples,
-                                                         max_side=max_side, max_frames=val_frames,
-                                                         stride=max(1, config.val_stride)):
-            val_items += group_items
-            val_names += group_names
-    train_set = ImageDataset(items, names)
-    return train_set, (ImageDataset(val_items, val_names) if val_items else None)
+    """The training set and the validation set of a :class:`TrainConfig`
+    (:func:`~diffinv.datasets.load_training_data` of its data fields)."""
+    return datasets.load_training_data(
+        config.images, config.videos, size=config.size, val_images=config.val_images, val_videos=config.val_videos,
+        val_samples=config.val_samples, val_fraction=config.val_fraction, max_frames=config.max_frames,
+        stride=config.stride, max_val_frames=config.max_val_frames, val_stride=config.val_stride)
 
 
 # ---------------------------------------------------------------------- configuration
@@ -366,27 +202,6 @@ class TrainResult:
     main_process: bool = True
 
 
-class _TrainerState:
-    """Step, crop generator and history: saved in every checkpoint through accelerate."""
-
-    def __init__(self, seed: int):
-        self.step, self.skipped, self.seconds, self.images = 0, 0, 0.0, 0
-        self.generator = torch.Generator().manual_seed(seed)
-        self.losses: list[float] = []
-        self.validation: list[dict] = []
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped, "seconds": self.seconds, "images": self.images,
-                "generator": self.generator.get_state(), "losses": list(self.losses),
-                "validation": list(self.validation)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.skipped = int(state["step"]), int(state["skipped"])
-        self.seconds, self.images = float(state["seconds"]), int(state["images"])
-        self.generator.set_state(state["generator"])
-        self.losses, self.validation = list(state["losses"]), list(state["validation"])
-
-
 # ---------------------------------------------------------------------- the two tasks
 class _DecoderTask:
     """Features -> pixels (UpconvNet)."""
@@ -457,79 +272,6 @@ class _MapperTask:
         return models.decode_latents(self.vae, model(feats).float()).clamp(0, 1)
 
 
-# ---------------------------------------------------------------------- checkpoints
-def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    """The checkpoint folder with the highest step in ``out/checkpoints`` (complete ones only)."""
-    folder = Path(out) / "checkpoints"
-    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()
-             and (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
-
-
-def _save_checkpoint(accelerator, out: Path, state: _TrainerState, keep: int) -> Path:
-    """``save_state`` into a temporary folder, renamed when complete; keeps the ``keep`` latest."""
-    folder = out / "checkpoints"
-    final = folder / f"{CHECKPOINT_PREFIX}{state.step:07d}"
-    tmp = folder / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
-    if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", {"step": state.step})  # marks the checkpoint complete
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        complete = sorted((p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=lambda p: p.name)
-        for old in complete[: max(0, len(complete) - max(1, keep))]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _save_model(model, out: Path) -> None:
-    """``save_pretrained`` into a temporary folder, then each file is renamed into ``out``."""
-    tmp = out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    for file in tmp.iterdir():
-        os.replace(file, out / file.name)
-    tmp.rmdir()
-
-
-def plot_loss_curve(losses: Sequence[float], validation: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Training loss (raw and smoothed, log scale) and validation PSNR per step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = np.arange(1, len(losses) + 1)
-    values = np.asarray(losses, dtype=float)
-    if len(values):
-        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8, label="train loss")
-        smooth, ema = [], values[0]
-        for v in values:
-            ema = 0.95 * ema + 0.05 * v if np.isfinite(v) else ema
-            smooth.append(ema)
-        ax.plot(steps, smooth, color="tab:blue", linewidth=1.5, label="train loss (EMA)")
-        if (values[np.isfinite(values)] > 0).all():
-            ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss", color="tab:blue")
-    if validation:
-        ax2 = ax.twinx()
-        ax2.plot([v["step"] for v in validation], [v["psnr"] for v in validation], "o-", color="tab:red",
-                 label="validation PSNR")
-        ax2.set_ylabel("validation PSNR (dB)", color="tab:red")
-    ax.set_title(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
 # ---------------------------------------------------------------------- the loop
 @torch.no_grad()
 def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int,
@@ -573,10 +315,10 @@ def _device(choice: str | None) -> torch.device:
 NOT_SETTINGS = ("out", "kind", "overwrite", "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every")
 
 
-def _data_fingerprint(*datasets: ImageDataset | None) -> str:
+def _data_fingerprint(*sets: ImageDataset | None) -> str:
     """A 16-hex-digit fingerprint of the pixels of the datasets, in order (same sources, other content: another one)."""
     digest = hashlib.blake2b(digest_size=8)
-    for dataset in datasets:
+    for dataset in sets:
         digest.update(b"|")
         for item in [] if dataset is None else dataset.items:
             digest.update(f"{tuple(item.shape)}".encode())
@@ -602,8 +344,8 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    # 1. Check inputs
-    config.kind = task_cls.kind
+    # 1. Check inputs (on a copy: the caller's config is never changed)
+    config = dataclasses.replace(config, kind=task_cls.kind)
     if config.max_steps < 1 or config.batch_size < 1:
         raise ValueError(f"`max_steps` and `batch_size` must be positive, got {config.max_steps} and {config.batch_size}.")
     out = Path(config.out)
@@ -657,19 +399,16 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.max_steps),
                                  num_training_steps=config.max_steps)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    state = _TrainerState(config.seed)  # the same crop generator in every process: each builds its slice
-    accelerator.register_for_checkpointing(state)
+    state = TrainerState(config.seed)  # the same crop generator in every process: each builds its slice
     if checkpoint is not None:
-        # accelerate's RNG file of this process is missing when the checkpoint was written by fewer
-        # processes: it then keeps the seeded state (the loop draws from the crop generator only)
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint, state, model, optimizer, lr_scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
     start_step = state.step
 
     def finish_interval():
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
-            _save_model(unwrapped, out)
+            save_model(unwrapped, out)
             write_json(out / "training_log.json", _log(config, state, train_set, val_set, start_step))
             plot_loss_curve(state.losses, state.validation, out / "loss_curve.png",
                             f"{task.kind} {config.target}.{config.layer} @ {config.size}px")
@@ -714,7 +453,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
             postfix["val_psnr"] = f"{scores['psnr']:.2f}"
         bar.set_postfix(postfix)
         if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
-            _save_checkpoint(accelerator, out, state, config.keep_checkpoints)
+            save_checkpoint(accelerator, out, state, model, optimizer, lr_scheduler, config.keep_checkpoints)
             finish_interval()
     bar.close()
     if start_step >= config.max_steps:  # nothing left to train: still leave a model and a log
@@ -726,7 +465,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
                        main_process=accelerator.is_main_process)
 
 
-def _log(config: TrainConfig, state: _TrainerState, train_set, val_set, start_step: int) -> dict:
+def _log(config: TrainConfig, state: TrainerState, train_set, val_set, start_step: int) -> dict:
     return {
         "config": asdict(config),
         "step": state.step,

@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from ..features import FeatureSet, resolve_features
 from ..inverters import Inverter
 from ..io import VideoClip, load_image, pixels_fingerprint, save_image, write_json
-from ..metrics import feature_residual, psnr, ssim
+from ..metrics import feature_residual, psnr, ssim, temporal_consistency
 from ..targets import TargetNetwork
 from .distributed import shard
 from .store import RunStore
@@ -147,10 +147,10 @@ def video_summary(
     if pairs:
         idx = torch.tensor(pairs)
         d_rec = images[idx] - images[idx - 1]
-        summary["temporal_consistency"] = d_rec.abs().mean().item()
+        summary["temporal_consistency"] = temporal_consistency(images, pairs)
         if references is not None:
             d_src = references[idx].float() - references[idx - 1].float()
-            summary["source_temporal_consistency"] = d_src.abs().mean().item()
+            summary["source_temporal_consistency"] = temporal_consistency(references, pairs)
             source = max(summary["source_temporal_consistency"], 1e-12)
             summary["temporal_ratio"] = summary["temporal_consistency"] / source
             summary["flicker"] = (d_rec - d_src).abs().mean().item()

@@ -1,0 +1,301 @@
+"""The work-item runner of the jobs that split their work into items (bench, audit).
+
+A job lists its work items in a fixed order (the same list for the same settings), says which
+records each item writes (their keys) and how to run one; :class:`WorkRunner` does the rest:
+
+* **resume**: items whose records are all in the run store (:mod:`diffinv.jobs.store`) are done;
+* **claims**: a process runs an item only while it holds the item's claim, an exclusive ``flock`` on
+  ``RUN_FOLDER/.claims/NNNNNN`` (:class:`ItemClaims`). Every process that works on the folder takes
+  claims: the processes of a ``torchrun``/``accelerate launch`` run and independent commands started
+  on the same ``--out`` alike, so no item runs twice and a second command *joins* the run, taking the
+  items nobody holds. A process that dies releases its claims with it (the kernel drops its locks): a
+  stale claim is never waited for. After taking a claim, a process reads the records appended since
+  (:meth:`~diffinv.jobs.store.RunStore.new_records`) and skips the item if another process finished it.
+  When a process has gone through the list, it waits for the items other processes hold and runs
+  those whose holder died before finishing them; so every process returns the whole run.
+* **progress**: one bar per process;
+* **merge**: :func:`merge_records` keeps one record per key (the first written) in the settings' order.
+
+Claims are ``flock`` locks: they hold between the processes of one machine and, on a shared file
+system that supports them (NFSv4, Lustre with ``-o flock``), between machines. The folder of claims
+is removed by the last process to finish.
+
+The helpers that both jobs use on each item are here too: the shared part of the manifest
+(:func:`item_settings`), the scores of a reconstruction (:func:`score_images`) and a per-layer
+feature cache (:class:`LayerCache`).
+
+Example:
+    >>> runner = WorkRunner(store, work, item_keys, key, state=state)
+    >>> runner.run(run_one, desc="benchmark", show=True, describe=str)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..io import pixels_fingerprint
+from ..metrics import psnr, ssim, top1_agreement
+from .distributed import process_device
+from .store import RunSettingsError, RunStore
+
+__all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_scores", "item_settings", "merge_records", "place",
+           "score_images"]
+
+CLAIMS = ".claims"  # the folder of claim files inside a run folder
+ACTIVE = ".active"  # every process working on the run holds a shared lock on it
+
+
+class ItemClaims:
+    """Claims on the work items of a run folder: one lock file per item, ``flock``-ed exclusively
+    by the process that runs the item, and released when it is done (or when the process dies).
+
+    Args:
+        folder: the run folder.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder) / CLAIMS
+        self.locking = True
+        self._active = self._join()
+
+    def _join(self) -> int | None:
+        """A shared lock on ``.active`` (whoever holds it exclusively may remove the folder)."""
+        while True:
+            if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
+                raise RunSettingsError(f"{str(self.folder)!r} is not a folder of claims (a link or a file); remove it "
+                                       f"when no process works on the run.")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / ACTIVE
+            try:
+                fd = _open_plain(path)
+            except FileNotFoundError:
+                continue  # the last process of a run just removed the folder
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as err:  # ENOLCK, EOPNOTSUPP: a file system without locks
+                os.close(fd)
+                self.locking = False
+                warnings.warn(f"the file system of {str(self.folder.parent)!r} does not support file locks ({err}): "
+                              f"the items are not claimed, so only one process may work on this run folder at a "
+                              f"time", stacklevel=3)
+                return None
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # locked a file that was removed meanwhile: join again
+
+    def acquire(self, index: int, *, wait: bool = False) -> int | None:
+        """Claims item ``index``: a file descriptor holding the claim, or ``None`` when another process
+        holds it (``wait``: block until it lets go instead). Without file locks, every item is this process's."""
+        if not self.locking:
+            return -1
+        fd = _open_plain(self.folder / f"{index:06d}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        """Lets go of a claim (the item is finished, or given up)."""
+        if fd >= 0:
+            os.close(fd)
+
+    def leave(self) -> None:
+        """This process stops working on the run (its shared lock on ``.active`` goes)."""
+        if self._active is not None:
+            os.close(self._active)
+            self._active = None
+
+    def close(self) -> bool:
+        """Leaves the run and removes the claims folder if no other process works on it; whether it did."""
+        if not self.locking:
+            return False
+        if self._active is None:
+            self._active = self._join()
+        try:
+            fcntl.flock(self._active, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.leave()
+            return False
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.leave()
+        return True
+
+
+def _open_plain(path: Path) -> int:
+    """Opens (creates) a claim file to lock it; nothing is read from it or written into it. A symbolic
+    link or anything but a regular file in its place is refused."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise RunSettingsError(f"claim file {str(path)!r} cannot be opened ({err}); the claims of a run folder are "
+                           f"plain files: remove {str(path.parent)!r} when no process works on the run.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunSettingsError(f"claim file {str(path)!r} is not a regular file; the claims of a run folder are plain "
+                           f"files: remove {str(path.parent)!r} when no process works on the run.")
+    return fd
+
+
+class WorkRunner:
+    """Runs the unfinished work items of a run store, each in one process only (see the module).
+
+    Args:
+        store: the run store (its records say what is done).
+        work: every work item, in a fixed order (the same for the same settings).
+        item_keys: ``item -> [key, ...]``: the keys of the records the item writes.
+        key: ``record -> key``.
+        state: accelerate's ``PartialState`` under a multi-process launch, else ``None``.
+
+    Attributes:
+        done: the keys of the finished records (kept up to date as items are claimed).
+        todo: the unfinished items when the runner was made.
+    """
+
+    def __init__(self, store: RunStore, work: Sequence, item_keys: Callable[[Any], list[tuple]],
+                 key: Callable[[Mapping], tuple], state=None):
+        self.store, self.work, self.item_keys, self.key, self.state = store, list(work), item_keys, key, state
+        self.claims = ItemClaims(store.folder)  # before the records are read: see ItemClaims.close
+        self.done: set[tuple] = set()
+        self.refresh()
+        self._todo = [(i, item) for i, item in enumerate(self.work) if not self.finished(item)]
+        self.todo = [item for _, item in self._todo]
+        if state is not None:
+            state.wait_for_everyone()  # every process has read the same finished records before any appends
+
+    def refresh(self) -> None:
+        """Adds the keys of the records appended since the last refresh (by any process)."""
+        self.done.update(self.key(r) for r in self.store.new_records())
+
+    def finished(self, item) -> bool:
+        return all(k in self.done for k in self.item_keys(item))
+
+    def run(self, run_item: Callable[[Any], None], *, desc: str, show: bool = True,
+            describe: Callable[[Any], str] = str) -> None:
+        """Calls ``run_item(item)`` for each unfinished item this process claims (it appends the item's
+        records, skipping keys already in :attr:`done`), then waits for the items other processes hold."""
+        state = self.state
+        if state is None:
+            bar = tqdm(total=len(self.work), initial=len(self.work) - len(self.todo), desc=desc, disable=not show)
+        else:
+            bar = tqdm(desc=f"{desc} [process {state.process_index} of {state.num_processes}]", unit="item",
+                       disable=not show)
+        order = list(self._todo)
+        if state is not None and state.process_index % 2:
+            # odd processes go from the end: the last items to start are cheap ones of both ends rather
+            # than one long item (items come grouped, e.g. layer by layer)
+            order.reverse()
+        held = []
+        for i, item in order:
+            if not self._run(i, item, run_item, bar, describe, wait=False):
+                held.append((i, item))
+        for i, item in held:  # held by other processes: wait, and run what a process that died left
+            bar.set_postfix_str(f"waiting for another process: {describe(item)}")
+            self._run(i, item, run_item, bar, describe, wait=True)
+        bar.close()
+
+    def _run(self, index: int, item, run_item, bar, describe, *, wait: bool) -> bool:
+        fd = self.claims.acquire(index, wait=wait)
+        if fd is None:
+            return False
+        try:
+            self.refresh()
+            ran = not self.finished(item)
+            if ran:
+                bar.set_postfix_str(describe(item))
+                run_item(item)
+        finally:
+            self.claims.release(fd)
+        if ran or self.state is None:
+            bar.update(1)
+        return True
+
+    def close(self) -> None:
+        """After the last item: under a launch, waits for every process; the last process to finish
+        removes the claims folder."""
+        if self.state is not None:
+            if not self.state.is_main_process:
+                self.claims.leave()
+            self.state.wait_for_everyone()
+            if self.state.is_main_process:
+                self.claims.close()
+        else:
+            self.claims.close()
+
+
+def merge_records(records: Iterable[Mapping], key: Callable[[Mapping], tuple],
+                  order: Sequence[Sequence] | None = None) -> list[dict]:
+    """One record per key (the first written). ``order``: the values of each field of the key in the
+    settings' order (``[layers, methods, ...]``); the records are sorted by it (unknown values last)."""
+    unique: dict[tuple, dict] = {}
+    for record in records:
+        unique.setdefault(key(record), dict(record))
+    if order is None:
+        return list(unique.values())
+    ranks = [{v: i for i, v in enumerate(values)} for values in order]
+
+    def rank(k):
+        return tuple(r.get(v, len(r)) for r, v in zip(ranks, k))
+
+    return [unique[k] for k in sorted(unique, key=rank)]
+
+
+def place(target, state):
+    """``(target, device)``: under a multi-process launch, the target on this process's own device."""
+    device = target.mean.device
+    if state is not None:
+        device = process_device(state, device)
+        if target.mean.device != device:
+            target = target.to(device)
+    return target, device
+
+
+def item_settings(target, images: torch.Tensor, sources: Sequence[str], layers: Sequence[str],
+                  seeds: Sequence[int], batch_size: int, device: torch.device, **job) -> dict:
+    """The manifest of a job of work items: what every such job records, and the job's own settings."""
+    return {"target": target.identity(), "layers": list(layers), **job, "seeds": list(seeds),
+            "batch_size": int(batch_size), "image_size": list(images.shape[-2:]), "images": list(sources),
+            "images_fingerprint": pixels_fingerprint(images), "device": device.type}
+
+
+def score_images(target, lpips, recon: torch.Tensor, originals: torch.Tensor, feature_residual) -> dict:
+    """Per-image scores of reconstructions: ``{metric: (N,) tensor or None}``."""
+    return {"psnr": psnr(recon, originals), "ssim": ssim(recon, originals), "lpips": lpips(recon, originals),
+            "feature_residual": feature_residual, "top1_agreement": top1_agreement(target, recon, originals)}
+
+
+def image_scores(scores: Mapping, j: int) -> dict:
+    """Image ``j``'s entries of :func:`score_images` (floats, or None)."""
+    return {metric: None if values is None else float(values[j]) for metric, values in scores.items()}
+
+
+class LayerCache:
+    """Values made once per key and kept for one layer at a time (``key[0]``): work items come layer
+    by layer, so a job keeps only the current layer's features."""
+
+    def __init__(self):
+        self._values: dict = {}
+
+    def get(self, key: tuple, make: Callable[[], Any]):
+        if key not in self._values:
+            if not any(k[0] == key[0] for k in self._values):
+                self._values.clear()
+            self._values[key] = make()
+        return self._values[key]
