@@ -112,11 +112,19 @@ class MemoryEstimate:
         """Everything, as if on one memory (the host's, on CPU)."""
         return self.host_bytes + self.compute_bytes
 
+    def breakdown(self) -> str:
+        """The parts of 1 MiB or more: ``'images 12.0 MiB, target activations 742.8 MiB, ...'``."""
+        def parts(d):
+            return ", ".join(f"{name} {format_bytes(v)}" for name, v in d.items() if v >= 2**20)
+
+        compute = parts(self.compute)
+        if self.processes > 1:
+            compute = f"{self.processes} processes x ({compute})"
+        return ", ".join(p for p in (parts(self.host), compute) if p)
+
     def describe(self) -> str:
-        parts = {**self.host, **self.compute}
-        each = ", ".join(f"{name} {format_bytes(v)}" for name, v in parts.items() if v >= 2**20)
-        times = f" per process, x {self.processes} processes" if self.processes > 1 else ""
-        return f"{format_bytes(self.total)} ({each}{times})"
+        """``'1.3 GiB (images 3.0 MiB, ...)'``."""
+        return f"{format_bytes(self.total)} ({self.breakdown()})"
 
 
 # ---------------------------------------------------------------------- measuring networks
@@ -311,8 +319,8 @@ def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = N
     for what, need, have in checks:
         if need > have:
             raise InsufficientMemoryError(
-                f"the job needs an estimated {format_bytes(need)} of {what} at its peak: {estimate.describe()}; "
-                f"only {format_bytes(have)} is available on {device}. Use a smaller image size, batch size "
+                f"the job needs an estimated {format_bytes(need)} of {what} at its peak ({estimate.breakdown()}), "
+                f"but only {format_bytes(have)} is available on {device}. Use a smaller image size, batch size "
                 f"or number of images (or a shallower layer)."
             )
     return estimate
