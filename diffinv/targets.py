@@ -361,9 +361,10 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the loaders' own messages can quote the file's bytes: not shown
-        raise ValueError(f"`weights` file {str(path)!r} is not a state dict ({type(err).__name__} while reading "
-                         f"it); {expected}.") from None
+    except Exception:  # the loaders' own messages can quote the file's bytes: not shown
+        reader = "safetensors" if path.suffix == ".safetensors" else "torch.load(weights_only=True)"
+        raise ValueError(f"`weights` file {str(path)!r} is not a state dict ({reader} cannot read it); "
+                         f"{expected}.") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
