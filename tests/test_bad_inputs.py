@@ -351,7 +351,9 @@ def test_memory_refusal_in_invert_video_and_the_api(capsys, files, tmp_path, mon
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "dip", "--out", out], "needs an estimated",
                        "but only 1.0 MiB is available")
     assert_usage_error(capsys, ["video", "clip.mp4", "--layer", "blocks.1", "--out", out], "needs an estimated")
-    assert not out.exists()
+    assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
+                       "needs an estimated")
+    assert not out.exists() and not (tmp_path / "f.safetensors").exists()
     with pytest.raises(InsufficientMemoryError, match=r"needs an estimated .* but only 1\.0 MiB is available on cpu"):
         check_job_memory("tf_efficientnet_lite0", "blocks.1", 64, methods=["pixel"])
 
