@@ -64,9 +64,10 @@ _SD_PARAMETERS = 1.1e9  # UNet + VAE + text encoder of Stable Diffusion 1.5
 # Learned decoders and mappers (UpconvNet-size networks), per image pixel, forward only.
 _DECODER_BYTES_PER_PIXEL = 2_000
 _DECODER_WEIGHTS = 200 * 2**20
-# BigGAN-deep (weights on the order of 60M parameters) per generated pixel and restart, with backward.
-_GAN_BYTES_PER_PIXEL = 40_000
-_GAN_WEIGHTS = 600 * 2**20
+# BigGAN-deep per generated pixel and restart: its activations (leaf-module outputs of BigGAN-deep-128,
+# measured with activation_bytes: 8.5 KB), rounded up; its weights (50-56M parameters, float32) with room.
+_GAN_BYTES_PER_PIXEL = 10_000
+_GAN_WEIGHTS = 400 * 2**20
 
 
 class InsufficientMemoryError(ValueError):
