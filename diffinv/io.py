@@ -99,7 +99,7 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-MAX_IMAGE_PIXELS_VARIABLE = "DIFFINV_MAX_IMAGE_PIXELS"
+_PIXELS_VARIABLE = "DIFFINV_MAX_IMAGE_PIXELS"
 
 
 def max_image_pixels() -> int | None:
@@ -109,7 +109,7 @@ def max_image_pixels() -> int | None:
     Raises:
         ValueError: the variable is set to something other than an integer >= 0.
     """
-    text = os.environ.get(MAX_IMAGE_PIXELS_VARIABLE)
+    text = os.environ.get(_PIXELS_VARIABLE)
     if text is None:
         return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
     try:
@@ -117,8 +117,8 @@ def max_image_pixels() -> int | None:
     except ValueError:
         value = -1
     if value < 0:
-        raise ValueError(f"environment variable {MAX_IMAGE_PIXELS_VARIABLE}={text!r}: expected an integer >= 0, the most "
-                         f"pixels an image file may have (0 for no limit), e.g. {MAX_IMAGE_PIXELS_VARIABLE}=200000000.")
+        raise ValueError(f"environment variable {_PIXELS_VARIABLE}={text!r}: expected an integer >= 0, the most "
+                         f"pixels an image file may have (0 for no limit), e.g. {_PIXELS_VARIABLE}=200000000.")
     return value or None
 
 
@@ -185,7 +185,7 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
                              f"it is not the file this run wrote.") from err
         raise ValueError(
             f"image file {str(path)!r} is larger than the decompression-bomb limit of {limit} pixels "
-            f"({err}). If you trust the file, set {MAX_IMAGE_PIXELS_VARIABLE} to a larger number (0 for no limit)."
+            f"({err}). If you trust the file, set {_PIXELS_VARIABLE} to a larger number (0 for no limit)."
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image file {str(path)!r} could not be decoded as an image ({err}).") from err
