@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .io import atomic_path
+from .io import atomic_path, check_regular_file
 from .targets import TargetNetwork
 
 __all__ = ["FeatureSet", "check_features", "check_images", "check_input_size", "resolve_features"]
@@ -210,9 +210,7 @@ class FeatureSet:
     @classmethod
     def load(cls, path: str | os.PathLike, target: TargetNetwork | None = None) -> "FeatureSet":
         """Reads a file written by :meth:`save`; checks metadata against the tensor and ``target``."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"feature file {str(path)!r} does not exist.")
+        path = check_regular_file(path, "feature file")
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
@@ -243,18 +241,18 @@ class FeatureSet:
                 f"{str(path)!r}: stored tensor {tuple(features.shape)} {features.dtype} does not match its "
                 f"metadata {tuple(shape)} {dtype}; the file is corrupt."
             )
+        fields = dict(  # read first: their errors carry the file's name already
+            target=field("target", parse=False),
+            layer=field("layer", parse=False),
+            input_size=field("input_size"),
+            preprocessing=field("preprocessing", {}),
+            sources=field("sources", []),
+            weights=field("weights", None),
+            weights_fingerprint=field("weights_fingerprint", None),
+            defense=field("defense", None),
+        )
         try:
-            fs = cls(
-                features=features,
-                target=field("target", parse=False),
-                layer=field("layer", parse=False),
-                input_size=field("input_size"),
-                preprocessing=field("preprocessing", {}),
-                sources=field("sources", []),
-                weights=field("weights", None),
-                weights_fingerprint=field("weights_fingerprint", None),
-                defense=field("defense", None),
-            )
+            fs = cls(features=features, **fields)
         except ValueError as err:
             raise ValueError(f"feature file {str(path)!r}: {err}") from None
         if target is not None:

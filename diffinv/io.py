@@ -9,6 +9,7 @@ Video is decoded by one PyAV reader (:class:`VideoFrames`), which
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,19 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "SAMPLE_PHOTOS",
     "VideoClip",
     "atomic_path",
+    "check_environment",
+    "check_regular_file",
     "collect_images",
     "fingerprint_path",
     "from_array",
     "VideoFrames",
     "image_groups",
     "list_images",
+    "max_image_pixels",
     "pixels_fingerprint",
     "save_figure",
     "load_image",
@@ -96,30 +100,93 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+_PIXELS_VARIABLE = "DIFFINV_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int | None:
+    """The most pixels an image file may have (the decompression-bomb limit): ``DIFFINV_MAX_IMAGE_PIXELS``
+    when set (``0``: no limit, ``None``), else the size Pillow refuses (twice ``PIL.Image.MAX_IMAGE_PIXELS``).
+
+    Raises:
+        ValueError: the variable is set to something other than an integer >= 0.
+    """
+    text = os.environ.get(_PIXELS_VARIABLE)
+    if text is None:
+        return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"environment variable {_PIXELS_VARIABLE}={text!r}: expected an integer >= 0, the most "
+                         f"pixels an image file may have (0 for no limit), e.g. {_PIXELS_VARIABLE}=200000000.")
+    return value or None
+
+
+def check_environment() -> None:
+    """Checks every ``DIFFINV_*`` environment variable (before any work), so that a bad value is
+    reported at once, not when the first image is read.
+
+    Raises:
+        ValueError: a variable has a value that is not what it expects (named, with the value).
+    """
+    max_image_pixels()
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path if it is a regular file (or a link to one).
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        ValueError: a folder, a FIFO, a device (``/dev/zero``) or a socket is there: such a file could
+            block or never end.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist.")
+    kind = "a folder" if path.is_dir() else "a FIFO (named pipe)" if path.is_fifo() else \
+        "a device" if path.is_char_device() or path.is_block_device() else "a socket" if path.is_socket() else "a special file"
+    raise ValueError(f"{what} {str(path)!r} is not a regular file (it is {kind}); expected a file on disk.")
+
+
+def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None, *,
+               max_pixels: int | None = None) -> torch.Tensor:
     """Reads one image file as ``(3, H, W)`` in [0, 1], resized and center-cropped to ``size``.
 
-    8-bit, 16-bit and float images are scaled by their own range. Pillow's decompression-bomb
-    limit applies (``PIL.Image.MAX_IMAGE_PIXELS``, which the environment variable
-    ``DIFFINV_MAX_IMAGE_PIXELS`` sets; ``0`` lifts it).
+    8-bit, 16-bit and float images are scaled by their own range. The EXIF orientation is applied
+    (a phone photo taken upright is returned upright). Pillow's decompression-bomb limit applies
+    (:func:`max_image_pixels`: ``DIFFINV_MAX_IMAGE_PIXELS``; ``0`` lifts it).
+
+    Args:
+        path: the image file.
+        size: resize the shorter side and center-crop to ``size`` (an int means square); ``None``: as is.
+        max_pixels: the most pixels the file may have, instead of the user's limit: for files a run
+            wrote itself and whose size it knows (its own outputs never fail on the user's limit,
+            and a larger file planted in their place is refused).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it cannot be decoded, or it is larger than the decompression-bomb limit.
+        ValueError: it is not a regular file, it cannot be decoded, or it is larger than the
+            decompression-bomb limit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
-    previous, limit = Image.MAX_IMAGE_PIXELS, os.environ.get("DIFFINV_MAX_IMAGE_PIXELS")
+    path = check_regular_file(path, "image file")
+    limit = max_image_pixels() if max_pixels is None else max_pixels
+    previous = Image.MAX_IMAGE_PIXELS
     try:
-        if limit is not None:
-            Image.MAX_IMAGE_PIXELS = int(limit) or None
+        Image.MAX_IMAGE_PIXELS = None  # Image.open reads the header only: the size is checked here, before decoding
         with Image.open(path) as img:
-            array = _pixels(img)
+            if limit is not None and img.width * img.height > limit:
+                raise Image.DecompressionBombError(f"{img.width} x {img.height} = {img.width * img.height} pixels")
+            array = _pixels(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as err:
+        if max_pixels is not None:
+            raise ValueError(f"image file {str(path)!r} is larger than expected ({err}; at most {limit} pixels); "
+                             f"it is not the file this run wrote.") from err
         raise ValueError(
-            f"image file {str(path)!r} is larger than the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels "
-            f"({err}). If you trust the file, set DIFFINV_MAX_IMAGE_PIXELS to a larger number (0 for no limit)."
+            f"image file {str(path)!r} is larger than the decompression-bomb limit of {limit} pixels "
+            f"({err}). If you trust the file, set {_PIXELS_VARIABLE} to a larger number (0 for no limit)."
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image file {str(path)!r} could not be decoded as an image ({err}).") from err
@@ -166,6 +233,8 @@ def image_groups(paths: Sequence[str | os.PathLike]) -> list[list[Path]]:
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise ValueError(f"{str(p)!r} is not an image file ({', '.join(IMAGE_SUFFIXES)}).")
             groups.append([p])
+        elif p.exists():
+            check_regular_file(p, "image file")  # a FIFO or a device: refused as not a regular file
         else:
             raise FileNotFoundError(f"image file or folder {str(p)!r} does not exist.")
     return groups
@@ -214,7 +283,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it to ``path`` when the block succeeds.
 
     The parent folder is created; on an error the temporary file is removed and ``path`` is
-    left as it was. The temporary name (per process) keeps the suffix (``.x.PID.tmp.png``) for writers that
+    left as it was; a full disk (or quota) is reported as an ``OSError`` that names ``path``. The temporary
+    name (per process) keeps the suffix (``.x.PID.tmp.png``) for writers that
     pick the format from it.
 
     Example:
@@ -227,8 +297,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in _FULL:  # a writer's bare "No space left on device": say which file, and where
+            raise OSError(err.errno, f"{err.strerror or os.strerror(err.errno)}: could not write {str(path)!r}; free "
+                                     f"space on its disk or write elsewhere") from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota exceeded, file too large
 
 
 _MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack")
@@ -304,16 +382,15 @@ class VideoFrames:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, not a readable video, or has no video stream; bad range.
+        ValueError: the file is not a regular file, is empty, not a readable video, or has no video
+            stream; bad range.
 
     Example:
         >>> for index, array in VideoFrames("clip.mp4", stride=2): ...
     """
 
     def __init__(self, path: str | os.PathLike, *, start: int = 0, stop: int | None = None, stride: int = 1):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"video file {str(self.path)!r} does not exist.")
+        self.path = check_regular_file(path, "video file")
         if self.path.stat().st_size == 0:
             raise ValueError(f"video file {str(self.path)!r} is empty (0 bytes).")
         if start < 0 or stride < 1:

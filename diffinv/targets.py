@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import check_regular_file
+
 __all__ = [
     "SplitUnavailable",
     "TargetNetwork",
@@ -457,14 +459,28 @@ def _weights_record(weights) -> tuple[str, int | None]:
 
 def _load_state_dict(path: str | os.PathLike) -> dict:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsNotFoundError(f"`weights` file {str(path)!r} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    check_regular_file(path, "`weights` file")
+    expected = ("expected a state dict: a .safetensors file, or a file of tensors saved by "
+                "`torch.save(model.state_dict(), PATH)` (read with weights_only=True)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the loaders' own messages can quote the file's bytes: not shown
+        reader = "safetensors" if path.suffix == ".safetensors" else "torch.load(weights_only=True)"
+        raise ValueError(f"`weights` file {str(path)!r} is not a state dict ({reader} cannot read it); "
+                         f"{expected}.") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        held = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict that is not name -> tensor"
+        raise ValueError(f"`weights` file {str(path)!r} holds {held}, not a state dict; {expected}.")
+    return state
 
 
 def _torchvision_resnet(name: str, weights) -> nn.Module:

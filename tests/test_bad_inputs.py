@@ -8,6 +8,7 @@ subprocess, the way a user does (no traceback at process level, Ctrl-C -> exit 1
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -308,3 +309,223 @@ def test_python_api_ranges(lite0, small_photos):
         pipe(feats.features[:0], height=64, width=64, num_inference_steps=1, num_iterations=1, output_type="pt")
 
 
+
+
+# ---------------------------------------------------------------------- memory, checked before any work (issue 22)
+def test_memory_refused_before_images_are_loaded(capsys, tmp_path, monkeypatch):
+    import diffinv.cli.bench as bench_cli
+    import diffinv.resources as resources
+
+    def no_images(*args, **kwargs):
+        raise AssertionError("the images were loaded before the memory check")
+
+    monkeypatch.setattr(bench_cli, "load_dataset", no_images)
+    monkeypatch.setattr(bench_cli, "load_image_files", no_images)
+    monkeypatch.setattr(resources, "_host_available", lambda: 10 * 2**20)
+    out = tmp_path / "out"
+    err = assert_usage_error(capsys, ["demo", "--size", "64", "--layers", "blocks.1", "--methods", "pixel",
+                                      "--workers", "1", "--out", out],
+                             "the job needs an estimated", "of memory at its peak (", "target activations",
+                             "but only 10.0 MiB is available on cpu", "Use a smaller image size")
+    assert not out.exists(), err
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--size", "100000"],
+    ["demo", "--size", "8000"],
+    ["bench", "--size", "8000", "--methods", "pixel", "--layers", "blocks.1"],
+])
+def test_huge_sizes_are_refused_with_the_estimate(capsys, tmp_path, argv):
+    out = tmp_path / "out"
+    err = assert_usage_error(capsys, [*argv, "--out", out], "the job needs an estimated", "GiB",
+                             "is available on cpu" if not torch.cuda.is_available() else "is available on")
+    assert not out.exists(), err
+
+
+def test_memory_refusal_in_invert_video_and_the_api(capsys, files, tmp_path, monkeypatch):
+    import diffinv.resources as resources
+    from diffinv.resources import InsufficientMemoryError, check_job_memory
+
+    monkeypatch.setattr(resources, "_host_available", lambda: 2**20)
+    out = tmp_path / "out"
+    assert_usage_error(capsys, ["invert", files["feats"], "--method", "dip", "--out", out], "needs an estimated",
+                       "but only 1.0 MiB is available")
+    assert_usage_error(capsys, ["video", "clip.mp4", "--layer", "blocks.1", "--out", out], "needs an estimated")
+    assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
+                       "needs an estimated")
+    assert not out.exists() and not (tmp_path / "f.safetensors").exists()
+    with pytest.raises(InsufficientMemoryError, match=r"needs an estimated .* but only 1\.0 MiB is available on cpu"):
+        check_job_memory("tf_efficientnet_lite0", "blocks.1", 64, methods=["pixel"])
+
+
+def test_memory_estimate_is_modest_for_the_demo_and_grows_with_the_job():
+    from diffinv.jobs.bench import DEFAULT_BATCH_SIZE
+    from diffinv.resources import available_memory, check_memory, estimate_memory
+    from diffinv.targets import DEFAULT_LAYERS
+
+    layers = DEFAULT_LAYERS["tf_efficientnet_lite0"]
+    demo = estimate_memory("tf_efficientnet_lite0", layers, 128, images=4, batch_size=DEFAULT_BATCH_SIZE,
+                           methods=["pixel", "dip"])
+    assert 100 * 2**20 < demo.total < 1.5 * 2**30, demo.describe()  # measured: ~0.4 GB for a 256 px batch of 4
+    check_memory(demo, "cpu")
+    assert available_memory("cpu") > 0
+    bigger = estimate_memory("tf_efficientnet_lite0", layers, 256, images=4, batch_size=DEFAULT_BATCH_SIZE,
+                             methods=["pixel", "dip"])
+    assert 3.5 < bigger.compute_bytes / demo.compute_bytes < 4.5  # activations scale with the pixels
+    shallow = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=["pixel"])
+    assert shallow.compute["target activations"] < demo.compute["target activations"]
+    sd = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=["diffusion"], model=None)
+    tiny = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=["diffusion"], model="pipelines/tiny")
+    assert sd.compute["diffusion weights"] > 4e9 > 2e8 > tiny.compute["diffusion weights"]
+    two = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=["pixel"], processes=2)
+    assert two.compute_bytes == 2 * sum(two.compute.values())
+
+
+def test_dip_memory_constant_covers_the_generator():
+    from diffinv.models import SkipGenerator
+    from diffinv.inverters import DIPInverter
+    from diffinv.resources import DIP_BYTES_PER_PIXEL, activation_bytes
+
+    channels = DIPInverter(single_layer_target()).channels
+    with torch.device("meta"):
+        net = SkipGenerator(1, 32, channels)
+    z = torch.zeros(1, 32, 64, 64, device="meta")
+    measured = activation_bytes(net, z) + 2 * z.numel() * 4  # plus the input noise and its noisy copy
+    assert measured / (64 * 64) < DIP_BYTES_PER_PIXEL < 4 * measured / (64 * 64)
+
+
+# ---------------------------------------------------------------------- EXIF orientation (issue 22)
+@pytest.mark.parametrize("orientation, shape, corner", [
+    (1, (3, 20, 40), (0, 0)),  # as stored: the red block at the top left
+    (3, (3, 20, 40), (-1, -1)),  # rotated 180: bottom right
+    (6, (3, 40, 20), (0, -1)),  # rotated 90 clockwise: top right
+    (8, (3, 40, 20), (-1, 0)),  # rotated 90 counter-clockwise: bottom left
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, shape, corner):
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:8, :8] = (255, 0, 0)  # a block, so that JPEG's blur keeps its corner red
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"phone_{orientation}.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+    image = load_image(path)
+    assert tuple(image.shape) == shape
+    red = image[:, corner[0], corner[1]]
+    assert red[0] > 0.8 and red[1] < 0.2 and red[2] < 0.2, (orientation, red)
+    assert image[0].sum() < 0.1 * image[0].numel()  # one red block, nothing else
+
+
+# ---------------------------------------------------------------------- environment, checked at start (issue 22)
+def test_bad_environment_variable_fails_at_start(capsys, tmp_path, monkeypatch, files):
+    from diffinv.io import check_environment
+
+    out = tmp_path / "out"
+    for value in ("abc", "-5", "1e9"):
+        monkeypatch.setenv("DIFFINV_MAX_IMAGE_PIXELS", value)
+        assert_usage_error(capsys, ["demo", "--out", out], f"environment variable DIFFINV_MAX_IMAGE_PIXELS={value!r}",
+                           "expected an integer >= 0", "0 for no limit")
+        with pytest.raises(ValueError, match=f"DIFFINV_MAX_IMAGE_PIXELS={value!r}: expected an integer >= 0"):
+            load_image(files["photo"])
+        with pytest.raises(ValueError, match="DIFFINV_MAX_IMAGE_PIXELS"):
+            check_environment()
+    assert not out.exists()
+
+
+def test_a_run_never_fails_on_its_own_outputs(capsys, tmp_path, monkeypatch):
+    """A limit below the size of the run's images: the images come from the built-in set (not files), and the
+    run reads its own reconstructions back for the grid: it must finish, not fail after its work."""
+    monkeypatch.setenv("DIFFINV_MAX_IMAGE_PIXELS", "100")
+    out = tmp_path / "bench"
+    code, err = run(capsys, "bench", "--layers", "blocks.1", "--methods", "pixel", "--num-images", "1", "--size", "32",
+                    "--seeds", "0", "--iterations", "1", "--out", out)
+    assert code == 0, err
+    assert (out / "grid.png").is_file() and (out / "results.json").is_file()
+
+
+def test_a_planted_larger_image_is_refused_as_an_own_output(tmp_path):
+    big = tmp_path / "frame_00000.png"
+    Image.new("RGB", (64, 64)).save(big)
+    assert load_image(big, max_pixels=64 * 64).shape == (3, 64, 64)
+    with pytest.raises(ValueError, match=r"frame_00000.png' is larger than expected \(64 x 64 = 4096 pixels; at most "
+                                         r"1024 pixels\); it is not the file this run wrote"):
+        load_image(big, max_pixels=32 * 32)
+
+
+# ---------------------------------------------------------------------- messages (issue 22)
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_special_files_are_not_regular_files(capsys, files, tmp_path, kind):
+    if kind == "fifo":
+        special, what = tmp_path / "pipe.safetensors", "a FIFO (named pipe)"
+        os.mkfifo(special)
+    elif kind == "device":
+        special, what = "/dev/zero", "a device"
+    else:
+        special, what = tmp_path / "dir.safetensors", "a folder"
+        special.mkdir()
+    out = tmp_path / "out"
+    assert_usage_error(capsys, ["invert", special, "--method", "pixel", "--out", out],
+                       f"feature file '{special}' is not a regular file (it is {what}); expected a file on disk.")
+    assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "--weights", special,
+                                "-o", tmp_path / "f.safetensors"], f"`weights` file '{special}' is not a regular file")
+    assert not out.exists() and not (tmp_path / "f.safetensors").exists()
+    with pytest.raises(ValueError, match=f"image file '{special}' is not a regular file"):
+        load_image(special)
+    if kind == "fifo":
+        image = tmp_path / "pipe.png"
+        os.mkfifo(image)
+        assert_usage_error(capsys, ["extract", image, "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
+                           f"image file '{image}' is not a regular file (it is a FIFO (named pipe))")
+
+
+def test_a_metadata_error_has_one_prefix(capsys, files, tmp_path):
+    broken = _rewrite_metadata(files["feats"], tmp_path / "broken.safetensors",
+                               lambda m: m.update(input_size="not json"))
+    err = assert_usage_error(capsys, ["invert", broken, "--method", "pixel", "--out", tmp_path / "out"],
+                             f"error: feature file '{broken}': metadata 'input_size' = 'not json' is not valid JSON")
+    assert err.count("feature file") == 1, err
+    with pytest.raises(ValueError, match="^feature file .*broken.safetensors': metadata 'input_size'") as info:
+        FeatureSet.load(broken)
+    assert str(info.value).count("feature file") == 1
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("weights.txt", b"random text here\n", r"is not a state dict \(torch.load\(weights_only=True\) cannot read it\)"),
+    ("weights.pt", b"S'\x00\x01 not a pickle", r"is not a state dict \(torch.load\(weights_only=True\) cannot read it\)"),
+    ("weights.safetensors", b"hello world, not safetensors", r"is not a state dict \(safetensors cannot read it\)"),
+    ("list.pt", None, "holds a list, not a state dict"),
+    ("nested.pt", {"model": {"w": 1}}, "holds a dict that is not name -> tensor, not a state dict"),
+])
+def test_weights_that_are_not_a_state_dict(capsys, files, tmp_path, name, content, needle):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save([torch.zeros(2)] if content is None else content, path)
+    expected = "expected a state dict: a .safetensors file, or a file of tensors saved by `torch.save"
+    with pytest.raises(ValueError, match=f"`weights` file '{path}' {needle}; {re.escape(expected)}"):
+        TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights=str(path))
+    err = assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "--weights", path,
+                                      "-o", tmp_path / "f.safetensors"], f"`weights` file '{path}'", "not a state dict")
+    assert "Unsupported operand" not in err and "IndexError" not in err and "hello" not in err
+
+
+def test_disk_full_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from diffinv.io import write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    target = tmp_path / "out" / "recon.png"
+    with pytest.raises(OSError, match=f"No space left on device: could not write '{target}'; free space") as info:
+        save_image(torch.zeros(3, 8, 8), target)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(type(tmp_path), "write_text", full)
+    with pytest.raises(OSError, match="could not write '.*metrics.json'"):
+        write_json(tmp_path / "out" / "metrics.json", {"a": 1})
+    assert os.listdir(tmp_path / "out") == []  # no temporary file left behind
+    monkeypatch.setattr(type(tmp_path), "write_text", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):  # other errors pass through unchanged
+        write_json(tmp_path / "out" / "metrics.json", {"a": 1})

@@ -12,6 +12,7 @@ import sys
 import time
 
 from .. import __version__
+from ..io import check_environment
 from ..jobs.store import RunSettingsError
 from ..pipelines.definitions import ModelFilesNotFoundError
 from ..targets import WeightsNotFoundError
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves (--workers)
     try:
+        check_environment()  # a bad DIFFINV_* variable fails here, before any work
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:

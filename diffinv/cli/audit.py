@@ -76,6 +76,7 @@ def run(args) -> int:
         raise common.UsageError("`--decoder`: the audit trains its own decoders (clean and per defense) on "
                                 "--train-images; leave --decoder out.")
     methods = {m: common.inverter_factory(m, args) for m in args.methods if m != "decoder"}
+    common.check_memory_fits(args, layers, args.methods, images=args.num_images, batch_size=args.batch_size)
     if args.images:
         images, names = load_image_files(args.images, args.size, limit=args.num_images)
         dataset = "files"

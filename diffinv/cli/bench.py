@@ -58,6 +58,8 @@ def run(args) -> int:
         raise common.UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
     methods = args.methods or (["pixel", "dip"] + (["diffusion"] if args.model else []))
     factories = {m: common.inverter_factory(m, args) for m in methods}
+    common.check_memory_fits(args, layers, methods, images=args.num_images, batch_size=args.batch_size, processes=local_workers(
+        args.workers, device, len(work_items(layers, methods, args.seeds, args.num_images, args.batch_size))))
     if args.images:
         images, names = load_image_files(args.images, args.size, limit=args.num_images)
         dataset = "files"

@@ -40,6 +40,7 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     out_dir = common.check_out_dir(args.out)
     make_inverter = common.inverter_factory(args.method, args)
+    common.check_memory_fits(args, args.layer, [args.method], images=len(args.channels or ()) or args.top)
     image = load_image(args.image, args.size)
     target = common.target_from_args(args, args.layer, device)
     num_channels = check_layer(target, args.layer)
@@ -79,7 +80,7 @@ def run(args) -> int:
                                           "measure": "heat_energy_correlation: Pearson correlation between the "
                                                      "channel's heat map and the local energy of its reconstruction "
                                                      "(squared deviation from the 9x9 local mean, 9x9 average)"})
-    _pair_grid(out_dir, rows)
+    _pair_grid(out_dir, rows, args.size)
     for r in rows:
         print(f"channel {r['channel']}: activation {r['activation']:.3f}, heat map vs reconstruction energy "
               f"r = {r['heat_energy_correlation']:.3f}")
@@ -87,10 +88,12 @@ def run(args) -> int:
     return 0
 
 
-def _pair_grid(out_dir, rows):
+def _pair_grid(out_dir, rows, size: int):
     from PIL import Image, ImageDraw
 
-    pairs = [(load_image(out_dir / r["heatmap"]), load_image(out_dir / r["reconstruction"])) for r in rows]
+    own = size * size  # this run's own images: not subject to the user's image limit
+    pairs = [(load_image(out_dir / r["heatmap"], max_pixels=own), load_image(out_dir / r["reconstruction"], max_pixels=own))
+             for r in rows]
     h, w = pairs[0][0].shape[-2:]
     label = 16
     grid = Image.new("RGB", (2 * w, len(rows) * (h + label)), "white")

@@ -34,7 +34,8 @@ from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models import resolve_model_dir
 from ..models.learned import folder_kind
-from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, is_local_path
+from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
+from ..resources import check_job_memory
 from ..targets import TargetNetwork
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "add_size_arg",
     "add_target_args",
     "check_out_dir",
+    "check_memory_fits",
     "check_out_file",
     "inverter_factory",
     "non_negative_float",
@@ -350,3 +352,22 @@ def target_from_args(args: argparse.Namespace, layers, device: torch.device):
     """The target of ``--target``/``--weights`` at ``layers``, fed ``--size`` x ``--size`` images, on ``device``."""
     return TargetNetwork.from_name(args.target, layers, weights=args.weights,
                                    input_size=(args.size, args.size)).to(device)
+
+
+def check_memory_fits(args: argparse.Namespace, layers, methods, *, images: int, batch_size: int | None = None,
+                      processes: int = 1, target: str | None = None, size=None, input_size=None) -> None:
+    """Refuses a job whose estimated peak memory does not fit the machine (:func:`diffinv.resources.check_job_memory`:
+    an ``InsufficientMemoryError``, exit code 2, with the estimate and the memory available), before any work."""
+    model = getattr(args, "model", None)
+    try:
+        model_dir = definition_dir(model) if model else None
+    except ModelFilesNotFoundError:
+        model_dir = model  # a Hub id: Stable Diffusion's size is assumed
+    gan = str(getattr(args, "gan", "") or "")
+    resolution = gan.rpartition(":" if gan.startswith("tiny") else "-")[2]
+    init = getattr(args, "init", None)
+    check_job_memory(target or args.target, layers, size or args.size, images=images, batch_size=batch_size,
+                     methods=[*methods, *([init] if init in START_METHODS else [])], input_size=input_size,
+                     model=model_dir, gan_resolution=int(resolution) if resolution.isdigit() else 128 if gan.startswith("tiny") else 256,
+                     restarts=getattr(args, "restarts", 1), device=resolve_device(getattr(args, "device", "auto")),
+                     processes=processes)

@@ -26,6 +26,7 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     out = common.check_out_file(args.out)
     files = collect_images(paths)
+    common.check_memory_fits(args, args.layer, [], images=len(files))
     target = common.target_from_args(args, args.layer, device)
     images = load_images(files, args.size).to(device)
     fs = FeatureSet.extract(target, images, args.layer, sources=[str(p) for p in files])

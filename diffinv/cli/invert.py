@@ -37,6 +37,9 @@ def run(args) -> int:
         raise common.UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps; give one per map, "
                          f"in the order of the features' sources.")
     make_inverter = common.inverter_factory(args.method, args)
+    common.check_memory_fits(args, fs.layer, [args.method], images=len(fs) * (2 if args.reference else 1),
+                             batch_size=len(fs), target=fs.target, size=fs.input_size,
+                             input_size=fs.preprocessing.get("input_size"))
     references = load_images(args.reference, fs.input_size).to(device) if args.reference else None
 
     # 2. The target that made the features (its weights checked), then the inversion

@@ -67,6 +67,7 @@ def run(args) -> int:
     if state is not None:
         args.device = str(device)  # for inverters that load models themselves
     make_inverter = common.inverter_factory(args.method, args)
+    common.check_memory_fits(args, args.layer, [args.method], images=max(args.frames or 0, args.window), batch_size=args.window)
     if several or state is not None:
         for clip in clips:  # every process checks every clip, so that all of them stop on a bad one
             _read_clip(clip, args, size=8)

@@ -99,6 +99,7 @@ def run(args) -> int:
         common.check_model(args.model)
     if args.method == "dip" and args.size % 16:
         raise common.UsageError(f"`--size` {args.size}: the dip method needs a multiple of 16, e.g. {max(16, args.size // 16 * 16)}.")
+    common.check_memory_fits(args, args.layer, [args.method], images=len(args.channels or ()) or args.top)
     target = common.target_from_args(args, args.layer, device)
     num_channels = check_layer(target, args.layer)
     if args.channels:
@@ -150,7 +151,7 @@ def run(args) -> int:
     write_json(out_dir / "results.json", {"settings": settings, "records": rows})
     table = results_table(rows, settings)
     (out_dir / "results.md").write_text(table, encoding="utf-8")
-    write_tile_grid(out_dir, rows)
+    write_tile_grid(out_dir, rows, size=args.size)
     print(table)
     print(f"wrote {out_dir}/grid.png, tiles/, results.json, results.md")
     return 0
@@ -169,12 +170,12 @@ def results_table(rows, settings) -> str:
             f"{'mean' if settings['objective'] == 'channel' else 'maximum over positions'}).\n")
 
 
-def write_tile_grid(out_dir, rows, columns: int = 4):
+def write_tile_grid(out_dir, rows, columns: int = 4, *, size: int):
     from PIL import Image, ImageDraw
 
     from ..io import atomic_path, load_image, to_pil
 
-    tiles = [to_pil(load_image(out_dir / r["file"])) for r in rows]
+    tiles = [to_pil(load_image(out_dir / r["file"], max_pixels=size * size)) for r in rows]  # this run's own tiles
     zoom = max(1, -(-128 // tiles[0].width))  # small tiles are enlarged (nearest) so that their labels fit
     tiles = [t.resize((t.width * zoom, t.height * zoom), Image.NEAREST) for t in tiles]
     h, w = tiles[0].height, tiles[0].width

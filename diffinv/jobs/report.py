@@ -93,7 +93,7 @@ def write_grid(images, layers, methods, image_file, path, *, index: int = 0) -> 
         for j, method in enumerate(methods):
             file = image_file(layer, method)
             if file.is_file():
-                grid.paste(to_pil(load_image(file, (h, w))), (label_w + (j + 1) * w, y))
+                grid.paste(to_pil(load_image(file, (h, w), max_pixels=h * w)), (label_w + (j + 1) * w, y))
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     return path

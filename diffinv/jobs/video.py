@@ -204,7 +204,7 @@ def _finished(store: RunStore, frame_ids: Sequence[int], size: Sequence[int]) ->
         if not file.is_file():
             continue  # the PNG never made it (or was removed): recompute
         try:
-            image = load_image(file)
+            image = load_image(file, max_pixels=size[0] * size[1])
         except (ValueError, OSError):
             continue
         if tuple(image.shape[-2:]) == tuple(size):

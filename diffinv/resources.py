@@ -1,0 +1,336 @@
+"""Memory: the estimated peak of a requested job, checked against what the machine has, before any work.
+
+A job that cannot fit is refused at once with the estimate and the available memory
+(:class:`InsufficientMemoryError`), instead of loading images and filling the machine until
+the allocator fails. The estimate is deliberately simple and on the high side:
+
+* the images of the job, held as float32 ``(N, 3, H, W)`` (host memory);
+* the target's weights and its activations up to the deepest requested layer (what autograd
+  keeps for the backward pass), measured by a forward pass on PyTorch's ``meta`` device at the
+  requested size (shapes only: no memory, no compute), for one batch;
+* the method's own state for one batch: pixel: the image, its gradient and Adam's two
+  moments; dip: the generator's activations (:data:`DIP_BYTES_PER_PIXEL`) and input noise;
+  diffusion: the Stable Diffusion weights and the activations of one checkpointed UNet call
+  and VAE decode, scaled by the widths in the model folder's ``config.json`` files;
+  decoder/mapper/gan: their networks' weights and activations, roughly;
+* times :data:`MARGIN` for what the allocator and temporaries add.
+
+Several methods of one job run one after another: the largest one counts. On a GPU the
+per-batch part is compared with the GPU's free memory and the images with the host's.
+
+Example:
+    >>> estimate = estimate_memory("tf_efficientnet_lite0", ["blocks.6"], 128, images=4, methods=["dip"])
+    >>> check_memory(estimate, "cpu")  # raises InsufficientMemoryError when it does not fit
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .targets import TargetNetwork
+
+__all__ = [
+    "DIP_BYTES_PER_PIXEL",
+    "MARGIN",
+    "InsufficientMemoryError",
+    "MemoryEstimate",
+    "activation_bytes",
+    "available_memory",
+    "check_job_memory",
+    "check_memory",
+    "estimate_memory",
+    "format_bytes",
+]
+
+MARGIN = 1.5
+# The DIP generator (diffinv.models.SkipGenerator, default channels) per image pixel: its activations
+# (leaf-module outputs, measured on the meta device: 616 B), its input noise and the noisy copy (256 B),
+# and their gradients, rounded up.
+# tests/test_bad_inputs.py checks that it stays above the measured value.
+DIP_BYTES_PER_PIXEL = 1600
+# Stable Diffusion (UNet width 1280, VAE width 512), float32, per image pixel and image: one checkpointed
+# UNet call with its backward at the latent size (H/8 x W/8), and one VAE decode with its backward.
+_SD_UNET_BYTES_PER_PIXEL = 24_000
+_SD_VAE_BYTES_PER_PIXEL = 12_000
+_SD_PARAMETERS = 1.1e9  # UNet + VAE + text encoder of Stable Diffusion 1.5
+# Learned decoders and mappers (UpconvNet-size networks), per image pixel, forward only.
+_DECODER_BYTES_PER_PIXEL = 2_000
+_DECODER_WEIGHTS = 200 * 2**20
+# BigGAN-deep per generated pixel and restart: its activations (leaf-module outputs of BigGAN-deep-128,
+# measured with activation_bytes: 8.5 KB), rounded up; its weights (50-56M parameters, float32) with room.
+_GAN_BYTES_PER_PIXEL = 10_000
+_GAN_WEIGHTS = 400 * 2**20
+
+
+class InsufficientMemoryError(ValueError):
+    """The job's estimated peak memory exceeds what the machine has (a user error: exit code 2)."""
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+@dataclass
+class MemoryEstimate:
+    """A job's estimated peak memory, in bytes, by part.
+
+    Attributes:
+        host: parts held in the host's memory (the images).
+        compute: parts on the compute device, for the largest method (weights, activations, state),
+            margin included, per process.
+        processes: processes that run the job side by side on this machine.
+        device: the compute device.
+    """
+
+    host: dict[str, int] = field(default_factory=dict)
+    compute: dict[str, int] = field(default_factory=dict)
+    processes: int = 1
+    device: str = "cpu"
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(self.host.values())
+
+    @property
+    def compute_bytes(self) -> int:
+        return sum(self.compute.values()) * self.processes
+
+    @property
+    def total(self) -> int:
+        """Everything, as if on one memory (the host's, on CPU)."""
+        return self.host_bytes + self.compute_bytes
+
+    def breakdown(self) -> str:
+        """The parts of 1 MiB or more: ``'images 12.0 MiB, target activations 742.8 MiB, ...'``."""
+        def parts(d):
+            return ", ".join(f"{name} {format_bytes(v)}" for name, v in d.items() if v >= 2**20)
+
+        compute = parts(self.compute)
+        if self.processes > 1:
+            compute = f"{self.processes} processes x ({compute})"
+        return ", ".join(p for p in (parts(self.host), compute) if p)
+
+    def describe(self) -> str:
+        """``'1.3 GiB (images 3.0 MiB, ...)'``."""
+        return f"{format_bytes(self.total)} ({self.breakdown()})"
+
+
+# ---------------------------------------------------------------------- measuring networks
+def activation_bytes(module: nn.Module, *inputs: torch.Tensor, stop_at: str | None = None) -> int:
+    """Bytes of the outputs of ``module``'s leaf modules in one forward pass (what autograd keeps for
+    the backward pass, counted generously: in-place activations are counted again).
+
+    Run it on a module and inputs on the ``meta`` device: shapes are computed, nothing is allocated.
+    ``stop_at`` names a submodule after which the count stops (the forward pass is cut there).
+    """
+    total = 0
+
+    class _Stop(Exception):
+        pass
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        for out in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(out, torch.Tensor):
+                total += out.numel() * out.element_size()
+
+    modules = dict(module.named_modules())
+    handles = [m.register_forward_hook(count) for m in modules.values() if not any(True for _ in m.children())]
+    if stop_at is not None:
+        def stop(*_):
+            raise _Stop
+
+        handles.append(modules[stop_at].register_forward_hook(stop))
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+@functools.lru_cache(maxsize=32)
+def _target_costs(name: str, layers: tuple[str, ...], size: tuple[int, int]) -> tuple[int, int]:
+    """``(weight bytes, activation bytes for one image up to the deepest of layers)`` of a named target."""
+    with torch.device("meta"):
+        target = TargetNetwork.from_name(name, list(layers), weights=None, input_size=None)
+    weights = sum(p.numel() * p.element_size() for p in target.model.parameters())
+    deepest = max(layers, key=list(dict(target.model.named_modules())).index)
+    x = torch.zeros(1, 3, *size, device="meta")
+    return weights, activation_bytes(target.model, target.preprocess(x), stop_at=deepest)
+
+
+def _widths(model_dir: str | os.PathLike | None) -> tuple[float, float]:
+    """UNet and VAE widths (largest ``block_out_channels``) of a diffusers folder relative to Stable
+    Diffusion's (1280, 512); Stable Diffusion's own when the folder cannot be read (a Hub id)."""
+    def width(component: str, default: int) -> float:
+        try:
+            config = json.loads((Path(model_dir) / component / "config.json").read_text(encoding="utf-8"))
+            return max(config["block_out_channels"]) / default
+        except (OSError, TypeError, KeyError, ValueError):
+            return 1.0
+
+    if model_dir is None:
+        return 1.0, 1.0
+    return width("unet", 1280), width("vae", 512)
+
+
+# ---------------------------------------------------------------------- the estimate
+def estimate_memory(
+    target: str,
+    layers: str | Sequence[str],
+    size: int | tuple[int, int],
+    *,
+    images: int = 1,
+    batch_size: int | None = None,
+    methods: Sequence[str] = ("pixel",),
+    input_size: int | tuple[int, int] | None = None,
+    model: str | os.PathLike | None = None,
+    gan_resolution: int = 256,
+    restarts: int = 1,
+    device: str | torch.device = "cpu",
+    processes: int = 1,
+) -> MemoryEstimate:
+    """The estimated peak memory of inverting ``images`` images of ``size`` with ``methods``.
+
+    Args:
+        target: a target name (as :meth:`TargetNetwork.from_name`); its architecture is probed on
+            the ``meta`` device, so no weights are read.
+        layers: the layers inverted (the deepest one counts).
+        size: image size (an int means square).
+        images: images held by the job (frames of a video).
+        batch_size: images inverted together (default: all of them).
+        methods: inverter names (a hybrid ``START+diffusion`` counts as both); the largest counts.
+        input_size: the size the target is fed at, when it resizes (default: ``size``).
+        model: the diffusers folder of diffusion (and mapper refinement), to read its widths.
+        gan_resolution: the GAN's output resolution; ``restarts``: its restarts per image.
+        device: the compute device (float16 weights and activations are assumed on CUDA).
+        processes: processes that run the job side by side (``--workers``).
+
+    Raises:
+        ValueError: ``target`` or a layer is unknown.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    fh, fw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size or (h, w))
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    batch = max(1, min(batch_size or images, images))
+    device = torch.device(device)
+    half = 0.5 if device.type == "cuda" else 1.0
+    pixels = h * w * batch
+    estimate = MemoryEstimate(host={"images": images * 3 * h * w * 4}, processes=processes, device=str(device))
+
+    weights, activations = _target_costs(target, layers, (fh, fw))
+    base = {"target weights": weights, "target activations": activations * batch}
+    names = {part for method in methods for part in str(method).split("+")}
+    costs = {}
+    for name in names:
+        if name == "pixel":
+            costs[name] = {"pixel optimizer state": 6 * 3 * 4 * pixels}
+        elif name == "dip":
+            costs[name] = {"dip generators": DIP_BYTES_PER_PIXEL * pixels}
+        elif name in ("diffusion", "mapper"):
+            unet, vae = _widths(model)
+            weights = _SD_PARAMETERS * 4 * half * max(unet, vae) ** 2
+            act = (_SD_UNET_BYTES_PER_PIXEL * unet + _SD_VAE_BYTES_PER_PIXEL * vae) * pixels * half
+            costs[name] = {"diffusion weights": int(weights), "diffusion activations": int(act)}
+            if name == "mapper":
+                costs[name]["mapper"] = _DECODER_WEIGHTS + _DECODER_BYTES_PER_PIXEL * pixels
+        elif name == "decoder":
+            costs[name] = {"decoder": _DECODER_WEIGHTS + _DECODER_BYTES_PER_PIXEL * pixels}
+        elif name == "gan":
+            costs[name] = {"gan": _GAN_WEIGHTS + _GAN_BYTES_PER_PIXEL * gan_resolution**2 * batch * restarts}
+        else:
+            costs[name] = {}
+    # hybrid starts run before the chain and are freed: the largest single method counts
+    largest = max(costs.values(), key=lambda c: sum(c.values()), default={})
+    estimate.compute = {k: int(v * MARGIN) for k, v in {**base, **largest}.items()}
+    return estimate
+
+
+# ---------------------------------------------------------------------- what the machine has
+def _cgroup_available() -> int | None:
+    """Memory left under this process's cgroup (v2 or v1) limit, or None when there is no limit."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return max(0, int(limit) - usage)
+    return None
+
+
+def _host_available() -> int:
+    """Available host memory: psutil's, else /proc/meminfo's MemAvailable, within a cgroup limit."""
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        available = None
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        if available is None:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cgroup = _cgroup_available()
+    return available if cgroup is None else min(available, cgroup)
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes free now: the GPU's free memory on CUDA (``torch.cuda.mem_get_info``), else the host's."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device.index if device.index is not None else torch.cuda.current_device())[0])
+    return _host_available()
+
+
+def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = None) -> MemoryEstimate:
+    """Raises :class:`InsufficientMemoryError` when ``estimate`` does not fit the memory available now.
+
+    On CUDA the compute part is compared with the GPU's free memory and the images with the host's;
+    on CPU everything with the host's.
+    """
+    device = torch.device(device if device is not None else estimate.device)
+    checks = ([("GPU memory", estimate.compute_bytes, available_memory(device)),
+               ("host memory", estimate.host_bytes, available_memory("cpu"))] if device.type == "cuda"
+              else [("memory", estimate.total, available_memory("cpu"))])
+    for what, need, have in checks:
+        if need > have:
+            raise InsufficientMemoryError(
+                f"the job needs an estimated {format_bytes(need)} of {what} at its peak ({estimate.breakdown()}), "
+                f"but only {format_bytes(have)} is available on {device}. Use a smaller image size, batch size "
+                f"or number of images (or a shallower layer)."
+            )
+    return estimate
+
+
+def check_job_memory(target: str, layers, size, *, device: str | torch.device = "cpu", **job) -> MemoryEstimate:
+    """:func:`estimate_memory` then :func:`check_memory`: the one call before a job's work starts.
+
+    Raises:
+        InsufficientMemoryError: the job does not fit (the message gives the estimate and the memory available).
+    """
+    return check_memory(estimate_memory(target, layers, size, device=device, **job), device)
