@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
 
 
 def build(device: str = "auto"):
-    """The app's Blocks, with the command line's inverter factory and error types (``diffinv app``; tests)."""
+    """The app's Blocks, with the command line's error types (``diffinv app``; tests); its inverters come
+    from the registry, as the command line's do."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio  # noqa: F401
@@ -30,7 +31,7 @@ def build(device: str = "auto"):
     from . import USER_ERRORS
 
     device = str(common.resolve_device(device))
-    return build_app(Workbench(common.inverter_factory, user_errors=USER_ERRORS, device=device))
+    return build_app(Workbench(user_errors=USER_ERRORS, device=device))
 
 
 def run(args) -> int:
