@@ -294,9 +294,10 @@ def inverter_factory(name: str, args: argparse.Namespace, **extra):
         if "gan" in options:
             check_gan(options["gan"])
         spec = inverter_spec(name, **options, **extra)
-    except OptionError as err:
+    except OptionError as err:  # the registry's names -> the flags: `--method pixel`, `--iterations`
+        message = str(err).replace(f"method {err.method!r}", f"`--method {err.method}`")
         flag = OPTION_FLAGS.get(err.option)
-        raise UsageError(str(err) if flag is None else str(err).replace(f"`{err.option}`", f"`{flag}`")) from None
+        raise UsageError(message if flag is None else message.replace(f"`{err.option}`", f"`{flag}`")) from None
     return spec.build
 
 

@@ -12,7 +12,8 @@ Two names mean the same for every method (the command line's ``--iterations``/``
 fields): ``iterations`` is diffusion's ``num_iterations``, and ``steps`` is ``num_inference_steps`` of
 diffusion and mapper (:data:`ALIASES`). In a hybrid each option goes to every part that takes it
 (``model``, ``steps``, ``prompt``, ...), except ``strength``: the hybrid's img2img strength, not the
-start's (a mapper start keeps its own estimate, strength 0).
+start's (a mapper start keeps its own estimate, strength 0); a ``model`` that is a loaded pipeline,
+not a name or folder, is the chain's only.
 
 Example:
     >>> inverter = build_inverter("pixel", target, iterations=200)
@@ -226,6 +227,8 @@ def inverter_spec(name: str, **options) -> InverterSpec:
     chain = _single_spec("diffusion", {**_part_options("diffusion", options), "strength": strength})
     if start in START_METHODS:
         start_options = {k: v for k, v in options.items() if k != "strength"}
+        if not isinstance(options.get("model"), (str, os.PathLike)):  # a loaded pipeline is the chain's only
+            start_options.pop("model", None)
         if start == "mapper":  # the start is the mapper's own estimate; `strength` is the refinement's
             start_options["strength"] = 0.0
         chain.start = _single_spec(start, _part_options(start, start_options))
