@@ -23,11 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
-import dataclasses
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ..io import fingerprint_path
@@ -121,8 +121,8 @@ class InverterConfig:
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
             rule, choices = f.metadata.get("rule"), f.metadata.get("choices")
-            if f.name == "classes" and _is_int(value):
-                value = [value]
+            if rule == "classes" and (_is_int(value) or isinstance(value, tuple)):
+                value = [value] if _is_int(value) else list(value)
             if rule == "channels" and isinstance(value, list):
                 value = tuple(value)
             if choices is not None and value not in choices:
@@ -140,11 +140,6 @@ class InverterConfig:
     def option_names(cls) -> tuple[str, ...]:
         """The fields a caller may set, in their order (all but :attr:`derived`)."""
         return tuple(f.name for f in fields(cls) if f.name not in cls.derived)
-
-    @classmethod
-    def defaults(cls) -> dict:
-        """``{field: default}``."""
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def settings(self) -> dict:
         """The plain-valued fields (tuples as lists), sorted by name, and the fingerprint of every
