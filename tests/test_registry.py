@@ -17,7 +17,6 @@ from diffinv.inverters import (
     DiffusionConfig,
     DiffusionInverter,
     DIPInverter,
-    GANInverter,
     Inverter,
     InverterConfig,
     MapperInverter,

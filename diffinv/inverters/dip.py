@@ -17,7 +17,6 @@ from torch import nn
 from ..compilation import backend, compiled
 from ..models.dip import SkipGenerator, check_dip_size
 from ..optimization import adam
-from ..targets import TargetNetwork
 from .base import Inverter, optimize
 from .config import FEATURE_LOSSES, InverterConfig, option
 

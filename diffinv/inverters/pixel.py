@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from ..losses import total_variation
-from ..targets import TargetNetwork
 from .base import Inverter, optimize
 from .config import FEATURE_LOSSES, InverterConfig, option
 
