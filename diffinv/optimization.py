@@ -11,12 +11,13 @@
   and is counted once in ``skipped_steps``; its loss history row keeps the (non-finite)
   per-image losses.
 
-:func:`run_optimization` is the loop; a method supplies ``step(variables) -> (per_image_loss,
+:func:`run_optimization` is the loop; a method supplies a *closure* (torch.optim's name for the
+function that computes the loss and its gradient), ``closure(variables) -> (per_image_loss,
 gradients or None)``. :class:`~diffinv.pipelines.DiffInvPipeline` runs the same loop with its
-own gradient step (checkpointed sampler, fp16 loss scaling).
+own closure (checkpointed sampler, fp16 loss scaling).
 
 Example:
-    >>> result = run_optimization([logits], step, iterations=300, lr=0.1, num_images=4)
+    >>> result = run_optimization([logits], closure, iterations=300, lr=0.1, num_images=4)
     >>> result.history.shape, result.skipped_steps
     (torch.Size([300, 4]), 0)
 """
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["BestIterate", "OptimizationResult", "adam", "all_finite", "check_weight", "cosine_lr", "run_optimization"]
 
-StepFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
+ClosureFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
 
 
 def check_weight(name: str, value: float, *, positive: bool = False) -> float:
@@ -143,7 +144,7 @@ class OptimizationResult:
 
 def run_optimization(
     variables: Sequence[torch.Tensor],
-    step: StepFn,
+    closure: ClosureFn,
     *,
     iterations: int,
     lr: float,
@@ -156,9 +157,10 @@ def run_optimization(
     """Optimizes ``variables`` in place under the one rule, then restores each image's best iterate.
 
     Args:
-        variables: leaf tensors to optimize (their ``.grad`` is set from ``step``'s gradients).
-        step: ``step(variables) -> (per_image_loss (N,), gradients or None)``; ``None`` means the
-            loss was not finite (no gradient was computed).
+        variables: leaf tensors to optimize (their ``.grad`` is set from ``closure``'s gradients).
+        closure: ``closure(variables) -> (per_image_loss (N,), gradients or None)``: the loss and its
+            gradient at the current variables; ``None`` means the loss was not finite (no gradient
+            was computed).
         iterations: optimization iterations (>= 1).
         lr: Adam's initial learning rate.
         num_images: N, the images the variables hold (see :class:`BestIterate`).
@@ -183,7 +185,7 @@ def run_optimization(
         for i in range(iterations):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(lr, i, iterations) if schedule else lr
-            per_image, grads = step(variables)
+            per_image, grads = closure(variables)
             history.append(per_image.detach().float().cpu())
             finite = grads is not None and bool(torch.isfinite(per_image).all()) and all_finite(grads)
             if finite:

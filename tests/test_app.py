@@ -13,7 +13,7 @@ import pytest
 from diffinv.app.limits import Limits
 from diffinv.app.runner import BUSY, InvertRequest, Workbench, error_message
 from diffinv.cli import USER_ERRORS, build_parser
-from diffinv.cli.common import UsageError, inverter_factory
+from diffinv.inverters import build_inverter, inverter_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,7 +23,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    return Workbench(inverter_factory, user_errors=USER_ERRORS, work_dir=tmp_path_factory.mktemp("app"),
+    return Workbench(user_errors=USER_ERRORS, work_dir=tmp_path_factory.mktemp("app"),
                      limits=Limits(runs_dir=tmp_path_factory.mktemp("runs")))
 
 
@@ -67,9 +67,9 @@ def test_one_run_per_session_and_errors_as_the_cli_says_them(bench):
     finally:
         session.release()
     (update,) = list(bench.invert(small(method="decoder"), session))
-    with pytest.raises(UsageError) as err:
-        inverter_factory("decoder", small(method="decoder").options())
-    assert update.error and update.message == f"diffinv app: error: {err.value}"
+    with pytest.raises(ValueError, match="method 'decoder' needs `decoder`") as err:
+        inverter_spec("decoder", **small(method="decoder").options())
+    assert update.error and update.message == f"diffinv app: error: {err.value}" and "--" not in update.message
     (update,) = list(bench.invert(small(iterations=0), session))
     assert update.message == ("diffinv app: error: `--iterations` expected an integer from 1 to 1000 (this server's "
                               "--max-iterations), got 0")
@@ -101,7 +101,7 @@ def test_channels_ranked_by_mean_activation_with_a_hook_for_visualizations(bench
     assert [c for c, _ in view.ranking] == [int(cap.split()[1]) for _, cap in view.visualizations[:5]]
     assert "alone (pixel)" in view.visualizations[0][1] and "visualized" in view.visualizations[5][1]
     calls = []
-    hooked = Workbench(inverter_factory, channel_visualizer=lambda *a: calls.append(a) or [("img", "c")])
+    hooked = Workbench(channel_visualizer=lambda *a: calls.append(a) or [("img", "c")])
     assert hooked.channels(small(), top=3).visualizations == [("img", "c")]
     assert calls[0][1] == "blocks.2" and calls[0][2] == [c for c, _ in hooked.channels(small(), top=3).ranking]
 
@@ -113,7 +113,7 @@ def test_open_run_shows_a_bench_folder_and_refuses_others(bench):
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.1", "blocks.2"], input_size=(32, 32))
     run_benchmark(target, sample_images(["chelsea"], 32), ["chelsea"], ["blocks.1", "blocks.2"],
-                  {"pixel": lambda t: inverter_factory("pixel", small(iterations=2).options())(t)},
+                  {"pixel": lambda t: build_inverter("pixel", t, **small(iterations=2).options())},
                   bench.limits.runs_dir / "run", progress=False)
     view = bench.open_run("run")
     assert "| blocks.1 | pixel |" in view.table and len(view.records) == 2
@@ -175,7 +175,8 @@ def test_api_with_gradio_client(server):
     assert len(losses["data"]) == 10 and "| PSNR (dB) |" in metrics and "| top-1 agreement |" in metrics
     status, *_ = client.predict("coffee", None, "tf_efficientnet_lite0", "default", "blocks.1", "mapper", None, "", "",
                                 10, 64, 0, api_name="/invert")
-    assert status == "**diffinv app: error: `--method mapper` needs `--mapper DIR` (from `diffinv train-mapper`).**"
+    assert status == ("**diffinv app: error: method 'mapper' needs `mapper`: a trained mapper or its folder (from "
+                      "`diffinv train-mapper`).**")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

@@ -16,7 +16,7 @@ import torch
 from diffinv.app.limits import MAX_SEED, Limits, bounded_int, inside
 from diffinv.app.runner import RUN_BUSY, WAITING, InvertRequest, Workbench
 from diffinv.cli import USER_ERRORS, build_parser
-from diffinv.cli.common import inverter_factory
+from diffinv.inverters import inverter_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LONG = 100_000  # iterations of a run that only a cancel ends
@@ -26,8 +26,13 @@ RUN_MISSING = ("diffinv app: error: `--out` {!r}: no run folder of that name in 
                "(--runs-dir); expected the name of a `diffinv bench` run folder there.")
 
 
+def inverter_factory(method, options):
+    """The Workbench's default factory: the registry's inverter for the request's options."""
+    return inverter_spec(method, **options).build
+
+
 class Log:
-    """Every inversion's ``(start, end, iterations run)``, from an inverter factory wrapping the CLI's."""
+    """Every inversion's ``(start, end, iterations run)``, from an inverter factory wrapping the registry's."""
 
     def __init__(self):
         self.runs: list[tuple[float, float, int | None]] = []

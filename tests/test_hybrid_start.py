@@ -81,7 +81,7 @@ def test_black_box_start_never_ends_worse_than_it_started(pipe, target, features
     decoder = DecoderInverter(target, decoder=UpconvNet.for_target(target, LAYER, (32, 32)))  # untrained: a poor start
     for start in (good, noise, decoder):
         inverter = DiffusionInverter(target, pipe, start=start, num_inference_steps=4, num_iterations=4, prompt="")
-        assert inverter.hybrid and inverter.call_kwargs["strength"] == 0.3  # DRAG++'s default
+        assert inverter.hybrid and inverter.config.strength == 0.3  # DRAG++'s default
         out = inverter(features, generator=torch.Generator().manual_seed(0), progress=False)
         start_loss = torch.tensor(out.info["start_loss"])
         final = feature_loss(target.feature(out.images, LAYER), features.features)
@@ -155,7 +155,7 @@ def test_cli_hybrid_errors(feature_file, tmp_path, capsys):
     assert main([*base, "--method", "diffusion", "--init", "dip", "--strength", "0"]) == 2
     assert "expected (0, 1]" in capsys.readouterr().err
     assert main([*base, "--method", "decoder+diffusion"]) == 2
-    assert "needs `--decoder DIR`" in capsys.readouterr().err
+    assert "needs `--decoder`" in capsys.readouterr().err
 
 
 def test_bench_marks_hybrid_rows(tmp_path):

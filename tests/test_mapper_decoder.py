@@ -231,17 +231,17 @@ def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
                "--device", "cpu"])
     assert rc == 0 and len(list((tmp_path / "inv").glob("*_mapper.png"))) == 2
     assert main(["invert", str(feats), "--method", "mapper", "--out", str(tmp_path / "inv2"), "--device", "cpu"]) == 2
-    assert "needs `--mapper DIR`" in capsys.readouterr().err
+    assert "needs `--mapper`" in capsys.readouterr().err
 
 
 def test_mapper_img2img_refinement(target32, small_photos):
     pipe = load_pipeline("tiny")
     mapper = FeatureMapper.for_target(target32, "blocks.2", (32, 32), pipe.vae, hidden_channels=16)
     feats = target32.feature(torch.nn.functional.interpolate(small_photos[:2], size=(32, 32)), "blocks.2")
-    plain = MapperInverter.from_pipeline(target32, pipe, mapper=mapper)(feats, progress=False)
+    plain = MapperInverter(target32, mapper=mapper, vae=pipe.vae, pipe=pipe)(feats, progress=False)
     with torch.no_grad():
         assert torch.allclose(plain.images, decode_latents(pipe.vae, mapper(feats)).clamp(0, 1), atol=1e-5)
-    refine = MapperInverter.from_pipeline(target32, pipe, mapper=mapper, strength=0.5, num_inference_steps=4)
+    refine = MapperInverter(target32, mapper=mapper, vae=pipe.vae, pipe=pipe, strength=0.5, num_inference_steps=4)
     a = refine(feats, generator=torch.Generator().manual_seed(0), progress=False)
     b = refine(feats, generator=torch.Generator().manual_seed(0), progress=False)
     assert a.images.shape == (2, 3, 32, 32) and torch.isfinite(a.images).all()

@@ -503,8 +503,8 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_p
 
     # MapperInverter's refinement is the pipeline's img2img
     chains.clear()
-    inverter = MapperInverter.from_pipeline(tiny_sd_target, tiny_sd_pipe, mapper=mapper, strength=strength,
-                                            num_inference_steps=steps)
+    inverter = MapperInverter(tiny_sd_target, mapper=mapper, vae=tiny_sd_pipe.vae, pipe=tiny_sd_pipe, strength=strength,
+                              num_inference_steps=steps)
     refined = inverter(tiny_sd_features, generator=_seed(21), progress=False)
     assert chains == [expected] and refined.info["img2img_steps"] == 2
     assert torch.equal(refined.info["latents"], direct)
@@ -524,7 +524,7 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_p
     assert plain.pipe is None and out.info["img2img_steps"] == 0
     with torch.no_grad():
         assert torch.equal(out.info["latents"], mapper.initial_latents(tiny_sd_features).cpu())
-    with pytest.raises(ValueError, match=r"`strength` must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"method 'mapper': `strength` must be a number in \[0, 1\], got 1.5"):
         MapperInverter(tiny_sd_target, mapper=mapper, strength=1.5)
 
 
@@ -711,7 +711,8 @@ def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
     assert isinstance(out, InversionOutput) and out.method == "diffusion"
     assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (3, 2)
     assert out.feature_residual.shape == (2,) and out.info["skipped_steps"] == 0 and len(out.info["prompts"]) == 2
-    with pytest.raises(TypeError, match="unknown pipeline arguments"):
+    with pytest.raises(ValueError, match="method 'diffusion' has no option `iterations`; its options are: keep_start, "
+                                         "prompt"):
         DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", iterations=3)
 
 
@@ -795,6 +796,6 @@ def test_diffusion_inverter_temporal_weight_reaches_the_call(tiny_sd_target):
     from diffinv.inverters.diffusion import DiffusionInverter
 
     inverter = DiffusionInverter(tiny_sd_target, model="tiny", num_iterations=1)
-    assert inverter.temporal_weight == 0.0
-    inverter.temporal_weight = 30
-    assert inverter.call_kwargs["temporal_weight"] == 30.0
+    assert inverter.config.temporal_weight == 0.0 and inverter.config.temporal
+    inverter = DiffusionInverter(tiny_sd_target, model="tiny", num_iterations=1, temporal_weight=30)
+    assert inverter.config.call_options()["temporal_weight"] == 30

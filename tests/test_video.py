@@ -1,5 +1,6 @@
 """Video: PyAV frame I/O, bad input, windowed inversion with temporal smoothing, resume, CLI."""
 
+import dataclasses
 import functools
 import json
 
@@ -10,6 +11,7 @@ import torch
 from diffinv.features import FeatureSet
 from diffinv.features import resolve_features
 from diffinv.inverters import DIPInverter, InversionOutput, Inverter, PixelInverter
+from diffinv.inverters.config import InverterConfig, option
 from diffinv.io import read_video, write_side_by_side, write_video
 from diffinv.targets import TargetNetwork
 from diffinv.jobs.store import RunSettingsError
@@ -116,14 +118,24 @@ def test_extract_video_features(lite0, tiny_mp4):
 
 
 # ---------------------------------------------------------------------- windowed inversion
+@dataclasses.dataclass(frozen=True)
+class RecordingConfig(InverterConfig):
+    """Declares what the video job reads: a temporal weight and a warm start, no anchor."""
+
+    method = "recording"
+    accepts_init = True
+    temporal_weight: float = option(0.0, "non_negative")
+
+
 class RecordingInverter(Inverter):
     """No optimization: returns ``init`` (or grey) and records what each window received."""
 
     name = "recording"
+    config_class = RecordingConfig
 
-    def __init__(self, target, temporal_weight=0.0):
-        super().__init__(target)
-        self.temporal_weight, self.calls = temporal_weight, []
+    def __init__(self, target, **options):
+        super().__init__(target, **options)
+        self.calls = []
 
     def invert(self, features, image_size=None, *, generator=None, progress=True, init=None):
         feats, _, size = resolve_features(self.target, features, image_size)

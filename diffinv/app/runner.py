@@ -1,8 +1,8 @@
 """The work behind the browser app, free of Gradio: inputs, runs streamed as updates, run folders.
 
 :class:`Workbench` turns the app's fields into the same objects the command line builds (the
-inverter comes from the command line's own ``inverter_factory``, handed in by ``diffinv app``, so
-a wrong field gives the CLI's message), runs one inversion at a time per browser session
+inverter comes from the registry, :func:`~diffinv.inverters.inverter_spec`, which the command line
+calls too, so a wrong field gives the same message, naming the option), runs one inversion at a time per browser session
 (:class:`Session`) in a worker thread, and yields :class:`Update` s as the optimization goes: the
 current reconstruction every few iterations, the loss curve, then the metrics. ``Cancel`` stops
 the optimization at the next iteration; each image keeps its best iterate so far. So does closing
@@ -14,7 +14,7 @@ first (sizes, iterations, seeds, counts; files only under ``--models-dir``, run 
 ``--runs-dir``).
 
 Example:
-    >>> bench = Workbench(inverter_factory)                    # diffinv.cli.common.inverter_factory
+    >>> bench = Workbench()
     >>> request = InvertRequest(image="chelsea", layer="blocks.2", method="pixel", iterations=50, size=64)
     >>> for update in bench.invert(request, bench.session("me")):
     ...     print(update.message)
@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -42,6 +41,7 @@ from ..features import FeatureSet
 from ..interpret.channels import channel_activations, heat_maps, invert_channels, overlay, top_channels
 from ..interpret.objectives import channel
 from ..interpret.visualize import visualize
+from ..inverters import inverter_spec, options_for
 from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
 from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
@@ -111,12 +111,11 @@ class InvertRequest:
     mapper: str | None = None
     steps: int | None = None
 
-    def options(self, device: str = "auto") -> argparse.Namespace:
-        """The fields as the command line's parsed options (for ``inverter_factory``)."""
+    def options(self, device: str = "cpu") -> dict:
+        """The fields the method takes, as the registry's options (:func:`~diffinv.inverters.build_inverter`)."""
         blank = lambda v: v.strip() if isinstance(v, str) and v.strip() else None  # noqa: E731
-        return argparse.Namespace(iterations=self.iterations, model=blank(self.model), prompt=None, steps=self.steps,
-                                  mapper=blank(self.mapper), decoder=blank(self.decoder), strength=0.0,
-                                  device=device)
+        return options_for(self.method, iterations=self.iterations, model=blank(self.model), steps=self.steps,
+                           mapper=blank(self.mapper), decoder=blank(self.decoder), device=device)
 
 
 @dataclass
@@ -204,8 +203,8 @@ class Workbench:
     """What the app's buttons do; one per app, shared by its sessions.
 
     Args:
-        inverter_factory: ``(method, options) -> (target -> Inverter)``, the command line's
-            :func:`diffinv.cli.common.inverter_factory` (checks every field before any work).
+        inverter_factory: ``(method, options) -> (target -> Inverter)``; default the registry's
+            (:func:`~diffinv.inverters.inverter_spec`, which checks every option before any work).
         user_errors: the exception types the command line reports as user errors.
         stream_every: a streamed image every this many iterations (at least 20 per run).
         channel_visualizer: ``(target, layer, channels, image, size) -> [(image, caption)]``: replaces the
@@ -224,7 +223,7 @@ class Workbench:
 
     def __init__(
         self,
-        inverter_factory: Callable[[str, argparse.Namespace], Callable[[TargetNetwork], object]],
+        inverter_factory: Callable[[str, dict], Callable[[TargetNetwork], object]] | None = None,
         *,
         user_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, ImportError),
         stream_every: int = 5,
@@ -239,7 +238,7 @@ class Workbench:
         self.limits = limits or Limits()
         self.wait_seconds = wait_seconds
         self.heartbeat_seconds = heartbeat_seconds
-        self.inverter_factory = inverter_factory
+        self.inverter_factory = inverter_factory or (lambda method, options: inverter_spec(method, **options).build)
         self.user_errors = user_errors
         self.stream_every = stream_every
         self.channel_visualizer = channel_visualizer
@@ -410,7 +409,8 @@ class Workbench:
         iterations; returns the InversionOutput."""
         inverter = make_inverter(target)
         inverter.check_image_size((request.size, request.size))
-        total = request.iterations or getattr(inverter, "iterations", None)
+        config = inverter.config
+        total = request.iterations or getattr(config, "iterations", getattr(config, "num_iterations", None))
         if total and total > self.limits.max_iterations:
             raise ValueError(f"`--iterations`: the method's default, {total}, is above this server's --max-iterations "
                              f"{self.limits.max_iterations}; enter a number of iterations.")

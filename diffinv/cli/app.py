@@ -49,7 +49,8 @@ def add_parsers(sub) -> None:
 
 
 def workbench(device: str = "auto", limits=None):
-    """The app's :class:`~diffinv.app.runner.Workbench`, with the command line's inverter factory and error types."""
+    """The app's :class:`~diffinv.app.runner.Workbench`, with the command line's error types; its inverters come
+    from the registry, as the command line's do."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio  # noqa: F401
@@ -60,8 +61,7 @@ def workbench(device: str = "auto", limits=None):
 
     device = str(common.resolve_device(device))
     # heartbeats: a closed page is noticed within half a second, and its run cancelled at the next iteration
-    return Workbench(common.inverter_factory, user_errors=USER_ERRORS, device=device, limits=limits,
-                     heartbeat_seconds=0.5)
+    return Workbench(user_errors=USER_ERRORS, device=device, limits=limits, heartbeat_seconds=0.5)
 
 
 def build(device: str = "auto", limits=None):

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from ..inverters import INVERTERS
+from ..inverters import INVERTERS, OptionError, inverter_spec, options_for
 from ..inverters.diffusion import HYBRID_STRENGTH
 from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
+from ..inverters.registry import HYBRID_METHODS
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
-from ..models import resolve_model_dir
 from ..models.learned import folder_kind
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..resources import check_job_memory
@@ -65,8 +65,12 @@ __all__ = [
 
 DEFAULT_SIZE = 128
 METHODS = tuple(INVERTERS)
-START_METHODS = ("decoder", "mapper", "dip", "gan")  # estimates the diffusion chain can refine (--init)
-HYBRID_METHODS = tuple(f"{start}+diffusion" for start in START_METHODS)
+# The flag of each inverter option (and of the registry's method-independent names, ``iterations``/``steps``).
+OPTION_FLAGS = {"method": "--method", "init": "--init", "iterations": "--iterations", "num_iterations": "--iterations",
+                "steps": "--steps", "num_inference_steps": "--steps", "model": "--model", "prompt": "--prompt",
+                "decoder": "--decoder", "mapper": "--mapper", "compile": "--compile", "strength": "--strength",
+                "gan": "--gan", "truncation": "--truncation", "restarts": "--restarts", "device": "--device",
+                "temporal_weight": "--temporal-weight"}
 
 
 class UsageError(ValueError):
@@ -268,84 +272,35 @@ def check_gan(value: str) -> None:
         raise UsageError(f"`--gan` {value!r}: {err}") from None
 
 
-def _hybrid_start(init: str, args: argparse.Namespace):
-    """``target -> start`` for ``--init``: a method of :data:`START_METHODS` or an image file."""
-    if init in START_METHODS:
-        if init == "mapper":  # the start is the mapper's own estimate; --strength is the refinement's
-            args = argparse.Namespace(**{**vars(args), "strength": 0.0})
-        return _single_factory(init, args)
-    if init in INVERTERS:
-        raise UsageError(f"`--init` {init!r}: the chain starts from one of {', '.join(START_METHODS)} or an image file.")
-    path = Path(init).expanduser()
-    if not path.is_file():
-        raise UsageError(f"`--init` {init!r} is neither one of {', '.join(START_METHODS)} nor an existing image file.")
-    return lambda target: str(path)
+def inverter_factory(name: str, args: argparse.Namespace, **extra):
+    """``target -> Inverter`` for a method name (or a hybrid ``START+diffusion``) and the command-line options.
 
-
-def inverter_factory(name: str, args: argparse.Namespace):
-    """``target -> Inverter`` for a method name (or a hybrid ``START+diffusion``) and the command-line options."""
-    init = getattr(args, "init", None)
-    if name in HYBRID_METHODS:
-        start = name.split("+")[0]
-        if init is not None and init != start:
-            raise UsageError(f"`--method` {name!r} starts from {start}, but `--init` is {init!r}; give one of them.")
-        name, init = "diffusion", start
-    elif name not in INVERTERS:
-        raise UsageError(f"`--method` {name!r} is not one of {', '.join(METHODS + HYBRID_METHODS)}.")
-    if init is not None and name != "diffusion":
-        raise UsageError(f"`--init` {init!r} starts the diffusion chain; it does not apply to `--method {name}`.")
-    make = _single_factory(name, args)
-    if init is None:
-        return make
-    strength = HYBRID_STRENGTH if args.strength is None else args.strength
-    if strength == 0:
-        raise UsageError("`--strength` 0 with `--init`: the start must be noised into the chain; expected (0, 1].")
-    start = _hybrid_start(init, args)
-    return lambda target: make(target, start=start(target), strength=strength)
-
-
-def _single_factory(name: str, args: argparse.Namespace):
-    """``target, **extra -> Inverter`` for one registered method."""
-    cls = INVERTERS[name]
-    check_model(getattr(args, "model", None))
-    iterations = getattr(args, "iterations", None)
+    The flags are mapped to the registry's options once (:func:`~diffinv.inverters.options_for` keeps
+    those the method takes) and checked before any work by :func:`~diffinv.inverters.inverter_spec`;
+    its errors are reported with the flag they concern. ``extra``: more options (e.g. a video's
+    ``temporal_weight``).
+    """
     device = resolve_device(getattr(args, "device", "auto"))
-    if name == "diffusion":
-        if not args.model:
-            raise UsageError("`--method diffusion` needs `--model PATH` (a diffusers Stable Diffusion folder; "
-                             "`--model tiny` builds random weights to try the path).")
-        kwargs = {"model": args.model, "device": str(device)}
-        if args.prompt:
-            kwargs["prompt"] = args.prompt
-        if args.steps:
-            kwargs["num_inference_steps"] = args.steps
-        if iterations is not None:
-            kwargs["num_iterations"] = iterations
-        if getattr(args, "compile", False):
-            kwargs["compile"] = True
-    elif name == "decoder":
-        if not args.decoder:
-            raise UsageError("`--method decoder` needs `--decoder DIR` (from `diffinv train-decoder`).")
-        resolve_model_dir(args.decoder, kind="decoder")
-        kwargs = {"decoder": args.decoder}
-    elif name == "mapper":
-        if not args.mapper:
-            raise UsageError("`--method mapper` needs `--mapper DIR` (from `diffinv train-mapper`).")
-        resolve_model_dir(args.mapper, kind="mapper")
-        kwargs = {"mapper": args.mapper, "model": args.model, "strength": args.strength or 0.0,
-                  "prompt": args.prompt or ""}
-        if args.steps:
-            kwargs["num_inference_steps"] = args.steps
-    elif name == "gan":
-        check_gan(args.gan)
-        kwargs = {"gan": args.gan, "truncation": args.truncation, "restarts": args.restarts}
-        if iterations is not None:
-            kwargs["iterations"] = iterations
-    else:
-        kwargs = {} if iterations is None else {"iterations": iterations}
-        if getattr(args, "compile", False):
-            kwargs["compile"] = True
-    return lambda target, **extra: cls(target, **kwargs, **extra)
+    check_model(getattr(args, "model", None))
+    flags = {
+        "init": getattr(args, "init", None), "iterations": getattr(args, "iterations", None),
+        "steps": getattr(args, "steps", None), "model": getattr(args, "model", None),
+        "prompt": getattr(args, "prompt", None) or None, "decoder": getattr(args, "decoder", None),
+        "mapper": getattr(args, "mapper", None), "compile": True if getattr(args, "compile", False) else None,
+        "strength": getattr(args, "strength", None), "gan": getattr(args, "gan", None),
+        "truncation": getattr(args, "truncation", None), "restarts": getattr(args, "restarts", None),
+        "device": str(device),
+    }
+    try:
+        options = options_for(name, **flags)
+        if "gan" in options:
+            check_gan(options["gan"])
+        spec = inverter_spec(name, **options, **extra)
+    except OptionError as err:  # the registry's names -> the flags: `--method pixel`, `--iterations`
+        message = str(err).replace(f"method {err.method!r}", f"`--method {err.method}`")
+        flag = OPTION_FLAGS.get(err.option)
+        raise UsageError(message if flag is None else message.replace(f"`{err.option}`", f"`{flag}`")) from None
+    return spec.build
 
 
 def target_from_args(args: argparse.Namespace, layers, device: torch.device):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..features import FeatureSet
+from ..inverters import method_options
 from ..io import fingerprint_path, read_video, write_side_by_side, write_video
 from ..jobs.distributed import launch_state, shard
 from ..jobs.store import MANIFEST, unique_names
@@ -66,7 +67,12 @@ def run(args) -> int:
     state, device = launch_state(device)  # under torchrun/accelerate launch: its own GPU per process
     if state is not None:
         args.device = str(device)  # for inverters that load models themselves
-    make_inverter = common.inverter_factory(args.method, args)
+    if args.temporal_weight > 0 and "temporal_weight" not in method_options(args.method):
+        raise common.UsageError(f"`--method` {args.method!r} has no `temporal_weight`: it cannot smooth over time with "
+                                f"`--temporal-weight {args.temporal_weight}`; use --temporal-weight 0 (independent "
+                                f"frames) or an optimizing method (pixel, dip).")
+    temporal = {"temporal_weight": args.temporal_weight} if "temporal_weight" in method_options(args.method) else {}
+    make_inverter = common.inverter_factory(args.method, args, **temporal)
     common.check_memory_fits(args, args.layer, [args.method], images=max(args.frames or 0, args.window), batch_size=args.window)
     if several or state is not None:
         for clip in clips:  # every process checks every clip, so that all of them stop on a bad one
@@ -148,14 +154,8 @@ def _invert_clip(video: str, out_dir: Path, args, device, make_inverter, targets
     else:
         features = extract_video_features(target, clip, args.layer)
 
-    # 2. The inverter, with temporal smoothing
+    # 2. The inverter, with temporal smoothing (its config's temporal_weight)
     inverter = make_inverter(target)
-    if hasattr(inverter, "temporal_weight"):
-        inverter.temporal_weight = args.temporal_weight
-    elif args.temporal_weight > 0:
-        raise common.UsageError(f"`--method` {args.method!r} has no `temporal_weight`: it cannot smooth over time with "
-                         f"`--temporal-weight {args.temporal_weight}`; use --temporal-weight 0 (independent frames) "
-                         f"or an optimizing method (pixel, dip).")
     warm = {"auto": None, "on": True, "off": False}[args.warm_start]
 
     # 3. Invert, window by window, into the run store (frames and records written as they finish)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..inverters.dip import dip_parameterization
+from ..models.dip import check_dip_size
 from ..inverters.pixel import pixel_parameterization
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "diffusion_image", "dip_image", "fourier_image", "pixel_image"]
@@ -91,9 +92,7 @@ def dip_image(
     Raises:
         ValueError: ``size`` is not divisible by ``2 ** len(channels)``.
     """
-    levels = len(channels)
-    if size[0] % 2**levels or size[1] % 2**levels:
-        raise ValueError(f"the DIP generator needs a size divisible by {2 ** levels} (its {levels} levels), got {tuple(size)}.")
+    check_dip_size(size, len(channels), "size")
     net, image_fn = dip_parameterization(n, size, channels=tuple(channels), input_noise_std=input_noise_std,
                                             generator=generator, device=device)
     return list(net.parameters()), image_fn

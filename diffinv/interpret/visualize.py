@@ -151,9 +151,9 @@ def visualize(
     def values_of(images: torch.Tensor) -> torch.Tensor:
         return objective(target.forward(images.to(device, dtype), layers=list(objective.layers))).float()
 
-    # 3. The gradient step: minimize -objective (+ TV)
+    # 3. The closure (loss and gradient): minimize -objective (+ TV)
     @torch.enable_grad()
-    def step(variables):
+    def closure(variables):
         images = image_fn(train=True)
         seen = transforms(images, t_generator) if transforms is not None else images
         per_image = -values_of(seen)
@@ -166,7 +166,7 @@ def visualize(
 
     # 4. The loop: the one optimization rule
     start = time.perf_counter()
-    result = run_optimization(params, step, iterations=iterations, lr=lr, num_images=num_images,
+    result = run_optimization(params, closure, iterations=iterations, lr=lr, num_images=num_images,
                               progress=progress, desc=f"visualize {method}")
     seconds = time.perf_counter() - start
 

@@ -2,30 +2,56 @@
 
 :data:`INVERTERS` maps each method name to its class, in the order the command line lists them:
 white-box methods first (``diffusion``, ``pixel``, ``dip``, ``gan``), then black-box ones (``mapper``,
-``decoder``).
+``decoder``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion``, from its
+name and options (:mod:`diffinv.inverters.registry`); each method's hyper-parameters and capabilities
+are its config (:mod:`diffinv.inverters.config`).
 """
 
 from .base import InversionOutput, Inverter, optimize
-from .decoder import DecoderInverter
-from .diffusion import DiffusionInverter
-from .dip import DIPInverter
-from .gan import GANInverter
-from .mapper import MapperInverter
-from .pixel import PixelInverter
-
-INVERTERS: dict[str, type[Inverter]] = {
-    cls.name: cls for cls in (DiffusionInverter, PixelInverter, DIPInverter, GANInverter, MapperInverter, DecoderInverter)
-}
+from .config import InverterConfig, OptionError
+from .decoder import DecoderConfig, DecoderInverter
+from .diffusion import DiffusionConfig, DiffusionInverter
+from .dip import DIPConfig, DIPInverter
+from .gan import GANConfig, GANInverter
+from .mapper import MapperConfig, MapperInverter
+from .pixel import PixelConfig, PixelInverter
+from .registry import (
+    HYBRID_METHODS,
+    INVERTERS,
+    METHODS,
+    START_METHODS,
+    InverterSpec,
+    build_inverter,
+    inverter_spec,
+    method_options,
+    options_for,
+)
 
 __all__ = [
+    "HYBRID_METHODS",
     "INVERTERS",
+    "METHODS",
+    "START_METHODS",
+    "DIPConfig",
     "DIPInverter",
+    "DecoderConfig",
     "DecoderInverter",
+    "DiffusionConfig",
     "DiffusionInverter",
+    "GANConfig",
     "GANInverter",
     "InversionOutput",
     "Inverter",
+    "InverterConfig",
+    "InverterSpec",
+    "MapperConfig",
     "MapperInverter",
+    "OptionError",
+    "PixelConfig",
     "PixelInverter",
+    "build_inverter",
+    "inverter_spec",
+    "method_options",
+    "options_for",
     "optimize",
 ]

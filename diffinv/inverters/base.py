@@ -10,27 +10,22 @@ tensors to optimize and a function that renders images in [0, 1] from them — h
 
 from __future__ import annotations
 
-import contextvars
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from ..compilation import feature_function
 from ..features import FeatureSet, resolve_features
-from ..io import fingerprint_path
 from ..losses import feature_loss, temporal_smoothness
 from ..metrics import feature_residual
 from ..optimization import check_weight, run_optimization
 from ..targets import TargetNetwork
+from .config import InverterConfig, check_option_names
 
 __all__ = ["InversionOutput", "Inverter", "optimize"]
-
-# The transform applied to the predicted features inside :func:`optimize`'s loss (an attacker that
-# knows a defense optimizes through it); set by ``Inverter.invert(feature_transform=...)``.
-_FEATURE_TRANSFORM: contextvars.ContextVar = contextvars.ContextVar("feature_transform", default=None)
 
 
 @dataclass
@@ -59,16 +54,47 @@ class InversionOutput:
 class Inverter:
     """Base class: ``inverter(features, image_size) -> InversionOutput``.
 
-    Subclasses set :attr:`name` (and :attr:`white_box`, :attr:`hybrid`), implement :meth:`_reconstruct`, and
-    may override :meth:`_prepare` (load what the layer needs; timed apart).
+    Subclasses set :attr:`name` (and :attr:`white_box`, :attr:`hybrid`) and :attr:`config_class` (the
+    method's hyper-parameters and capabilities, :mod:`diffinv.inverters.config`), implement
+    :meth:`_reconstruct`, and may override :meth:`_prepare` (load what the layer needs; timed apart).
+
+    Attributes:
+        config: the method's config (an instance of :attr:`config_class`): what defines its results
+            and what it accepts (``config.accepts_init``, ...).
     """
 
     name = "inverter"
     white_box = True
     hybrid = False  # a black-box start refined white-box (see DiffusionInverter's ``start``)
+    config_class: ClassVar[type[InverterConfig]] = InverterConfig
+    # Keywords of the constructor that are not config fields (objects, devices): build_inverter accepts them too.
+    extra_options: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, target: TargetNetwork):
+    def __init__(self, target: TargetNetwork, config: InverterConfig | None = None, **options):
         self.target = target
+        self.config = self.make_config(config, options)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Every option the method takes: its config's fields, then :attr:`extra_options`."""
+        return cls.config_class.option_names() + cls.extra_options
+
+    @classmethod
+    def make_config(cls, config: InverterConfig | None = None, options: Mapping | None = None) -> InverterConfig:
+        """``config`` (default: the defaults) updated by ``options``, checked.
+
+        Raises:
+            ValueError: an option the method does not have (the message lists its options), or a value
+                its rule refuses (the message names the option, the value and what was expected).
+        """
+        options = dict(options or {})
+        check_option_names(cls.name, options, cls.config_class.option_names())
+        if config is None:
+            return cls.config_class(**options)
+        if not isinstance(config, cls.config_class):
+            raise ValueError(f"`config` of method {cls.name!r} must be a {cls.config_class.__name__}, got "
+                             f"{type(config).__name__}.")
+        return config.replace(**options) if options else config
 
     @property
     def device(self) -> torch.device:
@@ -96,32 +122,32 @@ class Inverter:
             progress: show a progress bar.
             callback: optimizing methods only: ``callback(iteration, per_image_loss, render)`` after
                 each iteration, where ``render()`` returns the current images (CPU, [0, 1]; ``None``
-                where the method cannot render cheaply); returning ``True`` stops the optimization
-                (each image keeps its best iterate so far).
+                where the method cannot render cheaply: ``config.streams_images`` is False); returning
+                ``True`` stops the optimization (each image keeps its best iterate so far).
             feature_transform: applied to the features of every candidate image inside the loss
                 of :func:`optimize` (e.g. a defense, with fresh randomness per call: the adaptive
-                attacker of ``diffinv audit``). Only for methods that optimize with :func:`optimize`;
-                others raise ``ValueError``.
-            **kwargs: method-specific options (e.g. ``init``/``anchor`` for video warm starts).
+                attacker of ``diffinv audit``). Only for methods whose config has
+                ``accepts_feature_transform``; others raise ``ValueError``.
+            **kwargs: method-specific options: ``init`` (``config.accepts_init``) and ``anchor``
+                (``config.accepts_anchor``) for video warm starts.
         """
         if callback is not None:
             kwargs["callback"] = callback
+        if feature_transform is not None:
+            if not self.config.accepts_feature_transform:
+                raise ValueError(f"method {self.name!r} does not optimize the feature loss of `optimize()`, so it "
+                                 f"cannot take a `feature_transform`.")
+            kwargs["feature_transform"] = feature_transform
+        for key, capability in (("init", "accepts_init"), ("anchor", "accepts_anchor")):
+            if key in kwargs and not getattr(self.config, capability):
+                raise ValueError(f"method {self.name!r} takes no `{key}` (its config's `{capability}` is False).")
         feats, layer, size = resolve_features(self.target, features, image_size)
-        self.check_image_size(size)
         load_start = time.perf_counter()
-        self._prepare(features, layer, size)
+        self.prepare(features, layer, size)
         start = time.perf_counter()
-        used = [] if feature_transform is not None else None
-        token = _FEATURE_TRANSFORM.set(None if used is None else (feature_transform, used))
-        try:
-            images, history, info = self._reconstruct(
-                feats.to(self.device), layer, size, generator=generator, progress=progress, **kwargs
-            )
-        finally:
-            _FEATURE_TRANSFORM.reset(token)
-        if used is not None and not used:
-            raise ValueError(f"method {self.name!r} does not optimize the feature loss of `optimize()`, so it cannot "
-                             f"take a `feature_transform`.")
+        images, history, info = self._reconstruct(
+            feats.to(self.device), layer, size, generator=generator, progress=progress, **kwargs
+        )
         images = images.detach().float().clamp(0, 1)
         if images.is_cuda:
             torch.cuda.synchronize(images.device)
@@ -136,6 +162,31 @@ class Inverter:
     def check_image_size(self, size: tuple[int, int]) -> None:
         """Raises ``ValueError`` when the method cannot make images of ``size`` (default: any size)."""
 
+    def prepare(self, features: torch.Tensor | FeatureSet, layer: str, size: tuple[int, int]) -> None:
+        """Checks ``size`` and loads what inverting ``layer`` needs (before :meth:`start_images`;
+        :meth:`invert` calls it itself)."""
+        self.check_image_size(size)
+        self._prepare(features, layer, size)
+
+    def start_images(self, features: torch.Tensor, layer: str, size: tuple[int, int], *,
+                     generator: torch.Generator | None = None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+        """The method's estimate as the start of a hybrid: ``(images (N, 3, H, W) in [0, 1], info)``,
+        ``info`` keeping the plain values the method reported. Call :meth:`prepare` first."""
+        images, _, info = self._reconstruct(features, layer, size, generator=generator, progress=progress)
+        info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list))}
+        return images.detach().float().clamp(0, 1), info
+
+    @property
+    def latent_start(self) -> bool:
+        """Whether this method's estimate is a diffusion latent (see :meth:`start_mapper`); default False."""
+        return False
+
+    def start_mapper(self, layer: str):
+        """A :class:`~diffinv.models.FeatureMapper` whose clean latents start the diffusion chain directly
+        (``pipe(init="mapper")``: no decode to pixels and VAE re-encode), or ``None`` (default): the chain
+        starts from :meth:`start_images`."""
+        return None
+
     def _prepare(self, features: torch.Tensor | FeatureSet, layer: str, size: tuple[int, int]) -> None:
         """Loads and checks what inverting ``layer`` needs (learned models); default nothing."""
 
@@ -146,22 +197,10 @@ class Inverter:
         raise NotImplementedError
 
     def settings(self) -> dict:
-        """What defines this inverter's results: its name and plain hyper-parameters, and a
-        fingerprint of every model folder it reads (recorded in run manifests)."""
-        plain = (bool, int, float, str, type(None))
-        out = {"method": self.name}
-        for key, value in sorted(vars(self).items()):
-            if key.startswith("_") or key == "target":
-                continue
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            if isinstance(value, (tuple, list)) and all(isinstance(v, plain) for v in value):
-                value = list(value)
-            if isinstance(value, plain) or isinstance(value, list) and all(isinstance(v, plain) for v in value):
-                out[key] = value
-                if isinstance(value, str) and os.path.exists(value):
-                    out[f"{key}_fingerprint"] = fingerprint_path(value)
-        return out
+        """What defines this inverter's results (recorded in run manifests): its name and its config
+        (:meth:`InverterConfig.settings`: the plain hyper-parameters and a fingerprint of every model
+        folder it reads)."""
+        return {"method": self.name, **self.config.settings()}
 
 
 def optimize(
@@ -184,6 +223,7 @@ def optimize(
     progress: bool = True,
     compile: bool | str = False,
     callback: Callable[[int, torch.Tensor, Callable[[], torch.Tensor]], bool | None] | None = None,
+    feature_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Minimizes ``feature_loss(target(image_fn()), features) + prior_fn(images)`` per image.
 
@@ -205,6 +245,8 @@ def optimize(
             (:mod:`diffinv.compilation`).
         callback: ``callback(iteration, per_image_loss, render)`` after each iteration (see
             :meth:`Inverter.invert`); ``render()`` gives the current images as ``final_fn`` does.
+        feature_transform: applied to the predicted features inside the loss (an attacker that knows
+            a defense optimizes through it; see :meth:`Inverter.invert`).
 
     Returns:
         ``(images, loss_history (iterations, N), info)`` with the images rendered from each
@@ -214,16 +256,13 @@ def optimize(
     params = [p.requires_grad_(True) for p in params]
     features = features.to(params[0].device).float()
     feature_fn = feature_function(target, layer, compile)
-    transform = _FEATURE_TRANSFORM.get()
-    if transform is not None:
-        transform[1].append(True)
 
     @torch.enable_grad()
-    def step(variables):
+    def closure(variables):
         images = image_fn()
         predicted = feature_fn(images)
-        if transform is not None:
-            predicted = transform[0](predicted)
+        if feature_transform is not None:
+            predicted = feature_transform(predicted)
         per_image = feature_loss(predicted, features, loss)
         if prior_fn is not None:
             per_image = per_image + prior_fn(images)
@@ -245,7 +284,7 @@ def optimize(
         return callback(i, per_image, render_now)
 
     start = time.perf_counter()
-    result = run_optimization(params, step, iterations=iterations, lr=lr, num_images=len(features),
+    result = run_optimization(params, closure, iterations=iterations, lr=lr, num_images=len(features),
                               schedule=lr_schedule, progress=progress, desc=desc,
                               callback=None if callback is None else on_iteration)
     with torch.no_grad():

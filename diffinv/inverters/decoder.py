@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,8 +22,27 @@ from .. import models  # UpconvNet imports diffusers when first used
 from ..models.learned import PerLayerModels, check_model_input
 from ..targets import TargetNetwork
 from .base import Inverter
+from .config import InverterConfig, option
 
-__all__ = ["DecoderInverter"]
+__all__ = ["DecoderConfig", "DecoderInverter"]
+
+
+@dataclass(frozen=True)
+class DecoderConfig(InverterConfig):
+    """The decoder inverter's settings.
+
+    Attributes:
+        batch_size: features decoded per forward pass.
+        path: the folder the decoder(s) come from (filled in by the inverter; ``None`` for a decoder
+            instance).
+    """
+
+    method = "decoder"
+    folders = ("path",)
+    derived = ("path",)
+
+    batch_size: int = option(32, "positive_int")
+    path: str | None = option(None, "optional_str")
 
 
 class DecoderInverter(Inverter):
@@ -32,7 +52,8 @@ class DecoderInverter(Inverter):
         target: the network whose features are inverted (used for checks and the residual).
         decoder: a trained decoder, or its folder (``save_pretrained`` output), or a folder
             with one trained decoder per layer in sub-folders named after the layers.
-        batch_size: features decoded per forward pass.
+        config: a :class:`DecoderConfig` (default: its defaults).
+        **options: fields of :class:`DecoderConfig` (``batch_size``).
 
     Raises:
         FileNotFoundError: no trained decoder in ``decoder``.
@@ -44,12 +65,14 @@ class DecoderInverter(Inverter):
 
     name = "decoder"
     white_box = False
+    config_class = DecoderConfig
+    extra_options = ("decoder",)
 
-    def __init__(self, target: TargetNetwork, *, decoder: models.UpconvNet | str | os.PathLike, batch_size: int = 32):
-        super().__init__(target)
-        self.batch_size = batch_size
+    def __init__(self, target: TargetNetwork, *, decoder: models.UpconvNet | str | os.PathLike,
+                 config: DecoderConfig | None = None, **options):
+        super().__init__(target, config, **options)
         self._decoders = PerLayerModels(decoder, models.UpconvNet, "decoder", target.mean.device)
-        self.path = self._decoders.path
+        self.config = replace(self.config, path=self._decoders.path)
 
     def decoder_for(self, layer: str) -> models.UpconvNet:
         """The decoder trained on ``layer`` (loaded once, on the target's device)."""
@@ -59,5 +82,5 @@ class DecoderInverter(Inverter):
         check_model_input(self.decoder_for(layer), features, size)
 
     def _reconstruct(self, features, layer, size, *, generator, progress):
-        images = self.decoder_for(layer).reconstruct(features, self.batch_size)
+        images = self.decoder_for(layer).reconstruct(features, self.config.batch_size)
         return images, torch.zeros(0, len(images)), {}

@@ -4,12 +4,15 @@ An adapter around :class:`diffinv.pipelines.DiffInvPipeline` so that the CLI and
 benchmark use the diffusion method like the other inverters: images in [0, 1] at the
 requested size, per-image loss history and feature residual in an :class:`InversionOutput`.
 
-With ``start=`` it is a *hybrid*: another method's estimate (a black-box decoder or mapper, a
-GAN inversion, DIP, an image file) is encoded by the VAE, noised to img2img ``strength`` and
+With ``start=`` it is a *hybrid*: another method's estimate (a black-box decoder, a GAN
+inversion, DIP, an image file) is encoded by the VAE, noised to img2img ``strength`` and
 refined through the rest of the chain (``pipe(..., init="image")``), as DRAG++ (ICML 2025)
-refines its inverse network's output through Stable Diffusion from strength 0.3. The start
-counts as an iterate: an image whose refinement ends with a higher feature loss than its start
-keeps the start (``info["kept_start"]``).
+refines its inverse network's output through Stable Diffusion from strength 0.3. A mapper's
+estimate is a latent already: the chain starts from it directly (``pipe(..., init="mapper")``,
+no decode and VAE re-encode). The start counts as an iterate: an image whose refinement ends
+with a higher feature loss than its start keeps the start (``info["kept_start"]``).
+
+The pipeline's call options are the fields of :class:`DiffusionConfig` (:data:`PIPELINE_OPTIONS`).
 
 Example:
     >>> inverter = DiffusionInverter(target, model="path/to/stable-diffusion-v1-5", num_inference_steps=10)
@@ -20,8 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
 import os
 
 import torch
@@ -33,10 +36,62 @@ from .. import pipelines  # its names import diffusers when first used
 from ..losses import feature_loss
 from ..targets import TargetNetwork
 from .base import Inverter
+from .config import FEATURE_LOSSES, InverterConfig, option
 
-__all__ = ["HYBRID_STRENGTH", "DiffusionInverter"]
+__all__ = ["HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
 
 HYBRID_STRENGTH = 0.3  # DRAG++'s img2img strength for refining a black-box estimate
+# The arguments of DiffInvPipeline.__call__ that the config holds (same names and defaults); the others are
+# the call's inputs and outputs (features, layer, sizes, generator, output_type, ...), set per call.
+PIPELINE_OPTIONS = ("prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "num_iterations",
+                    "learning_rate", "loss", "latent_prior_weight", "temporal_weight", "optimize",
+                    "gradient_checkpointing", "init", "strength", "max_retries", "compile")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig(InverterConfig):
+    """The diffusion inverter's settings: the model, the hybrid's ``keep_start``, and the options of the
+    pipeline call (:data:`PIPELINE_OPTIONS`: the names and defaults of
+    :meth:`DiffInvPipeline.__call__ <diffinv.pipelines.DiffInvPipeline.__call__>`, documented there).
+
+    Attributes:
+        model: the model folder or name, or the class name of a loaded pipeline (filled in by the inverter).
+        torch_dtype: the dtype the diffusion networks run in (filled in by the inverter).
+        keep_start: with a hybrid start, return the start for images whose refinement ends with a higher
+            feature loss than it (the start counts as an iterate of the best-iterate rule).
+        init: ``"noise"``, or the hybrid's start: ``"image"`` (an estimate encoded by the VAE) or
+            ``"mapper"`` (a mapper's latents); set by the inverter from its ``start``.
+        strength: with a hybrid start, how far into the chain it is noised (default
+            :data:`HYBRID_STRENGTH` with a start).
+    """
+
+    method = "diffusion"
+    folders = ("model",)
+    derived = ("model", "torch_dtype", "init")
+    streams_images = False  # the callback gets the loss only: rendering a latent costs a full sampler pass
+
+    model: str = option("tiny", "str")
+    torch_dtype: str | None = option(None, "optional_str")
+    keep_start: bool = option(True, "bool")
+    prompt: str | list[str] | None = option(None, "prompt")
+    negative_prompt: str | list[str] | None = option(None, "prompt")
+    guidance_scale: float = option(1.0, "non_negative")
+    num_inference_steps: int = option(20, "positive_int")
+    num_iterations: int = option(100, "positive_int")
+    learning_rate: float = option(0.1, "non_negative")
+    loss: str = option("nmse", choices=FEATURE_LOSSES)
+    latent_prior_weight: float = option(0.1, "non_negative")
+    temporal_weight: float = option(0.0, "non_negative")
+    optimize: str = option("initial", choices=("initial", "all"))
+    gradient_checkpointing: bool = option(True, "bool")
+    init: str = option("noise", choices=("noise", "image", "mapper"))
+    strength: float = option(0.5, "unit")
+    max_retries: int = option(3, "non_negative_int")
+    compile: bool | str = option(False, "compile")
+
+    def call_options(self) -> dict:
+        """The options of the pipeline call (:data:`PIPELINE_OPTIONS`)."""
+        return {name: getattr(self, name) for name in PIPELINE_OPTIONS}
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,6 +108,7 @@ class DiffusionInverter(Inverter):
         model: a diffusers Stable Diffusion directory (or a cached Hub id) for real weights;
             ``"tiny"``, ``"sd15"``, ``"sd-turbo"`` for random weights built from ``pipelines/``
             (tests, timing); or a loaded :class:`~diffinv.pipelines.DiffInvPipeline`.
+        config: a :class:`DiffusionConfig` (default: its defaults).
         torch_dtype: dtype of the diffusion networks; default bfloat16 on a GPU that supports it
             (else float16), float32 on CPU. Latents and the loss stay fp32; the target keeps
             its own dtype.
@@ -62,37 +118,36 @@ class DiffusionInverter(Inverter):
             first, on the same features; its time counts), an image file (or a list of files, one per
             feature map), or a ``(N or 1, 3, H, W)`` tensor in [0, 1]. ``strength`` then defaults to
             :data:`HYBRID_STRENGTH` (0.3).
-        keep_start: with ``start``, return the start for images whose refinement ends with a higher
-            feature loss than it (the start counts as an iterate of the best-iterate rule).
-        **call_kwargs: arguments of the pipeline call (``prompt``, ``num_inference_steps``,
-            ``num_iterations``, ``learning_rate``, ``guidance_scale``, ``optimize``,
-            ``temporal_weight``, ...).
+        **options: fields of :class:`DiffusionConfig`: the pipeline call's options (``prompt``,
+            ``num_inference_steps``, ``num_iterations``, ``learning_rate``, ``guidance_scale``,
+            ``optimize``, ``temporal_weight``, ...) and ``keep_start``.
 
     Raises:
-        TypeError: a keyword is not an argument of the pipeline call.
+        ValueError: an option :class:`DiffusionConfig` does not have, or a value it refuses.
     """
 
     name = "diffusion"
-    _reserved = ("features", "height", "width", "input_size", "generator", "output_type", "return_dict", "layer",
-                 "num_images_per_prompt")
+    config_class = DiffusionConfig
+    extra_options = ("model", "torch_dtype", "device", "attention", "start")
 
     def __init__(
         self,
         target: TargetNetwork,
         model="tiny",
         *,
+        config: DiffusionConfig | None = None,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         attention: str = "sdpa",
         start: Inverter | str | os.PathLike | list | torch.Tensor | None = None,
-        keep_start: bool = True,
-        **call_kwargs,
+        **options,
     ):
-        super().__init__(target)
         if start is not None:
-            if call_kwargs.get("init", "image") != "image" or "image" in call_kwargs:
-                raise ValueError("`start` sets the pipeline's `init='image'` and `image`; do not pass them as well.")
-            call_kwargs = {"init": "image", "strength": HYBRID_STRENGTH, **call_kwargs}
+            options = {"strength": HYBRID_STRENGTH, **options}
+        super().__init__(target, config, **options)
+        init = "noise"
+        if start is not None:
+            init = "image"
             if isinstance(start, torch.Tensor):
                 start = check_images(start, "start")
             elif isinstance(start, (str, os.PathLike)):
@@ -100,14 +155,12 @@ class DiffusionInverter(Inverter):
             if isinstance(start, list) and not all(os.path.isfile(p) for p in start):
                 missing = [os.fspath(p) for p in start if not os.path.isfile(p)]
                 raise FileNotFoundError(f"`start` image file(s) {missing} do not exist.")
-            if isinstance(start, Inverter) and start.target is not target:
-                raise ValueError("`start` must be an inverter of the same target network.")
+            if isinstance(start, Inverter):
+                if start.target is not target:
+                    raise ValueError("`start` must be an inverter of the same target network.")
+                if start.latent_start:
+                    init = "mapper"
         self._start = start
-        self.keep_start = bool(keep_start)
-        accepted = set(inspect.signature(pipelines.DiffInvPipeline.__call__).parameters) - {"self", *self._reserved}
-        unknown = sorted(set(call_kwargs) - accepted)
-        if unknown:
-            raise TypeError(f"DiffusionInverter got unknown pipeline arguments {unknown}; accepted: {sorted(accepted)}.")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch_dtype is None and str(device).startswith("cuda"):
@@ -116,8 +169,10 @@ class DiffusionInverter(Inverter):
             self.pipe = _cached_pipeline(os.fspath(model), torch_dtype, str(device), attention)
         else:
             self.pipe = model.to(device) if torch_dtype is None else model.to(device, torch_dtype)
-        self.model = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
-        self.call_kwargs = call_kwargs
+        self.config = dataclasses.replace(
+            self.config, init=init, torch_dtype=str(self.pipe.unet.dtype),
+            model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        )
 
     @property
     def hybrid(self) -> bool:
@@ -129,24 +184,10 @@ class DiffusionInverter(Inverter):
         """The hybrid start: an Inverter, image files or a tensor (``None``: the plain white-box method)."""
         return self._start
 
-    @property
-    def temporal_weight(self) -> float:
-        """λ of the temporal smoothing between consecutive latents (video frames in one batch)."""
-        return float(self.call_kwargs.get("temporal_weight", 0.0))
-
-    @temporal_weight.setter
-    def temporal_weight(self, value: float) -> None:
-        self.call_kwargs["temporal_weight"] = float(value)
-
     def settings(self) -> dict:
-        """The model (and its folder's fingerprint), the networks' dtype, and every plain argument of the
-        pipeline call: the defaults of :meth:`DiffInvPipeline.__call__` updated by this inverter's."""
-        plain = (bool, int, float, str, type(None))
-        defaults = {name: p.default for name, p in inspect.signature(pipelines.DiffInvPipeline.__call__).parameters.items()
-                    if name not in ("self", "latents", "mapper", "image", "callback_on_step_end", *self._reserved)
-                    and isinstance(p.default, plain)}
-        calls = {k: v for k, v in {**defaults, **self.call_kwargs}.items() if isinstance(v, plain)}
-        out = {**super().settings(), "torch_dtype": str(self.pipe.unet.dtype), **calls}
+        """The config (the model and its folder's fingerprint, the networks' dtype, every plain option of
+        the pipeline call), and the hybrid's start: its settings, or its files' or tensor's fingerprints."""
+        out = super().settings()
         if not self.hybrid:
             out.pop("keep_start", None)
         elif isinstance(self._start, Inverter):
@@ -160,16 +201,14 @@ class DiffusionInverter(Inverter):
 
     def _prepare(self, features, layer, size):
         if isinstance(self._start, Inverter):
-            self._start.check_image_size(size)
-            self._start._prepare(features, layer, size)
+            self._start.prepare(features, layer, size)
 
-    def start_images(self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator,
-                     progress: bool) -> tuple[torch.Tensor, dict]:
+    def _start_estimate(self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator,
+                        progress: bool) -> tuple[torch.Tensor, dict]:
         """The hybrid's start images ``(N or 1, 3, H, W)`` at ``size`` and what the start method reported."""
         if isinstance(self._start, Inverter):
-            images, _, info = self._start._reconstruct(features, layer, size, generator=generator, progress=progress)
-            info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list)) and k != "latents"}
-            return images.detach().float().clamp(0, 1), {"start_method": self._start.name, "start_info": info}
+            images, info = self._start.start_images(features, layer, size, generator=generator, progress=progress)
+            return images, {"start_method": self._start.name, "start_info": info}
         if isinstance(self._start, list):
             if len(self._start) not in (1, len(features)):
                 raise ValueError(f"`start` has {len(self._start)} image files for {len(features)} feature maps; give one "
@@ -178,11 +217,14 @@ class DiffusionInverter(Inverter):
         return self._start, {"start_method": "image"}
 
     def _reconstruct(self, features, layer, size, *, generator, progress, callback=None):
-        call_kwargs, start, start_info = dict(self.call_kwargs), None, {}
+        call_kwargs, start, start_info = self.config.call_options(), None, {}
         if self.hybrid:
-            start, start_info = self.start_images(features, layer, size, generator=generator, progress=progress)
+            start, start_info = self._start_estimate(features, layer, size, generator=generator, progress=progress)
             start = start.to(self.device)
-            call_kwargs["image"] = start
+            if self.config.init == "mapper":  # the chain starts from the mapper's latents themselves
+                call_kwargs["mapper"] = self._start.start_mapper(layer)
+            else:
+                call_kwargs["image"] = start
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
         height, width = pipelines.nearest_multiple_of_8(size)
         if (height, width) != size and self.target.input_size is None:
@@ -212,9 +254,9 @@ class DiffusionInverter(Inverter):
         info = {
             "skipped_steps": out.skipped_steps,
             "prompts": out.prompts,
-            "model": str(self.model),
+            "model": self.config.model,
             "generated_size": [height, width],
-            **{k: v for k, v in self.call_kwargs.items() if isinstance(v, (int, float, str))},
+            **{k: v for k, v in call_kwargs.items() if k in PIPELINE_OPTIONS and isinstance(v, (int, float, str))},
             **start_info,
         }
         return images, out.loss_history, info
@@ -223,11 +265,11 @@ class DiffusionInverter(Inverter):
     def _keep_better_start(self, refined: torch.Tensor, start: torch.Tensor, features: torch.Tensor, layer: str) -> dict:
         """Per image, the refinement or (``keep_start``) its start when the start's feature loss is lower."""
         start = start.to(refined).expand_as(refined)
-        kind = self.call_kwargs.get("loss", "nmse")
+        kind = self.config.loss
         feats = features.to(self.device).float()
         losses = [feature_loss(self.target.feature(x.to(self.device), layer).float(), feats, kind).cpu()
                   for x in (start, refined)]
-        kept = losses[0] < losses[1] if self.keep_start else torch.zeros(len(refined), dtype=torch.bool)
+        kept = losses[0] < losses[1] if self.config.keep_start else torch.zeros(len(refined), dtype=torch.bool)
         images = torch.where(kept.view(-1, 1, 1, 1).to(refined.device), start, refined)
         return {"images": images, "kept_start": kept.tolist(), "start_loss": losses[0].tolist(),
                 "refined_loss": losses[1].tolist()}

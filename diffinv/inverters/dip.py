@@ -9,17 +9,18 @@ it fits noise. N images are inverted by N independent generators run as one netw
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..compilation import backend, compiled
-from ..models import SkipGenerator
+from ..models.dip import SkipGenerator, check_dip_size
 from ..optimization import adam
-from ..targets import TargetNetwork
 from .base import Inverter, optimize
+from .config import FEATURE_LOSSES, InverterConfig, option
 
-__all__ = ["DIPInverter", "dip_parameterization"]
+__all__ = ["DIPConfig", "DIPInverter", "dip_parameterization"]
 
 
 def dip_parameterization(
@@ -58,14 +59,15 @@ def dip_parameterization(
     return net, render
 
 
-class DIPInverter(Inverter):
-    """Deep Image Prior inversion.
+@dataclass(frozen=True)
+class DIPConfig(InverterConfig):
+    """The DIP inverter's hyper-parameters.
 
-    Args:
-        target: the network whose features are inverted.
+    Attributes:
         iterations: optimization steps.
         learning_rate: Adam step size on the generator weights.
-        channels: generator channels per level (a small net is enough and fast on CPU).
+        channels: generator channels per level (a small net is enough and fast on CPU); images must
+            be divisible by ``2 ** len(channels)``.
         in_channels: channels of the fixed input noise per image.
         input_noise_std: std of the perturbation of the input noise at every step
             (DIP's regularization; 0 disables it).
@@ -77,53 +79,60 @@ class DIPInverter(Inverter):
             generators to ``init`` before the feature loss (a warm start).
         compile: run the generator and the target through ``torch.compile`` (``True``: inductor;
             or a backend name; :mod:`diffinv.compilation`).
+    """
+
+    method = "dip"
+    accepts_init = True
+    accepts_anchor = True
+    accepts_feature_transform = True
+    streams_images = True
+
+    iterations: int = option(300, "positive_int")
+    learning_rate: float = option(0.01, "non_negative")
+    channels: tuple[int, ...] = option((16, 32, 32, 64), "channels")
+    in_channels: int = option(32, "positive_int")
+    input_noise_std: float = option(1.0 / 30.0, "non_negative")
+    loss: str = option("nmse", choices=FEATURE_LOSSES)
+    temporal_weight: float = option(0.0, "non_negative")
+    init_iterations: int = option(100, "non_negative_int")
+    compile: bool | str = option(False, "compile")
+
+
+class DIPInverter(Inverter):
+    """Deep Image Prior inversion.
+
+    Args:
+        target: the network whose features are inverted.
+        config: a :class:`DIPConfig` (default: its defaults).
+        **options: fields of :class:`DIPConfig` (``iterations``, ``learning_rate``, ``channels``, ...).
+
+    Raises:
+        ValueError: an option :class:`DIPConfig` does not have, or a value it refuses.
 
     Example:
         >>> out = DIPInverter(target, iterations=300)(feature_set)
     """
 
     name = "dip"
-
-    def __init__(
-        self,
-        target: TargetNetwork,
-        *,
-        iterations: int = 300,
-        learning_rate: float = 0.01,
-        channels: tuple[int, ...] = (16, 32, 32, 64),
-        in_channels: int = 32,
-        input_noise_std: float = 1.0 / 30.0,
-        loss: str = "nmse",
-        temporal_weight: float = 0.0,
-        init_iterations: int = 100,
-        compile: bool | str = False,
-    ):
-        super().__init__(target)
-        self.iterations, self.learning_rate, self.channels = iterations, learning_rate, tuple(channels)
-        self.in_channels = in_channels
-        self.input_noise_std, self.loss, self.temporal_weight = input_noise_std, loss, temporal_weight
-        self.init_iterations = init_iterations
-        self.compile = compile
+    config_class = DIPConfig
 
     def check_image_size(self, size: tuple[int, int]) -> None:
-        levels = len(self.channels)
-        if size[0] % 2**levels or size[1] % 2**levels:
-            raise ValueError(f"DIP needs `image_size` divisible by {2 ** levels} (its {levels} levels), got "
-                             f"{tuple(size)}; use a size such as {max(2**levels, size[0] // 2**levels * 2**levels)}.")
+        check_dip_size(size, len(self.config.channels))
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None):
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
+                     feature_transform=None):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
-        n = len(features)
+        n, c = len(features), self.config
         net, render = dip_parameterization(
-            n, size, in_channels=self.in_channels, channels=self.channels, input_noise_std=self.input_noise_std,
-            generator=generator, device=self.device, compile=self.compile,
+            n, size, in_channels=c.in_channels, channels=c.channels, input_noise_std=c.input_noise_std,
+            generator=generator, device=self.device, compile=c.compile,
         )
 
         if init is not None:
             if tuple(init.shape) != (n, 3, *size):
                 raise ValueError(f"`init` must be (N, 3, H, W) = {(n, 3, *size)}, got {tuple(init.shape)}.")
-            _prefit(net, render, init.detach().to(self.device).float(), self.init_iterations, self.learning_rate)
+            _prefit(net, render, init.detach().to(self.device).float(), c.init_iterations, c.learning_rate)
 
         return optimize(
             list(net.parameters()),
@@ -131,17 +140,18 @@ class DIPInverter(Inverter):
             self.target,
             features,
             layer,
-            iterations=self.iterations,
-            lr=self.learning_rate,
-            loss=self.loss,
-            temporal_weight=self.temporal_weight,
+            iterations=c.iterations,
+            lr=c.learning_rate,
+            loss=c.loss,
+            temporal_weight=c.temporal_weight,
             temporal_fn=lambda: render(train=False),
             temporal_anchor=anchor,
             final_fn=lambda: render(train=False),
             desc=f"dip {layer}",
             progress=progress,
-            compile=self.compile,
+            compile=c.compile,
             callback=callback,
+            feature_transform=feature_transform,
         )
 
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -25,22 +26,22 @@ from torch import nn
 from ..models.gan import BigGANGenerator, GANGenerator, ModuleGenerator, load_biggan
 from ..targets import TargetNetwork
 from .base import Inverter, optimize
+from .config import FEATURE_LOSSES, InverterConfig, option
 
-__all__ = ["GANInverter"]
+__all__ = ["GANConfig", "GANInverter"]
 
 DEFAULT_TRUNCATION = 0.7
 DEFAULT_RESTARTS = 4
 
 
-class GANInverter(Inverter):
-    """White-box inversion through a GAN's latent space.
+@dataclasses.dataclass(frozen=True)
+class GANConfig(InverterConfig):
+    """The GAN inverter's hyper-parameters (as the inverter uses them: ``gan`` is the generator's
+    name or folder, ``truncation`` and ``optimize_class`` what the loaded generator allows).
 
-    Args:
-        target: the network whose features are inverted.
-        gan: a BigGAN folder (``config.json`` + ``pytorch_model.bin``), a name of
-            :data:`~diffinv.models.gan.BIGGAN_MODELS` in the package's cache, ``"tiny"``/``"tiny:RES"``
-            (a small random BigGAN: tests, timing), a :class:`~diffinv.models.gan.GANGenerator`, or any
-            ``nn.Module`` ``G(z) -> images in [-1, 1]`` (see ``z_dim``, ``output_range``).
+    Attributes:
+        gan: a BigGAN folder, a name of :data:`~diffinv.models.gan.BIGGAN_MODELS` in the package's
+            cache, or ``"tiny"``/``"tiny:RES"`` (a small random BigGAN: tests, timing).
         truncation: BigGAN's truncation in (0, 1] (default 0.7): smaller gives more typical,
             less varied images; inversion needs to reach an arbitrary image, so the default sits
             above the 0.4-0.5 usual for sampling.
@@ -53,51 +54,72 @@ class GANInverter(Inverter):
             from the features when it can classify them and the GAN has as many classes, else a
             random class per restart.
         loss: feature loss, ``"nmse"``, ``"mse"`` or ``"cosine"``.
+    """
+
+    method = "gan"
+    folders = ("gan",)
+    accepts_feature_transform = True
+
+    gan: str = option("biggan-deep-128", "str")
+    truncation: float | None = option(DEFAULT_TRUNCATION, "optional_truncation")
+    restarts: int = option(DEFAULT_RESTARTS, "positive_int")
+    iterations: int = option(200, "positive_int")
+    learning_rate: float = option(0.05, "non_negative")
+    optimize_class: bool = option(True, "bool")
+    classes: list[int] | None = option(None, "classes")
+    loss: str = option("nmse", choices=FEATURE_LOSSES)
+
+
+class GANInverter(Inverter):
+    """White-box inversion through a GAN's latent space.
+
+    Args:
+        target: the network whose features are inverted.
+        gan: the generator: what :attr:`GANConfig.gan` names, a
+            :class:`~diffinv.models.gan.GANGenerator`, or any ``nn.Module`` ``G(z) -> images in [-1, 1]``
+            (see ``z_dim``, ``output_range``); default the config's (``biggan-deep-128``).
+        config: a :class:`GANConfig` (default: its defaults).
         z_dim, output_range: for a plain ``nn.Module`` generator (see
             :class:`~diffinv.models.gan.ModuleGenerator`).
         cache_dir: another folder to look for cached BigGAN files in.
+        **options: fields of :class:`GANConfig` (``truncation``, ``restarts``, ``iterations``, ...).
 
     Raises:
         GANFilesNotFoundError: the BigGAN weights are not on this machine (how to provide them is
             in the message).
+        ValueError: an option :class:`GANConfig` does not have, or a value it refuses.
     """
 
     name = "gan"
+    config_class = GANConfig
+    extra_options = ("z_dim", "output_range", "cache_dir")
 
     def __init__(
         self,
         target: TargetNetwork,
-        gan: str | os.PathLike | nn.Module = "biggan-deep-128",
+        gan: str | os.PathLike | nn.Module | None = None,
         *,
-        truncation: float = DEFAULT_TRUNCATION,
-        restarts: int = DEFAULT_RESTARTS,
-        iterations: int = 200,
-        learning_rate: float = 0.05,
-        optimize_class: bool = True,
-        classes: int | list[int] | None = None,
-        loss: str = "nmse",
+        config: GANConfig | None = None,
         z_dim: int | None = None,
         output_range: str = "tanh",
         cache_dir: str | os.PathLike | None = None,
+        **options,
     ):
-        super().__init__(target)
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"`restarts` must be a positive integer, got {restarts!r}.")
+        super().__init__(target, config, **options)
+        c = self.config
+        gan = c.gan if gan is None else gan
         if isinstance(gan, GANGenerator):
             generator = gan
         elif isinstance(gan, nn.Module) and type(gan).__name__ == "BigGAN":
-            generator = BigGANGenerator(gan, truncation)
+            generator = BigGANGenerator(gan, c.truncation)
         elif isinstance(gan, nn.Module):
             generator = ModuleGenerator(gan, z_dim, output_range)
         else:
-            generator = load_biggan(gan, truncation=truncation, cache_dir=cache_dir)
+            generator = load_biggan(gan, truncation=c.truncation, cache_dir=cache_dir)
         self._generator = generator.to(self.device)
-        self.gan = gan if isinstance(gan, str) else os.fspath(gan) if isinstance(gan, os.PathLike) else generator.name
-        self.truncation = getattr(generator, "truncation", None)
-        self.restarts, self.iterations, self.learning_rate = restarts, iterations, learning_rate
-        self.optimize_class = bool(optimize_class) and generator.embed_dim > 0
-        self.classes = [classes] if isinstance(classes, int) else classes
-        self.loss = loss
+        name = gan if isinstance(gan, str) else os.fspath(gan) if isinstance(gan, os.PathLike) else generator.name
+        self.config = dataclasses.replace(c, gan=name, truncation=getattr(generator, "truncation", None),
+                                          optimize_class=c.optimize_class and generator.embed_dim > 0)
 
     @property
     def generator(self) -> GANGenerator:
@@ -107,13 +129,13 @@ class GANInverter(Inverter):
     def start_classes(self, features: torch.Tensor, layer: str, size: tuple[int, int],
                       generator: torch.Generator | None) -> tuple[torch.Tensor, str]:
         """``(N * R,)`` starting classes (image-major) and where they came from."""
-        n, r, gan = len(features), self.restarts, self.generator
-        if self.classes is not None:
-            if len(self.classes) not in (1, n) or not all(0 <= int(c) < gan.num_classes for c in self.classes):
+        n, r, gan, given = len(features), self.config.restarts, self.generator, self.config.classes
+        if given is not None:
+            if len(given) not in (1, n) or not all(0 <= int(c) < gan.num_classes for c in given):
                 raise ValueError(f"`classes` must be one class or one per image ({n}), each in [0, {gan.num_classes}), "
-                                 f"got {self.classes!r}.")
-            classes = torch.tensor([int(c) for c in self.classes]).expand(n) if len(self.classes) == 1 \
-                else torch.tensor([int(c) for c in self.classes])
+                                 f"got {given!r}.")
+            classes = torch.tensor([int(c) for c in given]).expand(n) if len(given) == 1 \
+                else torch.tensor([int(c) for c in given])
             return classes.repeat_interleave(r), "given"
         categories = self.target.categories
         if categories is not None and len(categories) == gan.num_classes:
@@ -122,8 +144,9 @@ class GANInverter(Inverter):
                 return predicted.repeat_interleave(r), "predicted"
         return torch.randint(0, gan.num_classes, (n * r,), generator=generator), "random"
 
-    def _reconstruct(self, features, layer, size, *, generator, progress):
-        n, r, gan = len(features), self.restarts, self.generator
+    def _reconstruct(self, features, layer, size, *, generator, progress, feature_transform=None):
+        c = self.config
+        n, r, gan = len(features), c.restarts, self.generator
         device = self.device
 
         # 1. Starting points: R per image (rows image-major), z drawn as the generator was sampled
@@ -139,7 +162,7 @@ class GANInverter(Inverter):
         if gan.embed_dim > 0:
             classes, class_source = self.start_classes(features, layer, size, generator)
             embed = gan.class_embeddings(classes).to(device).float()
-            if self.optimize_class:
+            if c.optimize_class:
                 params.append(embed)
 
         def render() -> torch.Tensor:
@@ -152,7 +175,8 @@ class GANInverter(Inverter):
         # 2. One optimization of every restart at once (the best iterate of each row is kept)
         images, history, info = optimize(
             params, render, self.target, features.repeat_interleave(r, dim=0), layer,
-            iterations=self.iterations, lr=self.learning_rate, loss=self.loss, desc=f"gan {layer}", progress=progress,
+            iterations=c.iterations, lr=c.learning_rate, loss=c.loss, desc=f"gan {layer}", progress=progress,
+            feature_transform=feature_transform,
         )  # fmt: skip
 
         # 3. Best of R per image

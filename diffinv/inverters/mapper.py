@@ -12,12 +12,13 @@ Example:
     >>> inverter = MapperInverter(target, mapper="mappers/blocks.2", model="path/to/sd15")
     >>> out = inverter(feature_set)                       # mapper + VAE decode
     >>> pipe = load_pipeline("path/to/sd15")
-    >>> out = MapperInverter.from_pipeline(target, pipe, mapper="mappers/blocks.2", strength=0.3)(feature_set)
+    >>> out = MapperInverter(target, mapper="mappers/blocks.2", pipe=pipe, vae=pipe.vae, strength=0.3)(feature_set)
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,10 +26,45 @@ from .. import models, pipelines  # FeatureMapper and the pipelines import diffu
 from ..models.learned import PerLayerModels, check_model_input
 from ..targets import TargetNetwork
 from .base import Inverter
+from .config import InverterConfig, option
 
-__all__ = ["MapperInverter"]
+__all__ = ["MapperConfig", "MapperInverter"]
 
 _PIPELINE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+@dataclass(frozen=True)
+class MapperConfig(InverterConfig):
+    """The mapper inverter's settings.
+
+    Attributes:
+        model: the Stable Diffusion model the mapper was trained for (see
+            :func:`~diffinv.pipelines.load_vae`); default the one recorded in the mapper.
+        strength: img2img strength in [0, 1]; 0 (default) only decodes the mapper's latent;
+            otherwise :meth:`DiffInvPipeline.img2img <diffinv.pipelines.DiffInvPipeline.img2img>`
+            runs :func:`~diffinv.pipelines.img2img_steps` ``(num_inference_steps, strength)`` steps.
+        num_inference_steps: K, the steps of the full chain.
+        prompt: text for the refinement (default: none).
+        guidance_scale: classifier-free guidance for the refinement (<= 1: off).
+        batch_size: images decoded per VAE call.
+        path: the folder the mapper(s) come from (filled in by the inverter; ``None`` for a mapper
+            instance).
+        vae: always ``None`` (the VAE instance is not a setting); kept so that the settings, and so
+            the run folders, made before this config stay the same.
+    """
+
+    method = "mapper"
+    folders = ("model", "path")
+    derived = ("path", "vae")
+
+    model: str | None = option(None, "optional_str")
+    strength: float = option(0.0, "unit")
+    num_inference_steps: int = option(20, "positive_int")
+    prompt: str = option("", "str")
+    guidance_scale: float = option(1.0, "non_negative")
+    batch_size: int = option(16, "positive_int")
+    path: str | None = option(None, "optional_str")
+    vae: None = option(None, "optional_str")
 
 
 class MapperInverter(Inverter):
@@ -37,61 +73,43 @@ class MapperInverter(Inverter):
     Args:
         target: the network whose features are inverted (checks and feature residual).
         mapper: a trained mapper, its folder, or a folder of per-layer mapper folders.
-        model: the Stable Diffusion model the mapper was trained for (see
-            :func:`~diffinv.pipelines.load_vae`); defaults to the one recorded in the mapper.
-        vae: the VAE instance instead of ``model``.
+        vae: the VAE instance instead of the config's ``model``.
         pipe: the diffusion pipeline for the img2img refinement (``strength > 0``): a
             :class:`~diffinv.pipelines.DiffInvPipeline`, or any diffusers Stable Diffusion pipeline
             (a DiffInvPipeline is built from its components); loaded from ``model`` with
             :func:`~diffinv.pipelines.load_pipeline` when not given.
-        strength: img2img strength in [0, 1]; 0 (default) only decodes the mapper's latent;
-            otherwise :meth:`DiffInvPipeline.img2img <diffinv.pipelines.DiffInvPipeline.img2img>`
-            runs :func:`~diffinv.pipelines.img2img_steps` ``(num_inference_steps, strength)`` steps.
-        num_inference_steps: K, the steps of the full chain.
-        prompt: text for the refinement (default: none).
-        guidance_scale: classifier-free guidance for the refinement (<= 1: off).
-        batch_size: images decoded per VAE call.
+        config: a :class:`MapperConfig` (default: its defaults).
+        **options: fields of :class:`MapperConfig` (``model``, ``strength``, ``num_inference_steps``, ...).
 
     Raises:
         FileNotFoundError: no trained mapper, or no diffusion model files.
-        ValueError: features of another layer, target or input size than the mapper's; ``strength``
-            not in [0, 1].
+        ValueError: features of another layer, target or input size than the mapper's; an option
+            :class:`MapperConfig` does not have, or a value it refuses (``strength`` not in [0, 1], ...).
     """
 
     name = "mapper"
     white_box = False
+    config_class = MapperConfig
+    extra_options = ("mapper", "vae", "pipe")
 
     def __init__(
         self,
         target: TargetNetwork,
         *,
         mapper: models.FeatureMapper | str | os.PathLike,
-        model: str | os.PathLike | None = None,
         vae=None,
         pipe=None,
-        strength: float = 0.0,
-        num_inference_steps: int = 20,
-        prompt: str = "",
-        guidance_scale: float = 1.0,
-        batch_size: int = 16,
+        config: MapperConfig | None = None,
+        **options,
     ):
-        super().__init__(target)
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"`strength` must be in [0, 1] (0: no img2img refinement), got {strength!r}.")
-        if strength > 0:
-            pipelines.img2img_steps(num_inference_steps, strength)  # checks `num_inference_steps` now, not after loading
-        self.model, self.vae = model, vae
-        self._pipe = self._as_diffinv_pipeline(pipe) if pipe is not None else None  # not a setting (see settings())
-        self.strength, self.num_inference_steps = strength, num_inference_steps
-        self.prompt, self.guidance_scale, self.batch_size = prompt, guidance_scale, batch_size
+        super().__init__(target, config, **options)
+        c = self.config
+        if c.strength > 0:
+            pipelines.img2img_steps(c.num_inference_steps, c.strength)  # checks the steps now, not after loading
+        self.vae = vae
+        self._pipe = self._as_diffinv_pipeline(pipe) if pipe is not None else None
         self._mappers = PerLayerModels(mapper, models.FeatureMapper, "mapper", target.mean.device)
-        self.path = self._mappers.path
-
-    @classmethod
-    def from_pipeline(cls, target: TargetNetwork, pipe, *, mapper, **kwargs) -> "MapperInverter":
-        """Uses a diffusers Stable Diffusion pipeline (e.g. ``DiffInvPipeline``): its VAE and, for
-        ``strength > 0``, its img2img."""
-        return cls(target, mapper=mapper, vae=pipe.vae, pipe=pipe, **kwargs)
+        self.config = replace(c, path=None if self._mappers.path is None else os.fspath(self._mappers.path))
 
     @property
     def pipe(self) -> pipelines.DiffInvPipeline | None:
@@ -116,7 +134,7 @@ class MapperInverter(Inverter):
         return self._mappers(layer)
 
     def _model_name(self, mapper: models.FeatureMapper):
-        model = self.model or mapper.config.model
+        model = self.config.model or mapper.config.model
         if model is None:
             raise ValueError("`model` is required: the Stable Diffusion model whose VAE the mapper was trained for.")
         return model
@@ -144,22 +162,22 @@ class MapperInverter(Inverter):
     def refine(self, latents: torch.Tensor, *, generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
         """img2img: ``latents`` noised to ``strength`` and denoised by the pipeline's chain (strength 0: as is).
 
-        The pipeline's :meth:`~diffinv.pipelines.DiffInvPipeline.img2img`, with this inverter's
+        The pipeline's :meth:`~diffinv.pipelines.DiffInvPipeline.img2img`, with the config's
         ``strength``, ``num_inference_steps``, ``prompt`` and ``guidance_scale``; the result is on
         ``latents``' device.
 
         Raises:
             ValueError: ``strength > 0`` and no pipeline was given or loaded yet (see ``pipe``).
         """
-        if self.strength == 0:
+        c = self.config
+        if c.strength == 0:
             return latents
         if self._pipe is None:
-            raise ValueError("`refine` needs the diffusion pipeline: pass `pipe=` (or `model=`) and invert once, "
-                             "or use `MapperInverter.from_pipeline`.")
+            raise ValueError("`refine` needs the diffusion pipeline: pass `pipe=`, or `model=` and invert once.")
         self._pipe.set_progress_bar_config(disable=not progress, leave=False, desc="img2img")
         refined = self._pipe.img2img(
-            latents, self.strength, num_inference_steps=self.num_inference_steps, prompt=self.prompt,
-            guidance_scale=self.guidance_scale, generator=generator,
+            latents, c.strength, num_inference_steps=c.num_inference_steps, prompt=c.prompt,
+            guidance_scale=c.guidance_scale, generator=generator,
         )  # fmt: skip
         return refined.to(latents.device)
 
@@ -167,18 +185,29 @@ class MapperInverter(Inverter):
     def _prepare(self, features, layer, size):
         mapper = self.mapper_for(layer)
         check_model_input(mapper, features, size)
-        if self.strength > 0:
+        if self.config.strength > 0:
             self._load_pipeline(mapper)
         self._load_vae(mapper)
 
+    @property
+    def latent_start(self) -> bool:
+        """With ``strength`` 0 the estimate is the mapper's latent itself: a hybrid starts from it."""
+        return self.config.strength == 0
+
+    def start_mapper(self, layer: str) -> models.FeatureMapper | None:
+        """The mapper of ``layer`` when its latents are this method's estimate (``strength`` 0): the
+        diffusion chain of a hybrid then starts from them directly (``pipe(init="mapper")``)."""
+        return self.mapper_for(layer) if self.config.strength == 0 else None
+
     @torch.no_grad()
     def _reconstruct(self, features, layer, size, *, generator, progress):
+        c = self.config
         latents = self.mapper_for(layer).initial_latents(features)
-        if self.strength > 0:
+        if c.strength > 0:
             latents = self.refine(latents, generator=generator, progress=progress)
-        images = torch.cat([models.decode_latents(self.vae, z).clamp(0, 1) for z in latents.split(self.batch_size)])
-        steps = pipelines.img2img_steps(self.num_inference_steps, self.strength) if self.strength > 0 else 0
-        info = {"strength": self.strength, "img2img_steps": steps, "latents": latents.cpu()}
+        images = torch.cat([models.decode_latents(self.vae, z).clamp(0, 1) for z in latents.split(c.batch_size)])
+        steps = pipelines.img2img_steps(c.num_inference_steps, c.strength) if c.strength > 0 else 0
+        info = {"strength": c.strength, "img2img_steps": steps, "latents": latents.cpu()}
         return images, torch.zeros(0, len(images)), info
 
 

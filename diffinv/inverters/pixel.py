@@ -6,13 +6,15 @@ The image is parameterized by logits (``sigmoid`` keeps it in [0, 1]); random ji
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..losses import total_variation
-from ..targets import TargetNetwork
 from .base import Inverter, optimize
+from .config import FEATURE_LOSSES, InverterConfig, option
 
-__all__ = ["PixelInverter", "pixel_parameterization"]
+__all__ = ["PixelConfig", "PixelInverter", "pixel_parameterization"]
 
 
 def pixel_parameterization(
@@ -38,11 +40,11 @@ def _jitter(images: torch.Tensor, pixels: int, generator: torch.Generator | None
     return torch.roll(images, shifts=(dy, dx), dims=(-2, -1))
 
 
-class PixelInverter(Inverter):
-    """Pixel optimization with a TV prior and jitter.
+@dataclass(frozen=True)
+class PixelConfig(InverterConfig):
+    """The pixel inverter's hyper-parameters.
 
-    Args:
-        target: the network whose features are inverted.
+    Attributes:
         iterations: optimization steps.
         learning_rate: Adam step size on the pixel logits.
         tv_weight: weight of the total-variation prior (per pixel mean).
@@ -53,6 +55,35 @@ class PixelInverter(Inverter):
         temporal_weight: smoothing between consecutive images of the batch (video frames).
         compile: run the target through ``torch.compile`` (``True``: inductor; or a backend name;
             :mod:`diffinv.compilation`).
+    """
+
+    method = "pixel"
+    accepts_init = True
+    accepts_anchor = True
+    accepts_feature_transform = True
+    streams_images = True
+
+    iterations: int = option(300, "positive_int")
+    learning_rate: float = option(0.1, "non_negative")
+    tv_weight: float = option(0.05, "non_negative")
+    tv: str = option("isotropic", choices=("isotropic", "anisotropic"))
+    tv_beta: float = option(2.0, "positive")
+    jitter: int = option(1, "non_negative_int")
+    loss: str = option("nmse", choices=FEATURE_LOSSES)
+    temporal_weight: float = option(0.0, "non_negative")
+    compile: bool | str = option(False, "compile")
+
+
+class PixelInverter(Inverter):
+    """Pixel optimization with a TV prior and jitter.
+
+    Args:
+        target: the network whose features are inverted.
+        config: a :class:`PixelConfig` (default: its defaults).
+        **options: fields of :class:`PixelConfig` (``iterations``, ``learning_rate``, ``tv_weight``, ...).
+
+    Raises:
+        ValueError: an option :class:`PixelConfig` does not have, or a value it refuses.
 
     Example:
         >>> out = PixelInverter(target, iterations=300)(feature_set)
@@ -61,49 +92,31 @@ class PixelInverter(Inverter):
     """
 
     name = "pixel"
+    config_class = PixelConfig
 
-    def __init__(
-        self,
-        target: TargetNetwork,
-        *,
-        iterations: int = 300,
-        learning_rate: float = 0.1,
-        tv_weight: float = 0.05,
-        tv: str = "isotropic",
-        tv_beta: float = 2.0,
-        jitter: int = 1,
-        loss: str = "nmse",
-        temporal_weight: float = 0.0,
-        compile: bool | str = False,
-    ):
-        super().__init__(target)
-        if tv not in ("isotropic", "anisotropic"):
-            raise ValueError(f"`tv` must be 'isotropic' or 'anisotropic', got {tv!r}.")
-        self.iterations, self.learning_rate = iterations, learning_rate
-        self.tv_weight, self.tv, self.tv_beta = tv_weight, tv, tv_beta
-        self.jitter, self.loss, self.temporal_weight = jitter, loss, temporal_weight
-        self.compile = compile
-
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None):
+    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
+                     feature_transform=None):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
         before the first one in the temporal term (the previous video frame)."""
+        c = self.config
         params, render = pixel_parameterization(len(features), size, generator=generator, device=self.device, init=init)
         return optimize(
             params,
-            lambda: _jitter(render(), self.jitter, generator),
+            lambda: _jitter(render(), c.jitter, generator),
             self.target,
             features,
             layer,
-            iterations=self.iterations,
-            lr=self.learning_rate,
-            loss=self.loss,
-            prior_fn=lambda x: self.tv_weight * total_variation(x, self.tv, self.tv_beta),
-            temporal_weight=self.temporal_weight,
+            iterations=c.iterations,
+            lr=c.learning_rate,
+            loss=c.loss,
+            prior_fn=lambda x: c.tv_weight * total_variation(x, c.tv, c.tv_beta),
+            temporal_weight=c.temporal_weight,
             temporal_fn=render,
             temporal_anchor=anchor,
             final_fn=render,
             desc=f"pixel {layer}",
             progress=progress,
-            compile=self.compile,
+            compile=c.compile,
             callback=callback,
+            feature_transform=feature_transform,
         )

@@ -17,12 +17,12 @@ What is smoothed, per method:
   correspondence (N independent generators); the practical choice is to smooth the
   generators' output images. Warm start: a short pre-fit of the fresh generators to the
   previous reconstruction (``DIPInverter(init_iterations=...)``).
-* any other :class:`~diffinv.inverters.Inverter`: works here when its constructor takes
-  ``temporal_weight`` (kept as the attribute of that name); an ``init=images`` option of its
-  ``_reconstruct`` (or of its own ``invert``) enables the warm start and ``anchor=image`` the
-  fixed anchor (an image ``(1, 3, H, W)`` in [0, 1]; an inverter that smooths latents may
-  encode it). Without ``anchor`` the previous frame is re-inverted as the first frame of the
-  next window (``boundary="overlap"``) and its new result is discarded.
+* any other :class:`~diffinv.inverters.Inverter`: what its config declares
+  (:mod:`diffinv.inverters.config`): a ``temporal_weight`` field (λ), ``accepts_init``
+  (``invert(init=images)``: the warm start) and ``accepts_anchor`` (``invert(anchor=image)``: the
+  fixed anchor, an image ``(1, 3, H, W)`` in [0, 1]; an inverter that smooths latents may encode
+  it). Without ``anchor`` the previous frame is re-inverted as the first frame of the next
+  window (``boundary="overlap"``) and its new result is discarded.
 
 With an output folder, :func:`invert_video` is a *run store* (:mod:`diffinv.jobs.store`):
 ``manifest.json`` holds every setting that defines the results, every frame is written as a
@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -212,17 +211,6 @@ def _finished(store: RunStore, frame_ids: Sequence[int], size: Sequence[int]) ->
     return finished
 
 
-def _options(inverter: Inverter) -> set[str]:
-    """The keyword options ``inverter.invert`` takes: its own, and those of the method's
-    ``_reconstruct`` when ``invert`` hands ``**kwargs`` on to it (the :class:`Inverter` template)."""
-    params = inspect.signature(inverter.invert).parameters
-    names = {name for name, p in params.items() if p.kind is not p.VAR_KEYWORD}
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        names |= {name for name, p in inspect.signature(inverter._reconstruct).parameters.items()
-                  if p.kind is not p.VAR_KEYWORD}
-    return names
-
-
 def _windows(todo: Sequence[int], window: int) -> list[list[int]]:
     """Runs of consecutive positions, cut into pieces of at most ``window``."""
     runs: list[list[int]] = []
@@ -265,8 +253,8 @@ def invert_video(
     """Inverts the features of consecutive frames, window by window.
 
     Args:
-        inverter: any inverter; its ``temporal_weight`` attribute (λ) weights the temporal
-            term inside each window (0: independent frames).
+        inverter: any inverter; its config's ``temporal_weight`` (λ) weights the temporal term
+            inside each window (0, or no such field: independent frames).
         features: ``(T, ...)`` features of consecutive frames, in order.
         window: frames per batch (memory and speed; smoothing is continuous across windows).
         references: the source frames ``(T, 3, H, W)``, to score PSNR/SSIM and temporal figures.
@@ -329,15 +317,15 @@ def invert_video(
                          f"({len(set(frame_ids))} distinct).")
     if boundary not in ("auto", "anchor", "overlap", "none"):
         raise ValueError(f"`boundary` must be 'auto', 'anchor', 'overlap' or 'none', got {boundary!r}.")
-    weight = float(getattr(inverter, "temporal_weight", 0.0) or 0.0)
-    accepts = _options(inverter)
+    config = inverter.config
+    weight = float(getattr(config, "temporal_weight", 0.0) or 0.0)
     warm_start = weight > 0 if warm_start is None else bool(warm_start)
-    if warm_start and "init" not in accepts:
+    if warm_start and not config.accepts_init:
         warnings.warn(f"{type(inverter).__name__}.invert takes no `init=`; frames are not warm-started.", stacklevel=2)
         warm_start = False
     if boundary == "auto":
-        boundary = "anchor" if "anchor" in accepts else "overlap"
-    if boundary == "anchor" and "anchor" not in accepts:
+        boundary = "anchor" if config.accepts_anchor else "overlap"
+    if boundary == "anchor" and not config.accepts_anchor:
         raise ValueError(f"`boundary='anchor'` needs {type(inverter).__name__}.invert(anchor=...); use 'overlap'.")
     if weight <= 0:
         boundary = "none"

@@ -12,7 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SkipGenerator"]
+__all__ = ["SkipGenerator", "check_dip_size"]
+
+
+def check_dip_size(size, levels: int, name: str = "image_size") -> None:
+    """Raises ``ValueError`` (naming ``name``) unless both sides of ``size`` are divisible by ``2 ** levels``:
+    each of the generator's ``levels`` halves the resolution on the way down and doubles it on the way up."""
+    step = 2**levels
+    if size[0] % step or size[1] % step:
+        raise ValueError(f"DIP needs `{name}` divisible by {step} (its {levels} levels), got {tuple(size)}; use a "
+                         f"size such as {max(step, size[0] // step * step)}.")
 
 
 def _conv(cin: int, cout: int, groups: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
