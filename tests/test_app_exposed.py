@@ -167,6 +167,17 @@ def test_fields_out_of_bounds_get_the_flag_the_value_and_the_bound(logged):
         "--max-iterations 50; enter a number of iterations.")
 
 
+def test_a_job_that_does_not_fit_in_memory_is_refused_before_work(logged, monkeypatch):
+    from diffinv import resources
+
+    monkeypatch.setattr(resources, "_host_available", lambda: 2**20)  # 1 MiB free
+    bench, log = logged
+    before = len(log.runs)
+    text = message(bench, small())
+    assert text.startswith("diffinv app: error: the job needs an estimated") and "available" in text
+    assert len(log.runs) == before  # refused before any inversion ran
+
+
 def test_cli_flags_bound_the_app_and_root_its_files(tmp_path):
     args = build_parser().parse_args(["app"])
     assert (args.max_size, args.max_iterations) == (512, 1000)

@@ -46,6 +46,8 @@ from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
 from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
 from ..pipelines.definitions import DEFINITIONS as MODEL_DEFINITIONS
+from ..pipelines.definitions import definition_dir
+from ..resources import check_job_memory
 from ..targets import DEFAULT_LAYERS, TargetNetwork
 from .limits import MAX_SEED, MIN_SIZE, Limits, bounded_int, check_photo, resolve_folder, resolve_weights, run_folder
 from .limits import served_file
@@ -334,12 +336,18 @@ class Workbench:
             decoder=resolve_folder(request.decoder, "--decoder", limits),
             mapper=resolve_folder(request.mapper, "--mapper", limits))
 
-    def _check(self, request: InvertRequest):
-        """Every field checked (the CLI's messages) before any work (``request``: :meth:`checked`);
-        returns ``target -> Inverter``."""
-        # TODO(resources): the CLI's memory check (diffinv.resources.check_memory, issue 22) goes here, with the
-        # checked request's size, method, target and iterations, so the app refuses what does not fit as the CLI does.
-        return self.inverter_factory(request.method, request.options(self.device))
+    def _check(self, request: InvertRequest, layers: tuple[str, ...] = (), images: int = 1):
+        """Every field checked (the CLI's messages) before any work (``request``: :meth:`checked`), and the
+        job's estimated peak memory against the machine's (:func:`~diffinv.resources.check_job_memory`, as the
+        command line does); returns ``target -> Inverter``."""
+        make_inverter = self.inverter_factory(request.method, request.options(self.device))
+        layers = layers or ((request.layer,) if request.layer else ())
+        if layers:
+            model = request.model.strip() if isinstance(request.model, str) and request.model.strip() else None
+            check_job_memory(request.target, layers, request.size, images=images, methods=[request.method],
+                             model=definition_dir(model) if model in MODEL_DEFINITIONS else model,
+                             device=self.device)
+        return make_inverter
 
     def _metrics(self, target: TargetNetwork, recon: torch.Tensor, original: torch.Tensor, out) -> dict:
         device = target.mean.device
@@ -499,7 +507,7 @@ class Workbench:
             if not layers:
                 raise ValueError(f"`--layers`: target {request.target!r} has no default layers; the Depth tab needs "
                                  f"one of {', '.join(DEFAULT_LAYERS)}.")
-            make_inverter = self._check(request)
+            make_inverter = self._check(request, layers)
             original, name = self.load_image(request.image, request.size)
             target = self.target(request.target, request.weights, request.size, layers)
         except BaseException as err:
@@ -608,7 +616,7 @@ class Workbench:
                              f"server's --max-iterations {budget}; lower either.")
         if not request.layer:
             raise ValueError("`--layer`: no layer chosen.")
-        make_inverter = self._check(request)
+        make_inverter = self._check(request, images=top)
         if not self._run_lock.acquire(timeout=self.wait_seconds):
             raise BusyError(RUN_BUSY)
         try:

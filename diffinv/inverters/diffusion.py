@@ -232,7 +232,7 @@ class DiffusionInverter(Inverter):
                 f"`image_size` {size} is not a multiple of 8 and target {self.target.name!r} does not resize its "
                 f"input, so the diffusion model cannot produce images whose features have the given shape."
             )
-        pipe = self.pipe.set_target(self.target, layer=layer)
+        pipe = self.pipe.with_target(self.target, layer=layer)  # the cached pipeline is shared: never changed
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"diffusion {layer}")
         hook = {}
         if callback is not None:  # the loss only: rendering a latent costs a full sampler pass
