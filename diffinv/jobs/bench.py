@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import threading
@@ -28,13 +29,15 @@ from tqdm.auto import tqdm
 from ..features import FeatureSet
 from ..inverters import Inverter
 from ..io import pixels_fingerprint, save_image, write_json
-from ..metrics import LPIPS, psnr, ssim, top1_agreement
+from ..judge import Judge, labels_tensor
+from ..metrics import LPIPS, reconstruction_scores
 from ..targets import TargetNetwork
 from .distributed import WorkClaims, process_device
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
-__all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "run_benchmark", "work_items"]
+__all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "record_scores", "run_benchmark",
+           "work_items"]
 
 
 class PeakMemory:
@@ -107,6 +110,20 @@ def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[in
             for chunk in chunks]
 
 
+def record_scores(scores: Mapping[str, torch.Tensor | None], j: int) -> dict[str, float | None]:
+    """Image ``j``'s values of per-image ``scores`` (:func:`~diffinv.metrics.reconstruction_scores`), as a
+    record holds them: floats, ``None`` where a score does not apply (or is NaN: an unknown label)."""
+    values = {}
+    for metric, column in scores.items():
+        value = None if column is None else float(column[j])
+        values[metric] = None if value is None or math.isnan(value) else value
+    return values
+
+
+def _label(labels: torch.Tensor | None, i: int) -> int | None:
+    return None if labels is None or labels[i] < 0 else int(labels[i])
+
+
 def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
                    sources: Sequence[str]) -> list[dict]:
     """The records of every process, one per key (the first written), in the order of the settings:
@@ -136,6 +153,8 @@ def run_benchmark(
     overwrite: bool = False,
     progress: bool = True,
     state=None,
+    labels: Sequence[int | None] | None = None,
+    judge: Judge | None = None,
 ) -> list[dict]:
     """Inverts every (layer, method, seed, chunk of images) and writes results, tables and grids into a run store.
 
@@ -160,6 +179,10 @@ def run_benchmark(
             (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
             and the main process writes the merged results, tables and plots once all are done.
             ``None``: one process does everything.
+        labels: the true class of each image (``None`` where unknown; :mod:`diffinv.labels`): records
+            carry it, and the tables the top-1 accuracy of the originals and reconstructions.
+        judge: a second network that the attack never saw (:class:`~diffinv.judge.Judge`): its top-1
+            accuracy and agreement on the reconstructions and its feature similarity to the originals.
 
     Returns:
         Every record of the run (resumed ones and those of other processes included), one per
@@ -170,11 +193,14 @@ def run_benchmark(
     """
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
+    label_values = labels_tensor(labels, len(images))
     device = target.mean.device
     if state is not None:
         device = process_device(state, device)
         if target.mean.device != device:
             target = target.to(device)
+    if judge is not None:
+        judge = judge.to(device)
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()}
     for inverter in inverters.values():
         inverter.check_image_size(tuple(images.shape[-2:]))
@@ -189,6 +215,8 @@ def run_benchmark(
         "images": list(sources),
         "images_fingerprint": pixels_fingerprint(images),
         "device": device.type,
+        **({"labels": [_label(label_values, i) for i in range(len(images))]} if label_values is not None else {}),
+        **({"judge": judge.identity()} if judge is not None else {}),
         **dict(settings or {}),
     }
     store = RunStore(out_dir, "bench", manifest, overwrite=overwrite, outputs=OUTPUTS, state=state)
@@ -204,8 +232,8 @@ def run_benchmark(
     images = images.to(device)
     todo = [w for w in work if any((w[0], w[1], w[2], sources[i]) not in done for i in w[3])]
     mine = claims.take(todo)  # under a launch: the next item no other process has taken
-    meta = {"target": target.name, "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet",
-            "device": str(device), "processes": 1 if state is None else state.num_processes,
+    meta = {"target": target.name, "judge": judge.name if judge is not None else None,
+            "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet", "device": str(device), "processes": 1 if state is None else state.num_processes,
             "threads": torch.get_num_threads()}
 
     def write_results() -> list[dict]:
@@ -232,22 +260,17 @@ def run_benchmark(
             out = inverter.invert(features[layer, chunk], generator=torch.Generator().manual_seed(seed),
                                   progress=show)
         recon = out.images.to(device)
-        scores = {
-            "psnr": psnr(recon, originals),
-            "ssim": ssim(recon, originals),
-            "lpips": lpips_metric(recon, originals),
-            "feature_residual": out.feature_residual,
-            "top1_agreement": top1_agreement(target, recon, originals),
-        }
+        scores = reconstruction_scores(target, recon, originals, lpips=lpips_metric, judge=judge,
+                                       feature_residual=out.feature_residual,
+                                       labels=None if label_values is None else label_values[chunk.start:chunk.stop])
         for j, i in enumerate(chunk):
             if (layer, method, seed, sources[i]) in done:
                 continue  # finished earlier (in a chunk that was cut short): kept as it is
             file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
             record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
                       "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                      "hybrid": bool(inverter.hybrid)}
-            for metric, values in scores.items():
-                record[metric] = None if values is None else float(values[j])
+                      "hybrid": bool(inverter.hybrid), "label": _label(label_values, i)}
+            record.update(record_scores(scores, j))
             record["seconds"] = out.seconds / len(chunk)
             record["peak_memory_mb"] = memory.peak_mb
             record["skipped_steps"] = int(out.info.get("skipped_steps", 0))
