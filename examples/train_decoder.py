@@ -89,7 +89,7 @@ def evaluate(args) -> None:
     for row in rows:
         def cell(metric, fmt):
             value = row.get(metric)
-            return "n/a" if value is None else f"{fmt.format(value[0])} ± {fmt.format(value[1])}"
+            return "n/a" if value is None else f"{fmt.format(value[0])} [{fmt.format(value[1])}, {fmt.format(value[2])}]"
 
         seconds = row["seconds"][0]
         lines.append(f"| {row['layer']} | {row['method']} | {'white' if row['white_box'] else 'black'} | "
