@@ -122,11 +122,13 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
             labelled = len({r["image"] for r in group if r.get("label") is not None})
             n = str(row["n"]) + (f" ({labelled} labelled)" if labelled < row["n"] else "")
             lines.append("| " + " | ".join([row["layer"], row["method"], n, *(_cell(row[m], m) for m in shown)]) + " |")
-        lines += ["", "acc. = share of images whose top-1 class is the true label (n = images with a label); agr. = "
-                      "share of reconstructions classified as the original; judge feature cos. = cosine similarity "
-                      "of the judge's penultimate (pooled) features of reconstruction and original. The judge is a "
-                      "second network that the attack never saw: a reconstruction that only fools the target scores "
-                      "low there."]
+        note = ("acc. = share of images whose top-1 class is the true label (over the labelled images); agr. = share "
+                "of reconstructions classified as the original.")
+        if any(m.startswith("judge") for m in semantic):
+            note += (" judge feature cos. = cosine similarity of the judge's penultimate (pooled) features of "
+                     "reconstruction and original. The judge is a second network that the attack never saw: a "
+                     "reconstruction that only fools the target scores low there.")
+        lines += ["", note]
 
     for metric, title in (("psnr", "PSNR (dB)"), ("judge_similarity", "judge feature cos.")):
         diffs = paired_differences(records, layers, methods, metric)
