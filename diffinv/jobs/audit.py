@@ -439,7 +439,7 @@ def write_report_md(report: Mapping, path) -> str:
                   ""]
         if meta.get("lpips") != "alexnet":
             lines += [f"{meta.get('lpips')}.", ""]
-    semantic = [m for m in METRICS if m in SEMANTIC_METRICS and any(
+    semantic = [m for m in METRICS if m in SEMANTIC_METRICS and m != "top1_agreement" and any(
         (a or {}).get(m) is not None for row in report["settings"] for e in row["attacks"].values()
         for k, a in e.items() if k in ATTACKERS)]
     layers = list(dict.fromkeys(r["layer"] for r in report["settings"]))
