@@ -21,8 +21,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .targets import TargetNetwork
 
-__all__ = ["psnr", "ssim", "LPIPS", "feature_residual", "label_hits", "reconstruction_scores", "top1_accuracy", "top1_agreement",
-           "temporal_consistency"]
+__all__ = ["psnr", "ssim", "LPIPS", "feature_residual", "label_hits", "reconstruction_scores", "top1_accuracy",
+           "top1_agreement", "temporal_consistency"]
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:

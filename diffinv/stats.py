@@ -38,7 +38,8 @@ def _check(confidence: float, resamples: int) -> None:
         raise ValueError(f"`resamples` must be a positive integer, got {resamples!r}.")
 
 
-def _percentile_bootstrap(values: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[float, float, float]:
+def _percentile_bootstrap(values: np.ndarray, confidence: float, resamples: int,
+                          seed: int) -> tuple[float, float, float]:
     mean = float(values.mean())
     if len(values) == 1 or np.all(values == values[0]):
         return mean, mean, mean

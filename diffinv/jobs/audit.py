@@ -461,9 +461,10 @@ def write_report_md(report: Mapping, path) -> str:
                       "judge_original_accuracy": "judge acc. (originals)", "judge_accuracy": "judge acc. (recon.)",
                       "judge_agreement": "judge agr.", "judge_similarity": "judge feature cos."}
             judge = meta.get("judge")
-            lines += ["", "True labels" + (f" and the judge `{judge}` (a network the attack never saw)" if judge else "")
-                      + ":", "", "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic)
-                      + " |", "|" + "---|" * (4 + len(semantic))]
+            lines += ["", "True labels" + (f" and the judge `{judge}` (a network the attack never saw)"
+                                           if judge else "") + ":", "",
+                      "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic) + " |",
+                      "|" + "---|" * (4 + len(semantic))]
             for row in (r for r in report["settings"] if r["layer"] == layer):
                 for method, entry in row["attacks"].items():
                     for attacker in ATTACKERS if row["defense"] != "none" else ("naive",):

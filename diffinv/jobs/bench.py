@@ -233,8 +233,8 @@ def run_benchmark(
     todo = [w for w in work if any((w[0], w[1], w[2], sources[i]) not in done for i in w[3])]
     mine = claims.take(todo)  # under a launch: the next item no other process has taken
     meta = {"target": target.name, "judge": judge.name if judge is not None else None,
-            "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet", "device": str(device), "processes": 1 if state is None else state.num_processes,
-            "threads": torch.get_num_threads()}
+            "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet", "device": str(device),
+            "processes": 1 if state is None else state.num_processes, "threads": torch.get_num_threads()}
 
     def write_results() -> list[dict]:
         records = merged_records(store.records(), layers, list(inverters), seeds, sources)

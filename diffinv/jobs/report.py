@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from ..io import atomic_path, load_image, save_figure, to_pil
 from ..stats import bootstrap_ci, format_ci, paired_difference_ci
 
-__all__ = ["METRICS", "SEMANTIC_METRICS", "paired_differences", "per_image", "summarize", "write_depth_plot", "write_grid",
-           "write_privacy_utility_plot", "write_table"]
+__all__ = ["METRICS", "SEMANTIC_METRICS", "paired_differences", "per_image", "summarize", "write_depth_plot",
+           "write_grid", "write_privacy_utility_plot", "write_table"]
 
 METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
 # scores against the true labels and of the judge (a network the attack never saw); absent from older records
@@ -114,7 +114,8 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
                   "judge_similarity": "judge feature cos."}
         shown = [m for m in SEMANTIC_METRICS if m in semantic or m == "top1_agreement"]
         judge = (meta or {}).get("judge")
-        lines += ["", "## What the reconstructions reveal: true labels" + (f" and the judge `{judge}`" if judge else ""),
+        lines += ["", "## What the reconstructions reveal: true labels" + (f" and the judge `{judge}`"
+                                                                            if judge else ""),
                   "", "| " + " | ".join(["layer", "method", "n", *(titles[m] for m in shown)]) + " |",
                   "|" + "---|" * (3 + len(shown))]
         for row in rows:
@@ -205,8 +206,8 @@ def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") ->
             continue
         xs, stats, white = zip(*points)
         means, lows, highs = ([s[k] for s in stats] for k in range(3))
-        line = ax.errorbar(xs, means, yerr=[[m - lo for m, lo in zip(means, lows)], [h - m for m, h in zip(means, highs)]],
-                           marker="o", capsize=3, linestyle="-" if white[0] else "--",
+        errors = [[m - lo for m, lo in zip(means, lows)], [h - m for m, h in zip(means, highs)]]
+        line = ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, linestyle="-" if white[0] else "--",
                            label=f"{method} ({'white' if white[0] else 'black'}-box)")
         ax.fill_between(xs, lows, highs, alpha=0.15, color=line[0].get_color(), linewidth=0)
     n = max((r["n"] for r in rows), default=0)
