@@ -56,12 +56,12 @@ class Judge(nn.Module):
         if not network.has_classifier:
             raise ValueError(f"`judge` {network.name!r} has no classifier head; a judge must classify images.")
         modules = dict(network.model.named_modules())
-        head = next((modules[n] for n in _CLASSIFIER_NAMES if isinstance(modules.get(n), nn.Linear)), None)
+        head = next((n for n in _CLASSIFIER_NAMES if isinstance(modules.get(n), nn.Linear)), None)
         if head is None:
             raise ValueError(f"`judge` {network.name!r}: no final linear layer named {', '.join(_CLASSIFIER_NAMES)}; "
                              f"its penultimate features cannot be read.")
         self.network = network.eval()
-        self._head = head
+        self.head = head  # the final linear layer's name: its input is the penultimate features
 
     @classmethod
     def from_name(cls, name: str = DEFAULT_JUDGE, *, weights: str | None = "default",
@@ -73,15 +73,16 @@ class Judge(nn.Module):
             name: the network.
             weights: ``"default"`` (the real pretrained weights, from a local package or cache), a
                 state-dict file, or ``"random:SEED"`` (meaningless scores: tests only).
-            input_size: ``(H, W)`` the images are resized to; default: the network's own resolution
-                (260 px for EfficientNet-Lite2, 224 px otherwise).
+            input_size: ``(H, W)`` the images are resized to; default: the resolution the network was
+                trained at (timm's ``pretrained_cfg``: 260 px for EfficientNet-Lite2; else 224 px).
 
         Raises:
             WeightsNotFoundError: the pretrained weights are not on this machine (with how to get them).
         """
+        network = TargetNetwork.from_name(name, weights=weights, input_size=tuple(input_size or (224, 224)))
         if input_size is None:
-            input_size = (260, 260) if name == "tf_efficientnet_lite2" else (224, 224)
-        network = TargetNetwork.from_name(name, weights=weights, input_size=tuple(input_size))
+            cfg = getattr(network.model, "pretrained_cfg", None) or {}
+            network.input_size = tuple(cfg.get("input_size", (3, 224, 224))[-2:])
         return cls(network)
 
     @property
@@ -96,7 +97,8 @@ class Judge(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, penultimate features)`` of ``images`` ((N, 3, H, W) in [0, 1])."""
         captured = {}
-        handle = self._head.register_forward_pre_hook(lambda _m, inputs: captured.setdefault("x", inputs[0]))
+        head = self.network.model.get_submodule(self.head)
+        handle = head.register_forward_pre_hook(lambda _m, inputs: captured.setdefault("x", inputs[0]))
         try:
             logits = self.network.logits(images.to(self.network.mean.device))
         finally:

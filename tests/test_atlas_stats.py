@@ -151,6 +151,7 @@ def test_bench_labels_judge_intervals_and_every_image(tmp_path, small_photos):
         assert r["judge_agreement"] in (0.0, 1.0) and -1 <= r["judge_similarity"] <= 1
     manifest = json.loads((out / "manifest.json").read_text())["settings"]
     assert manifest["labels"] == [285, 967, 0] and manifest["judge"]["name"] == "tf_efficientnet_lite2"
+    assert manifest["judge"]["input_size"] == [260, 260]  # its own resolution
     table = (out / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| blocks.1 | pixel | white | 3 |"))
     assert all("[" in cell or cell == "n/a" for cell in row.strip("| ").split(" | ")[4:])  # every mean: its interval
