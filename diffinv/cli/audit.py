@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..datasets import DATASETS, load_dataset, load_image_files, offline_training_sources
+from ..datasets import DATASETS, offline_training_sources
 from ..defenses import parse_defenses
 from ..io import collect_images
 from ..jobs.audit import run_audit
@@ -40,7 +40,9 @@ def add_parsers(sub) -> None:
     common.add_images_arg(source)
     source.add_argument("--dataset", default="skimage", choices=DATASETS,
                         help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=common.positive_int, default=8, help="at most this many images (default 8)")
+    p.add_argument("--num-images", type=common.positive_int, default=None,
+                   help="at most this many images (default: every image of --images; 8 of --dataset)")
+    common.add_labels_judge_args(p)
     common.add_size_arg(p)
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0], help="random seeds (default 0)")
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
@@ -76,13 +78,10 @@ def run(args) -> int:
         raise common.UsageError("`--decoder`: the audit trains its own decoders (clean and per defense) on "
                                 "--train-images; leave --decoder out.")
     methods = {m: common.inverter_factory(m, args) for m in args.methods if m != "decoder"}
-    common.check_memory_fits(args, layers, args.methods, images=args.num_images, batch_size=args.batch_size)
-    if args.images:
-        images, names = load_image_files(args.images, args.size, limit=args.num_images)
-        dataset = "files"
-    else:
-        images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
-        dataset = args.dataset
+    common.check_judge_arg(args)
+    count = common.image_count(args, default_count=8)
+    common.check_memory_fits(args, layers, args.methods, images=count, batch_size=args.batch_size)
+    images, names, labels, dataset = common.load_images_and_labels(args, default_count=8)
     if "decoder" in args.methods:
         train_images = args.train_images
         if train_images is None:
@@ -101,13 +100,15 @@ def run(args) -> int:
     state, device = launch_state(device)
     main = state is None or state.is_main_process
     target = common.target_from_args(args, layers, device)
+    judge = common.judge_from_args(args, device)
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
         print(f"diffinv audit: {len(names)} images at {args.size}x{args.size}, target {args.target}, layers "
               f"{', '.join(layers)}, defenses {' '.join(d.spec for d in defenses)}, methods "
-              f"{', '.join(args.methods)}{split}")
+              f"{', '.join(args.methods)}, judge {args.judge}{split}")
     run_audit(target, images, names, layers, defenses, methods, args.out, seeds=args.seeds,
-              batch_size=args.batch_size, settings={"dataset": dataset}, overwrite=args.overwrite, state=state)
+              batch_size=args.batch_size, settings={"dataset": dataset}, overwrite=args.overwrite, state=state,
+              labels=labels, judge=judge)
     if main:
         print((Path(args.out) / "report.md").read_text())
         print(f"wrote {args.out}/report.json, report.md, privacy_utility.png, grid_LAYER.png, images/")

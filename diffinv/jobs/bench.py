@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import threading
@@ -29,13 +30,15 @@ import torch
 from ..features import FeatureSet
 from ..inverters import Inverter
 from ..io import save_image, write_json
-from ..metrics import LPIPS
+from ..judge import Judge, labels_tensor
+from ..metrics import LPIPS, reconstruction_scores
 from ..targets import TargetNetwork
-from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place, score_images
+from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
-__all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "run_benchmark", "work_items"]
+__all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "run_benchmark",
+           "work_items"]
 
 
 class PeakMemory:
@@ -108,6 +111,10 @@ def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[in
             for chunk in chunks]
 
 
+def _label(labels: torch.Tensor | None, i: int) -> int | None:
+    return None if labels is None or labels[i] < 0 else int(labels[i])
+
+
 def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
                    sources: Sequence[str]) -> list[dict]:
     """The records of every process, one per key (the first written), in the order of the settings:
@@ -129,6 +136,8 @@ def run_benchmark(
     overwrite: bool = False,
     progress: bool = True,
     state=None,
+    labels: Sequence[int | None] | None = None,
+    judge: Judge | None = None,
 ) -> list[dict]:
     """Inverts every (layer, method, seed, chunk of images) and writes results, tables and grids into a run store.
 
@@ -153,6 +162,10 @@ def run_benchmark(
             own device (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
             and the main process writes the merged results, tables and plots once all are done.
             ``None``: one process does everything.
+        labels: the true class of each image (``None`` where unknown; :mod:`diffinv.labels`): records
+            carry it, and the tables the top-1 accuracy of the originals and reconstructions.
+        judge: a second network that the attack never saw (:class:`~diffinv.judge.Judge`): its top-1
+            accuracy and agreement on the reconstructions and its feature similarity to the originals.
 
     Returns:
         Every record of the run (resumed ones and those of other processes included), one per
@@ -164,12 +177,19 @@ def run_benchmark(
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
     target, device = place(target, state)
+    label_values = labels_tensor(labels, len(images))
+    if judge is not None:
+        judge = judge.to(device)
     inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()}
     for inverter in inverters.values():
         inverter.check_image_size(tuple(images.shape[-2:]))
     work = work_items(layers, list(inverters), seeds, len(images), batch_size)
-    manifest = item_settings(target, images, sources, layers, seeds, batch_size, device,
-                             methods={name: inverter.settings() for name, inverter in inverters.items()})
+    manifest = item_settings(
+        target, images, sources, layers, seeds, batch_size, device,
+        methods={name: inverter.settings() for name, inverter in inverters.items()},
+        **({"labels": [_label(label_values, i) for i in range(len(images))]} if label_values is not None else {}),
+        **({"judge": judge.identity()} if judge is not None else {}),
+    )
     store = RunStore(out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
                      state=state)
     out_dir = store.folder
@@ -179,9 +199,9 @@ def run_benchmark(
     runner = WorkRunner(store, work, lambda w: [(w[0], w[1], w[2], sources[i]) for i in w[3]], _key, state)
     lpips_metric = LPIPS()
     images = images.to(device)
-    meta = {"target": target.name, "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet",
-            "device": str(device), "processes": 1 if state is None else state.num_processes,
-            "threads": torch.get_num_threads()}
+    meta = {"target": target.name, "judge": judge.name if judge is not None else None,
+            "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet", "device": str(device),
+            "processes": 1 if state is None else state.num_processes, "threads": torch.get_num_threads()}
 
     def write_results() -> list[dict]:
         records = merged_records(store.records(), layers, list(inverters), seeds, sources)
@@ -198,14 +218,16 @@ def run_benchmark(
         inverter = inverters[method]
         with PeakMemory(device) as memory:
             out = inverter.invert(feats, generator=torch.Generator().manual_seed(seed), progress=show)
-        scores = score_images(target, lpips_metric, out.images.to(device), originals, out.feature_residual)
+        scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
+                                       feature_residual=out.feature_residual,
+                                       labels=None if label_values is None else label_values[chunk.start:chunk.stop])
         for j, i in enumerate(chunk):
             if (layer, method, seed, sources[i]) in runner.done:
                 continue  # finished earlier (in a chunk that was cut short): kept as it is
             file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
             record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
                       "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                      "hybrid": bool(inverter.hybrid), **image_scores(scores, j),
+                      "hybrid": bool(inverter.hybrid), "label": _label(label_values, i), **image_scores(scores, j),
                       "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
                       "skipped_steps": int(out.info.get("skipped_steps", 0))}
             store.append(record)

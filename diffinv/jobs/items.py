@@ -21,7 +21,8 @@ system that supports them (NFSv4, Lustre with ``-o flock``), between machines. T
 is removed by the last process to finish.
 
 The helpers that both jobs use on each item are here too: the shared part of the manifest
-(:func:`item_settings`), the scores of a reconstruction (:func:`score_images`) and a per-layer
+(:func:`item_settings`), a record's scores of a reconstruction (:func:`image_scores` of
+:func:`~diffinv.metrics.reconstruction_scores`) and a per-layer
 feature cache (:class:`LayerCache`).
 
 Example:
@@ -32,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import shutil
 import stat
@@ -44,12 +46,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import pixels_fingerprint
-from ..metrics import psnr, ssim, top1_agreement
 from .distributed import process_device
 from .store import RunSettingsError, RunStore
 
-__all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_scores", "item_settings", "merge_records", "place",
-           "score_images"]
+__all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_scores", "item_settings", "merge_records", "place"]
 
 CLAIMS = ".claims"  # the folder of claim files inside a run folder
 ACTIVE = ".active"  # every process working on the run holds a shared lock on it
@@ -275,15 +275,14 @@ def item_settings(target, images: torch.Tensor, sources: Sequence[str], layers: 
             "images_fingerprint": pixels_fingerprint(images), "device": device.type}
 
 
-def score_images(target, lpips, recon: torch.Tensor, originals: torch.Tensor, feature_residual) -> dict:
-    """Per-image scores of reconstructions: ``{metric: (N,) tensor or None}``."""
-    return {"psnr": psnr(recon, originals), "ssim": ssim(recon, originals), "lpips": lpips(recon, originals),
-            "feature_residual": feature_residual, "top1_agreement": top1_agreement(target, recon, originals)}
-
-
 def image_scores(scores: Mapping, j: int) -> dict:
-    """Image ``j``'s entries of :func:`score_images` (floats, or None)."""
-    return {metric: None if values is None else float(values[j]) for metric, values in scores.items()}
+    """Image ``j``'s values of per-image ``scores`` (:func:`~diffinv.metrics.reconstruction_scores`), as a
+    record holds them: floats, ``None`` where a score does not apply (or is NaN: an unknown label)."""
+    values = {}
+    for metric, column in scores.items():
+        value = None if column is None else float(column[j])
+        values[metric] = None if value is None or math.isnan(value) else value
+    return values
 
 
 class LayerCache:

@@ -6,55 +6,145 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from ..io import atomic_path, load_image, save_figure, to_pil
+from ..stats import bootstrap_ci, format_ci, paired_difference_ci
 
-__all__ = ["METRICS", "plot_loss_curve", "summarize", "write_depth_plot", "write_grid", "write_privacy_utility_plot",
-           "write_table"]
+__all__ = ["METRICS", "SEMANTIC_METRICS", "paired_differences", "per_image", "plot_loss_curve", "summarize",
+           "write_depth_plot", "write_grid", "write_privacy_utility_plot", "write_table"]
 
 METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
+# scores against the true labels and of the judge (a network the attack never saw); absent from older records
+SEMANTIC_METRICS = ("original_top1_accuracy", "top1_accuracy", "top1_agreement", "judge_original_accuracy",
+                    "judge_accuracy", "judge_agreement", "judge_similarity")
+CONFIDENCE = 0.95
+_FORMAT = {"psnr": 2, "ssim": 3, "lpips": 3, "feature_residual": 3, "top1_agreement": 2, "seconds": 2,
+           "peak_memory_mb": 0, "original_top1_accuracy": 2, "top1_accuracy": 2, "judge_original_accuracy": 2,
+           "judge_accuracy": 2, "judge_agreement": 2, "judge_similarity": 3}
+
+
+def per_image(records: Sequence[Mapping], metric: str) -> dict[str, float]:
+    """``image -> value`` of ``metric``, the mean over the image's seeds (records without the value left out)."""
+    values: dict[str, list[float]] = {}
+    for r in records:
+        if r.get(metric) is not None:
+            values.setdefault(r["image"], []).append(float(r[metric]))
+    return {image: sum(v) / len(v) for image, v in values.items()}
 
 
 def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str]) -> list[dict]:
-    """Mean and std of each metric per (layer, method), over images and seeds."""
+    """Per (layer, method): each metric's mean over images and its 95 % bootstrap interval.
+
+    Each image counts once (its value is the mean over its seeds); the interval resamples images
+    (:func:`~diffinv.stats.bootstrap_ci`, seeded). A row holds ``n`` (images), ``seeds``, and per
+    metric ``(mean, low, high)`` or ``None`` where no record has the value.
+    """
     rows = []
     for layer in layers:
         for method in methods:
             group = [r for r in records if r["layer"] == layer and r["method"] == method]
             if not group:
                 continue
-            row = {"layer": layer, "method": method, "n": len(group), "white_box": group[0].get("white_box", True),
+            row = {"layer": layer, "method": method, "n": len({r["image"] for r in group}),
+                   "seeds": len({r.get("seed", 0) for r in group}), "white_box": group[0].get("white_box", True),
                    "hybrid": group[0].get("hybrid", False)}
-            for metric in METRICS:
-                values = [r[metric] for r in group if r.get(metric) is not None]
-                if values:
-                    mean = sum(values) / len(values)
-                    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-                    row[metric] = (mean, std)
-                else:
-                    row[metric] = None
+            for metric in dict.fromkeys(METRICS + SEMANTIC_METRICS):
+                values = list(per_image(group, metric).values())
+                row[metric] = bootstrap_ci(values, confidence=CONFIDENCE) if values else None
             rows.append(row)
     return rows
 
 
+def paired_differences(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str],
+                       metric: str = "psnr") -> list[dict]:
+    """Per layer, each method against the best one (highest mean ``metric``) and against ``pixel``, paired
+    on the images both have: ``{"layer", "method", "n", "best", "vs_best", "vs_pixel", "n_best", "n_pixel"}``
+    with each difference ``(mean, low, high)`` of method - other (``None`` for the method itself)."""
+    rows = []
+    for layer in layers:
+        values = {m: per_image([r for r in records if r["layer"] == layer and r["method"] == m], metric)
+                  for m in methods}
+        values = {m: v for m, v in values.items() if v}
+        if len(values) < 2:
+            continue
+        best = max(values, key=lambda m: sum(values[m].values()) / len(values[m]))
+        for method, mine in values.items():
+            row = {"layer": layer, "method": method, "best": best, "n": len(mine)}
+            for key, other in (("best", best), ("pixel", "pixel")):
+                if other == method or other not in values:
+                    row[f"vs_{key}"], row[f"n_{key}"] = None, 0
+                    continue
+                shared = [image for image in mine if image in values[other]]
+                row[f"vs_{key}"] = paired_difference_ci([mine[i] for i in shared], [values[other][i] for i in shared],
+                                                        confidence=CONFIDENCE)
+                row[f"n_{key}"] = len(shared)
+            rows.append(row)
+    return rows
+
+
+def _cell(value, metric: str) -> str:
+    return "n/a" if value is None else format_ci(*value, digits=_FORMAT.get(metric, 2))
+
+
 def write_table(records, path, *, layers, methods, meta: Mapping | None = None) -> str:
-    """Writes the mean ± std markdown table and returns it."""
-    fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.3f}", "feature_residual": "{:.3f}",
-           "top1_agreement": "{:.2f}", "seconds": "{:.2f}", "peak_memory_mb": "{:.0f}"}
-    head = ["layer", "method", "box", "n", "PSNR (dB)", "SSIM", "LPIPS", "feat. residual", "top-1 agr.", "s / image", "peak MiB"]
+    """Writes ``results.md`` and returns it: per (layer, method) the mean and 95 % bootstrap interval over
+    images of every metric (n = images); the accuracy against true labels and the judge's scores when the
+    records have them; each method minus the layer's best and minus pixel, paired on the same images."""
+    rows = summarize(records, layers, methods)
+    seeds = max((row["seeds"] for row in rows), default=1)
+    per = "n = images" + (f" (each the mean of its {seeds} seeds)" if seeds > 1 else "")
+    head = ["layer", "method", "box", "n", "PSNR (dB)", "SSIM", "LPIPS", "feat. residual", "top-1 agr.", "s / image",
+            "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in summarize(records, layers, methods):
+    for row in rows:
         box = "hybrid" if row["hybrid"] else "white" if row["white_box"] else "black"
-        cells = [row["layer"], row["method"], box, str(row["n"])]
-        for metric in METRICS:
-            value = row[metric]
-            cells.append("n/a" if value is None else f"{fmt[metric].format(value[0])} ± {fmt[metric].format(value[1])}")
+        cells = [row["layer"], row["method"], box, str(row["n"])] + [_cell(row[m], m) for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Mean [95 % bootstrap interval over images]; {per}."]
+
+    semantic = [m for m in SEMANTIC_METRICS if m != "top1_agreement" and any(row[m] is not None for row in rows)]
+    if semantic:
+        titles = {"original_top1_accuracy": "target acc. (originals)", "top1_accuracy": "target acc. (recon.)",
+                  "top1_agreement": "target agr.", "judge_original_accuracy": "judge acc. (originals)",
+                  "judge_accuracy": "judge acc. (recon.)", "judge_agreement": "judge agr.",
+                  "judge_similarity": "judge feature cos."}
+        shown = [m for m in SEMANTIC_METRICS if m in semantic or m == "top1_agreement"]
+        judge = (meta or {}).get("judge")
+        lines += ["", "## What the reconstructions reveal: true labels" + (f" and the judge `{judge}`"
+                                                                            if judge else ""),
+                  "", "| " + " | ".join(["layer", "method", "n", *(titles[m] for m in shown)]) + " |",
+                  "|" + "---|" * (3 + len(shown))]
+        for row in rows:
+            group = [r for r in records if r["layer"] == row["layer"] and r["method"] == row["method"]]
+            labelled = len({r["image"] for r in group if r.get("label") is not None})
+            n = str(row["n"]) + (f" ({labelled} labelled)" if labelled < row["n"] else "")
+            lines.append("| " + " | ".join([row["layer"], row["method"], n, *(_cell(row[m], m) for m in shown)]) + " |")
+        note = ("acc. = share of images whose top-1 class is the true label (over the labelled images); agr. = share "
+                "of reconstructions classified as the original.")
+        if any(m.startswith("judge") for m in semantic):
+            note += (" judge feature cos. = cosine similarity of the judge's penultimate (pooled) features of "
+                     "reconstruction and original. The judge is a second network that the attack never saw: a "
+                     "reconstruction that only fools the target scores low there.")
+        lines += ["", note]
+
+    for metric, title in (("psnr", "PSNR (dB)"), ("judge_similarity", "judge feature cos.")):
+        diffs = paired_differences(records, layers, methods, metric)
+        if not diffs:
+            continue
+        digits = _FORMAT[metric]
+        lines += ["", f"## Paired differences of {title}: each method minus the layer's best and minus pixel", "",
+                  "| layer | method | n | minus best | minus pixel |", "|---|---|---|---|---|"]
+        for d in diffs:
+            best = "(best)" if d["vs_best"] is None else f"{format_ci(*d['vs_best'], digits=digits)} ({d['best']})"
+            pixel = "—" if d["vs_pixel"] is None else format_ci(*d["vs_pixel"], digits=digits)
+            lines.append(f"| {d['layer']} | {d['method']} | {d['n']} | {best} | {pixel} |")
+        lines += ["", "Mean difference per image [95 % bootstrap interval, images resampled as pairs]; an interval "
+                      "that excludes 0 separates the two methods on these images."]
+
     notes = []
     if meta:
         where = f"device {meta.get('device')}"
@@ -63,11 +153,11 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
         notes.append(f"Target `{meta.get('target')}`, images {meta.get('image_size')}, {where}.")
         if meta.get("lpips") != "alexnet":
             notes.append(str(meta.get("lpips")) + ".")
-    if any(row.get("hybrid") for row in summarize(records, layers, methods)):
+    if any(row.get("hybrid") for row in rows):
         notes.append("box hybrid = a black-box (or GAN) start refined white-box through the diffusion chain; its "
                      "s / image includes the start.")
-    notes.append("Mean ± std over images and seeds; top-1 agr. = share of reconstructions the target classifies "
-                 "as it classifies the original; peak MiB = GPU allocated or CPU resident set during the inversion.")
+    notes.append("top-1 agr. = share of reconstructions the target classifies as it classifies the original; peak "
+                 "MiB = GPU allocated or CPU resident set during the inversion.")
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -100,7 +190,8 @@ def write_grid(images, layers, methods, image_file, path, *, index: int = 0) -> 
 
 
 def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") -> Path:
-    """Mean ± std of ``metric`` against layer depth, one line per method (black-box dashed)."""
+    """Mean of ``metric`` over images against layer depth with its 95 % bootstrap interval (error bars and a
+    band), one line per method (black-box dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,11 +205,17 @@ def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") ->
         if not points:
             continue
         xs, stats, white = zip(*points)
-        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
-                    linestyle="-" if white[0] else "--", label=f"{method} ({'white' if white[0] else 'black'}-box)")
+        means, lows, highs = ([s[k] for s in stats] for k in range(3))
+        errors = [[m - lo for m, lo in zip(means, lows)], [h - m for m, h in zip(means, highs)]]
+        line = ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, linestyle="-" if white[0] else "--",
+                           label=f"{method} ({'white' if white[0] else 'black'}-box)")
+        ax.fill_between(xs, lows, highs, alpha=0.15, color=line[0].get_color(), linewidth=0)
+    n = max((r["n"] for r in rows), default=0)
+    ax.set_title(f"mean and 95 % bootstrap interval over n = {n} images", fontsize=9)
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlabel("layer (shallow → deep)")
-    ax.set_ylabel({"psnr": "PSNR (dB)"}.get(metric, metric))
+    ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "judge_accuracy": "judge top-1 accuracy",
+                   "judge_similarity": "judge feature cosine"}.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
