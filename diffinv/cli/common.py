@@ -31,7 +31,7 @@ import torch
 from ..inverters import INVERTERS, OptionError, inverter_spec, options_for
 from ..inverters.diffusion import HYBRID_STRENGTH
 from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
-from ..inverters.registry import HYBRID_METHODS
+from ..inverters.registry import HYBRID_METHODS, START_METHODS
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models.learned import folder_kind
 from ..datasets import load_dataset, load_image_files
