@@ -313,14 +313,14 @@ def test_python_api_ranges(lite0, small_photos):
 
 # ---------------------------------------------------------------------- memory, checked before any work (issue 22)
 def test_memory_refused_before_images_are_loaded(capsys, tmp_path, monkeypatch):
-    import diffinv.cli.bench as bench_cli
+    import diffinv.cli.common as common
     import diffinv.resources as resources
 
     def no_images(*args, **kwargs):
         raise AssertionError("the images were loaded before the memory check")
 
-    monkeypatch.setattr(bench_cli, "load_dataset", no_images)
-    monkeypatch.setattr(bench_cli, "load_image_files", no_images)
+    monkeypatch.setattr(common, "load_dataset", no_images)
+    monkeypatch.setattr(common, "load_image_files", no_images)
     monkeypatch.setattr(resources, "_host_available", lambda: 10 * 2**20)
     out = tmp_path / "out"
     err = assert_usage_error(capsys, ["demo", "--size", "64", "--layers", "blocks.1", "--methods", "pixel",
@@ -386,7 +386,7 @@ def test_dip_memory_constant_covers_the_generator():
     from diffinv.inverters import DIPInverter
     from diffinv.resources import DIP_BYTES_PER_PIXEL, activation_bytes
 
-    channels = DIPInverter(single_layer_target()).channels
+    channels = DIPInverter(single_layer_target()).config.channels
     with torch.device("meta"):
         net = SkipGenerator(1, 32, channels)
     z = torch.zeros(1, 32, 64, 64, device="meta")

@@ -528,7 +528,7 @@ class Workbench:
                 features = FeatureSet.extract(target, x, layer, sources=[name])
                 out = self._invert_one(target, make_inverter, features, request, session, emit, layer)
                 metrics = self._metrics(target, out.images, original, out)
-                records.append({"layer": layer, "method": request.method, "white_box": True, **metrics})
+                records.append({"layer": layer, "method": request.method, "image": name, "white_box": True, **metrics})
                 emit(("layer", layer, out, metrics))
             if records:
                 write_depth_plot(records, plot_path, layers=[r["layer"] for r in records], methods=[request.method])
