@@ -194,6 +194,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
     p.add_argument("--mapper", default=None, help="mapper: a `diffinv train-mapper` folder (or per-layer folders)")
     p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
+    p.add_argument("--param", choices=("fourier", "sigmoid"), default=None,
+                   help="pixel: fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel logits, TV, jitter)")
     p.add_argument("--compile", action="store_true",
                    help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
                         "iterations compile, up to a minute on CPU, where the compiled networks were not faster)")
@@ -343,6 +345,8 @@ def _single_factory(name: str, args: argparse.Namespace):
         kwargs = {} if iterations is None else {"iterations": iterations}
         if getattr(args, "compile", False):
             kwargs["compile"] = True
+        if name == "pixel" and getattr(args, "param", None):
+            kwargs["parameterization"] = args.param
     return lambda target, **extra: cls(target, **kwargs, **extra)
 
 
