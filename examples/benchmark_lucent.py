@@ -71,7 +71,6 @@ def lucent_worker(spec: dict) -> None:
     images = torch.from_numpy(np.load(spec["images"], allow_pickle=False))
     n, _, size, _ = images.shape
     target = TargetNetwork.from_name(spec["target"], spec["layers"], input_size=(size, size))
-    timings = {}
     for layer in spec["layers"]:
         with torch.no_grad():
             features = target.feature(images, layer)
@@ -87,30 +86,28 @@ def lucent_worker(spec: dict) -> None:
             optimizer=lambda params: torch.optim.Adam(params, lr=0.05), thresholds=(spec["iterations"],),
             preprocess=False, fixed_image_size=size, progress=False, show_image=False,
         )
-        timings[layer] = (time.perf_counter() - start) / n
+        seconds = (time.perf_counter() - start) / n
         for i, array in enumerate(result):
             save_image(torch.from_numpy(array).permute(2, 0, 1), Path(spec["out"]) / "lucent" / layer / f"{i:03d}.png")
-    Path(spec["out"], "lucent", "seconds.json").write_text(json.dumps(timings))
+        Path(spec["out"], "lucent", layer, "seconds.json").write_text(json.dumps(seconds))
 
 
-def run_lucent(args, images: torch.Tensor, out: Path) -> dict:
-    """Runs :func:`lucent_worker` under ``--lucent-python``; returns ``{layer: seconds per image}``."""
+def run_lucent(args, layers: list[str], images: torch.Tensor, out: Path) -> None:
+    """Runs :func:`lucent_worker` under ``--lucent-python`` on ``layers``."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", images.numpy())
-        spec = {"images": str(Path(tmp) / "images.npy"), "target": args.target, "layers": args.layers,
+        spec = {"images": str(Path(tmp) / "images.npy"), "target": args.target, "layers": layers,
                 "iterations": args.iterations, "seed": args.seed, "threads": args.threads, "out": str(out)}
         subprocess.run([args.lucent_python, __file__, "--lucent-worker", json.dumps(spec)], check=True)
-    return json.loads((out / "lucent" / "seconds.json").read_text())
 
 
-def run_diffinv(method: str, args, target, images: torch.Tensor, out: Path) -> dict:
-    """Runs a diffinv method on every layer, saves PNGs; returns ``{layer: seconds per image}``."""
+def run_diffinv(method: str, args, layers: list[str], target, images: torch.Tensor, out: Path) -> None:
+    """Runs a diffinv method on ``layers``; saves the PNGs and the seconds per image of each layer."""
     from diffinv.features import FeatureSet
     from diffinv.inverters import DIPInverter, PixelInverter
     from diffinv.io import load_image, save_image
 
-    timings = {}
-    for layer in args.layers:
+    for layer in layers:
         features = FeatureSet.extract(target, images, layer)
         generator = torch.Generator().manual_seed(args.seed)
         if method in ("pixel", "pixel-sigmoid"):
@@ -118,9 +115,9 @@ def run_diffinv(method: str, args, target, images: torch.Tensor, out: Path) -> d
             result = PixelInverter(target, iterations=args.iterations, parameterization=parameterization)(
                 features, generator=generator, progress=False)
             recon, seconds = result.images, result.seconds
-        elif method == "dip+pixel" and (out / "dip" / "seconds.json").exists():  # refine the dip run of --out
+        elif method == "dip+pixel" and (out / "dip" / layer / "seconds.json").exists():  # refine --out's dip run
             recon = torch.stack([load_image(out / "dip" / layer / f"{i:03d}.png") for i in range(len(images))])
-            seconds = json.loads((out / "dip" / "seconds.json").read_text())[layer] * len(images)
+            seconds = json.loads((out / "dip" / layer / "seconds.json").read_text()) * len(images)
         else:
             result = DIPInverter(target, iterations=args.iterations)(features, generator=generator, progress=False)
             recon, seconds = result.images, result.seconds
@@ -128,10 +125,9 @@ def run_diffinv(method: str, args, target, images: torch.Tensor, out: Path) -> d
             refined = PixelInverter(target, iterations=args.refine_iterations, learning_rate=args.refine_lr)(
                 features, generator=generator, progress=False, init=recon)
             recon, seconds = refined.images, seconds + refined.seconds
-        timings[layer] = seconds / len(images)
         for i, image in enumerate(recon):
             save_image(image, out / method / layer / f"{i:03d}.png")
-    return timings
+        (out / method / layer / "seconds.json").write_text(json.dumps(seconds / len(images)))
 
 
 def score(out: Path, method: str, layer: str, originals: list[np.ndarray]) -> tuple[list[float], list[float]]:
@@ -165,8 +161,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="benchmark_lucent_out", help="where the PNGs and results.json go")
     p.add_argument("--per-image", action="store_true", help="also print every image's PSNR")
     p.add_argument("--reuse", action="store_true",
-                   help="take a method's PNGs and times from --out where an earlier run left them (methods can run in "
-                        "separate processes, then one --reuse run prints the table)")
+                   help="take a method's PNGs and times at a layer from --out where an earlier run left them (methods "
+                        "and layers can run in separate processes, then one --reuse run prints the table)")
     p.add_argument("--lucent-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.lucent_worker is not None:
@@ -196,14 +192,13 @@ def main(argv=None) -> None:
     target = TargetNetwork.from_name(args.target, args.layers, input_size=(args.size, args.size))
     load_before, seconds = os.getloadavg(), {}
     for method in methods:
-        done = out / method / "seconds.json"
-        if args.reuse and done.exists():
-            seconds[method] = json.loads(done.read_text())
-            continue
+        todo = [layer for layer in args.layers if not (args.reuse and (out / method / layer / "seconds.json").exists())]
         start = time.perf_counter()
-        seconds[method] = (run_lucent(args, images, out) if method == "lucent"
-                           else run_diffinv(method, args, target, images, out))
-        done.write_text(json.dumps(seconds[method]))
+        if todo and method == "lucent":
+            run_lucent(args, todo, images, out)
+        elif todo:
+            run_diffinv(method, args, todo, target, images, out)
+        seconds[method] = {layer: json.loads((out / method / layer / "seconds.json").read_text()) for layer in args.layers}
         print(f"{method}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
