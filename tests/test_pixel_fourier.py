@@ -15,13 +15,16 @@ def feats(lite0, small_photos):
 
 
 def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0):
-    assert PixelInverter(lite0).parameterization == "fourier"
+    new = PixelInverter(lite0)
+    assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == ("fourier", 0.05, False, 1.2)
     old = PixelInverter(lite0, parameterization="sigmoid")
     assert (old.learning_rate, old.tv_weight, old.jitter) == (0.1, 0.05, 1)  # the old schedule and priors
     assert PixelInverter(lite0, parameterization="sigmoid", tv_weight=0.0).tv_weight == 0.0
     assert old.settings()["parameterization"] == "sigmoid"
     with pytest.raises(ValueError, match=r"`parameterization` must be one of \['fourier', 'sigmoid'\], got 'dct'"):
         PixelInverter(lite0, parameterization="dct")
+    with pytest.raises(ValueError, match="`decay_power` applies to the 'fourier' parameterization, not 'sigmoid'"):
+        PixelInverter(lite0, parameterization="sigmoid", decay_power=2.0)
 
 
 def test_init_round_trips_and_visualization_shares_the_parameterization():
