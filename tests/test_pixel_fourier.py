@@ -6,7 +6,7 @@ import torch
 from diffinv.features import FeatureSet
 from diffinv.interpret.param import fourier_image
 from diffinv.inverters import PixelInverter
-from diffinv.inverters.pixel import fourier_parameterization
+from diffinv.inverters.pixel import fourier_decay_power, fourier_parameterization
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,8 @@ def feats(lite0, small_photos):
 
 def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0):
     new = PixelInverter(lite0)
-    assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == ("fourier", 0.05, False, 1.2)
+    assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == ("fourier", 0.05, False, None)
+    assert [fourier_decay_power(s) for s in (2, 4, 8, 16, 32, 64)] == pytest.approx([1.2, 1.2, 1.2, 1.0, 0.8, 0.8])
     old = PixelInverter(lite0, parameterization="sigmoid")
     assert (old.learning_rate, old.tv_weight, old.jitter) == (0.1, 0.05, 1)  # the old schedule and priors
     assert PixelInverter(lite0, parameterization="sigmoid", tv_weight=0.0).tv_weight == 0.0
