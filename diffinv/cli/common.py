@@ -78,7 +78,7 @@ OPTION_FLAGS = {"method": "--method", "init": "--init", "iterations": "--iterati
                 "steps": "--steps", "num_inference_steps": "--steps", "model": "--model", "prompt": "--prompt",
                 "decoder": "--decoder", "mapper": "--mapper", "compile": "--compile", "strength": "--strength",
                 "gan": "--gan", "truncation": "--truncation", "restarts": "--restarts", "device": "--device",
-                "temporal_weight": "--temporal-weight"}
+                "temporal_weight": "--temporal-weight", "parameterization": "--param"}
 
 
 class UsageError(ValueError):
@@ -269,6 +269,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
     p.add_argument("--mapper", default=None, help="mapper: a `diffinv train-mapper` folder (or per-layer folders)")
     p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
+    p.add_argument("--param", choices=("fourier", "sigmoid"), default=None,
+                   help="pixel: fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel logits, TV, jitter)")
     p.add_argument("--compile", action="store_true",
                    help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
                         "iterations compile, up to a minute on CPU, where the compiled networks were not faster)")
@@ -358,7 +360,7 @@ def inverter_factory(name: str, args: argparse.Namespace, **extra):
         "mapper": getattr(args, "mapper", None), "compile": True if getattr(args, "compile", False) else None,
         "strength": getattr(args, "strength", None), "gan": getattr(args, "gan", None),
         "truncation": getattr(args, "truncation", None), "restarts": getattr(args, "restarts", None),
-        "device": str(device),
+        "parameterization": getattr(args, "param", None), "device": str(device),
     }
     try:
         options = options_for(name, **flags)

@@ -4,7 +4,8 @@
 drops training-time randomness (the DIP input noise). Every tensor in ``params`` has one block
 per image along its first dimension, as :func:`diffinv.optimization.run_optimization` needs.
 
-* :func:`fourier_image` — lucid's decorrelated parameterization: the image's spectrum, scaled
+* :func:`fourier_image` — lucid's decorrelated parameterization (the pixel inverter's default,
+  :func:`~diffinv.inverters.pixel.fourier_parameterization`): the image's spectrum, scaled
   by 1/frequency, plus a linear colour decorrelation (the square root of ImageNet's colour
   covariance) before the sigmoid. Steps then move all frequencies and colours at comparable
   rates, which is why lucid's visualizations look natural.
@@ -21,15 +22,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..inverters.dip import dip_parameterization
+from ..inverters.pixel import COLOR_CORRELATION_SVD_SQRT, fourier_parameterization, pixel_parameterization
 from ..models.dip import check_dip_size
-from ..inverters.pixel import pixel_parameterization
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "diffusion_image", "dip_image", "fourier_image", "pixel_image"]
 
 ImageFn = Callable[..., torch.Tensor]
-
-# lucid's square root of the ImageNet colour covariance (from its SVD), columns normalized below.
-COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 
 
 def _randn(shape, generator, device) -> torch.Tensor:
@@ -48,26 +46,16 @@ def fourier_image(
     device=None,
 ) -> tuple[list[torch.Tensor], ImageFn]:
     """Spectrum ``(n, 3, H, W // 2 + 1, 2)`` (real, imaginary) scaled by ``1 / freq ** decay_power``,
-    inverse FFT, colour decorrelation, sigmoid.
+    inverse FFT, colour decorrelation, sigmoid: the pixel inverter's default parameterization
+    (:func:`~diffinv.inverters.pixel.fourier_parameterization`).
 
     Args:
         sd: std of the initial spectrum.
         decay_power: how strongly high frequencies are damped.
         decorrelate: apply the colour decorrelation (else the three channels are independent).
     """
-    h, w = size
-    freqs = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2)
-    scale = (1.0 / freqs.clamp(min=1.0 / max(h, w)) ** decay_power)[None, None, ..., None].to(device)
-    spectrum = (sd * _randn((n, 3, *freqs.shape, 2), generator, device)).requires_grad_(True)
-    colors = (COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()).to(device)
-
-    def image_fn(train: bool = True) -> torch.Tensor:
-        image = torch.fft.irfftn(torch.view_as_complex(scale * spectrum), s=(h, w), norm="ortho") / 4.0
-        if decorrelate:
-            image = torch.einsum("nchw,dc->ndhw", image, colors)
-        return torch.sigmoid(image)
-
-    return [spectrum], image_fn
+    return fourier_parameterization(n, size, sd=sd, decay_power=decay_power, decorrelate=decorrelate,
+                                    generator=generator, device=device)
 
 
 def pixel_image(
