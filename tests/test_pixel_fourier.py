@@ -15,14 +15,14 @@ def feats(lite0, small_photos):
 
 
 def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0):
-    new = PixelInverter(lite0)
+    new = PixelInverter(lite0).config
     assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == ("fourier", 0.05, False, None)
     assert [fourier_decay_power(s) for s in (2, 4, 8, 16, 32, 64)] == pytest.approx([1.2, 1.2, 1.2, 1.0, 0.8, 0.8])
     old = PixelInverter(lite0, parameterization="sigmoid")
-    assert (old.learning_rate, old.tv_weight, old.jitter) == (0.1, 0.05, 1)  # the old schedule and priors
-    assert PixelInverter(lite0, parameterization="sigmoid", tv_weight=0.0).tv_weight == 0.0
-    assert old.settings()["parameterization"] == "sigmoid"
-    with pytest.raises(ValueError, match=r"`parameterization` must be one of \['fourier', 'sigmoid'\], got 'dct'"):
+    assert (old.config.learning_rate, old.config.tv_weight, old.config.jitter) == (0.1, 0.05, 1)  # the old values
+    assert PixelInverter(lite0, parameterization="sigmoid", tv_weight=0.0).config.tv_weight == 0.0
+    assert old.settings()["parameterization"] == "sigmoid" and old.settings()["learning_rate"] == 0.1
+    with pytest.raises(ValueError, match=r"`parameterization` must be one of 'fourier', 'sigmoid', got 'dct'"):
         PixelInverter(lite0, parameterization="dct")
     with pytest.raises(ValueError, match="`decay_power` applies to the 'fourier' parameterization, not 'sigmoid'"):
         PixelInverter(lite0, parameterization="sigmoid", decay_power=2.0)

@@ -107,7 +107,8 @@ def test_build_hybrids(target, mapper, pipe, tmp_path):
 
 def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tmp_path):
     with pytest.raises(OptionError, match=r"method 'pixel' has no option `decoder`; its options are: iterations, "
-                                          r"learning_rate, tv_weight, tv, tv_beta, jitter, loss, temporal_weight, compile\."):
+                                          r"parameterization, learning_rate, tv_weight, tv, tv_beta, jitter, loss, "
+                                          r"lr_schedule, decay_power, temporal_weight, compile\."):
         build_inverter("pixel", target, decoder="x")
     with pytest.raises(ValueError, match=r"method 'pixel': `iterations` must be a positive integer, got 0\."):
         build_inverter("pixel", target, iterations=0)
@@ -155,10 +156,15 @@ def test_options_for_keeps_what_the_method_takes():
 def test_settings_are_the_config_and_the_fingerprints(target, tmp_path):
     pixel = PixelInverter(target, iterations=7, compile=True)
     assert pixel.settings() == {"method": "pixel", **dataclasses.asdict(pixel.config)}
-    # the keys and values of the manifests written before the configs (run folders keep resuming)
-    assert pixel.settings() == {"method": "pixel", "compile": True, "iterations": 7, "jitter": 1, "learning_rate": 0.1,
-                                "loss": "nmse", "temporal_weight": 0.0, "tv": "isotropic", "tv_beta": 2.0,
-                                "tv_weight": 0.05}
+    # the values the parameterization fills in are recorded (the Fourier default's own schedule and priors)
+    assert (pixel.settings()["learning_rate"], pixel.settings()["jitter"], pixel.settings()["decay_power"]) == (0.05, 0, None)
+    # the sigmoid parameterization: the keys and values of the manifests written before the configs, and the new
+    # keys that say which parameterization made them (pixel run folders of before the Fourier default are refused)
+    sigmoid = PixelInverter(target, iterations=7, compile=True, parameterization="sigmoid")
+    assert sigmoid.settings() == {"method": "pixel", "compile": True, "iterations": 7, "jitter": 1, "learning_rate": 0.1,
+                                  "loss": "nmse", "temporal_weight": 0.0, "tv": "isotropic", "tv_beta": 2.0,
+                                  "tv_weight": 0.05, "parameterization": "sigmoid", "lr_schedule": True,
+                                  "decay_power": None}
     dip = DIPInverter(target, channels=(4, 8))
     assert dip.settings()["channels"] == [4, 8] and dip.config.channels == (4, 8)
     UpconvNet.for_target(target, LAYER, (32, 32)).save_pretrained(tmp_path / "dec")
