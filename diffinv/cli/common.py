@@ -34,6 +34,7 @@ from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models import resolve_model_dir
 from ..models.learned import folder_kind
+from ..optimization import EarlyStopping
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, is_local_path
 from ..targets import TargetNetwork
 
@@ -43,6 +44,8 @@ __all__ = [
     "METHODS",
     "UsageError",
     "add_device_arg",
+    "add_early_stop_args",
+    "early_stop_from_args",
     "target_from_args",
     "add_images_arg",
     "add_method_args",
@@ -181,6 +184,20 @@ def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
                    help="run the work items in N processes on this machine, each with its share of the CPU cores "
                         "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU. "
                         f"The same results; under torchrun/accelerate launch it is ignored (default {default})")
+
+
+def add_early_stop_args(p: argparse.ArgumentParser, patience: int, min_delta: float) -> None:
+    """``--patience``/``--min-delta``: stop an image when its loss has stopped improving (0: off)."""
+    p.add_argument("--patience", type=non_negative_int, default=patience,
+                   help="pixel, dip, diffusion: stop an image when its loss has not fallen by --min-delta (relative) "
+                        f"for this many iterations; 0: run every iteration (default {patience})")
+    p.add_argument("--min-delta", type=_number(float, "a number in [0, 1)", lambda v: 0 <= v < 1), default=min_delta,
+                   help=f"the relative fall of the loss that counts as an improvement (default {min_delta})")
+
+
+def early_stop_from_args(args: argparse.Namespace):
+    """The :class:`~diffinv.optimization.EarlyStopping` of ``--patience``/``--min-delta``, or ``None`` (0)."""
+    return EarlyStopping(args.patience, args.min_delta) if args.patience else None
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

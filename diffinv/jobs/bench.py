@@ -29,6 +29,7 @@ from ..features import FeatureSet
 from ..inverters import Inverter
 from ..io import pixels_fingerprint, save_image, write_json
 from ..metrics import LPIPS, psnr, ssim, top1_agreement
+from ..optimization import EarlyStopping, early_stopping
 from ..targets import TargetNetwork
 from .distributed import WorkClaims, process_device
 from .report import write_depth_plot, write_grid, write_table
@@ -136,6 +137,7 @@ def run_benchmark(
     overwrite: bool = False,
     progress: bool = True,
     state=None,
+    early_stop: EarlyStopping | None = None,
 ) -> list[dict]:
     """Inverts every (layer, method, seed, chunk of images) and writes results, tables and grids into a run store.
 
@@ -160,6 +162,9 @@ def run_benchmark(
             (:func:`~diffinv.jobs.distributed.process_device`) and appends to its own records shard,
             and the main process writes the merged results, tables and plots once all are done.
             ``None``: one process does everything.
+        early_stop: stop an image of an optimizing method when its loss has stopped improving
+            (:class:`~diffinv.optimization.EarlyStopping`; recorded in the manifest); records then
+            carry ``iterations_run``. ``None``: every image runs all its iterations.
 
     Returns:
         Every record of the run (resumed ones and those of other processes included), one per
@@ -191,6 +196,8 @@ def run_benchmark(
         "device": device.type,
         **dict(settings or {}),
     }
+    if early_stop is not None:  # runs without it keep the manifests they had before the option
+        manifest["early_stop"] = early_stop.settings()
     store = RunStore(out_dir, "bench", manifest, overwrite=overwrite, outputs=OUTPUTS, state=state)
     out_dir = store.folder
     main = state is None or state.is_main_process
@@ -228,7 +235,7 @@ def run_benchmark(
                                                         sources=[sources[i] for i in chunk])
         originals = images[chunk.start:chunk.stop]
         inverter = inverters[method]
-        with PeakMemory(device) as memory:
+        with PeakMemory(device) as memory, early_stopping(early_stop):
             out = inverter.invert(features[layer, chunk], generator=torch.Generator().manual_seed(seed),
                                   progress=show)
         recon = out.images.to(device)
@@ -251,6 +258,8 @@ def run_benchmark(
             record["seconds"] = out.seconds / len(chunk)
             record["peak_memory_mb"] = memory.peak_mb
             record["skipped_steps"] = int(out.info.get("skipped_steps", 0))
+            if early_stop is not None:
+                record["iterations_run"] = int(out.loss_history.shape[0])
             store.append(record)
         if main:
             write_results()
