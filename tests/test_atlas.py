@@ -35,7 +35,7 @@ def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys)
     out = tmp_path / "atlas"
     assert _atlas(folder, out) == 0
     printed = capsys.readouterr().out
-    assert "time (this run): decoder training" in printed
+    assert "time (this run, 24 records made, 0 resumed): decoder training" in printed
 
     for name in ("results.md", "results.json", "atlas_depth.png", "gallery.png", "timing.json", "bench/records.jsonl"):
         assert (out / name).is_file(), name
@@ -47,7 +47,8 @@ def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys)
     # the decoders were trained on the training images only
     for layer in ("blocks.0", "blocks.2"):
         log = json.loads((out / "decoders" / layer / "training_log.json").read_text())
-        assert log["config"]["images"] == split["train"]
+        assert sorted(log["config"]["images"] + log["config"]["val_images"]) == split["train"]
+        assert len(log["config"]["val_images"]) == 1
     records = [json.loads(line) for line in (out / "bench" / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 3 * 4  # layers x methods x evaluation images
     evaluated = {r["image"] for r in records}
@@ -60,8 +61,10 @@ def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys)
     assert low <= rows[0]["psnr"][0] <= high
 
     # resume: nothing is trained or inverted again
-    stamps = {p: p.stat().st_mtime_ns for p in [*(out / "decoders").rglob("*.safetensors"), out / "bench" / "records.jsonl"]}
+    files = [*(out / "decoders").rglob("*.safetensors"), out / "bench" / "records.jsonl"]
+    stamps = {p: p.stat().st_mtime_ns for p in files}
     assert _atlas(folder, out) == 0
+    assert "0 records made, 24 resumed" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len((out / "bench" / "records.jsonl").read_text().splitlines()) == len(records)
     assert len([r for r in json.loads((out / "results.json").read_text())["training"]]) == 2

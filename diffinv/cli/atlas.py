@@ -29,7 +29,8 @@ def _train_split(text: str) -> float | int:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, "
+                                             f"got {text!r}") from None
         if not 0 <= value < 1:
             raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, got {text}")
         return value
@@ -43,8 +44,9 @@ _train_split.__name__ = "a fraction in [0, 1) or a count of images"
 
 def add_parsers(sub) -> None:
     d = TrainConfig(out="", layer="")
-    p = sub.add_parser("atlas", help="the leakage atlas: every depth, pixel / dip / decoder (trained on a disjoint split "
-                                     "of the folder), many images, 95%% intervals, plots against depth, a gallery")
+    p = sub.add_parser("atlas", help="the leakage atlas: every depth, pixel / dip / decoder (trained on a disjoint "
+                                     "split of the folder), many images, 95%% intervals, plots against depth, "
+                                     "a gallery")
     common.add_target_args(p)
     common.add_images_arg(p, help="image files and/or folders: split into the decoders' training images and the "
                                   "evaluation images", required=True)
@@ -55,8 +57,8 @@ def add_parsers(sub) -> None:
                         "(400); drawn by --seed, never evaluated, recorded in the manifest")
     p.add_argument("--layers", nargs="+", default=None, help="default: every depth of the target, stem to head")
     p.add_argument("--methods", nargs="+", default=["pixel", "dip", "decoder"], choices=ATLAS_METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(ATLAS_METHODS)} (default: pixel dip decoder); decoder: trained by the atlas "
-                        f"on the training split, one per layer")
+                   help=f"any of {', '.join(ATLAS_METHODS)} (default: pixel dip decoder); decoder: trained by the "
+                        f"atlas on the training split, one per layer")
     common.add_size_arg(p)
     p.add_argument("--seed", type=common.non_negative_int, default=0,
                    help="seed of the split, of the inversions and of the decoders' training (default 0)")
@@ -119,10 +121,11 @@ def run(args) -> int:
         print((Path(args.out) / "results.md").read_text())
         t = result.timing
         inversion = ", ".join(f"{m} {s:.0f} s" for m, s in t["inversion_process_seconds"].items())
-        print(f"time (this run): decoder training {t['decoder_training']:.0f} s, evaluation {t['evaluation']:.0f} s "
-              f"(inversion, all records, process-seconds: {inversion}; metrics, features and writing about "
-              f"{t['metrics_and_writing_process_seconds']:.0f} process-seconds over {t['processes']} process(es)), "
-              f"tables and figures {t['tables_and_figures']:.0f} s; total {t['total']:.0f} s")
+        print(f"time (this run, {t['records_made']} records made, {t['records_resumed']} resumed): decoder training "
+              f"{t['decoder_training']:.0f} s, evaluation {t['evaluation']:.0f} s (inversion, process-seconds: "
+              f"{inversion}; metrics, features and writing about {t['metrics_and_writing_process_seconds']:.0f} "
+              f"process-seconds; {t['processes']} process(es)), tables and figures {t['tables_and_figures']:.0f} s; "
+              f"total {t['total']:.0f} s")
         print(f"wrote {args.out}/results.md, results.json, atlas_depth.png, gallery.png, timing.json, "
               f"bench/records.jsonl (per image), decoders/")
     return 0

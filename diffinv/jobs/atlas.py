@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import time
@@ -45,10 +46,12 @@ __all__ = ["AtlasResult", "AtlasSplit", "DEFAULT_EARLY_STOP", "run_atlas", "spli
 OUTPUTS = ("decoders", "bench", "results.md", "results.json", "atlas_depth.png", "gallery.png", "timing.json")
 # The atlas's default early stopping: an image stops when its loss has not fallen by 1 % in 40 iterations.
 DEFAULT_EARLY_STOP = EarlyStopping(patience=40, min_delta=0.01)
+# At most this many training images validate each decoder (``TrainConfig.val_fraction`` of them, held out).
+_MAX_VAL_IMAGES = 16
 # TrainConfig fields that the atlas sets itself, or that do not define a decoder (not in its manifest).
-_NOT_TRAINING_SETTINGS = ("out", "layer", "kind", "target", "weights", "images", "size", "overwrite", "device",
-                          "progress", "checkpoint_every", "keep_checkpoints", "val_every", "model", "pixel_weight",
-                          "defense")
+_NOT_TRAINING_SETTINGS = ("out", "layer", "kind", "target", "weights", "images", "val_images", "size", "overwrite",
+                          "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every", "model",
+                          "pixel_weight", "defense")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,22 @@ class AtlasSplit:
         """For the manifest: the request, the seed and both lists."""
         return {"train_split": self.train_split, "seed": self.seed, "train": list(self.train),
                 "evaluation": list(self.evaluation)}
+
+
+def _key(record: Mapping) -> tuple:
+    return record["layer"], record["method"], record["seed"], record["image"]
+
+
+def _bench_records(folder: Path) -> list[dict]:
+    """The finished records in a benchmark folder (every process's shard), without opening it as a run."""
+    records = []
+    for path in sorted(folder.glob("records*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a write cut short
+    return records
 
 
 def split_images(files: Sequence[str | os.PathLike], train_split: float | int, *, seed: int = 0,
@@ -155,7 +174,9 @@ def run_atlas(
         trainer: adds the method ``decoder``: a :class:`~diffinv.jobs.training.TrainConfig` template
             (steps, batch, width, ...); one decoder per layer is trained on ``split.train`` into
             ``out_dir/decoders/LAYER`` (``out``, ``layer``, ``images``, ``target``, ``weights`` and
-            ``size`` are set by the atlas). ``None``: no decoder.
+            ``size`` are set by the atlas). Without validation sources in the template, ``val_fraction``
+            of the training images (at most 16, evenly spread) are held out to validate it.
+            ``None``: no decoder.
         seeds, batch_size: as in :func:`~diffinv.jobs.bench.run_benchmark`.
         early_stop: stop an image of an optimizing method when its loss has stopped improving
             (recorded); ``None``: every image runs all its iterations.
@@ -183,8 +204,14 @@ def run_atlas(
     images, names = load_image_files(list(split.evaluation), size)
     method_names = [*methods, *(["decoder"] if trainer is not None else [])]
     if trainer is not None:
-        trainer = dataclasses.replace(trainer, target=target.name, weights=target.weights, size=size,
-                                      images=list(split.train), kind="decoder", progress=progress)
+        train, val = list(split.train), []
+        if not (trainer.val_images or trainer.val_videos or trainer.val_samples) and len(train) >= 2:
+            # the decoders' validation: every k-th training image held out (still none of the evaluation images)
+            held = min(_MAX_VAL_IMAGES, max(1, round(trainer.val_fraction * len(train))))
+            val = train[:: -(-len(train) // held)][:held]
+            train = [f for f in train if f not in set(val)]
+        trainer = dataclasses.replace(trainer, target=target.name, weights=target.weights, size=size, images=train,
+                                      val_images=val or trainer.val_images, kind="decoder", progress=progress)
 
     # 2. The atlas's run store: the split, the layers, the methods and the decoders' training
     training_settings = None if trainer is None else {
@@ -208,8 +235,9 @@ def run_atlas(
         wall = time.perf_counter()
         result = train_decoder(dataclasses.replace(trainer, out=str(folder), layer=layer))
         if main:
-            store.append({"kind": "training", "layer": layer, "steps": result.step, "seconds": result.log["train_seconds"],
-                          "wall_seconds": time.perf_counter() - wall, "train_images": result.log["train_items"],
+            store.append({"kind": "training", "layer": layer, "steps": result.step,
+                          "seconds": result.log["train_seconds"], "wall_seconds": time.perf_counter() - wall,
+                          "train_images": result.log["train_items"],
                           "val_images": len(result.log["val_items"]), "val_psnr": result.val_psnr,
                           "val_ssim": result.val_ssim})
     if state is not None:
@@ -218,6 +246,7 @@ def run_atlas(
 
     # 4. The benchmark on the evaluation images: per-image records in out/bench
     tic = time.perf_counter()
+    earlier = {_key(r) for r in _bench_records(out / "bench")}  # finished before this call
     factories = dict(methods)
     if trainer is not None:
         factories["decoder"] = lambda t: DecoderInverter(t, decoder=out / "decoders")
@@ -232,10 +261,14 @@ def run_atlas(
                       key=lambda r: list(layers).index(r["layer"]) if r["layer"] in layers else len(layers))
     rows = summarize_intervals(records, layers, method_names)
     processes = 1 if state is None else state.num_processes
-    inversion = {m: sum(r.get("seconds") or 0.0 for r in records if r["method"] == m) for m in method_names}
+    new = [r for r in records if _key(r) not in earlier]
+    inversion = {m: sum(r.get("seconds") or 0.0 for r in new if r["method"] == m) for m in method_names}
     timing = {"decoder_training": training_wall, "evaluation": bench_wall, "processes": processes,
+              "records_made": len(new), "records_resumed": len(records) - len(new),
               "inversion_process_seconds": inversion,
-              "metrics_and_writing_process_seconds": max(0.0, bench_wall * processes - sum(inversion.values()))}
+              "metrics_and_writing_process_seconds": max(0.0, bench_wall * processes - sum(inversion.values())),
+              "inversion_process_seconds_all_records": {
+                  m: sum(r.get("seconds") or 0.0 for r in records if r["method"] == m) for m in method_names}}
     if main:
         paired = paired_differences(records, layers, method_names)
         files = unique_names(names)
@@ -246,9 +279,11 @@ def run_atlas(
                                        f"an image stops when its loss has not fallen by {early_stop.min_delta:.0%} in "
                                        f"{early_stop.patience} iterations.")]
         write_depth_bands(rows, out / "atlas_depth.png", layers=list(layers), methods=method_names)
-        write_gallery(records, lambda name: images[by_name[name]],
-                      lambda r: image_path(out / "bench", r["layer"], r["method"], r["seed"], files[by_name[r["image"]]]),
-                      out / "gallery.png", layers=list(layers), methods=method_names)
+        def reconstruction(r):
+            return image_path(out / "bench", r["layer"], r["method"], r["seed"], files[by_name[r["image"]]])
+
+        write_gallery(records, lambda name: images[by_name[name]], reconstruction, out / "gallery.png",
+                      layers=list(layers), methods=method_names)
         timing["tables_and_figures"] = time.perf_counter() - tic
         timing["total"] = time.perf_counter() - start
         write_atlas_table(rows, paired, out / "results.md", training=training, notes=notes)

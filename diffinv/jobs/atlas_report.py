@@ -97,17 +97,21 @@ def write_atlas_table(rows: Sequence[Mapping], paired: Sequence[Mapping], path, 
         cells += [format_ci(*row[key], digits=digits) if key in row else "n/a" for key, _, digits in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\nMean [95 % bootstrap interval] over the images (each image's seeds averaged first; "
-    text += "2000 resamples of the images, seeded). top-1 agr. = the target classifies the reconstruction as the original.\n"
+    text += ("2000 resamples of the images, seeded). top-1 agr. = the target classifies the reconstruction as the "
+             "original.\n")
     if paired:
         metric = paired[0]["metric"]
-        text += f"\n### Paired differences ({metric}, same images)\n\n| layer | methods | images | difference |\n|---|---|---|---|\n"
+        text += (f"\n### Paired differences ({metric}, same images)\n\n"
+                 "| layer | methods | images | difference |\n|---|---|---|---|\n")
         for p in paired:
             text += f"| {p['layer']} | {p['a']} − {p['b']} | {p['n']} | {format_ci(*p['difference'])} |\n"
     if training:
-        text += "\n### Decoders\n\n| layer | training images | steps | validation PSNR | s |\n|---|---|---|---|---|\n"
+        text += ("\n### Decoders\n\n| layer | images (training + validation) | steps | validation PSNR | s |\n"
+                 "|---|---|---|---|---|\n")
         for t in training:
             val = "n/a" if t.get("val_psnr") is None else f"{t['val_psnr']:.2f}"
-            text += f"| {t['layer']} | {t.get('train_images')} | {t.get('steps')} | {val} | {t.get('seconds', 0):.0f} |\n"
+            text += (f"| {t['layer']} | {t.get('train_images')} + {t.get('val_images')} | {t.get('steps')} | {val} "
+                     f"| {t.get('seconds', 0):.0f} |\n")
     if notes:
         text += "\n" + "\n".join(notes) + "\n"
     with atomic_path(path) as tmp:
@@ -123,7 +127,8 @@ def _panels(rows: Sequence[Mapping]) -> list[tuple[str, str]]:
 
     panels = [("psnr", "PSNR (dB)"), ("ssim", "SSIM"),
               first(("judge_top1_true", "judge top-1 accuracy"), ("judge_top1_agreement", "judge top-1 agreement"),
-                    ("top1_true_reconstruction", "target top-1 accuracy"), ("top1_agreement", "target top-1 agreement")),
+                    ("top1_true_reconstruction", "target top-1 accuracy"),
+                    ("top1_agreement", "target top-1 agreement")),
               first(("judge_cosine", "judge feature cosine"), ("lpips", "LPIPS"))]
     return [p for p in panels if p is not None]
 
@@ -137,8 +142,8 @@ def write_depth_bands(rows: Sequence[Mapping], path, *, layers: Sequence[str], m
 
     panels = _panels(rows)
     cols = 2 if len(panels) > 1 else 1
-    fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, figsize=(6.5 * cols, 3.8 * math.ceil(len(panels) / cols)),
-                             dpi=110, squeeze=False)
+    grid_rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(6.5 * cols, 3.8 * grid_rows), dpi=110, squeeze=False)
     n = max((r["n"] for r in rows), default=0)
     for ax, (metric, title) in zip(axes.flat, panels):
         for method in methods:
@@ -161,8 +166,9 @@ def write_depth_bands(rows: Sequence[Mapping], path, *, layers: Sequence[str], m
     return save_figure(fig, path)
 
 
-def write_gallery(records: Sequence[Mapping], original: Callable[[str], torch.Tensor], reconstruction: Callable[[Mapping], Path],
-                  path, *, layers: Sequence[str], methods: Sequence[str], cell: int = 96, metric: str = "psnr") -> Path:
+def write_gallery(records: Sequence[Mapping], original: Callable[[str], torch.Tensor],
+                  reconstruction: Callable[[Mapping], Path], path, *, layers: Sequence[str], methods: Sequence[str],
+                  cell: int = 96, metric: str = "psnr") -> Path:
     """One PNG: a row per layer; for each method its best, median and worst image by ``metric`` (seed
     0's reconstruction, or the first seed's), each as original | reconstruction, titled with the value.
 
@@ -197,8 +203,8 @@ def write_gallery(records: Sequence[Mapping], original: Callable[[str], torch.Te
                 if file.is_file():
                     gallery.paste(to_pil(load_image(file, (cell, cell))), (x + cell, y))
                 unit = " dB" if metric == "psnr" else ""
-                draw.text((x + 2, y + cell + 1), f"{float(record[metric]):.1f}{unit}  {Path(record['image']).stem[:14]}",
-                          fill="black")
+                caption = f"{float(record[metric]):.1f}{unit}  {Path(record['image']).stem[:14]}"
+                draw.text((x + 2, y + cell + 1), caption, fill="black")
     with atomic_path(path) as tmp:
         gallery.save(tmp, format="PNG")
     return Path(path)
