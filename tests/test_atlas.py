@@ -123,3 +123,18 @@ def test_bootstrap_intervals_and_summary():
                for i in range(3) for s in (0, 1)]
     (row,) = summarize_intervals(records, ["l"], ["m"])
     assert row["n"] == 3 and row["psnr"][0] == pytest.approx(1.5) and "judge_cosine" not in row
+
+
+def test_bench_early_stop_is_recorded_and_stops(tmp_path, one_thread):
+    from diffinv.inverters import PixelInverter
+    from diffinv.jobs.bench import run_benchmark
+    from diffinv.targets import TargetNetwork
+
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.0", weights="random:0", input_size=(32, 32))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rule = EarlyStopping(patience=2, min_delta=0.5)  # a 50 % fall every 2 iterations: stops at once
+    records = run_benchmark(target, images, ["a", "b"], ["blocks.0"], {"pixel": lambda t: PixelInverter(t, iterations=50)},
+                            tmp_path / "bench", progress=False, early_stop=rule)
+    assert all(r["iterations_run"] < 50 for r in records)
+    manifest = json.loads((tmp_path / "bench" / "manifest.json").read_text())
+    assert manifest["settings"]["early_stop"] == {"patience": 2, "min_delta": 0.5}

@@ -103,6 +103,12 @@ def run(args) -> int:
     # 2. On CPU, several processes with a share of the cores each (--workers)
     items = len(work_items(layers, methods, [args.seed], len(split.evaluation), args.batch_size))
     workers = local_workers(args.workers, device, items)
+    if trainer is not None and args.train_batch_size % workers:
+        # the decoders train data-parallel over the processes: the global batch is split evenly
+        if args.workers != "auto":
+            raise common.UsageError(f"`--workers` {workers}: the decoders train data-parallel over the processes, so "
+                                    f"`--train-batch-size` {args.train_batch_size} must be divisible by it.")
+        workers = max(w for w in range(1, workers + 1) if args.train_batch_size % w == 0)
     if workers > 1:
         print(f"diffinv atlas: {workers} processes on this machine (--workers)")
         return launch_local(args.argv, workers)
