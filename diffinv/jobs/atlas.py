@@ -205,7 +205,8 @@ def run_atlas(
     method_names = [*methods, *(["decoder"] if trainer is not None else [])]
     if trainer is not None:
         train, val = list(split.train), []
-        if not (trainer.val_images or trainer.val_videos or trainer.val_samples) and len(train) >= 2:
+        explicit = trainer.val_images or trainer.val_videos or trainer.val_samples
+        if not explicit and trainer.val_fraction > 0 and len(train) >= 2:
             # the decoders' validation: every k-th training image held out (still none of the evaluation images)
             held = min(_MAX_VAL_IMAGES, max(1, round(trainer.val_fraction * len(train))))
             val = train[:: -(-len(train) // held)][:held]
@@ -279,6 +280,7 @@ def run_atlas(
                                        f"an image stops when its loss has not fallen by {early_stop.min_delta:.0%} in "
                                        f"{early_stop.patience} iterations.")]
         write_depth_bands(rows, out / "atlas_depth.png", layers=list(layers), methods=method_names)
+
         def reconstruction(r):
             return image_path(out / "bench", r["layer"], r["method"], r["seed"], files[by_name[r["image"]]])
 
