@@ -10,6 +10,10 @@
 * **Non-finite steps**: an iteration whose loss or gradient is not finite makes no update
   and is counted once in ``skipped_steps``; its loss history row keeps the (non-finite)
   per-image losses.
+* **Early stopping** (optional, :class:`EarlyStopping`): an image whose best loss has not
+  improved by a relative ``min_delta`` for ``patience`` iterations stops: its variables are
+  frozen at its best iterate; the loop ends when every image has stopped. Passed explicitly
+  (``early_stop=``), from :meth:`Inverter.invert <diffinv.inverters.Inverter.invert>` down.
 
 :func:`run_optimization` is the loop; a method supplies a *closure* (torch.optim's name for the
 function that computes the loss and its gradient), ``closure(variables) -> (per_image_loss,
@@ -31,7 +35,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BestIterate", "OptimizationResult", "adam", "all_finite", "check_weight", "cosine_lr", "run_optimization"]
+__all__ = ["BestIterate", "EarlyStopping", "OptimizationResult", "adam", "all_finite", "check_weight", "cosine_lr",
+           "run_optimization"]
 
 ClosureFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
 
@@ -105,10 +110,14 @@ class BestIterate:
         return tensor.unflatten(0, (self.num_images, -1))  # a view in any memory format (channels_last too)
 
     @torch.no_grad()
-    def update(self, per_image: torch.Tensor, variables: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Keeps the current variables of every image whose finite loss improved; returns that mask."""
+    def update(self, per_image: torch.Tensor, variables: Sequence[torch.Tensor],
+               active: torch.Tensor | None = None) -> torch.Tensor:
+        """Keeps the current variables of every image whose finite loss improved (among the ``active``
+        ones, a boolean ``(N,)`` mask; default all); returns that mask."""
         per_image = per_image.detach().float().cpu()
         improved = torch.isfinite(per_image) & (per_image < self.loss)
+        if active is not None:
+            improved &= active
         if improved.all():  # the common case while the loss falls: one plain copy per tensor
             self.loss = per_image.clone()
             for kept, current in zip(self.values, variables):
@@ -121,10 +130,66 @@ class BestIterate:
         return improved
 
     @torch.no_grad()
-    def restore(self, variables: Sequence[torch.Tensor]) -> None:
-        """Copies the kept values into ``variables`` (images never improved keep their start)."""
+    def restore(self, variables: Sequence[torch.Tensor], images: torch.Tensor | None = None) -> None:
+        """Copies the kept values into ``variables`` (images never improved keep their start); with
+        ``images`` (a boolean ``(N,)`` mask) only those images' blocks."""
         for variable, kept in zip(variables, self.values):
-            variable.copy_(kept)
+            if images is None:
+                variable.copy_(kept)
+            else:
+                mask = images.to(kept.device)
+                self._blocks(variable)[mask] = self._blocks(kept)[mask]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop an image when its best loss has stopped improving.
+
+    An image *improves* at an iteration whose finite loss is below ``(1 - min_delta)`` times the
+    loss of its last improvement; after ``patience`` iterations without one it stops (its
+    variables stay at its best iterate). The loop ends when every image has stopped.
+
+    Args:
+        patience: iterations without improvement before an image stops (>= 1).
+        min_delta: the relative improvement that counts, in [0, 1) (0: any decrease).
+
+    Example:
+        >>> run_optimization(variables, step, iterations=300, lr=0.1, num_images=4,
+        ...                  early_stop=EarlyStopping(patience=30, min_delta=0.01))
+    """
+
+    patience: int
+    min_delta: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 1:
+            raise ValueError(f"`patience` must be a positive integer (iterations), got {self.patience!r}.")
+        if not (isinstance(self.min_delta, (int, float)) and 0 <= self.min_delta < 1):
+            raise ValueError(f"`min_delta` must be a relative improvement in [0, 1), got {self.min_delta!r}.")
+
+    def settings(self) -> dict:
+        """What defines its results, for run manifests."""
+        return {"patience": self.patience, "min_delta": float(self.min_delta)}
+
+
+class _Plateau:
+    """Per image: the loss of its last improvement, iterations since, and whether it still runs."""
+
+    def __init__(self, rule: EarlyStopping, num_images: int):
+        self.rule = rule
+        self.reference = torch.full((num_images,), float("inf"))
+        self.waiting = torch.zeros(num_images, dtype=torch.long)
+        self.active = torch.ones(num_images, dtype=torch.bool)
+        self.stopped_at = torch.full((num_images,), -1, dtype=torch.long)
+
+    def update(self, iteration: int, per_image: torch.Tensor) -> None:
+        per_image = per_image.detach().float().cpu()
+        improved = torch.isfinite(per_image) & (per_image < self.reference * (1 - self.rule.min_delta))
+        self.reference = torch.where(improved & self.active, per_image, self.reference)
+        self.waiting = torch.where(improved, 0, self.waiting + 1)
+        stop = self.active & (self.waiting >= self.rule.patience)
+        self.stopped_at[stop] = iteration + 1
+        self.active &= ~stop
 
 
 @dataclass
@@ -135,11 +200,13 @@ class OptimizationResult:
         history: ``(iterations run, N)`` per-image loss at each iteration (non-finite where it was).
         skipped_steps: iterations that made no update (non-finite loss or gradient).
         best_loss: ``(N,)`` the lowest finite loss of each image (inf if none).
+        iterations: ``(N,)`` the iterations each image ran (fewer than asked where it stopped early).
     """
 
     history: torch.Tensor
     skipped_steps: int
     best_loss: torch.Tensor
+    iterations: torch.Tensor | None = None
 
 
 def run_optimization(
@@ -153,6 +220,7 @@ def run_optimization(
     progress: bool | object = True,
     desc: str = "invert",
     callback: Callable[[int, torch.Tensor], bool | None] | None = None,
+    early_stop: EarlyStopping | None = None,
 ) -> OptimizationResult:
     """Optimizes ``variables`` in place under the one rule, then restores each image's best iterate.
 
@@ -169,6 +237,8 @@ def run_optimization(
             ``set_postfix(refresh=False)`` to report to (e.g. a diffusers progress bar).
         callback: ``callback(iteration, per_image_loss)`` after each iteration; returning ``True``
             stops the loop.
+        early_stop: stop images whose loss has stopped improving (:class:`EarlyStopping`); ``None``:
+            every image runs all ``iterations``.
 
     Returns:
         :class:`OptimizationResult`.
@@ -180,6 +250,8 @@ def run_optimization(
     optimizer = adam(variables, lr)
     best = BestIterate(variables, num_images)
     history, skipped = [], 0
+    plateau = _Plateau(early_stop, num_images) if early_stop is not None else None
+    active = None if plateau is None else plateau.active
     bar = progress if not isinstance(progress, bool) else tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
     try:
         for i in range(iterations):
@@ -188,20 +260,37 @@ def run_optimization(
             per_image, grads = closure(variables)
             history.append(per_image.detach().float().cpu())
             finite = grads is not None and bool(torch.isfinite(per_image).all()) and all_finite(grads)
+            if not finite and plateau is not None and grads is not None and not active.all():
+                # a stopped image (its variables frozen) does not make the running ones skip a step
+                finite = bool(torch.isfinite(per_image.detach().cpu()[active]).all())
+                finite = finite and all_finite([g.unflatten(0, (num_images, -1))[active.to(g.device)]
+                                                for g in grads if g is not None])
+                if finite:
+                    grads = [None if g is None else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
             if finite:
-                best.update(per_image, variables)
+                best.update(per_image, variables, active)
                 for variable, grad in zip(variables, grads):
                     variable.grad = grad
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if active is not None and not active.all():
+                    best.restore(variables, ~active)  # stopped images stay at their best iterate
             else:
                 skipped += 1
             bar.update(1)
             bar.set_postfix(loss=f"{per_image.float().mean().item():.4g}", refresh=False)  # drawn at tqdm's pace
             if callback is not None and callback(i, per_image):
                 break
+            if plateau is not None:
+                plateau.update(i, per_image)
+                active = plateau.active
+                if not active.any():
+                    break
     finally:
         if isinstance(progress, bool):
             bar.close()
     best.restore(variables)
-    return OptimizationResult(torch.stack(history), skipped, best.loss)
+    ran = torch.full((num_images,), len(history), dtype=torch.long)
+    if plateau is not None:
+        ran = torch.where(plateau.stopped_at >= 0, plateau.stopped_at, ran)
+    return OptimizationResult(torch.stack(history), skipped, best.loss, ran)

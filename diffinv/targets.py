@@ -45,6 +45,12 @@ DEFAULT_LAYERS = {
     "resnet101": ("layer1", "layer2", "layer3", "layer4"),
     "tf_efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
 }
+# Every depth of a known target, stem to head, shallow to deep: the layers of the leakage atlas.
+ATLAS_LAYERS = {
+    "resnet50": ("maxpool", "layer1", "layer2", "layer3", "layer4"),
+    "resnet101": ("maxpool", "layer1", "layer2", "layer3", "layer4"),
+    "tf_efficientnet_lite0": ("bn1", *(f"blocks.{i}" for i in range(7)), "bn2"),
+}
 
 
 class WeightsNotFoundError(FileNotFoundError):

@@ -186,7 +186,7 @@ def test_inverters_return_each_images_best_iterate(cls, lite0, small_photos):
 def test_cli_vocabulary():
     parser = build_parser()
     helps = {name: sub.format_help() for name, sub in parser._subparsers._group_actions[0].choices.items()}
-    assert set(helps) == {"extract", "invert", "bench", "demo", "video", "train-decoder", "train-mapper",
+    assert set(helps) == {"extract", "invert", "bench", "demo", "atlas", "video", "train-decoder", "train-mapper",
                           "visualize", "channels", "dead-filters", "audit", "app"}
     assert "--device" in helps.pop("app")  # the browser app: no output, target or size of its own
     for name, text in helps.items():
@@ -194,7 +194,7 @@ def test_cli_vocabulary():
         assert "--device" in text, name
         if name != "invert":
             assert "--target" in text and "--weights" in text and "--size" in text, name
-        if name in ("extract", "bench", "demo", "train-decoder", "train-mapper", "audit"):
+        if name in ("extract", "bench", "demo", "atlas", "train-decoder", "train-mapper", "audit"):
             assert "--images" in text, name
     for name in ("invert", "bench", "video"):
         for method in INVERTERS:

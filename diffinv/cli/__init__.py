@@ -16,12 +16,12 @@ from ..io import check_environment
 from ..jobs.store import RunSettingsError
 from ..pipelines.definitions import ModelFilesNotFoundError
 from ..targets import WeightsNotFoundError
-from . import app, audit, bench, channels, dead_filters, extract, invert, train, video, visualize
+from . import app, atlas, audit, bench, channels, dead_filters, extract, invert, train, video, visualize
 from .common import UsageError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (extract, invert, bench, video, train, visualize, channels, dead_filters, audit, app)
+COMMANDS = (extract, invert, bench, atlas, video, train, visualize, channels, dead_filters, audit, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ def _add_arguments(p, *, demo: bool) -> None:
                    help=f"images inverted together (default {DEFAULT_BATCH_SIZE}); a work item is one layer, method, "
                         f"seed and batch of images, the unit split across processes under torchrun/accelerate launch")
     common.add_workers_arg(p, "auto" if demo else 1)
+    common.add_early_stop_args(p, 0, 0.01)
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder (resumed when it holds a run with the same settings)",
                 required=not demo, default="demo_out" if demo else None)
@@ -86,7 +87,8 @@ def run(args) -> int:
               f"{args.target}, judge {args.judge}, layers {', '.join(layers)}, methods {', '.join(methods)}, seeds "
               f"{args.seeds}{split}")
     run_benchmark(target, images, names, layers, factories, args.out, seeds=args.seeds, batch_size=args.batch_size,
-                  settings={"dataset": dataset}, overwrite=args.overwrite, state=state, labels=labels, judge=judge)
+                  settings={"dataset": dataset}, overwrite=args.overwrite, state=state, labels=labels, judge=judge,
+                  early_stop=common.early_stop_from_args(args))
     if main:
         print((Path(args.out) / "results.md").read_text())
         print(f"wrote {args.out}/grid.png, results.json, results.md, psnr_vs_depth.png, images/")

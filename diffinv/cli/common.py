@@ -40,6 +40,7 @@ from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..resources import check_job_memory
+from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "METHODS",
     "UsageError",
     "add_device_arg",
+    "add_early_stop_args",
+    "early_stop_from_args",
     "target_from_args",
     "add_images_arg",
     "add_labels_judge_args",
@@ -256,6 +259,20 @@ def judge_from_args(args: argparse.Namespace, device: torch.device) -> Judge | N
     """The judge of ``--judge`` on ``device`` (``None`` for ``--judge none``); never the attacked target."""
     check_judge_arg(args)
     return None if args.judge == "none" else Judge.from_name(args.judge).to(device)
+
+
+def add_early_stop_args(p: argparse.ArgumentParser, patience: int, min_delta: float) -> None:
+    """``--patience``/``--min-delta``: stop an image when its loss has stopped improving (0: off)."""
+    p.add_argument("--patience", type=non_negative_int, default=patience,
+                   help="pixel, dip, diffusion: stop an image when its loss has not fallen by --min-delta (relative) "
+                        f"for this many iterations; 0: run every iteration (default {patience})")
+    p.add_argument("--min-delta", type=_number(float, "a number in [0, 1)", lambda v: 0 <= v < 1), default=min_delta,
+                   help=f"the relative fall of the loss that counts as an improvement (default {min_delta})")
+
+
+def early_stop_from_args(args: argparse.Namespace):
+    """The :class:`~diffinv.optimization.EarlyStopping` of ``--patience``/``--min-delta``, or ``None`` (0)."""
+    return EarlyStopping(args.patience, args.min_delta) if args.patience else None
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

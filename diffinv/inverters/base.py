@@ -21,7 +21,7 @@ from ..compilation import feature_function
 from ..features import FeatureSet, resolve_features
 from ..losses import feature_loss, temporal_smoothness
 from ..metrics import feature_residual
-from ..optimization import check_weight, run_optimization
+from ..optimization import EarlyStopping, check_weight, run_optimization
 from ..targets import TargetNetwork
 from .config import InverterConfig, check_option_names
 
@@ -129,7 +129,8 @@ class Inverter:
                 attacker of ``diffinv audit``). Only for methods whose config has
                 ``accepts_feature_transform``; others raise ``ValueError``.
             **kwargs: method-specific options: ``init`` (``config.accepts_init``) and ``anchor``
-                (``config.accepts_anchor``) for video warm starts.
+                (``config.accepts_anchor``) for video warm starts; ``early_stop``, an
+                :class:`~diffinv.optimization.EarlyStopping` (``config.accepts_early_stop``).
         """
         if callback is not None:
             kwargs["callback"] = callback
@@ -138,7 +139,8 @@ class Inverter:
                 raise ValueError(f"method {self.name!r} does not optimize the feature loss of `optimize()`, so it "
                                  f"cannot take a `feature_transform`.")
             kwargs["feature_transform"] = feature_transform
-        for key, capability in (("init", "accepts_init"), ("anchor", "accepts_anchor")):
+        for key, capability in (("init", "accepts_init"), ("anchor", "accepts_anchor"),
+                                ("early_stop", "accepts_early_stop")):
             if key in kwargs and not getattr(self.config, capability):
                 raise ValueError(f"method {self.name!r} takes no `{key}` (its config's `{capability}` is False).")
         feats, layer, size = resolve_features(self.target, features, image_size)
@@ -224,6 +226,7 @@ def optimize(
     compile: bool | str = False,
     callback: Callable[[int, torch.Tensor, Callable[[], torch.Tensor]], bool | None] | None = None,
     feature_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    early_stop: EarlyStopping | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Minimizes ``feature_loss(target(image_fn()), features) + prior_fn(images)`` per image.
 
@@ -247,6 +250,7 @@ def optimize(
             :meth:`Inverter.invert`); ``render()`` gives the current images as ``final_fn`` does.
         feature_transform: applied to the predicted features inside the loss (an attacker that knows
             a defense optimizes through it; see :meth:`Inverter.invert`).
+        early_stop: stop images whose loss has stopped improving (the history then has fewer rows).
 
     Returns:
         ``(images, loss_history (iterations, N), info)`` with the images rendered from each
@@ -286,7 +290,7 @@ def optimize(
     start = time.perf_counter()
     result = run_optimization(params, closure, iterations=iterations, lr=lr, num_images=len(features),
                               schedule=lr_schedule, progress=progress, desc=desc,
-                              callback=None if callback is None else on_iteration)
+                              callback=None if callback is None else on_iteration, early_stop=early_stop)
     with torch.no_grad():
         images = (final_fn or image_fn)().detach().float().clamp(0, 1).cpu()
     info = {"skipped_steps": result.skipped_steps, "best_loss": result.best_loss.tolist(),

@@ -117,6 +117,7 @@ class InverterConfig:
     accepts_init: ClassVar[bool] = False
     accepts_anchor: ClassVar[bool] = False
     accepts_feature_transform: ClassVar[bool] = False
+    accepts_early_stop: ClassVar[bool] = False
     streams_images: ClassVar[bool] = False
 
     def __post_init__(self):

@@ -85,6 +85,7 @@ class DIPConfig(InverterConfig):
     accepts_init = True
     accepts_anchor = True
     accepts_feature_transform = True
+    accepts_early_stop = True
     streams_images = True
 
     iterations: int = option(300, "positive_int")
@@ -120,7 +121,7 @@ class DIPInverter(Inverter):
         check_dip_size(size, len(self.config.channels))
 
     def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
-                     feature_transform=None):
+                     feature_transform=None, early_stop=None):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
         n, c = len(features), self.config
@@ -152,6 +153,7 @@ class DIPInverter(Inverter):
             compile=c.compile,
             callback=callback,
             feature_transform=feature_transform,
+            early_stop=early_stop,
         )
 
 

@@ -155,6 +155,7 @@ class PixelConfig(InverterConfig):
     accepts_init = True
     accepts_anchor = True
     accepts_feature_transform = True
+    accepts_early_stop = True
     streams_images = True
 
     iterations: int = option(300, "positive_int")
@@ -203,7 +204,7 @@ class PixelInverter(Inverter):
     config_class = PixelConfig
 
     def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
-                     feature_transform=None):
+                     feature_transform=None, early_stop=None):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
         before the first one in the temporal term (the previous video frame)."""
         c = self.config
@@ -233,4 +234,5 @@ class PixelInverter(Inverter):
             compile=c.compile,
             callback=callback,
             feature_transform=feature_transform,
+            early_stop=early_stop,
         )

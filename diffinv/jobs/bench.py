@@ -31,6 +31,7 @@ from ..inverters import Inverter
 from ..io import save_image, write_json
 from ..judge import Judge, labels_tensor
 from ..metrics import LPIPS, reconstruction_scores
+from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place
 from .report import write_depth_plot, write_grid, write_table
@@ -137,6 +138,7 @@ def run_benchmark(
     state=None,
     labels: Sequence[int | None] | None = None,
     judge: Judge | None = None,
+    early_stop: EarlyStopping | None = None,
 ) -> list[dict]:
     """Inverts every (layer, method, seed, chunk of images) and writes results, tables and grids into a run store.
 
@@ -165,6 +167,9 @@ def run_benchmark(
             carry it, and the tables the top-1 accuracy of the originals and reconstructions.
         judge: a second network that the attack never saw (:class:`~diffinv.judge.Judge`): its top-1
             accuracy and agreement on the reconstructions and its feature similarity to the originals.
+        early_stop: stop an image of an optimizing method (``config.accepts_early_stop``) when its loss
+            has stopped improving (:class:`~diffinv.optimization.EarlyStopping`; recorded in the
+            manifest); records then carry ``iterations_run``. ``None``: every image runs all its iterations.
 
     Returns:
         Every record of the run (resumed ones and those of other processes included), one per
@@ -188,6 +193,8 @@ def run_benchmark(
         methods={name: inverter.settings() for name, inverter in inverters.items()},
         **({"labels": [_label(label_values, i) for i in range(len(images))]} if label_values is not None else {}),
         **({"judge": judge.identity()} if judge is not None else {}),
+        # runs without early stopping keep the manifests they had before the option
+        **({"early_stop": early_stop.settings()} if early_stop is not None else {}),
     )
     store = RunStore(out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
                      state=state)
@@ -215,8 +222,9 @@ def run_benchmark(
             target, images[chunk.start:chunk.stop], layer, sources=[sources[i] for i in chunk]))
         originals = images[chunk.start:chunk.stop]
         inverter = inverters[method]
+        stop = {"early_stop": early_stop} if early_stop is not None and inverter.config.accepts_early_stop else {}
         with PeakMemory(device) as memory:
-            out = inverter.invert(feats, generator=torch.Generator().manual_seed(seed), progress=show)
+            out = inverter.invert(feats, generator=torch.Generator().manual_seed(seed), progress=show, **stop)
         scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
                                        feature_residual=out.feature_residual,
                                        labels=None if label_values is None else label_values[chunk.start:chunk.stop])
@@ -228,7 +236,8 @@ def run_benchmark(
                       "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
                       "hybrid": bool(inverter.hybrid), "label": _label(label_values, i), **image_scores(scores, j),
                       "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
-                      "skipped_steps": int(out.info.get("skipped_steps", 0))}
+                      "skipped_steps": int(out.info.get("skipped_steps", 0)),
+                      **({"iterations_run": int(out.loss_history.shape[0])} if early_stop is not None else {})}
             store.append(record)
         if main:
             write_results()

@@ -1,0 +1,150 @@
+"""``diffinv atlas``: the leakage atlas of a target on a folder of images (:mod:`diffinv.jobs.atlas`).
+
+Every depth of the target, white-box methods and decoders trained on a disjoint split of the same
+folder, intervals over the evaluation images. Scales out like ``bench`` (``--workers``,
+``torchrun``/``accelerate launch``: the decoders train data-parallel, the benchmark's items are shared)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..io import collect_images
+from ..labels import expand_imagefolders, labels_for_files
+from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
+from ..jobs.bench import DEFAULT_BATCH_SIZE, work_items
+from ..jobs.distributed import launch_local, launch_state, local_workers
+from ..jobs.training import TrainConfig
+from ..targets import ATLAS_LAYERS, DEFAULT_LAYERS
+from . import common
+
+ATLAS_METHODS = ("pixel", "dip", "decoder", "diffusion")
+DEFAULT_MAX_STEPS = 1000
+
+
+def _train_split(text: str) -> float | int:
+    """``--train-split``: a fraction in [0, 1) (``0.8``) or a count of images (``400``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, "
+                                             f"got {text!r}") from None
+        if not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, got {text}")
+        return value
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, got {text}")
+    return value
+
+
+_train_split.__name__ = "a fraction in [0, 1) or a count of images"
+
+
+def add_parsers(sub) -> None:
+    d = TrainConfig(out="", layer="")
+    p = sub.add_parser("atlas", help="the leakage atlas: every depth, pixel / dip / decoder (trained on a disjoint "
+                                     "split of the folder), many images, 95%% intervals, plots against depth, "
+                                     "a gallery")
+    common.add_target_args(p)
+    common.add_images_arg(p, help="image files and/or folders: split into the decoders' training images and the "
+                                  "evaluation images", required=True)
+    p.add_argument("--num-images", type=common.positive_int, default=None,
+                   help="evaluation images (default: every image not used for training)")
+    p.add_argument("--train-split", type=_train_split, default=0.8,
+                   help="the images that train the decoders: a fraction of the folder (0.8, the default) or a count "
+                        "(400); drawn by --seed, never evaluated, recorded in the manifest")
+    p.add_argument("--layers", nargs="+", default=None, help="default: every depth of the target, stem to head")
+    p.add_argument("--methods", nargs="+", default=["pixel", "dip", "decoder"], choices=ATLAS_METHODS, metavar="METHOD",
+                   help=f"any of {', '.join(ATLAS_METHODS)} (default: pixel dip decoder); decoder: trained by the "
+                        f"atlas on the training split, one per layer")
+    common.add_size_arg(p)
+    p.add_argument("--seed", type=common.non_negative_int, default=0,
+                   help="seed of the split, of the inversions and of the decoders' training (default 0)")
+    p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images inverted together (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--max-steps", type=common.positive_int, default=DEFAULT_MAX_STEPS,
+                   help=f"decoder: training steps of each decoder (default {DEFAULT_MAX_STEPS})")
+    p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels,
+                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
+    p.add_argument("--train-batch-size", type=common.positive_int, default=d.batch_size,
+                   help=f"decoder: crops per training step (default {d.batch_size}; divisible by --workers)")
+    common.add_workers_arg(p, "auto")
+    common.add_early_stop_args(p, DEFAULT_EARLY_STOP.patience, DEFAULT_EARLY_STOP.min_delta)
+    common.add_labels_judge_args(p)
+    common.add_overwrite_arg(p)
+    common.add_out_arg(p, "output folder (resumed when it holds an atlas with the same settings)")
+    common.add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # 1. Check every argument before any model is loaded
+    device = common.resolve_device(args.device)
+    common.check_out_dir(args.out)
+    layers = args.layers or list(ATLAS_LAYERS.get(args.target, DEFAULT_LAYERS.get(args.target, ())))
+    if not layers:
+        raise common.UsageError(f"`--layers` is required for target {args.target!r} (it has no default layers).")
+    if args.decoder:
+        raise common.UsageError("`--decoder`: the atlas trains its own decoders on the training split; leave it out.")
+    if args.init:
+        raise common.UsageError("`--init`: the atlas runs single methods; leave it out.")
+    methods = list(dict.fromkeys(args.methods))
+    factories = {m: common.inverter_factory(m, args) for m in methods if m != "decoder"}
+    files = collect_images(expand_imagefolders(args.images) if args.labels == "imagefolder" else args.images)
+    split = split_images(files, args.train_split, seed=args.seed, num_images=args.num_images)
+    if "decoder" in methods and not split.train:
+        raise common.UsageError("`--methods decoder` needs training images: `--train-split` is 0.")
+    trainer = None
+    if "decoder" in methods:
+        trainer = TrainConfig(out="", layer="", max_steps=args.max_steps, batch_size=args.train_batch_size,
+                              hidden_channels=args.hidden_channels, seed=args.seed, device=str(device))
+    early_stop = common.early_stop_from_args(args)
+    common.check_judge_arg(args)
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = labels_for_files(split.evaluation, args.labels)
+        except (ValueError, FileNotFoundError) as err:
+            raise common.UsageError(f"`--labels` {args.labels!r}: {err}") from None
+    common.check_memory_fits(args, layers, methods, images=len(split.evaluation), batch_size=args.batch_size)
+
+    # 2. On CPU, several processes with a share of the cores each (--workers)
+    items = len(work_items(layers, methods, [args.seed], len(split.evaluation), args.batch_size))
+    workers = local_workers(args.workers, device, items)
+    if trainer is not None and args.train_batch_size % workers:
+        # the decoders train data-parallel over the processes: the global batch is split evenly
+        if args.workers != "auto":
+            raise common.UsageError(f"`--workers` {workers}: the decoders train data-parallel over the processes, so "
+                                    f"`--train-batch-size` {args.train_batch_size} must be divisible by it.")
+        workers = max(w for w in range(1, workers + 1) if args.train_batch_size % w == 0)
+    if workers > 1:
+        print(f"diffinv atlas: {workers} processes on this machine (--workers)")
+        return launch_local(args.argv, workers)
+
+    # 3. Target, then the atlas (resumed, or refused when --out holds other settings)
+    state, device = launch_state(device)
+    main = state is None or state.is_main_process
+    target = common.target_from_args(args, layers, device)
+    judge = common.judge_from_args(args, device)
+    if main:
+        print(f"diffinv atlas: {len(split.evaluation)} evaluation images at {args.size}x{args.size}, "
+              f"{len(split.train)} training images (split seed {args.seed}), target {args.target}, "
+              f"{len(layers)} layers ({layers[0]} ... {layers[-1]}), methods {', '.join(methods)}")
+    result = run_atlas(target, split, layers, factories, args.out, size=args.size, trainer=trainer, seeds=[args.seed],
+                       batch_size=args.batch_size, early_stop=early_stop, labels=labels, judge=judge,
+                       overwrite=args.overwrite, state=state)
+    if main:
+        print((Path(args.out) / "results.md").read_text())
+        t = result.timing
+        inversion = ", ".join(f"{m} {s:.0f} s" for m, s in t["inversion_process_seconds"].items())
+        print(f"time (this run, {t['records_made']} records made, {t['records_resumed']} resumed): decoder training "
+              f"{t['decoder_training']:.0f} s, evaluation {t['evaluation']:.0f} s (inversion, process-seconds: "
+              f"{inversion}; metrics, features and writing about {t['metrics_and_writing_process_seconds']:.0f} "
+              f"process-seconds; {t['processes']} process(es)), tables and figures {t['tables_and_figures']:.0f} s; "
+              f"total {t['total']:.0f} s")
+        print(f"wrote {args.out}/results.md, results.json, atlas_depth.png, gallery.png, timing.json, "
+              f"bench/records.jsonl (per image), decoders/")
+    return 0
