@@ -35,27 +35,10 @@ def _randn(shape, generator, device) -> torch.Tensor:
     return torch.randn(*shape, generator=generator, device=where).to(device)
 
 
-def fourier_image(
-    n: int,
-    size: tuple[int, int],
-    *,
-    sd: float = 0.01,
-    decay_power: float = 1.0,
-    decorrelate: bool = True,
-    generator: torch.Generator | None = None,
-    device=None,
-) -> tuple[list[torch.Tensor], ImageFn]:
-    """Spectrum ``(n, 3, H, W // 2 + 1, 2)`` (real, imaginary) scaled by ``1 / freq ** decay_power``,
-    inverse FFT, colour decorrelation, sigmoid: the pixel inverter's default parameterization
-    (:func:`~diffinv.inverters.pixel.fourier_parameterization`).
-
-    Args:
-        sd: std of the initial spectrum.
-        decay_power: how strongly high frequencies are damped.
-        decorrelate: apply the colour decorrelation (else the three channels are independent).
-    """
-    return fourier_parameterization(n, size, sd=sd, decay_power=decay_power, decorrelate=decorrelate,
-                                    generator=generator, device=device)
+# Spectrum ``(n, 3, H, W // 2 + 1, 2)`` scaled by ``1 / freq ** decay_power``, inverse FFT, colour
+# decorrelation, sigmoid: the pixel inverter's default parameterization, under the name the other
+# parameterizations of this module follow.
+fourier_image = fourier_parameterization
 
 
 def pixel_image(
