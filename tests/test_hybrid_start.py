@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def target():
-    return TargetNetwork.from_name("tf_efficientnet_lite0", LAYER, input_size=(32, 32))
+def target(lite0_blocks2_32):
+    return lite0_blocks2_32
 
 
 @pytest.fixture(scope="module")

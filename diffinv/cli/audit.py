@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..datasets import DATASETS, offline_training_sources
+from ..datasets import offline_training_sources
 from ..defenses import parse_defenses
 from ..io import collect_images
 from ..jobs.audit import run_audit
@@ -36,13 +36,7 @@ def add_parsers(sub) -> None:
                    help=f"attacks, any of {', '.join(AUDIT_METHODS)} (default: pixel dip); decoder: trained by the "
                         f"audit on --train-images (clean features: the naive attacker; defended: the adaptive one); "
                         f"diffusion: naive attacker only")
-    source = p.add_mutually_exclusive_group()
-    common.add_images_arg(source)
-    source.add_argument("--dataset", default="skimage", choices=DATASETS,
-                        help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=common.positive_int, default=None,
-                   help="at most this many images (default: every image of --images; 8 of --dataset)")
-    common.add_labels_judge_args(p)
+    common.add_image_source_args(p, default_count=8)
     common.add_size_arg(p)
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0], help="random seeds (default 0)")
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,

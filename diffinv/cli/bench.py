@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..datasets import DATASETS
 from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark, work_items
 from ..jobs.distributed import launch_local, launch_state, local_workers
 from ..targets import DEFAULT_LAYERS
@@ -30,13 +29,7 @@ def _add_arguments(p, *, demo: bool) -> None:
                    metavar="METHOD", help=f"any of {', '.join(common.METHODS)}, or a hybrid "
                                           f"{'|'.join(common.HYBRID_METHODS)} (default: pixel dip, plus diffusion "
                                           f"with --model)")
-    source = p.add_mutually_exclusive_group()
-    common.add_images_arg(source)
-    source.add_argument("--dataset", default="skimage", choices=DATASETS,
-                        help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=common.positive_int, default=None,
-                   help="at most this many images (default: every image of --images; 4 of --dataset)")
-    common.add_labels_judge_args(p)
+    common.add_image_source_args(p, default_count=4)
     common.add_size_arg(p)
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")

@@ -34,7 +34,7 @@ from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
 from ..inverters.registry import HYBRID_METHODS, START_METHODS
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models.learned import folder_kind
-from ..datasets import load_dataset, load_image_files
+from ..datasets import DATASETS, load_dataset, load_image_files
 from ..io import collect_images
 from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
@@ -198,6 +198,18 @@ def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
                    help="run the work items in N processes on this machine, each with its share of the CPU cores "
                         "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU. "
                         f"The same results; under torchrun/accelerate launch it is ignored (default {default})")
+
+
+def add_image_source_args(p: argparse.ArgumentParser, default_count: int) -> None:
+    """The images of a job of work items: ``--images`` or ``--dataset``, ``--num-images`` and the
+    ``--labels``/``--judge`` pair (:func:`load_images_and_labels` reads them)."""
+    source = p.add_mutually_exclusive_group()
+    add_images_arg(source)
+    source.add_argument("--dataset", default="skimage", choices=DATASETS,
+                        help="built-in images: skimage (default: real photos) or foolbox-imagenet")
+    p.add_argument("--num-images", type=positive_int, default=None,
+                   help=f"at most this many images (default: every image of --images; {default_count} of --dataset)")
+    add_labels_judge_args(p)
 
 
 def add_labels_judge_args(p: argparse.ArgumentParser) -> None:
