@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from ..io import fingerprint_path
 
-__all__ = ["FEATURE_LOSSES", "RULES", "InverterConfig", "OptionError", "check_option_names", "option"]
+__all__ = ["FEATURE_LOSSES", "RULES", "ImageOptimizerConfig", "InverterConfig", "OptionError", "check_option_names", "option"]
 
 FEATURE_LOSSES = ("nmse", "mse", "cosine")
 _PLAIN = (bool, int, float, str, type(None))
@@ -166,6 +166,19 @@ class InverterConfig:
         """A copy with ``changes`` (checked like a new config; an unknown name is a ValueError)."""
         check_option_names(self.method, changes, self.option_names())
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ImageOptimizerConfig(InverterConfig):
+    """The config of a method that optimizes an image parameterization with
+    :func:`~diffinv.inverters.optimize` (pixel, dip): it takes warm starts and a video anchor, optimizes
+    through a feature transform, stops images early, and can render its images at every iteration."""
+
+    accepts_init = True
+    accepts_anchor = True
+    accepts_feature_transform = True
+    accepts_early_stop = True
+    streams_images = True
 
 
 def check_option_names(method: str, options: Mapping, allowed: tuple[str, ...] | list[str]) -> None:

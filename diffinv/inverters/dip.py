@@ -18,7 +18,7 @@ from ..compilation import backend, compiled
 from ..models.dip import SkipGenerator, check_dip_size
 from ..optimization import adam
 from .base import Inverter, optimize
-from .config import FEATURE_LOSSES, InverterConfig, option
+from .config import FEATURE_LOSSES, ImageOptimizerConfig, option
 
 __all__ = ["DIPConfig", "DIPInverter", "dip_parameterization"]
 
@@ -60,7 +60,7 @@ def dip_parameterization(
 
 
 @dataclass(frozen=True)
-class DIPConfig(InverterConfig):
+class DIPConfig(ImageOptimizerConfig):
     """The DIP inverter's hyper-parameters.
 
     Attributes:
@@ -82,12 +82,6 @@ class DIPConfig(InverterConfig):
     """
 
     method = "dip"
-    accepts_init = True
-    accepts_anchor = True
-    accepts_feature_transform = True
-    accepts_early_stop = True
-    streams_images = True
-
     iterations: int = option(300, "positive_int")
     learning_rate: float = option(0.01, "non_negative")
     channels: tuple[int, ...] = option((16, 32, 32, 64), "channels")

@@ -20,7 +20,7 @@ import torch
 
 from ..losses import total_variation
 from .base import Inverter, optimize
-from .config import FEATURE_LOSSES, InverterConfig, OptionError, option
+from .config import FEATURE_LOSSES, ImageOptimizerConfig, OptionError, option
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "PARAMETERIZATIONS", "PARAMETERIZATION_DEFAULTS", "PixelConfig",
            "PixelInverter", "fourier_decay_power", "fourier_parameterization", "pixel_parameterization"]
@@ -129,7 +129,7 @@ def _jitter(images: torch.Tensor, pixels: int, generator: torch.Generator | None
 
 
 @dataclass(frozen=True)
-class PixelConfig(InverterConfig):
+class PixelConfig(ImageOptimizerConfig):
     """The pixel inverter's hyper-parameters: Fourier + decorrelated (default) or sigmoid pixels with a
     TV prior and jitter. ``None`` takes the parameterization's own value (:data:`PARAMETERIZATION_DEFAULTS`),
     filled in when the config is made, so that its settings name the values used.
@@ -152,12 +152,6 @@ class PixelConfig(InverterConfig):
     """
 
     method = "pixel"
-    accepts_init = True
-    accepts_anchor = True
-    accepts_feature_transform = True
-    accepts_early_stop = True
-    streams_images = True
-
     iterations: int = option(300, "positive_int")
     parameterization: str = option("fourier", choices=("fourier", "sigmoid"))
     learning_rate: float | None = option(None, "optional_non_negative")
