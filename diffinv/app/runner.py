@@ -201,6 +201,22 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
     return np.asarray(to_pil(image))
 
 
+def _chosen_layer(request: InvertRequest) -> tuple[str]:
+    """The Invert tab's one layer."""
+    if not request.layer:
+        raise ValueError("`--layer`: no layer chosen.")
+    return (request.layer,)
+
+
+def _default_layers(request: InvertRequest) -> tuple[str, ...]:
+    """The Depth tab's layers: the target's default ones."""
+    layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
+    if not layers:
+        raise ValueError(f"`--layers`: target {request.target!r} has no default layers; the Depth tab needs "
+                         f"one of {', '.join(DEFAULT_LAYERS)}.")
+    return layers
+
+
 class Workbench:
     """What the app's buttons do; one per app, shared by its sessions.
 
@@ -436,23 +452,28 @@ class Workbench:
         generator = torch.Generator().manual_seed(int(request.seed))
         return inverter.invert(features, generator=generator, progress=False, **kwargs)
 
+    def _begin(self, request: InvertRequest, session: Session, layers_of: Callable[[InvertRequest], tuple]):
+        """Claims ``session`` for a run and prepares it: ``(checked request, layers, make_inverter, original,
+        image name, target)``. Raises :class:`BusyError` when the session runs already, else the first
+        error of the fields (the session released again)."""
+        session.claim()
+        try:
+            request = self.checked(request)
+            layers = layers_of(request)
+            make_inverter = self._check(request, layers)
+            original, name = self.load_image(request.image, request.size)
+            return request, layers, make_inverter, original, name, self.target(request.target, request.weights,
+                                                                               request.size, layers)
+        except BaseException:
+            session.release()
+            raise
+
     def invert(self, request: InvertRequest, session: Session) -> Iterator[Update]:
         """Inverts one image at one layer, streaming :class:`Update` s; the last one has the metrics."""
         try:
-            session.claim()
-        except BusyError as err:
-            yield Update(str(err), error=True, done=True)
-            return
-        try:
-            request = self.checked(request)
-            make_inverter = self._check(request)
-            original, name = self.load_image(request.image, request.size)
-            if not request.layer:
-                raise ValueError("`--layer`: no layer chosen.")
-            target = self.target(request.target, request.weights, request.size, (request.layer,))
+            request, _, make_inverter, original, name, target = self._begin(request, session, _chosen_layer)
         except BaseException as err:
-            session.release()
-            yield Update(self.error_text(err), error=True, done=True)
+            yield Update(str(err) if isinstance(err, BusyError) else self.error_text(err), error=True, done=True)
             return
         shown = [(_uint8(original[0]), f"original ({name})")]
         losses: list[tuple[int, float]] = []
@@ -497,22 +518,9 @@ class Workbench:
         """Inverts one image at each of the target's default layers (shallow to deep), side by side,
         then the PSNR-vs-depth plot (:func:`diffinv.jobs.report.write_depth_plot`)."""
         try:
-            session.claim()
-        except BusyError as err:
-            yield Update(str(err), error=True, done=True)
-            return
-        try:
-            request = self.checked(request)
-            layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
-            if not layers:
-                raise ValueError(f"`--layers`: target {request.target!r} has no default layers; the Depth tab needs "
-                                 f"one of {', '.join(DEFAULT_LAYERS)}.")
-            make_inverter = self._check(request, layers)
-            original, name = self.load_image(request.image, request.size)
-            target = self.target(request.target, request.weights, request.size, layers)
+            request, layers, make_inverter, original, name, target = self._begin(request, session, _default_layers)
         except BaseException as err:
-            session.release()
-            yield Update(self.error_text(err), error=True, done=True)
+            yield Update(str(err) if isinstance(err, BusyError) else self.error_text(err), error=True, done=True)
             return
         shown = [(_uint8(original[0]), f"original ({name})")]
         records: list[dict] = []
