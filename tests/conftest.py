@@ -25,8 +25,9 @@ def lite0():
 
 
 @pytest.fixture(scope="module")
-def lite0_blocks2_32():
-    """The real EfficientNet-Lite0 at ``blocks.2``, 32x32 input (a fresh one per test module)."""
+def target():
+    """A test module's target unless it defines its own: the real EfficientNet-Lite0 at ``blocks.2``,
+    32x32 input (a fresh one per module)."""
     from diffinv.targets import TargetNetwork
 
     return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(32, 32))

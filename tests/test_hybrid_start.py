@@ -25,11 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def target(lite0_blocks2_32):
-    return lite0_blocks2_32
-
-
-@pytest.fixture(scope="module")
 def photos():
     return sample_images(("chelsea", "coffee"), 32)
 
