@@ -13,7 +13,7 @@ from ..io import collect_images
 from ..labels import expand_imagefolders, labels_for_files
 from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
 from ..jobs.bench import DEFAULT_BATCH_SIZE, work_items
-from ..jobs.distributed import launch_local, launch_state, local_workers
+from ..jobs.distributed import launch_local, local_workers
 from ..jobs.training import TrainConfig
 from ..targets import ATLAS_LAYERS, DEFAULT_LAYERS
 from . import common
@@ -125,10 +125,7 @@ def run(args) -> int:
         return launch_local(args.argv, workers)
 
     # 3. Target, then the atlas (resumed, or refused when --out holds other settings)
-    state, device = launch_state(device)
-    main = state is None or state.is_main_process
-    target = common.target_from_args(args, layers, device)
-    judge = common.judge_from_args(args, device)
+    state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)
     if main:
         print(f"diffinv atlas: {len(split.evaluation)} evaluation images at {args.size}x{args.size}, "
               f"{len(split.train)} training images (split seed {args.seed}), target {args.target}, "

@@ -12,7 +12,6 @@ from ..defenses import parse_defenses
 from ..io import collect_images
 from ..jobs.audit import run_audit
 from ..jobs.bench import DEFAULT_BATCH_SIZE
-from ..jobs.distributed import launch_state
 from ..jobs.training import TrainConfig
 from ..targets import DEFAULT_LAYERS
 from . import common
@@ -91,10 +90,7 @@ def run(args) -> int:
                                          val_fraction=0.0, device=str(device))
 
     # 2. Target, then the audit (resumed, or refused when --out holds other settings)
-    state, device = launch_state(device)
-    main = state is None or state.is_main_process
-    target = common.target_from_args(args, layers, device)
-    judge = common.judge_from_args(args, device)
+    state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
         print(f"diffinv audit: {len(names)} images at {args.size}x{args.size}, target {args.target}, layers "

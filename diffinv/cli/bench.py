@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark, work_items
-from ..jobs.distributed import launch_local, launch_state, local_workers
+from ..jobs.distributed import launch_local, local_workers
 from ..targets import DEFAULT_LAYERS
 from . import common
 
@@ -69,10 +69,7 @@ def run(args) -> int:
 
     # 3. Target, then the benchmark (resumed, or refused when --out holds other settings); under
     #    torchrun/accelerate launch each process runs its share of the work items on its own device
-    state, device = launch_state(device)
-    main = state is None or state.is_main_process
-    target = common.target_from_args(args, layers, device)
-    judge = common.judge_from_args(args, device)
+    state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)
     if main:
         split = f", split across {state.num_processes} processes" if state is not None else ""
         labelled = f", {sum(v is not None for v in labels)} labelled" if labels is not None else ""

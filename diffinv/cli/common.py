@@ -40,6 +40,7 @@ from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..resources import check_job_memory
+from ..jobs.distributed import launch_state
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 
@@ -401,6 +402,15 @@ def inverter_factory(name: str, args: argparse.Namespace, **extra):
         flag = OPTION_FLAGS.get(err.option)
         raise UsageError(message if flag is None else message.replace(f"`{err.option}`", f"`{flag}`")) from None
     return spec.build
+
+
+def launch_target_and_judge(args: argparse.Namespace, layers, device: torch.device):
+    """``(state, device, main, target, judge)`` of a job of work items: accelerate's state under
+    torchrun/accelerate launch (else ``None``) and this process's device, whether this is the main
+    process, the target of :func:`target_from_args` and the judge of :func:`judge_from_args` there."""
+    state, device = launch_state(device)
+    main = state is None or state.is_main_process
+    return state, device, main, target_from_args(args, layers, device), judge_from_args(args, device)
 
 
 def target_from_args(args: argparse.Namespace, layers, device: torch.device):
