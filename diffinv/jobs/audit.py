@@ -48,7 +48,7 @@ from ..metrics import LPIPS, reconstruction_scores
 from ..stats import bootstrap_ci, format_ci
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, work_items
-from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place
+from .items import LayerCache, WorkRunner, image_label, image_scores, item_settings, merge_records, place
 from .report import SEMANTIC_METRICS, per_image, write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
 from .training import NOT_SETTINGS, TrainConfig, train_decoder
@@ -185,8 +185,7 @@ def run_audit(
         methods={**{n: inv.settings() for n, inv in inverters.items()},
                  **({"decoder": {"method": "decoder", "training": training}} if trainer is not None else {})},
         attackers=list(ATTACKERS),
-        **({"labels": [None if v < 0 else int(v) for v in label_values]} if label_values is not None else {}),
-        **({"judge": judge.identity()} if judge is not None else {}))
+        labels=label_values, judge=judge)
     store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
                      state=state)
     out_dir = store.folder
@@ -288,7 +287,7 @@ def run_audit(
             store.append({"kind": "attack", "layer": layer, "defense": spec, "method": method, "attacker": attacker,
                           "seed": seed, "image": sources[i], "file": file.relative_to(out_dir).as_posix(),
                           "white_box": white_box,
-                          "label": None if label_values is None or label_values[i] < 0 else int(label_values[i]),
+                          "label": image_label(label_values, i),
                           **image_scores(scores, j), "seconds": out.seconds / len(chunk)})
 
     runner.run(run_item, desc="audit", show=show,

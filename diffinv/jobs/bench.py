@@ -33,7 +33,7 @@ from ..judge import Judge, labels_tensor
 from ..metrics import LPIPS, reconstruction_scores
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
-from .items import LayerCache, WorkRunner, image_scores, item_settings, merge_records, place
+from .items import LayerCache, WorkRunner, image_label, image_scores, item_settings, merge_records, place
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
@@ -109,10 +109,6 @@ def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[in
     chunks = [range(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
     return [(layer, method, seed, chunk) for layer in layers for method in methods for seed in seeds
             for chunk in chunks]
-
-
-def _label(labels: torch.Tensor | None, i: int) -> int | None:
-    return None if labels is None or labels[i] < 0 else int(labels[i])
 
 
 def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
@@ -191,8 +187,7 @@ def run_benchmark(
     manifest = item_settings(
         target, images, sources, layers, seeds, batch_size, device,
         methods={name: inverter.settings() for name, inverter in inverters.items()},
-        **({"labels": [_label(label_values, i) for i in range(len(images))]} if label_values is not None else {}),
-        **({"judge": judge.identity()} if judge is not None else {}),
+        labels=label_values, judge=judge,
         # runs without early stopping keep the manifests they had before the option
         **({"early_stop": early_stop.settings()} if early_stop is not None else {}),
     )
@@ -234,7 +229,7 @@ def run_benchmark(
             file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
             record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
                       "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                      "hybrid": bool(inverter.hybrid), "label": _label(label_values, i), **image_scores(scores, j),
+                      "hybrid": bool(inverter.hybrid), "label": image_label(label_values, i), **image_scores(scores, j),
                       "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
                       "skipped_steps": int(out.info.get("skipped_steps", 0)),
                       **({"iterations_run": int(out.loss_history.shape[0])} if early_stop is not None else {})}

@@ -49,7 +49,8 @@ from ..io import pixels_fingerprint
 from .distributed import process_device
 from .store import RunSettingsError, RunStore
 
-__all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_scores", "item_settings", "merge_records", "place"]
+__all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_label", "image_scores", "item_settings", "merge_records",
+           "place"]
 
 CLAIMS = ".claims"  # the folder of claim files inside a run folder
 ACTIVE = ".active"  # every process working on the run holds a shared lock on it
@@ -268,11 +269,22 @@ def place(target, state):
 
 
 def item_settings(target, images: torch.Tensor, sources: Sequence[str], layers: Sequence[str],
-                  seeds: Sequence[int], batch_size: int, device: torch.device, **job) -> dict:
-    """The manifest of a job of work items: what every such job records, and the job's own settings."""
+                  seeds: Sequence[int], batch_size: int, device: torch.device, *,
+                  labels: torch.Tensor | None = None, judge=None, **job) -> dict:
+    """The manifest of a job of work items: what every such job records, and the job's own settings.
+    ``labels`` (:func:`~diffinv.judge.labels_tensor`) and ``judge`` are recorded only when given, so that
+    runs without them keep the manifests they had before."""
     return {"target": target.identity(), "layers": list(layers), **job, "seeds": list(seeds),
             "batch_size": int(batch_size), "image_size": list(images.shape[-2:]), "images": list(sources),
-            "images_fingerprint": pixels_fingerprint(images), "device": device.type}
+            "images_fingerprint": pixels_fingerprint(images), "device": device.type,
+            **({"labels": [image_label(labels, i) for i in range(len(labels))]} if labels is not None else {}),
+            **({"judge": judge.identity()} if judge is not None else {})}
+
+
+def image_label(labels: torch.Tensor | None, i: int) -> int | None:
+    """Image ``i``'s true class as a record holds it (``labels``: :func:`~diffinv.judge.labels_tensor`,
+    ``-1`` where unknown): ``None`` where unknown."""
+    return None if labels is None or labels[i] < 0 else int(labels[i])
 
 
 def image_scores(scores: Mapping, j: int) -> dict:
