@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..io import collect_images
-from ..labels import expand_imagefolders, labels_for_files
+from ..labels import expand_imagefolders
 from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
 from ..jobs.bench import DEFAULT_BATCH_SIZE, work_items
 from ..jobs.distributed import launch_local, local_workers
@@ -103,12 +103,7 @@ def run(args) -> int:
                               hidden_channels=args.hidden_channels, seed=args.seed, device=str(device))
     early_stop = common.early_stop_from_args(args)
     common.check_judge_arg(args)
-    labels = None
-    if args.labels is not None:
-        try:
-            labels = labels_for_files(split.evaluation, args.labels)
-        except (ValueError, FileNotFoundError) as err:
-            raise common.UsageError(f"`--labels` {args.labels!r}: {err}") from None
+    labels = common.labels_from_args(args, split.evaluation)
     common.check_memory_fits(args, layers, methods, images=len(split.evaluation), batch_size=args.batch_size)
 
     # 2. On CPU, several processes with a share of the cores each (--workers)

@@ -57,6 +57,7 @@ __all__ = [
     "add_labels_judge_args",
     "check_judge_arg",
     "judge_from_args",
+    "labels_from_args",
     "load_images_and_labels",
     "add_method_args",
     "add_out_arg",
@@ -251,14 +252,19 @@ def load_images_and_labels(args: argparse.Namespace, default_count: int):
         images, names, labels = load_dataset(args.dataset, args.size, limit=args.num_images or default_count)
         return images, names, (labels if any(v is not None for v in labels) else None), args.dataset
     paths = _image_paths(args)
-    labels = None
-    if args.labels is not None:
-        try:
-            labels = labels_for_files(paths, args.labels)
-        except (ValueError, FileNotFoundError) as err:
-            raise UsageError(f"`--labels` {args.labels!r}: {err}") from None
+    labels = labels_from_args(args, paths)
     images, names = load_image_files(paths, args.size)
     return images, names, labels, "files"
+
+
+def labels_from_args(args: argparse.Namespace, files) -> list[int | None] | None:
+    """The true classes of ``files`` by ``--labels`` (``None`` without it), checked before any work."""
+    if args.labels is None:
+        return None
+    try:
+        return labels_for_files(files, args.labels)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"`--labels` {args.labels!r}: {err}") from None
 
 
 def check_judge_arg(args: argparse.Namespace) -> None:
