@@ -8,7 +8,7 @@ import torch
 from diffinv.cli import main
 from diffinv.io import save_image
 from diffinv.jobs.atlas import split_images
-from diffinv.jobs.atlas_report import summarize_intervals
+from diffinv.jobs.atlas_report import summarize_intervals, write_atlas_table
 from diffinv.optimization import EarlyStopping, run_optimization
 from diffinv.stats import bootstrap_ci, format_ci, paired_difference_ci
 from diffinv.targets import ATLAS_LAYERS
@@ -114,7 +114,7 @@ def test_early_stopping_stops_and_freezes():
         EarlyStopping(patience=0)
 
 
-def test_bootstrap_intervals_and_summary():
+def test_bootstrap_intervals_and_summary(tmp_path):
     mean, low, high = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and low < mean < high and (low, high) == bootstrap_ci([1.0, 2.0, 3.0, 4.0])[1:]
     assert paired_difference_ci([2.0, 3.0], [1.0, 2.0]) == (1.0, 1.0, 1.0)
@@ -122,7 +122,15 @@ def test_bootstrap_intervals_and_summary():
     records = [{"layer": "l", "method": "m", "image": f"{i}", "seed": s, "psnr": float(i + s)}
                for i in range(3) for s in (0, 1)]
     (row,) = summarize_intervals(records, ["l"], ["m"])
-    assert row["n"] == 3 and row["psnr"][0] == pytest.approx(1.5) and "judge_cosine" not in row
+    assert row["n"] == 3 and row["psnr"][0] == pytest.approx(1.5) and "judge_similarity" not in row
+    # the judge's and the true labels' scores, under the keys the benchmark's records carry, become columns
+    for r in records:
+        r.update(judge_similarity=0.5, judge_accuracy=1.0, judge_agreement=None, top1_accuracy=0.0)
+    (row,) = summarize_intervals(records, ["l"], ["m"])
+    assert row["judge_similarity"][0] == pytest.approx(0.5) and row["judge_accuracy"][0] == 1.0
+    assert "judge_agreement" not in row and row["top1_accuracy"][0] == 0.0
+    head = write_atlas_table([row], [], tmp_path / "results.md").splitlines()[0]
+    assert "judge feature cos." in head and "judge acc. (recon.)" in head and "judge agr." not in head
 
 
 def test_bench_early_stop_is_recorded_and_stops(tmp_path, one_thread):

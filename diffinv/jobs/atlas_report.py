@@ -31,11 +31,13 @@ ATLAS_METRICS = (
     ("psnr", "PSNR (dB)", 2),
     ("ssim", "SSIM", 3),
     ("lpips", "LPIPS", 3),
-    ("top1_agreement", "top-1 agr.", 2),
-    ("top1_true_reconstruction", "top-1 acc.", 2),
-    ("judge_top1_true", "judge top-1 acc.", 2),
-    ("judge_top1_agreement", "judge top-1 agr.", 2),
-    ("judge_cosine", "judge cos.", 3),
+    ("top1_agreement", "target agr.", 2),
+    ("original_top1_accuracy", "target acc. (originals)", 2),
+    ("top1_accuracy", "target acc. (recon.)", 2),
+    ("judge_original_accuracy", "judge acc. (originals)", 2),
+    ("judge_accuracy", "judge acc. (recon.)", 2),
+    ("judge_agreement", "judge agr.", 2),
+    ("judge_similarity", "judge feature cos.", 3),
     ("seconds", "s / image", 2),
 )
 
@@ -97,8 +99,9 @@ def write_atlas_table(rows: Sequence[Mapping], paired: Sequence[Mapping], path, 
         cells += [format_ci(*row[key], digits=digits) if key in row else "n/a" for key, _, digits in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\nMean [95 % bootstrap interval] over the images (each image's seeds averaged first; "
-    text += ("2000 resamples of the images, seeded). top-1 agr. = the target classifies the reconstruction as the "
-             "original.\n")
+    text += ("2000 resamples of the images, seeded). target agr. = the target classifies the reconstruction as "
+             "the original; acc. = top-1 accuracy against the true labels; the judge is a second network the attack "
+             "never saw; judge feature cos. = cosine of its penultimate features, original vs reconstruction.\n")
     if paired:
         metric = paired[0]["metric"]
         text += (f"\n### Paired differences ({metric}, same images)\n\n"
@@ -126,10 +129,9 @@ def _panels(rows: Sequence[Mapping]) -> list[tuple[str, str]]:
         return next(((k, t) for k, t in choices if any(k in r for r in rows)), None)
 
     panels = [("psnr", "PSNR (dB)"), ("ssim", "SSIM"),
-              first(("judge_top1_true", "judge top-1 accuracy"), ("judge_top1_agreement", "judge top-1 agreement"),
-                    ("top1_true_reconstruction", "target top-1 accuracy"),
-                    ("top1_agreement", "target top-1 agreement")),
-              first(("judge_cosine", "judge feature cosine"), ("lpips", "LPIPS"))]
+              first(("judge_accuracy", "judge top-1 accuracy"), ("judge_agreement", "judge top-1 agreement"),
+                    ("top1_accuracy", "target top-1 accuracy"), ("top1_agreement", "target top-1 agreement")),
+              first(("judge_similarity", "judge feature cosine"), ("lpips", "LPIPS"))]
     return [p for p in panels if p is not None]
 
 
