@@ -15,10 +15,11 @@ Methods (``--methods``):
 * ``pixel``: diffinv's ``PixelInverter`` with its defaults (the Fourier parameterization).
 * ``pixel-sigmoid``: the same with ``parameterization="sigmoid"`` (sigmoid pixels, TV, jitter).
 * ``dip``: ``DIPInverter`` with its defaults.
-* ``dip+pixel``: DIP, then a Fourier pixel refinement started from its images
-  (``PixelInverter(...).invert(features, init=dip_images)``, ``--refine-iterations``,
-  ``--refine-lr``); the time is the sum of both. After ``dip`` in the same ``--out``, it refines
-  that run's PNGs instead of running DIP again.
+* ``dip+pixel``: the registered hybrid ``build_inverter("dip+pixel", target)``: DIP, then a
+  Fourier pixel refinement started from its images (``--iterations`` each, the refinement at
+  ``REFINE_LEARNING_RATE`` or ``--refine-lr``); the time is the sum of both. After ``dip`` in the
+  same ``--out``, it refines that run's PNGs (``PixelInverter(start=files)``) instead of running
+  DIP again.
 
 torch-lucent is a peer, never a diffinv dependency: install it in a separate virtual
 environment that sees the project's packages (torch, timm, the Lite0 weights) and give its
@@ -104,8 +105,9 @@ def run_lucent(args, layers: list[str], images: torch.Tensor, out: Path) -> None
 def run_diffinv(method: str, args, layers: list[str], target, images: torch.Tensor, out: Path) -> None:
     """Runs a diffinv method on ``layers``; saves the PNGs and the seconds per image of each layer."""
     from diffinv.features import FeatureSet
-    from diffinv.inverters import DIPInverter, PixelInverter
-    from diffinv.io import load_image, save_image
+    from diffinv.inverters import DIPInverter, PixelInverter, build_inverter
+    from diffinv.inverters.pixel import REFINE_LEARNING_RATE
+    from diffinv.io import save_image
 
     for layer in layers:
         features = FeatureSet.extract(target, images, layer)
@@ -115,16 +117,20 @@ def run_diffinv(method: str, args, layers: list[str], target, images: torch.Tens
             result = PixelInverter(target, iterations=args.iterations, parameterization=parameterization)(
                 features, generator=generator, progress=False)
             recon, seconds = result.images, result.seconds
-        elif method == "dip+pixel" and (out / "dip" / layer / "seconds.json").exists():  # refine --out's dip run
-            recon = torch.stack([load_image(out / "dip" / layer / f"{i:03d}.png") for i in range(len(images))])
-            seconds = json.loads((out / "dip" / layer / "seconds.json").read_text()) * len(images)
+        elif method == "dip+pixel":
+            dip_run, lr = out / "dip" / layer, REFINE_LEARNING_RATE if args.refine_lr is None else args.refine_lr
+            if (dip_run / "seconds.json").exists():  # refine --out's dip run: its PNGs are the start
+                inverter = PixelInverter(target, iterations=args.iterations, learning_rate=lr,
+                                         start=[dip_run / f"{i:03d}.png" for i in range(len(images))])
+                dip_seconds = json.loads((dip_run / "seconds.json").read_text()) * len(images)
+            else:
+                inverter, dip_seconds = build_inverter("dip+pixel", target, iterations=args.iterations,
+                                                       learning_rate=lr), 0.0
+            result = inverter(features, generator=generator, progress=False)
+            recon, seconds = result.images, dip_seconds + result.seconds
         else:
             result = DIPInverter(target, iterations=args.iterations)(features, generator=generator, progress=False)
             recon, seconds = result.images, result.seconds
-        if method == "dip+pixel":
-            refined = PixelInverter(target, iterations=args.refine_iterations, learning_rate=args.refine_lr)(
-                features, generator=generator, progress=False, init=recon)
-            recon, seconds = refined.images, seconds + refined.seconds
         for i, image in enumerate(recon):
             save_image(image, out / method / layer / f"{i:03d}.png")
         (out / method / layer / "seconds.json").write_text(json.dumps(seconds / len(images)))
@@ -153,8 +159,8 @@ def main(argv=None) -> None:
     p.add_argument("--num-images", type=int, default=None, help="the first N photos of --images (default all)")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--refine-iterations", type=int, default=300, help="dip+pixel: the pixel refinement's iterations")
-    p.add_argument("--refine-lr", type=float, default=0.02, help="dip+pixel: the pixel refinement's learning rate")
+    p.add_argument("--refine-lr", type=float, default=None,
+                   help="dip+pixel: the pixel refinement's learning rate (default: diffinv's REFINE_LEARNING_RATE)")
     p.add_argument("--target", default="tf_efficientnet_lite0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())

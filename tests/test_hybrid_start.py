@@ -145,8 +145,8 @@ def test_cli_hybrid_errors(feature_file, tmp_path, capsys):
     base = ["invert", str(feats), "-o", str(tmp_path / "x"), "--model", "tiny"]
     assert main([*base, "--method", "diffusion", "--init", "nothing.png"]) == 2
     assert "neither one of decoder, mapper, dip, gan nor an existing image file" in capsys.readouterr().err
-    assert main([*base, "--method", "pixel", "--init", "dip"]) == 2
-    assert "does not apply to `--method pixel`" in capsys.readouterr().err
+    assert main([*base, "--method", "dip", "--init", "gan"]) == 2
+    assert "starts a refinement (diffusion, pixel); it does not apply to `--method dip`" in capsys.readouterr().err
     assert main([*base, "--method", "diffusion", "--init", "dip", "--strength", "0"]) == 2
     assert "expected (0, 1]" in capsys.readouterr().err
     assert main([*base, "--method", "decoder+diffusion"]) == 2

@@ -31,6 +31,7 @@ from diffinv.inverters import (
 )
 from diffinv.inverters.config import option
 from diffinv.inverters.diffusion import PIPELINE_OPTIONS
+from diffinv.inverters.pixel import REFINE_LEARNING_RATE
 from diffinv.io import fingerprint_path, sample_images, save_image
 from diffinv.jobs.video import invert_video
 from diffinv.models import FeatureMapper, UpconvNet
@@ -87,13 +88,18 @@ def test_build_hybrids(target, mapper, pipe, tmp_path):
     starts = {"decoder": {"decoder": decoder}, "mapper": {"mapper": mapper, "vae": pipe.vae},
               "dip": {"channels": (4, 8)}, "gan": {"gan": "tiny:32", "restarts": 1}}
     for name in HYBRID_METHODS:
-        start = name.split("+")[0]
-        inverter = build_inverter(name, target, model=pipe, iterations=3, steps=2, **starts[start])
-        assert isinstance(inverter, DiffusionInverter) and inverter.hybrid
+        start, refiner = name.split("+")
+        chain = {"model": pipe, "steps": 2} if refiner == "diffusion" else {}
+        inverter = build_inverter(name, target, iterations=3, **chain, **starts[start])
+        assert type(inverter) is INVERTERS[refiner] and inverter.hybrid
         assert type(inverter.start) is INVERTERS[start] and inverter.start.target is target
-        assert inverter.config.strength == 0.3 and inverter.config.num_iterations == 3
-        assert inverter.config.init == ("mapper" if start == "mapper" else "image")
         assert inverter.settings()["start"] == inverter.start.settings()
+        if refiner == "diffusion":
+            assert inverter.config.strength == 0.3 and inverter.config.num_iterations == 3
+            assert inverter.config.init == ("mapper" if start == "mapper" else "image")
+        else:  # a pixel refinement: its own step size, the other options shared with the start
+            assert inverter.config.learning_rate == REFINE_LEARNING_RATE and inverter.config.iterations == 3
+    assert {n.split("+")[1] for n in HYBRID_METHODS} == {"diffusion", "pixel"}
     # `init=` means the same as the hybrid name; each option reaches every part that takes it
     same = build_inverter("diffusion", target, model=pipe, init="dip", iterations=4, channels=(4, 8), strength=0.5)
     assert same.start.config.iterations == 4 and same.config.num_iterations == 4 and same.config.strength == 0.5
@@ -105,10 +111,30 @@ def test_build_hybrids(target, mapper, pipe, tmp_path):
     assert from_file.start == [str(image)] and from_file.settings()["start_fingerprint"] == [fingerprint_path(image)]
 
 
+def test_dip_refined_by_pixel(target, features):
+    """``dip+pixel`` = ``pixel`` with ``init="dip"``: DIP runs first (same seed, same images as DIP alone), the
+    Fourier pixels start from its images exactly and never end with a higher feature loss than they."""
+    refined = build_inverter("dip+pixel", target, iterations=6, channels=(4, 8))
+    same = build_inverter("pixel", target, init="dip", iterations=6, channels=(4, 8))
+    assert refined.settings() == same.settings() and refined.settings()["start"]["channels"] == [4, 8]
+    assert refined.config.learning_rate == REFINE_LEARNING_RATE  # not the plain pixel's 0.05, nor DIP's
+    assert refined.start.config.learning_rate == DIPInverter(target).config.learning_rate
+    dip = DIPInverter(target, iterations=6, channels=(4, 8))(features, generator=torch.Generator().manual_seed(0),
+                                                               progress=False)
+    out = refined(features, generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.info["start_method"] == "dip" and out.info["start_info"]["optimize_seconds"] > 0
+    assert (out.feature_residual < dip.feature_residual).all()  # refined from DIP's images, to a lower loss
+    assert (out.images - dip.images).abs().max() > 1e-3  # refined, not DIP's images returned as they were
+    plain = build_inverter("pixel", target, iterations=6)(features, generator=torch.Generator().manual_seed(0),
+                                                          progress=False)
+    assert not PixelInverter(target).hybrid and "start" not in PixelInverter(target).settings()
+    assert (out.images - plain.images).abs().max() > 1e-3
+
+
 def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tmp_path):
     with pytest.raises(OptionError, match=r"method 'pixel' has no option `decoder`; its options are: iterations, "
                                           r"parameterization, learning_rate, tv_weight, tv, tv_beta, jitter, loss, "
-                                          r"lr_schedule, decay_power, temporal_weight, compile\."):
+                                          r"lr_schedule, decay_power, temporal_weight, compile, start\."):
         build_inverter("pixel", target, decoder="x")
     with pytest.raises(ValueError, match=r"method 'pixel': `iterations` must be a positive integer, got 0\."):
         build_inverter("pixel", target, iterations=0)
@@ -125,13 +151,16 @@ def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tm
         build_inverter("diffusion", target)
     with pytest.raises(FileNotFoundError):
         inverter_spec("decoder", decoder=tmp_path / "missing")
-    with pytest.raises(ValueError, match=r"`init` 'dip' starts the diffusion chain; it does not apply to method 'pixel'"):
-        build_inverter("pixel", target, init="dip")
+    with pytest.raises(ValueError, match=r"`init` 'pixel' starts a refinement \(diffusion, pixel\); it does not apply "
+                                         r"to method 'dip'"):
+        build_inverter("dip", target, init="pixel")
+    with pytest.raises(ValueError, match=r"`init` 'pixel': a refinement starts from one of decoder, mapper, dip, gan"):
+        build_inverter("pixel", target, init="pixel")
     with pytest.raises(ValueError, match="method 'dip\\+diffusion' starts from dip, but `init` is 'gan'"):
         build_inverter("dip+diffusion", target, model="tiny", init="gan")
     with pytest.raises(ValueError, match=r"`strength` 0 with a hybrid start.*expected \(0, 1\]"):
         build_inverter("dip+diffusion", target, model="tiny", strength=0)
-    with pytest.raises(ValueError, match="`init` 'pixel': the chain starts from one of decoder, mapper, dip, gan"):
+    with pytest.raises(ValueError, match="`init` 'pixel': a refinement starts from one of decoder, mapper, dip, gan"):
         build_inverter("diffusion", target, model="tiny", init="pixel")
     with pytest.raises(ValueError, match="neither one of decoder, mapper, dip, gan nor an existing image file"):
         build_inverter("diffusion", target, model="tiny", init=str(tmp_path / "none.png"))

@@ -6,8 +6,8 @@
 | ``--images`` | image files and/or folders (every image file in a folder, sorted) |
 | ``--size`` | images are resized and center-cropped to SIZE x SIZE (default 128 everywhere) |
 | ``--target``/``--weights`` | the network and its weights (``default``, ``random:SEED`` or a file) |
-| ``--method``/``--methods`` | one method / several, from the registry, or a hybrid ``START+diffusion`` |
-| ``--init``/``--strength`` | diffusion's hybrid start (a method's estimate or an image file) and img2img strength |
+| ``--method``/``--methods`` | one method / several, from the registry, or a hybrid ``START+diffusion``/``START+pixel`` |
+| ``--init``/``--strength`` | a hybrid's start (a method's estimate or an image file) and diffusion's img2img strength |
 | ``--seed``/``--seeds`` | one seed / several |
 | ``--iterations`` | optimization iterations of a white-box method |
 | ``--steps`` | sampler steps K of the diffusion chain |
@@ -31,6 +31,7 @@ import torch
 from ..inverters import INVERTERS, OptionError, inverter_spec, options_for
 from ..inverters.diffusion import HYBRID_STRENGTH
 from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
+from ..inverters.pixel import REFINE_LEARNING_RATE
 from ..inverters.registry import HYBRID_METHODS, START_METHODS
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models.learned import folder_kind
@@ -311,9 +312,10 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
                    help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
                         "iterations compile, up to a minute on CPU, where the compiled networks were not faster)")
     p.add_argument("--init", default=None, metavar="decoder|mapper|dip|gan|IMAGE",
-                   help="diffusion: start the chain from another method's estimate (its own flags: --decoder, --mapper, "
-                        "--gan) or from an image file, noised to --strength and refined (a hybrid; `--method "
-                        "START+diffusion` means the same)")
+                   help=f"diffusion, pixel: refine another method's estimate (its own flags: --decoder, --mapper, "
+                        f"--gan) or an image file (a hybrid; `--method START+diffusion` / `START+pixel` mean the "
+                        f"same): the chain starts from it noised to --strength; pixel optimization starts from it "
+                        f"exactly, at a learning rate of {REFINE_LEARNING_RATE}")
     p.add_argument("--strength", type=unit_float, default=None,
                    help=f"img2img strength in [0, 1]: mapper: refinement of its latent (default 0: decode it only); "
                         f"diffusion with --init: how far the start is noised, in (0, 1] (default {HYBRID_STRENGTH})")
@@ -380,7 +382,7 @@ def check_gan(value: str) -> None:
 
 
 def inverter_factory(name: str, args: argparse.Namespace, **extra):
-    """``target -> Inverter`` for a method name (or a hybrid ``START+diffusion``) and the command-line options.
+    """``target -> Inverter`` for a method name (or a hybrid ``START+REFINER``) and the command-line options.
 
     The flags are mapped to the registry's options once (:func:`~diffinv.inverters.options_for` keeps
     those the method takes) and checked before any work by :func:`~diffinv.inverters.inverter_spec`;

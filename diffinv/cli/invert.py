@@ -17,7 +17,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("invert", help="features -> reconstructed images (PNG) and metrics")
     p.add_argument("features", help="a .safetensors file written by `diffinv extract`")
     p.add_argument("--method", default="dip", choices=common.METHODS + common.HYBRID_METHODS,
-                   help="inversion method (default dip); START+diffusion = --method diffusion --init START")
+                   help="inversion method (default dip); START+REFINER = --method REFINER --init START")
     p.add_argument("--weights", default=None,
                    help="target weights (default: those recorded in the features): 'default', 'random:SEED' or a file")
     p.add_argument("--reference", nargs="+", default=None,

@@ -2,12 +2,12 @@
 
 :data:`INVERTERS` maps each method name to its class, in the order the command line lists them:
 white-box methods first (``diffusion``, ``pixel``, ``dip``, ``gan``), then black-box ones (``mapper``,
-``decoder``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion``, from its
+``decoder``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion`` / ``START+pixel``, from its
 name and options (:mod:`diffinv.inverters.registry`); each method's hyper-parameters and capabilities
 are its config (:mod:`diffinv.inverters.config`).
 """
 
-from .base import InversionOutput, Inverter, optimize
+from .base import InversionOutput, Inverter, RefiningInverter, optimize
 from .config import InverterConfig, OptionError
 from .decoder import DecoderConfig, DecoderInverter
 from .diffusion import DiffusionConfig, DiffusionInverter
@@ -19,6 +19,7 @@ from .registry import (
     HYBRID_METHODS,
     INVERTERS,
     METHODS,
+    REFINERS,
     START_METHODS,
     InverterSpec,
     build_inverter,
@@ -31,6 +32,7 @@ __all__ = [
     "HYBRID_METHODS",
     "INVERTERS",
     "METHODS",
+    "REFINERS",
     "START_METHODS",
     "DIPConfig",
     "DIPInverter",
@@ -49,6 +51,7 @@ __all__ = [
     "OptionError",
     "PixelConfig",
     "PixelInverter",
+    "RefiningInverter",
     "build_inverter",
     "inverter_spec",
     "method_options",

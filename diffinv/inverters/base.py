@@ -10,6 +10,7 @@ tensors to optimize and a function that renders images in [0, 1] from them — h
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import ClassVar
 import torch
 
 from ..compilation import feature_function
-from ..features import FeatureSet, resolve_features
+from ..features import FeatureSet, check_images, resolve_features
+from ..io import fingerprint_path, load_images, pixels_fingerprint
 from ..losses import feature_loss, temporal_smoothness
 from ..metrics import feature_residual
 from ..optimization import EarlyStopping, check_weight, run_optimization
@@ -65,7 +67,7 @@ class Inverter:
 
     name = "inverter"
     white_box = True
-    hybrid = False  # a black-box start refined white-box (see DiffusionInverter's ``start``)
+    hybrid = False  # refines another method's estimate (see RefiningInverter)
     config_class: ClassVar[type[InverterConfig]] = InverterConfig
     # Keywords of the constructor that are not config fields (objects, devices): build_inverter accepts them too.
     extra_options: ClassVar[tuple[str, ...]] = ()
@@ -203,6 +205,72 @@ class Inverter:
         (:meth:`InverterConfig.settings`: the plain hyper-parameters and a fingerprint of every model
         folder it reads)."""
         return {"method": self.name, **self.config.settings()}
+
+
+class RefiningInverter(Inverter):
+    """An inverter that can refine another method's estimate, its ``start``: a *hybrid*
+    (``START+diffusion``, ``START+pixel``). The start runs first, on the same features, and its time
+    counts; its settings are part of the hybrid's.
+
+    Args:
+        start: an :class:`Inverter` of the same target, an image file (or a list of files, one per
+            feature map), or a ``(N or 1, 3, H, W)`` tensor in [0, 1]; ``None``: the plain method.
+    """
+
+    extra_options: ClassVar[tuple[str, ...]] = ("start",)
+
+    def __init__(self, target: TargetNetwork, config: InverterConfig | None = None, *,
+                 start: Inverter | str | os.PathLike | list | torch.Tensor | None = None, **options):
+        super().__init__(target, config, **options)
+        if isinstance(start, torch.Tensor):
+            start = check_images(start, "start")
+        elif isinstance(start, (str, os.PathLike)):
+            start = [start]
+        if isinstance(start, list) and not all(os.path.isfile(p) for p in start):
+            missing = [os.fspath(p) for p in start if not os.path.isfile(p)]
+            raise FileNotFoundError(f"`start` image file(s) {missing} do not exist.")
+        if isinstance(start, Inverter) and start.target is not target:
+            raise ValueError("`start` must be an inverter of the same target network.")
+        self._start = start
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the method refines another method's estimate (its ``start``)."""
+        return self._start is not None
+
+    @property
+    def start(self):
+        """The hybrid start: an Inverter, image files or a tensor (``None``: the plain method)."""
+        return self._start
+
+    def settings(self) -> dict:
+        """The config, and the hybrid's start: its settings, or its files' or tensor's fingerprints."""
+        out = super().settings()
+        if isinstance(self._start, Inverter):
+            out["start"] = self._start.settings()
+        elif isinstance(self._start, list):
+            out["start"] = [os.fspath(p) for p in self._start]
+            out["start_fingerprint"] = [fingerprint_path(p) for p in self._start]
+        elif self._start is not None:
+            out["start"] = {"tensor": list(self._start.shape), "fingerprint": pixels_fingerprint(self._start)}
+        return out
+
+    def _prepare(self, features, layer, size):
+        if isinstance(self._start, Inverter):
+            self._start.prepare(features, layer, size)
+
+    def _start_estimate(self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator,
+                        progress: bool) -> tuple[torch.Tensor, dict]:
+        """The hybrid's start images ``(N or 1, 3, H, W)`` at ``size`` and what the start method reported."""
+        if isinstance(self._start, Inverter):
+            images, info = self._start.start_images(features, layer, size, generator=generator, progress=progress)
+            return images, {"start_method": self._start.name, "start_info": info}
+        if isinstance(self._start, list):
+            if len(self._start) not in (1, len(features)):
+                raise ValueError(f"`start` has {len(self._start)} image files for {len(features)} feature maps; give one "
+                                 f"per map, or one for all.")
+            return load_images(self._start, size), {"start_method": "image"}
+        return self._start, {"start_method": "image"}
 
 
 def optimize(

@@ -30,12 +30,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..features import check_images
-from ..io import fingerprint_path, load_images, pixels_fingerprint
 from .. import pipelines  # its names import diffusers when first used
 from ..losses import feature_loss
 from ..targets import TargetNetwork
-from .base import Inverter
+from .base import Inverter, RefiningInverter
 from .config import FEATURE_LOSSES, InverterConfig, option
 
 __all__ = ["HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
@@ -100,7 +98,7 @@ def _cached_pipeline(model: str, torch_dtype: torch.dtype | None, device: str | 
     return pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention)
 
 
-class DiffusionInverter(Inverter):
+class DiffusionInverter(RefiningInverter):
     """Optimizes Stable Diffusion latents so that the target's features of the image match.
 
     Args:
@@ -144,23 +142,10 @@ class DiffusionInverter(Inverter):
     ):
         if start is not None:
             options = {"strength": HYBRID_STRENGTH, **options}
-        super().__init__(target, config, **options)
+        super().__init__(target, config, start=start, **options)
         init = "noise"
-        if start is not None:
-            init = "image"
-            if isinstance(start, torch.Tensor):
-                start = check_images(start, "start")
-            elif isinstance(start, (str, os.PathLike)):
-                start = [start]
-            if isinstance(start, list) and not all(os.path.isfile(p) for p in start):
-                missing = [os.fspath(p) for p in start if not os.path.isfile(p)]
-                raise FileNotFoundError(f"`start` image file(s) {missing} do not exist.")
-            if isinstance(start, Inverter):
-                if start.target is not target:
-                    raise ValueError("`start` must be an inverter of the same target network.")
-                if start.latent_start:
-                    init = "mapper"
-        self._start = start
+        if self.hybrid:
+            init = "mapper" if isinstance(start, Inverter) and start.latent_start else "image"
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch_dtype is None and str(device).startswith("cuda"):
@@ -174,47 +159,13 @@ class DiffusionInverter(Inverter):
             model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         )
 
-    @property
-    def hybrid(self) -> bool:
-        """Whether the chain starts from another method's estimate (black-box start, white-box refinement)."""
-        return self._start is not None
-
-    @property
-    def start(self):
-        """The hybrid start: an Inverter, image files or a tensor (``None``: the plain white-box method)."""
-        return self._start
-
     def settings(self) -> dict:
         """The config (the model and its folder's fingerprint, the networks' dtype, every plain option of
-        the pipeline call), and the hybrid's start: its settings, or its files' or tensor's fingerprints."""
+        the pipeline call), and the hybrid's start (see :class:`RefiningInverter`)."""
         out = super().settings()
         if not self.hybrid:
             out.pop("keep_start", None)
-        elif isinstance(self._start, Inverter):
-            out["start"] = self._start.settings()
-        elif isinstance(self._start, list):
-            out["start"] = [os.fspath(p) for p in self._start]
-            out["start_fingerprint"] = [fingerprint_path(p) for p in self._start]
-        else:
-            out["start"] = {"tensor": list(self._start.shape), "fingerprint": pixels_fingerprint(self._start)}
         return out
-
-    def _prepare(self, features, layer, size):
-        if isinstance(self._start, Inverter):
-            self._start.prepare(features, layer, size)
-
-    def _start_estimate(self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator,
-                        progress: bool) -> tuple[torch.Tensor, dict]:
-        """The hybrid's start images ``(N or 1, 3, H, W)`` at ``size`` and what the start method reported."""
-        if isinstance(self._start, Inverter):
-            images, info = self._start.start_images(features, layer, size, generator=generator, progress=progress)
-            return images, {"start_method": self._start.name, "start_info": info}
-        if isinstance(self._start, list):
-            if len(self._start) not in (1, len(features)):
-                raise ValueError(f"`start` has {len(self._start)} image files for {len(features)} feature maps; give one "
-                                 f"per map, or one for all.")
-            return load_images(self._start, size), {"start_method": "image"}
-        return self._start, {"start_method": "image"}
 
     def _reconstruct(self, features, layer, size, *, generator, progress, callback=None):
         call_kwargs, start, start_info = self.config.call_options(), None, {}

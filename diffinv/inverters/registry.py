@@ -1,8 +1,8 @@
 """The registry: every method by name, and :func:`build_inverter`, which the command line and the app call.
 
-A method is a name of :data:`INVERTERS` or a hybrid ``START+diffusion`` (:data:`HYBRID_METHODS`): the
-diffusion chain started from another method's estimate, as ``build_inverter("diffusion", target,
-init=START)`` does (``init`` may also be an image file). Options are checked before anything is
+A method is a name of :data:`INVERTERS` or a hybrid ``START+REFINER`` (:data:`HYBRID_METHODS`): a
+refiner (:data:`REFINERS`: the diffusion chain, or pixel optimization) started from another method's
+estimate, as ``build_inverter(REFINER, target, init=START)`` does (``init`` may also be an image file). Options are checked before anything is
 loaded (:func:`inverter_spec`): the option's name against the method's config and constructor, its
 value against the config's rule, the model folders it names against the files they need. Every
 error is a :class:`~diffinv.inverters.config.OptionError` (a ``ValueError``) that names the option,
@@ -11,13 +11,15 @@ the value and what was expected.
 Two names mean the same for every method (the command line's ``--iterations``/``--steps``, the app's
 fields): ``iterations`` is diffusion's ``num_iterations``, and ``steps`` is ``num_inference_steps`` of
 diffusion and mapper (:data:`ALIASES`). In a hybrid each option goes to every part that takes it
-(``model``, ``steps``, ``prompt``, ...), except ``strength``: the hybrid's img2img strength, not the
-start's (a mapper start keeps its own estimate, strength 0); a ``model`` that is a loaded pipeline,
-not a name or folder, is the chain's only.
+(``model``, ``steps``, ``prompt``, ``iterations``, ...), except ``strength``: the hybrid's img2img
+strength, not the start's (a mapper start keeps its own estimate, strength 0), and a pixel
+refinement's ``learning_rate`` (default :data:`~diffinv.inverters.pixel.REFINE_LEARNING_RATE`); a
+``model`` that is a loaded pipeline, not a name or folder, is the chain's only.
 
 Example:
     >>> inverter = build_inverter("pixel", target, iterations=200)
     >>> hybrid = build_inverter("decoder+diffusion", target, model="path/to/sd15", decoder="decoders/")
+    >>> refined = build_inverter("dip+pixel", target)  # DIP, then a pixel refinement of its images
     >>> build_inverter("pixel", target, iterations=0)
     OptionError: method 'pixel': `iterations` must be a positive integer, got 0.
 """
@@ -40,13 +42,14 @@ from .diffusion import HYBRID_STRENGTH, DiffusionInverter
 from .dip import DIPInverter
 from .gan import GANInverter
 from .mapper import MapperInverter
-from .pixel import PixelInverter
+from .pixel import REFINE_LEARNING_RATE, PixelInverter
 
 __all__ = [
     "ALIASES",
     "HYBRID_METHODS",
     "INVERTERS",
     "METHODS",
+    "REFINERS",
     "START_METHODS",
     "InverterSpec",
     "build_inverter",
@@ -58,8 +61,9 @@ __all__ = [
 INVERTERS: dict[str, type[Inverter]] = {
     cls.name: cls for cls in (DiffusionInverter, PixelInverter, DIPInverter, GANInverter, MapperInverter, DecoderInverter)
 }
-START_METHODS = ("decoder", "mapper", "dip", "gan")  # estimates the diffusion chain can refine (``init``)
-HYBRID_METHODS = tuple(f"{start}+diffusion" for start in START_METHODS)
+START_METHODS = ("decoder", "mapper", "dip", "gan")  # estimates a refiner can start from (``init``)
+REFINERS = ("diffusion", "pixel")  # methods that refine a start's estimate (RefiningInverter)
+HYBRID_METHODS = tuple(f"{start}+{refiner}" for refiner in REFINERS for start in START_METHODS)
 METHODS = tuple(INVERTERS) + HYBRID_METHODS
 # Method-independent names -> each method's own option.
 ALIASES: dict[str, dict[str, str]] = {
@@ -79,14 +83,14 @@ def _split(name: str, init) -> tuple[str, str | None]:
     if not isinstance(name, str) or name not in METHODS:
         raise OptionError("?", "method", name, message=f"`method` {name!r} is not one of {', '.join(METHODS)}.")
     if name in HYBRID_METHODS:
-        start = name.split("+")[0]
+        start, refiner = name.split("+")
         if init is not None and init != start:
             raise OptionError(name, "init", init, message=f"method {name!r} starts from {start}, but `init` is "
                                                            f"{init!r}; give one of them.")
-        return "diffusion", start
-    if init is not None and name != "diffusion":
-        raise OptionError(name, "init", init, message=f"`init` {init!r} starts the diffusion chain; it does not "
-                                                       f"apply to method {name!r}.")
+        return refiner, start
+    if init is not None and name not in REFINERS:
+        raise OptionError(name, "init", init, message=f"`init` {init!r} starts a refinement ({', '.join(REFINERS)}); "
+                                                       f"it does not apply to method {name!r}.")
     return name, None if init in (None, "noise") else os.fspath(init)
 
 
@@ -103,9 +107,9 @@ def method_options(name: str) -> tuple[str, ...]:
     :data:`ALIASES` it understands; a hybrid's are those of its parts; diffusion's include ``init``
     and the options of every start method (each applies once ``init`` names that method)."""
     method, start = _split(name, None)
-    if method != "diffusion":
+    if method not in REFINERS:
         return _options_of(method, None)
-    names = list(_options_of("diffusion", start)) + ["init"]
+    names = list(_options_of(method, start)) + ["init"]
     for part in (start,) if start else START_METHODS:
         names += _options_of(part, None)
     return tuple(dict.fromkeys(names))
@@ -120,7 +124,7 @@ def options_for(name: str, **candidates) -> dict:
         OptionError: an unknown method, or an ``init`` that does not apply to it.
     """
     method, start = _split(name, candidates.get("init"))
-    taken = _options_of(method, start) + (("init",) if method == "diffusion" else ())
+    taken = _options_of(method, start) + (("init",) if method in REFINERS else ())
     return {k: v for k, v in candidates.items() if v is not None and k in taken}
 
 
@@ -215,29 +219,35 @@ def inverter_spec(name: str, **options) -> InverterSpec:
     if start is None:
         return _single_spec(method, _part_options(method, options))
 
-    # A hybrid: the diffusion chain refines the start's estimate from img2img `strength`.
+    # A hybrid: the refiner (the diffusion chain from img2img `strength`, or pixel optimization) refines
+    # the start's estimate
     if start in INVERTERS and start not in START_METHODS:
-        raise OptionError(name, "init", start, message=f"`init` {start!r}: the chain starts from one of "
+        raise OptionError(name, "init", start, message=f"`init` {start!r}: a refinement starts from one of "
                                                         f"{', '.join(START_METHODS)} or an image file.")
-    strength = options.get("strength")
-    strength = HYBRID_STRENGTH if strength is None else strength
-    if strength == 0:
-        raise OptionError(name, "strength", 0, message="`strength` 0 with a hybrid start: the start must be noised "
-                                                        "into the chain; expected (0, 1].")
-    chain = _single_spec("diffusion", {**_part_options("diffusion", options), "strength": strength})
+    own = {}  # the refinement's options that its start does not share
+    if method == "diffusion":
+        strength = options.get("strength")
+        own["strength"] = HYBRID_STRENGTH if strength is None else strength
+        if own["strength"] == 0:
+            raise OptionError(name, "strength", 0, message="`strength` 0 with a hybrid start: the start must be "
+                                                            "noised into the chain; expected (0, 1].")
+    else:
+        learning_rate = options.get("learning_rate")
+        own["learning_rate"] = REFINE_LEARNING_RATE if learning_rate is None else learning_rate
+    refinement = _single_spec(method, {**_part_options(method, options), **own})
     if start in START_METHODS:
-        start_options = {k: v for k, v in options.items() if k != "strength"}
+        start_options = {k: v for k, v in options.items() if k not in own}
         if not isinstance(options.get("model"), (str, os.PathLike)):  # a loaded pipeline is the chain's only
             start_options.pop("model", None)
-        if start == "mapper":  # the start is the mapper's own estimate; `strength` is the refinement's
+        if start == "mapper" and method == "diffusion":  # the start is the mapper's own estimate
             start_options["strength"] = 0.0
-        chain.start = _single_spec(start, _part_options(start, start_options))
+        refinement.start = _single_spec(start, _part_options(start, start_options))
     else:
         if not Path(start).expanduser().is_file():
             raise OptionError(name, "init", start, message=f"`init` {start!r} is neither one of "
                                                             f"{', '.join(START_METHODS)} nor an existing image file.")
-        chain.start = str(Path(start).expanduser())
-    return chain
+        refinement.start = str(Path(start).expanduser())
+    return refinement
 
 
 def build_inverter(name: str, target: TargetNetwork, **options) -> Inverter:

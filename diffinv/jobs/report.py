@@ -154,8 +154,8 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
         if meta.get("lpips") != "alexnet":
             notes.append(str(meta.get("lpips")) + ".")
     if any(row.get("hybrid") for row in rows):
-        notes.append("box hybrid = a black-box (or GAN) start refined white-box through the diffusion chain; its "
-                     "s / image includes the start.")
+        notes.append("box hybrid = another method's estimate (START+...) refined white-box, by the diffusion chain "
+                     "or pixel optimization; its s / image includes the start.")
     notes.append("top-1 agr. = share of reconstructions the target classifies as it classifies the original; peak "
                  "MiB = GPU allocated or CPU resident set during the inversion.")
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
