@@ -48,7 +48,6 @@ def main(argv=None) -> None:
     layers = args.layers or settings["layers"]
     size = settings["image_size"][0]
     identity = settings["target"]
-    target = TargetNetwork.from_name(identity["name"], layers, input_size=(size, size))
     images, names = load_image_files(split["evaluation"], size)
 
     # the audit's default training photos: every offline photo but the 8 images it attacks
@@ -66,6 +65,7 @@ def main(argv=None) -> None:
                                      target=identity["name"], size=size, device="cpu")
         trained = train_decoder(config)
         seconds = time.perf_counter() - tic
+        target = TargetNetwork.from_name(identity["name"], layer, input_size=(size, size))
         with torch.no_grad():
             features = target.feature(images, layer)
         scores = {}
