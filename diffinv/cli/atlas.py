@@ -14,7 +14,6 @@ from ..labels import expand_imagefolders
 from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
 from ..jobs.bench import DEFAULT_BATCH_SIZE, work_items
 from ..jobs.distributed import launch_local, local_workers
-from ..jobs.training import TrainConfig
 from ..targets import ATLAS_LAYERS, DEFAULT_LAYERS
 from . import common
 
@@ -44,7 +43,6 @@ _train_split.__name__ = "a fraction in [0, 1) or a count of images"
 
 
 def add_parsers(sub) -> None:
-    d = TrainConfig(out="", layer="")
     p = sub.add_parser("atlas", help="the leakage atlas: every depth, pixel / dip / decoder (trained on a disjoint "
                                      "split of the folder), many images, 95%% intervals, plots against depth, "
                                      "a gallery")
@@ -65,12 +63,7 @@ def add_parsers(sub) -> None:
                    help="seed of the split, of the inversions and of the decoders' training (default 0)")
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images inverted together (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--max-steps", type=common.positive_int, default=DEFAULT_MAX_STEPS,
-                   help=f"decoder: training steps of each decoder (default {DEFAULT_MAX_STEPS})")
-    p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels,
-                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
-    p.add_argument("--train-batch-size", type=common.positive_int, default=d.batch_size,
-                   help=f"decoder: crops per training step (default {d.batch_size}; divisible by --workers)")
+    common.add_decoder_training_args(p, DEFAULT_MAX_STEPS)
     common.add_workers_arg(p, "auto")
     common.add_early_stop_args(p, DEFAULT_EARLY_STOP.patience, DEFAULT_EARLY_STOP.min_delta)
     common.add_labels_judge_args(p)
@@ -99,8 +92,7 @@ def run(args) -> int:
         raise common.UsageError("`--methods decoder` needs training images: `--train-split` is 0.")
     trainer = None
     if "decoder" in methods:
-        trainer = TrainConfig(out="", layer="", max_steps=args.max_steps, batch_size=args.train_batch_size,
-                              hidden_channels=args.hidden_channels, seed=args.seed, device=str(device))
+        trainer = common.decoder_trainer_from_args(args, device, seed=args.seed)
     early_stop = common.early_stop_from_args(args)
     common.check_judge_arg(args)
     labels = common.labels_from_args(args, split.evaluation)

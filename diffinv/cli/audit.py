@@ -12,7 +12,6 @@ from ..defenses import parse_defenses
 from ..io import collect_images
 from ..jobs.audit import run_audit
 from ..jobs.bench import DEFAULT_BATCH_SIZE
-from ..jobs.training import TrainConfig
 from ..targets import DEFAULT_LAYERS
 from . import common
 
@@ -21,7 +20,6 @@ AUDIT_METHODS = ("pixel", "dip", "decoder", "diffusion")
 
 
 def add_parsers(sub) -> None:
-    d = TrainConfig(out="", layer="")
     p = sub.add_parser("audit", help="privacy audit of a split point: defenses, utility, naive and adaptive attacks, "
                                      "the privacy-utility curve")
     common.add_target_args(p)
@@ -44,12 +42,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--train-images", nargs="+", default=None,
                    help="decoder: training image files and/or folders (default: the offline training photos, foolbox's "
                         "ImageNet samples and grace_hopper.jpg, minus the audited images)")
-    p.add_argument("--max-steps", type=common.positive_int, default=300,
-                   help="decoder: training steps of each decoder (default 300)")
-    p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels,
-                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
-    p.add_argument("--train-batch-size", type=common.positive_int, default=d.batch_size,
-                   help=f"decoder: crops per training step (default {d.batch_size})")
+    common.add_decoder_training_args(p, 300)
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder (resumed when it holds an audit with the same settings)")
     common.add_method_args(p)
@@ -84,10 +77,8 @@ def run(args) -> int:
             raise common.UsageError(f"`--train-images` {train_images!r} holds no image files.")
         if not train_images:
             raise common.UsageError("`--train-images`: no training images left (the audited images are held out).")
-        methods["decoder"] = TrainConfig(out="", layer="", images=[str(f) for f in train_images],
-                                         max_steps=args.max_steps, batch_size=args.train_batch_size,
-                                         hidden_channels=args.hidden_channels,
-                                         val_fraction=0.0, device=str(device))
+        methods["decoder"] = common.decoder_trainer_from_args(args, device, images=[str(f) for f in train_images],
+                                                              val_fraction=0.0)
 
     # 2. Target, then the audit (resumed, or refused when --out holds other settings)
     state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)

@@ -42,6 +42,7 @@ from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..resources import check_job_memory
 from ..jobs.distributed import launch_state
+from ..jobs.training import TrainConfig
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 
@@ -288,6 +289,24 @@ def add_early_stop_args(p: argparse.ArgumentParser, patience: int, min_delta: fl
                         f"for this many iterations; 0: run every iteration (default {patience})")
     p.add_argument("--min-delta", type=_number(float, "a number in [0, 1)", lambda v: 0 <= v < 1), default=min_delta,
                    help=f"the relative fall of the loss that counts as an improvement (default {min_delta})")
+
+
+def add_decoder_training_args(p: argparse.ArgumentParser, max_steps: int) -> None:
+    """``--max-steps``/``--hidden-channels``/``--train-batch-size``: the decoders a job trains itself (atlas, audit)."""
+    d = TrainConfig(out="", layer="")
+    p.add_argument("--max-steps", type=positive_int, default=max_steps,
+                   help=f"decoder: training steps of each decoder (default {max_steps})")
+    p.add_argument("--hidden-channels", type=positive_int, default=d.hidden_channels,
+                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
+    p.add_argument("--train-batch-size", type=positive_int, default=d.batch_size,
+                   help=f"decoder: crops per training step (default {d.batch_size}; divisible by --workers)")
+
+
+def decoder_trainer_from_args(args: argparse.Namespace, device, **fields) -> TrainConfig:
+    """The :class:`~diffinv.jobs.training.TrainConfig` template of :func:`add_decoder_training_args`'s flags
+    (``fields``: the job's own, e.g. its images or seed)."""
+    return TrainConfig(out="", layer="", max_steps=args.max_steps, batch_size=args.train_batch_size,
+                       hidden_channels=args.hidden_channels, device=str(device), **fields)
 
 
 def early_stop_from_args(args: argparse.Namespace):

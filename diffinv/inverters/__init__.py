@@ -2,9 +2,9 @@
 
 :data:`INVERTERS` maps each method name to its class, in the order the command line lists them:
 white-box methods first (``diffusion``, ``pixel``, ``dip``, ``gan``), then black-box ones (``mapper``,
-``decoder``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion`` / ``START+pixel``, from its
-name and options (:mod:`diffinv.inverters.registry`); each method's hyper-parameters and capabilities
-are its config (:mod:`diffinv.inverters.config`).
+``decoder``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion`` /
+``START+pixel``, from its name and options (:mod:`diffinv.inverters.registry`); each method's
+hyper-parameters and capabilities are its config (:mod:`diffinv.inverters.config`).
 """
 
 from .base import InversionOutput, Inverter, RefiningInverter, optimize
