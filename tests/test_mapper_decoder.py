@@ -21,6 +21,7 @@ from diffinv.inverters.mapper import MapperInverter
 from diffinv.io import save_image
 from diffinv.jobs.store import RunSettingsError
 from diffinv.datasets import ImageDataset, read_video_frames
+from diffinv.jobs import training
 from diffinv.jobs.training import TrainConfig, load_training_data, train_decoder, train_mapper
 from diffinv.models import FeatureMapper, UpconvNet, decode_latents, encode_latents
 from diffinv.pipelines import load_pipeline
@@ -182,6 +183,19 @@ def test_resume_continues_from_checkpoint(photo_dir, tmp_path):
     assert fresh.log["resumed_from"] is None and fresh.step == 3
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["checkpoint-0000003"]
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["settings"]["layer"] == "blocks.1"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_cpu_is_bf16_where_native(photo_dir, tmp_path, monkeypatch, native):
+    """``mixed_precision="auto"`` on a CPU: bf16 (half the decoders' training time) only where the processor
+    has it natively, and the resolved choice is what the manifest records; an explicit choice is kept."""
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    result = train_decoder(config(tmp_path / "auto", photo_dir, max_steps=2))
+    settings = json.loads((tmp_path / "auto" / "manifest.json").read_text())["settings"]
+    assert settings["mixed_precision"] == ("bf16" if native else "no")
+    assert result.val_psnr is not None and result.val_psnr > 0
+    train_decoder(config(tmp_path / "no", photo_dir, max_steps=2, mixed_precision="no"))
+    assert json.loads((tmp_path / "no" / "manifest.json").read_text())["settings"]["mixed_precision"] == "no"
 
 
 def test_resume_cli(photo_dir, tmp_path, capsys):

@@ -42,7 +42,7 @@ from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..resources import check_job_memory
 from ..jobs.distributed import launch_state
-from ..jobs.training import TrainConfig
+from ..jobs.training import MIXED_PRECISION, TrainConfig
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 
@@ -300,13 +300,23 @@ def add_decoder_training_args(p: argparse.ArgumentParser, max_steps: int) -> Non
                    help=f"decoder: width of the decoders (default {d.hidden_channels})")
     p.add_argument("--train-batch-size", type=positive_int, default=d.batch_size,
                    help=f"decoder: crops per training step (default {d.batch_size}; divisible by --workers)")
+    add_mixed_precision_arg(p, help_prefix="decoder: ")
+
+
+def add_mixed_precision_arg(p: argparse.ArgumentParser, help_prefix: str = "") -> None:
+    """``--mixed-precision``: the training's autocast dtype (:attr:`TrainConfig.mixed_precision`)."""
+    p.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION,
+                   help=f"{help_prefix}training precision (default auto: bf16 on a GPU that has it, else fp16; on "
+                        f"CPU bf16 where the processor computes it natively (AVX512-BF16, AMX), else none; "
+                        f"the resolved choice is recorded)")
 
 
 def decoder_trainer_from_args(args: argparse.Namespace, device, **fields) -> TrainConfig:
     """The :class:`~diffinv.jobs.training.TrainConfig` template of :func:`add_decoder_training_args`'s flags
     (``fields``: the job's own, e.g. its images or seed)."""
     return TrainConfig(out="", layer="", max_steps=args.max_steps, batch_size=args.train_batch_size,
-                       hidden_channels=args.hidden_channels, device=str(device), **fields)
+                       hidden_channels=args.hidden_channels, mixed_precision=args.mixed_precision,
+                       device=str(device), **fields)
 
 
 def early_stop_from_args(args: argparse.Namespace):

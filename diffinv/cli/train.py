@@ -58,7 +58,7 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--checkpoint-every", type=common.positive_int, default=d.checkpoint_every)
     p.add_argument("--keep-checkpoints", type=common.positive_int, default=d.keep_checkpoints)
     p.add_argument("--val-every", type=common.positive_int, default=d.val_every)
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    common.add_mixed_precision_arg(p)
     common.add_device_arg(p)
     p.add_argument("--seed", type=common.non_negative_int, default=d.seed, help=f"random seed (default {d.seed})")
     common.add_overwrite_arg(p)
