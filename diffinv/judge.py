@@ -112,8 +112,12 @@ class Judge(nn.Module):
 
     @torch.no_grad()
     def score(self, reconstructions: torch.Tensor, originals: torch.Tensor,
-              labels: Sequence[int | None] | torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+              labels: Sequence[int | None] | torch.Tensor | None = None, *,
+              originals_cache: dict | None = None) -> dict[str, torch.Tensor | None]:
         """Per-image scores of reconstructions against their originals.
+
+        ``originals_cache``: a dict kept per batch of ``originals`` (see
+        :func:`~diffinv.metrics.reconstruction_scores`): the judge's outputs on them are computed once.
 
         Returns:
             ``judge_accuracy`` / ``judge_original_accuracy``: 1.0 where the judge's top-1 on the
@@ -126,12 +130,14 @@ class Judge(nn.Module):
                              f"must have the same shape.")
         if not isinstance(labels, torch.Tensor):
             labels = labels_tensor(labels, len(originals))
-        logits, features = self.forward(torch.cat([reconstructions, originals.to(reconstructions)]))
-        n = len(reconstructions)
-        predicted = logits.argmax(dim=1)
+        cache = {} if originals_cache is None else originals_cache
+        if "judge" not in cache:
+            cache["judge"] = self.forward(originals)
+        (logits, features), (original_logits, original_features) = self.forward(reconstructions), cache["judge"]
+        predicted, original = logits.argmax(dim=1), original_logits.argmax(dim=1)
         return {
-            "judge_accuracy": None if labels is None else label_hits(predicted[:n], labels),
-            "judge_original_accuracy": None if labels is None else label_hits(predicted[n:], labels),
-            "judge_agreement": (predicted[:n] == predicted[n:]).float().cpu(),
-            "judge_similarity": F.cosine_similarity(features[:n], features[n:], dim=1).cpu(),
+            "judge_accuracy": None if labels is None else label_hits(predicted, labels),
+            "judge_original_accuracy": None if labels is None else label_hits(original, labels),
+            "judge_agreement": (predicted == original).float().cpu(),
+            "judge_similarity": F.cosine_similarity(features, original_features.to(features), dim=1).cpu(),
         }

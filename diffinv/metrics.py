@@ -145,7 +145,8 @@ def top1_accuracy(target: TargetNetwork, x: torch.Tensor, labels: torch.Tensor |
 @torch.no_grad()
 def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, originals: torch.Tensor, *,
                           labels: torch.Tensor | None = None, judge=None, lpips: LPIPS | None = None,
-                          feature_residual: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+                          feature_residual: torch.Tensor | None = None,
+                          originals_cache: dict | None = None) -> dict[str, torch.Tensor | None]:
     """Every per-image score of a batch of reconstructions: what a benchmark or audit record holds.
 
     Args:
@@ -155,6 +156,10 @@ def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, 
         judge: a :class:`diffinv.judge.Judge` (a network the attack never saw), or ``None``.
         lpips: an :class:`LPIPS` metric (its values are ``None`` without the real backbone), or ``None``.
         feature_residual: the inversion's own residual per image, passed through.
+        originals_cache: a dict the caller keeps per batch of ``originals`` (the same images, the same
+            target and judge): the target's and the judge's outputs on the originals are computed at the
+            first call and read at the next (a job scores every method and layer against the same
+            originals; the judge's pass on them is half its cost).
 
     Returns:
         ``psnr``, ``ssim``, ``lpips``, ``feature_residual``, ``top1_agreement``, ``top1_accuracy`` and
@@ -163,17 +168,29 @@ def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, 
         ``judge_similarity``: a tensor ``(N,)`` each (NaN where a label is unknown), or ``None`` where
         the score does not apply.
     """
+    _check_pair(reconstructions, originals)
+    if labels is not None and len(labels) != len(originals):
+        raise ValueError(f"`labels` has {len(labels)} entries for {len(originals)} images.")
+    cache = {} if originals_cache is None else originals_cache
     scores = {
         "psnr": psnr(reconstructions, originals),
         "ssim": ssim(reconstructions, originals),
         "lpips": lpips(reconstructions, originals) if lpips is not None else None,
         "feature_residual": feature_residual,
-        "top1_agreement": top1_agreement(target, reconstructions, originals),
-        "top1_accuracy": top1_accuracy(target, reconstructions, labels),
-        "original_top1_accuracy": top1_accuracy(target, originals, labels),
+        "top1_agreement": None,
+        "top1_accuracy": None,
+        "original_top1_accuracy": None,
     }
+    if target.has_classifier:
+        predicted = target.predict(reconstructions)
+        if "target_top1" not in cache:
+            cache["target_top1"] = target.predict(originals)
+        original = cache["target_top1"]
+        scores["top1_agreement"] = (predicted == original).float()
+        if labels is not None:
+            scores.update(top1_accuracy=label_hits(predicted, labels), original_top1_accuracy=label_hits(original, labels))
     if judge is not None:
-        scores.update(judge.score(reconstructions, originals, labels))
+        scores.update(judge.score(reconstructions, originals, labels, originals_cache=cache))
     return scores
 
 

@@ -10,6 +10,7 @@ import torch
 from diffinv.cli import main
 from diffinv.io import collect_images, sample_images, save_image
 from diffinv.judge import Judge
+from diffinv.metrics import reconstruction_scores
 from diffinv.labels import expand_imagefolders, imagenet_wnids, labels_for_files, wnid_of
 from diffinv.stats import bootstrap_ci, format_ci, paired_difference_ci
 from diffinv.targets import TargetNetwork
@@ -94,6 +95,29 @@ def test_judge_is_the_real_lite2_and_scores_reconstructions(judge):
     headless = TargetNetwork(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), "0", input_size=None)
     with pytest.raises(ValueError, match="has no classifier head; a judge must classify images"):
         Judge(headless)
+
+
+def test_scores_reuse_the_originals_outputs(judge, lite0, monkeypatch):
+    """With ``originals_cache`` the target and the judge see each batch of originals once, and every score is
+    the one computed without it (a job scores all its methods and layers against the same originals)."""
+    photos = sample_images(["chelsea", "coffee"], 96)
+    labels = torch.tensor([285, 967])
+    recons = [torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    plain = [reconstruction_scores(lite0, r, photos, labels=labels, judge=judge) for r in recons]
+    seen = []
+    judge_forward, target_predict = judge.forward, lite0.predict
+    monkeypatch.setattr(judge, "forward", lambda x: seen.append(("judge", x)) or judge_forward(x))
+    monkeypatch.setattr(lite0, "predict", lambda x: seen.append(("target", x)) or target_predict(x))
+    cache = {}
+    cached = [reconstruction_scores(lite0, r, photos, labels=labels, judge=judge, originals_cache=cache) for r in recons]
+    assert sum(x is photos for _, x in seen) == 2  # once each: target and judge
+    assert len(seen) == 2 + 2 * len(recons)  # and once per batch of reconstructions
+    for a, b in zip(plain, cached):
+        for key, value in a.items():
+            assert (value is None) == (b[key] is None), key
+            if value is not None and key != "judge_similarity":
+                assert torch.equal(value.cpu(), b[key].cpu()), key
+        assert torch.allclose(a["judge_similarity"], b["judge_similarity"], atol=1e-5)
 
 
 # ---------------------------------------------------------------------- statistics

@@ -235,6 +235,7 @@ def run_audit(
     lpips_metric = LPIPS()
     images = images.to(device)
     cache = LayerCache()
+    originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
 
     def run_item(item) -> None:
         layer, spec, method, attacker, seed, chunk = item
@@ -277,7 +278,7 @@ def run_audit(
         else:
             out = inverters[method].invert(defended, generator=generator, progress=show)
         scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
-                                       feature_residual=out.feature_residual,
+                                       feature_residual=out.feature_residual, originals_cache=originals_scored.setdefault((chunk.start, chunk.stop), {}),
                                        labels=None if label_values is None else label_values[chunk.start:chunk.stop])
         white_box = method in inverters and bool(inverters[method].white_box)
         for j, i in enumerate(chunk):
