@@ -49,6 +49,9 @@ def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys)
         log = json.loads((out / "decoders" / layer / "training_log.json").read_text())
         assert sorted(log["config"]["images"] + log["config"]["val_images"]) == split["train"]
         assert len(log["config"]["val_images"]) == 1
+        # the precision the decoders trained in, as resolved (never "auto"), in both manifests
+        trained = json.loads((out / "decoders" / layer / "manifest.json").read_text())["settings"]["mixed_precision"]
+        assert trained in ("no", "bf16") and manifest["settings"]["decoder_training"]["mixed_precision"] == trained
     records = [json.loads(line) for line in (out / "bench" / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 3 * 4  # layers x methods x evaluation images
     evaluated = {r["image"] for r in records}

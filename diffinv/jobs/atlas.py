@@ -39,7 +39,7 @@ from ..targets import TargetNetwork
 from .atlas_report import paired_differences, summarize_intervals, write_atlas_table, write_depth_bands, write_gallery
 from .bench import DEFAULT_BATCH_SIZE, image_path, run_benchmark
 from .store import RunStore, unique_names
-from .training import TrainConfig, train_decoder
+from .training import TrainConfig, train_decoder, with_resolved_precision
 
 __all__ = ["AtlasResult", "AtlasSplit", "DEFAULT_EARLY_STOP", "run_atlas", "split_images"]
 
@@ -216,8 +216,9 @@ def run_atlas(
             held = min(_MAX_VAL_IMAGES, max(1, round(trainer.val_fraction * len(train))))
             val = train[:: -(-len(train) // held)][:held]
             train = [f for f in train if f not in set(val)]
-        trainer = dataclasses.replace(trainer, target=target.name, weights=target.weights, size=size, images=train,
-                                      val_images=val or trainer.val_images, kind="decoder", progress=progress)
+        trainer = with_resolved_precision(dataclasses.replace(
+            trainer, target=target.name, weights=target.weights, size=size, images=train,
+            val_images=val or trainer.val_images, kind="decoder", progress=progress))
 
     # 2. The atlas's run store: the split, the layers, the methods and the decoders' training
     training_settings = None if trainer is None else {

@@ -51,7 +51,7 @@ from .bench import DEFAULT_BATCH_SIZE, work_items
 from .items import LayerCache, WorkRunner, image_label, image_scores, item_settings, merge_records, place
 from .report import SEMANTIC_METRICS, per_image, write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
-from .training import NOT_SETTINGS, TrainConfig, train_decoder
+from .training import NOT_SETTINGS, TrainConfig, train_decoder, with_resolved_precision
 
 __all__ = ["ATTACKERS", "UTILITY_THRESHOLD", "audit_image_path", "decoder_folder", "run_audit"]
 
@@ -170,8 +170,8 @@ def run_audit(
     specs = [d.spec for d in defenses]
     by_spec = dict(zip(specs, defenses))
     if trainer is not None:
-        trainer = dataclasses.replace(trainer, target=target.name, weights=target.weights, size=size[0],
-                                      kind="decoder", progress=progress)
+        trainer = with_resolved_precision(dataclasses.replace(trainer, target=target.name, weights=target.weights,
+                                                              size=size[0], kind="decoder", progress=progress))
         if size[0] != size[1]:
             raise ValueError(f"the decoder trains on square images; the audited images are {size[0]}x{size[1]}.")
 

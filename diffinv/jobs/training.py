@@ -75,7 +75,8 @@ from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_
 from .report import plot_loss_curve
 from .store import RunStore
 
-__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "load_training_data", "train_decoder", "train_mapper"]
+__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "load_training_data", "train_decoder", "train_mapper",
+           "with_resolved_precision"]
 
 
 def _outputs() -> tuple[str, ...]:
@@ -305,6 +306,12 @@ def _mixed_precision(choice: str, device: torch.device) -> str:
     if device.type == "cpu" or not torch.cuda.is_available():
         return "bf16" if cpu_has_native_bf16() else "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def with_resolved_precision(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``mixed_precision`` resolved for its device (``"auto"`` -> what runs): what a job that
+    trains decoders records in its own manifest, so that the run says which precision made its numbers."""
+    return dataclasses.replace(config, mixed_precision=_mixed_precision(config.mixed_precision, _device(config.device)))
 
 
 def _allow_precision(choice: str) -> None:
