@@ -131,10 +131,12 @@ class Judge(nn.Module):
         if not isinstance(labels, torch.Tensor):
             labels = labels_tensor(labels, len(originals))
         cache = {} if originals_cache is None else originals_cache
-        if "judge" not in cache:
-            cache["judge"] = self.forward(originals)
-        (logits, features), (original_logits, original_features) = self.forward(reconstructions), cache["judge"]
-        predicted, original = logits.argmax(dim=1), original_logits.argmax(dim=1)
+        if "judge" not in cache:  # the originals' top-1 and features (not their logits: only the top-1 is read)
+            original_logits, original_features = self.forward(originals)
+            cache["judge"] = original_logits.argmax(dim=1), original_features
+        original, original_features = cache["judge"]
+        logits, features = self.forward(reconstructions)
+        predicted = logits.argmax(dim=1)
         return {
             "judge_accuracy": None if labels is None else label_hits(predicted, labels),
             "judge_original_accuracy": None if labels is None else label_hits(original, labels),

@@ -137,9 +137,13 @@ def top1_accuracy(target: TargetNetwork, x: torch.Tensor, labels: torch.Tensor |
     """
     if labels is None or not target.has_classifier:
         return None
-    if len(labels) != len(x):
-        raise ValueError(f"`labels` has {len(labels)} entries for {len(x)} images.")
+    _check_labels(labels, len(x))
     return label_hits(target.predict(x), labels)
+
+
+def _check_labels(labels: torch.Tensor | None, count: int) -> None:
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
 
 
 @torch.no_grad()
@@ -169,8 +173,7 @@ def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, 
         the score does not apply.
     """
     _check_pair(reconstructions, originals)
-    if labels is not None and len(labels) != len(originals):
-        raise ValueError(f"`labels` has {len(labels)} entries for {len(originals)} images.")
+    _check_labels(labels, len(originals))
     cache = {} if originals_cache is None else originals_cache
     scores = {
         "psnr": psnr(reconstructions, originals),
@@ -188,7 +191,8 @@ def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, 
         original = cache["target_top1"]
         scores["top1_agreement"] = (predicted == original).float()
         if labels is not None:
-            scores.update(top1_accuracy=label_hits(predicted, labels), original_top1_accuracy=label_hits(original, labels))
+            scores.update(top1_accuracy=label_hits(predicted, labels),
+                          original_top1_accuracy=label_hits(original, labels))
     if judge is not None:
         scores.update(judge.score(reconstructions, originals, labels, originals_cache=cache))
     return scores

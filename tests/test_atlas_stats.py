@@ -109,7 +109,8 @@ def test_scores_reuse_the_originals_outputs(judge, lite0, monkeypatch):
     monkeypatch.setattr(judge, "forward", lambda x: seen.append(("judge", x)) or judge_forward(x))
     monkeypatch.setattr(lite0, "predict", lambda x: seen.append(("target", x)) or target_predict(x))
     cache = {}
-    cached = [reconstruction_scores(lite0, r, photos, labels=labels, judge=judge, originals_cache=cache) for r in recons]
+    cached = [reconstruction_scores(lite0, r, photos, labels=labels, judge=judge, originals_cache=cache)
+              for r in recons]
     assert sum(x is photos for _, x in seen) == 2  # once each: target and judge
     assert len(seen) == 2 + 2 * len(recons)  # and once per batch of reconstructions
     for a, b in zip(plain, cached):

@@ -278,7 +278,8 @@ def run_audit(
         else:
             out = inverters[method].invert(defended, generator=generator, progress=show)
         scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
-                                       feature_residual=out.feature_residual, originals_cache=originals_scored.setdefault((chunk.start, chunk.stop), {}),
+                                       feature_residual=out.feature_residual,
+                                       originals_cache=originals_scored.setdefault(chunk, {}),
                                        labels=None if label_values is None else label_values[chunk.start:chunk.stop])
         white_box = method in inverters and bool(inverters[method].white_box)
         for j, i in enumerate(chunk):

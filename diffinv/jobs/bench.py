@@ -222,7 +222,8 @@ def run_benchmark(
         with PeakMemory(device) as memory:
             out = inverter.invert(feats, generator=torch.Generator().manual_seed(seed), progress=show, **stop)
         scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
-                                       feature_residual=out.feature_residual, originals_cache=originals_scored.setdefault((chunk.start, chunk.stop), {}),
+                                       feature_residual=out.feature_residual,
+                                       originals_cache=originals_scored.setdefault(chunk, {}),
                                        labels=None if label_values is None else label_values[chunk.start:chunk.stop])
         for j, i in enumerate(chunk):
             if (layer, method, seed, sources[i]) in runner.done:

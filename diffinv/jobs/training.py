@@ -75,8 +75,8 @@ from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_
 from .report import plot_loss_curve
 from .store import RunStore
 
-__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "load_training_data", "train_decoder", "train_mapper",
-           "with_resolved_precision"]
+__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "load_training_data", "train_decoder",
+           "train_mapper", "with_resolved_precision"]
 
 
 def _outputs() -> tuple[str, ...]:
@@ -300,7 +300,8 @@ def _mixed_precision(choice: str, device: torch.device) -> str:
     """``TrainConfig.mixed_precision`` -> what accelerate runs: ``"auto"`` is bf16 (fp16 without it) on a GPU,
     and on the CPU bf16 where the processor computes it natively (:func:`cpu_has_native_bf16`), else ``"no"``."""
     if choice not in MIXED_PRECISION:
-        raise ValueError(f"`mixed_precision` {choice!r} is not supported; expected one of {', '.join(MIXED_PRECISION)}.")
+        raise ValueError(f"`mixed_precision` {choice!r} is not supported; expected one of "
+                         f"{', '.join(MIXED_PRECISION)}.")
     if choice != "auto":
         return choice
     if device.type == "cpu" or not torch.cuda.is_available():
