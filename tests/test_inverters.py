@@ -3,7 +3,7 @@ import torch
 
 from diffinv.features import FeatureSet
 from diffinv.inverters import DIPInverter, PixelInverter
-from diffinv.inverters.dip import SkipGenerator
+from diffinv.inverters.dip import GREY_START_STRIDE, SkipGenerator, dip_parameterization
 from diffinv.losses import total_variation
 
 
@@ -21,6 +21,32 @@ def test_loss_falls_and_output_is_valid(cls, lite0, feats):
     assert (out.loss_history[-5:].mean(0) < 0.7 * out.loss_history[0]).all()
     assert out.feature_residual.shape == (2,) and (out.feature_residual < 1).all()
     assert out.method == cls.name and out.seconds > 0
+
+
+def test_dip_grey_start_renders_flat_grey_then_learns(lite0, feats):
+    _, render = dip_parameterization(2, (64, 64), grey_start=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(render(train=False), torch.full((2, 3, 64, 64), 0.5))
+    _, render = dip_parameterization(2, (64, 64), generator=torch.Generator().manual_seed(0))
+    assert render(train=False).std() > 0.01  # the random generators' own pattern
+    # the zeroed output layer does not stall the optimization: the loss falls as from a random start
+    out = DIPInverter(lite0, iterations=40, grey_start=True)(feats, generator=torch.Generator().manual_seed(0),
+                                                              progress=False)
+    assert out.info["grey_start"] is True
+    assert (out.loss_history[-5:].mean(0) < 0.7 * out.loss_history[0]).all()
+
+
+@pytest.mark.parametrize("layer", ["blocks.2", "blocks.6"])
+def test_dip_grey_start_follows_the_stride_unless_given(lite0, small_photos, layer):
+    features = FeatureSet.extract(lite0, small_photos[:1], layer)
+    coarse = 64 / features.features.shape[-2] >= GREY_START_STRIDE
+    assert coarse == (layer == "blocks.6")  # stride 32 and 8
+    runs = {}
+    for grey_start in (None, not coarse):
+        out = DIPInverter(lite0, iterations=2, grey_start=grey_start)(
+            features, generator=torch.Generator().manual_seed(0), progress=False)
+        runs[grey_start] = out
+        assert out.info["grey_start"] is (coarse if grey_start is None else grey_start)
+    assert not torch.equal(runs[None].images, runs[not coarse].images)
 
 
 def test_same_seed_same_result(lite0, feats):

@@ -27,7 +27,7 @@ from ..optimization import EarlyStopping, check_weight, run_optimization
 from ..targets import TargetNetwork
 from .config import InverterConfig, check_option_names
 
-__all__ = ["InversionOutput", "Inverter", "optimize"]
+__all__ = ["InversionOutput", "Inverter", "feature_stride", "optimize"]
 
 
 @dataclass
@@ -271,6 +271,12 @@ class RefiningInverter(Inverter):
                                  f"per map, or one for all.")
             return load_images(self._start, size), {"start_method": "image"}
         return self._start, {"start_method": "image"}
+
+
+def feature_stride(features: torch.Tensor, size: tuple[int, int]) -> float:
+    """Input pixels per feature pixel of ``(N, C, h, w)`` features of ``size`` images; the image side for
+    pooled ``(N, C)`` features (a single feature pixel). Methods that adapt a prior to the depth use it."""
+    return size[0] / features.shape[-2] if features.ndim == 4 else float(max(size))
 
 
 def optimize(

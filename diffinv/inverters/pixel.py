@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..losses import total_variation
-from .base import RefiningInverter, optimize
+from .base import RefiningInverter, feature_stride, optimize
 from .config import FEATURE_LOSSES, ImageOptimizerConfig, OptionError, option
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "PARAMETERIZATIONS", "PARAMETERIZATION_DEFAULTS", "REFINE_LEARNING_RATE",
@@ -216,8 +216,8 @@ class PixelInverter(RefiningInverter):
         c = self.config
         extra = {}
         if c.parameterization == "fourier":
-            stride = size[0] / features.shape[-2] if features.ndim == 4 else max(size)
-            extra["decay_power"] = fourier_decay_power(stride) if c.decay_power is None else c.decay_power
+            power = fourier_decay_power(feature_stride(features, size)) if c.decay_power is None else c.decay_power
+            extra["decay_power"] = power
         make = PARAMETERIZATIONS[c.parameterization]
         start_info = {}
         if self.hybrid and init is None:  # a video's warm start (init) replaces the start after the first frame
