@@ -26,6 +26,21 @@ def test_extract_then_invert_with_references(photo_files, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["cat_pixel.png", "coffee_pixel.png"]
 
 
+@pytest.mark.parametrize("flag, grey_start", [(None, None), ("grey", True), ("random", False)])
+def test_dip_start_flag_reaches_dip_only(lite0, flag, grey_start):
+    import argparse
+
+    from diffinv.cli import common
+
+    parser = argparse.ArgumentParser()
+    common.add_method_args(parser)
+    args = parser.parse_args([] if flag is None else ["--dip-start", flag])
+    args.device = "cpu"
+    assert common.inverter_factory("dip", args)(lite0).config.grey_start is grey_start
+    assert common.inverter_factory("dip+pixel", args)(lite0).start.config.grey_start is grey_start
+    assert common.inverter_factory("pixel", args)(lite0).settings()["method"] == "pixel"  # ignored, as --param by dip
+
+
 def test_cli_errors_are_clear(photo_files, tmp_path, capsys):
     assert main(["extract", *photo_files, "--layer", "layer3", "-o", str(tmp_path / "f.safetensors")]) == 2
     assert "Valid layer names are" in capsys.readouterr().err

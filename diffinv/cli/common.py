@@ -10,6 +10,7 @@
 | ``--init``/``--strength`` | a hybrid's start (a method's estimate or an image file) and diffusion's img2img strength |
 | ``--seed``/``--seeds`` | one seed / several |
 | ``--iterations`` | optimization iterations of a white-box method |
+| ``--param``/``--dip-start`` | pixel's parameterization; DIP's first images (grey or the generators' random pattern) |
 | ``--steps`` | sampler steps K of the diffusion chain |
 | ``--stride`` | keep every STRIDE-th video frame |
 | ``--batch-size`` | images processed together (bench items; the global batch of a training step) |
@@ -85,7 +86,9 @@ OPTION_FLAGS = {"method": "--method", "init": "--init", "iterations": "--iterati
                 "steps": "--steps", "num_inference_steps": "--steps", "model": "--model", "prompt": "--prompt",
                 "decoder": "--decoder", "mapper": "--mapper", "compile": "--compile", "strength": "--strength",
                 "gan": "--gan", "truncation": "--truncation", "restarts": "--restarts", "device": "--device",
-                "temporal_weight": "--temporal-weight", "parameterization": "--param"}
+                "temporal_weight": "--temporal-weight", "parameterization": "--param", "grey_start": "--dip-start"}
+# ``--dip-start``: DIP's ``grey_start`` option (no flag: the stride's rule, ``GREY_START_STRIDE``).
+DIP_STARTS = {"grey": True, "random": False}
 
 
 class UsageError(ValueError):
@@ -337,6 +340,9 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
     p.add_argument("--param", choices=("fourier", "sigmoid"), default=None,
                    help="pixel: fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel logits, TV, jitter)")
+    p.add_argument("--dip-start", choices=tuple(DIP_STARTS), default=None,
+                   help="dip: start from flat grey images or from the random generators' own pattern (default: grey "
+                        "where the features' stride is 32 or more, random below)")
     p.add_argument("--compile", action="store_true",
                    help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
                         "iterations compile, up to a minute on CPU, where the compiled networks were not faster)")
@@ -428,6 +434,7 @@ def inverter_factory(name: str, args: argparse.Namespace, **extra):
         "strength": getattr(args, "strength", None), "gan": getattr(args, "gan", None),
         "truncation": getattr(args, "truncation", None), "restarts": getattr(args, "restarts", None),
         "parameterization": getattr(args, "param", None), "device": str(device),
+        "grey_start": DIP_STARTS.get(getattr(args, "dip_start", None)),
     }
     try:
         options = options_for(name, **flags)
