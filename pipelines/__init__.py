@@ -8,7 +8,8 @@
   sub-folders: model_index.json + component configs) and checks of model folders;
 * ``loss_scaling.py``: :class:`LossScaler`, the fp16 loss scale of the pipeline's gradient step
   (``torch.amp.GradScaler``'s rules for gradients returned by a closure);
-* ``loaders.py``: :func:`load_pipeline` and :func:`load_vae`.
+* ``loaders.py``: :func:`load_pipeline`, :func:`load_vae` and :func:`load_taesd` (a lighter decoder for the
+  optimization loop).
 
 Importing the package is cheap: diffusers and transformers are imported only when a name that
 needs them is first asked for (commands without a diffusion model start 4 s sooner).
@@ -26,6 +27,7 @@ _HOME = {
     "nearest_multiple_of_8": "diffinv_pipeline",
     "LossScaler": "loss_scaling",
     "load_pipeline": "loaders",
+    "load_taesd": "loaders",
     "load_vae": "loaders",
 }
 
@@ -38,6 +40,7 @@ __all__ = [
     "definition_dir",
     "img2img_steps",
     "load_pipeline",
+    "load_taesd",
     "load_vae",
     "nearest_multiple_of_8",
 ]

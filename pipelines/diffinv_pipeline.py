@@ -12,7 +12,10 @@ Only latents are optimized (all weights are frozen). With ``gradient_checkpointi
 so memory stays nearly flat as K grows. The networks may run in fp16/bf16
 (``torch_dtype``); the optimized latents and the loss stay fp32; a non-finite loss or
 gradient is detected and the step is retried (fp16: with a smaller loss scale) or
-skipped, and counted in the output. The loop is the one optimization rule of every diffinv
+skipped, and counted in the output; in fp16, an image whose VAE decode is not finite is decoded
+again in fp32 for that step, and counted (``fp32_decodes``). A lighter decoder (TAESD,
+:meth:`DiffInvPipeline.set_loop_vae`) may stand in for the VAE inside the loop; the full VAE decodes
+the returned images. The loop is the one optimization rule of every diffinv
 inverter, :func:`diffinv.optimization.run_optimization` (cosine learning rate, best iterate per
 image); :meth:`DiffInvPipeline.img2img` and the hybrid start share one img2img chain
 (:func:`img2img_steps`).
@@ -46,19 +49,19 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import diffusers
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from diffinv.compilation import backend, compiled, feature_function
+from diffinv.compilation import backend, compiled, feature_function, mark_step
 from diffinv.features import FeatureSet, check_images, check_input_size, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
 from diffinv.models.vae import decode_latents, encode_latents
-from diffinv.optimization import check_weight, run_optimization
+from diffinv.optimization import EarlyStopping, check_weight, run_optimization
 from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
     DEFINITIONS,
@@ -167,6 +170,8 @@ class DiffInvPipelineOutput(BaseOutput):
         skipped_steps: iterations whose loss or gradient was not finite (no update was made).
         latents: ``(N, C, h, w)`` the optimized initial latents ``z_T`` (fp32, CPU): feed them back
             as ``latents=`` to continue, or to :meth:`DiffInvPipeline.render`.
+        fp32_decodes: ``(N,)`` per image, the iterations whose fp16 decode in the loop was not finite and
+            was redone in fp32 (always 0 for fp32 and bf16 decoders).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -175,6 +180,7 @@ class DiffInvPipelineOutput(BaseOutput):
     prompts: list[str]
     skipped_steps: int
     latents: torch.Tensor
+    fp32_decodes: torch.Tensor
 
 
 class DiffInvPipeline(DiffusionPipeline):
@@ -229,6 +235,7 @@ class DiffInvPipeline(DiffusionPipeline):
             module.eval().requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.loop_vae: AutoencoderTiny | None = None  # a lighter decoder for the loop (set_loop_vae)
         self.target: TargetNetwork | None = None
         self.layer: str | None = None
         self._target_weights = None
@@ -332,14 +339,42 @@ class DiffInvPipeline(DiffusionPipeline):
         """
         pipe = type(self)(**self.components, target=target, layer=layer, target_weights=weights)
         pipe.register_to_config(_name_or_path=self.name_or_path)
+        pipe.loop_vae = self.loop_vae
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe
 
     def to(self, *args, **kwargs) -> "DiffInvPipeline":
-        """Moves/casts the diffusion components; the target only moves (it keeps its dtype)."""
+        """Moves/casts the diffusion components (the loop's decoder follows the VAE); the target only moves (it
+        keeps its dtype)."""
         super().to(*args, **kwargs)
         if self.target is not None:
             self.target.to(self.device)
+        if self.loop_vae is not None:
+            self.loop_vae.to(self.vae.device, self.vae.dtype)
+        return self
+
+    def set_loop_vae(self, vae: AutoencoderTiny | None) -> "DiffInvPipeline":
+        """Decodes with ``vae`` inside the optimization loop (a lighter decoder: diffusers' ``AutoencoderTiny``,
+        TAESD, :func:`~diffinv.pipelines.load_taesd`); the returned images are still decoded by the full VAE.
+        ``None``: the full VAE throughout. Not saved by :meth:`save_pretrained`; kept by :meth:`with_target`.
+
+        Raises:
+            ValueError: ``vae`` does not take this pipeline's latents (channels) or upsamples by another factor.
+
+        Example:
+            >>> pipe.set_loop_vae(load_taesd("path/to/taesd"))
+        """
+        if vae is not None:
+            config = vae.config
+            scale = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
+            if config.latent_channels != self.vae.config.latent_channels or scale != self.vae_scale_factor:
+                raise ValueError(
+                    f"`vae` decodes {config.latent_channels}-channel latents {scale}x up, but this pipeline's VAE "
+                    f"decodes {self.vae.config.latent_channels}-channel latents {self.vae_scale_factor}x up: use a "
+                    f"TAESD made for this model (or 'random')."
+                )
+            vae = vae.to(self.vae.device, self.vae.dtype).eval().requires_grad_(False)
+        self.loop_vae = vae
         return self
 
     # ------------------------------------------------------------------ loading and saving
@@ -515,12 +550,49 @@ class DiffInvPipeline(DiffusionPipeline):
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
-    def _decode_latents(self, latents: torch.Tensor, compile: bool | str = False) -> torch.Tensor:
-        """VAE decode: scaled latents -> images in [0, 1], fp32 (the one decode path, :func:`decode_latents`)."""
+    def _decode_latents(
+        self,
+        latents: torch.Tensor,
+        compile: bool | str = False,
+        vae: AutoencoderKL | AutoencoderTiny | None = None,
+        redone: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """VAE decode: scaled latents -> images in [0, 1], fp32 (the one decode path, :func:`decode_latents`).
+
+        ``vae``: the decoder (default the pipeline's VAE). An fp16 decoder's images that are not finite are
+        decoded again in fp32 (:meth:`_fp32_redo`) and marked in ``redone``, a boolean ``(N,)`` mask.
+        """
+        vae = self.vae if vae is None else vae
         if compile:
-            decode = compiled(self.vae, functools.partial(decode_latents, self.vae), "decode", compile)
-            return decode(latents).clamp(0, 1)
-        return decode_latents(self.vae, latents).clamp(0, 1)
+            decode = compiled(vae, functools.partial(decode_latents, vae), "decode", compile)
+        else:
+            decode = functools.partial(decode_latents, vae)
+        images = decode(latents)
+        if vae.dtype == torch.float16:
+            images = self._fp32_redo(vae, latents, images, decode, redone)
+        return images.clamp(0, 1)
+
+    @staticmethod
+    def _fp32_redo(vae, latents: torch.Tensor, images: torch.Tensor, decode: Callable,
+                   redone: torch.Tensor | None) -> torch.Tensor:
+        """``images`` with those that are not finite decoded again by an fp32 copy of ``vae`` (made once, kept
+        on it); the finite ones are decoded again in fp16 without them, so that no gradient flows through the
+        non-finite activations. Checks on the host (one synchronisation per decode, fp16 only)."""
+        bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+        if not bool(bad.any()):
+            return images
+        if redone is not None:
+            redone |= bad.cpu()
+        fp32 = vae.__dict__.get("_diffinv_fp32")
+        if fp32 is None:
+            fp32 = type(vae).from_config(vae.config)
+            fp32.load_state_dict({k: v.float() for k, v in vae.state_dict().items()})
+            fp32 = vae.__dict__.setdefault("_diffinv_fp32", fp32.to(vae.device).eval().requires_grad_(False))
+        redo = decode_latents(fp32, latents[bad].float())
+        if bool(bad.all()):
+            return redo
+        order = torch.cat([(~bad).nonzero()[:, 0], bad.nonzero()[:, 0]])
+        return torch.cat([decode(latents[~bad]), redo])[torch.argsort(order)]
 
     def _sample(
         self,
@@ -533,13 +605,19 @@ class DiffInvPipeline(DiffusionPipeline):
         decode: bool = True,
         progress_bar=None,
         compile: bool | str = False,
+        vae: AutoencoderKL | AutoencoderTiny | None = None,
+        redone: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z_T -> (final latents z_0, images in [0, 1]); differentiable in the caller's grad mode.
 
         ``offsets[i]`` is added to the latent after step ``i`` (the optimized intermediate latents).
         ``decode=False`` skips the VAE (the images are ``None``); ``progress_bar.update()`` is called
-        after each step when given; ``compile``: the UNet and the decoder run through ``torch.compile``.
+        after each step when given; ``compile``: the UNet and the decoder run through ``torch.compile``
+        (a new CUDA-graph step for ``"reduce-overhead"``/``"max-autotune"``); ``vae`` and ``redone``: see
+        :meth:`_decode_latents`.
         """
+        if compile:
+            mark_step(compile)
 
         def call(fn, *args):
             if gradient_checkpointing and torch.is_grad_enabled():
@@ -558,7 +636,9 @@ class DiffInvPipeline(DiffusionPipeline):
                 latents = latents + offsets[i]
             if progress_bar is not None:
                 progress_bar.update()
-        return latents, call(self._decode_latents, latents, compile) if decode else None
+        if not decode:
+            return latents, None
+        return latents, call(functools.partial(self._decode_latents, vae=vae, redone=redone), latents, compile)
 
     def render(
         self,
@@ -701,13 +781,15 @@ class DiffInvPipeline(DiffusionPipeline):
         gradient_checkpointing: bool,
         compile: bool | str,
         loss_scale: float,
+        redone: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Per-image loss at ``variables`` and the gradients of the loss times ``loss_scale`` (``None`` when
-        the loss is not finite); :meth:`LossScaler.unscale` divides them back."""
+        the loss is not finite); :meth:`LossScaler.unscale` divides them back. The images are decoded by the
+        loop's decoder (:meth:`set_loop_vae`); ``redone`` marks those decoded again in fp32."""
         variables = [v.detach().requires_grad_() for v in variables]
         _, images = self._sample(
             variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing,
-            compile=compile,
+            compile=compile, vae=self.loop_vae, redone=redone,
         )
         feature = feature_function(target, layer, compile)
         predicted = feature(images.to(_dtype_of(target)), input_size=input_size)
@@ -742,6 +824,7 @@ class DiffInvPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str],
         max_retries: int,
         num_images_per_prompt: int,
+        early_stop: EarlyStopping | None = None,
     ) -> None:
         """Raises a ValueError naming the argument, its value and what was expected, for any argument
         of :meth:`__call__` that can be checked before the features are (:meth:`resolve_call_features`)."""
@@ -756,6 +839,8 @@ class DiffInvPipeline(DiffusionPipeline):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"`max_retries` must be an integer >= 0, got {max_retries!r}.")
+        if early_stop is not None and not isinstance(early_stop, EarlyStopping):
+            raise ValueError(f"`early_stop` must be None or an EarlyStopping(patience, min_delta), got {early_stop!r}.")
         if num_images_per_prompt != 1:
             raise ValueError(
                 f"`num_images_per_prompt` must be 1, got {num_images_per_prompt!r}: DiffInvPipeline makes one "
@@ -904,6 +989,7 @@ class DiffInvPipeline(DiffusionPipeline):
         max_retries: int = 3,
         compile: bool | str = False,
         num_images_per_prompt: int = 1,
+        early_stop: EarlyStopping | None = None,
     ) -> DiffInvPipelineOutput | tuple:
         r"""Reconstructs images from features.
 
@@ -964,22 +1050,27 @@ class DiffInvPipeline(DiffusionPipeline):
             max_retries: with fp16 networks, how often an iteration whose gradient overflowed is
                 retried with a halved loss scale before it is skipped (:class:`LossScaler`).
             compile: run the UNet, the VAE decoder and the target through ``torch.compile`` (``True``:
-                inductor; or a backend name)
-                (:mod:`diffinv.compilation`; compiled once per network and kept): the same results
-                within tolerance, slower first iterations, faster later ones.
+                inductor; a mode, ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``;
+                or a backend name) (:mod:`diffinv.compilation`; compiled once per network and kept; a network
+                whose compilation fails runs eagerly, with a warning): the same results within tolerance,
+                slower first iterations, faster later ones.
             num_images_per_prompt: accepted for diffusers clients, and only as 1: the pipeline makes
                 one reconstruction per feature map (the feature maps are the batch). For several
                 samples of one map, repeat it in the batch or call again with another ``generator``.
+            early_stop: stop each image whose loss has stopped improving
+                (:class:`~diffinv.optimization.EarlyStopping`): its latents stay at its best iterate while
+                the others run on; the loop ends when every image has stopped. ``None``: every image runs
+                ``num_iterations``.
 
         Returns:
             :class:`DiffInvPipelineOutput`: images, per-image loss history, feature residual,
-            prompts, skipped steps and the optimized latents.
+            prompts, skipped steps, the optimized latents and the fp32 redos of the decode.
         """
         # 1. Check inputs
         self.check_inputs(
             features, guidance_scale, num_inference_steps, num_iterations, learning_rate,
             input_size, latent_prior_weight, temporal_weight, optimize, latents, init, mapper, image, strength,
-            output_type, callback_on_step_end_tensor_inputs, max_retries, num_images_per_prompt,
+            output_type, callback_on_step_end_tensor_inputs, max_retries, num_images_per_prompt, early_stop,
         )  # fmt: skip
         if image is not None:
             image = self._start_images(image, len(features))
@@ -1024,12 +1115,14 @@ class DiffInvPipeline(DiffusionPipeline):
             temporal_weight=temporal_weight, gradient_checkpointing=gradient_checkpointing, compile=compile,
         )  # fmt: skip
         iteration = 0
+        fp32_decodes = torch.zeros(batch_size, dtype=torch.long)
 
         def closure(variables: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
             nonlocal iteration
+            redone = torch.zeros(batch_size, dtype=torch.bool)  # this iteration's images decoded again in fp32
             for _attempt in range(max_retries + 1):
                 scale = scaler.scale
-                per_image, grads = self._gradient_step(variables, **objective, loss_scale=scale)
+                per_image, grads = self._gradient_step(variables, **objective, loss_scale=scale, redone=redone)
                 if grads is None:
                     break  # the loss itself is not finite: no loss scale helps
                 grads, found_inf = scaler.unscale(grads)
@@ -1038,6 +1131,7 @@ class DiffInvPipeline(DiffusionPipeline):
                     break  # retrying only helps a gradient that overflowed at a large loss scale
             if grads is None or found_inf:
                 logger.warning(f"iteration {iteration}: non-finite loss or gradient; step skipped.")
+            fp32_decodes.add_(redone.long())
             iteration += 1
             return per_image, grads
 
@@ -1053,7 +1147,7 @@ class DiffInvPipeline(DiffusionPipeline):
         with self.progress_bar(total=num_iterations) as progress_bar:
             optimized = run_optimization(
                 variables, closure, iterations=num_iterations, lr=learning_rate, num_images=batch_size,
-                progress=progress_bar, callback=on_step_end,
+                progress=progress_bar, callback=on_step_end, early_stop=early_stop,
             )  # fmt: skip
 
         # 8. Render the best latents seen, and how well their features match
@@ -1082,6 +1176,7 @@ class DiffInvPipeline(DiffusionPipeline):
             prompts=prompts,
             skipped_steps=optimized.skipped_steps,
             latents=variables[0].detach().cpu(),
+            fp32_decodes=fp32_decodes,
         )
         return result if return_dict else result.to_tuple()
 

@@ -40,7 +40,9 @@ def test_compiled_networks_are_made_once_and_kept(target):
     net = torch.nn.Linear(2, 2)
     assert compiled(net) is compiled(net) and compiled(net, key="other") is not compiled(net)
     assert backend(True) == "inductor" and backend(False) is None and backend("aot_eager") == "aot_eager"
-    with pytest.raises(ValueError, match="`compile` must be True, False or a torch.compile backend"):
+    with pytest.raises(ValueError, match=r"`compile` must be True, False, a torch.compile mode \(default, "
+                                         r"reduce-overhead, max-autotune.*\) or a torch.compile backend \(.*aot_eager.*"
+                                         r"\), got 'fastest'"):
         backend("fastest")
 
 
@@ -55,7 +57,7 @@ def test_inductor_compiled_pixel_inversion_matches_eager(target, features):
     inverter = PixelInverter(target, iterations=3, compile=True)
     assert inverter.settings()["compile"] is True
     _same(inverter.invert(features, generator=torch.Generator().manual_seed(1), progress=False), eager)
-    assert ("feature:blocks.1", "inductor") in target.__dict__["_diffinv_compiled"]
+    assert ("feature:blocks.1", "inductor", None) in target.__dict__["_diffinv_compiled"]
 
 
 def test_compiled_dip_generator_matches_eager(target, features):
@@ -72,8 +74,8 @@ def test_compiled_pipeline_matches_eager(target, features):
     run = dict(num_inference_steps=2, num_iterations=2, output_type="pt", prompt="")
     eager = pipe(features, generator=torch.Generator().manual_seed(2), **run)
     fast = pipe(features, generator=torch.Generator().manual_seed(2), compile="aot_eager", **run)
-    assert ("forward", "aot_eager") in pipe.unet.__dict__["_diffinv_compiled"]
-    assert ("decode", "aot_eager") in pipe.vae.__dict__["_diffinv_compiled"]
+    assert ("forward", "aot_eager", None) in pipe.unet.__dict__["_diffinv_compiled"]
+    assert ("decode", "aot_eager", None) in pipe.vae.__dict__["_diffinv_compiled"]
     _same(fast, eager)
     again = pipe(features, generator=torch.Generator().manual_seed(2), **run)  # compile is per call
     torch.testing.assert_close(again.images, eager.images)

@@ -17,7 +17,7 @@ from diffinv.inverters.base import InversionOutput
 from diffinv.inverters.diffusion import DiffusionInverter
 from diffinv.inverters.mapper import MapperInverter
 from diffinv.models import FeatureMapper
-from diffinv.optimization import cosine_lr
+from diffinv.optimization import EarlyStopping, cosine_lr
 from diffinv.pipelines import (
     DEFINITIONS,
     DiffInvPipeline,
@@ -278,6 +278,131 @@ def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
     torch.testing.assert_close(single.loss_history[:, 0], batch.loss_history[:, 0], atol=1e-5, rtol=1e-4)
 
 
+# Batched correctness: a batch of B feature maps gives what B single calls give, within this tolerance (batched
+# convolutions sum in another order: about 1e-6 relative in fp32 on CPU). The target is smooth (SiLU): through the
+# kinks of a ReLU6 network such as Lite0 that noise changes the gradient by about 1e-3 relative, enough to turn
+# Adam's first (sign-like) step of a near-zero gradient element the other way.
+BATCH_TOLERANCE = dict(images=dict(atol=1e-5, rtol=1e-4), latents=dict(atol=1e-4, rtol=1e-4),
+                       loss=dict(atol=1e-5, rtol=1e-4))
+BATCH_RUN = dict(prompt="", height=32, width=32, num_inference_steps=1, num_iterations=2, output_type="pt")
+
+
+@pytest.fixture(scope="module")
+def smooth_pipe(tiny_sd_pipe):
+    """The tiny pipeline with a small smooth target (two convolutions and a SiLU, seeded)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1))
+    pipe = tiny_sd_pipe.with_target(TargetNetwork(net, "2", input_size=None), layer="2")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def eight_maps(smooth_pipe):
+    """Features of 8 in-range images and 8 start latents (K=1 chain, 32x32)."""
+    z = torch.randn(8, 4, 16, 16, generator=_seed(31))
+    with torch.no_grad():
+        images = smooth_pipe.render(torch.randn(8, 4, 16, 16, generator=_seed(32)), num_inference_steps=1)
+    return smooth_pipe.target.feature(images, "2"), z
+
+
+@pytest.fixture(scope="module")
+def eight_singles(smooth_pipe, eight_maps):
+    feats, z = eight_maps
+    return [smooth_pipe(feats[i : i + 1], latents=z[i : i + 1], **BATCH_RUN) for i in range(8)]
+
+
+def _assert_batch_equals_singles(batch, singles, equal_nan=False):
+    torch.testing.assert_close(batch.images, torch.cat([s.images for s in singles]), **BATCH_TOLERANCE["images"])
+    torch.testing.assert_close(batch.loss_history, torch.cat([s.loss_history for s in singles], dim=1),
+                               equal_nan=equal_nan, **BATCH_TOLERANCE["loss"])
+    torch.testing.assert_close(batch.latents, torch.cat([s.latents for s in singles]), **BATCH_TOLERANCE["latents"])
+    assert batch.skipped_steps == max(s.skipped_steps for s in singles)
+    assert batch.fp32_decodes.tolist() == [int(s.fp32_decodes) for s in singles]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_a_batch_gives_what_single_calls_give(smooth_pipe, eight_maps, eight_singles, batch):
+    feats, z = eight_maps
+    out = smooth_pipe(feats[:batch], latents=z[:batch], **BATCH_RUN)
+    _assert_batch_equals_singles(out, eight_singles[:batch])  # the loss is per image, never averaged over the batch
+    torch.testing.assert_close(out.feature_residual, torch.cat([s.feature_residual for s in eight_singles[:batch]]),
+                               **BATCH_TOLERANCE["loss"])
+    assert out.skipped_steps == 0 and out.fp32_decodes.tolist() == [0] * batch
+
+
+def test_a_step_failing_for_every_image_is_skipped_alike_in_a_batch_and_alone(tiny_sd_pipe, eight_maps):
+    torch.manual_seed(0)
+    blow_up = _BlowUp()
+    pipe = tiny_sd_pipe.with_target(TargetNetwork(nn.Sequential(blow_up, nn.SiLU()), "1", input_size=None))
+    pipe.set_progress_bar_config(disable=True)
+    _, z = eight_maps
+    with torch.no_grad():
+        feats = pipe.target.feature(pipe.render(z[5:], num_inference_steps=1))  # not the start's own
+
+    def break_iteration_1(pipe, step, timestep, kwargs):
+        blow_up.broken = step == 0
+        return {}
+
+    run = {**BATCH_RUN, "num_iterations": 3, "callback_on_step_end": break_iteration_1}
+    batch = pipe(feats, latents=z[:3], **run)
+    singles = [pipe(feats[i : i + 1], latents=z[i : i + 1], **run) for i in range(3)]
+    assert batch.skipped_steps == 1 and [s.skipped_steps for s in singles] == [1, 1, 1]
+    _assert_batch_equals_singles(batch, singles, equal_nan=True)
+
+
+@pytest.mark.xfail(strict=True, reason="the one optimization rule (diffinv/optimization.py, run_optimization) skips "
+                                       "the step of the whole batch when one image's loss is not finite, and Adam's "
+                                       "step count is one per tensor: a per-image skip needs a change there")
+def test_a_step_failing_for_one_image_is_skipped_for_that_image_alone(tiny_sd_pipe, tiny_sd_features, monkeypatch):
+    nan = float("nan")
+    script = torch.tensor([[3.0, 2.0], [nan, 1.5], [2.0, 1.0]])
+    z = torch.randn(2, 4, 16, 16, generator=_seed(21))
+    run = dict(prompt="", num_inference_steps=1, num_iterations=len(script), output_type="pt")
+    batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(tiny_sd_features, latents=z, **run)
+    single = _scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, 1:])(
+        tiny_sd_features.features[1:], layer="blocks.1", height=32, width=32, latents=z[1:], **run)
+    assert torch.equal(batch.latents[1:], single.latents)
+
+
+def _scripted_pipe(pipe, monkeypatch, script: torch.Tensor):
+    """``pipe`` with its gradient step replaced by ``script``'s per-image losses (gradient 1 wrt z[:, :3])."""
+    seen = []
+    loss = _scripted_loss(script, seen)
+
+    def gradient_step(variables, **objective):
+        with torch.enable_grad():
+            x = variables[0].detach().requires_grad_()
+            per_image = loss(x)
+            if not torch.isfinite(per_image).all():
+                return per_image.detach(), None
+            return per_image.detach(), [torch.autograd.grad(per_image.sum(), x)[0]]
+
+    monkeypatch.setattr(pipe, "_gradient_step", gradient_step)
+    return pipe
+
+
+def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(tiny_sd_pipe, tiny_sd_features, monkeypatch):
+    """Each image keeps its own best iterate and stops on its own plateau, in the batch as alone."""
+    script = torch.tensor([[3.0, 5.0, 1.0], [2.0, 4.0, 2.0], [2.5, 3.0, 3.0], [2.6, 2.0, 0.5], [2.7, 1.0, 0.4],
+                           [2.8, 0.5, 0.3]])
+    z = torch.randn(3, 4, 16, 16, generator=_seed(22))
+    feats = torch.cat([tiny_sd_features.features, tiny_sd_features.features[:1]])
+    run = dict(prompt="", layer="blocks.1", height=32, width=32, num_inference_steps=1, num_iterations=len(script),
+               output_type="pt", early_stop=EarlyStopping(patience=2))
+    batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(feats, latents=z, **run)
+    singles = [_scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, i : i + 1])(feats[i : i + 1], latents=z[i : i + 1],
+                                                                              **run) for i in range(3)]
+    # image 0 stops after iteration 3 (best at 1), image 2 after iteration 2 (best at 0); image 1 runs all 6
+    assert [len(s.loss_history) for s in singles] == [4, 6, 3] and len(batch.loss_history) == 6
+    for i, single in enumerate(singles):
+        assert torch.equal(batch.loss_history[: len(single.loss_history), i], single.loss_history[:, 0])
+        assert torch.equal(batch.latents[i], single.latents[0])  # frozen at its own best iterate
+    assert not torch.equal(batch.latents[0], z[0]) and torch.equal(batch.latents[2], z[2])  # image 2's best: its start
+    with pytest.raises(ValueError, match="`early_stop` must be None or an EarlyStopping"):
+        tiny_sd_pipe(feats, early_stop=30, **{k: v for k, v in run.items() if k != "early_stop"})
+
+
 def test_generator_makes_runs_reproducible(tiny_sd_pipe, tiny_sd_features):
     a = tiny_sd_pipe(tiny_sd_features, generator=_seed(11), **FAST)
     b = tiny_sd_pipe(tiny_sd_features, generator=_seed(11), **FAST)
@@ -345,16 +470,18 @@ def test_bfloat16_networks_keep_fp32_latents_and_loss(tiny_sd_target, tiny_sd_fe
     assert out.skipped_steps == 0 and torch.isfinite(out.loss_history).all()
 
 
-def test_xformers_is_used_when_installed_and_asked_for_else_sdpa(tiny_sd_target, tiny_sd_features):
+def test_xformers_is_used_when_installed_and_asked_for_else_a_clear_error(tiny_sd_target, tiny_sd_features):
     import importlib.util
 
-    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
-    pipe.set_progress_bar_config(disable=True)
     usable = importlib.util.find_spec("xformers") is not None and torch.cuda.is_available()
-    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
-    assert processors == ({"XFormersAttnProcessor"} if usable else {"AttnProcessor2_0"})
-    assert torch.isfinite(pipe(tiny_sd_features, generator=_seed(), **FAST).loss_history).all()
-    with pytest.raises(ValueError, match="`attention` must be"):
+    if usable:
+        pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
+        assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"XFormersAttnProcessor"}
+    else:
+        with pytest.raises(ValueError, match="`attention` is 'xformers' but xformers attention is not available here "
+                                             r".*pip install xformers.*attention='sdpa'"):
+            load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
+    with pytest.raises(ValueError, match="`attention` must be 'sdpa' or 'xformers', got 'flash'"):
         load_pipeline("tiny", attention="flash")
 
 

@@ -12,7 +12,9 @@ estimate is a latent already: the chain starts from it directly (``pipe(..., ini
 no decode and VAE re-encode). The start counts as an iterate: an image whose refinement ends
 with a higher feature loss than its start keeps the start (``info["kept_start"]``).
 
-The pipeline's call options are the fields of :class:`DiffusionConfig` (:data:`PIPELINE_OPTIONS`).
+The pipeline's call options are the fields of :class:`DiffusionConfig` (:data:`PIPELINE_OPTIONS`); so are the
+overhead levers the pipeline is loaded with (``attention``, ``channels_last``, ``taesd``), and ``compile``
+(a backend or a mode: ``"reduce-overhead"``, ``"max-autotune"``), so that run manifests record them.
 
 Example:
     >>> inverter = DiffusionInverter(target, model="path/to/stable-diffusion-v1-5", num_inference_steps=10)
@@ -31,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import pipelines  # its names import diffusers when first used
+from ..compilation import backend
 from ..losses import feature_loss
 from ..targets import TargetNetwork
 from .base import Inverter, RefiningInverter
-from .config import FEATURE_LOSSES, InverterConfig, option
+from .config import FEATURE_LOSSES, InverterConfig, OptionError, option
 
 __all__ = ["HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
 
@@ -61,10 +64,16 @@ class DiffusionConfig(InverterConfig):
             ``"mapper"`` (a mapper's latents); set by the inverter from its ``start``.
         strength: with a hybrid start, how far into the chain it is noised (default
             :data:`HYBRID_STRENGTH` with a start).
+        compile: ``torch.compile`` of the UNet, the decoder and the target: ``True``, a mode
+            (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``) or a backend (:mod:`diffinv.compilation`).
+        attention: ``"sdpa"`` or ``"xformers"`` (:func:`~diffinv.pipelines.load_pipeline`).
+        channels_last: the UNet's and the decoders' weights channels-last.
+        taesd: a lighter decoder inside the loop (a TAESD folder, a cached Hub id, or ``"random"``;
+            :func:`~diffinv.pipelines.load_taesd`); the full VAE decodes the returned images.
     """
 
     method = "diffusion"
-    folders = ("model",)
+    folders = ("model", "taesd")
     derived = ("model", "torch_dtype", "init")
     streams_images = False  # the callback gets the loss only: rendering a latent costs a full sampler pass
 
@@ -86,6 +95,16 @@ class DiffusionConfig(InverterConfig):
     strength: float = option(0.5, "unit")
     max_retries: int = option(3, "non_negative_int")
     compile: bool | str = option(False, "compile")
+    attention: str = option("sdpa", choices=("sdpa", "xformers"))  # pipelines.loaders.ATTENTION
+    channels_last: bool = option(False, "bool")
+    taesd: str | None = option(None, "optional_str")
+
+    def __post_init__(self):
+        super().__post_init__()
+        try:
+            backend(self.compile)
+        except ValueError as err:
+            raise OptionError(self.method, "compile", self.compile, message=f"method {self.method!r}: {err}") from None
 
     def call_options(self) -> dict:
         """The options of the pipeline call (:data:`PIPELINE_OPTIONS`)."""
@@ -93,9 +112,11 @@ class DiffusionConfig(InverterConfig):
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_pipeline(model: str, torch_dtype: torch.dtype | None, device: str | None, attention: str):
+def _cached_pipeline(model: str, torch_dtype: torch.dtype | None, device: str | None, attention: str,
+                     channels_last: bool, taesd: str | None):
     """The last loaded pipeline is kept: the benchmark builds one inverter per (layer, seed)."""
-    return pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention)
+    return pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention,
+                                   channels_last=channels_last, taesd=taesd)
 
 
 class DiffusionInverter(RefiningInverter):
@@ -111,14 +132,14 @@ class DiffusionInverter(RefiningInverter):
             (else float16), float32 on CPU. Latents and the loss stay fp32; the target keeps
             its own dtype.
         device: where the diffusion networks run (default: CUDA when available).
-        attention: ``"sdpa"`` or ``"xformers"``.
         start: the hybrid start: an :class:`Inverter` whose reconstructions start the chain (run
             first, on the same features; its time counts), an image file (or a list of files, one per
             feature map), or a ``(N or 1, 3, H, W)`` tensor in [0, 1]. ``strength`` then defaults to
             :data:`HYBRID_STRENGTH` (0.3).
         **options: fields of :class:`DiffusionConfig`: the pipeline call's options (``prompt``,
             ``num_inference_steps``, ``num_iterations``, ``learning_rate``, ``guidance_scale``,
-            ``optimize``, ``temporal_weight``, ...) and ``keep_start``.
+            ``optimize``, ``temporal_weight``, ...), ``keep_start`` and the levers the pipeline is loaded with
+            (``attention``, ``channels_last``, ``taesd``; applied to a pipeline passed in as well).
 
     Raises:
         ValueError: an option :class:`DiffusionConfig` does not have, or a value it refuses.
@@ -126,7 +147,7 @@ class DiffusionInverter(RefiningInverter):
 
     name = "diffusion"
     config_class = DiffusionConfig
-    extra_options = ("model", "torch_dtype", "device", "attention", "start")
+    extra_options = ("model", "torch_dtype", "device", "start")
 
     def __init__(
         self,
@@ -136,7 +157,6 @@ class DiffusionInverter(RefiningInverter):
         config: DiffusionConfig | None = None,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
-        attention: str = "sdpa",
         start: Inverter | str | os.PathLike | list | torch.Tensor | None = None,
         **options,
     ):
@@ -150,12 +170,15 @@ class DiffusionInverter(RefiningInverter):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch_dtype is None and str(device).startswith("cuda"):
             torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        c = self.config
         if isinstance(model, (str, os.PathLike)):
-            self.pipe = _cached_pipeline(os.fspath(model), torch_dtype, str(device), attention)
+            self.pipe = _cached_pipeline(os.fspath(model), torch_dtype, str(device), c.attention, c.channels_last, c.taesd)
         else:
-            self.pipe = model.to(device) if torch_dtype is None else model.to(device, torch_dtype)
+            self.pipe = pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=c.attention,
+                                                channels_last=c.channels_last, taesd=c.taesd)
+        taesd = c.taesd if c.taesd is not None or self.pipe.loop_vae is None else type(self.pipe.loop_vae).__name__
         self.config = dataclasses.replace(
-            self.config, init=init, torch_dtype=str(self.pipe.unet.dtype),
+            self.config, init=init, torch_dtype=str(self.pipe.unet.dtype), taesd=taesd,
             model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         )
 
@@ -204,6 +227,7 @@ class DiffusionInverter(RefiningInverter):
             images = start_info.pop("images")
         info = {
             "skipped_steps": out.skipped_steps,
+            "fp32_decodes": out.fp32_decodes.tolist(),
             "prompts": out.prompts,
             "model": self.config.model,
             "generated_size": [height, width],
