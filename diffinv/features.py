@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .io import atomic_path, check_regular_file
 from .targets import TargetNetwork
 
-__all__ = ["FeatureSet", "check_features", "check_images", "check_input_size", "resolve_features"]
+__all__ = ["FeatureSet", "check_features", "check_images", "check_input_size", "check_sources", "resolve_features"]
 
 FORMAT_VERSION = "1"
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The longest source: a path (PATH_MAX), or a label.
+MAX_SOURCE_LENGTH = 4096
 
 
 def check_input_size(input_size, name: str = "input_size") -> tuple[int, int]:
@@ -75,7 +80,11 @@ def check_features(features: torch.Tensor, expected_shape: Sequence[int] | None 
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or a FeatureSet, got {type(features).__name__}.")
     if features.ndim < 2:
-        raise ValueError(f"`{name}` must have a batch dimension, (N, ...), got shape {tuple(features.shape)}.")
+        raise ValueError(f"`{name}` must be a batch of N feature maps (N, C, H, W), tokens (N, T, D) or vectors "
+                         f"(N, D), got shape {tuple(features.shape)}; give one item as `{name}[None]`.")
+    if features.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"`{name}` has dtype {str(features.dtype).replace('torch.', '')}; expected floating-point "
+                         f"features: float16, bfloat16, float32 or float64.")
     if expected_shape is not None and tuple(features.shape[1:]) != tuple(expected_shape):
         raise ValueError(
             f"`{name}` has shape {tuple(features.shape)} but the target layer produces "
@@ -85,6 +94,34 @@ def check_features(features: torch.Tensor, expected_shape: Sequence[int] | None 
     if not torch.isfinite(features).all():
         bad = (~torch.isfinite(features)).sum().item()
         raise ValueError(f"`{name}` contains {bad} non-finite values (NaN or inf); features must be finite.")
+
+
+def check_sources(sources, count: int, name: str = "sources") -> list[str]:
+    """``sources`` as a list of ``count`` strings (file names or labels, one per item); ``[]`` stays ``[]``.
+
+    Raises:
+        ValueError: not a list (or tuple) of strings, not one per item, or an entry with a NUL character or
+            longer than :data:`MAX_SOURCE_LENGTH` (it could never name an output file); the value shown is cut short.
+    """
+    if not isinstance(sources, (list, tuple)):
+        raise ValueError(f"`{name}` must be a list of strings, one per item, got a {type(sources).__name__}: "
+                         f"{_shown(repr(sources))}.")
+    for i, source in enumerate(sources):
+        if not isinstance(source, str):
+            raise ValueError(f"`{name}[{i}]` must be a string (a file name or label), got a {type(source).__name__}: "
+                             f"{_shown(repr(source))}.")
+        if "\0" in source or len(source) > MAX_SOURCE_LENGTH:
+            what = "holds a NUL character" if "\0" in source else f"is {len(source)} characters long"
+            raise ValueError(f"`{name}[{i}]` {_shown(repr(source))} {what}; expected a file name or label of at most "
+                             f"{MAX_SOURCE_LENGTH} characters, without NUL.")
+    if sources and len(sources) != count:
+        raise ValueError(f"`{name}` has {len(sources)} entries but `features` has {count} items; give one per item.")
+    return list(sources)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` cut to about ``limit`` characters (a 50 MB name is not printed in full)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass
@@ -118,11 +155,8 @@ class FeatureSet:
 
     def __post_init__(self):
         self.input_size = check_input_size(self.input_size)
-        if self.sources and len(self.sources) != len(self.features):
-            raise ValueError(
-                f"`sources` has {len(self.sources)} entries but `features` has {len(self.features)} items."
-            )
         check_features(self.features)
+        self.sources = check_sources(self.sources, len(self.features))
         if len(self.features) == 0:
             raise ValueError("`features` holds no feature maps (its batch dimension is 0); a FeatureSet needs at least one.")
 
@@ -203,8 +237,8 @@ class FeatureSet:
             "weights_fingerprint": json.dumps(self.weights_fingerprint),
             "defense": json.dumps(self.defense),
         }
-        with atomic_path(path) as tmp:
-            save_file({"features": self.features.contiguous().cpu()}, str(tmp), metadata=metadata)
+        with atomic_path(path) as tmp:  # names `path` on a full disk
+            _save_file({"features": self.features.contiguous().cpu()}, tmp, metadata)
         return path
 
     @classmethod
@@ -252,9 +286,15 @@ class FeatureSet:
             defense=field("defense", None),
         )
         try:
+            _check_metadata(fields)
             fs = cls(features=features, **fields)
         except ValueError as err:
             raise ValueError(f"feature file {str(path)!r}: {err}") from None
+        if fs.weights_fingerprint is None:
+            warnings.warn(f"feature file {str(path)!r} records no weights fingerprint (`weights_fingerprint` is "
+                          f"{'null' if 'weights_fingerprint' in metadata else 'missing'}): the weights that made its "
+                          f"features cannot be checked, only the target's name {fs.target!r}. Extract the features "
+                          f"again with `diffinv extract` (or FeatureSet.extract) to record them.", stacklevel=2)
         if target is not None:
             fs.check(target)
         return fs
@@ -289,6 +329,33 @@ class FeatureSet:
         )
         self.check_provenance(target)
         return target
+
+
+def _check_metadata(fields: dict) -> None:
+    """Raises ``ValueError`` for a metadata value of the wrong kind (what :meth:`FeatureSet.save` never writes)."""
+    for key in ("weights", "weights_fingerprint", "defense"):
+        if fields[key] is not None and not isinstance(fields[key], str):
+            raise ValueError(f"metadata {key!r} must be a string or null, got {_shown(repr(fields[key]))}.")
+    fingerprint = fields["weights_fingerprint"]
+    if fingerprint is not None and not re.fullmatch(r"[0-9a-f]{16}", fingerprint):
+        raise ValueError(f"metadata 'weights_fingerprint' must be 16 hex digits, got {_shown(repr(fingerprint))}.")
+    preprocessing = fields["preprocessing"]
+    if not isinstance(preprocessing, dict):
+        raise ValueError(f"metadata 'preprocessing' must be a JSON object, got {_shown(repr(preprocessing))}.")
+    if preprocessing.get("input_size") is not None:
+        check_input_size(preprocessing["input_size"], "preprocessing.input_size")
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, its I/O errors raised as ``OSError`` (with their errno: a full disk is named by
+    :func:`~diffinv.io.atomic_path`)."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from err
 
 
 def _preprocessing(target: TargetNetwork) -> dict:

@@ -9,9 +9,11 @@ Video is decoded by one PyAV reader (:class:`VideoFrames`), which
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,13 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "ENVIRONMENT_VARIABLES",
     "IMAGE_SUFFIXES",
     "SAMPLE_PHOTOS",
     "VideoClip",
+    "ImageMemoryError",
     "atomic_path",
+    "available_host_memory",
     "check_environment",
     "check_regular_file",
     "collect_images",
@@ -56,14 +61,43 @@ SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+# Pixels above which an image is decoded reduced (:func:`load_image`) and an intermediate of the resize is
+# cropped first (:func:`_fit`): 32 Mpx, a 8K photo; below it, images are read as they always were (the same tensor).
+_LARGE = 2**25
+
+
+def _out_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _crop_box(w: int, h: int, h_out: int, w_out: int) -> tuple[int, int, int, int]:
+    """The ``(left, top, right, bottom)`` box of a ``w x h`` image that :func:`_fit` keeps at ``h_out x w_out``:
+    its centered crop at that aspect ratio, rounded as the resize-then-crop rounds it."""
+    scale = max(h_out / h, w_out / w)
+    h_new, w_new = max(h_out, round(h * scale)), max(w_out, round(w * scale))
+    top_new, left_new = (h_new - h_out) // 2, (w_new - w_out) // 2
+    sy, sx = h / h_new, w / w_new
+    left, top = round(left_new * sx), round(top_new * sy)
+    return left, top, max(left + 1, round((left_new + w_out) * sx)), max(top + 1, round((top_new + h_out) * sy))
+
+
 def _fit(image: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tensor:
-    """Resizes the shorter side and center-crops to ``size`` (an int means square)."""
+    """Resizes the shorter side and center-crops to ``size`` (an int means square).
+
+    An image of an extreme aspect ratio (1 x 1,000,000 px) is center-cropped to the target's aspect ratio
+    first, so that no intermediate has an enormous long side.
+    """
     if size is None:
         return image
-    h_out, w_out = (size, size) if isinstance(size, int) else size
+    h_out, w_out = _out_size(size)
     _, h, w = image.shape
     scale = max(h_out / h, w_out / w)
     h_new, w_new = max(h_out, round(h * scale)), max(w_out, round(w * scale))
+    if h_new * w_new > max(2 * h_out * w_out, _LARGE):  # crop first (a view: no copy)
+        left, top, right, bottom = _crop_box(w, h, h_out, w_out)
+        image, h, w = image[:, top:bottom, left:right], bottom - top, right - left
+        scale = max(h_out / h, w_out / w)
+        h_new, w_new = max(h_out, round(h * scale)), max(w_out, round(w * scale))
     image = F.interpolate(image[None], size=(h_new, w_new), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (h_new - h_out) // 2, (w_new - w_out) // 2
     return image[:, top : top + h_out, left : left + w_out].clamp(0, 1)
@@ -86,12 +120,20 @@ def from_array(array: np.ndarray, size=None) -> torch.Tensor:
 
 
 def _pixels(img: Image.Image) -> np.ndarray:
-    """The pixels of a PIL image at their full bit depth (16-bit and float images are not clipped to 8 bits)."""
+    """The pixels of a PIL image at their full bit depth (16-bit and float images are not clipped to 8 bits).
+
+    32-bit integer images (mode ``"I"``) are read by their values: within 0..65535 as 16-bit data (16-bit PNGs
+    open as this mode), larger non-negative values divided by their maximum, and signed data with negative values
+    (int16 / int32 TIFFs) mapped from their own minimum and maximum to [0, 1] (a constant image is black).
+    """
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(img).astype(np.uint16)
-    if img.mode == "I":  # 32-bit integer mode: 16-bit PNGs open as this
+    if img.mode == "I":
         array = np.asarray(img)
-        return array.astype(np.uint16) if array.min() >= 0 and array.max() <= 65535 else (array / array.max()).astype(np.float32)
+        low, high = int(array.min()), int(array.max())
+        if low >= 0:
+            return array.astype(np.uint16) if high <= 65535 else (array / high).astype(np.float32)
+        return ((array.astype(np.float64) - low) / max(1, high - low)).astype(np.float32)
     if img.mode == "F":
         array = np.asarray(img, dtype=np.float32)
         return array / max(1.0, float(array.max()))
@@ -123,14 +165,38 @@ def max_image_pixels() -> int | None:
     return value or None
 
 
+#: Every ``DIFFINV_*`` environment variable that diffinv reads (the library, the slow tests, ``.ci/run``), with
+#: what it sets; :func:`check_environment` refuses any other (a typo would otherwise be ignored without a word).
+ENVIRONMENT_VARIABLES = {
+    _PIXELS_VARIABLE: "the most pixels an image file may have (0: no limit)",
+    "DIFFINV_SD_PATH": "a Stable Diffusion folder, for the slow tests",
+    "DIFFINV_BIGGAN": "BigGAN weights, for the slow tests",
+    "DIFFINV_VENV": "the virtual environment of .ci/run",
+}
+
+
 def check_environment() -> None:
     """Checks every ``DIFFINV_*`` environment variable (before any work), so that a bad value is
-    reported at once, not when the first image is read.
+    reported at once, not when the first image is read, and a misspelt name is not ignored.
 
     Raises:
-        ValueError: a variable has a value that is not what it expects (named, with the value).
+        ValueError: a variable has a value that is not what it expects (named, with the value), or a
+            ``DIFFINV_*`` variable is not one of :data:`ENVIRONMENT_VARIABLES` (named, with the closest known name).
     """
     max_image_pixels()
+    unknown = sorted(name for name in os.environ if name.upper().startswith("DIFFINV_") and name not in ENVIRONMENT_VARIABLES)
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name.upper(), ENVIRONMENT_VARIABLES, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        shown = name if len(name) <= 60 else f"{name[:60]}..."
+        raise ValueError(f"environment variable {shown}={_shown(os.environ[name])} is not one diffinv reads; {hint}"
+                         f"The known ones are {', '.join(ENVIRONMENT_VARIABLES)}. Rename or unset it (`unset {shown}`).")
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` as ``repr`` would show it, cut to about ``limit`` characters (a 50 MB value is not printed)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def check_regular_file(path: str | os.PathLike, what: str) -> Path:
@@ -155,9 +221,14 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
                max_pixels: int | None = None) -> torch.Tensor:
     """Reads one image file as ``(3, H, W)`` in [0, 1], resized and center-cropped to ``size``.
 
-    8-bit, 16-bit and float images are scaled by their own range. The EXIF orientation is applied
-    (a phone photo taken upright is returned upright). Pillow's decompression-bomb limit applies
-    (:func:`max_image_pixels`: ``DIFFINV_MAX_IMAGE_PIXELS``; ``0`` lifts it).
+    8-bit, 16-bit and float images are scaled by their own range, signed integer images by their own
+    minimum and maximum (:func:`_pixels`). The EXIF orientation is applied (a phone photo taken upright is
+    returned upright). Before decoding, the size in the file's header is checked against Pillow's
+    decompression-bomb limit (:func:`max_image_pixels`: ``DIFFINV_MAX_IMAGE_PIXELS``; ``0`` lifts it) and
+    the memory that decoding needs against the memory available. An image far larger than ``size``
+    (above 32 Mpx, at least 4 times the size) is decoded reduced (Pillow's ``draft`` for JPEG, ``reduce``
+    over the centered crop at the target's aspect ratio), so that no full-size float copy exists; the
+    others are read exactly as they always were.
 
     Args:
         path: the image file.
@@ -168,8 +239,12 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it is not a regular file, it cannot be decoded, or it is larger than the
-            decompression-bomb limit.
+        ValueError: it is not a regular file, it cannot be decoded, it is larger than the
+            decompression-bomb limit, or decoding it needs more memory than is available.
+
+    Example:
+        >>> load_image("cat.jpg", 224).shape
+        torch.Size([3, 224, 224])
     """
     path = check_regular_file(path, "image file")
     limit = max_image_pixels() if max_pixels is None else max_pixels
@@ -179,7 +254,11 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
         with Image.open(path) as img:
             if limit is not None and img.width * img.height > limit:
                 raise Image.DecompressionBombError(f"{img.width} x {img.height} = {img.width * img.height} pixels")
-            array = _pixels(ImageOps.exif_transpose(img))
+            if size is not None and img.width * img.height > _LARGE:
+                array = _pixels(_decode_reduced(img, path, _out_size(size)))
+            else:
+                _check_decode_memory(img, path, _FULL_BYTES_PER_PIXEL * img.width * img.height)
+                array = _pixels(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as err:
         if max_pixels is not None:
             raise ValueError(f"image file {str(path)!r} is larger than expected ({err}; at most {limit} pixels); "
@@ -188,11 +267,108 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
             f"image file {str(path)!r} is larger than the decompression-bomb limit of {limit} pixels "
             f"({err}). If you trust the file, set {_PIXELS_VARIABLE} to a larger number (0 for no limit)."
         ) from err
+    except ImageMemoryError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image file {str(path)!r} could not be decoded as an image ({err}).") from err
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     return from_array(array, size)
+
+
+class ImageMemoryError(ValueError):
+    """Decoding an image file needs more memory than is available (a user error: exit code 2)."""
+
+
+# Bytes per pixel at the peak of reading an image at full size, measured with an RGB PNG of 169 Mpx (29.6 B):
+# Pillow's 4-byte pixels, the numpy copy, the float32 copy and its scaled copy, the EXIF-rotated copy.
+_FULL_BYTES_PER_PIXEL = 36
+# Pillow's storage: 1 byte for "1", "L" and "P", 2 for "I;16*", 4 for every other mode (RGB is stored as RGBX).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Modes that Image.reduce takes as they are; others are converted first (as _pixels would read them).
+_CONVERT_TO_REDUCE = {"1": "L", "P": "RGB", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose does).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+_INVERSE = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+
+
+def _transpose_box(box: tuple[int, int, int, int], size: tuple[int, int], method: Image.Transpose) -> tuple[int, ...]:
+    """Where ``box`` of an image of ``size`` (``(W, H)``) lies after ``img.transpose(method)``."""
+    (l, t, r, b), (w, h) = box, size
+    return {Image.Transpose.FLIP_LEFT_RIGHT: (w - r, t, w - l, b), Image.Transpose.FLIP_TOP_BOTTOM: (l, h - b, r, h - t),
+            Image.Transpose.ROTATE_180: (w - r, h - b, w - l, h - t), Image.Transpose.TRANSPOSE: (t, l, b, r),
+            Image.Transpose.ROTATE_90: (t, w - r, b, w - l), Image.Transpose.ROTATE_270: (h - b, l, h - t, r),
+            Image.Transpose.TRANSVERSE: (h - b, w - r, h - t, w - l)}[method]
+
+
+def _decode_reduced(img: Image.Image, path: Path, out: tuple[int, int]) -> Image.Image:
+    """A large image, not yet decoded, -> its centered crop at the aspect ratio of ``out`` (``(H, W)``, upright),
+    decoded at about twice ``out`` (at least): JPEG by its DCT scaling (``draft``), others by ``reduce``.
+
+    The memory it needs (the decoded file, then the reduced image read at full depth) is checked first.
+    """
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    h_out, w_out = out[::-1] if orientation in (5, 6, 7, 8) else out  # in the file's own (stored) orientation
+    scale = max(h_out / img.height, w_out / img.width)  # the resize that _fit would make
+    if scale < 0.25:
+        img.draft(None, (math.ceil(2 * scale * img.width), math.ceil(2 * scale * img.height)))  # JPEG only: a no-op else
+    scale = max(h_out / img.height, w_out / img.width)
+    upright = (img.height, img.width) if orientation in (5, 6, 7, 8) else (img.width, img.height)
+    # the box that _fit keeps of the upright image, in the stored image's coordinates
+    box = _crop_box(*upright, *out)
+    if orientation in _UPRIGHT:
+        box = _transpose_box(box, upright, _INVERSE.get(_UPRIGHT[orientation], _UPRIGHT[orientation]))
+    factor = max(1, math.floor(0.5 / scale))
+    left, top, right, bottom = box
+    w_box, h_box = max(1, (right - left) // factor) * factor, max(1, (bottom - top) // factor) * factor
+    left, top = left + (right - left - w_box) // 2, top + (bottom - top - h_box) // 2  # whole blocks, still centered
+    box = (left, top, left + w_box, top + h_box)
+    reduced = (w_box // factor) * (h_box // factor)
+    stored = _STORED_BYTES.get(img.mode, 4) * img.width * img.height
+    converted = 4 * img.width * img.height if img.mode in _CONVERT_TO_REDUCE else 0
+    _check_decode_memory(img, path, stored + converted + _FULL_BYTES_PER_PIXEL * reduced)
+    if img.mode in _CONVERT_TO_REDUCE:
+        img = img.convert(_CONVERT_TO_REDUCE[img.mode])
+    img = img.reduce(factor, box)
+    return img.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else img
+
+
+def _check_decode_memory(img: Image.Image, path: Path, need: int) -> None:
+    """Raises :class:`ImageMemoryError` when reading ``img`` needs more than the memory available now."""
+    have = available_host_memory()
+    if need > have:
+        raise ImageMemoryError(
+            f"image file {str(path)!r} is {img.width} x {img.height} pixels ({img.mode}): reading it needs an estimated "
+            f"{need / 2**20:.0f} MiB of memory, but only {have / 2**20:.0f} MiB is available. Use a smaller image "
+            f"(or a smaller `size`: an image much larger than it is decoded reduced), or free memory.")
+
+
+def available_host_memory() -> int:
+    """Bytes of host memory available now: psutil's, else /proc/meminfo's ``MemAvailable``, within a cgroup limit."""
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            text = Path("/proc/meminfo").read_text()
+            available = int(text.split("MemAvailable:")[1].split()[0]) * 1024
+        except (OSError, ValueError, IndexError):
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return min(available, max(0, int(limit) - usage))
+    return available
 
 
 def load_images(paths: Sequence[str | os.PathLike], size: int | tuple[int, int] | None = 224) -> torch.Tensor:

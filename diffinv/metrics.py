@@ -22,8 +22,13 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .targets import TargetNetwork
 
-__all__ = ["psnr", "ssim", "LPIPS", "feature_residual", "label_hits", "reconstruction_scores", "top1_accuracy",
-           "top1_agreement", "temporal_consistency"]
+__all__ = ["MIN_IMAGE_SIZE", "psnr", "ssim", "LPIPS", "feature_residual", "label_hits", "reconstruction_scores",
+           "top1_accuracy", "top1_agreement", "temporal_consistency"]
+
+#: The smallest image side that :func:`ssim` scores: its gaussian window (sigma 1.5, scikit-image's truncation at
+#: 3.5 sigma) is ``2 * int(3.5 * 1.5 + 0.5) + 1 = 11`` pixels, and scikit-image refuses a smaller image ("win_size
+#: exceeds image extent"). Every command that scores its images checks ``--size`` against it before any work.
+MIN_IMAGE_SIZE = 11
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:

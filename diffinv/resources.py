@@ -13,10 +13,14 @@ the allocator fails. The estimate is deliberately simple and on the high side:
   diffusion: the Stable Diffusion weights and the activations of one checkpointed UNet call
   and VAE decode, scaled by the widths in the model folder's ``config.json`` files;
   decoder/mapper/gan: their networks' weights and activations, roughly;
-* times :data:`MARGIN` for what the allocator and temporaries add.
+* times :data:`MARGIN` for what the allocator and temporaries add;
+* for a job of several local processes (``--workers``), each new process's own base
+  (:data:`PROCESS_BASE_BYTES`: Python, PyTorch and the libraries loaded) besides its compute part.
 
 Several methods of one job run one after another: the largest one counts. On a GPU the
 per-batch part is compared with the GPU's free memory and the images with the host's.
+Training a decoder or mapper (:func:`estimate_training`) counts the network's weights, their
+gradients and Adam's two moments, and its activations for one batch with their gradients.
 
 Example:
     >>> estimate = estimate_memory("tf_efficientnet_lite0", ["blocks.6"], 128, images=4, methods=["dip"])
@@ -40,6 +44,7 @@ from .targets import TargetNetwork
 __all__ = [
     "DIP_BYTES_PER_PIXEL",
     "MARGIN",
+    "PROCESS_BASE_BYTES",
     "InsufficientMemoryError",
     "MemoryEstimate",
     "activation_bytes",
@@ -47,10 +52,18 @@ __all__ = [
     "check_job_memory",
     "check_memory",
     "estimate_memory",
+    "estimate_training",
     "format_bytes",
 ]
 
 MARGIN = 1.5
+# What one more process of a job costs before its work (--workers): its own Python, PyTorch and libraries. Measured
+# on a 2-core CPU machine (torch 2.14.1+cu130, torchvision 0.29.1, run on the CPU): `import torch, torchvision,
+# diffinv` then tf_efficientnet_lite0 built (`TargetNetwork.from_name(..., weights="random:0")`): 739 MiB resident
+# (psutil's rss and uss alike); a whole `python -m diffinv bench` of one 32 px pixel item (LPIPS and the scorers
+# loaded): 982 MiB at its peak (`/usr/bin/time -v`, maximum resident set). Rounded up to 1 GiB. The process that
+# checks is already running, so only the processes that --workers starts count it.
+PROCESS_BASE_BYTES = 1024 * 2**20
 # The DIP generator (diffinv.models.SkipGenerator, default channels) per image pixel: its activations
 # (leaf-module outputs, measured on the meta device: 616 B), its input noise and the noisy copy (256 B),
 # and their gradients, rounded up.
@@ -64,6 +77,7 @@ _SD_PARAMETERS = 1.1e9  # UNet + VAE + text encoder of Stable Diffusion 1.5
 # Learned decoders and mappers (UpconvNet-size networks), per image pixel, forward only.
 _DECODER_BYTES_PER_PIXEL = 2_000
 _DECODER_WEIGHTS = 200 * 2**20
+_SD_VAE_PARAMETERS = 84e6  # the VAE of Stable Diffusion 1.5 (encoder and decoder)
 # BigGAN-deep per generated pixel and restart: its activations (leaf-module outputs of BigGAN-deep-128,
 # measured with activation_bytes: 8.5 KB), rounded up; its weights (50-56M parameters, float32) with room.
 _GAN_BYTES_PER_PIXEL = 10_000
@@ -234,6 +248,8 @@ def estimate_memory(
     half = 0.5 if device.type == "cuda" else 1.0
     pixels = h * w * batch
     estimate = MemoryEstimate(host={"images": images * 3 * h * w * 4}, processes=processes, device=str(device))
+    if processes > 1:  # the processes --workers starts, each with its own Python, PyTorch and libraries
+        estimate.host[f"{processes} process bases"] = processes * PROCESS_BASE_BYTES
 
     weights, activations = _target_costs(target, layers, (fh, fw))
     base = {"target weights": weights, "target activations": activations * batch}
@@ -307,11 +323,14 @@ def available_memory(device: str | torch.device = "cpu") -> int:
     return _host_available()
 
 
-def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = None) -> MemoryEstimate:
+def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = None, *, job: str = "the job",
+                 hint: str = "Use a smaller image size, batch size or number of images (or a shallower layer).",
+                 ) -> MemoryEstimate:
     """Raises :class:`InsufficientMemoryError` when ``estimate`` does not fit the memory available now.
 
     On CUDA the compute part is compared with the GPU's free memory and the images with the host's;
-    on CPU everything with the host's.
+    on CPU everything with the host's. ``job`` and ``hint``: what the message calls the job, and what it
+    advises.
     """
     device = torch.device(device if device is not None else estimate.device)
     checks = ([("GPU memory", estimate.compute_bytes, available_memory(device)),
@@ -320,11 +339,50 @@ def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = N
     for what, need, have in checks:
         if need > have:
             raise InsufficientMemoryError(
-                f"the job needs an estimated {format_bytes(need)} of {what} at its peak ({estimate.breakdown()}), "
-                f"but only {format_bytes(have)} is available on {device}. Use a smaller image size, batch size "
-                f"or number of images (or a shallower layer)."
+                f"{job} needs an estimated {format_bytes(need)} of {what} at its peak ({estimate.breakdown()}), "
+                f"but only {format_bytes(have)} is available on {device}. {hint}"
             )
     return estimate
+
+
+def estimate_training(
+    target: str,
+    layer: str,
+    size: int | tuple[int, int],
+    model: nn.Module,
+    *,
+    batch_size: int,
+    name: str = "decoder",
+    feature_loss: bool = False,
+    vae: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> MemoryEstimate:
+    """The estimated peak memory of training ``model`` (a decoder or mapper, built on the ``meta`` device: no
+    memory) on batches of ``batch_size`` crops of ``size`` and their features at the target's ``layer``.
+
+    Counted, float32, times :data:`MARGIN`: the model's weights, their gradients and AdamW's two moments; its
+    activations for one batch (measured on the ``meta`` device) and their gradients; the target's weights and
+    activations up to ``layer`` (kept for the backward pass with ``feature_loss``); a mapper's ``vae`` (its
+    diffusers folder: weights, and the activations of encoding the batch); the batch of images. The training
+    images themselves are loaded after the check and are not counted.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    parameters = sum(p.numel() for p in model.parameters())
+    feature_shape = getattr(model.config, "feature_shape", None) if hasattr(model, "config") else None
+    if feature_shape is None:
+        raise ValueError("`model` must record its `feature_shape` in its config (a decoder or a mapper).")
+    features = torch.zeros(batch_size, *feature_shape, device="meta")
+    weights, target_activations = _target_costs(target, (layer,), (h, w))
+    parts = {f"{name} weights": 4 * parameters, f"{name} gradients": 4 * parameters,
+             "optimizer state": 8 * parameters,
+             f"{name} activations": 2 * activation_bytes(model, features),
+             "target weights": weights,
+             "target activations": target_activations * batch_size * (2 if feature_loss else 1),
+             "training batch": 2 * batch_size * 3 * h * w * 4}
+    if vae is not None:
+        width = _widths(vae)[1]
+        parts["vae"] = int(_SD_VAE_PARAMETERS * 4 * width**2 + _SD_VAE_BYTES_PER_PIXEL * width * batch_size * h * w)
+    return MemoryEstimate(compute={k: int(v * MARGIN) for k, v in parts.items()}, device=str(torch.device(device)))
 
 
 def check_job_memory(target: str, layers, size, *, device: str | torch.device = "cpu", **job) -> MemoryEstimate:

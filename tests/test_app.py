@@ -24,7 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     return Workbench(user_errors=USER_ERRORS, work_dir=tmp_path_factory.mktemp("app"),
-                     limits=Limits(runs_dir=tmp_path_factory.mktemp("runs")))
+                     limits=Limits(runs_dir=tmp_path_factory.mktemp("runs"),
+                                   targets=("tf_efficientnet_lite0", "resnet18")))
 
 
 def small(**kwargs):

@@ -117,7 +117,7 @@ def small(**kwargs):
 
 
 def message(bench, request) -> str:
-    (update,) = list(bench.invert(request, bench.session("messages")))
+    (update,) = [u for u in bench.invert(request, bench.session("messages")) if not u.heartbeat]
     assert update.error and update.done
     return update.message
 
@@ -135,7 +135,7 @@ def test_bounded_int_names_the_flag_and_never_overflows():
 
 def test_fields_out_of_bounds_get_the_flag_the_value_and_the_bound(logged):
     bench, _ = logged
-    size = "`--size` expected an integer from 8 to 64 (this server's --max-size), got {}"
+    size = "`--size` expected an integer from 11 to 64 (this server's --max-size), got {}"
     iterations = f"`--iterations` expected an integer from 1 to {LONG} (this server's --max-iterations), got {{}}"
     seed = f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got {{}}"
     cases = [(small(size=65), size.format(65)), (small(size=100000), size.format(100000)),
@@ -305,7 +305,7 @@ def test_visitor_gets_bounds_and_root_messages_in_the_page(server):
     url, *_ = server
     client = Client(url, verbose=False)
     for values, expected in [
-        (fields(size=100000), "`--size` expected an integer from 8 to 64 (this server's --max-size), got 100000"),
+        (fields(size=100000), "`--size` expected an integer from 11 to 64 (this server's --max-size), got 100000"),
         (fields(iterations=10**9), f"`--iterations` expected an integer from 1 to {LONG} (this server's "
                                    "--max-iterations), got 1000000000"),
         (fields(seed=1e30), f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got 1e+30"),

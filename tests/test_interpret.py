@@ -248,8 +248,10 @@ def test_cli_visualize_channels_and_dead_filters(tmp_path, capsys, photo):
     assert [r["channel"] for r in results["records"]] == [3, 7]
     assert (ch / "channels.png").is_file() and (ch / "heatmaps" / "channel_0003.png").is_file()
     dead = tmp_path / "dead"
+    copy = tmp_path / "copy.png"  # a second image (a file given twice is refused)
+    copy.write_bytes(photo.read_bytes())
     code, out, err = run_cli(capsys, "dead-filters", *COMMON, "--layers", "blocks.1.0.bn1", "blocks.2",
-                             "--images", photo, photo, "--batch-size", "1", "--out", dead)
+                             "--images", photo, copy, "--batch-size", "1", "--out", dead)
     assert code == 0, err
     report = json.loads((dead / "report.json").read_text())
     assert report["num_images"] == 2 and report["layers"]["blocks.2"]["num_channels"] == 40

@@ -53,10 +53,10 @@ def test_work_items_and_merge_order():
     records = [{"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 1.0},
                {"layer": "l1", "method": "pixel", "seed": 1, "image": "a", "psnr": 2.0},
                {"layer": "l1", "method": "pixel", "seed": 0, "image": "b", "psnr": 3.0},
-               {"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 9.0}]  # a duplicate: first kept
+               {"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 9.0}]  # a duplicate: last kept
     merged = merged_records(records, ["l1", "l2"], ["pixel"], [0, 1], ["a", "b"])
     assert [(key(r), r["psnr"]) for r in merged] == [(("l1", "pixel", 0, "b"), 3.0), (("l1", "pixel", 1, "a"), 2.0),
-                                                     (("l2", "pixel", 0, "b"), 1.0)]
+                                                     (("l2", "pixel", 0, "b"), 9.0)]
 
 
 class FakeState:

@@ -21,13 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import SAMPLE_PHOTOS
+from ..metrics import MIN_IMAGE_SIZE
 
 __all__ = [
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MAX_SIZE",
     "MAX_SEED",
+    "MIN_SIZE",
     "Limits",
+    "Upload",
     "bounded_int",
+    "check_target",
+    "check_upload",
     "check_photo",
     "inside",
     "resolve_folder",
@@ -43,7 +48,11 @@ __all__ = [
 DEFAULT_MAX_SIZE = 512
 DEFAULT_MAX_ITERATIONS = 1000
 MAX_SEED = 2**32 - 1
-MIN_SIZE = 8
+#: The smallest ``--size``: SSIM's gaussian window is 11 pixels, so a smaller image cannot be scored (skimage's
+#: "win_size exceeds image extent", after the work): ``diffinv.metrics.MIN_IMAGE_SIZE``.
+MIN_SIZE = MIN_IMAGE_SIZE
+UPLOAD_REFUSED = ("`--images` (upload): not a file uploaded to this page; upload the image with the page's upload "
+                  "field.")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class Limits:
         models_dir: the folder that weight files and model / decoder / mapper folders come from (``None``: no
             files, only ``default`` / ``random:SEED`` and the built-in model definitions).
         runs_dir: the folder that the Runs tab serves run folders from (``None``: none).
+        targets: the target networks a visitor may name (``--targets``; ``None``: those whose weights are
+            installed on this machine, :func:`diffinv.targets.installed_targets`).
     """
 
     max_size: int = DEFAULT_MAX_SIZE
@@ -66,6 +77,20 @@ class Limits:
     max_top: int = 16
     models_dir: Path | None = None
     runs_dir: Path | None = None
+    targets: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An image a visitor sent in the upload field, as the page received it (not yet checked).
+
+    Attributes:
+        path: the server path the request names (``None``: the request sent no file, e.g. a ``data:`` URL).
+        name: the file's name on the visitor's machine, as they sent it (shown cut short).
+    """
+
+    path: str | None
+    name: str | None = None
 
 
 def _shown(value) -> str:
@@ -103,10 +128,39 @@ def bounded_int(value, flag: str, low: int, high: int, why: str = "") -> int:
 
 
 def check_photo(image) -> None:
-    """A named image must be one of the bundled photos (a visitor uploads anything else; no server paths)."""
-    if isinstance(image, str) and image.strip() and image not in SAMPLE_PHOTOS:
+    """A named image must be one of the bundled photos (a visitor uploads anything else; no server paths); an
+    :class:`Upload` or an array passes (the upload is checked where it arrives, :func:`check_upload`)."""
+    if image is None or isinstance(image, Upload) or hasattr(image, "__array_interface__"):
+        return
+    if not isinstance(image, str) or (image.strip() and image not in SAMPLE_PHOTOS):
         raise ValueError(f"`--images` {_shown(image)}: expected one of the bundled photos "
                          f"({', '.join(SAMPLE_PHOTOS)}) or an upload.")
+
+
+def check_target(name: str, allowed) -> str:
+    """``name`` when it is on the server's allow-list of targets (``--targets``), else a ``ValueError`` naming
+    ``--target``, the value (cut short) and the allowed names."""
+    if not isinstance(name, str) or name.strip() not in allowed:
+        raise ValueError(f"`--target` {_shown(name)}: not a target of this server; expected one of "
+                         f"{', '.join(allowed) or '(none)'} (the server's --targets).")
+    return name.strip()
+
+
+def check_upload(upload: Upload, folder: str | os.PathLike, uploaded) -> Path:
+    """The real path of ``upload`` when it names a file that this server received through its upload route:
+    a path in ``uploaded`` (the paths the route wrote) that is a regular file under ``folder`` (the upload
+    folder; symlinks followed). Anything else, a server path above all, gets one message that shows no path.
+
+    Raises:
+        ValueError: naming the upload field (``--images``).
+    """
+    path = upload.path if isinstance(upload, Upload) else None
+    if not isinstance(path, str) or not path or "\x00" in path or path not in uploaded:
+        raise ValueError(UPLOAD_REFUSED)
+    real = inside(folder, path)
+    if not _is(real, "file"):
+        raise ValueError(UPLOAD_REFUSED)
+    return real
 
 
 def inside(root: Path | None, name: str) -> Path | None:
@@ -114,9 +168,21 @@ def inside(root: Path | None, name: str) -> Path | None:
     name is empty, or the resolved path leaves the root. Whether the path exists is the caller's to check."""
     if root is None or not isinstance(name, str) or not name.strip() or "\x00" in name:
         return None
-    base = Path(os.path.realpath(root))
-    path = Path(os.path.realpath(base / Path(name.strip()).expanduser()))
+    try:
+        base = Path(os.path.realpath(root))
+        path = Path(os.path.realpath(base / Path(name.strip()).expanduser()))
+    except (OSError, ValueError, RuntimeError):  # a name too long for the system, a loop of links
+        return None
     return path if path == base or path.is_relative_to(base) else None
+
+
+def _is(path: Path | None, kind: str) -> bool:
+    """``path.is_file()`` / ``path.is_dir()``, false where the system refuses the name (``File name too long``:
+    the error would show it in full)."""
+    try:
+        return path is not None and (path.is_file() if kind == "file" else path.is_dir())
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_weights(value: str, limits: Limits) -> str:
@@ -129,7 +195,7 @@ def resolve_weights(value: str, limits: Limits) -> str:
         seed = bounded_int(text[len("random:"):], "--weights random:SEED", 0, MAX_SEED, "the seed")
         return f"random:{seed}"
     path = inside(limits.models_dir, text)
-    if path is None or not path.is_file():
+    if not _is(path, "file"):
         raise ValueError(f"`--weights` {_shown(text)}: no such weights file in this server's models folder "
                          f"(--models-dir); expected default, random:SEED or the name of a state-dict file there.")
     return str(path)
@@ -144,7 +210,7 @@ def resolve_folder(value: str | None, flag: str, limits: Limits, builtin: tuple[
     if text in builtin:
         return text
     path = inside(limits.models_dir, text)
-    if path is None or not path.is_dir():
+    if not _is(path, "dir"):
         names = f"{', '.join(builtin)} or " if builtin else ""
         raise ValueError(f"`{flag}` {_shown(text)}: no such folder in this server's models folder (--models-dir); "
                          f"expected {names}the name of a folder there.")
@@ -158,7 +224,7 @@ def run_folder(value: str | None, limits: Limits) -> Path:
     if not text:
         raise ValueError("`--out`: no run folder given; enter the name of a `diffinv bench` run folder.")
     path = inside(limits.runs_dir, text)
-    manifest = served_file(path, "manifest.json", limits.runs_dir) if path is not None and path.is_dir() else None
+    manifest = served_file(path, "manifest.json", limits.runs_dir) if _is(path, "dir") else None
     if manifest is None:
         raise ValueError(f"`--out` {_shown(text)}: no run folder of that name in this server's runs folder "
                          f"(--runs-dir); expected the name of a `diffinv bench` run folder there.")
@@ -171,4 +237,4 @@ def served_file(folder: Path | None, name: str, root: Path | None) -> Path | Non
     if folder is None or root is None:
         return None
     path = inside(root, str(folder / name))
-    return path if path is not None and path.is_file() else None
+    return path if _is(path, "file") else None

@@ -10,8 +10,11 @@ the update stream (a closed page: Gradio closes the generator), and one run hold
 time across sessions: a new run waits until the previous one has stopped.
 
 Every field a visitor sends is checked against the server's :class:`~diffinv.app.limits.Limits`
-first (sizes, iterations, seeds, counts; files only under ``--models-dir``, run folders only under
-``--runs-dir``).
+first (sizes, iterations, seeds, counts; targets only from the server's allow-list, ``--targets``; files only
+under ``--models-dir``, run folders only under ``--runs-dir``; an upload only when the page's upload route wrote
+it), and a visitor's value is shown cut short in a message. A target's weights are built inside the one-run slot,
+after a memory check, and kept in a cache bounded in bytes (:attr:`Workbench.target_cache_bytes`); the layer list
+of a target comes from its architecture alone (the ``meta`` device: no weights, no memory).
 
 Example:
     >>> bench = Workbench()
@@ -24,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import queue
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,19 +46,21 @@ from ..features import FeatureSet
 from ..interpret.channels import channel_activations, heat_maps, invert_channels, overlay, top_channels
 from ..interpret.objectives import channel
 from ..interpret.visualize import visualize
-from ..inverters import inverter_spec, options_for
+from ..inverters import INVERTERS, inverter_spec, options_for
 from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
 from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
 from ..pipelines.definitions import DEFINITIONS as MODEL_DEFINITIONS
 from ..pipelines.definitions import definition_dir
-from ..resources import check_job_memory
-from ..targets import DEFAULT_LAYERS, TargetNetwork
-from .limits import MAX_SEED, MIN_SIZE, Limits, bounded_int, check_photo, resolve_folder, resolve_weights, run_folder
-from .limits import served_file
+from ..resources import MARGIN, InsufficientMemoryError, available_memory, check_job_memory, format_bytes
+from ..targets import DEFAULT_LAYERS, TargetNetwork, WeightsMismatchError, architecture, installed_targets
+from ..targets import module_bytes
+from .limits import MAX_SEED, MIN_SIZE, Limits, Upload, _shown, bounded_int, check_photo, check_target, resolve_folder
+from .limits import resolve_weights, run_folder, served_file
 
 __all__ = [
     "DEFAULT_TARGET",
+    "DEFAULT_TARGET_CACHE",
     "PHOTOS",
     "RUN_BUSY",
     "BusyError",
@@ -67,6 +74,9 @@ __all__ = [
 ]
 
 DEFAULT_TARGET = "tf_efficientnet_lite0"
+#: The most bytes of target weights (parameters and buffers) the app keeps built between runs: EfficientNet-Lite0
+#: takes 18 MiB per size and layer set asked for.
+DEFAULT_TARGET_CACHE = 512 * 2**20
 PHOTOS = tuple(SAMPLE_PHOTOS)
 BUSY = ("Busy: a run is already in progress in this session. Wait for it to finish, or press Cancel "
         "(runs of all sessions take turns: one at a time).")
@@ -86,6 +96,8 @@ def error_message(err: BaseException, user_errors: tuple[type[BaseException], ..
     is, anything else with its type), never a traceback."""
     if isinstance(err, user_errors):
         return f"diffinv app: error: {err}"
+    if isinstance(err, OSError) and err.strerror:  # never the file name: it may be a server path or 100k long
+        return f"diffinv app: error: {type(err).__name__}: {err.strerror}"
     return f"diffinv app: error: {type(err).__name__}: {err}"
 
 
@@ -94,13 +106,14 @@ class InvertRequest:
     """The fields of the Invert and Depth tabs (names as the command line's flags).
 
     Attributes:
-        image: a bundled photo's name (:data:`PHOTOS`), an image file, or an ``(H, W, 3)`` uint8 array (upload).
+        image: a bundled photo's name (:data:`PHOTOS`), an :class:`~diffinv.app.limits.Upload` whose path the page
+            has checked (:func:`~diffinv.app.limits.check_upload`), or an ``(H, W, 3)`` uint8 array.
         layer: the layer to invert (Depth: ignored, the target's default layers are used).
         model, decoder, mapper: folders for the methods that need them (``tiny`` for a random-weight
             diffusion model to try the path).
     """
 
-    image: str | np.ndarray = "chelsea"
+    image: str | Upload | np.ndarray = "chelsea"
     target: str = DEFAULT_TARGET
     weights: str = "default"
     layer: str | None = None
@@ -202,9 +215,14 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def _chosen_layer(request: InvertRequest) -> tuple[str]:
-    """The Invert tab's one layer."""
+    """The Invert and Channels tabs' one layer: a module of the (checked) target."""
     if not request.layer:
         raise ValueError("`--layer`: no layer chosen.")
+    modules = architecture(request.target).layers
+    if not isinstance(request.layer, str) or request.layer not in modules:
+        raise ValueError(f"`--layer` {_shown(request.layer)} is not a module of {request.target!r}; expected one of "
+                         f"{', '.join(modules[:20])}" + (" ..." if len(modules) > 20 else "") +
+                         " (the page's layer list has them all).")
     return (request.layer,)
 
 
@@ -212,7 +230,7 @@ def _default_layers(request: InvertRequest) -> tuple[str, ...]:
     """The Depth tab's layers: the target's default ones."""
     layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
     if not layers:
-        raise ValueError(f"`--layers`: target {request.target!r} has no default layers; the Depth tab needs "
+        raise ValueError(f"`--layers`: target {_shown(request.target)} has no default layers; the Depth tab needs "
                          f"one of {', '.join(DEFAULT_LAYERS)}.")
     return layers
 
@@ -230,13 +248,15 @@ class Workbench:
             :mod:`diffinv.interpret`).
         work_dir: where plots are written (default: a temporary folder).
         device: where targets and inverters run (``cpu``, ``cuda``, ``cuda:N``).
-        limits: the server's bounds and file roots (default :class:`~diffinv.app.limits.Limits`: sizes up
-            to 512, 1000 iterations, no files).
+        limits: the server's bounds, file roots and allowed targets (default :class:`~diffinv.app.limits.Limits`:
+            sizes up to 512, 1000 iterations, no files, the targets whose weights are installed).
         wait_seconds: how long a new run waits for the previous one (a cancelled run stops at its next
             iteration) before it is refused as busy.
         heartbeat_seconds: while a run works, an update (``heartbeat``, nothing new to show) whenever this
             long passes without one, so that a server notices a closed page at once (``diffinv app``: 0.5 s);
             ``None`` (default): none, updates come only with the run's progress (every few iterations).
+        target_cache_bytes: the most bytes of built targets (parameters and buffers) kept between runs; the
+            oldest go first (the one in use stays, whatever its size).
     """
 
     def __init__(
@@ -251,6 +271,7 @@ class Workbench:
         limits: Limits | None = None,
         wait_seconds: float = 60.0,
         heartbeat_seconds: float | None = None,
+        target_cache_bytes: int = DEFAULT_TARGET_CACHE,
     ):
         self.device = str(device)
         self.limits = limits or Limits()
@@ -262,7 +283,9 @@ class Workbench:
         self.channel_visualizer = channel_visualizer
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="diffinv-app-"))
         self._sessions: dict[str, Session] = {}
-        self._targets: dict[tuple, TargetNetwork] = {}
+        self.targets = tuple(self.limits.targets) if self.limits.targets is not None else tuple(installed_targets())
+        self.target_cache_bytes = target_cache_bytes
+        self._targets: OrderedDict[tuple, tuple[TargetNetwork, int]] = OrderedDict()  # key -> (target, bytes)
         self._guard = threading.Lock()
         self._run_lock = threading.Lock()  # one run on the machine at a time, across sessions
         self._runs = 0
@@ -287,40 +310,107 @@ class Workbench:
             return self._sessions.setdefault(key or "", Session())
 
     def target(self, name: str, weights: str, size: int, layers: tuple[str, ...] | None = None) -> TargetNetwork:
-        """The target network (cached: the last few asked for). ``weights``: ``default``, ``random:SEED`` or
-        a file name under the models folder; a file that does not load is reported without its contents."""
+        """The target network, from the cache or built inside the one-run slot (waiting for a run to end; a
+        :class:`BusyError` after :attr:`wait_seconds`). ``name``: one of :attr:`targets`; ``weights``:
+        ``default``, ``random:SEED`` or a file name under the models folder. Before it is built, its weights'
+        bytes (from its architecture) are checked against the memory available; a file that does not load is
+        reported without its contents."""
+        name = check_target(name, self.targets)
+        key = (name, resolve_weights(weights, self.limits), int(size), layers)
+        with self._guard:
+            if key in self._targets:
+                self._targets.move_to_end(key)
+                return self._targets[key][0]
+        if not self._run_lock.acquire(timeout=self.wait_seconds):
+            raise BusyError(RUN_BUSY)
+        try:
+            return self._target(name, weights, size, layers)
+        finally:
+            self._run_lock.release()
+
+    @property
+    def cached_target_bytes(self) -> int:
+        """Bytes of the targets the cache holds (parameters and buffers)."""
+        with self._guard:
+            return sum(size for _, size in self._targets.values())
+
+    def _target(self, name: str, weights: str, size: int, layers: tuple[str, ...] | None = None) -> TargetNetwork:
+        """:meth:`target` for a caller that holds the run slot."""
+        name = check_target(name, self.targets)
         source = resolve_weights(weights, self.limits)
         key = (name, source, int(size), layers)
         with self._guard:
-            if key not in self._targets:
-                if len(self._targets) >= 4:
-                    self._targets.pop(next(iter(self._targets)))
-                try:
-                    target = TargetNetwork.from_name(name, list(layers) if layers else None, weights=source,
-                                                     input_size=(int(size), int(size)))
-                except Exception as err:
-                    if source in ("default",) or source.startswith("random:"):
-                        raise
-                    # the loader's text may quote the file (a text file: "Unsupported operand 83", its first byte)
-                    raise ValueError(f"`--weights` {weights.strip()!r}: could not be loaded as the state dict of "
-                                     f"{name!r} ({type(err).__name__}); expected a file written by "
-                                     f"torch.save(model.state_dict()) for this target.") from None
-                self._targets[key] = target.to(self.device).eval()
-            return self._targets[key]
+            if key in self._targets:
+                self._targets.move_to_end(key)
+                return self._targets[key][0]
+        need = architecture(name).weight_bytes
+        with self._guard:  # the oldest targets that go to make room for the new one
+            keys, held = list(self._targets), sum(b for _, b in self._targets.values())
+            leaving = []
+            while keys and held + need > self.target_cache_bytes:
+                leaving.append(keys.pop(0))
+                held -= self._targets[leaving[-1]][1]
+            freed = sum(self._targets[k][1] for k in leaving)
+        # the weights, and while a file loads its state dict beside them, with the allocator's margin; what the
+        # cache gives up counts as free (nothing is given up for a target that is refused)
+        cost = int(need * (1 if source == "default" or source.startswith("random:") else 2) * MARGIN)
+        have = available_memory(self.device) + freed
+        if cost > have:
+            raise InsufficientMemoryError(
+                f"`--target` {name!r}: building it needs an estimated {format_bytes(cost)} (its weights, "
+                f"{format_bytes(need)}, with margin), but only {format_bytes(have)} is available on {self.device}; "
+                f"pick a smaller target.")
+        if leaving:
+            with self._guard:
+                for k in leaving:
+                    self._targets.pop(k, None)
+            gc.collect()
+        try:
+            target = TargetNetwork.from_name(name, list(layers) if layers else None, weights=source,
+                                             input_size=(int(size), int(size)))
+        except WeightsMismatchError:
+            raise  # counts the keys and shapes that do not fit; shows no tensor of the file
+        except Exception as err:
+            if source in ("default",) or source.startswith("random:"):
+                raise
+            # the loader's text may quote the file (a text file: "Unsupported operand 83", its first byte)
+            raise ValueError(f"`--weights` {_shown(weights.strip())}: could not be loaded as the state dict of "
+                             f"{name!r} ({type(err).__name__}); expected a file written by "
+                             f"torch.save(model.state_dict()) for this target.") from None
+        target = target.to(self.device).eval()
+        with self._guard:
+            self._targets[key] = (target, module_bytes(target))
+            while len(self._targets) > 1 and sum(b for _, b in self._targets.values()) > self.target_cache_bytes:
+                self._targets.popitem(last=False)
+        return target
 
     def layer_choices(self, name: str = DEFAULT_TARGET, weights: str = "default") -> tuple[list[str], str]:
         """``(layers, default)``: the target's default depths first, then every other module name;
-        the default is a middle depth (``blocks.2`` for EfficientNet-Lite0)."""
+        the default is a middle depth (``blocks.2`` for EfficientNet-Lite0). Read from the target's architecture
+        (the ``meta`` device): nothing is built, whatever the target (``weights`` is checked, not loaded)."""
+        name = check_target(name, self.targets)
+        resolve_weights(weights, self.limits)
         defaults = list(DEFAULT_LAYERS.get(name, ()))
-        target = self.target(name, weights, 224)
-        names = defaults + [n for n in target.layer_names() if n not in defaults]
-        default = defaults[max(0, len(defaults) // 2 - 1)] if defaults else target.layers[-1]
+        modules = architecture(name).layers
+        names = defaults + [n for n in modules if n not in defaults]
+        default = defaults[max(0, len(defaults) // 2 - 1)] if defaults else architecture(name).default_layer
         return names, default
 
-    def load_image(self, image: str | np.ndarray | None, size: int) -> tuple[torch.Tensor, str]:
-        """``((1, 3, size, size) in [0, 1], name)`` of a bundled photo, an image file or an uploaded array."""
+    def load_image(self, image: str | Upload | np.ndarray | None, size: int) -> tuple[torch.Tensor, str]:
+        """``((1, 3, size, size) in [0, 1], name)`` of a bundled photo, an upload (read with
+        :func:`diffinv.io.load_image`: the pixel limit, ``DIFFINV_MAX_IMAGE_PIXELS``, applies), an image file or
+        an array. An upload that cannot be read is reported by the visitor's own file name, never its server
+        path."""
         if image is None or (isinstance(image, str) and not image.strip()):
             raise ValueError("`--images`: no image; pick a bundled photo or upload one.")
+        if isinstance(image, Upload):
+            shown = _shown(image.name) if image.name else "the upload"
+            try:
+                return load_image(image.path, size).unsqueeze(0), "upload"
+            except (ValueError, OSError) as err:
+                text = str(err).replace(repr(image.path), shown).replace(image.path, shown)
+                text = text.replace(os.path.dirname(image.path) + os.sep, "")
+                raise ValueError(f"`--images` (upload {shown}): {text}") from None
         if isinstance(image, np.ndarray):
             if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
                 raise ValueError(f"`--images`: the uploaded image has shape {image.shape}; expected (H, W) or (H, W, 3).")
@@ -329,8 +419,8 @@ class Workbench:
             return sample_images([image], size), image
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"`--images` {image!r}: no such file; expected one of {', '.join(PHOTOS)} or an "
-                                    f"image file.")
+            raise FileNotFoundError(f"`--images` {_shown(image)}: no such file; expected one of {', '.join(PHOTOS)} "
+                                    f"or an image file.")
         return load_image(path, size).unsqueeze(0), path.name
 
     # ------------------------------------------------------------------ Invert
@@ -339,15 +429,24 @@ class Workbench:
         under the models folder (raises ``ValueError`` naming the field, the value and the bound)."""
         limits = self.limits
         check_photo(request.image)
+        target = check_target(request.target, self.targets)
+        if not isinstance(request.method, str) or request.method not in INVERTERS:
+            raise ValueError(f"`--method` {_shown(request.method)}: expected one of {', '.join(INVERTERS)}.")
         resolve_weights(request.weights, limits)
+        size = bounded_int(request.size, "--size", MIN_SIZE, limits.max_size, "this server's --max-size")
+        fixed = architecture(target).input_size
+        if fixed is not None and (size, size) != fixed:
+            above = f", above this server's --max-size {limits.max_size}" if fixed[0] > limits.max_size else ""
+            raise ValueError(f"`--size` {size}: target {target!r} takes {fixed[0]} x {fixed[1]} images only (its "
+                             f"input size is fixed); expected --size {fixed[0]}{above}.")
         iterations = request.iterations
         if iterations is not None:
             iterations = bounded_int(iterations, "--iterations", 1, limits.max_iterations,
                                      "this server's --max-iterations")
         steps = None if request.steps is None else bounded_int(request.steps, "--steps", 1, limits.max_steps)
         return dataclasses.replace(
-            request, size=bounded_int(request.size, "--size", MIN_SIZE, limits.max_size, "this server's --max-size"),
-            iterations=iterations, seed=bounded_int(request.seed, "--seed", 0, MAX_SEED, "2**32 - 1"), steps=steps,
+            request, target=target, size=size, iterations=iterations, steps=steps,
+            seed=bounded_int(request.seed, "--seed", 0, MAX_SEED, "2**32 - 1"),
             model=resolve_folder(request.model, "--model", limits, builtin=MODEL_DEFINITIONS),
             decoder=resolve_folder(request.decoder, "--decoder", limits),
             mapper=resolve_folder(request.mapper, "--mapper", limits))
@@ -454,16 +553,17 @@ class Workbench:
 
     def _begin(self, request: InvertRequest, session: Session, layers_of: Callable[[InvertRequest], tuple]):
         """Claims ``session`` for a run and prepares it: ``(checked request, layers, make_inverter, original,
-        image name, target)``. Raises :class:`BusyError` when the session runs already, else the first
-        error of the fields (the session released again)."""
+        image name, build)``. Raises :class:`BusyError` when the session runs already, else the first error of
+        the fields (the session released again). ``build()`` gives the target: the run's work calls it inside the
+        run slot (from the cache, or built then, after its memory check)."""
         session.claim()
         try:
             request = self.checked(request)
             layers = layers_of(request)
             make_inverter = self._check(request, layers)
             original, name = self.load_image(request.image, request.size)
-            return request, layers, make_inverter, original, name, self.target(request.target, request.weights,
-                                                                               request.size, layers)
+            return request, layers, make_inverter, original, name, lambda: self._target(
+                request.target, request.weights, request.size, layers)
         except BaseException:
             session.release()
             raise
@@ -471,7 +571,7 @@ class Workbench:
     def invert(self, request: InvertRequest, session: Session) -> Iterator[Update]:
         """Inverts one image at one layer, streaming :class:`Update` s; the last one has the metrics."""
         try:
-            request, _, make_inverter, original, name, target = self._begin(request, session, _chosen_layer)
+            request, _, make_inverter, original, name, build = self._begin(request, session, _chosen_layer)
         except BaseException as err:
             yield Update(str(err) if isinstance(err, BusyError) else self.error_text(err), error=True, done=True)
             return
@@ -479,6 +579,7 @@ class Workbench:
         losses: list[tuple[int, float]] = []
 
         def work(emit):
+            target = build()
             features = FeatureSet.extract(target, original.to(target.mean.device), request.layer, sources=[name])
             out = self._invert_one(target, make_inverter, features, request, session, emit, request.layer)
             emit(("done", out, self._metrics(target, out.images, original, out)))
@@ -518,7 +619,7 @@ class Workbench:
         """Inverts one image at each of the target's default layers (shallow to deep), side by side,
         then the PSNR-vs-depth plot (:func:`diffinv.jobs.report.write_depth_plot`)."""
         try:
-            request, layers, make_inverter, original, name, target = self._begin(request, session, _default_layers)
+            request, layers, make_inverter, original, name, build = self._begin(request, session, _default_layers)
         except BaseException as err:
             yield Update(str(err) if isinstance(err, BusyError) else self.error_text(err), error=True, done=True)
             return
@@ -529,6 +630,7 @@ class Workbench:
             plot_path = self.work_dir / f"depth-{self._runs}" / "psnr_vs_depth.png"
 
         def work(emit):
+            target = build()
             x = original.to(target.mean.device)
             for layer in layers:
                 if session.cancel.is_set():
@@ -622,8 +724,7 @@ class Workbench:
             raise ValueError(f"`--iterations` {request.iterations} x `--top` {top}: the Channels tab optimizes one "
                              f"image per channel, and {request.iterations * top} image-iterations are above this "
                              f"server's --max-iterations {budget}; lower either.")
-        if not request.layer:
-            raise ValueError("`--layer`: no layer chosen.")
+        _chosen_layer(request)
         make_inverter = self._check(request, images=top)
         if not self._run_lock.acquire(timeout=self.wait_seconds):
             raise BusyError(RUN_BUSY)
@@ -634,7 +735,7 @@ class Workbench:
 
     def _channels(self, request: InvertRequest, top: int, make_inverter) -> ChannelView:
         original, _ = self.load_image(request.image, request.size)
-        target = self.target(request.target, request.weights, request.size, (request.layer,))
+        target = self._target(request.target, request.weights, request.size, (request.layer,))
         activations = channel_activations(target, request.layer, original)[0]
         order = top_channels(activations[None], min(top, len(activations)))
         with torch.no_grad():

@@ -10,6 +10,12 @@ Gradio notice a closed page while a run works); the next run starts once it has 
 
 Numbers arrive as the visitor sent them (no Gradio ``minimum``/``maximum``, whose errors bypass the
 status line) and are checked by the Workbench against the server's bounds.
+
+An upload reaches the handler as the path the request names, unopened (:func:`upload_field`): Gradio checks
+only file objects that carry its ``meta`` marker, so a bare ``{"path": "/any/file.png"}`` would otherwise be read
+from the server's disk. The handler accepts a path only when Gradio's upload route wrote it
+(:func:`~diffinv.app.limits.check_upload`), and the Workbench reads it with :func:`diffinv.io.load_image` (the
+pixel limit, ``DIFFINV_MAX_IMAGE_PIXELS``, applies); an error is the page's message, never Gradio's.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..inverters import INVERTERS  # noqa: E402
+from .limits import MIN_SIZE, Upload, check_upload  # noqa: E402
 from .runner import DEFAULT_TARGET, PHOTOS, BusyError, InvertRequest, Workbench  # noqa: E402
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "upload_field"]
 
 NEEDS = {"diffusion": ("model",), "mapper": ("mapper", "model"), "decoder": ("decoder",)}
 METRIC_NAMES = (("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"), ("feature_residual", "feature residual",
@@ -73,6 +80,25 @@ def _files(items, folder: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _uploaded(payload) -> Upload | None:
+    """The upload field's value as the handler gets it (in place of ``gr.Image.preprocess``, which opens the
+    file): an :class:`~diffinv.app.limits.Upload` of the path the request names and the file's own name, never
+    opened here. Whether it is an upload at all is the handler's to check, and a file that is no image gets the
+    page's message instead of Gradio's error."""
+    if payload is None:
+        return None
+    return Upload(path=payload.path if isinstance(payload.path, str) else None,
+                  name=payload.orig_name if isinstance(payload.orig_name, str) else None)
+
+
+def upload_field(**kwargs) -> gr.Image:
+    """Gradio's image upload, whose value reaches the handler through :func:`_uploaded` (an instance attribute:
+    a subclass of a Gradio component would make Gradio write a ``.pyi`` file beside this module)."""
+    field = gr.Image(type="filepath", sources=["upload"], **kwargs)
+    field.preprocess = _uploaded
+    return field
+
+
 def _png(path) -> Image.Image | None:
     if not path:
         return None
@@ -82,12 +108,18 @@ def _png(path) -> Image.Image | None:
 
 def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks:
     """The Blocks of the app; ``bench`` does the work."""
-    layers, default_layer = bench.layer_choices(DEFAULT_TARGET)
+    if not bench.targets:
+        raise ValueError("`--targets`: this server allows no target network; name at least one (--targets NAME).")
+    first = DEFAULT_TARGET if DEFAULT_TARGET in bench.targets else bench.targets[0]
+    layers, default_layer = bench.layer_choices(first)
     shown = bench.work_dir / "images"
     limits = bench.limits
 
     def to_request(photo, upload, target, weights, layer, method, model, decoder, mapper, iterations, size, seed):
-        # numbers as sent: the Workbench checks them against the server's bounds (a message, never an overflow)
+        # numbers as sent: the Workbench checks them against the server's bounds (a message, never an overflow);
+        # an upload only when Gradio's upload route wrote it (never a server path the request names)
+        if upload is not None:
+            upload = Upload(str(check_upload(upload, demo.GRADIO_CACHE, demo.upload_file_set)), upload.name)
         return InvertRequest(image=upload if upload is not None else photo, target=(target or "").strip(),
                              weights=(weights or "").strip() or "default", layer=layer, method=method,
                              iterations=None if iterations in (None, "") else iterations, size=size,
@@ -108,13 +140,17 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                     "`diffinv bench`.")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                photo = gr.Dropdown(list(PHOTOS), value=PHOTOS[0], label="bundled photo (--images)")
-                upload = gr.Image(type="numpy", label="or upload an image", height=160, sources=["upload"])
-                target = gr.Textbox(DEFAULT_TARGET, label="target network (--target)")
+                # custom values reach the handler, which names the field (Gradio's own error would echo them)
+                photo = gr.Dropdown(list(PHOTOS), value=PHOTOS[0], label="bundled photo (--images)",
+                                    allow_custom_value=True)
+                upload = upload_field(label="or upload an image", height=160)
+                target = gr.Textbox(first, label="target network (--target)",
+                                    info=f"this server's: {', '.join(bench.targets)}")
                 weights = gr.Textbox("default", label="weights (--weights): default, random:SEED or a file",
                                      info="a file: its name in the server's models folder (--models-dir)")
                 layer = gr.Dropdown(layers, value=default_layer, label="layer (--layer)", allow_custom_value=True)
-                method = gr.Dropdown(list(INVERTERS), value="pixel", label="method (--method)")
+                method = gr.Dropdown(list(INVERTERS), value="pixel", label="method (--method)",
+                                     allow_custom_value=True)
                 model = gr.Dropdown(["tiny"], value=None, label="Stable Diffusion folder (--model); tiny = random "
                                     "weights, to try the path", allow_custom_value=True, visible=False)
                 decoder = gr.Textbox("", label="decoder folder (--decoder)", visible=False)
@@ -122,7 +158,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
                 with gr.Row():
                     iterations = gr.Number(100, label="iterations (--iterations)",
                                            info=f"1 to {limits.max_iterations}")
-                    size = gr.Number(128, label="size (--size)", info=f"8 to {limits.max_size} pixels")
+                    size = gr.Number(128, label="size (--size)", info=f"{MIN_SIZE} to {limits.max_size} pixels")
                     seed = gr.Number(0, label="seed (--seed)", info="0 to 2**32 - 1")
             with gr.Column(scale=2):
                 with gr.Tabs():
@@ -187,7 +223,7 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
             try:
                 names, default = bench.layer_choices((name or "").strip(), (weights_value or "").strip() or "default")
             except Exception as err:
-                return gr.update(), bench.error_text(err)
+                return gr.update(), f"**{bench.error_text(err)}**"
             return gr.update(choices=names, value=default), f"target {name}: {len(names)} layers"
 
         target.submit(refresh_layers, [target, weights], [layer, status], api_name="layers")

@@ -7,9 +7,12 @@ with exit code 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import warnings
+from pathlib import Path
 
 from .. import __version__
 from ..io import check_environment
@@ -17,7 +20,7 @@ from ..jobs.store import RunSettingsError
 from ..pipelines.definitions import ModelFilesNotFoundError
 from ..targets import WeightsNotFoundError
 from . import app, atlas, audit, bench, channels, dead_filters, extract, invert, train, video, visualize
-from .common import UsageError
+from .common import UsageError, check_unique_lists
 
 __all__ = ["build_parser", "main"]
 
@@ -34,6 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-parser of ``command``."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
+_LIBRARY = str(Path(__file__).resolve().parents[1])
+
+
+@contextlib.contextmanager
+def _warnings_as_notes(command: str):
+    """diffinv's own warnings said as ``diffinv CMD: warning: ...`` (not as Python's ``file:line: UserWarning``);
+    those of other libraries as Python says them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(_LIBRARY):
+            print(f"diffinv {command}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 # Errors that a user's input can cause: reported in one line, exit code 2.
 USER_ERRORS = (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNotFoundError, ValueError, TypeError,
                FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
@@ -41,11 +72,14 @@ USER_ERRORS = (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNot
 
 def main(argv=None) -> int:
     """Runs one command; returns the exit code (0 done, 2 usage error, 130 interrupted, 1 other failure)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_unique_lists(_command_parser(parser, args.command), args)  # a value given twice: argparse's error
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves (--workers)
     try:
         check_environment()  # a bad DIFFINV_* variable fails here, before any work
-        return args.func(args)
+        with _warnings_as_notes(args.command):
+            return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -13,7 +13,7 @@ from ..io import collect_images
 from ..labels import expand_imagefolders
 from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
 from ..jobs.bench import DEFAULT_BATCH_SIZE, work_items
-from ..jobs.distributed import launch_local, local_workers
+from ..jobs.distributed import launch_local
 from ..targets import ATLAS_LAYERS, DEFAULT_LAYERS
 from . import common
 
@@ -58,8 +58,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--methods", nargs="+", default=["pixel", "dip", "decoder"], choices=ATLAS_METHODS, metavar="METHOD",
                    help=f"any of {', '.join(ATLAS_METHODS)} (default: pixel dip decoder); decoder: trained by the "
                         f"atlas on the training split, one per layer")
-    common.add_size_arg(p)
-    p.add_argument("--seed", type=common.non_negative_int, default=0,
+    common.add_size_arg(p, scored=True)
+    p.add_argument("--seed", type=common.seed_int, default=0,
                    help="seed of the split, of the inversions and of the decoders' training (default 0)")
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images inverted together (default {DEFAULT_BATCH_SIZE})")
@@ -93,20 +93,24 @@ def run(args) -> int:
     trainer = None
     if "decoder" in methods:
         trainer = common.decoder_trainer_from_args(args, device, seed=args.seed)
+        common.check_decoder_training_fits(args, trainer, layers)
     early_stop = common.early_stop_from_args(args)
     common.check_judge_arg(args)
     labels = common.labels_from_args(args, split.evaluation)
-    common.check_memory_fits(args, layers, methods, images=len(split.evaluation), batch_size=args.batch_size)
 
-    # 2. On CPU, several processes with a share of the cores each (--workers)
+    # 2. On CPU, several processes with a share of the cores each (--workers), each in the memory estimate
     items = len(work_items(layers, methods, [args.seed], len(split.evaluation), args.batch_size))
-    workers = local_workers(args.workers, device, items)
+    workers = common.workers_from_args(args, device, items)
     if trainer is not None and args.train_batch_size % workers:
         # the decoders train data-parallel over the processes: the global batch is split evenly
         if args.workers != "auto":
             raise common.UsageError(f"`--workers` {workers}: the decoders train data-parallel over the processes, so "
                                     f"`--train-batch-size` {args.train_batch_size} must be divisible by it.")
         workers = max(w for w in range(1, workers + 1) if args.train_batch_size % w == 0)
+    workers = common.fit_workers(
+        args, workers, lambda n: common.check_memory_fits(args, layers, methods, images=len(split.evaluation),
+                                                          batch_size=args.batch_size, processes=n),
+        allowed=lambda n: trainer is None or args.train_batch_size % n == 0)
     if workers > 1:
         print(f"diffinv atlas: {workers} processes on this machine (--workers)")
         return launch_local(args.argv, workers)

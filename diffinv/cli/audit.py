@@ -34,8 +34,8 @@ def add_parsers(sub) -> None:
                         f"audit on --train-images (clean features: the naive attacker; defended: the adaptive one); "
                         f"diffusion: naive attacker only")
     common.add_image_source_args(p, default_count=8)
-    common.add_size_arg(p)
-    p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0], help="random seeds (default 0)")
+    common.add_size_arg(p, scored=True)
+    p.add_argument("--seeds", type=common.seed_int, nargs="+", default=[0], help="random seeds (default 0)")
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images attacked together (default {DEFAULT_BATCH_SIZE}): a work item is one layer, defense, "
                         f"method, attacker, seed and batch of images")
@@ -79,6 +79,7 @@ def run(args) -> int:
             raise common.UsageError("`--train-images`: no training images left (the audited images are held out).")
         methods["decoder"] = common.decoder_trainer_from_args(args, device, images=[str(f) for f in train_images],
                                                               val_fraction=0.0)
+        common.check_decoder_training_fits(args, methods["decoder"], layers)
 
     # 2. Target, then the audit (resumed, or refused when --out holds other settings)
     state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..jobs.bench import DEFAULT_BATCH_SIZE, run_benchmark, work_items
-from ..jobs.distributed import launch_local, local_workers
+from ..jobs.distributed import launch_local
 from ..targets import DEFAULT_LAYERS
 from . import common
 
@@ -30,8 +30,8 @@ def _add_arguments(p, *, demo: bool) -> None:
                                           f"{'|'.join(common.HYBRID_METHODS)} (default: pixel dip, plus diffusion "
                                           f"with --model)")
     common.add_image_source_args(p, default_count=4)
-    common.add_size_arg(p)
-    p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0] if demo else [0, 1],
+    common.add_size_arg(p, scored=True)
+    p.add_argument("--seeds", type=common.seed_int, nargs="+", default=[0] if demo else [0, 1],
                    help=f"random seeds (default {'0' if demo else '0 1'})")
     p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images inverted together (default {DEFAULT_BATCH_SIZE}); a work item is one layer, method, "
@@ -56,13 +56,17 @@ def run(args) -> int:
     factories = {m: common.inverter_factory(m, args) for m in methods}
     common.check_judge_arg(args)
     count = common.image_count(args, default_count=4)
-    common.check_memory_fits(args, layers, methods, images=count, batch_size=args.batch_size, processes=local_workers(
-        args.workers, device, len(work_items(layers, methods, args.seeds, count, args.batch_size))))
+    fitted = common.fit_workers(
+        args, common.workers_from_args(args, device, len(work_items(layers, methods, args.seeds, count,
+                                                                     args.batch_size))),
+        lambda n: common.check_memory_fits(args, layers, methods, images=count, batch_size=args.batch_size,
+                                           processes=n))
     images, names, labels, dataset = common.load_images_and_labels(args, default_count=4)
 
-    # 2. On CPU, several processes with a share of the cores each (--workers): this command again,
-    #    under torchrun's launcher, on this machine
-    workers = local_workers(args.workers, device, len(work_items(layers, methods, args.seeds, len(names), args.batch_size)))
+    # 2. On CPU, several processes with a share of the cores each (--workers, each in the memory estimate):
+    #    this command again, under torchrun's launcher, on this machine
+    workers = min(fitted, common.workers_from_args(
+        args, device, len(work_items(layers, methods, args.seeds, len(names), args.batch_size))))
     if workers > 1:
         print(f"diffinv {args.command}: {workers} processes on this machine (--workers)")
         return launch_local(args.argv, workers)

@@ -25,7 +25,7 @@ def add_parsers(sub) -> None:
     which.add_argument("--top", type=common.positive_int, help="the N channels most active on the image (mean activation)")
     p.add_argument("--method", default="pixel", choices=common.METHODS, help="inversion method (default pixel)")
     common.add_size_arg(p)
-    p.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=common.seed_int, default=0, help="random seed (default 0)")
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder: reconstructions/, heatmaps/, channels.png, results.json")
     common.add_method_args(p)

@@ -8,7 +8,7 @@
 | ``--target``/``--weights`` | the network and its weights (``default``, ``random:SEED`` or a file) |
 | ``--method``/``--methods`` | one method / several, from the registry, or a hybrid ``START+diffusion``/``START+pixel`` |
 | ``--init``/``--strength`` | a hybrid's start (a method's estimate or an image file) and diffusion's img2img strength |
-| ``--seed``/``--seeds`` | one seed / several |
+| ``--seed``/``--seeds`` | one seed / several, each in ``0 .. 2**32 - 1`` |
 | ``--iterations`` | optimization iterations of a white-box method |
 | ``--param``/``--dip-start`` | pixel's parameterization; DIP's first images (grey or the generators' random pattern) |
 | ``--steps`` | sampler steps K of the diffusion chain |
@@ -16,11 +16,15 @@
 | ``--batch-size`` | images processed together (bench items; the global batch of a training step) |
 | ``--device`` | ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` |
 | ``--overwrite`` | start a fresh run in an output folder that holds another run |
+| ``--workers``/``--force-workers`` | local processes of a job of work items; above the CPU cores only when forced |
+
+A list flag (``nargs="+"``) takes each value once (:func:`check_unique_lists`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import tempfile
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..compilation import MODES as COMPILE_MODES
 from ..inverters import INVERTERS, OptionError, inverter_spec, options_for
 from ..inverters.diffusion import HYBRID_STRENGTH
 from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
@@ -41,9 +46,10 @@ from ..io import collect_images
 from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
-from ..resources import check_job_memory
-from ..jobs.distributed import launch_state
-from ..jobs.training import MIXED_PRECISION, TrainConfig
+from ..metrics import MIN_IMAGE_SIZE
+from ..resources import InsufficientMemoryError, check_job_memory
+from ..jobs.distributed import launch_state, local_workers
+from ..jobs.training import MIXED_PRECISION, TrainConfig, check_training_memory
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 
@@ -66,6 +72,8 @@ __all__ = [
     "add_out_arg",
     "add_overwrite_arg",
     "add_size_arg",
+    "add_workers_arg",
+    "check_unique_lists",
     "add_target_args",
     "check_out_dir",
     "check_memory_fits",
@@ -76,7 +84,10 @@ __all__ = [
     "positive_float",
     "positive_int",
     "resolve_device",
+    "seed_int",
     "unit_float",
+    "fit_workers",
+    "workers_from_args",
 ]
 
 DEFAULT_SIZE = 128
@@ -86,9 +97,18 @@ OPTION_FLAGS = {"method": "--method", "init": "--init", "iterations": "--iterati
                 "steps": "--steps", "num_inference_steps": "--steps", "model": "--model", "prompt": "--prompt",
                 "decoder": "--decoder", "mapper": "--mapper", "compile": "--compile", "strength": "--strength",
                 "gan": "--gan", "truncation": "--truncation", "restarts": "--restarts", "device": "--device",
-                "temporal_weight": "--temporal-weight", "parameterization": "--param", "grey_start": "--dip-start"}
+                "temporal_weight": "--temporal-weight", "parameterization": "--param", "grey_start": "--dip-start",
+                "attention": "--attention", "channels_last": "--channels-last", "taesd": "--taesd"}
 # ``--dip-start``: DIP's ``grey_start`` option (no flag: the stride's rule, ``GREY_START_STRIDE``).
 DIP_STARTS = {"grey": True, "random": False}
+
+
+def _compile_mode(text: str) -> str:
+    """``--compile MODE``: one of :data:`~diffinv.compilation.MODES`."""
+    if text not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(f"invalid mode {_shown_text(text)!r}; expected one of {', '.join(COMPILE_MODES)} "
+                                         f"(or --compile alone for the default mode)")
+    return text
 
 
 class UsageError(ValueError):
@@ -96,17 +116,22 @@ class UsageError(ValueError):
 
 
 # ---------------------------------------------------------------------- argument types (checked by argparse)
+def _shown_text(text: str, limit: int = 60) -> str:
+    """A value as typed, cut short when long (a 5000-digit number is shown by its start and its length)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _number(cast: type, expected: str, accept) -> "Callable[[str], int | float]":
     """An argparse ``type``: ``cast(text)`` if ``accept(value)``, else argparse's error (exit code 2):
-    ``argument --size: expected a positive integer (>= 1), got 0``."""
+    ``argument --size: expected a positive integer (>= 1), got 0`` (a long value cut short)."""
 
     def parse(text: str):
         try:
             value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        except ValueError:  # not a number (or more digits than Python converts)
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {_shown_text(text)!r}") from None
         if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {_shown_text(text)}")
         return value
 
     parse.__name__ = expected  # argparse names the type in its messages
@@ -118,6 +143,41 @@ non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
 positive_float = _number(float, "a finite number > 0", lambda v: 0 < v < math.inf)
 non_negative_float = _number(float, "a finite number >= 0", lambda v: 0 <= v < math.inf)
 unit_float = _number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+#: The largest ``--seed``/``--seeds``: the seeds every generator of a job takes (NumPy's, which accelerate's
+#: ``set_seed`` seeds in training, stops at 2**32 - 1; torch's at 2**64 - 1), as in the app.
+MAX_SEED = 2**32 - 1
+seed_int = _number(int, f"a seed in 0 .. {MAX_SEED} (2**32 - 1)", lambda v: 0 <= v <= MAX_SEED)
+
+
+def _scored_size(text: str) -> int:
+    """``--size`` of a command that scores its images: a positive integer, and not below SSIM's window."""
+    value = positive_int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {MIN_IMAGE_SIZE} (SSIM's {MIN_IMAGE_SIZE}-pixel "
+                                         f"window, diffinv.metrics.MIN_IMAGE_SIZE), got {value}")
+    return value
+
+
+_scored_size.__name__ = f"an integer >= {MIN_IMAGE_SIZE}"
+
+
+def check_unique_lists(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every list flag of ``parser`` (``nargs`` ``+``/``*``) takes each value once: a value given twice is
+    argparse's error naming the flag and the value (exit code 2), not the same row, item or file twice."""
+    for action in parser._actions:
+        values = getattr(args, action.dest, None) if action.nargs in ("+", "*") else None
+        if not isinstance(values, list):
+            continue
+        seen = set()
+        for value in values:
+            try:
+                if value in seen:
+                    shown = _shown_text(value) if isinstance(value, str) else value
+                    parser.error(f"argument {argparse._get_action_name(action)}: {shown!r} is given twice; "
+                                 f"expected each value once")
+                seen.add(value)
+            except TypeError:  # not hashable: not a value a user typed
+                break
 
 
 # ---------------------------------------------------------------------- output locations
@@ -167,9 +227,12 @@ def add_images_arg(p: argparse.ArgumentParser, help: str = "image files and/or f
     p.add_argument("--images", nargs="+", default=kwargs.pop("default", None), help=help, **kwargs)
 
 
-def add_size_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
-                   help=f"images are resized and center-cropped to SIZE x SIZE (default {DEFAULT_SIZE})")
+def add_size_arg(p: argparse.ArgumentParser, *, scored: bool = False) -> None:
+    """``--size``; ``scored``: the command scores its images (SSIM), so SIZE is at least
+    :data:`~diffinv.metrics.MIN_IMAGE_SIZE`."""
+    least = f"; at least {MIN_IMAGE_SIZE}, SSIM's window" if scored else ""
+    p.add_argument("--size", type=_scored_size if scored else positive_int, default=DEFAULT_SIZE,
+                   help=f"images are resized and center-cropped to SIZE x SIZE (default {DEFAULT_SIZE}{least})")
 
 
 def add_target_args(p: argparse.ArgumentParser, *, weights_default: str | None = "default") -> None:
@@ -203,8 +266,39 @@ _workers.__name__ = _positive_int_or_auto.__name__
 def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
     p.add_argument("--workers", type=_workers, default=default, metavar="N|auto",
                    help="run the work items in N processes on this machine, each with its share of the CPU cores "
-                        "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU. "
-                        f"The same results; under torchrun/accelerate launch it is ignored (default {default})")
+                        "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU; at "
+                        "most the CPU cores unless --force-workers. The same results; under torchrun/accelerate "
+                        f"launch it is ignored (default {default})")
+    p.add_argument("--force-workers", action="store_true",
+                   help="allow --workers above the CPU cores this process may use (each process still counts in "
+                        "the memory estimate)")
+
+
+def workers_from_args(args: argparse.Namespace, device: torch.device, items: int) -> int:
+    """The local processes of ``--workers`` (:func:`~diffinv.jobs.distributed.local_workers`), refused above the
+    CPU cores unless ``--force-workers`` (a :class:`UsageError`)."""
+    try:
+        return local_workers(args.workers, device, items, force=getattr(args, "force_workers", False))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def fit_workers(args: argparse.Namespace, workers: int, check: Callable[[int], None],
+                allowed: Callable[[int], bool] = lambda n: True) -> int:
+    """The processes a job runs in, checked against memory by ``check(processes)`` (which raises
+    ``InsufficientMemoryError``): ``workers`` as given, or with ``--workers auto`` the most processes up to
+    ``workers`` (and ``allowed``) whose estimate fits (each process has its own base)."""
+    if args.workers != "auto":
+        check(workers)
+        return workers
+    for n in [n for n in range(workers, 0, -1) if allowed(n)] or [1]:
+        try:
+            check(n)
+            return n
+        except InsufficientMemoryError:
+            if n == 1:
+                raise
+    return 1
 
 
 def add_image_source_args(p: argparse.ArgumentParser, default_count: int) -> None:
@@ -322,6 +416,14 @@ def decoder_trainer_from_args(args: argparse.Namespace, device, **fields) -> Tra
                        device=str(device), **fields)
 
 
+def check_decoder_training_fits(args: argparse.Namespace, trainer: TrainConfig, layers) -> None:
+    """The decoders a job trains itself (:func:`add_decoder_training_args`), one per layer, checked against memory
+    before any work (:func:`~diffinv.jobs.training.check_training_memory`)."""
+    for layer in layers:
+        check_training_memory(dataclasses.replace(trainer, layer=layer, target=args.target, size=args.size,
+                                                  kind="decoder"))
+
+
 def early_stop_from_args(args: argparse.Namespace):
     """The :class:`~diffinv.optimization.EarlyStopping` of ``--patience``/``--min-delta``, or ``None`` (0)."""
     return EarlyStopping(args.patience, args.min_delta) if args.patience else None
@@ -343,9 +445,19 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dip-start", choices=tuple(DIP_STARTS), default=None,
                    help="dip: start from flat grey images or from the random generators' own pattern (default: grey "
                         "where the features' stride is 32 or more, random below)")
-    p.add_argument("--compile", action="store_true",
-                   help="pixel, dip, diffusion: run the networks through torch.compile (the same results; the first "
-                        "iterations compile, up to a minute on CPU, where the compiled networks were not faster)")
+    p.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE", type=_compile_mode,
+                   help=f"pixel, dip, diffusion: run the networks through torch.compile, in a mode of "
+                        f"{', '.join(COMPILE_MODES)} (bare: default; reduce-overhead uses CUDA graphs). The same "
+                        f"results; the first iterations compile, up to a minute on CPU, where the compiled networks "
+                        f"were not faster; a compile failure falls back to eager with one warning")
+    p.add_argument("--channels-last", action="store_true",
+                   help="diffusion: the UNet's and the decoders' weights channels-last (for GPU convolutions)")
+    p.add_argument("--attention", choices=("sdpa", "xformers"), default=None,
+                   help="diffusion: attention kernels, PyTorch's sdpa (default) or xformers (when installed)")
+    p.add_argument("--taesd", default=None, metavar="FOLDER|random",
+                   help="diffusion: decode with the tiny TAESD decoder inside the loop (a folder with its config.json "
+                        "and weights, e.g. a copy of madebyollin/taesd; random: random weights, to try the path) and "
+                        "with the full VAE for the final images")
     p.add_argument("--init", default=None, metavar="decoder|mapper|dip|gan|IMAGE",
                    help=f"diffusion, pixel: refine another method's estimate (its own flags: --decoder, --mapper, "
                         f"--gan) or an image file (a hybrid; `--method START+diffusion` / `START+pixel` mean the "
@@ -430,11 +542,13 @@ def inverter_factory(name: str, args: argparse.Namespace, **extra):
         "init": getattr(args, "init", None), "iterations": getattr(args, "iterations", None),
         "steps": getattr(args, "steps", None), "model": getattr(args, "model", None),
         "prompt": getattr(args, "prompt", None) or None, "decoder": getattr(args, "decoder", None),
-        "mapper": getattr(args, "mapper", None), "compile": True if getattr(args, "compile", False) else None,
+        "mapper": getattr(args, "mapper", None), "compile": getattr(args, "compile", None),
         "strength": getattr(args, "strength", None), "gan": getattr(args, "gan", None),
         "truncation": getattr(args, "truncation", None), "restarts": getattr(args, "restarts", None),
         "parameterization": getattr(args, "param", None), "device": str(device),
         "grey_start": DIP_STARTS.get(getattr(args, "dip_start", None)),
+        "attention": getattr(args, "attention", None), "taesd": getattr(args, "taesd", None),
+        "channels_last": True if getattr(args, "channels_last", False) else None,
     }
     try:
         options = options_for(name, **flags)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+
 import torch
 
 from ..features import FeatureSet
@@ -22,10 +24,23 @@ def add_parsers(sub) -> None:
                    help="target weights (default: those recorded in the features): 'default', 'random:SEED' or a file")
     p.add_argument("--reference", nargs="+", default=None,
                    help="the original images, in the features' order, to score the reconstructions")
-    p.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=common.seed_int, default=0, help="random seed (default 0)")
     common.add_out_arg(p, "output folder")
     common.add_method_args(p)
     p.set_defaults(func=run)
+
+
+def output_files(sources: list[str], method: str, max_bytes: int = 120) -> list[str]:
+    """One PNG name per feature map: ``{stem}_{method}.png`` (:func:`~diffinv.jobs.store.unique_names`), a stem
+    longer than ``max_bytes`` cut and marked with a hash of the whole, so that every name fits a file system's
+    255 bytes (a label of 4096 characters is a valid source)."""
+    files = []
+    for name in unique_names(sources):
+        if len(name.encode()) > max_bytes:
+            digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+            name = f"{name.encode()[:max_bytes - 9].decode(errors='ignore')}-{digest}"
+        files.append(f"{name}_{method}.png")
+    return files
 
 
 def run(args) -> int:
@@ -36,6 +51,7 @@ def run(args) -> int:
     if args.reference and len(args.reference) != len(fs):
         raise common.UsageError(f"`--reference` got {len(args.reference)} images for {len(fs)} feature maps; give one per map, "
                          f"in the order of the features' sources.")
+    files = output_files(fs.sources or [f"image_{i}" for i in range(len(fs))], args.method)
     make_inverter = common.inverter_factory(args.method, args)
     common.check_memory_fits(args, fs.layer, [args.method], images=len(fs) * (2 if args.reference else 1),
                              batch_size=len(fs), target=fs.target, size=fs.input_size,
@@ -53,7 +69,6 @@ def run(args) -> int:
     fs.check(target)
     inverter = make_inverter(target)
     out = inverter.invert(fs, generator=torch.Generator().manual_seed(args.seed))
-    files = [f"{name}_{args.method}.png" for name in unique_names(fs.sources)]
     for image, file in zip(out.images, files):
         save_image(image, out_dir / file)
     summary = {"method": args.method, "hybrid": inverter.hybrid, "settings": inverter.settings(), "seed": args.seed, "layer": fs.layer,

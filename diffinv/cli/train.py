@@ -36,7 +36,7 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                    help="without --val-*: hold out this tail fraction of every source (default 0.1)")
     p.add_argument("--max-frames", type=common.positive_int, default=None, help="at most this many frames per training video")
     p.add_argument("--stride", type=common.positive_int, default=d.stride, help="keep every STRIDE-th frame of training videos")
-    common.add_size_arg(p)
+    common.add_size_arg(p, scored=True)
     p.add_argument("--batch-size", type=common.positive_int, default=d.batch_size,
                    help=f"global batch: crops per optimizer step, summed over the processes of an `accelerate launch`/"
                         f"`torchrun` run (divisible by their number; each process trains on its equal slice of the "
@@ -60,7 +60,7 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--val-every", type=common.positive_int, default=d.val_every)
     common.add_mixed_precision_arg(p)
     common.add_device_arg(p)
-    p.add_argument("--seed", type=common.non_negative_int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--seed", type=common.seed_int, default=d.seed, help=f"random seed (default {d.seed})")
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder: trained model, log, loss curve, checkpoints (resumed when it holds the same run)")
 

@@ -35,11 +35,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--start", type=common.non_negative_int, default=0, help="first frame, 0-based (default 0)")
     p.add_argument("--frames", type=common.positive_int, default=None, help="number of frames to invert (default: to the end)")
     p.add_argument("--stride", type=common.positive_int, default=1, help="keep every STRIDE-th frame (default 1)")
-    common.add_size_arg(p)
+    common.add_size_arg(p, scored=True)
     p.add_argument("--features", default=None,
                    help="features of the selected frames (.safetensors) instead of extracting them; they are checked "
                         "against the target (network, weights, layer, size)")
-    p.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=common.seed_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-mp4", action="store_true", help="do not write reconstruction.mp4 and side_by_side.mp4")
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder: frames/, metrics.json, *.mp4 (resumed when it holds the same run); with "

@@ -78,7 +78,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=common.positive_int, default=1, help="diffusion: sampler steps K (default 1)")
     add_source_args(p)
     common.add_size_arg(p)
-    p.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=common.seed_int, default=0, help="random seed (default 0)")
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder: grid.png, tiles/, results.json, results.md")
     common.add_device_arg(p)

@@ -154,6 +154,14 @@ def _check_folders(method: str, options: Mapping) -> None:
                     f"method {method!r}: `model` {os.fspath(model)!r} is not a folder; expected a diffusers Stable "
                     f"Diffusion folder, or {', '.join(DEFINITIONS)} for random weights."))
             check_model_dir(str(path))
+    taesd = options.get("taesd")
+    if isinstance(taesd, (str, os.PathLike)) and os.fspath(taesd) != "random":
+        path = Path(taesd).expanduser()
+        if (is_local_path(os.fspath(taesd)) or path.exists()) and not (path / "config.json").is_file():
+            what = "is not a TAESD folder (no config.json)" if path.exists() else "does not exist"
+            raise OptionError(method, "taesd", os.fspath(taesd), message=(
+                f"method {method!r}: `taesd` {os.fspath(taesd)!r} {what}; expected a "
+                f"folder with an AutoencoderTiny's config.json and weights (a copy of madebyollin/taesd), or random."))
     gan = options.get("gan")
     if method == "gan" and isinstance(gan, (str, os.PathLike)) and not is_random_biggan(os.fspath(gan)):
         biggan_files(gan, cache_dir=options.get("cache_dir"))

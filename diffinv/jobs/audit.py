@@ -31,8 +31,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,7 +51,7 @@ from ..stats import bootstrap_ci, format_ci
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, work_items
 from .items import LayerCache, WorkRunner, image_label, image_scores, item_settings, merge_records, place
-from .report import SEMANTIC_METRICS, per_image, write_grid, write_privacy_utility_plot
+from .report import SEMANTIC_METRICS, finite_per_image, write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
 from .training import NOT_SETTINGS, TrainConfig, train_decoder, with_resolved_precision
 
@@ -296,12 +298,19 @@ def run_audit(
                describe=lambda w: f"{w[0]} {w[1]} {w[2] or 'utility'} {w[3]} images {w[5].start}-{w[5].stop - 1}")
     runner.close()
 
-    # 6. Report (main process)
-    report = build_report(merge_records(store.records(), _key), layers, specs, names, [m for m in names if m not in inverters], meta={
+    # 6. Report (main process): the run's own records only (the last of an item recorded twice), said in notes
+    own = {k for item in work for k in item_keys(item)}
+    own |= {("training", layer, spec, "decoder", "", 0, "") for layer in layers for spec in specs}
+    notes: list[str] = []
+    records = merge_records(store.records(), _key, own=own, notes=notes)
+    report = build_report(records, layers, specs, names, [m for m in names if m not in inverters], meta={
         "target": target.name, "image_size": list(size), "images": len(sources), "seeds": list(seeds),
         "lpips": lpips_metric.reason or "alexnet", "device": str(device),
         "judge": judge.name if judge is not None else None})
+    report["notes"] = notes + report["notes"]
     if main:
+        for note in report["notes"]:
+            warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=2)
         write_json(out_dir / "report.json", {"config": store.settings, **report})
         write_report_md(report, out_dir / "report.md")
         write_privacy_utility_plot(report["settings"], out_dir / "privacy_utility.png", layers=list(layers),
@@ -324,12 +333,25 @@ def _grid_file(out_dir, layer, spec, column, seed, name) -> Path:
     return path
 
 
-def _with_interval(summary: dict, key: str, records: Sequence[Mapping], metric: str) -> None:
+def _finite_or_zero(value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _with_interval(summary: dict, key: str, records: Sequence[Mapping], metric: str) -> int:
     """``summary[key]``: the mean over images (each the mean of its seeds) of ``metric``, ``None`` without
-    values; ``summary[key + "_ci"]``: its 95 % bootstrap interval ``[low, high]`` over images."""
-    values = list(per_image(records, metric).values())
+    values; ``summary[key + "_ci"]``: its 95 % bootstrap interval ``[low, high]`` over images. Values that are
+    not finite numbers are left out (``summary[key + "_n"]``: the images in the mean); returns how many."""
+    by_image, excluded = finite_per_image(records, metric)
+    values = list(by_image.values())
     mean, low, high = bootstrap_ci(values) if values else (None, None, None)
     summary[key], summary[f"{key}_ci"] = mean, (None if mean is None else [low, high])
+    if excluded:
+        summary[f"{key}_n"] = len(values)
+    return excluded
 
 
 def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
@@ -339,14 +361,17 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
     attack PSNR; the cost in seconds. ``trained``: the methods the audit trained per defense.
 
     Every mean is over images (each the mean of its seeds), with its 95 % bootstrap interval over images
-    beside it (``METRIC_ci``: ``[low, high]``); ``n`` counts the images."""
+    beside it (``METRIC_ci``: ``[low, high]``); ``n`` counts the images. Values that are not finite numbers are
+    left out of the mean (``METRIC_n``: the images in it) and said in ``notes``."""
     rows = []
+    left_out: dict[str, list[str]] = {}  # metric -> where values were left out
     for layer in layers:
         for spec in specs:
             util = [r for r in records if r["kind"] == "utility" and r["layer"] == layer and r["defense"] == spec]
             row = {"layer": layer, "defense": spec, "utility_n": len({r["image"] for r in util}),
                    "utility_reason": next((r["reason"] for r in util if r.get("reason")), None), "attacks": {}}
-            _with_interval(row, "utility", util, "utility")
+            if _with_interval(row, "utility", util, "utility"):
+                left_out.setdefault("utility", []).append(f"{layer} {spec}")
             for method in methods:
                 entry = {}
                 for attacker in ATTACKERS:
@@ -358,7 +383,8 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
                         entry[attacker] = {"n": len({r["image"] for r in group}),
                                            "seeds": len({r.get("seed", 0) for r in group})}
                         for metric in METRICS:
-                            _with_interval(entry[attacker], metric, group, metric)
+                            if _with_interval(entry[attacker], metric, group, metric):
+                                left_out.setdefault(metric, []).append(f"{layer} {spec} {method} {source}")
                 reason = None if spec == "none" else _adaptive_reason(method, method in trained)
                 if reason:
                     entry["adaptive_reason"] = reason
@@ -381,11 +407,17 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
             "defense": best["defense"], "utility": best["utility"], "best_attack_psnr": best["best_attack_psnr"],
             "psnr_drop": (reference["best_attack_psnr"] - best["best_attack_psnr"])
             if reference and reference["best_attack_psnr"] is not None else None}
-    cost = {"attack_seconds": sum(r.get("seconds") or 0 for r in records if r["kind"] == "attack"),
-            "utility_seconds": sum(r.get("seconds") or 0 for r in records if r["kind"] == "utility"),
-            "decoder_training_seconds": sum(r.get("seconds") or 0 for r in records if r["kind"] == "training")}
+    def seconds(kind):  # a value that is not a finite number counts 0
+        return sum(_finite_or_zero(r.get("seconds")) for r in records if r["kind"] == kind)
+
+    cost = {"attack_seconds": seconds("attack"), "utility_seconds": seconds("utility"),
+            "decoder_training_seconds": seconds("training")}
+    notes = []
+    if left_out:
+        notes.append("Left out of the means, not a finite number (NaN, infinite or not a number): " + "; ".join(
+            f"{metric} ({', '.join(dict.fromkeys(where))})" for metric, where in left_out.items()) + ".")
     return {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
-            "recommendation": recommendation, "cost_seconds": cost}
+            "recommendation": recommendation, "cost_seconds": cost, "notes": notes}
 
 
 def write_report_md(report: Mapping, path) -> str:
@@ -398,7 +430,8 @@ def write_report_md(report: Mapping, path) -> str:
         if value is None:
             return "n/a"
         low, high = (summary.get(f"{key}_ci") or [value, value])
-        return format_ci(value, low, high, digits)
+        counted = summary.get(f"{key}_n")  # only where values were left out as not finite
+        return format_ci(value, low, high, digits) + ("" if counted is None else f" (n = {counted})")
 
     lines = ["# Privacy audit", ""]
     meta = report.get("meta", {})
@@ -462,6 +495,8 @@ def write_report_md(report: Mapping, path) -> str:
     cost = report["cost_seconds"]
     lines.append(f"Cost: {cost['attack_seconds']:.0f} s of attacks, {cost['utility_seconds']:.1f} s of utility, "
                  f"{cost['decoder_training_seconds']:.0f} s of decoder training.")
+    if report.get("notes"):
+        lines += ["", "Records: " + " ".join(report["notes"])]
     text = "\n".join(lines) + "\n"
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -112,10 +113,11 @@ def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[in
 
 
 def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-                   sources: Sequence[str]) -> list[dict]:
-    """The records of every process, one per key (the first written), in the order of the settings:
-    layer, method, seed, image."""
-    return merge_records(records, _key, (layers, methods, seeds, sources))
+                   sources: Sequence[str], notes: list[str] | None = None) -> list[dict]:
+    """The records of every process, one per item of the run (the last written), in the order of the settings:
+    layer, method, seed, image; records of other items are left out (:func:`~diffinv.jobs.items.merge_records`,
+    which says both in ``notes``)."""
+    return merge_records(records, _key, (layers, methods, seeds, sources), notes=notes)
 
 
 def run_benchmark(
@@ -204,8 +206,8 @@ def run_benchmark(
             "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet", "device": str(device),
             "processes": 1 if state is None else state.num_processes, "threads": torch.get_num_threads()}
 
-    def write_results() -> list[dict]:
-        records = merged_records(store.records(), layers, list(inverters), seeds, sources)
+    def write_results(notes: list[str] | None = None) -> list[dict]:
+        records = merged_records(store.records(), layers, list(inverters), seeds, sources, notes)
         write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": records})
         return records
 
@@ -243,8 +245,12 @@ def run_benchmark(
                describe=lambda w: f"{w[0]} {w[1]} seed {w[2]} images {w[3].start}-{w[3].stop - 1}")
     runner.close()
     if main:
-        records = write_results()
-        write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta)
+        notes: list[str] = []  # what the records held that does not count, said once, at the end
+        records = write_results(notes)
+        for note in notes:
+            warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=2)
+        write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta,
+                    record_notes=notes)
         write_grid(images, layers, list(inverters),
                    lambda layer, method: image_path(out_dir, layer, method, seeds[0], names[0]), out_dir / "grid.png")
         write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=list(layers), methods=list(inverters))

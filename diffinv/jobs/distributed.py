@@ -64,9 +64,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def local_workers(workers: int | str, device: torch.device, items: int) -> int:
+def local_workers(workers: int | str, device: torch.device, items: int, *, force: bool = False) -> int:
     """The number of local processes for ``--workers``: ``"auto"`` is one per CPU core (at most one
-    per work item) on CPU and 1 on a GPU; 1 under ``torchrun``/``accelerate launch`` (already split)."""
+    per work item) on CPU and 1 on a GPU; 1 under ``torchrun``/``accelerate launch`` (already split).
+
+    Raises:
+        ValueError: more processes than GPUs on CUDA, or than the CPU cores this process may use on CPU
+            (more only share the cores, each with its own memory) unless ``force`` (``--force-workers``).
+    """
     if is_distributed_launch():
         return 1
     if workers == "auto":
@@ -75,6 +80,11 @@ def local_workers(workers: int | str, device: torch.device, items: int) -> int:
     if gpus is not None and workers > gpus:
         raise ValueError(f"`--workers` {workers} on {device}: each process needs a GPU of its own and this machine "
                          f"has {gpus}; use --workers {gpus} or fewer (or --device cpu).")
+    cores = available_cores()
+    if gpus is None and workers > cores and not force:
+        raise ValueError(f"`--workers` {workers}: this process may use {cores} CPU core{'s' if cores > 1 else ''}, "
+                         f"and more processes only share them, each with its own memory; use --workers {cores} or "
+                         f"fewer, or pass --force-workers to run more processes than cores.")
     return int(workers)
 
 

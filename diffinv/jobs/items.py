@@ -14,7 +14,8 @@ records each item writes (their keys) and how to run one; :class:`WorkRunner` do
   When a process has gone through the list, it waits for the items other processes hold and runs
   those whose holder died before finishing them; so every process returns the whole run.
 * **progress**: one bar per process;
-* **merge**: :func:`merge_records` keeps one record per key (the first written) in the settings' order.
+* **merge**: :func:`merge_records` keeps one record per item of the run (the last written), in the settings'
+  order; records of items that are not in the run are left out, and both are said.
 
 Claims are ``flock`` locks: they hold between the processes of one machine and, on a shared file
 system that supports them (NFSv4, Lustre with ``-o flock``), between machines. The folder of claims
@@ -50,7 +51,7 @@ from .distributed import process_device
 from .store import RunSettingsError, RunStore
 
 __all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_label", "image_scores", "item_settings", "merge_records",
-           "place"]
+           "place", "record_key"]
 
 CLAIMS = ".claims"  # the folder of claim files inside a run folder
 ACTIVE = ".active"  # every process working on the run holds a shared lock on it
@@ -182,8 +183,10 @@ class WorkRunner:
             state.wait_for_everyone()  # every process has read the same finished records before any appends
 
     def refresh(self) -> None:
-        """Adds the keys of the records appended since the last refresh (by any process)."""
-        self.done.update(self.key(r) for r in self.store.new_records())
+        """Adds the keys of the records appended since the last refresh (by any process); a record without an
+        item's key (planted, or of another format) makes nothing done."""
+        keys = (record_key(self.key, r) for r in self.store.new_records())
+        self.done.update(k for k in keys if k is not None)
 
     def finished(self, item) -> bool:
         return all(k in self.done for k in self.item_keys(item))
@@ -241,21 +244,58 @@ class WorkRunner:
             self.claims.close()
 
 
+def record_key(key: Callable[[Mapping], tuple], record: Mapping) -> tuple | None:
+    """``key(record)``, or ``None`` when the record names no item (a field of the key missing, a value that
+    cannot be a key)."""
+    try:
+        k = key(record)
+        hash(k)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return k
+
+
 def merge_records(records: Iterable[Mapping], key: Callable[[Mapping], tuple],
-                  order: Sequence[Sequence] | None = None) -> list[dict]:
-    """One record per key (the first written). ``order``: the values of each field of the key in the
-    settings' order (``[layers, methods, ...]``); the records are sorted by it (unknown values last)."""
+                  order: Sequence[Sequence] | None = None, *, own: Iterable[tuple] | None = None,
+                  notes: list[str] | None = None) -> list[dict]:
+    """One record per item of the run, in the settings' order.
+
+    Records are not trusted as read: one whose key is not an item of this run (a field missing; with
+    ``order``, a value not among the settings' ones; with ``own``, a key not in it) is left out, and of an
+    item recorded more than once the last written counts (records are appended, so a later record is a
+    redone item). Each is said in ``notes`` (a list the caller passes, e.g. for the tables and a warning).
+
+    Args:
+        order: the values of each field of the key in the settings' order (``[layers, methods, ...]``); the
+            records are sorted by it.
+        own: the keys of every item of the run (when the fields' values alone do not say it).
+    """
+    ranks = None if order is None else [{v: i for i, v in enumerate(values)} for values in order]
+    own = None if own is None else set(own)
     unique: dict[tuple, dict] = {}
+    repeated: dict[tuple, int] = {}
+    foreign = 0
     for record in records:
-        unique.setdefault(key(record), dict(record))
-    if order is None:
+        k = record_key(key, record)
+        if k is None or (own is not None and k not in own) or (
+                ranks is not None and (len(k) != len(ranks) or any(v not in r for r, v in zip(ranks, k)))):
+            foreign += 1
+            continue
+        if k in unique:
+            repeated[k] = repeated.get(k, 1) + 1
+        unique[k] = dict(record)
+    if notes is not None:
+        if foreign:
+            notes.append(f"{foreign} record{'s' if foreign > 1 else ''} of items that are not in this run (another "
+                         f"layer, method, seed or image, or no item at all) left out.")
+        if repeated:
+            shown = "; ".join(" ".join(str(v) for v in k if v != "") for k in list(repeated)[:3])
+            more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+            notes.append(f"{len(repeated)} item{'s have' if len(repeated) > 1 else ' has'} several records "
+                         f"({shown}{more}): the last written of each is kept.")
+    if ranks is None:
         return list(unique.values())
-    ranks = [{v: i for i, v in enumerate(values)} for values in order]
-
-    def rank(k):
-        return tuple(r.get(v, len(r)) for r, v in zip(ranks, k))
-
-    return [unique[k] for k in sorted(unique, key=rank)]
+    return [unique[k] for k in sorted(unique, key=lambda k: tuple(r[v] for r, v in zip(ranks, k)))]
 
 
 def place(target, state):

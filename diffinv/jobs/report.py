@@ -6,6 +6,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,8 +16,9 @@ from PIL import Image, ImageDraw
 from ..io import atomic_path, load_image, save_figure, to_pil
 from ..stats import bootstrap_ci, format_ci, paired_difference_ci
 
-__all__ = ["METRICS", "SEMANTIC_METRICS", "paired_differences", "per_image", "plot_loss_curve", "summarize",
-           "write_depth_plot", "write_grid", "write_privacy_utility_plot", "write_table"]
+__all__ = ["METRICS", "SEMANTIC_METRICS", "excluded_note", "finite_per_image", "paired_differences", "per_image",
+           "plot_loss_curve", "summarize", "write_depth_plot", "write_grid", "write_privacy_utility_plot",
+           "write_table"]
 
 METRICS = ("psnr", "ssim", "lpips", "feature_residual", "top1_agreement", "seconds", "peak_memory_mb")
 # scores against the true labels and of the judge (a network the attack never saw); absent from older records
@@ -27,13 +30,55 @@ _FORMAT = {"psnr": 2, "ssim": 3, "lpips": 3, "feature_residual": 3, "top1_agreem
            "judge_accuracy": 2, "judge_agreement": 2, "judge_similarity": 3}
 
 
-def per_image(records: Sequence[Mapping], metric: str) -> dict[str, float]:
-    """``image -> value`` of ``metric``, the mean over the image's seeds (records without the value left out)."""
+# the column titles of results.md, for the notes
+_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "feature_residual": "feat. residual",
+           "top1_agreement": "top-1 agr.", "seconds": "s / image", "peak_memory_mb": "peak MiB",
+           "original_top1_accuracy": "target acc. (originals)", "top1_accuracy": "target acc. (recon.)",
+           "judge_original_accuracy": "judge acc. (originals)", "judge_accuracy": "judge acc. (recon.)",
+           "judge_agreement": "judge agr.", "judge_similarity": "judge feature cos."}
+
+
+def finite_per_image(records: Sequence[Mapping], metric: str) -> tuple[dict[str, float], int]:
+    """``(image -> mean over the image's seeds of metric, values left out)``: records without the value are
+    left out, and so are values that are not a finite number (NaN, infinite, a word), which are counted: an
+    image whose values are all left out is not in the mean, nor in its n."""
     values: dict[str, list[float]] = {}
+    excluded = 0
     for r in records:
-        if r.get(metric) is not None:
-            values.setdefault(r["image"], []).append(float(r[metric]))
-    return {image: sum(v) / len(v) for image, v in values.items()}
+        value = r.get(metric)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if not math.isfinite(number):
+            excluded += 1
+            continue
+        values.setdefault(r["image"], []).append(number)
+    return {image: sum(v) / len(v) for image, v in values.items()}, excluded
+
+
+def per_image(records: Sequence[Mapping], metric: str) -> dict[str, float]:
+    """``image -> value`` of ``metric``, the mean over the image's seeds (records without the value, or with
+    one that is not a finite number, left out: :func:`finite_per_image`)."""
+    return finite_per_image(records, metric)[0]
+
+
+def excluded_note(rows: Sequence[Mapping]) -> str | None:
+    """The note of :func:`summarize`'s rows whose values were left out as not finite numbers (``None``: none)."""
+    parts = []
+    for metric in dict.fromkeys(METRICS + SEMANTIC_METRICS):
+        where = [(row, row["excluded"][metric]) for row in rows if row.get("excluded", {}).get(metric)]
+        if where:
+            total = sum(k for _, k in where)
+            cells = ", ".join(f"{row['layer']} {row['method']}" + (f": {k}" if len(where) > 1 else "")
+                              for row, k in where)
+            parts.append(f"{_TITLES.get(metric, metric)} {total} value{'s' if total > 1 else ''} ({cells})")
+    if not parts:
+        return None
+    return ("Left out of the means and of their n, not a finite number (NaN, infinite or not a number): "
+            + "; ".join(parts) + ".")
 
 
 def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str]) -> list[dict]:
@@ -41,7 +86,9 @@ def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequen
 
     Each image counts once (its value is the mean over its seeds); the interval resamples images
     (:func:`~diffinv.stats.bootstrap_ci`, seeded). A row holds ``n`` (images), ``seeds``, and per
-    metric ``(mean, low, high)`` or ``None`` where no record has the value.
+    metric ``(mean, low, high)`` or ``None`` where no record has the value; ``counts``: per metric the
+    images in its mean; ``excluded``: per metric the values left out as not finite numbers (only those
+    with some), which are in neither the mean nor its count.
     """
     rows = []
     for layer in layers:
@@ -51,10 +98,14 @@ def summarize(records: Sequence[Mapping], layers: Sequence[str], methods: Sequen
                 continue
             row = {"layer": layer, "method": method, "n": len({r["image"] for r in group}),
                    "seeds": len({r.get("seed", 0) for r in group}), "white_box": group[0].get("white_box", True),
-                   "hybrid": group[0].get("hybrid", False)}
+                   "hybrid": group[0].get("hybrid", False), "counts": {}, "excluded": {}}
             for metric in dict.fromkeys(METRICS + SEMANTIC_METRICS):
-                values = list(per_image(group, metric).values())
+                by_image, excluded = finite_per_image(group, metric)
+                values = list(by_image.values())
                 row[metric] = bootstrap_ci(values, confidence=CONFIDENCE) if values else None
+                row["counts"][metric] = len(values)
+                if excluded:
+                    row["excluded"][metric] = excluded
             rows.append(row)
     return rows
 
@@ -86,14 +137,23 @@ def paired_differences(records: Sequence[Mapping], layers: Sequence[str], method
     return rows
 
 
-def _cell(value, metric: str) -> str:
-    return "n/a" if value is None else format_ci(*value, digits=_FORMAT.get(metric, 2))
+def _cell(value, metric: str, row: Mapping | None = None) -> str:
+    """A mean and its interval; ``(n = K)`` after it where values of the row were left out as not finite."""
+    text = "n/a" if value is None else format_ci(*value, digits=_FORMAT.get(metric, 2))
+    if row is not None and row.get("excluded", {}).get(metric):
+        text += f" (n = {row['counts'][metric]})"
+    return text
 
 
-def write_table(records, path, *, layers, methods, meta: Mapping | None = None) -> str:
+def write_table(records, path, *, layers, methods, meta: Mapping | None = None,
+                record_notes: Sequence[str] = ()) -> str:
     """Writes ``results.md`` and returns it: per (layer, method) the mean and 95 % bootstrap interval over
     images of every metric (n = images); the accuracy against true labels and the judge's scores when the
-    records have them; each method minus the layer's best and minus pixel, paired on the same images."""
+    records have them; each method minus the layer's best and minus pixel, paired on the same images.
+
+    Values that are not finite numbers are left out of the means and their n (the cell then shows its n), said
+    in a note and a warning; ``record_notes``: more about the records (e.g. what
+    :func:`~diffinv.jobs.items.merge_records` left out), written under the tables."""
     rows = summarize(records, layers, methods)
     seeds = max((row["seeds"] for row in rows), default=1)
     per = "n = images" + (f" (each the mean of its {seeds} seeds)" if seeds > 1 else "")
@@ -102,7 +162,7 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         box = "hybrid" if row["hybrid"] else "white" if row["white_box"] else "black"
-        cells = [row["layer"], row["method"], box, str(row["n"])] + [_cell(row[m], m) for m in METRICS]
+        cells = [row["layer"], row["method"], box, str(row["n"])] + [_cell(row[m], m, row) for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Mean [95 % bootstrap interval over images]; {per}."]
 
@@ -122,7 +182,8 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
             group = [r for r in records if r["layer"] == row["layer"] and r["method"] == row["method"]]
             labelled = len({r["image"] for r in group if r.get("label") is not None})
             n = str(row["n"]) + (f" ({labelled} labelled)" if labelled < row["n"] else "")
-            lines.append("| " + " | ".join([row["layer"], row["method"], n, *(_cell(row[m], m) for m in shown)]) + " |")
+            lines.append("| " + " | ".join([row["layer"], row["method"], n, *(_cell(row[m], m, row) for m in shown)])
+                         + " |")
         note = ("acc. = share of images whose top-1 class is the true label (over the labelled images); agr. = share "
                 "of reconstructions classified as the original.")
         if any(m.startswith("judge") for m in semantic):
@@ -158,6 +219,12 @@ def write_table(records, path, *, layers, methods, meta: Mapping | None = None) 
                      "or pixel optimization; its s / image includes the start.")
     notes.append("top-1 agr. = share of reconstructions the target classifies as it classifies the original; peak "
                  "MiB = GPU allocated or CPU resident set during the inversion.")
+    excluded = excluded_note(rows)
+    if excluded:
+        warnings.warn(f"{str(path)!r}: {excluded}", stacklevel=2)
+    said = [note for note in (excluded, *record_notes) if note]
+    if said:
+        notes += ["", "Records: " + " ".join(said)]
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -18,6 +18,13 @@ Opening a folder that already holds a run *resumes* it when the settings are the
 records made under other settings are never mixed in. ``overwrite=True`` (``--overwrite``)
 clears the folder's run files and starts afresh.
 
+A run never deletes a file it did not write: a folder is a run folder when it holds a manifest; one
+that does not (a user's photos) is used only when it holds none of the names the run writes, and is
+never cleared, ``overwrite`` or not. ``overwrite`` removes the manifest, the records and the outputs
+that the manifest lists (what the run that made it declared), nothing else. The run's own files
+(manifest, records) must be regular files: a symbolic link in their place is refused when the folder
+is opened, before any work, and a record file is never read through a link.
+
 Example:
     >>> store = RunStore("bench_out", "bench", {"target": "resnet50", "iterations": 300})
     >>> if ("layer3", "pixel", 0, "cat.png") not in store.keys(KEY):
@@ -30,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -105,33 +113,71 @@ class RunStore:
         main = state is None or state.is_main_process
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"output folder {str(self.folder)!r} is an existing file; choose a folder.")
+        self._check_run_files()
         manifest = self._read_manifest()
         if manifest is not None and not overwrite:
             self._check(manifest)
-        elif manifest is None and not overwrite:
-            leftovers = [name for name in (RECORDS, *self.outputs) if (self.folder / name).exists()]
-            if leftovers:
-                raise RunSettingsError(
-                    f"output folder {str(self.folder)!r} holds {', '.join(leftovers)} but no {MANIFEST}: its settings "
-                    f"are unknown, so its results cannot be resumed. Choose another output folder, or pass "
-                    f"--overwrite (overwrite=True) to start a fresh run there."
-                )
+        elif manifest is None and (main or not overwrite):
+            # (under a launch with overwrite, the others may look while the main process clears the folder)
+            self._check_not_a_users_folder(overwrite)
         self.resumed = manifest is not None and not overwrite
         if main:
-            if overwrite:
-                self.clear()
+            if overwrite and manifest is not None:
+                self.clear(manifest)
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_json(self.folder / MANIFEST, {"kind": kind, "diffinv_version": __version__, "settings": self.settings})
+            write_json(self.folder / MANIFEST, {"kind": kind, "diffinv_version": __version__, "settings": self.settings,
+                                                "outputs": list(self.outputs)})
         if state is not None:
             state.wait_for_everyone()
+
+    # ------------------------------------------------------------------ the folder
+    def _run_files(self) -> list[Path]:
+        """The manifest and every record file that the folder holds by name (links included)."""
+        if not self.folder.is_dir():
+            return []
+        names = [MANIFEST, RECORDS, *sorted(p.name for p in self.folder.glob("records.rank*.jsonl"))]
+        return [self.folder / name for name in names if os.path.lexists(self.folder / name)]
+
+    def _check_run_files(self) -> None:
+        """Refuses a manifest or record file that is a symbolic link (or a FIFO, a device, a folder): the run
+        would read someone else's file, and its appends would fail after the work."""
+        for path in self._run_files():
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise RunSettingsError(
+                    f"{str(path)!r} is a symbolic link, but a run's {path.name} must be a regular file in the run "
+                    f"folder (it is never read or written through a link). Remove the link (its target is not "
+                    f"touched) or choose another output folder; --overwrite does not replace it.")
+            if not stat.S_ISREG(mode):
+                raise RunSettingsError(
+                    f"{str(path)!r} is not a regular file (a folder, a FIFO or a device), but a run's {path.name} "
+                    f"must be one. Move it away or choose another output folder.")
+
+    def _check_not_a_users_folder(self, overwrite: bool) -> None:
+        """A folder without a manifest was never a run (or lost what said so): it may receive the run only when
+        it holds none of the run's names, and is never cleared (``overwrite`` then has nothing to replace)."""
+        if not self.folder.is_dir():
+            return
+        entries = sorted(os.listdir(self.folder))
+        shards = [name for name in entries if name.startswith("records.rank") and name.endswith(".jsonl")]
+        clashes = [name for name in (RECORDS, *shards, *self.outputs) if os.path.lexists(self.folder / name)]
+        if clashes or (overwrite and entries):
+            held = clashes or entries
+            shown = ", ".join(_short(name) for name in held[:5])
+            shown += f" and {len(held) - 5} more" if len(held) > 5 else ""
+            raise RunSettingsError(
+                f"output folder {_short(str(self.folder))!r} is not a diffinv run folder (it has no {MANIFEST}) and "
+                f"holds {shown}: a run writes into a new or empty folder, or a folder of files it would not "
+                f"touch, and never deletes files it did not write (--overwrite replaces only a diffinv run). Choose "
+                f"another output folder (a new one is created), or move those files away.")
 
     # ------------------------------------------------------------------ manifest
     def _read_manifest(self) -> dict | None:
         path = self.folder / MANIFEST
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
         try:
-            manifest = json.loads(path.read_bytes())
+            manifest = json.loads(_read_regular(path))
             manifest["kind"], manifest["settings"]
         except (ValueError, KeyError, TypeError) as err:  # ValueError: not JSON, not UTF-8
             raise RunSettingsError(f"{str(path)!r} is not a diffinv run manifest ({err}); move it away or choose "
@@ -155,10 +201,19 @@ class RunStore:
                 "(overwrite=True) to delete its results and start a fresh run."
             )
 
-    def clear(self) -> None:
-        """Removes the run's files (manifest, records, declared outputs); nothing else in the folder."""
+    def clear(self, manifest: Mapping | None = None) -> None:
+        """Removes the run's files: the manifest, the records and the outputs that ``manifest`` (the folder's)
+        lists; nothing else in the folder. A manifest written before it listed its outputs counts the outputs of
+        this store's job when it is a run of the same job, and none when of another."""
+        manifest = self._read_manifest() if manifest is None else manifest
+        if manifest is None:
+            return  # not a run folder: nothing here is the run's to delete
+        outputs = manifest.get("outputs")
+        if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
+            outputs = list(self.outputs) if manifest.get("kind") == self.kind else []
+        outputs = [name for name in outputs if name and Path(name).name == name and name not in (".", "..")]
         shards = [p.name for p in self.folder.glob("records.rank*.jsonl")] if self.folder.is_dir() else []
-        for name in (MANIFEST, RECORDS, *shards, *self.outputs):
+        for name in (RECORDS, *shards, *outputs, MANIFEST):  # the manifest last: until then it is a run folder
             path = self.folder / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -172,8 +227,10 @@ class RunStore:
         return self.folder / (RECORDS if self.rank == 0 else f"records.rank{self.rank}.jsonl")
 
     def _shards(self) -> list[Path]:
-        shards = sorted(self.folder.glob("records.rank*.jsonl"), key=lambda p: int(p.name[12:-6] or 0))
-        return [path for path in [self.folder / RECORDS, *shards] if path.is_file()]
+        """The record files, main first, then by rank: regular files only (a link or a FIFO planted while the run
+        is open is never read)."""
+        shards = sorted(self.folder.glob("records.rank*.jsonl"), key=lambda p: (len(p.name), p.name))
+        return [path for path in [self.folder / RECORDS, *shards] if _is_regular(path)]
 
     @staticmethod
     def _parse(lines: list[bytes]) -> list[dict]:
@@ -190,7 +247,7 @@ class RunStore:
     def records(self) -> list[dict]:
         """Every finished record of every process, shard by shard in the order written (a line cut
         short by a crash is skipped)."""
-        return [r for path in self._shards() for r in self._parse(path.read_bytes().splitlines())]
+        return [r for path in self._shards() for r in self._parse(_read_regular(path).splitlines())]
 
     def new_records(self) -> list[dict]:
         """The records appended (by any process) since the last call: the first call gives all of
@@ -198,9 +255,7 @@ class RunStore:
         offsets = self._offsets
         records = []
         for path in self._shards():
-            with open(path, "rb") as f:
-                f.seek(offsets.get(path, 0))
-                data = f.read()
+            data = _read_regular(path, offsets.get(path, 0))
             end = data.rfind(b"\n") + 1  # a line still being written is read next time
             offsets[path] = offsets.get(path, 0) + end
             records += self._parse(data[:end].splitlines())
@@ -223,6 +278,38 @@ class RunStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a link to one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_regular(path: Path, offset: int = 0) -> bytes:
+    """The bytes of a regular file from ``offset``, never through a link (``O_NOFOLLOW``) nor from a FIFO or a
+    device (``O_NONBLOCK``, then checked): ``RunSettingsError`` naming the file otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise RunSettingsError(f"{str(path)!r} cannot be read as a regular file of the run folder ({err.strerror}); "
+                               f"move it away or choose another output folder.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunSettingsError(f"{str(path)!r} is not a regular file; move it away or choose another output "
+                                   f"folder.")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            f.seek(offset)
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (a name can be as long as the system allows)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def unique_names(sources: Sequence[str]) -> list[str]:

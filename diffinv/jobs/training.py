@@ -70,13 +70,15 @@ from ..io import fingerprint_path, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
 from .. import models, pipelines  # their learned models import diffusers when first used
+from ..pipelines.definitions import ModelFilesNotFoundError, definition_dir
+from ..resources import MemoryEstimate, check_memory, estimate_training
 from ..targets import TargetNetwork
 from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from .report import plot_loss_curve
 from .store import RunStore
 
-__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "load_training_data", "train_decoder",
-           "train_mapper", "with_resolved_precision"]
+__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "check_training_memory",
+           "estimate_training_memory", "load_training_data", "train_decoder", "train_mapper", "with_resolved_precision"]
 
 
 def _outputs() -> tuple[str, ...]:
@@ -343,6 +345,42 @@ def _device(choice: str | None) -> torch.device:
         raise ValueError(f"`device` {choice!r} is not a device; expected 'cpu', 'cuda' or 'cuda:N'.") from None
 
 
+def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
+    """The estimated peak memory of the training that ``config`` asks for
+    (:func:`~diffinv.resources.estimate_training`): its decoder or mapper, ``hidden_channels`` wide, and the target
+    are built on the ``meta`` device (shapes only, nothing allocated, no weights read)."""
+    size = (int(config.size), int(config.size))
+    vae = None
+    with torch.device("meta"):
+        target = TargetNetwork.from_name(config.target, config.layer, weights=None, input_size=None)
+        shape = target.feature_shape(config.layer, size)
+        if config.kind == "mapper":
+            try:
+                vae = definition_dir(config.model) if config.model else None
+            except ModelFilesNotFoundError:
+                vae = config.model  # a Hub id: Stable Diffusion's VAE is assumed
+            latent = (4, max(1, size[0] // 8), max(1, size[1] // 8))  # Stable Diffusion's latent space
+            model = models.FeatureMapper(feature_shape=shape, latent_shape=latent,
+                                         hidden_channels=config.hidden_channels)
+        else:
+            model = models.UpconvNet(feature_shape=shape, image_size=size, hidden_channels=config.hidden_channels,
+                                     min_channels=config.min_channels)
+    return estimate_training(config.target, config.layer, size, model, batch_size=config.batch_size, name=config.kind,
+                             feature_loss=config.feature_weight > 0, vae=vae, device=_device(config.device))
+
+
+def check_training_memory(config: TrainConfig) -> MemoryEstimate:
+    """:func:`estimate_training_memory` checked against the memory of ``config.device``.
+
+    Raises:
+        InsufficientMemoryError: it does not fit (the message gives the estimate, the memory available and the
+            flags that make it smaller).
+    """
+    return check_memory(estimate_training_memory(config), _device(config.device), job="the training",
+                        hint="Use a narrower model (--hidden-channels), a smaller batch (--batch-size; "
+                             "--train-batch-size in atlas and audit) or a smaller --size.")
+
+
 # Fields of TrainConfig that do not define the trained model (not in the run's manifest).
 NOT_SETTINGS = ("out", "kind", "overwrite", "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every")
 
@@ -386,6 +424,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     device = _device(config.device)
     mixed_precision = _mixed_precision(config.mixed_precision, device)
     defense = parse_defense(config.defense) if config.defense is not None else None
+    check_training_memory(config)
 
     # 2. Accelerator (one process, or one of a distributed launch): the global batch is split evenly
     if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:

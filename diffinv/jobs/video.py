@@ -120,6 +120,15 @@ def _mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().mean().item()
 
 
+def _finite(value) -> float | None:
+    """``value`` as a float when it is a finite number, else ``None``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def video_summary(
     images: torch.Tensor, references: torch.Tensor | None, done: Sequence[bool] | None = None,
     records: Sequence[Mapping] | None = None,
@@ -132,13 +141,19 @@ def video_summary(
     * ``flicker``: mean ``|(x̂_t − x̂_{t−1}) − (x_t − x_{t−1})|`` — frame-to-frame change
       that the source does not have; it also counts motion that smoothing wiped out.
 
-    Only pairs of consecutive frames that are both finished count.
+    Only pairs of consecutive frames that are both finished count. A record's value that is not a finite
+    number (NaN, infinite, a word) is left out of the mean and counted: ``KEY_left_out``.
     """
     done = list(done) if done is not None else [True] * len(images)
     pairs = [t for t in range(1, len(images)) if done[t] and done[t - 1]]
     summary: dict = {"frames_done": int(sum(done)), "frames": len(images)}
     for key in ("psnr", "ssim", "feature_residual", "seconds"):
-        values = [r[key] for r in (records or []) if r.get(key) is not None]
+        given = [r[key] for r in (records or []) if r.get(key) is not None]
+        values = [v for v in map(_finite, given) if v is not None]
+        if len(values) < len(given):
+            summary[f"{key}_left_out"] = len(given) - len(values)
+            warnings.warn(f"{len(given) - len(values)} frame record(s) with a {key} that is not a finite number "
+                          f"(NaN, infinite or not a number) left out of its mean.", stacklevel=2)
         if values:
             mean = sum(values) / len(values)
             summary[f"{key}_mean"] = mean
