@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .io import atomic_path, check_regular_file
+from .io import atomic_path, check_regular_file, cut_short
 from .targets import TargetNetwork
 
 __all__ = ["FeatureSet", "check_features", "check_images", "check_input_size", "check_sources", "resolve_features"]
@@ -105,23 +105,18 @@ def check_sources(sources, count: int, name: str = "sources") -> list[str]:
     """
     if not isinstance(sources, (list, tuple)):
         raise ValueError(f"`{name}` must be a list of strings, one per item, got a {type(sources).__name__}: "
-                         f"{_shown(repr(sources))}.")
+                         f"{cut_short(repr(sources))}.")
     for i, source in enumerate(sources):
         if not isinstance(source, str):
             raise ValueError(f"`{name}[{i}]` must be a string (a file name or label), got a {type(source).__name__}: "
-                             f"{_shown(repr(source))}.")
+                             f"{cut_short(repr(source))}.")
         if "\0" in source or len(source) > MAX_SOURCE_LENGTH:
             what = "holds a NUL character" if "\0" in source else f"is {len(source)} characters long"
-            raise ValueError(f"`{name}[{i}]` {_shown(repr(source))} {what}; expected a file name or label of at most "
+            raise ValueError(f"`{name}[{i}]` {cut_short(repr(source))} {what}; expected a file name or label of at most "
                              f"{MAX_SOURCE_LENGTH} characters, without NUL.")
     if sources and len(sources) != count:
         raise ValueError(f"`{name}` has {len(sources)} entries but `features` has {count} items; give one per item.")
     return list(sources)
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    """``text`` cut to about ``limit`` characters (a 50 MB name is not printed in full)."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass
@@ -335,13 +330,13 @@ def _check_metadata(fields: dict) -> None:
     """Raises ``ValueError`` for a metadata value of the wrong kind (what :meth:`FeatureSet.save` never writes)."""
     for key in ("weights", "weights_fingerprint", "defense"):
         if fields[key] is not None and not isinstance(fields[key], str):
-            raise ValueError(f"metadata {key!r} must be a string or null, got {_shown(repr(fields[key]))}.")
+            raise ValueError(f"metadata {key!r} must be a string or null, got {cut_short(repr(fields[key]))}.")
     fingerprint = fields["weights_fingerprint"]
     if fingerprint is not None and not re.fullmatch(r"[0-9a-f]{16}", fingerprint):
-        raise ValueError(f"metadata 'weights_fingerprint' must be 16 hex digits, got {_shown(repr(fingerprint))}.")
+        raise ValueError(f"metadata 'weights_fingerprint' must be 16 hex digits, got {cut_short(repr(fingerprint))}.")
     preprocessing = fields["preprocessing"]
     if not isinstance(preprocessing, dict):
-        raise ValueError(f"metadata 'preprocessing' must be a JSON object, got {_shown(repr(preprocessing))}.")
+        raise ValueError(f"metadata 'preprocessing' must be a JSON object, got {cut_short(repr(preprocessing))}.")
     if preprocessing.get("input_size") is not None:
         check_input_size(preprocessing["input_size"], "preprocessing.input_size")
 

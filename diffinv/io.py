@@ -36,6 +36,7 @@ __all__ = [
     "check_environment",
     "check_regular_file",
     "collect_images",
+    "cut_short",
     "fingerprint_path",
     "from_array",
     "VideoFrames",
@@ -192,6 +193,11 @@ def check_environment() -> None:
         shown = name if len(name) <= 60 else f"{name[:60]}..."
         raise ValueError(f"environment variable {shown}={_shown(os.environ[name])} is not one diffinv reads; {hint}"
                          f"The known ones are {', '.join(ENVIRONMENT_VARIABLES)}. Rename or unset it (`unset {shown}`).")
+
+
+def cut_short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, with its length, when it is longer (a 50 MB name is not printed)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _shown(text: str, limit: int = 60) -> str:

@@ -42,7 +42,7 @@ from ..inverters.registry import HYBRID_METHODS, START_METHODS
 from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
 from ..models.learned import folder_kind
 from ..datasets import DATASETS, load_dataset, load_image_files
-from ..io import collect_images
+from ..io import collect_images, cut_short
 from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
 from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
@@ -106,7 +106,7 @@ DIP_STARTS = {"grey": True, "random": False}
 def _compile_mode(text: str) -> str:
     """``--compile MODE``: one of :data:`~diffinv.compilation.MODES`."""
     if text not in COMPILE_MODES:
-        raise argparse.ArgumentTypeError(f"invalid mode {_shown_text(text)!r}; expected one of {', '.join(COMPILE_MODES)} "
+        raise argparse.ArgumentTypeError(f"invalid mode {cut_short(text)!r}; expected one of {', '.join(COMPILE_MODES)} "
                                          f"(or --compile alone for the default mode)")
     return text
 
@@ -116,11 +116,6 @@ class UsageError(ValueError):
 
 
 # ---------------------------------------------------------------------- argument types (checked by argparse)
-def _shown_text(text: str, limit: int = 60) -> str:
-    """A value as typed, cut short when long (a 5000-digit number is shown by its start and its length)."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _number(cast: type, expected: str, accept) -> "Callable[[str], int | float]":
     """An argparse ``type``: ``cast(text)`` if ``accept(value)``, else argparse's error (exit code 2):
     ``argument --size: expected a positive integer (>= 1), got 0`` (a long value cut short)."""
@@ -129,9 +124,9 @@ def _number(cast: type, expected: str, accept) -> "Callable[[str], int | float]"
         try:
             value = cast(text)
         except ValueError:  # not a number (or more digits than Python converts)
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {_shown_text(text)!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {cut_short(text)!r}") from None
         if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {_shown_text(text)}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {cut_short(text)}")
         return value
 
     parse.__name__ = expected  # argparse names the type in its messages
@@ -172,7 +167,7 @@ def check_unique_lists(parser: argparse.ArgumentParser, args: argparse.Namespace
         for value in values:
             try:
                 if value in seen:
-                    shown = _shown_text(value) if isinstance(value, str) else value
+                    shown = cut_short(value) if isinstance(value, str) else value
                     parser.error(f"argument {argparse._get_action_name(action)}: {shown!r} is given twice; "
                                  f"expected each value once")
                 seen.add(value)

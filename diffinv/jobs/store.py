@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..io import write_json
+from ..io import cut_short, write_json
 
 __all__ = ["RunSettingsError", "RunStore", "settings_diff", "unique_names"]
 
@@ -163,10 +163,10 @@ class RunStore:
         clashes = [name for name in (RECORDS, *shards, *self.outputs) if os.path.lexists(self.folder / name)]
         if clashes or (overwrite and entries):
             held = clashes or entries
-            shown = ", ".join(_short(name) for name in held[:5])
+            shown = ", ".join(cut_short(name, 200) for name in held[:5])
             shown += f" and {len(held) - 5} more" if len(held) > 5 else ""
             raise RunSettingsError(
-                f"output folder {_short(str(self.folder))!r} is not a diffinv run folder (it has no {MANIFEST}) and "
+                f"output folder {cut_short(str(self.folder), 200)!r} is not a diffinv run folder (it has no {MANIFEST}) and "
                 f"holds {shown}: a run writes into a new or empty folder, or a folder of files it would not "
                 f"touch, and never deletes files it did not write (--overwrite replaces only a diffinv run). Choose "
                 f"another output folder (a new one is created), or move those files away.")
@@ -305,11 +305,6 @@ def _read_regular(path: Path, offset: int = 0) -> bytes:
             return f.read()
     finally:
         os.close(fd)
-
-
-def _short(text: str, limit: int = 200) -> str:
-    """``text`` cut to ``limit`` characters (a name can be as long as the system allows)."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def unique_names(sources: Sequence[str]) -> list[str]:
