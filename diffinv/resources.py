@@ -8,11 +8,9 @@ the allocator fails. The estimate is deliberately simple and on the high side:
 * the target's weights and its activations up to the deepest requested layer (what autograd
   keeps for the backward pass), measured by a forward pass on PyTorch's ``meta`` device at the
   requested size (shapes only: no memory, no compute), for one batch;
-* the method's own state for one batch: pixel: the image, its gradient and Adam's two
-  moments; dip: the generator's activations (:data:`DIP_BYTES_PER_PIXEL`) and input noise;
-  diffusion: the Stable Diffusion weights and the activations of one checkpointed UNet call
-  and VAE decode, scaled by the widths in the model folder's ``config.json`` files;
-  decoder/mapper/gan: their networks' weights and activations, roughly;
+* the method's own state for one batch, as the method declares it (``Inverter.memory_cost``:
+  e.g. pixel's image, its gradient and Adam's two moments; :func:`diffusion_cost`, scaled by the
+  widths in the model folder's ``config.json`` files);
 * times :data:`MARGIN` for what the allocator and temporaries add;
 * for a job of several local processes (``--workers``), each new process's own base
   (:data:`PROCESS_BASE_BYTES`: Python, PyTorch and the libraries loaded) besides its compute part.
@@ -23,7 +21,7 @@ Training a decoder or mapper (:func:`estimate_training`) counts the network's we
 gradients and Adam's two moments, and its activations for one batch with their gradients.
 
 Example:
-    >>> estimate = estimate_memory("tf_efficientnet_lite0", ["blocks.6"], 128, images=4, methods=["dip"])
+    >>> estimate = estimate_memory("tf_efficientnet_lite0", ["blocks.6"], 128, images=4, methods=memory_costs(["dip"]))
     >>> check_memory(estimate, "cpu")  # raises InsufficientMemoryError when it does not fit
 """
 
@@ -32,7 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from torch import nn
 from .targets import TargetNetwork
 
 __all__ = [
-    "DIP_BYTES_PER_PIXEL",
+    "ComputeShape",
     "MARGIN",
     "PROCESS_BASE_BYTES",
     "InsufficientMemoryError",
@@ -52,7 +50,9 @@ __all__ = [
     "check_job_memory",
     "check_memory",
     "estimate_memory",
+    "diffusion_cost",
     "estimate_training",
+    "learned_model_cost",
     "format_bytes",
 ]
 
@@ -64,11 +64,6 @@ MARGIN = 1.5
 # loaded): 982 MiB at its peak (`/usr/bin/time -v`, maximum resident set). Rounded up to 1 GiB. The process that
 # checks is already running, so only the processes that --workers starts count it.
 PROCESS_BASE_BYTES = 1024 * 2**20
-# The DIP generator (diffinv.models.SkipGenerator, default channels) per image pixel: its activations
-# (leaf-module outputs, measured on the meta device: 616 B), its input noise and the noisy copy (256 B),
-# and their gradients, rounded up.
-# tests/test_bad_inputs.py checks that it stays above the measured value.
-DIP_BYTES_PER_PIXEL = 1600
 # Stable Diffusion (UNet width 1280, VAE width 512), float32, per image pixel and image: one checkpointed
 # UNet call with its backward at the latent size (H/8 x W/8), and one VAE decode with its backward.
 _SD_UNET_BYTES_PER_PIXEL = 24_000
@@ -78,10 +73,35 @@ _SD_PARAMETERS = 1.1e9  # UNet + VAE + text encoder of Stable Diffusion 1.5
 _DECODER_BYTES_PER_PIXEL = 2_000
 _DECODER_WEIGHTS = 200 * 2**20
 _SD_VAE_PARAMETERS = 84e6  # the VAE of Stable Diffusion 1.5 (encoder and decoder)
-# BigGAN-deep per generated pixel and restart: its activations (leaf-module outputs of BigGAN-deep-128,
-# measured with activation_bytes: 8.5 KB), rounded up; its weights (50-56M parameters, float32) with room.
-_GAN_BYTES_PER_PIXEL = 10_000
-_GAN_WEIGHTS = 400 * 2**20
+
+
+@dataclass(frozen=True)
+class ComputeShape:
+    """What a method's memory cost (``Inverter.memory_cost``) depends on besides its options.
+
+    Attributes:
+        pixels: image pixels of one batch (``H * W * batch``).
+        batch: images inverted together.
+        half: 0.5 where weights and activations are float16 (CUDA), else 1.
+    """
+
+    pixels: int
+    batch: int
+    half: float = 1.0
+
+
+def diffusion_cost(model: str | os.PathLike | None, shape: ComputeShape) -> dict[str, int]:
+    """Stable Diffusion's weights and the activations of one checkpointed UNet call and VAE decode for one
+    batch, scaled by the widths in ``model``'s ``config.json`` files (``None``: Stable Diffusion 1.5's)."""
+    unet, vae = _widths(model)
+    weights = _SD_PARAMETERS * 4 * shape.half * max(unet, vae) ** 2
+    activations = (_SD_UNET_BYTES_PER_PIXEL * unet + _SD_VAE_BYTES_PER_PIXEL * vae) * shape.pixels * shape.half
+    return {"diffusion weights": int(weights), "diffusion activations": int(activations)}
+
+
+def learned_model_cost(shape: ComputeShape) -> int:
+    """A learned decoder's or mapper's (UpconvNet-size) weights and forward activations for one batch."""
+    return _DECODER_WEIGHTS + _DECODER_BYTES_PER_PIXEL * shape.pixels
 
 
 class InsufficientMemoryError(ValueError):
@@ -213,11 +233,8 @@ def estimate_memory(
     *,
     images: int = 1,
     batch_size: int | None = None,
-    methods: Sequence[str] = ("pixel",),
+    methods: Mapping[str, Callable[[ComputeShape], dict[str, int]]] | None = None,
     input_size: int | tuple[int, int] | None = None,
-    model: str | os.PathLike | None = None,
-    gan_resolution: int = 256,
-    restarts: int = 1,
     device: str | torch.device = "cpu",
     processes: int = 1,
 ) -> MemoryEstimate:
@@ -230,10 +247,10 @@ def estimate_memory(
         size: image size (an int means square).
         images: images held by the job (frames of a video).
         batch_size: images inverted together (default: all of them).
-        methods: inverter names (a hybrid ``START+diffusion`` counts as both); the largest counts.
+        methods: each method's cost (``shape -> {part: bytes}``, the method's declared
+            ``memory_cost`` with its options: :func:`diffinv.inverters.memory_costs`), by name; they run
+            one after another, so the largest counts.
         input_size: the size the target is fed at, when it resizes (default: ``size``).
-        model: the diffusers folder of diffusion (and mapper refinement), to read its widths.
-        gan_resolution: the GAN's output resolution; ``restarts``: its restarts per image.
         device: the compute device (float16 weights and activations are assumed on CUDA).
         processes: processes that run the job side by side (``--workers``).
 
@@ -253,26 +270,8 @@ def estimate_memory(
 
     weights, activations = _target_costs(target, layers, (fh, fw))
     base = {"target weights": weights, "target activations": activations * batch}
-    names = {part for method in methods for part in str(method).split("+")}
-    costs = {}
-    for name in names:
-        if name == "pixel":
-            costs[name] = {"pixel optimizer state": 6 * 3 * 4 * pixels}
-        elif name == "dip":
-            costs[name] = {"dip generators": DIP_BYTES_PER_PIXEL * pixels}
-        elif name in ("diffusion", "mapper"):
-            unet, vae = _widths(model)
-            weights = _SD_PARAMETERS * 4 * half * max(unet, vae) ** 2
-            act = (_SD_UNET_BYTES_PER_PIXEL * unet + _SD_VAE_BYTES_PER_PIXEL * vae) * pixels * half
-            costs[name] = {"diffusion weights": int(weights), "diffusion activations": int(act)}
-            if name == "mapper":
-                costs[name]["mapper"] = _DECODER_WEIGHTS + _DECODER_BYTES_PER_PIXEL * pixels
-        elif name == "decoder":
-            costs[name] = {"decoder": _DECODER_WEIGHTS + _DECODER_BYTES_PER_PIXEL * pixels}
-        elif name == "gan":
-            costs[name] = {"gan": _GAN_WEIGHTS + _GAN_BYTES_PER_PIXEL * gan_resolution**2 * batch * restarts}
-        else:
-            costs[name] = {}
+    shape = ComputeShape(pixels, batch, half)
+    costs = {name: cost(shape) for name, cost in (methods or {}).items()}
     # hybrid starts run before the chain and are freed: the largest single method counts
     largest = max(costs.values(), key=lambda c: sum(c.values()), default={})
     estimate.compute = {k: int(v * MARGIN) for k, v in {**base, **largest}.items()}

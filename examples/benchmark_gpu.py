@@ -114,7 +114,7 @@ def _features(pipe, batch: int, size: int):
 def _call(pipe, features, size: int, steps: int, iterations: int, compile, callback=None):
     import torch
 
-    return pipe(features, prompt="", height=size, width=size, num_inference_steps=steps, num_iterations=iterations,
+    return pipe(features, prompt="", height=size, width=size, num_inference_steps=steps, iterations=iterations,
                 generator=torch.Generator().manual_seed(0), output_type="latent", compile=compile,
                 callback_on_step_end=callback)
 

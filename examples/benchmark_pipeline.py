@@ -136,7 +136,7 @@ def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: 
     else:
         before = peak_rss_mib()
     start = time.perf_counter()
-    out = pipe(features, prompt="", height=height, width=width, num_inference_steps=steps, num_iterations=iterations,
+    out = pipe(features, prompt="", height=height, width=width, num_inference_steps=steps, iterations=iterations,
                guidance_scale=guidance_scale, gradient_checkpointing=checkpointing, generator=torch.Generator().manual_seed(0),
                output_type="pt", callback_on_step_end=callback, compile=compile)
     if device.startswith("cuda"):

@@ -70,7 +70,7 @@ def main() -> None:
         from diffinv.inverters.mapper import MapperInverter
 
         methods["mapper"] = lambda t: MapperInverter(t, mapper=str(args.out / "mapper"), model=args.model)
-        methods["diffusion"] = lambda t: DiffusionInverter(t, model=args.model, num_iterations=args.iterations)
+        methods["diffusion"] = lambda t: DiffusionInverter(t, model=args.model, iterations=args.iterations)
     names = list(HELD_OUT[: args.num_images])
     torch.manual_seed(0)
     # the methods' settings record the iterations and the trained models' fingerprints; the rest is the example

@@ -28,7 +28,7 @@ absolute imports)::
 
 Example:
     >>> pipe = DiffInvPipeline.from_pretrained("path/to/stable-diffusion-v1-5", target="resnet50", layer="layer3")
-    >>> out = pipe(feature_set, num_inference_steps=10, num_iterations=100)
+    >>> out = pipe(feature_set, num_inference_steps=10, iterations=100)
     >>> out.images[0].save("reconstruction.png"); out.feature_residual
     >>> pipe = load_pipeline("tiny", target=target)        # random weights, offline, for tests
     >>> refined = pipe.img2img(latents, strength=0.3, num_inference_steps=20)   # img2img on clean latents
@@ -809,7 +809,7 @@ class DiffInvPipeline(DiffusionPipeline):
         features: torch.Tensor | FeatureSet,
         guidance_scale: float,
         num_inference_steps: int,
-        num_iterations: int,
+        iterations: int,
         learning_rate: float,
         input_size: tuple[int, int] | None,
         latent_prior_weight: float,
@@ -834,7 +834,7 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
         if init not in ("noise", "mapper", "image"):
             raise ValueError(f"`init` must be 'noise', 'mapper' or 'image', got {init!r}.")
-        for name, value in (("num_inference_steps", num_inference_steps), ("num_iterations", num_iterations)):
+        for name, value in (("num_inference_steps", num_inference_steps), ("iterations", iterations)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -965,7 +965,7 @@ class DiffInvPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         guidance_scale: float = 1.0,
         num_inference_steps: int = 20,
-        num_iterations: int = 100,
+        iterations: int = 100,
         learning_rate: float = 0.1,
         height: int | None = None,
         width: int | None = None,
@@ -1007,7 +1007,7 @@ class DiffInvPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance weight; ``<= 1`` runs the UNet once per step on
                 the prompt alone (use 0 or 1 for turbo models).
             num_inference_steps: K, the steps of the deterministic sampler (1 for turbo models).
-            num_iterations: optimization iterations, under the one rule of
+            iterations: optimization iterations, under the one rule of
                 :func:`diffinv.optimization.run_optimization` (Adam, cosine-annealed learning rate,
                 each image's best iterate returned, non-finite steps skipped).
             learning_rate: Adam step size on the fp32 latents.
@@ -1060,7 +1060,7 @@ class DiffInvPipeline(DiffusionPipeline):
             early_stop: stop each image whose loss has stopped improving
                 (:class:`~diffinv.optimization.EarlyStopping`): its latents stay at its best iterate while
                 the others run on; the loop ends when every image has stopped. ``None``: every image runs
-                ``num_iterations``.
+                ``iterations``.
 
         Returns:
             :class:`DiffInvPipelineOutput`: images, per-image loss history, feature residual,
@@ -1068,7 +1068,7 @@ class DiffInvPipeline(DiffusionPipeline):
         """
         # 1. Check inputs
         self.check_inputs(
-            features, guidance_scale, num_inference_steps, num_iterations, learning_rate,
+            features, guidance_scale, num_inference_steps, iterations, learning_rate,
             input_size, latent_prior_weight, temporal_weight, optimize, latents, init, mapper, image, strength,
             output_type, callback_on_step_end_tensor_inputs, max_retries, num_images_per_prompt, early_stop,
         )  # fmt: skip
@@ -1144,9 +1144,9 @@ class DiffInvPipeline(DiffusionPipeline):
                     variables[0].copy_(callback_outputs["latents"])
             return self.interrupt
 
-        with self.progress_bar(total=num_iterations) as progress_bar:
+        with self.progress_bar(total=iterations) as progress_bar:
             optimized = run_optimization(
-                variables, closure, iterations=num_iterations, lr=learning_rate, num_images=batch_size,
+                variables, closure, iterations=iterations, lr=learning_rate, num_images=batch_size,
                 progress=progress_bar, callback=on_step_end, early_stop=early_stop,
             )  # fmt: skip
 

@@ -120,11 +120,11 @@ def test_a_folder_of_the_wrong_kind_is_named(capsys, files, tmp_path):
     (mapper / "config.json").write_text(json.dumps({"_class_name": "FeatureMapper", "layer": "blocks.1"}))
     out = tmp_path / "out"
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "mapper", "--mapper", decoder, "--model", "tiny",
-                                "--out", out], "this is a decoder folder; use --decoder")
+                                "--out", out], "this is a decoder folder; use `--decoder`")
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "decoder", "--decoder", mapper, "--out", out],
-                       "this is a mapper folder; use --mapper")
+                       "this is a mapper folder; use `--mapper`")
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "diffusion", "--model", mapper, "--out", out],
-                       "`--model`", "this is a mapper folder; use --mapper")
+                       "`--model`", "this is a mapper folder; use `--mapper`")
     assert_usage_error(capsys, ["demo", "--model", tmp_path / "nope", "--out", out], "`--model`", "is not a folder",
                        "tiny, sd15, sd-turbo")
     (tmp_path / "empty").mkdir()
@@ -302,11 +302,11 @@ def test_python_api_ranges(lite0, small_photos):
         ({"guidance_scale": float("nan")}, "`guidance_scale` must be a finite number >= 0"),
     ]:
         with pytest.raises(ValueError, match=needle):
-            pipe(feats, num_inference_steps=1, num_iterations=1, output_type="pt", **kwargs)
+            pipe(feats, num_inference_steps=1, iterations=1, output_type="pt", **kwargs)
     with pytest.raises(ValueError, match="`input_size` must be"):
-        pipe(feats.features, input_size="64", num_inference_steps=1, num_iterations=1, output_type="pt")
+        pipe(feats.features, input_size="64", num_inference_steps=1, iterations=1, output_type="pt")
     with pytest.raises(ValueError, match="`features` holds no feature maps"):
-        pipe(feats.features[:0], height=64, width=64, num_inference_steps=1, num_iterations=1, output_type="pt")
+        pipe(feats.features[:0], height=64, width=64, num_inference_steps=1, iterations=1, output_type="pt")
 
 
 
@@ -384,7 +384,8 @@ def test_memory_estimate_is_modest_for_the_demo_and_grows_with_the_job():
 def test_dip_memory_constant_covers_the_generator():
     from diffinv.models import SkipGenerator
     from diffinv.inverters import DIPInverter
-    from diffinv.resources import DIP_BYTES_PER_PIXEL, activation_bytes
+    from diffinv.inverters.dip import DIP_BYTES_PER_PIXEL
+    from diffinv.resources import activation_bytes
 
     channels = DIPInverter(single_layer_target()).config.channels
     with torch.device("meta"):

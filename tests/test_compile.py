@@ -71,7 +71,7 @@ def test_compiled_dip_generator_matches_eager(target, features):
 def test_compiled_pipeline_matches_eager(target, features):
     pipe = load_pipeline("tiny", target=target, layer="blocks.1")
     pipe.set_progress_bar_config(disable=True)
-    run = dict(num_inference_steps=2, num_iterations=2, output_type="pt", prompt="")
+    run = dict(num_inference_steps=2, iterations=2, output_type="pt", prompt="")
     eager = pipe(features, generator=torch.Generator().manual_seed(2), **run)
     fast = pipe(features, generator=torch.Generator().manual_seed(2), compile="aot_eager", **run)
     assert ("forward", "aot_eager", None) in pipe.unet.__dict__["_diffinv_compiled"]

@@ -25,7 +25,7 @@ from diffinv.targets import TargetNetwork
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-RUN = dict(prompt="", num_inference_steps=1, num_iterations=2, output_type="pt")
+RUN = dict(prompt="", num_inference_steps=1, iterations=2, output_type="pt")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_a_non_finite_fp16_decode_is_redone_in_fp32_and_counted(target, features
         return {}
 
     monkeypatch.setattr(diffinv_pipeline, "decode_latents", decode_with_inf_on_iteration_1)
-    out = pipe(features, latents=_latents(), callback_on_step_end=count, **{**RUN, "num_iterations": 3})
+    out = pipe(features, latents=_latents(), callback_on_step_end=count, **{**RUN, "iterations": 3})
     assert out.fp32_decodes.tolist() == [0, 1] and out.skipped_steps == 0
     assert torch.isfinite(out.loss_history).all() and torch.isfinite(out.images).all()
     redos = [s for s in seen if s[1] == torch.float32]
@@ -191,7 +191,7 @@ def test_taesd_decodes_in_the_loop_and_the_full_vae_the_result(pipe, target, fea
     loaded = load_taesd(tmp_path / "taesd")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), light.loop_vae.state_dict().values()))
     inverter = DiffusionInverter(target, "tiny", device="cpu", taesd=str(tmp_path / "taesd"), num_inference_steps=1,
-                                 num_iterations=2)
+                                 iterations=2)
     settings = inverter.settings()
     assert settings["taesd"] == str(tmp_path / "taesd") and "taesd_fingerprint" in settings
     assert inverter.invert(features, (32, 32), progress=False).info["fp32_decodes"] == [0, 0]

@@ -57,7 +57,7 @@ def test_hybrid_start_beats_noise_start(tmp_path):
     assert start.mean() < noise.mean()
 
     # 3. Same sampler, same number of iterations: the mapper start ends lower than the noise start
-    kwargs = dict(prompt="", num_inference_steps=2, num_iterations=10, output_type="pt")
+    kwargs = dict(prompt="", num_inference_steps=2, iterations=10, output_type="pt")
     from_noise = pipe(fs, init="noise", generator=torch.Generator().manual_seed(0), **kwargs)
     hybrid = pipe(fs, init="mapper", mapper=mapper, generator=torch.Generator().manual_seed(0), **kwargs)
     assert hybrid.loss_history.shape == from_noise.loss_history.shape == (10, 4)
@@ -71,12 +71,12 @@ def test_hybrid_start_bad_input():
     pipe = load_pipeline("tiny", target=target, layer=LAYER)
     feats = FeatureSet.extract(target, torch.rand(1, 3, 32, 32), LAYER)
     with pytest.raises(ValueError, match="`init='mapper'` needs `mapper=`"):
-        pipe(feats, init="mapper", num_iterations=1)
+        pipe(feats, init="mapper", iterations=1)
     with pytest.raises(ValueError, match="`init` must be 'noise', 'mapper' or 'image'"):
-        pipe(feats, init="zeros", num_iterations=1)
+        pipe(feats, init="zeros", iterations=1)
     mapper = FeatureMapper.for_target(target, LAYER, (32, 32), pipe.vae, hidden_channels=8)
     for strength in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"`strength` must be a number in \(0, 1\]"):
-            pipe(feats, init="mapper", mapper=mapper, strength=strength, num_iterations=1)
+            pipe(feats, init="mapper", mapper=mapper, strength=strength, iterations=1)
     with pytest.raises(ValueError, match="pass either `latents` or `init='mapper'`, not both"):
-        pipe(feats, init="mapper", mapper=mapper, latents=torch.zeros(1, 4, 16, 16), num_iterations=1)
+        pipe(feats, init="mapper", mapper=mapper, latents=torch.zeros(1, 4, 16, 16), iterations=1)

@@ -52,7 +52,7 @@ def test_strength_to_zero_returns_the_encoded_decoded_start(pipe, features, phot
     gaps = {}
     for steps, strength in ((1000, 1e-3), (100, 1e-2), (20, 0.5)):
         out = pipe(features, init="image", image=photos, strength=strength, num_inference_steps=steps,
-                   num_iterations=1, prompt="", output_type="pt", generator=torch.Generator().manual_seed(0))
+                   iterations=1, prompt="", output_type="pt", generator=torch.Generator().manual_seed(0))
         gaps[strength] = (out.images - encoded_decoded).abs()
     # the limit: one step from t = 0 (noise std 0.03) gives back the VAE's reconstruction of the start
     assert gaps[1e-3].mean() < 0.015 and gaps[1e-3].max() < 0.15
@@ -63,7 +63,7 @@ def test_strength_to_zero_returns_the_encoded_decoded_start(pipe, features, phot
 def test_one_start_image_for_every_feature_map_and_pil(pipe, features, photos):
     from diffinv.io import to_pil
 
-    kwargs = dict(init="image", strength=0.5, num_inference_steps=2, num_iterations=1, prompt="", output_type="pt")
+    kwargs = dict(init="image", strength=0.5, num_inference_steps=2, iterations=1, prompt="", output_type="pt")
     one = pipe(features, image=photos[:1], generator=torch.Generator().manual_seed(0), **kwargs)
     pil = pipe(features, image=[to_pil(photos[0])], generator=torch.Generator().manual_seed(0), **kwargs)
     assert one.images.shape == (2, 3, 32, 32)
@@ -75,7 +75,7 @@ def test_black_box_start_never_ends_worse_than_it_started(pipe, target, features
     noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     decoder = DecoderInverter(target, decoder=UpconvNet.for_target(target, LAYER, (32, 32)))  # untrained: a poor start
     for start in (good, noise, decoder):
-        inverter = DiffusionInverter(target, pipe, start=start, num_inference_steps=4, num_iterations=4, prompt="")
+        inverter = DiffusionInverter(target, pipe, start=start, num_inference_steps=4, iterations=4, prompt="")
         assert inverter.hybrid and inverter.config.strength == 0.3  # DRAG++'s default
         out = inverter(features, generator=torch.Generator().manual_seed(0), progress=False)
         start_loss = torch.tensor(out.info["start_loss"])
@@ -91,7 +91,7 @@ def test_black_box_start_never_ends_worse_than_it_started(pipe, target, features
 
 def test_gan_start_then_diffusion(pipe, target, features):
     gan = GANInverter(target, "tiny:32", restarts=2, iterations=5)
-    out = DiffusionInverter(target, pipe, start=gan, num_inference_steps=2, num_iterations=2, prompt="")(
+    out = DiffusionInverter(target, pipe, start=gan, num_inference_steps=2, iterations=2, prompt="")(
         features, generator=torch.Generator().manual_seed(0), progress=False)
     assert out.images.shape == (2, 3, 32, 32) and out.info["start_method"] == "gan"
     assert out.info["start_info"]["class_source"] == "predicted"
@@ -99,15 +99,15 @@ def test_gan_start_then_diffusion(pipe, target, features):
 
 def test_hybrid_start_bad_input(pipe, features, photos, tmp_path):
     with pytest.raises(ValueError, match="`init='image'` needs `image=`"):
-        pipe(features, init="image", num_iterations=1)
+        pipe(features, init="image", iterations=1)
     with pytest.raises(ValueError, match="3 images for 2 feature maps"):
-        pipe(features, init="image", image=torch.rand(3, 3, 32, 32), num_iterations=1)
+        pipe(features, init="image", image=torch.rand(3, 3, 32, 32), iterations=1)
     with pytest.raises(ValueError, match=r"`image` must hold finite values in \[0, 1\]"):
-        pipe(features, init="image", image=photos * 255, num_iterations=1)
+        pipe(features, init="image", image=photos * 255, iterations=1)
     with pytest.raises(ValueError, match="`image` is the start of `init='image'`"):
-        pipe(features, image=photos, num_iterations=1)
+        pipe(features, image=photos, iterations=1)
     with pytest.raises(ValueError, match=r"`strength` must be a number in \(0, 1\]"):
-        pipe(features, init="image", image=photos, strength=0.0, num_iterations=1)
+        pipe(features, init="image", image=photos, strength=0.0, iterations=1)
     with pytest.raises(FileNotFoundError, match="do not exist"):
         DiffusionInverter(features.to_target(), pipe, start=str(tmp_path / "missing.png"))
 
@@ -187,7 +187,7 @@ def test_real_hybrids():
     else:
         start = F.interpolate(F.interpolate(photos, size=16, mode="area"), size=128, mode="bilinear").clamp(0, 1)
     inverter = DiffusionInverter(target, os.environ["DIFFINV_SD_PATH"], start=start, num_inference_steps=20,
-                                 num_iterations=50, device=device)
+                                 iterations=50, device=device)
     out = inverter(features, generator=torch.Generator().manual_seed(0))
     print("start loss", out.info["start_loss"], "refined loss", out.info["refined_loss"], "kept", out.info["kept_start"],
           "PSNR", psnr(out.images, photos).tolist(), f"{out.seconds / 2:.1f} s / image")

@@ -34,7 +34,7 @@ from diffinv.targets import TargetNetwork
 from threads import run_in_threads
 
 PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "diffinv_pipeline.py"
-FAST = dict(num_inference_steps=2, num_iterations=3, output_type="pt")
+FAST = dict(num_inference_steps=2, iterations=3, output_type="pt")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -181,7 +181,7 @@ def test_checkpointed_and_plain_gradients_agree(tiny_sd_pipe, tiny_sd_target, ti
 def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
     fs = FeatureSet.extract(tiny_sd_target, tiny_sd_images[:1], "blocks.0")
     out = tiny_sd_pipe(
-        fs, prompt="", num_inference_steps=2, num_iterations=60, learning_rate=0.3, latent_prior_weight=0.0,
+        fs, prompt="", num_inference_steps=2, iterations=60, learning_rate=0.3, latent_prior_weight=0.0,
         generator=_seed(5), output_type="pt",
     )  # fmt: skip
     history = out.loss_history[:, 0]
@@ -192,7 +192,7 @@ def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_tar
 
 
 def test_optimizing_all_latents_lowers_the_loss(tiny_sd_pipe, tiny_sd_features):
-    out = tiny_sd_pipe(tiny_sd_features, prompt="", num_inference_steps=3, num_iterations=8, learning_rate=0.1,
+    out = tiny_sd_pipe(tiny_sd_features, prompt="", num_inference_steps=3, iterations=8, learning_rate=0.1,
                        optimize="all", generator=_seed(6), output_type="pt")
     assert out.loss_history.shape == (8, 2)
     assert (out.loss_history.min(0).values < out.loss_history[0]).all()
@@ -270,9 +270,9 @@ def test_output_types_and_tuple(tiny_sd_pipe, tiny_sd_features):
 
 def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
     z = torch.randn(2, 4, 16, 16, generator=_seed(9))
-    batch = tiny_sd_pipe(tiny_sd_features, latents=z, num_inference_steps=2, num_iterations=5, output_type="pt")
+    batch = tiny_sd_pipe(tiny_sd_features, latents=z, num_inference_steps=2, iterations=5, output_type="pt")
     single = tiny_sd_pipe(tiny_sd_features.features[:1], layer="blocks.1", height=32, width=32, latents=z[:1],
-                          num_inference_steps=2, num_iterations=5, output_type="pt")
+                          num_inference_steps=2, iterations=5, output_type="pt")
     assert single.prompts == batch.prompts[:1]
     torch.testing.assert_close(single.images[0], batch.images[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(single.loss_history[:, 0], batch.loss_history[:, 0], atol=1e-5, rtol=1e-4)
@@ -284,7 +284,7 @@ def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
 # Adam's first (sign-like) step of a near-zero gradient element the other way.
 BATCH_TOLERANCE = dict(images=dict(atol=1e-5, rtol=1e-4), latents=dict(atol=1e-4, rtol=1e-4),
                        loss=dict(atol=1e-5, rtol=1e-4))
-BATCH_RUN = dict(prompt="", height=32, width=32, num_inference_steps=1, num_iterations=2, output_type="pt")
+BATCH_RUN = dict(prompt="", height=32, width=32, num_inference_steps=1, iterations=2, output_type="pt")
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +344,7 @@ def test_a_step_failing_for_every_image_is_skipped_alike_in_a_batch_and_alone(ti
         blow_up.broken = step == 0
         return {}
 
-    run = {**BATCH_RUN, "num_iterations": 3, "callback_on_step_end": break_iteration_1}
+    run = {**BATCH_RUN, "iterations": 3, "callback_on_step_end": break_iteration_1}
     batch = pipe(feats, latents=z[:3], **run)
     singles = [pipe(feats[i : i + 1], latents=z[i : i + 1], **run) for i in range(3)]
     assert batch.skipped_steps == 1 and [s.skipped_steps for s in singles] == [1, 1, 1]
@@ -358,7 +358,7 @@ def test_a_step_failing_for_one_image_is_skipped_for_that_image_alone(tiny_sd_pi
     nan = float("nan")
     script = torch.tensor([[3.0, 2.0], [nan, 1.5], [2.0, 1.0]])
     z = torch.randn(2, 4, 16, 16, generator=_seed(21))
-    run = dict(prompt="", num_inference_steps=1, num_iterations=len(script), output_type="pt")
+    run = dict(prompt="", num_inference_steps=1, iterations=len(script), output_type="pt")
     batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(tiny_sd_features, latents=z, **run)
     single = _scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, 1:])(
         tiny_sd_features.features[1:], layer="blocks.1", height=32, width=32, latents=z[1:], **run)
@@ -388,7 +388,7 @@ def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(tiny_sd_pi
                            [2.8, 0.5, 0.3]])
     z = torch.randn(3, 4, 16, 16, generator=_seed(22))
     feats = torch.cat([tiny_sd_features.features, tiny_sd_features.features[:1]])
-    run = dict(prompt="", layer="blocks.1", height=32, width=32, num_inference_steps=1, num_iterations=len(script),
+    run = dict(prompt="", layer="blocks.1", height=32, width=32, num_inference_steps=1, iterations=len(script),
                output_type="pt", early_stop=EarlyStopping(patience=2))
     batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(feats, latents=z, **run)
     singles = [_scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, i : i + 1])(feats[i : i + 1], latents=z[i : i + 1],
@@ -419,7 +419,7 @@ def test_callback_sees_every_iteration_and_can_stop(tiny_sd_pipe, tiny_sd_featur
             pipe._interrupt = True
         return {}
 
-    out = tiny_sd_pipe(tiny_sd_features, num_inference_steps=2, num_iterations=10, output_type="pt",
+    out = tiny_sd_pipe(tiny_sd_features, num_inference_steps=2, iterations=10, output_type="pt",
                        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "loss"])
     assert [s[0] for s in seen] == [0, 1, 2] and seen[0][1] == 999
     assert seen[0][2:] == ((2, 4, 16, 16), (2,)) and out.loss_history.shape == (3, 2)
@@ -450,7 +450,7 @@ def test_non_finite_step_is_skipped_and_reported(tiny_sd_pipe, tiny_sd_target, t
 
     try:
         tiny_sd_pipe.set_target(target)
-        out = tiny_sd_pipe(feats, prompt="", num_inference_steps=2, num_iterations=4, output_type="pt",
+        out = tiny_sd_pipe(feats, prompt="", num_inference_steps=2, iterations=4, output_type="pt",
                            callback_on_step_end=break_iteration_1)
     finally:
         tiny_sd_pipe.set_target(tiny_sd_target, layer="blocks.1")
@@ -518,7 +518,7 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
             return per_image.detach(), [torch.autograd.grad(per_image.sum(), x)[0]]
 
     monkeypatch.setattr(tiny_sd_pipe, "_gradient_step", gradient_step)
-    out = tiny_sd_pipe(tiny_sd_features, prompt="", latents=z, num_inference_steps=1, num_iterations=iterations,
+    out = tiny_sd_pipe(tiny_sd_features, prompt="", latents=z, num_inference_steps=1, iterations=iterations,
                        learning_rate=lr, output_type="pt")
 
     # the inverters' optimize(), its feature loss replaced by the script (identity target: features = x[:, :3])
@@ -554,11 +554,11 @@ def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(tiny_sd_targe
         return torch.ones(len(variables[0])), [grad]
 
     monkeypatch.setattr(pipe, "_gradient_step", gradient_step)
-    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, num_iterations=2, generator=_seed(),
+    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, iterations=2, generator=_seed(),
                output_type="pt")
     assert scales == [2.0**16, 2.0**15, 2.0**14, 2.0**14] and out.skipped_steps == 0
     scales.clear()
-    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, num_iterations=2, max_retries=1, generator=_seed(),
+    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, iterations=2, max_retries=1, generator=_seed(),
                output_type="pt")
     # iteration 0 fails at 2**16 and 2**15 (skipped, counted once; the scale is halved once more),
     # iteration 1 succeeds at 2**14
@@ -640,7 +640,7 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_p
     # result is the img2img of the mapper's latent
     chains.clear()
     hybrid = tiny_sd_pipe(tiny_sd_features, init="mapper", mapper=mapper, strength=strength, prompt="",
-                          num_inference_steps=steps, num_iterations=1, learning_rate=0.0, generator=_seed(21),
+                          num_inference_steps=steps, iterations=1, learning_rate=0.0, generator=_seed(21),
                           output_type="latent")
     assert chains and all(chain == expected for chain in chains)
     torch.testing.assert_close(hybrid.images, direct, rtol=0, atol=1e-6)
@@ -713,7 +713,7 @@ def test_concurrent_calls_on_one_pipeline_equal_single_calls():
     def run(kwargs):
         kwargs = dict(kwargs)
         generator = _seed(kwargs.pop("generator_seed"))
-        return pipe(generator=generator, num_iterations=4, output_type="pt", **kwargs)
+        return pipe(generator=generator, iterations=4, output_type="pt", **kwargs)
 
     single = {name: run(kwargs) for name, kwargs in calls.items()}
     assert [tuple(out.images.shape[-2:]) for out in single.values()] == [(96, 96), (32, 32), (48, 48)]
@@ -833,7 +833,7 @@ def test_diffusers_client_loads_a_folder_with_its_own_target_weights(tmp_path, m
 
 # ---------------------------------------------------------------------- the Inverter adapter
 def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
-    inverter = DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", num_inference_steps=2, num_iterations=3)
+    inverter = DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", num_inference_steps=2, iterations=3)
     out = inverter.invert(tiny_sd_features, generator=_seed(), progress=False)
     assert isinstance(out, InversionOutput) and out.method == "diffusion"
     assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (3, 2)
@@ -847,7 +847,7 @@ def test_diffusion_inverter_resizes_to_sizes_not_multiple_of_8(tiny_sd_images):
     target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(32, 32))
     images = torch.nn.functional.interpolate(tiny_sd_images, size=(30, 30), mode="bilinear", antialias=True)
     fs = FeatureSet.extract(target, images, "blocks.1")
-    out = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=1, num_iterations=2).invert(fs, progress=False)
+    out = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=1, iterations=2).invert(fs, progress=False)
     assert out.images.shape == (2, 3, 30, 30) and out.info["generated_size"] == [32, 32]
 
 
@@ -878,8 +878,8 @@ def test_other_bad_arguments(tiny_sd_pipe, tiny_sd_features):
         tiny_sd_pipe(tiny_sd_features, output_type="jpeg")
     with pytest.raises(ValueError, match="`optimize` must be"):
         tiny_sd_pipe(tiny_sd_features, optimize="some")
-    with pytest.raises(ValueError, match="`num_iterations` must be a positive integer"):
-        tiny_sd_pipe(tiny_sd_features, num_iterations=0)
+    with pytest.raises(ValueError, match="`iterations` must be a positive integer"):
+        tiny_sd_pipe(tiny_sd_features, iterations=0)
     with pytest.raises(ValueError, match=r"`latents` has shape \(1, 4, 8, 8\), expected \(2, 4, 16, 16\)"):
         tiny_sd_pipe(tiny_sd_features, latents=torch.randn(1, 4, 8, 8), **FAST)
     with pytest.raises(ValueError, match="`layer` is 'blocks.0' but the FeatureSet's features come from 'blocks.1'"):
@@ -914,7 +914,7 @@ def test_real_stable_diffusion_directory():
     from diffinv.io import sample_images
 
     fs = FeatureSet.extract(target, sample_images(("chelsea",), 224).to(device), "blocks.2")
-    out = pipe(fs, num_inference_steps=4, num_iterations=20, generator=_seed(), output_type="pt")
+    out = pipe(fs, num_inference_steps=4, iterations=20, generator=_seed(), output_type="pt")
     assert out.prompts == ["a photo of a Egyptian cat"]
     assert out.loss_history[-1, 0] < out.loss_history[0, 0] and out.skipped_steps <= 2
 
@@ -922,7 +922,7 @@ def test_real_stable_diffusion_directory():
 def test_diffusion_inverter_temporal_weight_reaches_the_call(tiny_sd_target):
     from diffinv.inverters.diffusion import DiffusionInverter
 
-    inverter = DiffusionInverter(tiny_sd_target, model="tiny", num_iterations=1)
+    inverter = DiffusionInverter(tiny_sd_target, model="tiny", iterations=1)
     assert inverter.config.temporal_weight == 0.0 and inverter.config.temporal
-    inverter = DiffusionInverter(tiny_sd_target, model="tiny", num_iterations=1, temporal_weight=30)
+    inverter = DiffusionInverter(tiny_sd_target, model="tiny", iterations=1, temporal_weight=30)
     assert inverter.config.call_options()["temporal_weight"] == 30

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,8 +24,9 @@ from ..io import fingerprint_path, load_images, pixels_fingerprint
 from ..losses import feature_loss, temporal_smoothness
 from ..metrics import feature_residual
 from ..optimization import EarlyStopping, check_weight, run_optimization
+from ..resources import ComputeShape
 from ..targets import TargetNetwork
-from .config import InverterConfig, check_option_names
+from .config import InverterConfig, OptionInfo, check_option_names
 
 __all__ = ["InversionOutput", "Inverter", "feature_stride", "optimize"]
 
@@ -71,6 +72,17 @@ class Inverter:
     config_class: ClassVar[type[InverterConfig]] = InverterConfig
     # Keywords of the constructor that are not config fields (objects, devices): build_inverter accepts them too.
     extra_options: ClassVar[tuple[str, ...]] = ()
+    # The command-line face of those of :attr:`extra_options` that have a flag (the config's fields declare their own).
+    extra_flags: ClassVar[Mapping[str, OptionInfo]] = {}
+    # The options the method cannot do without, each with what it is (the error when one is missing says it).
+    required: ClassVar[Mapping[str, str]] = {}
+    # Roles in a hybrid START+REFINER: "start" (a refiner can start from this method's estimate), "refiner".
+    roles: ClassVar[frozenset[str]] = frozenset()
+    # A refiner's own options in a hybrid and their defaults there; they do not reach the start.
+    refine_defaults: ClassVar[Mapping[str, Any]] = {}
+    # A model kind ("decoder", "mapper") that the method needs trained per layer: jobs that train their own
+    # (atlas, audit) train one per layer and pass its folder as the option of that name.
+    trained_model: ClassVar[str | None] = None
 
     def __init__(self, target: TargetNetwork, config: InverterConfig | None = None, **options):
         self.target = target
@@ -80,6 +92,30 @@ class Inverter:
     def option_names(cls) -> tuple[str, ...]:
         """Every option the method takes: its config's fields, then :attr:`extra_options`."""
         return cls.config_class.option_names() + cls.extra_options
+
+    @classmethod
+    def option_infos(cls) -> dict[str, OptionInfo]:
+        """What each option declares (its rule, flag and help: :class:`~diffinv.inverters.config.OptionInfo`)."""
+        infos = cls.config_class.option_infos()
+        return {**infos, **{k: cls.extra_flags.get(k, OptionInfo()) for k in cls.extra_options if k not in infos}}
+
+    @classmethod
+    def check_options(cls, options: Mapping) -> None:
+        """Checks what ``options`` name on disk (model folders, files) before anything is loaded; default nothing.
+
+        Raises:
+            OptionError, FileNotFoundError: a folder or file that does not hold what the method needs.
+        """
+
+    @classmethod
+    def check_refinement(cls, options: Mapping) -> None:
+        """A refiner's check of its own options in a hybrid (:attr:`refine_defaults` applied); default nothing."""
+
+    @classmethod
+    def memory_cost(cls, options: Mapping, shape: ComputeShape) -> dict[str, int]:
+        """The method's own peak memory for one batch of ``shape``, in bytes by part, with ``options`` (the
+        target's share is counted apart: :func:`~diffinv.resources.estimate_memory`); default nothing."""
+        return {}
 
     @classmethod
     def make_config(cls, config: InverterConfig | None = None, options: Mapping | None = None) -> InverterConfig:

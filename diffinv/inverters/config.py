@@ -32,7 +32,18 @@ from typing import Any, ClassVar
 
 from ..io import fingerprint_path
 
-__all__ = ["FEATURE_LOSSES", "RULES", "ImageOptimizerConfig", "InverterConfig", "OptionError", "check_option_names", "option"]
+__all__ = [
+    "COMPILE_HELP",
+    "FEATURE_LOSSES",
+    "RULES",
+    "TEMPORAL_HELP",
+    "ImageOptimizerConfig",
+    "InverterConfig",
+    "OptionError",
+    "OptionInfo",
+    "check_option_names",
+    "option",
+]
 
 FEATURE_LOSSES = ("nmse", "mse", "cosine")
 _PLAIN = (bool, int, float, str, type(None))
@@ -72,6 +83,14 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+# The help of options that several methods share (one text, one flag).
+COMPILE_HELP = ("run the networks through torch.compile, in a mode of diffinv.compilation.MODES (bare: default; "
+                "reduce-overhead uses CUDA graphs). The same results; the first iterations compile, up to a minute "
+                "on CPU, where the compiled networks were not faster; a compile failure falls back to eager with one "
+                "warning")
+TEMPORAL_HELP = "λ of the temporal smoothing between consecutive frames (0: independent frames)"
+
+
 class OptionError(ValueError):
     """An option a method does not have, or a value it refuses; names the option, the value and what was
     expected (``.method``, ``.option``, ``.value``), so the command line can name its flag.
@@ -91,11 +110,39 @@ class OptionError(ValueError):
         super().__init__(message)
 
 
-def option(default, rule: str | None = None, *, choices: tuple | None = None):
-    """A config field with its check: a rule of :data:`RULES`, or ``choices`` (the allowed values)."""
+@dataclass(frozen=True)
+class OptionInfo:
+    """What a method declares about one option, beside its value: its check and its command-line face.
+
+    Attributes:
+        rule: a rule of :data:`RULES` (``None``: any value, or ``choices``).
+        choices: the allowed values.
+        help: the option's ``--help`` text; an option without one has no flag (Python callers only).
+        flag: its flag (default ``--`` and the name with dashes); methods that share an option share it.
+        values: the words the flag takes and the option value each means (``{"grey": True, ...}``).
+        metavar: the flag's metavar in ``--help``.
+    """
+
+    rule: str | None = None
+    choices: tuple | None = None
+    help: str | None = None
+    flag: str | None = None
+    values: Mapping[str, Any] | None = None
+    metavar: str | None = None
+
+    def flag_for(self, name: str) -> str:
+        """The flag of option ``name``."""
+        return self.flag or "--" + name.replace("_", "-")
+
+
+def option(default, rule: str | None = None, *, choices: tuple | None = None, help: str | None = None,
+           flag: str | None = None, values: Mapping[str, Any] | None = None, metavar: str | None = None):
+    """A config field with its check (a rule of :data:`RULES`, or ``choices``, the allowed values) and,
+    with ``help``, its command-line flag (:class:`OptionInfo`)."""
     if rule is not None and rule not in RULES:
         raise ValueError(f"`rule` must be one of {', '.join(RULES)}, got {rule!r}.")
-    return field(default=default, metadata={"rule": rule, "choices": choices})
+    info = OptionInfo(rule, choices, help, flag, values, metavar)
+    return field(default=default, metadata={"rule": rule, "choices": choices, "option": info})
 
 
 @dataclass(frozen=True)
@@ -145,6 +192,11 @@ class InverterConfig:
     def option_names(cls) -> tuple[str, ...]:
         """The fields a caller may set, in their order (all but :attr:`derived`)."""
         return tuple(f.name for f in fields(cls) if f.name not in cls.derived)
+
+    @classmethod
+    def option_infos(cls) -> dict[str, OptionInfo]:
+        """What each option declares (:class:`OptionInfo`), by name, in field order (all but :attr:`derived`)."""
+        return {f.name: f.metadata.get("option", OptionInfo()) for f in fields(cls) if f.name not in cls.derived}
 
     def settings(self) -> dict:
         """The plain-valued fields (tuples as lists), sorted by name, and the fingerprint of every

@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from .. import models  # UpconvNet imports diffusers when first used
-from ..models.learned import PerLayerModels, check_model_input
+from ..models.learned import PerLayerModels, check_model_input, resolve_model_dir
+from ..resources import learned_model_cost
 from ..targets import TargetNetwork
 from .base import Inverter
-from .config import InverterConfig, option
+from .config import InverterConfig, OptionInfo, option
 
 __all__ = ["DecoderConfig", "DecoderInverter"]
 
@@ -67,6 +68,20 @@ class DecoderInverter(Inverter):
     white_box = False
     config_class = DecoderConfig
     extra_options = ("decoder",)
+    extra_flags = {"decoder": OptionInfo(help="a `diffinv train-decoder` folder (or per-layer folders)")}
+    required = {"decoder": "a trained decoder or its folder (from `diffinv train-decoder`)"}
+    roles = frozenset({"start"})
+    trained_model = "decoder"
+
+    @classmethod
+    def check_options(cls, options):
+        """A ``decoder`` folder holds a trained decoder (or one per layer)."""
+        if isinstance(options.get("decoder"), (str, os.PathLike)):
+            resolve_model_dir(options["decoder"], kind="decoder")
+
+    @classmethod
+    def memory_cost(cls, options, shape):
+        return {"decoder": learned_model_cost(shape)}
 
     def __init__(self, target: TargetNetwork, *, decoder: models.UpconvNet | str | os.PathLike,
                  config: DecoderConfig | None = None, **options):

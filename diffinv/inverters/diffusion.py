@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +37,17 @@ from .. import pipelines  # its names import diffusers when first used
 from ..compilation import backend
 from ..losses import feature_loss
 from ..targets import TargetNetwork
+from ..pipelines.definitions import is_local_path
 from .base import Inverter, RefiningInverter
-from .config import FEATURE_LOSSES, InverterConfig, OptionError, option
+from .config import COMPILE_HELP, FEATURE_LOSSES, TEMPORAL_HELP, InverterConfig, OptionError, OptionInfo, option
+from .sd_model import MODEL_HELP, check_model_option, model_cost
 
 __all__ = ["HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
 
 HYBRID_STRENGTH = 0.3  # DRAG++'s img2img strength for refining a black-box estimate
 # The arguments of DiffInvPipeline.__call__ that the config holds (same names and defaults); the others are
 # the call's inputs and outputs (features, layer, sizes, generator, output_type, ...), set per call.
-PIPELINE_OPTIONS = ("prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "num_iterations",
+PIPELINE_OPTIONS = ("prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "iterations",
                     "learning_rate", "loss", "latent_prior_weight", "temporal_weight", "optimize",
                     "gradient_checkpointing", "init", "strength", "max_retries", "compile")
 
@@ -80,24 +83,30 @@ class DiffusionConfig(InverterConfig):
     model: str = option("tiny", "str")
     torch_dtype: str | None = option(None, "optional_str")
     keep_start: bool = option(True, "bool")
-    prompt: str | list[str] | None = option(None, "prompt")
+    prompt: str | list[str] | None = option(None, "prompt", help="text prompt ('auto': the target's predicted class)")
     negative_prompt: str | list[str] | None = option(None, "prompt")
     guidance_scale: float = option(1.0, "non_negative")
-    num_inference_steps: int = option(20, "positive_int")
-    num_iterations: int = option(100, "positive_int")
+    num_inference_steps: int = option(20, "positive_int", flag="--steps", help="sampler steps K of the diffusion chain")
+    iterations: int = option(100, "positive_int", help="optimization iterations")
     learning_rate: float = option(0.1, "non_negative")
     loss: str = option("nmse", choices=FEATURE_LOSSES)
     latent_prior_weight: float = option(0.1, "non_negative")
-    temporal_weight: float = option(0.0, "non_negative")
+    temporal_weight: float = option(0.0, "non_negative", help=TEMPORAL_HELP)
     optimize: str = option("initial", choices=("initial", "all"))
     gradient_checkpointing: bool = option(True, "bool")
     init: str = option("noise", choices=("noise", "image", "mapper"))
-    strength: float = option(0.5, "unit")
+    strength: float = option(0.5, "unit", help=f"with --init: how far the start is noised into the chain, in (0, 1] "
+                                                f"(default {HYBRID_STRENGTH} with a start)")
     max_retries: int = option(3, "non_negative_int")
-    compile: bool | str = option(False, "compile")
-    attention: str = option("sdpa", choices=("sdpa", "xformers"))  # pipelines.loaders.ATTENTION
-    channels_last: bool = option(False, "bool")
-    taesd: str | None = option(None, "optional_str")
+    compile: bool | str = option(False, "compile", help=COMPILE_HELP)
+    attention: str = option("sdpa", choices=("sdpa", "xformers"),  # pipelines.loaders.ATTENTION
+                            help="attention kernels, PyTorch's sdpa (default) or xformers (when installed)")
+    channels_last: bool = option(False, "bool", help="the UNet's and the decoders' weights channels-last (for GPU "
+                                                     "convolutions)")
+    taesd: str | None = option(None, "optional_str", metavar="FOLDER|random",
+                               help="decode with the tiny TAESD decoder inside the loop (a folder with its config.json "
+                                    "and weights, e.g. a copy of madebyollin/taesd; random: random weights, to try the "
+                                    "path) and with the full VAE for the final images")
 
     def __post_init__(self):
         super().__post_init__()
@@ -137,7 +146,7 @@ class DiffusionInverter(RefiningInverter):
             feature map), or a ``(N or 1, 3, H, W)`` tensor in [0, 1]. ``strength`` then defaults to
             :data:`HYBRID_STRENGTH` (0.3).
         **options: fields of :class:`DiffusionConfig`: the pipeline call's options (``prompt``,
-            ``num_inference_steps``, ``num_iterations``, ``learning_rate``, ``guidance_scale``,
+            ``num_inference_steps``, ``iterations``, ``learning_rate``, ``guidance_scale``,
             ``optimize``, ``temporal_weight``, ...), ``keep_start`` and the levers the pipeline is loaded with
             (``attention``, ``channels_last``, ``taesd``; applied to a pipeline passed in as well).
 
@@ -148,6 +157,34 @@ class DiffusionInverter(RefiningInverter):
     name = "diffusion"
     config_class = DiffusionConfig
     extra_options = ("model", "torch_dtype", "device", "start")
+    extra_flags = {"model": OptionInfo(help=MODEL_HELP)}
+    required = {"model": "a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo for random weights"}
+    roles = frozenset({"refiner"})
+    refine_defaults = {"strength": HYBRID_STRENGTH}
+
+    @classmethod
+    def check_options(cls, options):
+        """A ``model`` folder and a ``taesd`` folder hold what they need."""
+        check_model_option(cls.name, options)
+        taesd = options.get("taesd")
+        if isinstance(taesd, (str, os.PathLike)) and os.fspath(taesd) != "random":
+            path = Path(taesd).expanduser()
+            if (is_local_path(os.fspath(taesd)) or path.exists()) and not (path / "config.json").is_file():
+                what = "is not a TAESD folder (no config.json)" if path.exists() else "does not exist"
+                raise OptionError(cls.name, "taesd", os.fspath(taesd), message=(
+                    f"method {cls.name!r}: `taesd` {os.fspath(taesd)!r} {what}; expected a folder with an "
+                    f"AutoencoderTiny's config.json and weights (a copy of madebyollin/taesd), or random."))
+
+    @classmethod
+    def check_refinement(cls, options):
+        if options.get("strength") == 0:
+            raise OptionError(cls.name, "strength", 0, message="`strength` 0 with a hybrid start: the start must be "
+                                                                "noised into the chain; expected (0, 1].")
+
+    @classmethod
+    def memory_cost(cls, options, shape):
+        """The Stable Diffusion weights and one checkpointed UNet call and VAE decode (:func:`model_cost`)."""
+        return model_cost(options, shape)
 
     def __init__(
         self,

@@ -23,9 +23,9 @@ from ..compilation import backend, compiled
 from ..models.dip import SkipGenerator, check_dip_size
 from ..optimization import adam
 from .base import Inverter, feature_stride, optimize
-from .config import FEATURE_LOSSES, ImageOptimizerConfig, option
+from .config import COMPILE_HELP, FEATURE_LOSSES, TEMPORAL_HELP, ImageOptimizerConfig, option
 
-__all__ = ["GREY_START_STRIDE", "DIPConfig", "DIPInverter", "dip_parameterization"]
+__all__ = ["DIP_BYTES_PER_PIXEL", "GREY_START_STRIDE", "DIPConfig", "DIPInverter", "dip_parameterization"]
 
 # ``grey_start=None`` starts from grey for features of this stride (input pixels per feature pixel) and beyond.
 # EfficientNet-Lite0 at 128 px, 300 iterations, PSNR of the random start -> the grey start (2 seeds x 4 demo
@@ -34,6 +34,10 @@ __all__ = ["GREY_START_STRIDE", "DIPConfig", "DIPInverter", "dip_parameterizatio
 # 12.00 -> 12.92 (+0.92 +- 0.86): no clear gain; blocks.1 (4) 23.79 -> 22.59 and blocks.2 (8) 18.42 -> 17.27:
 # worse.
 GREY_START_STRIDE = 32
+# The DIP generator (diffinv.models.SkipGenerator, default channels) per image pixel: its activations
+# (leaf-module outputs, measured on the meta device: 616 B), its input noise and the noisy copy (256 B),
+# and their gradients, rounded up. tests/test_bad_inputs.py checks that it stays above the measured value.
+DIP_BYTES_PER_PIXEL = 1600
 
 
 def dip_parameterization(
@@ -102,16 +106,18 @@ class DIPConfig(ImageOptimizerConfig):
     """
 
     method = "dip"
-    iterations: int = option(300, "positive_int")
+    iterations: int = option(300, "positive_int", help="optimization iterations")
     learning_rate: float = option(0.01, "non_negative")
     channels: tuple[int, ...] = option((16, 32, 32, 64), "channels")
     in_channels: int = option(32, "positive_int")
     input_noise_std: float = option(1.0 / 30.0, "non_negative")
     loss: str = option("nmse", choices=FEATURE_LOSSES)
-    temporal_weight: float = option(0.0, "non_negative")
-    grey_start: bool | None = option(None, "optional_bool")
+    temporal_weight: float = option(0.0, "non_negative", help=TEMPORAL_HELP)
+    grey_start: bool | None = option(None, "optional_bool", flag="--dip-start", values={"grey": True, "random": False},
+                                     help="start from flat grey images or from the random generators' own pattern "
+                                          "(default: grey where the features' stride is 32 or more, random below)")
     init_iterations: int = option(100, "non_negative_int")
-    compile: bool | str = option(False, "compile")
+    compile: bool | str = option(False, "compile", help=COMPILE_HELP)
 
 
 class DIPInverter(Inverter):
@@ -131,6 +137,12 @@ class DIPInverter(Inverter):
 
     name = "dip"
     config_class = DIPConfig
+    roles = frozenset({"start"})
+
+    @classmethod
+    def memory_cost(cls, options, shape):
+        """The generators' activations and input noise for one batch (:data:`DIP_BYTES_PER_PIXEL`)."""
+        return {"dip generators": DIP_BYTES_PER_PIXEL * shape.pixels}
 
     def check_image_size(self, size: tuple[int, int]) -> None:
         check_dip_size(size, len(self.config.channels))

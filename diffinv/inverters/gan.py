@@ -23,15 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.gan import BigGANGenerator, GANGenerator, ModuleGenerator, load_biggan
+import math
+
+from ..models.gan import BigGANGenerator, GANGenerator, ModuleGenerator, biggan_files, is_random_biggan, load_biggan
 from ..targets import TargetNetwork
 from .base import Inverter, optimize
-from .config import FEATURE_LOSSES, InverterConfig, option
+from .config import FEATURE_LOSSES, InverterConfig, OptionError, option
 
 __all__ = ["GANConfig", "GANInverter"]
 
 DEFAULT_TRUNCATION = 0.7
 DEFAULT_RESTARTS = 4
+# BigGAN-deep per generated pixel and restart: its activations (leaf-module outputs of BigGAN-deep-128,
+# measured with activation_bytes: 8.5 KB), rounded up; its weights (50-56M parameters, float32) with room.
+_GAN_BYTES_PER_PIXEL = 10_000
+_GAN_WEIGHTS = 400 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +66,13 @@ class GANConfig(InverterConfig):
     folders = ("gan",)
     accepts_feature_transform = True
 
-    gan: str = option("biggan-deep-128", "str")
-    truncation: float | None = option(DEFAULT_TRUNCATION, "optional_truncation")
-    restarts: int = option(DEFAULT_RESTARTS, "positive_int")
-    iterations: int = option(200, "positive_int")
+    gan: str = option("biggan-deep-128", "str",
+                      help="a BigGAN folder (config.json + pytorch_model.bin), biggan-deep-128/256/512 from the local "
+                           "pytorch-pretrained-biggan cache, or tiny / tiny:RES (random weights: for trying the path "
+                           "and timing)")
+    truncation: float | None = option(DEFAULT_TRUNCATION, "optional_truncation", help="BigGAN truncation in (0, 1]")
+    restarts: int = option(DEFAULT_RESTARTS, "positive_int", help="random restarts per image, the best kept")
+    iterations: int = option(200, "positive_int", help="optimization iterations")
     learning_rate: float = option(0.05, "non_negative")
     optimize_class: bool = option(True, "bool")
     classes: list[int] | None = option(None, "classes")
@@ -93,6 +102,30 @@ class GANInverter(Inverter):
     name = "gan"
     config_class = GANConfig
     extra_options = ("z_dim", "output_range", "cache_dir")
+    roles = frozenset({"start"})
+
+    @classmethod
+    def check_options(cls, options):
+        """A ``gan`` name or folder: ``tiny[:RES]`` with a valid RES, or the BigGAN files on this machine."""
+        gan = options.get("gan", GANConfig.gan)
+        if not isinstance(gan, (str, os.PathLike)):
+            return
+        gan = os.fspath(gan)
+        if is_random_biggan(gan):
+            resolution = gan.partition(":")[2] or "128"
+            if not resolution.isdigit() or int(resolution) < 8 or not math.log2(int(resolution) / 4).is_integer():
+                raise OptionError(cls.name, "gan", gan, "tiny or tiny:RES with RES 4 times a power of two (8 ... 512)")
+            return
+        biggan_files(gan, cache_dir=options.get("cache_dir"))
+
+    @classmethod
+    def memory_cost(cls, options, shape):
+        """The generator's weights and its activations for every restart of one batch."""
+        gan = str(options.get("gan") or GANConfig.gan)
+        resolution = gan.rpartition(":" if gan.startswith("tiny") else "-")[2]
+        resolution = int(resolution) if resolution.isdigit() else 128 if gan.startswith("tiny") else 256
+        restarts = options.get("restarts") or GANConfig.restarts
+        return {"gan": _GAN_WEIGHTS + _GAN_BYTES_PER_PIXEL * resolution**2 * shape.batch * restarts}
 
     def __init__(
         self,

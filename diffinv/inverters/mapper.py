@@ -23,10 +23,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from .. import models, pipelines  # FeatureMapper and the pipelines import diffusers when first used
-from ..models.learned import PerLayerModels, check_model_input
+from ..models.learned import PerLayerModels, check_model_input, resolve_model_dir
+from ..resources import learned_model_cost
 from ..targets import TargetNetwork
 from .base import Inverter
-from .config import InverterConfig, option
+from .config import InverterConfig, OptionInfo, option
+from .sd_model import MODEL_HELP, check_model_option, model_cost
 
 __all__ = ["MapperConfig", "MapperInverter"]
 
@@ -57,10 +59,11 @@ class MapperConfig(InverterConfig):
     folders = ("model", "path")
     derived = ("path", "vae")
 
-    model: str | None = option(None, "optional_str")
-    strength: float = option(0.0, "unit")
-    num_inference_steps: int = option(20, "positive_int")
-    prompt: str = option("", "str")
+    model: str | None = option(None, "optional_str", help=MODEL_HELP)
+    strength: float = option(0.0, "unit", help="img2img strength of the refinement of its latent in [0, 1] (0: "
+                                                "decode it only)")
+    num_inference_steps: int = option(20, "positive_int", flag="--steps", help="sampler steps K of the diffusion chain")
+    prompt: str = option("", "str", help="text prompt of the refinement")
     guidance_scale: float = option(1.0, "non_negative")
     batch_size: int = option(16, "positive_int")
     path: str | None = option(None, "optional_str")
@@ -91,6 +94,22 @@ class MapperInverter(Inverter):
     white_box = False
     config_class = MapperConfig
     extra_options = ("mapper", "vae", "pipe")
+    extra_flags = {"mapper": OptionInfo(help="a `diffinv train-mapper` folder (or per-layer folders)")}
+    required = {"mapper": "a trained mapper or its folder (from `diffinv train-mapper`)"}
+    roles = frozenset({"start"})
+    trained_model = "mapper"
+
+    @classmethod
+    def check_options(cls, options):
+        """A ``mapper`` folder holds a trained mapper (or one per layer); a ``model`` folder what it needs."""
+        if isinstance(options.get("mapper"), (str, os.PathLike)):
+            resolve_model_dir(options["mapper"], kind="mapper")
+        check_model_option(cls.name, options)
+
+    @classmethod
+    def memory_cost(cls, options, shape):
+        """The Stable Diffusion networks (the VAE decode, the refinement's chain) and the mapper."""
+        return {**model_cost(options, shape), "mapper": learned_model_cost(shape)}
 
     def __init__(
         self,

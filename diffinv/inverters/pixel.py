@@ -20,7 +20,7 @@ import torch
 
 from ..losses import total_variation
 from .base import RefiningInverter, feature_stride, optimize
-from .config import FEATURE_LOSSES, ImageOptimizerConfig, OptionError, option
+from .config import COMPILE_HELP, FEATURE_LOSSES, TEMPORAL_HELP, ImageOptimizerConfig, OptionError, option
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "PARAMETERIZATIONS", "PARAMETERIZATION_DEFAULTS", "REFINE_LEARNING_RATE",
            "PixelConfig", "PixelInverter", "fourier_decay_power", "fourier_parameterization", "pixel_parameterization"]
@@ -157,8 +157,10 @@ class PixelConfig(ImageOptimizerConfig):
     """
 
     method = "pixel"
-    iterations: int = option(300, "positive_int")
-    parameterization: str = option("fourier", choices=("fourier", "sigmoid"))
+    iterations: int = option(300, "positive_int", help="optimization iterations")
+    parameterization: str = option("fourier", choices=("fourier", "sigmoid"), flag="--param",
+                                   help="fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel "
+                                        "logits, TV, jitter)")
     learning_rate: float | None = option(None, "optional_non_negative")
     tv_weight: float | None = option(None, "optional_non_negative")
     tv: str = option("isotropic", choices=("isotropic", "anisotropic"))
@@ -167,8 +169,8 @@ class PixelConfig(ImageOptimizerConfig):
     loss: str = option("nmse", choices=FEATURE_LOSSES)
     lr_schedule: bool | None = option(None, "optional_bool")
     decay_power: float | None = option(None, "optional_positive")
-    temporal_weight: float = option(0.0, "non_negative")
-    compile: bool | str = option(False, "compile")
+    temporal_weight: float = option(0.0, "non_negative", help=TEMPORAL_HELP)
+    compile: bool | str = option(False, "compile", help=COMPILE_HELP)
 
     def __post_init__(self):
         super().__post_init__()
@@ -208,6 +210,13 @@ class PixelInverter(RefiningInverter):
 
     name = "pixel"
     config_class = PixelConfig
+    roles = frozenset({"refiner"})
+    refine_defaults = {"learning_rate": REFINE_LEARNING_RATE}
+
+    @classmethod
+    def memory_cost(cls, options, shape):
+        """The image, its gradient and Adam's two moments, for one batch."""
+        return {"pixel optimizer state": 6 * 3 * 4 * shape.pixels}
 
     def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
                      feature_transform=None, early_stop=None):
