@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffinv.jobs.bench import merged_records, work_items
+from diffinv.jobs.bench import BenchItem, merged_records, work_items
 from diffinv.jobs.distributed import local_workers
 from diffinv.jobs.items import WorkRunner
 from diffinv.jobs.store import RunStore
@@ -48,8 +48,8 @@ def raw_records(folder: Path) -> list[dict]:
 
 def test_work_items_and_merge_order():
     items = work_items(["l1", "l2"], ["pixel"], [0, 1], 5, batch_size=2)
-    assert len(items) == 2 * 2 * 3 and items[0] == ("l1", "pixel", 0, range(0, 2)) and items[2][3] == range(4, 5)
-    assert work_items(["l1"], ["pixel"], [0], 4, batch_size=8)[0][3] == range(0, 4)  # the demo: one batch
+    assert len(items) == 2 * 2 * 3 and items[0] == BenchItem("l1", "pixel", 0, range(0, 2)) and items[2].images == range(4, 5)
+    assert work_items(["l1"], ["pixel"], [0], 4, batch_size=8)[0].images == range(0, 4)  # the demo: one batch
     records = [{"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 1.0},
                {"layer": "l1", "method": "pixel", "seed": 1, "image": "a", "psnr": 2.0},
                {"layer": "l1", "method": "pixel", "seed": 0, "image": "b", "psnr": 3.0},

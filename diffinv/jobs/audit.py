@@ -7,19 +7,21 @@ For each layer (split point) and defense setting (:mod:`diffinv.defenses`):
   cannot be run from the layer);
 * **attack success** of every method, PSNR, SSIM, LPIPS (when available) and top-1 agreement of the
   reconstruction, for two attackers: the *naive* one inverts the defended features as if they were
-  not defended; the *adaptive* one knows the defense: the white-box methods that optimize
-  (pixel, dip) differentiate through it inside their loss
+  not defended; the *adaptive* one knows the defense: the methods whose config
+  ``accepts_feature_transform`` (they optimize a feature loss) differentiate through it inside their loss
   (:meth:`~diffinv.defenses.Defense.attacker_transform`: fresh noise/masks every step,
-  straight-through quantization and top-k, the observed support of a final prune/top-k); the
-  decoder is trained on defended features (the
-  training job, :func:`~diffinv.jobs.training.train_decoder`, with ``defense`` set). Without a defense
-  the two attackers are the same and only the naive one runs.
+  straight-through quantization and top-k, the observed support of a final prune/top-k); a method that
+  needs a trained model (its class declares ``trained_model``, e.g. the decoder) gets one trained on
+  defended features (the training job, :func:`~diffinv.jobs.training.train`, with ``defense`` set). Without
+  a defense the two attackers are the same and only the naive one runs.
 
 The run folder is a run store (:mod:`diffinv.jobs.store`): ``manifest.json``, one record per
 (layer, defense, method, attacker, seed, image) and per (layer, defense, image) of utility, appended
-as each work item finishes (resumable; other settings refused). The work items are split across
-the processes of a ``torchrun``/``accelerate launch`` run as in the bench; the decoders are trained
-first, data-parallel. The main process writes ``report.json``, ``report.md``,
+as each work item finishes (resumable; other settings refused). The work items (:class:`UtilityItem`,
+:class:`AttackItem` and the trainings, :class:`~diffinv.jobs.items.TrainingItem`) are run by the job
+protocol's runner (:func:`~diffinv.jobs.items.run_job`), as in the bench: split across the processes of a
+``torchrun``/``accelerate launch`` run and shared with independent commands on the same folder; the models
+are trained first, each once, data-parallel. The main process writes ``report.json``, ``report.md``,
 ``privacy_utility.png`` and ``grid_LAYER.png`` (rows = defense settings).
 
 Example:
@@ -31,48 +33,57 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..defenses import Defense, UtilityUnavailable, apply_defense, utility_agreement
 from ..features import FeatureSet
-from ..inverters import DecoderInverter, Inverter
+from ..inverters import Inverter
+from ..inverters.registry import INVERTERS
 from ..io import atomic_path, save_image, write_json
 from ..judge import Judge, labels_tensor
 from ..metrics import LPIPS, reconstruction_scores
 from ..stats import bootstrap_ci, format_ci
 from ..targets import TargetNetwork
-from .bench import DEFAULT_BATCH_SIZE, work_items
-from .items import LayerCache, WorkRunner, image_label, image_scores, item_settings, merge_records, place
+from .bench import DEFAULT_BATCH_SIZE, chunks
+from .items import (Job, LayerCache, TrainingItem, image_label, image_scores, item_settings, merge_records, place,
+                    run_job)
 from .report import SEMANTIC_METRICS, finite_per_image, write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
-from .training import NOT_SETTINGS, TrainConfig, train_decoder, with_resolved_precision
+from .training import TrainConfig, template_settings, train, with_resolved_precision
 
-__all__ = ["ATTACKERS", "UTILITY_THRESHOLD", "audit_image_path", "decoder_folder", "run_audit"]
+__all__ = ["ATTACKERS", "UTILITY_THRESHOLD", "AttackItem", "AuditJob", "UtilityItem", "audit_image_path",
+           "decoder_folder", "model_folder", "run_audit"]
 
 ATTACKERS = ("naive", "adaptive")
 UTILITY_THRESHOLD = 0.9
 OUTPUTS = ("images", "decoders", "report.json", "report.md", "privacy_utility.png")
 METRICS = ("psnr", "ssim", "lpips", "top1_agreement", "feature_residual", "seconds",
            *(m for m in SEMANTIC_METRICS if m != "top1_agreement"))
-# methods whose attack optimizes the loss of ``inverters.base.optimize`` (adaptive: through the defense)
-_THROUGH_LOSS = ("pixel", "dip")
 
 
 def _slug(spec: str) -> str:
     return spec.replace(":", "-").replace("+", "_")
 
 
+def model_folder(out_dir, kind: str, spec: str) -> Path:
+    """Where the audit trains the models of ``kind`` that know defense setting ``spec``: ``KINDs/SPEC/LAYER``
+    (``none``: the naive attacker's)."""
+    return Path(out_dir) / f"{kind}s" / _slug(spec)
+
+
 def decoder_folder(out_dir, defense: Defense) -> Path:
     """Where the audit trains the decoders that know ``defense``: ``decoders/SPEC/LAYER`` (``none``: the naive one)."""
-    return Path(out_dir) / "decoders" / _slug(defense.spec)
+    return model_folder(out_dir, "decoder", defense.spec)
 
 
 def audit_image_path(out_dir, layer: str, defense: str, method: str, attacker: str, seed: int, name: str) -> Path:
@@ -80,15 +91,43 @@ def audit_image_path(out_dir, layer: str, defense: str, method: str, attacker: s
     return Path(out_dir) / "images" / layer / _slug(defense) / f"{method}_{attacker}" / f"{name}_seed{seed}.png"
 
 
+@dataclass(frozen=True)
+class UtilityItem:
+    """The deployment's utility at ``layer`` under defense setting ``defense``, on the images of a chunk."""
+
+    layer: str
+    defense: str
+    images: range
+
+    def __str__(self) -> str:
+        return f"{self.layer} {self.defense} utility images {self.images.start}-{self.images.stop - 1}"
+
+
+@dataclass(frozen=True)
+class AttackItem:
+    """``method``'s attack (``attacker``: naive or adaptive) on the defended features of a chunk of images."""
+
+    layer: str
+    defense: str
+    method: str
+    attacker: str
+    seed: int
+    images: range
+
+    def __str__(self) -> str:
+        return (f"{self.layer} {self.defense} {self.method} {self.attacker} images {self.images.start}-"
+                f"{self.images.stop - 1}")
+
+
 def _key(record: Mapping) -> tuple:
     return (record["kind"], record["layer"], record["defense"], record.get("method", ""), record.get("attacker", ""),
             record.get("seed", 0), record.get("image", ""))
 
 
-def _adaptive_reason(method: str, trained: bool) -> str | None:
+def _adaptive_reason(method: str, adaptive: bool) -> str | None:
     """``None`` when the method has an adaptive attacker (it optimizes through the defense, or the audit
-    trains it on defended features), else why not."""
-    if trained or method in _THROUGH_LOSS:
+    trains its model on defended features), else why not."""
+    if adaptive:
         return None
     return (f"{method}: no adaptive attacker in the audit (it does not optimize the loss of `optimize()` and is not "
             f"trained here); only the naive attack is reported")
@@ -97,6 +136,36 @@ def _adaptive_reason(method: str, trained: bool) -> str | None:
 def _defense_seed(layer: str, spec: str, start: int) -> int:
     """The seed of a chunk's defense draw: depends on the layer, the setting and the chunk, nothing else."""
     return zlib.crc32(f"{layer}|{spec}|{start}".encode())
+
+
+def trained_methods(methods: Mapping, target: TargetNetwork, size: tuple[int, int], progress: bool) -> dict:
+    """``name -> (inverter class, template)`` of the methods given as a :class:`TrainConfig` template: those
+    whose class declares ``trained_model``, the kind of model the job trains for them (the template resolved:
+    its kind, target, size and precision filled in).
+
+    Raises:
+        ValueError: a template for a method that trains nothing, or non-square images.
+    """
+    trained = {}
+    for name, value in methods.items():
+        if not isinstance(value, TrainConfig):
+            continue
+        cls = INVERTERS.get(name)
+        kind = None if cls is None else cls.trained_model
+        if kind is None:
+            raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but method {name!r} needs no trained model (its "
+                             f"class declares no `trained_model`); give an Inverter or a factory for it.")
+        if size[0] != size[1]:
+            raise ValueError(f"the {kind} trains on square images; the images are {size[0]}x{size[1]}.")
+        trained[name] = cls, with_resolved_precision(dataclasses.replace(
+            value, target=target.name, weights=target.weights, size=size[0], kind=kind, progress=progress))
+    return trained
+
+
+def training_record(item: TrainingItem, result, **more) -> dict:
+    """The record of a finished training (atlas, audit)."""
+    return {"kind": "training", "layer": item.layer, **more, "seconds": result.log["train_seconds"],
+            "steps": result.step, "val_psnr": result.val_psnr, "val_ssim": result.val_ssim}
 
 
 def run_audit(
@@ -126,18 +195,18 @@ def run_audit(
         layers: the split points.
         defenses: the settings (:func:`~diffinv.defenses.parse_defenses`); include ``Defense()``
             (none) for the undefended reference.
-        methods: name -> an :class:`Inverter`, a factory ``target -> Inverter``, or, for
-            ``"decoder"``, a :class:`~diffinv.jobs.training.TrainConfig` template: the audit trains one
-            decoder per layer on clean features (the naive attacker) and one per defense setting on
-            defended features (the adaptive one), into ``out_dir/decoders`` (``out``, ``layer``,
-            ``defense``, ``target``, ``weights`` and ``size`` are filled in).
+        methods: name -> an :class:`Inverter`, a factory ``target -> Inverter``, or, for a method whose class
+            declares ``trained_model`` (``"decoder"``), a :class:`~diffinv.jobs.training.TrainConfig` template:
+            the audit trains one model per layer on clean features (the naive attacker) and one per defense
+            setting on defended features (the adaptive one), into ``out_dir/KINDs`` (``decoders``; ``out``,
+            ``layer``, ``defense``, ``target``, ``weights`` and ``size`` are filled in).
         out_dir: the run folder.
         seeds: each attack runs once per seed.
         batch_size: images per work item.
         settings: more settings for the manifest (e.g. the dataset).
         overwrite: start afresh in a folder that holds another run.
         state: accelerate's ``PartialState`` under a multi-process launch: work items are split
-            across the processes, decoders trained data-parallel, the main process writes the report.
+            across the processes, models trained data-parallel, the main process writes the report.
         labels: the true class of each image (``None`` where unknown): attack records carry it and the
             target's top-1 accuracy on originals and reconstructions.
         judge: a second network that the attack never saw (:class:`~diffinv.judge.Judge`): its accuracy,
@@ -147,182 +216,212 @@ def run_audit(
         RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
         ValueError: no defense setting, mismatched ``sources``, a method that cannot make images of this size.
     """
-    # 1. Check inputs
-    if len(sources) != len(images):
-        raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
-    if not defenses:
-        raise ValueError("`defenses` is empty; give at least one setting (e.g. none).")
-    if not layers:
-        raise ValueError("`layers` is empty; give at least one split point.")
-    defenses = list(dict.fromkeys(defenses))
-    label_values = labels_tensor(labels, len(images))
-    for name, value in methods.items():
-        if isinstance(value, TrainConfig) and name != "decoder":
-            raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but the audit trains only decoders ('decoder').")
-    target, device = place(target, state)
-    if judge is not None:
-        judge = judge.to(device)
-    size = tuple(images.shape[-2:])
-    trainer = methods.get("decoder") if isinstance(methods.get("decoder"), TrainConfig) else None
-    inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()
-                 if not isinstance(f, TrainConfig)}
-    for inverter in inverters.values():
-        inverter.check_image_size(size)
-    names = list(methods)
-    specs = [d.spec for d in defenses]
-    by_spec = dict(zip(specs, defenses))
-    if trainer is not None:
-        trainer = with_resolved_precision(dataclasses.replace(trainer, target=target.name, weights=target.weights,
-                                                              size=size[0], kind="decoder", progress=progress))
-        if size[0] != size[1]:
-            raise ValueError(f"the decoder trains on square images; the audited images are {size[0]}x{size[1]}.")
+    job = AuditJob(target, images, sources, layers, defenses, methods, out_dir, seeds=seeds, batch_size=batch_size,
+                   settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge)
+    run_job(job, job.store, job.trainings(), state=state, show=job.show, together=True, prefix="train-")
+    run_job(job, job.store, job.items(), state=state, show=job.show)
+    return job.report()
 
-    # 2. Run store
-    training = None
-    if trainer is not None:
-        training = {k: v for k, v in dataclasses.asdict(trainer).items()
-                    if k not in NOT_SETTINGS + ("layer", "defense", "model", "pixel_weight", "target", "weights")}
-    manifest = item_settings(
-        target, images, sources, layers, seeds, batch_size, device, defenses=specs,
-        methods={**{n: inv.settings() for n, inv in inverters.items()},
-                 **({"decoder": {"method": "decoder", "training": training}} if trainer is not None else {})},
-        attackers=list(ATTACKERS),
-        labels=label_values, judge=judge)
-    store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
-                     state=state)
-    out_dir = store.folder
-    main = state is None or state.is_main_process
-    show = progress and (state is None or state.is_local_main_process)
-    files = unique_names(sources)
 
-    # 3. Work items: utility per (layer, defense, chunk); attacks per (layer, defense, method, attacker, seed, chunk)
-    chunks = [w[3] for w in work_items([""], [""], [0], len(images), batch_size)]
-    work = []
-    for layer in layers:
-        for spec in specs:
-            work += [(layer, spec, "", "", 0, chunk) for chunk in chunks]
-            attackers = ("naive", "adaptive") if by_spec[spec] else ("naive",)
-            for method in names:
-                for attacker in attackers:
-                    if attacker == "adaptive" and _adaptive_reason(method, method not in inverters):
-                        continue
-                    work += [(layer, spec, method, attacker, seed, chunk) for seed in seeds for chunk in chunks]
+class AuditJob(Job):
+    """The audit as a job: :class:`~diffinv.jobs.items.TrainingItem` (first), :class:`UtilityItem` and
+    :class:`AttackItem`; each becomes its records (:meth:`records`), and :meth:`report` writes the report.
+    The arguments are those of :func:`run_audit`."""
 
-    def item_keys(item):
-        layer, spec, method, attacker, seed, chunk = item
-        kind = "attack" if method else "utility"
-        return [(kind, layer, spec, method, attacker, seed, sources[i]) for i in chunk]
+    desc = "audit"
 
-    runner = WorkRunner(store, work, item_keys, _key, state)
-    todo, done = runner.todo, runner.done
+    def __init__(self, target, images, sources, layers, defenses, methods, out_dir, *, seeds, batch_size, settings,
+                 overwrite, progress, state, labels, judge):
+        # 1. Check inputs
+        if len(sources) != len(images):
+            raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
+        if not defenses:
+            raise ValueError("`defenses` is empty; give at least one setting (e.g. none).")
+        if not layers:
+            raise ValueError("`layers` is empty; give at least one split point.")
+        self.defenses = list(dict.fromkeys(defenses))
+        self.label_values = labels_tensor(labels, len(images))
+        self.target, self.device = place(target, state)
+        self.judge = judge.to(self.device) if judge is not None else None
+        self.size = tuple(images.shape[-2:])
+        self.trained = trained_methods(methods, self.target, self.size, progress)
+        self.inverters = {m: f if isinstance(f, Inverter) else f(self.target) for m, f in methods.items()
+                          if not isinstance(f, TrainConfig)}
+        for inverter in self.inverters.values():
+            inverter.check_image_size(self.size)
+        self.names, self.specs = list(methods), [d.spec for d in self.defenses]
+        self.by_spec = dict(zip(self.specs, self.defenses))
+        self.sources, self.layers, self.seeds, self.batch_size = list(sources), list(layers), list(seeds), batch_size
+        self.state = state
+        # 2. Run store
+        manifest = item_settings(
+            self.target, images, sources, layers, seeds, batch_size, self.device, defenses=self.specs,
+            methods={**{n: inv.settings() for n, inv in self.inverters.items()},
+                     **{n: {"method": n, "training": template_settings(template)}
+                        for n, (_, template) in self.trained.items()}},
+            attackers=list(ATTACKERS), labels=self.label_values, judge=self.judge)
+        folders = tuple(f"{template.kind}s" for _, template in self.trained.values())
+        self.store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite,
+                              outputs=tuple(dict.fromkeys(OUTPUTS + folders)), state=state)
+        self.out_dir = self.store.folder
+        self.main = state is None or state.is_main_process
+        self.show = progress and (state is None or state.is_local_main_process)
+        self.files = unique_names(sources)
+        self.images = images.to(self.device)
+        self.cache = LayerCache()
+        self.models: dict = {}  # (method, known defense) -> the inverter of the models trained for it
+        self.originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
 
-    # 4. Decoders (every process takes part: data-parallel training), before any attack that needs them
-    decoders = {}
-    if trainer is not None:
-        # the naive attacker's decoder knows no defense; the adaptive one's knows the item's
-        needed = dict.fromkeys((w[0], w[1] if w[3] == "adaptive" else "none") for w in todo if w[2] == "decoder")
-        for layer, spec in needed:
-            folder = decoder_folder(out_dir, by_spec.get(spec, Defense())) / layer
-            config = dataclasses.replace(trainer, out=str(folder), layer=layer,
-                                         defense=None if spec == "none" else spec)
-            result = train_decoder(config)
-            if main and ("training", layer, spec, "decoder", "", 0, "") not in done:
-                store.append({"kind": "training", "layer": layer, "defense": spec, "method": "decoder",
-                              "seconds": result.log["train_seconds"], "steps": result.step,
-                              "val_psnr": result.val_psnr, "val_ssim": result.val_ssim})
-        if state is not None:
-            state.wait_for_everyone()
+    @functools.cached_property
+    def lpips(self) -> LPIPS:
+        """The LPIPS metric, made after the trainings (as the audit always has: they leave the global RNG where
+        they leave it)."""
+        return LPIPS()
 
-    # 5. This process's work items
-    lpips_metric = LPIPS()
-    images = images.to(device)
-    cache = LayerCache()
-    originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
+    # ------------------------------------------------------------------ the items
+    def adaptive(self, method: str) -> bool:
+        """Whether ``method`` has an adaptive attacker: it optimizes through a feature transform, or the audit
+        trains its model on the defended features."""
+        return method in self.trained or self.inverters[method].config.accepts_feature_transform
 
-    def run_item(item) -> None:
-        layer, spec, method, attacker, seed, chunk = item
-        defense = by_spec[spec]
+    def trainings(self) -> list[TrainingItem]:
+        """One training per trained method and layer: on clean features (the naive attacker's), and on the
+        features of each defense setting (the adaptive attacker's)."""
+        known = ["none", *(spec for spec in self.specs if self.by_spec[spec])]
+        return [TrainingItem(name, template.kind, layer, spec, model_folder(self.out_dir, template.kind, spec) / layer)
+                for layer in self.layers for name, (_, template) in self.trained.items() for spec in known]
 
+    def items(self) -> list:
+        """Utility per (layer, defense, chunk); attacks per (layer, defense, method, attacker, seed, chunk)."""
+        work = []
+        for layer in self.layers:
+            for spec in self.specs:
+                work += [UtilityItem(layer, spec, chunk) for chunk in chunks(len(self.images), self.batch_size)]
+                attackers = ATTACKERS if self.by_spec[spec] else ("naive",)
+                for method in self.names:
+                    for attacker in attackers:
+                        if attacker == "adaptive" and not self.adaptive(method):
+                            continue
+                        work += [AttackItem(layer, spec, method, attacker, seed, chunk) for seed in self.seeds
+                                 for chunk in chunks(len(self.images), self.batch_size)]
+        return work
+
+    key = staticmethod(_key)
+
+    def keys(self, item) -> list[tuple]:
+        if isinstance(item, TrainingItem):
+            return [("training", item.layer, item.defense, item.method, "", 0, "")]
+        if isinstance(item, UtilityItem):
+            return [("utility", item.layer, item.defense, "", "", 0, self.sources[i]) for i in item.images]
+        return [("attack", item.layer, item.defense, item.method, item.attacker, item.seed, self.sources[i])
+                for i in item.images]
+
+    def records(self, item) -> Iterator[dict]:
+        if isinstance(item, TrainingItem):
+            return self._train(item)
+        if isinstance(item, UtilityItem):
+            return self._utility(item)
+        return self._attack(item)
+
+    def _train(self, item: TrainingItem) -> Iterator[dict]:
+        """Trains the item's model (every process of a launch takes part); the main process records it."""
+        _, template = self.trained[item.method]
+        result = train(dataclasses.replace(template, out=str(item.folder), layer=item.layer,
+                                           defense=None if item.defense == "none" else item.defense))
+        if self.main:
+            yield training_record(item, result, defense=item.defense, method=item.method)
+
+    def _features(self, layer: str, spec: str, chunk: range):
+        """The clean and the defended features of a chunk (the defense drawn by the chunk's own seed)."""
         def extract():
-            clean = FeatureSet.extract(target, images[chunk.start:chunk.stop], layer,
-                                       sources=[sources[i] for i in chunk])
+            clean = FeatureSet.extract(self.target, self.images[chunk.start:chunk.stop], layer,
+                                       sources=[self.sources[i] for i in chunk])
             generator = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start))
-            return clean, apply_defense(clean, defense, generator)
+            return clean, apply_defense(clean, self.by_spec[spec], generator)
 
-        clean, defended = cache.get((layer, spec, chunk), extract)
-        originals = images[chunk.start:chunk.stop]
-        keys = item_keys(item)
-        if not method:
-            tic = time.perf_counter()
-            try:
-                agreement, reason = utility_agreement(target, originals, layer, clean.features,
-                                                      defended.features).tolist(), None
-            except UtilityUnavailable as err:
-                agreement, reason = [None] * len(chunk), str(err)
-            seconds = (time.perf_counter() - tic) / len(chunk)
-            for j, i in enumerate(chunk):
-                if keys[j] not in done:
-                    store.append({"kind": "utility", "layer": layer, "defense": spec, "image": sources[i],
-                                  "utility": agreement[j], "reason": reason, "seconds": seconds})
-            return
-        generator = torch.Generator().manual_seed(seed)
-        if method not in inverters:  # the decoders the audit trains
-            known = spec if attacker == "adaptive" else "none"
-            if known not in decoders:
-                folder = decoder_folder(out_dir, by_spec.get(known, Defense()))
-                decoders[known] = DecoderInverter(target, decoder=folder)
-            out = decoders[known].invert(defended, generator=generator, progress=show)
-        elif attacker == "adaptive":
-            draws = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start) + 1 + seed)
-            out = inverters[method].invert(defended, generator=generator, progress=show,
-                                           feature_transform=defense.attacker_transform(
-                                               defended.features.to(device), draws))
-        else:
-            out = inverters[method].invert(defended, generator=generator, progress=show)
-        scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
-                                       feature_residual=out.feature_residual,
-                                       originals_cache=originals_scored.setdefault(chunk, {}),
-                                       labels=None if label_values is None else label_values[chunk.start:chunk.stop])
-        white_box = method in inverters and bool(inverters[method].white_box)
-        for j, i in enumerate(chunk):
-            if keys[j] in done:
+        return self.cache.get((layer, spec, chunk), extract)
+
+    def _utility(self, item: UtilityItem) -> Iterator[dict]:
+        chunk = item.images
+        clean, defended = self._features(item.layer, item.defense, chunk)
+        tic = time.perf_counter()
+        try:
+            agreement, reason = utility_agreement(self.target, self.images[chunk.start:chunk.stop], item.layer,
+                                                  clean.features, defended.features).tolist(), None
+        except UtilityUnavailable as err:
+            agreement, reason = [None] * len(chunk), str(err)
+        seconds = (time.perf_counter() - tic) / len(chunk)
+        for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
+            if key not in self.done:
+                yield {"kind": "utility", "layer": item.layer, "defense": item.defense, "image": self.sources[i],
+                       "utility": agreement[j], "reason": reason, "seconds": seconds}
+
+    def _inverter(self, item: AttackItem) -> Inverter:
+        """The item's inverter: the given one, or the one of the models trained for the attacker."""
+        if item.method in self.inverters:
+            return self.inverters[item.method]
+        known = item.defense if item.attacker == "adaptive" else "none"
+        if (item.method, known) not in self.models:
+            cls, template = self.trained[item.method]
+            self.models[item.method, known] = cls(self.target, **{
+                cls.trained_model: model_folder(self.out_dir, template.kind, known)})
+        return self.models[item.method, known]
+
+    def _attack(self, item: AttackItem) -> Iterator[dict]:
+        chunk, spec, device = item.images, item.defense, self.device
+        _, defended = self._features(item.layer, spec, chunk)
+        inverter, generator = self._inverter(item), torch.Generator().manual_seed(item.seed)
+        through = {}
+        if item.attacker == "adaptive" and item.method in self.inverters:
+            draws = torch.Generator().manual_seed(_defense_seed(item.layer, spec, chunk.start) + 1 + item.seed)
+            through["feature_transform"] = self.by_spec[spec].attacker_transform(defended.features.to(device), draws)
+        out = inverter.invert(defended, generator=generator, progress=self.show, **through)
+        labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
+        scores = reconstruction_scores(self.target, out.images.to(device), self.images[chunk.start:chunk.stop],
+                                       lpips=self.lpips, judge=self.judge, feature_residual=out.feature_residual,
+                                       originals_cache=self.originals_scored.setdefault(chunk, {}), labels=labels)
+        for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
+            if key in self.done:
                 continue
-            file = save_image(out.images[j], audit_image_path(out_dir, layer, spec, method, attacker, seed, files[i]))
-            store.append({"kind": "attack", "layer": layer, "defense": spec, "method": method, "attacker": attacker,
-                          "seed": seed, "image": sources[i], "file": file.relative_to(out_dir).as_posix(),
-                          "white_box": white_box,
-                          "label": image_label(label_values, i),
-                          **image_scores(scores, j), "seconds": out.seconds / len(chunk)})
+            file = save_image(out.images[j], audit_image_path(self.out_dir, item.layer, spec, item.method,
+                                                              item.attacker, item.seed, self.files[i]))
+            yield {"kind": "attack", "layer": item.layer, "defense": spec, "method": item.method,
+                   "attacker": item.attacker, "seed": item.seed, "image": self.sources[i],
+                   "file": file.relative_to(self.out_dir).as_posix(), "white_box": bool(inverter.white_box),
+                   "label": image_label(self.label_values, i), **image_scores(scores, j),
+                   "seconds": out.seconds / len(chunk)}
 
-    runner.run(run_item, desc="audit", show=show,
-               describe=lambda w: f"{w[0]} {w[1]} {w[2] or 'utility'} {w[3]} images {w[5].start}-{w[5].stop - 1}")
-    runner.close()
+    # ------------------------------------------------------------------ the report
+    def report(self) -> dict:
+        """6. The report (main process): the run's own records only (the last of an item recorded twice), said
+        in notes."""
+        own = {k for item in [*self.trainings(), *self.items()] for k in self.keys(item)}
+        notes: list[str] = []
+        records = merge_records(self.store.records(), _key, own=own, notes=notes)
+        report = build_report(records, self.layers, self.specs, self.names,
+                              [m for m in self.names if self.adaptive(m)], meta={
+            "target": self.target.name, "image_size": list(self.size), "images": len(self.sources),
+            "seeds": self.seeds, "lpips": self.lpips.reason or "alexnet", "device": str(self.device),
+            "judge": self.judge.name if self.judge is not None else None})
+        report["notes"] = notes + report["notes"]
+        if self.main:
+            self._write(report)
+        if self.state is not None:
+            self.state.wait_for_everyone()
+        return report
 
-    # 6. Report (main process): the run's own records only (the last of an item recorded twice), said in notes
-    own = {k for item in work for k in item_keys(item)}
-    own |= {("training", layer, spec, "decoder", "", 0, "") for layer in layers for spec in specs}
-    notes: list[str] = []
-    records = merge_records(store.records(), _key, own=own, notes=notes)
-    report = build_report(records, layers, specs, names, [m for m in names if m not in inverters], meta={
-        "target": target.name, "image_size": list(size), "images": len(sources), "seeds": list(seeds),
-        "lpips": lpips_metric.reason or "alexnet", "device": str(device),
-        "judge": judge.name if judge is not None else None})
-    report["notes"] = notes + report["notes"]
-    if main:
+    def _write(self, report: dict) -> None:
+        out_dir = self.out_dir
         for note in report["notes"]:
-            warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=2)
-        write_json(out_dir / "report.json", {"config": store.settings, **report})
+            warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=4)
+        write_json(out_dir / "report.json", {"config": self.store.settings, **report})
         write_report_md(report, out_dir / "report.md")
-        write_privacy_utility_plot(report["settings"], out_dir / "privacy_utility.png", layers=list(layers),
-                                   methods=names)
-        columns = [f"{m} {a}" for m in names for a in ATTACKERS]
-        for layer in layers:
-            write_grid(images, specs, columns,
-                       lambda spec, column, layer=layer: _grid_file(out_dir, layer, spec, column, seeds[0], files[0]),
-                       out_dir / f"grid_{layer}.png")
-    if state is not None:
-        state.wait_for_everyone()
-    return report
+        write_privacy_utility_plot(report["settings"], out_dir / "privacy_utility.png", layers=self.layers,
+                                   methods=self.names)
+        columns = [f"{m} {a}" for m in self.names for a in ATTACKERS]
+        for layer in self.layers:
+            write_grid(self.images, self.specs, columns, lambda spec, column, layer=layer: _grid_file(
+                out_dir, layer, spec, column, self.seeds[0], self.files[0]), out_dir / f"grid_{layer}.png")
 
 
 def _grid_file(out_dir, layer, spec, column, seed, name) -> Path:
@@ -355,10 +454,11 @@ def _with_interval(summary: dict, key: str, records: Sequence[Mapping], metric: 
 
 
 def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
-                 trained: Sequence[str] = (), meta: Mapping | None = None) -> dict:
+                 adaptive: Sequence[str] = (), meta: Mapping | None = None) -> dict:
     """The audit's summary of ``records``: per (layer, defense setting) the utility and, per method and
     attacker, the mean metrics; per layer the setting that keeps utility >= 0.9 with the lowest best
-    attack PSNR; the cost in seconds. ``trained``: the methods the audit trained per defense.
+    attack PSNR; the cost in seconds. ``adaptive``: the methods that have an adaptive attacker (the others
+    say why not).
 
     Every mean is over images (each the mean of its seeds), with its 95 % bootstrap interval over images
     beside it (``METRIC_ci``: ``[low, high]``); ``n`` counts the images. Values that are not finite numbers are
@@ -385,7 +485,7 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
                         for metric in METRICS:
                             if _with_interval(entry[attacker], metric, group, metric):
                                 left_out.setdefault(metric, []).append(f"{layer} {spec} {method} {source}")
-                reason = None if spec == "none" else _adaptive_reason(method, method in trained)
+                reason = None if spec == "none" else _adaptive_reason(method, method in adaptive)
                 if reason:
                     entry["adaptive_reason"] = reason
                 row["attacks"][method] = entry

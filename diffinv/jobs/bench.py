@@ -4,7 +4,8 @@
 ``batch_size`` images), scores the reconstructions and appends one record per image to the run
 store as soon as each item finishes, so an interrupted run keeps its work and a re-run with the
 same settings skips what is done; a re-run with other settings is refused
-(:mod:`diffinv.jobs.store`). The items are run by :class:`~diffinv.jobs.items.WorkRunner`: under
+(:mod:`diffinv.jobs.store`). The work items are :class:`BenchItem`; :class:`BenchJob` turns one into its records and writes the report,
+and the job protocol's runner (:func:`~diffinv.jobs.items.run_job`) runs them: under
 ``torchrun``/``accelerate launch`` they are split across the processes, each appending to its own
 records shard, and the main process merges the results; a run can be resumed with any number of
 processes, and a second command started on the same folder joins the run (it takes only the items
@@ -22,7 +23,8 @@ import os
 import resource
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,12 +36,12 @@ from ..judge import Judge, labels_tensor
 from ..metrics import LPIPS, reconstruction_scores
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
-from .items import LayerCache, WorkRunner, image_label, image_scores, item_settings, merge_records, place
+from .items import Job, LayerCache, image_label, image_scores, item_settings, merge_records, place, run_job
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
-__all__ = ["DEFAULT_BATCH_SIZE", "PeakMemory", "image_path", "merged_records", "run_benchmark",
-           "work_items"]
+__all__ = ["DEFAULT_BATCH_SIZE", "BenchItem", "BenchJob", "PeakMemory", "image_path", "merged_records",
+           "run_benchmark", "work_items"]
 
 
 class PeakMemory:
@@ -91,6 +93,13 @@ def _key(record: Mapping) -> tuple:
     return (record["layer"], record["method"], record["seed"], record["image"])
 
 
+def chunks(num_images: int, batch_size: int) -> list[range]:
+    """The image indices in chunks of ``batch_size``: the images of one work item."""
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    return [range(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
+
+
 def image_path(out_dir: str | os.PathLike, layer: str, method: str, seed: int, name: str) -> Path:
     """Where the benchmark writes a reconstruction: ``images/LAYER/METHOD/NAME_seedS.png``."""
     return Path(out_dir) / "images" / layer / method / f"{name}_seed{seed}.png"
@@ -100,16 +109,27 @@ OUTPUTS = ("images", "results.json", "results.md", "grid.png", "psnr_vs_depth.pn
 DEFAULT_BATCH_SIZE = 8
 
 
+@dataclass(frozen=True)
+class BenchItem:
+    """One work item of a benchmark: ``method`` inverts the features of ``images`` (indices of a chunk,
+    inverted together) at ``layer`` with ``seed``."""
+
+    layer: str
+    method: str
+    seed: int
+    images: range
+
+    def __str__(self) -> str:
+        return f"{self.layer} {self.method} seed {self.seed} images {self.images.start}-{self.images.stop - 1}"
+
+
 def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int], num_images: int,
-               batch_size: int = DEFAULT_BATCH_SIZE) -> list[tuple[str, str, int, range]]:
-    """Every work item of a benchmark, in a fixed order: ``(layer, method, seed, image indices)``, the
+               batch_size: int = DEFAULT_BATCH_SIZE) -> list[BenchItem]:
+    """Every work item of a benchmark, in a fixed order: layer, method, seed, image indices, the
     images in chunks of ``batch_size`` (inverted together). An item's numbers depend only on the item
     (its chunk, its seed), so any process may run it."""
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    chunks = [range(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
-    return [(layer, method, seed, chunk) for layer in layers for method in methods for seed in seeds
-            for chunk in chunks]
+    return [BenchItem(layer, method, seed, chunk) for layer in layers for method in methods for seed in seeds
+            for chunk in chunks(num_images, batch_size)]
 
 
 def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
@@ -178,83 +198,111 @@ def run_benchmark(
     """
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
-    target, device = place(target, state)
-    label_values = labels_tensor(labels, len(images))
-    if judge is not None:
-        judge = judge.to(device)
-    inverters = {m: f if isinstance(f, Inverter) else f(target) for m, f in methods.items()}
-    for inverter in inverters.values():
-        inverter.check_image_size(tuple(images.shape[-2:]))
-    work = work_items(layers, list(inverters), seeds, len(images), batch_size)
-    manifest = item_settings(
-        target, images, sources, layers, seeds, batch_size, device,
-        methods={name: inverter.settings() for name, inverter in inverters.items()},
-        labels=label_values, judge=judge,
-        # runs without early stopping keep the manifests they had before the option
-        **({"early_stop": early_stop.settings()} if early_stop is not None else {}),
-    )
-    store = RunStore(out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS,
-                     state=state)
-    out_dir = store.folder
-    main = state is None or state.is_main_process
-    show = progress and (state is None or state.is_local_main_process)
-    names = unique_names(sources)
-    runner = WorkRunner(store, work, lambda w: [(w[0], w[1], w[2], sources[i]) for i in w[3]], _key, state)
-    lpips_metric = LPIPS()
-    images = images.to(device)
-    meta = {"target": target.name, "judge": judge.name if judge is not None else None,
-            "image_size": list(images.shape[-2:]), "lpips": lpips_metric.reason or "alexnet", "device": str(device),
-            "processes": 1 if state is None else state.num_processes, "threads": torch.get_num_threads()}
+    job = BenchJob(target, images, sources, layers, methods, out_dir, seeds=seeds, batch_size=batch_size,
+                   settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge,
+                   early_stop=early_stop)
+    run_job(job, job.store, job.items(), state=state, show=job.show)
+    return job.report()
 
-    def write_results(notes: list[str] | None = None) -> list[dict]:
-        records = merged_records(store.records(), layers, list(inverters), seeds, sources, notes)
-        write_json(out_dir / "results.json", {"config": {**meta, **store.settings}, "records": records})
+
+class BenchJob(Job):
+    """The benchmark as a job of :class:`BenchItem`: opens its run store (the manifest of every setting),
+    turns an item into one record per image (:meth:`records`) and writes the report (:meth:`report`).
+    The arguments are those of :func:`run_benchmark`."""
+
+    desc = "benchmark"
+
+    def __init__(self, target, images, sources, layers, methods, out_dir, *, seeds, batch_size, settings, overwrite,
+                 progress, state, labels, judge, early_stop):
+        self.target, self.device = place(target, state)
+        self.sources, self.layers, self.seeds, self.batch_size = list(sources), list(layers), list(seeds), batch_size
+        self.state, self.early_stop, self.label_values = state, early_stop, labels_tensor(labels, len(images))
+        self.judge = judge.to(self.device) if judge is not None else None
+        self.inverters = {m: f if isinstance(f, Inverter) else f(self.target) for m, f in methods.items()}
+        for inverter in self.inverters.values():
+            inverter.check_image_size(tuple(images.shape[-2:]))
+        manifest = item_settings(
+            self.target, images, sources, layers, seeds, batch_size, self.device,
+            methods={name: inverter.settings() for name, inverter in self.inverters.items()},
+            labels=self.label_values, judge=self.judge,
+            # runs without early stopping keep the manifests they had before the option
+            **({"early_stop": early_stop.settings()} if early_stop is not None else {}),
+        )
+        self.store = RunStore(out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite,
+                              outputs=OUTPUTS, state=state)
+        self.out_dir = self.store.folder
+        self.main = state is None or state.is_main_process
+        self.show = progress and (state is None or state.is_local_main_process)
+        self.names = unique_names(sources)
+        self.lpips = LPIPS()
+        self.images = images.to(self.device)
+        self.meta = {"target": self.target.name, "judge": self.judge.name if self.judge is not None else None,
+                     "image_size": list(images.shape[-2:]), "lpips": self.lpips.reason or "alexnet",
+                     "device": str(self.device), "processes": 1 if state is None else state.num_processes,
+                     "threads": torch.get_num_threads()}
+        self.features = LayerCache()
+        self.originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
+
+    def items(self) -> list[BenchItem]:
+        return work_items(self.layers, list(self.inverters), self.seeds, len(self.images), self.batch_size)
+
+    key = staticmethod(_key)
+
+    def keys(self, item: BenchItem) -> list[tuple]:
+        return [(item.layer, item.method, item.seed, self.sources[i]) for i in item.images]
+
+    def records(self, item: BenchItem) -> Iterator[dict]:
+        """Inverts the item's images, scores them and gives one record per image (its PNG written first)."""
+        chunk, sources = item.images, self.sources
+        feats = self.features.get((item.layer, chunk), lambda: FeatureSet.extract(
+            self.target, self.images[chunk.start:chunk.stop], item.layer, sources=[sources[i] for i in chunk]))
+        inverter, early_stop = self.inverters[item.method], self.early_stop
+        stop = {"early_stop": early_stop} if early_stop is not None and inverter.config.accepts_early_stop else {}
+        with PeakMemory(self.device) as memory:
+            out = inverter.invert(feats, generator=torch.Generator().manual_seed(item.seed), progress=self.show,
+                                  **stop)
+        labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
+        scores = reconstruction_scores(self.target, out.images.to(self.device), self.images[chunk.start:chunk.stop],
+                                       lpips=self.lpips, judge=self.judge, feature_residual=out.feature_residual,
+                                       originals_cache=self.originals_scored.setdefault(chunk, {}), labels=labels)
+        for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
+            if key in self.done:
+                continue  # finished earlier (in a chunk that was cut short): kept as it is
+            file = save_image(out.images[j], image_path(self.out_dir, item.layer, item.method, item.seed,
+                                                        self.names[i]))
+            yield {"layer": item.layer, "method": item.method, "seed": item.seed, "image": sources[i],
+                   "file": file.relative_to(self.out_dir).as_posix(), "white_box": bool(inverter.white_box),
+                   "hybrid": bool(inverter.hybrid), "label": image_label(self.label_values, i),
+                   **image_scores(scores, j), "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
+                   "skipped_steps": int(out.info.get("skipped_steps", 0)),
+                   **({"iterations_run": int(out.loss_history.shape[0])} if early_stop is not None else {})}
+
+    def after(self, item: BenchItem) -> None:
+        if self.main:
+            self.write_results()
+
+    def write_results(self, notes: list[str] | None = None) -> list[dict]:
+        """``results.json``: the merged records so far (``notes``: what they held that does not count)."""
+        records = merged_records(self.store.records(), self.layers, list(self.inverters), self.seeds, self.sources,
+                                 notes)
+        write_json(self.out_dir / "results.json", {"config": {**self.meta, **self.store.settings}, "records": records})
         return records
 
-    features = LayerCache()
-    originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
-
-    def run_item(item) -> None:
-        layer, method, seed, chunk = item
-        feats = features.get((layer, chunk), lambda: FeatureSet.extract(
-            target, images[chunk.start:chunk.stop], layer, sources=[sources[i] for i in chunk]))
-        originals = images[chunk.start:chunk.stop]
-        inverter = inverters[method]
-        stop = {"early_stop": early_stop} if early_stop is not None and inverter.config.accepts_early_stop else {}
-        with PeakMemory(device) as memory:
-            out = inverter.invert(feats, generator=torch.Generator().manual_seed(seed), progress=show, **stop)
-        scores = reconstruction_scores(target, out.images.to(device), originals, lpips=lpips_metric, judge=judge,
-                                       feature_residual=out.feature_residual,
-                                       originals_cache=originals_scored.setdefault(chunk, {}),
-                                       labels=None if label_values is None else label_values[chunk.start:chunk.stop])
-        for j, i in enumerate(chunk):
-            if (layer, method, seed, sources[i]) in runner.done:
-                continue  # finished earlier (in a chunk that was cut short): kept as it is
-            file = save_image(out.images[j], image_path(out_dir, layer, method, seed, names[i]))
-            record = {"layer": layer, "method": method, "seed": seed, "image": sources[i],
-                      "file": file.relative_to(out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                      "hybrid": bool(inverter.hybrid), "label": image_label(label_values, i), **image_scores(scores, j),
-                      "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
-                      "skipped_steps": int(out.info.get("skipped_steps", 0)),
-                      **({"iterations_run": int(out.loss_history.shape[0])} if early_stop is not None else {})}
-            store.append(record)
-        if main:
-            write_results()
-
-    runner.run(run_item, desc="benchmark", show=show,
-               describe=lambda w: f"{w[0]} {w[1]} seed {w[2]} images {w[3].start}-{w[3].stop - 1}")
-    runner.close()
-    if main:
-        notes: list[str] = []  # what the records held that does not count, said once, at the end
-        records = write_results(notes)
-        for note in notes:
-            warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=2)
-        write_table(records, out_dir / "results.md", layers=layers, methods=list(inverters), meta=meta,
-                    record_notes=notes)
-        write_grid(images, layers, list(inverters),
-                   lambda layer, method: image_path(out_dir, layer, method, seeds[0], names[0]), out_dir / "grid.png")
-        write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=list(layers), methods=list(inverters))
-    if state is not None:
-        state.wait_for_everyone()  # the merged outputs are written when any process returns
-        records = merged_records(store.records(), layers, list(inverters), seeds, sources)
-    return records
+    def report(self) -> list[dict]:
+        """The main process writes the results, the table, the grid and the plot; every process returns the
+        merged records."""
+        out_dir, methods = self.out_dir, list(self.inverters)
+        if self.main:
+            notes: list[str] = []  # what the records held that does not count, said once, at the end
+            records = self.write_results(notes)
+            for note in notes:
+                warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=3)
+            write_table(records, out_dir / "results.md", layers=self.layers, methods=methods, meta=self.meta,
+                        record_notes=notes)
+            write_grid(self.images, self.layers, methods, lambda layer, method: image_path(
+                out_dir, layer, method, self.seeds[0], self.names[0]), out_dir / "grid.png")
+            write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=self.layers, methods=methods)
+        if self.state is not None:
+            self.state.wait_for_everyone()  # the merged outputs are written when any process returns
+            records = merged_records(self.store.records(), self.layers, methods, self.seeds, self.sources)
+        return records

@@ -1,7 +1,8 @@
-"""The work-item runner of the jobs that split their work into items (bench, audit).
+"""The one job protocol: the work items of every job (bench, atlas, audit, video) and the runner of them.
 
-A job lists its work items in a fixed order (the same list for the same settings), says which
-records each item writes (their keys) and how to run one; :class:`WorkRunner` does the rest:
+A job (:class:`Job`) lists its work items, typed dataclasses, in a fixed order (the same list for the
+same settings), says which records each item writes (their keys) and how one item becomes its records;
+:func:`run_job` and :class:`WorkRunner` do the rest:
 
 * **resume**: items whose records are all in the run store (:mod:`diffinv.jobs.store`) are done;
 * **claims**: a process runs an item only while it holds the item's claim, an exclusive ``flock`` on
@@ -13,6 +14,9 @@ records each item writes (their keys) and how to run one; :class:`WorkRunner` do
   (:meth:`~diffinv.jobs.store.RunStore.new_records`) and skips the item if another process finished it.
   When a process has gone through the list, it waits for the items other processes hold and runs
   those whose holder died before finishing them; so every process returns the whole run.
+* **together**: an item that every process of a launch works on at once (the data-parallel training of a
+  decoder or a mapper, :class:`TrainingItem`) is claimed by the main process, which tells the others
+  which item it holds (:meth:`WorkRunner.run_together`); independent commands still never run it twice;
 * **progress**: one bar per process;
 * **merge**: :func:`merge_records` keeps one record per item of the run (the last written), in the settings'
   order; records of items that are not in the run are left out, and both are said.
@@ -27,7 +31,8 @@ The helpers that both jobs use on each item are here too: the shared part of the
 feature cache (:class:`LayerCache`).
 
 Example:
-    >>> runner = WorkRunner(store, work, item_keys, key, state=state)
+    >>> runner = run_job(job, store, job.items(), state=state, show=True)
+    >>> runner = WorkRunner(store, work, item_keys, key, state=state)  # the same, by hand
     >>> runner.run(run_one, desc="benchmark", show=True, describe=str)
 """
 
@@ -39,7 +44,8 @@ import os
 import shutil
 import stat
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +56,8 @@ from ..io import pixels_fingerprint
 from .distributed import process_device
 from .store import RunSettingsError, RunStore
 
-__all__ = ["ItemClaims", "LayerCache", "WorkRunner", "image_label", "image_scores", "item_settings", "merge_records",
-           "place", "record_key"]
+__all__ = ["ItemClaims", "Job", "LayerCache", "TrainingItem", "WorkRunner", "image_label", "image_scores",
+           "item_settings", "merge_records", "place", "record_key", "run_job"]
 
 CLAIMS = ".claims"  # the folder of claim files inside a run folder
 ACTIVE = ".active"  # every process working on the run holds a shared lock on it
@@ -98,12 +104,13 @@ class ItemClaims:
                 pass
             os.close(fd)  # locked a file that was removed meanwhile: join again
 
-    def acquire(self, index: int, *, wait: bool = False) -> int | None:
-        """Claims item ``index``: a file descriptor holding the claim, or ``None`` when another process
+    def acquire(self, index: int, *, wait: bool = False, prefix: str = "") -> int | None:
+        """Claims item ``index`` (of the list named ``prefix``: a job with several lists of items, e.g. its
+        trainings and its attacks): a file descriptor holding the claim, or ``None`` when another process
         holds it (``wait``: block until it lets go instead). Without file locks, every item is this process's."""
         if not self.locking:
             return -1
-        fd = _open_plain(self.folder / f"{index:06d}")
+        fd = _open_plain(self.folder / f"{prefix}{index:06d}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -165,6 +172,9 @@ class WorkRunner:
         item_keys: ``item -> [key, ...]``: the keys of the records the item writes.
         key: ``record -> key``.
         state: accelerate's ``PartialState`` under a multi-process launch, else ``None``.
+        accept: ``record -> bool``: whether a record counts as finished work (e.g. its output file is
+            there); default: every record.
+        prefix: names this list of items among the job's others (their claims are kept apart).
 
     Attributes:
         done: the keys of the finished records (kept up to date as items are claimed).
@@ -172,8 +182,10 @@ class WorkRunner:
     """
 
     def __init__(self, store: RunStore, work: Sequence, item_keys: Callable[[Any], list[tuple]],
-                 key: Callable[[Mapping], tuple], state=None):
+                 key: Callable[[Mapping], tuple], state=None, *, accept: Callable[[Mapping], bool] | None = None,
+                 prefix: str = ""):
         self.store, self.work, self.item_keys, self.key, self.state = store, list(work), item_keys, key, state
+        self.accept, self.prefix = accept, prefix
         self.claims = ItemClaims(store.folder)  # before the records are read: see ItemClaims.close
         self.done: set[tuple] = set()
         self.refresh()
@@ -185,7 +197,7 @@ class WorkRunner:
     def refresh(self) -> None:
         """Adds the keys of the records appended since the last refresh (by any process); a record without an
         item's key (planted, or of another format) makes nothing done."""
-        keys = (record_key(self.key, r) for r in self.store.new_records())
+        keys = (record_key(self.key, r) for r in self.store.new_records() if self.accept is None or self.accept(r))
         self.done.update(k for k in keys if k is not None)
 
     def finished(self, item) -> bool:
@@ -215,8 +227,51 @@ class WorkRunner:
             self._run(i, item, run_item, bar, describe, wait=True)
         bar.close()
 
+    def run_together(self, run_item: Callable[[Any], None], *, desc: str, show: bool = True,
+                     describe: Callable[[Any], str] = str) -> None:
+        """Like :meth:`run`, for items that every process of a launch runs at once (data-parallel training):
+        the main process claims the next item (one nobody holds, else it waits for a held one) and tells the
+        others which, and whether it is still unfinished; all of them call ``run_item`` on it."""
+        state = self.state
+        if state is None or state.num_processes == 1:
+            return self.run(run_item, desc=desc, show=show, describe=describe)
+        bar = tqdm(total=len(self.work), initial=len(self.work) - len(self.todo), desc=desc, disable=not show)
+        pending = dict(self._todo)
+        while True:
+            index, fd = -1, None
+            if state.is_main_process:
+                index, fd = self._claim_any(pending)
+            index = _broadcast_int(index, state)
+            if index < 0:
+                break
+            item = pending.pop(index)
+            ran = 0
+            if state.is_main_process:
+                self.refresh()
+                ran = int(not self.finished(item))
+            try:
+                if _broadcast_int(ran, state):
+                    bar.set_postfix_str(describe(item))
+                    run_item(item)
+            finally:
+                if fd is not None:
+                    self.claims.release(fd)
+            bar.update(1)
+        bar.close()
+
+    def _claim_any(self, pending: Mapping[int, Any]) -> tuple[int, int | None]:
+        """``(index, claim)`` of the first pending item nobody holds, else of the first (waited for); ``-1``
+        when none is pending."""
+        for index in pending:
+            fd = self.claims.acquire(index, prefix=self.prefix)
+            if fd is not None:
+                return index, fd
+        for index in pending:
+            return index, self.claims.acquire(index, wait=True, prefix=self.prefix)
+        return -1, None
+
     def _run(self, index: int, item, run_item, bar, describe, *, wait: bool) -> bool:
-        fd = self.claims.acquire(index, wait=wait)
+        fd = self.claims.acquire(index, wait=wait, prefix=self.prefix)
         if fd is None:
             return False
         try:
@@ -242,6 +297,81 @@ class WorkRunner:
                 self.claims.close()
         else:
             self.claims.close()
+
+
+def _broadcast_int(value: int, state) -> int:
+    """The main process's ``value``, in every process of the launch (a tensor: nothing is pickled)."""
+    from accelerate.utils import broadcast
+
+    return int(broadcast(torch.tensor([value], device=state.device))[0])
+
+
+class Job:
+    """What a job of work items declares; :func:`run_job` does the rest (claims, resume, progress).
+
+    Subclasses (:class:`~diffinv.jobs.bench.BenchJob`, ...) define the record key (:meth:`key`), the keys an
+    item writes (:meth:`keys`) and how one item becomes its records (:meth:`records`, a generator: each
+    record is appended as soon as it is given); :attr:`done` holds the keys of the finished records while
+    the job runs, so that an item cut short keeps what it finished.
+    """
+
+    desc = "work"
+    done: set = frozenset()
+
+    @staticmethod
+    def key(record: Mapping) -> tuple:
+        """The key of a record: which item's it is."""
+        raise NotImplementedError
+
+    def keys(self, item) -> list[tuple]:
+        """The keys of the records ``item`` writes."""
+        raise NotImplementedError
+
+    def records(self, item) -> Iterator[dict]:
+        """Runs ``item``: its records, one at a time (those of keys in :attr:`done` left out)."""
+        raise NotImplementedError
+
+    def describe(self, item) -> str:
+        """The item, for the progress bar."""
+        return str(item)
+
+    def after(self, item) -> None:
+        """Called after each item this process ran (e.g. to rewrite the tables)."""
+
+
+def run_job(job: Job, store: RunStore, items: Sequence, *, state=None, show: bool = True, together: bool = False,
+            prefix: str = "", accept: Callable[[Mapping], bool] | None = None) -> WorkRunner:
+    """Runs the unfinished ``items`` of ``job`` in ``store`` (see the module): each item's records are
+    appended as the job gives them; ``together``: every process of a launch runs each item at once
+    (:meth:`WorkRunner.run_together`). Returns the runner, closed."""
+    runner = WorkRunner(store, items, job.keys, job.key, state, accept=accept, prefix=prefix)
+    job.done = runner.done
+
+    def run_item(item) -> None:
+        for record in job.records(item):
+            store.append(record)
+        job.after(item)
+
+    (runner.run_together if together else runner.run)(run_item, desc=job.desc, show=show, describe=job.describe)
+    runner.close()
+    return runner
+
+
+@dataclass(frozen=True)
+class TrainingItem:
+    """One model a job trains (atlas, audit): ``method``'s model of ``kind``
+    (:data:`~diffinv.jobs.training.TRAINED_KINDS`) for ``layer``, knowing ``defense`` (``"none"``: clean
+    features), into ``folder``. Every process of a launch trains it at once (data-parallel)."""
+
+    method: str
+    kind: str
+    layer: str
+    defense: str
+    folder: Path
+
+    def __str__(self) -> str:
+        known = "" if self.defense == "none" else f" ({self.defense})"
+        return f"train {self.kind} {self.layer}{known}"
 
 
 def record_key(key: Callable[[Mapping], tuple], record: Mapping) -> tuple | None:

@@ -77,8 +77,9 @@ from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_
 from .report import plot_loss_curve
 from .store import RunStore
 
-__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "TrainConfig", "TrainResult", "check_training_memory",
-           "estimate_training_memory", "load_training_data", "train_decoder", "train_mapper", "with_resolved_precision"]
+__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "PER_MODEL", "TRAINED_KINDS", "TrainConfig", "TrainResult",
+           "check_training_memory", "estimate_training_memory", "load_training_data", "template_settings", "train",
+           "train_decoder", "train_mapper", "with_resolved_precision"]
 
 
 def _outputs() -> tuple[str, ...]:
@@ -235,6 +236,12 @@ class _DecoderTask:
     def reconstruct(self, model, feats):
         return model(feats).float().clamp(0, 1)
 
+    @staticmethod
+    def meta_model(config: TrainConfig, shape, size) -> tuple:
+        """``(model, vae)`` for the memory estimate, built under ``torch.device("meta")``."""
+        return models.UpconvNet(feature_shape=shape, image_size=size, hidden_channels=config.hidden_channels,
+                                min_channels=config.min_channels), None
+
 
 class _MapperTask:
     """Features -> diffusion latent (FeatureMapper), supervised by the VAE encoding."""
@@ -274,6 +281,30 @@ class _MapperTask:
 
     def reconstruct(self, model, feats):
         return models.decode_latents(self.vae, model(feats).float()).clamp(0, 1)
+
+    @staticmethod
+    def meta_model(config: TrainConfig, shape, size) -> tuple:
+        """``(model, vae)`` for the memory estimate, built under ``torch.device("meta")``."""
+        try:
+            vae = definition_dir(config.model) if config.model else None
+        except ModelFilesNotFoundError:
+            vae = config.model  # a Hub id: Stable Diffusion's VAE is assumed
+        latent = (4, max(1, size[0] // 8), max(1, size[1] // 8))  # Stable Diffusion's latent space
+        return models.FeatureMapper(feature_shape=shape, latent_shape=latent,
+                                    hidden_channels=config.hidden_channels), vae
+
+
+# The kinds of model a job can train, each declared once: ``TrainConfig.kind`` -> its task. An inverter class
+# that needs a model trained per layer names its kind (``Inverter.trained_model``).
+TRAINED_KINDS: dict[str, type] = {task.kind: task for task in (_DecoderTask, _MapperTask)}
+
+
+def _task(kind: str) -> type:
+    """The task of ``kind`` (:data:`TRAINED_KINDS`)."""
+    if kind not in TRAINED_KINDS:
+        raise ValueError(f"`kind` {kind!r} is not a kind of model diffinv trains; expected one of "
+                         f"{', '.join(TRAINED_KINDS)}.")
+    return TRAINED_KINDS[kind]
 
 
 # ---------------------------------------------------------------------- the loop
@@ -350,21 +381,9 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     (:func:`~diffinv.resources.estimate_training`): its decoder or mapper, ``hidden_channels`` wide, and the target
     are built on the ``meta`` device (shapes only, nothing allocated, no weights read)."""
     size = (int(config.size), int(config.size))
-    vae = None
     with torch.device("meta"):
         target = TargetNetwork.from_name(config.target, config.layer, weights=None, input_size=None)
-        shape = target.feature_shape(config.layer, size)
-        if config.kind == "mapper":
-            try:
-                vae = definition_dir(config.model) if config.model else None
-            except ModelFilesNotFoundError:
-                vae = config.model  # a Hub id: Stable Diffusion's VAE is assumed
-            latent = (4, max(1, size[0] // 8), max(1, size[1] // 8))  # Stable Diffusion's latent space
-            model = models.FeatureMapper(feature_shape=shape, latent_shape=latent,
-                                         hidden_channels=config.hidden_channels)
-        else:
-            model = models.UpconvNet(feature_shape=shape, image_size=size, hidden_channels=config.hidden_channels,
-                                     min_channels=config.min_channels)
+        model, vae = _task(config.kind).meta_model(config, target.feature_shape(config.layer, size), size)
     return estimate_training(config.target, config.layer, size, model, batch_size=config.batch_size, name=config.kind,
                              feature_loss=config.feature_weight > 0, vae=vae, device=_device(config.device))
 
@@ -381,8 +400,20 @@ def check_training_memory(config: TrainConfig) -> MemoryEstimate:
                              "--train-batch-size in atlas and audit) or a smaller --size.")
 
 
-# Fields of TrainConfig that do not define the trained model (not in the run's manifest).
+# What is not a setting, defined once for every job that trains (train-decoder/train-mapper, atlas, audit):
+# the fields of TrainConfig that do not define the trained model (where it goes, how the run is watched) ...
 NOT_SETTINGS = ("out", "kind", "overwrite", "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every")
+# ... and those that a job training models from a template fills in per model: its items' own (layer, defense)
+# and the target, which the job records itself.
+PER_MODEL = ("layer", "defense", "target", "weights")
+
+
+def template_settings(template: TrainConfig, *, filled: tuple[str, ...] = ()) -> dict:
+    """The settings of the models a job trains from ``template`` (one per layer, per defense), for the job's
+    manifest: every field but :data:`NOT_SETTINGS`, :data:`PER_MODEL`, the fields its kind ignores and
+    ``filled``, the fields the job derives from settings it records otherwise (the atlas: its split's images)."""
+    skipped = NOT_SETTINGS + PER_MODEL + _task(template.kind).unused + tuple(filled)
+    return {k: v for k, v in asdict(template).items() if k not in skipped}
 
 
 def _data_fingerprint(*sets: ImageDataset | None) -> str:
@@ -409,24 +440,29 @@ def _settings(config: TrainConfig, task, target: TargetNetwork, accelerator, tra
     return settings
 
 
-def _train(config: TrainConfig, task_cls) -> TrainResult:
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-
-    # 1. Check inputs (on a copy: the caller's config is never changed)
+def _checked(config: TrainConfig, task_cls) -> TrainConfig:
+    """1. Check inputs (on a copy: the caller's config is never changed)."""
     config = dataclasses.replace(config, kind=task_cls.kind)
     if config.max_steps < 1 or config.batch_size < 1:
         raise ValueError(f"`max_steps` and `batch_size` must be positive, got {config.max_steps} and {config.batch_size}.")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"`out` {str(out)!r} is an existing file; expected an output folder.")
+    _mixed_precision(config.mixed_precision, _device(config.device))
+    if config.defense is not None:
+        parse_defense(config.defense)
+    check_training_memory(config)
+    return config
+
+
+def _accelerator(config: TrainConfig):
+    """2. The accelerator (one process, or one of a distributed launch), and this process's slice of the global
+    batch (split evenly)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
     device = _device(config.device)
     mixed_precision = _mixed_precision(config.mixed_precision, device)
-    defense = parse_defense(config.defense) if config.defense is not None else None
-    check_training_memory(config)
-
-    # 2. Accelerator (one process, or one of a distributed launch): the global batch is split evenly
     if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.cuda.set_device(device)  # accelerate uses the current GPU of a single process
     # split_batches: the batch is the global one, so the LR schedule advances one step per optimizer
@@ -434,30 +470,19 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     _allow_precision(mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    device = accelerator.device
     processes, rank = accelerator.num_processes, accelerator.process_index
     if config.batch_size % processes:
         raise ValueError(f"`batch_size` {config.batch_size} is the global batch (crops per step summed over the "
                          f"processes) and must be divisible by the number of processes, {processes}; choose e.g. "
                          f"{processes * max(1, round(config.batch_size / processes))}.")
-    local = slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
+    return accelerator, slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
 
-    # 3. Data (before the run store: a source that fails to load leaves no run behind), target, task
-    train_set, val_set = load_training_data(config)
-    set_seed(config.seed)
-    target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
-                                     input_size=(config.size, config.size)).to(device)
-    task = task_cls(config, target, device)
-    val_images = val_set.fixed(config.size) if val_set is not None else None
 
-    # 4. Run store: the same settings resume from the latest checkpoint, other settings are refused
-    #    (every process checks the folder, the main one writes the manifest, the others wait for it)
-    RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
-             overwrite=config.overwrite, outputs=_outputs(), state=accelerator.state)
-    accelerator.wait_for_everyone()
-    checkpoint = latest_checkpoint(out)
+def _prepared_model(config: TrainConfig, task, target: TargetNetwork, train_set, accelerator, defense):
+    """5. Model, feature statistics, optimizer, LR schedule and the resumed state (from the latest checkpoint)."""
+    from diffusers.optimization import get_scheduler
 
-    # 5. Model, feature statistics, optimizer, resumed state
+    device = accelerator.device
     model = task.build().train()
     stats_generator = torch.Generator().manual_seed(config.seed + 1)
     with torch.no_grad():
@@ -472,9 +497,69 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
                                  num_training_steps=config.max_steps)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     state = TrainerState(config.seed)  # the same crop generator in every process: each builds its slice
+    checkpoint = latest_checkpoint(Path(config.out))
     if checkpoint is not None:
         load_checkpoint(accelerator, checkpoint, state, model, optimizer, lr_scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    return model, optimizer, lr_scheduler, state
+
+
+def _step(config: TrainConfig, task, target, train_set, accelerator, parts, state: TrainerState, local, defense):
+    """One optimizer step of the global batch (skipped on every process when its loss is not finite)."""
+    model, optimizer, lr_scheduler = parts
+    tic = time.perf_counter()
+    images = train_set.random_crops(config.batch_size, config.size, state.generator,
+                                    min_scale=config.min_crop, keep=local).to(accelerator.device)
+    with torch.no_grad():
+        feats = target.feature(images, config.layer).float()
+        if defense:
+            feats = defense(feats, state.generator)
+    with accelerator.autocast():
+        loss, _ = task.loss(model, images, feats)
+    # the loss of the global batch (equal slices: the mean of the per-process means), the same
+    # in every process, so that all of them skip a non-finite step together
+    global_loss = accelerator.reduce(loss.detach().float().reshape(1), reduction="mean")[0]
+    if torch.isfinite(global_loss):
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+    else:
+        state.skipped += 1
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.losses.append(float(global_loss))
+    state.images += config.batch_size
+    state.seconds += time.perf_counter() - tic
+
+
+def _train(config: TrainConfig, task_cls) -> TrainResult:
+    from accelerate.utils import set_seed
+
+    # 1. Check inputs; 2. Accelerator
+    config = _checked(config, task_cls)
+    out = Path(config.out)
+    defense = parse_defense(config.defense) if config.defense is not None else None
+    accelerator, local = _accelerator(config)
+    device = accelerator.device
+
+    # 3. Data (before the run store: a source that fails to load leaves no run behind), target, task
+    train_set, val_set = load_training_data(config)
+    set_seed(config.seed)
+    target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
+                                     input_size=(config.size, config.size)).to(device)
+    task = task_cls(config, target, device)
+    val_images = val_set.fixed(config.size) if val_set is not None else None
+
+    # 4. Run store: the same settings resume from the latest checkpoint, other settings are refused
+    #    (every process checks the folder, the main one writes the manifest, the others wait for it)
+    RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
+             overwrite=config.overwrite, outputs=_outputs(), state=accelerator.state)
+    accelerator.wait_for_everyone()
+
+    # 5. Model, optimizer, resumed state
+    model, optimizer, lr_scheduler, state = _prepared_model(config, task, target, train_set, accelerator, defense)
     start_step = state.step
 
     def finish_interval():
@@ -489,31 +574,7 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"train-{task.kind} {config.layer}",
                disable=not (config.progress and accelerator.is_local_main_process))
     while state.step < config.max_steps:
-        tic = time.perf_counter()
-        images = train_set.random_crops(config.batch_size, config.size, state.generator,
-                                        min_scale=config.min_crop, keep=local).to(device)
-        with torch.no_grad():
-            feats = target.feature(images, config.layer).float()
-            if defense:
-                feats = defense(feats, state.generator)
-        with accelerator.autocast():
-            loss, parts = task.loss(model, images, feats)
-        # the loss of the global batch (equal slices: the mean of the per-process means), the same
-        # in every process, so that all of them skip a non-finite step together
-        global_loss = accelerator.reduce(loss.detach().float().reshape(1), reduction="mean")[0]
-        if torch.isfinite(global_loss):
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-        else:
-            state.skipped += 1
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.losses.append(float(global_loss))
-        state.images += config.batch_size
-        state.seconds += time.perf_counter() - tic
+        _step(config, task, target, train_set, accelerator, (model, optimizer, lr_scheduler), state, local, defense)
         bar.update(1)
         postfix = {"loss": f"{state.losses[-1]:.4g}"}
         if (val_images is not None and accelerator.is_main_process
@@ -551,6 +612,11 @@ def _log(config: TrainConfig, state: TrainerState, train_set, val_set, start_ste
         "validation": state.validation,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Trains the model of ``config.kind`` (:data:`TRAINED_KINDS`) for ``config.layer``; see :class:`TrainConfig`."""
+    return _train(config, _task(config.kind))
 
 
 def train_decoder(config: TrainConfig) -> TrainResult:
