@@ -1,7 +1,8 @@
 """``torch.compile`` for the networks that run every iteration, made once per network and kept.
 
 ``compile=True`` (or a backend name, e.g. ``"aot_eager"``) on an optimizing inverter (``pixel``,
-``dip``) or on the pipeline call (``--compile`` on the command line) runs the target's feature function, the DIP generator,
+``dip``) or on the pipeline call (``--compile`` on the command line) runs the target's feature function (its
+truncated forward, a ``torch.fx`` graph without hooks: threads share the compiled function), the DIP generator,
 the UNet and the VAE decoder through :func:`torch.compile`. The results equal the eager ones
 within floating-point tolerance; the first iterations pay the compile time (up to a minute on
 CPU for Lite0 or the DIP generators). It is off by default: on CPU, inductor made the
@@ -130,7 +131,12 @@ def compiled(module: nn.Module, fn: Callable | None = None, key: str = "forward"
 
 
 def compiled_feature(target: nn.Module, layer: str, compile: bool | str = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The target's ``images -> features at layer``, compiled (kept per target, layer and backend)."""
+    """The target's ``images -> features at layer``, compiled (kept per target, layer and backend).
+
+    The target's truncated forward (:meth:`TargetNetwork.extractor <diffinv.targets.TargetNetwork.extractor>`, a
+    ``torch.fx`` graph without hooks) is made first, so ``torch.compile`` traces a finished graph."""
+    if hasattr(target, "extractor"):
+        target.extractor((layer,))
     return compiled(target, functools.partial(target.feature, layer=layer), f"feature:{layer}", compile)
 
 

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import importlib.util
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import check_regular_file
+from .truncation import LayerGraph, SequentialChain
 
 __all__ = [
     "Architecture",
@@ -71,27 +71,6 @@ class WeightsMismatchError(ValueError):
 
 class SplitUnavailable(ValueError):
     """The rest of the network cannot be run from this layer's features (the reason says why)."""
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every requested layer has been captured."""
-
-
-def _thread_hook(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]):
-    """Registers a forward hook ``fn(output)`` on ``module`` for the calling thread only; returns its handle.
-
-    Other threads running the same (shared) network meanwhile do not see it, so concurrent
-    forward passes of one target (a pipeline shared between threads) stay independent. Under
-    ``torch.compile`` the hook applies as is (asking for the thread would break the graph).
-    """
-    thread = None if torch.compiler.is_compiling() else threading.get_ident()
-
-    def hook(_module, _inputs, output):
-        if thread is None or torch.compiler.is_compiling() or threading.get_ident() == thread:
-            return fn(output)
-        return None
-
-    return module.register_forward_hook(hook)
 
 
 def available_targets() -> list[str]:
@@ -231,15 +210,7 @@ class TargetNetwork(nn.Module):
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.layers:
             raise ValueError("`layers` must name at least one layer, got an empty list.")
-        modules = dict(model.named_modules())
-        for layer in self.layers:
-            if layer not in modules or layer == "":
-                raise ValueError(
-                    f"`layer` {_shown(layer)} is not a module of {name!r}. Valid layer names are: "
-                    f"{', '.join(self.layer_names()[:60])}"
-                    + (" ..." if len(self.layer_names()) > 60 else "")
-                    + ". Hint: `TargetNetwork.layer_names()` lists them all."
-                )
+        self._check_layers(self.layers)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.input_size = tuple(input_size) if input_size is not None else None
@@ -251,6 +222,12 @@ class TargetNetwork(nn.Module):
         self.fixed_input_size = _fixed_input_size(model)
         if self.fixed_input_size and self.input_size and self.input_size != self.fixed_input_size:
             raise _fixed_size_error(name, self.input_size, self.fixed_input_size)
+        # The forward traced once (torch.fx), or why not: the truncated forwards are made from it (`extractor`).
+        try:
+            self._graph, self._untraceable = LayerGraph.trace(self.model), None
+        except Exception as err:  # noqa: BLE001 - any tracing failure: the network runs child by child instead
+            self._graph, self._untraceable = None, f"{type(err).__name__}: {str(err)[:200]}"
+        self._extractors: dict = {}  # (layers, training) -> truncated forward; filled build-then-assign
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -361,35 +338,68 @@ class TargetNetwork(nn.Module):
     def forward(
         self, images: torch.Tensor, layers: Sequence[str] | None = None, *, input_size: tuple[int, int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Features of ``images`` at ``layers`` (default: all of this target's layers).
+        """Features of ``images`` at ``layers`` (default: all of this target's layers), in that order.
 
-        The forward pass stops as soon as the last requested layer has run, so shallow
-        layers are cheap. ``input_size``: as in :meth:`preprocess`.
+        A truncated forward (:meth:`extractor`) runs the network no further than the last requested
+        layer, so shallow layers are cheap. ``input_size``: as in :meth:`preprocess`.
         """
-        layers = list(layers) if layers is not None else self.layers
-        captured: dict[str, torch.Tensor] = {}
+        layers = tuple(layers) if layers is not None else tuple(self.layers)
+        return self.extractor(layers)(self.preprocess(images, input_size=input_size))
+
+    def extractor(self, layers: Sequence[str]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        """The truncated forward ``network input -> {layer: output}`` for ``layers`` (a layer's first call when it
+        runs several times), made once per layer tuple and kept.
+
+        A ``torch.fx`` graph of the network cut after the last of ``layers`` (:class:`~diffinv.truncation.LayerGraph`);
+        for a network ``torch.fx`` cannot trace, its ``nn.Sequential`` containers run child by child
+        (:class:`~diffinv.truncation.SequentialChain`). No hook, no state: threads share it, ``torch.compile``
+        compiles it. Made without a lock: two threads asking at once both make the same one.
+
+        Raises:
+            ValueError: a layer is not a module of the network, does not run in its forward, outputs more than one
+                tensor, or (an untraceable network) lies inside a module that is not an ``nn.Sequential``.
+        """
+        key = (tuple(layers), self.model.training)
+        found = self._extractors.get(key)
+        if found is None:
+            found = self._build_extractor(key[0])
+            self._extractors[key] = found
+        return found
+
+    @torch.compiler.disable
+    def _build_extractor(self, layers: tuple[str, ...]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        self._check_layers(layers)
+        if self._graph is not None:
+            missing = self._graph.missing(layers)
+            if missing:
+                raise ValueError(f"`layers` {missing} of {self.name!r} do not run in its forward pass (or run inside a "
+                                 f"module torch.fx runs as one operation); expected modules its forward calls.")
+            return self._graph.extractor(self.model, layers)
+        chain = SequentialChain(self.model)
+        unreachable = [layer for layer in layers if not chain.reachable(layer)]
+        if unreachable:
+            raise ValueError(
+                f"`layers` {unreachable} of {self.name!r}: torch.fx cannot trace its forward ({self._untraceable}), and "
+                f"these lie inside a module that is not an nn.Sequential, so no truncated forward reaches them; "
+                f"expected a torch.fx-traceable network, or a layer whose enclosing modules are nn.Sequential.")
+        return functools.partial(chain.features, layers=layers)
+
+    def _check_layers(self, layers: Sequence[str]) -> None:
         modules = dict(self.model.named_modules())
+        for layer in layers:
+            if layer not in modules or layer == "":
+                raise ValueError(
+                    f"`layer` {_shown(layer)} is not a module of {self.name!r}. Valid layer names are: "
+                    f"{', '.join(self.layer_names()[:60])}"
+                    + (" ..." if len(self.layer_names()) > 60 else "")
+                    + ". Hint: `TargetNetwork.layer_names()` lists them all."
+                )
 
-        def capture(name):
-            def fn(output):
-                captured[name] = output
-                if len(captured) == len(layers):
-                    raise _StopForward
-
-            return fn
-
-        handles = [_thread_hook(modules[name], capture(name)) for name in layers]
-        try:
-            self.model(self.preprocess(images, input_size=input_size))
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [name for name in layers if name not in captured]
-        if missing:
-            raise RuntimeError(f"layers {missing} did not run in the forward pass of {self.name!r}.")
-        return captured
+    def _apply(self, fn, recurse=True):
+        """``.to()``/``.half()``/...: the kept truncated forwards are made again (they hold the moved buffers)."""
+        out = super()._apply(fn, recurse)
+        self._extractors = {}
+        return out
 
     def feature(
         self, images: torch.Tensor, layer: str | None = None, *, input_size: tuple[int, int] | None = None
@@ -416,7 +426,8 @@ class TargetNetwork(nn.Module):
     ) -> torch.Tensor:
         """The logits when ``layer`` outputs ``features`` instead of its own output.
 
-        A forward hook replaces the layer's output, so the rest of the network runs from it. It
+        The traced forward with the layer's output replaced (:meth:`LayerGraph.split
+        <diffinv.truncation.LayerGraph.split>`), so the rest of the network runs from it. It
         is the network split at ``layer`` only when nothing else reaches the classifier (no skip
         connection around the layer): :meth:`check_split` verifies that.
 
@@ -433,28 +444,31 @@ class TargetNetwork(nn.Module):
         """
         if not self.has_classifier:
             raise SplitUnavailable(f"target {self.name!r} has no classifier head, so there are no logits to run to.")
-        module = dict(self.model.named_modules()).get(layer)
-        if module is None or not layer:
+        if layer not in dict(self.model.named_modules()) or not layer:
             raise SplitUnavailable(f"`layer` {layer!r} is not a module of {self.name!r}.")
-        calls = []
 
-        def replace(output):
-            calls.append(1)
-            if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(features.shape):
+        def substitute(output, replacement):
+            if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(replacement.shape):
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise SplitUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
-                                       f"{tuple(features.shape)}; the rest of the network cannot run from them.")
-            return features.to(output)
+                                       f"{tuple(replacement.shape)}; the rest of the network cannot run from them.")
+            return replacement.to(output)
 
-        handle = _thread_hook(module, replace)
-        try:
-            logits = self.logits(images, input_size=input_size)
-        finally:
-            handle.remove()
-        if len(calls) != 1:
-            raise SplitUnavailable(f"layer {layer!r} runs {len(calls)} times in one forward pass (a shared module); "
-                                   f"replacing its output would not be a split at one point.")
-        return logits
+        x = self.preprocess(images, input_size=input_size)
+        if self._graph is not None:
+            if layer not in self._graph.calls:
+                raise SplitUnavailable(f"layer {layer!r} does not run in the forward pass of {self.name!r}.")
+            try:
+                split = self._graph.split(self.model, layer, substitute)
+            except ValueError as err:
+                raise SplitUnavailable(str(err)) from None
+            return split(x, features)
+        chain = SequentialChain(self.model)
+        if not chain.reachable(layer):
+            raise SplitUnavailable(f"layer {layer!r} of {self.name!r}: torch.fx cannot trace the network "
+                                   f"({self._untraceable}) and the layer lies inside a module that is not an "
+                                   f"nn.Sequential, so the network cannot be run from it.")
+        return chain.split(x, layer, features, substitute)
 
     @torch.no_grad()
     def check_split(

@@ -5,6 +5,8 @@ pipeline tests use the ``aot_eager`` backend, which traces the same graphs (forw
 through activation checkpointing) without generating code, so they stay fast.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from diffinv.features import FeatureSet
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.pipelines import load_pipeline
 from diffinv.targets import TargetNetwork
+from threads import run_in_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,3 +84,33 @@ def test_compiled_pipeline_matches_eager(target, features):
     torch.testing.assert_close(again.images, eager.images)
     with pytest.raises(ValueError, match="`compile` must be"):
         pipe(features, compile="fastest", **run)
+
+
+def test_compiled_features_equal_eager_ones(target):
+    """The truncated forward (a torch.fx graph, no hooks) compiles whole: the compiled features are the eager ones."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    for layer in ("blocks.0", "blocks.1"):
+        fast = compiled_feature(target, layer, "aot_eager")
+        torch.testing.assert_close(fast(images), target.feature(images, layer), rtol=1e-5, atol=1e-6)
+        x = images.clone().requires_grad_()
+        fast(x).square().sum().backward()
+        y = images.clone().requires_grad_()
+        target.feature(y, layer).square().sum().backward()
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_three_threads_share_one_compiled_target(target):
+    """Three threads run the compiled features of one shared target at once (other layers, other sizes): each gets
+    what it gets alone, eager or compiled."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    jobs = {"blocks.0": dict(layer="blocks.0"), "blocks.1": dict(layer="blocks.1"),
+            "blocks.1 at 16": dict(layer="blocks.1", input_size=(16, 16))}
+    eager = {name: target.feature(images, **kwargs) for name, kwargs in jobs.items()}
+    calls = {name: functools.partial(compiled_feature(target, kwargs["layer"], "aot_eager"), images,
+                                     **{k: v for k, v in kwargs.items() if k != "layer"})
+             for name, kwargs in jobs.items()}
+    results = run_in_threads(calls, repeat=4)
+    for name, outs in results.items():
+        for out in outs:
+            torch.testing.assert_close(out, eager[name], rtol=1e-5, atol=1e-6)
+        assert all(torch.equal(out, outs[0]) for out in outs), name
