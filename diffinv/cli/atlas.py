@@ -121,7 +121,8 @@ def run(args) -> int:
         print(f"diffinv atlas: {len(split.evaluation)} evaluation images at {args.size}x{args.size}, "
               f"{len(split.train)} training images (split seed {args.seed}), target {args.target}, "
               f"{len(layers)} layers ({layers[0]} ... {layers[-1]}), methods {', '.join(methods)}")
-    result = run_atlas(target, split, layers, factories, args.out, size=args.size, trainer=trainer, seeds=[args.seed],
+    trained = {"decoder": trainer} if trainer is not None else {}  # the atlas trains one per layer on the split
+    result = run_atlas(target, split, layers, {**factories, **trained}, args.out, size=args.size, seeds=[args.seed],
                        batch_size=args.batch_size, early_stop=early_stop, labels=labels, judge=judge,
                        overwrite=args.overwrite, state=state)
     if main:

@@ -186,6 +186,7 @@ class WorkRunner:
                  prefix: str = ""):
         self.store, self.work, self.item_keys, self.key, self.state = store, list(work), item_keys, key, state
         self.accept, self.prefix = accept, prefix
+        self._offsets: dict = {}  # this runner's place in the records (another runner of the store has its own)
         self.claims = ItemClaims(store.folder)  # before the records are read: see ItemClaims.close
         self.done: set[tuple] = set()
         self.refresh()
@@ -197,7 +198,7 @@ class WorkRunner:
     def refresh(self) -> None:
         """Adds the keys of the records appended since the last refresh (by any process); a record without an
         item's key (planted, or of another format) makes nothing done."""
-        keys = (record_key(self.key, r) for r in self.store.new_records() if self.accept is None or self.accept(r))
+        keys = (record_key(self.key, r) for r in self.store.new_records(self._offsets) if self.accept is None or self.accept(r))
         self.done.update(k for k in keys if k is not None)
 
     def finished(self, item) -> bool:

@@ -249,10 +249,12 @@ class RunStore:
         short by a crash is skipped)."""
         return [r for path in self._shards() for r in self._parse(_read_regular(path).splitlines())]
 
-    def new_records(self) -> list[dict]:
+    def new_records(self, offsets: dict | None = None) -> list[dict]:
         """The records appended (by any process) since the last call: the first call gives all of
-        them, later calls read only what the shards gained (complete lines)."""
-        offsets = self._offsets
+        them, later calls read only what the shards gained (complete lines). ``offsets``: a reader's own
+        place in the shards (an empty dict at first), for several readers of one store (the runners of a
+        job's lists of items); default: the store's."""
+        offsets = self._offsets if offsets is None else offsets
         records = []
         for path in self._shards():
             data = _read_regular(path, offsets.get(path, 0))

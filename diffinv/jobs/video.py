@@ -38,6 +38,10 @@ process its share of the clips (:func:`~diffinv.jobs.distributed.shard`); no two
 a clip folder, so each opens its stores alone. One clip of independent windows (λ = 0, no warm
 start) can instead split its windows across the processes (``invert_video(state=...)``).
 
+The windows are the work items of the job protocol (:class:`WindowItem`; :class:`VideoJob` turns one into
+its frames' records), run by its runner (:func:`~diffinv.jobs.items.run_job`): in order in one process, or
+claimed one at a time by the processes of a launch when they are independent.
+
 Example:
     >>> clip = read_video(sample_video_path(), start=16, stop=32, size=128)
     >>> target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(128, 128))
@@ -54,7 +58,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,11 +70,13 @@ from ..inverters import Inverter
 from ..io import VideoClip, load_image, pixels_fingerprint, save_image, write_json
 from ..metrics import feature_residual, psnr, ssim, temporal_consistency
 from ..targets import TargetNetwork
-from .distributed import shard
+from .items import Job, run_job
 from .store import RunStore
 
 __all__ = [
     "VideoInversionOutput",
+    "VideoJob",
+    "WindowItem",
     "extract_video_features",
     "frame_path",
     "invert_video",
@@ -200,6 +206,18 @@ def frame_path(out_dir: str | os.PathLike, frame: int) -> Path:
     return Path(out_dir) / "frames" / f"frame_{frame:05d}.png"
 
 
+def _frame_image(store: RunStore, record: Mapping, size: Sequence[int]) -> torch.Tensor | None:
+    """The PNG of a frame record when it reads back at ``size`` (the frame is finished), else ``None``."""
+    file = frame_path(store.folder, record["frame"])
+    if not file.is_file():
+        return None  # the PNG never made it (or was removed): recompute
+    try:
+        image = load_image(file, max_pixels=size[0] * size[1])
+    except (ValueError, OSError):
+        return None
+    return image if tuple(image.shape[-2:]) == tuple(size) else None
+
+
 def _finished(store: RunStore, frame_ids: Sequence[int], size: Sequence[int]) -> dict[int, tuple[dict, torch.Tensor]]:
     """Finished frames of the run in ``store``: ``{position: (record, image)}``.
 
@@ -214,14 +232,8 @@ def _finished(store: RunStore, frame_ids: Sequence[int], size: Sequence[int]) ->
             last[position_of[record["frame"]]] = record
     finished = {}
     for position, record in last.items():
-        file = frame_path(store.folder, record["frame"])
-        if not file.is_file():
-            continue  # the PNG never made it (or was removed): recompute
-        try:
-            image = load_image(file, max_pixels=size[0] * size[1])
-        except (ValueError, OSError):
-            continue
-        if tuple(image.shape[-2:]) == tuple(size):
+        image = _frame_image(store, record, size)
+        if image is not None:
             finished[position] = (record, image)
     return finished
 
@@ -296,8 +308,8 @@ def invert_video(
         state: accelerate's ``PartialState`` under a multi-process launch
             (:func:`~diffinv.jobs.distributed.process_state`), to split the windows of one clip across
             the processes. Only for independent windows (λ = 0, no warm start) and with an ``out_dir``
-            that every process sees: each process inverts every ``num_processes``-th window and appends
-            its records to its own shard of the store; at the end every process reads the whole run
+            that every process sees: each process claims the next window nobody holds
+            (:class:`~diffinv.jobs.items.WorkRunner`) and appends its records to its own shard of the store; at the end every process reads the whole run
             back (and returns it) and the main process writes ``metrics.json``. Each window keeps its
             seed, so the frames are those of a one-process run. ``None`` (or one process): no split.
 
@@ -312,31 +324,42 @@ def invert_video(
             each changed setting) and ``overwrite`` is not set.
     """
     start_time = time.perf_counter()
-    # 1. Check inputs
-    target = inverter.target
-    feats, layer, size = resolve_features(target, features, None)
-    n = len(feats)
+    job = VideoJob(inverter, features, window=window, references=references, frame_ids=frame_ids,
+                   warm_start=warm_start, boundary=boundary, out_dir=out_dir, overwrite=overwrite, seed=seed,
+                   settings=settings, progress=progress, state=state)
+    items = job.items()
+    if job.store is None:
+        for item in items:
+            for _ in job.records(item):
+                pass
+            job.after(item)
+    else:
+        run_job(job, job.store, items, state=state if job.split else None, show=False, accept=job.finished_record)
+    return job.output(time.perf_counter() - start_time)
+
+
+@dataclass(frozen=True)
+class WindowItem:
+    """One window of a clip: consecutive ``positions`` inverted as one batch."""
+
+    positions: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"frames {self.positions[0]}-{self.positions[-1]}"
+
+
+def _video_options(inverter: Inverter, n: int, window, boundary: str, warm_start: bool | None,
+                   state) -> tuple[float, bool, str, bool]:
+    """``(temporal_weight, warm_start, boundary, split)`` as the run uses them (see :func:`invert_video`)."""
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"`window` must be a positive integer, got {window!r}.")
-    if references is not None:
-        if len(references) != n:
-            raise ValueError(f"`references` has {len(references)} frames but `features` has {n}; "
-                             f"they must match one to one.")
-        if tuple(references.shape[1:]) != (3, *size):
-            raise ValueError(f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, "
-                             f"got {tuple(references.shape)}.")
-        references = references.detach().float().cpu()
-    frame_ids = list(range(n)) if frame_ids is None else [int(i) for i in frame_ids]
-    if len(frame_ids) != n or len(set(frame_ids)) != n:
-        raise ValueError(f"`frame_ids` must hold {n} distinct frame numbers, got {len(frame_ids)} "
-                         f"({len(set(frame_ids))} distinct).")
     if boundary not in ("auto", "anchor", "overlap", "none"):
         raise ValueError(f"`boundary` must be 'auto', 'anchor', 'overlap' or 'none', got {boundary!r}.")
     config = inverter.config
     weight = float(getattr(config, "temporal_weight", 0.0) or 0.0)
     warm_start = weight > 0 if warm_start is None else bool(warm_start)
     if warm_start and not config.accepts_init:
-        warnings.warn(f"{type(inverter).__name__}.invert takes no `init=`; frames are not warm-started.", stacklevel=2)
+        warnings.warn(f"{type(inverter).__name__}.invert takes no `init=`; frames are not warm-started.", stacklevel=4)
         warm_start = False
     if boundary == "auto":
         boundary = "anchor" if config.accepts_anchor else "overlap"
@@ -349,93 +372,143 @@ def invert_video(
         raise ValueError(f"the windows of one clip can be split across processes only when they are independent "
                          f"(temporal_weight 0 and no warm start), got temporal_weight={weight}, "
                          f"warm_start={warm_start}: each window starts from the previous one's result.")
-    if split and out_dir is None:
-        raise ValueError("splitting the windows of one clip across processes needs `out_dir`, where they meet.")
-    device = target.mean.device
-    manifest = {
-        "target": target.identity(),
-        "layer": layer,
-        "method": inverter.name,
-        "inverter": inverter.settings(),
-        "temporal_weight": weight,
-        "window": window,
-        "warm_start": warm_start,
-        "boundary": boundary,
-        "image_size": list(size),
-        "frames": frame_ids,
-        "frames_fingerprint": None if references is None else pixels_fingerprint(references),
-        "seed": seed,
-        "device": device.type,
-        **dict(settings or {}),
-    }
+    return weight, warm_start, boundary, split
 
-    # 2. The run store, and what is finished already
-    images = torch.zeros(n, 3, *size)
-    done = [False] * n
-    records: dict[int, dict] = {}
-    store = None
-    if out_dir is not None:
-        store = RunStore(out_dir, "video", manifest, overwrite=overwrite, outputs=OUTPUTS,
-                         state=state if split else None)
-        manifest = store.settings  # as JSON gives it back
 
-    def load_finished():
-        for position, (record, image) in _finished(store, frame_ids, size).items():
-            images[position], done[position], records[position] = image, True, record
+def _checked_references(references: torch.Tensor | None, n: int, size) -> torch.Tensor | None:
+    if references is None:
+        return None
+    if len(references) != n:
+        raise ValueError(f"`references` has {len(references)} frames but `features` has {n}; "
+                         f"they must match one to one.")
+    if tuple(references.shape[1:]) != (3, *size):
+        raise ValueError(f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, "
+                         f"got {tuple(references.shape)}.")
+    return references.detach().float().cpu()
 
-    if store is not None:
-        load_finished()
-    main = not split or state.is_main_process
 
-    def save_metrics():
-        if store is None or not main:
+class VideoJob(Job):
+    """A clip's windowed inversion as a job of :class:`WindowItem`: its run store (or none), one window
+    becoming its frames' records (:meth:`records`), and the output (:meth:`output`). The arguments are those
+    of :func:`invert_video`."""
+
+    desc = "video windows"
+
+    def __init__(self, inverter, features, *, window, references, frame_ids, warm_start, boundary, out_dir,
+                 overwrite, seed, settings, progress, state):
+        # 1. Check inputs
+        self.inverter, self.target, self.window, self.seed, self.state = inverter, inverter.target, window, seed, state
+        self.feats, self.layer, self.size = resolve_features(self.target, features, None)
+        n = len(self.feats)
+        self.weight, self.warm_start, self.boundary, self.split = _video_options(inverter, n, window, boundary,
+                                                                                 warm_start, state)
+        self.references = _checked_references(references, n, self.size)
+        self.frame_ids = list(range(n)) if frame_ids is None else [int(i) for i in frame_ids]
+        if len(self.frame_ids) != n or len(set(self.frame_ids)) != n:
+            raise ValueError(f"`frame_ids` must hold {n} distinct frame numbers, got {len(self.frame_ids)} "
+                             f"({len(set(self.frame_ids))} distinct).")
+        if self.split and out_dir is None:
+            raise ValueError("splitting the windows of one clip across processes needs `out_dir`, where they meet.")
+        self.device, self.progress = self.target.mean.device, progress
+        self.manifest = {
+            "target": self.target.identity(), "layer": self.layer, "method": inverter.name,
+            "inverter": inverter.settings(), "temporal_weight": self.weight, "window": window,
+            "warm_start": self.warm_start, "boundary": self.boundary, "image_size": list(self.size),
+            "frames": self.frame_ids,
+            "frames_fingerprint": None if self.references is None else pixels_fingerprint(self.references),
+            "seed": seed, "device": self.device.type, **dict(settings or {}),
+        }
+        # 2. The run store, and what is finished already
+        self.images = torch.zeros(n, 3, *self.size)
+        self.frame_done = [False] * n
+        self.frame_records: dict[int, dict] = {}
+        self.store = None
+        if out_dir is not None:
+            self.store = RunStore(out_dir, "video", self.manifest, overwrite=overwrite, outputs=OUTPUTS,
+                                  state=state if self.split else None)
+            self.manifest = self.store.settings  # as JSON gives it back
+            self.load_finished()
+        self.main = not self.split or state.is_main_process
+        self.todo = [p for p in range(n) if not self.frame_done[p]]
+        self.computed: list[int] = []
+        self.bar = None
+
+    def load_finished(self) -> None:
+        for position, (record, image) in _finished(self.store, self.frame_ids, self.size).items():
+            self.images[position], self.frame_done[position], self.frame_records[position] = image, True, record
+
+    def finished_record(self, record: Mapping) -> bool:
+        """Whether a record's frame is finished: its PNG reads back at the clip's size."""
+        return record.get("frame") in self.frame_ids and _frame_image(self.store, record, self.size) is not None
+
+    def save_metrics(self) -> None:
+        if self.store is None or not self.main:
             return
-        ordered = [_with_temporal_diffs(p, records[p], images, references, done) for p in sorted(records)]
-        summary = video_summary(images, references, done, ordered)
-        write_json(store.folder / METRICS_FILE, {"config": manifest, "summary": summary, "frames": ordered})
+        ordered = self.ordered()
+        summary = video_summary(self.images, self.references, self.frame_done, ordered)
+        write_json(self.store.folder / METRICS_FILE, {"config": self.manifest, "summary": summary, "frames": ordered})
 
-    # 3. Loop over windows of unfinished frames
-    todo = [p for p in range(n) if not done[p]]
-    computed: list[int] = []
-    windows = _windows(todo, window)
-    if split:  # every process made the same list from the same store: each takes its share
-        windows = shard(windows, state)
-    total = n if not split else n - len(todo) + sum(len(w) for w in windows)
-    bar = tqdm(total=total, initial=n - len(todo), desc="video frames", unit="frame", disable=not progress)
-    for positions in windows:
-        first = positions[0]
+    def ordered(self) -> list[dict]:
+        """The finished frames' records in frame order, their temporal differences filled in."""
+        return [_with_temporal_diffs(p, self.frame_records[p], self.images, self.references, self.frame_done)
+                for p in sorted(self.frame_records)]
+
+    # ------------------------------------------------------------------ the items
+    def items(self) -> list[WindowItem]:
+        """3. The windows of unfinished frames (the same list in every process: made from the same store)."""
+        windows = [WindowItem(tuple(w)) for w in _windows(self.todo, self.window)]
+        n = len(self.feats)
+        self.bar = tqdm(total=n, initial=n - len(self.todo), desc="video frames", unit="frame",
+                        disable=not self.progress)
+        return windows
+
+    @staticmethod
+    def key(record: Mapping) -> tuple:
+        return (record["frame"],)
+
+    def keys(self, item: WindowItem) -> list[tuple]:
+        return [(self.frame_ids[p],) for p in item.positions]
+
+    def _invert(self, positions: Sequence[int]):
+        """The window's reconstructions (8-bit), warm-started and anchored on the previous frame when asked."""
+        feats, first, device = self.feats, positions[0], self.device
+        images, done = self.images, self.frame_done
         previous = images[first - 1 : first] if first > 0 and done[first - 1] else None
         batch = feats[positions[0] : positions[-1] + 1]
         kwargs: dict = {}
-        if warm_start and previous is not None:
+        if self.warm_start and previous is not None:
             kwargs["init"] = previous.expand(len(positions), -1, -1, -1).to(device)
         drop = 0
-        if previous is not None and boundary == "anchor":
+        if previous is not None and self.boundary == "anchor":
             kwargs["anchor"] = previous.to(device)
-        elif previous is not None and boundary == "overlap":
+        elif previous is not None and self.boundary == "overlap":
             batch, drop = torch.cat([feats[first - 1 : first], batch]), 1
             if "init" in kwargs:
                 kwargs["init"] = torch.cat([previous.to(device), kwargs["init"]])
-        generator = torch.Generator().manual_seed(seed * 100_000 + first)
-        batch = FeatureSet(batch, target.name, layer, size)  # carries the layer for multi-layer targets
-        out = inverter.invert(batch, size, generator=generator, progress=progress, **kwargs)
-        recon = _quantize(out.images[drop:])
-        window_feats = feats[positions[0] : positions[-1] + 1].to(device)
-        residual = feature_residual(target, recon.to(device), window_feats, layer).cpu()
-        scores = {}
+        generator = torch.Generator().manual_seed(self.seed * 100_000 + first)
+        batch = FeatureSet(batch, self.target.name, self.layer, self.size)  # the layer, for multi-layer targets
+        out = self.inverter.invert(batch, self.size, generator=generator, progress=self.progress, **kwargs)
+        return out, _quantize(out.images[drop:])
+
+    def records(self, item: WindowItem) -> Iterator[dict]:
+        """Inverts the window; 4. writes each frame (atomic PNG), then gives its record."""
+        positions, references, images, done = item.positions, self.references, self.images, self.frame_done
+        out, recon = self._invert(positions)
+        window_feats = self.feats[positions[0] : positions[-1] + 1].to(self.device)
+        residual = feature_residual(self.target, recon.to(self.device), window_feats, self.layer).cpu()
+        self.scores = {}
         if references is not None:
-            ref = references[positions]
-            scores = {"psnr": psnr(recon, ref), "ssim": ssim(recon, ref)}
-        # 4. Write each frame of the window (atomic PNG), then append its record
+            ref = references[list(positions)]
+            self.scores = {"psnr": psnr(recon, ref), "ssim": ssim(recon, ref)}
         for i, p in enumerate(positions):
             images[p] = recon[i]
-            if store is not None:
-                save_image(recon[i], frame_path(store.folder, frame_ids[p]))
+            if self.store is not None:
+                save_image(recon[i], frame_path(self.store.folder, self.frame_ids[p]))
             prev_image = images[p - 1] if p > 0 and done[p - 1] else None
             record = {
-                "position": p, "frame": frame_ids[p], "file": f"frames/frame_{frame_ids[p]:05d}.png",
-                "window": first,
-                **{k: float(v[i]) for k, v in scores.items()},
+                "position": p, "frame": self.frame_ids[p], "file": f"frames/frame_{self.frame_ids[p]:05d}.png",
+                "window": positions[0],
+                **{k: float(v[i]) for k, v in self.scores.items()},
                 "feature_residual": float(residual[i]),
                 "temporal_diff": None if prev_image is None else _mean_abs_diff(recon[i], prev_image),
                 "source_temporal_diff": None if prev_image is None or references is None
@@ -443,26 +516,28 @@ def invert_video(
                 "seconds": out.seconds / len(positions),
                 "skipped_steps": int(out.info.get("skipped_steps", 0)),
             }
-            if store is not None:
-                store.append(record)
-            records[p] = record
+            yield record
+            self.frame_records[p] = record
             done[p] = True
-        computed.extend(positions)
-        save_metrics()
-        if "psnr" in scores:
-            bar.set_postfix(psnr=f"{scores['psnr'].mean():.2f}", refresh=False)
-        bar.update(len(positions))
-    bar.close()
-    if split:  # the other processes' windows: read back from the store once all are written
-        state.wait_for_everyone()
-        load_finished()
-        computed = [p for p in todo if done[p]]  # by all processes
-    save_metrics()
-    ordered = [_with_temporal_diffs(p, records[p], images, references, done) for p in sorted(records)]
-    summary = {**video_summary(images, references, done, ordered), "settings": manifest}
-    return VideoInversionOutput(images, done, ordered, summary, computed, time.perf_counter() - start_time)
 
+    def after(self, item: WindowItem) -> None:
+        self.computed.extend(item.positions)
+        self.save_metrics()
+        if "psnr" in self.scores:
+            self.bar.set_postfix(psnr=f"{self.scores['psnr'].mean():.2f}", refresh=False)
+        self.bar.update(len(item.positions))
 
+    # ------------------------------------------------------------------ the output
+    def output(self, seconds: float) -> VideoInversionOutput:
+        self.bar.close()
+        computed = self.computed
+        if self.split:  # the other processes' windows: read back from the store once all are written
+            self.load_finished()
+            computed = [p for p in self.todo if self.frame_done[p]]  # by all processes
+        self.save_metrics()
+        ordered = self.ordered()
+        summary = {**video_summary(self.images, self.references, self.frame_done, ordered), "settings": self.manifest}
+        return VideoInversionOutput(self.images, self.frame_done, ordered, summary, computed, seconds)
 
 
 # ---------------------------------------------------------------------- several clips
