@@ -1,0 +1,131 @@
+"""The one job protocol (diffinv.jobs.items): typed work items, and the trainings of atlas and audit as work
+items of the runner: two independent processes started together on one run folder train each model once."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffinv.io import save_image
+from diffinv.jobs.atlas import AtlasJob
+from diffinv.jobs.audit import AttackItem, UtilityItem
+from diffinv.jobs.bench import BenchItem, work_items
+from diffinv.jobs.items import TrainingItem
+from diffinv.jobs.training import NOT_SETTINGS, PER_MODEL, TRAINED_KINDS, TrainConfig, template_settings
+from diffinv.jobs.video import WindowItem
+from launch import env
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, photos):
+    folder = tmp_path_factory.mktemp("concurrent_images")
+    small = torch.nn.functional.interpolate(photos, size=(32, 32), mode="bilinear", antialias=True)
+    for i, image in enumerate([*small, small[0].flip(-1), small[1].flip(-2)]):
+        save_image(image, folder / f"img{i}.png")
+    return folder
+
+
+def _run_twice(job: str, out: Path, images: Path) -> list[str]:
+    """Two independent processes of ``concurrent_job.py`` on ``out``, released together; their outputs."""
+    go = out.parent / f"{out.name}.go"
+    procs = [subprocess.Popen([sys.executable, str(HERE / "concurrent_job.py"), job, str(out), str(images), str(go)],
+                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(out.parent.glob(f"{out.name}.ready.*"))) < 2 and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    go.touch()
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0 and "done" in stdout, stderr[-3000:]
+    return [stderr for _, stderr in results]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_two_independent_atlas_processes_train_each_decoder_once(tmp_path, images):
+    out = tmp_path / "atlas"
+    _run_twice("atlas", out, images)
+    trainings = [r for r in _records(out / "records.jsonl") if r["kind"] == "training"]
+    # one record per decoder: each was trained by one process only, never resumed or redone by the other
+    assert sorted(r["layer"] for r in trainings) == ["blocks.0", "blocks.1", "blocks.2"]
+    for layer in ("blocks.0", "blocks.1", "blocks.2"):
+        log = json.loads((out / "decoders" / layer / "training_log.json").read_text())
+        assert log["step"] == 12 and log["resumed_from"] is None
+    bench = _records(out / "bench" / "records.jsonl")
+    keys = [(r["layer"], r["method"], r["image"]) for r in bench]
+    assert len(keys) == len(set(keys)) == 3 * 2 * 3  # layers x methods x evaluation images, each once
+    assert not (out / ".claims").exists()
+
+
+def test_two_independent_audit_processes_train_each_decoder_once(tmp_path, images):
+    out = tmp_path / "audit"
+    _run_twice("audit", out, images)
+    records = _records(out / "records.jsonl")
+    trainings = sorted((r["layer"], r["defense"]) for r in records if r["kind"] == "training")
+    # naive (clean features) and adaptive (noise:0.5) decoder per layer, each trained once
+    assert trainings == sorted((layer, spec) for layer in ("blocks.0", "blocks.1", "blocks.2")
+                               for spec in ("none", "noise:0.5"))
+    for folder in ("none", "noise-0.5"):
+        for layer in ("blocks.0", "blocks.1", "blocks.2"):
+            log = json.loads((out / "decoders" / folder / layer / "training_log.json").read_text())
+            assert log["resumed_from"] is None
+    attacks = [(r["layer"], r["defense"], r["method"], r["attacker"], r["image"]) for r in records
+               if r["kind"] == "attack"]
+    assert len(attacks) == len(set(attacks))  # every attack once
+    report = json.loads((out / "report.json").read_text())
+    assert {row["defense"] for row in report["settings"]} == {"none", "noise:0.5"}
+
+
+def test_work_items_are_typed():
+    item = work_items(["l1"], ["pixel"], [0], 3, batch_size=2)[1]
+    assert item == BenchItem("l1", "pixel", 0, range(2, 3)) and str(item) == "l1 pixel seed 0 images 2-2"
+    assert str(AttackItem("l", "noise:1", "pixel", "adaptive", 0, range(0, 2))) == "l noise:1 pixel adaptive images 0-1"
+    assert str(UtilityItem("l", "none", range(0, 1))) == "l none utility images 0-0"
+    assert str(WindowItem((4, 5, 6))) == "frames 4-6"
+    assert str(TrainingItem("decoder", "decoder", "l", "topk:0.1", Path("x"))) == "train decoder l (topk:0.1)"
+
+
+def test_one_definition_of_what_is_not_a_setting():
+    template = TrainConfig(out="x", layer="l", images=["a.png"], max_steps=3, defense="noise:1")
+    settings = template_settings(template)
+    assert not set(settings) & set(NOT_SETTINGS + PER_MODEL)
+    assert settings["max_steps"] == 3 and settings["images"] == ["a.png"]
+    assert "model" not in settings and "pixel_weight" not in settings  # a decoder ignores them
+    assert "images" not in template_settings(template, filled=("images",))
+    assert "model" in template_settings(TrainConfig(out="", layer="", kind="mapper", model="tiny"))
+    assert set(TRAINED_KINDS) == {"decoder", "mapper"}
+    with pytest.raises(ValueError, match="`kind` 'gan' is not a kind of model"):
+        template_settings(TrainConfig(out="", layer="", kind="gan"))
+
+
+def test_trained_methods_are_read_from_the_class(tmp_path, images):
+    from diffinv.inverters import DecoderInverter, PixelInverter
+    from diffinv.jobs.atlas import split_images
+    from diffinv.io import collect_images
+    from diffinv.targets import TargetNetwork
+
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.0", weights="random:0", input_size=(32, 32))
+    split = split_images(collect_images([images]), 3, seed=0)
+    with pytest.raises(ValueError, match="the atlas trains the decoders of 'decoder' itself"):
+        AtlasJob(target, split, ["blocks.0"], {"decoder": lambda t: DecoderInverter(t, decoder="x")}, tmp_path / "a",
+                 size=32, seeds=(0,), batch_size=2, early_stop=None, overwrite=False, progress=False, state=None)
+    with pytest.raises(ValueError, match="'pixel' needs no trained model"):
+        AtlasJob(target, split, ["blocks.0"], {"pixel": TrainConfig(out="", layer="")}, tmp_path / "b", size=32,
+                 seeds=(0,), batch_size=2, early_stop=None, overwrite=False, progress=False, state=None)
+    job = AtlasJob(target, split, ["blocks.0"], {"pixel": lambda t: PixelInverter(t, iterations=1),
+                                                 "decoder": TrainConfig(out="", layer="", device="cpu")},
+                   tmp_path / "c", size=32, seeds=(0,), batch_size=2, early_stop=None, overwrite=False,
+                   progress=False, state=None)
+    assert job.items() == [TrainingItem("decoder", "decoder", "blocks.0", "none", job.out / "decoders" / "blocks.0")]
+    assert job.method_names == ["pixel", "decoder"]
