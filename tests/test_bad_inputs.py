@@ -120,9 +120,9 @@ def test_a_folder_of_the_wrong_kind_is_named(capsys, files, tmp_path):
     (mapper / "config.json").write_text(json.dumps({"_class_name": "FeatureMapper", "layer": "blocks.1"}))
     out = tmp_path / "out"
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "mapper", "--mapper", decoder, "--model", "tiny",
-                                "--out", out], "this is a decoder folder; use `--decoder`")
+                                "--out", out], "this is a decoder folder; use --decoder")
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "decoder", "--decoder", mapper, "--out", out],
-                       "this is a mapper folder; use `--mapper`")
+                       "this is a mapper folder; use --mapper")
     assert_usage_error(capsys, ["invert", files["feats"], "--method", "diffusion", "--model", mapper, "--out", out],
                        "`--model`", "this is a mapper folder; use `--mapper`")
     assert_usage_error(capsys, ["demo", "--model", tmp_path / "nope", "--out", out], "`--model`", "is not a folder",
@@ -344,6 +344,7 @@ def test_huge_sizes_are_refused_with_the_estimate(capsys, tmp_path, argv):
 
 def test_memory_refusal_in_invert_video_and_the_api(capsys, files, tmp_path, monkeypatch):
     import diffinv.resources as resources
+    from diffinv.inverters import memory_costs
     from diffinv.resources import InsufficientMemoryError, check_job_memory
 
     monkeypatch.setattr(resources, "_host_available", lambda: 2**20)
@@ -355,29 +356,30 @@ def test_memory_refusal_in_invert_video_and_the_api(capsys, files, tmp_path, mon
                        "needs an estimated")
     assert not out.exists() and not (tmp_path / "f.safetensors").exists()
     with pytest.raises(InsufficientMemoryError, match=r"needs an estimated .* but only 1\.0 MiB is available on cpu"):
-        check_job_memory("tf_efficientnet_lite0", "blocks.1", 64, methods=["pixel"])
+        check_job_memory("tf_efficientnet_lite0", "blocks.1", 64, methods=memory_costs(["pixel"]))
 
 
 def test_memory_estimate_is_modest_for_the_demo_and_grows_with_the_job():
     from diffinv.jobs.bench import DEFAULT_BATCH_SIZE
+    from diffinv.inverters import memory_costs
     from diffinv.resources import available_memory, check_memory, estimate_memory
     from diffinv.targets import DEFAULT_LAYERS
 
     layers = DEFAULT_LAYERS["tf_efficientnet_lite0"]
     demo = estimate_memory("tf_efficientnet_lite0", layers, 128, images=4, batch_size=DEFAULT_BATCH_SIZE,
-                           methods=["pixel", "dip"])
+                           methods=memory_costs(["pixel", "dip"]))
     assert 100 * 2**20 < demo.total < 1.5 * 2**30, demo.describe()  # measured: ~0.4 GB for a 256 px batch of 4
     check_memory(demo, "cpu")
     assert available_memory("cpu") > 0
     bigger = estimate_memory("tf_efficientnet_lite0", layers, 256, images=4, batch_size=DEFAULT_BATCH_SIZE,
-                             methods=["pixel", "dip"])
+                             methods=memory_costs(["pixel", "dip"]))
     assert 3.5 < bigger.compute_bytes / demo.compute_bytes < 4.5  # activations scale with the pixels
-    shallow = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=["pixel"])
+    shallow = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=memory_costs(["pixel"]))
     assert shallow.compute["target activations"] < demo.compute["target activations"]
-    sd = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=["diffusion"], model=None)
-    tiny = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=["diffusion"], model="pipelines/tiny")
+    sd = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=memory_costs(["diffusion"], {"model": None}))
+    tiny = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=memory_costs(["diffusion"], {"model": "pipelines/tiny"}))
     assert sd.compute["diffusion weights"] > 4e9 > 2e8 > tiny.compute["diffusion weights"]
-    two = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=["pixel"], processes=2)
+    two = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=memory_costs(["pixel"]), processes=2)
     assert two.compute_bytes == 2 * sum(two.compute.values())
 
 

@@ -395,10 +395,11 @@ def test_seeds_beyond_the_generators_are_refused(capsys, argv):
 
 @pytest.mark.hostile("workers-memory")
 def test_the_estimate_counts_each_processs_own_base():
+    from diffinv.inverters import memory_costs
     from diffinv.resources import PROCESS_BASE_BYTES, estimate_memory
 
-    one = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=["pixel"])
-    eight = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=["pixel"], processes=8)
+    one = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=memory_costs(["pixel"]))
+    eight = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=memory_costs(["pixel"]), processes=8)
     assert PROCESS_BASE_BYTES >= 900 * 2**20  # measured: see its comment in diffinv/resources.py
     # the process that checks is already running: its base is not counted again; 8 new workers are
     assert eight.total >= one.total + 8 * PROCESS_BASE_BYTES

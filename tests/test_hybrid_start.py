@@ -144,7 +144,7 @@ def test_cli_hybrid_errors(feature_file, tmp_path, capsys):
     feats, _ = feature_file
     base = ["invert", str(feats), "-o", str(tmp_path / "x"), "--model", "tiny"]
     assert main([*base, "--method", "diffusion", "--init", "nothing.png"]) == 2
-    assert "neither one of decoder, mapper, dip, gan nor an existing image file" in capsys.readouterr().err
+    assert "neither one of dip, gan, mapper, decoder nor an existing image file" in capsys.readouterr().err
     assert main([*base, "--method", "dip", "--init", "gan"]) == 2
     assert "starts a refinement (diffusion, pixel); it does not apply to `--method dip`" in capsys.readouterr().err
     assert main([*base, "--method", "diffusion", "--init", "dip", "--strength", "0"]) == 2

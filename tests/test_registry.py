@@ -70,17 +70,17 @@ def test_build_inverter_for_every_method(target, mapper, pipe):
         "dip": build_inverter("dip", target, iterations=5, channels=[4, 8]),
         "gan": build_inverter("gan", target, gan="tiny:32", restarts=2, iterations=3),
         "decoder": build_inverter("decoder", target, decoder=decoder, batch_size=4),
-        "mapper": build_inverter("mapper", target, mapper=mapper, vae=pipe.vae, steps=4),
-        "diffusion": build_inverter("diffusion", target, model=pipe, iterations=3, steps=2, prompt=""),
+        "mapper": build_inverter("mapper", target, mapper=mapper, vae=pipe.vae, num_inference_steps=4),
+        "diffusion": build_inverter("diffusion", target, model=pipe, iterations=3, num_inference_steps=2, prompt=""),
     }
     for name, inverter in built.items():
         assert type(inverter) is INVERTERS[name] and isinstance(inverter.config, INVERTERS[name].config_class)
     assert built["pixel"].config.iterations == 7 and built["pixel"].config.tv == "anisotropic"
     assert built["dip"].config.channels == (4, 8)  # a list becomes the config's tuple
     assert built["gan"].config.restarts == 2 and built["gan"].config.gan == "tiny:32"
-    assert built["mapper"].config.num_inference_steps == 4  # `steps`: the method-independent name
+    assert built["mapper"].config.num_inference_steps == 4
     diffusion = built["diffusion"].config
-    assert (diffusion.num_iterations, diffusion.num_inference_steps, diffusion.prompt, diffusion.init) == (3, 2, "", "noise")
+    assert (diffusion.iterations, diffusion.num_inference_steps, diffusion.prompt, diffusion.init) == (3, 2, "", "noise")
 
 
 def test_build_hybrids(target, mapper, pipe, tmp_path):
@@ -89,20 +89,20 @@ def test_build_hybrids(target, mapper, pipe, tmp_path):
               "dip": {"channels": (4, 8)}, "gan": {"gan": "tiny:32", "restarts": 1}}
     for name in HYBRID_METHODS:
         start, refiner = name.split("+")
-        chain = {"model": pipe, "steps": 2} if refiner == "diffusion" else {}
+        chain = {"model": pipe, "num_inference_steps": 2} if refiner == "diffusion" else {}
         inverter = build_inverter(name, target, iterations=3, **chain, **starts[start])
         assert type(inverter) is INVERTERS[refiner] and inverter.hybrid
         assert type(inverter.start) is INVERTERS[start] and inverter.start.target is target
         assert inverter.settings()["start"] == inverter.start.settings()
         if refiner == "diffusion":
-            assert inverter.config.strength == 0.3 and inverter.config.num_iterations == 3
+            assert inverter.config.strength == 0.3 and inverter.config.iterations == 3
             assert inverter.config.init == ("mapper" if start == "mapper" else "image")
         else:  # a pixel refinement: its own step size, the other options shared with the start
             assert inverter.config.learning_rate == REFINE_LEARNING_RATE and inverter.config.iterations == 3
     assert {n.split("+")[1] for n in HYBRID_METHODS} == {"diffusion", "pixel"}
     # `init=` means the same as the hybrid name; each option reaches every part that takes it
     same = build_inverter("diffusion", target, model=pipe, init="dip", iterations=4, channels=(4, 8), strength=0.5)
-    assert same.start.config.iterations == 4 and same.config.num_iterations == 4 and same.config.strength == 0.5
+    assert same.start.config.iterations == 4 and same.config.iterations == 4 and same.config.strength == 0.5
     mapper_start = build_inverter("mapper+diffusion", target, model=pipe, mapper=mapper, strength=0.6)
     assert mapper_start.config.strength == 0.6 and mapper_start.start.config.strength == 0.0  # the start's own estimate
     image = tmp_path / "start.png"
@@ -143,7 +143,7 @@ def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tm
     with pytest.raises(ValueError, match=r"method 'gan': `truncation` must be a number in \(0, 1\]"):
         inverter_spec("gan", gan="tiny", truncation=1.5)  # checked before anything is loaded
     with pytest.raises(ValueError, match=r"`method` 'nope' is not one of diffusion, pixel, dip, gan, mapper, decoder, "
-                                         r"decoder\+diffusion"):
+                                         r"dip\+diffusion"):
         build_inverter("nope", target)
     with pytest.raises(ValueError, match="method 'decoder' needs `decoder`: a trained decoder or its folder"):
         build_inverter("decoder", target)
@@ -154,15 +154,15 @@ def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tm
     with pytest.raises(ValueError, match=r"`init` 'pixel' starts a refinement \(diffusion, pixel\); it does not apply "
                                          r"to method 'dip'"):
         build_inverter("dip", target, init="pixel")
-    with pytest.raises(ValueError, match=r"`init` 'pixel': a refinement starts from one of decoder, mapper, dip, gan"):
+    with pytest.raises(ValueError, match=r"`init` 'pixel': a refinement starts from one of dip, gan, mapper, decoder"):
         build_inverter("pixel", target, init="pixel")
     with pytest.raises(ValueError, match="method 'dip\\+diffusion' starts from dip, but `init` is 'gan'"):
         build_inverter("dip+diffusion", target, model="tiny", init="gan")
     with pytest.raises(ValueError, match=r"`strength` 0 with a hybrid start.*expected \(0, 1\]"):
         build_inverter("dip+diffusion", target, model="tiny", strength=0)
-    with pytest.raises(ValueError, match="`init` 'pixel': a refinement starts from one of decoder, mapper, dip, gan"):
+    with pytest.raises(ValueError, match="`init` 'pixel': a refinement starts from one of dip, gan, mapper, decoder"):
         build_inverter("diffusion", target, model="tiny", init="pixel")
-    with pytest.raises(ValueError, match="neither one of decoder, mapper, dip, gan nor an existing image file"):
+    with pytest.raises(ValueError, match="neither one of dip, gan, mapper, decoder nor an existing image file"):
         build_inverter("diffusion", target, model="tiny", init=str(tmp_path / "none.png"))
     with pytest.raises(ValueError, match="method 'dip\\+diffusion' has no option `decoder`"):
         build_inverter("dip+diffusion", target, model="tiny", decoder="x")
@@ -211,7 +211,7 @@ def test_diffusion_config_holds_the_pipeline_call_options(target, pipe):
     call = inspect.signature(DiffInvPipeline.__call__).parameters
     assert set(PIPELINE_OPTIONS) <= set(call)
     assert {name: call[name].default for name in PIPELINE_OPTIONS} == DiffusionConfig().call_options()
-    inverter = DiffusionInverter(target, pipe, num_iterations=3, temporal_weight=2.0)
+    inverter = DiffusionInverter(target, pipe, iterations=3, temporal_weight=2.0)
     settings = inverter.settings()
     assert settings["torch_dtype"] == "torch.float32" and settings["model"] == "DiffInvPipeline"
     assert {k: settings[k] for k in PIPELINE_OPTIONS} == inverter.config.call_options()
@@ -259,12 +259,12 @@ def test_mapper_start_begins_from_the_mapper_latents(target, features, mapper, p
 
     monkeypatch.setattr(DiffInvPipeline, "__call__", spy)
     start = MapperInverter(target, mapper=mapper, vae=pipe.vae)
-    hybrid = DiffusionInverter(target, pipe, start=start, keep_start=False, num_inference_steps=4, num_iterations=2,
+    hybrid = DiffusionInverter(target, pipe, start=start, keep_start=False, num_inference_steps=4, iterations=2,
                                prompt="")
     out = hybrid.invert(features, generator=torch.Generator().manual_seed(0), progress=False)
     assert seen["init"] == "mapper" and seen["mapper"] is mapper and "image" not in seen  # no decode + re-encode
     assert hybrid.settings()["init"] == "mapper" and out.info["start_method"] == "mapper"
-    direct = pipe(features, init="mapper", mapper=mapper, strength=0.3, num_inference_steps=4, num_iterations=2,
+    direct = pipe(features, init="mapper", mapper=mapper, strength=0.3, num_inference_steps=4, iterations=2,
                   prompt="", generator=torch.Generator().manual_seed(0), output_type="pt")
     torch.testing.assert_close(out.images, direct.images.float(), rtol=0, atol=1e-6)
     # a refining mapper (strength > 0) is an image estimate like any other

@@ -46,12 +46,11 @@ from ..features import FeatureSet
 from ..interpret.channels import channel_activations, heat_maps, invert_channels, overlay, top_channels
 from ..interpret.objectives import channel
 from ..interpret.visualize import visualize
-from ..inverters import INVERTERS, inverter_spec, options_for
+from ..inverters import INVERTERS, inverter_spec, memory_costs, options_for
 from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
 from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
 from ..pipelines.definitions import DEFINITIONS as MODEL_DEFINITIONS
-from ..pipelines.definitions import definition_dir
 from ..resources import MARGIN, InsufficientMemoryError, available_memory, check_job_memory, format_bytes
 from ..targets import DEFAULT_LAYERS, TargetNetwork, WeightsMismatchError, architecture, installed_targets
 from ..targets import module_bytes
@@ -129,8 +128,9 @@ class InvertRequest:
     def options(self, device: str = "cpu") -> dict:
         """The fields the method takes, as the registry's options (:func:`~diffinv.inverters.build_inverter`)."""
         blank = lambda v: v.strip() if isinstance(v, str) and v.strip() else None  # noqa: E731
-        return options_for(self.method, iterations=self.iterations, model=blank(self.model), steps=self.steps,
-                           mapper=blank(self.mapper), decoder=blank(self.decoder), device=device)
+        return options_for(self.method, iterations=self.iterations, model=blank(self.model),
+                           num_inference_steps=self.steps, mapper=blank(self.mapper), decoder=blank(self.decoder),
+                           device=device)
 
 
 @dataclass
@@ -455,13 +455,12 @@ class Workbench:
         """Every field checked (the CLI's messages) before any work (``request``: :meth:`checked`), and the
         job's estimated peak memory against the machine's (:func:`~diffinv.resources.check_job_memory`, as the
         command line does); returns ``target -> Inverter``."""
-        make_inverter = self.inverter_factory(request.method, request.options(self.device))
+        options = request.options(self.device)
+        make_inverter = self.inverter_factory(request.method, options)
         layers = layers or ((request.layer,) if request.layer else ())
         if layers:
-            model = request.model.strip() if isinstance(request.model, str) and request.model.strip() else None
-            check_job_memory(request.target, layers, request.size, images=images, methods=[request.method],
-                             model=definition_dir(model) if model in MODEL_DEFINITIONS else model,
-                             device=self.device)
+            check_job_memory(request.target, layers, request.size, images=images,
+                             methods=memory_costs([request.method], options), device=self.device)
         return make_inverter
 
     def _metrics(self, target: TargetNetwork, recon: torch.Tensor, original: torch.Tensor, out) -> dict:
@@ -533,7 +532,7 @@ class Workbench:
         inverter = make_inverter(target)
         inverter.check_image_size((request.size, request.size))
         config = inverter.config
-        total = request.iterations or getattr(config, "iterations", getattr(config, "num_iterations", None))
+        total = request.iterations or getattr(config, "iterations", None)
         if total and total > self.limits.max_iterations:
             raise ValueError(f"`--iterations`: the method's default, {total}, is above this server's --max-iterations "
                              f"{self.limits.max_iterations}; enter a number of iterations.")
@@ -542,7 +541,7 @@ class Workbench:
         def callback(i, per_image, render):
             loss = float(per_image.float().mean())
             if i % every == 0 or (total and i == total - 1) or session.cancel.is_set():
-                emit(("step", label, i + 1, total, loss, None if render is None else _uint8(render()[0])))
+                emit(("step", label, i + 1, total, loss, _uint8(render()[0]) if config.streams_images else None))
             else:
                 emit(("loss", label, i + 1, total, loss))
             return session.cancel.is_set()

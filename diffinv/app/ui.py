@@ -36,7 +36,8 @@ from .runner import DEFAULT_TARGET, PHOTOS, BusyError, InvertRequest, Workbench 
 
 __all__ = ["build_app", "upload_field"]
 
-NEEDS = {"diffusion": ("model",), "mapper": ("mapper", "model"), "decoder": ("decoder",)}
+# The folder fields of the page; each is shown for the methods that take the option of its name.
+FOLDER_FIELDS = ("model", "decoder", "mapper")
 METRIC_NAMES = (("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"), ("feature_residual", "feature residual",
                 "{:.3f}"), ("top1_agreement", "top-1 agreement", "{:.0f}"), ("seconds", "seconds", "{:.1f}"))
 
@@ -212,10 +213,11 @@ def build_app(bench: Workbench, *, title: str = "diffinv explorer") -> gr.Blocks
 
         # ---------------------------------------------------------------- settings
         def show_folders(name):
-            needs = NEEDS.get(name, ())
-            value = "tiny" if name == "diffusion" else None
-            return (gr.update(visible="model" in needs, value=value), gr.update(visible="decoder" in needs),
-                    gr.update(visible="mapper" in needs))
+            cls = INVERTERS.get(name)
+            taken = cls.option_names() if cls is not None else ()
+            value = "tiny" if cls is not None and "model" in cls.required else None  # random weights, to try it
+            return tuple(gr.update(visible=field in taken, **({"value": value} if field == "model" else {}))
+                         for field in FOLDER_FIELDS)
 
         method.change(show_folders, method, [model, decoder, mapper], queue=False, api_visibility="private")
 

@@ -34,18 +34,14 @@ from pathlib import Path
 import torch
 
 from ..compilation import MODES as COMPILE_MODES
-from ..inverters import INVERTERS, OptionError, inverter_spec, options_for
-from ..inverters.diffusion import HYBRID_STRENGTH
-from ..inverters.gan import DEFAULT_RESTARTS, DEFAULT_TRUNCATION
-from ..inverters.pixel import REFINE_LEARNING_RATE
-from ..inverters.registry import HYBRID_METHODS, START_METHODS
-from ..models.gan import GANFilesNotFoundError, biggan_files, is_random_biggan
-from ..models.learned import folder_kind
+from ..inverters import INVERTERS, OptionError, inverter_spec, memory_costs, options_for
+from ..inverters.config import RULES, OptionInfo
+from ..inverters.sd_model import check_model_option
+from ..inverters.registry import HYBRID_METHODS, INVERTER_NAMES, REFINERS, START_METHODS
 from ..datasets import DATASETS, load_dataset, load_image_files
 from ..io import collect_images, cut_short
 from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
-from ..pipelines.definitions import DEFINITIONS, ModelFilesNotFoundError, check_model_dir, definition_dir, is_local_path
 from ..metrics import MIN_IMAGE_SIZE
 from ..resources import InsufficientMemoryError, check_job_memory
 from ..jobs.distributed import launch_state, local_workers
@@ -91,16 +87,7 @@ __all__ = [
 ]
 
 DEFAULT_SIZE = 128
-METHODS = tuple(INVERTERS)
-# The flag of each inverter option (and of the registry's method-independent names, ``iterations``/``steps``).
-OPTION_FLAGS = {"method": "--method", "init": "--init", "iterations": "--iterations", "num_iterations": "--iterations",
-                "steps": "--steps", "num_inference_steps": "--steps", "model": "--model", "prompt": "--prompt",
-                "decoder": "--decoder", "mapper": "--mapper", "compile": "--compile", "strength": "--strength",
-                "gan": "--gan", "truncation": "--truncation", "restarts": "--restarts", "device": "--device",
-                "temporal_weight": "--temporal-weight", "parameterization": "--param", "grey_start": "--dip-start",
-                "attention": "--attention", "channels_last": "--channels-last", "taesd": "--taesd"}
-# ``--dip-start``: DIP's ``grey_start`` option (no flag: the stride's rule, ``GREY_START_STRIDE``).
-DIP_STARTS = {"grey": True, "random": False}
+METHODS = INVERTER_NAMES
 
 
 def _compile_mode(text: str) -> str:
@@ -424,51 +411,116 @@ def early_stop_from_args(args: argparse.Namespace):
     return EarlyStopping(args.patience, args.min_delta) if args.patience else None
 
 
+@dataclasses.dataclass(frozen=True)
+class MethodFlag:
+    """One flag of the methods' options: the option it sets and the methods that declare it (with their infos)."""
+
+    flag: str
+    option: str
+    infos: dict[str, OptionInfo]  # method -> what it declares about the option
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def value(self, args: argparse.Namespace):
+        """The option's value from the parsed flag (``None``: not given)."""
+        value = getattr(args, self.dest, None)
+        if value == "":
+            return None
+        values = next((i.values for i in self.infos.values() if i.values), None)
+        return values.get(value, value) if values and value is not None else value
+
+
+def method_flags() -> dict[str, MethodFlag]:
+    """The flag of every option that a method (plugins included) declares with a help text, by option name:
+    one flag per option, shared by the methods that take it.
+
+    Raises:
+        ValueError: two methods declare the same option with different flags.
+    """
+    flags: dict[str, MethodFlag] = {}
+    for method, cls in INVERTERS.items():
+        for name, info in cls.option_infos().items():
+            if info.help is None:
+                continue
+            flag = info.flag_for(name)
+            known = flags.setdefault(name, MethodFlag(flag, name, {}))
+            if known.flag != flag:
+                raise ValueError(f"option `{name}` of method {method!r} declares the flag {flag}, but "
+                                 f"{', '.join(known.infos)} declare {known.flag}; one option has one flag.")
+            known.infos[method] = info
+    return flags
+
+
+def _default_text(entry: MethodFlag) -> str:
+    """``(default X)``, or each method's own default where they differ; empty where there is none."""
+    defaults = {}
+    for method in entry.infos:
+        cls = INVERTERS[method]
+        fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
+        shown = entry.option in fields and entry.option not in (*cls.required, *cls.config_class.derived)
+        value = fields[entry.option].default if shown else None
+        if value is not None and value is not dataclasses.MISSING and not isinstance(value, bool):
+            defaults[method] = value
+    if not defaults:
+        return ""
+    if len(set(map(repr, defaults.values()))) == 1 and len(defaults) == len(entry.infos):
+        return f" (default {next(iter(defaults.values()))})"
+    return " (default: " + ", ".join(f"{m} {v}" for m, v in defaults.items()) + ")"
+
+
+def _flag_help(entry: MethodFlag) -> str:
+    texts = {}
+    for method, info in entry.infos.items():
+        texts.setdefault(info.help, []).append(method)
+    help = "; ".join(f"{', '.join(methods)}: {text}" for text, methods in texts.items())
+    return help + _default_text(entry)
+
+
+# The argparse types of the rules on numbers that the command line's own flags share (the same messages).
+_RULE_TYPES = {"positive_int": positive_int, "non_negative_int": non_negative_int, "positive": positive_float,
+               "non_negative": non_negative_float, "unit": unit_float, "optional_positive": positive_float,
+               "optional_non_negative": non_negative_float, "optional_non_negative_int": non_negative_int}
+
+
+def _rule_type(expected: str, test) -> Callable[[str], object]:
+    """An argparse ``type`` for a rule of :data:`~diffinv.inverters.config.RULES` on numbers."""
+    cast = int if "integer" in expected else float
+    return _number(cast, expected, test)
+
+
+def _flag_kwargs(entry: MethodFlag) -> dict:
+    """argparse's keywords for ``entry``, from its rule, choices, values and metavar."""
+    info = next(iter(entry.infos.values()))
+    kwargs = {"default": None, "help": _flag_help(entry)}
+    if info.metavar:
+        kwargs["metavar"] = info.metavar
+    if info.values:
+        return {**kwargs, "choices": tuple(info.values)}
+    if info.choices:
+        return {**kwargs, "choices": info.choices}
+    if info.rule == "bool":
+        return {**kwargs, "action": "store_const", "const": True}
+    if info.rule == "compile":
+        return {**kwargs, "nargs": "?", "const": True, "metavar": "MODE", "type": _compile_mode}
+    if info.rule in _RULE_TYPES:
+        return {**kwargs, "type": _RULE_TYPES[info.rule]}
+    if info.rule in RULES and RULES[info.rule][0].startswith(("a positive", "an integer", "a finite", "a number")):
+        expected, test = RULES[info.rule]
+        expected = expected.split(" (None")[0].replace(" or None", "")  # the flag's None is "not given"
+        return {**kwargs, "type": _rule_type(expected, test)}
+    return kwargs
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
-    """Options of the inverters (each applies to the methods named in its help)."""
-    p.add_argument("--iterations", type=positive_int, default=None,
-                   help="optimization iterations of pixel, dip and diffusion (default: the method's own)")
-    p.add_argument("--model", default=None,
-                   help="diffusion, mapper: a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo "
-                        "(random weights: for trying the diffusion path and timing, not for real reconstructions)")
-    p.add_argument("--prompt", default=None, help="diffusion: text prompt ('auto': the target's predicted class)")
-    p.add_argument("--steps", type=positive_int, default=None, help="diffusion, mapper: sampler steps K of the diffusion chain")
-    p.add_argument("--mapper", default=None, help="mapper: a `diffinv train-mapper` folder (or per-layer folders)")
-    p.add_argument("--decoder", default=None, help="decoder: a `diffinv train-decoder` folder (or per-layer folders)")
-    p.add_argument("--param", choices=("fourier", "sigmoid"), default=None,
-                   help="pixel: fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel logits, TV, jitter)")
-    p.add_argument("--dip-start", choices=tuple(DIP_STARTS), default=None,
-                   help="dip: start from flat grey images or from the random generators' own pattern (default: grey "
-                        "where the features' stride is 32 or more, random below)")
-    p.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE", type=_compile_mode,
-                   help=f"pixel, dip, diffusion: run the networks through torch.compile, in a mode of "
-                        f"{', '.join(COMPILE_MODES)} (bare: default; reduce-overhead uses CUDA graphs). The same "
-                        f"results; the first iterations compile, up to a minute on CPU, where the compiled networks "
-                        f"were not faster; a compile failure falls back to eager with one warning")
-    p.add_argument("--channels-last", action="store_true",
-                   help="diffusion: the UNet's and the decoders' weights channels-last (for GPU convolutions)")
-    p.add_argument("--attention", choices=("sdpa", "xformers"), default=None,
-                   help="diffusion: attention kernels, PyTorch's sdpa (default) or xformers (when installed)")
-    p.add_argument("--taesd", default=None, metavar="FOLDER|random",
-                   help="diffusion: decode with the tiny TAESD decoder inside the loop (a folder with its config.json "
-                        "and weights, e.g. a copy of madebyollin/taesd; random: random weights, to try the path) and "
-                        "with the full VAE for the final images")
-    p.add_argument("--init", default=None, metavar="decoder|mapper|dip|gan|IMAGE",
-                   help=f"diffusion, pixel: refine another method's estimate (its own flags: --decoder, --mapper, "
-                        f"--gan) or an image file (a hybrid; `--method START+diffusion` / `START+pixel` mean the "
-                        f"same): the chain starts from it noised to --strength; pixel optimization starts from it "
-                        f"exactly, at a learning rate of {REFINE_LEARNING_RATE}")
-    p.add_argument("--strength", type=unit_float, default=None,
-                   help=f"img2img strength in [0, 1]: mapper: refinement of its latent (default 0: decode it only); "
-                        f"diffusion with --init: how far the start is noised, in (0, 1] (default {HYBRID_STRENGTH})")
-    p.add_argument("--gan", default="biggan-deep-128",
-                   help="gan: a BigGAN folder (config.json + pytorch_model.bin), biggan-deep-128/256/512 from the local "
-                        "pytorch-pretrained-biggan cache (default biggan-deep-128), or tiny / tiny:RES (random weights: "
-                        "for trying the path and timing)")
-    p.add_argument("--truncation", type=_number(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
-                   default=DEFAULT_TRUNCATION, help=f"gan: BigGAN truncation in (0, 1] (default {DEFAULT_TRUNCATION})")
-    p.add_argument("--restarts", type=positive_int, default=DEFAULT_RESTARTS,
-                   help=f"gan: random restarts per image, the best kept (default {DEFAULT_RESTARTS})")
+    """The options of the methods, one flag each, generated from what the methods declare (:func:`method_flags`;
+    each flag's help names the methods that take it), then ``--init`` (a hybrid's start) and ``--device``."""
+    for entry in method_flags().values():
+        p.add_argument(entry.flag, dest=entry.dest, **_flag_kwargs(entry))
+    p.add_argument("--init", default=None, metavar="|".join([*START_METHODS, "IMAGE"]),
+                   help=f"{', '.join(REFINERS)}: refine another method's estimate (with that method's own flags) or "
+                        f"an image file (a hybrid; `--method START+REFINER` means the same)")
     add_device_arg(p)
 
 
@@ -491,69 +543,44 @@ def resolve_device(value: str) -> torch.device:
     return device
 
 
-def check_model(value: str | None, flag: str = "--model") -> None:
-    """``--model``: a definition name, a diffusers folder with weights, or a Hub id (checked when loaded)."""
-    if value is None or value in DEFINITIONS:
-        return
-    path = Path(value).expanduser()
-    if is_local_path(value) or path.exists():
-        if not path.is_dir():
-            raise UsageError(f"`{flag}` {value!r} is not a folder; expected a diffusers Stable Diffusion folder "
-                             f"(model_index.json, unet/, vae/, ...), or {', '.join(DEFINITIONS)} for random weights.")
-        kind = folder_kind(path)
-        if kind in ("decoder", "mapper"):
-            raise UsageError(f"`{flag}` {value!r} is not a Stable Diffusion folder: this is a {kind} folder; use "
-                             f"--{kind} {value!r}.")
-        try:
-            check_model_dir(str(path))
-        except ModelFilesNotFoundError as err:
-            raise UsageError(f"`{flag}` {value!r}: {err}") from None
+def method_options_from_args(name: str, args: argparse.Namespace, device: torch.device | None = None) -> dict:
+    """The options of method ``name`` that the command line's flags give (:func:`method_flags`, ``--init``,
+    ``--device``), those it does not take left out."""
+    flags = {entry.option: entry.value(args) for entry in method_flags().values()}
+    flags["init"] = getattr(args, "init", None)
+    flags["device"] = str(device or resolve_device(getattr(args, "device", "auto")))
+    return options_for(name, **flags)
 
 
-def check_gan(value: str) -> None:
-    """``--gan``: ``tiny[:RES]``, a BigGAN folder, or a cached BigGAN name (checked before any work)."""
-    if is_random_biggan(value):
-        resolution = value.partition(":")[2] or "128"
-        if not resolution.isdigit() or int(resolution) < 8 or not math.log2(int(resolution) / 4).is_integer():
-            raise UsageError(f"`--gan` {value!r}: expected tiny or tiny:RES with RES 4 times a power of two (8 ... 512).")
-        return
+def _usage_error(err: OptionError) -> UsageError:
+    """An :class:`OptionError` in the command line's words: the method as ``--method``, each option as its flag."""
+    message = str(err).replace(f"method {err.method!r}", f"`--method {err.method}`")
+    flags = {**{name: entry.flag for name, entry in method_flags().items()}, "init": "--init", "method": "--method"}
+    for name, flag in flags.items():
+        message = message.replace(f"`{name}`", f"`{flag}`")
+    return UsageError(message)
+
+
+def check_model_arg(value: str) -> None:
+    """``--model`` of a command that loads the pipeline itself: a diffusers folder with its files, a definition
+    name or a Hub id (:func:`~diffinv.inverters.sd_model.check_model_option`)."""
     try:
-        biggan_files(value)
-    except GANFilesNotFoundError as err:
-        raise UsageError(f"`--gan` {value!r}: {err}") from None
+        check_model_option("?", {"model": value})
+    except OptionError as err:
+        raise _usage_error(err) from None
 
 
 def inverter_factory(name: str, args: argparse.Namespace, **extra):
     """``target -> Inverter`` for a method name (or a hybrid ``START+REFINER``) and the command-line options.
 
-    The flags are mapped to the registry's options once (:func:`~diffinv.inverters.options_for` keeps
-    those the method takes) and checked before any work by :func:`~diffinv.inverters.inverter_spec`;
-    its errors are reported with the flag they concern. ``extra``: more options (e.g. a video's
-    ``temporal_weight``).
+    The flags are mapped to the registry's options once (:func:`method_options_from_args`) and checked
+    before any work by :func:`~diffinv.inverters.inverter_spec`; its errors are reported with the flag
+    they concern. ``extra``: more options (e.g. a video's ``temporal_weight``).
     """
-    device = resolve_device(getattr(args, "device", "auto"))
-    check_model(getattr(args, "model", None))
-    flags = {
-        "init": getattr(args, "init", None), "iterations": getattr(args, "iterations", None),
-        "steps": getattr(args, "steps", None), "model": getattr(args, "model", None),
-        "prompt": getattr(args, "prompt", None) or None, "decoder": getattr(args, "decoder", None),
-        "mapper": getattr(args, "mapper", None), "compile": getattr(args, "compile", None),
-        "strength": getattr(args, "strength", None), "gan": getattr(args, "gan", None),
-        "truncation": getattr(args, "truncation", None), "restarts": getattr(args, "restarts", None),
-        "parameterization": getattr(args, "param", None), "device": str(device),
-        "grey_start": DIP_STARTS.get(getattr(args, "dip_start", None)),
-        "attention": getattr(args, "attention", None), "taesd": getattr(args, "taesd", None),
-        "channels_last": True if getattr(args, "channels_last", False) else None,
-    }
     try:
-        options = options_for(name, **flags)
-        if "gan" in options:
-            check_gan(options["gan"])
-        spec = inverter_spec(name, **options, **extra)
+        spec = inverter_spec(name, **method_options_from_args(name, args), **extra)
     except OptionError as err:  # the registry's names -> the flags: `--method pixel`, `--iterations`
-        message = str(err).replace(f"method {err.method!r}", f"`--method {err.method}`")
-        flag = OPTION_FLAGS.get(err.option)
-        raise UsageError(message if flag is None else message.replace(f"`{err.option}`", f"`{flag}`")) from None
+        raise _usage_error(err) from None
     return spec.build
 
 
@@ -575,17 +602,14 @@ def target_from_args(args: argparse.Namespace, layers, device: torch.device):
 def check_memory_fits(args: argparse.Namespace, layers, methods, *, images: int, batch_size: int | None = None,
                       processes: int = 1, target: str | None = None, size=None, input_size=None) -> None:
     """Refuses a job whose estimated peak memory does not fit the machine (:func:`diffinv.resources.check_job_memory`:
-    an ``InsufficientMemoryError``, exit code 2, with the estimate and the memory available), before any work."""
-    model = getattr(args, "model", None)
-    try:
-        model_dir = definition_dir(model) if model else None
-    except ModelFilesNotFoundError:
-        model_dir = model  # a Hub id: Stable Diffusion's size is assumed
-    gan = str(getattr(args, "gan", "") or "")
-    resolution = gan.rpartition(":" if gan.startswith("tiny") else "-")[2]
-    init = getattr(args, "init", None)
+    an ``InsufficientMemoryError``, exit code 2, with the estimate and the memory available), before any work; each
+    method counts what it declares (``Inverter.memory_cost``) with the options of the flags."""
+    options = {}
+    for method in methods:
+        try:
+            options.update(method_options_from_args(method, args))
+        except OptionError as err:
+            raise _usage_error(err) from None
     check_job_memory(target or args.target, layers, size or args.size, images=images, batch_size=batch_size,
-                     methods=[*methods, *([init] if init in START_METHODS else [])], input_size=input_size,
-                     model=model_dir, gan_resolution=int(resolution) if resolution.isdigit() else 128 if gan.startswith("tiny") else 256,
-                     restarts=getattr(args, "restarts", 1), device=resolve_device(getattr(args, "device", "auto")),
-                     processes=processes)
+                     methods=memory_costs(methods, options), input_size=input_size,
+                     device=resolve_device(getattr(args, "device", "auto")), processes=processes)

@@ -96,7 +96,7 @@ def run(args) -> int:
         if not args.model:
             raise common.UsageError("`--method diffusion` needs `--model PATH` (a diffusers Stable Diffusion folder; "
                                     "`--model tiny` builds random weights to try the path).")
-        common.check_model(args.model)
+        common.check_model_arg(args.model)
     if args.method == "dip" and args.size % 16:
         raise common.UsageError(f"`--size` {args.size}: the dip method needs a multiple of 16, e.g. {max(16, args.size // 16 * 16)}.")
     common.check_memory_fits(args, args.layer, [args.method], images=len(args.channels or ()) or args.top)

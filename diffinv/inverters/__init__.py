@@ -2,7 +2,7 @@
 
 :data:`INVERTERS` maps each method name to its class, in the order the command line lists them:
 white-box methods first (``diffusion``, ``pixel``, ``dip``, ``gan``), then black-box ones (``mapper``,
-``decoder``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion`` /
+``decoder``), then those of plugins (the entry-point group ``diffinv.inverters``). :func:`build_inverter` builds any of them, or a hybrid ``START+diffusion`` /
 ``START+pixel``, from its name and options (:mod:`diffinv.inverters.registry`); each method's
 hyper-parameters and capabilities are its config (:mod:`diffinv.inverters.config`).
 """
@@ -24,6 +24,7 @@ from .registry import (
     InverterSpec,
     build_inverter,
     inverter_spec,
+    memory_costs,
     method_options,
     options_for,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "RefiningInverter",
     "build_inverter",
     "inverter_spec",
+    "memory_costs",
     "method_options",
     "options_for",
     "optimize",

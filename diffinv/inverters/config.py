@@ -36,7 +36,6 @@ __all__ = [
     "COMPILE_HELP",
     "FEATURE_LOSSES",
     "RULES",
-    "TEMPORAL_HELP",
     "ImageOptimizerConfig",
     "InverterConfig",
     "OptionError",
@@ -88,7 +87,6 @@ COMPILE_HELP = ("run the networks through torch.compile, in a mode of diffinv.co
                 "reduce-overhead uses CUDA graphs). The same results; the first iterations compile, up to a minute "
                 "on CPU, where the compiled networks were not faster; a compile failure falls back to eager with one "
                 "warning")
-TEMPORAL_HELP = "λ of the temporal smoothing between consecutive frames (0: independent frames)"
 
 
 class OptionError(ValueError):

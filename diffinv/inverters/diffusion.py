@@ -39,7 +39,7 @@ from ..losses import feature_loss
 from ..targets import TargetNetwork
 from ..pipelines.definitions import is_local_path
 from .base import Inverter, RefiningInverter
-from .config import COMPILE_HELP, FEATURE_LOSSES, TEMPORAL_HELP, InverterConfig, OptionError, OptionInfo, option
+from .config import COMPILE_HELP, FEATURE_LOSSES, InverterConfig, OptionError, OptionInfo, option
 from .sd_model import MODEL_HELP, check_model_option, model_cost
 
 __all__ = ["HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
@@ -91,7 +91,7 @@ class DiffusionConfig(InverterConfig):
     learning_rate: float = option(0.1, "non_negative")
     loss: str = option("nmse", choices=FEATURE_LOSSES)
     latent_prior_weight: float = option(0.1, "non_negative")
-    temporal_weight: float = option(0.0, "non_negative", help=TEMPORAL_HELP)
+    temporal_weight: float = option(0.0, "non_negative")
     optimize: str = option("initial", choices=("initial", "all"))
     gradient_checkpointing: bool = option(True, "bool")
     init: str = option("noise", choices=("noise", "image", "mapper"))

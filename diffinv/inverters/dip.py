@@ -23,7 +23,7 @@ from ..compilation import backend, compiled
 from ..models.dip import SkipGenerator, check_dip_size
 from ..optimization import adam
 from .base import Inverter, feature_stride, optimize
-from .config import COMPILE_HELP, FEATURE_LOSSES, TEMPORAL_HELP, ImageOptimizerConfig, option
+from .config import COMPILE_HELP, FEATURE_LOSSES, ImageOptimizerConfig, option
 
 __all__ = ["DIP_BYTES_PER_PIXEL", "GREY_START_STRIDE", "DIPConfig", "DIPInverter", "dip_parameterization"]
 
@@ -112,7 +112,7 @@ class DIPConfig(ImageOptimizerConfig):
     in_channels: int = option(32, "positive_int")
     input_noise_std: float = option(1.0 / 30.0, "non_negative")
     loss: str = option("nmse", choices=FEATURE_LOSSES)
-    temporal_weight: float = option(0.0, "non_negative", help=TEMPORAL_HELP)
+    temporal_weight: float = option(0.0, "non_negative")
     grey_start: bool | None = option(None, "optional_bool", flag="--dip-start", values={"grey": True, "random": False},
                                      help="start from flat grey images or from the random generators' own pattern "
                                           "(default: grey where the features' stride is 32 or more, random below)")

@@ -25,7 +25,15 @@ from torch import nn
 
 import math
 
-from ..models.gan import BigGANGenerator, GANGenerator, ModuleGenerator, biggan_files, is_random_biggan, load_biggan
+from ..models.gan import (
+    BigGANGenerator,
+    GANFilesNotFoundError,
+    GANGenerator,
+    ModuleGenerator,
+    biggan_files,
+    is_random_biggan,
+    load_biggan,
+)
 from ..targets import TargetNetwork
 from .base import Inverter, optimize
 from .config import FEATURE_LOSSES, InverterConfig, OptionError, option
@@ -65,6 +73,7 @@ class GANConfig(InverterConfig):
     method = "gan"
     folders = ("gan",)
     accepts_feature_transform = True
+    streams_images = True  # the callback's render() gives the generator's current images (optimize)
 
     gan: str = option("biggan-deep-128", "str",
                       help="a BigGAN folder (config.json + pytorch_model.bin), biggan-deep-128/256/512 from the local "
@@ -116,7 +125,10 @@ class GANInverter(Inverter):
             if not resolution.isdigit() or int(resolution) < 8 or not math.log2(int(resolution) / 4).is_integer():
                 raise OptionError(cls.name, "gan", gan, "tiny or tiny:RES with RES 4 times a power of two (8 ... 512)")
             return
-        biggan_files(gan, cache_dir=options.get("cache_dir"))
+        try:
+            biggan_files(gan, cache_dir=options.get("cache_dir"))
+        except GANFilesNotFoundError as err:
+            raise OptionError(cls.name, "gan", gan, message=f"`gan` {gan!r}: {err}") from None
 
     @classmethod
     def memory_cost(cls, options, shape):

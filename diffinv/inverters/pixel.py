@@ -20,7 +20,7 @@ import torch
 
 from ..losses import total_variation
 from .base import RefiningInverter, feature_stride, optimize
-from .config import COMPILE_HELP, FEATURE_LOSSES, TEMPORAL_HELP, ImageOptimizerConfig, OptionError, option
+from .config import COMPILE_HELP, FEATURE_LOSSES, ImageOptimizerConfig, OptionError, option
 
 __all__ = ["COLOR_CORRELATION_SVD_SQRT", "PARAMETERIZATIONS", "PARAMETERIZATION_DEFAULTS", "REFINE_LEARNING_RATE",
            "PixelConfig", "PixelInverter", "fourier_decay_power", "fourier_parameterization", "pixel_parameterization"]
@@ -169,7 +169,7 @@ class PixelConfig(ImageOptimizerConfig):
     loss: str = option("nmse", choices=FEATURE_LOSSES)
     lr_schedule: bool | None = option(None, "optional_bool")
     decay_power: float | None = option(None, "optional_positive")
-    temporal_weight: float = option(0.0, "non_negative", help=TEMPORAL_HELP)
+    temporal_weight: float = option(0.0, "non_negative")
     compile: bool | str = option(False, "compile", help=COMPILE_HELP)
 
     def __post_init__(self):

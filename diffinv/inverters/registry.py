@@ -1,20 +1,24 @@
 """The registry: every method by name, and :func:`build_inverter`, which the command line and the app call.
 
-A method is a name of :data:`INVERTERS` or a hybrid ``START+REFINER`` (:data:`HYBRID_METHODS`): a
-refiner (:data:`REFINERS`: the diffusion chain, or pixel optimization) started from another method's
-estimate, as ``build_inverter(REFINER, target, init=START)`` does (``init`` may also be an image file). Options are checked before anything is
-loaded (:func:`inverter_spec`): the option's name against the method's config and constructor, its
-value against the config's rule, the model folders it names against the files they need. Every
-error is a :class:`~diffinv.inverters.config.OptionError` (a ``ValueError``) that names the option,
-the value and what was expected.
+A method is one unit: its :class:`~diffinv.inverters.Inverter` class declares everything about it (its
+config and each option's rule, flag and help, the options it requires, its roles in hybrids, its
+capabilities, its memory cost), and this registry reads those declarations. :data:`INVERTERS` holds
+the built-in methods and those that installed packages add through the entry-point group
+``diffinv.inverters`` (:mod:`diffinv.plugins`), read on first use.
 
-Two names mean the same for every method (the command line's ``--iterations``/``--steps``, the app's
-fields): ``iterations`` is diffusion's ``num_iterations``, and ``steps`` is ``num_inference_steps`` of
-diffusion and mapper (:data:`ALIASES`). In a hybrid each option goes to every part that takes it
-(``model``, ``steps``, ``prompt``, ``iterations``, ...), except ``strength``: the hybrid's img2img
-strength, not the start's (a mapper start keeps its own estimate, strength 0), and a pixel
-refinement's ``learning_rate`` (default :data:`~diffinv.inverters.pixel.REFINE_LEARNING_RATE`); a
-``model`` that is a loaded pipeline, not a name or folder, is the chain's only.
+A method is a name of :data:`INVERTERS` or a hybrid ``START+REFINER`` (:data:`HYBRID_METHODS`): a
+refiner (a method with the role ``"refiner"``: the diffusion chain, or pixel optimization) started from
+another method's estimate (the role ``"start"``), as ``build_inverter(REFINER, target, init=START)``
+does (``init`` may also be an image file). Options are checked before anything is loaded
+(:func:`inverter_spec`): the option's name against the method's, its value against the config's rule,
+the folders it names by the method's own ``check_options``. Every error is an
+:class:`~diffinv.inverters.config.OptionError` (a ``ValueError``) that names the option, the value
+and what was expected.
+
+In a hybrid each option goes to every part that takes it (``model``, ``prompt``, ``iterations``, ...),
+except the refiner's own (its ``refine_defaults``: diffusion's img2img ``strength``, a pixel
+refinement's ``learning_rate``); a ``model`` that is a loaded pipeline, not a name or folder, is the
+chain's only.
 
 Example:
     >>> inverter = build_inverter("pixel", target, iterations=200)
@@ -26,56 +30,112 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models.gan import biggan_files, is_random_biggan
-from ..models.learned import resolve_model_dir
-from ..pipelines.definitions import DEFINITIONS, check_model_dir, is_local_path
+from ..plugins import PluginError, load_units, plugin_errors
+from ..resources import ComputeShape
 from ..targets import TargetNetwork
 from .base import Inverter
 from .config import OptionError, check_option_names
 from .decoder import DecoderInverter
-from .diffusion import HYBRID_STRENGTH, DiffusionInverter
+from .diffusion import DiffusionInverter
 from .dip import DIPInverter
 from .gan import GANInverter
 from .mapper import MapperInverter
-from .pixel import REFINE_LEARNING_RATE, PixelInverter
+from .pixel import PixelInverter
 
 __all__ = [
-    "ALIASES",
     "HYBRID_METHODS",
     "INVERTERS",
+    "INVERTER_NAMES",
     "METHODS",
     "REFINERS",
     "START_METHODS",
     "InverterSpec",
     "build_inverter",
     "inverter_spec",
+    "memory_costs",
     "method_options",
     "options_for",
 ]
 
-INVERTERS: dict[str, type[Inverter]] = {
-    cls.name: cls for cls in (DiffusionInverter, PixelInverter, DIPInverter, GANInverter, MapperInverter, DecoderInverter)
-}
-START_METHODS = ("decoder", "mapper", "dip", "gan")  # estimates a refiner can start from (``init``)
-REFINERS = ("diffusion", "pixel")  # methods that refine a start's estimate (RefiningInverter)
-HYBRID_METHODS = tuple(f"{start}+{refiner}" for refiner in REFINERS for start in START_METHODS)
-METHODS = tuple(INVERTERS) + HYBRID_METHODS
-# Method-independent names -> each method's own option.
-ALIASES: dict[str, dict[str, str]] = {
-    "diffusion": {"iterations": "num_iterations", "steps": "num_inference_steps"},
-    "mapper": {"steps": "num_inference_steps"},
-}
-# The option a method cannot do without, and what it is.
-REQUIRED = {
-    "decoder": ("decoder", "a trained decoder or its folder (from `diffinv train-decoder`)"),
-    "mapper": ("mapper", "a trained mapper or its folder (from `diffinv train-mapper`)"),
-    "diffusion": ("model", "a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo for random weights"),
-}
+# The built-in methods, in the order the command line lists them: white-box first, then black-box.
+_BUILT_IN = (DiffusionInverter, PixelInverter, DIPInverter, GANInverter, MapperInverter, DecoderInverter)
+GROUP = "diffinv.inverters"
+
+
+class _Inverters(Mapping):
+    """Method name -> inverter class: the built-in ones, then the plugins of :data:`GROUP` (read on first use).
+
+    A plugin whose name is a built-in one, or that is not an :class:`Inverter` class with that name, is
+    refused when first read; one that failed to import raises its :class:`~diffinv.plugins.PluginError`
+    when asked for by name, and the others keep working."""
+
+    @functools.cached_property
+    def _units(self) -> dict[str, type[Inverter]]:
+        units = {cls.name: cls for cls in _BUILT_IN}
+        for name, cls in load_units(GROUP).items():
+            if not (isinstance(cls, type) and issubclass(cls, Inverter)) or cls.name != name or name in units:
+                raise PluginError(f"plugin {name!r} of group {GROUP!r} must be an Inverter subclass whose `name` is "
+                                  f"{name!r} and not a built-in method; got {cls!r}.")
+            units[name] = cls
+        return units
+
+    def __getitem__(self, name: str) -> type[Inverter]:
+        if name not in self._units and name in plugin_errors(GROUP):
+            raise plugin_errors(GROUP)[name]
+        return self._units[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._units)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+
+class _Names(Sequence):
+    """A tuple of names computed from :data:`INVERTERS` when first read (plugins included)."""
+
+    def __init__(self, names):
+        self._names = names
+
+    @functools.cached_property
+    def _values(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    def __getitem__(self, index):
+        return self._values[index]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __add__(self, other):
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other):
+        return tuple(other) + tuple(self)
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other)
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(self._values)
+
+
+INVERTERS: Mapping[str, type[Inverter]] = _Inverters()
+# Estimates a refiner can start from (``init``), and the methods that refine a start's estimate (RefiningInverter).
+START_METHODS = _Names(lambda: (n for n, cls in INVERTERS.items() if "start" in cls.roles))
+REFINERS = _Names(lambda: (n for n, cls in INVERTERS.items() if "refiner" in cls.roles))
+HYBRID_METHODS = _Names(lambda: (f"{start}+{refiner}" for refiner in REFINERS for start in START_METHODS))
+METHODS = _Names(lambda: (*INVERTERS, *HYBRID_METHODS))
+INVERTER_NAMES = _Names(lambda: iter(INVERTERS))  # the single methods (no hybrids)
 
 
 def _split(name: str, init) -> tuple[str, str | None]:
@@ -96,16 +156,16 @@ def _split(name: str, init) -> tuple[str, str | None]:
 
 def _options_of(method: str, start: str | None) -> tuple[str, ...]:
     """The options of ``method`` started from ``start`` (a start method, an image file or ``None``)."""
-    names = [*INVERTERS[method].option_names(), *ALIASES.get(method, {})]
+    names = list(INVERTERS[method].option_names())
     if start in START_METHODS:
-        names += [*INVERTERS[start].option_names(), *ALIASES.get(start, {})]
+        names += INVERTERS[start].option_names()
     return tuple(dict.fromkeys(n for n in names if n != "start" or start is None))
 
 
 def method_options(name: str) -> tuple[str, ...]:
-    """Every option method ``name`` takes: its config's fields, its constructor's other keywords and the
-    :data:`ALIASES` it understands; a hybrid's are those of its parts; diffusion's include ``init``
-    and the options of every start method (each applies once ``init`` names that method)."""
+    """Every option method ``name`` takes: its config's fields and its constructor's other keywords; a
+    hybrid's are those of its parts; a refiner's include ``init`` and the options of every start method
+    (each applies once ``init`` names that method)."""
     method, start = _split(name, None)
     if method not in REFINERS:
         return _options_of(method, None)
@@ -129,42 +189,9 @@ def options_for(name: str, **candidates) -> dict:
 
 
 def _part_options(method: str, options: Mapping) -> dict:
-    """The options of ``options`` that ``method`` takes, aliases translated to its own names."""
-    aliases = ALIASES.get(method, {})
+    """The options of ``options`` that ``method`` takes."""
     taken = INVERTERS[method].option_names()
-    out = {}
-    for key, value in options.items():
-        key = aliases.get(key, key)
-        if key in taken:
-            out[key] = value
-    return out
-
-
-def _check_folders(method: str, options: Mapping) -> None:
-    """The model folders ``options`` name hold what they need (FileNotFoundError/ValueError from the loaders)."""
-    for kind in ("decoder", "mapper"):
-        if isinstance(options.get(kind), (str, os.PathLike)):
-            resolve_model_dir(options[kind], kind=kind)
-    model = options.get("model")
-    if isinstance(model, (str, os.PathLike)) and os.fspath(model) not in DEFINITIONS:
-        path = Path(model).expanduser()
-        if is_local_path(os.fspath(model)) or path.exists():
-            if not path.is_dir():
-                raise OptionError(method, "model", os.fspath(model), message=(
-                    f"method {method!r}: `model` {os.fspath(model)!r} is not a folder; expected a diffusers Stable "
-                    f"Diffusion folder, or {', '.join(DEFINITIONS)} for random weights."))
-            check_model_dir(str(path))
-    taesd = options.get("taesd")
-    if isinstance(taesd, (str, os.PathLike)) and os.fspath(taesd) != "random":
-        path = Path(taesd).expanduser()
-        if (is_local_path(os.fspath(taesd)) or path.exists()) and not (path / "config.json").is_file():
-            what = "is not a TAESD folder (no config.json)" if path.exists() else "does not exist"
-            raise OptionError(method, "taesd", os.fspath(taesd), message=(
-                f"method {method!r}: `taesd` {os.fspath(taesd)!r} {what}; expected a "
-                f"folder with an AutoencoderTiny's config.json and weights (a copy of madebyollin/taesd), or random."))
-    gan = options.get("gan")
-    if method == "gan" and isinstance(gan, (str, os.PathLike)) and not is_random_biggan(os.fspath(gan)):
-        biggan_files(gan, cache_dir=options.get("cache_dir"))
+    return {key: value for key, value in options.items() if key in taken}
 
 
 @dataclass
@@ -172,7 +199,7 @@ class InverterSpec:
     """A checked method and its options: :meth:`build` makes the inverter for a target.
 
     Attributes:
-        method: the inverter's name (``diffusion`` for a hybrid).
+        method: the inverter's name (the refiner's for a hybrid).
         options: the keyword arguments of its class.
         start: a hybrid's start: the spec of the start method, or an image file.
     """
@@ -193,13 +220,12 @@ class InverterSpec:
 
 def _single_spec(method: str, options: Mapping) -> InverterSpec:
     cls = INVERTERS[method]
-    required = REQUIRED.get(method)
-    if required is not None and options.get(required[0]) is None:
-        raise OptionError(method, required[0], None,
-                          message=f"method {method!r} needs `{required[0]}`: {required[1]}.")
+    for required, what in cls.required.items():
+        if options.get(required) is None:
+            raise OptionError(method, required, None, message=f"method {method!r} needs `{required}`: {what}.")
     config_options = {k: v for k, v in options.items() if k in cls.config_class.option_names()}
     cls.make_config(None, config_options)  # checks the values now, before anything is loaded
-    _check_folders(method, options)
+    cls.check_options(options)
     return InverterSpec(method, dict(options))
 
 
@@ -207,9 +233,9 @@ def inverter_spec(name: str, **options) -> InverterSpec:
     """Checks method ``name`` (one of :data:`METHODS`) and its ``options``, loading nothing.
 
     Args:
-        name: a method of :data:`INVERTERS`, or a hybrid ``START+diffusion``.
-        **options: the method's options (:func:`method_options`); for diffusion also ``init``: a method
-            of :data:`START_METHODS` or an image file to start the chain from (a hybrid).
+        name: a method of :data:`INVERTERS`, or a hybrid ``START+REFINER``.
+        **options: the method's options (:func:`method_options`); for a refiner also ``init``: a method
+            of :data:`START_METHODS` or an image file to start from (a hybrid).
 
     Returns:
         :class:`InverterSpec`.
@@ -217,8 +243,8 @@ def inverter_spec(name: str, **options) -> InverterSpec:
     Raises:
         OptionError: an unknown method; an option the method does not take (the message lists those it
             takes); a value its config refuses; a required option missing (a decoder's, a mapper's folder,
-            the diffusion model); a hybrid with ``strength`` 0 or an ``init`` that is neither a start
-            method nor an image file.
+            the diffusion model); a refinement its refiner refuses (diffusion's ``strength`` 0); an
+            ``init`` that is neither a start method nor an image file.
         FileNotFoundError: a model folder without the files it needs (the loaders' messages say how to
             provide them).
     """
@@ -227,28 +253,18 @@ def inverter_spec(name: str, **options) -> InverterSpec:
     if start is None:
         return _single_spec(method, _part_options(method, options))
 
-    # A hybrid: the refiner (the diffusion chain from img2img `strength`, or pixel optimization) refines
-    # the start's estimate
+    # A hybrid: the refiner refines the start's estimate, with its own options (refine_defaults) apart
     if start in INVERTERS and start not in START_METHODS:
         raise OptionError(name, "init", start, message=f"`init` {start!r}: a refinement starts from one of "
                                                         f"{', '.join(START_METHODS)} or an image file.")
-    own = {}  # the refinement's options that its start does not share
-    if method == "diffusion":
-        strength = options.get("strength")
-        own["strength"] = HYBRID_STRENGTH if strength is None else strength
-        if own["strength"] == 0:
-            raise OptionError(name, "strength", 0, message="`strength` 0 with a hybrid start: the start must be "
-                                                            "noised into the chain; expected (0, 1].")
-    else:
-        learning_rate = options.get("learning_rate")
-        own["learning_rate"] = REFINE_LEARNING_RATE if learning_rate is None else learning_rate
+    refiner = INVERTERS[method]
+    own = {key: default if options.get(key) is None else options[key] for key, default in refiner.refine_defaults.items()}
+    refiner.check_refinement(own)
     refinement = _single_spec(method, {**_part_options(method, options), **own})
     if start in START_METHODS:
         start_options = {k: v for k, v in options.items() if k not in own}
         if not isinstance(options.get("model"), (str, os.PathLike)):  # a loaded pipeline is the chain's only
             start_options.pop("model", None)
-        if start == "mapper" and method == "diffusion":  # the start is the mapper's own estimate
-            start_options["strength"] = 0.0
         refinement.start = _single_spec(start, _part_options(start, start_options))
     else:
         if not Path(start).expanduser().is_file():
@@ -263,6 +279,25 @@ def build_inverter(name: str, target: TargetNetwork, **options) -> Inverter:
     :meth:`InverterSpec.build`.
 
     Example:
-        >>> build_inverter("mapper+diffusion", target, model="path/to/sd15", mapper="mappers/", steps=20)
+        >>> build_inverter("mapper+diffusion", target, model="path/to/sd15", mapper="mappers/", num_inference_steps=20)
     """
     return inverter_spec(name, **options).build(target)
+
+
+def memory_costs(methods: Sequence[str], options: Mapping | None = None) -> dict[str, functools.partial]:
+    """Each method's declared memory cost (``Inverter.memory_cost``) with the ``options`` it takes, by
+    name, for :func:`~diffinv.resources.estimate_memory`: a hybrid counts as its parts; a refiner's
+    ``init`` that names a start method counts too.
+
+    Raises:
+        OptionError: an unknown method.
+    """
+    options = dict(options or {})
+    names = []
+    for method in methods:
+        refiner, start = _split(method, None)
+        names += [refiner, *([start] if start else [])]
+    if options.get("init") in START_METHODS:
+        names.append(options["init"])
+    return {name: functools.partial(INVERTERS[name].memory_cost, _part_options(name, options))
+            for name in dict.fromkeys(names)}
