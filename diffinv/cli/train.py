@@ -9,21 +9,37 @@ from __future__ import annotations
 
 import argparse
 
-from ..jobs.training import TrainConfig, TrainResult, train_decoder, train_mapper
+from ..jobs.training import TrainConfig, TrainResult, train
 from . import common
 
 
+def _decoder_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    p.add_argument("--min-channels", type=common.positive_int, default=d.min_channels, help="width of the full-resolution stages")
+
+
+def _mapper_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    p.add_argument("--model", required=True,
+                   help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
+    p.add_argument("--pixel-weight", type=common.non_negative_float, default=d.pixel_weight,
+                   help=f"weight of the pixel loss after decoding (default {d.pixel_weight:g})")
+
+
+# The commands: ``diffinv train-KIND``, each kind of model with its help and the options only it has.
+COMMANDS = {
+    "mapper": ("(image, feature) pairs -> a features-to-latent mapper (black-box)", _mapper_arguments),
+    "decoder": ("(image, feature) pairs -> an UpconvNet decoder (black-box baseline)", _decoder_arguments),
+}
+
+
 def add_parsers(sub) -> None:
-    p = sub.add_parser("train-mapper", help="(image, feature) pairs -> a features-to-latent mapper (black-box)")
-    add_train_arguments(p, "mapper")
-    p.set_defaults(func=lambda args: _train(args, "mapper"))
-    p = sub.add_parser("train-decoder", help="(image, feature) pairs -> an UpconvNet decoder (black-box baseline)")
-    add_train_arguments(p, "decoder")
-    p.set_defaults(func=lambda args: _train(args, "decoder"))
+    for kind, (help, own_arguments) in COMMANDS.items():
+        p = sub.add_parser(f"train-{kind}", help=help)
+        add_train_arguments(p, own_arguments)
+        p.set_defaults(func=lambda args, kind=kind: _train(args, kind))
 
 
-def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    """Options of ``diffinv train-decoder`` (``kind="decoder"``) and ``diffinv train-mapper``."""
+def add_train_arguments(p: argparse.ArgumentParser, own_arguments) -> None:
+    """Options of ``diffinv train-KIND``; ``own_arguments(p, defaults)`` adds those of that kind only."""
     d = TrainConfig(out="", layer="")
     common.add_target_args(p)
     p.add_argument("--layer", required=True, help="the target layer whose features are inverted")
@@ -48,13 +64,7 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels)
     p.add_argument("--feature-weight", type=common.non_negative_float, default=d.feature_weight,
                    help=f"weight of the feature loss (default {d.feature_weight:g})")
-    if kind == "decoder":
-        p.add_argument("--min-channels", type=common.positive_int, default=d.min_channels, help="width of the full-resolution stages")
-    if kind == "mapper":
-        p.add_argument("--model", required=True,
-                       help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
-        p.add_argument("--pixel-weight", type=common.non_negative_float, default=d.pixel_weight,
-                       help=f"weight of the pixel loss after decoding (default {d.pixel_weight:g})")
+    own_arguments(p, d)
     p.add_argument("--checkpoint-every", type=common.positive_int, default=d.checkpoint_every)
     p.add_argument("--keep-checkpoints", type=common.positive_int, default=d.keep_checkpoints)
     p.add_argument("--val-every", type=common.positive_int, default=d.val_every)
@@ -88,6 +98,5 @@ def _print_result(result: TrainResult) -> None:
 
 
 def _train(args: argparse.Namespace, kind: str) -> int:
-    train = train_decoder if kind == "decoder" else train_mapper
     _print_result(train(_config_from_args(args, kind)))
     return 0

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from ..datasets import DATASETS, load_dataset
+from ..interpret.priors import PRIORS
 from ..io import collect_images, load_images, pixels_fingerprint, save_image, write_json
 from ..jobs.store import RunStore
 from . import common
@@ -65,14 +66,14 @@ def add_parsers(sub) -> None:
                        help="the N channels with the highest mean activation over the natural images")
     p.add_argument("--objective", choices=("channel", "neuron"), default="channel",
                    help="channel: mean activation of the channel (default); neuron: its activation at the centre")
-    p.add_argument("--method", choices=("pixel", "dip", "diffusion"), default="pixel",
+    p.add_argument("--method", choices=tuple(PRIORS), default="pixel",
                    help="the image prior (default pixel)")
     p.add_argument("--param", choices=("fourier", "pixel"), default="fourier",
                    help="pixel: decorrelated Fourier/colour space (default) or plain pixels")
     p.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotate/pad")
     p.add_argument("--iterations", type=common.positive_int, default=256, help="optimization iterations (default 256)")
     p.add_argument("--learning-rate", type=common.positive_float, default=None,
-                   help="Adam step size (default: pixel 0.05, dip 0.01, diffusion 0.05)")
+                   help="Adam step size (default: " + ", ".join(f"{n} {p.learning_rate}" for n, p in PRIORS.items()) + ")")
     p.add_argument("--model", default=None, help="diffusion: a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo")
     p.add_argument("--prompt", default="", help="diffusion: text prompt (default none)")
     p.add_argument("--steps", type=common.positive_int, default=1, help="diffusion: sampler steps K (default 1)")
@@ -92,13 +93,16 @@ def run(args) -> int:
     # 1. Check every argument before the optimization
     device = common.resolve_device(args.device)
     out_dir = common.check_out_dir(args.out)
-    if args.method == "diffusion":
+    prior = PRIORS[args.method]
+    if prior.needs_pipeline:
         if not args.model:
-            raise common.UsageError("`--method diffusion` needs `--model PATH` (a diffusers Stable Diffusion folder; "
+            raise common.UsageError(f"`--method {args.method}` needs `--model PATH` (a diffusers Stable Diffusion folder; "
                                     "`--model tiny` builds random weights to try the path).")
         common.check_model_arg(args.model)
-    if args.method == "dip" and args.size % 16:
-        raise common.UsageError(f"`--size` {args.size}: the dip method needs a multiple of 16, e.g. {max(16, args.size // 16 * 16)}.")
+    if prior.size_multiple > 1 and args.size % prior.size_multiple:
+        m = prior.size_multiple
+        raise common.UsageError(f"`--size` {args.size}: the {args.method} method needs a multiple of {m}, e.g. "
+                                f"{max(m, args.size // m * m)}.")
     common.check_memory_fits(args, args.layer, [args.method], images=len(args.channels or ()) or args.top)
     target = common.target_from_args(args, args.layer, device)
     num_channels = check_layer(target, args.layer)
@@ -115,7 +119,7 @@ def run(args) -> int:
     natural_max = reference[:, channels].max(0)
     objective = (channel if args.objective == "channel" else neuron)(args.layer, channels)
     settings = {"target": target.identity(), "layer": args.layer, "channels": channels, "objective": args.objective,
-                "method": args.method, "param": args.param if args.method == "pixel" else None,
+                "method": args.method, "param": args.param if prior.takes_param else None,
                 "transforms": not args.no_transforms, "iterations": args.iterations,
                 "learning_rate": args.learning_rate or DEFAULT_LEARNING_RATES[args.method], "size": args.size,
                 "seed": args.seed, "natural_images": {**source_description(args), "count": len(natural),
@@ -127,7 +131,7 @@ def run(args) -> int:
     # 3. The optimization (skipped when a finished run with these settings is resumed)
     if any(c not in records for c in channels):
         pipeline = None
-        if args.method == "diffusion":
+        if prior.needs_pipeline:
             from ..pipelines import load_pipeline
 
             pipeline = load_pipeline(args.model, device=str(device)).set_target(target, layer=args.layer)

@@ -26,13 +26,13 @@ from ..losses import total_variation
 from ..optimization import check_weight, run_optimization
 from ..targets import TargetNetwork
 from .objectives import Objective, check_feature_map
-from .param import diffusion_image, dip_image, fourier_image, pixel_image
+from .priors import PRIORS
 from .transforms import Transform, standard_transforms
 
 __all__ = ["DEFAULT_LEARNING_RATES", "METHODS", "VisualizationOutput", "check_layer", "visualize"]
 
-METHODS = ("pixel", "dip", "diffusion")
-DEFAULT_LEARNING_RATES = {"pixel": 0.05, "dip": 0.01, "diffusion": 0.05}
+METHODS = tuple(PRIORS)
+DEFAULT_LEARNING_RATES = {name: prior.learning_rate for name, prior in PRIORS.items()}
 
 
 @dataclass
@@ -118,10 +118,10 @@ def visualize(
         raise ValueError(f"`param` must be 'fourier' or 'pixel', got {param!r}.")
     if not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"`num_images` must be a positive integer, got {num_images!r}.")
-    if method == "diffusion" and pipeline is None:
-        raise ValueError("`method='diffusion'` needs `pipeline=` a loaded DiffInvPipeline (e.g. `load_pipeline(path)`).")
-    lr = check_weight("learning_rate", DEFAULT_LEARNING_RATES[method] if learning_rate is None else learning_rate,
-                      positive=True)
+    prior = PRIORS[method]
+    if prior.needs_pipeline and pipeline is None:
+        raise ValueError(f"`method={method!r}` needs `pipeline=` a loaded DiffInvPipeline (e.g. `load_pipeline(path)`).")
+    lr = check_weight("learning_rate", prior.learning_rate if learning_rate is None else learning_rate, positive=True)
     check_weight("tv_weight", tv_weight)
     for layer in objective.layers:
         check_layer(target, layer)
@@ -136,15 +136,9 @@ def visualize(
     t_generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     # 2. The parameterization
-    if method == "pixel" and param == "fourier":
-        params, image_fn = fourier_image(num_images, size, generator=generator, device=device)
-    elif method == "pixel":
-        params, image_fn = pixel_image(num_images, size, generator=generator, device=device)
-    elif method == "dip":
-        params, image_fn = dip_image(num_images, size, channels=dip_channels, generator=generator, device=device)
-    else:
-        params, image_fn = diffusion_image(pipeline, num_images, size, prompt=prompt,
-                                           num_inference_steps=num_inference_steps, generator=generator)
+    params, image_fn = prior.make(num_images, size, generator=generator, device=device, param=param,
+                                  dip_channels=dip_channels, pipeline=pipeline, prompt=prompt,
+                                  num_inference_steps=num_inference_steps)
     params = [p.requires_grad_(True) for p in params]
     dtype = next(target.model.parameters()).dtype
 
@@ -174,7 +168,7 @@ def visualize(
     with torch.no_grad():
         images = image_fn(train=False).detach().float().clamp(0, 1)
         values = values_of(images).cpu()
-    info = {"objective": objective.name, "param": param if method == "pixel" else method, "iterations": iterations,
+    info = {"objective": objective.name, "param": param if prior.takes_param else method, "iterations": iterations,
             "learning_rate": lr, "transforms": transforms is not None, "tv_weight": tv_weight,
             "skipped_steps": result.skipped_steps, "size": list(size)}
     return VisualizationOutput(images.cpu(), values, -result.history, seconds, method, info)
