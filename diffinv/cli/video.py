@@ -2,19 +2,22 @@
 
 One clip writes its run into ``--out``; several clips write one run folder per clip,
 ``--out/<name>/`` (names from :func:`~diffinv.jobs.store.unique_names`), and ``--out/summary.json``.
-Under ``torchrun``/``accelerate launch`` with several processes the clips are split across them.
+Under ``torchrun``/``accelerate launch`` with several processes each clip is claimed by one process
+(:func:`~diffinv.jobs.items.claimed`), or the windows of one clip of independent windows are shared.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..features import FeatureSet
 from ..inverters import method_options
 from ..io import fingerprint_path, read_video, write_side_by_side, write_video
-from ..jobs.distributed import launch_state, shard
+from ..jobs.distributed import launch_state
+from ..jobs.items import claimed
 from ..jobs.store import MANIFEST, unique_names
-from ..jobs.video import SUMMARY_FILE, extract_video_features, invert_video, write_clips_summary
+from ..jobs.video import METRICS_FILE, SUMMARY_FILE, extract_video_features, invert_video, write_clips_summary
 from ..targets import TargetNetwork
 from . import common
 
@@ -83,18 +86,24 @@ def run(args) -> int:
     jobs = list(zip(clips, names))
     # One clip of independent windows (λ = 0, no warm start): its windows are split instead.
     split = state is not None and not several and args.temporal_weight == 0 and args.warm_start != "on"
-    mine = jobs if state is None or split else shard(jobs, state)
-    if split:
-        i, n = state.process_index, state.num_processes
-        print(f"diffinv video: process {i} of {n} inverts windows {i}, {i + n}, ... of {clips[0]} "
-              f"(independent windows: --temporal-weight 0)")
-    elif state is not None:
-        print(f"diffinv video: process {state.process_index} of {state.num_processes} inverts "
-              f"{', '.join(c for c, _ in mine) or 'no clip'} ({len(mine)} of {len(clips)} clips)")
     targets: dict = {}
-    for clip, name in mine:
-        _invert_clip(clip, out_dir / name if several else out_dir, args, device, make_inverter, targets,
-                     state=state if split else None)
+    if split or (state is None and not several):
+        if split:
+            i, n = state.process_index, state.num_processes
+            print(f"diffinv video: process {i} of {n} shares the windows of {clips[0]} with the others, each window "
+                  f"claimed by one process (independent windows: --temporal-weight 0)")
+        for clip, name in jobs:
+            _invert_clip(clip, out_dir / name if several else out_dir, args, device, make_inverter, targets,
+                         state=state if split else None)
+    else:  # each clip claimed by one process (of a launch, or of independent commands) and inverted there alone
+        taken = 0
+        for clip, name in claimed(out_dir, jobs, state=state, prefix="clip-",
+                                  finished=lambda job: _clip_finished(out_dir / job[1] if several else out_dir)):
+            taken += 1
+            if state is not None:
+                print(f"diffinv video: process {state.process_index} of {state.num_processes} inverts {clip} "
+                      f"({taken} of {len(clips)} clips)")
+            _invert_clip(clip, out_dir / name if several else out_dir, args, device, make_inverter, targets)
 
     # 3. The table of all clips, by the main process once every process is done
     if state is not None:
@@ -107,6 +116,15 @@ def run(args) -> int:
         print(f"wrote {out_dir}/{SUMMARY_FILE} ({len(clips)} clips, {summary['frames_done']} frames"
               + (f", PSNR {summary['psnr_mean']:.2f} dB" if "psnr_mean" in summary else "") + ")")
     return 0
+
+
+def _clip_finished(folder: Path) -> bool:
+    """Whether a clip's run folder holds every frame (its ``metrics.json`` says so)."""
+    try:
+        summary = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))["summary"]
+        return summary["frames_done"] == summary["frames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _read_clip(video: str, args, size=None):

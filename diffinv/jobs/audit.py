@@ -463,39 +463,57 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
     Every mean is over images (each the mean of its seeds), with its 95 % bootstrap interval over images
     beside it (``METRIC_ci``: ``[low, high]``); ``n`` counts the images. Values that are not finite numbers are
     left out of the mean (``METRIC_n``: the images in it) and said in ``notes``."""
-    rows = []
     left_out: dict[str, list[str]] = {}  # metric -> where values were left out
-    for layer in layers:
-        for spec in specs:
-            util = [r for r in records if r["kind"] == "utility" and r["layer"] == layer and r["defense"] == spec]
-            row = {"layer": layer, "defense": spec, "utility_n": len({r["image"] for r in util}),
-                   "utility_reason": next((r["reason"] for r in util if r.get("reason")), None), "attacks": {}}
-            if _with_interval(row, "utility", util, "utility"):
-                left_out.setdefault("utility", []).append(f"{layer} {spec}")
-            for method in methods:
-                entry = {}
-                for attacker in ATTACKERS:
-                    source = "naive" if spec == "none" else attacker
-                    group = [r for r in records if r["kind"] == "attack" and r["layer"] == layer
-                             and r["defense"] == spec and r["method"] == method and r["attacker"] == source]
-                    entry[attacker] = None
-                    if group:
-                        entry[attacker] = {"n": len({r["image"] for r in group}),
-                                           "seeds": len({r.get("seed", 0) for r in group})}
-                        for metric in METRICS:
-                            if _with_interval(entry[attacker], metric, group, metric):
-                                left_out.setdefault(metric, []).append(f"{layer} {spec} {method} {source}")
-                reason = None if spec == "none" else _adaptive_reason(method, method in adaptive)
-                if reason:
-                    entry["adaptive_reason"] = reason
-                row["attacks"][method] = entry
-            psnrs = [a["psnr"] for e in row["attacks"].values() for k, a in e.items()
-                     if k in ATTACKERS and a and a["psnr"] is not None]
-            row["best_attack_psnr"] = max(psnrs) if psnrs else None
-            top1s = [a["top1_agreement"] for e in row["attacks"].values() for k, a in e.items()
-                     if k in ATTACKERS and a and a["top1_agreement"] is not None]
-            row["best_attack_top1"] = max(top1s) if top1s else None
-            rows.append(row)
+    rows = [_setting_row(records, layer, spec, methods, adaptive, left_out) for layer in layers for spec in specs]
+
+    def seconds(kind):  # a value that is not a finite number counts 0
+        return sum(_finite_or_zero(r.get("seconds")) for r in records if r["kind"] == kind)
+
+    cost = {"attack_seconds": seconds("attack"), "utility_seconds": seconds("utility"),
+            "decoder_training_seconds": seconds("training")}
+    notes = []
+    if left_out:
+        notes.append("Left out of the means, not a finite number (NaN, infinite or not a number): " + "; ".join(
+            f"{metric} ({', '.join(dict.fromkeys(where))})" for metric, where in left_out.items()) + ".")
+    return {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
+            "recommendation": _recommendations(rows, layers), "cost_seconds": cost, "notes": notes}
+
+
+def _setting_row(records: Sequence[Mapping], layer: str, spec: str, methods: Sequence[str], adaptive: Sequence[str],
+                 left_out: dict) -> dict:
+    """The report's row of one (layer, defense setting): its utility and, per method and attacker, the means
+    (where values were left out: added to ``left_out``)."""
+    util = [r for r in records if r["kind"] == "utility" and r["layer"] == layer and r["defense"] == spec]
+    row = {"layer": layer, "defense": spec, "utility_n": len({r["image"] for r in util}),
+           "utility_reason": next((r["reason"] for r in util if r.get("reason")), None), "attacks": {}}
+    if _with_interval(row, "utility", util, "utility"):
+        left_out.setdefault("utility", []).append(f"{layer} {spec}")
+    for method in methods:
+        entry = {}
+        for attacker in ATTACKERS:
+            source = "naive" if spec == "none" else attacker
+            group = [r for r in records if r["kind"] == "attack" and r["layer"] == layer
+                     and r["defense"] == spec and r["method"] == method and r["attacker"] == source]
+            entry[attacker] = None
+            if group:
+                entry[attacker] = {"n": len({r["image"] for r in group}),
+                                   "seeds": len({r.get("seed", 0) for r in group})}
+                for metric in METRICS:
+                    if _with_interval(entry[attacker], metric, group, metric):
+                        left_out.setdefault(metric, []).append(f"{layer} {spec} {method} {source}")
+        reason = None if spec == "none" else _adaptive_reason(method, method in adaptive)
+        if reason:
+            entry["adaptive_reason"] = reason
+        row["attacks"][method] = entry
+    for key, metric in (("best_attack_psnr", "psnr"), ("best_attack_top1", "top1_agreement")):
+        values = [a[metric] for e in row["attacks"].values() for k, a in e.items()
+                  if k in ATTACKERS and a and a[metric] is not None]
+        row[key] = max(values) if values else None
+    return row
+
+
+def _recommendations(rows: Sequence[Mapping], layers: Sequence[str]) -> dict:
+    """Per layer, the setting that keeps utility >= :data:`UTILITY_THRESHOLD` with the lowest best attack PSNR."""
     recommendation = {}
     for layer in layers:
         mine = [r for r in rows if r["layer"] == layer]
@@ -507,32 +525,13 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
             "defense": best["defense"], "utility": best["utility"], "best_attack_psnr": best["best_attack_psnr"],
             "psnr_drop": (reference["best_attack_psnr"] - best["best_attack_psnr"])
             if reference and reference["best_attack_psnr"] is not None else None}
-    def seconds(kind):  # a value that is not a finite number counts 0
-        return sum(_finite_or_zero(r.get("seconds")) for r in records if r["kind"] == kind)
-
-    cost = {"attack_seconds": seconds("attack"), "utility_seconds": seconds("utility"),
-            "decoder_training_seconds": seconds("training")}
-    notes = []
-    if left_out:
-        notes.append("Left out of the means, not a finite number (NaN, infinite or not a number): " + "; ".join(
-            f"{metric} ({', '.join(dict.fromkeys(where))})" for metric, where in left_out.items()) + ".")
-    return {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
-            "recommendation": recommendation, "cost_seconds": cost, "notes": notes}
+    return recommendation
 
 
 def write_report_md(report: Mapping, path) -> str:
     """``report.md``: one table per layer (defense x method: utility, naive / adaptive PSNR, SSIM, top-1), each
     mean with its 95 % bootstrap interval over images and the number of images; the accuracy against true labels
     and the judge's scores when the records have them."""
-
-    def fmt(summary, key, digits=2):
-        value = (summary or {}).get(key)
-        if value is None:
-            return "n/a"
-        low, high = (summary.get(f"{key}_ci") or [value, value])
-        counted = summary.get(f"{key}_n")  # only where values were left out as not finite
-        return format_ci(value, low, high, digits) + ("" if counted is None else f" (n = {counted})")
-
     lines = ["# Privacy audit", ""]
     meta = report.get("meta", {})
     if meta:
@@ -548,50 +547,12 @@ def write_report_md(report: Mapping, path) -> str:
     semantic = [m for m in METRICS if m in SEMANTIC_METRICS and m != "top1_agreement" and any(
         (a or {}).get(m) is not None for row in report["settings"] for e in row["attacks"].values()
         for k, a in e.items() if k in ATTACKERS)]
-    layers = list(dict.fromkeys(r["layer"] for r in report["settings"]))
-    for layer in layers:
-        lines += [f"## {layer}", "", "| defense | utility | method | n | PSNR naive | PSNR adaptive | SSIM naive | "
-                  "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |", "|" + "---|" * 11]
-        for row in (r for r in report["settings"] if r["layer"] == layer):
-            for method, entry in row["attacks"].items():
-                n, a = entry.get("naive") or {}, entry.get("adaptive") or {}
-                lines.append("| " + " | ".join([
-                    row["defense"], fmt(row, "utility"), method, str(n.get("n", a.get("n", 0))),
-                    fmt(n, "psnr"), fmt(a, "psnr"), fmt(n, "ssim", 3), fmt(a, "ssim", 3),
-                    fmt(n, "top1_agreement"), fmt(a, "top1_agreement"),
-                    fmt(a if a.get("seconds") is not None else n, "seconds")]) + " |")
-            if row["utility_reason"]:
-                lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 9)
+    for layer in dict.fromkeys(r["layer"] for r in report["settings"]):
+        rows = [r for r in report["settings"] if r["layer"] == layer]
+        lines += _layer_table(layer, rows)
         if semantic:
-            titles = {"original_top1_accuracy": "target acc. (originals)", "top1_accuracy": "target acc. (recon.)",
-                      "judge_original_accuracy": "judge acc. (originals)", "judge_accuracy": "judge acc. (recon.)",
-                      "judge_agreement": "judge agr.", "judge_similarity": "judge feature cos."}
-            judge = meta.get("judge")
-            lines += ["", "True labels" + (f" and the judge `{judge}` (a network the attack never saw)"
-                                           if judge else "") + ":", "",
-                      "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic) + " |",
-                      "|" + "---|" * (4 + len(semantic))]
-            for row in (r for r in report["settings"] if r["layer"] == layer):
-                for method, entry in row["attacks"].items():
-                    for attacker in ATTACKERS if row["defense"] != "none" else ("naive",):
-                        summary = entry.get(attacker)
-                        if summary:
-                            lines.append("| " + " | ".join([row["defense"], method, attacker, str(summary["n"]), *(
-                                fmt(summary, m, 3 if m == "judge_similarity" else 2) for m in semantic)]) + " |")
-        rec = report["recommendation"].get(layer)
-        lines.append("")
-        if rec and rec["defense"] == "none" or rec and rec["psnr_drop"] is not None and rec["psnr_drop"] <= 0:
-            lines.append(f"No defense setting that keeps utility >= {report['utility_threshold']} lowers the best "
-                         f"attack's PSNR below no defense ({rec['best_attack_psnr']:.2f} dB).")
-        elif rec:
-            drop = "" if rec["psnr_drop"] is None else f", {rec['psnr_drop']:.2f} dB below no defense"
-            lines.append(f"Keeping utility >= {report['utility_threshold']}: **{rec['defense']}** (utility "
-                         f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to "
-                         f"{rec['best_attack_psnr']:.2f}"
-                         f" dB{drop}.")
-        else:
-            lines.append(f"No setting keeps utility >= {report['utility_threshold']} (or utility is unavailable).")
-        lines.append("")
+            lines += _semantic_table(rows, semantic, meta.get("judge"))
+        lines += ["", _recommendation(report["recommendation"].get(layer), report["utility_threshold"]), ""]
     cost = report["cost_seconds"]
     lines.append(f"Cost: {cost['attack_seconds']:.0f} s of attacks, {cost['utility_seconds']:.1f} s of utility, "
                  f"{cost['decoder_training_seconds']:.0f} s of decoder training.")
@@ -601,3 +562,62 @@ def write_report_md(report: Mapping, path) -> str:
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return text
+
+
+def _fmt(summary, key, digits=2) -> str:
+    """A mean with its interval (and its n where values were left out), or ``n/a``."""
+    value = (summary or {}).get(key)
+    if value is None:
+        return "n/a"
+    low, high = (summary.get(f"{key}_ci") or [value, value])
+    counted = summary.get(f"{key}_n")  # only where values were left out as not finite
+    return format_ci(value, low, high, digits) + ("" if counted is None else f" (n = {counted})")
+
+
+def _layer_table(layer: str, rows: Sequence[Mapping]) -> list[str]:
+    """A layer's table: per defense setting and method, utility and both attackers' PSNR, SSIM and top-1."""
+    lines = [f"## {layer}", "", "| defense | utility | method | n | PSNR naive | PSNR adaptive | SSIM naive | "
+             "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |", "|" + "---|" * 11]
+    for row in rows:
+        for method, entry in row["attacks"].items():
+            n, a = entry.get("naive") or {}, entry.get("adaptive") or {}
+            lines.append("| " + " | ".join([
+                row["defense"], _fmt(row, "utility"), method, str(n.get("n", a.get("n", 0))),
+                _fmt(n, "psnr"), _fmt(a, "psnr"), _fmt(n, "ssim", 3), _fmt(a, "ssim", 3),
+                _fmt(n, "top1_agreement"), _fmt(a, "top1_agreement"),
+                _fmt(a if a.get("seconds") is not None else n, "seconds")]) + " |")
+        if row["utility_reason"]:
+            lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 9)
+    return lines
+
+
+def _semantic_table(rows: Sequence[Mapping], semantic: Sequence[str], judge: str | None) -> list[str]:
+    """A layer's table of the accuracy against true labels and the judge's scores."""
+    titles = {"original_top1_accuracy": "target acc. (originals)", "top1_accuracy": "target acc. (recon.)",
+              "judge_original_accuracy": "judge acc. (originals)", "judge_accuracy": "judge acc. (recon.)",
+              "judge_agreement": "judge agr.", "judge_similarity": "judge feature cos."}
+    lines = ["", "True labels" + (f" and the judge `{judge}` (a network the attack never saw)" if judge else "") + ":",
+             "", "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic) + " |",
+             "|" + "---|" * (4 + len(semantic))]
+    for row in rows:
+        for method, entry in row["attacks"].items():
+            for attacker in ATTACKERS if row["defense"] != "none" else ("naive",):
+                summary = entry.get(attacker)
+                if summary:
+                    lines.append("| " + " | ".join([row["defense"], method, attacker, str(summary["n"]), *(
+                        _fmt(summary, m, 3 if m == "judge_similarity" else 2) for m in semantic)]) + " |")
+    return lines
+
+
+def _recommendation(rec: Mapping | None, threshold: float) -> str:
+    """The sentence under a layer's tables: the setting that keeps utility and lowers the best attack most."""
+    if rec and rec["defense"] == "none" or rec and rec["psnr_drop"] is not None and rec["psnr_drop"] <= 0:
+        return (f"No defense setting that keeps utility >= {threshold} lowers the best "
+                f"attack's PSNR below no defense ({rec['best_attack_psnr']:.2f} dB).")
+    if rec:
+        drop = "" if rec["psnr_drop"] is None else f", {rec['psnr_drop']:.2f} dB below no defense"
+        return (f"Keeping utility >= {threshold}: **{rec['defense']}** (utility "
+                f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to "
+                f"{rec['best_attack_psnr']:.2f}"
+                f" dB{drop}.")
+    return f"No setting keeps utility >= {threshold} (or utility is unavailable)."

@@ -56,7 +56,7 @@ from ..io import pixels_fingerprint
 from .distributed import process_device
 from .store import RunSettingsError, RunStore
 
-__all__ = ["ItemClaims", "Job", "LayerCache", "TrainingItem", "WorkRunner", "image_label", "image_scores",
+__all__ = ["ItemClaims", "Job", "claimed", "LayerCache", "TrainingItem", "WorkRunner", "image_label", "image_scores",
            "item_settings", "merge_records", "place", "record_key", "run_job"]
 
 CLAIMS = ".claims"  # the folder of claim files inside a run folder
@@ -356,6 +356,40 @@ def run_job(job: Job, store: RunStore, items: Sequence, *, state=None, show: boo
     (runner.run_together if together else runner.run)(run_item, desc=job.desc, show=show, describe=job.describe)
     runner.close()
     return runner
+
+
+def claimed(folder: str | os.PathLike, items: Sequence, *, state=None,
+            finished: Callable[[Any], bool] = lambda item: False, prefix: str = "") -> Iterator:
+    """The runner's claims for work that is not records of one store (the clips of a several-clip video run,
+    each its own run folder, which resumes itself): yields each item of ``items`` this process claims, while it
+    holds the claim (``RUN_FOLDER/.claims``: see :class:`ItemClaims`). First the items nobody holds (odd
+    processes of a launch go from the end), then, waiting for each, those another process held and did not
+    leave ``finished`` (it died). The last process to finish removes the claims."""
+    claims = ItemClaims(folder)
+    order = list(enumerate(items))
+    if state is not None and state.process_index % 2:
+        order.reverse()
+    held = []
+    try:
+        for wait, todo in ((False, order), (True, held)):
+            for index, item in list(todo):
+                fd = claims.acquire(index, wait=wait, prefix=prefix)
+                if fd is None:
+                    held.append((index, item))
+                    continue
+                try:
+                    if not (wait and finished(item)):
+                        yield item
+                finally:
+                    claims.release(fd)
+    finally:
+        if state is not None:
+            claims.leave()
+            state.wait_for_everyone()
+            if state.is_main_process:
+                claims.close()
+        else:
+            claims.close()
 
 
 @dataclass(frozen=True)

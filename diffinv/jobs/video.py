@@ -33,9 +33,9 @@ where it stopped, with other settings it is refused (``overwrite=True`` starts a
 
 Several clips go into one output folder as one run folder per clip (``OUT/<name>/``, each a run
 store of its own, so each is resumed or refused on its own), and :func:`write_clips_summary`
-tabulates them in ``OUT/summary.json``. Under a multi-process launch the command gives each
-process its share of the clips (:func:`~diffinv.jobs.distributed.shard`); no two processes share
-a clip folder, so each opens its stores alone. One clip of independent windows (λ = 0, no warm
+tabulates them in ``OUT/summary.json``. Under a multi-process launch (or with independent commands
+on the same folder) each clip is claimed by one process (:func:`~diffinv.jobs.items.claimed`); no two
+processes share a clip folder, so each opens its stores alone. One clip of independent windows (λ = 0, no warm
 start) can instead split its windows across the processes (``invert_video(state=...)``).
 
 The windows are the work items of the job protocol (:class:`WindowItem`; :class:`VideoJob` turns one into
@@ -305,13 +305,11 @@ def invert_video(
             what an uninterrupted one would.
         settings: more settings that define the results (e.g. the source file and stride), for the
             manifest and ``metrics.json``'s config.
-        state: accelerate's ``PartialState`` under a multi-process launch
-            (:func:`~diffinv.jobs.distributed.process_state`), to split the windows of one clip across
-            the processes. Only for independent windows (λ = 0, no warm start) and with an ``out_dir``
-            that every process sees: each process claims the next window nobody holds
-            (:class:`~diffinv.jobs.items.WorkRunner`) and appends its records to its own shard of the store; at the end every process reads the whole run
-            back (and returns it) and the main process writes ``metrics.json``. Each window keeps its
-            seed, so the frames are those of a one-process run. ``None`` (or one process): no split.
+        state: accelerate's ``PartialState`` of a multi-process launch, to share the windows of one clip
+            (independent windows only: λ = 0, no warm start; an ``out_dir`` every process sees): each window
+            is claimed by one process (:func:`~diffinv.jobs.items.run_job`), which appends its records to its
+            own shard; every process returns the whole run, the main one writes ``metrics.json``. Each window
+            keeps its seed: the frames are those of a one-process run. ``None`` (or one process): no split.
 
     Returns:
         :class:`VideoInversionOutput`.
@@ -327,14 +325,7 @@ def invert_video(
     job = VideoJob(inverter, features, window=window, references=references, frame_ids=frame_ids,
                    warm_start=warm_start, boundary=boundary, out_dir=out_dir, overwrite=overwrite, seed=seed,
                    settings=settings, progress=progress, state=state)
-    items = job.items()
-    if job.store is None:
-        for item in items:
-            for _ in job.records(item):
-                pass
-            job.after(item)
-    else:
-        run_job(job, job.store, items, state=state if job.split else None, show=False, accept=job.finished_record)
+    job.run()
     return job.output(time.perf_counter() - start_time)
 
 
@@ -432,6 +423,19 @@ class VideoJob(Job):
         self.todo = [p for p in range(n) if not self.frame_done[p]]
         self.computed: list[int] = []
         self.bar = None
+
+    def run(self) -> None:
+        """Runs the unfinished windows: by the job protocol's runner into the run store (claimed, resumed),
+        or, without a store, one after the other."""
+        items = self.items()
+        if self.store is not None:
+            run_job(self, self.store, items, state=self.state if self.split else None, show=False,
+                    accept=self.finished_record)
+            return
+        for item in items:
+            for _ in self.records(item):
+                pass
+            self.after(item)
 
     def load_finished(self) -> None:
         for position, (record, image) in _finished(self.store, self.frame_ids, self.size).items():
