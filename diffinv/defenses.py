@@ -14,6 +14,11 @@ them first. Each transform has one strength:
 ``A+B`` composes them, applied left to right (``prune:0.5+noise:0.1``). On the command line a
 family takes several strengths, one setting each: ``noise:0.1,0.3,1.0`` (:func:`parse_defenses`).
 
+Each family is one unit (:class:`DefenseFamily`: its transform, the strengths it accepts, whether it
+is random, what an attacker reads from its output); :data:`DEFENSES` holds them and those that
+installed packages add through the entry-point group ``diffinv.defenses`` (:mod:`diffinv.plugins`;
+each entry point names a :class:`DefenseFamily`), read on first use.
+
 The adaptive attacker differentiates through a defense (``straight_through=True``): the random
 ones draw fresh noise/masks at every call (the expectation over the defense's randomness), and
 quantization and top-k pass the gradient straight through (the identity's gradient).
@@ -33,17 +38,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .features import FeatureSet
+from .plugins import PluginError, load_units, plugin_errors
 from .targets import SplitUnavailable, TargetNetwork
 
 __all__ = [
     "DEFENSES",
     "Defense",
+    "DefenseFamily",
     "UtilityUnavailable",
     "apply_defense",
     "parse_defense",
@@ -94,24 +102,89 @@ def _topk(f: torch.Tensor, fraction: float, generator, straight_through: bool) -
     return f + (kept - f).detach() if straight_through else kept
 
 
+def _channel_support(observed: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """The channels a pruning kept: those not all zero in ``observed``."""
+    nonzero = observed != 0
+    nonzero = nonzero.flatten(2).any(dim=2) if observed.ndim > 2 else nonzero
+    return nonzero.view(*nonzero.shape, *([1] * (observed.ndim - nonzero.ndim))).to(observed.dtype), None
+
+
+def _entry_support(observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries a top-k kept, and the smallest kept magnitude per image (the dropped ones were at most it)."""
+    nonzero = observed != 0
+    kept = torch.where(nonzero, observed.abs(), torch.full_like(observed, float("inf")))
+    return nonzero.to(observed.dtype), _per_image(kept.flatten(1).min(dim=1).values, observed)
+
+
 @dataclass(frozen=True)
-class _Family:
+class DefenseFamily:
+    """One defense: a transform of the features with one strength (a unit; plugins add more).
+
+    Attributes:
+        name: the spec's name (``noise`` in ``noise:0.1``).
+        transform: ``(features (N, ...), strength, generator, straight_through) -> features``.
+        accept: whether a strength is valid; ``expected`` says which are (in errors), ``example`` gives one.
+        random: a draw depends on the generator.
+        integer: the strength is an integer (``quantize``'s bits).
+        support: for a family whose zeros survive in what it ships (pruning, top-k): ``observed ->
+            (mask, threshold or None)``, the support an attacker reads and applies when the family is the
+            last step (a threshold: an entry outside it counts by how much its magnitude exceeds it);
+            ``None``: the attacker applies the family with fresh randomness.
+    """
+
+    name: str
     transform: Callable
     accept: Callable[[float], bool]
     expected: str
     example: str
     random: bool
     integer: bool = False
+    support: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
 
-DEFENSES: dict[str, _Family] = {
-    "noise": _Family(_noise, lambda v: 0 <= v < math.inf, "a finite number >= 0 (the noise std relative to the "
-                     "features' std)", "0.1", True),
-    "quantize": _Family(_quantize, lambda v: v.is_integer() and 1 <= v <= 16, "an integer number of bits in 1..16",
-                        "4", False, integer=True),
-    "prune": _Family(_prune, lambda v: 0 <= v < 1, "a fraction of channels in [0, 1)", "0.5", True),
-    "topk": _Family(_topk, lambda v: 0 < v <= 1, "a fraction of entries in (0, 1]", "0.1", False),
-}
+_BUILT_IN = (
+    DefenseFamily("noise", _noise, lambda v: 0 <= v < math.inf, "a finite number >= 0 (the noise std relative to "
+                  "the features' std)", "0.1", True),
+    DefenseFamily("quantize", _quantize, lambda v: v.is_integer() and 1 <= v <= 16, "an integer number of bits in "
+                  "1..16", "4", False, integer=True),
+    DefenseFamily("prune", _prune, lambda v: 0 <= v < 1, "a fraction of channels in [0, 1)", "0.5", True,
+                  support=_channel_support),
+    DefenseFamily("topk", _topk, lambda v: 0 < v <= 1, "a fraction of entries in (0, 1]", "0.1", False,
+                  support=_entry_support),
+)
+GROUP = "diffinv.defenses"
+
+
+class _Families(Mapping):
+    """Name -> :class:`DefenseFamily`: the built-in ones, then those of the plugins of :data:`GROUP` (read on
+    first use; one that failed to import raises its :class:`~diffinv.plugins.PluginError` when named)."""
+
+    @functools.cached_property
+    def _units(self) -> dict[str, DefenseFamily]:
+        units = {family.name: family for family in _BUILT_IN}
+        for name, family in load_units(GROUP).items():
+            if not isinstance(family, DefenseFamily) or family.name != name or name in units or name == "none":
+                raise PluginError(f"plugin {name!r} of group {GROUP!r} must be a DefenseFamily named {name!r}, not a "
+                                  f"built-in defense; got {family!r}.")
+            units[name] = family
+        return units
+
+    def __getitem__(self, name: str) -> DefenseFamily:
+        if name not in self._units and name in plugin_errors(GROUP):
+            raise plugin_errors(GROUP)[name]
+        return self._units[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._units
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._units)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+
+DEFENSES: Mapping[str, DefenseFamily] = _Families()
 
 
 @dataclass(frozen=True)
@@ -168,17 +241,9 @@ class Defense:
         """
         steps = list(self.steps)
         support, threshold = None, None
-        if steps and steps[-1][0] in ("prune", "topk"):
+        if steps and DEFENSES[steps[-1][0]].support is not None:
             name, _ = steps.pop()
-            observed = observed.detach()
-            nonzero = observed != 0
-            if name == "prune":
-                nonzero = nonzero.flatten(2).any(dim=2) if observed.ndim > 2 else nonzero
-                nonzero = nonzero.view(*nonzero.shape, *([1] * (observed.ndim - nonzero.ndim)))
-            else:  # the dropped entries were at most the smallest kept magnitude: only the excess is an error
-                kept = torch.where(nonzero, observed.abs(), torch.full_like(observed, float("inf")))
-                threshold = _per_image(kept.flatten(1).min(dim=1).values, observed)
-            support = nonzero.to(observed.dtype)
+            support, threshold = DEFENSES[name].support(observed.detach())
         head = Defense(tuple(steps))
 
         def transform(features: torch.Tensor) -> torch.Tensor:
@@ -209,6 +274,8 @@ def parse_defense(text: str) -> Defense:
     steps = []
     for part in text.split("+"):
         name, _, value = part.partition(":")
+        if name in plugin_errors(GROUP) and name not in DEFENSES:
+            raise plugin_errors(GROUP)[name]
         if name not in DEFENSES:
             raise ValueError(f"defense {text!r}: {name!r} is not a defense; expected none or one of "
                              f"{', '.join(DEFENSES)} (NAME:STRENGTH, composed with '+').")

@@ -90,6 +90,9 @@ class _Inverters(Mapping):
             raise plugin_errors(GROUP)[name]
         return self._units[name]
 
+    def __contains__(self, name) -> bool:
+        return name in self._units
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._units)
 
