@@ -74,3 +74,69 @@ def test_a_plugin_that_is_not_a_unit_is_refused(entry_points):
     entry_points("diffinv.defenses", "noise", "fake_plugin:scale")  # claims a built-in name, and is named otherwise
     with pytest.raises(diffinv.plugins.PluginError, match="must be a DefenseFamily named 'noise'"):
         defenses.parse_defense("noise:0.1")
+
+
+INVERTER_PLUGIN = '''
+from dataclasses import dataclass
+from diffinv.inverters.config import option
+from diffinv.inverters.pixel import PixelConfig, PixelInverter
+
+@dataclass(frozen=True)
+class DimmerConfig(PixelConfig):
+    method = "dimmer"
+    dim: float = option(1.0, "unit", help="scale of the images")
+
+class Dimmer(PixelInverter):
+    name = "dimmer"
+    config_class = DimmerConfig
+    roles = frozenset()
+
+    def _reconstruct(self, features, layer, size, **kwargs):
+        images, history, info = super()._reconstruct(features, layer, size, **kwargs)
+        return images * self.config.dim, history, info
+
+@dataclass(frozen=True)
+class ClashConfig(PixelConfig):
+    method = "clash"
+    iterations: int = option(10, "positive_int", flag="--steps-taken", help="another flag for iterations")
+
+class Clash(PixelInverter):
+    name = "clash"
+    config_class = ClashConfig
+    roles = frozenset()
+'''
+
+
+def test_a_plugin_method_gets_its_flags_from_its_declarations(entry_points, tmp_path, capsys):
+    from diffinv.cli import main
+    from diffinv.cli.common import method_flags
+    from diffinv.features import FeatureSet
+    from diffinv.targets import TargetNetwork
+
+    (tmp_path / "fake_inverter.py").write_text(INVERTER_PLUGIN)
+    entry_points("diffinv.inverters", "dimmer", "fake_inverter:Dimmer")
+    flags = method_flags()
+    assert flags["dim"].flag == "--dim" and list(flags["dim"].infos) == ["dimmer"]
+    assert "dimmer" in flags["iterations"].infos  # a shared option: one flag for every method that takes it
+    with pytest.raises(SystemExit):
+        main(["invert", "--help"])
+    assert "dimmer: scale of the images (default 1.0)" in " ".join(capsys.readouterr().out.split())
+
+    target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=(32, 32))
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    FeatureSet.extract(target, images, "blocks.1").save(tmp_path / "f.safetensors")
+    out = tmp_path / "out"
+    assert main(["invert", str(tmp_path / "f.safetensors"), "--method", "dimmer", "--dim", "0.5", "--iterations", "2",
+                 "--weights", "random:0", "-o", str(out)]) == 0
+    from diffinv.io import load_image
+
+    written = sorted(out.glob("*.png"))
+    assert written and all(float(load_image(f).max()) <= 0.5 + 1 / 255 for f in written)  # the plugin's own option
+    with pytest.raises(SystemExit) as exit_info:
+        main(["invert", str(tmp_path / "f.safetensors"), "--method", "dimmer", "--dim", "2", "-o", str(out)])
+    assert exit_info.value.code == 2
+    assert "argument --dim: expected a number in [0, 1], got 2" in capsys.readouterr().err
+
+    entry_points("diffinv.inverters", "clash", "fake_inverter:Clash")
+    with pytest.raises(ValueError, match=r"option `iterations` of method 'clash' declares the flag --steps-taken"):
+        method_flags()
