@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..inverters.registry import INVERTERS
 from ..io import collect_images
 from ..labels import expand_imagefolders
 from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
@@ -85,13 +86,14 @@ def run(args) -> int:
     if args.init:
         raise common.UsageError("`--init`: the atlas runs single methods; leave it out.")
     methods = list(dict.fromkeys(args.methods))
-    factories = {m: common.inverter_factory(m, args) for m in methods if m != "decoder"}
+    trained = [m for m in methods if INVERTERS[m].trained_model]  # the atlas trains their models on the split
+    factories = {m: common.inverter_factory(m, args) for m in methods if m not in trained}
     files = collect_images(expand_imagefolders(args.images) if args.labels == "imagefolder" else args.images)
     split = split_images(files, args.train_split, seed=args.seed, num_images=args.num_images)
-    if "decoder" in methods and not split.train:
-        raise common.UsageError("`--methods decoder` needs training images: `--train-split` is 0.")
+    if trained and not split.train:
+        raise common.UsageError(f"`--methods {trained[0]}` needs training images: `--train-split` is 0.")
     trainer = None
-    if "decoder" in methods:
+    if trained:
         trainer = common.decoder_trainer_from_args(args, device, seed=args.seed)
         common.check_decoder_training_fits(args, trainer, layers)
     early_stop = common.early_stop_from_args(args)
@@ -121,8 +123,7 @@ def run(args) -> int:
         print(f"diffinv atlas: {len(split.evaluation)} evaluation images at {args.size}x{args.size}, "
               f"{len(split.train)} training images (split seed {args.seed}), target {args.target}, "
               f"{len(layers)} layers ({layers[0]} ... {layers[-1]}), methods {', '.join(methods)}")
-    trained = {"decoder": trainer} if trainer is not None else {}  # the atlas trains one per layer on the split
-    result = run_atlas(target, split, layers, {**factories, **trained}, args.out, size=args.size, seeds=[args.seed],
+    result = run_atlas(target, split, layers, {**factories, **dict.fromkeys(trained, trainer)}, args.out, size=args.size, seeds=[args.seed],
                        batch_size=args.batch_size, early_stop=early_stop, labels=labels, judge=judge,
                        overwrite=args.overwrite, state=state)
     if main:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..datasets import offline_training_sources
 from ..defenses import parse_defenses
+from ..inverters.registry import INVERTERS
 from ..io import collect_images
 from ..jobs.audit import run_audit
 from ..jobs.bench import DEFAULT_BATCH_SIZE
@@ -63,12 +64,13 @@ def run(args) -> int:
     if args.decoder:
         raise common.UsageError("`--decoder`: the audit trains its own decoders (clean and per defense) on "
                                 "--train-images; leave --decoder out.")
-    methods = {m: common.inverter_factory(m, args) for m in args.methods if m != "decoder"}
+    trained = [m for m in args.methods if INVERTERS[m].trained_model]  # the audit trains their models
+    methods = {m: common.inverter_factory(m, args) for m in args.methods if m not in trained}
     common.check_judge_arg(args)
     count = common.image_count(args, default_count=8)
     common.check_memory_fits(args, layers, args.methods, images=count, batch_size=args.batch_size)
     images, names, labels, dataset = common.load_images_and_labels(args, default_count=8)
-    if "decoder" in args.methods:
+    if trained:
         train_images = args.train_images
         if train_images is None:
             audited = {Path(n).name for n in names}
@@ -77,9 +79,10 @@ def run(args) -> int:
             raise common.UsageError(f"`--train-images` {train_images!r} holds no image files.")
         if not train_images:
             raise common.UsageError("`--train-images`: no training images left (the audited images are held out).")
-        methods["decoder"] = common.decoder_trainer_from_args(args, device, images=[str(f) for f in train_images],
-                                                              val_fraction=0.0)
-        common.check_decoder_training_fits(args, methods["decoder"], layers)
+        trainer = common.decoder_trainer_from_args(args, device, images=[str(f) for f in train_images],
+                                                   val_fraction=0.0)
+        common.check_decoder_training_fits(args, trainer, layers)
+        methods.update(dict.fromkeys(trained, trainer))
 
     # 2. Target, then the audit (resumed, or refused when --out holds other settings)
     state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)

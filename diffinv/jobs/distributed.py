@@ -3,8 +3,9 @@
 A job launched with ``accelerate launch`` or ``torchrun`` (several processes, GPUs or
 machines) calls :func:`process_state` once: accelerate's ``PartialState``, formed over gloo on
 CPU-only machines (``cpu=True``, which accelerate needs to form the group there) and over NCCL
-on GPUs. Work items are split round-robin by :func:`shard`, or taken one at a time by whichever
-process is free (:class:`~diffinv.jobs.items.WorkRunner`: items of unequal cost balance themselves); each process
+on GPUs. The jobs' work items are taken one at a time by whichever process is free (the job protocol's
+runner, :class:`~diffinv.jobs.items.WorkRunner`: items of unequal cost balance themselves; :func:`shard`
+splits a list round-robin for other callers); each process
 writes its finished records into the run store (its own shard, see
 :class:`~diffinv.jobs.store.RunStore`), and the main process merges the outputs at the end. A
 plain single-process command is unchanged.
