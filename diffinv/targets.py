@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
+
 from .io import check_regular_file
 from .plugins import PluginError, load_units, plugin_errors
 from .truncation import LayerGraph, SequentialChain
@@ -154,8 +157,13 @@ def imagenet_categories() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-class TargetNetwork(nn.Module):
+class TargetNetwork(ModelMixin, ConfigMixin):
     """A frozen image network and the layers whose outputs are the features.
+
+    A diffusers model (``ModelMixin``, ``ConfigMixin``): its config is the description that rebuilds it by name
+    (``name``, ``layers``, ``input_size``, ``weights``; :meth:`from_config`), and ``save_pretrained`` /
+    ``from_pretrained`` write and read its weights (``diffusion_pytorch_model.safetensors``), so a pipeline saves
+    and loads it as one of its components.
 
     Args:
         model: the network. It is put in eval mode, frozen (``requires_grad_(False)``) and its
@@ -190,6 +198,9 @@ class TargetNetwork(nn.Module):
         weights: str = "custom",
     ):
         super().__init__()
+        # the description that rebuilds it by name (`from_config`); a module given as is cannot be rebuilt
+        self.register_to_config(name=name, layers=[layers] if isinstance(layers, str) else list(layers),
+                                input_size=list(input_size) if input_size is not None else None, weights=weights)
         # channels_last: the same values, and convolutions 1.3-2x faster forward and backward on CPU
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.name = name
@@ -208,11 +219,6 @@ class TargetNetwork(nn.Module):
         self.fixed_input_size = _fixed_input_size(model)
         if self.fixed_input_size and self.input_size and self.input_size != self.fixed_input_size:
             raise _fixed_size_error(name, self.input_size, self.fixed_input_size)
-        # The forward traced once (torch.fx), or why not: the truncated forwards are made from it (`extractor`).
-        try:
-            self._graph, self._untraceable = LayerGraph.trace(self.model), None
-        except Exception as err:  # noqa: BLE001 - any tracing failure: the network runs child by child instead
-            self._graph, self._untraceable = None, f"{type(err).__name__}: {str(err)[:200]}"
         self._extractors: dict = {}  # (layers, training) -> truncated forward; filled build-then-assign
 
     # ------------------------------------------------------------------ construction
@@ -343,26 +349,35 @@ class TargetNetwork(nn.Module):
         key = (tuple(layers), self.model.training)
         found = self._extractors.get(key)
         if found is None:
-            found = self._build_extractor(key[0])
+            found = self._build("features", key[0])
             self._extractors[key] = found
         return found
 
     @torch.compiler.disable
-    def _build_extractor(self, layers: tuple[str, ...]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    def _build(self, kind: str, layers: tuple[str, ...]) -> Callable:
+        """A truncated forward (``kind`` ``"features"``) or the network run from ``layers[0]`` (``"split"``)."""
         self._check_layers(layers)
-        if self._graph is not None:
-            missing = self._graph.missing(layers)
+        try:
+            graph, untraceable = LayerGraph.trace(self.model, layers), None
+        except Exception as err:  # noqa: BLE001 - any tracing failure: the network runs child by child instead
+            graph, untraceable = None, f"{type(err).__name__}: {str(err)[:200]}"
+        if graph is not None:
+            missing = graph.missing(layers)
             if missing:
                 raise ValueError(f"`layers` {missing} of {self.name!r} do not run in its forward pass (or run inside a "
                                  f"module torch.fx runs as one operation); expected modules its forward calls.")
-            return self._graph.extractor(self.model, layers)
+            if kind == "split":
+                return graph.split(self.model, layers[0], _substitute)
+            return graph.extractor(self.model, layers)
         chain = SequentialChain(self.model)
         unreachable = [layer for layer in layers if not chain.reachable(layer)]
         if unreachable:
             raise ValueError(
-                f"`layers` {unreachable} of {self.name!r}: torch.fx cannot trace its forward ({self._untraceable}), and "
+                f"`layers` {unreachable} of {self.name!r}: torch.fx cannot trace its forward ({untraceable}), and "
                 f"these lie inside a module that is not an nn.Sequential, so no truncated forward reaches them; "
                 f"expected a torch.fx-traceable network, or a layer whose enclosing modules are nn.Sequential.")
+        if kind == "split":
+            return functools.partial(chain.split, layer=layers[0], substitute=_substitute)
         return functools.partial(chain.features, layers=layers)
 
     def _check_layers(self, layers: Sequence[str]) -> None:
@@ -377,9 +392,12 @@ class TargetNetwork(nn.Module):
                 )
 
     def _apply(self, fn, recurse=True):
-        """``.to()``/``.half()``/...: the kept truncated forwards are made again (they hold the moved buffers)."""
+        """``.to()``/``.half()``/...: the kept truncated forwards are made again when a buffer was replaced (they
+        hold the buffers they were made with); a ``.to()`` that changes nothing keeps them."""
+        before = list(self.buffers())
         out = super()._apply(fn, recurse)
-        self._extractors = {}
+        if any(a is not b for a, b in zip(before, self.buffers())):
+            self._extractors = {}
         return out
 
     def feature(
@@ -427,29 +445,15 @@ class TargetNetwork(nn.Module):
             raise SplitUnavailable(f"target {self.name!r} has no classifier head, so there are no logits to run to.")
         if layer not in dict(self.model.named_modules()) or not layer:
             raise SplitUnavailable(f"`layer` {layer!r} is not a module of {self.name!r}.")
-
-        def substitute(output, replacement):
-            if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(replacement.shape):
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise SplitUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
-                                       f"{tuple(replacement.shape)}; the rest of the network cannot run from them.")
-            return replacement.to(output)
-
-        x = self.preprocess(images, input_size=input_size)
-        if self._graph is not None:
-            if layer not in self._graph.calls:
-                raise SplitUnavailable(f"layer {layer!r} does not run in the forward pass of {self.name!r}.")
+        key = ("split", layer, self.model.training)
+        split = self._extractors.get(key)
+        if split is None:
             try:
-                split = self._graph.split(self.model, layer, substitute)
+                split = self._build("split", (layer,))
             except ValueError as err:
                 raise SplitUnavailable(str(err)) from None
-            return split(x, features)
-        chain = SequentialChain(self.model)
-        if not chain.reachable(layer):
-            raise SplitUnavailable(f"layer {layer!r} of {self.name!r}: torch.fx cannot trace the network "
-                                   f"({self._untraceable}) and the layer lies inside a module that is not an "
-                                   f"nn.Sequential, so the network cannot be run from it.")
-        return chain.split(x, layer, features, substitute)
+            self._extractors[key] = split
+        return split(self.preprocess(images, input_size=input_size), features)
 
     @torch.no_grad()
     def check_split(
@@ -516,9 +520,36 @@ class TargetNetwork(nn.Module):
             return f"class {index}"
         return self.categories[index]
 
-    def config(self) -> dict:
-        """What is needed to rebuild this target with :meth:`from_name`."""
-        return {"name": self.name, "layers": list(self.layers), "input_size": self.input_size}
+    # ------------------------------------------------------------------ as a diffusers model
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs) -> "TargetNetwork":
+        """Rebuilds a target from its config (:meth:`from_name` with random weights, which ``from_pretrained``
+        then replaces by the saved ones); ``weights`` is recorded as the config says.
+
+        Raises:
+            ValueError: the config's ``name`` is not a target :meth:`from_name` builds (a module given as is).
+        """
+        config = {**dict(config or {}), **{k: kwargs.pop(k) for k in ("name", "layers", "input_size", "weights")
+                                           if k in kwargs}}
+        name, size = config.get("name"), config.get("input_size")
+        try:
+            target = cls.from_name(name, config.get("layers"), weights=None, input_size=tuple(size) if size else None)
+        except ValueError as err:
+            raise ValueError(f"the saved target {name!r} cannot be rebuilt by name ({err}); pass "
+                             f"`target=TargetNetwork(...)` to `from_pretrained`.") from err
+        target.weights = config.get("weights", "custom")
+        target.register_to_config(weights=target.weights)
+        return (target, kwargs) if return_unused_kwargs else target
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "TargetNetwork":
+        """diffusers' ``ModelMixin.from_pretrained``: the target of a saved folder (its config and weights). It keeps
+        the dtype it was saved in: a pipeline's ``torch_dtype`` is for the diffusion networks."""
+        kwargs.pop("torch_dtype", None)
+        kwargs.pop("dtype", None)
+        kwargs["low_cpu_mem_usage"] = False  # built by name, then loaded: no meta-device weights
+        kwargs["use_safetensors"] = True  # never a pickled .bin
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def weights_fingerprint(self) -> str:
         """A 16-hex-digit fingerprint of the network's state dict (names, shapes, dtypes and values).
@@ -542,6 +573,15 @@ class TargetNetwork(nn.Module):
 
 
 # ---------------------------------------------------------------------- loaders
+def _substitute(output, replacement: torch.Tensor, layer: str) -> torch.Tensor:
+    """What a split layer outputs instead of ``output`` (:meth:`TargetNetwork.split_logits`): ``replacement``."""
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(replacement.shape):
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise SplitUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
+                               f"{tuple(replacement.shape)}; the rest of the network cannot run from them.")
+    return replacement.to(output)
+
+
 def _weights_record(weights) -> tuple[str, int | None]:
     """``weights`` argument -> (what is recorded, random seed or None)."""
     if weights is None:

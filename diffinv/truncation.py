@@ -1,10 +1,12 @@
 """Truncated forward passes: a network's features at named layers, and the network run from a layer's features.
 
-No hook and no exception: the forward is traced once by ``torch.fx`` (as torchvision's
-``create_feature_extractor`` does, with timm's untraceable layers as leaves), and each request becomes a
-small graph of its own (:meth:`LayerGraph.extractor`): the forward up to the last requested layer
-(everything after it is removed), which returns those layers' outputs. :meth:`LayerGraph.split` is the
-same graph with one layer's output replaced by given features. A network that ``torch.fx`` cannot trace
+No hook and no exception: for each request the forward is traced by ``torch.fx`` (as torchvision's
+``create_feature_extractor`` does) through the modules that enclose the requested layers only; every other
+module, the requested layers included, is called as it is (so a module's own Python state, a flag its
+forward reads, keeps working). The request becomes a small graph of its own
+(:meth:`LayerGraph.extractor`): the forward up to the last requested layer (everything after it is
+removed), which returns those layers' outputs. :meth:`LayerGraph.split` is the same graph with one layer's
+output replaced by given features. A network that ``torch.fx`` cannot trace
 runs its ``nn.Sequential`` containers child by child up to the layer instead (:class:`SequentialChain`),
 which is what ``nn.Sequential.forward`` itself does.
 
@@ -43,20 +45,22 @@ def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
 
 
 class _LayerTracer(torch.fx.Tracer):
-    """Records, for every module call, the node of its output (a name for an output that is not one tensor).
+    """Traces through the modules named in ``enclosing`` only (every other module is one call) and records, for
+    every module call, the node of its output (a name for an output that is not one tensor).
 
     Only the tracing thread is traced: another thread calling a module meanwhile (``torch.fx`` patches
     ``nn.Module.__call__`` for everyone while it traces) runs it as usual.
     """
 
-    def __init__(self):
-        self._leaves, functions = _timm_notrace()
+    def __init__(self, enclosing: set[str]):
+        self._notrace, functions = _timm_notrace()
         super().__init__(autowrap_functions=functions)
+        self._enclosing = enclosing
         self.calls: dict[str, list[torch.fx.Node | str]] = {}
         self._thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self._leaves) or super().is_leaf_module(m, module_qualified_name)
+        return module_qualified_name not in self._enclosing or isinstance(m, self._notrace)
 
     def call_module(self, m, forward, args, kwargs):
         if threading.get_ident() != self._thread:
@@ -73,7 +77,8 @@ class _LayerTracer(torch.fx.Tracer):
 
 
 class LayerGraph:
-    """A network's forward, traced once by ``torch.fx``: for each module, the nodes of its outputs (one per call).
+    """A network's forward traced by ``torch.fx`` through the modules enclosing some layers: for each module
+    called, the nodes of its outputs (one per call).
 
     Attributes:
         graph: the traced forward (it holds no tensors: the graphs made from it take the network's modules).
@@ -85,13 +90,15 @@ class LayerGraph:
         self.graph, self.calls = graph, calls
 
     @classmethod
-    def trace(cls, model: nn.Module) -> "LayerGraph":
-        """Traces ``model``'s forward (in its current train/eval mode; nothing of it is changed).
+    def trace(cls, model: nn.Module, layers: Sequence[str]) -> "LayerGraph":
+        """Traces ``model``'s forward through the modules that enclose ``layers`` (in its current train/eval mode;
+        nothing of it is changed).
 
         Raises:
             Exception: whatever ``torch.fx`` raises for a forward it cannot trace (data-dependent control flow).
         """
-        tracer = _LayerTracer()
+        enclosing = {".".join(layer.split(".")[:i]) for layer in layers for i in range(layer.count(".") + 1)}
+        tracer = _LayerTracer(enclosing)
         with _TRACE_TURNS:
             graph = tracer.trace(model)
         return cls(graph, tracer.calls)
@@ -119,7 +126,7 @@ class LayerGraph:
 
     def split(self, model: nn.Module, layer: str, substitute: Callable) -> torch.fx.GraphModule:
         """``(x, features) -> output`` of the whole network with ``layer``'s output replaced by
-        ``substitute(output, features)``; everything else still comes from ``x``.
+        ``substitute(output, features, layer)``; everything else still comes from ``x``.
 
         Raises:
             ValueError: ``layer`` runs more than once in a forward pass (the message counts the calls).
@@ -136,7 +143,7 @@ class LayerGraph:
         if own is None:
             raise ValueError(f"layer {layer!r} outputs a {self.calls[layer][0]}, not one tensor.")
         with graph.inserting_after(own):
-            replaced = graph.call_function(substitute, (own, features))
+            replaced = graph.call_function(substitute, (own, features, layer))
         own.replace_all_uses_with(replaced, delete_user_cb=lambda user: user is not replaced)
         return _pruned(torch.fx.GraphModule(model, graph, class_name="SplitForward"))
 
@@ -194,6 +201,6 @@ class SequentialChain:
         self._run(self.model, x, "", set(layers), found, None)
         return {layer: found[layer] for layer in layers}
 
-    def split(self, x: torch.Tensor, layer: str, features: torch.Tensor, substitute: Callable) -> torch.Tensor:
-        """The network's output with ``layer``'s output replaced by ``substitute(output, features)``."""
-        return self._run(self.model, x, "", set(), {}, (layer, lambda out: substitute(out, features)))[0]
+    def split(self, x: torch.Tensor, features: torch.Tensor, *, layer: str, substitute: Callable) -> torch.Tensor:
+        """The network's output with ``layer``'s output replaced by ``substitute(output, features, layer)``."""
+        return self._run(self.model, x, "", set(), {}, (layer, lambda out: substitute(out, features, layer)))[0]

@@ -41,7 +41,6 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -57,6 +56,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffinv.compilation import backend, compiled, feature_function, mark_step
+from diffinv.inverters.diffusion import CALL_DEFAULTS as DEFAULTS
 from diffinv.features import FeatureSet, check_images, check_input_size, resolve_features
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
@@ -79,9 +79,6 @@ from diffinv.targets import TargetNetwork
 __all__ = ["DiffInvPipeline", "DiffInvPipelineOutput", "img2img_steps", "nearest_multiple_of_8"]
 
 logger = logging.get_logger(__name__)
-
-# Where save_pretrained writes the weights of a target that cannot be rebuilt by name.
-_TARGET_WEIGHTS_FILE = "target/model.safetensors"
 
 # A tokenizer backed by the Rust `tokenizers` library refuses concurrent calls ("Already borrowed"):
 # calls of a pipeline shared between threads take turns to tokenize (a few microseconds).
@@ -124,6 +121,33 @@ class _CallFeatures:
     layer: str
     input_size: tuple[int, int] | None
     image_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A hybrid start of :meth:`DiffInvPipeline.__call__`, declared once: ``init=NAME`` takes the argument ``NAME``,
+    which :attr:`clean` turns into the clean latent that img2img noises into the chain.
+
+    Attributes:
+        valid: whether a value of the argument can start the chain.
+        needs: what the argument must be (the error says it when it is not).
+        clean: ``(pipe, start, features, (height, width)) -> (N or 1, C, h, w)`` clean latents.
+        exclusive: the argument is an error with another ``init``.
+    """
+
+    valid: Callable[[object], bool]
+    needs: str
+    clean: Callable
+    exclusive: bool = False
+
+
+# ``init`` -> its start: a FeatureMapper's latents, or any image estimate encoded by the VAE (``"noise"``: none).
+_STARTS = {
+    "mapper": _Start(lambda m: hasattr(m, "initial_latents"), "a trained FeatureMapper",
+                     lambda pipe, mapper, features, size: mapper.to(pipe._execution_device).initial_latents(features)),
+    "image": _Start(lambda image: image is not None, "the start image(s), (N, 3, H, W) in [0, 1] or PIL",
+                    lambda pipe, image, features, size: pipe.encode_image(image, size), exclusive=True),
+}
 
 
 def img2img_steps(num_inference_steps: int, strength: float) -> int:
@@ -198,23 +222,23 @@ class DiffInvPipeline(DiffusionPipeline):
             any timm name), or ``None`` (then a FeatureSet's own target is built at call time).
         layer: the default feature layer (a FeatureSet carries its own).
         target_weights: weights for a target given by name: ``"default"`` (pretrained, local
-            cache), ``None`` (random) or a state-dict file.
-        target_config: a target description saved by :meth:`save_pretrained` (used when ``target``
-            is not given).
+            cache), ``"random:SEED"``, ``None`` (random) or a state-dict file.
+        target_follows_features: whether the target takes the input size the features were made at (below);
+            default: yes for a target given by name, no for a TargetNetwork. Saved with the pipeline.
 
-    A target the pipeline builds itself (given by name, or from a saved ``target_config``) takes,
-    at each call, the input size the features were made at: a FeatureSet's recorded resize
-    (``preprocessing["input_size"]``, else its ``input_size``), or for a tensor the call's
-    ``input_size`` (else ``height``/``width``). A :class:`~diffinv.targets.TargetNetwork` passed
-    in keeps its own ``input_size``.
+    A target the pipeline builds itself (given by name) takes, at each call, the input size the
+    features were made at: a FeatureSet's recorded resize (``preprocessing["input_size"]``, else its
+    ``input_size``), or for a tensor the call's ``input_size`` (else ``height``/``width``). A
+    :class:`~diffinv.targets.TargetNetwork` passed in keeps its own ``input_size``.
 
-    The target is not a diffusers component: its description (``target.config()`` plus the
-    weights) is stored as ``target_config`` in ``model_index.json``, and weights that cannot be
-    rebuilt by name are written to ``target/model.safetensors`` by :meth:`save_pretrained`.
+    The target is a diffusers component (``TargetNetwork`` is a ``ModelMixin``): ``save_pretrained`` writes it to
+    ``target/`` (its config, the description that rebuilds it, and its weights) and ``model_index.json`` names it
+    ``["diffinv.targets", "TargetNetwork"]``, so ``from_pretrained`` (and diffusers' ``custom_pipeline``) load it
+    with the other components.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = []
+    _optional_components = ["target"]
     _callback_tensor_inputs = ["latents", "loss", "prompt_embeds"]
 
     def __init__(
@@ -227,7 +251,7 @@ class DiffInvPipeline(DiffusionPipeline):
         target: TargetNetwork | str | None = None,
         layer: str | None = None,
         target_weights: str | None = "default",
-        target_config: dict | None = None,
+        target_follows_features: bool | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
@@ -236,95 +260,38 @@ class DiffInvPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.loop_vae: AutoencoderTiny | None = None  # a lighter decoder for the loop (set_loop_vae)
-        self.target: TargetNetwork | None = None
         self.layer: str | None = None
-        self._target_weights = None
-        self._target_built = False  # built by name / from a config: its input size follows the features
-        self._saved_target = None  # (target_config, layer) whose weights lie in the folder being loaded
-        self.register_to_config(target_config=None)
+        self.register_modules(target=None)
         if target is not None:
-            self.set_target(target, layer=layer, weights=target_weights)
-        elif target_config and target_config.get("weights") == _TARGET_WEIGHTS_FILE:
-            # the weights file is relative to the saved folder, which diffusers names only after __init__
-            # (`register_to_config(_name_or_path=...)`, below): the target is built then
-            self._saved_target = (dict(target_config), layer)
-            self.register_to_config(target_config=dict(target_config))
-        elif target_config:
-            self.set_target(dict(target_config), layer=layer)
-
-    def register_to_config(self, **kwargs) -> None:
-        """diffusers' ``register_to_config``; once a loaded pipeline's folder is known (``_name_or_path``,
-        set by ``DiffusionPipeline.from_pretrained`` after ``__init__``), the target saved with its
-        weights in that folder (``target/model.safetensors``) is built from there.
-
-        This is how a saved folder with its own target weights loads through diffusers' own
-        mechanism, ``DiffusionPipeline.from_pretrained(DIR, custom_pipeline=".../diffinv_pipeline.py")``,
-        whatever the working directory.
-
-        Raises:
-            ModelFilesNotFoundError: the folder does not hold the target weights its ``model_index.json``
-                names.
-        """
-        super().register_to_config(**kwargs)
-        saved = self.__dict__.get("_saved_target")
-        if saved is None or kwargs.get("_name_or_path") is None:
-            return
-        config, layer = saved
-        weights = _saved_target_weights(kwargs["_name_or_path"], config["weights"])
-        self._saved_target = None
-        self.set_target({**config, "weights": weights}, layer=layer)
+            self.set_target(target, layer=layer, weights=target_weights, follows_features=target_follows_features)
+        else:
+            self.register_to_config(layer=layer, target_follows_features=False)
 
     # ------------------------------------------------------------------ target
     def set_target(
-        self, target: TargetNetwork | str | dict, layer: str | None = None, weights: str | None = "default"
+        self, target: TargetNetwork | str, layer: str | None = None, weights: str | None = "default",
+        follows_features: bool | None = None,
     ) -> "DiffInvPipeline":
-        """Sets the network whose features are inverted.
+        """Sets the network whose features are inverted (the ``target`` component).
 
         Args:
-            target: a TargetNetwork, a name for ``TargetNetwork.from_name`` or a saved
-                ``target_config`` dict (``name``, ``layers``, ``input_size``, ``weights``). A target
-                built from a name or a config takes the features' input size at each call (see the
-                class docstring); a TargetNetwork keeps its own.
+            target: a TargetNetwork, or a name for ``TargetNetwork.from_name``.
             layer: the default feature layer; defaults to the target's single layer.
             weights: for a name: ``"default"``, ``"random:SEED"``, ``None`` (unseeded random) or a
                 state-dict file.
+            follows_features: whether the target takes the features' input size at each call (see the class
+                docstring); default: yes for a name, no for a TargetNetwork.
         """
-        if isinstance(target, dict):
-            config = target
-            weights = config.get("weights", "default")
-            if isinstance(weights, str) and weights != "default" and not os.path.isfile(weights):
-                raise ModelFilesNotFoundError(
-                    f"`target_config` weights {weights!r} not found. A pipeline saved with its target's weights "
-                    f"must be loaded with `DiffInvPipeline.from_pretrained(DIR)` (which resolves them inside DIR), "
-                    f"or pass `target=` explicitly."
-                )
-            size = config.get("input_size")
-            try:
-                target = TargetNetwork.from_name(
-                    config["name"],
-                    layer or config.get("layers"),
-                    weights=weights,
-                    input_size=tuple(size) if size else None,
-                )
-            except ValueError as err:
-                raise ValueError(
-                    f"the saved target {config['name']!r} cannot be rebuilt by name ({err}); pass "
-                    f"`target=TargetNetwork(...)` to `from_pretrained`."
-                ) from err
-            layer = layer or config.get("layer")
-        elif isinstance(target, str):
+        if isinstance(target, str):
             target = TargetNetwork.from_name(target, layer, weights=weights)
-        elif isinstance(target, TargetNetwork):
-            weights = "instance"  # unknown origin: save_pretrained writes its weights
-        else:
-            raise TypeError(f"`target` must be a TargetNetwork, a name or a config dict, got {type(target).__name__}.")
+            follows_features = True if follows_features is None else follows_features
+        elif not isinstance(target, TargetNetwork):
+            raise TypeError(f"`target` must be a TargetNetwork or a name, got {type(target).__name__}.")
         if layer is not None and layer not in target.layer_names():
             raise ValueError(f"`layer` {layer!r} is not a module of target {target.name!r}.")
-        self.target = target.to(self.device)
+        self.register_modules(target=target.to(self.device))
         self.layer = layer or (target.layers[0] if len(target.layers) == 1 else None)
-        self._target_weights = weights
-        self._target_built = weights != "instance"
-        self.register_to_config(target_config={**target.config(), "layer": self.layer, "weights": weights})
+        self.register_to_config(layer=self.layer, target_follows_features=bool(follows_features))
         return self
 
     def with_target(
@@ -337,7 +304,8 @@ class DiffInvPipeline(DiffusionPipeline):
         Example:
             >>> out = shared.with_target(target, layer="blocks.2")(features)
         """
-        pipe = type(self)(**self.components, target=target, layer=layer, target_weights=weights)
+        components = {k: v for k, v in self.components.items() if k != "target"}
+        pipe = type(self)(**components, target=target, layer=layer, target_weights=weights)
         pipe.register_to_config(_name_or_path=self.name_or_path)
         pipe.loop_vae = self.loop_vae
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
@@ -345,10 +313,15 @@ class DiffInvPipeline(DiffusionPipeline):
 
     def to(self, *args, **kwargs) -> "DiffInvPipeline":
         """Moves/casts the diffusion components (the loop's decoder follows the VAE); the target only moves (it
-        keeps its dtype)."""
-        super().to(*args, **kwargs)
-        if self.target is not None:
-            self.target.to(self.device)
+        keeps its dtype: diffusers' ``to`` does not see it)."""
+        target = self.__dict__.get("target")
+        self.__dict__["target"] = None
+        try:
+            super().to(*args, **kwargs)
+        finally:
+            self.__dict__["target"] = target
+        if target is not None:
+            target.to(self.device)
         if self.loop_vae is not None:
             self.loop_vae.to(self.vae.device, self.vae.dtype)
         return self
@@ -392,8 +365,15 @@ class DiffInvPipeline(DiffusionPipeline):
                 neither cached nor downloadable; the message says how to provide the files offline.
         """
         path = os.fspath(pretrained_model_name_or_path)
+        for key in ("target", "layer"):  # None: the saved one
+            if key in kwargs and kwargs[key] is None:
+                del kwargs[key]
+        if isinstance(kwargs.get("target"), str):  # a name: built here, so that it replaces a saved target too
+            kwargs["target"] = TargetNetwork.from_name(kwargs["target"], kwargs.get("layer"),
+                                                       weights=kwargs.pop("target_weights", "default"))
+            kwargs.setdefault("target_follows_features", True)
         if os.path.isdir(path):
-            check_model_dir(path)  # a target saved with its weights is built from DIR (`register_to_config`)
+            check_model_dir(path)
             return super().from_pretrained(path, **kwargs)
         if is_local_path(path):
             raise ModelFilesNotFoundError(
@@ -409,29 +389,6 @@ class DiffInvPipeline(DiffusionPipeline):
                 f"Hugging Face cache on this machine ({type(err).__name__}; diffinv loads Hub ids from the cache "
                 f"only, pass `local_files_only=False` to allow a download).{hint} " + HOW_TO_PROVIDE
             ) from err
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Saves the diffusion components and the target's description (and weights when needed).
-
-        A target built by name with ``"default"`` weights is saved as its description only; any
-        other target (random weights, a weight file, an instance) also gets its weights in
-        ``target/model.safetensors``, so :meth:`from_pretrained` rebuilds it exactly.
-        """
-        config = self.config.target_config
-        if self.target is None or self._target_weights == "default":
-            super().save_pretrained(save_directory, **kwargs)
-            return
-        from safetensors.torch import save_file
-
-        path = Path(save_directory) / _TARGET_WEIGHTS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.target.model.state_dict().items()}
-        save_file(state, str(path))
-        self.register_to_config(target_config={**config, "weights": _TARGET_WEIGHTS_FILE})
-        try:
-            super().save_pretrained(save_directory, **kwargs)
-        finally:
-            self.register_to_config(target_config=config)
 
     @classmethod
     def from_definition(
@@ -484,9 +441,13 @@ class DiffInvPipeline(DiffusionPipeline):
         return pipe
 
     # ------------------------------------------------------------------ building blocks
-    @property
-    def interrupt(self) -> bool:
-        return getattr(self, "_interrupt", False)
+    def _call_progress_bar(self, total: int, config: dict | None):
+        """diffusers' progress bar, with this call's ``progress_bar_config`` over the pipeline's (not stored)."""
+        if config is None:
+            return self.progress_bar(total=total)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, **{**getattr(self, "_progress_bar_config", {}), **config})
 
     def chain_scheduler(self, num_inference_steps: int, device: torch.device | str | None = None) -> DDIMScheduler:
         """The differentiable sampler: deterministic DDIM over ``num_inference_steps`` steps.
@@ -825,6 +786,7 @@ class DiffInvPipeline(DiffusionPipeline):
         max_retries: int,
         num_images_per_prompt: int,
         early_stop: EarlyStopping | None = None,
+        target: TargetNetwork | None = None,
     ) -> None:
         """Raises a ValueError naming the argument, its value and what was expected, for any argument
         of :meth:`__call__` that can be checked before the features are (:meth:`resolve_call_features`)."""
@@ -832,8 +794,9 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if optimize not in ("initial", "all"):
             raise ValueError(f"`optimize` must be 'initial' or 'all', got {optimize!r}.")
-        if init not in ("noise", "mapper", "image"):
-            raise ValueError(f"`init` must be 'noise', 'mapper' or 'image', got {init!r}.")
+        if init != "noise" and init not in _STARTS:
+            *others, last = ("noise", *_STARTS)
+            raise ValueError(f"`init` must be {', '.join(map(repr, others))} or {last!r}, got {init!r}.")
         for name, value in (("num_inference_steps", num_inference_steps), ("iterations", iterations)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -847,19 +810,15 @@ class DiffInvPipeline(DiffusionPipeline):
                 f"reconstruction per feature map (the feature maps are the batch). For several samples of a map, "
                 f"repeat it in the batch, or call again with another `generator`."
             )
-        if init == "mapper":
-            if mapper is None or not hasattr(mapper, "initial_latents"):
-                raise ValueError(f"`init='mapper'` needs `mapper=` a trained FeatureMapper, got {type(mapper).__name__}.")
-            if latents is not None:
-                raise ValueError("pass either `latents` or `init='mapper'`, not both.")
-        if init == "image":
-            if image is None:
-                raise ValueError("`init='image'` needs `image=`: the start image(s), (N, 3, H, W) in [0, 1] or PIL.")
-            if latents is not None:
-                raise ValueError("pass either `latents` or `init='image'`, not both.")
-        elif image is not None:
-            raise ValueError(f"`image` is the start of `init='image'`, but `init` is {init!r}.")
-        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by init="mapper" and "image")
+        given = {"mapper": mapper, "image": image}  # the start arguments, by the `init` that takes them
+        for name, start in _STARTS.items():
+            if init == name and not start.valid(given[name]):
+                raise ValueError(f"`init={name!r}` needs `{name}=` {start.needs}, got {type(given[name]).__name__}.")
+            if init == name and latents is not None:
+                raise ValueError(f"pass either `latents` or `init={name!r}`, not both.")
+            if init != name and start.exclusive and given[name] is not None:
+                raise ValueError(f"`{name}` is the start of `init={name!r}`, but `init` is {init!r}.")
+        img2img_steps(num_inference_steps, strength)  # checks `strength` (used by every start of _STARTS)
         check_weight("temporal_weight", temporal_weight)
         check_weight("latent_prior_weight", latent_prior_weight)
         check_weight("guidance_scale", guidance_scale)
@@ -877,13 +836,7 @@ class DiffInvPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` has {bad_keys}, expected keys in {self._callback_tensor_inputs}."
             )
-        if self.target is None and not isinstance(features, FeatureSet):
-            if self.__dict__.get("_saved_target") is not None:
-                raise ValueError(
-                    f"the pipeline's saved target weights {self._saved_target[0]['weights']!r} were never resolved: "
-                    f"load the folder with `DiffInvPipeline.from_pretrained(DIR)` or "
-                    f"`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=...)`, or pass `target=`."
-                )
+        if self.target is None and target is None and not isinstance(features, FeatureSet):
             raise ValueError(
                 "the pipeline has no target network: pass `target=` to `from_pretrained`/`load_pipeline`, "
                 "call `pipe.set_target(...)`, or pass a FeatureSet (which names its target)."
@@ -896,26 +849,30 @@ class DiffInvPipeline(DiffusionPipeline):
         width: int | None,
         input_size: tuple[int, int] | None,
         layer: str | None,
+        target: TargetNetwork | None = None,
     ) -> _CallFeatures:
         """Resolves the features of one call once: the target, the size it resizes to, the output size.
 
-        The target is the pipeline's, or (a pipeline without one) the FeatureSet's own, rebuilt for
-        this call and not kept. A target the pipeline built (by name or from a saved config) resizes
+        The target is the call's ``target`` (it keeps its own input size), else the pipeline's, else (a
+        pipeline without one) the FeatureSet's own, rebuilt for this call and not kept. A target the pipeline built (by name or from a saved config) resizes
         to the input size the features were made at, passed to each feature call
         (:meth:`TargetNetwork.feature <diffinv.targets.TargetNetwork.feature>`'s ``input_size``), so
         the target itself never changes and calls can share the pipeline. The features are checked
         with one probe forward pass (:func:`~diffinv.features.resolve_features`).
         """
-        if self.target is not None:
-            target, built = self.target, self._target_built
+        if target is not None:
+            built = False
+        elif self.target is not None:
+            target, built = self.target, self.config.target_follows_features
         else:
             target, built = features.to_target().to(self.device), False
         size = self._features_input_size(target, built, features, height, width, input_size)
         height, width = self._image_size(features, height, width, size or target.input_size)
         if not isinstance(features, FeatureSet):  # a FeatureSet carries its layer (an explicit `layer` must be it)
-            if layer is None and self.layer is None:
+            default = self.layer if target is self.target else (target.layers[0] if len(target.layers) == 1 else None)
+            if layer is None and default is None:
                 raise ValueError(f"`layer` is required: the target {target.name!r} has several layers {target.layers}.")
-            layer = layer or self.layer
+            layer = layer or default
         feats, layer, _ = resolve_features(target, features, (height, width), layer, input_size=size)
         return _CallFeatures(feats.to(target.mean.device, torch.float32), target, layer, size, (height, width))
 
@@ -927,26 +884,22 @@ class DiffInvPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
         init: str = "noise",
-        mapper=None,
+        start=None,
         features: torch.Tensor | FeatureSet | None = None,
-        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The initial latents ``z_T`` ``(N, C, h, w)``, fp32 on ``device``.
 
-        ``latents`` as given (checked against ``shape``); for the hybrid starts the clean latent of
-        the mapper (``init="mapper"``, from ``features``) or of the VAE-encoded ``image``
-        (``init="image"``), noised as :meth:`img2img` does to the first timestep of ``scheduler``;
-        else Gaussian noise times the scheduler's ``init_noise_sigma``.
+        ``latents`` as given (checked against ``shape``); for a hybrid start (``init``, one of ``_STARTS``) the
+        clean latent of ``start`` (a mapper's from ``features``, or the VAE-encoded image), noised as
+        :meth:`img2img` does to the first timestep of ``scheduler``; else Gaussian noise times the scheduler's
+        ``init_noise_sigma``.
         """
         height, width = shape[2] * self.vae_scale_factor, shape[3] * self.vae_scale_factor
-        if init == "mapper":  # hybrid: the black-box mapper's clean latent, noised as img2img does
-            clean = mapper.to(device).initial_latents(features).to(device, torch.float32)
+        if init in _STARTS:  # hybrid: the start's clean latent, noised as img2img does
+            clean = _STARTS[init].clean(self, start, features, (height, width)).to(device, torch.float32)
+            clean = clean.expand(shape).contiguous() if len(clean) == 1 and shape[0] != 1 else clean
             if tuple(clean.shape) != shape:
-                raise ValueError(f"the mapper predicts latents {tuple(clean.shape)}, the pipeline needs {shape}.")
-            latents = self._noised_start(clean, scheduler, generator)
-        elif init == "image":  # hybrid: any image estimate, encoded by the VAE, noised as img2img does
-            clean = self.encode_image(image, (height, width)).to(device, torch.float32)
-            clean = clean.expand(shape).contiguous() if len(clean) == 1 else clean
+                raise ValueError(f"the `{init}` start gives latents {tuple(clean.shape)}, the pipeline needs {shape}.")
             latents = self._noised_start(clean, scheduler, generator)
         elif latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -961,35 +914,37 @@ class DiffInvPipeline(DiffusionPipeline):
     def __call__(
         self,
         features: torch.Tensor | FeatureSet,
-        prompt: str | list[str] | None = None,
-        negative_prompt: str | list[str] | None = None,
-        guidance_scale: float = 1.0,
-        num_inference_steps: int = 20,
-        iterations: int = 100,
-        learning_rate: float = 0.1,
+        prompt: str | list[str] | None = DEFAULTS["prompt"],
+        negative_prompt: str | list[str] | None = DEFAULTS["negative_prompt"],
+        guidance_scale: float = DEFAULTS["guidance_scale"],
+        num_inference_steps: int = DEFAULTS["num_inference_steps"],
+        iterations: int = DEFAULTS["iterations"],
+        learning_rate: float = DEFAULTS["learning_rate"],
         height: int | None = None,
         width: int | None = None,
         input_size: tuple[int, int] | None = None,
         layer: str | None = None,
-        loss: str = "nmse",
-        latent_prior_weight: float = 0.1,
-        temporal_weight: float = 0.0,
-        optimize: str = "initial",
-        gradient_checkpointing: bool = True,
+        loss: str = DEFAULTS["loss"],
+        latent_prior_weight: float = DEFAULTS["latent_prior_weight"],
+        temporal_weight: float = DEFAULTS["temporal_weight"],
+        optimize: str = DEFAULTS["optimize"],
+        gradient_checkpointing: bool = DEFAULTS["gradient_checkpointing"],
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
-        init: str = "noise",
+        init: str = DEFAULTS["init"],
         mapper=None,
         image: torch.Tensor | PIL.Image.Image | list[PIL.Image.Image] | None = None,
-        strength: float = 0.5,
+        strength: float = DEFAULTS["strength"],
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        max_retries: int = 3,
-        compile: bool | str = False,
+        max_retries: int = DEFAULTS["max_retries"],
+        compile: bool | str = DEFAULTS["compile"],
         num_images_per_prompt: int = 1,
         early_stop: EarlyStopping | None = None,
+        target: TargetNetwork | None = None,
+        progress_bar_config: dict | None = None,
     ) -> DiffInvPipelineOutput | tuple:
         r"""Reconstructs images from features.
 
@@ -1044,7 +999,7 @@ class DiffInvPipeline(DiffusionPipeline):
             return_dict: return a :class:`DiffInvPipelineOutput` (else a tuple of its fields).
             callback_on_step_end: ``fn(pipe, iteration, timestep, callback_kwargs) -> dict`` after
                 each optimization iteration; returning ``{"latents": ...}`` replaces the latents;
-                setting ``pipe._interrupt = True`` stops early.
+                returning ``{"interrupt": True}`` stops early (this call only: the pipeline keeps no call state).
             callback_on_step_end_tensor_inputs: keys of ``callback_kwargs``, from
                 ``_callback_tensor_inputs``.
             max_retries: with fp16 networks, how often an iteration whose gradient overflowed is
@@ -1061,6 +1016,13 @@ class DiffInvPipeline(DiffusionPipeline):
                 (:class:`~diffinv.optimization.EarlyStopping`): its latents stay at its best iterate while
                 the others run on; the loop ends when every image has stopped. ``None``: every image runs
                 ``iterations``.
+            target: this call's target network instead of the pipeline's (it keeps its own input size): what a
+                caller sharing one pipeline between targets (threads, a cache) passes; the pipeline is not changed.
+            progress_bar_config: this call's progress bar settings over the pipeline's
+                (``set_progress_bar_config``), e.g. ``{"disable": True}``; the pipeline is not changed.
+
+        Call defaults are those of :class:`~diffinv.inverters.diffusion.DiffusionConfig` (``CALL_DEFAULTS``), the one
+        place they are written.
 
         Returns:
             :class:`DiffInvPipelineOutput`: images, per-image loss history, feature residual,
@@ -1070,19 +1032,18 @@ class DiffInvPipeline(DiffusionPipeline):
         self.check_inputs(
             features, guidance_scale, num_inference_steps, iterations, learning_rate,
             input_size, latent_prior_weight, temporal_weight, optimize, latents, init, mapper, image, strength,
-            output_type, callback_on_step_end_tensor_inputs, max_retries, num_images_per_prompt, early_stop,
+            output_type, callback_on_step_end_tensor_inputs, max_retries, num_images_per_prompt, early_stop, target,
         )  # fmt: skip
         if image is not None:
             image = self._start_images(image, len(features))
 
         # 2. Resolve the features once: the target, the input size it resizes to, the output size, the layer
-        call = self.resolve_call_features(features, height, width, input_size, layer)
+        call = self.resolve_call_features(features, height, width, input_size, layer, target)
         feats, target, layer, (height, width) = call.features, call.target, call.layer, call.image_size
 
         # 3. Define call parameters
         batch_size = len(feats)
         device = self._execution_device
-        self._interrupt = False
         compile = compile if backend(compile) else False
         do_cfg = guidance_scale > 1.0
 
@@ -1092,7 +1053,7 @@ class DiffInvPipeline(DiffusionPipeline):
         prompt_embeds = self.encode_prompt(prompts, device, do_cfg, negative)
 
         # 5. Prepare the differentiable sampler: the whole chain, or its img2img tail for the hybrid start
-        if init in ("mapper", "image"):
+        if init in _STARTS:
             scheduler = self.img2img_chain(num_inference_steps, strength, device)
         else:
             scheduler = self.chain_scheduler(num_inference_steps, device)
@@ -1100,7 +1061,8 @@ class DiffInvPipeline(DiffusionPipeline):
         # 6. Prepare the optimized variables (fp32 master copies): z_T (+ one offset per intermediate latent)
         factor = self.vae_scale_factor
         shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
-        variables = [self.prepare_latents(shape, scheduler, device, generator, latents, init, mapper, features, image)]
+        start = {"mapper": mapper, "image": image}.get(init)
+        variables = [self.prepare_latents(shape, scheduler, device, generator, latents, init, start, features)]
         if optimize == "all":  # each (N, C, h, w): one block per image, as the one optimization rule needs
             variables += [torch.zeros_like(variables[0]) for _ in range(len(scheduler.timesteps) - 1)]
 
@@ -1142,9 +1104,10 @@ class DiffInvPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, scheduler.timesteps[0], callback_kwargs) or {}
                 if "latents" in callback_outputs:
                     variables[0].copy_(callback_outputs["latents"])
-            return self.interrupt
+                return bool(callback_outputs.get("interrupt", False))
+            return False
 
-        with self.progress_bar(total=iterations) as progress_bar:
+        with self._call_progress_bar(iterations, progress_bar_config) as progress_bar:
             optimized = run_optimization(
                 variables, closure, iterations=iterations, lr=learning_rate, num_images=batch_size,
                 progress=progress_bar, callback=on_step_end, early_stop=early_stop,
@@ -1249,26 +1212,3 @@ class DiffInvPipeline(DiffusionPipeline):
                 )
             return [""] * len(call.features)
         return [class_prompt(call.target.class_name(int(c))) for c in classes]
-
-
-def _saved_target_weights(name_or_path: str | os.PathLike, weights: str) -> str:
-    """The target weights file ``weights`` (relative, as ``save_pretrained`` writes it) of a saved pipeline
-    folder, or of a Hub id's cached snapshot; a ModelFilesNotFoundError naming it when it is not there."""
-    folder = os.fspath(name_or_path)
-    if os.path.isdir(folder):
-        path = os.path.join(folder, weights)
-        if os.path.isfile(path):
-            return path
-    elif not is_local_path(folder):
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(folder, weights)
-        if isinstance(cached, str):
-            return cached
-        path = f"{folder}/{weights}"
-    else:
-        path = os.path.join(folder, weights)
-    raise ModelFilesNotFoundError(
-        f"`target_config` weights {weights!r} not found: expected {path!r}, written by `save_pretrained` with the "
-        f"pipeline. Copy the whole saved folder, or pass `target=` explicitly."
-    )

@@ -415,9 +415,7 @@ def test_callback_sees_every_iteration_and_can_stop(tiny_sd_pipe, tiny_sd_featur
 
     def callback(pipe, step, timestep, kwargs):
         seen.append((step, int(timestep), tuple(kwargs["latents"].shape), kwargs["loss"].shape))
-        if step == 2:
-            pipe._interrupt = True
-        return {}
+        return {"interrupt": step == 2}  # stops this call only
 
     out = tiny_sd_pipe(tiny_sd_features, num_inference_steps=2, iterations=10, output_type="pt",
                        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "loss"])
@@ -727,7 +725,7 @@ def test_concurrent_calls_on_one_pipeline_equal_single_calls():
     assert pipe.target.input_size == (224, 224)
     fresh = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:0")
     fresh.set_progress_bar_config(disable=True)
-    assert set(vars(pipe)) == set(vars(fresh)) | {"_interrupt"}  # no per-call state but diffusers' own
+    assert set(vars(pipe)) == set(vars(fresh))  # no per-call state
 
 
 def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(tiny_sd_pipe, tiny_sd_target,
@@ -753,7 +751,9 @@ def test_nearest_multiple_of_8():
 def test_save_load_round_trip_gives_identical_results(tiny_sd_pipe, tiny_sd_features, tmp_path):
     tiny_sd_pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["target_config"]["name"] == "tf_efficientnet_lite0" and index["target_config"]["layer"] == "blocks.1"
+    assert index["target"] == ["diffinv.targets", "TargetNetwork"] and index["layer"] == "blocks.1"
+    saved = json.loads((tmp_path / "target" / "config.json").read_text())
+    assert saved["name"] == "tf_efficientnet_lite0" and saved["layers"] == ["blocks.0", "blocks.1"]
     loaded = DiffInvPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.target is not None and loaded.layer == "blocks.1" and loaded.target.input_size is None
@@ -764,19 +764,20 @@ def test_save_load_round_trip_gives_identical_results(tiny_sd_pipe, tiny_sd_feat
 
 
 def test_round_trip_of_random_and_named_targets(tmp_path):
-    # a random-weight target cannot be rebuilt by name: its weights are saved with the pipeline
+    # the target is a component: its weights are saved with the pipeline
     pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights=None)
     pipe.save_pretrained(tmp_path / "random")
-    assert (tmp_path / "random" / "target" / "model.safetensors").is_file()
+    assert (tmp_path / "random" / "target" / "diffusion_pytorch_model.safetensors").is_file()
     for loaded in (DiffInvPipeline.from_pretrained(tmp_path / "random"), load_pipeline(tmp_path / "random")):
         for (k, a), (_, b) in zip(pipe.target.state_dict().items(), loaded.target.state_dict().items()):
             assert torch.equal(a, b), k
-    # a named target with default weights is saved as its description only
+    # a named target with default weights: the same weights, recorded as the default ones
     pipe = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.2")
     pipe.save_pretrained(tmp_path / "named")
-    assert not (tmp_path / "named" / "target").exists()
     loaded = DiffInvPipeline.from_pretrained(tmp_path / "named", layer="blocks.4")
-    assert loaded.config.target_config["weights"] == "default" and loaded.layer == "blocks.4"
+    assert loaded.target.weights == "default" and loaded.layer == "blocks.4"
+    assert loaded.target.weights_fingerprint() == pipe.target.weights_fingerprint()
+    assert loaded.config.target_follows_features and next(loaded.target.parameters()).dtype == torch.float32
     assert loaded.target.input_size == (224, 224)
 
 
@@ -803,8 +804,8 @@ def test_diffusers_client_loads_a_folder_with_its_own_target_weights(tmp_path, m
     pipe.set_progress_bar_config(disable=True)
     saved = tmp_path / "saved"
     pipe.save_pretrained(saved)
-    assert (saved / "target" / "model.safetensors").is_file()
-    assert json.loads((saved / "model_index.json").read_text())["target_config"]["weights"] == "target/model.safetensors"
+    assert (saved / "target" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((saved / "model_index.json").read_text())["target"] == ["diffinv.targets", "TargetNetwork"]
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # the weights path is relative to the folder, not the cwd
 
@@ -825,9 +826,9 @@ def test_diffusers_client_loads_a_folder_with_its_own_target_weights(tmp_path, m
     loaded = DiffInvPipeline.from_pretrained(saved)
     assert loaded.target.weights_fingerprint() == pipe.target.weights_fingerprint()
     # a folder without the weights its model_index.json names says which file is missing
-    (saved / "target" / "model.safetensors").unlink()
-    with pytest.raises(ModelFilesNotFoundError, match=r"weights 'target/model.safetensors' not found: expected "
-                                                      r"'.*saved/target/model.safetensors'"):
+    (saved / "target" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(OSError, match=r"no file named diffusion_pytorch_model.safetensors found in directory "
+                                      r".*saved/target"):
         DiffusionPipeline.from_pretrained(saved, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
 
 

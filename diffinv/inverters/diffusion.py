@@ -42,11 +42,11 @@ from .base import Inverter, RefiningInverter
 from .config import COMPILE_HELP, FEATURE_LOSSES, InverterConfig, OptionError, OptionInfo, option
 from .sd_model import MODEL_HELP, check_model_option, model_cost
 
-__all__ = ["HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
+__all__ = ["CALL_DEFAULTS", "HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionConfig", "DiffusionInverter"]
 
 HYBRID_STRENGTH = 0.3  # DRAG++'s img2img strength for refining a black-box estimate
-# The arguments of DiffInvPipeline.__call__ that the config holds (same names and defaults); the others are
-# the call's inputs and outputs (features, layer, sizes, generator, output_type, ...), set per call.
+# The arguments of DiffInvPipeline.__call__ that the config holds (same names; their defaults are the config's,
+# CALL_DEFAULTS); the others are the call's inputs and outputs (features, layer, sizes, generator, output_type, ...).
 PIPELINE_OPTIONS = ("prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "iterations",
                     "learning_rate", "loss", "latent_prior_weight", "temporal_weight", "optimize",
                     "gradient_checkpointing", "init", "strength", "max_retries", "compile")
@@ -118,6 +118,13 @@ class DiffusionConfig(InverterConfig):
     def call_options(self) -> dict:
         """The options of the pipeline call (:data:`PIPELINE_OPTIONS`)."""
         return {name: getattr(self, name) for name in PIPELINE_OPTIONS}
+
+
+#: The defaults of the pipeline call (:data:`PIPELINE_OPTIONS`): the config's, the one place they are written
+#: (:meth:`DiffInvPipeline.__call__ <diffinv.pipelines.DiffInvPipeline.__call__>` takes its defaults from here).
+CALL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DiffusionConfig) if f.name in PIPELINE_OPTIONS}
+# The pipeline's `init` for a hybrid start whose estimate is a diffusion latent, and for one that is an image.
+_LATENT_INIT, _IMAGE_INIT = "mapper", "image"
 
 
 @functools.lru_cache(maxsize=1)
@@ -201,8 +208,8 @@ class DiffusionInverter(RefiningInverter):
             options = {"strength": HYBRID_STRENGTH, **options}
         super().__init__(target, config, start=start, **options)
         init = "noise"
-        if self.hybrid:
-            init = "mapper" if isinstance(start, Inverter) and start.latent_start else "image"
+        if self.hybrid:  # the start declares whether its estimate is a latent (Inverter.latent_start)
+            init = _LATENT_INIT if isinstance(start, Inverter) and start.latent_start else _IMAGE_INIT
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch_dtype is None and str(device).startswith("cuda"):
@@ -232,10 +239,9 @@ class DiffusionInverter(RefiningInverter):
         if self.hybrid:
             start, start_info = self._start_estimate(features, layer, size, generator=generator, progress=progress)
             start = start.to(self.device)
-            if self.config.init == "mapper":  # the chain starts from the mapper's latents themselves
-                call_kwargs["mapper"] = self._start.start_mapper(layer)
-            else:
-                call_kwargs["image"] = start
+            # the start itself, as the argument its `init` takes: a latent start's mapper, else the images
+            latent = self._start.start_mapper(layer) if self.config.init == _LATENT_INIT else None
+            call_kwargs[self.config.init] = latent if latent is not None else start
         # Generate at the nearest multiple of 8; resize back when the target resizes anyway.
         height, width = pipelines.nearest_multiple_of_8(size)
         if (height, width) != size and self.target.input_size is None:
@@ -243,19 +249,18 @@ class DiffusionInverter(RefiningInverter):
                 f"`image_size` {size} is not a multiple of 8 and target {self.target.name!r} does not resize its "
                 f"input, so the diffusion model cannot produce images whose features have the given shape."
             )
-        pipe = self.pipe.with_target(self.target, layer=layer)  # the cached pipeline is shared: never changed
-        pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"diffusion {layer}")
+        # the cached pipeline is shared (threads, the benchmark): the target, the layer and the progress bar are
+        # this call's arguments, so nothing of it is changed or copied
         hook = {}
         if callback is not None:  # the loss only: rendering a latent costs a full sampler pass
 
             def on_step_end(pipe, i, timestep, callback_kwargs):
-                if callback(i, callback_kwargs["loss"], None):
-                    pipe._interrupt = True
-                return {}
+                return {"interrupt": bool(callback(i, callback_kwargs["loss"], None))}
 
             hook = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["loss"]}
-        out = pipe(features, height=height, width=width, layer=layer, generator=generator, output_type="pt",
-                   **call_kwargs, **hook)
+        bar = {"disable": not progress, "leave": False, "desc": f"diffusion {layer}"}
+        out = self.pipe(features, height=height, width=width, layer=layer, generator=generator, output_type="pt",
+                        target=self.target, progress_bar_config=bar, **call_kwargs, **hook)
         images = out.images.float()
         if (height, width) != size:
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
