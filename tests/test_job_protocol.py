@@ -17,7 +17,7 @@ from diffinv.jobs.bench import BenchItem, work_items
 from diffinv.jobs.items import TrainingItem
 from diffinv.jobs.training import NOT_SETTINGS, PER_MODEL, TRAINED_KINDS, TrainConfig, template_settings
 from diffinv.jobs.video import WindowItem
-from launch import env
+from launch import env, run_diffinv
 
 HERE = Path(__file__).parent
 
@@ -85,6 +85,27 @@ def test_two_independent_audit_processes_train_each_decoder_once(tmp_path, image
     assert len(attacks) == len(set(attacks))  # every attack once
     report = json.loads((out / "report.json").read_text())
     assert {row["defense"] for row in report["settings"]} == {"none", "noise:0.5"}
+
+
+def test_atlas_under_torchrun_trains_each_decoder_together_then_resumes_alone(tmp_path, images):
+    """2 processes of a launch train each decoder together (the main process claims it and tells the other),
+    share the benchmark's items, and a later single command on the folder has nothing left to do."""
+    argv = ["atlas", "--images", str(images), "--train-split", "2", "--weights", "random:0", "--size", "32",
+            "--layers", "blocks.0", "blocks.2", "--iterations", "2", "--max-steps", "2", "--train-batch-size", "4",
+            "--hidden-channels", "8", "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "atlas")]
+    two = run_diffinv(*argv, processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "24 records made, 0 resumed" in two.stdout and "2 process(es)" in two.stdout
+    out = tmp_path / "atlas"
+    assert sorted(r["layer"] for r in _records(out / "records.jsonl") if r["kind"] == "training") == [
+        "blocks.0", "blocks.2"]
+    assert not (out / "records.rank1.jsonl").exists() or not [
+        r for r in _records(out / "records.rank1.jsonl") if r.get("kind") == "training"]  # the main one records
+    shards = [_records(path) for path in sorted((out / "bench").glob("records*.jsonl"))]
+    assert len(shards) == 2 and all(shards) and sum(map(len, shards)) == 24  # both processes inverted
+    again = run_diffinv(*argv, "--workers", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 records made, 24 resumed" in again.stdout
 
 
 def test_work_items_are_typed():
