@@ -728,6 +728,55 @@ def test_concurrent_calls_on_one_pipeline_equal_single_calls():
     assert set(vars(pipe)) == set(vars(fresh))  # no per-call state
 
 
+def test_call_defaults_are_the_diffusion_configs():
+    """`DiffusionConfig` is the one source of the call's defaults: the pipeline's signature reads them."""
+    import inspect
+
+    from diffinv.inverters.diffusion import CALL_DEFAULTS, PIPELINE_OPTIONS
+
+    parameters = inspect.signature(DiffInvPipeline.__call__).parameters
+    assert set(CALL_DEFAULTS) == set(PIPELINE_OPTIONS)
+    assert {name: parameters[name].default for name in PIPELINE_OPTIONS} == CALL_DEFAULTS
+
+
+def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(tiny_sd_pipe, tiny_sd_target, tiny_sd_features,
+                                                                        monkeypatch):
+    """Per-call targets, progress bars and interrupts (what DiffusionInverter passes): three threads share one
+    pipeline, each gets what it gets alone, and no pipeline is made (no clone per inversion) or changed."""
+    other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
+    feats = other.feature(torch.rand(1, 3, 32, 32, generator=_seed(70)))
+    calls = {"own": dict(features=tiny_sd_features),
+             "other": dict(features=feats, target=other, layer="blocks.2", height=32, width=32),
+             "other, stopped": dict(features=feats, target=other, layer="blocks.2", height=32, width=32,
+                                    callback_on_step_end=lambda pipe, i, t, kwargs: {"interrupt": i == 0})}
+
+    def run(kwargs):
+        return tiny_sd_pipe(generator=_seed(71), prompt="", progress_bar_config={"disable": True}, **FAST, **kwargs)
+
+    single = {name: run(kwargs) for name, kwargs in calls.items()}
+    assert single["other, stopped"].loss_history.shape == (1, 1) and single["other"].loss_history.shape == (3, 1)
+    inverter = DiffusionInverter(other, model=tiny_sd_pipe, device="cpu", num_inference_steps=2, iterations=2)
+
+    made, init = [], DiffInvPipeline.__init__
+
+    @functools.wraps(init)
+    def counted(self, *args, **kwargs):
+        made.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffInvPipeline, "__init__", counted)
+    jobs = {name: functools.partial(run, kwargs) for name, kwargs in calls.items()}
+    jobs["inverter"] = lambda: inverter.invert(feats, image_size=(32, 32), generator=_seed(72),
+                                               progress=False)
+    results = run_in_threads(jobs, repeat=2)
+    for name in calls:
+        for out in results[name]:
+            assert torch.equal(out.images, single[name].images) and torch.equal(out.loss_history,
+                                                                                single[name].loss_history), name
+    assert torch.equal(results["inverter"][0].images, results["inverter"][1].images)
+    assert not made and tiny_sd_pipe.target is tiny_sd_target and tiny_sd_pipe.layer == "blocks.1"
+
+
 def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(tiny_sd_pipe, tiny_sd_target,
                                                                           tiny_sd_features):
     other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
