@@ -18,7 +18,6 @@ from ..jobs.distributed import launch_local
 from ..targets import ATLAS_LAYERS, DEFAULT_LAYERS
 from . import common
 
-ATLAS_METHODS = ("pixel", "dip", "decoder", "diffusion")
 DEFAULT_MAX_STEPS = 500  # 8000 crops: 20 passes over a 400-image split; keeps 100 images x 4 layers under 1 h on 2 cores
 
 
@@ -56,9 +55,10 @@ def add_parsers(sub) -> None:
                    help="the images that train the decoders: a fraction of the folder (0.8, the default) or a count "
                         "(400); drawn by --seed, never evaluated, recorded in the manifest")
     p.add_argument("--layers", nargs="+", default=None, help="default: every depth of the target, stem to head")
-    p.add_argument("--methods", nargs="+", default=["pixel", "dip", "decoder"], choices=ATLAS_METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(ATLAS_METHODS)} (default: pixel dip decoder); decoder: trained by the "
-                        f"atlas on the training split, one per layer")
+    p.add_argument("--methods", nargs="+", default=["pixel", "dip", "decoder"], choices=common.METHODS, metavar="METHOD",
+                   help=f"any of {', '.join(common.METHODS)} (default: pixel dip decoder); a method that needs a "
+                        f"trained model (decoder, mapper) has it trained by the atlas on the training split, one per "
+                        f"layer")
     common.add_size_arg(p, scored=True)
     p.add_argument("--seed", type=common.seed_int, default=0,
                    help="seed of the split, of the inversions and of the decoders' training (default 0)")

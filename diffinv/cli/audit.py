@@ -17,7 +17,6 @@ from ..targets import DEFAULT_LAYERS
 from . import common
 
 DEFAULT_DEFENSES = ("none", "noise:0.1,0.3,1.0", "quantize:8,4,2", "prune:0.5", "topk:0.1")
-AUDIT_METHODS = ("pixel", "dip", "decoder", "diffusion")
 
 
 def add_parsers(sub) -> None:
@@ -30,10 +29,11 @@ def add_parsers(sub) -> None:
                    help="settings: none, noise:S (std relative to the features' std), quantize:BITS, prune:FRACTION "
                         "(of channels), topk:FRACTION (of entries); several strengths with commas (noise:0.1,0.3); "
                         "compose with + (prune:0.5+noise:0.1) (default: " + " ".join(DEFAULT_DEFENSES) + ")")
-    p.add_argument("--methods", nargs="+", default=["pixel", "dip"], choices=AUDIT_METHODS, metavar="METHOD",
-                   help=f"attacks, any of {', '.join(AUDIT_METHODS)} (default: pixel dip); decoder: trained by the "
-                        f"audit on --train-images (clean features: the naive attacker; defended: the adaptive one); "
-                        f"diffusion: naive attacker only")
+    p.add_argument("--methods", nargs="+", default=["pixel", "dip"], choices=common.METHODS, metavar="METHOD",
+                   help=f"attacks, any of {', '.join(common.METHODS)} (default: pixel dip); a method that needs a "
+                        f"trained model (decoder) has it trained by the audit on --train-images (clean features: the "
+                        f"naive attacker; defended: the adaptive one); one that does not optimize through the "
+                        f"defense (diffusion) is a naive attacker only")
     common.add_image_source_args(p, default_count=8)
     common.add_size_arg(p, scored=True)
     p.add_argument("--seeds", type=common.seed_int, nargs="+", default=[0], help="random seeds (default 0)")
