@@ -1,7 +1,7 @@
 """A small atlas or audit with decoders, run as an independent process on a shared run folder
 (``python concurrent_job.py atlas|audit OUT IMAGES GO``): it imports everything, says it is ready
 (``OUT.ready.PID``), waits for the file ``GO`` so that two such processes start the job together, then runs
-it and prints ``done``."""
+it, printing ``trained FOLDER`` for every model this process trains, and ``done``."""
 
 import os
 import sys
@@ -13,15 +13,27 @@ import torch
 from diffinv.defenses import parse_defenses
 from diffinv.inverters import PixelInverter
 from diffinv.io import collect_images, load_images
+from diffinv.jobs import atlas, audit
 from diffinv.jobs.atlas import run_atlas, split_images
 from diffinv.jobs.audit import run_audit
-from diffinv.jobs.training import TrainConfig
+from diffinv.jobs.training import TrainConfig, train
 from diffinv.targets import TargetNetwork
 
 LAYERS = ["blocks.0", "blocks.1", "blocks.2"]
 
 
+def _train_and_say(config):
+    print(f"trained {Path(config.out).relative_to(OUT).as_posix()}", flush=True)
+    return train(config)
+
+
+OUT = Path(".")
+
+
 def main(job: str, out: str, images: str, go: str) -> None:
+    global OUT
+    OUT = Path(out).resolve()
+    atlas.train = audit.train = _train_and_say  # the jobs' one entry to training, watched
     torch.set_num_threads(1)
     target = TargetNetwork.from_name("tf_efficientnet_lite0", LAYERS, weights="random:0", input_size=(32, 32))
     template = TrainConfig(out="", layer="", max_steps=12, batch_size=4, hidden_channels=8, min_channels=8,

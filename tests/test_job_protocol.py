@@ -46,7 +46,8 @@ def _run_twice(job: str, out: Path, images: Path) -> list[str]:
     results = [p.communicate(timeout=600) for p in procs]
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0 and "done" in stdout, stderr[-3000:]
-    return [stderr for _, stderr in results]
+    return [[line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("trained ")]
+            for stdout, _ in results]
 
 
 def _records(path: Path) -> list[dict]:
@@ -55,7 +56,10 @@ def _records(path: Path) -> list[dict]:
 
 def test_two_independent_atlas_processes_train_each_decoder_once(tmp_path, images):
     out = tmp_path / "atlas"
-    _run_twice("atlas", out, images)
+    trained = _run_twice("atlas", out, images)
+    # every decoder trained by exactly one of the two processes, and both took part
+    assert sorted(trained[0] + trained[1]) == ["decoders/blocks.0", "decoders/blocks.1", "decoders/blocks.2"]
+    assert trained[0] and trained[1], trained
     trainings = [r for r in _records(out / "records.jsonl") if r["kind"] == "training"]
     # one record per decoder: each was trained by one process only, never resumed or redone by the other
     assert sorted(r["layer"] for r in trainings) == ["blocks.0", "blocks.1", "blocks.2"]
@@ -70,7 +74,10 @@ def test_two_independent_atlas_processes_train_each_decoder_once(tmp_path, image
 
 def test_two_independent_audit_processes_train_each_decoder_once(tmp_path, images):
     out = tmp_path / "audit"
-    _run_twice("audit", out, images)
+    trained = _run_twice("audit", out, images)
+    assert sorted(trained[0] + trained[1]) == sorted(f"decoders/{folder}/{layer}" for folder in ("none", "noise-0.5")
+                                                     for layer in ("blocks.0", "blocks.1", "blocks.2"))
+    assert trained[0] and trained[1], trained
     records = _records(out / "records.jsonl")
     trainings = sorted((r["layer"], r["defense"]) for r in records if r["kind"] == "training")
     # naive (clean features) and adaptive (noise:0.5) decoder per layer, each trained once

@@ -218,7 +218,8 @@ def run_audit(
     """
     job = AuditJob(target, images, sources, layers, defenses, methods, out_dir, seeds=seeds, batch_size=batch_size,
                    settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge)
-    run_job(job, job.store, job.trainings(), state=state, show=job.show, together=True, prefix="train-")
+    run_job(job, job.store, job.trainings(), state=state, show=job.show, together=True, prefix="train-",
+            accept=job.trained_folder)
     run_job(job, job.store, job.items(), state=state, show=job.show)
     return job.report()
 
@@ -315,6 +316,15 @@ class AuditJob(Job):
             return [("utility", item.layer, item.defense, "", "", 0, self.sources[i]) for i in item.images]
         return [("attack", item.layer, item.defense, item.method, item.attacker, item.seed, self.sources[i])
                 for i in item.images]
+
+    def trained_folder(self, record: Mapping) -> bool:
+        """Whether a training record's model is in its folder (a record alone does not make it finished)."""
+        try:
+            _, template = self.trained[record["method"]]
+            folder = model_folder(self.out_dir, template.kind, record["defense"]) / str(record["layer"])
+        except (KeyError, TypeError):
+            return False
+        return (folder / "config.json").is_file()
 
     def records(self, item) -> Iterator[dict]:
         if isinstance(item, TrainingItem):
