@@ -297,12 +297,14 @@ class DiffInvPipeline(DiffusionPipeline):
     def with_target(
         self, target: TargetNetwork | str, layer: str | None = None, weights: str | None = "default"
     ) -> "DiffInvPipeline":
-        """A pipeline sharing this one's components (no copies) with another target: what a caller that
-        shares a pipeline between targets (an ``lru_cache``, threads) uses instead of :meth:`set_target`,
-        which changes the shared pipeline for every caller.
+        """A new pipeline sharing this one's components (no copies) with another target, kept for a caller that
+        wants a pipeline object of its own; a caller that shares one pipeline between targets (an ``lru_cache``,
+        threads) passes the target to the call instead (``pipe(features, target=..., layer=...)``), which makes
+        nothing and changes nothing, unlike :meth:`set_target`.
 
         Example:
             >>> out = shared.with_target(target, layer="blocks.2")(features)
+            >>> out = shared(features, target=target, layer="blocks.2")    # the same, without a new pipeline
         """
         components = {k: v for k, v in self.components.items() if k != "target"}
         pipe = type(self)(**components, target=target, layer=layer, target_weights=weights)
@@ -854,8 +856,9 @@ class DiffInvPipeline(DiffusionPipeline):
         """Resolves the features of one call once: the target, the size it resizes to, the output size.
 
         The target is the call's ``target`` (it keeps its own input size), else the pipeline's, else (a
-        pipeline without one) the FeatureSet's own, rebuilt for this call and not kept. A target the pipeline built (by name or from a saved config) resizes
-        to the input size the features were made at, passed to each feature call
+        pipeline without one) the FeatureSet's own, rebuilt for this call and not kept. A target that follows
+        the features (``target_follows_features``: given by name) resizes to the input size the features were
+        made at, passed to each feature call
         (:meth:`TargetNetwork.feature <diffinv.targets.TargetNetwork.feature>`'s ``input_size``), so
         the target itself never changes and calls can share the pipeline. The features are checked
         with one probe forward pass (:func:`~diffinv.features.resolve_features`).
@@ -1155,7 +1158,7 @@ class DiffInvPipeline(DiffusionPipeline):
     ) -> tuple[int, int] | None:
         """The input size the target resizes to in this call; ``None`` keeps the target's own.
 
-        Only a target the pipeline built (by name or from a saved config) adapts: to a FeatureSet's
+        Only a target that follows the features (``target_follows_features``: given by name) adapts: to a FeatureSet's
         recorded resize (else its input size: the images were fed as they were), or for a tensor to
         ``input_size``, else ``(height, width)`` when either is given.
         """
