@@ -25,7 +25,12 @@ Claims are ``flock`` locks: they hold between the processes of one machine and, 
 system that supports them (NFSv4, Lustre with ``-o flock``), between machines. The folder of claims
 is removed by the last process to finish.
 
-The helpers that both jobs use on each item are here too: the shared part of the manifest
+The items of each job: :class:`~diffinv.jobs.bench.BenchItem`; :class:`~diffinv.jobs.audit.UtilityItem`,
+:class:`~diffinv.jobs.audit.AttackItem`; :class:`~diffinv.jobs.video.WindowItem`; and the trainings of
+atlas and audit, :class:`TrainingItem` (here). Work that is not records of one store (the clips of a
+several-clip video run, each its own run folder) is claimed the same way by :func:`claimed`.
+
+The helpers that the bench and the audit use on each item are here too: the shared part of the manifest
 (:func:`item_settings`), a record's scores of a reconstruction (:func:`image_scores` of
 :func:`~diffinv.metrics.reconstruction_scores`) and a per-layer
 feature cache (:class:`LayerCache`).
