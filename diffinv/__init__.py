@@ -1,7 +1,7 @@
 """diffinv: reconstruct images from the features of deep networks, with a diffusion prior.
 
-``from diffinv import DiffInvPipeline`` works too: the pipeline (and diffusers) is imported
-only when it is first asked for.
+``from diffinv import DiffInvPipeline`` works too: the pipeline is imported only when it is first
+asked for (diffusers' model classes come with :class:`TargetNetwork`, a diffusers ``ModelMixin``).
 """
 
 __version__ = "0.2.0"

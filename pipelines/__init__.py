@@ -11,8 +11,9 @@
 * ``loaders.py``: :func:`load_pipeline`, :func:`load_vae` and :func:`load_taesd` (a lighter decoder for the
   optimization loop).
 
-Importing the package is cheap: diffusers and transformers are imported only when a name that
-needs them is first asked for (commands without a diffusion model start 4 s sooner).
+Importing the package is cheap: the pipeline's own modules are imported only when a name that needs them
+is first asked for (diffusers' model classes are already there: :class:`~diffinv.targets.TargetNetwork` is a
+diffusers ``ModelMixin``).
 """
 
 import importlib
