@@ -4,8 +4,7 @@ A job launched with ``accelerate launch`` or ``torchrun`` (several processes, GP
 machines) calls :func:`process_state` once: accelerate's ``PartialState``, formed over gloo on
 CPU-only machines (``cpu=True``, which accelerate needs to form the group there) and over NCCL
 on GPUs. The jobs' work items are taken one at a time by whichever process is free (the job protocol's
-runner, :class:`~diffinv.jobs.items.WorkRunner`: items of unequal cost balance themselves; :func:`shard`
-splits a list round-robin for other callers); each process
+runner, :class:`~diffinv.jobs.items.WorkRunner`: items of unequal cost balance themselves); each process
 writes its finished records into the run store (its own shard, see
 :class:`~diffinv.jobs.store.RunStore`), and the main process merges the outputs at the end. A
 plain single-process command is unchanged.
@@ -17,7 +16,7 @@ they split across several.
 
 Example:
     >>> state = process_state()
-    >>> for item in shard(todo, state): ...
+    >>> run_job(job, store, items, state=state)  # diffinv.jobs.items
     >>> state.wait_for_everyone()
     >>> if state.is_main_process: write_tables()
 """
@@ -26,16 +25,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from typing import TypeVar
-
 import torch
 from accelerate import PartialState
 
 __all__ = ["available_cores", "is_distributed_launch", "launch_local", "launch_state", "local_workers",
-           "process_device", "process_state", "shard"]
-
-T = TypeVar("T")
+           "process_device", "process_state"]
 
 
 def is_distributed_launch() -> bool:
@@ -53,11 +47,6 @@ def process_device(state: PartialState, requested: torch.device) -> torch.device
     if state.num_processes > 1 and requested.type == "cuda":
         return state.device
     return requested
-
-
-def shard(items: Sequence[T], state: PartialState) -> list[T]:
-    """This process's share of ``items``: every ``num_processes``-th, starting at its index."""
-    return list(items[state.process_index :: state.num_processes])
 
 
 def available_cores() -> int:
