@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+
 import torch
 from accelerate import PartialState
 
