@@ -30,7 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from .io import check_regular_file
 from .plugins import PluginError, load_units, plugin_errors
-from .truncation import LayerGraph, SequentialChain
+from .truncation import LayerGraph, ShadowForward
 
 __all__ = [
     "ATLAS_LAYERS",
@@ -337,14 +337,15 @@ class TargetNetwork(ModelMixin, ConfigMixin):
         """The truncated forward ``network input -> {layer: output}`` for ``layers`` (a layer's first call when it
         runs several times), made once per layer tuple and kept.
 
-        A ``torch.fx`` graph of the network cut after the last of ``layers`` (:class:`~diffinv.truncation.LayerGraph`);
-        for a network ``torch.fx`` cannot trace, its ``nn.Sequential`` containers run child by child
-        (:class:`~diffinv.truncation.SequentialChain`). No hook, no state: threads share it, ``torch.compile``
+        A ``torch.fx`` graph of the network cut after the last of ``layers``, traced through the modules that
+        enclose them only (:class:`~diffinv.truncation.LayerGraph`); where ``torch.fx`` cannot trace one of those
+        (control flow on tensor values), the whole forward on per-call copies of them that record the layers
+        (:class:`~diffinv.truncation.ShadowForward`). No hook, no state: threads share it, ``torch.compile``
         compiles it. Made without a lock: two threads asking at once both make the same one.
 
         Raises:
-            ValueError: a layer is not a module of the network, does not run in its forward, outputs more than one
-                tensor, or (an untraceable network) lies inside a module that is not an ``nn.Sequential``.
+            ValueError: a layer is not a module of the network, does not run in its forward, or outputs more
+                than one tensor.
         """
         key = (tuple(layers), self.model.training)
         found = self._extractors.get(key)
@@ -358,9 +359,9 @@ class TargetNetwork(ModelMixin, ConfigMixin):
         """A truncated forward (``kind`` ``"features"``) or the network run from ``layers[0]`` (``"split"``)."""
         self._check_layers(layers)
         try:
-            graph, untraceable = LayerGraph.trace(self.model, layers), None
-        except Exception as err:  # noqa: BLE001 - any tracing failure: the network runs child by child instead
-            graph, untraceable = None, f"{type(err).__name__}: {str(err)[:200]}"
+            graph = LayerGraph.trace(self.model, layers)
+        except Exception:  # noqa: BLE001 - any tracing failure (data-dependent control flow): ShadowForward below
+            graph = None
         if graph is not None:
             missing = graph.missing(layers)
             if missing:
@@ -369,16 +370,11 @@ class TargetNetwork(ModelMixin, ConfigMixin):
             if kind == "split":
                 return graph.split(self.model, layers[0], _substitute)
             return graph.extractor(self.model, layers)
-        chain = SequentialChain(self.model)
-        unreachable = [layer for layer in layers if not chain.reachable(layer)]
-        if unreachable:
-            raise ValueError(
-                f"`layers` {unreachable} of {self.name!r}: torch.fx cannot trace its forward ({untraceable}), and "
-                f"these lie inside a module that is not an nn.Sequential, so no truncated forward reaches them; "
-                f"expected a torch.fx-traceable network, or a layer whose enclosing modules are nn.Sequential.")
+        # torch.fx cannot trace a module enclosing the layers: the whole forward, on per-call copies of them
+        shadow = ShadowForward(self.model)
         if kind == "split":
-            return functools.partial(chain.split, layer=layers[0], substitute=_substitute)
-        return functools.partial(chain.features, layers=layers)
+            return functools.partial(shadow.split, layer=layers[0], substitute=_substitute)
+        return functools.partial(shadow.features, layers=layers)
 
     def _check_layers(self, layers: Sequence[str]) -> None:
         modules = dict(self.model.named_modules())

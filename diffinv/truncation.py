@@ -6,9 +6,9 @@ module, the requested layers included, is called as it is (so a module's own Pyt
 forward reads, keeps working). The request becomes a small graph of its own
 (:meth:`LayerGraph.extractor`): the forward up to the last requested layer (everything after it is
 removed), which returns those layers' outputs. :meth:`LayerGraph.split` is the same graph with one layer's
-output replaced by given features. A network that ``torch.fx`` cannot trace
-runs its ``nn.Sequential`` containers child by child up to the layer instead (:class:`SequentialChain`),
-which is what ``nn.Sequential.forward`` itself does.
+output replaced by given features. A network whose forward ``torch.fx`` cannot trace (Python control
+flow on tensor values in a module enclosing the layers) runs whole on per-call shallow copies of those
+modules that record the layers' outputs instead (:class:`ShadowForward`).
 
 The graphs hold the network's own modules (no copies of weights), run the same operations in the same
 order (the features are bit-identical to the plain forward's) and keep no state between calls: threads
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 
@@ -28,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["LayerGraph", "SequentialChain"]
+__all__ = ["LayerGraph", "ShadowForward"]
 
 # torch.fx patches torch.nn.Module process-wide while it traces; two traces at once would restore each
 # other's patches, so traces (one per network, when it is made) take turns. Calls are never serialized.
@@ -156,51 +157,69 @@ def _pruned(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return module
 
 
-class SequentialChain:
-    """The truncated forward of a network that ``torch.fx`` cannot trace: its ``nn.Sequential`` containers run
-    child by child (as ``nn.Sequential.forward`` does) up to the last requested layer.
+class ShadowForward:
+    """The layers of a network whose forward ``torch.fx`` cannot trace (Python control flow on tensor values):
+    the whole forward runs on per-call shallow copies of the modules that enclose the layers, whose copies of
+    the layers record their outputs (or replace one of them).
 
-    Only layers whose every enclosing module (the network included) is an ``nn.Sequential`` are reachable
-    (:meth:`reachable`).
+    The copies share the network's parameters and buffers and change nothing of it, so calls in other threads
+    are not affected; no hook, no exception. The forward is not cut after the last layer (it runs to the end).
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
 
-    def reachable(self, layer: str) -> bool:
-        """Whether every module enclosing ``layer`` is an ``nn.Sequential``."""
-        module, parts = self.model, layer.split(".")
-        for part in parts[:-1] + [None]:
-            if not isinstance(module, nn.Sequential):
-                return False
-            if part is None:
-                return parts[-1] in module._modules
-            module = module._modules.get(part)
-        return False
-
-    def _run(self, module: nn.Sequential, x, prefix: str, wanted: set, found: dict, replace) -> tuple[object, bool]:
-        for name, child in module._modules.items():
-            path = prefix + name
-            if any(w.startswith(path + ".") for w in wanted) or (replace and replace[0].startswith(path + ".")):
-                x, done = self._run(child, x, path + ".", wanted, found, replace)
-                if done:
-                    return x, True
-            else:
-                x = child(x)
-            if path in wanted and path not in found:
-                found[path] = x
-            if replace and path == replace[0]:
-                x = replace[1](x)
-            if not replace and len(found) == len(wanted):
-                return x, True
-        return x, False
+    def _run(self, x: torch.Tensor, layers: Sequence[str], replace: Callable | None) -> tuple[object, dict]:
+        root = _shallow(self.model)
+        shadows, calls = {"": root}, {layer: [] for layer in layers}
+        for layer in layers:
+            parts = layer.split(".")
+            for i in range(1, len(parts) + 1):
+                path = ".".join(parts[:i])
+                if path not in shadows:
+                    parent = shadows[".".join(parts[: i - 1])]
+                    shadows[path] = parent._modules[parts[i - 1]] = _shallow(parent._modules[parts[i - 1]])
+        for layer in layers:
+            shadow = shadows[layer]
+            shadow.__dict__["forward"] = _recording(shadow.forward, calls[layer], replace)
+        return root(x), calls
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``{layer: output}`` for ``layers``, running no further than the last of them."""
-        found: dict = {}
-        self._run(self.model, x, "", set(layers), found, None)
-        return {layer: found[layer] for layer in layers}
+        """``{layer: output}`` for ``layers`` (a layer's first call).
+
+        Raises:
+            ValueError: a layer does not run in the forward pass.
+        """
+        _, calls = self._run(x, layers, None)
+        missing = [layer for layer in layers if not calls[layer]]
+        if missing:
+            raise ValueError(f"`layers` {missing} do not run in the network's forward pass.")
+        return {layer: calls[layer][0] for layer in layers}
 
     def split(self, x: torch.Tensor, features: torch.Tensor, *, layer: str, substitute: Callable) -> torch.Tensor:
-        """The network's output with ``layer``'s output replaced by ``substitute(output, features, layer)``."""
-        return self._run(self.model, x, "", set(), {}, (layer, lambda out: substitute(out, features, layer)))[0]
+        """The network's output with ``layer``'s output replaced by ``substitute(output, features, layer)``.
+
+        Raises:
+            ValueError: the layer runs more than once (or never) in a forward pass.
+        """
+        output, calls = self._run(x, [layer], lambda out: substitute(out, features, layer))
+        if len(calls[layer]) != 1:
+            raise ValueError(f"layer {layer!r} runs {len(calls[layer])} times in one forward pass (a shared "
+                             f"module); replacing its output would not be a split at one point.")
+        return output
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` sharing everything but its dict of submodules (which the copy may change)."""
+    twin = copy.copy(module)
+    twin.__dict__["_modules"] = dict(module._modules)
+    return twin
+
+
+def _recording(forward: Callable, calls: list, replace: Callable | None) -> Callable:
+    def recorded(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        calls.append(output)
+        return replace(output) if replace is not None else output
+
+    return recorded

@@ -216,3 +216,35 @@ def test_no_name_branches_outside_the_loaders():
     literals = [node.value for node in ast.walk(ast.parse(source))
                 if isinstance(node, ast.Constant) and node.value in names]
     assert not literals
+
+
+class _ValueDependent(nn.Module):
+    """A forward torch.fx cannot trace: its control flow reads a tensor's value."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 5)
+        self.num_classes = 5
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.body(x) if x.mean() > -100 else x
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_layers_of_a_forward_fx_cannot_trace(small_photos):
+    """Control flow on tensor values: the whole forward runs on per-call copies that record the layer (no hook);
+    the features, the split and threads give what the plain forward gives, and the network is left as it was."""
+    torch.manual_seed(0)
+    net = _ValueDependent().eval()
+    target = TargetNetwork(net, "body", has_classifier=True, input_size=None)
+    images = small_photos[:2]
+    x = target.preprocess(images)
+    with torch.no_grad():
+        expected = net.body(net.stem(x))
+        assert torch.equal(target.feature(images), expected)
+        assert torch.equal(target.split_logits("body", expected, torch.zeros_like(images)), target.logits(images))
+    outs = run_in_threads({str(i): functools.partial(target.feature, images) for i in range(3)}, repeat=2)
+    assert all(torch.equal(out, expected) for results in outs.values() for out in results)
+    assert type(net.body).forward is nn.Conv2d.forward and "forward" not in vars(net.body)
+    assert not net.body._forward_hooks and target.model is net
