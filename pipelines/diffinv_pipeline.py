@@ -608,9 +608,9 @@ class DiffInvPipeline(DiffusionPipeline):
         latents: torch.Tensor,
         prompt: str | list[str] = "",
         negative_prompt: str | list[str] | None = None,
-        guidance_scale: float = 1.0,
-        num_inference_steps: int = 20,
-        gradient_checkpointing: bool = True,
+        guidance_scale: float = DEFAULTS["guidance_scale"],
+        num_inference_steps: int = DEFAULTS["num_inference_steps"],
+        gradient_checkpointing: bool = DEFAULTS["gradient_checkpointing"],
     ) -> torch.Tensor:
         """Images in [0, 1] ``(N, 3, H, W)`` from initial latents through the K-step sampler and the VAE.
 
@@ -681,10 +681,10 @@ class DiffInvPipeline(DiffusionPipeline):
         self,
         latents: torch.Tensor,
         strength: float,
-        num_inference_steps: int = 20,
+        num_inference_steps: int = DEFAULTS["num_inference_steps"],
         prompt: str | list[str] = "",
         negative_prompt: str | list[str] | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = DEFAULTS["guidance_scale"],
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """img2img (SDEdit) on clean latents: noise them to ``strength`` and denoise with the deterministic chain.
