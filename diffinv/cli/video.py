@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..features import FeatureSet
-from ..inverters import method_options
+from ..inverters import INVERTERS
 from ..io import fingerprint_path, read_video, write_side_by_side, write_video
 from ..jobs.distributed import launch_state
 from ..jobs.items import claimed
@@ -70,12 +70,13 @@ def run(args) -> int:
     state, device = launch_state(device)  # under torchrun/accelerate launch: its own GPU per process
     if state is not None:
         args.device = str(device)  # for inverters that load models themselves
-    if args.temporal_weight > 0 and "temporal_weight" not in method_options(args.method):
+    temporal = INVERTERS[args.method].config_class.is_temporal()
+    if args.temporal_weight > 0 and not temporal:
         raise common.UsageError(f"`--method` {args.method!r} has no `temporal_weight`: it cannot smooth over time with "
                                 f"`--temporal-weight {args.temporal_weight}`; use --temporal-weight 0 (independent "
                                 f"frames) or an optimizing method (pixel, dip).")
-    temporal = {"temporal_weight": args.temporal_weight} if "temporal_weight" in method_options(args.method) else {}
-    make_inverter = common.inverter_factory(args.method, args, **temporal)
+    make_inverter = common.inverter_factory(args.method, args, **({"temporal_weight": args.temporal_weight} if temporal
+                                                                   else {}))
     common.check_memory_fits(args, args.layer, [args.method], images=max(args.frames or 0, args.window), batch_size=args.window)
     if several or state is not None:
         for clip in clips:  # every process checks every clip, so that all of them stop on a bad one

@@ -183,8 +183,13 @@ class InverterConfig:
 
     @property
     def temporal(self) -> bool:
-        """Whether the method smooths consecutive frames (it has a ``temporal_weight``)."""
-        return any(f.name == "temporal_weight" for f in fields(self))
+        """Whether the method smooths consecutive frames (:meth:`is_temporal`)."""
+        return self.is_temporal()
+
+    @classmethod
+    def is_temporal(cls) -> bool:
+        """Whether the method smooths consecutive frames: its config has a ``temporal_weight`` (λ)."""
+        return any(f.name == "temporal_weight" for f in fields(cls))
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

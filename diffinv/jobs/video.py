@@ -347,7 +347,7 @@ def _video_options(inverter: Inverter, n: int, window, boundary: str, warm_start
     if boundary not in ("auto", "anchor", "overlap", "none"):
         raise ValueError(f"`boundary` must be 'auto', 'anchor', 'overlap' or 'none', got {boundary!r}.")
     config = inverter.config
-    weight = float(getattr(config, "temporal_weight", 0.0) or 0.0)
+    weight = float(config.temporal_weight) if config.temporal else 0.0
     warm_start = weight > 0 if warm_start is None else bool(warm_start)
     if warm_start and not config.accepts_init:
         warnings.warn(f"{type(inverter).__name__}.invert takes no `init=`; frames are not warm-started.", stacklevel=4)
