@@ -8,7 +8,6 @@ real photos.
 
 import json
 import os
-
 import re
 
 import pytest
