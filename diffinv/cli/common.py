@@ -395,7 +395,7 @@ def decoder_trainer_from_args(args: argparse.Namespace, device, **fields) -> Tra
     (``fields``: the job's own, e.g. its images or seed)."""
     return TrainConfig(out="", layer="", max_steps=args.max_steps, batch_size=args.train_batch_size,
                        hidden_channels=args.hidden_channels, mixed_precision=args.mixed_precision,
-                       device=str(device), **fields)
+                       model=getattr(args, "model", None), device=str(device), **fields)  # model: a mapper's VAE
 
 
 def check_decoder_training_fits(args: argparse.Namespace, trainer: TrainConfig, layers) -> None:
