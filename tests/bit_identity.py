@@ -27,6 +27,19 @@ class _Skip(nn.Module):
         return self.head((x + self.body(x)).mean(dim=(2, 3)))
 
 
+class _FixedMapper:
+    """A stand-in FeatureMapper: fixed clean latents (the hybrid start ``init="mapper"``)."""
+
+    def __init__(self, latents: torch.Tensor):
+        self.latents = latents
+
+    def to(self, device):
+        return self
+
+    def initial_latents(self, features):
+        return self.latents
+
+
 def collect() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     out = {}
@@ -80,6 +93,9 @@ def collect() -> dict[str, torch.Tensor]:
     result = pipe(features, generator=torch.Generator().manual_seed(4), init="image", image=made.flip(-1),
                   strength=0.5, **run)
     out["pipe/image-start/images"] = result.images
+    result = pipe(features, generator=torch.Generator().manual_seed(9), init="mapper", mapper=_FixedMapper(z * 0.5),
+                  strength=0.5, **run)
+    out["pipe/mapper-start/images"], out["pipe/mapper-start/loss"] = result.images, result.loss_history
     named = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:0")
     named.set_progress_bar_config(disable=True)
     named_features = FeatureSet.extract(named.target, made, "blocks.1")
