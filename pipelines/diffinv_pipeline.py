@@ -686,6 +686,7 @@ class DiffInvPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         guidance_scale: float = DEFAULTS["guidance_scale"],
         generator: torch.Generator | list[torch.Generator] | None = None,
+        progress_bar_config: dict | None = None,
     ) -> torch.Tensor:
         """img2img (SDEdit) on clean latents: noise them to ``strength`` and denoise with the deterministic chain.
 
@@ -701,6 +702,7 @@ class DiffInvPipeline(DiffusionPipeline):
             prompt, negative_prompt, guidance_scale: text conditioning (``guidance_scale > 1``:
                 classifier-free guidance), as in :meth:`render`.
             generator: seeds the noise.
+            progress_bar_config: this call's progress bar settings over the pipeline's (not stored).
 
         Returns:
             ``(N, C, h, w)`` the denoised clean latents, fp32, on the execution device (images:
@@ -718,7 +720,7 @@ class DiffInvPipeline(DiffusionPipeline):
         negative = resolve_prompts(negative_prompt, len(latents), "negative_prompt") if negative_prompt else None
         embeds = self.encode_prompt(prompts, device, guidance_scale > 1.0, negative)
         latents = self._noised_start(latents.to(device, torch.float32), scheduler, generator)
-        with self.progress_bar(total=len(scheduler.timesteps)) as progress_bar:
+        with self._call_progress_bar(len(scheduler.timesteps), progress_bar_config) as progress_bar:
             latents, _ = self._sample(
                 latents, embeds, scheduler, guidance_scale, gradient_checkpointing=False, decode=False,
                 progress_bar=progress_bar,

@@ -888,9 +888,9 @@ def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
     assert isinstance(out, InversionOutput) and out.method == "diffusion"
     assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (3, 2)
     assert out.feature_residual.shape == (2,) and out.info["skipped_steps"] == 0 and len(out.info["prompts"]) == 2
-    with pytest.raises(ValueError, match="method 'diffusion' has no option `iterations`; its options are: keep_start, "
+    with pytest.raises(ValueError, match="method 'diffusion' has no option `steps`; its options are: keep_start, "
                                          "prompt"):
-        DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", iterations=3)
+        DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", steps=3)
 
 
 def test_diffusion_inverter_resizes_to_sizes_not_multiple_of_8(tiny_sd_images):

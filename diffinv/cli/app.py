@@ -92,7 +92,7 @@ def build(device: str = "auto", limits=None):
 def allowed_targets(names: list[str] | None) -> tuple[str, ...]:
     """``--targets``: each name a target :meth:`~diffinv.targets.TargetNetwork.from_name` builds (a built-in one or
     a timm model name), duplicates dropped; ``None``: the targets whose weights are installed here."""
-    from ..targets import architecture, installed_targets
+    from ..targets import architecture, available_targets, installed_targets
 
     if names is None:
         found = tuple(installed_targets())
@@ -107,9 +107,8 @@ def allowed_targets(names: list[str] | None) -> tuple[str, ...]:
             architecture(name)
         except ValueError:
             shown = name if len(name) <= 60 else name[:57] + "..."
-            raise common.UsageError(f"`--targets` {shown!r}: not a target network; expected a built-in target "
-                                    f"(resnet50, resnet101, tf_efficientnet_lite0, tf_efficientnet_lite2) or a timm "
-                                    f"model name.") from None
+            raise common.UsageError(f"`--targets` {shown!r}: not a target network; expected one of "
+                                    f"{', '.join(available_targets())}.") from None
         if name not in allowed:
             allowed.append(name)
     return tuple(allowed)

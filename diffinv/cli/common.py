@@ -47,7 +47,7 @@ from ..resources import InsufficientMemoryError, check_job_memory
 from ..jobs.distributed import launch_state, local_workers
 from ..jobs.training import MIXED_PRECISION, TrainConfig, check_training_memory
 from ..optimization import EarlyStopping
-from ..targets import TargetNetwork
+from ..targets import TargetNetwork, available_targets
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -219,7 +219,7 @@ def add_size_arg(p: argparse.ArgumentParser, *, scored: bool = False) -> None:
 
 def add_target_args(p: argparse.ArgumentParser, *, weights_default: str | None = "default") -> None:
     p.add_argument("--target", default="tf_efficientnet_lite0",
-                   help="resnet50, resnet101, tf_efficientnet_lite0 (default) or any timm model name")
+                   help=f"{', '.join(available_targets())} (default tf_efficientnet_lite0)")
     p.add_argument("--weights", default=weights_default,
                    help="target weights: 'default' (pretrained, from the local cache), 'random:SEED' "
                         "(seeded random weights), or a state-dict file")

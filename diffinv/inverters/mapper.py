@@ -193,10 +193,10 @@ class MapperInverter(Inverter):
             return latents
         if self._pipe is None:
             raise ValueError("`refine` needs the diffusion pipeline: pass `pipe=`, or `model=` and invert once.")
-        self._pipe.set_progress_bar_config(disable=not progress, leave=False, desc="img2img")
         refined = self._pipe.img2img(
             latents, c.strength, num_inference_steps=c.num_inference_steps, prompt=c.prompt,
             guidance_scale=c.guidance_scale, generator=generator,
+            progress_bar_config={"disable": not progress, "leave": False, "desc": "img2img"},
         )  # fmt: skip
         return refined.to(latents.device)
 
