@@ -375,5 +375,5 @@ def test_the_targets_flag_names_the_allow_list_and_refuses_unknown_names(capsys)
     assert allowed_targets(args.targets) == ("vit_tiny_patch16_224", "resnet18")
     assert main(["app", "--targets", "resnet18", "no_such_net" * 20]) == 2  # refused before the server starts
     assert capsys.readouterr().err.strip() == (
-        f"diffinv app: error: `--targets` {('no_such_net' * 20)[:57] + '...'!r}: not a target network; expected a "
+        f"diffinv app: error: `--targets` {('no_such_net' * 20)[:57] + '...'!r}: not a target network; expected "
         "one of resnet50, resnet101, tf_efficientnet_lite0, tf_efficientnet_lite2, <any timm model name>.")
