@@ -10,6 +10,15 @@ them first. Each transform has one strength:
 | ``quantize:B`` | each image's features to ``2**B`` uniform levels between their min and max | bits ``B`` in 1..16 |
 | ``prune:P`` | zero a random ``round(P * C)`` of the ``C`` channels of each image | ``P`` in [0, 1) |
 | ``topk:K`` | keep each image's ``round(K * numel)`` largest-magnitude entries, zero the rest | ``K`` in (0, 1] |
+| ``nopeek:A`` | learned: the client layers fine-tuned with task loss + ``A`` x dCor(images, features) | ``A >= 0`` |
+| ``shredder:L`` | learned: additive noise, its per-entry mean and scale trained with task loss - ``L`` x mean log scale | ``L >= 0`` |
+| ``adversarial:L`` | learned: the client fine-tuned against a decoder adversary, task loss - ``L`` x its MSE | ``L >= 0`` |
+
+A *learned* family (its unit declares ``train`` and ``deploy``) trains on labelled images
+(:meth:`Defense.train`, :mod:`diffinv.defense_training`) and is applied through its :class:`Deployment`
+(:meth:`Defense.deployment`): the client network that ships the features (fine-tuned, or the target itself)
+and the transform of those features. A learned family stands alone in a setting (no ``+``). Every setting
+has a :class:`Deployment`; a fixed one's is the target and the transform.
 
 ``A+B`` composes them, applied left to right (``prune:0.5+noise:0.1``). On the command line a
 family takes several strengths, one setting each: ``noise:0.1,0.3,1.0`` (:func:`parse_defenses`).
@@ -44,6 +53,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .defense_training import (DefenseTrainConfig, TrainedState, defended_copy, shredder_noise, train_adversarial,
+                               train_nopeek, train_shredder)
 from .features import FeatureSet
 from .plugins import PluginError, load_units, plugin_errors
 from .targets import SplitUnavailable, TargetNetwork
@@ -52,11 +63,13 @@ __all__ = [
     "DEFENSES",
     "Defense",
     "DefenseFamily",
+    "Deployment",
     "UtilityUnavailable",
     "apply_defense",
     "parse_defense",
     "parse_defenses",
     "utility_agreement",
+    "utility_scores",
 ]
 
 
@@ -130,6 +143,13 @@ class DefenseFamily:
             (mask, threshold or None)``, the support an attacker reads and applies when the family is the
             last step (a threshold: an entry outside it counts by how much its magnitude exceeds it);
             ``None``: the attacker applies the family with fresh randomness.
+        train: for a learned family, ``(target, layer, strength, images, labels, config, progress) ->``
+            :class:`~diffinv.defense_training.TrainedState` (``config``: a
+            :class:`~diffinv.defense_training.DefenseTrainConfig`); ``None``: a fixed transform.
+        deploy: for a learned family, ``(target, layer, strength, state) -> (client network, transform or None)``:
+            the network whose layer ships the features and the transform ``(features, generator,
+            straight_through) -> features`` applied to them.
+        baseline: the plain reference a learned defense has to beat on the privacy-utility frontier (noise).
     """
 
     name: str
@@ -140,17 +160,60 @@ class DefenseFamily:
     random: bool
     integer: bool = False
     support: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    train: Callable | None = None
+    deploy: Callable | None = None
+    baseline: bool = False
+
+    @property
+    def learned(self) -> bool:
+        """Whether the family trains (:attr:`train`) before it can be applied."""
+        return self.train is not None
+
+
+def _untrained(f, strength, generator, straight_through):
+    raise ValueError("a learned defense is applied through its Deployment (`Defense.deployment(target, layer, "
+                     "state)`, after `Defense.train`), not as a fixed transform.")
+
+
+def _deploy_client(target, layer, strength, state: TrainedState):
+    """NoPeek's and the adversarial defense's deployment: the network with the fine-tuned client, no transform."""
+    prefix = "client/"
+    overrides = {k[len(prefix):]: v for k, v in state.tensors.items() if k.startswith(prefix)}
+    return defended_copy(target, overrides), None
+
+
+def _deploy_shredder(target, layer, strength, state: TrainedState):
+    """Shredder's deployment: the target itself and its learned noise, fresh at every call."""
+    try:
+        mean, log_scale = state.tensors["noise/mean"], state.tensors["noise/log_scale"]
+    except KeyError as err:
+        raise ValueError(f"shredder state: expected the tensors noise/mean and noise/log_scale, missing {err}.") from None
+
+    def transform(features, generator, straight_through):
+        return features + shredder_noise(features, mean, log_scale, generator)
+
+    return target, transform
+
+
+def _non_negative(v: float) -> bool:
+    return 0 <= v < math.inf
 
 
 _BUILT_IN = (
     DefenseFamily("noise", _noise, lambda v: 0 <= v < math.inf, "a finite number >= 0 (the noise std relative to "
-                  "the features' std)", "0.1", True),
+                  "the features' std)", "0.1", True, baseline=True),
     DefenseFamily("quantize", _quantize, lambda v: v.is_integer() and 1 <= v <= 16, "an integer number of bits in "
                   "1..16", "4", False, integer=True),
     DefenseFamily("prune", _prune, lambda v: 0 <= v < 1, "a fraction of channels in [0, 1)", "0.5", True,
                   support=_channel_support),
     DefenseFamily("topk", _topk, lambda v: 0 < v <= 1, "a fraction of entries in (0, 1]", "0.1", False,
                   support=_entry_support),
+    DefenseFamily("nopeek", _untrained, _non_negative, "a finite number >= 0 (the weight of the distance "
+                  "correlation)", "1", False, train=train_nopeek, deploy=_deploy_client),
+    DefenseFamily("shredder", _untrained, _non_negative, "a finite number >= 0 (the weight of the noise's log "
+                  "scale)", "0.1", True, train=train_shredder, deploy=_deploy_shredder),
+    DefenseFamily("adversarial", _untrained, _non_negative, "a finite number >= 0 (the weight of the adversary's "
+                  "reconstruction error)", "1", False, train=train_adversarial, deploy=_deploy_client),
 )
 GROUP = "diffinv.defenses"
 
@@ -207,6 +270,45 @@ class Defense:
         """Whether a draw depends on the generator (noise, pruning masks)."""
         return any(DEFENSES[name].random for name, _ in self.steps)
 
+    @property
+    def learned(self) -> bool:
+        """Whether the setting trains before it is applied (a learned family, alone in the setting)."""
+        return any(DEFENSES[name].learned for name, _ in self.steps)
+
+    @property
+    def baseline(self) -> bool:
+        """Whether the setting is the plain reference of the frontier (noise only)."""
+        return bool(self.steps) and all(DEFENSES[name].baseline for name, _ in self.steps)
+
+    def train(self, target: TargetNetwork, layer: str, images: torch.Tensor, labels,
+              config: DefenseTrainConfig | None = None, progress: bool = True) -> TrainedState:
+        """Trains a learned setting on ``images`` ``(N, 3, H, W)`` in [0, 1] with their true ``labels``.
+
+        Raises:
+            ValueError: the setting is not learned, or bad images/labels (the message says what is expected).
+        """
+        if not self.learned:
+            raise ValueError(f"defense {self.spec!r} is a fixed transform; nothing to train.")
+        (name, strength), = self.steps
+        state = DEFENSES[name].train(target, layer, strength, images, labels, config or DefenseTrainConfig(),
+                                     progress)
+        state.meta["spec"] = self.spec
+        return state
+
+    def deployment(self, target: TargetNetwork, layer: str, state: TrainedState | None = None) -> "Deployment":
+        """What the client runs under this setting (for a learned one: from its trained ``state``).
+
+        Raises:
+            ValueError: a learned setting without its state.
+        """
+        if not self.learned:
+            return Deployment(self, target, None)
+        if state is None:
+            raise ValueError(f"defense {self.spec!r} is learned: give its trained state (`Defense.train`).")
+        (name, strength), = self.steps
+        client, transform = DEFENSES[name].deploy(target, layer, strength, state)
+        return Deployment(self, client, transform)
+
     def __bool__(self) -> bool:
         return bool(self.steps)
 
@@ -259,6 +361,39 @@ class Defense:
         return transform
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """A setting as the client runs it: ``target``, the network whose layer ships the features (the fine-tuned
+    client of a learned setting, else the target itself), and the transform of those features.
+
+    Attributes:
+        defense: the setting.
+        target: the client's network.
+        transform: a learned setting's ``(features, generator, straight_through) -> features`` (``None``: the
+            identity for a learned one; a fixed setting applies itself).
+    """
+
+    defense: Defense
+    target: TargetNetwork
+    transform: Callable | None
+
+    def __call__(self, features: torch.Tensor, generator: torch.Generator | None = None, *,
+                 straight_through: bool = False) -> torch.Tensor:
+        """The shipped features from the client's own features of the layer."""
+        if not self.defense.learned:
+            return self.defense(features, generator, straight_through=straight_through)
+        if self.transform is None:
+            return features
+        return self.transform(features, generator, straight_through)
+
+    def attacker_transform(self, observed: torch.Tensor, generator: torch.Generator | None = None):
+        """What an attacker who knows the deployment applies to its candidate features (as
+        :meth:`Defense.attacker_transform`; a learned transform with fresh randomness at every call)."""
+        if not self.defense.learned:
+            return self.defense.attacker_transform(observed, generator)
+        return lambda features: self(features, generator, straight_through=True)
+
+
 def parse_defense(text: str) -> Defense:
     """One setting: ``none``, ``NAME:STRENGTH`` or a composition ``A+B`` (applied left to right).
 
@@ -292,6 +427,9 @@ def parse_defense(text: str) -> Defense:
         if math.isnan(strength) or not family.accept(strength):
             raise ValueError(f"defense {text!r}: the strength of {name!r} must be {family.expected}, got {value!r}.")
         steps.append((name, int(strength) if family.integer else strength))
+    if len(steps) > 1 and any(DEFENSES[name].learned for name, _ in steps):
+        raise ValueError(f"defense {text!r}: a learned defense ({', '.join(n for n, _ in steps if DEFENSES[n].learned)})"
+                         f" stands alone in a setting; expected no '+' with it.")
     return Defense(tuple(steps))
 
 
@@ -348,3 +486,24 @@ def utility_agreement(target: TargetNetwork, images: torch.Tensor, layer: str, c
     reference = target.logits(images).float()
     defended_logits = target.split_logits(layer, defended.to(images.device), images)
     return (defended_logits.argmax(dim=1) == reference.argmax(dim=1)).float().cpu()
+
+
+@torch.no_grad()
+def utility_scores(deployment: Deployment, images: torch.Tensor, layer: str, reference: TargetNetwork,
+                   defended: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per image, the deployment's ``agreement`` with the undefended ``reference`` network (1.0 where the defended
+    deployment predicts the class the reference predicts from the images) and, with ``labels`` (``-1``: unknown,
+    ``NaN``), its top-1 ``accuracy``. The rest of the network runs from the ``defended`` features of ``layer`` with
+    the deployment's own network (a fine-tuned client's head is its own), after its split is checked.
+
+    Raises:
+        UtilityUnavailable: the network cannot be run from ``layer``.
+    """
+    client = deployment.target
+    client.check_split(layer, images, client.feature(images, layer))
+    predicted = client.split_logits(layer, defended.to(images.device), images).float().argmax(dim=1).cpu()
+    out = {"agreement": (predicted == reference.logits(images).float().argmax(dim=1).cpu()).float()}
+    if labels is not None:
+        labels = torch.as_tensor(labels).cpu()
+        out["accuracy"] = torch.where(labels >= 0, (predicted == labels).float(), torch.tensor(math.nan))
+    return out

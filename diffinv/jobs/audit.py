@@ -45,14 +45,15 @@ from pathlib import Path
 
 import torch
 
-from ..defenses import Defense, UtilityUnavailable, apply_defense, utility_agreement
+from ..defense_training import DefenseTrainConfig, TrainedState
+from ..defenses import Defense, Deployment, UtilityUnavailable, apply_defense, utility_agreement, utility_scores
 from ..features import FeatureSet
 from ..inverters import Inverter
 from ..inverters.registry import INVERTERS
-from ..io import atomic_path, save_image, write_json
+from ..io import atomic_path, pixels_fingerprint, save_image, write_json
 from ..judge import Judge, labels_tensor
 from ..metrics import LPIPS, reconstruction_scores
-from ..stats import bootstrap_ci, format_ci
+from ..stats import bootstrap_ci, format_ci, paired_difference_ci
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, chunks
 from .items import (Job, LayerCache, TrainingItem, image_label, image_scores, item_settings, merge_records, place,
@@ -61,12 +62,14 @@ from .report import SEMANTIC_METRICS, finite_per_image, write_grid, write_privac
 from .store import RunStore, unique_names
 from .training import TrainConfig, template_settings, train, with_resolved_precision
 
-__all__ = ["ATTACKERS", "UTILITY_THRESHOLD", "AttackItem", "AuditJob", "UtilityItem", "audit_image_path",
-           "decoder_folder", "model_folder", "run_audit"]
+__all__ = ["ATTACKERS", "LOSS_BUDGETS", "UTILITY_THRESHOLD", "AttackItem", "AuditJob", "UtilityItem",
+           "audit_image_path", "decoder_folder", "defense_folder", "model_folder", "run_audit"]
 
 ATTACKERS = ("naive", "adaptive")
 UTILITY_THRESHOLD = 0.9
 OUTPUTS = ("images", "decoders", "report.json", "report.md", "privacy_utility.png")
+LOSS_BUDGETS = (0.01, 0.05, 0.10)  # the verdict table: the utility lost, at most (1, 5 and 10 points)
+DEFENSE = "defense"  # the `method` of a learned defense's training record
 METRICS = ("psnr", "ssim", "lpips", "top1_agreement", "feature_residual", "seconds",
            *(m for m in SEMANTIC_METRICS if m != "top1_agreement"))
 
@@ -84,6 +87,11 @@ def model_folder(out_dir, kind: str, spec: str) -> Path:
 def decoder_folder(out_dir, defense: Defense) -> Path:
     """Where the audit trains the decoders that know ``defense``: ``decoders/SPEC/LAYER`` (``none``: the naive one)."""
     return model_folder(out_dir, "decoder", defense.spec)
+
+
+def defense_folder(out_dir, spec: str, layer: str) -> Path:
+    """Where the audit trains learned defense setting ``spec`` at ``layer``: ``defenses/SPEC/LAYER``."""
+    return Path(out_dir) / "defenses" / _slug(spec) / layer
 
 
 def audit_image_path(out_dir, layer: str, defense: str, method: str, attacker: str, seed: int, name: str) -> Path:
@@ -185,6 +193,10 @@ def run_audit(
     state=None,
     labels: Sequence[int | None] | None = None,
     judge: Judge | None = None,
+    train_images: torch.Tensor | None = None,
+    train_labels: Sequence[int] | None = None,
+    defense_training: DefenseTrainConfig | None = None,
+    utility: str | None = None,
 ) -> dict:
     """Audits ``layers`` of ``target`` under each defense setting; returns the report (``report.json``).
 
@@ -211,13 +223,26 @@ def run_audit(
             target's top-1 accuracy on originals and reconstructions.
         judge: a second network that the attack never saw (:class:`~diffinv.judge.Judge`): its accuracy,
             agreement and feature similarity on the reconstructions.
+        train_images, train_labels: ``(M, 3, H, W)`` labelled images (never audited) that train the learned
+            defenses (``nopeek``, ``shredder``, ``adversarial``), each once per layer, into
+            ``out_dir/defenses/SPEC/LAYER`` (a claimed work item, resumable); required with a learned setting.
+        defense_training: how they train (:class:`~diffinv.defense_training.DefenseTrainConfig`; default its
+            defaults).
+        utility: ``"accuracy"`` (the deployment's top-1 accuracy on ``labels``, agreement beside it, and the
+            frontier in the report) or ``"agreement"`` (with the undefended network, as without labels);
+            ``None``: accuracy when there are labels and a learned setting, else agreement.
 
     Raises:
         RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
         ValueError: no defense setting, mismatched ``sources``, a method that cannot make images of this size.
     """
     job = AuditJob(target, images, sources, layers, defenses, methods, out_dir, seeds=seeds, batch_size=batch_size,
-                   settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge)
+                   settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge,
+                   train_images=train_images, train_labels=train_labels, defense_training=defense_training,
+                   utility=utility)
+    if job.defense_trainings():  # first the learned defenses (the decoders that know them train on their features)
+        run_job(job, job.store, job.defense_trainings(), state=state, show=job.show, prefix="defend-",
+                accept=job.trained_folder)
     run_job(job, job.store, job.trainings(), state=state, show=job.show, together=True, prefix="train-",
             accept=job.trained_folder)
     run_job(job, job.store, job.items(), state=state, show=job.show)
@@ -232,7 +257,8 @@ class AuditJob(Job):
     desc = "audit"
 
     def __init__(self, target, images, sources, layers, defenses, methods, out_dir, *, seeds, batch_size, settings,
-                 overwrite, progress, state, labels, judge):
+                 overwrite, progress, state, labels, judge, train_images=None, train_labels=None,
+                 defense_training=None, utility=None):
         # 1. Check inputs
         if len(sources) != len(images):
             raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
@@ -248,6 +274,9 @@ class AuditJob(Job):
         self.trained = trained_methods(methods, self.target, self.size, progress)
         self.inverters = {m: f if isinstance(f, Inverter) else f(self.target) for m, f in methods.items()
                           if not isinstance(f, TrainConfig)}
+        self.factories = {m: f for m, f in methods.items() if not isinstance(f, (Inverter, TrainConfig))}
+        self.learned = [d.spec for d in self.defenses if d.learned]
+        extra = self._learned_settings(train_images, train_labels, defense_training, utility)
         for inverter in self.inverters.values():
             inverter.check_image_size(self.size)
         self.names, self.specs = list(methods), [d.spec for d in self.defenses]
@@ -261,6 +290,7 @@ class AuditJob(Job):
                      **{n: {"method": n, "training": template_settings(template)}
                         for n, (_, template) in self.trained.items()}},
             attackers=list(ATTACKERS), labels=self.label_values, judge=self.judge)
+        manifest.update(extra)
         folders = tuple(f"{template.kind}s" for _, template in self.trained.values())
         self.store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite,
                               outputs=tuple(dict.fromkeys(OUTPUTS + folders)), state=state)
@@ -271,7 +301,41 @@ class AuditJob(Job):
         self.images = images.to(self.device)
         self.cache = LayerCache()
         self.models: dict = {}  # (method, known defense) -> the inverter of the models trained for it
+        self.deployments: dict = {}  # (layer, spec) -> its Deployment
         self.originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
+
+    def _learned_settings(self, train_images, train_labels, config, utility) -> dict:
+        """Checks the inputs of the learned settings and the utility; the manifest's entries for them (none for an
+        audit without learned settings that measures agreement, so that its manifest is the one it always had)."""
+        if utility not in (None, "accuracy", "agreement"):
+            raise ValueError(f"`utility` must be 'accuracy', 'agreement' or None (accuracy with labels and a learned "
+                             f"setting), got {utility!r}.")
+        if utility == "accuracy" and self.label_values is None:
+            raise ValueError("`utility` 'accuracy' needs the true `labels` of the audited images.")
+        self.accuracy = utility == "accuracy" or (utility is None and bool(self.learned)
+                                                  and self.label_values is not None)
+        self.train_images, self.train_labels = None, None
+        self.defense_config = config or DefenseTrainConfig()
+        extra = {"utility": "accuracy"} if self.accuracy else {}
+        if not self.learned:
+            return extra
+        if train_images is None or train_labels is None or len(train_images) != len(train_labels):
+            raise ValueError(f"the learned settings {', '.join(self.learned)} train on labelled images: give "
+                             f"`train_images` (M, 3, H, W) and one class per image in `train_labels`, got "
+                             f"{None if train_images is None else tuple(train_images.shape)} and "
+                             f"{None if train_labels is None else len(train_labels)} labels.")
+        if tuple(train_images.shape[-2:]) != self.size:
+            raise ValueError(f"`train_images` are {tuple(train_images.shape[-2:])}; expected the audited images' size "
+                             f"{self.size}.")
+        rebuilt = [m for m, inv in self.inverters.items() if inv.config.accepts_feature_transform
+                   and m not in self.factories]
+        if rebuilt:
+            raise ValueError(f"`methods[{rebuilt[0]!r}]` is an Inverter; with a learned setting the adaptive attacker "
+                             f"inverts the defended client, so give a factory `target -> Inverter` for it.")
+        self.train_images, self.train_labels = train_images.cpu(), [int(v) for v in train_labels]
+        return {**extra, "defense_training": {**self.defense_config.settings(), "images": len(train_images),
+                                              "pixels": pixels_fingerprint(self.train_images),
+                                              "labels": self.train_labels}}
 
     @functools.cached_property
     def lpips(self) -> LPIPS:
@@ -291,6 +355,20 @@ class AuditJob(Job):
         known = ["none", *(spec for spec in self.specs if self.by_spec[spec])]
         return [TrainingItem(name, template.kind, layer, spec, model_folder(self.out_dir, template.kind, spec) / layer)
                 for layer in self.layers for name, (_, template) in self.trained.items() for spec in known]
+
+    def defense_trainings(self) -> list[TrainingItem]:
+        """One training per learned setting and layer (:class:`~diffinv.jobs.items.TrainingItem` of kind
+        ``defense``), claimed like every item: never trained twice, resumed when finished."""
+        return [TrainingItem(DEFENSE, DEFENSE, layer, spec, defense_folder(self.out_dir, spec, layer))
+                for layer in self.layers for spec in self.learned]
+
+    def deployment(self, layer: str, spec: str) -> Deployment:
+        """The setting as the client runs it at ``layer`` (a learned one from its trained state), made once."""
+        if (layer, spec) not in self.deployments:
+            defense = self.by_spec[spec]
+            state = TrainedState.load(defense_folder(self.out_dir, spec, layer)) if defense.learned else None
+            self.deployments[layer, spec] = defense.deployment(self.target, layer, state)
+        return self.deployments[layer, spec]
 
     def items(self) -> list:
         """Utility per (layer, defense, chunk); attacks per (layer, defense, method, attacker, seed, chunk)."""
@@ -319,6 +397,11 @@ class AuditJob(Job):
 
     def trained_folder(self, record: Mapping) -> bool:
         """Whether a training record's model is in its folder (a record alone does not make it finished)."""
+        if isinstance(record, Mapping) and record.get("method") == DEFENSE:
+            try:
+                return TrainedState.exists(defense_folder(self.out_dir, record["defense"], str(record["layer"])))
+            except (KeyError, TypeError):
+                return False
         try:
             _, template = self.trained[record["method"]]
             folder = model_folder(self.out_dir, template.kind, record["defense"]) / str(record["layer"])
@@ -328,7 +411,7 @@ class AuditJob(Job):
 
     def records(self, item) -> Iterator[dict]:
         if isinstance(item, TrainingItem):
-            return self._train(item)
+            return self._train_defense(item) if item.kind == DEFENSE else self._train(item)
         if isinstance(item, UtilityItem):
             return self._utility(item)
         return self._attack(item)
@@ -336,10 +419,27 @@ class AuditJob(Job):
     def _train(self, item: TrainingItem) -> Iterator[dict]:
         """Trains the item's model (every process of a launch takes part); the main process records it."""
         _, template = self.trained[item.method]
-        result = train(dataclasses.replace(template, out=str(item.folder), layer=item.layer,
-                                           defense=None if item.defense == "none" else item.defense))
+        learned = item.defense in self.learned
+        result = train(dataclasses.replace(
+            template, out=str(item.folder), layer=item.layer, defense=None if item.defense == "none" else item.defense,
+            **({"defense_state": str(defense_folder(self.out_dir, item.defense, item.layer))} if learned else {})))
         if self.main:
             yield training_record(item, result, defense=item.defense, method=item.method)
+
+    def _train_defense(self, item: TrainingItem) -> Iterator[dict]:
+        """Trains a learned setting on the training images (a state already in its folder is read, not trained
+        again: a process stopped between the state and its record)."""
+        if TrainedState.exists(item.folder):
+            state = TrainedState.load(item.folder)
+        else:
+            state = self.by_spec[item.defense].train(self.target, item.layer, self.train_images.to(self.device),
+                                                     self.train_labels, self.defense_config, progress=self.show)
+            state.save(item.folder)
+        meta = state.meta
+        yield {"kind": "training", "layer": item.layer, "defense": item.defense, "method": DEFENSE,
+               "seconds": meta.get("seconds"), "steps": meta.get("steps"), "privacy": meta.get("privacy"),
+               "privacy_before": meta.get("privacy_before"), "privacy_after": meta.get("privacy_after"),
+               "task_loss": (meta.get("history") or [{}])[-1].get("task")}
 
     def _features(self, layer: str, spec: str, chunk: range):
         """The clean and the defended features of a chunk (the defense drawn by the chunk's own seed)."""
@@ -347,7 +447,13 @@ class AuditJob(Job):
             clean = FeatureSet.extract(self.target, self.images[chunk.start:chunk.stop], layer,
                                        sources=[self.sources[i] for i in chunk])
             generator = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start))
-            return clean, apply_defense(clean, self.by_spec[spec], generator)
+            if not self.by_spec[spec].learned:
+                return clean, apply_defense(clean, self.by_spec[spec], generator)
+            deployment = self.deployment(layer, spec)  # the client's own features, then its transform
+            with torch.no_grad():
+                own = deployment.target.feature(self.images[chunk.start:chunk.stop], layer)
+                shipped = deployment(own, generator).float().cpu().contiguous()
+            return clean, dataclasses.replace(clean, features=shipped, defense=spec)
 
         return self.cache.get((layer, spec, chunk), extract)
 
@@ -355,6 +461,9 @@ class AuditJob(Job):
         chunk = item.images
         clean, defended = self._features(item.layer, item.defense, chunk)
         tic = time.perf_counter()
+        if self.accuracy or self.learned:
+            yield from self._utility_scores(item, defended, tic)
+            return
         try:
             agreement, reason = utility_agreement(self.target, self.images[chunk.start:chunk.stop], item.layer,
                                                   clean.features, defended.features).tolist(), None
@@ -366,10 +475,36 @@ class AuditJob(Job):
                 yield {"kind": "utility", "layer": item.layer, "defense": item.defense, "image": self.sources[i],
                        "utility": agreement[j], "reason": reason, "seconds": seconds}
 
+    def _utility_scores(self, item: UtilityItem, defended: FeatureSet, tic: float) -> Iterator[dict]:
+        """Utility records with the agreement and, with labels, the accuracy (:func:`~diffinv.defenses.utility_scores`);
+        ``utility``: the accuracy where measured (:attr:`accuracy`), else the agreement."""
+        chunk = item.images
+        labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
+        try:
+            scores = utility_scores(self.deployment(item.layer, item.defense), self.images[chunk.start:chunk.stop],
+                                    item.layer, self.target, defended.features, labels)
+            scores, reason = {k: v.tolist() for k, v in scores.items()}, None
+        except UtilityUnavailable as err:
+            scores, reason = {"agreement": [None] * len(chunk)}, str(err)
+        seconds = (time.perf_counter() - tic) / len(chunk)
+        for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
+            if key in self.done:
+                continue
+            accuracy = scores.get("accuracy", [None] * len(chunk))[j]
+            accuracy = None if accuracy is None or math.isnan(accuracy) else accuracy
+            yield {"kind": "utility", "layer": item.layer, "defense": item.defense, "image": self.sources[i],
+                   "utility": accuracy if self.accuracy else scores["agreement"][j], "agreement": scores["agreement"][j],
+                   "accuracy": accuracy, "reason": reason, "seconds": seconds}
+
     def _inverter(self, item: AttackItem) -> Inverter:
         """The item's inverter: the given one, or the one of the models trained for the attacker."""
         if item.method in self.inverters:
-            return self.inverters[item.method]
+            client = self.deployment(item.layer, item.defense).target if item.attacker == "adaptive" else self.target
+            if client is self.target:
+                return self.inverters[item.method]
+            if (item.method, item.layer, item.defense) not in self.models:  # it inverts the fine-tuned client
+                self.models[item.method, item.layer, item.defense] = self.factories[item.method](client)
+            return self.models[item.method, item.layer, item.defense]
         known = item.defense if item.attacker == "adaptive" else "none"
         if (item.method, known) not in self.models:
             cls, template = self.trained[item.method]
@@ -384,7 +519,14 @@ class AuditJob(Job):
         through = {}
         if item.attacker == "adaptive" and item.method in self.inverters:
             draws = torch.Generator().manual_seed(_defense_seed(item.layer, spec, chunk.start) + 1 + item.seed)
-            through["feature_transform"] = self.by_spec[spec].attacker_transform(defended.features.to(device), draws)
+            if not self.by_spec[spec].learned:
+                through["feature_transform"] = self.by_spec[spec].attacker_transform(defended.features.to(device),
+                                                                                     draws)
+            else:
+                deployment = self.deployment(item.layer, spec)
+                through["feature_transform"] = deployment.attacker_transform(defended.features.to(device), draws)
+                defended = dataclasses.replace(defended, weights=deployment.target.weights,
+                                               weights_fingerprint=deployment.target.weights_fingerprint())
         out = inverter.invert(defended, generator=generator, progress=self.show, **through)
         labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
         scores = reconstruction_scores(self.target, out.images.to(device), self.images[chunk.start:chunk.stop],
@@ -405,14 +547,18 @@ class AuditJob(Job):
     def report(self) -> dict:
         """6. The report (main process): the run's own records only (the last of an item recorded twice), said
         in notes."""
-        own = {k for item in [*self.trainings(), *self.items()] for k in self.keys(item)}
+        own = {k for item in [*self.defense_trainings(), *self.trainings(), *self.items()] for k in self.keys(item)}
         notes: list[str] = []
         records = merge_records(self.store.records(), _key, own=own, notes=notes)
+        frontier = None
+        if self.accuracy or self.learned:
+            frontier = {"learned": self.learned, "baseline": [d.spec for d in self.defenses if d.baseline],
+                        "utility": "accuracy" if self.accuracy else "agreement"}
         report = build_report(records, self.layers, self.specs, self.names,
                               [m for m in self.names if self.adaptive(m)], meta={
             "target": self.target.name, "image_size": list(self.size), "images": len(self.sources),
             "seeds": self.seeds, "lpips": self.lpips.reason or "alexnet", "device": str(self.device),
-            "judge": self.judge.name if self.judge is not None else None})
+            "judge": self.judge.name if self.judge is not None else None}, frontier=frontier)
         report["notes"] = notes + report["notes"]
         if self.main:
             self._write(report)
@@ -427,7 +573,8 @@ class AuditJob(Job):
         write_json(out_dir / "report.json", {"config": self.store.settings, **report})
         write_report_md(report, out_dir / "report.md")
         write_privacy_utility_plot(report["settings"], out_dir / "privacy_utility.png", layers=self.layers,
-                                   methods=self.names)
+                                   methods=self.names, **({"frontier": report["frontier"]} if "frontier" in report
+                                                          else {}))
         columns = [f"{m} {a}" for m in self.names for a in ATTACKERS]
         for layer in self.layers:
             write_grid(self.images, self.specs, columns, lambda spec, column, layer=layer: _grid_file(
@@ -464,7 +611,7 @@ def _with_interval(summary: dict, key: str, records: Sequence[Mapping], metric: 
 
 
 def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
-                 adaptive: Sequence[str] = (), meta: Mapping | None = None) -> dict:
+                 adaptive: Sequence[str] = (), meta: Mapping | None = None, frontier: Mapping | None = None) -> dict:
     """The audit's summary of ``records``: per (layer, defense setting) the utility and, per method and
     attacker, the mean metrics; per layer the setting that keeps utility >= 0.9 with the lowest best
     attack PSNR; the cost in seconds. ``adaptive``: the methods that have an adaptive attacker (the others
@@ -472,7 +619,12 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
 
     Every mean is over images (each the mean of its seeds), with its 95 % bootstrap interval over images
     beside it (``METRIC_ci``: ``[low, high]``); ``n`` counts the images. Values that are not finite numbers are
-    left out of the mean (``METRIC_n``: the images in it) and said in ``notes``."""
+    left out of the mean (``METRIC_n``: the images in it) and said in ``notes``.
+
+    ``frontier`` (``{"learned": [spec, ...], "baseline": [spec, ...], "utility": "accuracy" | "agreement"}``, given
+    for an audit with learned settings or utility on true labels): each row also gets its ``accuracy`` and
+    ``agreement`` and its *leak*, the best attack's judge accuracy (:func:`frontier_report`), and the report a
+    ``frontier`` section."""
     left_out: dict[str, list[str]] = {}  # metric -> where values were left out
     rows = [_setting_row(records, layer, spec, methods, adaptive, left_out) for layer in layers for spec in specs]
 
@@ -485,8 +637,98 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
     if left_out:
         notes.append("Left out of the means, not a finite number (NaN, infinite or not a number): " + "; ".join(
             f"{metric} ({', '.join(dict.fromkeys(where))})" for metric, where in left_out.items()) + ".")
-    return {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
-            "recommendation": _recommendations(rows, layers), "cost_seconds": cost, "notes": notes}
+    report = {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
+              "recommendation": _recommendations(rows, layers), "cost_seconds": cost, "notes": notes}
+    if frontier is not None:
+        cost["defense_training_seconds"] = sum(_finite_or_zero(r.get("seconds")) for r in records
+                                               if r["kind"] == "training" and r.get("method") == DEFENSE)
+        cost["decoder_training_seconds"] -= cost["defense_training_seconds"]
+        report["frontier"] = frontier_report(records, rows, layers, frontier)
+    return report
+
+
+LEAK_METRICS = ("judge_accuracy", "top1_accuracy", "top1_agreement")  # the leak: the first the records have
+
+
+def _per_image(records: Sequence[Mapping], kind: str, layer: str, spec: str, metric: str, method: str = "",
+               attacker: str = "") -> dict[str, float]:
+    group = [r for r in records if r["kind"] == kind and r["layer"] == layer and r["defense"] == spec
+             and (kind != "attack" or (r["method"] == method and r["attacker"] == attacker))]
+    return finite_per_image(group, metric)[0]
+
+
+def frontier_report(records: Sequence[Mapping], rows: Sequence[dict], layers: Sequence[str],
+                    frontier: Mapping) -> dict:
+    """The privacy-utility frontier of every setting, fixed and learned (its rows get ``accuracy``, ``agreement``,
+    ``leak``, ``leak_ci`` and ``leak_attack``):
+
+    * ``leak``: the *best attack's* judge accuracy (the method and attacker with the highest mean; without a judge
+      the target's accuracy on the reconstructions, without labels its agreement: :data:`LEAK_METRICS`);
+    * per layer, ``pareto``: the settings no other one beats in both utility (higher) and leak (lower);
+    * ``verdict``: for a utility loss of at most 1, 5 and 10 points (:data:`LOSS_BUDGETS`) below no defense, the
+      setting with the lowest leak, with its intervals;
+    * ``versus_baseline``: every learned setting against every plain-noise one (``frontier["baseline"]``), paired
+      on the same images: the leak's and the utility's differences with their bootstrap intervals, and whether
+      the learned one *beats* it (its leak lower, the interval below 0, at no lower mean utility).
+    """
+    metric = next((m for m in LEAK_METRICS if any(r.get(m) is not None for r in records if r["kind"] == "attack")),
+                  LEAK_METRICS[-1])
+    out = {"utility": frontier["utility"], "leak_metric": metric, "learned": list(frontier["learned"]),
+           "baseline": list(frontier["baseline"]), "layers": {}}
+    for row in rows:
+        util = [r for r in records if r["kind"] == "utility" and r["layer"] == row["layer"]
+                and r["defense"] == row["defense"]]
+        for key in ("accuracy", "agreement"):
+            _with_interval(row, key, util, key)
+        best = max(((m, a, e[a][metric]) for m, e in row["attacks"].items() for a in ATTACKERS
+                    if e.get(a) and e[a].get(metric) is not None), key=lambda t: t[2], default=None)
+        row["leak"], row["leak_ci"], row["leak_attack"] = None, None, None
+        if best is not None:
+            row["leak"], row["leak_ci"] = best[2], row["attacks"][best[0]][best[1]].get(f"{metric}_ci")
+            row["leak_attack"] = f"{best[0]} {best[1]}"
+    for layer in layers:
+        mine = [r for r in rows if r["layer"] == layer and r["utility"] is not None and r["leak"] is not None]
+        pareto = [r["defense"] for r in mine if not any(
+            o["utility"] >= r["utility"] and o["leak"] <= r["leak"] and (o["utility"], o["leak"]) != (r["utility"],
+                                                                                                    r["leak"])
+            for o in mine)]
+        reference = next((r for r in mine if r["defense"] == "none"), None)
+        verdict = []
+        for budget in LOSS_BUDGETS:
+            ok = [] if reference is None else [r for r in mine if r["utility"] >= reference["utility"] - budget - 1e-9]
+            best = min(ok, key=lambda r: (r["leak"], -r["utility"]), default=None)
+            verdict.append({"max_loss": budget, "defense": None if best is None else best["defense"], **({} if best is None
+                            else {k: best.get(k) for k in ("utility", "utility_ci", "leak", "leak_ci", "leak_attack")})})
+        versus = []
+        for learned in (r for r in mine if r["defense"] in frontier["learned"]):
+            for base in (r for r in mine if r["defense"] in frontier["baseline"]):
+                versus.append(_paired(records, layer, learned, base, metric))
+        out["layers"][layer] = {"pareto": pareto, "verdict": verdict, "versus_baseline": versus,
+                                "learned_beats_baseline": any(v["beats"] for v in versus)}
+    return out
+
+
+def _paired(records, layer: str, learned: Mapping, base: Mapping, metric: str) -> dict:
+    """A learned setting against a baseline one, paired on the images both have: leak and utility differences."""
+    def leak(row):
+        method, attacker = row["leak_attack"].split(" ")
+        source = "naive" if row["defense"] == "none" else attacker
+        return _per_image(records, "attack", layer, row["defense"], metric, method, source)
+
+    a_leak, b_leak = leak(learned), leak(base)
+    a_util = _per_image(records, "utility", layer, learned["defense"], "utility")
+    b_util = _per_image(records, "utility", layer, base["defense"], "utility")
+    images = sorted(set(a_leak) & set(b_leak))
+    leak_diff = paired_difference_ci([a_leak[i] for i in images], [b_leak[i] for i in images]) if images else (
+        None, None, None)
+    shared = sorted(set(a_util) & set(b_util))
+    util_diff = paired_difference_ci([a_util[i] for i in shared], [b_util[i] for i in shared]) if shared else (
+        None, None, None)
+    beats = (leak_diff[0] is not None and leak_diff[2] < 0 and util_diff[0] is not None and util_diff[0] >= 0)
+    return {"learned": learned["defense"], "baseline": base["defense"], "n": len(images),
+            "leak_difference": leak_diff[0], "leak_difference_ci": None if leak_diff[0] is None else list(leak_diff[1:]),
+            "utility_difference": util_diff[0],
+            "utility_difference_ci": None if util_diff[0] is None else list(util_diff[1:]), "beats": bool(beats)}
 
 
 def _setting_row(records: Sequence[Mapping], layer: str, spec: str, methods: Sequence[str], adaptive: Sequence[str],
@@ -563,15 +805,51 @@ def write_report_md(report: Mapping, path) -> str:
         if semantic:
             lines += _semantic_table(rows, semantic, meta.get("judge"))
         lines += ["", _recommendation(report["recommendation"].get(layer), report["utility_threshold"]), ""]
+        if "frontier" in report:
+            lines += _frontier_tables(layer, rows, report["frontier"])
     cost = report["cost_seconds"]
+    defense_cost = (f", {cost['defense_training_seconds']:.0f} s of defense training"
+                    if "defense_training_seconds" in cost else "")
     lines.append(f"Cost: {cost['attack_seconds']:.0f} s of attacks, {cost['utility_seconds']:.1f} s of utility, "
-                 f"{cost['decoder_training_seconds']:.0f} s of decoder training.")
+                 f"{cost['decoder_training_seconds']:.0f} s of decoder training{defense_cost}.")
     if report.get("notes"):
         lines += ["", "Records: " + " ".join(report["notes"])]
     text = "\n".join(lines) + "\n"
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return text
+
+
+def _frontier_tables(layer: str, rows: Sequence[Mapping], frontier: Mapping) -> list[str]:
+    """A layer's utility (accuracy, agreement), frontier, verdict and learned-versus-noise tables."""
+    mine = frontier["layers"].get(layer, {})
+    leak = {"judge_accuracy": "the judge's accuracy", "top1_accuracy": "the target's accuracy",
+            "top1_agreement": "the target's top-1 agreement"}[frontier["leak_metric"]]
+    lines = [f"### {layer}: privacy-utility frontier", "",
+             f"Utility = the defended deployment's top-1 {frontier['utility']}"
+             + (" on the true labels (agreement with the undefended network beside it)"
+                if frontier["utility"] == "accuracy" else " with the undefended network")
+             + f"; leak = the best attack's reconstructions scored by {leak}. * = on the Pareto frontier.", "",
+             "| defense | utility accuracy | utility agreement | leak | best attack |", "|---|---|---|---|---|"]
+    for row in rows:
+        mark = " *" if row["defense"] in mine.get("pareto", ()) else ""
+        lines.append(f"| {row['defense']}{mark} | {_fmt(row, 'accuracy')} | {_fmt(row, 'agreement')} | "
+                     f"{_fmt(row, 'leak')} | {row.get('leak_attack') or 'n/a'} |")
+    lines += ["", "Verdict: the setting that leaves the strongest attack the least, for a utility loss of at most:", "",
+              "| utility loss | defense | utility | leak | best attack |", "|---|---|---|---|---|"]
+    for v in mine.get("verdict", ()):
+        lines.append(f"| {100 * v['max_loss']:.0f} points | {v['defense'] or 'n/a'} | {_fmt(v, 'utility')} | "
+                     f"{_fmt(v, 'leak')} | {v.get('leak_attack') or 'n/a'} |")
+    if mine.get("versus_baseline"):
+        lines += ["", "Learned defenses against plain noise, paired on the same images (learned minus noise):", "",
+                  "| learned | noise | n | leak difference | utility difference | beats noise |", "|---|---|---|---|---|---|"]
+        for v in mine["versus_baseline"]:
+            lines.append(f"| {v['learned']} | {v['baseline']} | {v['n']} | {_fmt(v, 'leak_difference')} | "
+                         f"{_fmt(v, 'utility_difference')} | {'yes' if v['beats'] else 'no'} |")
+        lines += ["", "A learned defense beats plain noise at this layer: "
+                  + ("**yes**." if mine["learned_beats_baseline"] else "no (no lower leak with an interval below 0 at "
+                                                                          "no lower utility).")]
+    return lines + [""]
 
 
 def _fmt(summary, key, digits=2) -> str:

@@ -308,20 +308,24 @@ def write_depth_plot(records, path, *, layers, methods, metric: str = "psnr") ->
     return save_figure(fig, path)
 
 
-def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequence[str], methods: Sequence[str]) -> Path:
+def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequence[str], methods: Sequence[str],
+                               frontier: Mapping | None = None) -> Path:
     """The privacy–utility curve of an audit: one column per layer; attack PSNR (top) and attack top-1
     agreement (bottom) against the deployment's utility, one curve per method (adaptive attacker
     solid, naive dashed), each point labelled with its defense setting.
 
     ``rows``: the ``settings`` of an audit report (``layer``, ``defense``, ``utility``,
-    ``attacks[method][attacker][metric]``). Settings without utility are left out.
+    ``attacks[method][attacker][metric]``). Settings without utility are left out. ``frontier``: the report's
+    frontier section: a third row, the best attack's leak against utility for every setting (learned ones
+    marked), its Pareto frontier drawn.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(layers), figsize=(5 * len(layers), 7), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(2 + (frontier is not None), len(layers), figsize=(5 * len(layers), 7 + 3.5 * (
+        frontier is not None)), dpi=110, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for col, layer in enumerate(layers):
         mine = [r for r in rows if r["layer"] == layer and r.get("utility") is not None]
@@ -347,8 +351,28 @@ def write_privacy_utility_plot(rows: Sequence[Mapping], path, *, layers: Sequenc
             if row_index == 0:
                 ax.set_title(layer)
         axes[0][col].legend(fontsize=7)
+        if frontier is not None:
+            _frontier_axis(axes[2][col], mine, frontier, layer)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _frontier_axis(ax, rows: Sequence[Mapping], frontier: Mapping, layer: str) -> None:
+    """The frontier row of the privacy-utility plot: leak against utility, learned settings as squares."""
+    points = [r for r in rows if r.get("leak") is not None]
+    pareto = set(frontier["layers"].get(layer, {}).get("pareto", ()))
+    for r in points:
+        learned = r["defense"] in frontier["learned"]
+        ax.plot(r["utility"], r["leak"], "s" if learned else "o", color="tab:red" if learned else "tab:blue")
+        ax.annotate(r["defense"], (r["utility"], r["leak"]), fontsize=6, alpha=0.8, xytext=(2, 2),
+                    textcoords="offset points")
+    line = sorted((r["utility"], r["leak"]) for r in points if r["defense"] in pareto)
+    if line:
+        ax.plot(*zip(*line), "-", color="k", alpha=0.5, label="Pareto frontier")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(f"utility (top-1 {frontier['utility']} of the defended deployment)")
+    ax.set_ylabel(f"best attack's {frontier['leak_metric'].replace('_', ' ')}")
+    ax.grid(alpha=0.3)
 
 
 def plot_loss_curve(losses: Sequence[float], validation: Sequence[Mapping], path, title: str = "") -> Path:

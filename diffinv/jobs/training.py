@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 
 from .. import datasets
 from ..datasets import ImageDataset
+from ..defense_training import STATE_FILE, TrainedState
 from ..defenses import parse_defense
 from ..io import fingerprint_path, write_json
 from ..losses import mse, normalized_mse
@@ -179,6 +180,7 @@ class TrainConfig:
     min_crop: float = 0.5
     progress: bool = True
     defense: str | None = None
+    defense_state: str | None = None
 
 
 @dataclass
@@ -405,7 +407,7 @@ def check_training_memory(config: TrainConfig) -> MemoryEstimate:
 NOT_SETTINGS = ("out", "kind", "overwrite", "device", "progress", "checkpoint_every", "keep_checkpoints", "val_every")
 # ... and those that a job training models from a template fills in per model: its items' own (layer, defense)
 # and the target, which the job records itself.
-PER_MODEL = ("layer", "defense", "target", "weights")
+PER_MODEL = ("layer", "defense", "defense_state", "target", "weights")
 
 
 def template_settings(template: TrainConfig, *, filled: tuple[str, ...] = ()) -> dict:
@@ -437,6 +439,10 @@ def _settings(config: TrainConfig, task, target: TargetNetwork, accelerator, tra
     settings.update(task.settings())
     if settings.get("defense") is None:
         settings.pop("defense", None)  # runs without a defense keep the manifests they had before the field
+    if settings.get("defense_state") is None:
+        settings.pop("defense_state", None)
+    else:  # a learned defense: what it trained, by the fingerprint of its state
+        settings["defense_state"] = fingerprint_path(Path(config.defense_state) / STATE_FILE)
     return settings
 
 
@@ -450,7 +456,14 @@ def _checked(config: TrainConfig, task_cls) -> TrainConfig:
         raise NotADirectoryError(f"`out` {str(out)!r} is an existing file; expected an output folder.")
     _mixed_precision(config.mixed_precision, _device(config.device))
     if config.defense is not None:
-        parse_defense(config.defense)
+        learned = parse_defense(config.defense).learned
+        if learned != (config.defense_state is not None):
+            raise ValueError(f"`defense` {config.defense!r} is " + ("learned: `defense_state` must name the folder of "
+                             "its trained state." if learned else "fixed: leave `defense_state` out."))
+        if learned and not TrainedState.exists(config.defense_state):
+            raise FileNotFoundError(f"`defense_state` {config.defense_state!r} holds no trained defense.")
+    elif config.defense_state is not None:
+        raise ValueError("`defense_state` is given without `defense`; give the learned setting it was trained for.")
     check_training_memory(config)
     return config
 
@@ -549,6 +562,9 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     set_seed(config.seed)
     target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
                                      input_size=(config.size, config.size)).to(device)
+    if defense is not None and defense.learned:  # the features of the deployment: its client, its transform
+        defense = defense.deployment(target, config.layer, TrainedState.load(config.defense_state))
+        target = defense.target
     task = task_cls(config, target, device)
     val_images = val_set.fixed(config.size) if val_set is not None else None
 
