@@ -47,8 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +55,7 @@ import torch
 from .defense_training import (DefenseTrainConfig, TrainedState, defended_copy, shredder_noise, train_adversarial,
                                train_nopeek, train_shredder)
 from .features import FeatureSet
-from .plugins import PluginError, load_units, plugin_errors
+from .plugins import Units, plugin_errors
 from .targets import SplitUnavailable, TargetNetwork
 
 __all__ = [
@@ -218,36 +217,10 @@ _BUILT_IN = (
 GROUP = "diffinv.defenses"
 
 
-class _Families(Mapping):
-    """Name -> :class:`DefenseFamily`: the built-in ones, then those of the plugins of :data:`GROUP` (read on
-    first use; one that failed to import raises its :class:`~diffinv.plugins.PluginError` when named)."""
-
-    @functools.cached_property
-    def _units(self) -> dict[str, DefenseFamily]:
-        units = {family.name: family for family in _BUILT_IN}
-        for name, family in load_units(GROUP).items():
-            if not isinstance(family, DefenseFamily) or family.name != name or name in units or name == "none":
-                raise PluginError(f"plugin {name!r} of group {GROUP!r} must be a DefenseFamily named {name!r}, not a "
-                                  f"built-in defense; got {family!r}.")
-            units[name] = family
-        return units
-
-    def __getitem__(self, name: str) -> DefenseFamily:
-        if name not in self._units and name in plugin_errors(GROUP):
-            raise plugin_errors(GROUP)[name]
-        return self._units[name]
-
-    def __contains__(self, name) -> bool:
-        return name in self._units
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._units)
-
-    def __len__(self) -> int:
-        return len(self._units)
-
-
-DEFENSES: Mapping[str, DefenseFamily] = _Families()
+DEFENSES: Mapping[str, DefenseFamily] = Units(
+    GROUP, lambda: {family.name: family for family in _BUILT_IN},
+    lambda name, unit: isinstance(unit, DefenseFamily) and unit.name == name and name != "none",
+    "a DefenseFamily named NAME")
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..plugins import PluginError, load_units, plugin_errors
+from ..plugins import Units
 from ..resources import ComputeShape
 from ..targets import TargetNetwork
 from .base import Inverter
@@ -66,38 +66,6 @@ __all__ = [
 # The built-in methods, in the order the command line lists them: white-box first, then black-box.
 _BUILT_IN = (DiffusionInverter, PixelInverter, DIPInverter, GANInverter, MapperInverter, DecoderInverter)
 GROUP = "diffinv.inverters"
-
-
-class _Inverters(Mapping):
-    """Method name -> inverter class: the built-in ones, then the plugins of :data:`GROUP` (read on first use).
-
-    A plugin whose name is a built-in one, or that is not an :class:`Inverter` class with that name, is
-    refused when first read; one that failed to import raises its :class:`~diffinv.plugins.PluginError`
-    when asked for by name, and the others keep working."""
-
-    @functools.cached_property
-    def _units(self) -> dict[str, type[Inverter]]:
-        units = {cls.name: cls for cls in _BUILT_IN}
-        for name, cls in load_units(GROUP).items():
-            if not (isinstance(cls, type) and issubclass(cls, Inverter)) or cls.name != name or name in units:
-                raise PluginError(f"plugin {name!r} of group {GROUP!r} must be an Inverter subclass whose `name` is "
-                                  f"{name!r} and not a built-in method; got {cls!r}.")
-            units[name] = cls
-        return units
-
-    def __getitem__(self, name: str) -> type[Inverter]:
-        if name not in self._units and name in plugin_errors(GROUP):
-            raise plugin_errors(GROUP)[name]
-        return self._units[name]
-
-    def __contains__(self, name) -> bool:
-        return name in self._units
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._units)
-
-    def __len__(self) -> int:
-        return len(self._units)
 
 
 class _Names(Sequence):
@@ -132,7 +100,11 @@ class _Names(Sequence):
         return repr(self._values)
 
 
-INVERTERS: Mapping[str, type[Inverter]] = _Inverters()
+# Method name -> inverter class: the built-in ones, then the plugins of GROUP (read on first use).
+INVERTERS: Mapping[str, type[Inverter]] = Units(
+    GROUP, lambda: {cls.name: cls for cls in _BUILT_IN},
+    lambda name, cls: isinstance(cls, type) and issubclass(cls, Inverter) and cls.name == name,
+    "an Inverter subclass whose `name` is NAME")
 # Estimates a refiner can start from (``init``), and the methods that refine a start's estimate (RefiningInverter).
 START_METHODS = _Names(lambda: (n for n, cls in INVERTERS.items() if "start" in cls.roles))
 REFINERS = _Names(lambda: (n for n, cls in INVERTERS.items() if "refiner" in cls.roles))
