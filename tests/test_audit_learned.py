@@ -180,3 +180,21 @@ def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_tr
     with pytest.raises(ValueError, match="train on labelled images"):
         run_audit(target32, images, names, [LAYER], defenses, methods, tmp_path / "other", progress=False,
                   labels=labels)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--defenses", "none", "nopeek:1"], "a learned defense trains on labelled images: give --images, --labels"),
+    (["--defenses", "nopeek:1+noise:0.1"], "stands alone in a setting"),
+    (["--defense-lr", "-1"], "`--defense-\\*`: `learning_rate` must be a finite number > 0"),
+])
+def test_bad_learned_defense_arguments_fail_before_any_work(tmp_path, capsys, argv, match):
+    import re
+
+    from diffinv.cli import main
+
+    out = tmp_path / "audit"
+    code = main(["audit", "--weights", "random:0", "--layers", LAYER, "--num-images", "1", "--size", "32",
+                 "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(match, err), err
+    assert not out.exists()
