@@ -29,11 +29,12 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["LayerGraph", "ShadowForward"]
+__all__ = ["TRACE_TURNS", "LayerGraph", "ShadowForward"]
 
 # torch.fx patches torch.nn.Module process-wide while it traces; two traces at once would restore each
-# other's patches, so traces (one per network, when it is made) take turns. Calls are never serialized.
-_TRACE_TURNS = threading.Lock()
+# other's patches, so traces (one per network and layer set, when it is first asked for) take turns; a plugin
+# that traces a network itself holds it too. Calls are never serialized.
+TRACE_TURNS = threading.Lock()
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
@@ -100,7 +101,7 @@ class LayerGraph:
         """
         enclosing = {".".join(layer.split(".")[:i]) for layer in layers for i in range(layer.count(".") + 1)}
         tracer = _LayerTracer(enclosing)
-        with _TRACE_TURNS:
+        with TRACE_TURNS:
             graph = tracer.trace(model)
         return cls(graph, tracer.calls)
 

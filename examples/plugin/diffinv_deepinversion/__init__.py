@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from dataclasses import dataclass
@@ -151,9 +150,8 @@ class StatisticsForward:
     def __init__(self, model: nn.Module, layer: str):
         tracer = _StatisticsTracer()
         # torch.fx patches nn.Module while it traces: take turns with diffinv's own traces (one per network)
-        turns = getattr(truncation, "_TRACE_TURNS", None) or contextlib.nullcontext()
         try:
-            with turns:
+            with truncation.TRACE_TURNS:
                 traced = tracer.trace(model)
         except Exception as err:  # noqa: BLE001 - any tracing failure is the same limit of the method
             raise ValueError(f"method 'deepinversion' needs a network torch.fx can trace, to take the statistics of "
