@@ -14,17 +14,7 @@ import torch
 from torch import nn
 
 from diffinv.targets import TargetNetwork
-
-
-class _Skip(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 5)
-        self.num_classes = 5
-
-    def forward(self, x):
-        x = self.stem(x)
-        return self.head((x + self.body(x)).mean(dim=(2, 3)))
+from nets import SkipNet
 
 
 class _FixedMapper:
@@ -70,7 +60,7 @@ def collect() -> dict[str, torch.Tensor]:
     seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 4, 3, stride=2), nn.ReLU()))
     plain = TargetNetwork(seq, "2.0", input_size=None)
     out["sequential/2.0"], out["sequential/1"] = plain.feature(images), plain.feature(images, "1")
-    skip = TargetNetwork(_Skip(), "body", has_classifier=True, input_size=None)
+    skip = TargetNetwork(SkipNet(), "body", has_classifier=True, input_size=None)
     out["skip/body"] = skip.feature(images)
     out["skip/split"] = skip.split_logits("body", out["skip/body"], torch.zeros_like(images))
 

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from diffinv.defenses import (Defense, UtilityUnavailable, apply_defense, parse_defense, parse_defenses,
                               utility_agreement)
 from diffinv.features import FeatureSet
 from diffinv.targets import TargetNetwork
+from nets import SkipNet
 
 
 @pytest.fixture
@@ -155,20 +155,7 @@ def test_utility_is_one_without_defense_and_falls_with_strong_noise(lite0, small
     assert utility_agreement(lite0, images, "blocks.2", clean, noisy).mean() < 0.5
 
 
-class _Skip(nn.Module):
-    """The classifier reads the layer's input too (a skip connection around ``body``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 5)
-        self.num_classes = 5
-
-    def forward(self, x):
-        x = self.stem(x)
-        return self.head((x + self.body(x)).mean(dim=(2, 3)))
-
-
-class _Twice(_Skip):
+class _Twice(SkipNet):
     def forward(self, x):
         return self.head(self.body(self.body(self.stem(x))).mean(dim=(2, 3)))
 
@@ -176,7 +163,7 @@ class _Twice(_Skip):
 def test_utility_unavailable_says_why(small_photos):
     torch.manual_seed(0)
     images = small_photos[:2]
-    skip = TargetNetwork(_Skip(), "body", has_classifier=True, input_size=None)
+    skip = TargetNetwork(SkipNet(), "body", has_classifier=True, input_size=None)
     clean = skip.feature(images)
     with pytest.raises(UtilityUnavailable, match="does not reproduce its logits .* skip connection"):
         utility_agreement(skip, images, "body", clean, clean)
@@ -185,6 +172,6 @@ def test_utility_unavailable_says_why(small_photos):
     twice = TargetNetwork(_Twice(), "body", has_classifier=True, input_size=None)
     with pytest.raises(UtilityUnavailable, match="runs 2 times in one forward pass"):
         utility_agreement(twice, images, "body", twice.feature(images), twice.feature(images))
-    headless = TargetNetwork(_Skip(), "body", has_classifier=False, input_size=None)
+    headless = TargetNetwork(SkipNet(), "body", has_classifier=False, input_size=None)
     with pytest.raises(UtilityUnavailable, match="has no classifier head"):
         utility_agreement(headless, images, "body", clean, clean)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from diffinv.targets import TargetNetwork, WeightsNotFoundError
+from nets import SkipNet
 from threads import run_in_threads
 
 
@@ -218,13 +219,8 @@ def test_no_name_branches_outside_the_loaders():
     assert not literals
 
 
-class _ValueDependent(nn.Module):
+class _ValueDependent(SkipNet):
     """A forward torch.fx cannot trace: its control flow reads a tensor's value."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 5)
-        self.num_classes = 5
 
     def forward(self, x):
         x = self.stem(x)
