@@ -66,8 +66,10 @@ def backend(compile: bool | str | None) -> str | None:
         return "inductor"
     if isinstance(compile, str) and compile in _backends():
         return compile
-    raise ValueError(f"`compile` must be True, False, a torch.compile mode ({', '.join(MODES)}) or a torch.compile "
-                     f"backend ({', '.join(sorted(_backends()))}), got {compile!r}.")
+    raise ValueError(
+        f"`compile` must be True, False, a torch.compile mode ({', '.join(MODES)}) or a torch.compile "
+        f"backend ({', '.join(sorted(_backends()))}), got {compile!r}."
+    )
 
 
 def mode(compile: bool | str | None) -> str | None:
@@ -110,13 +112,19 @@ class _EagerFallback:
                 self.failed = True
                 if self.compile not in _WARNED:
                     _WARNED.add(self.compile)
-                    warnings.warn(f"torch.compile (`compile`={self.compile!r}) failed for {self.what} "
-                                  f"({type(err).__name__}: {str(err)[:300]}); it and any other network whose "
-                                  f"compilation fails run eagerly.", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"torch.compile (`compile`={self.compile!r}) failed for {self.what} "
+                        f"({type(err).__name__}: {str(err)[:300]}); it and any other network whose "
+                        f"compilation fails run eagerly.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         return self.eager(*args, **kwargs)
 
 
-def compiled(module: nn.Module, fn: Callable | None = None, key: str = "forward", compile: bool | str = True) -> Callable:
+def compiled(
+    module: nn.Module, fn: Callable | None = None, key: str = "forward", compile: bool | str = True
+) -> Callable:
     """``torch.compile(fn or module)`` with the backend and mode of ``compile``, made once per ``(module, key,
     backend, mode)`` and kept on the module (in its ``__dict__``, not as a submodule: state dicts and ``.to()``
     are unchanged); it runs eagerly once it fails (:class:`_EagerFallback`)."""
@@ -125,12 +133,15 @@ def compiled(module: nn.Module, fn: Callable | None = None, key: str = "forward"
     if (key, name, how) not in cache:
         eager = fn if fn is not None else module
         options = {"mode": how} if how is not None else {}
-        cache[key, name, how] = _EagerFallback(torch.compile(eager, backend=name, **options), eager,
-                                               f"{type(module).__name__}.{key}", compile)
+        cache[key, name, how] = _EagerFallback(
+            torch.compile(eager, backend=name, **options), eager, f"{type(module).__name__}.{key}", compile
+        )
     return cache[key, name, how]
 
 
-def compiled_feature(target: nn.Module, layer: str, compile: bool | str = True) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled_feature(
+    target: nn.Module, layer: str, compile: bool | str = True
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The target's ``images -> features at layer``, compiled (kept per target, layer and backend).
 
     The target's truncated forward (:meth:`TargetNetwork.extractor <diffinv.targets.TargetNetwork.extractor>`, a
@@ -140,7 +151,9 @@ def compiled_feature(target: nn.Module, layer: str, compile: bool | str = True) 
     return compiled(target, functools.partial(target.feature, layer=layer), f"feature:{layer}", compile)
 
 
-def feature_function(target: nn.Module, layer: str, compile: bool | str = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_function(
+    target: nn.Module, layer: str, compile: bool | str = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``images -> features at layer``: compiled when ``compile`` names a backend, else the eager ``target.feature``."""
     if backend(compile) is None:
         return functools.partial(target.feature, layer=layer)

@@ -19,11 +19,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .io import (SAMPLE_PHOTOS, VideoFrames, _fit, collect_images, from_array, image_groups, load_image, load_images,
-                 sample_images, sample_photo)
+from .io import (
+    SAMPLE_PHOTOS,
+    VideoFrames,
+    _fit,
+    collect_images,
+    from_array,
+    image_groups,
+    load_image,
+    load_images,
+    sample_images,
+    sample_photo,
+)
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset", "load_image_files", "load_training_data",
-           "offline_training_sources", "read_video_frames", "sample_video_path"]
+__all__ = [
+    "DATASETS",
+    "ImageDataset",
+    "load_dataset",
+    "load_image_files",
+    "load_training_data",
+    "offline_training_sources",
+    "read_video_frames",
+    "sample_video_path",
+]
 
 DATASETS = ("skimage", "foolbox-imagenet")
 
@@ -130,8 +148,10 @@ def read_video_frames(
         FileNotFoundError, ValueError: as :class:`~diffinv.io.VideoFrames`; or the file has no frames.
     """
     stop = None if max_frames is None else max_frames * stride
-    frames = [_shrink(torch.from_numpy(array).permute(2, 0, 1), max_side)
-              for _, array in VideoFrames(path, stop=stop, stride=stride)]
+    frames = [
+        _shrink(torch.from_numpy(array).permute(2, 0, 1), max_side)
+        for _, array in VideoFrames(path, stop=stop, stride=stride)
+    ]
     if not frames:
         raise ValueError(f"video file {str(path)!r} has no frames.")
     return frames
@@ -229,8 +249,12 @@ def _load_sources(images=(), videos=(), samples=(), *, max_side=None, max_frames
         frames = read_video_frames(video, max_frames=max_frames, stride=stride, max_side=max_side)
         groups.append((frames, [f"{Path(video).name}#{i * stride}" for i in range(len(frames))]))
     if samples:
-        groups.append(([_shrink(_uint8(from_array(sample_photo(name))), max_side) for name in samples],
-                       [f"skimage:{name}" for name in samples]))
+        groups.append(
+            (
+                [_shrink(_uint8(from_array(sample_photo(name))), max_side) for name in samples],
+                [f"skimage:{name}" for name in samples],
+            )
+        )
     return groups
 
 
@@ -275,8 +299,14 @@ def load_training_data(
         val_items += group_items[cut:]
         val_names += group_names[cut:]
     if explicit_val:
-        for group_items, group_names in _load_sources(val_images, val_videos, val_samples, max_side=max_side,
-                                                      max_frames=max_val_frames, stride=max(1, val_stride)):
+        for group_items, group_names in _load_sources(
+            val_images,
+            val_videos,
+            val_samples,
+            max_side=max_side,
+            max_frames=max_val_frames,
+            stride=max(1, val_stride),
+        ):
             val_items += group_items
             val_names += group_names
     train_set = ImageDataset(items, names)

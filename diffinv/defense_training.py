@@ -45,8 +45,18 @@ from tqdm.auto import tqdm
 from .io import atomic_path, write_json
 from .targets import TargetNetwork
 
-__all__ = ["DefenseTrainConfig", "TrainedState", "client_parameter_names", "defended_copy", "distance_correlation",
-           "fresh_adversary_error", "shredder_noise", "train_adversarial", "train_nopeek", "train_shredder"]
+__all__ = [
+    "DefenseTrainConfig",
+    "TrainedState",
+    "client_parameter_names",
+    "defended_copy",
+    "distance_correlation",
+    "fresh_adversary_error",
+    "shredder_noise",
+    "train_adversarial",
+    "train_nopeek",
+    "train_shredder",
+]
 
 STATE_FILE, META_FILE = "state.safetensors", "defense.json"
 
@@ -110,7 +120,7 @@ class TrainedState:
         return folder
 
     @classmethod
-    def load(cls, folder) -> "TrainedState":
+    def load(cls, folder) -> TrainedState:
         """Reads a state written by :meth:`save` (safetensors and JSON only).
 
         Raises:
@@ -120,9 +130,11 @@ class TrainedState:
 
         folder = Path(folder)
         if not (folder / META_FILE).is_file() or not (folder / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{str(folder)!r} holds no trained defense (expected {STATE_FILE} and "
-                                    f"{META_FILE}); train it first (diffinv audit trains the learned defenses it "
-                                    f"is given).")
+            raise FileNotFoundError(
+                f"{str(folder)!r} holds no trained defense (expected {STATE_FILE} and "
+                f"{META_FILE}); train it first (diffinv audit trains the learned defenses it "
+                f"is given)."
+            )
         return cls(load_file(str(folder / STATE_FILE)), json.loads((folder / META_FILE).read_text()))
 
     @staticmethod
@@ -169,13 +181,23 @@ def defended_copy(target: TargetNetwork, overrides: Mapping[str, torch.Tensor] |
     for name, value in (overrides or {}).items():
         if name not in params or params[name].shape != value.shape:
             shape = tuple(params[name].shape) if name in params else None
-            raise ValueError(f"defense state: parameter {name!r} of shape {tuple(value.shape)} does not fit "
-                             f"{target.name!r} (its shape there: {shape}); expected a state trained on this network.")
+            raise ValueError(
+                f"defense state: parameter {name!r} of shape {tuple(value.shape)} does not fit "
+                f"{target.name!r} (its shape there: {shape}); expected a state trained on this network."
+            )
         with torch.no_grad():
             params[name].copy_(value.to(params[name]))
-    return TargetNetwork(model, target.layers, name=target.name, mean=target.mean.flatten().tolist(),
-                         std=target.std.flatten().tolist(), input_size=target.input_size,
-                         has_classifier=target.has_classifier, categories=target.categories, weights="custom")
+    return TargetNetwork(
+        model,
+        target.layers,
+        name=target.name,
+        mean=target.mean.flatten().tolist(),
+        std=target.std.flatten().tolist(),
+        input_size=target.input_size,
+        has_classifier=target.has_classifier,
+        categories=target.categories,
+        weights="custom",
+    )
 
 
 def client_parameter_names(target: TargetNetwork, layer: str, image_size: tuple[int, int]) -> list[str]:
@@ -197,8 +219,9 @@ def client_parameter_names(target: TargetNetwork, layer: str, image_size: tuple[
     return [n for n, g in zip(params, grads) if g is not None]
 
 
-def _forward(target: TargetNetwork, layer: str, images: torch.Tensor,
-             edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _forward(
+    target: TargetNetwork, layer: str, images: torch.Tensor, edit: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(features of layer, logits)`` of one differentiable forward of the whole network; ``edit`` replaces the
     layer's output by ``edit(output)`` for the rest of the network (logits ``None`` without a classifier head)."""
     module = dict(target.model.named_modules())[layer]
@@ -217,8 +240,9 @@ def _forward(target: TargetNetwork, layer: str, images: torch.Tensor,
     return seen[0], (logits if target.has_classifier else None)
 
 
-def shredder_noise(features: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def shredder_noise(
+    features: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Shredder's additive noise for ``features`` ``(N, ...)``: ``(mean + exp(log_scale) * eps) x`` each image's
     feature std, ``eps`` standard normal drawn from ``generator`` (fresh at every call)."""
     device = generator.device if generator is not None else features.device
@@ -234,8 +258,9 @@ class _Adversary(nn.Module):
         super().__init__()
         self.size = size
         self.inp = nn.Conv2d(channels, width, 3, padding=1)
-        self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(width, 3, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1)
+        )
 
     def forward(self, features):
         x = F.interpolate(self.inp(features.float()), size=self.size, mode="bilinear", align_corners=False)
@@ -244,14 +269,19 @@ class _Adversary(nn.Module):
 
 def _checked(target: TargetNetwork, layer: str, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     if not target.has_classifier:
-        raise ValueError(f"a learned defense trains with the task loss; target {target.name!r} has no classifier head.")
+        raise ValueError(
+            f"a learned defense trains with the task loss; target {target.name!r} has no classifier head."
+        )
     if images.ndim != 4 or len(images) < 2:
-        raise ValueError(f"`images` must be (N >= 2, 3, H, W) training images in [0, 1], got shape "
-                         f"{tuple(images.shape)}.")
+        raise ValueError(
+            f"`images` must be (N >= 2, 3, H, W) training images in [0, 1], got shape {tuple(images.shape)}."
+        )
     if labels is None or len(labels) != len(images) or bool((torch.as_tensor(labels) < 0).any()):
-        raise ValueError(f"a learned defense trains on true labels: `labels` must give a class >= 0 for each of the "
-                         f"{len(images)} training images, got {None if labels is None else len(labels)} "
-                         f"(pass --labels).")
+        raise ValueError(
+            f"a learned defense trains on true labels: `labels` must give a class >= 0 for each of the "
+            f"{len(images)} training images, got {None if labels is None else len(labels)} "
+            f"(pass --labels)."
+        )
     if layer not in dict(target.model.named_modules()):
         raise ValueError(f"`layer` {layer!r} is not a module of {target.name!r}.")
     return torch.as_tensor(labels, dtype=torch.long)
@@ -291,9 +321,16 @@ class _Loop:
 
     def meta(self, name: str, strength: float, layer: str, **more) -> dict:
         self.bar.close()
-        return {"defense": name, "strength": strength, "layer": layer, "config": self.config.settings(),
-                "steps": len(self.history), "seconds": time.perf_counter() - self.tic, "history": self.history,
-                **more}
+        return {
+            "defense": name,
+            "strength": strength,
+            "layer": layer,
+            "config": self.config.settings(),
+            "steps": len(self.history),
+            "seconds": time.perf_counter() - self.tic,
+            "history": self.history,
+            **more,
+        }
 
 
 def _client(target: TargetNetwork, layer: str, images: torch.Tensor):
@@ -310,8 +347,15 @@ def _probe_dcor(target: TargetNetwork, layer: str, images: torch.Tensor) -> floa
     return float(distance_correlation(images, target.feature(images, layer)))
 
 
-def train_nopeek(target: TargetNetwork, layer: str, alpha: float, images: torch.Tensor, labels,
-                 config: DefenseTrainConfig = DefenseTrainConfig(), progress: bool = True) -> TrainedState:
+def train_nopeek(
+    target: TargetNetwork,
+    layer: str,
+    alpha: float,
+    images: torch.Tensor,
+    labels,
+    config: DefenseTrainConfig = DefenseTrainConfig(),
+    progress: bool = True,
+) -> TrainedState:
     """NoPeek: fine-tunes the client layers with ``task loss + alpha x dCor(images, features)``.
 
     Args:
@@ -342,13 +386,21 @@ def train_nopeek(target: TargetNetwork, layer: str, alpha: float, images: torch.
         if loop.log(step, objective=objective.item(), task=task.item(), privacy=dcor.item()):
             break
     after = _probe_dcor(copy, layer, probe)
-    return TrainedState({f"client/{n}": p.detach().cpu() for n, p in client.items()},
-                        loop.meta("nopeek", alpha, layer, privacy="distance correlation", privacy_before=before,
-                                  privacy_after=after))
+    return TrainedState(
+        {f"client/{n}": p.detach().cpu() for n, p in client.items()},
+        loop.meta("nopeek", alpha, layer, privacy="distance correlation", privacy_before=before, privacy_after=after),
+    )
 
 
-def train_shredder(target: TargetNetwork, layer: str, lam: float, images: torch.Tensor, labels,
-                   config: DefenseTrainConfig = DefenseTrainConfig(), progress: bool = True) -> TrainedState:
+def train_shredder(
+    target: TargetNetwork,
+    layer: str,
+    lam: float,
+    images: torch.Tensor,
+    labels,
+    config: DefenseTrainConfig = DefenseTrainConfig(),
+    progress: bool = True,
+) -> TrainedState:
     """Shredder: a learned additive noise at the split (:func:`shredder_noise`), trained with ``task loss - lam x
     mean log sigma``; the client is frozen. ``meta["privacy_before"/"privacy_after"]``: the noise's size, the rms of
     ``mu + sigma * eps`` relative to the features' std."""
@@ -375,13 +427,22 @@ def train_shredder(target: TargetNetwork, layer: str, lam: float, images: torch.
             log_scale.clamp_(max=math.log(100.0))
         if loop.log(step, objective=objective.item(), task=task.item(), privacy=size()):
             break
-    return TrainedState({"noise/mean": mean.detach().cpu(), "noise/log_scale": log_scale.detach().cpu()},
-                        loop.meta("shredder", lam, layer, privacy="noise size (rms, relative to the features' std)",
-                                  privacy_before=before, privacy_after=size()))
+    return TrainedState(
+        {"noise/mean": mean.detach().cpu(), "noise/log_scale": log_scale.detach().cpu()},
+        loop.meta(
+            "shredder",
+            lam,
+            layer,
+            privacy="noise size (rms, relative to the features' std)",
+            privacy_before=before,
+            privacy_after=size(),
+        ),
+    )
 
 
-def fresh_adversary_error(target: TargetNetwork, layer: str, images: torch.Tensor, config: DefenseTrainConfig,
-                          steps: int = 60) -> float:
+def fresh_adversary_error(
+    target: TargetNetwork, layer: str, images: torch.Tensor, config: DefenseTrainConfig, steps: int = 60
+) -> float:
     """The reconstruction MSE that a *fresh* decoder adversary (:class:`_Adversary`, seeded by ``config.seed``)
     reaches after ``steps`` full-batch steps on ``target``'s features of ``images`` (computed once): the privacy
     measure of the adversarial defense, the same for the original and the fine-tuned client."""
@@ -403,8 +464,15 @@ def fresh_adversary_error(target: TargetNetwork, layer: str, images: torch.Tenso
         return float(F.mse_loss(adversary(feats), images))
 
 
-def train_adversarial(target: TargetNetwork, layer: str, lam: float, images: torch.Tensor, labels,
-                      config: DefenseTrainConfig = DefenseTrainConfig(), progress: bool = True) -> TrainedState:
+def train_adversarial(
+    target: TargetNetwork,
+    layer: str,
+    lam: float,
+    images: torch.Tensor,
+    labels,
+    config: DefenseTrainConfig = DefenseTrainConfig(),
+    progress: bool = True,
+) -> TrainedState:
     """Adversarial learning (DeepObfuscator): alternating, an adversary step (a small decoder learns to reconstruct
     the images from the features, pixel MSE) then a client step (``task loss - lam x`` the adversary's MSE).
     ``meta["privacy_before"/"privacy_after"]``: the reconstruction MSE of a fresh adversary trained on the original
@@ -440,6 +508,12 @@ def train_adversarial(target: TargetNetwork, layer: str, lam: float, images: tor
         optimizer.step()
         if loop.log(step, objective=objective.item(), task=task.item(), privacy=reconstruction.item()):
             break
-    meta = loop.meta("adversarial", lam, layer, privacy="reconstruction MSE of a fresh adversary (on the first batch)",
-                     privacy_before=before, privacy_after=fresh_adversary_error(copy, layer, probe, config))
+    meta = loop.meta(
+        "adversarial",
+        lam,
+        layer,
+        privacy="reconstruction MSE of a fresh adversary (on the first batch)",
+        privacy_before=before,
+        privacy_after=fresh_adversary_error(copy, layer, probe, config),
+    )
     return TrainedState({f"client/{n}": p.detach().cpu() for n, p in client.items()}, meta)

@@ -52,8 +52,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .defense_training import (DefenseTrainConfig, TrainedState, defended_copy, shredder_noise, train_adversarial,
-                               train_nopeek, train_shredder)
+from .defense_training import (
+    DefenseTrainConfig,
+    TrainedState,
+    defended_copy,
+    shredder_noise,
+    train_adversarial,
+    train_nopeek,
+    train_shredder,
+)
 from .features import FeatureSet
 from .plugins import Units, plugin_errors
 from .targets import SplitUnavailable, TargetNetwork
@@ -170,14 +177,16 @@ class DefenseFamily:
 
 
 def _untrained(f, strength, generator, straight_through):
-    raise ValueError("a learned defense is applied through its Deployment (`Defense.deployment(target, layer, "
-                     "state)`, after `Defense.train`), not as a fixed transform.")
+    raise ValueError(
+        "a learned defense is applied through its Deployment (`Defense.deployment(target, layer, "
+        "state)`, after `Defense.train`), not as a fixed transform."
+    )
 
 
 def _deploy_client(target, layer, strength, state: TrainedState):
     """NoPeek's and the adversarial defense's deployment: the network with the fine-tuned client, no transform."""
     prefix = "client/"
-    overrides = {k[len(prefix):]: v for k, v in state.tensors.items() if k.startswith(prefix)}
+    overrides = {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)}
     return defended_copy(target, overrides), None
 
 
@@ -186,7 +195,9 @@ def _deploy_shredder(target, layer, strength, state: TrainedState):
     try:
         mean, log_scale = state.tensors["noise/mean"], state.tensors["noise/log_scale"]
     except KeyError as err:
-        raise ValueError(f"shredder state: expected the tensors noise/mean and noise/log_scale, missing {err}.") from None
+        raise ValueError(
+            f"shredder state: expected the tensors noise/mean and noise/log_scale, missing {err}."
+        ) from None
 
     def transform(features, generator, straight_through):
         return features + shredder_noise(features, mean, log_scale, generator)
@@ -199,28 +210,76 @@ def _non_negative(v: float) -> bool:
 
 
 _BUILT_IN = (
-    DefenseFamily("noise", _noise, lambda v: 0 <= v < math.inf, "a finite number >= 0 (the noise std relative to "
-                  "the features' std)", "0.1", True, baseline=True),
-    DefenseFamily("quantize", _quantize, lambda v: v.is_integer() and 1 <= v <= 16, "an integer number of bits in "
-                  "1..16", "4", False, integer=True),
-    DefenseFamily("prune", _prune, lambda v: 0 <= v < 1, "a fraction of channels in [0, 1)", "0.5", True,
-                  support=_channel_support),
-    DefenseFamily("topk", _topk, lambda v: 0 < v <= 1, "a fraction of entries in (0, 1]", "0.1", False,
-                  support=_entry_support),
-    DefenseFamily("nopeek", _untrained, _non_negative, "a finite number >= 0 (the weight of the distance "
-                  "correlation)", "1", False, train=train_nopeek, deploy=_deploy_client),
-    DefenseFamily("shredder", _untrained, _non_negative, "a finite number >= 0 (the weight of the noise's log "
-                  "scale)", "0.1", True, train=train_shredder, deploy=_deploy_shredder),
-    DefenseFamily("adversarial", _untrained, _non_negative, "a finite number >= 0 (the weight of the adversary's "
-                  "reconstruction error)", "1", False, train=train_adversarial, deploy=_deploy_client),
+    DefenseFamily(
+        "noise",
+        _noise,
+        lambda v: 0 <= v < math.inf,
+        "a finite number >= 0 (the noise std relative to the features' std)",
+        "0.1",
+        True,
+        baseline=True,
+    ),
+    DefenseFamily(
+        "quantize",
+        _quantize,
+        lambda v: v.is_integer() and 1 <= v <= 16,
+        "an integer number of bits in 1..16",
+        "4",
+        False,
+        integer=True,
+    ),
+    DefenseFamily(
+        "prune",
+        _prune,
+        lambda v: 0 <= v < 1,
+        "a fraction of channels in [0, 1)",
+        "0.5",
+        True,
+        support=_channel_support,
+    ),
+    DefenseFamily(
+        "topk", _topk, lambda v: 0 < v <= 1, "a fraction of entries in (0, 1]", "0.1", False, support=_entry_support
+    ),
+    DefenseFamily(
+        "nopeek",
+        _untrained,
+        _non_negative,
+        "a finite number >= 0 (the weight of the distance correlation)",
+        "1",
+        False,
+        train=train_nopeek,
+        deploy=_deploy_client,
+    ),
+    DefenseFamily(
+        "shredder",
+        _untrained,
+        _non_negative,
+        "a finite number >= 0 (the weight of the noise's log scale)",
+        "0.1",
+        True,
+        train=train_shredder,
+        deploy=_deploy_shredder,
+    ),
+    DefenseFamily(
+        "adversarial",
+        _untrained,
+        _non_negative,
+        "a finite number >= 0 (the weight of the adversary's reconstruction error)",
+        "1",
+        False,
+        train=train_adversarial,
+        deploy=_deploy_client,
+    ),
 )
 GROUP = "diffinv.defenses"
 
 
 DEFENSES: Mapping[str, DefenseFamily] = Units(
-    GROUP, lambda: {family.name: family for family in _BUILT_IN},
+    GROUP,
+    lambda: {family.name: family for family in _BUILT_IN},
     lambda name, unit: isinstance(unit, DefenseFamily) and unit.name == name and name != "none",
-    "a DefenseFamily named NAME")
+    "a DefenseFamily named NAME",
+)
 
 
 @dataclass(frozen=True)
@@ -253,8 +312,15 @@ class Defense:
         """Whether the setting is the plain reference of the frontier (noise only)."""
         return bool(self.steps) and all(DEFENSES[name].baseline for name, _ in self.steps)
 
-    def train(self, target: TargetNetwork, layer: str, images: torch.Tensor, labels,
-              config: DefenseTrainConfig | None = None, progress: bool = True) -> TrainedState:
+    def train(
+        self,
+        target: TargetNetwork,
+        layer: str,
+        images: torch.Tensor,
+        labels,
+        config: DefenseTrainConfig | None = None,
+        progress: bool = True,
+    ) -> TrainedState:
         """Trains a learned setting on ``images`` ``(N, 3, H, W)`` in [0, 1] with their true ``labels``.
 
         Raises:
@@ -262,13 +328,12 @@ class Defense:
         """
         if not self.learned:
             raise ValueError(f"defense {self.spec!r} is a fixed transform; nothing to train.")
-        (name, strength), = self.steps
-        state = DEFENSES[name].train(target, layer, strength, images, labels, config or DefenseTrainConfig(),
-                                     progress)
+        ((name, strength),) = self.steps
+        state = DEFENSES[name].train(target, layer, strength, images, labels, config or DefenseTrainConfig(), progress)
         state.meta["spec"] = self.spec
         return state
 
-    def deployment(self, target: TargetNetwork, layer: str, state: TrainedState | None = None) -> "Deployment":
+    def deployment(self, target: TargetNetwork, layer: str, state: TrainedState | None = None) -> Deployment:
         """What the client runs under this setting (for a learned one: from its trained ``state``).
 
         Raises:
@@ -278,7 +343,7 @@ class Defense:
             return Deployment(self, target, None)
         if state is None:
             raise ValueError(f"defense {self.spec!r} is learned: give its trained state (`Defense.train`).")
-        (name, strength), = self.steps
+        ((name, strength),) = self.steps
         client, transform = DEFENSES[name].deploy(target, layer, strength, state)
         return Deployment(self, client, transform)
 
@@ -288,8 +353,9 @@ class Defense:
     def __str__(self) -> str:
         return self.spec
 
-    def __call__(self, features: torch.Tensor, generator: torch.Generator | None = None, *,
-                 straight_through: bool = False) -> torch.Tensor:
+    def __call__(
+        self, features: torch.Tensor, generator: torch.Generator | None = None, *, straight_through: bool = False
+    ) -> torch.Tensor:
         """The defended features ``(N, ...)`` (the first dimension is the image).
 
         Args:
@@ -301,7 +367,6 @@ class Defense:
         for name, strength in self.steps:
             features = DEFENSES[name].transform(features, strength, generator, straight_through)
         return features
-
 
     def attacker_transform(self, observed: torch.Tensor, generator: torch.Generator | None = None):
         """What an attacker who knows this defense applies to its candidate features ``(N, ...)``
@@ -350,8 +415,9 @@ class Deployment:
     target: TargetNetwork
     transform: Callable | None
 
-    def __call__(self, features: torch.Tensor, generator: torch.Generator | None = None, *,
-                 straight_through: bool = False) -> torch.Tensor:
+    def __call__(
+        self, features: torch.Tensor, generator: torch.Generator | None = None, *, straight_through: bool = False
+    ) -> torch.Tensor:
         """The shipped features from the client's own features of the layer."""
         if not self.defense.learned:
             return self.defense(features, generator, straight_through=straight_through)
@@ -374,8 +440,9 @@ def parse_defense(text: str) -> Defense:
         ValueError: an unknown name, a missing or bad strength (the message says what is expected).
     """
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"defense {text!r} is empty; expected none or NAME:STRENGTH with NAME one of "
-                         f"{', '.join(DEFENSES)}.")
+        raise ValueError(
+            f"defense {text!r} is empty; expected none or NAME:STRENGTH with NAME one of {', '.join(DEFENSES)}."
+        )
     text = text.strip()
     if text == "none":
         return Defense()
@@ -385,14 +452,18 @@ def parse_defense(text: str) -> Defense:
         if name in plugin_errors(GROUP) and name not in DEFENSES:
             raise plugin_errors(GROUP)[name]
         if name not in DEFENSES:
-            raise ValueError(f"defense {text!r}: {name!r} is not a defense; expected none or one of "
-                             f"{', '.join(DEFENSES)} (NAME:STRENGTH, composed with '+').")
+            raise ValueError(
+                f"defense {text!r}: {name!r} is not a defense; expected none or one of "
+                f"{', '.join(DEFENSES)} (NAME:STRENGTH, composed with '+')."
+            )
         family = DEFENSES[name]
         if not value:
             raise ValueError(f"defense {text!r}: {name!r} needs a strength, e.g. {name}:{family.example}.")
         if "," in value:
-            raise ValueError(f"defense {text!r}: a composed setting takes one strength per part; give each "
-                             f"setting as its own argument.")
+            raise ValueError(
+                f"defense {text!r}: a composed setting takes one strength per part; give each "
+                f"setting as its own argument."
+            )
         try:
             strength = float(value)
         except ValueError:
@@ -401,8 +472,10 @@ def parse_defense(text: str) -> Defense:
             raise ValueError(f"defense {text!r}: the strength of {name!r} must be {family.expected}, got {value!r}.")
         steps.append((name, int(strength) if family.integer else strength))
     if len(steps) > 1 and any(DEFENSES[name].learned for name, _ in steps):
-        raise ValueError(f"defense {text!r}: a learned defense ({', '.join(n for n, _ in steps if DEFENSES[n].learned)})"
-                         f" stands alone in a setting; expected no '+' with it.")
+        raise ValueError(
+            f"defense {text!r}: a learned defense ({', '.join(n for n, _ in steps if DEFENSES[n].learned)})"
+            f" stands alone in a setting; expected no '+' with it."
+        )
     return Defense(tuple(steps))
 
 
@@ -430,8 +503,11 @@ def apply_defense(features: FeatureSet, defense: Defense, generator: torch.Gener
     if not defense:
         return features
     done = features.defense
-    return dataclasses.replace(features, features=defense(features.features, generator).contiguous(),
-                               defense=defense.spec if not done or done == "none" else f"{done}+{defense.spec}")
+    return dataclasses.replace(
+        features,
+        features=defense(features.features, generator).contiguous(),
+        defense=defense.spec if not done or done == "none" else f"{done}+{defense.spec}",
+    )
 
 
 # ---------------------------------------------------------------------- utility
@@ -439,8 +515,9 @@ UtilityUnavailable = SplitUnavailable  # the deployment's name for it: its utili
 
 
 @torch.no_grad()
-def utility_agreement(target: TargetNetwork, images: torch.Tensor, layer: str, clean: torch.Tensor,
-                      defended: torch.Tensor) -> torch.Tensor:
+def utility_agreement(
+    target: TargetNetwork, images: torch.Tensor, layer: str, clean: torch.Tensor, defended: torch.Tensor
+) -> torch.Tensor:
     """Per image, 1.0 where the network run from the ``defended`` features of ``layer`` predicts the
     class it predicts from the images (the deployment still works), else 0.0.
 
@@ -462,8 +539,14 @@ def utility_agreement(target: TargetNetwork, images: torch.Tensor, layer: str, c
 
 
 @torch.no_grad()
-def utility_scores(deployment: Deployment, images: torch.Tensor, layer: str, reference: TargetNetwork,
-                   defended: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def utility_scores(
+    deployment: Deployment,
+    images: torch.Tensor,
+    layer: str,
+    reference: TargetNetwork,
+    defended: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Per image, the deployment's ``agreement`` with the undefended ``reference`` network (1.0 where the defended
     deployment predicts the class the reference predicts from the images) and, with ``labels`` (``-1``: unknown,
     ``NaN``), its top-1 ``accuracy``. The rest of the network runs from the ``defended`` features of ``layer`` with

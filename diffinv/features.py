@@ -40,9 +40,14 @@ def check_input_size(input_size, name: str = "input_size") -> tuple[int, int]:
     """``(H, W)`` of positive integers (a list or tuple of two; an int ``n`` means ``(n, n)``)."""
     if isinstance(input_size, int) and not isinstance(input_size, bool):
         input_size = (input_size, input_size)
-    if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) or getattr(v, "is_integer", lambda: False)()
-                       for v in input_size)):
+    if (
+        not isinstance(input_size, (tuple, list))
+        or len(input_size) != 2
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) or getattr(v, "is_integer", lambda: False)()
+            for v in input_size
+        )
+    ):
         raise ValueError(f"`{name}` must be (height, width), two positive integers, got {input_size!r}.")
     size = tuple(int(v) for v in input_size)
     if min(size) < 1:
@@ -64,12 +69,16 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise ValueError(f"`{name}` has dtype {images.dtype}; expected float images in [0, 1] or uint8 in 0..255.")
     images = images.float()
     if not torch.isfinite(images).all() or images.min() < -1e-3 or images.max() > 1 + 1e-3:
-        raise ValueError(f"`{name}` must hold finite values in [0, 1], got min {images.min().item():.4g} and max "
-                         f"{images.max().item():.4g}; divide uint8-range floats by 255.")
+        raise ValueError(
+            f"`{name}` must hold finite values in [0, 1], got min {images.min().item():.4g} and max "
+            f"{images.max().item():.4g}; divide uint8-range floats by 255."
+        )
     return images.clamp(0, 1)
 
 
-def check_features(features: torch.Tensor, expected_shape: Sequence[int] | None = None, name: str = "features") -> None:
+def check_features(
+    features: torch.Tensor, expected_shape: Sequence[int] | None = None, name: str = "features"
+) -> None:
     """Raises a clear ``ValueError`` for non-finite features or a shape not matching the layer.
 
     Args:
@@ -80,11 +89,15 @@ def check_features(features: torch.Tensor, expected_shape: Sequence[int] | None 
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or a FeatureSet, got {type(features).__name__}.")
     if features.ndim < 2:
-        raise ValueError(f"`{name}` must be a batch of N feature maps (N, C, H, W), tokens (N, T, D) or vectors "
-                         f"(N, D), got shape {tuple(features.shape)}; give one item as `{name}[None]`.")
+        raise ValueError(
+            f"`{name}` must be a batch of N feature maps (N, C, H, W), tokens (N, T, D) or vectors "
+            f"(N, D), got shape {tuple(features.shape)}; give one item as `{name}[None]`."
+        )
     if features.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"`{name}` has dtype {str(features.dtype).replace('torch.', '')}; expected floating-point "
-                         f"features: float16, bfloat16, float32 or float64.")
+        raise ValueError(
+            f"`{name}` has dtype {str(features.dtype).replace('torch.', '')}; expected floating-point "
+            f"features: float16, bfloat16, float32 or float64."
+        )
     if expected_shape is not None and tuple(features.shape[1:]) != tuple(expected_shape):
         raise ValueError(
             f"`{name}` has shape {tuple(features.shape)} but the target layer produces "
@@ -104,16 +117,22 @@ def check_sources(sources, count: int, name: str = "sources") -> list[str]:
             longer than :data:`MAX_SOURCE_LENGTH` (it could never name an output file); the value shown is cut short.
     """
     if not isinstance(sources, (list, tuple)):
-        raise ValueError(f"`{name}` must be a list of strings, one per item, got a {type(sources).__name__}: "
-                         f"{cut_short(repr(sources))}.")
+        raise ValueError(
+            f"`{name}` must be a list of strings, one per item, got a {type(sources).__name__}: "
+            f"{cut_short(repr(sources))}."
+        )
     for i, source in enumerate(sources):
         if not isinstance(source, str):
-            raise ValueError(f"`{name}[{i}]` must be a string (a file name or label), got a {type(source).__name__}: "
-                             f"{cut_short(repr(source))}.")
+            raise ValueError(
+                f"`{name}[{i}]` must be a string (a file name or label), got a {type(source).__name__}: "
+                f"{cut_short(repr(source))}."
+            )
         if "\0" in source or len(source) > MAX_SOURCE_LENGTH:
             what = "holds a NUL character" if "\0" in source else f"is {len(source)} characters long"
-            raise ValueError(f"`{name}[{i}]` {cut_short(repr(source))} {what}; expected a file name or label of at most "
-                             f"{MAX_SOURCE_LENGTH} characters, without NUL.")
+            raise ValueError(
+                f"`{name}[{i}]` {cut_short(repr(source))} {what}; expected a file name or label of at most "
+                f"{MAX_SOURCE_LENGTH} characters, without NUL."
+            )
     if sources and len(sources) != count:
         raise ValueError(f"`{name}` has {len(sources)} entries but `features` has {count} items; give one per item.")
     return list(sources)
@@ -153,7 +172,9 @@ class FeatureSet:
         check_features(self.features)
         self.sources = check_sources(self.sources, len(self.features))
         if len(self.features) == 0:
-            raise ValueError("`features` holds no feature maps (its batch dimension is 0); a FeatureSet needs at least one.")
+            raise ValueError(
+                "`features` holds no feature maps (its batch dimension is 0); a FeatureSet needs at least one."
+            )
 
     def __len__(self) -> int:
         return len(self.features)
@@ -171,7 +192,7 @@ class FeatureSet:
         images: torch.Tensor,
         layer: str | None = None,
         sources: Sequence[str] | None = None,
-    ) -> "FeatureSet":
+    ) -> FeatureSet:
         """Runs ``target`` on ``images`` ([0, 1], NCHW) and keeps ``layer``'s features.
 
         ``images`` may be float (any precision, in [0, 1]) or uint8 (0..255, scaled by 1/255).
@@ -196,9 +217,7 @@ class FeatureSet:
     def check_provenance(self, target: TargetNetwork) -> None:
         """Raises ``ValueError`` unless ``target`` is the network, with the weights, that made these features."""
         if target.name != self.target:
-            raise ValueError(
-                f"features were extracted with target {self.target!r} but `target` is {target.name!r}."
-            )
+            raise ValueError(f"features were extracted with target {self.target!r} but `target` is {target.name!r}.")
         if self.weights_fingerprint and self.weights_fingerprint != target.weights_fingerprint():
             raise ValueError(
                 f"features were extracted with {self.target!r} weights {self.weights!r} (fingerprint "
@@ -237,7 +256,7 @@ class FeatureSet:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, target: TargetNetwork | None = None) -> "FeatureSet":
+    def load(cls, path: str | os.PathLike, target: TargetNetwork | None = None) -> FeatureSet:
         """Reads a file written by :meth:`save`; checks metadata against the tensor and ``target``."""
         path = check_regular_file(path, "feature file")
         try:
@@ -255,13 +274,17 @@ class FeatureSet:
             if key not in metadata:
                 if default is not required:
                     return default
-                raise ValueError(f"feature file {str(path)!r} has no {key!r} in its metadata; the file is corrupt or "
-                                 f"was not written by `diffinv extract`.")
+                raise ValueError(
+                    f"feature file {str(path)!r} has no {key!r} in its metadata; the file is corrupt or "
+                    f"was not written by `diffinv extract`."
+                )
             try:
                 return json.loads(metadata[key]) if parse else metadata[key]
             except json.JSONDecodeError as err:
-                raise ValueError(f"feature file {str(path)!r}: metadata {key!r} = {metadata[key]!r} is not valid JSON "
-                                 f"({err}); the file is corrupt.") from None
+                raise ValueError(
+                    f"feature file {str(path)!r}: metadata {key!r} = {metadata[key]!r} is not valid JSON "
+                    f"({err}); the file is corrupt."
+                ) from None
 
         shape = field("shape")
         dtype = field("dtype", parse=False)
@@ -286,10 +309,13 @@ class FeatureSet:
         except ValueError as err:
             raise ValueError(f"feature file {str(path)!r}: {err}") from None
         if fs.weights_fingerprint is None:
-            warnings.warn(f"feature file {str(path)!r} records no weights fingerprint (`weights_fingerprint` is "
-                          f"{'null' if 'weights_fingerprint' in metadata else 'missing'}): the weights that made its "
-                          f"features cannot be checked, only the target's name {fs.target!r}. Extract the features "
-                          f"again with `diffinv extract` (or FeatureSet.extract) to record them.", stacklevel=2)
+            warnings.warn(
+                f"feature file {str(path)!r} records no weights fingerprint (`weights_fingerprint` is "
+                f"{'null' if 'weights_fingerprint' in metadata else 'missing'}): the weights that made its "
+                f"features cannot be checked, only the target's name {fs.target!r}. Extract the features "
+                f"again with `diffinv extract` (or FeatureSet.extract) to record them.",
+                stacklevel=2,
+            )
         if target is not None:
             fs.check(target)
         return fs

@@ -161,8 +161,10 @@ def max_image_pixels() -> int | None:
     except ValueError:
         value = -1
     if value < 0:
-        raise ValueError(f"environment variable {_PIXELS_VARIABLE}={text!r}: expected an integer >= 0, the most "
-                         f"pixels an image file may have (0 for no limit), e.g. {_PIXELS_VARIABLE}=200000000.")
+        raise ValueError(
+            f"environment variable {_PIXELS_VARIABLE}={text!r}: expected an integer >= 0, the most "
+            f"pixels an image file may have (0 for no limit), e.g. {_PIXELS_VARIABLE}=200000000."
+        )
     return value or None
 
 
@@ -185,14 +187,18 @@ def check_environment() -> None:
             ``DIFFINV_*`` variable is not one of :data:`ENVIRONMENT_VARIABLES` (named, with the closest known name).
     """
     max_image_pixels()
-    unknown = sorted(name for name in os.environ if name.upper().startswith("DIFFINV_") and name not in ENVIRONMENT_VARIABLES)
+    unknown = sorted(
+        name for name in os.environ if name.upper().startswith("DIFFINV_") and name not in ENVIRONMENT_VARIABLES
+    )
     if unknown:
         name = unknown[0]
         close = difflib.get_close_matches(name.upper(), ENVIRONMENT_VARIABLES, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         shown = name if len(name) <= 60 else f"{name[:60]}..."
-        raise ValueError(f"environment variable {shown}={_shown(os.environ[name])} is not one diffinv reads; {hint}"
-                         f"The known ones are {', '.join(ENVIRONMENT_VARIABLES)}. Rename or unset it (`unset {shown}`).")
+        raise ValueError(
+            f"environment variable {shown}={_shown(os.environ[name])} is not one diffinv reads; {hint}"
+            f"The known ones are {', '.join(ENVIRONMENT_VARIABLES)}. Rename or unset it (`unset {shown}`)."
+        )
 
 
 def cut_short(text: str, limit: int = 60) -> str:
@@ -218,13 +224,23 @@ def check_regular_file(path: str | os.PathLike, what: str) -> Path:
         return path
     if not path.exists():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist.")
-    kind = "a folder" if path.is_dir() else "a FIFO (named pipe)" if path.is_fifo() else \
-        "a device" if path.is_char_device() or path.is_block_device() else "a socket" if path.is_socket() else "a special file"
+    kind = (
+        "a folder"
+        if path.is_dir()
+        else "a FIFO (named pipe)"
+        if path.is_fifo()
+        else "a device"
+        if path.is_char_device() or path.is_block_device()
+        else "a socket"
+        if path.is_socket()
+        else "a special file"
+    )
     raise ValueError(f"{what} {str(path)!r} is not a regular file (it is {kind}); expected a file on disk.")
 
 
-def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None, *,
-               max_pixels: int | None = None) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike, size: int | tuple[int, int] | None = None, *, max_pixels: int | None = None
+) -> torch.Tensor:
     """Reads one image file as ``(3, H, W)`` in [0, 1], resized and center-cropped to ``size``.
 
     8-bit, 16-bit and float images are scaled by their own range, signed integer images by their own
@@ -267,8 +283,10 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
                 array = _pixels(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as err:
         if max_pixels is not None:
-            raise ValueError(f"image file {str(path)!r} is larger than expected ({err}; at most {limit} pixels); "
-                             f"it is not the file this run wrote.") from err
+            raise ValueError(
+                f"image file {str(path)!r} is larger than expected ({err}; at most {limit} pixels); "
+                f"it is not the file this run wrote."
+            ) from err
         raise ValueError(
             f"image file {str(path)!r} is larger than the decompression-bomb limit of {limit} pixels "
             f"({err}). If you trust the file, set {_PIXELS_VARIABLE} to a larger number (0 for no limit)."
@@ -294,21 +312,35 @@ _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;1
 # Modes that Image.reduce takes as they are; others are converted first (as _pixels would read them).
 _CONVERT_TO_REDUCE = {"1": "L", "P": "RGB", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
 # EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose does).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
-_INVERSE = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+_INVERSE = {
+    Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,
+    Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
+}
 
 
 def _transpose_box(box: tuple[int, int, int, int], size: tuple[int, int], method: Image.Transpose) -> tuple[int, ...]:
     """Where ``box`` of an image of ``size`` (``(W, H)``) lies after ``img.transpose(method)``."""
-    (l, t, r, b), (w, h) = box, size
-    return {Image.Transpose.FLIP_LEFT_RIGHT: (w - r, t, w - l, b), Image.Transpose.FLIP_TOP_BOTTOM: (l, h - b, r, h - t),
-            Image.Transpose.ROTATE_180: (w - r, h - b, w - l, h - t), Image.Transpose.TRANSPOSE: (t, l, b, r),
-            Image.Transpose.ROTATE_90: (t, w - r, b, w - l), Image.Transpose.ROTATE_270: (h - b, l, h - t, r),
-            Image.Transpose.TRANSVERSE: (h - b, w - r, h - t, w - l)}[method]
+    (l, t, r, b), (w, h) = box, size  # noqa: E741 (left, top, right, bottom)
+    return {
+        Image.Transpose.FLIP_LEFT_RIGHT: (w - r, t, w - l, b),
+        Image.Transpose.FLIP_TOP_BOTTOM: (l, h - b, r, h - t),
+        Image.Transpose.ROTATE_180: (w - r, h - b, w - l, h - t),
+        Image.Transpose.TRANSPOSE: (t, l, b, r),
+        Image.Transpose.ROTATE_90: (t, w - r, b, w - l),
+        Image.Transpose.ROTATE_270: (h - b, l, h - t, r),
+        Image.Transpose.TRANSVERSE: (h - b, w - r, h - t, w - l),
+    }[method]
 
 
 def _decode_reduced(img: Image.Image, path: Path, out: tuple[int, int]) -> Image.Image:
@@ -321,7 +353,9 @@ def _decode_reduced(img: Image.Image, path: Path, out: tuple[int, int]) -> Image
     h_out, w_out = out[::-1] if orientation in (5, 6, 7, 8) else out  # in the file's own (stored) orientation
     scale = max(h_out / img.height, w_out / img.width)  # the resize that _fit would make
     if scale < 0.25:
-        img.draft(None, (math.ceil(2 * scale * img.width), math.ceil(2 * scale * img.height)))  # JPEG only: a no-op else
+        img.draft(
+            None, (math.ceil(2 * scale * img.width), math.ceil(2 * scale * img.height))
+        )  # JPEG only: a no-op else
     scale = max(h_out / img.height, w_out / img.width)
     upright = (img.height, img.width) if orientation in (5, 6, 7, 8) else (img.width, img.height)
     # the box that _fit keeps of the upright image, in the stored image's coordinates
@@ -350,7 +384,8 @@ def _check_decode_memory(img: Image.Image, path: Path, need: int) -> None:
         raise ImageMemoryError(
             f"image file {str(path)!r} is {img.width} x {img.height} pixels ({img.mode}): reading it needs an estimated "
             f"{need / 2**20:.0f} MiB of memory, but only {have / 2**20:.0f} MiB is available. Use a smaller image "
-            f"(or a smaller `size`: an image much larger than it is decoded reduced), or free memory.")
+            f"(or a smaller `size`: an image much larger than it is decoded reduced), or free memory."
+        )
 
 
 def available_host_memory() -> int:
@@ -365,9 +400,10 @@ def available_host_memory() -> int:
             available = int(text.split("MemAvailable:")[1].split()[0]) * 1024
         except (OSError, ValueError, IndexError):
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text().strip())
         except (OSError, ValueError):
@@ -481,8 +517,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         if err.errno in _FULL:  # a writer's bare "No space left on device": say which file, and where
-            raise OSError(err.errno, f"{err.strerror or os.strerror(err.errno)}: could not write {str(path)!r}; free "
-                                     f"space on its disk or write elsewhere") from err
+            raise OSError(
+                err.errno,
+                f"{err.strerror or os.strerror(err.errno)}: could not write {str(path)!r}; free "
+                f"space on its disk or write elsewhere",
+            ) from err
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -507,8 +546,13 @@ def fingerprint_path(path: str | os.PathLike, chunk: int = 2**20) -> str:
         files, root = [path], path.parent
     else:
         root = path
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _MODEL_SUFFIXES
-                       and not any(part in _NOT_MODEL or part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix in _MODEL_SUFFIXES
+            and not any(part in _NOT_MODEL or part.startswith(".") for part in p.relative_to(path).parts)
+        )
     digest = hashlib.sha256()
     for file in files:
         size = file.stat().st_size

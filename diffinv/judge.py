@@ -58,14 +58,17 @@ class Judge(nn.Module):
         modules = dict(network.model.named_modules())
         head = next((n for n in _CLASSIFIER_NAMES if isinstance(modules.get(n), nn.Linear)), None)
         if head is None:
-            raise ValueError(f"`judge` {network.name!r}: no final linear layer named {', '.join(_CLASSIFIER_NAMES)}; "
-                             f"its penultimate features cannot be read.")
+            raise ValueError(
+                f"`judge` {network.name!r}: no final linear layer named {', '.join(_CLASSIFIER_NAMES)}; "
+                f"its penultimate features cannot be read."
+            )
         self.network = network.eval()
         self.head = head  # the final linear layer's name: its input is the penultimate features
 
     @classmethod
-    def from_name(cls, name: str = DEFAULT_JUDGE, *, weights: str | None = "default",
-                  input_size: tuple[int, int] | None = None) -> "Judge":
+    def from_name(
+        cls, name: str = DEFAULT_JUDGE, *, weights: str | None = "default", input_size: tuple[int, int] | None = None
+    ) -> Judge:
         """A judge by network name (as :meth:`TargetNetwork.from_name`: ``tf_efficientnet_lite2``,
         ``tf_efficientnet_lite0``, ``resnet50``, any timm name).
 
@@ -111,9 +114,14 @@ class Judge(nn.Module):
         return self.forward(images)[0].argmax(dim=1)
 
     @torch.no_grad()
-    def score(self, reconstructions: torch.Tensor, originals: torch.Tensor,
-              labels: Sequence[int | None] | torch.Tensor | None = None, *,
-              originals_cache: dict | None = None) -> dict[str, torch.Tensor | None]:
+    def score(
+        self,
+        reconstructions: torch.Tensor,
+        originals: torch.Tensor,
+        labels: Sequence[int | None] | torch.Tensor | None = None,
+        *,
+        originals_cache: dict | None = None,
+    ) -> dict[str, torch.Tensor | None]:
         """Per-image scores of reconstructions against their originals.
 
         ``originals_cache``: a dict kept per batch of ``originals`` (see
@@ -126,8 +134,10 @@ class Judge(nn.Module):
             on the original; ``judge_similarity``: cosine similarity of its penultimate features.
         """
         if reconstructions.shape != originals.shape:
-            raise ValueError(f"reconstructions {tuple(reconstructions.shape)} and originals {tuple(originals.shape)} "
-                             f"must have the same shape.")
+            raise ValueError(
+                f"reconstructions {tuple(reconstructions.shape)} and originals {tuple(originals.shape)} "
+                f"must have the same shape."
+            )
         if not isinstance(labels, torch.Tensor):
             labels = labels_tensor(labels, len(originals))
         cache = {} if originals_cache is None else originals_cache

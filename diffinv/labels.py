@@ -47,8 +47,10 @@ def imagenet_wnids() -> tuple[str, ...]:
 def _wnid_index(wnid: str, where: str) -> int:
     index = {w: i for i, w in enumerate(imagenet_wnids())}
     if wnid not in index:
-        raise ValueError(f"{where}: WordNet id {wnid!r} is not one of the 1,000 ImageNet-1k classes "
-                         f"(e.g. 'n01440764' is class 0, tench).")
+        raise ValueError(
+            f"{where}: WordNet id {wnid!r} is not one of the 1,000 ImageNet-1k classes "
+            f"(e.g. 'n01440764' is class 0, tench)."
+        )
     return index[wnid]
 
 
@@ -94,8 +96,10 @@ def labels_for_files(files: Sequence[str | os.PathLike], source: str | os.PathLi
         for f in files:
             wnid = wnid_of(f)
             if wnid is None:
-                raise ValueError(f"image {f.name!r} has no WordNet id in its name; expected names like "
-                                 f"'123_n01440764_tench.jpg' (or give a CSV file,label).")
+                raise ValueError(
+                    f"image {f.name!r} has no WordNet id in its name; expected names like "
+                    f"'123_n01440764_tench.jpg' (or give a CSV file,label)."
+                )
             labels.append(_wnid_index(wnid, f"image {f.name!r}"))
         return labels
     if text == "imagefolder":
@@ -106,8 +110,9 @@ def labels_for_files(files: Sequence[str | os.PathLike], source: str | os.PathLi
         return [order[c] for c in classes]
     if Path(text).suffix.lower() == ".csv" or Path(text).exists():
         return _labels_from_csv(files, Path(text))
-    raise ValueError(f"labels {text!r}: expected 'wnid', 'imagefolder' or the path of a CSV file with columns "
-                     f"file,label.")
+    raise ValueError(
+        f"labels {text!r}: expected 'wnid', 'imagefolder' or the path of a CSV file with columns file,label."
+    )
 
 
 def _labels_from_csv(files: list[Path], csv_path: Path) -> list[int]:
@@ -119,8 +124,10 @@ def _labels_from_csv(files: list[Path], csv_path: Path) -> list[int]:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != 2:
-                raise ValueError(f"labels CSV {str(csv_path)!r} line {number}: expected 2 columns file,label, "
-                                 f"got {len(row)}: {row!r}.")
+                raise ValueError(
+                    f"labels CSV {str(csv_path)!r} line {number}: expected 2 columns file,label, "
+                    f"got {len(row)}: {row!r}."
+                )
             name, label = (cell.strip() for cell in row)
             if number == 1 and (name.lower(), label.lower()) == ("file", "label"):
                 continue  # the header
@@ -130,8 +137,9 @@ def _labels_from_csv(files: list[Path], csv_path: Path) -> list[int]:
             elif _WNID.fullmatch(label):
                 value = _wnid_index(label, where)
             else:
-                raise ValueError(f"{where}: label {label!r} is neither a class index (0, 1, ...) nor a WordNet id "
-                                 f"(n01440764).")
+                raise ValueError(
+                    f"{where}: label {label!r} is neither a class index (0, 1, ...) nor a WordNet id (n01440764)."
+                )
             if table.get(name, value) != value:
                 raise ValueError(f"{where}: {name!r} is listed twice, with labels {table[name]} and {value}.")
             table[name] = value
@@ -147,7 +155,9 @@ def _labels_from_csv(files: list[Path], csv_path: Path) -> list[int]:
             missing.append(f.name)
         labels.append(found)
     if missing:
-        raise ValueError(f"labels CSV {str(csv_path)!r} has no row for {len(missing)} of the {len(files)} images: "
-                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (the file column holds the "
-                         f"path as given, relative to the CSV's folder, or the file name).")
+        raise ValueError(
+            f"labels CSV {str(csv_path)!r} has no row for {len(missing)} of the {len(files)} images: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (the file column holds the "
+            f"path as given, relative to the CSV's folder, or the file name)."
+        )
     return labels

@@ -50,7 +50,9 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "nmse") -
     if kind not in FEATURE_LOSSES:
         raise ValueError(f"`loss` must be one of {sorted(FEATURE_LOSSES)}, got {kind!r}.")
     if pred.shape != target.shape:
-        raise ValueError(f"predicted features {tuple(pred.shape)} and target features {tuple(target.shape)} differ in shape.")
+        raise ValueError(
+            f"predicted features {tuple(pred.shape)} and target features {tuple(target.shape)} differ in shape."
+        )
     return FEATURE_LOSSES[kind](pred, target)
 
 

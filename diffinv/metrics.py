@@ -17,13 +17,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torch import nn
 
 from .targets import TargetNetwork
 
-__all__ = ["MIN_IMAGE_SIZE", "psnr", "ssim", "LPIPS", "feature_residual", "label_hits", "reconstruction_scores",
-           "top1_accuracy", "top1_agreement", "temporal_consistency"]
+__all__ = [
+    "MIN_IMAGE_SIZE",
+    "psnr",
+    "ssim",
+    "LPIPS",
+    "feature_residual",
+    "label_hits",
+    "reconstruction_scores",
+    "top1_accuracy",
+    "top1_agreement",
+    "temporal_consistency",
+]
 
 #: The smallest image side that :func:`ssim` scores: its gaussian window (sigma 1.5, scikit-image's truncation at
 #: 3.5 sigma) is ``2 * int(3.5 * 1.5 + 0.5) + 1 = 11`` pixels, and scikit-image refuses a smaller image ("win_size
@@ -106,8 +116,14 @@ class LPIPS(nn.Module):
 
 
 @torch.no_grad()
-def feature_residual(target: TargetNetwork, x: torch.Tensor, features: torch.Tensor, layer: str | None = None, *,
-                     input_size: tuple[int, int] | None = None) -> torch.Tensor:
+def feature_residual(
+    target: TargetNetwork,
+    x: torch.Tensor,
+    features: torch.Tensor,
+    layer: str | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """``||f(x) - features|| / ||features||`` per image: did the inversion match? (``input_size``: the
     target resizes to it instead of its own, :meth:`TargetNetwork.preprocess`.)"""
     pred = target.feature(x, layer, input_size=input_size).float().flatten(1)
@@ -152,10 +168,17 @@ def _check_labels(labels: torch.Tensor | None, count: int) -> None:
 
 
 @torch.no_grad()
-def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, originals: torch.Tensor, *,
-                          labels: torch.Tensor | None = None, judge=None, lpips: LPIPS | None = None,
-                          feature_residual: torch.Tensor | None = None,
-                          originals_cache: dict | None = None) -> dict[str, torch.Tensor | None]:
+def reconstruction_scores(
+    target: TargetNetwork,
+    reconstructions: torch.Tensor,
+    originals: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    judge=None,
+    lpips: LPIPS | None = None,
+    feature_residual: torch.Tensor | None = None,
+    originals_cache: dict | None = None,
+) -> dict[str, torch.Tensor | None]:
     """Every per-image score of a batch of reconstructions: what a benchmark or audit record holds.
 
     Args:
@@ -196,8 +219,9 @@ def reconstruction_scores(target: TargetNetwork, reconstructions: torch.Tensor, 
         original = cache["target_top1"]
         scores["top1_agreement"] = (predicted == original).float()
         if labels is not None:
-            scores.update(top1_accuracy=label_hits(predicted, labels),
-                          original_top1_accuracy=label_hits(original, labels))
+            scores.update(
+                top1_accuracy=label_hits(predicted, labels), original_top1_accuracy=label_hits(original, labels)
+            )
     if judge is not None:
         scores.update(judge.score(reconstructions, originals, labels, originals_cache=cache))
     return scores

@@ -35,8 +35,16 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BestIterate", "EarlyStopping", "OptimizationResult", "adam", "all_finite", "check_weight", "cosine_lr",
-           "run_optimization"]
+__all__ = [
+    "BestIterate",
+    "EarlyStopping",
+    "OptimizationResult",
+    "adam",
+    "all_finite",
+    "check_weight",
+    "cosine_lr",
+    "run_optimization",
+]
 
 ClosureFn = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "list[torch.Tensor] | None"]]
 
@@ -110,8 +118,9 @@ class BestIterate:
         return tensor.unflatten(0, (self.num_images, -1))  # a view in any memory format (channels_last too)
 
     @torch.no_grad()
-    def update(self, per_image: torch.Tensor, variables: Sequence[torch.Tensor],
-               active: torch.Tensor | None = None) -> torch.Tensor:
+    def update(
+        self, per_image: torch.Tensor, variables: Sequence[torch.Tensor], active: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Keeps the current variables of every image whose finite loss improved (among the ``active``
         ones, a boolean ``(N,)`` mask; default all); returns that mask."""
         per_image = per_image.detach().float().cpu()
@@ -252,7 +261,11 @@ def run_optimization(
     history, skipped = [], 0
     plateau = _Plateau(early_stop, num_images) if early_stop is not None else None
     active = None if plateau is None else plateau.active
-    bar = progress if not isinstance(progress, bool) else tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
+    bar = (
+        progress
+        if not isinstance(progress, bool)
+        else tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
+    )
     try:
         for i in range(iterations):
             for group in optimizer.param_groups:
@@ -263,10 +276,13 @@ def run_optimization(
             if not finite and plateau is not None and grads is not None and not active.all():
                 # a stopped image (its variables frozen) does not make the running ones skip a step
                 finite = bool(torch.isfinite(per_image.detach().cpu()[active]).all())
-                finite = finite and all_finite([g.unflatten(0, (num_images, -1))[active.to(g.device)]
-                                                for g in grads if g is not None])
+                finite = finite and all_finite(
+                    [g.unflatten(0, (num_images, -1))[active.to(g.device)] for g in grads if g is not None]
+                )
                 if finite:
-                    grads = [None if g is None else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+                    grads = [
+                        None if g is None else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads
+                    ]
             if finite:
                 best.update(per_image, variables, active)
                 for variable, grad in zip(variables, grads):

@@ -42,7 +42,8 @@ def _discover(group: str) -> tuple[dict[str, object], dict[str, PluginError]]:
         except Exception as error:  # noqa: BLE001 - any failure of a third-party import is reported, not raised
             errors[entry.name] = PluginError(
                 f"plugin {entry.name!r} of group {group!r} (package {_package(entry)}, {entry.value}) failed to "
-                f"load: {type(error).__name__}: {error}. The built-in units still work; fix or uninstall that package.")
+                f"load: {type(error).__name__}: {error}. The built-in units still work; fix or uninstall that package."
+            )
     return units, errors
 
 
@@ -71,8 +72,9 @@ class Units(Mapping):
         what: the kind of unit the group expects, for the error (e.g. "an Inverter subclass named NAME").
     """
 
-    def __init__(self, group: str, built_in: Callable[[], Mapping[str, object]], valid: Callable[[str, object], bool],
-                 what: str):
+    def __init__(
+        self, group: str, built_in: Callable[[], Mapping[str, object]], valid: Callable[[str, object], bool], what: str
+    ):
         self.group, self._built_in, self._valid, self._what = group, built_in, valid, what
 
     @cached_property
@@ -80,8 +82,10 @@ class Units(Mapping):
         units = dict(self._built_in())
         for name, unit in load_units(self.group).items():
             if name in units or not self._valid(name, unit):
-                raise PluginError(f"plugin {name!r} of group {self.group!r} must be {self._what.replace('NAME', repr(name))}"
-                                  f", not a built-in one; got {unit!r}.")
+                raise PluginError(
+                    f"plugin {name!r} of group {self.group!r} must be {self._what.replace('NAME', repr(name))}"
+                    f", not a built-in one; got {unit!r}."
+                )
             units[name] = unit
         return units
 

@@ -149,6 +149,7 @@ class MemoryEstimate:
 
     def breakdown(self) -> str:
         """The parts of 1 MiB or more: ``'images 12.0 MiB, target activations 742.8 MiB, ...'``."""
+
         def parts(d):
             return ", ".join(f"{name} {format_bytes(v)}" for name, v in d.items() if v >= 2**20)
 
@@ -184,6 +185,7 @@ def activation_bytes(module: nn.Module, *inputs: torch.Tensor, stop_at: str | No
     modules = dict(module.named_modules())
     handles = [m.register_forward_hook(count) for m in modules.values() if not any(True for _ in m.children())]
     if stop_at is not None:
+
         def stop(*_):
             raise _Stop
 
@@ -213,6 +215,7 @@ def _target_costs(name: str, layers: tuple[str, ...], size: tuple[int, int]) -> 
 def _widths(model_dir: str | os.PathLike | None) -> tuple[float, float]:
     """UNet and VAE widths (largest ``block_out_channels``) of a diffusers folder relative to Stable
     Diffusion's (1280, 512); Stable Diffusion's own when the folder cannot be read (a Hub id)."""
+
     def width(component: str, default: int) -> float:
         try:
             config = json.loads((Path(model_dir) / component / "config.json").read_text(encoding="utf-8"))
@@ -281,9 +284,10 @@ def estimate_memory(
 # ---------------------------------------------------------------------- what the machine has
 def _cgroup_available() -> int | None:
     """Memory left under this process's cgroup (v2 or v1) limit, or None when there is no limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path(limit_file).read_text().strip()
             usage = int(Path(usage_file).read_text().strip())
@@ -318,13 +322,19 @@ def available_memory(device: str | torch.device = "cpu") -> int:
     """Bytes free now: the GPU's free memory on CUDA (``torch.cuda.mem_get_info``), else the host's."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device.index if device.index is not None else torch.cuda.current_device())[0])
+        return int(
+            torch.cuda.mem_get_info(device.index if device.index is not None else torch.cuda.current_device())[0]
+        )
     return _host_available()
 
 
-def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = None, *, job: str = "the job",
-                 hint: str = "Use a smaller image size, batch size or number of images (or a shallower layer).",
-                 ) -> MemoryEstimate:
+def check_memory(
+    estimate: MemoryEstimate,
+    device: str | torch.device | None = None,
+    *,
+    job: str = "the job",
+    hint: str = "Use a smaller image size, batch size or number of images (or a shallower layer).",
+) -> MemoryEstimate:
     """Raises :class:`InsufficientMemoryError` when ``estimate`` does not fit the memory available now.
 
     On CUDA the compute part is compared with the GPU's free memory and the images with the host's;
@@ -332,9 +342,14 @@ def check_memory(estimate: MemoryEstimate, device: str | torch.device | None = N
     advises.
     """
     device = torch.device(device if device is not None else estimate.device)
-    checks = ([("GPU memory", estimate.compute_bytes, available_memory(device)),
-               ("host memory", estimate.host_bytes, available_memory("cpu"))] if device.type == "cuda"
-              else [("memory", estimate.total, available_memory("cpu"))])
+    checks = (
+        [
+            ("GPU memory", estimate.compute_bytes, available_memory(device)),
+            ("host memory", estimate.host_bytes, available_memory("cpu")),
+        ]
+        if device.type == "cuda"
+        else [("memory", estimate.total, available_memory("cpu"))]
+    )
     for what, need, have in checks:
         if need > have:
             raise InsufficientMemoryError(
@@ -372,12 +387,15 @@ def estimate_training(
         raise ValueError("`model` must record its `feature_shape` in its config (a decoder or a mapper).")
     features = torch.zeros(batch_size, *feature_shape, device="meta")
     weights, target_activations = _target_costs(target, (layer,), (h, w))
-    parts = {f"{name} weights": 4 * parameters, f"{name} gradients": 4 * parameters,
-             "optimizer state": 8 * parameters,
-             f"{name} activations": 2 * activation_bytes(model, features),
-             "target weights": weights,
-             "target activations": target_activations * batch_size * (2 if feature_loss else 1),
-             "training batch": 2 * batch_size * 3 * h * w * 4}
+    parts = {
+        f"{name} weights": 4 * parameters,
+        f"{name} gradients": 4 * parameters,
+        "optimizer state": 8 * parameters,
+        f"{name} activations": 2 * activation_bytes(model, features),
+        "target weights": weights,
+        "target activations": target_activations * batch_size * (2 if feature_loss else 1),
+        "training batch": 2 * batch_size * 3 * h * w * 4,
+    }
     if vae is not None:
         width = _widths(vae)[1]
         parts["vae"] = int(_SD_VAE_PARAMETERS * 4 * width**2 + _SD_VAE_BYTES_PER_PIXEL * width * batch_size * h * w)

@@ -38,8 +38,9 @@ def _check(confidence: float, resamples: int) -> None:
         raise ValueError(f"`resamples` must be a positive integer, got {resamples!r}.")
 
 
-def _percentile_bootstrap(values: np.ndarray, confidence: float, resamples: int,
-                          seed: int) -> tuple[float, float, float]:
+def _percentile_bootstrap(
+    values: np.ndarray, confidence: float, resamples: int, seed: int
+) -> tuple[float, float, float]:
     mean = float(values.mean())
     if len(values) == 1 or np.all(values == values[0]):
         return mean, mean, mean
@@ -50,8 +51,9 @@ def _percentile_bootstrap(values: np.ndarray, confidence: float, resamples: int,
     return mean, float(min(low, mean)), float(max(high, mean))
 
 
-def bootstrap_ci(values: Iterable[float | None], *, confidence: float = 0.95, resamples: int = 2000,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Iterable[float | None], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """The mean of ``values`` and its percentile-bootstrap interval, resampling the values (images).
 
     Args:
@@ -74,8 +76,14 @@ def bootstrap_ci(values: Iterable[float | None], *, confidence: float = 0.95, re
     return _percentile_bootstrap(kept, confidence, resamples, seed)
 
 
-def paired_difference_ci(a: Sequence[float | None], b: Sequence[float | None], *, confidence: float = 0.95,
-                         resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def paired_difference_ci(
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """The mean of ``a - b`` over paired images and its bootstrap interval (images resampled as pairs).
 
     Args:

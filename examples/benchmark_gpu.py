@@ -44,21 +44,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_pipeline import DTYPES, build  # noqa: E402  (the examples folder is not a package)
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), first match of the device name wins.
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
-                    ("A100", 312.0))
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 MODES = ("off", "reduce-overhead", "max-autotune")
 # (batch, K) first in every group: the goal (at most 0.1 s per image-iteration in bf16), then the memory in K at
 # batch 8 (checkpointing should keep it flat); then the other cells from the cheapest.
 PRIORITY = ((8, 4), (8, 1), (8, 20))
-FULL = dict(batches=[1, 4, 8, 16], steps=[1, 4, 20], dtypes=["bf16", "fp16"], compile=list(MODES), iterations=3,
-            warmup=2, budget_s=450.0)
-QUICK = dict(batches=[1, 2], steps=[1, 2], dtypes=["bf16"], compile=["off", "reduce-overhead"], iterations=2,
-             warmup=1, budget_s=100.0)
+FULL = dict(
+    batches=[1, 4, 8, 16],
+    steps=[1, 4, 20],
+    dtypes=["bf16", "fp16"],
+    compile=list(MODES),
+    iterations=3,
+    warmup=2,
+    budget_s=450.0,
+)
+QUICK = dict(
+    batches=[1, 2],
+    steps=[1, 2],
+    dtypes=["bf16"],
+    compile=["off", "reduce-overhead"],
+    iterations=2,
+    warmup=1,
+    budget_s=100.0,
+)
 GRACE_S = 5.0  # a worker plans to end this long before its share ends, and is stopped at the end
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="sd15", help="pipeline definition: sd15, sd-turbo, tiny (random weights)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's native size)")
     p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: 1 4 8 16)")
@@ -73,8 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default="blocks.2", help="EfficientNet-Lite0 layer of the target")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--out", default="benchmark_gpu", help="writes OUT.json and OUT.md")
-    p.add_argument("--quick", action="store_true",
-                   help="a small grid (batch 1 2, K 1 2, bf16, off and reduce-overhead, 2 iterations, 100 s)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small grid (batch 1 2, K 1 2, bf16, off and reduce-overhead, 2 iterations, 100 s)",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one group: JSON in, lines out
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():  # what is not given explicitly
@@ -114,9 +132,18 @@ def _features(pipe, batch: int, size: int):
 def _call(pipe, features, size: int, steps: int, iterations: int, compile, callback=None):
     import torch
 
-    return pipe(features, prompt="", height=size, width=size, num_inference_steps=steps, iterations=iterations,
-                generator=torch.Generator().manual_seed(0), output_type="latent", compile=compile,
-                callback_on_step_end=callback)
+    return pipe(
+        features,
+        prompt="",
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        iterations=iterations,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        compile=compile,
+        callback_on_step_end=callback,
+    )
 
 
 def count_flops(pipe, size: int, steps: int) -> float:
@@ -151,10 +178,14 @@ def run_cell(pipe, batch: int, steps: int, size: int, warmup: int, iterations: i
     out = _call(pipe, features, size, steps, warmup + iterations, compile, stamp)
     gaps = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     steady = statistics.median(gaps[warmup:])
-    return {"s_per_iteration": steady, "image_iterations_per_s": batch / steady, "first_iteration_s": gaps[0],
-            "compile_s": max(0.0, sum(gaps[:warmup]) - warmup * steady),
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-            "skipped_steps": out.skipped_steps}
+    return {
+        "s_per_iteration": steady,
+        "image_iterations_per_s": batch / steady,
+        "first_iteration_s": gaps[0],
+        "compile_s": max(0.0, sum(gaps[:warmup]) - warmup * steady),
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "skipped_steps": out.skipped_steps,
+    }
 
 
 def _work(batch: int, steps: int, flops: dict) -> float:
@@ -169,8 +200,9 @@ def estimate_s(batch: int, steps: int, done: list[dict], flops: dict, runs: int,
         return None
     work = _work(batch, steps, flops)
     above = [d["s_per_iteration"] for d in done if _work(d["batch"], d["K"], flops) >= work]
-    per_iteration = min(above) if above else max(d["s_per_iteration"] * work / _work(d["batch"], d["K"], flops)
-                                                 for d in done)
+    per_iteration = (
+        min(above) if above else max(d["s_per_iteration"] * work / _work(d["batch"], d["K"], flops) for d in done)
+    )
     compile_s = max(d["compile_s"] for d in done) if compiling and batch not in {d["batch"] for d in done} else 0.0
     return runs * per_iteration + compile_s
 
@@ -188,8 +220,14 @@ def worker(job: dict) -> None:
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
     size = job["size"] or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    emit("INFO", {"device": torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)",
-                  "size": size, "torch": torch.__version__})
+    emit(
+        "INFO",
+        {
+            "device": torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)",
+            "size": size,
+            "torch": torch.__version__,
+        },
+    )
     flops = {}
     if job["count_flops"]:
         one, two = count_flops(pipe, size, 1), count_flops(pipe, size, 2)
@@ -204,8 +242,14 @@ def worker(job: dict) -> None:
         left = deadline - time.time()
         guess = estimate_s(batch, steps, done, flops, job["warmup"] + job["iterations"], compile is not False)
         if guess is not None and guess > left:
-            emit("CELL", {**cell, "status": "skipped", "reason": f"estimated {guess:.0f} s > {max(left, 0):.0f} s "
-                                                                 f"left of the group's budget"})
+            emit(
+                "CELL",
+                {
+                    **cell,
+                    "status": "skipped",
+                    "reason": f"estimated {guess:.0f} s > {max(left, 0):.0f} s left of the group's budget",
+                },
+            )
             continue
         try:
             result = run_cell(pipe, batch, steps, size, job["warmup"], job["iterations"], compile, cuda)
@@ -245,7 +289,9 @@ def run_group(job: dict, budget_s: float) -> tuple[list[dict], dict]:
             if time.time() > stop:
                 os.killpg(proc.pid, signal.SIGKILL)  # the worker and its compile workers
                 proc.wait()
-                meta["stopped"] = f"stopped after {budget_s:.0f} s (its share of the budget), still compiling or running"
+                meta["stopped"] = (
+                    f"stopped after {budget_s:.0f} s (its share of the budget), still compiling or running"
+                )
                 break
             continue
         kind, _, payload = line.partition(" ")
@@ -265,25 +311,43 @@ def main(argv=None) -> int:
     start, order = time.time(), _cell_order(args.batches, args.steps)
     groups = [(dtype, mode) for dtype in args.dtypes for mode in args.compile]
     weights = {g: (2.0 if g[0] == args.dtypes[0] else 1.0) for g in groups}  # the first dtype gets twice the time
-    report = {"command": " ".join(["python", "examples/benchmark_gpu.py", *(argv if argv is not None else sys.argv[1:])]),
-              "model": args.model, "budget_s": args.budget_s, "channels_last": args.channels_last,
-              "iterations": args.iterations, "warmup": args.warmup, "cells": []}
+    report = {
+        "command": " ".join(["python", "examples/benchmark_gpu.py", *(argv if argv is not None else sys.argv[1:])]),
+        "model": args.model,
+        "budget_s": args.budget_s,
+        "channels_last": args.channels_last,
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "cells": [],
+    }
     flops = None
     for i, (dtype, mode) in enumerate(groups):
         left = args.budget_s - (time.time() - start)
         share = left * weights[(dtype, mode)] / sum(weights[g] for g in groups[i:])
-        job = dict(model=args.model, dtype=dtype, compile=mode, channels_last=args.channels_last, size=args.size,
-                   layer=args.layer, device=args.device, warmup=args.warmup, iterations=args.iterations,
-                   cells=order, count_flops=flops is None, flops=flops)
+        job = dict(
+            model=args.model,
+            dtype=dtype,
+            compile=mode,
+            channels_last=args.channels_last,
+            size=args.size,
+            layer=args.layer,
+            device=args.device,
+            warmup=args.warmup,
+            iterations=args.iterations,
+            cells=order,
+            count_flops=flops is None,
+            flops=flops,
+        )
         print(f"{dtype} compile={mode}: {share:.0f} s", file=sys.stderr, flush=True)
         cells, meta = run_group(job, share) if share > 1 else ([], {"stopped": "no budget left"})
         flops = meta.get("FLOPS", flops)
-        report.update({k: v for k, v in meta.get("INFO", {}).items()})
+        report.update(meta.get("INFO", {}))
         reported = {(c["batch"], c["K"]): c for c in cells}
         why = meta.get("stopped") or f"the worker ended early (exit code {meta.get('returncode')})"
         for batch, steps in order:
-            cell = reported.get((batch, steps), {"batch": batch, "K": steps, "status": "skipped",
-                                                 "reason": f"not reached: {why}"})
+            cell = reported.get(
+                (batch, steps), {"batch": batch, "K": steps, "status": "skipped", "reason": f"not reached: {why}"}
+            )
             report["cells"].append({**cell, "dtype": dtype, "compile": mode, "channels_last": args.channels_last})
         report.update(elapsed_s=time.time() - start, flops=flops)
         write(report, args)
@@ -300,8 +364,11 @@ def _fill(report: dict) -> None:
             continue
         per_image = flops["a"] + flops["b"] * cell["K"]
         achieved = per_image * cell["image_iterations_per_s"] / 1e12
-        cell.update(flop_per_image_iteration=per_image, tflops_achieved=achieved,
-                    fraction_of_peak=achieved / peak if peak else None)
+        cell.update(
+            flop_per_image_iteration=per_image,
+            tflops_achieved=achieved,
+            fraction_of_peak=achieved / peak if peak else None,
+        )
 
 
 def write(report: dict, args) -> None:
@@ -339,7 +406,8 @@ def markdown(report: dict) -> str:
             f"| {num(c.get('first_iteration_s'), '.1f')} | {num(c.get('compile_s'), '.1f')} "
             f"| {num(c.get('peak_mib'), '.0f')} | {num((c.get('flop_per_image_iteration') or 0) / 1e12 or None, '.3g')} "
             f"| {num(None if fraction is None else 100 * fraction, '.1f')} "
-            f"| {'measured' if measured else 'skipped: ' + c['reason']} |")
+            f"| {'measured' if measured else 'skipped: ' + c['reason']} |"
+        )
     return "\n".join(lines)
 
 

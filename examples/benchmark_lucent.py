@@ -83,9 +83,16 @@ def lucent_worker(spec: dict) -> None:
         torch.manual_seed(spec["seed"])
         start = time.perf_counter()
         (result,) = render.render_vis(
-            target.model, objective, lambda: param.image(size, batch=n), transforms=[target.preprocess],
-            optimizer=lambda params: torch.optim.Adam(params, lr=0.05), thresholds=(spec["iterations"],),
-            preprocess=False, fixed_image_size=size, progress=False, show_image=False,
+            target.model,
+            objective,
+            lambda: param.image(size, batch=n),
+            transforms=[target.preprocess],
+            optimizer=lambda params: torch.optim.Adam(params, lr=0.05),
+            thresholds=(spec["iterations"],),
+            preprocess=False,
+            fixed_image_size=size,
+            progress=False,
+            show_image=False,
         )
         seconds = (time.perf_counter() - start) / n
         for i, array in enumerate(result):
@@ -97,8 +104,15 @@ def run_lucent(args, layers: list[str], images: torch.Tensor, out: Path) -> None
     """Runs :func:`lucent_worker` under ``--lucent-python`` on ``layers``."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", images.numpy())
-        spec = {"images": str(Path(tmp) / "images.npy"), "target": args.target, "layers": layers,
-                "iterations": args.iterations, "seed": args.seed, "threads": args.threads, "out": str(out)}
+        spec = {
+            "images": str(Path(tmp) / "images.npy"),
+            "target": args.target,
+            "layers": layers,
+            "iterations": args.iterations,
+            "seed": args.seed,
+            "threads": args.threads,
+            "out": str(out),
+        }
         subprocess.run([args.lucent_python, __file__, "--lucent-worker", json.dumps(spec)], check=True)
 
 
@@ -115,17 +129,24 @@ def run_diffinv(method: str, args, layers: list[str], target, images: torch.Tens
         if method in ("pixel", "pixel-sigmoid"):
             parameterization = "sigmoid" if method == "pixel-sigmoid" else "fourier"
             result = PixelInverter(target, iterations=args.iterations, parameterization=parameterization)(
-                features, generator=generator, progress=False)
+                features, generator=generator, progress=False
+            )
             recon, seconds = result.images, result.seconds
         elif method == "dip+pixel":
             dip_run, lr = out / "dip" / layer, REFINE_LEARNING_RATE if args.refine_lr is None else args.refine_lr
             if (dip_run / "seconds.json").exists():  # refine --out's dip run: its PNGs are the start
-                inverter = PixelInverter(target, iterations=args.iterations, learning_rate=lr,
-                                         start=[dip_run / f"{i:03d}.png" for i in range(len(images))])
+                inverter = PixelInverter(
+                    target,
+                    iterations=args.iterations,
+                    learning_rate=lr,
+                    start=[dip_run / f"{i:03d}.png" for i in range(len(images))],
+                )
                 dip_seconds = json.loads((dip_run / "seconds.json").read_text()) * len(images)
             else:
-                inverter, dip_seconds = build_inverter("dip+pixel", target, iterations=args.iterations,
-                                                       learning_rate=lr), 0.0
+                inverter, dip_seconds = (
+                    build_inverter("dip+pixel", target, iterations=args.iterations, learning_rate=lr),
+                    0.0,
+                )
             result = inverter(features, generator=generator, progress=False)
             recon, seconds = result.images, dip_seconds + result.seconds
         else:
@@ -145,13 +166,24 @@ def score(out: Path, method: str, layer: str, originals: list[np.ndarray]) -> tu
     for i, original in enumerate(originals):
         recon = np.asarray(Image.open(out / method / layer / f"{i:03d}.png").convert("RGB"))
         psnrs.append(peak_signal_noise_ratio(original, recon, data_range=255))
-        ssims.append(structural_similarity(original, recon, channel_axis=2, data_range=255, gaussian_weights=True,
-                                           sigma=1.5, use_sample_covariance=False))
+        ssims.append(
+            structural_similarity(
+                original,
+                recon,
+                channel_axis=2,
+                data_range=255,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
+        )
     return psnrs, ssims
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--lucent-python", default=None, help="the Python of a venv with torch-lucent 0.1.8 (see above)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["lucent", "pixel", "pixel-sigmoid", "dip"])
     p.add_argument("--layers", nargs="+", default=["blocks.1", "blocks.2", "blocks.4", "blocks.6"])
@@ -159,16 +191,23 @@ def main(argv=None) -> None:
     p.add_argument("--num-images", type=int, default=None, help="the first N photos of --images (default all)")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--refine-lr", type=float, default=None,
-                   help="dip+pixel: the pixel refinement's learning rate (default: diffinv's REFINE_LEARNING_RATE)")
+    p.add_argument(
+        "--refine-lr",
+        type=float,
+        default=None,
+        help="dip+pixel: the pixel refinement's learning rate (default: diffinv's REFINE_LEARNING_RATE)",
+    )
     p.add_argument("--target", default="tf_efficientnet_lite0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="benchmark_lucent_out", help="where the PNGs and results.json go")
     p.add_argument("--per-image", action="store_true", help="also print every image's PSNR")
-    p.add_argument("--reuse", action="store_true",
-                   help="take a method's PNGs and times at a layer from --out where an earlier run left them (methods "
-                        "and layers can run in separate processes, then one --reuse run prints the table)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a method's PNGs and times at a layer from --out where an earlier run left them (methods "
+        "and layers can run in separate processes, then one --reuse run prints the table)",
+    )
     p.add_argument("--lucent-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.lucent_worker is not None:
@@ -198,26 +237,39 @@ def main(argv=None) -> None:
     target = TargetNetwork.from_name(args.target, args.layers, input_size=(args.size, args.size))
     load_before, seconds = os.getloadavg(), {}
     for method in methods:
-        todo = [layer for layer in args.layers if not (args.reuse and (out / method / layer / "seconds.json").exists())]
+        todo = [
+            layer for layer in args.layers if not (args.reuse and (out / method / layer / "seconds.json").exists())
+        ]
         start = time.perf_counter()
         if todo and method == "lucent":
             run_lucent(args, todo, images, out)
         elif todo:
             run_diffinv(method, args, todo, target, images, out)
-        seconds[method] = {layer: json.loads((out / method / layer / "seconds.json").read_text()) for layer in args.layers}
+        seconds[method] = {
+            layer: json.loads((out / method / layer / "seconds.json").read_text()) for layer in args.layers
+        }
         print(f"{method}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
-    results = {m: {layer: dict(zip(("psnr", "ssim"), score(out, m, layer, originals)), seconds=seconds[m][layer])
-                   for layer in args.layers} for m in methods}
-    print(f"\n{len(images)} images ({args.images or 'skimage demo photos'}), {args.size} px, {args.iterations} "
-          f"iterations, {args.target}, seed {args.seed}, {args.threads} threads; load average "
-          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n")
+    results = {
+        m: {
+            layer: dict(zip(("psnr", "ssim"), score(out, m, layer, originals)), seconds=seconds[m][layer])
+            for layer in args.layers
+        }
+        for m in methods
+    }
+    print(
+        f"\n{len(images)} images ({args.images or 'skimage demo photos'}), {args.size} px, {args.iterations} "
+        f"iterations, {args.target}, seed {args.seed}, {args.threads} threads; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
+    )
     print("| method | " + " | ".join(f"{layer} PSNR / SSIM" for layer in args.layers) + " | s/image |")
     print("|---|" + "---|" * (len(args.layers) + 1))
     for m in methods:
-        cells = [f"{np.mean(results[m][layer]['psnr']):.2f} / {np.mean(results[m][layer]['ssim']):.3f}"
-                 for layer in args.layers]
+        cells = [
+            f"{np.mean(results[m][layer]['psnr']):.2f} / {np.mean(results[m][layer]['ssim']):.3f}"
+            for layer in args.layers
+        ]
         per_image = np.mean([results[m][layer]["seconds"] for layer in args.layers])
         print(f"| {m} | " + " | ".join(cells) + f" | {per_image:.1f} |")
     if args.per_image:

@@ -46,13 +46,20 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", default="tiny", help="pipeline definition: tiny, sd15, sd-turbo (or a definition folder)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 4, 20], help="sampling steps K")
     p.add_argument("--iterations", type=int, default=3, help="optimization iterations per configuration (>= 2)")
     p.add_argument("--checkpointing", nargs="+", default=["on", "off"], choices=["on", "off"])
-    p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
-                   help="network dtypes (default: fp32 on CPU; fp32 fp16 bf16 on GPU)")
+    p.add_argument(
+        "--dtype",
+        nargs="+",
+        default=None,
+        choices=list(DTYPES),
+        help="network dtypes (default: fp32 on CPU; fp32 fp16 bf16 on GPU)",
+    )
     p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch", type=int, default=1, help="feature maps inverted at once")
@@ -60,12 +67,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default="blocks.2", help="EfficientNet-Lite0 layer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--malloc-mmap-threshold", type=int, default=None,
-                   help="CPU: MALLOC_MMAP_THRESHOLD_ for the worker processes (tighter peak RSS, slower)")
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=None,
+        help="CPU: MALLOC_MMAP_THRESHOLD_ for the worker processes (tighter peak RSS, slower)",
+    )
     p.add_argument("--compile", action="store_true", help="also run each configuration with compile=True")
-    p.add_argument("--floor", action="store_true",
-                   help="also time the floor: one UNet forward+backward per step, the VAE decode and the target "
-                        "(+ the recompute of checkpointing), to compare with the loop's seconds per iteration")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the floor: one UNet forward+backward per step, the VAE decode and the target "
+        "(+ the recompute of checkpointing), to compare with the loop's seconds per iteration",
+    )
     p.add_argument("--target-weights", default="default", help="EfficientNet-Lite0 weights (default, random:SEED)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one configuration, JSON in and out
@@ -94,9 +108,23 @@ def build(size: str, dtype: str, layer: str, device: str, target_weights: str):
     return pipe, pipe.target
 
 
-def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: int, height, width, batch: int,
-            guidance_scale: float, layer: str, device: str, threads: int | None, compile: bool = False,
-            floor: bool = False, target_weights: str = "default") -> dict:
+def run_one(
+    size: str,
+    steps: int,
+    checkpointing: bool,
+    dtype: str,
+    iterations: int,
+    height,
+    width,
+    batch: int,
+    guidance_scale: float,
+    layer: str,
+    device: str,
+    threads: int | None,
+    compile: bool = False,
+    floor: bool = False,
+    target_weights: str = "default",
+) -> dict:
     """One configuration in this process."""
     if threads:
         torch.set_num_threads(threads)
@@ -104,7 +132,9 @@ def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: 
     sample = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or sample, width or sample
     with torch.no_grad():
-        features = target.feature(torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device))
+        features = target.feature(
+            torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+        )
 
     stamps, saved = [], {}
     weights = {p.data_ptr() for m in (pipe.unet, pipe.vae, pipe.text_encoder, target) for p in m.parameters()}
@@ -136,9 +166,20 @@ def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: 
     else:
         before = peak_rss_mib()
     start = time.perf_counter()
-    out = pipe(features, prompt="", height=height, width=width, num_inference_steps=steps, iterations=iterations,
-               guidance_scale=guidance_scale, gradient_checkpointing=checkpointing, generator=torch.Generator().manual_seed(0),
-               output_type="pt", callback_on_step_end=callback, compile=compile)
+    out = pipe(
+        features,
+        prompt="",
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        iterations=iterations,
+        guidance_scale=guidance_scale,
+        gradient_checkpointing=checkpointing,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        callback_on_step_end=callback,
+        compile=compile,
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         peak, above = torch.cuda.max_memory_allocated() / 2**20, (torch.cuda.max_memory_allocated() - before) / 2**20
@@ -148,13 +189,24 @@ def run_one(size: str, steps: int, checkpointing: bool, dtype: str, iterations: 
     per_iteration = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     parts = floor_parts(pipe, features, layer, height, width, batch) if floor else None
     return {
-        "size": size, "image": f"{height}x{width}", "batch": batch, "K": steps, "checkpointing": checkpointing,
-        "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "compile": compile,
-        "floor_s": None if parts is None else floor_seconds(parts, steps, checkpointing), "floor_parts": parts,
+        "size": size,
+        "image": f"{height}x{width}",
+        "batch": batch,
+        "K": steps,
+        "checkpointing": checkpointing,
+        "dtype": dtype,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "compile": compile,
+        "floor_s": None if parts is None else floor_seconds(parts, steps, checkpointing),
+        "floor_parts": parts,
         "s_per_iteration": statistics.median(per_iteration[1:]) if len(per_iteration) > 1 else per_iteration[0],
-        "first_iteration_s": per_iteration[0], "peak_mib": peak, "above_weights_mib": above,
+        "first_iteration_s": per_iteration[0],
+        "peak_mib": peak,
+        "above_weights_mib": above,
         "saved_activations_mib": sum(saved.values()) / 2**20,
-        "skipped_steps": out.skipped_steps, "loss": [float(v) for v in out.loss_history[-1]],
+        "skipped_steps": out.skipped_steps,
+        "loss": [float(v) for v in out.loss_history[-1]],
     }
 
 
@@ -181,8 +233,13 @@ def floor_parts(pipe, features, layer: str, height: int, width: int, batch: int)
 
     device = str(pipe._execution_device)
     dtype = pipe.unet.dtype
-    latents = torch.randn(batch, pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
-                          width // pipe.vae_scale_factor, device=device)
+    latents = torch.randn(
+        batch,
+        pipe.unet.config.in_channels,
+        height // pipe.vae_scale_factor,
+        width // pipe.vae_scale_factor,
+        device=device,
+    )
     embeds = pipe.encode_prompt([""] * batch, device, False)
     t = torch.tensor(999, device=device)
 
@@ -203,11 +260,17 @@ def floor_parts(pipe, features, layer: str, height: int, width: int, batch: int)
     def target():
         with torch.enable_grad():
             x = torch.rand(batch, 3, height, width, device=device, requires_grad=True)
-            feature_loss(pipe.target.feature(x.to(next(pipe.target.parameters()).dtype), layer), features, "nmse").sum().backward()
+            feature_loss(
+                pipe.target.feature(x.to(next(pipe.target.parameters()).dtype), layer), features, "nmse"
+            ).sum().backward()
 
-    return {"unet_forward": _timed(lambda: unet(False), device), "unet_forward_backward": _timed(lambda: unet(True), device),
-            "vae_forward": _timed(lambda: vae(False), device), "vae_forward_backward": _timed(lambda: vae(True), device),
-            "target_forward_backward": _timed(target, device)}
+    return {
+        "unet_forward": _timed(lambda: unet(False), device),
+        "unet_forward_backward": _timed(lambda: unet(True), device),
+        "vae_forward": _timed(lambda: vae(False), device),
+        "vae_forward_backward": _timed(lambda: vae(True), device),
+        "target_forward_backward": _timed(target, device),
+    }
 
 
 def floor_seconds(parts: dict, steps: int, checkpointing: bool) -> float:
@@ -232,12 +295,29 @@ def main(argv=None) -> int:
         print("note: fp16 is skipped on CPU (use bf16 there).", file=sys.stderr)
         dtypes = [d for d in dtypes if d != "fp16"]
     rows, load = [], os.getloadavg()[0]
-    configs = [dict(size=args.size, steps=steps, checkpointing=ckpt == "on", dtype=dtype, iterations=args.iterations,
-                    height=args.height, width=args.width, batch=args.batch, guidance_scale=args.guidance_scale,
-                    layer=args.layer, device=args.device, threads=args.threads, compile=compile, floor=args.floor,
-                    target_weights=args.target_weights)
-               for dtype in dtypes for compile in ([False, True] if args.compile else [False])
-               for steps in args.steps for ckpt in args.checkpointing]
+    configs = [
+        dict(
+            size=args.size,
+            steps=steps,
+            checkpointing=ckpt == "on",
+            dtype=dtype,
+            iterations=args.iterations,
+            height=args.height,
+            width=args.width,
+            batch=args.batch,
+            guidance_scale=args.guidance_scale,
+            layer=args.layer,
+            device=args.device,
+            threads=args.threads,
+            compile=compile,
+            floor=args.floor,
+            target_weights=args.target_weights,
+        )
+        for dtype in dtypes
+        for compile in ([False, True] if args.compile else [False])
+        for steps in args.steps
+        for ckpt in args.checkpointing
+    ]
     for config in configs:
         steps, ckpt, dtype = config["steps"], "on" if config["checkpointing"] else "off", config["dtype"]
         if on_gpu:  # the CUDA peak counter resets per configuration
@@ -246,19 +326,26 @@ def main(argv=None) -> int:
             env = dict(os.environ)
             if args.malloc_mmap_threshold:
                 env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config)],
-                                  capture_output=True, text=True, env=env)
+            done = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
                 raise SystemExit(f"configuration {config} failed:\n{done.stderr[-3000:]}")
-            row = json.loads(lines[-1][len("RESULT "):])
+            row = json.loads(lines[-1][len("RESULT ") :])
         rows.append(row)
         floor = f", floor {row['floor_s']:.3f} s" if row["floor_s"] else ""
-        print(f"K={steps:<3} checkpointing={ckpt:<3} {dtype}{' compiled' if row['compile'] else ''}: "
-              f"{row['s_per_iteration']:.3f} s/it (first {row['first_iteration_s']:.1f} s){floor}, "
-              f"peak {row['peak_mib']:.0f} MiB ({row['above_weights_mib']:.0f} above weights, "
-              f"{row['saved_activations_mib']:.1f} saved activations)",
-              file=sys.stderr, flush=True)
+        print(
+            f"K={steps:<3} checkpointing={ckpt:<3} {dtype}{' compiled' if row['compile'] else ''}: "
+            f"{row['s_per_iteration']:.3f} s/it (first {row['first_iteration_s']:.1f} s){floor}, "
+            f"peak {row['peak_mib']:.0f} MiB ({row['above_weights_mib']:.0f} above weights, "
+            f"{row['saved_activations_mib']:.1f} saved activations)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(table(rows, args, load))
     if args.json:
         with open(args.json, "w") as f:
@@ -282,17 +369,22 @@ def table(rows: list[dict], args, load: float) -> str:
         floor, overhead = "-", "-"
         if r.get("floor_s"):
             floor, overhead = f"{r['floor_s']:.3f}", f"{100 * (r['s_per_iteration'] / r['floor_s'] - 1):+.0f} %"
-        lines.append(f"| {r['K']} | {'on' if r['checkpointing'] else 'off'} | {r['dtype']} "
-                     f"| {'yes' if r.get('compile') else 'no'} | {r['s_per_iteration']:.3f} | {r['first_iteration_s']:.1f} "
-                     f"| {floor} | {overhead} | {r['peak_mib']:.0f} | {r['above_weights_mib']:.0f} "
-                     f"| {r['saved_activations_mib']:.2f} |")
+        lines.append(
+            f"| {r['K']} | {'on' if r['checkpointing'] else 'off'} | {r['dtype']} "
+            f"| {'yes' if r.get('compile') else 'no'} | {r['s_per_iteration']:.3f} | {r['first_iteration_s']:.1f} "
+            f"| {floor} | {overhead} | {r['peak_mib']:.0f} | {r['above_weights_mib']:.0f} "
+            f"| {r['saved_activations_mib']:.2f} |"
+        )
     ks = sorted({r["K"] for r in rows})
     if len(ks) > 1:
         lines.append("")
         for dtype in dict.fromkeys(r["dtype"] for r in rows):
             for ckpt in (True, False):
-                sel = {r["K"]: r for r in rows if r["dtype"] == dtype and r["checkpointing"] == ckpt
-                       and not r.get("compile")}
+                sel = {
+                    r["K"]: r
+                    for r in rows
+                    if r["dtype"] == dtype and r["checkpointing"] == ckpt and not r.get("compile")
+                }
                 if ks[0] in sel and ks[-1] in sel:
                     lo, hi = sel[ks[0]], sel[ks[-1]]
                     lines.append(

@@ -47,13 +47,25 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="white-box optimization steps")
     parser.add_argument("--train-steps", type=int, default=300, help="black-box training steps per layer")
     parser.add_argument("--model", default=None, help="Stable Diffusion directory (adds diffusion + mapper)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start the training runs and the benchmark afresh when OUT holds runs with other settings")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the training runs and the benchmark afresh when OUT holds runs with other settings",
+    )
     args = parser.parse_args()
 
     images_files, videos = offline_training_sources()
-    common = dict(images=images_files, videos=videos, size=args.size, max_steps=args.train_steps, batch_size=16,
-                  hidden_channels=64, val_samples=list(HELD_OUT[: args.num_images]), stride=2, overwrite=args.overwrite)
+    common = dict(
+        images=images_files,
+        videos=videos,
+        size=args.size,
+        max_steps=args.train_steps,
+        batch_size=16,
+        hidden_channels=64,
+        val_samples=list(HELD_OUT[: args.num_images]),
+        stride=2,
+        overwrite=args.overwrite,
+    )
     for layer in args.layers:
         train_decoder(TrainConfig(out=str(args.out / "decoder" / layer), layer=layer, min_channels=16, **common))
         if args.model:
@@ -74,8 +86,17 @@ def main() -> None:
     names = list(HELD_OUT[: args.num_images])
     torch.manual_seed(0)
     # the methods' settings record the iterations and the trained models' fingerprints; the rest is the example
-    run_benchmark(target, sample_images(names, args.size), names, args.layers, methods, args.out / "bench",
-                  seeds=args.seeds, settings={"example": "benchmark_whitebox_vs_blackbox"}, overwrite=args.overwrite)
+    run_benchmark(
+        target,
+        sample_images(names, args.size),
+        names,
+        args.layers,
+        methods,
+        args.out / "bench",
+        seeds=args.seeds,
+        settings={"example": "benchmark_whitebox_vs_blackbox"},
+        overwrite=args.overwrite,
+    )
     print((args.out / "bench" / "results.md").read_text())
 
 

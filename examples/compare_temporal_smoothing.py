@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from diffinv.inverters import DIPInverter, PixelInverter
-from diffinv.targets import TargetNetwork
 from diffinv.datasets import sample_video_path
+from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.io import atomic_path, read_video, write_json, write_video
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.video import extract_video_features, invert_video
+from diffinv.targets import TargetNetwork
 
 MAX_PSNR_COST = 0.5  # dB: the most PSNR smoothing may cost to be chosen
 
@@ -58,8 +58,11 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="smoothing_out", help="output folder (resumed when it holds the same runs)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="if --out holds runs with other settings, delete their results and start afresh")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if --out holds runs with other settings, delete their results and start afresh",
+    )
     args = parser.parse_args()
     out_dir = Path(args.out)
 
@@ -69,8 +72,10 @@ def main() -> None:
     clip = read_video(video, start=args.start, stop=stop, stride=args.stride, size=args.size)
     target = TargetNetwork.from_name("tf_efficientnet_lite0", args.layer, input_size=(args.size, args.size))
     features = extract_video_features(target, clip, args.layer)
-    print(f"{video.name} frames {clip.indices[0]}..{clip.indices[-1]} at {args.size}x{args.size}, "
-          f"tf_efficientnet_lite0.{args.layer}, {args.method}, {args.iterations} iterations, window {args.window}")
+    print(
+        f"{video.name} frames {clip.indices[0]}..{clip.indices[-1]} at {args.size}x{args.size}, "
+        f"tf_efficientnet_lite0.{args.layer}, {args.method}, {args.iterations} iterations, window {args.window}"
+    )
 
     # 2. One run per setting (each resumable in its own folder)
     settings = [("independent", 0.0, False)]
@@ -87,9 +92,18 @@ def main() -> None:
         folder = out_dir / label.replace("λ = ", "lambda_").replace(", ", "_").replace(" ", "_")
         print(f"-- {label}")
         try:
-            out = invert_video(inverter, features, window=args.window, references=clip.frames,
-                               frame_ids=clip.indices, warm_start=warm, out_dir=folder, overwrite=args.overwrite,
-                               seed=args.seed, settings={"source": str(video.resolve()), "stride": args.stride})
+            out = invert_video(
+                inverter,
+                features,
+                window=args.window,
+                references=clip.frames,
+                frame_ids=clip.indices,
+                warm_start=warm,
+                out_dir=folder,
+                overwrite=args.overwrite,
+                seed=args.seed,
+                settings={"source": str(video.resolve()), "stride": args.stride},
+            )
         except RunSettingsError as err:  # another run in its folder: say what changed, no traceback
             parser.error(str(err))
         results[label] = out
@@ -99,16 +113,31 @@ def main() -> None:
     smoothed = [label for label, w, _ in settings if w > 0]
     # The steadiest setting that costs at most 0.5 dB and is not steadier than the source itself
     # (a ratio below 1 means real motion is being smoothed away).
-    ok = [lb for lb in smoothed if results[lb].summary["psnr_mean"] >= base["psnr_mean"] - MAX_PSNR_COST
-          and results[lb].summary["temporal_ratio"] >= 1.0]
+    ok = [
+        lb
+        for lb in smoothed
+        if results[lb].summary["psnr_mean"] >= base["psnr_mean"] - MAX_PSNR_COST
+        and results[lb].summary["temporal_ratio"] >= 1.0
+    ]
     if ok:
         chosen, mark = min(ok, key=lambda lb: results[lb].summary["temporal_consistency"]), "chosen"
     else:  # none within 0.5 dB: show the best PSNR among the smoothed ones, and say so
         chosen = max(smoothed or ["independent"], key=lambda lb: results[lb].summary["psnr_mean"])
         mark = f"best PSNR; none within {MAX_PSNR_COST} dB"
 
-    head = ["setting", "λ", "warm start", "PSNR (dB)", "ΔPSNR", "SSIM", "feat. residual",
-            "temporal consistency", "÷ source", "flicker", "s / frame"]
+    head = [
+        "setting",
+        "λ",
+        "warm start",
+        "PSNR (dB)",
+        "ΔPSNR",
+        "SSIM",
+        "feat. residual",
+        "temporal consistency",
+        "÷ source",
+        "flicker",
+        "s / frame",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, weight, warm in settings:
         s = results[label].summary
@@ -116,13 +145,18 @@ def main() -> None:
             f"| {label}{f' ({mark})' if label == chosen else ''} | {weight:g} | {'yes' if warm else 'no'} | "
             f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} | {s['psnr_mean'] - base['psnr_mean']:+.2f} | "
             f"{s['ssim_mean']:.3f} | {s['feature_residual_mean']:.3f} | {s['temporal_consistency']:.4f} | "
-            f"{s['temporal_ratio']:.2f} | {s['flicker']:.4f} | {s['seconds_mean']:.1f} |")
+            f"{s['temporal_ratio']:.2f} | {s['flicker']:.4f} | {s['seconds_mean']:.1f} |"
+        )
     lines += ["", f"Source clip temporal consistency: {base['source_temporal_consistency']:.4f}.", ""]
 
     columns = ["independent", chosen] if chosen != "independent" else ["independent"]
     head = ["frame"] + [f"PSNR {c}" for c in columns] + [f"Δt {c}" for c in columns] + ["Δt source"]
-    lines += ["Per frame (Δt = mean |x_t − x_(t−1)|, the frame's temporal-consistency term):", "",
-              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [
+        "Per frame (Δt = mean |x_t − x_(t−1)|, the frame's temporal-consistency term):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for i, frame in enumerate(clip.indices):
         rec = {c: results[c].records[i] for c in columns}
         dt = [rec[c]["temporal_diff"] for c in columns]
@@ -137,12 +171,26 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     with atomic_path(out_dir / "results.md") as tmp:
         tmp.write_text(table, encoding="utf-8")
-    write_json(out_dir / "results.json",
-               {"args": vars(args), "chosen": chosen,
-                "settings": {lb: {"summary": {k: v for k, v in r.summary.items() if k != "settings"},
-                                  "config": r.summary["settings"], "frames": r.records} for lb, r in results.items()}})
-    write_video(torch.cat([clip.frames, results["independent"].images, results[chosen].images], dim=3),
-                out_dir / "comparison.mp4", clip.fps)
+    write_json(
+        out_dir / "results.json",
+        {
+            "args": vars(args),
+            "chosen": chosen,
+            "settings": {
+                lb: {
+                    "summary": {k: v for k, v in r.summary.items() if k != "settings"},
+                    "config": r.summary["settings"],
+                    "frames": r.records,
+                }
+                for lb, r in results.items()
+            },
+        },
+    )
+    write_video(
+        torch.cat([clip.frames, results["independent"].images, results[chosen].images], dim=3),
+        out_dir / "comparison.mp4",
+        clip.fps,
+    )
     print(table)
     print(f"wrote {out_dir}/results.md, results.json, comparison.mp4 (original | independent | {chosen})")
 

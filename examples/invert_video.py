@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffinv.inverters import DIPInverter, PixelInverter
-from diffinv.targets import TargetNetwork
 from diffinv.datasets import sample_video_path
+from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.io import read_video, write_side_by_side, write_video
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.video import extract_video_features, invert_video
+from diffinv.targets import TargetNetwork
 
 
 def main() -> None:
@@ -49,16 +49,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="video_out", help="output folder (resumed when it holds the same run)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="if --out holds a run with other settings, delete its results and start afresh")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if --out holds a run with other settings, delete its results and start afresh",
+    )
     args = parser.parse_args()
 
     # 1. Frames of a real clip
     video = Path(args.video) if args.video else sample_video_path("bigbuckbunny.mp4")
     stop = args.start + (args.frames - 1) * args.stride + 1
     clip = read_video(video, start=args.start, stop=stop, stride=args.stride, size=args.size)
-    print(f"{video.name}: frames {clip.indices[0]}..{clip.indices[-1]} (stride {args.stride}) at "
-          f"{args.size}x{args.size}, {clip.fps:.1f} fps")
+    print(
+        f"{video.name}: frames {clip.indices[0]}..{clip.indices[-1]} (stride {args.stride}) at "
+        f"{args.size}x{args.size}, {clip.fps:.1f} fps"
+    )
 
     # 2. Features of the real network
     target = TargetNetwork.from_name("tf_efficientnet_lite0", args.layer, input_size=(args.size, args.size))
@@ -70,9 +75,17 @@ def main() -> None:
     else:
         inverter = DIPInverter(target, iterations=args.iterations, temporal_weight=args.temporal_weight)
     try:
-        out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                           out_dir=args.out, overwrite=args.overwrite, seed=args.seed,
-                           settings={"source": str(video.resolve()), "stride": args.stride})
+        out = invert_video(
+            inverter,
+            features,
+            window=args.window,
+            references=clip.frames,
+            frame_ids=clip.indices,
+            out_dir=args.out,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            settings={"source": str(video.resolve()), "stride": args.stride},
+        )
     except RunSettingsError as err:  # another run in --out: say what changed, no traceback
         parser.error(str(err))
 
@@ -87,10 +100,12 @@ def main() -> None:
         src = "" if r["source_temporal_diff"] is None else f"{r['source_temporal_diff']:.4f}"
         print(f"| {r['frame']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['feature_residual']:.3f} | {diff} | {src} |")
     s = out.summary
-    print(f"\nmean PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}; "
-          f"temporal consistency {s['temporal_consistency']:.4f} (source {s['source_temporal_consistency']:.4f}, ratio "
-          f"{s['temporal_ratio']:.2f}), flicker {s['flicker']:.4f}; {len(out.computed)} frames computed in "
-          f"{out.seconds:.0f} s")
+    print(
+        f"\nmean PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}; "
+        f"temporal consistency {s['temporal_consistency']:.4f} (source {s['source_temporal_consistency']:.4f}, ratio "
+        f"{s['temporal_ratio']:.2f}), flicker {s['flicker']:.4f}; {len(out.computed)} frames computed in "
+        f"{out.seconds:.0f} s"
+    )
     print(f"wrote {out_dir}/frames/, metrics.json, reconstruction.mp4, side_by_side.mp4")
 
 

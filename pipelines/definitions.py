@@ -84,7 +84,9 @@ def check_model_dir(path: str) -> None:
         entry = index.get(name)
         if not entry or entry[0] is None:
             continue
-        files = [p for p in (folder / name).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json")]
+        files = [
+            p for p in (folder / name).glob("*") if p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json")
+        ]
         if not files:
             raise ModelFilesNotFoundError(
                 f"`pretrained_model_name_or_path` {path!r}: the component {name!r} has no weights in {folder / name} "
@@ -111,7 +113,9 @@ def load_tokenizer(folder: Path) -> CLIPTokenizer:
     symbols = list(bytes_to_unicode().values())
     symbols += [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     config = read_json(folder / "tokenizer_config.json")
-    special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(config.get(k), str)}
+    special = {
+        k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(config.get(k), str)
+    }
     return CLIPTokenizer(
         vocab={s: i for i, s in enumerate(symbols)},
         merges=merges,

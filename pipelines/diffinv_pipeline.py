@@ -42,27 +42,25 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
-from torch.utils.checkpoint import checkpoint
-
-import diffusers
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
+from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffinv.compilation import backend, compiled, feature_function, mark_step
-from diffinv.inverters.diffusion import CALL_DEFAULTS as DEFAULTS
 from diffinv.features import FeatureSet, check_images, check_input_size, resolve_features
+from diffinv.inverters.diffusion import CALL_DEFAULTS as DEFAULTS
 from diffinv.losses import feature_loss, latent_prior, temporal_smoothness
 from diffinv.metrics import feature_residual
 from diffinv.models.vae import decode_latents, encode_latents
 from diffinv.optimization import EarlyStopping, check_weight, run_optimization
-from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.pipelines.definitions import (
     DEFINITIONS,
     HOW_TO_PROVIDE,
@@ -74,6 +72,7 @@ from diffinv.pipelines.definitions import (
     read_json,
 )
 from diffinv.pipelines.loss_scaling import LossScaler
+from diffinv.prompts import class_prompt, resolve_prompts
 from diffinv.targets import TargetNetwork
 
 __all__ = ["DiffInvPipeline", "DiffInvPipelineOutput", "img2img_steps", "nearest_multiple_of_8"]
@@ -143,10 +142,17 @@ class _Start:
 
 # ``init`` -> its start: a FeatureMapper's latents, or any image estimate encoded by the VAE (``"noise"``: none).
 _STARTS = {
-    "mapper": _Start(lambda m: hasattr(m, "initial_latents"), "a trained FeatureMapper",
-                     lambda pipe, mapper, features, size: mapper.to(pipe._execution_device).initial_latents(features)),
-    "image": _Start(lambda image: image is not None, "the start image(s), (N, 3, H, W) in [0, 1] or PIL",
-                    lambda pipe, image, features, size: pipe.encode_image(image, size), exclusive=True),
+    "mapper": _Start(
+        lambda m: hasattr(m, "initial_latents"),
+        "a trained FeatureMapper",
+        lambda pipe, mapper, features, size: mapper.to(pipe._execution_device).initial_latents(features),
+    ),
+    "image": _Start(
+        lambda image: image is not None,
+        "the start image(s), (N, 3, H, W) in [0, 1] or PIL",
+        lambda pipe, image, features, size: pipe.encode_image(image, size),
+        exclusive=True,
+    ),
 }
 
 
@@ -269,9 +275,12 @@ class DiffInvPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ target
     def set_target(
-        self, target: TargetNetwork | str, layer: str | None = None, weights: str | None = "default",
+        self,
+        target: TargetNetwork | str,
+        layer: str | None = None,
+        weights: str | None = "default",
         follows_features: bool | None = None,
-    ) -> "DiffInvPipeline":
+    ) -> DiffInvPipeline:
         """Sets the network whose features are inverted (the ``target`` component).
 
         Args:
@@ -296,7 +305,7 @@ class DiffInvPipeline(DiffusionPipeline):
 
     def with_target(
         self, target: TargetNetwork | str, layer: str | None = None, weights: str | None = "default"
-    ) -> "DiffInvPipeline":
+    ) -> DiffInvPipeline:
         """A new pipeline sharing this one's components (no copies) with another target, kept for a caller that
         wants a pipeline object of its own; a caller that shares one pipeline between targets (an ``lru_cache``,
         threads) passes the target to the call instead (``pipe(features, target=..., layer=...)``), which makes
@@ -313,7 +322,7 @@ class DiffInvPipeline(DiffusionPipeline):
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe
 
-    def to(self, *args, **kwargs) -> "DiffInvPipeline":
+    def to(self, *args, **kwargs) -> DiffInvPipeline:
         """Moves/casts the diffusion components (the loop's decoder follows the VAE); the target only moves (it
         keeps its dtype: diffusers' ``to`` does not see it)."""
         target = self.__dict__.get("target")
@@ -328,7 +337,7 @@ class DiffInvPipeline(DiffusionPipeline):
             self.loop_vae.to(self.vae.device, self.vae.dtype)
         return self
 
-    def set_loop_vae(self, vae: AutoencoderTiny | None) -> "DiffInvPipeline":
+    def set_loop_vae(self, vae: AutoencoderTiny | None) -> DiffInvPipeline:
         """Decodes with ``vae`` inside the optimization loop (a lighter decoder: diffusers' ``AutoencoderTiny``,
         TAESD, :func:`~diffinv.pipelines.load_taesd`); the returned images are still decoded by the full VAE.
         ``None``: the full VAE throughout. Not saved by :meth:`save_pretrained`; kept by :meth:`with_target`.
@@ -354,7 +363,7 @@ class DiffInvPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DiffInvPipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffInvPipeline:
         r"""Loads a diffusers-format Stable Diffusion model (a directory or a Hub id in the HF cache).
 
         SD 1.x/2.x and one-step turbo models load; their extra components (safety checker,
@@ -371,8 +380,9 @@ class DiffInvPipeline(DiffusionPipeline):
             if key in kwargs and kwargs[key] is None:
                 del kwargs[key]
         if isinstance(kwargs.get("target"), str):  # a name: built here, so that it replaces a saved target too
-            kwargs["target"] = TargetNetwork.from_name(kwargs["target"], kwargs.get("layer"),
-                                                       weights=kwargs.pop("target_weights", "default"))
+            kwargs["target"] = TargetNetwork.from_name(
+                kwargs["target"], kwargs.get("layer"), weights=kwargs.pop("target_weights", "default")
+            )
             kwargs.setdefault("target_follows_features", True)
         if os.path.isdir(path):
             check_model_dir(path)
@@ -385,7 +395,11 @@ class DiffInvPipeline(DiffusionPipeline):
         try:
             return super().from_pretrained(path, **kwargs)
         except OSError as err:
-            hint = f" ({path!r} names a weight-free definition: use `load_pipeline({path!r})`.)" if path in DEFINITIONS else ""
+            hint = (
+                f" ({path!r} names a weight-free definition: use `load_pipeline({path!r})`.)"
+                if path in DEFINITIONS
+                else ""
+            )
             raise ModelFilesNotFoundError(
                 f"could not load the diffusion model {path!r}: it is not a local directory and not in the "
                 f"Hugging Face cache on this machine ({type(err).__name__}; diffinv loads Hub ids from the cache "
@@ -402,7 +416,7 @@ class DiffInvPipeline(DiffusionPipeline):
         target_weights: str | None = "default",
         torch_dtype: torch.dtype | None = None,
         seed: int = 0,
-    ) -> "DiffInvPipeline":
+    ) -> DiffInvPipeline:
         """Builds a pipeline with random weights from a definition (model_index.json + configs).
 
         Args:
@@ -463,7 +477,11 @@ class DiffInvPipeline(DiffusionPipeline):
         backpropagated through.
         """
         scheduler = DDIMScheduler.from_config(
-            self.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, thresholding=False
+            self.scheduler.config,
+            timestep_spacing="trailing",
+            set_alpha_to_one=True,
+            clip_sample=False,
+            thresholding=False,
         )
         scheduler.set_timesteps(num_inference_steps, device=device)
         return scheduler
@@ -536,8 +554,9 @@ class DiffInvPipeline(DiffusionPipeline):
         return images.clamp(0, 1)
 
     @staticmethod
-    def _fp32_redo(vae, latents: torch.Tensor, images: torch.Tensor, decode: Callable,
-                   redone: torch.Tensor | None) -> torch.Tensor:
+    def _fp32_redo(
+        vae, latents: torch.Tensor, images: torch.Tensor, decode: Callable, redone: torch.Tensor | None
+    ) -> torch.Tensor:
         """``images`` with those that are not finite decoded again by an fp32 copy of ``vae`` (made once, kept
         on it); the finite ones are decoded again in fp16 without them, so that no gradient flows through the
         non-finite activations. Checks on the host (one synchronisation per decode, fp16 only)."""
@@ -624,7 +643,9 @@ class DiffInvPipeline(DiffusionPipeline):
         with torch.no_grad():
             embeds = self.encode_prompt(prompts, device, guidance_scale > 1.0, negative)
         scheduler = self.chain_scheduler(num_inference_steps, device)
-        return self._sample(latents.to(device, torch.float32), embeds, scheduler, guidance_scale, (), gradient_checkpointing)[1]
+        return self._sample(
+            latents.to(device, torch.float32), embeds, scheduler, guidance_scale, (), gradient_checkpointing
+        )[1]
 
     def img2img_chain(
         self, num_inference_steps: int, strength: float, device: torch.device | str | None = None
@@ -648,8 +669,9 @@ class DiffInvPipeline(DiffusionPipeline):
         differs: the start of ``init="image"`` (decode them with :func:`diffinv.models.decode_latents`)."""
         image = image.to(self._execution_device, torch.float32)
         if size is not None and tuple(image.shape[-2:]) != tuple(size):
-            image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True,
-                                                    align_corners=False).clamp(0, 1)
+            image = torch.nn.functional.interpolate(
+                image, size=size, mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
         return encode_latents(self.vae, image).float().contiguous()
 
     @staticmethod
@@ -660,12 +682,17 @@ class DiffInvPipeline(DiffusionPipeline):
         if isinstance(image, list):
             if not image or not all(isinstance(im, PIL.Image.Image) for im in image):
                 raise ValueError("`image` must be a (N, 3, H, W) tensor in [0, 1], a PIL image or a list of them.")
-            image = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                                 for im in image])
+            image = torch.stack(
+                [
+                    torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                    for im in image
+                ]
+            )
         image = check_images(image, "image")
         if len(image) not in (1, batch_size):
-            raise ValueError(f"`image` has {len(image)} images for {batch_size} feature maps; give one per map, or one "
-                             f"for all.")
+            raise ValueError(
+                f"`image` has {len(image)} images for {batch_size} feature maps; give one per map, or one for all."
+            )
         return image
 
     @staticmethod
@@ -722,7 +749,12 @@ class DiffInvPipeline(DiffusionPipeline):
         latents = self._noised_start(latents.to(device, torch.float32), scheduler, generator)
         with self._call_progress_bar(len(scheduler.timesteps), progress_bar_config) as progress_bar:
             latents, _ = self._sample(
-                latents, embeds, scheduler, guidance_scale, gradient_checkpointing=False, decode=False,
+                latents,
+                embeds,
+                scheduler,
+                guidance_scale,
+                gradient_checkpointing=False,
+                decode=False,
                 progress_bar=progress_bar,
             )
         return latents
@@ -753,8 +785,15 @@ class DiffInvPipeline(DiffusionPipeline):
         loop's decoder (:meth:`set_loop_vae`); ``redone`` marks those decoded again in fp32."""
         variables = [v.detach().requires_grad_() for v in variables]
         _, images = self._sample(
-            variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing,
-            compile=compile, vae=self.loop_vae, redone=redone,
+            variables[0],
+            prompt_embeds,
+            scheduler,
+            guidance_scale,
+            variables[1:],
+            gradient_checkpointing,
+            compile=compile,
+            vae=self.loop_vae,
+            redone=redone,
         )
         feature = feature_function(target, layer, compile)
         predicted = feature(images.to(_dtype_of(target)), input_size=input_size)
@@ -807,7 +846,9 @@ class DiffInvPipeline(DiffusionPipeline):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"`max_retries` must be an integer >= 0, got {max_retries!r}.")
         if early_stop is not None and not isinstance(early_stop, EarlyStopping):
-            raise ValueError(f"`early_stop` must be None or an EarlyStopping(patience, min_delta), got {early_stop!r}.")
+            raise ValueError(
+                f"`early_stop` must be None or an EarlyStopping(patience, min_delta), got {early_stop!r}."
+            )
         if num_images_per_prompt != 1:
             raise ValueError(
                 f"`num_images_per_prompt` must be 1, got {num_images_per_prompt!r}: DiffInvPipeline makes one "
@@ -876,7 +917,9 @@ class DiffInvPipeline(DiffusionPipeline):
         if not isinstance(features, FeatureSet):  # a FeatureSet carries its layer (an explicit `layer` must be it)
             default = self.layer if target is self.target else (target.layers[0] if len(target.layers) == 1 else None)
             if layer is None and default is None:
-                raise ValueError(f"`layer` is required: the target {target.name!r} has several layers {target.layers}.")
+                raise ValueError(
+                    f"`layer` is required: the target {target.name!r} has several layers {target.layers}."
+                )
             layer = layer or default
         feats, layer, _ = resolve_features(target, features, (height, width), layer, input_size=size)
         return _CallFeatures(feats.to(target.mean.device, torch.float32), target, layer, size, (height, width))
@@ -943,7 +986,7 @@ class DiffInvPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (as diffusers' pipelines)
         max_retries: int = DEFAULTS["max_retries"],
         compile: bool | str = DEFAULTS["compile"],
         num_images_per_prompt: int = 1,
@@ -1120,7 +1163,12 @@ class DiffInvPipeline(DiffusionPipeline):
 
         # 8. Render the best latents seen, and how well their features match
         final_latents, images = self._sample(
-            variables[0], prompt_embeds, scheduler, guidance_scale, variables[1:], gradient_checkpointing=False,
+            variables[0],
+            prompt_embeds,
+            scheduler,
+            guidance_scale,
+            variables[1:],
+            gradient_checkpointing=False,
             compile=compile,
         )
         if not torch.isfinite(images).all():
@@ -1135,7 +1183,9 @@ class DiffInvPipeline(DiffusionPipeline):
         if output_type == "latent":
             output = final_latents
         else:
-            output = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=[False] * batch_size)
+            output = self.image_processor.postprocess(
+                images, output_type=output_type, do_denormalize=[False] * batch_size
+            )
         self.maybe_free_model_hooks()
         result = DiffInvPipelineOutput(
             images=output,

@@ -107,9 +107,13 @@ def _random_taesd_config(vae: AutoencoderKL) -> dict:
     levels, channels = len(vae.config.block_out_channels), vae.config.latent_channels
     if levels == 4:
         return {"latent_channels": channels}
-    return {"latent_channels": channels, "encoder_block_out_channels": (16,) * levels,
-            "decoder_block_out_channels": (16,) * levels, "num_encoder_blocks": (1,) * levels,
-            "num_decoder_blocks": (1,) * levels}
+    return {
+        "latent_channels": channels,
+        "encoder_block_out_channels": (16,) * levels,
+        "decoder_block_out_channels": (16,) * levels,
+        "num_encoder_blocks": (1,) * levels,
+        "num_decoder_blocks": (1,) * levels,
+    }
 
 
 def load_taesd(
@@ -150,7 +154,11 @@ def load_taesd(
         return AutoencoderTiny.from_pretrained(str(path), **kwargs).eval().requires_grad_(False)
     if not path.exists() and not str(taesd).startswith(("/", ".", "~")):
         try:
-            return AutoencoderTiny.from_pretrained(str(taesd), local_files_only=True, **kwargs).eval().requires_grad_(False)
+            return (
+                AutoencoderTiny.from_pretrained(str(taesd), local_files_only=True, **kwargs)
+                .eval()
+                .requires_grad_(False)
+            )
         except Exception as err:  # huggingface_hub raises several error types offline
             raise FileNotFoundError(
                 f"`taesd` {str(taesd)!r} is neither a TAESD folder nor in the Hugging Face cache "
@@ -195,17 +203,23 @@ def load_vae(model: str | os.PathLike | AutoencoderKL, *, torch_dtype: torch.dty
             return AutoencoderKL.from_pretrained(str(folder), **kwargs).eval().requires_grad_(False)
     builtin = _builtin_dir(str(model))
     if builtin is not None:
-        warnings.warn(f"`model` {str(model)!r} is an architecture without weights: the VAE has RANDOM weights "
-                      f"(seeded, the same at every load; fine for tests and timing, meaningless for "
-                      f"reconstructions).", stacklevel=2)
+        warnings.warn(
+            f"`model` {str(model)!r} is an architecture without weights: the VAE has RANDOM weights "
+            f"(seeded, the same at every load; fine for tests and timing, meaningless for "
+            f"reconstructions).",
+            stacklevel=2,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(builtin / "vae")))
         return vae.to(torch_dtype or torch.float32).eval().requires_grad_(False)
     if not path.exists():
         try:
-            return AutoencoderKL.from_pretrained(str(model), subfolder="vae", local_files_only=True,
-                                                 **kwargs).eval().requires_grad_(False)
+            return (
+                AutoencoderKL.from_pretrained(str(model), subfolder="vae", local_files_only=True, **kwargs)
+                .eval()
+                .requires_grad_(False)
+            )
         except Exception as err:  # huggingface_hub raises several error types offline
             raise FileNotFoundError(
                 f"`model` {str(model)!r} is neither a local diffusers directory nor in the Hugging Face cache "

@@ -91,7 +91,9 @@ def resolve_prompts(prompt: str | Sequence[str], batch_size: int, name: str = "p
                 raise ValueError(f"`{name}` item {item!r} names {len(resolved)} prompts; a list item must name one.")
             prompts += resolved
     if len(prompts) != batch_size:
-        raise ValueError(f"`{name}` gives {len(prompts)} prompts for {batch_size} feature maps; give one or {batch_size}.")
+        raise ValueError(
+            f"`{name}` gives {len(prompts)} prompts for {batch_size} feature maps; give one or {batch_size}."
+        )
     return prompts
 
 
@@ -107,5 +109,7 @@ def _from_reference(reference: str, name: str) -> list[str]:
         raise ValueError(f"`{name}` {reference!r}: expected '@file:INDEX[,INDEX...]' with integer indices.") from None
     bad = [i for i in indices if not 0 <= i < len(lines)]
     if bad:
-        raise ValueError(f"`{name}` {reference!r}: line index {bad[0]} is out of range; {file!r} has {len(lines)} prompts.")
+        raise ValueError(
+            f"`{name}` {reference!r}: line index {bad[0]} is out of range; {file!r} has {len(lines)} prompts."
+        )
     return [lines[i] for i in indices]

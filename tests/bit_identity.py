@@ -11,10 +11,10 @@ random weights), a timm ResNet-18 and ViT, plain modules, pixel gradients, the n
 import sys
 
 import torch
+from nets import SkipNet
 from torch import nn
 
 from diffinv.targets import TargetNetwork
-from nets import SkipNet
 
 
 class _FixedMapper:
@@ -57,7 +57,9 @@ def collect() -> dict[str, torch.Tensor]:
     vit = TargetNetwork.from_name("vit_tiny_patch16_224", "blocks.3", weights="random:0", input_size=(224, 224))
     out["vit/blocks.3"] = vit.feature(images)
     out["vit/norm"] = vit.feature(images, "norm")
-    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 4, 3, stride=2), nn.ReLU()))
+    seq = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 4, 3, stride=2), nn.ReLU())
+    )
     plain = TargetNetwork(seq, "2.0", input_size=None)
     out["sequential/2.0"], out["sequential/1"] = plain.feature(images), plain.feature(images, "1")
     skip = TargetNetwork(SkipNet(), "body", has_classifier=True, input_size=None)
@@ -80,11 +82,18 @@ def collect() -> dict[str, torch.Tensor]:
     out["pipe/images"], out["pipe/loss"] = result.images, result.loss_history
     result = pipe(features, generator=torch.Generator().manual_seed(3), prompt="a photo", optimize="all", **run)
     out["pipe/all/images"] = result.images
-    result = pipe(features, generator=torch.Generator().manual_seed(4), init="image", image=made.flip(-1),
-                  strength=0.5, **run)
+    result = pipe(
+        features, generator=torch.Generator().manual_seed(4), init="image", image=made.flip(-1), strength=0.5, **run
+    )
     out["pipe/image-start/images"] = result.images
-    result = pipe(features, generator=torch.Generator().manual_seed(9), init="mapper", mapper=_FixedMapper(z * 0.5),
-                  strength=0.5, **run)
+    result = pipe(
+        features,
+        generator=torch.Generator().manual_seed(9),
+        init="mapper",
+        mapper=_FixedMapper(z * 0.5),
+        strength=0.5,
+        **run,
+    )
     out["pipe/mapper-start/images"], out["pipe/mapper-start/loss"] = result.images, result.loss_history
     named = load_pipeline("tiny", target="tf_efficientnet_lite0", layer="blocks.1", target_weights="random:0")
     named.set_progress_bar_config(disable=True)
@@ -93,13 +102,18 @@ def collect() -> dict[str, torch.Tensor]:
     inverter = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=2, iterations=3)
     inverted = inverter.invert(features, generator=torch.Generator().manual_seed(6), progress=False)
     out["inverter/images"], out["inverter/loss"] = inverted.images, inverted.loss_history
-    hybrid = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=2, iterations=3,
-                               start=made.flip(-2))
+    hybrid = DiffusionInverter(
+        target, model="tiny", device="cpu", num_inference_steps=2, iterations=3, start=made.flip(-2)
+    )
     inverted = hybrid.invert(features, generator=torch.Generator().manual_seed(7), progress=False)
     out["hybrid/images"] = inverted.images
     stopped = []
-    inverted = inverter.invert(features, generator=torch.Generator().manual_seed(8), progress=False,
-                               callback=lambda i, loss, images: stopped.append(i) or i >= 1)
+    inverted = inverter.invert(
+        features,
+        generator=torch.Generator().manual_seed(8),
+        progress=False,
+        callback=lambda i, loss, images: stopped.append(i) or i >= 1,
+    )
     out["inverter/stopped/loss"] = inverted.loss_history
     return {k: v.detach().cpu() for k, v in out.items()}
 

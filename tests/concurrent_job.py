@@ -36,8 +36,19 @@ def main(job: str, out: str, images: str, go: str) -> None:
     atlas.train = audit.train = _train_and_say  # the jobs' one entry to training, watched
     torch.set_num_threads(1)
     target = TargetNetwork.from_name("tf_efficientnet_lite0", LAYERS, weights="random:0", input_size=(32, 32))
-    template = TrainConfig(out="", layer="", max_steps=12, batch_size=4, hidden_channels=8, min_channels=8,
-                           mixed_precision="no", device="cpu", val_fraction=0.0, warmup_steps=1, progress=False)
+    template = TrainConfig(
+        out="",
+        layer="",
+        max_steps=12,
+        batch_size=4,
+        hidden_channels=8,
+        min_channels=8,
+        mixed_precision="no",
+        device="cpu",
+        val_fraction=0.0,
+        warmup_steps=1,
+        progress=False,
+    )
     pixel = {"pixel": lambda t: PixelInverter(t, iterations=2)}
     files = collect_images([images])
     Path(f"{out}.ready.{os.getpid()}").touch()
@@ -45,13 +56,28 @@ def main(job: str, out: str, images: str, go: str) -> None:
     while not Path(go).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     if job == "atlas":
-        run_atlas(target, split_images(files, 3, seed=0), LAYERS, {**pixel, "decoder": template}, out, size=32,
-                  batch_size=2, progress=False)
+        run_atlas(
+            target,
+            split_images(files, 3, seed=0),
+            LAYERS,
+            {**pixel, "decoder": template},
+            out,
+            size=32,
+            batch_size=2,
+            progress=False,
+        )
     else:
-        run_audit(target, load_images(files[:2], 32), [f.name for f in files[:2]], LAYERS,
-                  parse_defenses(["none", "noise:0.5"]), {**pixel, "decoder": TrainConfig(
-                      **{**template.__dict__, "images": [str(f) for f in files[2:]]})}, out, batch_size=1,
-                  progress=False)
+        run_audit(
+            target,
+            load_images(files[:2], 32),
+            [f.name for f in files[:2]],
+            LAYERS,
+            parse_defenses(["none", "noise:0.5"]),
+            {**pixel, "decoder": TrainConfig(**{**template.__dict__, "images": [str(f) for f in files[2:]]})},
+            out,
+            batch_size=1,
+            progress=False,
+        )
     print("done")
 
 

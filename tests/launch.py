@@ -23,11 +23,24 @@ def free_port() -> int:
 
 def command(*argv: str, processes: int = 1) -> list[str]:
     """``python -m diffinv ARGV``, or the same under ``torchrun --nproc_per_node PROCESSES``."""
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                                          "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    launcher = (
+        []
+        if processes == 1
+        else [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+        ]
+    )
     return [sys.executable, *launcher, "-m", "diffinv", *map(str, argv)]
 
 
 def run_diffinv(*argv: str, processes: int = 1, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*argv, processes=processes), cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        command(*argv, processes=processes), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )

@@ -17,20 +17,30 @@ from diffinv.inverters import build_inverter, inverter_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    return Workbench(user_errors=USER_ERRORS, work_dir=tmp_path_factory.mktemp("app"),
-                     limits=Limits(runs_dir=tmp_path_factory.mktemp("runs"),
-                                   targets=("tf_efficientnet_lite0", "resnet18")))
+    return Workbench(
+        user_errors=USER_ERRORS,
+        work_dir=tmp_path_factory.mktemp("app"),
+        limits=Limits(runs_dir=tmp_path_factory.mktemp("runs"), targets=("tf_efficientnet_lite0", "resnet18")),
+    )
 
 
 def small(**kwargs):
-    return InvertRequest(**{"image": "chelsea", "layer": "blocks.2", "method": "pixel", "iterations": 12, "size": 64,
-                            **kwargs})
+    return InvertRequest(
+        **{"image": "chelsea", "layer": "blocks.2", "method": "pixel", "iterations": 12, "size": 64, **kwargs}
+    )
 
 
 # ---------------------------------------------------------------------- Workbench (no Gradio)
@@ -72,8 +82,9 @@ def test_one_run_per_session_and_errors_as_the_cli_says_them(bench):
         inverter_spec("decoder", **small(method="decoder").options())
     assert update.error and update.message == f"diffinv app: error: {err.value}" and "--" not in update.message
     (update,) = list(bench.invert(small(iterations=0), session))
-    assert update.message == ("diffinv app: error: `--iterations` expected an integer from 1 to 1000 (this server's "
-                              "--max-iterations), got 0")
+    assert update.message == (
+        "diffinv app: error: `--iterations` expected an integer from 1 to 1000 (this server's --max-iterations), got 0"
+    )
     (update,) = list(bench.depth(small(target="resnet18", weights="random:0"), session))
     assert "has no default layers" in update.message and "Traceback" not in update.message
     assert error_message(RuntimeError("boom"), USER_ERRORS) == "diffinv app: error: RuntimeError: boom"
@@ -113,9 +124,15 @@ def test_open_run_shows_a_bench_folder_and_refuses_others(bench):
     from diffinv.targets import TargetNetwork
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.1", "blocks.2"], input_size=(32, 32))
-    run_benchmark(target, sample_images(["chelsea"], 32), ["chelsea"], ["blocks.1", "blocks.2"],
-                  {"pixel": lambda t: build_inverter("pixel", t, **small(iterations=2).options())},
-                  bench.limits.runs_dir / "run", progress=False)
+    run_benchmark(
+        target,
+        sample_images(["chelsea"], 32),
+        ["chelsea"],
+        ["blocks.1", "blocks.2"],
+        {"pixel": lambda t: build_inverter("pixel", t, **small(iterations=2).options())},
+        bench.limits.runs_dir / "run",
+        progress=False,
+    )
     view = bench.open_run("run")
     assert "| blocks.1 | pixel |" in view.table and len(view.records) == 2
     assert view.grid.name == "grid.png" and [p.name for p in view.plots] == ["psnr_vs_depth.png"]
@@ -156,8 +173,9 @@ def server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build("cpu")
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, share=False,
-                                                   prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     yield f"http://127.0.0.1:{port}/"
     demo.close()
@@ -168,16 +186,45 @@ def test_api_with_gradio_client(server):
 
     client = Client(server, verbose=False)
     assert {"/invert", "/depth", "/channels", "/open_run", "/cancel"} <= set(
-        client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    job = client.submit("coffee", None, "tf_efficientnet_lite0", "default", "blocks.1", "pixel", None, "", "", 10, 64,
-                        0, api_name="/invert")
+        client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    )
+    job = client.submit(
+        "coffee",
+        None,
+        "tf_efficientnet_lite0",
+        "default",
+        "blocks.1",
+        "pixel",
+        None,
+        "",
+        "",
+        10,
+        64,
+        0,
+        api_name="/invert",
+    )
     status, gallery, losses, metrics = job.result(timeout=120)
     assert status.startswith("done: pixel at blocks.1") and len(gallery) == 2
     assert len(losses["data"]) == 10 and "| PSNR (dB) |" in metrics and "| top-1 agreement |" in metrics
-    status, *_ = client.predict("coffee", None, "tf_efficientnet_lite0", "default", "blocks.1", "mapper", None, "", "",
-                                10, 64, 0, api_name="/invert")
-    assert status == ("**diffinv app: error: method 'mapper' needs `mapper`: a trained mapper or its folder (from "
-                      "`diffinv train-mapper`).**")
+    status, *_ = client.predict(
+        "coffee",
+        None,
+        "tf_efficientnet_lite0",
+        "default",
+        "blocks.1",
+        "mapper",
+        None,
+        "",
+        "",
+        10,
+        64,
+        0,
+        api_name="/invert",
+    )
+    assert status == (
+        "**diffinv app: error: method 'mapper' needs `mapper`: a trained mapper or its folder (from "
+        "`diffinv train-mapper`).**"
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -203,9 +250,11 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.get_by_label("size (--size)").fill("64")
             page.locator("#invert-run").click()
             page.locator("#invert-metrics").get_by_text("PSNR (dB)").wait_for(timeout=90_000)
-            page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#invert-gallery img')];"
-                                   " return imgs.length == 2 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "() => { const imgs = [...document.querySelectorAll('#invert-gallery img')];"
+                " return imgs.length == 2 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                timeout=30_000,
+            )
             assert page.locator("#invert-status").inner_text().startswith("done: pixel at blocks.2")
             assert page.locator("#invert-metrics").get_by_text("feature residual").is_visible()
             shot = tmp_path / "app.png"

@@ -20,10 +20,14 @@ from diffinv.inverters import inverter_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LONG = 100_000  # iterations of a run that only a cancel ends
-WEIGHTS_MISSING = ("diffinv app: error: `--weights` {!r}: no such weights file in this server's models folder "
-                   "(--models-dir); expected default, random:SEED or the name of a state-dict file there.")
-RUN_MISSING = ("diffinv app: error: `--out` {!r}: no run folder of that name in this server's runs folder "
-               "(--runs-dir); expected the name of a `diffinv bench` run folder there.")
+WEIGHTS_MISSING = (
+    "diffinv app: error: `--weights` {!r}: no such weights file in this server's models folder "
+    "(--models-dir); expected default, random:SEED or the name of a state-dict file there."
+)
+RUN_MISSING = (
+    "diffinv app: error: `--out` {!r}: no run folder of that name in this server's runs folder "
+    "(--runs-dir); expected the name of a `diffinv bench` run folder there."
+)
 
 
 def inverter_factory(method, options):
@@ -90,8 +94,15 @@ def roots(tmp_path_factory):
     # runs: a bench run inside, one outside, a link out, a folder without a manifest, symlinks out of a run
     (outside / "secret.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
     make = lambda t: inverter_factory("pixel", InvertRequest(iterations=2).options("cpu"))(t)  # noqa: E731
-    run_benchmark(target, sample_images(["chelsea"], 32), ["chelsea"], ["blocks.1"], {"pixel": make}, runs / "run",
-                  progress=False)
+    run_benchmark(
+        target,
+        sample_images(["chelsea"], 32),
+        ["chelsea"],
+        ["blocks.1"],
+        {"pixel": make},
+        runs / "run",
+        progress=False,
+    )
     shutil.copytree(runs / "run", outside / "run")
     (runs / "link").symlink_to(outside / "run")
     (runs / "empty").mkdir()
@@ -112,8 +123,17 @@ def logged(roots):
 
 
 def small(**kwargs):
-    return InvertRequest(**{"image": "chelsea", "layer": "blocks.1", "method": "pixel", "iterations": 5, "size": 32,
-                            "weights": "random:0", **kwargs})
+    return InvertRequest(
+        **{
+            "image": "chelsea",
+            "layer": "blocks.1",
+            "method": "pixel",
+            "iterations": 5,
+            "size": 32,
+            "weights": "random:0",
+            **kwargs,
+        }
+    )
 
 
 def message(bench, request) -> str:
@@ -125,9 +145,18 @@ def message(bench, request) -> str:
 # ---------------------------------------------------------------------- bounds
 def test_bounded_int_names_the_flag_and_never_overflows():
     assert bounded_int(7.0, "--seed", 0, 9) == 7 and bounded_int("3", "--seed", 0, 9) == 3
-    for bad, shown in [(10**30, "a number above 10**18"), (-(10**30), "-a number above 10**18"), (1e300, "1e+300"),
-                       (float("inf"), "inf"), (float("nan"), "nan"), (1.5, "1.5"), ("1e3", "'1e3'"), (None, "None"),
-                       (True, "True"), ("9" * 5000, "'" + "9" * 56 + "...")]:
+    for bad, shown in [
+        (10**30, "a number above 10**18"),
+        (-(10**30), "-a number above 10**18"),
+        (1e300, "1e+300"),
+        (float("inf"), "inf"),
+        (float("nan"), "nan"),
+        (1.5, "1.5"),
+        ("1e3", "'1e3'"),
+        (None, "None"),
+        (True, "True"),
+        ("9" * 5000, "'" + "9" * 56 + "..."),
+    ]:
         with pytest.raises(ValueError) as err:
             bounded_int(bad, "--seed", 0, 9, "why")
         assert str(err.value) == f"`--seed` expected an integer from 0 to 9 (why), got {shown}"
@@ -138,33 +167,50 @@ def test_fields_out_of_bounds_get_the_flag_the_value_and_the_bound(logged):
     size = "`--size` expected an integer from 11 to 64 (this server's --max-size), got {}"
     iterations = f"`--iterations` expected an integer from 1 to {LONG} (this server's --max-iterations), got {{}}"
     seed = f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got {{}}"
-    cases = [(small(size=65), size.format(65)), (small(size=100000), size.format(100000)),
-             (small(iterations=10**9), iterations.format(10**9)), (small(iterations=0), iterations.format(0)),
-             (small(seed=10**30), seed.format("a number above 10**18")), (small(seed=-1), seed.format(-1)),
-             (small(seed=MAX_SEED + 1), seed.format(MAX_SEED + 1)), (small(seed=float("nan")), seed.format("nan")),
-             (small(steps=10**6), "`--steps` expected an integer from 1 to 100, got 1000000"),
-             (small(weights=f"random:{10**30}"), "`--weights random:SEED` expected an integer from 0 to "
-                                                 f"{MAX_SEED} (the seed), got a number above 10**18"),
-             (small(image="/etc/passwd"), "`--images` '/etc/passwd': expected one of the bundled photos (chelsea, "
-                                          "coffee, astronaut, rocket, hubble_deep_field, immunohistochemistry) or "
-                                          "an upload.")]
+    cases = [
+        (small(size=65), size.format(65)),
+        (small(size=100000), size.format(100000)),
+        (small(iterations=10**9), iterations.format(10**9)),
+        (small(iterations=0), iterations.format(0)),
+        (small(seed=10**30), seed.format("a number above 10**18")),
+        (small(seed=-1), seed.format(-1)),
+        (small(seed=MAX_SEED + 1), seed.format(MAX_SEED + 1)),
+        (small(seed=float("nan")), seed.format("nan")),
+        (small(steps=10**6), "`--steps` expected an integer from 1 to 100, got 1000000"),
+        (
+            small(weights=f"random:{10**30}"),
+            f"`--weights random:SEED` expected an integer from 0 to {MAX_SEED} (the seed), got a number above 10**18",
+        ),
+        (
+            small(image="/etc/passwd"),
+            "`--images` '/etc/passwd': expected one of the bundled photos (chelsea, "
+            "coffee, astronaut, rocket, hubble_deep_field, immunohistochemistry) or "
+            "an upload.",
+        ),
+    ]
     for request, expected in cases:
         assert message(bench, request) == f"diffinv app: error: {expected}"
     (update,) = list(bench.depth(small(size=10**6), bench.session("messages")))
     assert update.message == f"diffinv app: error: {size.format(10**6)}"
-    with pytest.raises(ValueError, match=r"^`--top` expected an integer from 1 to 16 \(this server's bound\), got 17$"):
+    with pytest.raises(
+        ValueError, match=r"^`--top` expected an integer from 1 to 16 \(this server's bound\), got 17$"
+    ):
         bench.channels(small(), top=17)
     capped = Workbench(inverter_factory, limits=Limits(max_iterations=50), channel_visualizer=lambda *a: [])
-    with pytest.raises(ValueError, match=r"^`--iterations` 20 x `--top` 3: the Channels tab optimizes one image "
-                                         r"per channel, and 60 image-iterations are above this server's "
-                                         r"--max-iterations 50"):
+    with pytest.raises(
+        ValueError,
+        match=r"^`--iterations` 20 x `--top` 3: the Channels tab optimizes one image "
+        r"per channel, and 60 image-iterations are above this server's "
+        r"--max-iterations 50",
+    ):
         capped.channels(small(iterations=20), top=3)
     assert capped.channels(small(iterations=10), top=5).note == "Channels shown by the connected visualizer."
     last = list(bench.invert(small(seed=MAX_SEED), bench.session("messages")))[-1]
     assert last.message.startswith("done") and not bench.session("messages").busy
     assert list(capped.invert(small(iterations=None), capped.session("x")))[-1].message == (
         "diffinv app: error: `--iterations`: the method's default, 300, is above this server's "
-        "--max-iterations 50; enter a number of iterations.")
+        "--max-iterations 50; enter a number of iterations."
+    )
 
 
 def test_a_job_that_does_not_fit_in_memory_is_refused_before_work(logged, monkeypatch):
@@ -182,8 +228,19 @@ def test_cli_flags_bound_the_app_and_root_its_files(tmp_path):
     args = build_parser().parse_args(["app"])
     assert (args.max_size, args.max_iterations) == (512, 1000)
     assert args.models_dir == args.runs_dir == type(args.runs_dir)(os.path.realpath("."))
-    args = build_parser().parse_args(["app", "--max-size", "256", "--max-iterations", "50", "--models-dir",
-                                      str(tmp_path), "--runs-dir", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "app",
+            "--max-size",
+            "256",
+            "--max-iterations",
+            "50",
+            "--models-dir",
+            str(tmp_path),
+            "--runs-dir",
+            str(tmp_path),
+        ]
+    )
     assert (args.max_size, args.max_iterations, args.models_dir) == (256, 50, tmp_path.resolve())
     for bad in (["--max-size", "0"], ["--max-iterations", "-5"], ["--runs-dir", str(tmp_path / "nope")]):
         with pytest.raises(SystemExit):
@@ -194,24 +251,36 @@ def test_cli_flags_bound_the_app_and_root_its_files(tmp_path):
 def test_weights_come_only_from_the_models_folder_and_never_show_a_file(logged, roots):
     bench, _ = logged
     models, _, outside = roots
-    for name in ("nothing.pt", "../outside/real.pt", str(outside / "real.pt"), "escape.pt", "/etc/passwd", "..",
-                 "models/../../outside/real.pt"):
+    for name in (
+        "nothing.pt",
+        "../outside/real.pt",
+        str(outside / "real.pt"),
+        "escape.pt",
+        "/etc/passwd",
+        "..",
+        "models/../../outside/real.pt",
+    ):
         assert message(bench, small(weights=name)) == WEIGHTS_MISSING.format(name)
     text = message(bench, small(weights="notes.txt"))
-    assert text == ("diffinv app: error: `--weights` 'notes.txt': could not be loaded as the state dict of "
-                    "'tf_efficientnet_lite0' (ValueError); expected a file written by "
-                    "torch.save(model.state_dict()) for this target.")
+    assert text == (
+        "diffinv app: error: `--weights` 'notes.txt': could not be loaded as the state dict of "
+        "'tf_efficientnet_lite0' (ValueError); expected a file written by "
+        "torch.save(model.state_dict()) for this target."
+    )
     reference = bench.target("tf_efficientnet_lite0", "random:1", 32, ("blocks.1",)).weights_fingerprint()
     for name in ("good.pt", "inner.pt", str(models / "good.pt")):
         assert bench.target("tf_efficientnet_lite0", name, 32, ("blocks.1",)).weights_fingerprint() == reference
     assert list(bench.invert(small(weights="inner.pt"), bench.session("w")))[-1].message.startswith("done")
-    folder = ("diffinv app: error: `--decoder` {!r}: no such folder in this server's models folder (--models-dir); "
-              "expected the name of a folder there.")
+    folder = (
+        "diffinv app: error: `--decoder` {!r}: no such folder in this server's models folder (--models-dir); "
+        "expected the name of a folder there."
+    )
     assert message(bench, small(method="decoder", decoder="../outside")) == folder.format("../outside")
     assert message(bench, small(method="decoder", decoder="good.pt")) == folder.format("good.pt")
     assert message(bench, small(method="diffusion", model="/tmp")) == (
         "diffinv app: error: `--model` '/tmp': no such folder in this server's models folder (--models-dir); "
-        "expected tiny, sd15, sd-turbo or the name of a folder there.")
+        "expected tiny, sd15, sd-turbo or the name of a folder there."
+    )
     (models / "not-a-decoder").mkdir(exist_ok=True)  # the CLI's message, with the folder as the visitor named it
     text = message(bench, small(method="decoder", decoder="not-a-decoder"))
     assert "'not-a-decoder'" in text and str(models.resolve()) not in text and str(models) not in text
@@ -225,8 +294,17 @@ def test_runs_tab_serves_only_run_folders_under_the_runs_folder(logged, roots):
     _, runs, outside = roots
     view = bench.open_run("run")
     assert "| blocks.1 | pixel |" in view.table and len(view.records) == 1 and view.grid.name == "grid.png"
-    for name in ("missing", "../outside/run", str(outside / "run"), "link", "empty", "stolen", "run/manifest.json",
-                 "/etc", "run/../../outside/run"):
+    for name in (
+        "missing",
+        "../outside/run",
+        str(outside / "run"),
+        "link",
+        "empty",
+        "stolen",
+        "run/manifest.json",
+        "/etc",
+        "run/../../outside/run",
+    ):
         with pytest.raises(ValueError) as err:
             bench.open_run(name)
         assert f"diffinv app: error: {err.value}" == RUN_MISSING.format(name)
@@ -287,16 +365,29 @@ def server(roots):
     bench = workbench("cpu", Limits(max_size=64, max_iterations=LONG, models_dir=roots[0], runs_dir=roots[1]))
     bench.inverter_factory = log.factory
     demo = build_app(bench)
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, share=False,
-                                                   prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
     invert_index = next(i for i, fn in demo.fns.items() if fn.api_name == "invert")
     yield f"http://127.0.0.1:{port}/", bench, log, invert_index
     demo.close()
 
 
 def fields(iterations=5, size=32, seed=0, weights="random:0"):
-    return ["chelsea", None, "tf_efficientnet_lite0", weights, "blocks.1", "pixel", None, "", "", iterations, size,
-            seed]
+    return [
+        "chelsea",
+        None,
+        "tf_efficientnet_lite0",
+        weights,
+        "blocks.1",
+        "pixel",
+        None,
+        "",
+        "",
+        iterations,
+        size,
+        seed,
+    ]
 
 
 def test_visitor_gets_bounds_and_root_messages_in_the_page(server):
@@ -306,12 +397,16 @@ def test_visitor_gets_bounds_and_root_messages_in_the_page(server):
     client = Client(url, verbose=False)
     for values, expected in [
         (fields(size=100000), "`--size` expected an integer from 11 to 64 (this server's --max-size), got 100000"),
-        (fields(iterations=10**9), f"`--iterations` expected an integer from 1 to {LONG} (this server's "
-                                   "--max-iterations), got 1000000000"),
+        (
+            fields(iterations=10**9),
+            f"`--iterations` expected an integer from 1 to {LONG} (this server's --max-iterations), got 1000000000",
+        ),
         (fields(seed=1e30), f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got 1e+30"),
         (fields(seed=2.5), f"`--seed` expected an integer from 0 to {MAX_SEED} (2**32 - 1), got 2.5"),
-        (fields(weights="../outside/real.pt"),
-         WEIGHTS_MISSING.format("../outside/real.pt").removeprefix("diffinv app: error: ")),
+        (
+            fields(weights="../outside/real.pt"),
+            WEIGHTS_MISSING.format("../outside/real.pt").removeprefix("diffinv app: error: "),
+        ),
     ]:
         status, *_ = client.predict(*values, api_name="/invert")
         assert status == f"**diffinv app: error: {expected}**"
@@ -346,9 +441,17 @@ def test_closed_page_stops_its_run(server):
     url, bench, log, invert_index = server
     before = len(log.runs)
     session = uuid.uuid4().hex
-    join = httpx.post(f"{url}gradio_api/queue/join", json={"data": fields(iterations=LONG), "fn_index": invert_index,
-                                                           "session_hash": session, "event_data": None,
-                                                           "trigger_id": None}, timeout=30)
+    join = httpx.post(
+        f"{url}gradio_api/queue/join",
+        json={
+            "data": fields(iterations=LONG),
+            "fn_index": invert_index,
+            "session_hash": session,
+            "event_data": None,
+            "trigger_id": None,
+        },
+        timeout=30,
+    )
     join.raise_for_status()
     with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
         for line in stream.iter_lines():
@@ -373,5 +476,5 @@ def test_one_run_at_a_time_across_visitors(server):
     long_job.cancel()
     status, *_ = short_job.result(timeout=60)
     assert status.startswith("done: pixel at blocks.1")
-    (_, long_end, long_iterations), (short_start, _, short_iterations) = log.runs[before:before + 2]
+    (_, long_end, long_iterations), (short_start, _, short_iterations) = log.runs[before : before + 2]
     assert long_end <= short_start and long_iterations < LONG and short_iterations == 5

@@ -25,10 +25,39 @@ def folder(tmp_path_factory, photos):
 
 
 def _atlas(folder, out, *extra):
-    return main(["atlas", "--images", str(folder), "--train-split", "2", "--weights", "random:0", "--size", "32",
-                 "--layers", "blocks.0", "blocks.2", "--iterations", "2", "--max-steps", "2", "--train-batch-size", "4",
-                 "--hidden-channels", "8", "--batch-size", "4", "--workers", "1", "--device", "cpu", "--out", str(out),
-                 *extra])
+    return main(
+        [
+            "atlas",
+            "--images",
+            str(folder),
+            "--train-split",
+            "2",
+            "--weights",
+            "random:0",
+            "--size",
+            "32",
+            "--layers",
+            "blocks.0",
+            "blocks.2",
+            "--iterations",
+            "2",
+            "--max-steps",
+            "2",
+            "--train-batch-size",
+            "4",
+            "--hidden-channels",
+            "8",
+            "--batch-size",
+            "4",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys):
@@ -70,7 +99,7 @@ def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys)
     assert "0 records made, 24 resumed" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len((out / "bench" / "records.jsonl").read_text().splitlines()) == len(records)
-    assert len([r for r in json.loads((out / "results.json").read_text())["training"]]) == 2
+    assert len(json.loads((out / "results.json").read_text())["training"]) == 2
     # another split is refused, naming the change
     assert _atlas(folder, out, "--seed", "1") == 2
     assert "split" in capsys.readouterr().err
@@ -104,14 +133,29 @@ def test_early_stopping_stops_and_freezes():
         per_image = ((v - target) ** 2).sum(1) + torch.tensor([1.0, 1.0])
         return per_image.detach(), [torch.autograd.grad(per_image.sum(), v)[0]]
 
-    result = run_optimization([x], step, iterations=500, lr=0.5, num_images=2, schedule=False, progress=False,
-                              early_stop=EarlyStopping(patience=5, min_delta=0.01))
+    result = run_optimization(
+        [x],
+        step,
+        iterations=500,
+        lr=0.5,
+        num_images=2,
+        schedule=False,
+        progress=False,
+        early_stop=EarlyStopping(patience=5, min_delta=0.01),
+    )
     ran = result.iterations.tolist()
     assert ran[0] == 6 and 6 < ran[1] < 500  # image 0 stops after its patience, the batch when both have
     assert len(result.history) == ran[1]
     assert x[0].item() == 0.0  # frozen at its best iterate
-    full = run_optimization([torch.tensor([[0.0], [50.0]], requires_grad=True)], step, iterations=500, lr=0.5,
-                            num_images=2, schedule=False, progress=False)
+    full = run_optimization(
+        [torch.tensor([[0.0], [50.0]], requires_grad=True)],
+        step,
+        iterations=500,
+        lr=0.5,
+        num_images=2,
+        schedule=False,
+        progress=False,
+    )
     assert len(full.history) == 500 and full.iterations.tolist() == [500, 500]
     with pytest.raises(ValueError, match="patience"):
         EarlyStopping(patience=0)
@@ -122,8 +166,11 @@ def test_bootstrap_intervals_and_summary(tmp_path):
     assert mean == 2.5 and low < mean < high and (low, high) == bootstrap_ci([1.0, 2.0, 3.0, 4.0])[1:]
     assert paired_difference_ci([2.0, 3.0], [1.0, 2.0]) == (1.0, 1.0, 1.0)
     assert format_ci(1.0, 0.5, 1.5) == "1.00 [0.50, 1.50]"
-    records = [{"layer": "l", "method": "m", "image": f"{i}", "seed": s, "psnr": float(i + s)}
-               for i in range(3) for s in (0, 1)]
+    records = [
+        {"layer": "l", "method": "m", "image": f"{i}", "seed": s, "psnr": float(i + s)}
+        for i in range(3)
+        for s in (0, 1)
+    ]
     (row,) = summarize_intervals(records, ["l"], ["m"])
     assert row["n"] == 3 and row["psnr"][0] == pytest.approx(1.5) and "judge_similarity" not in row
     # the judge's and the true labels' scores, under the keys the benchmark's records carry, become columns
@@ -144,8 +191,16 @@ def test_bench_early_stop_is_recorded_and_stops(tmp_path, one_thread):
     target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.0", weights="random:0", input_size=(32, 32))
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rule = EarlyStopping(patience=2, min_delta=0.5)  # a 50 % fall every 2 iterations: stops at once
-    records = run_benchmark(target, images, ["a", "b"], ["blocks.0"], {"pixel": lambda t: PixelInverter(t, iterations=50)},
-                            tmp_path / "bench", progress=False, early_stop=rule)
+    records = run_benchmark(
+        target,
+        images,
+        ["a", "b"],
+        ["blocks.0"],
+        {"pixel": lambda t: PixelInverter(t, iterations=50)},
+        tmp_path / "bench",
+        progress=False,
+        early_stop=rule,
+    )
     assert all(r["iterations_run"] < 50 for r in records)
     manifest = json.loads((tmp_path / "bench" / "manifest.json").read_text())
     assert manifest["settings"]["early_stop"] == {"patience": 2, "min_delta": 0.5}

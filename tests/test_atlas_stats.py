@@ -10,8 +10,8 @@ import torch
 from diffinv.cli import main
 from diffinv.io import collect_images, sample_images, save_image
 from diffinv.judge import Judge
-from diffinv.metrics import reconstruction_scores
 from diffinv.labels import expand_imagefolders, imagenet_wnids, labels_for_files, wnid_of
+from diffinv.metrics import reconstruction_scores
 from diffinv.stats import bootstrap_ci, format_ci, paired_difference_ci
 from diffinv.targets import TargetNetwork
 
@@ -38,8 +38,11 @@ def test_wnid_labels_from_file_names(tmp_path):
 
 def test_imagefolder_labels(tmp_path):
     root = tmp_path / "val"
-    files = [_touch(root / "n01484850" / "b.png"), _touch(root / "n01440764" / "a.png"),
-             _touch(root / "n01440764" / "c.png")]
+    files = [
+        _touch(root / "n01484850" / "b.png"),
+        _touch(root / "n01440764" / "a.png"),
+        _touch(root / "n01440764" / "c.png"),
+    ]
     folders = expand_imagefolders([root])
     assert folders == [root / "n01440764", root / "n01484850"]  # the class folders, sorted
     assert labels_for_files(collect_images(folders), "imagefolder") == [0, 0, 2]
@@ -109,8 +112,9 @@ def test_scores_reuse_the_originals_outputs(judge, lite0, monkeypatch):
     monkeypatch.setattr(judge, "forward", lambda x: seen.append(("judge", x)) or judge_forward(x))
     monkeypatch.setattr(lite0, "predict", lambda x: seen.append(("target", x)) or target_predict(x))
     cache = {}
-    cached = [reconstruction_scores(lite0, r, photos, labels=labels, judge=judge, originals_cache=cache)
-              for r in recons]
+    cached = [
+        reconstruction_scores(lite0, r, photos, labels=labels, judge=judge, originals_cache=cache) for r in recons
+    ]
     assert sum(x is photos for _, x in seen) == 2  # once each: target and judge
     assert len(seen) == 2 + 2 * len(recons)  # and once per batch of reconstructions
     for a, b in zip(plain, cached):
@@ -135,8 +139,9 @@ def test_bootstrap_ci_on_known_data():
     assert bootstrap_ci(values, confidence=0.5)[2] - bootstrap_ci(values, confidence=0.5)[1] < high - low
     # coverage: the 95 % interval holds the true mean about 95 % of the time
     rng = np.random.default_rng(0)
-    hits = [lo <= 0 <= hi for _, lo, hi in (bootstrap_ci(rng.normal(0, 1, 40), resamples=1000, seed=k)
-                                            for k in range(200))]
+    hits = [
+        lo <= 0 <= hi for _, lo, hi in (bootstrap_ci(rng.normal(0, 1, 40), resamples=1000, seed=k) for k in range(200))
+    ]
     assert 0.88 <= np.mean(hits) <= 0.99
     with pytest.raises(ValueError, match="`confidence` must be in"):
         bootstrap_ci(values, confidence=95)
@@ -163,14 +168,36 @@ def test_bench_labels_judge_intervals_and_every_image(tmp_path, small_photos):
     for i, (image, wnid) in enumerate(zip(small_photos[:3], ["n02124075", "n07920052", "n01440764"])):
         save_image(image, folder / f"{i}_{wnid}_photo.png")
     out = tmp_path / "bench"
-    args = ["bench", "--target", "tf_efficientnet_lite0", "--layers", "blocks.1", "--methods", "pixel", "dip",
-            "--images", str(folder), "--labels", "wnid", "--size", "32", "--seeds", "0", "--iterations", "2",
-            "--out", str(out)]
+    args = [
+        "bench",
+        "--target",
+        "tf_efficientnet_lite0",
+        "--layers",
+        "blocks.1",
+        "--methods",
+        "pixel",
+        "dip",
+        "--images",
+        str(folder),
+        "--labels",
+        "wnid",
+        "--size",
+        "32",
+        "--seeds",
+        "0",
+        "--iterations",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     records = json.loads((out / "results.json").read_text())["records"]
     assert len(records) == 2 * 3  # every image of the folder (no --num-images)
     assert sorted({(r["image"], r["label"]) for r in records}) == [
-        ("0_n02124075_photo.png", 285), ("1_n07920052_photo.png", 967), ("2_n01440764_photo.png", 0)]
+        ("0_n02124075_photo.png", 285),
+        ("1_n07920052_photo.png", 967),
+        ("2_n01440764_photo.png", 0),
+    ]
     for r in records:
         assert r["original_top1_accuracy"] in (0.0, 1.0) and r["judge_original_accuracy"] in (0.0, 1.0)
         assert r["judge_agreement"] in (0.0, 1.0) and -1 <= r["judge_similarity"] <= 1
@@ -194,8 +221,19 @@ def test_bench_labels_judge_intervals_and_every_image(tmp_path, small_photos):
 def test_bench_label_and_judge_usage_errors(tmp_path, capsys):
     folder = tmp_path / "imgs"
     save_image(torch.rand(3, 32, 32), folder / "cat.png")
-    base = ["bench", "--layers", "blocks.1", "--methods", "pixel", "--size", "32", "--iterations", "1",
-            "--out", str(tmp_path / "out")]
+    base = [
+        "bench",
+        "--layers",
+        "blocks.1",
+        "--methods",
+        "pixel",
+        "--size",
+        "32",
+        "--iterations",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main([*base, "--images", str(folder), "--labels", "wnid"]) == 2
     assert "`--labels` 'wnid': image 'cat.png' has no WordNet id" in capsys.readouterr().err
     assert main([*base, "--images", str(folder), "--labels", str(tmp_path / "nope.csv")]) == 2

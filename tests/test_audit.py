@@ -41,8 +41,18 @@ def train_folder(tmp_path_factory, photos):
 def test_audit_report_structure_and_resume(tmp_path, target32, eval_images, train_folder, one_thread):
     images, names = eval_images
     defenses = parse_defenses(["none", "topk:0.1"])
-    decoder = TrainConfig(out="", layer="", images=[str(train_folder)], max_steps=2, batch_size=4, hidden_channels=16,
-                          min_channels=8, val_fraction=0.0, device="cpu", warmup_steps=1)
+    decoder = TrainConfig(
+        out="",
+        layer="",
+        images=[str(train_folder)],
+        max_steps=2,
+        batch_size=4,
+        hidden_channels=16,
+        min_channels=8,
+        val_fraction=0.0,
+        device="cpu",
+        warmup_steps=1,
+    )
     methods = {"pixel": lambda t: PixelInverter(t, iterations=3), "decoder": decoder}
     out = tmp_path / "audit"
     report = run_audit(target32, images, names, ["blocks.1"], defenses, methods, out, progress=False)
@@ -84,8 +94,16 @@ def test_audit_report_structure_and_resume(tmp_path, target32, eval_images, trai
     assert again["settings"] == report["settings"]
     assert time.perf_counter() - tic < 30
     with pytest.raises(RunSettingsError, match="iterations"):
-        run_audit(target32, images, names, ["blocks.1"], defenses,
-                  {"pixel": lambda t: PixelInverter(t, iterations=4), "decoder": decoder}, out, progress=False)
+        run_audit(
+            target32,
+            images,
+            names,
+            ["blocks.1"],
+            defenses,
+            {"pixel": lambda t: PixelInverter(t, iterations=4), "decoder": decoder},
+            out,
+            progress=False,
+        )
 
 
 def test_interrupted_audit_resumes_where_it_stopped(tmp_path, target32, eval_images, one_thread):
@@ -98,20 +116,42 @@ def test_interrupted_audit_resumes_where_it_stopped(tmp_path, target32, eval_ima
     (out / "records.jsonl").write_text("\n".join(lines[:3]) + "\n")  # interrupted after three records
     resumed = run_audit(target32, images, names, ["blocks.1"], defenses, methods, out, batch_size=1, progress=False)
     assert len((out / "records.jsonl").read_text().splitlines()) == len(lines)
-    strip = lambda rows: [{**r, "attacks": {m: {a: {k: v for k, v in (e or {}).items()  # noqa: E731
-                                                    if not k.startswith("seconds")}
-                                                for a, e in entry.items() if a != "adaptive_reason"}
-                                            for m, entry in r["attacks"].items()}} for r in rows]
+    strip = lambda rows: [  # noqa: E731
+        {
+            **r,
+            "attacks": {
+                m: {
+                    a: {k: v for k, v in (e or {}).items() if not k.startswith("seconds")}
+                    for a, e in entry.items()
+                    if a != "adaptive_reason"
+                }
+                for m, entry in r["attacks"].items()
+            },
+        }
+        for r in rows
+    ]
     assert strip(resumed["settings"]) == strip(full["settings"])
 
 
-def test_adaptive_decoder_is_not_worse_than_naive_on_its_own_defense(tmp_path, target32, eval_images, train_folder,
-                                                                       one_thread):
+def test_adaptive_decoder_is_not_worse_than_naive_on_its_own_defense(
+    tmp_path, target32, eval_images, train_folder, one_thread
+):
     """The decoder trained on defended features (the adaptive attacker) against the decoder trained on
     clean ones (the naive attacker), both decoding the same defended features of held-out photos."""
     images, _ = eval_images
-    common = dict(layer="blocks.1", images=[str(train_folder)], size=32, max_steps=40, batch_size=8,
-                  hidden_channels=32, min_channels=8, val_fraction=0.0, device="cpu", progress=False, warmup_steps=5)
+    common = dict(
+        layer="blocks.1",
+        images=[str(train_folder)],
+        size=32,
+        max_steps=40,
+        batch_size=8,
+        hidden_channels=32,
+        min_channels=8,
+        val_fraction=0.0,
+        device="cpu",
+        progress=False,
+        warmup_steps=5,
+    )
     from diffinv.jobs.training import train_decoder
 
     train_decoder(TrainConfig(out=str(tmp_path / "naive"), **common))
@@ -141,19 +181,39 @@ def test_feature_transform_reaches_the_loss_and_only_optimizing_methods_take_it(
     assert len(calls) == 2 and calls[0] == features.features.shape
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--defenses", "none", "blur:1"], "`--defenses`: defense 'blur:1': 'blur' is not a defense"),
-    (["--defenses", "quantize:0"], "the strength of 'quantize' must be an integer number of bits in 1..16, got '0'"),
-    (["--defenses", "prune:1.5"], r"fraction of channels in \[0, 1\)"),
-    (["--methods", "pixel", "decoder", "--decoder", "x"], "the audit trains its own decoders"),
-    (["--layers", "nope"], "`layer` 'nope' is not a module"),
-    (["--methods", "dip", "--size", "40"], "DIP needs `image_size` divisible by 16"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--defenses", "none", "blur:1"], "`--defenses`: defense 'blur:1': 'blur' is not a defense"),
+        (
+            ["--defenses", "quantize:0"],
+            "the strength of 'quantize' must be an integer number of bits in 1..16, got '0'",
+        ),
+        (["--defenses", "prune:1.5"], r"fraction of channels in \[0, 1\)"),
+        (["--methods", "pixel", "decoder", "--decoder", "x"], "the audit trains its own decoders"),
+        (["--layers", "nope"], "`layer` 'nope' is not a module"),
+        (["--methods", "dip", "--size", "40"], "DIP needs `image_size` divisible by 16"),
+    ],
+)
 def test_bad_inputs_fail_before_any_work(tmp_path, capsys, argv, match):
     out = tmp_path / "audit"
     tic = time.perf_counter()
-    code = main(["audit", "--weights", "random:0", "--layers", "blocks.1", "--num-images", "1", "--size", "32",
-                 "--out", str(out), *argv])
+    code = main(
+        [
+            "audit",
+            "--weights",
+            "random:0",
+            "--layers",
+            "blocks.1",
+            "--num-images",
+            "1",
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            *argv,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "diffinv audit: error:" in err
     import re
@@ -164,31 +224,75 @@ def test_bad_inputs_fail_before_any_work(tmp_path, capsys, argv, match):
 
 def test_build_report_picks_the_setting_that_keeps_utility(tmp_path):
     def attack(defense, psnr_value):
-        return {"kind": "attack", "layer": "L", "defense": defense, "method": "pixel", "attacker": "naive", "seed": 0,
-                "image": "a", "psnr": psnr_value, "ssim": 0.1, "lpips": None, "top1_agreement": 1.0,
-                "feature_residual": 0.1, "seconds": 1.0}
+        return {
+            "kind": "attack",
+            "layer": "L",
+            "defense": defense,
+            "method": "pixel",
+            "attacker": "naive",
+            "seed": 0,
+            "image": "a",
+            "psnr": psnr_value,
+            "ssim": 0.1,
+            "lpips": None,
+            "top1_agreement": 1.0,
+            "feature_residual": 0.1,
+            "seconds": 1.0,
+        }
 
-    records = [{"kind": "utility", "layer": "L", "defense": d, "image": "a", "utility": u, "reason": None,
-                "seconds": 0.1}
-               for d, u in (("none", 1.0), ("noise:1", 1.0), ("noise:3", 0.0))]
+    records = [
+        {"kind": "utility", "layer": "L", "defense": d, "image": "a", "utility": u, "reason": None, "seconds": 0.1}
+        for d, u in (("none", 1.0), ("noise:1", 1.0), ("noise:3", 0.0))
+    ]
     records += [attack("none", 20.0), attack("noise:1", 15.0), attack("noise:3", 10.0)]
     report = build_report(records, ["L"], ["none", "noise:1", "noise:3"], ["pixel"])
-    assert report["recommendation"]["L"] == {"defense": "noise:1", "utility": 1.0, "best_attack_psnr": 15.0,
-                                             "psnr_drop": 5.0}
+    assert report["recommendation"]["L"] == {
+        "defense": "noise:1",
+        "utility": 1.0,
+        "best_attack_psnr": 15.0,
+        "psnr_drop": 5.0,
+    }
     assert report["settings"][1]["attacks"]["pixel"]["adaptive"] is None  # not run in these records
 
 
 def test_audit_command_end_to_end(tmp_path, capsys, one_thread):
     out = tmp_path / "audit"
-    argv = ["audit", "--weights", "random:0", "--layer", "blocks.1", "--defenses", "none", "quantize:2,1",
-            "--methods", "pixel", "decoder", "--dataset", "foolbox-imagenet", "--num-images", "2", "--size", "32",
-            "--iterations", "2", "--max-steps", "1", "--train-batch-size", "2", "--hidden-channels", "8", "--out", str(out)]
+    argv = [
+        "audit",
+        "--weights",
+        "random:0",
+        "--layer",
+        "blocks.1",
+        "--defenses",
+        "none",
+        "quantize:2,1",
+        "--methods",
+        "pixel",
+        "decoder",
+        "--dataset",
+        "foolbox-imagenet",
+        "--num-images",
+        "2",
+        "--size",
+        "32",
+        "--iterations",
+        "2",
+        "--max-steps",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--hidden-channels",
+        "8",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "## blocks.1" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert [r["defense"] for r in report["settings"]] == ["none", "quantize:2", "quantize:1"]
     training = report["config"]["methods"]["decoder"]["training"]
     # the decoders train on the offline photos, never on the audited ones
-    assert training["images"] and not any(name in f for f in training["images"]
-                                          for name in ("imagenet_00_243.jpg", "imagenet_01_559.jpg"))
+    assert training["images"] and not any(
+        name in f for f in training["images"] for name in ("imagenet_00_243.jpg", "imagenet_01_559.jpg")
+    )
     assert main(argv) == 0  # resumed: nothing to do

@@ -100,8 +100,9 @@ def test_utility_accuracy_of_none_is_the_undefended_accuracy(target32, eval_imag
     assert torch.equal(scores["agreement"], torch.ones(len(images)))
 
 
-def test_white_box_attacker_differentiates_through_the_fine_tuned_client(tmp_path, target32, eval_images, train_set,
-                                                                         one_thread):
+def test_white_box_attacker_differentiates_through_the_fine_tuned_client(
+    tmp_path, target32, eval_images, train_set, one_thread
+):
     images, names, labels = eval_images
     given = []
 
@@ -109,10 +110,26 @@ def test_white_box_attacker_differentiates_through_the_fine_tuned_client(tmp_pat
         given.append(target)
         return PixelInverter(target, iterations=2)
 
-    job = AuditJob(target32, images, names, [LAYER], parse_defenses(["none", "nopeek:5"]), {"pixel": factory},
-                   tmp_path / "audit", seeds=[0], batch_size=2, settings=None, overwrite=False, progress=False,
-                   state=None, labels=labels, judge=None, train_images=train_set[0], train_labels=train_set[1],
-                   defense_training=DefenseTrainConfig(steps=3, batch_size=4, learning_rate=1e-2))
+    job = AuditJob(
+        target32,
+        images,
+        names,
+        [LAYER],
+        parse_defenses(["none", "nopeek:5"]),
+        {"pixel": factory},
+        tmp_path / "audit",
+        seeds=[0],
+        batch_size=2,
+        settings=None,
+        overwrite=False,
+        progress=False,
+        state=None,
+        labels=labels,
+        judge=None,
+        train_images=train_set[0],
+        train_labels=train_set[1],
+        defense_training=DefenseTrainConfig(steps=3, batch_size=4, learning_rate=1e-2),
+    )
     for item in job.defense_trainings():
         list(job.records(item))
     naive = job._inverter(AttackItem(LAYER, "nopeek:5", "pixel", "naive", 0, range(2)))
@@ -128,18 +145,34 @@ def test_white_box_attacker_differentiates_through_the_fine_tuned_client(tmp_pat
 
 
 def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_training(
-        tmp_path, target32, eval_images, train_set, photos, one_thread):
+    tmp_path, target32, eval_images, train_set, photos, one_thread
+):
     images, names, labels = eval_images
     folder = tmp_path / "train"
     for i, image in enumerate(photos):
         save_image(image, folder / f"{i}.png")
-    decoder = TrainConfig(out="", layer="", images=[str(folder)], max_steps=1, batch_size=2, hidden_channels=8,
-                          min_channels=8, val_fraction=0.0, device="cpu", warmup_steps=1)
+    decoder = TrainConfig(
+        out="",
+        layer="",
+        images=[str(folder)],
+        max_steps=1,
+        batch_size=2,
+        hidden_channels=8,
+        min_channels=8,
+        val_fraction=0.0,
+        device="cpu",
+        warmup_steps=1,
+    )
     methods = {"pixel": lambda t: PixelInverter(t, iterations=2), "decoder": decoder}
     defenses = parse_defenses(["none", "noise:0.5", "nopeek:5", "shredder:0.5"])
     out = tmp_path / "audit"
-    kwargs = dict(progress=False, labels=labels, train_images=train_set[0], train_labels=train_set[1],
-                  defense_training=DefenseTrainConfig(steps=3, batch_size=4))
+    kwargs = dict(
+        progress=False,
+        labels=labels,
+        train_images=train_set[0],
+        train_labels=train_set[1],
+        defense_training=DefenseTrainConfig(steps=3, batch_size=4),
+    )
     report = run_audit(target32, images, names, [LAYER], defenses, methods, out, **kwargs)
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -163,7 +196,9 @@ def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_tr
     frontier = report["frontier"]["layers"][LAYER]
     assert frontier["pareto"] and [v["max_loss"] for v in frontier["verdict"]] == [0.01, 0.05, 0.1]
     assert {(v["learned"], v["baseline"]) for v in frontier["versus_baseline"]} == {
-        ("nopeek:5", "noise:0.5"), ("shredder:0.5", "noise:0.5")}
+        ("nopeek:5", "noise:0.5"),
+        ("shredder:0.5", "noise:0.5"),
+    }
     text = (out / "report.md").read_text()
     assert "privacy-utility frontier" in text and "| 5 points |" in text and "beats noise" in text
     assert report["cost_seconds"]["defense_training_seconds"] > 0
@@ -178,23 +213,41 @@ def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_tr
     assert again["frontier"] == json.loads(json.dumps(report["frontier"]))
     # without training images a learned setting is refused before any work
     with pytest.raises(ValueError, match="train on labelled images"):
-        run_audit(target32, images, names, [LAYER], defenses, methods, tmp_path / "other", progress=False,
-                  labels=labels)
+        run_audit(
+            target32, images, names, [LAYER], defenses, methods, tmp_path / "other", progress=False, labels=labels
+        )
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--defenses", "none", "nopeek:1"], "a learned defense trains on labelled images: give --images, --labels"),
-    (["--defenses", "nopeek:1+noise:0.1"], "stands alone in a setting"),
-    (["--defense-lr", "-1"], "`--defense-\\*`: `learning_rate` must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--defenses", "none", "nopeek:1"], "a learned defense trains on labelled images: give --images, --labels"),
+        (["--defenses", "nopeek:1+noise:0.1"], "stands alone in a setting"),
+        (["--defense-lr", "-1"], "`--defense-\\*`: `learning_rate` must be a finite number > 0"),
+    ],
+)
 def test_bad_learned_defense_arguments_fail_before_any_work(tmp_path, capsys, argv, match):
     import re
 
     from diffinv.cli import main
 
     out = tmp_path / "audit"
-    code = main(["audit", "--weights", "random:0", "--layers", LAYER, "--num-images", "1", "--size", "32",
-                 "--out", str(out), *argv])
+    code = main(
+        [
+            "audit",
+            "--weights",
+            "random:0",
+            "--layers",
+            LAYER,
+            "--num-images",
+            "1",
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            *argv,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and re.search(match, err), err
     assert not out.exists()

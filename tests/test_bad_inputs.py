@@ -65,33 +65,45 @@ def assert_usage_error(capsys, argv, *needles, out=None):
 # ---------------------------------------------------------------------- output locations
 def test_out_is_an_existing_file(capsys, files):
     bad = files["file"]
-    assert_usage_error(capsys, ["bench", "--out", bad, "--methods", "pixel", "--iterations", "1"], "`--out`", bad,
-                       "existing file")
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "pixel", "--out", bad], "`--out`", "existing file")
-    assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "-o", str(files["root"])],
-                       "`--out`", "is a folder")
+    assert_usage_error(
+        capsys, ["bench", "--out", bad, "--methods", "pixel", "--iterations", "1"], "`--out`", bad, "existing file"
+    )
+    assert_usage_error(
+        capsys, ["invert", files["feats"], "--method", "pixel", "--out", bad], "`--out`", "existing file"
+    )
+    assert_usage_error(
+        capsys, ["extract", files["photo"], "--layer", "blocks.1", "-o", str(files["root"])], "`--out`", "is a folder"
+    )
 
 
 def test_unwritable_output_folder(capsys, files):
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "pixel", "--out", "/proc/diffinv/out"],
-                       "`--out`", "/proc/diffinv/out", "cannot write")
+    assert_usage_error(
+        capsys,
+        ["invert", files["feats"], "--method", "pixel", "--out", "/proc/diffinv/out"],
+        "`--out`",
+        "/proc/diffinv/out",
+        "cannot write",
+    )
     assert_usage_error(capsys, ["demo", "--out", files["file"] + "/sub"], "`--out`", "is a file")
 
 
 # ---------------------------------------------------------------------- numbers and choices
-@pytest.mark.parametrize("argv, needle", [
-    (["demo", "--size", "0"], "argument --size: expected a positive integer (>= 1), got 0"),
-    (["bench", "--size", "-3", "--out", "x"], "argument --size: expected a positive integer (>= 1), got -3"),
-    (["extract", "p.png", "--layer", "blocks.1", "--size", "0", "-o", "f.safetensors"], "argument --size"),
-    (["demo", "--num-images", "0"], "argument --num-images: expected a positive integer (>= 1), got 0"),
-    (["demo", "--num-images", "-4"], "argument --num-images"),
-    (["demo", "--steps", "0"], "argument --steps: expected a positive integer (>= 1), got 0"),
-    (["demo", "--iterations", "0"], "argument --iterations"),
-    (["demo", "--strength", "2"], "argument --strength: expected a number in [0, 1], got 2"),
-    (["demo", "--methods", "nope"], "argument --methods: invalid choice: 'nope'"),
-    (["train-decoder", "--layer", "blocks.1", "--size", "0", "--out", "x"], "argument --size"),
-    (["video", "clip.mp4", "--layer", "blocks.1", "--size", "0", "--out", "x"], "argument --size"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["demo", "--size", "0"], "argument --size: expected a positive integer (>= 1), got 0"),
+        (["bench", "--size", "-3", "--out", "x"], "argument --size: expected a positive integer (>= 1), got -3"),
+        (["extract", "p.png", "--layer", "blocks.1", "--size", "0", "-o", "f.safetensors"], "argument --size"),
+        (["demo", "--num-images", "0"], "argument --num-images: expected a positive integer (>= 1), got 0"),
+        (["demo", "--num-images", "-4"], "argument --num-images"),
+        (["demo", "--steps", "0"], "argument --steps: expected a positive integer (>= 1), got 0"),
+        (["demo", "--iterations", "0"], "argument --iterations"),
+        (["demo", "--strength", "2"], "argument --strength: expected a number in [0, 1], got 2"),
+        (["demo", "--methods", "nope"], "argument --methods: invalid choice: 'nope'"),
+        (["train-decoder", "--layer", "blocks.1", "--size", "0", "--out", "x"], "argument --size"),
+        (["video", "clip.mp4", "--layer", "blocks.1", "--size", "0", "--out", "x"], "argument --size"),
+    ],
+)
 def test_bad_numbers_are_argparse_errors(capsys, argv, needle):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -105,8 +117,11 @@ def test_devices(capsys, tmp_path):
     assert not out.exists()
     if not torch.cuda.is_available():
         assert_usage_error(capsys, ["demo", "--device", "cuda", "--out", out], "`--device` 'cuda'", "no CUDA GPU")
-        assert_usage_error(capsys, ["train-decoder", "--layer", "blocks.1", "--images", "x", "--device", "cuda",
-                                    "--out", out], "`--device` 'cuda'")
+        assert_usage_error(
+            capsys,
+            ["train-decoder", "--layer", "blocks.1", "--images", "x", "--device", "cuda", "--out", out],
+            "`--device` 'cuda'",
+        )
     assert not out.exists()
 
 
@@ -119,17 +134,36 @@ def test_a_folder_of_the_wrong_kind_is_named(capsys, files, tmp_path):
     mapper.mkdir()
     (mapper / "config.json").write_text(json.dumps({"_class_name": "FeatureMapper", "layer": "blocks.1"}))
     out = tmp_path / "out"
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "mapper", "--mapper", decoder, "--model", "tiny",
-                                "--out", out], "this is a decoder folder; use --decoder")
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "decoder", "--decoder", mapper, "--out", out],
-                       "this is a mapper folder; use --mapper")
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "diffusion", "--model", mapper, "--out", out],
-                       "`--model`", "this is a mapper folder; use `--mapper`")
-    assert_usage_error(capsys, ["demo", "--model", tmp_path / "nope", "--out", out], "`--model`", "is not a folder",
-                       "tiny, sd15, sd-turbo")
+    assert_usage_error(
+        capsys,
+        ["invert", files["feats"], "--method", "mapper", "--mapper", decoder, "--model", "tiny", "--out", out],
+        "this is a decoder folder; use --decoder",
+    )
+    assert_usage_error(
+        capsys,
+        ["invert", files["feats"], "--method", "decoder", "--decoder", mapper, "--out", out],
+        "this is a mapper folder; use --mapper",
+    )
+    assert_usage_error(
+        capsys,
+        ["invert", files["feats"], "--method", "diffusion", "--model", mapper, "--out", out],
+        "`--model`",
+        "this is a mapper folder; use `--mapper`",
+    )
+    assert_usage_error(
+        capsys,
+        ["demo", "--model", tmp_path / "nope", "--out", out],
+        "`--model`",
+        "is not a folder",
+        "tiny, sd15, sd-turbo",
+    )
     (tmp_path / "empty").mkdir()
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "diffusion", "--model", tmp_path / "empty",
-                                "--out", out], "`--model`", "has no model_index.json")
+    assert_usage_error(
+        capsys,
+        ["invert", files["feats"], "--method", "diffusion", "--model", tmp_path / "empty", "--out", out],
+        "`--model`",
+        "has no model_index.json",
+    )
     assert not out.exists()
 
 
@@ -145,8 +179,13 @@ def test_decompression_bomb_is_a_clear_error(capsys, tmp_path, monkeypatch, file
     big = tmp_path / "big.png"
     Image.new("RGB", (400, 400)).save(big)
     monkeypatch.setenv("DIFFINV_MAX_IMAGE_PIXELS", "1000")
-    assert_usage_error(capsys, ["extract", big, "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
-                       "big.png", "decompression-bomb limit", "DIFFINV_MAX_IMAGE_PIXELS")
+    assert_usage_error(
+        capsys,
+        ["extract", big, "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
+        "big.png",
+        "decompression-bomb limit",
+        "DIFFINV_MAX_IMAGE_PIXELS",
+    )
     assert not (tmp_path / "f.safetensors").exists()
     monkeypatch.setenv("DIFFINV_MAX_IMAGE_PIXELS", "0")  # the explicit opt-in
     assert load_image(big).shape == (3, 400, 400)
@@ -155,6 +194,7 @@ def test_decompression_bomb_is_a_clear_error(capsys, tmp_path, monkeypatch, file
 def test_extract_takes_uint8_and_half_images_and_refuses_others(lite0, small_photos):
     reference = FeatureSet.extract(lite0, small_photos[:1], "blocks.1").features
     as_uint8 = (small_photos[:1] * 255).round().to(torch.uint8)
+
     def close(a):  # 8-bit / half-precision rounding of the pixels moves the features by a few %
         return ((a - reference).norm() / reference.norm()).item() < 0.05
 
@@ -163,7 +203,10 @@ def test_extract_takes_uint8_and_half_images_and_refuses_others(lite0, small_pho
     assert half.dtype == torch.float32 and close(half)
     with pytest.raises(ValueError, match="`images` has dtype torch.int64"):
         FeatureSet.extract(lite0, as_uint8.long(), "blocks.1")
-    with pytest.raises(ValueError, match=r"`images` must hold finite values in \[0, 1\], got min \d+ and max \d+; divide uint8-range floats by 255"):
+    with pytest.raises(
+        ValueError,
+        match=r"`images` must hold finite values in \[0, 1\], got min \d+ and max \d+; divide uint8-range floats by 255",
+    ):
         FeatureSet.extract(lite0, as_uint8.float(), "blocks.1")
     with pytest.raises(ValueError, match=r"`images` is an empty batch"):
         FeatureSet.extract(lite0, small_photos[:0], "blocks.1")
@@ -181,11 +224,17 @@ def _rewrite_metadata(src, dst, change):
     return dst
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda m: m.pop("shape"), "has no 'shape' in its metadata"),
-    (lambda m: m.update(input_size="not json"), "metadata 'input_size' = 'not json' is not valid JSON"),
-    (lambda m: m.update(input_size="[0, 0]"), "`input_size` must be (height, width), two positive integers, got [0, 0]"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda m: m.pop("shape"), "has no 'shape' in its metadata"),
+        (lambda m: m.update(input_size="not json"), "metadata 'input_size' = 'not json' is not valid JSON"),
+        (
+            lambda m: m.update(input_size="[0, 0]"),
+            "`input_size` must be (height, width), two positive integers, got [0, 0]",
+        ),
+    ],
+)
 def test_broken_feature_metadata(capsys, files, tmp_path, change, needle):
     broken = _rewrite_metadata(files["feats"], tmp_path / "broken.safetensors", change)
     out = tmp_path / "out"
@@ -211,9 +260,13 @@ def test_python_api_refuses_empty_batches():
 # ---------------------------------------------------------------------- networks offline
 def test_timm_name_without_cached_weights_fails_at_once(capsys, files, tmp_path):
     start = time.perf_counter()
-    assert_usage_error(capsys, ["extract", files["photo"], "--target", "resnet18", "--layer", "layer2",
-                                "-o", tmp_path / "f.safetensors"], "'resnet18'", "not on this machine",
-                       "--weights PATH")
+    assert_usage_error(
+        capsys,
+        ["extract", files["photo"], "--target", "resnet18", "--layer", "layer2", "-o", tmp_path / "f.safetensors"],
+        "'resnet18'",
+        "not on this machine",
+        "--weights PATH",
+    )
     assert time.perf_counter() - start < 30
 
 
@@ -221,12 +274,38 @@ def test_timm_name_without_cached_weights_fails_at_once(capsys, files, tmp_path)
 def test_ctrl_c_keeps_finished_work_and_exits_130(tmp_path):
     out = tmp_path / "bench"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "diffinv", "bench", "--layers", "blocks.1", "blocks.2", "blocks.4", "blocks.6",
-           "--methods", "pixel", "--num-images", "1", "--size", "32", "--seeds", "0", "--iterations", "1500",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffinv",
+        "bench",
+        "--layers",
+        "blocks.1",
+        "blocks.2",
+        "blocks.4",
+        "blocks.6",
+        "--methods",
+        "pixel",
+        "--num-images",
+        "1",
+        "--size",
+        "32",
+        "--seeds",
+        "0",
+        "--iterations",
+        "1500",
+        "--out",
+        str(out),
+    ]
     # SIGINT as a terminal has it, even when the tests themselves run in a background job (which ignores it)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "records.jsonl").is_file():
         time.sleep(0.2)
@@ -239,25 +318,45 @@ def test_ctrl_c_keeps_finished_work_and_exits_130(tmp_path):
 
 
 def test_process_level_usage_error_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "diffinv", "invert", str(tmp_path / "missing.safetensors"),
-                             "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffinv",
+            "invert",
+            str(tmp_path / "missing.safetensors"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "diffinv invert: error: feature file" in result.stderr and "missing.safetensors" in result.stderr
 
 
 # ---------------------------------------------------------------------- video, training
-@pytest.mark.parametrize("argv, needle", [
-    (["video", "clip.mp4", "--layer", "blocks.1", "--temporal-weight", "-5", "--out", "x"],
-     "argument --temporal-weight: expected a finite number >= 0, got -5"),
-    (["video", "clip.mp4", "--layer", "blocks.1", "--window", "0", "--out", "x"], "argument --window"),
-    (["video", "clip.mp4", "--layer", "blocks.1", "--stride", "0", "--out", "x"], "argument --stride"),
-    (["video", "clip.mp4", "--layer", "blocks.1", "--frames", "0", "--out", "x"], "argument --frames"),
-    (["train-decoder", "--layer", "blocks.1", "--images", "x", "--lr", "0", "--out", "x"], "argument --lr"),
-    (["train-decoder", "--layer", "blocks.1", "--images", "x", "--batch-size", "0", "--out", "x"],
-     "argument --batch-size"),
-    (["train-decoder", "--layer", "blocks.1", "--images", "x", "--val-fraction", "1.5", "--out", "x"],
-     "argument --val-fraction"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (
+            ["video", "clip.mp4", "--layer", "blocks.1", "--temporal-weight", "-5", "--out", "x"],
+            "argument --temporal-weight: expected a finite number >= 0, got -5",
+        ),
+        (["video", "clip.mp4", "--layer", "blocks.1", "--window", "0", "--out", "x"], "argument --window"),
+        (["video", "clip.mp4", "--layer", "blocks.1", "--stride", "0", "--out", "x"], "argument --stride"),
+        (["video", "clip.mp4", "--layer", "blocks.1", "--frames", "0", "--out", "x"], "argument --frames"),
+        (["train-decoder", "--layer", "blocks.1", "--images", "x", "--lr", "0", "--out", "x"], "argument --lr"),
+        (
+            ["train-decoder", "--layer", "blocks.1", "--images", "x", "--batch-size", "0", "--out", "x"],
+            "argument --batch-size",
+        ),
+        (
+            ["train-decoder", "--layer", "blocks.1", "--images", "x", "--val-fraction", "1.5", "--out", "x"],
+            "argument --val-fraction",
+        ),
+    ],
+)
 def test_bad_video_and_training_numbers(capsys, argv, needle):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -272,16 +371,25 @@ def test_corrupt_video_is_a_clear_error(capsys, tmp_path):
     data[100:164] = bytes(range(192, 256))  # ... and its header overwritten with non-UTF-8 bytes
     (tmp_path / "broken.mp4").write_bytes(bytes(data))
     out = tmp_path / "out"
-    assert_usage_error(capsys, ["video", tmp_path / "broken.mp4", "--layer", "blocks.1", "--iterations", "1",
-                                "--out", out], "broken.mp4", "could not be read as a video")
+    assert_usage_error(
+        capsys,
+        ["video", tmp_path / "broken.mp4", "--layer", "blocks.1", "--iterations", "1", "--out", out],
+        "broken.mp4",
+        "could not be read as a video",
+    )
     assert not out.exists() or not any(out.iterdir())
 
 
 def test_training_without_data_or_with_bad_out(capsys, files, tmp_path):
-    assert_usage_error(capsys, ["train-decoder", "--layer", "blocks.1", "--out", tmp_path / "t"], "no training data",
-                       "--images")
-    assert_usage_error(capsys, ["train-decoder", "--layer", "blocks.1", "--images", files["photo"],
-                                "--out", files["file"]], "`--out`", "existing file")
+    assert_usage_error(
+        capsys, ["train-decoder", "--layer", "blocks.1", "--out", tmp_path / "t"], "no training data", "--images"
+    )
+    assert_usage_error(
+        capsys,
+        ["train-decoder", "--layer", "blocks.1", "--images", files["photo"], "--out", files["file"]],
+        "`--out`",
+        "existing file",
+    )
     assert not (tmp_path / "t").exists()
 
 
@@ -309,8 +417,6 @@ def test_python_api_ranges(lite0, small_photos):
         pipe(feats.features[:0], height=64, width=64, num_inference_steps=1, iterations=1, output_type="pt")
 
 
-
-
 # ---------------------------------------------------------------------- memory, checked before any work (issue 22)
 def test_memory_refused_before_images_are_loaded(capsys, tmp_path, monkeypatch):
     import diffinv.cli.common as common
@@ -323,22 +429,35 @@ def test_memory_refused_before_images_are_loaded(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(common, "load_image_files", no_images)
     monkeypatch.setattr(resources, "_host_available", lambda: 10 * 2**20)
     out = tmp_path / "out"
-    err = assert_usage_error(capsys, ["demo", "--size", "64", "--layers", "blocks.1", "--methods", "pixel",
-                                      "--workers", "1", "--out", out],
-                             "the job needs an estimated", "of memory at its peak (", "target activations",
-                             "but only 10.0 MiB is available on cpu", "Use a smaller image size")
+    err = assert_usage_error(
+        capsys,
+        ["demo", "--size", "64", "--layers", "blocks.1", "--methods", "pixel", "--workers", "1", "--out", out],
+        "the job needs an estimated",
+        "of memory at its peak (",
+        "target activations",
+        "but only 10.0 MiB is available on cpu",
+        "Use a smaller image size",
+    )
     assert not out.exists(), err
 
 
-@pytest.mark.parametrize("argv", [
-    ["demo", "--size", "100000"],
-    ["demo", "--size", "8000"],
-    ["bench", "--size", "8000", "--methods", "pixel", "--layers", "blocks.1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--size", "100000"],
+        ["demo", "--size", "8000"],
+        ["bench", "--size", "8000", "--methods", "pixel", "--layers", "blocks.1"],
+    ],
+)
 def test_huge_sizes_are_refused_with_the_estimate(capsys, tmp_path, argv):
     out = tmp_path / "out"
-    err = assert_usage_error(capsys, [*argv, "--out", out], "the job needs an estimated", "GiB",
-                             "is available on cpu" if not torch.cuda.is_available() else "is available on")
+    err = assert_usage_error(
+        capsys,
+        [*argv, "--out", out],
+        "the job needs an estimated",
+        "GiB",
+        "is available on cpu" if not torch.cuda.is_available() else "is available on",
+    )
     assert not out.exists(), err
 
 
@@ -349,44 +468,69 @@ def test_memory_refusal_in_invert_video_and_the_api(capsys, files, tmp_path, mon
 
     monkeypatch.setattr(resources, "_host_available", lambda: 2**20)
     out = tmp_path / "out"
-    assert_usage_error(capsys, ["invert", files["feats"], "--method", "dip", "--out", out], "needs an estimated",
-                       "but only 1.0 MiB is available")
+    assert_usage_error(
+        capsys,
+        ["invert", files["feats"], "--method", "dip", "--out", out],
+        "needs an estimated",
+        "but only 1.0 MiB is available",
+    )
     assert_usage_error(capsys, ["video", "clip.mp4", "--layer", "blocks.1", "--out", out], "needs an estimated")
-    assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
-                       "needs an estimated")
+    assert_usage_error(
+        capsys,
+        ["extract", files["photo"], "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
+        "needs an estimated",
+    )
     assert not out.exists() and not (tmp_path / "f.safetensors").exists()
     with pytest.raises(InsufficientMemoryError, match=r"needs an estimated .* but only 1\.0 MiB is available on cpu"):
         check_job_memory("tf_efficientnet_lite0", "blocks.1", 64, methods=memory_costs(["pixel"]))
 
 
 def test_memory_estimate_is_modest_for_the_demo_and_grows_with_the_job():
-    from diffinv.jobs.bench import DEFAULT_BATCH_SIZE
     from diffinv.inverters import memory_costs
+    from diffinv.jobs.bench import DEFAULT_BATCH_SIZE
     from diffinv.resources import available_memory, check_memory, estimate_memory
     from diffinv.targets import DEFAULT_LAYERS
 
     layers = DEFAULT_LAYERS["tf_efficientnet_lite0"]
-    demo = estimate_memory("tf_efficientnet_lite0", layers, 128, images=4, batch_size=DEFAULT_BATCH_SIZE,
-                           methods=memory_costs(["pixel", "dip"]))
+    demo = estimate_memory(
+        "tf_efficientnet_lite0",
+        layers,
+        128,
+        images=4,
+        batch_size=DEFAULT_BATCH_SIZE,
+        methods=memory_costs(["pixel", "dip"]),
+    )
     assert 100 * 2**20 < demo.total < 1.5 * 2**30, demo.describe()  # measured: ~0.4 GB for a 256 px batch of 4
     check_memory(demo, "cpu")
     assert available_memory("cpu") > 0
-    bigger = estimate_memory("tf_efficientnet_lite0", layers, 256, images=4, batch_size=DEFAULT_BATCH_SIZE,
-                             methods=memory_costs(["pixel", "dip"]))
+    bigger = estimate_memory(
+        "tf_efficientnet_lite0",
+        layers,
+        256,
+        images=4,
+        batch_size=DEFAULT_BATCH_SIZE,
+        methods=memory_costs(["pixel", "dip"]),
+    )
     assert 3.5 < bigger.compute_bytes / demo.compute_bytes < 4.5  # activations scale with the pixels
     shallow = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=memory_costs(["pixel"]))
     assert shallow.compute["target activations"] < demo.compute["target activations"]
-    sd = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=memory_costs(["diffusion"], {"model": None}))
-    tiny = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 512, methods=memory_costs(["diffusion"], {"model": "pipelines/tiny"}))
+    sd = estimate_memory(
+        "tf_efficientnet_lite0", ["blocks.1"], 512, methods=memory_costs(["diffusion"], {"model": None})
+    )
+    tiny = estimate_memory(
+        "tf_efficientnet_lite0", ["blocks.1"], 512, methods=memory_costs(["diffusion"], {"model": "pipelines/tiny"})
+    )
     assert sd.compute["diffusion weights"] > 4e9 > 2e8 > tiny.compute["diffusion weights"]
-    two = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=memory_costs(["pixel"]), processes=2)
+    two = estimate_memory(
+        "tf_efficientnet_lite0", ["blocks.1"], 128, images=4, methods=memory_costs(["pixel"]), processes=2
+    )
     assert two.compute_bytes == 2 * sum(two.compute.values())
 
 
 def test_dip_memory_constant_covers_the_generator():
-    from diffinv.models import SkipGenerator
     from diffinv.inverters import DIPInverter
     from diffinv.inverters.dip import DIP_BYTES_PER_PIXEL
+    from diffinv.models import SkipGenerator
     from diffinv.resources import activation_bytes
 
     channels = DIPInverter(single_layer_target()).config.channels
@@ -398,12 +542,15 @@ def test_dip_memory_constant_covers_the_generator():
 
 
 # ---------------------------------------------------------------------- EXIF orientation (issue 22)
-@pytest.mark.parametrize("orientation, shape, corner", [
-    (1, (3, 20, 40), (0, 0)),  # as stored: the red block at the top left
-    (3, (3, 20, 40), (-1, -1)),  # rotated 180: bottom right
-    (6, (3, 40, 20), (0, -1)),  # rotated 90 clockwise: top right
-    (8, (3, 40, 20), (-1, 0)),  # rotated 90 counter-clockwise: bottom left
-])
+@pytest.mark.parametrize(
+    "orientation, shape, corner",
+    [
+        (1, (3, 20, 40), (0, 0)),  # as stored: the red block at the top left
+        (3, (3, 20, 40), (-1, -1)),  # rotated 180: bottom right
+        (6, (3, 40, 20), (0, -1)),  # rotated 90 clockwise: top right
+        (8, (3, 40, 20), (-1, 0)),  # rotated 90 counter-clockwise: bottom left
+    ],
+)
 def test_exif_orientation_is_applied(tmp_path, orientation, shape, corner):
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:8, :8] = (255, 0, 0)  # a block, so that JPEG's blur keeps its corner red
@@ -425,8 +572,13 @@ def test_bad_environment_variable_fails_at_start(capsys, tmp_path, monkeypatch, 
     out = tmp_path / "out"
     for value in ("abc", "-5", "1e9"):
         monkeypatch.setenv("DIFFINV_MAX_IMAGE_PIXELS", value)
-        assert_usage_error(capsys, ["demo", "--out", out], f"environment variable DIFFINV_MAX_IMAGE_PIXELS={value!r}",
-                           "expected an integer >= 0", "0 for no limit")
+        assert_usage_error(
+            capsys,
+            ["demo", "--out", out],
+            f"environment variable DIFFINV_MAX_IMAGE_PIXELS={value!r}",
+            "expected an integer >= 0",
+            "0 for no limit",
+        )
         with pytest.raises(ValueError, match=f"DIFFINV_MAX_IMAGE_PIXELS={value!r}: expected an integer >= 0"):
             load_image(files["photo"])
         with pytest.raises(ValueError, match="DIFFINV_MAX_IMAGE_PIXELS"):
@@ -439,8 +591,24 @@ def test_a_run_never_fails_on_its_own_outputs(capsys, tmp_path, monkeypatch):
     run reads its own reconstructions back for the grid: it must finish, not fail after its work."""
     monkeypatch.setenv("DIFFINV_MAX_IMAGE_PIXELS", "100")
     out = tmp_path / "bench"
-    code, err = run(capsys, "bench", "--layers", "blocks.1", "--methods", "pixel", "--num-images", "1", "--size", "32",
-                    "--seeds", "0", "--iterations", "1", "--out", out)
+    code, err = run(
+        capsys,
+        "bench",
+        "--layers",
+        "blocks.1",
+        "--methods",
+        "pixel",
+        "--num-images",
+        "1",
+        "--size",
+        "32",
+        "--seeds",
+        "0",
+        "--iterations",
+        "1",
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert (out / "grid.png").is_file() and (out / "results.json").is_file()
 
@@ -449,8 +617,11 @@ def test_a_planted_larger_image_is_refused_as_an_own_output(tmp_path):
     big = tmp_path / "frame_00000.png"
     Image.new("RGB", (64, 64)).save(big)
     assert load_image(big, max_pixels=64 * 64).shape == (3, 64, 64)
-    with pytest.raises(ValueError, match=r"frame_00000.png' is larger than expected \(64 x 64 = 4096 pixels; at most "
-                                         r"1024 pixels\); it is not the file this run wrote"):
+    with pytest.raises(
+        ValueError,
+        match=r"frame_00000.png' is larger than expected \(64 x 64 = 4096 pixels; at most "
+        r"1024 pixels\); it is not the file this run wrote",
+    ):
         load_image(big, max_pixels=32 * 32)
 
 
@@ -466,38 +637,66 @@ def test_special_files_are_not_regular_files(capsys, files, tmp_path, kind):
         special, what = tmp_path / "dir.safetensors", "a folder"
         special.mkdir()
     out = tmp_path / "out"
-    assert_usage_error(capsys, ["invert", special, "--method", "pixel", "--out", out],
-                       f"feature file '{special}' is not a regular file (it is {what}); expected a file on disk.")
-    assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "--weights", special,
-                                "-o", tmp_path / "f.safetensors"], f"`weights` file '{special}' is not a regular file")
+    assert_usage_error(
+        capsys,
+        ["invert", special, "--method", "pixel", "--out", out],
+        f"feature file '{special}' is not a regular file (it is {what}); expected a file on disk.",
+    )
+    assert_usage_error(
+        capsys,
+        ["extract", files["photo"], "--layer", "blocks.1", "--weights", special, "-o", tmp_path / "f.safetensors"],
+        f"`weights` file '{special}' is not a regular file",
+    )
     assert not out.exists() and not (tmp_path / "f.safetensors").exists()
     with pytest.raises(ValueError, match=f"image file '{special}' is not a regular file"):
         load_image(special)
     if kind == "fifo":
         image = tmp_path / "pipe.png"
         os.mkfifo(image)
-        assert_usage_error(capsys, ["extract", image, "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
-                           f"image file '{image}' is not a regular file (it is a FIFO (named pipe))")
+        assert_usage_error(
+            capsys,
+            ["extract", image, "--layer", "blocks.1", "-o", tmp_path / "f.safetensors"],
+            f"image file '{image}' is not a regular file (it is a FIFO (named pipe))",
+        )
 
 
 def test_a_metadata_error_has_one_prefix(capsys, files, tmp_path):
-    broken = _rewrite_metadata(files["feats"], tmp_path / "broken.safetensors",
-                               lambda m: m.update(input_size="not json"))
-    err = assert_usage_error(capsys, ["invert", broken, "--method", "pixel", "--out", tmp_path / "out"],
-                             f"error: feature file '{broken}': metadata 'input_size' = 'not json' is not valid JSON")
+    broken = _rewrite_metadata(
+        files["feats"], tmp_path / "broken.safetensors", lambda m: m.update(input_size="not json")
+    )
+    err = assert_usage_error(
+        capsys,
+        ["invert", broken, "--method", "pixel", "--out", tmp_path / "out"],
+        f"error: feature file '{broken}': metadata 'input_size' = 'not json' is not valid JSON",
+    )
     assert err.count("feature file") == 1, err
     with pytest.raises(ValueError, match="^feature file .*broken.safetensors': metadata 'input_size'") as info:
         FeatureSet.load(broken)
     assert str(info.value).count("feature file") == 1
 
 
-@pytest.mark.parametrize("name, content, needle", [
-    ("weights.txt", b"random text here\n", r"is not a state dict \(torch.load\(weights_only=True\) cannot read it\)"),
-    ("weights.pt", b"S'\x00\x01 not a pickle", r"is not a state dict \(torch.load\(weights_only=True\) cannot read it\)"),
-    ("weights.safetensors", b"hello world, not safetensors", r"is not a state dict \(safetensors cannot read it\)"),
-    ("list.pt", None, "holds a list, not a state dict"),
-    ("nested.pt", {"model": {"w": 1}}, "holds a dict that is not name -> tensor, not a state dict"),
-])
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        (
+            "weights.txt",
+            b"random text here\n",
+            r"is not a state dict \(torch.load\(weights_only=True\) cannot read it\)",
+        ),
+        (
+            "weights.pt",
+            b"S'\x00\x01 not a pickle",
+            r"is not a state dict \(torch.load\(weights_only=True\) cannot read it\)",
+        ),
+        (
+            "weights.safetensors",
+            b"hello world, not safetensors",
+            r"is not a state dict \(safetensors cannot read it\)",
+        ),
+        ("list.pt", None, "holds a list, not a state dict"),
+        ("nested.pt", {"model": {"w": 1}}, "holds a dict that is not name -> tensor, not a state dict"),
+    ],
+)
 def test_weights_that_are_not_a_state_dict(capsys, files, tmp_path, name, content, needle):
     path = tmp_path / name
     if isinstance(content, bytes):
@@ -507,8 +706,12 @@ def test_weights_that_are_not_a_state_dict(capsys, files, tmp_path, name, conten
     expected = "expected a state dict: a .safetensors file, or a file of tensors saved by `torch.save"
     with pytest.raises(ValueError, match=f"`weights` file '{path}' {needle}; {re.escape(expected)}"):
         TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights=str(path))
-    err = assert_usage_error(capsys, ["extract", files["photo"], "--layer", "blocks.1", "--weights", path,
-                                      "-o", tmp_path / "f.safetensors"], f"`weights` file '{path}'", "not a state dict")
+    err = assert_usage_error(
+        capsys,
+        ["extract", files["photo"], "--layer", "blocks.1", "--weights", path, "-o", tmp_path / "f.safetensors"],
+        f"`weights` file '{path}'",
+        "not a state dict",
+    )
     assert "Unsupported operand" not in err and "IndexError" not in err and "hello" not in err
 
 
@@ -529,6 +732,8 @@ def test_disk_full_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="could not write '.*metrics.json'"):
         write_json(tmp_path / "out" / "metrics.json", {"a": 1})
     assert os.listdir(tmp_path / "out") == []  # no temporary file left behind
-    monkeypatch.setattr(type(tmp_path), "write_text", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    monkeypatch.setattr(
+        type(tmp_path), "write_text", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied"))
+    )
     with pytest.raises(PermissionError):  # other errors pass through unchanged
         write_json(tmp_path / "out" / "metrics.json", {"a": 1})

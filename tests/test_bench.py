@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from diffinv.jobs.bench import PeakMemory, run_benchmark
 from diffinv.cli import main
 from diffinv.datasets import load_dataset
-from diffinv.io import save_image
 from diffinv.inverters import PixelInverter
+from diffinv.io import save_image
+from diffinv.jobs.bench import PeakMemory, run_benchmark
 
 
 def test_builtin_datasets():
@@ -24,8 +24,26 @@ def test_bench_cli_on_a_folder(tmp_path, small_photos):
     for i, img in enumerate(small_photos[:2]):
         save_image(img, folder / f"{i}.png")
     out = tmp_path / "bench"
-    args = ["bench", "--target", "tf_efficientnet_lite0", "--layers", "blocks.2", "--methods", "pixel",
-            "--images", str(folder), "--size", "32", "--seeds", "0", "1", "--iterations", "2", "--out", str(out)]
+    args = [
+        "bench",
+        "--target",
+        "tf_efficientnet_lite0",
+        "--layers",
+        "blocks.2",
+        "--methods",
+        "pixel",
+        "--images",
+        str(folder),
+        "--size",
+        "32",
+        "--seeds",
+        "0",
+        "1",
+        "--iterations",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     records = json.loads((out / "results.json").read_text())["records"]
     assert sorted((r["seed"], r["image"]) for r in records) == [(0, "0.png"), (0, "1.png"), (1, "0.png"), (1, "1.png")]

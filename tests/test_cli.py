@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from diffinv.cli import main
 from diffinv.io import save_image
@@ -17,8 +16,20 @@ def test_extract_then_invert_with_references(photo_files, tmp_path):
     feats = tmp_path / "f.safetensors"
     assert main(["extract", *photo_files, "--layer", "blocks.2", "--size", "64", "-o", str(feats)]) == 0
     out = tmp_path / "out"
-    code = main(["invert", str(feats), "--method", "pixel", "--iterations", "5", "--reference", *photo_files,
-                 "--out", str(out)])
+    code = main(
+        [
+            "invert",
+            str(feats),
+            "--method",
+            "pixel",
+            "--iterations",
+            "5",
+            "--reference",
+            *photo_files,
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["psnr"]) == 2 and all(5 < v < 60 for v in metrics["psnr"])
@@ -54,8 +65,22 @@ def test_cli_errors_are_clear(photo_files, tmp_path, capsys):
 
 def test_demo_writes_grid_tables_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--size", "32", "--num-images", "2", "--iterations", "3",
-            "--layers", "blocks.1", "blocks.6", "--workers", "1"]  # in this process (the monkeypatch below)
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--num-images",
+        "2",
+        "--iterations",
+        "3",
+        "--layers",
+        "blocks.1",
+        "blocks.6",
+        "--workers",
+        "1",
+    ]  # in this process (the monkeypatch below)
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["records"]) == 2 * 2 * 2  # layers x methods x images

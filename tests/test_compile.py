@@ -9,13 +9,13 @@ import functools
 
 import pytest
 import torch
+from threads import run_in_threads
 
 from diffinv.compilation import backend, compiled, compiled_feature, feature_function
 from diffinv.features import FeatureSet
 from diffinv.inverters import DIPInverter, PixelInverter
 from diffinv.pipelines import load_pipeline
 from diffinv.targets import TargetNetwork
-from threads import run_in_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,9 +43,12 @@ def test_compiled_networks_are_made_once_and_kept(target):
     net = torch.nn.Linear(2, 2)
     assert compiled(net) is compiled(net) and compiled(net, key="other") is not compiled(net)
     assert backend(True) == "inductor" and backend(False) is None and backend("aot_eager") == "aot_eager"
-    with pytest.raises(ValueError, match=r"`compile` must be True, False, a torch.compile mode \(default, "
-                                         r"reduce-overhead, max-autotune.*\) or a torch.compile backend \(.*aot_eager.*"
-                                         r"\), got 'fastest'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`compile` must be True, False, a torch.compile mode \(default, "
+        r"reduce-overhead, max-autotune.*\) or a torch.compile backend \(.*aot_eager.*"
+        r"\), got 'fastest'",
+    ):
         backend("fastest")
 
 
@@ -55,8 +58,9 @@ def _same(fast, eager):
 
 
 def test_inductor_compiled_pixel_inversion_matches_eager(target, features):
-    eager = PixelInverter(target, iterations=3).invert(features, generator=torch.Generator().manual_seed(1),
-                                                       progress=False)
+    eager = PixelInverter(target, iterations=3).invert(
+        features, generator=torch.Generator().manual_seed(1), progress=False
+    )
     inverter = PixelInverter(target, iterations=3, compile=True)
     assert inverter.settings()["compile"] is True
     _same(inverter.invert(features, generator=torch.Generator().manual_seed(1), progress=False), eager)
@@ -67,7 +71,8 @@ def test_compiled_dip_generator_matches_eager(target, features):
     kwargs = dict(iterations=3, channels=(8, 8), in_channels=4)
     eager = DIPInverter(target, **kwargs).invert(features, generator=torch.Generator().manual_seed(1), progress=False)
     fast = DIPInverter(target, compile="aot_eager", **kwargs).invert(
-        features, generator=torch.Generator().manual_seed(1), progress=False)
+        features, generator=torch.Generator().manual_seed(1), progress=False
+    )
     _same(fast, eager)
 
 
@@ -103,12 +108,20 @@ def test_three_threads_share_one_compiled_target(target):
     """Three threads run the compiled features of one shared target at once (other layers, other sizes): each gets
     what it gets alone, eager or compiled."""
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    jobs = {"blocks.0": dict(layer="blocks.0"), "blocks.1": dict(layer="blocks.1"),
-            "blocks.1 at 16": dict(layer="blocks.1", input_size=(16, 16))}
+    jobs = {
+        "blocks.0": dict(layer="blocks.0"),
+        "blocks.1": dict(layer="blocks.1"),
+        "blocks.1 at 16": dict(layer="blocks.1", input_size=(16, 16)),
+    }
     eager = {name: target.feature(images, **kwargs) for name, kwargs in jobs.items()}
-    calls = {name: functools.partial(compiled_feature(target, kwargs["layer"], "aot_eager"), images,
-                                     **{k: v for k, v in kwargs.items() if k != "layer"})
-             for name, kwargs in jobs.items()}
+    calls = {
+        name: functools.partial(
+            compiled_feature(target, kwargs["layer"], "aot_eager"),
+            images,
+            **{k: v for k, v in kwargs.items() if k != "layer"},
+        )
+        for name, kwargs in jobs.items()
+    }
     results = run_in_threads(calls, repeat=4)
     for name, outs in results.items():
         for out in outs:

@@ -5,13 +5,19 @@ import json
 
 import pytest
 import torch
+from nets import SkipNet
 from safetensors.torch import save_file
 
-from diffinv.defenses import (Defense, UtilityUnavailable, apply_defense, parse_defense, parse_defenses,
-                              utility_agreement)
+from diffinv.defenses import (
+    Defense,
+    UtilityUnavailable,
+    apply_defense,
+    parse_defense,
+    parse_defenses,
+    utility_agreement,
+)
 from diffinv.features import FeatureSet
 from diffinv.targets import TargetNetwork
-from nets import SkipNet
 
 
 @pytest.fixture
@@ -88,20 +94,34 @@ def test_composition_applies_left_to_right(feats):
 
 
 def test_parsing_settings_and_clear_errors():
-    settings = parse_defenses(["none", "noise:0.1,0.3", "quantize:8,4", "prune:0.5", "topk:0.1", "noise:0.1",
-                               "prune:0.5+noise:0.1"])
-    assert [d.spec for d in settings] == ["none", "noise:0.1", "noise:0.3", "quantize:8", "quantize:4", "prune:0.5",
-                                          "topk:0.1", "prune:0.5+noise:0.1"]
+    settings = parse_defenses(
+        ["none", "noise:0.1,0.3", "quantize:8,4", "prune:0.5", "topk:0.1", "noise:0.1", "prune:0.5+noise:0.1"]
+    )
+    assert [d.spec for d in settings] == [
+        "none",
+        "noise:0.1",
+        "noise:0.3",
+        "quantize:8",
+        "quantize:4",
+        "prune:0.5",
+        "topk:0.1",
+        "prune:0.5+noise:0.1",
+    ]
     assert parse_defense(parse_defense("quantize:4+prune:0.25").spec) == parse_defense("quantize:4+prune:0.25")
     assert isinstance(parse_defense("quantize:4").steps[0][1], int)
-    for text, match in [("blur:1", "'blur' is not a defense; expected none or one of noise, quantize, prune, topk"),
-                        ("noise", "'noise' needs a strength, e.g. noise:0.1"),
-                        ("noise:-1", "must be a finite number >= 0"), ("noise:abc", "must be a finite number >= 0"),
-                        ("noise:inf", "must be a finite number >= 0"),
-                        ("quantize:0", "integer number of bits in 1..16"), ("quantize:2.5", "integer number of bits"),
-                        ("prune:1", r"fraction of channels in \[0, 1\), got '1'"),
-                        ("topk:0", r"fraction of entries in \(0, 1\]"), ("", "is empty"),
-                        ("prune:0.5+noise:0.1,0.2", "one strength per part")]:
+    for text, match in [
+        ("blur:1", "'blur' is not a defense; expected none or one of noise, quantize, prune, topk"),
+        ("noise", "'noise' needs a strength, e.g. noise:0.1"),
+        ("noise:-1", "must be a finite number >= 0"),
+        ("noise:abc", "must be a finite number >= 0"),
+        ("noise:inf", "must be a finite number >= 0"),
+        ("quantize:0", "integer number of bits in 1..16"),
+        ("quantize:2.5", "integer number of bits"),
+        ("prune:1", r"fraction of channels in \[0, 1\), got '1'"),
+        ("topk:0", r"fraction of entries in \(0, 1\]"),
+        ("", "is empty"),
+        ("prune:0.5+noise:0.1,0.2", "one strength per part"),
+    ]:
         with pytest.raises(ValueError, match=match):
             parse_defenses([text])
     with pytest.raises(ValueError, match="no defense setting"):
@@ -111,10 +131,10 @@ def test_parsing_settings_and_clear_errors():
 def test_straight_through_gradients(feats):
     x = feats.clone().requires_grad_(True)
     for spec in ("quantize:2", "topk:0.1"):
-        grad, = torch.autograd.grad(parse_defense(spec)(x, straight_through=True).sum(), x)
+        (grad,) = torch.autograd.grad(parse_defense(spec)(x, straight_through=True).sum(), x)
         assert torch.equal(grad, torch.ones_like(x))
         assert torch.allclose(parse_defense(spec)(x, straight_through=True).detach(), parse_defense(spec)(feats))
-    grad, = torch.autograd.grad(parse_defense("noise:1")(x, g(), straight_through=True).sum(), x)
+    (grad,) = torch.autograd.grad(parse_defense("noise:1")(x, g(), straight_through=True).sum(), x)
     assert torch.equal(grad, torch.ones_like(x))
 
 
@@ -139,8 +159,15 @@ def test_featureset_records_its_defense(tmp_path, feats):
     loaded = FeatureSet.load(defended.save(tmp_path / "d.safetensors"))
     assert loaded.defense == "noise:0.3" and torch.equal(loaded.features, defended.features)
     # a file written before the field existed loads without a defense
-    metadata = {"format": "diffinv.FeatureSet", "version": "1", "target": "t", "layer": "blocks.1",
-                "input_size": "[32, 32]", "dtype": "float32", "shape": json.dumps(list(feats.shape))}
+    metadata = {
+        "format": "diffinv.FeatureSet",
+        "version": "1",
+        "target": "t",
+        "layer": "blocks.1",
+        "input_size": "[32, 32]",
+        "dtype": "float32",
+        "shape": json.dumps(list(feats.shape)),
+    }
     save_file({"features": feats.contiguous()}, str(tmp_path / "old.safetensors"), metadata=metadata)
     assert FeatureSet.load(tmp_path / "old.safetensors").defense is None
 
@@ -149,8 +176,9 @@ def test_utility_is_one_without_defense_and_falls_with_strong_noise(lite0, small
     images = small_photos
     clean = lite0.feature(images, "blocks.2")
     assert utility_agreement(lite0, images, "blocks.2", clean, clean).tolist() == [1.0] * len(images)
-    assert torch.allclose(lite0.split_logits("blocks.2", clean, torch.zeros_like(images)), lite0.logits(images),
-                          atol=1e-4)
+    assert torch.allclose(
+        lite0.split_logits("blocks.2", clean, torch.zeros_like(images)), lite0.logits(images), atol=1e-4
+    )
     noisy = parse_defense("noise:30")(clean, g())
     assert utility_agreement(lite0, images, "blocks.2", clean, noisy).mean() < 0.5
 

@@ -1,6 +1,3 @@
-import math
-
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +11,11 @@ def test_featureset_round_trip(lite0, small_photos, tmp_path):
     loaded = FeatureSet.load(path, target=lite0)
     assert torch.equal(loaded.features, fs.features)
     assert (loaded.target, loaded.layer, loaded.input_size, loaded.sources) == (
-        "tf_efficientnet_lite0", "blocks.2", (64, 64), ["a.png", "b.png", "c.png", "d.png"])
+        "tf_efficientnet_lite0",
+        "blocks.2",
+        (64, 64),
+        ["a.png", "b.png", "c.png", "d.png"],
+    )
     assert loaded.preprocessing["input_size"] == [64, 64]
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -51,9 +52,15 @@ def test_ssim_matches_scikit_image(small_photos):
     noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     ours = ssim(noisy, x)
     for i in range(2):
-        ref = structural_similarity(noisy[i].permute(1, 2, 0).numpy(), x[i].permute(1, 2, 0).numpy(),
-                                    channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False)
+        ref = structural_similarity(
+            noisy[i].permute(1, 2, 0).numpy(),
+            x[i].permute(1, 2, 0).numpy(),
+            channel_axis=2,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         assert ours[i].item() == pytest.approx(ref, abs=1e-5)
     assert 0.2 < ours.min() < 0.9
     assert ssim(x, x).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)

@@ -43,7 +43,9 @@ def pipe(target):
 @pytest.fixture(scope="module")
 def features(pipe, target):
     with torch.no_grad():
-        images = pipe.render(torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), num_inference_steps=1)
+        images = pipe.render(
+            torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), num_inference_steps=1
+        )
     return target.feature(images, "blocks.1")
 
 
@@ -80,8 +82,11 @@ def test_compile_modes_reach_torch_compile_and_the_settings(pipe, target, featur
 
 
 def test_an_unknown_compile_mode_is_a_clear_error(pipe, target, features):
-    with pytest.raises(ValueError, match=r"`compile` must be True, False, a torch.compile mode \(default, "
-                                         r"reduce-overhead, max-autotune, .*\) or a torch.compile backend .*got 'turbo'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`compile` must be True, False, a torch.compile mode \(default, "
+        r"reduce-overhead, max-autotune, .*\) or a torch.compile backend .*got 'turbo'",
+    ):
         pipe(features, compile="turbo", **RUN)
     with pytest.raises(OptionError, match=r"method 'diffusion': `compile` must be .*reduce-overhead.*got 'turbo'"):
         DiffusionInverter(target, pipe, compile="turbo")
@@ -127,8 +132,12 @@ def test_channels_last_is_applied_recorded_and_gives_the_same_results(pipe, targ
         weight = next(p for p in module.parameters() if p.ndim == 4)
         assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     fast.set_loop_vae(None)
-    torch.testing.assert_close(fast(features, latents=_latents(), **RUN).images,
-                               pipe(features, latents=_latents(), **RUN).images, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        fast(features, latents=_latents(), **RUN).images,
+        pipe(features, latents=_latents(), **RUN).images,
+        atol=1e-4,
+        rtol=1e-4,
+    )
     settings = DiffusionInverter(target, "tiny", device="cpu", channels_last=True).settings()
     assert settings["channels_last"] is True and settings["attention"] == "sdpa" and settings["taesd"] is None
     with pytest.raises(ValueError, match="`channels_last` must be True or False, got 'yes'"):
@@ -177,10 +186,16 @@ def test_a_non_finite_fp16_decode_is_redone_in_fp32_and_counted(target, features
 def test_taesd_decodes_in_the_loop_and_the_full_vae_the_result(pipe, target, features, monkeypatch, tmp_path):
     light = load_pipeline("tiny", target=target, layer="blocks.1", taesd="random")
     light.set_progress_bar_config(disable=True)
-    assert isinstance(light.loop_vae, AutoencoderTiny) and light.with_target(target, "blocks.1").loop_vae is light.loop_vae
+    assert (
+        isinstance(light.loop_vae, AutoencoderTiny)
+        and light.with_target(target, "blocks.1").loop_vae is light.loop_vae
+    )
     decode, used = diffinv_pipeline.decode_latents, []
-    monkeypatch.setattr(diffinv_pipeline, "decode_latents",
-                        lambda vae, latents: used.append(type(vae).__name__) or decode(vae, latents))
+    monkeypatch.setattr(
+        diffinv_pipeline,
+        "decode_latents",
+        lambda vae, latents: used.append(type(vae).__name__) or decode(vae, latents),
+    )
     out = light(features, latents=_latents(), **RUN)
     assert set(used[:-1]) == {"AutoencoderTiny"} and used[-1] == "AutoencoderKL"  # the loop, then the result
     full = pipe(features, latents=_latents(), **RUN)
@@ -190,15 +205,18 @@ def test_taesd_decodes_in_the_loop_and_the_full_vae_the_result(pipe, target, fea
     light.loop_vae.save_pretrained(tmp_path / "taesd")  # a user's TAESD folder
     loaded = load_taesd(tmp_path / "taesd")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), light.loop_vae.state_dict().values()))
-    inverter = DiffusionInverter(target, "tiny", device="cpu", taesd=str(tmp_path / "taesd"), num_inference_steps=1,
-                                 iterations=2)
+    inverter = DiffusionInverter(
+        target, "tiny", device="cpu", taesd=str(tmp_path / "taesd"), num_inference_steps=1, iterations=2
+    )
     settings = inverter.settings()
     assert settings["taesd"] == str(tmp_path / "taesd") and "taesd_fingerprint" in settings
     assert inverter.invert(features, (32, 32), progress=False).info["fp32_decodes"] == [0, 0]
     with pytest.raises(FileNotFoundError, match="`taesd` .*nowhere.* has no TAESD weights"):
         load_taesd(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="`vae` decodes 4-channel latents 8x up, but this pipeline's VAE decodes "
-                                         "4-channel latents 2x up"):
+    with pytest.raises(
+        ValueError,
+        match="`vae` decodes 4-channel latents 8x up, but this pipeline's VAE decodes 4-channel latents 2x up",
+    ):
         pipe.set_loop_vae(AutoencoderTiny())
 
 
@@ -208,17 +226,34 @@ def test_gpu_benchmark_runs_end_to_end_on_cpu(tmp_path):
     """``--model tiny --quick`` within its 100 s budget (inductor rarely finishes compiling on CPU in it: those
     cells are reported skipped, with the reason)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "benchmark_gpu.py"), "--model", "tiny", "--quick",
-                           "--out", str(tmp_path / "bench"), "--peak-tflops", "1"],
-                          capture_output=True, text=True, env=env, timeout=170)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "benchmark_gpu.py"),
+            "--model",
+            "tiny",
+            "--quick",
+            "--out",
+            str(tmp_path / "bench"),
+            "--peak-tflops",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=170,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "bench.json").read_text())["cells"]
     markdown = (tmp_path / "bench.md").read_text()
     assert {(r["batch"], r["K"], r["dtype"], r["compile"]) for r in rows} == {
-        (b, k, d, c) for b in (1, 2) for k in (1, 2) for d in ("bf16",) for c in ("off", "reduce-overhead")}
+        (b, k, d, c) for b in (1, 2) for k in (1, 2) for d in ("bf16",) for c in ("off", "reduce-overhead")
+    }
     measured = [r for r in rows if r["status"] == "measured"]
-    assert measured and all(r["image_iterations_per_s"] > 0 and r["flop_per_image_iteration"] > 0 and
-                            0 < r["fraction_of_peak"] for r in measured)
+    assert measured and all(
+        r["image_iterations_per_s"] > 0 and r["flop_per_image_iteration"] > 0 and r["fraction_of_peak"] > 0
+        for r in measured
+    )
     assert all(r["reason"] for r in rows if r["status"] == "skipped")
     assert markdown.count("\n| ") >= len(rows) and "image-iterations / s" in markdown and "| bf16 |" in markdown
 
@@ -227,13 +262,19 @@ def test_the_levers_are_command_line_flags_recorded_in_the_summary(capsys, targe
     from diffinv.cli import main
     from diffinv.features import FeatureSet
 
-    path = FeatureSet.extract(target, features.new_zeros(1, 3, 32, 32) + 0.5, "blocks.1").save(tmp_path / "f.safetensors")
+    path = FeatureSet.extract(target, features.new_zeros(1, 3, 32, 32) + 0.5, "blocks.1").save(
+        tmp_path / "f.safetensors"
+    )
     base = ["invert", str(path), "--method", "diffusion", "--model", "tiny", "--iterations", "1", "--steps", "1"]
-    for extra, needle in ((["--compile", "fast"], "argument --compile: invalid mode 'fast'; expected one of default, "
-                                                  "reduce-overhead, max-autotune"),
-                          (["--attention", "flash"], "argument --attention: invalid choice: 'flash'"),
-                          (["--taesd", str(tmp_path / "none")], f"`--taesd` {str(tmp_path / 'none')!r} does not exist"),
-                          (["--taesd", str(tmp_path)], "is not a TAESD folder (no config.json)")):
+    for extra, needle in (
+        (
+            ["--compile", "fast"],
+            "argument --compile: invalid mode 'fast'; expected one of default, reduce-overhead, max-autotune",
+        ),
+        (["--attention", "flash"], "argument --attention: invalid choice: 'flash'"),
+        (["--taesd", str(tmp_path / "none")], f"`--taesd` {str(tmp_path / 'none')!r} does not exist"),
+        (["--taesd", str(tmp_path)], "is not a TAESD folder (no config.json)"),
+    ):
         try:
             code = main([*base, *extra, "--out", str(tmp_path / "bad")])
         except SystemExit as exit:  # argparse's errors
@@ -243,5 +284,9 @@ def test_the_levers_are_command_line_flags_recorded_in_the_summary(capsys, targe
     out = tmp_path / "out"
     assert main([*base, "--taesd", "random", "--channels-last", "--attention", "sdpa", "--out", str(out)]) == 0
     settings = json.loads(next(out.glob("*.json")).read_text())["settings"]
-    assert (settings["taesd"], settings["channels_last"], settings["attention"], settings["compile"]) == \
-        ("random", True, "sdpa", False)
+    assert (settings["taesd"], settings["channels_last"], settings["attention"], settings["compile"]) == (
+        "random",
+        True,
+        "sdpa",
+        False,
+    )

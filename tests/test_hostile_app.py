@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,8 +56,9 @@ def app(roots):
     limits = Limits(max_size=64, max_iterations=50, models_dir=roots[0], runs_dir=roots[1], targets=TARGETS)
     bench = workbench("cpu", limits)
     demo = build_app(bench)
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, share=False,
-                                                   prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
     yield f"http://127.0.0.1:{port}/", bench, demo
     demo.close()
 
@@ -99,8 +101,19 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def fields(upload_value=None, *, target="tf_efficientnet_lite0", weights="random:0", layer="blocks.1", size=32,
-           iterations=2, model=None, decoder="", mapper="", method="pixel"):
+def fields(
+    upload_value=None,
+    *,
+    target="tf_efficientnet_lite0",
+    weights="random:0",
+    layer="blocks.1",
+    size=32,
+    iterations=2,
+    model=None,
+    decoder="",
+    mapper="",
+    method="pixel",
+):
     return ["chelsea", upload_value, target, weights, layer, method, model, decoder, mapper, iterations, size, 0]
 
 
@@ -119,8 +132,10 @@ def shown_images(outputs) -> list:
 def test_an_upload_that_names_a_server_file_is_refused(app, roots):
     url, *_ = app
     secret = str(roots[2] / "secret.png")
-    refused = ("**diffinv app: error: `--images` (upload): not a file uploaded to this page; upload the image "
-               "with the page's upload field.**")
+    refused = (
+        "**diffinv app: error: `--images` (upload): not a file uploaded to this page; upload the image "
+        "with the page's upload field.**"
+    )
     for value in ({"path": secret}, {"path": secret, "orig_name": "x.png"}, {"path": "/etc/passwd"}):
         event, outputs = call(url, "invert", fields(value))
         assert event == "complete" and outputs[0] == refused and shown_images(outputs) == []
@@ -186,8 +201,10 @@ def test_an_upload_above_the_pixel_limit_is_refused(app, monkeypatch):
 def test_only_the_servers_targets_are_built_or_listed(app):
     url, bench, _ = app
     before = bench.cached_target_bytes
-    refused = ("**diffinv app: error: `--target` {}: not a target of this server; expected one of "
-               "tf_efficientnet_lite0, vit_tiny_patch16_224 (the server's --targets).**")
+    refused = (
+        "**diffinv app: error: `--target` {}: not a target of this server; expected one of "
+        "tf_efficientnet_lite0, vit_tiny_patch16_224 (the server's --targets).**"
+    )
     for name in ("vit_huge_patch14_224", "vit_large_patch16_224", "resnet50", "x" * 100_000):
         event, (layer, status) = call(url, "layers", [name, "random:0"])
         shown = repr(name) if len(name) < 60 else repr(name)[:57] + "..."
@@ -218,8 +235,11 @@ def test_a_target_is_built_in_the_run_slot_after_a_memory_check_and_the_cache_is
             bench.target("tf_efficientnet_lite0", "random:9", 32)
     # nothing free but what the cache would give up (the oldest target): less than the weights with their margin
     monkeypatch.setattr(resources, "_host_available", lambda: 0)
-    with pytest.raises(ValueError, match=r"^`--target` 'tf_efficientnet_lite0': building it needs an estimated "
-                                         r"26\.\d MiB \(its weights, 17\.9 MiB, with margin\), but only 17\.9 MiB"):
+    with pytest.raises(
+        ValueError,
+        match=r"^`--target` 'tf_efficientnet_lite0': building it needs an estimated "
+        r"26\.\d MiB \(its weights, 17\.9 MiB, with margin\), but only 17\.9 MiB",
+    ):
         bench.target("tf_efficientnet_lite0", "random:9", 32)
     assert [key[1] for key in bench._targets] == ["random:2", "random:3"]
 
@@ -256,18 +276,24 @@ CHILD = textwrap.dedent("""
 def test_a_huge_target_is_listed_without_memory_and_refused_before_it_is_built():
     """Under an address-space limit 1.5 GiB above this test process's own (which has imported more): building
     vit_huge_patch14_224 (2.4 GiB of weights) would fail at once instead of filling the machine."""
-    status = open("/proc/self/status").read()
+    status = Path("/proc/self/status").read_text()
     limit = int(status.split("VmSize:")[1].split()[0]) * 1024 + 3 * 2**29
     env = {"OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "HF_HUB_OFFLINE": "1"}
     import os
 
-    done = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    done = subprocess.run(
+        ["prlimit", f"--as={limit}", sys.executable, "-c", CHILD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["layers"] > 500 and out["default"] and out["grown"] < 300 * 2**20 and out["cached"] == 0
-    assert out["refused"].startswith("`--target` 'vit_huge_patch14_224': not a target of this server; expected one "
-                                     "of tf_efficientnet_lite0")
+    assert out["refused"].startswith(
+        "`--target` 'vit_huge_patch14_224': not a target of this server; expected one of tf_efficientnet_lite0"
+    )
     assert out["memory"].startswith("`--target` 'vit_huge_patch14_224': building it needs an estimated 3.5 GiB")
 
 
@@ -277,8 +303,10 @@ def test_sizes_below_ssims_window_are_refused_before_work(app):
     url, *_ = app
     for size in (8, 9, 10):
         event, outputs = call(url, "invert", fields(size=size))
-        assert outputs[0] == (f"**diffinv app: error: `--size` expected an integer from 11 to 64 (this server's "
-                              f"--max-size), got {size}**")
+        assert outputs[0] == (
+            f"**diffinv app: error: `--size` expected an integer from 11 to 64 (this server's "
+            f"--max-size), got {size}**"
+        )
     event, outputs = call(url, "invert", fields(size=11))
     assert outputs[0].startswith("done: pixel at blocks.1") and "| SSIM |" in outputs[3]
 
@@ -314,16 +342,36 @@ def test_a_target_of_fixed_input_size_names_the_size_it_takes(app, tmp_path, cap
 
     url, *_ = app
     event, outputs = call(url, "invert", fields(target="vit_tiny_patch16_224", layer="blocks.1", size=32))
-    assert outputs[0] == ("**diffinv app: error: `--size` 32: target 'vit_tiny_patch16_224' takes 224 x 224 images "
-                          "only (its input size is fixed); expected --size 224, above this server's --max-size 64.**")
-    expected = ("`--size` 32 (input_size (32, 32)): target 'vit_tiny_patch16_224' takes 224 x 224 images only (its "
-                "input size is fixed); expected --size 224.")
+    assert outputs[0] == (
+        "**diffinv app: error: `--size` 32: target 'vit_tiny_patch16_224' takes 224 x 224 images "
+        "only (its input size is fixed); expected --size 224, above this server's --max-size 64.**"
+    )
+    expected = (
+        "`--size` 32 (input_size (32, 32)): target 'vit_tiny_patch16_224' takes 224 x 224 images only (its "
+        "input size is fixed); expected --size 224."
+    )
     with pytest.raises(ValueError) as err:
         TargetNetwork.from_name("vit_tiny_patch16_224", "blocks.1", weights=None, input_size=(32, 32))
     assert str(err.value) == expected
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
-    code = main(["extract", str(tmp_path / "a.png"), "--target", "vit_tiny_patch16_224", "--weights", "random:0",
-                 "--layer", "blocks.1", "--size", "32", "--out", str(tmp_path / "f.safetensors"), "--device", "cpu"])
+    code = main(
+        [
+            "extract",
+            str(tmp_path / "a.png"),
+            "--target",
+            "vit_tiny_patch16_224",
+            "--weights",
+            "random:0",
+            "--layer",
+            "blocks.1",
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "f.safetensors"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2 and capsys.readouterr().err.strip() == f"diffinv extract: error: {expected}"
     assert not (tmp_path / "f.safetensors").exists()
 
@@ -335,17 +383,35 @@ def test_weights_of_another_network_or_shape_get_one_line_with_counts(app, roots
     url, *_ = app
     models = roots[0]
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
-    other = ("`--weights` {!r} is not a state dict of 'tf_efficientnet_lite0': of its 2 keys, 296 missing (e.g. "
-             "'conv_stem.weight', 'bn1.weight', 'bn1.bias', ...); 2 unexpected (e.g. 'fc.weight', 'conv.weight') (the "
-             "network has 296); expected a file written by torch.save(model.state_dict()) for this target.")
-    shape = ("`--weights` {!r} is not a state dict of 'tf_efficientnet_lite0': of its 296 keys, 1 of the wrong shape "
-             "(e.g. 'conv_stem.weight': (8, 3, 3, 3) in the file, (32, 3, 3, 3) expected) (the network has 296); "
-             "expected a file written by torch.save(model.state_dict()) for this target.")
+    other = (
+        "`--weights` {!r} is not a state dict of 'tf_efficientnet_lite0': of its 2 keys, 296 missing (e.g. "
+        "'conv_stem.weight', 'bn1.weight', 'bn1.bias', ...); 2 unexpected (e.g. 'fc.weight', 'conv.weight') (the "
+        "network has 296); expected a file written by torch.save(model.state_dict()) for this target."
+    )
+    shape = (
+        "`--weights` {!r} is not a state dict of 'tf_efficientnet_lite0': of its 296 keys, 1 of the wrong shape "
+        "(e.g. 'conv_stem.weight': (8, 3, 3, 3) in the file, (32, 3, 3, 3) expected) (the network has 296); "
+        "expected a file written by torch.save(model.state_dict()) for this target."
+    )
     for name, message in (("other-net.pt", other), ("one-wrong-shape.pt", shape)):
         event, outputs = call(url, "invert", fields(weights=name))
         assert outputs[0] == f"**diffinv app: error: {message.format(name)}**", outputs[0]
-        code = main(["extract", str(tmp_path / "a.png"), "--weights", str(models / name), "--layer", "blocks.1",
-                     "--size", "32", "--out", str(tmp_path / "f.safetensors"), "--device", "cpu"])
+        code = main(
+            [
+                "extract",
+                str(tmp_path / "a.png"),
+                "--weights",
+                str(models / name),
+                "--layer",
+                "blocks.1",
+                "--size",
+                "32",
+                "--out",
+                str(tmp_path / "f.safetensors"),
+                "--device",
+                "cpu",
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and err == f"diffinv extract: error: {message.format(str(models / name))}"
 
@@ -359,8 +425,11 @@ def test_a_port_out_of_range_is_refused_at_once(capsys):
             main(["app", "--port", port])
         shown = port if len(port) <= 40 else port[:37] + "..."
         assert exit_.value.code == 2
-        assert capsys.readouterr().err.strip().endswith(
-            f"diffinv app: error: argument --port: expected a port from 1 to 65535, got {shown!r}")
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .endswith(f"diffinv app: error: argument --port: expected a port from 1 to 65535, got {shown!r}")
+        )
 
 
 @pytest.mark.hostile("app-layers-any-target")
@@ -376,4 +445,5 @@ def test_the_targets_flag_names_the_allow_list_and_refuses_unknown_names(capsys)
     assert main(["app", "--targets", "resnet18", "no_such_net" * 20]) == 2  # refused before the server starts
     assert capsys.readouterr().err.strip() == (
         f"diffinv app: error: `--targets` {('no_such_net' * 20)[:57] + '...'!r}: not a target network; expected "
-        "one of resnet50, resnet101, tf_efficientnet_lite0, tf_efficientnet_lite2, <any timm model name>.")
+        "one of resnet50, resnet101, tf_efficientnet_lite0, tf_efficientnet_lite2, <any timm model name>."
+    )

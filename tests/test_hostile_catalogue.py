@@ -40,7 +40,8 @@ def _test_functions() -> set[str]:
 def test_every_case_has_a_verdict_and_a_proof():
     marked = _marked_tests()
     assert all(verdict in VERDICTS for _, _, verdict in CASES.values()), [
-        (case, verdict) for case, (_, _, verdict) in CASES.items() if verdict not in VERDICTS]
+        (case, verdict) for case, (_, _, verdict) in CASES.items() if verdict not in VERDICTS
+    ]
     unproven = sorted(case for case in CASES if not marked.get(case) and not PROVEN_BY.get(case))
     assert not unproven, f"cases without a test: {unproven}"
 
@@ -56,7 +57,12 @@ def test_every_claim_names_a_case_and_an_existing_test():
 
 def test_marker_reaches_the_tests_written_before_the_catalogue():
     """conftest.py gives PROVEN_BY's tests the marker, so that ``-m hostile`` reruns them (and only them)."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "hostile",
-                          "tests/test_bench.py"], cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "hostile", "tests/test_bench.py"],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     collected = [line for line in out.stdout.splitlines() if "::" in line]
     assert collected == ["tests/test_bench.py::test_interrupted_benchmark_keeps_finished_records"], out.stdout

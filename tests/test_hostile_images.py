@@ -82,8 +82,11 @@ def test_a_reduced_decode_is_the_full_decode(tmp_path, monkeypatch, suffix, size
 @pytest.mark.hostile("image-decode-memory")
 def test_an_image_that_does_not_fit_is_refused_from_its_header(capsys, bombs, tmp_path, monkeypatch):
     monkeypatch.setattr(diffinv.io, "available_host_memory", lambda: 200 * 2**20)
-    with pytest.raises(ImageMemoryError, match=r"huge\.png' is 13000 x 13000 pixels \(RGB\): reading it needs an "
-                                               r"estimated \d+ MiB of memory, but only 200 MiB is available"):
+    with pytest.raises(
+        ImageMemoryError,
+        match=r"huge\.png' is 13000 x 13000 pixels \(RGB\): reading it needs an "
+        r"estimated \d+ MiB of memory, but only 200 MiB is available",
+    ):
         load_image(bombs / "huge.png", 32)
     out = tmp_path / "f.safetensors"
     code = main(["extract", str(bombs / "huge.png"), "--layer", "blocks.1", "--size", "32", "-o", str(out)])

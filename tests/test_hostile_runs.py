@@ -76,18 +76,49 @@ def photo_dir(tmp_path_factory, images):
 
 
 def bench_argv(photo_dir, out, *extra, workers="1"):
-    return ["bench", "--images", photo_dir, "--size", "16", "--layers", "blocks.1", "--methods", "pixel",
-            "--iterations", "1", "--seeds", "0", "--weights", "random:0", "--judge", "none", "--workers", workers,
-            "--device", "cpu", "--out", out, *extra]
+    return [
+        "bench",
+        "--images",
+        photo_dir,
+        "--size",
+        "16",
+        "--layers",
+        "blocks.1",
+        "--methods",
+        "pixel",
+        "--iterations",
+        "1",
+        "--seeds",
+        "0",
+        "--weights",
+        "random:0",
+        "--judge",
+        "none",
+        "--workers",
+        workers,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def bench(target, images, folder, **kwargs):
     from diffinv.inverters import PixelInverter
     from diffinv.jobs.bench import run_benchmark
 
-    return run_benchmark(target, images, ["a.png", "b.png"], ["blocks.1"],
-                         {"pixel": lambda t: PixelInverter(t, iterations=1)}, folder, batch_size=1, progress=False,
-                         **kwargs)
+    return run_benchmark(
+        target,
+        images,
+        ["a.png", "b.png"],
+        ["blocks.1"],
+        {"pixel": lambda t: PixelInverter(t, iterations=1)},
+        folder,
+        batch_size=1,
+        progress=False,
+        **kwargs,
+    )
 
 
 def no_work(monkeypatch):
@@ -105,8 +136,11 @@ def user_folder(root: Path) -> tuple[Path, dict[Path, bytes]]:
     """A folder of a user's photos, never a run, whose subfolder has the name a bench run writes (images/)."""
     folder = root / "myphotos"
     (folder / "images").mkdir(parents=True)
-    files = {folder / "images" / "holiday_2019.png": b"\x89PNG holiday", folder / "images" / "wedding.jpg": b"jpeg",
-             folder / "notes.txt": b"mine"}
+    files = {
+        folder / "images" / "holiday_2019.png": b"\x89PNG holiday",
+        folder / "images" / "wedding.jpg": b"jpeg",
+        folder / "notes.txt": b"mine",
+    }
     for path, data in files.items():
         path.write_bytes(data)
     return folder, files
@@ -124,8 +158,9 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(capsys, photo_dir, t
 
 
 @pytest.mark.hostile("overwrite-user-folder")
-@pytest.mark.parametrize("job", ["bench", "audit", "atlas", "video", "training", "visualize", "channels",
-                                 "dead_filters"])
+@pytest.mark.parametrize(
+    "job", ["bench", "audit", "atlas", "video", "training", "visualize", "channels", "dead_filters"]
+)
 def test_no_job_clears_a_folder_that_is_not_a_run(tmp_path, job):
     """Every --overwrite path (each goes through RunStore with its job's outputs): refused, nothing deleted."""
     import importlib
@@ -135,8 +170,9 @@ def test_no_job_clears_a_folder_that_is_not_a_run(tmp_path, job):
 
         outputs = _outputs()
     else:
-        module = importlib.import_module(f"diffinv.{'cli' if job in ('visualize', 'channels', 'dead_filters') else 'jobs'}"
-                                         f".{job}")
+        module = importlib.import_module(
+            f"diffinv.{'cli' if job in ('visualize', 'channels', 'dead_filters') else 'jobs'}.{job}"
+        )
         outputs = module.OUTPUTS
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -259,8 +295,10 @@ def test_non_finite_values_leave_the_mean_and_n_and_are_reported(finished, targe
     assert cells[4].startswith(f"{b['psnr']:.2f} [") and cells[4].endswith("(n = 1)"), cells
     assert cells[5].startswith(f"{a['ssim']:.3f} [") and "inf" not in cells[5] and "nan" not in cells[5], cells
     assert "(n = 1)" in cells[5]
-    note = ("Left out of the means and of their n, not a finite number (NaN, infinite or not a number): PSNR 1 value "
-            "(blocks.1 pixel); SSIM 1 value (blocks.1 pixel); s / image 1 value (blocks.1 pixel).")
+    note = (
+        "Left out of the means and of their n, not a finite number (NaN, infinite or not a number): PSNR 1 value "
+        "(blocks.1 pixel); SSIM 1 value (blocks.1 pixel); s / image 1 value (blocks.1 pixel)."
+    )
     assert note in text, text
     assert any(note in w for w in warned), warned
 
@@ -274,8 +312,13 @@ def test_non_finite_values_leave_the_mean_and_n_and_are_reported(finished, targe
 @pytest.mark.hostile("records-foreign-items")
 def test_records_of_items_not_in_the_run_are_left_out_and_reported(finished, target, images, monkeypatch):
     folder, records, row = finished
-    foreign = [{**records[0], "image": "zzz.png", "psnr": 99.0}, {**records[0], "layer": "blocks.6", "psnr": 99.0},
-               {**records[0], "seed": 7, "psnr": 99.0}, {"k": 1}, {**records[0], "image": ["unhashable"]}]
+    foreign = [
+        {**records[0], "image": "zzz.png", "psnr": 99.0},
+        {**records[0], "layer": "blocks.6", "psnr": 99.0},
+        {**records[0], "seed": 7, "psnr": 99.0},
+        {"k": 1},
+        {**records[0], "image": ["unhashable"]},
+    ]
     rewrite(folder, [*records, *foreign])
     merged, text, warned = rerun(target, images, folder, monkeypatch)
     assert [r["image"] for r in merged] == ["a.png", "b.png"]
@@ -304,8 +347,11 @@ def test_video_summary_leaves_out_values_that_are_not_finite():
     from diffinv.jobs.video import video_summary
 
     frames = torch.rand(3, 3, 16, 16)
-    records = [{"frame": 0, "psnr": 10.0, "ssim": 0.5}, {"frame": 1, "psnr": math.nan, "ssim": math.inf},
-               {"frame": 2, "psnr": "high", "ssim": 0.7}]
+    records = [
+        {"frame": 0, "psnr": 10.0, "ssim": 0.5},
+        {"frame": 1, "psnr": math.nan, "ssim": math.inf},
+        {"frame": 2, "psnr": "high", "ssim": 0.7},
+    ]
     with pytest.warns(UserWarning, match="not a finite number"):
         summary = video_summary(frames, frames, [True] * 3, records)
     assert summary["psnr_mean"] == 10.0 and summary["psnr_left_out"] == 2
@@ -319,16 +365,32 @@ def test_audit_records_are_not_trusted_as_read(target, images, tmp_path, monkeyp
     from diffinv.jobs.audit import run_audit
 
     def audit():
-        return run_audit(target, images, ["a.png", "b.png"], ["blocks.1"], parse_defenses(["none"]),
-                         {"pixel": lambda t: PixelInverter(t, iterations=1)}, tmp_path / "audit", progress=False)
+        return run_audit(
+            target,
+            images,
+            ["a.png", "b.png"],
+            ["blocks.1"],
+            parse_defenses(["none"]),
+            {"pixel": lambda t: PixelInverter(t, iterations=1)},
+            tmp_path / "audit",
+            progress=False,
+        )
 
     report = audit()
     records = [json.loads(line) for line in (tmp_path / "audit" / "records.jsonl").read_text().splitlines()]
     attacks = [r for r in records if r["kind"] == "attack"]
     good = report["settings"][0]["attacks"]["pixel"]["naive"]
     nan = {**attacks[0], "psnr": math.nan}
-    rewrite(tmp_path / "audit", [*records, {**attacks[0], "image": "zzz.png", "psnr": 99.0}, {"kind": "attack"},
-                                 {**attacks[1], "psnr": 99.0}, nan])  # the last of a.png: NaN
+    rewrite(
+        tmp_path / "audit",
+        [
+            *records,
+            {**attacks[0], "image": "zzz.png", "psnr": 99.0},
+            {"kind": "attack"},
+            {**attacks[1], "psnr": 99.0},
+            nan,
+        ],
+    )  # the last of a.png: NaN
     no_work(monkeypatch)
     with pytest.warns(UserWarning):
         again = audit()
@@ -338,25 +400,30 @@ def test_audit_records_are_not_trusted_as_read(target, images, tmp_path, monkeyp
     text = (tmp_path / "audit" / "report.md").read_text()
     assert "2 records of items that are not in this run" in text, text
     assert "2 items have several records" in text and "the last written of each is kept" in text, text
-    assert "Left out of the means, not a finite number (NaN, infinite or not a number): psnr (blocks.1 none pixel " \
-           "naive)." in text, text
+    assert (
+        "Left out of the means, not a finite number (NaN, infinite or not a number): psnr (blocks.1 none pixel "
+        "naive)." in text
+    ), text
     assert "(n = 1)" in text
 
 
 # ---------------------------------------------------------------------- command line (items 4, 7, 8)
 @pytest.mark.hostile("duplicate-layers")
-@pytest.mark.parametrize("argv, flag, value", [
-    (["bench", "--layers", "blocks.1", "blocks.1", "--out", "x"], "--layers", "blocks.1"),
-    (["bench", "--layers", "blocks.1", "--methods", "pixel", "dip", "pixel", "--out", "x"], "--methods", "pixel"),
-    (["bench", "--layers", "blocks.1", "--seeds", "0", "1", "0", "--out", "x"], "--seeds", 0),
-    (["bench", "--images", "a.png", "a.png", "--out", "x"], "--images", "a.png"),
-    (["audit", "--defenses", "none", "noise:0.1", "none", "--out", "x"], "--defenses", "none"),
-    (["audit", "--layers", "blocks.1", "blocks.1", "--out", "x"], "--layers/--layer", "blocks.1"),
-    (["atlas", "--images", "d", "--methods", "pixel", "pixel", "--out", "x"], "--methods", "pixel"),
-    (["dead-filters", "--layers", "blocks.1", "blocks.1", "--out", "x"], "--layers", "blocks.1"),
-    (["visualize", "--layer", "blocks.1", "--channels", "3", "3", "--out", "x"], "--channels", 3),
-    (["video", "clip.mp4", "clip.mp4", "--layer", "blocks.1", "--out", "x"], "video", "clip.mp4"),
-])
+@pytest.mark.parametrize(
+    "argv, flag, value",
+    [
+        (["bench", "--layers", "blocks.1", "blocks.1", "--out", "x"], "--layers", "blocks.1"),
+        (["bench", "--layers", "blocks.1", "--methods", "pixel", "dip", "pixel", "--out", "x"], "--methods", "pixel"),
+        (["bench", "--layers", "blocks.1", "--seeds", "0", "1", "0", "--out", "x"], "--seeds", 0),
+        (["bench", "--images", "a.png", "a.png", "--out", "x"], "--images", "a.png"),
+        (["audit", "--defenses", "none", "noise:0.1", "none", "--out", "x"], "--defenses", "none"),
+        (["audit", "--layers", "blocks.1", "blocks.1", "--out", "x"], "--layers/--layer", "blocks.1"),
+        (["atlas", "--images", "d", "--methods", "pixel", "pixel", "--out", "x"], "--methods", "pixel"),
+        (["dead-filters", "--layers", "blocks.1", "blocks.1", "--out", "x"], "--layers", "blocks.1"),
+        (["visualize", "--layer", "blocks.1", "--channels", "3", "3", "--out", "x"], "--channels", 3),
+        (["video", "clip.mp4", "clip.mp4", "--layer", "blocks.1", "--out", "x"], "video", "clip.mp4"),
+    ],
+)
 def test_a_value_given_twice_is_refused(capsys, tmp_path, monkeypatch, argv, flag, value):
     monkeypatch.chdir(tmp_path)
     err = usage_error(capsys, argv[0], *NO_DEVICE, *argv[1:])
@@ -365,16 +432,19 @@ def test_a_value_given_twice_is_refused(capsys, tmp_path, monkeypatch, argv, fla
 
 
 @pytest.mark.hostile("seed-overflow")
-@pytest.mark.parametrize("argv", [
-    ["bench", "--layers", "blocks.1", "--out", "x", "--seeds", "0"],
-    ["audit", "--out", "x", "--seeds"],
-    ["atlas", "--images", "d", "--out", "x", "--seed"],
-    ["invert", "f.safetensors", "--out", "x", "--seed"],
-    ["video", "clip.mp4", "--layer", "blocks.1", "--out", "x", "--seed"],
-    ["train-decoder", "--layer", "blocks.1", "--images", "d", "--out", "x", "--seed"],
-    ["visualize", "--layer", "blocks.1", "--channels", "3", "--out", "x", "--seed"],
-    ["channels", "p.png", "--layer", "blocks.1", "--channels", "3", "--out", "x", "--seed"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--layers", "blocks.1", "--out", "x", "--seeds", "0"],
+        ["audit", "--out", "x", "--seeds"],
+        ["atlas", "--images", "d", "--out", "x", "--seed"],
+        ["invert", "f.safetensors", "--out", "x", "--seed"],
+        ["video", "clip.mp4", "--layer", "blocks.1", "--out", "x", "--seed"],
+        ["train-decoder", "--layer", "blocks.1", "--images", "d", "--out", "x", "--seed"],
+        ["visualize", "--layer", "blocks.1", "--channels", "3", "--out", "x", "--seed"],
+        ["channels", "p.png", "--layer", "blocks.1", "--channels", "3", "--out", "x", "--seed"],
+    ],
+)
 def test_seeds_beyond_the_generators_are_refused(capsys, argv):
     flag = next(a for a in reversed(argv) if a.startswith("--seed"))
     for value in (str(2**64), str(2**32), "-1", "9" * 5000):
@@ -399,7 +469,9 @@ def test_the_estimate_counts_each_processs_own_base():
     from diffinv.resources import PROCESS_BASE_BYTES, estimate_memory
 
     one = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=memory_costs(["pixel"]))
-    eight = estimate_memory("tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=memory_costs(["pixel"]), processes=8)
+    eight = estimate_memory(
+        "tf_efficientnet_lite0", ["blocks.1"], 32, images=2, methods=memory_costs(["pixel"]), processes=8
+    )
     assert PROCESS_BASE_BYTES >= 900 * 2**20  # measured: see its comment in diffinv/resources.py
     # the process that checks is already running: its base is not counted again; 8 new workers are
     assert eight.total >= one.total + 8 * PROCESS_BASE_BYTES
@@ -419,8 +491,11 @@ def test_workers_above_the_cores_are_refused_unless_forced(capsys, photo_dir, tm
     out = tmp_path / "out"
     cores = available_cores()
     err = usage_error(capsys, *bench_argv(photo_dir, out, workers="64"))
-    assert (f"`--workers` 64: this process may use {cores} CPU core" in err and f"--workers {cores} or fewer" in err
-            and "--force-workers" in err), err
+    assert (
+        f"`--workers` 64: this process may use {cores} CPU core" in err
+        and f"--workers {cores} or fewer" in err
+        and "--force-workers" in err
+    ), err
     # forced: the 64 processes' own memory is in the estimate (4 GiB do not hold them)
     monkeypatch.setattr(resources, "_host_available", lambda: 4 * 2**30)
     err = usage_error(capsys, *bench_argv(photo_dir, out, "--force-workers", workers="64"))
@@ -437,8 +512,7 @@ def test_workers_auto_runs_the_processes_that_fit(capsys, photo_dir, tmp_path, m
     monkeypatch.setattr(diffinv.cli.bench, "launch_local", lambda argv, n: launched.append(n) or 0)
     monkeypatch.setattr("diffinv.jobs.distributed.available_cores", lambda: 8)
     monkeypatch.setattr(resources, "_host_available", lambda: 3 * 2**30)  # 2 process bases and the work fit
-    argv = bench_argv(photo_dir, tmp_path / "out", "--seeds", "0", "1", "2", "3", "--batch-size", "1",
-                      workers="auto")
+    argv = bench_argv(photo_dir, tmp_path / "out", "--seeds", "0", "1", "2", "3", "--batch-size", "1", workers="auto")
     code, err = run(capsys, *argv)
     assert code == 0 and launched == [2], err
     monkeypatch.setattr(resources, "_host_available", lambda: 2**20)  # not even one
@@ -452,9 +526,31 @@ def test_atlas_counts_its_workers_in_the_estimate(capsys, photo_dir, tmp_path, m
 
     monkeypatch.setattr(diffinv.cli.atlas, "launch_local", lambda *a, **k: pytest.fail("the workers were launched"))
     monkeypatch.setattr(resources, "_host_available", lambda: 3 * 2**30)
-    err = usage_error(capsys, "atlas", "--images", photo_dir, "--train-split", "0", "--methods", "pixel", "--size",
-                      "16", "--layers", "blocks.1", "--weights", "random:0", "--judge", "none", "--device", "cpu",
-                      "--workers", "16", "--force-workers", "--out", tmp_path / "out")
+    err = usage_error(
+        capsys,
+        "atlas",
+        "--images",
+        photo_dir,
+        "--train-split",
+        "0",
+        "--methods",
+        "pixel",
+        "--size",
+        "16",
+        "--layers",
+        "blocks.1",
+        "--weights",
+        "random:0",
+        "--judge",
+        "none",
+        "--device",
+        "cpu",
+        "--workers",
+        "16",
+        "--force-workers",
+        "--out",
+        tmp_path / "out",
+    )
     assert "16 process bases" in err, err
 
 
@@ -463,8 +559,9 @@ def run_limited(*argv: str) -> subprocess.CompletedProcess:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, preexec_fn=limit,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=300, preexec_fn=limit, env=env
+    )
 
 
 @pytest.mark.hostile("training-memory")
@@ -472,9 +569,28 @@ def run_limited(*argv: str) -> subprocess.CompletedProcess:
 def test_training_too_wide_for_memory_is_refused_before_any_work(photo_dir, tmp_path, kind):
     out = tmp_path / "out"
     extra = ["--model", "tiny"] if kind == "mapper" else []
-    done = run_limited("-m", "diffinv", f"train-{kind}", "--layer", "blocks.1", "--images", str(photo_dir), "--size",
-                       "16", "--hidden-channels", "100000", "--max-steps", "1", "--weights", "random:0", "--device",
-                       "cpu", *extra, "--out", str(out))
+    done = run_limited(
+        "-m",
+        "diffinv",
+        f"train-{kind}",
+        "--layer",
+        "blocks.1",
+        "--images",
+        str(photo_dir),
+        "--size",
+        "16",
+        "--hidden-channels",
+        "100000",
+        "--max-steps",
+        "1",
+        "--weights",
+        "random:0",
+        "--device",
+        "cpu",
+        *extra,
+        "--out",
+        str(out),
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     err = done.stderr
     assert err.startswith(f"diffinv train-{kind}: error: the training needs an estimated") and "Traceback" not in err
@@ -487,11 +603,35 @@ def test_training_too_wide_for_memory_is_refused_before_any_work(photo_dir, tmp_
 @pytest.mark.parametrize("job", ["atlas", "audit"])
 def test_decoders_a_job_trains_are_checked_before_any_work(photo_dir, tmp_path, job):
     out = tmp_path / "out"
-    extra = (["--train-split", "1", "--workers", "1"] if job == "atlas" else
-             ["--train-images", str(photo_dir / "a.png"), "--defenses", "none"])
-    done = run_limited("-m", "diffinv", job, "--images", str(photo_dir), "--methods", "decoder", "--size", "16",
-                       "--layers", "blocks.1", "--hidden-channels", "100000", "--weights", "random:0", "--judge",
-                       "none", "--device", "cpu", *extra, "--out", str(out))
+    extra = (
+        ["--train-split", "1", "--workers", "1"]
+        if job == "atlas"
+        else ["--train-images", str(photo_dir / "a.png"), "--defenses", "none"]
+    )
+    done = run_limited(
+        "-m",
+        "diffinv",
+        job,
+        "--images",
+        str(photo_dir),
+        "--methods",
+        "decoder",
+        "--size",
+        "16",
+        "--layers",
+        "blocks.1",
+        "--hidden-channels",
+        "100000",
+        "--weights",
+        "random:0",
+        "--judge",
+        "none",
+        "--device",
+        "cpu",
+        *extra,
+        "--out",
+        str(out),
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith(f"diffinv {job}: error: the training needs an estimated"), done.stderr[-2000:]
     assert not out.exists()
@@ -502,8 +642,11 @@ def test_the_training_estimate_follows_the_width():
     from diffinv.jobs.training import TrainConfig, estimate_training_memory
 
     def estimate(width):
-        return estimate_training_memory(TrainConfig(out="", layer="blocks.1", size=32, batch_size=4, weights=None,
-                                                    hidden_channels=width, min_channels=8))
+        return estimate_training_memory(
+            TrainConfig(
+                out="", layer="blocks.1", size=32, batch_size=4, weights=None, hidden_channels=width, min_channels=8
+            )
+        )
 
     small, wide = estimate(8), estimate(1024)
     params = wide.compute["decoder weights"] / 1.5 / 4  # float32, with the margin
@@ -513,20 +656,25 @@ def test_the_training_estimate_follows_the_width():
 
 
 @pytest.mark.hostile("bench-size-below-ssim")
-@pytest.mark.parametrize("argv", [
-    ["bench", "--layers", "blocks.1", "--out", "x"],
-    ["demo", "--out", "x"],
-    ["atlas", "--images", "d", "--out", "x"],
-    ["audit", "--out", "x"],
-    ["video", "clip.mp4", "--layer", "blocks.1", "--out", "x"],
-    ["train-decoder", "--layer", "blocks.1", "--images", "d", "--out", "x"],
-    ["train-mapper", "--layer", "blocks.1", "--images", "d", "--model", "tiny", "--out", "x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--layers", "blocks.1", "--out", "x"],
+        ["demo", "--out", "x"],
+        ["atlas", "--images", "d", "--out", "x"],
+        ["audit", "--out", "x"],
+        ["video", "clip.mp4", "--layer", "blocks.1", "--out", "x"],
+        ["train-decoder", "--layer", "blocks.1", "--images", "d", "--out", "x"],
+        ["train-mapper", "--layer", "blocks.1", "--images", "d", "--model", "tiny", "--out", "x"],
+    ],
+)
 def test_sizes_below_ssims_window_are_refused_before_any_work(capsys, argv):
     for size in ("8", "10"):
         err = usage_error(capsys, *argv, *NO_DEVICE, "--size", size)
-        assert (f"argument --size: expected an integer >= 11 (SSIM's 11-pixel window, "
-                f"diffinv.metrics.MIN_IMAGE_SIZE), got {size}") in err, err
+        assert (
+            f"argument --size: expected an integer >= 11 (SSIM's 11-pixel window, "
+            f"diffinv.metrics.MIN_IMAGE_SIZE), got {size}"
+        ) in err, err
     err = usage_error(capsys, *argv, *NO_DEVICE, "--size", "0")
     assert "argument --size: expected a positive integer (>= 1), got 0" in err, err
 
@@ -546,6 +694,17 @@ def test_the_smallest_size_is_ssims_window():
 def test_extract_keeps_sizes_below_ssims_window(capsys, photo_dir, tmp_path):
     """extract computes no metric: a small size stays allowed there."""
     out = tmp_path / "f.safetensors"
-    code, err = run(capsys, "extract", photo_dir / "a.png", "--layer", "blocks.1", "--size", "8", "--weights",
-                    "random:0", "-o", out)
+    code, err = run(
+        capsys,
+        "extract",
+        photo_dir / "a.png",
+        "--layer",
+        "blocks.1",
+        "--size",
+        "8",
+        "--weights",
+        "random:0",
+        "-o",
+        out,
+    )
     assert code == 0 and out.is_file(), err

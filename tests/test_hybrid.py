@@ -17,10 +17,10 @@ import torch
 
 from diffinv.features import FeatureSet
 from diffinv.io import sample_images, save_image
-from diffinv.models import FeatureMapper, decode_latents
-from diffinv.metrics import feature_residual
-from diffinv.targets import TargetNetwork
 from diffinv.jobs.training import TrainConfig, train_mapper
+from diffinv.metrics import feature_residual
+from diffinv.models import FeatureMapper, decode_latents
+from diffinv.targets import TargetNetwork
 
 LAYER = "blocks.2"
 
@@ -41,10 +41,26 @@ def test_hybrid_start_beats_noise_start(tmp_path):
     for i, image in enumerate(images):
         save_image(image, tmp_path / "photos" / f"photo{i}.png")
     pipe.vae.save_pretrained(tmp_path / "model" / "vae")
-    train_mapper(TrainConfig(out=str(tmp_path / "mapper"), layer=LAYER, images=[str(tmp_path / "photos")],
-                             val_fraction=0.0, model=str(tmp_path / "model"), size=32, batch_size=4, max_steps=100,
-                             hidden_channels=32, learning_rate=3e-3, pixel_weight=1.0, feature_weight=1.0,
-                             min_crop=1.0, checkpoint_every=1000, device="cpu", progress=False))
+    train_mapper(
+        TrainConfig(
+            out=str(tmp_path / "mapper"),
+            layer=LAYER,
+            images=[str(tmp_path / "photos")],
+            val_fraction=0.0,
+            model=str(tmp_path / "model"),
+            size=32,
+            batch_size=4,
+            max_steps=100,
+            hidden_channels=32,
+            learning_rate=3e-3,
+            pixel_weight=1.0,
+            feature_weight=1.0,
+            min_crop=1.0,
+            checkpoint_every=1000,
+            device="cpu",
+            progress=False,
+        )
+    )
     mapper = FeatureMapper.from_pretrained(tmp_path / "mapper")
 
     # 2. The premise: the mapper's decoded latent matches the features better than decoded noise
@@ -52,8 +68,9 @@ def test_hybrid_start_beats_noise_start(tmp_path):
         latents = mapper.initial_latents(fs)
         assert latents.shape == (4, 4, 16, 16)
         start = feature_residual(target, decode_latents(pipe.vae, latents).clamp(0, 1), fs.features, LAYER)
-        noise = feature_residual(target, decode_latents(pipe.vae, torch.randn_like(latents)).clamp(0, 1),
-                                 fs.features, LAYER)
+        noise = feature_residual(
+            target, decode_latents(pipe.vae, torch.randn_like(latents)).clamp(0, 1), fs.features, LAYER
+        )
     assert start.mean() < noise.mean()
 
     # 3. Same sampler, same number of iterations: the mapper start ends lower than the noise start

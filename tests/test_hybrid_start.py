@@ -52,8 +52,17 @@ def test_strength_to_zero_returns_the_encoded_decoded_start(pipe, features, phot
         encoded_decoded = decode_latents(pipe.vae, pipe.encode_image(photos)).clamp(0, 1)
     gaps = {}
     for steps, strength in ((1000, 1e-3), (100, 1e-2), (20, 0.5)):
-        out = pipe(features, init="image", image=photos, strength=strength, num_inference_steps=steps,
-                   iterations=1, prompt="", output_type="pt", generator=torch.Generator().manual_seed(0))
+        out = pipe(
+            features,
+            init="image",
+            image=photos,
+            strength=strength,
+            num_inference_steps=steps,
+            iterations=1,
+            prompt="",
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        )
         gaps[strength] = (out.images - encoded_decoded).abs()
     # the limit: one step from t = 0 (noise std 0.03) gives back the VAE's reconstruction of the start
     assert gaps[1e-3].mean() < 0.015 and gaps[1e-3].max() < 0.15
@@ -93,7 +102,8 @@ def test_black_box_start_never_ends_worse_than_it_started(pipe, target, features
 def test_gan_start_then_diffusion(pipe, target, features):
     gan = GANInverter(target, "tiny:32", restarts=2, iterations=5)
     out = DiffusionInverter(target, pipe, start=gan, num_inference_steps=2, iterations=2, prompt="")(
-        features, generator=torch.Generator().manual_seed(0), progress=False)
+        features, generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert out.images.shape == (2, 3, 32, 32) and out.info["start_method"] == "gan"
     assert out.info["start_info"]["class_source"] == "predicted"
 
@@ -125,20 +135,52 @@ def feature_file(tmp_path_factory, photos):
 def test_cli_invert_hybrids(feature_file, tmp_path):
     feats, files = feature_file
     common = ["--model", "tiny", "--steps", "2", "--iterations", "2", "--prompt", "", "--device", "cpu"]
-    assert main(["invert", str(feats), "--method", "diffusion", "--init", files[0], "--strength", "0.5",
-                 "-o", str(tmp_path / "a"), *common]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                str(feats),
+                "--method",
+                "diffusion",
+                "--init",
+                files[0],
+                "--strength",
+                "0.5",
+                "-o",
+                str(tmp_path / "a"),
+                *common,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["hybrid"] and metrics["settings"]["strength"] == 0.5 and metrics["settings"]["init"] == "image"
     decoder = tmp_path / "decoder"
     target = FeatureSet.load(feats).to_target()
     UpconvNet.for_target(target, LAYER, (32, 32)).save_pretrained(decoder)
-    assert main(["invert", str(feats), "--method", "decoder+diffusion", "--decoder", str(decoder),
-                 "-o", str(tmp_path / "b"), *common]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                str(feats),
+                "--method",
+                "decoder+diffusion",
+                "--decoder",
+                str(decoder),
+                "-o",
+                str(tmp_path / "b"),
+                *common,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["hybrid"] and metrics["settings"]["strength"] == 0.3
     assert metrics["settings"]["start"]["method"] == "decoder"
-    assert sorted(p.name for p in (tmp_path / "b").glob("*.png")) == ["cat_decoder+diffusion.png",
-                                                                      "coffee_decoder+diffusion.png"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.png")) == [
+        "cat_decoder+diffusion.png",
+        "coffee_decoder+diffusion.png",
+    ]
 
 
 def test_cli_hybrid_errors(feature_file, tmp_path, capsys):
@@ -147,8 +189,10 @@ def test_cli_hybrid_errors(feature_file, tmp_path, capsys):
     assert main([*base, "--method", "diffusion", "--init", "nothing.png"]) == 2
     assert "neither one of dip, gan, mapper, decoder nor an existing image file" in capsys.readouterr().err
     assert main([*base, "--method", "dip", "--init", "gan"]) == 2
-    assert re.search(r"starts a refinement \(diffusion, pixel(, \w+)*\); it does not apply to `--method dip`",
-                     capsys.readouterr().err)  # (with the refiners of installed plugins)
+    assert re.search(
+        r"starts a refinement \(diffusion, pixel(, \w+)*\); it does not apply to `--method dip`",
+        capsys.readouterr().err,
+    )  # (with the refiners of installed plugins)
     assert main([*base, "--method", "diffusion", "--init", "dip", "--strength", "0"]) == 2
     assert "expected (0, 1]" in capsys.readouterr().err
     assert main([*base, "--method", "decoder+diffusion"]) == 2
@@ -157,10 +201,45 @@ def test_cli_hybrid_errors(feature_file, tmp_path, capsys):
 
 def test_bench_marks_hybrid_rows(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--target", "tf_efficientnet_lite0", "--weights", "random:0", "--layers", LAYER,
-                 "--methods", "gan", "gan+diffusion", "--model", "tiny", "--gan", "tiny:32", "--size", "32",
-                 "--num-images", "1", "--seeds", "0", "--iterations", "2", "--restarts", "1", "--steps", "2",
-                 "--prompt", "", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--target",
+                "tf_efficientnet_lite0",
+                "--weights",
+                "random:0",
+                "--layers",
+                LAYER,
+                "--methods",
+                "gan",
+                "gan+diffusion",
+                "--model",
+                "tiny",
+                "--gan",
+                "tiny:32",
+                "--size",
+                "32",
+                "--num-images",
+                "1",
+                "--seeds",
+                "0",
+                "--iterations",
+                "2",
+                "--restarts",
+                "1",
+                "--steps",
+                "2",
+                "--prompt",
+                "",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     records = json.loads((out / "results.json").read_text())["records"]
     assert {r["method"]: r["hybrid"] for r in records} == {"gan": False, "gan+diffusion": True}
     table = (out / "results.md").read_text()
@@ -168,8 +247,11 @@ def test_bench_marks_hybrid_rows(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DIFFINV_SD_PATH"), reason="set DIFFINV_SD_PATH to a diffusers Stable Diffusion "
-                    "folder (and DIFFINV_BIGGAN to BigGAN weights for the GAN start) to measure the hybrids")
+@pytest.mark.skipif(
+    not os.environ.get("DIFFINV_SD_PATH"),
+    reason="set DIFFINV_SD_PATH to a diffusers Stable Diffusion "
+    "folder (and DIFFINV_BIGGAN to BigGAN weights for the GAN start) to measure the hybrids",
+)
 def test_real_hybrids():
     """Quality with real weights: ``DIFFINV_SD_PATH=DIR [DIFFINV_BIGGAN=DIR] pytest -m slow tests/test_hybrid_start.py -s``.
 
@@ -188,9 +270,19 @@ def test_real_hybrids():
         start = GANInverter(target, os.environ["DIFFINV_BIGGAN"])
     else:
         start = F.interpolate(F.interpolate(photos, size=16, mode="area"), size=128, mode="bilinear").clamp(0, 1)
-    inverter = DiffusionInverter(target, os.environ["DIFFINV_SD_PATH"], start=start, num_inference_steps=20,
-                                 iterations=50, device=device)
+    inverter = DiffusionInverter(
+        target, os.environ["DIFFINV_SD_PATH"], start=start, num_inference_steps=20, iterations=50, device=device
+    )
     out = inverter(features, generator=torch.Generator().manual_seed(0))
-    print("start loss", out.info["start_loss"], "refined loss", out.info["refined_loss"], "kept", out.info["kept_start"],
-          "PSNR", psnr(out.images, photos).tolist(), f"{out.seconds / 2:.1f} s / image")
+    print(
+        "start loss",
+        out.info["start_loss"],
+        "refined loss",
+        out.info["refined_loss"],
+        "kept",
+        out.info["kept_start"],
+        "PSNR",
+        psnr(out.images, photos).tolist(),
+        f"{out.seconds / 2:.1f} s / image",
+    )
     assert (torch.tensor(out.info["refined_loss"]) < torch.tensor(out.info["start_loss"])).any()

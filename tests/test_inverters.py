@@ -29,8 +29,9 @@ def test_dip_grey_start_renders_flat_grey_then_learns(lite0, feats):
     _, render = dip_parameterization(2, (64, 64), generator=torch.Generator().manual_seed(0))
     assert render(train=False).std() > 0.01  # the random generators' own pattern
     # the zeroed output layer does not stall the optimization: the loss falls as from a random start
-    out = DIPInverter(lite0, iterations=40, grey_start=True)(feats, generator=torch.Generator().manual_seed(0),
-                                                              progress=False)
+    out = DIPInverter(lite0, iterations=40, grey_start=True)(
+        feats, generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert out.info["grey_start"] is True
     assert (out.loss_history[-5:].mean(0) < 0.7 * out.loss_history[0]).all()
 
@@ -43,7 +44,8 @@ def test_dip_grey_start_follows_the_stride_unless_given(lite0, small_photos, lay
     runs = {}
     for grey_start in (None, not coarse):
         out = DIPInverter(lite0, iterations=2, grey_start=grey_start)(
-            features, generator=torch.Generator().manual_seed(0), progress=False)
+            features, generator=torch.Generator().manual_seed(0), progress=False
+        )
         runs[grey_start] = out
         assert out.info["grey_start"] is (coarse if grey_start is None else grey_start)
     assert not torch.equal(runs[None].images, runs[not coarse].images)

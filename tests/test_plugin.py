@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from launch import run_diffinv
 
 import diffinv.plugins
 from diffinv.cli import main
@@ -19,7 +20,6 @@ from diffinv.inverters import INVERTERS, build_inverter, memory_costs, registry
 from diffinv.io import save_image
 from diffinv.resources import ComputeShape
 from diffinv.targets import TargetNetwork
-from launch import run_diffinv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 INSTALL = "pip install --no-deps -e examples/plugin"
@@ -28,8 +28,11 @@ INSTALL = "pip install --no-deps -e examples/plugin"
 def _plugin_entry_point():
     found = [e for e in importlib.metadata.entry_points(group="diffinv.inverters") if e.name == "deepinversion"]
     if not found:
-        pytest.fail(f"the example plugin is not installed: no entry point 'deepinversion' in group 'diffinv.inverters'. "
-                    f"Install it with `{INSTALL}` (.ci/run does).", pytrace=False)
+        pytest.fail(
+            f"the example plugin is not installed: no entry point 'deepinversion' in group 'diffinv.inverters'. "
+            f"Install it with `{INSTALL}` (.ci/run does).",
+            pytrace=False,
+        )
     return found[0]
 
 
@@ -45,8 +48,7 @@ def plugin():
 
 @pytest.fixture(scope="module")
 def target32():
-    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0",
-                                   input_size=(32, 32))
+    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=(32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,11 @@ def test_the_plugin_is_a_registered_method(plugin):
     assert config.accepts_feature_transform and config.accepts_init and config.streams_images and config.temporal
     assert config.bn_weight is None and config.parameterization == "fourier"
     assert cls.option_infos()["bn_weight"].flag_for("bn_weight") == "--bn-weight"
-    with pytest.raises(ValueError, match=r"method 'deepinversion': `bn_weight` must be a finite number >= 0 or None, "
-                                         r"got -1"):
+    with pytest.raises(
+        ValueError,
+        match=r"method 'deepinversion': `bn_weight` must be a finite number >= 0 or None, "
+        r"got -1",
+    ):
         build_inverter("deepinversion", None, bn_weight=-1.0)
 
 
@@ -97,27 +102,33 @@ def test_the_prior_is_per_image_and_on_the_layers_up_to_the_layer(plugin, target
 
 
 def test_weights_per_stride_and_the_loss_goes_down(plugin, target32, small_photos):
-    assert plugin.bn_weight_for_stride(4) == plugin.BN_WEIGHTS[4] and plugin.bn_weight_for_stride(64) == plugin.BN_WEIGHTS[32]
+    assert (
+        plugin.bn_weight_for_stride(4) == plugin.BN_WEIGHTS[4]
+        and plugin.bn_weight_for_stride(64) == plugin.BN_WEIGHTS[32]
+    )
     images = torch.nn.functional.interpolate(small_photos[:2], size=(32, 32), mode="bilinear", antialias=True)
     features = target32.feature(images, "blocks.2")
     out = build_inverter("deepinversion", target32, iterations=8, bn_weight=1e-3)(
-        features, (32, 32), generator=torch.Generator().manual_seed(0), progress=False)
+        features, (32, 32), generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert out.images.shape == (2, 3, 32, 32) and out.info["bn_weight"] == 1e-3 and out.info["bn_layers"] > 5
     assert (out.loss_history[-1] < out.loss_history[0]).all()
     default = build_inverter("deepinversion", target32, iterations=2)(features, (32, 32), progress=False)
     assert default.info["bn_weight"] == plugin.bn_weight_for_stride(32 / features.shape[-1])
     # weight 0 is the plain Fourier pixel inversion, bit for bit
-    plain = build_inverter("pixel", target32, iterations=4)(features, (32, 32), generator=torch.Generator().manual_seed(1),
-                                                             progress=False)
+    plain = build_inverter("pixel", target32, iterations=4)(
+        features, (32, 32), generator=torch.Generator().manual_seed(1), progress=False
+    )
     zero = build_inverter("deepinversion", target32, iterations=4, bn_weight=0.0)(
-        features, (32, 32), generator=torch.Generator().manual_seed(1), progress=False)
+        features, (32, 32), generator=torch.Generator().manual_seed(1), progress=False
+    )
     assert torch.equal(plain.images, zero.images)
 
 
 def test_three_threads_share_one_inverter(plugin, target32, small_photos):
     """No state shared between calls: three threads on one inverter (and one target) give the images of one."""
     images = torch.nn.functional.interpolate(small_photos[:3], size=(32, 32), mode="bilinear", antialias=True)
-    features = [target32.feature(images[i:i + 1]) for i in range(3)]
+    features = [target32.feature(images[i : i + 1]) for i in range(3)]
     inverter = build_inverter("deepinversion", target32, iterations=3, bn_weight=1e-3)
 
     def run(i):
@@ -136,24 +147,90 @@ def test_three_threads_share_one_inverter(plugin, target32, small_photos):
 # ---------------------------------------------------------------------- the commands
 def test_invert_and_a_hybrid(plugin, tmp_path, images_dir, capsys):
     feats = tmp_path / "f.safetensors"
-    assert main(["extract", str(images_dir / "img0.png"), str(images_dir / "img1.png"), "--weights", "random:0",
-                 "--layer", "blocks.1", "--size", "32", "--out", str(feats)]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(images_dir / "img0.png"),
+                str(images_dir / "img1.png"),
+                "--weights",
+                "random:0",
+                "--layer",
+                "blocks.1",
+                "--size",
+                "32",
+                "--out",
+                str(feats),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "inv"
-    assert main(["invert", str(feats), "--method", "deepinversion", "--bn-weight", "0.001", "--iterations", "3",
-                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "invert",
+                str(feats),
+                "--method",
+                "deepinversion",
+                "--bn-weight",
+                "0.001",
+                "--iterations",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert len(list(out.glob("*.png"))) >= 2
     assert '"method": "deepinversion"' in capsys.readouterr().out
     hybrid = tmp_path / "hyb"
-    assert main(["invert", str(feats), "--method", "deepinversion", "--init", "dip", "--iterations", "3",
-                 "--out", str(hybrid)]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "invert",
+                str(feats),
+                "--method",
+                "deepinversion",
+                "--init",
+                "dip",
+                "--iterations",
+                "3",
+                "--out",
+                str(hybrid),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert len(list(hybrid.glob("*.png"))) >= 2
     printed = capsys.readouterr().out
     assert '"method": "deepinversion"' in printed and '"hybrid": true' in printed  # dip+deepinversion
 
 
-BENCH = ["bench", "--weights", "random:0", "--size", "32", "--num-images", "2", "--layers", "blocks.1",
-         "--methods", "deepinversion", "--iterations", "3", "--batch-size", "1", "--workers", "1", "--seeds", "0",
-         "--judge", "none"]
+BENCH = [
+    "bench",
+    "--weights",
+    "random:0",
+    "--size",
+    "32",
+    "--num-images",
+    "2",
+    "--layers",
+    "blocks.1",
+    "--methods",
+    "deepinversion",
+    "--iterations",
+    "3",
+    "--batch-size",
+    "1",
+    "--workers",
+    "1",
+    "--seeds",
+    "0",
+    "--judge",
+    "none",
+]
 
 
 def test_bench_settings_resume_and_a_changed_option_refused(plugin, tmp_path, capsys):
@@ -186,9 +263,36 @@ def test_bench_under_torchrun_gives_the_records_of_one_process(plugin, tmp_path)
 
 def test_atlas(plugin, tmp_path, images_dir, capsys):
     out = tmp_path / "atlas"
-    code = main(["atlas", "--images", str(images_dir), "--train-split", "2", "--weights", "random:0", "--size", "32",
-                 "--layers", "blocks.1", "--methods", "pixel", "deepinversion", "--iterations", "2", "--bn-weight",
-                 "0.001", "--batch-size", "4", "--workers", "1", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "atlas",
+            "--images",
+            str(images_dir),
+            "--train-split",
+            "2",
+            "--weights",
+            "random:0",
+            "--size",
+            "32",
+            "--layers",
+            "blocks.1",
+            "--methods",
+            "pixel",
+            "deepinversion",
+            "--iterations",
+            "2",
+            "--bn-weight",
+            "0.001",
+            "--batch-size",
+            "4",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (out / "bench" / "records.jsonl").read_text().splitlines()]
     assert sorted({r["method"] for r in records}) == ["deepinversion", "pixel"] and len(records) == 2 * 4
@@ -197,9 +301,32 @@ def test_atlas(plugin, tmp_path, images_dir, capsys):
 
 def test_audit_with_the_adaptive_attacker(plugin, tmp_path, capsys):
     out = tmp_path / "audit"
-    code = main(["audit", "--weights", "random:0", "--layer", "blocks.1", "--defenses", "none", "noise:0.5",
-                 "--methods", "deepinversion", "--dataset", "foolbox-imagenet", "--num-images", "1", "--size", "32",
-                 "--iterations", "2", "--bn-weight", "0.001", "--out", str(out)])
+    code = main(
+        [
+            "audit",
+            "--weights",
+            "random:0",
+            "--layer",
+            "blocks.1",
+            "--defenses",
+            "none",
+            "noise:0.5",
+            "--methods",
+            "deepinversion",
+            "--dataset",
+            "foolbox-imagenet",
+            "--num-images",
+            "1",
+            "--size",
+            "32",
+            "--iterations",
+            "2",
+            "--bn-weight",
+            "0.001",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     noisy = report["settings"][1]
@@ -217,13 +344,40 @@ def test_video(plugin, tmp_path):
         stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
         for i in range(4):
             frame = torch.zeros(32, 48, 3, dtype=torch.uint8)
-            frame[:, 8 * i: 8 * i + 16] = 200
+            frame[:, 8 * i : 8 * i + 16] = 200
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.numpy(), format="rgb24")))
         container.mux(stream.encode())
     out = tmp_path / "video"
-    assert main(["video", str(path), "--weights", "random:0", "--layer", "blocks.1", "--method", "deepinversion",
-                 "--iterations", "3", "--size", "32", "--frames", "4", "--window", "2", "--temporal-weight", "1",
-                 "--bn-weight", "0.001", "--no-mp4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "video",
+                str(path),
+                "--weights",
+                "random:0",
+                "--layer",
+                "blocks.1",
+                "--method",
+                "deepinversion",
+                "--iterations",
+                "3",
+                "--size",
+                "32",
+                "--frames",
+                "4",
+                "--window",
+                "2",
+                "--temporal-weight",
+                "1",
+                "--bn-weight",
+                "0.001",
+                "--no-mp4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["frames"]) == 4 and metrics["config"]["temporal_weight"] == 1.0
     assert '"bn_weight": 0.001' in json.dumps(metrics["config"])
@@ -235,8 +389,11 @@ def test_app_lists_and_runs_it_with_its_memory_check(plugin, tmp_path):
     from diffinv.app.ui import build_app
     from diffinv.cli import USER_ERRORS
 
-    bench = Workbench(user_errors=USER_ERRORS, work_dir=tmp_path / "app",
-                      limits=Limits(runs_dir=tmp_path / "runs", targets=("tf_efficientnet_lite0",)))
+    bench = Workbench(
+        user_errors=USER_ERRORS,
+        work_dir=tmp_path / "app",
+        limits=Limits(runs_dir=tmp_path / "runs", targets=("tf_efficientnet_lite0",)),
+    )
     page = build_app(bench).get_config_file()
     menus = [c["props"] for c in page["components"] if c["props"].get("label") == "method (--method)"]
     assert menus and "deepinversion" in [c[0] if isinstance(c, (list, tuple)) else c for c in menus[0]["choices"]]
@@ -246,13 +403,32 @@ def test_app_lists_and_runs_it_with_its_memory_check(plugin, tmp_path):
     last = updates[-1]
     assert last.done and not last.error and last.message.startswith("done: deepinversion at blocks.2"), last.message
     costs = memory_costs(["deepinversion"], {"bn_weight": 0.001})
-    assert set(costs["deepinversion"](ComputeShape(pixels=64 * 64, batch=1))) == {"pixel optimizer state",
-                                                                                   "bn statistics"}
+    assert set(costs["deepinversion"](ComputeShape(pixels=64 * 64, batch=1))) == {
+        "pixel optimizer state",
+        "bn statistics",
+    }
 
 
 def test_the_memory_check_refuses_what_does_not_fit(plugin, tmp_path, capsys):
-    code = main(["bench", "--weights", "random:0", "--size", "4096", "--num-images", "1", "--layers", "blocks.1",
-                 "--methods", "deepinversion", "--batch-size", "64", "--out", str(tmp_path / "big")])
+    code = main(
+        [
+            "bench",
+            "--weights",
+            "random:0",
+            "--size",
+            "4096",
+            "--num-images",
+            "1",
+            "--layers",
+            "blocks.1",
+            "--methods",
+            "deepinversion",
+            "--batch-size",
+            "64",
+            "--out",
+            str(tmp_path / "big"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "memory" in err and "bn statistics" in err, err
 
@@ -264,17 +440,27 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_built_in_methods_keep_wo
     def reset():
         diffinv.plugins._discover.cache_clear()
         registry.INVERTERS.__dict__.pop("_units", None)
-        for names in (registry.START_METHODS, registry.REFINERS, registry.HYBRID_METHODS, registry.METHODS,
-                      registry.INVERTER_NAMES):
+        for names in (
+            registry.START_METHODS,
+            registry.REFINERS,
+            registry.HYBRID_METHODS,
+            registry.METHODS,
+            registry.INVERTER_NAMES,
+        ):
             names.__dict__.pop("_values", None)
 
-    monkeypatch.setattr(diffinv.plugins, "entry_points", lambda group: [broken] if group == "diffinv.inverters" else [])
+    monkeypatch.setattr(
+        diffinv.plugins, "entry_points", lambda group: [broken] if group == "diffinv.inverters" else []
+    )
     reset()
     try:
-        with pytest.raises(diffinv.plugins.PluginError, match=r"plugin 'brokenmethod' of group 'diffinv.inverters' "
-                                                              r"\(package diffinv_no_such_plugin_xyz, "
-                                                              r"diffinv_no_such_plugin_xyz:Method\) failed to load: "
-                                                              r"ModuleNotFoundError"):
+        with pytest.raises(
+            diffinv.plugins.PluginError,
+            match=r"plugin 'brokenmethod' of group 'diffinv.inverters' "
+            r"\(package diffinv_no_such_plugin_xyz, "
+            r"diffinv_no_such_plugin_xyz:Method\) failed to load: "
+            r"ModuleNotFoundError",
+        ):
             INVERTERS["brokenmethod"]
         assert {"pixel", "dip", "decoder"} <= set(INVERTERS) and "brokenmethod" not in INVERTERS
         features = target32.feature(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))

@@ -11,7 +11,7 @@ import diffinv.plugins
 from diffinv import defenses
 from diffinv.inverters import registry
 
-PLUGIN = '''
+PLUGIN = """
 import torch
 from diffinv.defenses import DefenseFamily
 
@@ -19,7 +19,7 @@ def _scale(features, strength, generator, straight_through):
     return features * strength
 
 scale = DefenseFamily("scale", _scale, lambda v: v > 0, "a number > 0", "2", False)
-'''
+"""
 
 
 @pytest.fixture
@@ -28,8 +28,7 @@ def entry_points(monkeypatch, tmp_path):
     (tmp_path / "fake_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     points = []
-    monkeypatch.setattr(diffinv.plugins, "entry_points",
-                        lambda group: [p for p in points if p.group == group])
+    monkeypatch.setattr(diffinv.plugins, "entry_points", lambda group: [p for p in points if p.group == group])
 
     def reset():
         diffinv.plugins._discover.cache_clear()
@@ -60,8 +59,11 @@ def test_a_defense_plugin_is_a_defense(entry_points):
 def test_a_broken_plugin_is_named_and_the_built_in_units_keep_working(entry_points):
     entry_points("diffinv.defenses", "broken", "no_such_module_xyz:family")
     entry_points("diffinv.inverters", "broken", "no_such_module_xyz:Inverter")
-    with pytest.raises(diffinv.plugins.PluginError, match=r"plugin 'broken' of group 'diffinv.defenses' .*"
-                                                          r"no_such_module_xyz:family.*ModuleNotFoundError"):
+    with pytest.raises(
+        diffinv.plugins.PluginError,
+        match=r"plugin 'broken' of group 'diffinv.defenses' .*"
+        r"no_such_module_xyz:family.*ModuleNotFoundError",
+    ):
         defenses.parse_defense("broken:1")
     with pytest.raises(diffinv.plugins.PluginError, match=r"plugin 'broken' of group 'diffinv.inverters'"):
         registry.INVERTERS["broken"]
@@ -76,7 +78,7 @@ def test_a_plugin_that_is_not_a_unit_is_refused(entry_points):
         defenses.parse_defense("noise:0.1")
 
 
-INVERTER_PLUGIN = '''
+INVERTER_PLUGIN = """
 from dataclasses import dataclass
 from diffinv.inverters.config import option
 from diffinv.inverters.pixel import PixelConfig, PixelInverter
@@ -104,7 +106,7 @@ class Clash(PixelInverter):
     name = "clash"
     config_class = ClashConfig
     roles = frozenset()
-'''
+"""
 
 
 def test_a_plugin_method_gets_its_flags_from_its_declarations(entry_points, tmp_path, capsys):
@@ -126,8 +128,25 @@ def test_a_plugin_method_gets_its_flags_from_its_declarations(entry_points, tmp_
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     FeatureSet.extract(target, images, "blocks.1").save(tmp_path / "f.safetensors")
     out = tmp_path / "out"
-    assert main(["invert", str(tmp_path / "f.safetensors"), "--method", "dimmer", "--dim", "0.5", "--iterations", "2",
-                 "--weights", "random:0", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                str(tmp_path / "f.safetensors"),
+                "--method",
+                "dimmer",
+                "--dim",
+                "0.5",
+                "--iterations",
+                "2",
+                "--weights",
+                "random:0",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from diffinv.io import load_image
 
     written = sorted(out.glob("*.png"))

@@ -80,13 +80,22 @@ def test_build_inverter_for_every_method(target, mapper, pipe):
     assert built["gan"].config.restarts == 2 and built["gan"].config.gan == "tiny:32"
     assert built["mapper"].config.num_inference_steps == 4
     diffusion = built["diffusion"].config
-    assert (diffusion.iterations, diffusion.num_inference_steps, diffusion.prompt, diffusion.init) == (3, 2, "", "noise")
+    assert (diffusion.iterations, diffusion.num_inference_steps, diffusion.prompt, diffusion.init) == (
+        3,
+        2,
+        "",
+        "noise",
+    )
 
 
 def test_build_hybrids(target, mapper, pipe, tmp_path):
     decoder = UpconvNet.for_target(target, LAYER, (32, 32))
-    starts = {"decoder": {"decoder": decoder}, "mapper": {"mapper": mapper, "vae": pipe.vae},
-              "dip": {"channels": (4, 8)}, "gan": {"gan": "tiny:32", "restarts": 1}}
+    starts = {
+        "decoder": {"decoder": decoder},
+        "mapper": {"mapper": mapper, "vae": pipe.vae},
+        "dip": {"channels": (4, 8)},
+        "gan": {"gan": "tiny:32", "restarts": 1},
+    }
     built_in = {"diffusion", "pixel", "dip", "gan", "mapper", "decoder"}  # installed plugins add their own hybrids
     for name in [n for n in HYBRID_METHODS if set(n.split("+")) <= built_in]:
         start, refiner = name.split("+")
@@ -105,7 +114,9 @@ def test_build_hybrids(target, mapper, pipe, tmp_path):
     same = build_inverter("diffusion", target, model=pipe, init="dip", iterations=4, channels=(4, 8), strength=0.5)
     assert same.start.config.iterations == 4 and same.config.iterations == 4 and same.config.strength == 0.5
     mapper_start = build_inverter("mapper+diffusion", target, model=pipe, mapper=mapper, strength=0.6)
-    assert mapper_start.config.strength == 0.6 and mapper_start.start.config.strength == 0.0  # the start's own estimate
+    assert (
+        mapper_start.config.strength == 0.6 and mapper_start.start.config.strength == 0.0
+    )  # the start's own estimate
     image = tmp_path / "start.png"
     save_image(torch.rand(3, 32, 32), image)
     from_file = build_inverter("diffusion", target, model=pipe, init=str(image))
@@ -120,22 +131,27 @@ def test_dip_refined_by_pixel(target, features):
     assert refined.settings() == same.settings() and refined.settings()["start"]["channels"] == [4, 8]
     assert refined.config.learning_rate == REFINE_LEARNING_RATE  # not the plain pixel's 0.05, nor DIP's
     assert refined.start.config.learning_rate == DIPInverter(target).config.learning_rate
-    dip = DIPInverter(target, iterations=6, channels=(4, 8))(features, generator=torch.Generator().manual_seed(0),
-                                                               progress=False)
+    dip = DIPInverter(target, iterations=6, channels=(4, 8))(
+        features, generator=torch.Generator().manual_seed(0), progress=False
+    )
     out = refined(features, generator=torch.Generator().manual_seed(0), progress=False)
     assert out.info["start_method"] == "dip" and out.info["start_info"]["optimize_seconds"] > 0
     assert (out.feature_residual < dip.feature_residual).all()  # refined from DIP's images, to a lower loss
     assert (out.images - dip.images).abs().max() > 1e-3  # refined, not DIP's images returned as they were
-    plain = build_inverter("pixel", target, iterations=6)(features, generator=torch.Generator().manual_seed(0),
-                                                          progress=False)
+    plain = build_inverter("pixel", target, iterations=6)(
+        features, generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert not PixelInverter(target).hybrid and "start" not in PixelInverter(target).settings()
     assert (out.images - plain.images).abs().max() > 1e-3
 
 
 def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tmp_path):
-    with pytest.raises(OptionError, match=r"method 'pixel' has no option `decoder`; its options are: iterations, "
-                                          r"parameterization, learning_rate, tv_weight, tv, tv_beta, jitter, loss, "
-                                          r"lr_schedule, decay_power, temporal_weight, compile, start\."):
+    with pytest.raises(
+        OptionError,
+        match=r"method 'pixel' has no option `decoder`; its options are: iterations, "
+        r"parameterization, learning_rate, tv_weight, tv, tv_beta, jitter, loss, "
+        r"lr_schedule, decay_power, temporal_weight, compile, start\.",
+    ):
         build_inverter("pixel", target, decoder="x")
     with pytest.raises(ValueError, match=r"method 'pixel': `iterations` must be a positive integer, got 0\."):
         build_inverter("pixel", target, iterations=0)
@@ -143,8 +159,11 @@ def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tm
         build_inverter("dip", target, loss="l1")
     with pytest.raises(ValueError, match=r"method 'gan': `truncation` must be a number in \(0, 1\]"):
         inverter_spec("gan", gan="tiny", truncation=1.5)  # checked before anything is loaded
-    with pytest.raises(ValueError, match=r"`method` 'nope' is not one of diffusion, pixel, dip, gan, mapper, decoder, "
-                                         r"(.*, )?dip\+diffusion"):  # (installed plugins listed too)
+    with pytest.raises(
+        ValueError,
+        match=r"`method` 'nope' is not one of diffusion, pixel, dip, gan, mapper, decoder, "
+        r"(.*, )?dip\+diffusion",
+    ):  # (installed plugins listed too)
         build_inverter("nope", target)
     with pytest.raises(ValueError, match="method 'decoder' needs `decoder`: a trained decoder or its folder"):
         build_inverter("decoder", target)
@@ -152,8 +171,11 @@ def test_option_errors_name_the_option_the_value_and_what_is_expected(target, tm
         build_inverter("diffusion", target)
     with pytest.raises(FileNotFoundError):
         inverter_spec("decoder", decoder=tmp_path / "missing")
-    with pytest.raises(ValueError, match=r"`init` 'pixel' starts a refinement \(diffusion, pixel(, \w+)*\); it does not apply "
-                                         r"to method 'dip'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`init` 'pixel' starts a refinement \(diffusion, pixel(, \w+)*\); it does not apply "
+        r"to method 'dip'",
+    ):
         build_inverter("dip", target, init="pixel")
     with pytest.raises(ValueError, match=r"`init` 'pixel': a refinement starts from one of dip, gan, mapper, decoder"):
         build_inverter("pixel", target, init="pixel")
@@ -187,20 +209,39 @@ def test_settings_are_the_config_and_the_fingerprints(target, tmp_path):
     pixel = PixelInverter(target, iterations=7, compile=True)
     assert pixel.settings() == {"method": "pixel", **dataclasses.asdict(pixel.config)}
     # the values the parameterization fills in are recorded (the Fourier default's own schedule and priors)
-    assert (pixel.settings()["learning_rate"], pixel.settings()["jitter"], pixel.settings()["decay_power"]) == (0.05, 0, None)
+    assert (pixel.settings()["learning_rate"], pixel.settings()["jitter"], pixel.settings()["decay_power"]) == (
+        0.05,
+        0,
+        None,
+    )
     # the sigmoid parameterization: the keys and values of the manifests written before the configs, and the new
     # keys that say which parameterization made them (pixel run folders of before the Fourier default are refused)
     sigmoid = PixelInverter(target, iterations=7, compile=True, parameterization="sigmoid")
-    assert sigmoid.settings() == {"method": "pixel", "compile": True, "iterations": 7, "jitter": 1, "learning_rate": 0.1,
-                                  "loss": "nmse", "temporal_weight": 0.0, "tv": "isotropic", "tv_beta": 2.0,
-                                  "tv_weight": 0.05, "parameterization": "sigmoid", "lr_schedule": True,
-                                  "decay_power": None}
+    assert sigmoid.settings() == {
+        "method": "pixel",
+        "compile": True,
+        "iterations": 7,
+        "jitter": 1,
+        "learning_rate": 0.1,
+        "loss": "nmse",
+        "temporal_weight": 0.0,
+        "tv": "isotropic",
+        "tv_beta": 2.0,
+        "tv_weight": 0.05,
+        "parameterization": "sigmoid",
+        "lr_schedule": True,
+        "decay_power": None,
+    }
     dip = DIPInverter(target, channels=(4, 8))
     assert dip.settings()["channels"] == [4, 8] and dip.config.channels == (4, 8)
     UpconvNet.for_target(target, LAYER, (32, 32)).save_pretrained(tmp_path / "dec")
     decoder = DecoderInverter(target, decoder=tmp_path / "dec", batch_size=4)
-    assert decoder.settings() == {"method": "decoder", "batch_size": 4, "path": str(tmp_path / "dec"),
-                                  "path_fingerprint": fingerprint_path(tmp_path / "dec")}
+    assert decoder.settings() == {
+        "method": "decoder",
+        "batch_size": 4,
+        "path": str(tmp_path / "dec"),
+        "path_fingerprint": fingerprint_path(tmp_path / "dec"),
+    }
     with pytest.raises(dataclasses.FrozenInstanceError):
         pixel.config.iterations = 3  # a setting cannot drift after the manifest is written
     assert pixel.config.replace(iterations=3).iterations == 3
@@ -227,7 +268,8 @@ def test_capabilities(target):
     assert not INVERTERS["gan"].config_class().temporal and PixelConfig().temporal
     with pytest.raises(ValueError, match="method 'decoder' takes no `init`"):
         DecoderInverter(target, decoder=UpconvNet.for_target(target, LAYER, (32, 32))).invert(
-            torch.zeros(1, 40, 2, 2), (32, 32), init=torch.zeros(1, 3, 32, 32), progress=False)
+            torch.zeros(1, 40, 2, 2), (32, 32), init=torch.zeros(1, 3, 32, 32), progress=False
+        )
 
 
 # ---------------------------------------------------------------------- feature_transform, passed explicitly
@@ -242,8 +284,17 @@ def test_feature_transform_reaches_optimize_explicitly(target, features):
     assert len(calls) >= 2 and torch.isfinite(out.images).all()
     image = torch.full((2, 3, 32, 32), 0.5, requires_grad=True)
     calls.clear()
-    optimize([image], lambda: image, target, features.features, LAYER, iterations=1, lr=0.1, progress=False,
-             feature_transform=transform)
+    optimize(
+        [image],
+        lambda: image,
+        target,
+        features.features,
+        LAYER,
+        iterations=1,
+        lr=0.1,
+        progress=False,
+        feature_transform=transform,
+    )
     assert calls == [features.features.shape]
     plain = PixelInverter(target, iterations=2).invert(features, progress=False)  # no transform left behind
     assert not torch.equal(plain.loss_history, out.loss_history) and len(calls) == 1
@@ -260,13 +311,23 @@ def test_mapper_start_begins_from_the_mapper_latents(target, features, mapper, p
 
     monkeypatch.setattr(DiffInvPipeline, "__call__", spy)
     start = MapperInverter(target, mapper=mapper, vae=pipe.vae)
-    hybrid = DiffusionInverter(target, pipe, start=start, keep_start=False, num_inference_steps=4, iterations=2,
-                               prompt="")
+    hybrid = DiffusionInverter(
+        target, pipe, start=start, keep_start=False, num_inference_steps=4, iterations=2, prompt=""
+    )
     out = hybrid.invert(features, generator=torch.Generator().manual_seed(0), progress=False)
     assert seen["init"] == "mapper" and seen["mapper"] is mapper and "image" not in seen  # no decode + re-encode
     assert hybrid.settings()["init"] == "mapper" and out.info["start_method"] == "mapper"
-    direct = pipe(features, init="mapper", mapper=mapper, strength=0.3, num_inference_steps=4, iterations=2,
-                  prompt="", generator=torch.Generator().manual_seed(0), output_type="pt")
+    direct = pipe(
+        features,
+        init="mapper",
+        mapper=mapper,
+        strength=0.3,
+        num_inference_steps=4,
+        iterations=2,
+        prompt="",
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
     torch.testing.assert_close(out.images, direct.images.float(), rtol=0, atol=1e-6)
     # a refining mapper (strength > 0) is an image estimate like any other
     assert not MapperInverter(target, mapper=mapper, vae=pipe.vae, pipe=pipe, strength=0.5).latent_start

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffinv.io import save_image, sample_images
+from diffinv.io import sample_images, save_image
 from diffinv.jobs.checkpoints import CheckpointError
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.training import TrainConfig, train_decoder
@@ -53,9 +53,23 @@ def photo_dir(tmp_path_factory):
 
 
 def train_config(out, photo_dir, **kwargs) -> TrainConfig:
-    values = dict(out=str(out), layer="blocks.1", images=[str(photo_dir)], size=32, batch_size=2, max_steps=2,
-                  hidden_channels=8, min_channels=8, warmup_steps=1, checkpoint_every=1, keep_checkpoints=5,
-                  val_every=1, weights="random:0", device="cpu", progress=False)
+    values = dict(
+        out=str(out),
+        layer="blocks.1",
+        images=[str(photo_dir)],
+        size=32,
+        batch_size=2,
+        max_steps=2,
+        hidden_channels=8,
+        min_channels=8,
+        warmup_steps=1,
+        checkpoint_every=1,
+        keep_checkpoints=5,
+        val_every=1,
+        weights="random:0",
+        device="cpu",
+        progress=False,
+    )
     values.update(kwargs)
     return TrainConfig(**values)
 
@@ -79,8 +93,13 @@ def test_checkpoint_holds_no_pickle(trained):
     out, *_ = trained
     checkpoint = out / "checkpoints" / "checkpoint-0000002"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "generator.safetensors", "model.safetensors", "optimizer.pt", "random_states_0.safetensors",
-        "scheduler.pt", "trainer_state.json"]
+        "generator.safetensors",
+        "model.safetensors",
+        "optimizer.pt",
+        "random_states_0.safetensors",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
     assert json.loads((checkpoint / "trainer_state.json").read_text())["format"] == 2
     for name in ("optimizer.pt", "scheduler.pt"):  # weights-only files
         torch.load(checkpoint / name, weights_only=True)
@@ -96,7 +115,9 @@ def test_payload_in_any_checkpoint_file_never_runs(trained, photo_dir, tmp_path)
             shutil.copytree(out, run)
             shutil.rmtree(run / "checkpoints" / "checkpoint-0000001")
             (run / "checkpoints" / "checkpoint-0000002" / name).write_bytes(payload)
-            with pytest.raises(CheckpointError, match=rf"(?s){name}'.*nothing in a run folder is unpickled|older diffinv"):
+            with pytest.raises(
+                CheckpointError, match=rf"(?s){name}'.*nothing in a run folder is unpickled|older diffinv"
+            ):
                 train_decoder(train_config(run, photo_dir))
             assert not marker.exists(), f"a payload in {name} ({kind}) ran"
 
@@ -191,9 +212,16 @@ def test_payloads_in_a_bench_folder_never_run(target, images, tmp_path):
     from diffinv.jobs.bench import run_benchmark
 
     def run(folder):
-        records = run_benchmark(target, images, ["a", "b"], ["blocks.1"],
-                                {"pixel": lambda t: PixelInverter(t, iterations=2)}, folder, batch_size=1,
-                                progress=False)
+        records = run_benchmark(
+            target,
+            images,
+            ["a", "b"],
+            ["blocks.1"],
+            {"pixel": lambda t: PixelInverter(t, iterations=2)},
+            folder,
+            batch_size=1,
+            progress=False,
+        )
         assert len(records) == 2 and all(r["psnr"] is not None for r in records)
 
     rerun_with_payloads(run, tmp_path / "bench", tmp_path, ["results.json", "results.md", "grid.png"])
@@ -205,8 +233,16 @@ def test_payloads_in_an_audit_folder_never_run(target, images, tmp_path):
     from diffinv.jobs.audit import run_audit
 
     def run(folder):
-        report = run_audit(target, images, ["a", "b"], ["blocks.1"], parse_defenses(["none", "noise:0.5"]),
-                           {"pixel": lambda t: PixelInverter(t, iterations=2)}, folder, progress=False)
+        report = run_audit(
+            target,
+            images,
+            ["a", "b"],
+            ["blocks.1"],
+            parse_defenses(["none", "noise:0.5"]),
+            {"pixel": lambda t: PixelInverter(t, iterations=2)},
+            folder,
+            progress=False,
+        )
         assert [row["defense"] for row in report["settings"]] == ["none", "noise:0.5"]
 
     rerun_with_payloads(run, tmp_path / "audit", tmp_path, ["report.json", "report.md"])
@@ -221,8 +257,9 @@ def test_payloads_in_a_video_folder_never_run(target, tmp_path):
     features = FeatureSet.extract(target, frames, "blocks.1")
 
     def run(folder):
-        out = invert_video(PixelInverter(target, iterations=2), features, window=2, references=frames,
-                           out_dir=folder, progress=False)
+        out = invert_video(
+            PixelInverter(target, iterations=2), features, window=2, references=frames, out_dir=folder, progress=False
+        )
         assert all(out.done)
 
     rerun_with_payloads(run, tmp_path / "video", tmp_path, ["metrics.json"])
@@ -243,7 +280,7 @@ def test_a_record_after_a_line_cut_short_is_kept(tmp_path):
         f.write(b'{"k": 5')  # being written: read once complete
     assert store.new_records() == [{"k": 4}]
     with open(store.records_path, "ab") as f:
-        f.write(b'}\n')
+        f.write(b"}\n")
     assert store.new_records() == [{"k": 5}] and store.new_records() == []
 
 
@@ -257,8 +294,16 @@ def test_a_claim_that_is_a_link_is_refused_and_its_target_untouched(target, imag
     (folder / ".claims").mkdir(parents=True)
     (folder / ".claims" / "000000").symlink_to(precious)
     with pytest.raises(RunSettingsError, match=r"claim file .*000000.* cannot be opened"):
-        run_benchmark(target, images, ["a", "b"], ["blocks.1"], {"pixel": lambda t: PixelInverter(t, iterations=1)},
-                      folder, batch_size=1, progress=False)
+        run_benchmark(
+            target,
+            images,
+            ["a", "b"],
+            ["blocks.1"],
+            {"pixel": lambda t: PixelInverter(t, iterations=1)},
+            folder,
+            batch_size=1,
+            progress=False,
+        )
     assert precious.read_text() == "keep me"
 
 

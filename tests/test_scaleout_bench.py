@@ -13,15 +13,31 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import command, env, run_diffinv
 
 from diffinv.jobs.bench import BenchItem, merged_records, work_items
 from diffinv.jobs.distributed import local_workers
 from diffinv.jobs.items import WorkRunner
 from diffinv.jobs.store import RunStore
-from launch import command, env, run_diffinv
 
-ARGS = ["bench", "--size", "32", "--num-images", "2", "--layers", "blocks.1", "blocks.2", "--methods", "pixel", "dip",
-        "--seeds", "0", "1", "--batch-size", "1"]
+ARGS = [
+    "bench",
+    "--size",
+    "32",
+    "--num-images",
+    "2",
+    "--layers",
+    "blocks.1",
+    "blocks.2",
+    "--methods",
+    "pixel",
+    "dip",
+    "--seeds",
+    "0",
+    "1",
+    "--batch-size",
+    "1",
+]
 ITEMS = 2 * 2 * 2 * 2  # layers x methods x seeds x chunks of one image
 METRICS = ("psnr", "ssim", "feature_residual", "top1_agreement", "lpips")
 
@@ -48,15 +64,24 @@ def raw_records(folder: Path) -> list[dict]:
 
 def test_work_items_and_merge_order():
     items = work_items(["l1", "l2"], ["pixel"], [0, 1], 5, batch_size=2)
-    assert len(items) == 2 * 2 * 3 and items[0] == BenchItem("l1", "pixel", 0, range(0, 2)) and items[2].images == range(4, 5)
+    assert (
+        len(items) == 2 * 2 * 3
+        and items[0] == BenchItem("l1", "pixel", 0, range(0, 2))
+        and items[2].images == range(4, 5)
+    )
     assert work_items(["l1"], ["pixel"], [0], 4, batch_size=8)[0].images == range(0, 4)  # the demo: one batch
-    records = [{"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 1.0},
-               {"layer": "l1", "method": "pixel", "seed": 1, "image": "a", "psnr": 2.0},
-               {"layer": "l1", "method": "pixel", "seed": 0, "image": "b", "psnr": 3.0},
-               {"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 9.0}]  # a duplicate: last kept
+    records = [
+        {"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 1.0},
+        {"layer": "l1", "method": "pixel", "seed": 1, "image": "a", "psnr": 2.0},
+        {"layer": "l1", "method": "pixel", "seed": 0, "image": "b", "psnr": 3.0},
+        {"layer": "l2", "method": "pixel", "seed": 0, "image": "b", "psnr": 9.0},
+    ]  # a duplicate: last kept
     merged = merged_records(records, ["l1", "l2"], ["pixel"], [0, 1], ["a", "b"])
-    assert [(key(r), r["psnr"]) for r in merged] == [(("l1", "pixel", 0, "b"), 3.0), (("l1", "pixel", 1, "a"), 2.0),
-                                                     (("l2", "pixel", 0, "b"), 9.0)]
+    assert [(key(r), r["psnr"]) for r in merged] == [
+        (("l1", "pixel", 0, "b"), 3.0),
+        (("l1", "pixel", 1, "a"), 2.0),
+        (("l2", "pixel", 0, "b"), 9.0),
+    ]
 
 
 class FakeState:
@@ -85,6 +110,7 @@ def test_work_runner_gives_each_item_to_one_process(tmp_path):
                 while len(taken[1]) < 4 and time.monotonic() < deadline:
                     time.sleep(0.01)
             stores[index].append({"item": item})
+
         return run_item
 
     thread = threading.Thread(target=other.run, args=(run(1),), kwargs={"desc": "other", "show": False})
@@ -105,7 +131,11 @@ def test_local_workers(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr("diffinv.jobs.distributed.available_cores", lambda: 4)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert local_workers("auto", cpu, 8) == 4 and local_workers("auto", cpu, 3) == 3 and local_workers("auto", gpu, 8) == 1
+    assert (
+        local_workers("auto", cpu, 8) == 4
+        and local_workers("auto", cpu, 3) == 3
+        and local_workers("auto", gpu, 8) == 1
+    )
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert local_workers(2, gpu, 8) == 2
     with pytest.raises(ValueError, match="`--workers` 3 on cuda: each process needs a GPU of its own"):
@@ -135,7 +165,9 @@ def test_workers_flag_gives_the_records_of_one_process(runs):
             if a[metric] is not None:
                 assert b[metric] == pytest.approx(a[metric], abs=1e-6), (key(a), metric)
     assert len(raw_records(runs / "W2")) == ITEMS and not (runs / "W2" / ".claims").exists()
-    assert json.loads((runs / "W2" / "manifest.json").read_text()) == json.loads((runs / "D1" / "manifest.json").read_text())
+    assert json.loads((runs / "W2" / "manifest.json").read_text()) == json.loads(
+        (runs / "D1" / "manifest.json").read_text()
+    )
 
 
 def test_two_processes_give_the_records_of_one(runs):
@@ -167,8 +199,15 @@ def test_two_processes_give_the_records_of_one(runs):
 def test_interrupted_two_process_run_is_finished_by_one(tmp_path):
     argv = [*ARGS, "--iterations", "40", "--out", "D"]
     folder = tmp_path / "D"
-    proc = subprocess.Popen(command(*argv, processes=2), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command(*argv, processes=2),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not raw_records(folder) and proc.poll() is None and time.monotonic() < deadline:
@@ -202,8 +241,12 @@ def test_two_independent_commands_on_one_folder_share_the_work(runs, tmp_path):
     """Two `diffinv bench` commands (no launcher) started together on the same --out: each item runs in
     one of them only (no record twice), both return the whole run, and the numbers are those of one process."""
     argv = [*ARGS, "--iterations", "3", "--out", "D"]
-    procs = [subprocess.Popen(command(*argv), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            command(*argv), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     logs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], logs
     folder = tmp_path / "D"

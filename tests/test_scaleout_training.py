@@ -16,21 +16,42 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import command, env, run_diffinv
 from safetensors.torch import load_file
 
 from diffinv.cli import main
 from diffinv.io import save_image
-from launch import command, env, run_diffinv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 6
-TRAIN = ["train-decoder", "--layer", "blocks.2", "--size", "32", "--max-steps", str(STEPS), "--batch-size", "4",
-         "--hidden-channels", "8", "--lr", "3e-3", "--checkpoint-every", "2", "--keep-checkpoints", "5",
-         "--val-every", "3", "--device", "cpu",
-         # fp32: one process and two agree to float rounding (bf16, where auto picks it, rounds the half
-         # batches' sums differently)
-         "--mixed-precision", "no"]
+TRAIN = [
+    "train-decoder",
+    "--layer",
+    "blocks.2",
+    "--size",
+    "32",
+    "--max-steps",
+    str(STEPS),
+    "--batch-size",
+    "4",
+    "--hidden-channels",
+    "8",
+    "--lr",
+    "3e-3",
+    "--checkpoint-every",
+    "2",
+    "--keep-checkpoints",
+    "5",
+    "--val-every",
+    "3",
+    "--device",
+    "cpu",
+    # fp32: one process and two agree to float rounding (bf16, where auto picks it, rounds the half
+    # batches' sums differently)
+    "--mixed-precision",
+    "no",
+]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -88,8 +109,15 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     # every process wrote its accelerate RNG state; the model, optimizer and trainer state once
     checkpoint = runs["two"] / "checkpoints" / "checkpoint-0000002"
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert {"random_states_0.safetensors", "random_states_1.safetensors", "generator.safetensors", "model.safetensors",
-            "optimizer.pt", "scheduler.pt", "trainer_state.json"} == set(names)
+    assert {
+        "random_states_0.safetensors",
+        "random_states_1.safetensors",
+        "generator.safetensors",
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+    } == set(names)
 
 
 def test_two_process_run_resumed_with_one_process(runs, tmp_path):
@@ -115,8 +143,9 @@ def test_one_process_run_resumed_with_two_processes(runs, tmp_path):
     assert_close_curves(resumed["losses"], log(runs["one"])["losses"])
     assert (out / "manifest.json").read_bytes() == manifest
     # a global batch that does not split evenly is refused, before anything is written
-    bad = diffinv(*TRAIN, "--images", str(runs["photos"]), "--batch-size", "3", "--out", str(tmp_path / "bad"),
-                  processes=2)
+    bad = diffinv(
+        *TRAIN, "--images", str(runs["photos"]), "--batch-size", "3", "--out", str(tmp_path / "bad"), processes=2
+    )
     assert bad.returncode != 0 and "divisible by the number of processes, 2" in bad.stderr
     assert not (tmp_path / "bad").exists()
 
@@ -126,8 +155,13 @@ def test_two_process_run_killed_then_finished_by_one_process(runs, tmp_path):
     workers) just after its first checkpoint, possibly while writing the next one; one process finishes it."""
     out, steps = tmp_path / "killed", 20
     argv = [*TRAIN, "--max-steps", str(steps), "--images", str(runs["photos"]), "--out", str(out)]
-    proc = subprocess.Popen(command(*argv, processes=2), env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(*argv, processes=2),
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first = out / "checkpoints" / "checkpoint-0000002"
     deadline = time.monotonic() + 300
     try:

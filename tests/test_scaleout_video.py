@@ -7,14 +7,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from launch import run_diffinv
 
 from diffinv.jobs.store import unique_names
-from launch import run_diffinv
 
 HEIGHT, WIDTH = 48, 64
 CLIPS = ["a/clip.mp4", "b/clip.mp4"]  # the same file name in two folders: unique_names keeps them apart
-ARGS = ["--layer", "blocks.2", "--size", "32", "--iterations", "2", "--frames", "3", "--window", "2",
-        "--temporal-weight", "1"]
+ARGS = [
+    "--layer",
+    "blocks.2",
+    "--size",
+    "32",
+    "--iterations",
+    "2",
+    "--frames",
+    "3",
+    "--window",
+    "2",
+    "--temporal-weight",
+    "1",
+]
 
 
 def synthetic_frame(i: int, shift: int) -> np.ndarray:
@@ -54,8 +66,9 @@ def diffinv(root: Path, *argv: str, processes: int = 1) -> subprocess.CompletedP
 
 
 def per_frame_psnr(out: Path, names: list[str]) -> dict:
-    return {name: [r["psnr"] for r in json.loads((out / name / "metrics.json").read_text())["frames"]]
-            for name in names}
+    return {
+        name: [r["psnr"] for r in json.loads((out / name / "metrics.json").read_text())["frames"]] for name in names
+    }
 
 
 def assert_close(a, b, tol=1e-6):
@@ -139,8 +152,23 @@ def test_several_clips_split_across_two_processes_match_one_process(clips_dir, o
 
 def test_one_clip_of_independent_windows_split_across_two_processes(clips_dir):
     """``--temporal-weight 0``: the windows of one clip are independent, so 2 processes share them."""
-    args = ["video", CLIPS[0], "--layer", "blocks.2", "--size", "32", "--iterations", "2", "--frames", "6",
-            "--window", "2", "--temporal-weight", "0", "--no-mp4"]
+    args = [
+        "video",
+        CLIPS[0],
+        "--layer",
+        "blocks.2",
+        "--size",
+        "32",
+        "--iterations",
+        "2",
+        "--frames",
+        "6",
+        "--window",
+        "2",
+        "--temporal-weight",
+        "0",
+        "--no-mp4",
+    ]
     one = diffinv(clips_dir, *args, "--out", "S1")
     assert one.returncode == 0, one.stderr
     two = diffinv(clips_dir, *args, "--out", "S2", processes=2)
@@ -149,8 +177,10 @@ def test_one_clip_of_independent_windows_split_across_two_processes(clips_dir):
     assert "6 frames computed now, 0 resumed" in two.stdout  # reported once, by the main process, for all
     s1, s2 = clips_dir / "S1", clips_dir / "S2"
     assert not (s2 / "summary.json").exists() and (s2 / "metrics.json").is_file()  # the one-clip layout
-    shards = [[r["window"] for r in map(json.loads, (s2 / f).read_text().splitlines())]
-              for f in ("records.jsonl", "records.rank1.jsonl")]
+    shards = [
+        [r["window"] for r in map(json.loads, (s2 / f).read_text().splitlines())]
+        for f in ("records.jsonl", "records.rank1.jsonl")
+    ]
     # each window claimed by one process (both frames in its shard): process 0 starts from the first window,
     # process 1 from the last, and the middle one goes to whichever is free first
     assert shards[0][:2] == [0, 0] and shards[1][:2] == [4, 4]
@@ -158,8 +188,10 @@ def test_one_clip_of_independent_windows_split_across_two_processes(clips_dir):
     m1, m2 = (json.loads((s / "metrics.json").read_text()) for s in (s1, s2))
     strip = lambda frames: [{k: v for k, v in r.items() if k != "seconds"} for r in frames]  # noqa: E731
     assert_close(strip(m2["frames"]), strip(m1["frames"]))  # temporal diffs across windows included
-    assert_close({k: v for k, v in m2["summary"].items() if not k.startswith("seconds")},
-                 {k: v for k, v in m1["summary"].items() if not k.startswith("seconds")})
+    assert_close(
+        {k: v for k, v in m2["summary"].items() if not k.startswith("seconds")},
+        {k: v for k, v in m1["summary"].items() if not k.startswith("seconds")},
+    )
 
     again = diffinv(clips_dir, *args, "--out", "S2")  # a run split over 2 processes resumes in one
     assert again.returncode == 0 and "0 frames computed now, 6 resumed" in again.stdout

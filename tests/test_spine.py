@@ -33,7 +33,9 @@ def test_store_resumes_same_settings_and_refuses_others(tmp_path):
     for change in ("iterations: 3 there, 50 now", "size: 32 there, 64 now", "methods.pixel.lr: 0.1 there, 0.2 now"):
         assert change in message
     assert "--overwrite" in message
-    assert RunStore(tmp_path / "run", "bench", {"iterations": 3, "size": 32, "methods": {"pixel": {"lr": 0.1}}}).records()
+    assert RunStore(
+        tmp_path / "run", "bench", {"iterations": 3, "size": 32, "methods": {"pixel": {"lr": 0.1}}}
+    ).records()
     with pytest.raises(RunSettingsError, match="holds a 'bench' run, not a 'video' run"):
         RunStore(tmp_path / "run", "video", {})
     fresh = RunStore(tmp_path / "run", "bench", {"iterations": 50}, overwrite=True)
@@ -72,8 +74,26 @@ def same_stem_folders(tmp_path_factory, small_photos):
 
 
 def _bench(out, folders, *extra):
-    return main(["bench", "--layers", "blocks.1", "--methods", "pixel", "--images", *map(str, folders),
-                 "--size", "32", "--seeds", "0", "--iterations", "2", "--out", str(out), *extra])
+    return main(
+        [
+            "bench",
+            "--layers",
+            "blocks.1",
+            "--methods",
+            "pixel",
+            "--images",
+            *map(str, folders),
+            "--size",
+            "32",
+            "--seeds",
+            "0",
+            "--iterations",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_bench_refuses_other_settings_and_overwrite_starts_afresh(tmp_path, same_stem_folders, capsys):
@@ -85,8 +105,28 @@ def test_bench_refuses_other_settings_and_overwrite_starts_afresh(tmp_path, same
     err = capsys.readouterr().err
     assert "diffinv bench: error: cannot resume" in err and "iterations: 2 there, 3 now" in err
     assert json.loads((out / "results.json").read_text())["records"] == first  # nothing mixed in
-    assert main(["bench", "--layers", "blocks.1", "--methods", "pixel", "--images", *map(str, folders),
-                 "--size", "48", "--seeds", "0", "--iterations", "2", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--layers",
+                "blocks.1",
+                "--methods",
+                "pixel",
+                "--images",
+                *map(str, folders),
+                "--size",
+                "48",
+                "--seeds",
+                "0",
+                "--iterations",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "image_size: [32, 32] there, [48, 48] now" in capsys.readouterr().err
     assert _bench(out, folders, "--iterations", "3", "--overwrite") == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -117,15 +157,23 @@ def test_invert_writes_one_png_per_input_with_same_stems(tmp_path, same_stem_fol
 def test_features_record_their_weights(tmp_path, same_stem_folders, capsys):
     image = str(same_stem_folders / "d1" / "img.png")
     feats = tmp_path / "random.safetensors"
-    assert main(["extract", image, "--layer", "blocks.1", "--size", "32", "--weights", "random", "-o", str(feats)]) == 2
+    assert (
+        main(["extract", image, "--layer", "blocks.1", "--size", "32", "--weights", "random", "-o", str(feats)]) == 2
+    )
     assert "needs a seed, e.g. 'random:0'" in capsys.readouterr().err
-    assert main(["extract", image, "--layer", "blocks.1", "--size", "32", "--weights", "random:3", "-o", str(feats)]) == 0
+    assert (
+        main(["extract", image, "--layer", "blocks.1", "--size", "32", "--weights", "random:3", "-o", str(feats)]) == 0
+    )
     fs = FeatureSet.load(feats)
     assert fs.weights == "random:3" and len(fs.weights_fingerprint) == 16
     # Inverting against other weights is an error that names the weights that made the features.
     out = tmp_path / "r"
-    assert main(["invert", str(feats), "--method", "pixel", "--iterations", "2", "--weights", "default",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            ["invert", str(feats), "--method", "pixel", "--iterations", "2", "--weights", "default", "--out", str(out)]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "weights 'random:3'" in err and fs.weights_fingerprint in err and not out.exists()
     # Without --weights, the recorded (seeded) weights are rebuilt.
@@ -167,8 +215,15 @@ def test_run_optimization_schedule_skips_and_history():
         return per_image, None if not torch.isfinite(per_image).all() else [torch.ones_like(variables[0])]
 
     seen = []
-    result = run_optimization([v], step, iterations=4, lr=0.1, num_images=2, progress=False,
-                              callback=lambda i, loss: seen.append(i) or i == 3)
+    result = run_optimization(
+        [v],
+        step,
+        iterations=4,
+        lr=0.1,
+        num_images=2,
+        progress=False,
+        callback=lambda i, loss: seen.append(i) or i == 3,
+    )
     assert result.skipped_steps == 1 and result.history.shape == (4, 2) and seen == [0, 1, 2, 3]
     assert torch.isnan(result.history[1, 0]) and result.best_loss.tolist() == pytest.approx([0.5, 0.2])
     assert cosine_lr(0.1, 0, 4) == pytest.approx(0.1) and cosine_lr(0.1, 2, 4) == pytest.approx(0.05)
@@ -186,8 +241,21 @@ def test_inverters_return_each_images_best_iterate(cls, lite0, small_photos):
 def test_cli_vocabulary():
     parser = build_parser()
     helps = {name: sub.format_help() for name, sub in parser._subparsers._group_actions[0].choices.items()}
-    assert set(helps) == {"extract", "invert", "bench", "demo", "atlas", "video", "train-decoder", "train-mapper",
-                          "visualize", "channels", "dead-filters", "audit", "app"}
+    assert set(helps) == {
+        "extract",
+        "invert",
+        "bench",
+        "demo",
+        "atlas",
+        "video",
+        "train-decoder",
+        "train-mapper",
+        "visualize",
+        "channels",
+        "dead-filters",
+        "audit",
+        "app",
+    }
     assert "--device" in helps.pop("app")  # the browser app: no output, target or size of its own
     for name, text in helps.items():
         assert "--out" in text and "-o" in text, name
@@ -199,8 +267,11 @@ def test_cli_vocabulary():
     for name in ("invert", "bench", "video"):
         for method in INVERTERS:
             assert method in helps[name], (name, method)
-    sizes = {name: parser._subparsers._group_actions[0].choices[name].get_default("size")
-             for name in helps if name != "invert"}
+    sizes = {
+        name: parser._subparsers._group_actions[0].choices[name].get_default("size")
+        for name in helps
+        if name != "invert"
+    }
     assert set(sizes.values()) == {128}
     with pytest.raises(SystemExit):
         main(["--version"])
@@ -268,7 +339,9 @@ def test_lazy_top_level_pipeline_export():
     # diffusers' model classes come with TargetNetwork (a ModelMixin); the pipeline, diffusers' pipelines and CLIP
     # are imported only when the pipeline is asked for
     lazy = ("diffinv.pipelines.diffinv_pipeline", "diffusers.pipelines.pipeline_utils", "transformers.models.clip")
-    code = (f"import sys, diffinv; assert not any(m.startswith({lazy!r}) for m in sys.modules); "
-            f"from diffinv import DiffInvPipeline; print(DiffInvPipeline.__name__)")
+    code = (
+        f"import sys, diffinv; assert not any(m.startswith({lazy!r}) for m in sys.modules); "
+        f"from diffinv import DiffInvPipeline; print(DiffInvPipeline.__name__)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "DiffInvPipeline", result.stderr

@@ -2,11 +2,11 @@ import functools
 
 import pytest
 import torch
+from nets import SkipNet
+from threads import run_in_threads
 from torch import nn
 
 from diffinv.targets import TargetNetwork, WeightsNotFoundError
-from nets import SkipNet
-from threads import run_in_threads
 
 
 def test_efficientnet_lite0_real_weights_classify_photos(lite0, photos):
@@ -82,8 +82,9 @@ def test_bad_images_shape(lite0):
 def test_input_size_per_call_leaves_the_target_as_it_is(lite0, small_photos):
     """`input_size=` resizes for one call (what the pipeline passes for features made at another size)."""
     images = small_photos[:2]  # 64x64
-    small = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False,
-                                            antialias=True)
+    small = torch.nn.functional.interpolate(
+        images, size=(32, 32), mode="bilinear", align_corners=False, antialias=True
+    )
     per_call = lite0.feature(images, "blocks.2", input_size=(32, 32))
     assert torch.equal(per_call, lite0.feature(small, "blocks.2", input_size=(32, 32)))
     assert per_call.shape == (2, 40, 4, 4) and lite0.input_size == (64, 64)
@@ -93,13 +94,16 @@ def test_input_size_per_call_leaves_the_target_as_it_is(lite0, small_photos):
 
 def test_concurrent_forward_passes_of_one_target(lite0, small_photos):
     """The layer hooks of one thread's forward pass are invisible to another thread's (a shared target)."""
-    jobs = {"blocks.1 at 64": dict(layers=["blocks.1"]),
-            "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
-            "both": dict(layers=["blocks.2", "blocks.4"])}
+    jobs = {
+        "blocks.1 at 64": dict(layers=["blocks.1"]),
+        "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
+        "both": dict(layers=["blocks.2", "blocks.4"]),
+    }
     images = small_photos[:2]
     single = {name: lite0.forward(images, **kwargs) for name, kwargs in jobs.items()}
-    results = run_in_threads({name: functools.partial(lite0.forward, images, **kwargs) for name, kwargs in jobs.items()},
-                             repeat=8)
+    results = run_in_threads(
+        {name: functools.partial(lite0.forward, images, **kwargs) for name, kwargs in jobs.items()}, repeat=8
+    )
     for name, outs in results.items():
         for out in outs:
             assert out.keys() == single[name].keys()
@@ -111,11 +115,15 @@ def test_running_the_network_from_a_layer(lite0, small_photos):
     images = small_photos
     clean = lite0.feature(images, "blocks.6")
     lite0.check_split("blocks.6", images, clean)
-    assert torch.allclose(lite0.split_logits("blocks.6", clean, torch.zeros_like(images)), lite0.logits(images),
-                          atol=1e-4)
+    assert torch.allclose(
+        lite0.split_logits("blocks.6", clean, torch.zeros_like(images)), lite0.logits(images), atol=1e-4
+    )
     assert torch.equal(lite0.classify_features(clean, "blocks.6", (64, 64)), lite0.predict(images))
-    with pytest.raises(ValueError, match=r"layer 'blocks.6' outputs \(4, 320, 2, 2\), not one tensor of the "
-                                         r"features' shape \(4, 320, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer 'blocks.6' outputs \(4, 320, 2, 2\), not one tensor of the "
+        r"features' shape \(4, 320, 3, 3\)",
+    ):
         lite0.split_logits("blocks.6", torch.zeros(4, 320, 3, 3), images)
 
 
@@ -157,11 +165,12 @@ def target_plugins(tmp_path, monkeypatch):
     (tmp_path / "tinynet_plugin.py").write_text(_PLUGIN)
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs the package frobnicate')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    entries = [EntryPoint("tinynet", "tinynet_plugin:TinyNetLoader", "diffinv.targets"),
-               EntryPoint("brokennet", "broken_plugin:Loader", "diffinv.targets"),
-               EntryPoint("notaloader", "tinynet_plugin:nn", "diffinv.targets")]
-    monkeypatch.setattr(diffinv.plugins, "entry_points",
-                        lambda group=None: [e for e in entries if e.group == group])
+    entries = [
+        EntryPoint("tinynet", "tinynet_plugin:TinyNetLoader", "diffinv.targets"),
+        EntryPoint("brokennet", "broken_plugin:Loader", "diffinv.targets"),
+        EntryPoint("notaloader", "tinynet_plugin:nn", "diffinv.targets"),
+    ]
+    monkeypatch.setattr(diffinv.plugins, "entry_points", lambda group=None: [e for e in entries if e.group == group])
     diffinv.plugins._discover.cache_clear()
     yield
     diffinv.plugins._discover.cache_clear()
@@ -189,16 +198,25 @@ def test_target_plugin_is_a_target_like_the_built_in_ones(target_plugins, tmp_pa
 def test_failing_target_plugin_is_named_when_asked_for(target_plugins):
     from diffinv.plugins import PluginError
 
-    with pytest.raises(PluginError, match=r"plugin 'brokennet' of group 'diffinv.targets' \(package broken_plugin, "
-                                          r"broken_plugin:Loader\) failed to load: ImportError: needs the package "
-                                          r"frobnicate"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'brokennet' of group 'diffinv.targets' \(package broken_plugin, "
+        r"broken_plugin:Loader\) failed to load: ImportError: needs the package "
+        r"frobnicate",
+    ):
         TargetNetwork.from_name("brokennet", weights=None)
-    with pytest.raises(PluginError, match=r"plugin 'notaloader' of group 'diffinv.targets' is <module 'torch.nn'.*"
-                                          r"not a TargetLoader"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'notaloader' of group 'diffinv.targets' is <module 'torch.nn'.*"
+        r"not a TargetLoader",
+    ):
         TargetNetwork.from_name("notaloader", weights=None)
-    with pytest.raises(ValueError, match=r"neither a built-in target \(resnet50, resnet101, tf_efficientnet_lite0, "
-                                         r"tf_efficientnet_lite2, tinynet\) nor a timm model name.*A target plugin "
-                                         r"failed to load and may provide it: plugin 'brokennet'"):
+    with pytest.raises(
+        ValueError,
+        match=r"neither a built-in target \(resnet50, resnet101, tf_efficientnet_lite0, "
+        r"tf_efficientnet_lite2, tinynet\) nor a timm model name.*A target plugin "
+        r"failed to load and may provide it: plugin 'brokennet'",
+    ):
         TargetNetwork.from_name("not_a_model_xyz", weights=None)
 
 
@@ -214,8 +232,9 @@ def test_no_name_branches_outside_the_loaders():
     for unit in units:
         source = source.replace(inspect.getsource(unit), "")
     names = {"resnet50", "resnet101", "tf_efficientnet_lite0", "tf_efficientnet_lite2"}
-    literals = [node.value for node in ast.walk(ast.parse(source))
-                if isinstance(node, ast.Constant) and node.value in names]
+    literals = [
+        node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant) and node.value in names
+    ]
     assert not literals
 
 

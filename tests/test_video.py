@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffinv.features import FeatureSet
-from diffinv.features import resolve_features
+from diffinv.features import FeatureSet, resolve_features
 from diffinv.inverters import DIPInverter, InversionOutput, Inverter, PixelInverter
 from diffinv.inverters.config import InverterConfig, option
 from diffinv.io import read_video, write_side_by_side, write_video
-from diffinv.targets import TargetNetwork
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.video import extract_video_features, frame_path, invert_video
+from diffinv.targets import TargetNetwork
 
 NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
 
@@ -59,7 +58,7 @@ def test_read_video_range_stride_resize(tiny_mp4):
     assert sub.frames.shape == (3, 3, 32, 32)
     assert sub.fps == pytest.approx(10.0 / 3)
     assert sub.names == ["tiny.mp4#2", "tiny.mp4#5", "tiny.mp4#8"]
-    assert 0.0 <= sub.frames.min() and sub.frames.max() <= 1.0
+    assert sub.frames.min() >= 0.0 and sub.frames.max() <= 1.0
     assert read_video(tiny_mp4, start=11).indices == [11]
 
 
@@ -172,8 +171,7 @@ def test_windows_warm_start_and_overlap(lite0, clip_features):
     with pytest.raises(ValueError, match="`window` must be a positive integer"):
         invert_video(smooth, fs, window=0, progress=False)
     with pytest.raises(ValueError, match=r"shape \(4, 40, 8, 8\) but the target layer produces \(N, 112, 4, 4\)"):
-        invert_video(smooth, FeatureSet(fs.features, fs.target, "blocks.4", (64, 64)),
-                     progress=False)
+        invert_video(smooth, FeatureSet(fs.features, fs.target, "blocks.4", (64, 64)), progress=False)
     with pytest.raises(ValueError, match="needs RecordingInverter.invert\\(anchor=...\\)"):
         invert_video(smooth, fs, boundary="anchor", progress=False)
 
@@ -233,11 +231,23 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
     # Other settings are refused, naming each changed setting; the folder is left as it was.
     calls.clear()
     with pytest.raises(RunSettingsError, match=r"other settings(.|\n)*temporal_weight: 5.0 there, 1.0 now"):
-        invert_video(PixelInverter(lite0, iterations=5, temporal_weight=1.0), fs, window=2,
-                     references=clip.frames, out_dir=tmp_path, progress=False)
+        invert_video(
+            PixelInverter(lite0, iterations=5, temporal_weight=1.0),
+            fs,
+            window=2,
+            references=clip.frames,
+            out_dir=tmp_path,
+            progress=False,
+        )
     with pytest.raises(RunSettingsError, match=r"inverter.iterations: 5 there, 6 now"):
-        invert_video(PixelInverter(lite0, iterations=6, temporal_weight=5.0), fs, window=2,
-                     references=clip.frames, out_dir=tmp_path, progress=False)
+        invert_video(
+            PixelInverter(lite0, iterations=6, temporal_weight=5.0),
+            fs,
+            window=2,
+            references=clip.frames,
+            out_dir=tmp_path,
+            progress=False,
+        )
     with pytest.raises(RunSettingsError, match=r"window: 2 there, 3 now"):
         invert_video(inverter, fs, window=3, references=clip.frames, out_dir=tmp_path, progress=False)
     assert calls == [] and frame_path(tmp_path, 0).read_bytes() == first
@@ -249,13 +259,15 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["frame"] for r in metrics["frames"]] == [0, 1, 2, 3]
     assert metrics["summary"]["temporal_consistency"] == pytest.approx(
-        (out.images[1:] - out.images[:-1]).abs().mean().item(), rel=1e-5)
+        (out.images[1:] - out.images[:-1]).abs().mean().item(), rel=1e-5
+    )
     assert metrics["config"]["temporal_weight"] == 5.0 and metrics["config"]["inverter"]["iterations"] == 5
     assert not list(tmp_path.rglob("*.tmp*"))
 
     monkeypatch.setattr(PixelInverter, "invert", original)
-    uninterrupted = invert_video(inverter, fs, window=2, references=clip.frames, out_dir=tmp_path / "once",
-                                 progress=False)
+    uninterrupted = invert_video(
+        inverter, fs, window=2, references=clip.frames, out_dir=tmp_path / "once", progress=False
+    )
     assert torch.equal(out.images, uninterrupted.images)  # resuming changes nothing
 
     monkeypatch.setattr(PixelInverter, "invert", interrupted)
@@ -273,8 +285,7 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
 
     # overwrite=True starts afresh, with any settings: the old records and frames are gone.
     other = PixelInverter(lite0, iterations=3, temporal_weight=1.0)
-    fresh = invert_video(other, fs, window=2, references=clip.frames, out_dir=tmp_path, overwrite=True,
-                         progress=False)
+    fresh = invert_video(other, fs, window=2, references=clip.frames, out_dir=tmp_path, overwrite=True, progress=False)
     assert fresh.computed == [0, 1, 2, 3]
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 4
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -287,9 +298,30 @@ def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
     from diffinv.cli import main
 
     out = tmp_path / "run"
-    argv = ["video", str(tiny_mp4), "--layer", "blocks.2", "--method", "pixel", "--iterations", "5",
-            "--size", "32", "--start", "2", "--frames", "4", "--stride", "2", "--window", "3",
-            "--temporal-weight", "2", "--out", str(out)]
+    argv = [
+        "video",
+        str(tiny_mp4),
+        "--layer",
+        "blocks.2",
+        "--method",
+        "pixel",
+        "--iterations",
+        "5",
+        "--size",
+        "32",
+        "--start",
+        "2",
+        "--frames",
+        "4",
+        "--stride",
+        "2",
+        "--window",
+        "3",
+        "--temporal-weight",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["frame"] for r in metrics["frames"]] == [2, 4, 6, 8]
@@ -304,17 +336,21 @@ def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # the same settings: resumed, nothing to compute
     assert "0 frames computed now, 4 resumed" in capsys.readouterr().out
-    changed = [("--temporal-weight", "3", "temporal_weight: 2.0 there, 3.0 now"),
-               ("--iterations", "6", "inverter.iterations: 5 there, 6 now"),
-               ("--stride", "1", "stride: 2 there, 1 now")]
+    changed = [
+        ("--temporal-weight", "3", "temporal_weight: 2.0 there, 3.0 now"),
+        ("--iterations", "6", "inverter.iterations: 5 there, 6 now"),
+        ("--stride", "1", "stride: 2 there, 1 now"),
+    ]
     for flag, value, message in changed:
         new_argv = list(argv)
         new_argv[argv.index(flag) + 1] = value
         assert main(new_argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("diffinv video: error: cannot resume") and message in err and "--overwrite" in err
-    assert main(argv[:argv.index("--temporal-weight")] + ["--temporal-weight", "3", "--out", str(out),
-                                                           "--overwrite"]) == 0
+    assert (
+        main(argv[: argv.index("--temporal-weight")] + ["--temporal-weight", "3", "--out", str(out), "--overwrite"])
+        == 0
+    )
     assert "4 frames computed now, 0 resumed" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["config"]["temporal_weight"] == 3.0
 
@@ -324,8 +360,14 @@ def test_cli_video_end_to_end(tiny_mp4, tmp_path, capsys):
     wrong = wrong.save(tmp_path / "f.safetensors")
     assert main(argv[:-2] + ["--features", str(wrong), "--out", str(tmp_path / "y")]) == 2
     assert "holds 3 feature maps but the selected frames are 4" in capsys.readouterr().err
-    other_weights = FeatureSet(torch.zeros(4, 40, 4, 4), "tf_efficientnet_lite0", "blocks.2", (32, 32),
-                               weights="random:1", weights_fingerprint="0" * 16).save(tmp_path / "g.safetensors")
+    other_weights = FeatureSet(
+        torch.zeros(4, 40, 4, 4),
+        "tf_efficientnet_lite0",
+        "blocks.2",
+        (32, 32),
+        weights="random:1",
+        weights_fingerprint="0" * 16,
+    ).save(tmp_path / "g.safetensors")
     assert main(argv[:-2] + ["--features", str(other_weights), "--out", str(tmp_path / "y")]) == 2
     assert "features were extracted with 'tf_efficientnet_lite0' weights 'random:1'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()  # refused before any output

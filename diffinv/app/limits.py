@@ -51,8 +51,9 @@ MAX_SEED = 2**32 - 1
 #: The smallest ``--size``: SSIM's gaussian window is 11 pixels, so a smaller image cannot be scored (skimage's
 #: "win_size exceeds image extent", after the work): ``diffinv.metrics.MIN_IMAGE_SIZE``.
 MIN_SIZE = MIN_IMAGE_SIZE
-UPLOAD_REFUSED = ("`--images` (upload): not a file uploaded to this page; upload the image with the page's upload "
-                  "field.")
+UPLOAD_REFUSED = (
+    "`--images` (upload): not a file uploaded to this page; upload the image with the page's upload field."
+)
 
 
 @dataclass(frozen=True)
@@ -133,16 +134,20 @@ def check_photo(image) -> None:
     if image is None or isinstance(image, Upload) or hasattr(image, "__array_interface__"):
         return
     if not isinstance(image, str) or (image.strip() and image not in SAMPLE_PHOTOS):
-        raise ValueError(f"`--images` {_shown(image)}: expected one of the bundled photos "
-                         f"({', '.join(SAMPLE_PHOTOS)}) or an upload.")
+        raise ValueError(
+            f"`--images` {_shown(image)}: expected one of the bundled photos "
+            f"({', '.join(SAMPLE_PHOTOS)}) or an upload."
+        )
 
 
 def check_target(name: str, allowed) -> str:
     """``name`` when it is on the server's allow-list of targets (``--targets``), else a ``ValueError`` naming
     ``--target``, the value (cut short) and the allowed names."""
     if not isinstance(name, str) or name.strip() not in allowed:
-        raise ValueError(f"`--target` {_shown(name)}: not a target of this server; expected one of "
-                         f"{', '.join(allowed) or '(none)'} (the server's --targets).")
+        raise ValueError(
+            f"`--target` {_shown(name)}: not a target of this server; expected one of "
+            f"{', '.join(allowed) or '(none)'} (the server's --targets)."
+        )
     return name.strip()
 
 
@@ -192,12 +197,14 @@ def resolve_weights(value: str, limits: Limits) -> str:
     if text == "default":
         return text
     if text.startswith("random:"):
-        seed = bounded_int(text[len("random:"):], "--weights random:SEED", 0, MAX_SEED, "the seed")
+        seed = bounded_int(text[len("random:") :], "--weights random:SEED", 0, MAX_SEED, "the seed")
         return f"random:{seed}"
     path = inside(limits.models_dir, text)
     if not _is(path, "file"):
-        raise ValueError(f"`--weights` {_shown(text)}: no such weights file in this server's models folder "
-                         f"(--models-dir); expected default, random:SEED or the name of a state-dict file there.")
+        raise ValueError(
+            f"`--weights` {_shown(text)}: no such weights file in this server's models folder "
+            f"(--models-dir); expected default, random:SEED or the name of a state-dict file there."
+        )
     return str(path)
 
 
@@ -212,8 +219,10 @@ def resolve_folder(value: str | None, flag: str, limits: Limits, builtin: tuple[
     path = inside(limits.models_dir, text)
     if not _is(path, "dir"):
         names = f"{', '.join(builtin)} or " if builtin else ""
-        raise ValueError(f"`{flag}` {_shown(text)}: no such folder in this server's models folder (--models-dir); "
-                         f"expected {names}the name of a folder there.")
+        raise ValueError(
+            f"`{flag}` {_shown(text)}: no such folder in this server's models folder (--models-dir); "
+            f"expected {names}the name of a folder there."
+        )
     return str(path)
 
 
@@ -226,8 +235,10 @@ def run_folder(value: str | None, limits: Limits) -> Path:
     path = inside(limits.runs_dir, text)
     manifest = served_file(path, "manifest.json", limits.runs_dir) if _is(path, "dir") else None
     if manifest is None:
-        raise ValueError(f"`--out` {_shown(text)}: no run folder of that name in this server's runs folder "
-                         f"(--runs-dir); expected the name of a `diffinv bench` run folder there.")
+        raise ValueError(
+            f"`--out` {_shown(text)}: no run folder of that name in this server's runs folder "
+            f"(--runs-dir); expected the name of a `diffinv bench` run folder there."
+        )
     return path
 
 

@@ -52,10 +52,28 @@ from ..jobs.report import write_depth_plot
 from ..metrics import psnr, ssim, top1_agreement
 from ..pipelines.definitions import DEFINITIONS as MODEL_DEFINITIONS
 from ..resources import MARGIN, InsufficientMemoryError, available_memory, check_job_memory, format_bytes
-from ..targets import DEFAULT_LAYERS, TargetNetwork, WeightsMismatchError, architecture, installed_targets
-from ..targets import module_bytes
-from .limits import MAX_SEED, MIN_SIZE, Limits, Upload, _shown, bounded_int, check_photo, check_target, resolve_folder
-from .limits import resolve_weights, run_folder, served_file
+from ..targets import (
+    DEFAULT_LAYERS,
+    TargetNetwork,
+    WeightsMismatchError,
+    architecture,
+    installed_targets,
+    module_bytes,
+)
+from .limits import (
+    MAX_SEED,
+    MIN_SIZE,
+    Limits,
+    Upload,
+    _shown,
+    bounded_int,
+    check_photo,
+    check_target,
+    resolve_folder,
+    resolve_weights,
+    run_folder,
+    served_file,
+)
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -77,9 +95,11 @@ DEFAULT_TARGET = "tf_efficientnet_lite0"
 #: takes 18 MiB per size and layer set asked for.
 DEFAULT_TARGET_CACHE = 512 * 2**20
 PHOTOS = tuple(SAMPLE_PHOTOS)
-BUSY = ("Busy: a run is already in progress in this session. Wait for it to finish, or press Cancel "
-        "(runs of all sessions take turns: one at a time).")
-RUN_BUSY = ("Busy: another visitor's run is still going; try again in a moment (this server runs one at a time).")
+BUSY = (
+    "Busy: a run is already in progress in this session. Wait for it to finish, or press Cancel "
+    "(runs of all sessions take turns: one at a time)."
+)
+RUN_BUSY = "Busy: another visitor's run is still going; try again in a moment (this server runs one at a time)."
 WAITING = "waiting: the previous run is stopping (one run at a time)..."
 
 
@@ -128,9 +148,15 @@ class InvertRequest:
     def options(self, device: str = "cpu") -> dict:
         """The fields the method takes, as the registry's options (:func:`~diffinv.inverters.build_inverter`)."""
         blank = lambda v: v.strip() if isinstance(v, str) and v.strip() else None  # noqa: E731
-        return options_for(self.method, iterations=self.iterations, model=blank(self.model),
-                           num_inference_steps=self.steps, mapper=blank(self.mapper), decoder=blank(self.decoder),
-                           device=device)
+        return options_for(
+            self.method,
+            iterations=self.iterations,
+            model=blank(self.model),
+            num_inference_steps=self.steps,
+            mapper=blank(self.mapper),
+            decoder=blank(self.decoder),
+            device=device,
+        )
 
 
 @dataclass
@@ -220,9 +246,12 @@ def _chosen_layer(request: InvertRequest) -> tuple[str]:
         raise ValueError("`--layer`: no layer chosen.")
     modules = architecture(request.target).layers
     if not isinstance(request.layer, str) or request.layer not in modules:
-        raise ValueError(f"`--layer` {_shown(request.layer)} is not a module of {request.target!r}; expected one of "
-                         f"{', '.join(modules[:20])}" + (" ..." if len(modules) > 20 else "") +
-                         " (the page's layer list has them all).")
+        raise ValueError(
+            f"`--layer` {_shown(request.layer)} is not a module of {request.target!r}; expected one of "
+            f"{', '.join(modules[:20])}"
+            + (" ..." if len(modules) > 20 else "")
+            + " (the page's layer list has them all)."
+        )
     return (request.layer,)
 
 
@@ -230,8 +259,10 @@ def _default_layers(request: InvertRequest) -> tuple[str, ...]:
     """The Depth tab's layers: the target's default ones."""
     layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
     if not layers:
-        raise ValueError(f"`--layers`: target {_shown(request.target)} has no default layers; the Depth tab needs "
-                         f"one of {', '.join(DEFAULT_LAYERS)}.")
+        raise ValueError(
+            f"`--layers`: target {_shown(request.target)} has no default layers; the Depth tab needs "
+            f"one of {', '.join(DEFAULT_LAYERS)}."
+        )
     return layers
 
 
@@ -359,24 +390,28 @@ class Workbench:
             raise InsufficientMemoryError(
                 f"`--target` {name!r}: building it needs an estimated {format_bytes(cost)} (its weights, "
                 f"{format_bytes(need)}, with margin), but only {format_bytes(have)} is available on {self.device}; "
-                f"pick a smaller target.")
+                f"pick a smaller target."
+            )
         if leaving:
             with self._guard:
                 for k in leaving:
                     self._targets.pop(k, None)
             gc.collect()
         try:
-            target = TargetNetwork.from_name(name, list(layers) if layers else None, weights=source,
-                                             input_size=(int(size), int(size)))
+            target = TargetNetwork.from_name(
+                name, list(layers) if layers else None, weights=source, input_size=(int(size), int(size))
+            )
         except WeightsMismatchError:
             raise  # counts the keys and shapes that do not fit; shows no tensor of the file
         except Exception as err:
             if source in ("default",) or source.startswith("random:"):
                 raise
             # the loader's text may quote the file (a text file: "Unsupported operand 83", its first byte)
-            raise ValueError(f"`--weights` {_shown(weights.strip())}: could not be loaded as the state dict of "
-                             f"{name!r} ({type(err).__name__}); expected a file written by "
-                             f"torch.save(model.state_dict()) for this target.") from None
+            raise ValueError(
+                f"`--weights` {_shown(weights.strip())}: could not be loaded as the state dict of "
+                f"{name!r} ({type(err).__name__}); expected a file written by "
+                f"torch.save(model.state_dict()) for this target."
+            ) from None
         target = target.to(self.device).eval()
         with self._guard:
             self._targets[key] = (target, module_bytes(target))
@@ -413,14 +448,17 @@ class Workbench:
                 raise ValueError(f"`--images` (upload {shown}): {text}") from None
         if isinstance(image, np.ndarray):
             if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
-                raise ValueError(f"`--images`: the uploaded image has shape {image.shape}; expected (H, W) or (H, W, 3).")
+                raise ValueError(
+                    f"`--images`: the uploaded image has shape {image.shape}; expected (H, W) or (H, W, 3)."
+                )
             return from_array(image, size).unsqueeze(0), "upload"
         if image in PHOTOS:
             return sample_images([image], size), image
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"`--images` {_shown(image)}: no such file; expected one of {', '.join(PHOTOS)} "
-                                    f"or an image file.")
+            raise FileNotFoundError(
+                f"`--images` {_shown(image)}: no such file; expected one of {', '.join(PHOTOS)} or an image file."
+            )
         return load_image(path, size).unsqueeze(0), path.name
 
     # ------------------------------------------------------------------ Invert
@@ -437,19 +475,27 @@ class Workbench:
         fixed = architecture(target).input_size
         if fixed is not None and (size, size) != fixed:
             above = f", above this server's --max-size {limits.max_size}" if fixed[0] > limits.max_size else ""
-            raise ValueError(f"`--size` {size}: target {target!r} takes {fixed[0]} x {fixed[1]} images only (its "
-                             f"input size is fixed); expected --size {fixed[0]}{above}.")
+            raise ValueError(
+                f"`--size` {size}: target {target!r} takes {fixed[0]} x {fixed[1]} images only (its "
+                f"input size is fixed); expected --size {fixed[0]}{above}."
+            )
         iterations = request.iterations
         if iterations is not None:
-            iterations = bounded_int(iterations, "--iterations", 1, limits.max_iterations,
-                                     "this server's --max-iterations")
+            iterations = bounded_int(
+                iterations, "--iterations", 1, limits.max_iterations, "this server's --max-iterations"
+            )
         steps = None if request.steps is None else bounded_int(request.steps, "--steps", 1, limits.max_steps)
         return dataclasses.replace(
-            request, target=target, size=size, iterations=iterations, steps=steps,
+            request,
+            target=target,
+            size=size,
+            iterations=iterations,
+            steps=steps,
             seed=bounded_int(request.seed, "--seed", 0, MAX_SEED, "2**32 - 1"),
             model=resolve_folder(request.model, "--model", limits, builtin=MODEL_DEFINITIONS),
             decoder=resolve_folder(request.decoder, "--decoder", limits),
-            mapper=resolve_folder(request.mapper, "--mapper", limits))
+            mapper=resolve_folder(request.mapper, "--mapper", limits),
+        )
 
     def _check(self, request: InvertRequest, layers: tuple[str, ...] = (), images: int = 1):
         """Every field checked (the CLI's messages) before any work (``request``: :meth:`checked`), and the
@@ -459,17 +505,27 @@ class Workbench:
         make_inverter = self.inverter_factory(request.method, options)
         layers = layers or ((request.layer,) if request.layer else ())
         if layers:
-            check_job_memory(request.target, layers, request.size, images=images,
-                             methods=memory_costs([request.method], options), device=self.device)
+            check_job_memory(
+                request.target,
+                layers,
+                request.size,
+                images=images,
+                methods=memory_costs([request.method], options),
+                device=self.device,
+            )
         return make_inverter
 
     def _metrics(self, target: TargetNetwork, recon: torch.Tensor, original: torch.Tensor, out) -> dict:
         device = target.mean.device
         recon, original = recon.to(device), original.to(device)
         agree = top1_agreement(target, recon, original)
-        metrics = {"psnr": float(psnr(recon, original)[0]), "ssim": float(ssim(recon, original)[0]),
-                   "feature_residual": float(out.feature_residual[0]),
-                   "top1_agreement": None if agree is None else float(agree[0]), "seconds": float(out.seconds)}
+        metrics = {
+            "psnr": float(psnr(recon, original)[0]),
+            "ssim": float(ssim(recon, original)[0]),
+            "feature_residual": float(out.feature_residual[0]),
+            "top1_agreement": None if agree is None else float(agree[0]),
+            "seconds": float(out.seconds),
+        }
         if target.has_classifier:
             metrics["class_original"] = target.class_name(int(target.predict(original)[0]))
             metrics["class_reconstruction"] = target.class_name(int(target.predict(recon)[0]))
@@ -534,8 +590,10 @@ class Workbench:
         config = inverter.config
         total = request.iterations or getattr(config, "iterations", None)
         if total and total > self.limits.max_iterations:
-            raise ValueError(f"`--iterations`: the method's default, {total}, is above this server's --max-iterations "
-                             f"{self.limits.max_iterations}; enter a number of iterations.")
+            raise ValueError(
+                f"`--iterations`: the method's default, {total}, is above this server's --max-iterations "
+                f"{self.limits.max_iterations}; enter a number of iterations."
+            )
         every = max(1, min(self.stream_every, (total or 100) // 20 or 1))
 
         def callback(i, per_image, render):
@@ -561,8 +619,14 @@ class Workbench:
             layers = layers_of(request)
             make_inverter = self._check(request, layers)
             original, name = self.load_image(request.image, request.size)
-            return request, layers, make_inverter, original, name, lambda: self._target(
-                request.target, request.weights, request.size, layers)
+            return (
+                request,
+                layers,
+                make_inverter,
+                original,
+                name,
+                lambda: self._target(request.target, request.weights, request.size, layers),
+            )
         except BaseException:
             session.release()
             raise
@@ -593,8 +657,9 @@ class Workbench:
             if event[0] in ("wait", "beat"):
                 yield Update(WAITING) if event[0] == "wait" else Update("", heartbeat=True)
             elif event[0] == "error":
-                yield Update(event[1], images=shown + ([latest] if latest else []), losses=losses, error=True,
-                             done=True)
+                yield Update(
+                    event[1], images=shown + ([latest] if latest else []), losses=losses, error=True, done=True
+                )
                 return
             elif event[0] in ("step", "loss"):
                 _, _, i, total, loss = event[:5]
@@ -603,15 +668,22 @@ class Workbench:
                     if event[5] is not None:
                         latest = (event[5], f"{request.method}, iteration {i}")
                     state = "cancelling" if session.cancel.is_set() else "running"
-                    yield Update(f"{state}: {request.method} at {request.layer}, iteration {i}/{total or '?'}, "
-                                 f"loss {loss:.4g}", images=shown + ([latest] if latest else []), losses=list(losses))
+                    yield Update(
+                        f"{state}: {request.method} at {request.layer}, iteration {i}/{total or '?'}, loss {loss:.4g}",
+                        images=shown + ([latest] if latest else []),
+                        losses=list(losses),
+                    )
             elif event[0] == "done":
                 _, out, metrics = event
                 stopped = session.cancel.is_set() and len(out.loss_history) < (request.iterations or 0)
                 word = f"cancelled after {len(out.loss_history)} iterations (best iterate kept)" if stopped else "done"
-                yield Update(f"{word}: {request.method} at {request.layer} in {out.seconds:.1f} s",
-                             images=shown + [(_uint8(out.images[0]), f"{request.method} reconstruction")],
-                             losses=list(losses), metrics=metrics, done=True)
+                yield Update(
+                    f"{word}: {request.method} at {request.layer} in {out.seconds:.1f} s",
+                    images=shown + [(_uint8(out.images[0]), f"{request.method} reconstruction")],
+                    losses=list(losses),
+                    metrics=metrics,
+                    done=True,
+                )
 
     # ------------------------------------------------------------------ Depth
     def depth(self, request: InvertRequest, session: Session) -> Iterator[Update]:
@@ -656,17 +728,30 @@ class Workbench:
                 return
             elif event[0] == "step":
                 _, layer, i, total, loss = event[:5]
-                yield Update(f"running: {request.method} at {layer} ({len(records) + 1}/{len(layers)}), iteration "
-                             f"{i}/{total or '?'}, loss {loss:.4g}", images=list(shown), records=list(records))
+                yield Update(
+                    f"running: {request.method} at {layer} ({len(records) + 1}/{len(layers)}), iteration "
+                    f"{i}/{total or '?'}, loss {loss:.4g}",
+                    images=list(shown),
+                    records=list(records),
+                )
             elif event[0] == "layer":
                 _, layer, out, metrics = event
                 shown.append((_uint8(out.images[0]), f"{layer}: {metrics['psnr']:.2f} dB"))
-                yield Update(f"finished {layer} ({len(records)}/{len(layers)})", images=list(shown),
-                             metrics=metrics, records=list(records))
+                yield Update(
+                    f"finished {layer} ({len(records)}/{len(layers)})",
+                    images=list(shown),
+                    metrics=metrics,
+                    records=list(records),
+                )
             elif event[0] == "done":
                 word = "cancelled" if len(records) < len(layers) else "done"
-                yield Update(f"{word}: {len(records)} of {len(layers)} layers", images=list(shown),
-                             records=list(records), plot=str(plot_path) if plot_path.is_file() else None, done=True)
+                yield Update(
+                    f"{word}: {len(records)} of {len(layers)} layers",
+                    images=list(shown),
+                    records=list(records),
+                    plot=str(plot_path) if plot_path.is_file() else None,
+                    done=True,
+                )
 
     # ------------------------------------------------------------------ Runs
     def open_run(self, folder: str) -> RunView:
@@ -684,8 +769,9 @@ class Workbench:
             try:
                 return json.loads(served.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, ValueError):
-                raise ValueError(f"`--out` {name!r}: its {file} could not be read as JSON; is the run folder "
-                                 f"intact?") from None
+                raise ValueError(
+                    f"`--out` {name!r}: its {file} could not be read as JSON; is the run folder intact?"
+                ) from None
 
         manifest = read_json("manifest.json")
         if not isinstance(manifest, dict) or manifest.get("kind") != "bench":
@@ -697,13 +783,19 @@ class Workbench:
             raise ValueError(f"`--out` {name!r}: its results.json holds no list of records; is the run folder intact?")
         table_file = served_file(path, "results.md", root)
         try:
-            table = table_file.read_text(encoding="utf-8") if table_file else (
-                "_No results.md yet: the run has not finished its first table._")
+            table = (
+                table_file.read_text(encoding="utf-8")
+                if table_file
+                else ("_No results.md yet: the run has not finished its first table._")
+            )
         except (OSError, UnicodeDecodeError):
             raise ValueError(f"`--out` {name!r}: its results.md could not be read as text.") from None
         grid = served_file(path, "grid.png", root)
-        plots = sorted(p for p in (served_file(path, f.name, root) for f in path.glob("*.png") if f.name != "grid.png")
-                       if p is not None)
+        plots = sorted(
+            p
+            for p in (served_file(path, f.name, root) for f in path.glob("*.png") if f.name != "grid.png")
+            if p is not None
+        )
         return RunView(path, table, records, manifest.get("settings", {}), grid, plots)
 
     # ------------------------------------------------------------------ Channels
@@ -720,9 +812,11 @@ class Workbench:
         if request.iterations is None:
             request = dataclasses.replace(request, iterations=max(1, min(128, budget // top)))
         elif request.iterations * top > budget:
-            raise ValueError(f"`--iterations` {request.iterations} x `--top` {top}: the Channels tab optimizes one "
-                             f"image per channel, and {request.iterations * top} image-iterations are above this "
-                             f"server's --max-iterations {budget}; lower either.")
+            raise ValueError(
+                f"`--iterations` {request.iterations} x `--top` {top}: the Channels tab optimizes one "
+                f"image per channel, and {request.iterations * top} image-iterations are above this "
+                f"server's --max-iterations {budget}; lower either."
+            )
         _chosen_layer(request)
         make_inverter = self._check(request, images=top)
         if not self._run_lock.acquire(timeout=self.wait_seconds):
@@ -746,15 +840,26 @@ class Workbench:
             visuals = list(self.channel_visualizer(target, request.layer, order, original, request.size))
             return ChannelView(ranking, maps, visuals, "Channels shown by the connected visualizer.")
         generator = torch.Generator().manual_seed(int(request.seed))
-        alone = invert_channels(make_inverter(target), original, request.layer, order, generator=generator,
-                                progress=False)
+        alone = invert_channels(
+            make_inverter(target), original, request.layer, order, generator=generator, progress=False
+        )
         iterations = request.iterations
-        shown = visualize(target, channel(request.layer, order), len(order), size=(request.size, request.size),
-                          iterations=iterations, generator=torch.Generator().manual_seed(int(request.seed)),
-                          progress=False)
+        shown = visualize(
+            target,
+            channel(request.layer, order),
+            len(order),
+            size=(request.size, request.size),
+            iterations=iterations,
+            generator=torch.Generator().manual_seed(int(request.seed)),
+            progress=False,
+        )
         visuals = [(_uint8(alone.images[i]), f"channel {c} alone ({request.method})") for i, c in enumerate(order)]
-        visuals += [(_uint8(shown.images[i]), f"channel {c} visualized: {float(shown.values[i]):.3g}")
-                    for i, c in enumerate(order)]
-        note = (f"Per-channel inversion ({request.method}, only that channel kept) and feature visualization "
-                f"(pixel, Fourier, {iterations} iterations) of the top {len(order)} channels.")
+        visuals += [
+            (_uint8(shown.images[i]), f"channel {c} visualized: {float(shown.values[i]):.3g}")
+            for i, c in enumerate(order)
+        ]
+        note = (
+            f"Per-channel inversion ({request.method}, only that channel kept) and feature visualization "
+            f"(pixel, Fourier, {iterations} iterations) of the top {len(order)} channels."
+        )
         return ChannelView(ranking, maps, visuals, note)

@@ -66,8 +66,19 @@ def _warnings_as_notes(command: str):
 
 
 # Errors that a user's input can cause: reported in one line, exit code 2.
-USER_ERRORS = (UsageError, RunSettingsError, WeightsNotFoundError, ModelFilesNotFoundError, ValueError, TypeError,
-               FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+USER_ERRORS = (
+    UsageError,
+    RunSettingsError,
+    WeightsNotFoundError,
+    ModelFilesNotFoundError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ImportError,
+)
 
 
 def main(argv=None) -> int:
@@ -99,8 +110,10 @@ def main(argv=None) -> int:
     except Exception as err:  # a bug or a failure of the machine: still no traceback unless asked for
         if args.debug:
             raise
-        print(f"diffinv {args.command}: error: {type(err).__name__}: {err} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"diffinv {args.command}: error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

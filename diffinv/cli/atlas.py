@@ -11,31 +11,31 @@ from pathlib import Path
 
 from ..inverters.registry import INVERTERS
 from ..io import collect_images
-from ..labels import expand_imagefolders
 from ..jobs.atlas import DEFAULT_EARLY_STOP, run_atlas, split_images
 from ..jobs.bench import DEFAULT_BATCH_SIZE, work_items
 from ..jobs.distributed import launch_local
+from ..labels import expand_imagefolders
 from ..targets import ATLAS_LAYERS, DEFAULT_LAYERS
 from . import common
 
-DEFAULT_MAX_STEPS = 500  # 8000 crops: 20 passes over a 400-image split; keeps 100 images x 4 layers under 1 h on 2 cores
+DEFAULT_MAX_STEPS = (
+    500  # 8000 crops: 20 passes over a 400-image split; keeps 100 images x 4 layers under 1 h on 2 cores
+)
 
 
 def _train_split(text: str) -> float | int:
     """``--train-split``: a fraction in [0, 1) (``0.8``) or a count of images (``400``)."""
+    expected = f"expected a fraction in [0, 1) or a count of images, got {text}"
     try:
-        value = int(text)
+        value = float(text) if any(c in text for c in ".eE") else int(text)
     except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, "
-                                             f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(expected.replace(text, repr(text))) from None
+    if isinstance(value, float):
         if not 0 <= value < 1:
-            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, got {text}")
+            raise argparse.ArgumentTypeError(expected)
         return value
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count of images, got {text}")
+        raise argparse.ArgumentTypeError(expected)
     return value
 
 
@@ -43,27 +43,55 @@ _train_split.__name__ = "a fraction in [0, 1) or a count of images"
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("atlas", help="the leakage atlas: every depth, pixel / dip / decoder (trained on a disjoint "
-                                     "split of the folder), many images, 95%% intervals, plots against depth, "
-                                     "a gallery")
+    p = sub.add_parser(
+        "atlas",
+        help="the leakage atlas: every depth, pixel / dip / decoder (trained on a disjoint "
+        "split of the folder), many images, 95%% intervals, plots against depth, "
+        "a gallery",
+    )
     common.add_target_args(p)
-    common.add_images_arg(p, help="image files and/or folders: split into the decoders' training images and the "
-                                  "evaluation images", required=True)
-    p.add_argument("--num-images", type=common.positive_int, default=None,
-                   help="evaluation images (default: every image not used for training)")
-    p.add_argument("--train-split", type=_train_split, default=0.8,
-                   help="the images that train the decoders: a fraction of the folder (0.8, the default) or a count "
-                        "(400); drawn by --seed, never evaluated, recorded in the manifest")
+    common.add_images_arg(
+        p,
+        help="image files and/or folders: split into the decoders' training images and the evaluation images",
+        required=True,
+    )
+    p.add_argument(
+        "--num-images",
+        type=common.positive_int,
+        default=None,
+        help="evaluation images (default: every image not used for training)",
+    )
+    p.add_argument(
+        "--train-split",
+        type=_train_split,
+        default=0.8,
+        help="the images that train the decoders: a fraction of the folder (0.8, the default) or a count "
+        "(400); drawn by --seed, never evaluated, recorded in the manifest",
+    )
     p.add_argument("--layers", nargs="+", default=None, help="default: every depth of the target, stem to head")
-    p.add_argument("--methods", nargs="+", default=["pixel", "dip", "decoder"], choices=common.METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(common.METHODS)} (default: pixel dip decoder); a method that needs a "
-                        f"trained model (decoder, mapper) has it trained by the atlas on the training split, one per "
-                        f"layer")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["pixel", "dip", "decoder"],
+        choices=common.METHODS,
+        metavar="METHOD",
+        help=f"any of {', '.join(common.METHODS)} (default: pixel dip decoder); a method that needs a "
+        f"trained model (decoder, mapper) has it trained by the atlas on the training split, one per "
+        f"layer",
+    )
     common.add_size_arg(p, scored=True)
-    p.add_argument("--seed", type=common.seed_int, default=0,
-                   help="seed of the split, of the inversions and of the decoders' training (default 0)")
-    p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"images inverted together (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument(
+        "--seed",
+        type=common.seed_int,
+        default=0,
+        help="seed of the split, of the inversions and of the decoders' training (default 0)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=common.positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images inverted together (default {DEFAULT_BATCH_SIZE})",
+    )
     common.add_decoder_training_args(p, DEFAULT_MAX_STEPS)
     common.add_workers_arg(p, "auto")
     common.add_early_stop_args(p, DEFAULT_EARLY_STOP.patience, DEFAULT_EARLY_STOP.min_delta)
@@ -106,13 +134,19 @@ def run(args) -> int:
     if trainer is not None and args.train_batch_size % workers:
         # the decoders train data-parallel over the processes: the global batch is split evenly
         if args.workers != "auto":
-            raise common.UsageError(f"`--workers` {workers}: the decoders train data-parallel over the processes, so "
-                                    f"`--train-batch-size` {args.train_batch_size} must be divisible by it.")
+            raise common.UsageError(
+                f"`--workers` {workers}: the decoders train data-parallel over the processes, so "
+                f"`--train-batch-size` {args.train_batch_size} must be divisible by it."
+            )
         workers = max(w for w in range(1, workers + 1) if args.train_batch_size % w == 0)
     workers = common.fit_workers(
-        args, workers, lambda n: common.check_memory_fits(args, layers, methods, images=len(split.evaluation),
-                                                          batch_size=args.batch_size, processes=n),
-        allowed=lambda n: trainer is None or args.train_batch_size % n == 0)
+        args,
+        workers,
+        lambda n: common.check_memory_fits(
+            args, layers, methods, images=len(split.evaluation), batch_size=args.batch_size, processes=n
+        ),
+        allowed=lambda n: trainer is None or args.train_batch_size % n == 0,
+    )
     if workers > 1:
         print(f"diffinv atlas: {workers} processes on this machine (--workers)")
         return launch_local(args.argv, workers)
@@ -120,21 +154,39 @@ def run(args) -> int:
     # 3. Target, then the atlas (resumed, or refused when --out holds other settings)
     state, device, main, target, judge = common.launch_target_and_judge(args, layers, device)
     if main:
-        print(f"diffinv atlas: {len(split.evaluation)} evaluation images at {args.size}x{args.size}, "
-              f"{len(split.train)} training images (split seed {args.seed}), target {args.target}, "
-              f"{len(layers)} layers ({layers[0]} ... {layers[-1]}), methods {', '.join(methods)}")
-    result = run_atlas(target, split, layers, {**factories, **dict.fromkeys(trained, trainer)}, args.out, size=args.size, seeds=[args.seed],
-                       batch_size=args.batch_size, early_stop=early_stop, labels=labels, judge=judge,
-                       overwrite=args.overwrite, state=state)
+        print(
+            f"diffinv atlas: {len(split.evaluation)} evaluation images at {args.size}x{args.size}, "
+            f"{len(split.train)} training images (split seed {args.seed}), target {args.target}, "
+            f"{len(layers)} layers ({layers[0]} ... {layers[-1]}), methods {', '.join(methods)}"
+        )
+    result = run_atlas(
+        target,
+        split,
+        layers,
+        {**factories, **dict.fromkeys(trained, trainer)},
+        args.out,
+        size=args.size,
+        seeds=[args.seed],
+        batch_size=args.batch_size,
+        early_stop=early_stop,
+        labels=labels,
+        judge=judge,
+        overwrite=args.overwrite,
+        state=state,
+    )
     if main:
         print((Path(args.out) / "results.md").read_text())
         t = result.timing
         inversion = ", ".join(f"{m} {s:.0f} s" for m, s in t["inversion_process_seconds"].items())
-        print(f"time (this run, {t['records_made']} records made, {t['records_resumed']} resumed): decoder training "
-              f"{t['decoder_training']:.0f} s, evaluation {t['evaluation']:.0f} s (inversion, process-seconds: "
-              f"{inversion}; metrics, features and writing about {t['metrics_and_writing_process_seconds']:.0f} "
-              f"process-seconds; {t['processes']} process(es)), tables and figures {t['tables_and_figures']:.0f} s; "
-              f"total {t['total']:.0f} s")
-        print(f"wrote {args.out}/results.md, results.json, atlas_depth.png, gallery.png, timing.json, "
-              f"bench/records.jsonl (per image), decoders/")
+        print(
+            f"time (this run, {t['records_made']} records made, {t['records_resumed']} resumed): decoder training "
+            f"{t['decoder_training']:.0f} s, evaluation {t['evaluation']:.0f} s (inversion, process-seconds: "
+            f"{inversion}; metrics, features and writing about {t['metrics_and_writing_process_seconds']:.0f} "
+            f"process-seconds; {t['processes']} process(es)), tables and figures {t['tables_and_figures']:.0f} s; "
+            f"total {t['total']:.0f} s"
+        )
+        print(
+            f"wrote {args.out}/results.md, results.json, atlas_depth.png, gallery.png, timing.json, "
+            f"bench/records.jsonl (per image), decoders/"
+        )
     return 0

@@ -16,13 +16,17 @@ OUTPUTS = ("reconstructions", "heatmaps", "channels.png", "results.json")
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("channels", help="per-channel inversion of an image: each chosen channel alone, with its heat map")
+    p = sub.add_parser(
+        "channels", help="per-channel inversion of an image: each chosen channel alone, with its heat map"
+    )
     p.add_argument("image", help="an image file")
     common.add_target_args(p)
     p.add_argument("--layer", required=True, help="a layer whose output is a feature map (e.g. blocks.4)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--channels", type=common.non_negative_int, nargs="+", help="channel indices")
-    which.add_argument("--top", type=common.positive_int, help="the N channels most active on the image (mean activation)")
+    which.add_argument(
+        "--top", type=common.positive_int, help="the N channels most active on the image (mean activation)"
+    )
     p.add_argument("--method", default="pixel", choices=common.METHODS, help="inversion method (default pixel)")
     common.add_size_arg(p)
     p.add_argument("--seed", type=common.seed_int, default=0, help="random seed (default 0)")
@@ -33,8 +37,15 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
-    from ..interpret import channel_activations, check_channels, check_layer, invert_channels, local_energy, pearson
-    from ..interpret import top_channels
+    from ..interpret import (
+        channel_activations,
+        check_channels,
+        check_layer,
+        invert_channels,
+        local_energy,
+        pearson,
+        top_channels,
+    )
 
     # 1. Check every argument before the inversion
     device = common.resolve_device(args.device)
@@ -50,40 +61,71 @@ def run(args) -> int:
         raise common.UsageError(f"`--top` {args.top}: layer {args.layer!r} has only {num_channels} channels.")
     inverter = make_inverter(target)
     inverter.check_image_size((args.size, args.size))
-    channels = list(args.channels) if args.channels else top_channels(
-        channel_activations(target, args.layer, image[None]), args.top)
-    settings = {"target": target.identity(), "layer": args.layer, "channels": channels, "image": args.image,
-                "image_fingerprint": pixels_fingerprint(image[None]), "size": args.size, "seed": args.seed,
-                "inverter": inverter.settings()}
+    channels = (
+        list(args.channels)
+        if args.channels
+        else top_channels(channel_activations(target, args.layer, image[None]), args.top)
+    )
+    settings = {
+        "target": target.identity(),
+        "layer": args.layer,
+        "channels": channels,
+        "image": args.image,
+        "image_fingerprint": pixels_fingerprint(image[None]),
+        "size": args.size,
+        "seed": args.seed,
+        "inverter": inverter.settings(),
+    }
     store = RunStore(out_dir, "channels", settings, overwrite=args.overwrite, outputs=OUTPUTS)
     records = {r["channel"]: r for r in store.records()}
 
     # 2. One inversion per channel (one batch), heat maps, the measure
     if any(c not in records for c in channels):
-        print(f"diffinv channels: {len(channels)} channels of {args.target}.{args.layer} ({channels}), method {args.method}")
-        result = invert_channels(inverter, image, args.layer, channels, source=args.image,
-                                 generator=torch.Generator().manual_seed(args.seed))
+        print(
+            f"diffinv channels: {len(channels)} channels of {args.target}.{args.layer} ({channels}), method {args.method}"
+        )
+        result = invert_channels(
+            inverter,
+            image,
+            args.layer,
+            channels,
+            source=args.image,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
         energy = local_energy(result.images)
         corr = pearson(result.heat_maps, energy)
         for i, c in enumerate(channels):
             recon = save_image(result.images[i], out_dir / "reconstructions" / f"channel_{c:04d}.png")
             heat = save_image(result.overlays[i], out_dir / "heatmaps" / f"channel_{c:04d}.png")
-            store.append({"channel": c, "activation": float(result.activations[i]),
-                          "reconstruction": recon.relative_to(out_dir).as_posix(),
-                          "heatmap": heat.relative_to(out_dir).as_posix(),
-                          "heat_energy_correlation": float(corr[i]),
-                          "feature_residual": float(result.output.feature_residual[i]),
-                          "seconds": result.output.seconds / len(channels)})
+            store.append(
+                {
+                    "channel": c,
+                    "activation": float(result.activations[i]),
+                    "reconstruction": recon.relative_to(out_dir).as_posix(),
+                    "heatmap": heat.relative_to(out_dir).as_posix(),
+                    "heat_energy_correlation": float(corr[i]),
+                    "feature_residual": float(result.output.feature_residual[i]),
+                    "seconds": result.output.seconds / len(channels),
+                }
+            )
         records = {r["channel"]: r for r in store.records()}
     rows = [records[c] for c in channels]
-    write_json(out_dir / "results.json", {"settings": settings, "records": rows,
-                                          "measure": "heat_energy_correlation: Pearson correlation between the "
-                                                     "channel's heat map and the local energy of its reconstruction "
-                                                     "(squared deviation from the 9x9 local mean, 9x9 average)"})
+    write_json(
+        out_dir / "results.json",
+        {
+            "settings": settings,
+            "records": rows,
+            "measure": "heat_energy_correlation: Pearson correlation between the "
+            "channel's heat map and the local energy of its reconstruction "
+            "(squared deviation from the 9x9 local mean, 9x9 average)",
+        },
+    )
     _pair_grid(out_dir, rows, args.size)
     for r in rows:
-        print(f"channel {r['channel']}: activation {r['activation']:.3f}, heat map vs reconstruction energy "
-              f"r = {r['heat_energy_correlation']:.3f}")
+        print(
+            f"channel {r['channel']}: activation {r['activation']:.3f}, heat map vs reconstruction energy "
+            f"r = {r['heat_energy_correlation']:.3f}"
+        )
     print(f"wrote {out_dir}/channels.png, reconstructions/, heatmaps/, results.json")
     return 0
 
@@ -92,8 +134,10 @@ def _pair_grid(out_dir, rows, size: int):
     from PIL import Image, ImageDraw
 
     own = size * size  # this run's own images: not subject to the user's image limit
-    pairs = [(load_image(out_dir / r["heatmap"], max_pixels=own), load_image(out_dir / r["reconstruction"], max_pixels=own))
-             for r in rows]
+    pairs = [
+        (load_image(out_dir / r["heatmap"], max_pixels=own), load_image(out_dir / r["reconstruction"], max_pixels=own))
+        for r in rows
+    ]
     h, w = pairs[0][0].shape[-2:]
     label = 16
     grid = Image.new("RGB", (2 * w, len(rows) * (h + label)), "white")

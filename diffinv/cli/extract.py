@@ -31,6 +31,8 @@ def run(args) -> int:
     images = load_images(files, args.size).to(device)
     fs = FeatureSet.extract(target, images, args.layer, sources=[str(p) for p in files])
     path = fs.save(out)
-    print(f"wrote {path}: {len(fs)} x {tuple(fs.features.shape[1:])} features of {args.target}.{args.layer} "
-          f"(weights {target.weights}, fingerprint {target.weights_fingerprint()})")
+    print(
+        f"wrote {path}: {len(fs)} x {tuple(fs.features.shape[1:])} features of {args.target}.{args.layer} "
+        f"(weights {target.weights}, fingerprint {target.weights_fingerprint()})"
+    )
     return 0

@@ -14,14 +14,23 @@ from . import common
 
 
 def _decoder_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    p.add_argument("--min-channels", type=common.positive_int, default=d.min_channels, help="width of the full-resolution stages")
+    p.add_argument(
+        "--min-channels", type=common.positive_int, default=d.min_channels, help="width of the full-resolution stages"
+    )
 
 
 def _mapper_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    p.add_argument("--model", required=True,
-                   help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)")
-    p.add_argument("--pixel-weight", type=common.non_negative_float, default=d.pixel_weight,
-                   help=f"weight of the pixel loss after decoding (default {d.pixel_weight:g})")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Stable Diffusion model whose VAE defines the latents (diffusers folder; 'tiny' = random)",
+    )
+    p.add_argument(
+        "--pixel-weight",
+        type=common.non_negative_float,
+        default=d.pixel_weight,
+        help=f"weight of the pixel loss after decoding (default {d.pixel_weight:g})",
+    )
 
 
 # The commands: ``diffinv train-KIND``, each kind of model with its help and the options only it has.
@@ -48,22 +57,45 @@ def add_train_arguments(p: argparse.ArgumentParser, own_arguments) -> None:
     p.add_argument("--val-images", nargs="+", default=[], help="held-out image files/folders for validation")
     p.add_argument("--val-video", nargs="+", default=[], dest="val_videos", help="held-out clips for validation")
     p.add_argument("--val-samples", nargs="+", default=[], help="held-out skimage.data photos, e.g. chelsea coffee")
-    p.add_argument("--val-fraction", type=common.unit_float, default=d.val_fraction,
-                   help="without --val-*: hold out this tail fraction of every source (default 0.1)")
-    p.add_argument("--max-frames", type=common.positive_int, default=None, help="at most this many frames per training video")
-    p.add_argument("--stride", type=common.positive_int, default=d.stride, help="keep every STRIDE-th frame of training videos")
+    p.add_argument(
+        "--val-fraction",
+        type=common.unit_float,
+        default=d.val_fraction,
+        help="without --val-*: hold out this tail fraction of every source (default 0.1)",
+    )
+    p.add_argument(
+        "--max-frames", type=common.positive_int, default=None, help="at most this many frames per training video"
+    )
+    p.add_argument(
+        "--stride", type=common.positive_int, default=d.stride, help="keep every STRIDE-th frame of training videos"
+    )
     common.add_size_arg(p, scored=True)
-    p.add_argument("--batch-size", type=common.positive_int, default=d.batch_size,
-                   help=f"global batch: crops per optimizer step, summed over the processes of an `accelerate launch`/"
-                        f"`torchrun` run (divisible by their number; each process trains on its equal slice of the "
-                        f"same crops, so the run does not depend on the process count) (default {d.batch_size})")
-    p.add_argument("--max-steps", type=common.positive_int, default=d.max_steps, help=f"training steps (default {d.max_steps})")
-    p.add_argument("--lr", type=common.positive_float, default=d.learning_rate, dest="learning_rate",
-                   help=f"peak learning rate of AdamW for one step of the global batch, used as given (not scaled "
-                        f"with the number of processes; cosine schedule with warmup) (default {d.learning_rate:g})")
+    p.add_argument(
+        "--batch-size",
+        type=common.positive_int,
+        default=d.batch_size,
+        help=f"global batch: crops per optimizer step, summed over the processes of an `accelerate launch`/"
+        f"`torchrun` run (divisible by their number; each process trains on its equal slice of the "
+        f"same crops, so the run does not depend on the process count) (default {d.batch_size})",
+    )
+    p.add_argument(
+        "--max-steps", type=common.positive_int, default=d.max_steps, help=f"training steps (default {d.max_steps})"
+    )
+    p.add_argument(
+        "--lr",
+        type=common.positive_float,
+        default=d.learning_rate,
+        dest="learning_rate",
+        help=f"peak learning rate of AdamW for one step of the global batch, used as given (not scaled "
+        f"with the number of processes; cosine schedule with warmup) (default {d.learning_rate:g})",
+    )
     p.add_argument("--hidden-channels", type=common.positive_int, default=d.hidden_channels)
-    p.add_argument("--feature-weight", type=common.non_negative_float, default=d.feature_weight,
-                   help=f"weight of the feature loss (default {d.feature_weight:g})")
+    p.add_argument(
+        "--feature-weight",
+        type=common.non_negative_float,
+        default=d.feature_weight,
+        help=f"weight of the feature loss (default {d.feature_weight:g})",
+    )
     own_arguments(p, d)
     p.add_argument("--checkpoint-every", type=common.positive_int, default=d.checkpoint_every)
     p.add_argument("--keep-checkpoints", type=common.positive_int, default=d.keep_checkpoints)
@@ -72,7 +104,9 @@ def add_train_arguments(p: argparse.ArgumentParser, own_arguments) -> None:
     common.add_device_arg(p)
     p.add_argument("--seed", type=common.seed_int, default=d.seed, help=f"random seed (default {d.seed})")
     common.add_overwrite_arg(p)
-    common.add_out_arg(p, "output folder: trained model, log, loss curve, checkpoints (resumed when it holds the same run)")
+    common.add_out_arg(
+        p, "output folder: trained model, log, loss curve, checkpoints (resumed when it holds the same run)"
+    )
 
 
 def _config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
@@ -93,8 +127,10 @@ def _print_result(result: TrainResult) -> None:
     start = result.log["resumed_from"]
     done = "already trained" if start == result.step else "trained"
     resumed = f"resumed from step {start}, " if start and start < result.step else ""
-    print(f"{done} to step {result.step} ({resumed}{result.images_per_second:.1f} images/s{val}); "
-          f"wrote {result.out} (manifest.json, model, training_log.json, loss_curve.png, checkpoints/)")
+    print(
+        f"{done} to step {result.step} ({resumed}{result.images_per_second:.1f} images/s{val}); "
+        f"wrote {result.out} (manifest.json, model, training_log.json, loss_curve.png, checkpoints/)"
+    )
 
 
 def _train(args: argparse.Namespace, kind: str) -> int:

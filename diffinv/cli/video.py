@@ -24,29 +24,50 @@ from . import common
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("video", help="video clips -> temporally smoothed reconstructions (frames, mp4s, metrics)")
-    p.add_argument("video", nargs="+",
-                   help="video files FFmpeg can read (mp4, mkv, ...); several clips are split across the processes "
-                        "of a torchrun/accelerate launch")
+    p.add_argument(
+        "video",
+        nargs="+",
+        help="video files FFmpeg can read (mp4, mkv, ...); several clips are split across the processes "
+        "of a torchrun/accelerate launch",
+    )
     common.add_target_args(p)
     p.add_argument("--layer", required=True, help="layer name (run with an unknown name to list them)")
     p.add_argument("--method", default="pixel", choices=common.METHODS, help="inversion method (default pixel)")
-    p.add_argument("--temporal-weight", type=common.non_negative_float, default=0.0,
-                   help="λ of λ·Σ||z_t - z_(t-1)||² between consecutive frames (default 0: independent frames)")
-    p.add_argument("--window", type=common.positive_int, default=4, help="frames inverted together as one batch (default 4)")
-    p.add_argument("--warm-start", choices=("auto", "on", "off"), default="auto",
-                   help="start each window from the previous reconstruction (auto: when λ > 0)")
+    p.add_argument(
+        "--temporal-weight",
+        type=common.non_negative_float,
+        default=0.0,
+        help="λ of λ·Σ||z_t - z_(t-1)||² between consecutive frames (default 0: independent frames)",
+    )
+    p.add_argument(
+        "--window", type=common.positive_int, default=4, help="frames inverted together as one batch (default 4)"
+    )
+    p.add_argument(
+        "--warm-start",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="start each window from the previous reconstruction (auto: when λ > 0)",
+    )
     p.add_argument("--start", type=common.non_negative_int, default=0, help="first frame, 0-based (default 0)")
-    p.add_argument("--frames", type=common.positive_int, default=None, help="number of frames to invert (default: to the end)")
+    p.add_argument(
+        "--frames", type=common.positive_int, default=None, help="number of frames to invert (default: to the end)"
+    )
     p.add_argument("--stride", type=common.positive_int, default=1, help="keep every STRIDE-th frame (default 1)")
     common.add_size_arg(p, scored=True)
-    p.add_argument("--features", default=None,
-                   help="features of the selected frames (.safetensors) instead of extracting them; they are checked "
-                        "against the target (network, weights, layer, size)")
+    p.add_argument(
+        "--features",
+        default=None,
+        help="features of the selected frames (.safetensors) instead of extracting them; they are checked "
+        "against the target (network, weights, layer, size)",
+    )
     p.add_argument("--seed", type=common.seed_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-mp4", action="store_true", help="do not write reconstruction.mp4 and side_by_side.mp4")
     common.add_overwrite_arg(p)
-    common.add_out_arg(p, "output folder: frames/, metrics.json, *.mp4 (resumed when it holds the same run); with "
-                          "several clips one such folder per clip in it, and summary.json")
+    common.add_out_arg(
+        p,
+        "output folder: frames/, metrics.json, *.mp4 (resumed when it holds the same run); with "
+        "several clips one such folder per clip in it, and summary.json",
+    )
     common.add_method_args(p)
     p.set_defaults(func=run)
 
@@ -59,25 +80,36 @@ def run(args) -> int:
     clips = [str(c) for c in args.video]
     several = len(clips) > 1
     if several and args.features:
-        raise common.UsageError(f"`--features` holds the features of one clip, but {len(clips)} clips were given; "
-                                f"pass one clip with --features, or leave --features out to extract them.")
+        raise common.UsageError(
+            f"`--features` holds the features of one clip, but {len(clips)} clips were given; "
+            f"pass one clip with --features, or leave --features out to extract them."
+        )
     if several and (out_dir / MANIFEST).is_file():
-        raise common.UsageError(f"`--out` {args.out!r} holds a one-clip run; several clips write one folder per clip "
-                                f"and summary.json there. Choose another output folder.")
+        raise common.UsageError(
+            f"`--out` {args.out!r} holds a one-clip run; several clips write one folder per clip "
+            f"and summary.json there. Choose another output folder."
+        )
     if not several and (out_dir / SUMMARY_FILE).is_file():
-        raise common.UsageError(f"`--out` {args.out!r} holds a run of several clips ({SUMMARY_FILE}); a one-clip run "
-                                f"writes frames/ and metrics.json there. Choose another output folder.")
+        raise common.UsageError(
+            f"`--out` {args.out!r} holds a run of several clips ({SUMMARY_FILE}); a one-clip run "
+            f"writes frames/ and metrics.json there. Choose another output folder."
+        )
     state, device = launch_state(device)  # under torchrun/accelerate launch: its own GPU per process
     if state is not None:
         args.device = str(device)  # for inverters that load models themselves
     temporal = INVERTERS[args.method].config_class.is_temporal()
     if args.temporal_weight > 0 and not temporal:
-        raise common.UsageError(f"`--method` {args.method!r} has no `temporal_weight`: it cannot smooth over time with "
-                                f"`--temporal-weight {args.temporal_weight}`; use --temporal-weight 0 (independent "
-                                f"frames) or an optimizing method (pixel, dip).")
-    make_inverter = common.inverter_factory(args.method, args, **({"temporal_weight": args.temporal_weight} if temporal
-                                                                   else {}))
-    common.check_memory_fits(args, args.layer, [args.method], images=max(args.frames or 0, args.window), batch_size=args.window)
+        raise common.UsageError(
+            f"`--method` {args.method!r} has no `temporal_weight`: it cannot smooth over time with "
+            f"`--temporal-weight {args.temporal_weight}`; use --temporal-weight 0 (independent "
+            f"frames) or an optimizing method (pixel, dip)."
+        )
+    make_inverter = common.inverter_factory(
+        args.method, args, **({"temporal_weight": args.temporal_weight} if temporal else {})
+    )
+    common.check_memory_fits(
+        args, args.layer, [args.method], images=max(args.frames or 0, args.window), batch_size=args.window
+    )
     if several or state is not None:
         for clip in clips:  # every process checks every clip, so that all of them stop on a bad one
             _read_clip(clip, args, size=8)
@@ -91,19 +123,34 @@ def run(args) -> int:
     if split or (state is None and not several):
         if split:
             i, n = state.process_index, state.num_processes
-            print(f"diffinv video: process {i} of {n} shares the windows of {clips[0]} with the others, each window "
-                  f"claimed by one process (independent windows: --temporal-weight 0)")
+            print(
+                f"diffinv video: process {i} of {n} shares the windows of {clips[0]} with the others, each window "
+                f"claimed by one process (independent windows: --temporal-weight 0)"
+            )
         for clip, name in jobs:
-            _invert_clip(clip, out_dir / name if several else out_dir, args, device, make_inverter, targets,
-                         state=state if split else None)
+            _invert_clip(
+                clip,
+                out_dir / name if several else out_dir,
+                args,
+                device,
+                make_inverter,
+                targets,
+                state=state if split else None,
+            )
     else:  # each clip claimed by one process (of a launch, or of independent commands) and inverted there alone
-        taken = 0
-        for clip, name in claimed(out_dir, jobs, state=state, prefix="clip-",
-                                  finished=lambda job: _clip_finished(out_dir / job[1] if several else out_dir)):
-            taken += 1
+        claims = claimed(
+            out_dir,
+            jobs,
+            state=state,
+            prefix="clip-",
+            finished=lambda job: _clip_finished(out_dir / job[1] if several else out_dir),
+        )
+        for taken, (clip, name) in enumerate(claims, 1):
             if state is not None:
-                print(f"diffinv video: process {state.process_index} of {state.num_processes} inverts {clip} "
-                      f"({taken} of {len(clips)} clips)")
+                print(
+                    f"diffinv video: process {state.process_index} of {state.num_processes} inverts {clip} "
+                    f"({taken} of {len(clips)} clips)"
+                )
             _invert_clip(clip, out_dir / name if several else out_dir, args, device, make_inverter, targets)
 
     # 3. The table of all clips, by the main process once every process is done
@@ -114,8 +161,11 @@ def run(args) -> int:
         for row in summary["clips"]:
             psnr = f"PSNR {row['psnr_mean']:.2f} dB" if "psnr_mean" in row else "no frames"
             print(f"  {row['folder']}/: {row['clip']}, {row.get('frames_done', 0)} frames, {psnr}")
-        print(f"wrote {out_dir}/{SUMMARY_FILE} ({len(clips)} clips, {summary['frames_done']} frames"
-              + (f", PSNR {summary['psnr_mean']:.2f} dB" if "psnr_mean" in summary else "") + ")")
+        print(
+            f"wrote {out_dir}/{SUMMARY_FILE} ({len(clips)} clips, {summary['frames_done']} frames"
+            + (f", PSNR {summary['psnr_mean']:.2f} dB" if "psnr_mean" in summary else "")
+            + ")"
+        )
     return 0
 
 
@@ -134,8 +184,10 @@ def _read_clip(video: str, args, size=None):
     size = args.size if size is None else size
     clip = read_video(video, start=args.start, stop=stop, stride=args.stride, size=size)
     if args.frames is not None and len(clip) < args.frames:
-        raise common.UsageError(f"`--frames {args.frames}` asked for more frames than the clip {video!r} holds from "
-                                f"--start {args.start}: got {len(clip)}.")
+        raise common.UsageError(
+            f"`--frames {args.frames}` asked for more frames than the clip {video!r} holds from "
+            f"--start {args.start}: got {len(clip)}."
+        )
     return clip
 
 
@@ -163,12 +215,15 @@ def _invert_clip(video: str, out_dir: Path, args, device, make_inverter, targets
                 f"they must match one to one."
             )
         if features.layer != args.layer:
-            raise common.UsageError(f"`--features` {args.features!r} come from layer {features.layer!r}, not `--layer` "
-                             f"{args.layer!r}.")
+            raise common.UsageError(
+                f"`--features` {args.features!r} come from layer {features.layer!r}, not `--layer` {args.layer!r}."
+            )
         if tuple(features.input_size) != size:
-            raise common.UsageError(f"`--features` {args.features!r} were extracted at {features.input_size}, but the "
-                             f"frames are read at {size} (`--size {args.size}`); pass the size they were "
-                             f"extracted at.")
+            raise common.UsageError(
+                f"`--features` {args.features!r} were extracted at {features.input_size}, but the "
+                f"frames are read at {size} (`--size {args.size}`); pass the size they were "
+                f"extracted at."
+            )
         features.check(target)  # the network and weights that made them (provenance), and their shape
     else:
         features = extract_video_features(target, clip, args.layer)
@@ -178,15 +233,30 @@ def _invert_clip(video: str, out_dir: Path, args, device, make_inverter, targets
     warm = {"auto": None, "on": True, "off": False}[args.warm_start]
 
     # 3. Invert, window by window, into the run store (frames and records written as they finish)
-    settings = {"source": str(Path(video).resolve()), "stride": args.stride,
-                "features": fingerprint_path(args.features) if args.features else "extracted"}
+    settings = {
+        "source": str(Path(video).resolve()),
+        "stride": args.stride,
+        "features": fingerprint_path(args.features) if args.features else "extracted",
+    }
     if main:
-        print(f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
-          f"{video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
-          f"temporal weight {args.temporal_weight}, window {args.window}")
-    out = invert_video(inverter, features, window=args.window, references=clip.frames, frame_ids=clip.indices,
-                       warm_start=warm, out_dir=out_dir, overwrite=args.overwrite, seed=args.seed, settings=settings,
-                       state=state)
+        print(
+            f"diffinv video: {len(clip)} frames ({clip.indices[0]}..{clip.indices[-1]}, stride {args.stride}) of "
+            f"{video} at {size[0]}x{size[1]}, {args.target}.{args.layer}, method {args.method}, "
+            f"temporal weight {args.temporal_weight}, window {args.window}"
+        )
+    out = invert_video(
+        inverter,
+        features,
+        window=args.window,
+        references=clip.frames,
+        frame_ids=clip.indices,
+        warm_start=warm,
+        out_dir=out_dir,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        settings=settings,
+        state=state,
+    )
     if not main:
         return
 
@@ -195,12 +265,18 @@ def _invert_clip(video: str, out_dir: Path, args, device, make_inverter, targets
         write_video(out.images, out_dir / "reconstruction.mp4", clip.fps)
         write_side_by_side(clip.frames, out.images, out_dir / "side_by_side.mp4", clip.fps)
     s = out.summary
-    print(f"PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}, "
-          f"feature residual {s['feature_residual_mean']:.3f}")
+    print(
+        f"PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB, SSIM {s['ssim_mean']:.3f}, "
+        f"feature residual {s['feature_residual_mean']:.3f}"
+    )
     if "temporal_consistency" in s:
-        print(f"temporal consistency (mean |x_t - x_t-1|): reconstruction {s['temporal_consistency']:.4f}, "
-              f"source {s['source_temporal_consistency']:.4f} (ratio {s['temporal_ratio']:.2f}), "
-              f"flicker {s['flicker']:.4f}")
+        print(
+            f"temporal consistency (mean |x_t - x_t-1|): reconstruction {s['temporal_consistency']:.4f}, "
+            f"source {s['source_temporal_consistency']:.4f} (ratio {s['temporal_ratio']:.2f}), "
+            f"flicker {s['flicker']:.4f}"
+        )
     written = "frames/, metrics.json" + ("" if args.no_mp4 else ", reconstruction.mp4, side_by_side.mp4")
-    print(f"wrote {out_dir}/{{{written}}} ({len(out.computed)} frames computed now, "
-          f"{len(clip) - len(out.computed)} resumed)")
+    print(
+        f"wrote {out_dir}/{{{written}}} ({len(out.computed)} frames computed now, "
+        f"{len(clip) - len(out.computed)} resumed)"
+    )

@@ -24,11 +24,20 @@ def add_source_args(p, *, default_datasets=("skimage", "foolbox-imagenet")) -> N
     """``--images`` or ``--dataset`` (several built-in sets), and ``--num-images``."""
     source = p.add_mutually_exclusive_group()
     common.add_images_arg(source, help="natural images: files and/or folders")
-    source.add_argument("--dataset", nargs="+", default=list(default_datasets), choices=DATASETS, metavar="NAME",
-                        help=f"built-in natural images, one or more of {', '.join(DATASETS)} "
-                             f"(default: {' '.join(default_datasets)})")
-    p.add_argument("--num-images", type=common.positive_int, default=None,
-                   help="use at most this many natural images (default: all)")
+    source.add_argument(
+        "--dataset",
+        nargs="+",
+        default=list(default_datasets),
+        choices=DATASETS,
+        metavar="NAME",
+        help=f"built-in natural images, one or more of {', '.join(DATASETS)} (default: {' '.join(default_datasets)})",
+    )
+    p.add_argument(
+        "--num-images",
+        type=common.positive_int,
+        default=None,
+        help="use at most this many natural images (default: all)",
+    )
 
 
 def source_description(args) -> dict:
@@ -62,19 +71,35 @@ def add_parsers(sub) -> None:
     p.add_argument("--layer", required=True, help="a layer whose output is a feature map (e.g. blocks.4)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--channels", type=common.non_negative_int, nargs="+", help="channel indices")
-    which.add_argument("--top", type=common.positive_int,
-                       help="the N channels with the highest mean activation over the natural images")
-    p.add_argument("--objective", choices=("channel", "neuron"), default="channel",
-                   help="channel: mean activation of the channel (default); neuron: its activation at the centre")
-    p.add_argument("--method", choices=tuple(PRIORS), default="pixel",
-                   help="the image prior (default pixel)")
-    p.add_argument("--param", choices=("fourier", "pixel"), default="fourier",
-                   help="pixel: decorrelated Fourier/colour space (default) or plain pixels")
+    which.add_argument(
+        "--top",
+        type=common.positive_int,
+        help="the N channels with the highest mean activation over the natural images",
+    )
+    p.add_argument(
+        "--objective",
+        choices=("channel", "neuron"),
+        default="channel",
+        help="channel: mean activation of the channel (default); neuron: its activation at the centre",
+    )
+    p.add_argument("--method", choices=tuple(PRIORS), default="pixel", help="the image prior (default pixel)")
+    p.add_argument(
+        "--param",
+        choices=("fourier", "pixel"),
+        default="fourier",
+        help="pixel: decorrelated Fourier/colour space (default) or plain pixels",
+    )
     p.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotate/pad")
     p.add_argument("--iterations", type=common.positive_int, default=256, help="optimization iterations (default 256)")
-    p.add_argument("--learning-rate", type=common.positive_float, default=None,
-                   help="Adam step size (default: " + ", ".join(f"{n} {p.learning_rate}" for n, p in PRIORS.items()) + ")")
-    p.add_argument("--model", default=None, help="diffusion: a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo")
+    p.add_argument(
+        "--learning-rate",
+        type=common.positive_float,
+        default=None,
+        help="Adam step size (default: " + ", ".join(f"{n} {p.learning_rate}" for n, p in PRIORS.items()) + ")",
+    )
+    p.add_argument(
+        "--model", default=None, help="diffusion: a diffusers Stable Diffusion folder, or tiny/sd15/sd-turbo"
+    )
     p.add_argument("--prompt", default="", help="diffusion: text prompt (default none)")
     p.add_argument("--steps", type=common.positive_int, default=1, help="diffusion: sampler steps K (default 1)")
     add_source_args(p)
@@ -96,13 +121,17 @@ def run(args) -> int:
     prior = PRIORS[args.method]
     if prior.needs_pipeline:
         if not args.model:
-            raise common.UsageError(f"`--method {args.method}` needs `--model PATH` (a diffusers Stable Diffusion folder; "
-                                    "`--model tiny` builds random weights to try the path).")
+            raise common.UsageError(
+                f"`--method {args.method}` needs `--model PATH` (a diffusers Stable Diffusion folder; "
+                "`--model tiny` builds random weights to try the path)."
+            )
         common.check_model_arg(args.model)
     if prior.size_multiple > 1 and args.size % prior.size_multiple:
         m = prior.size_multiple
-        raise common.UsageError(f"`--size` {args.size}: the {args.method} method needs a multiple of {m}, e.g. "
-                                f"{max(m, args.size // m * m)}.")
+        raise common.UsageError(
+            f"`--size` {args.size}: the {args.method} method needs a multiple of {m}, e.g. "
+            f"{max(m, args.size // m * m)}."
+        )
     common.check_memory_fits(args, args.layer, [args.method], images=len(args.channels or ()) or args.top)
     target = common.target_from_args(args, args.layer, device)
     num_channels = check_layer(target, args.layer)
@@ -115,16 +144,32 @@ def run(args) -> int:
     # 2. Channels, and their maxima over the natural images
     means = channel_activations(target, args.layer, natural, progress=True)
     channels = list(args.channels) if args.channels else top_channels(means, args.top)
-    reference = means if args.objective == "channel" else channel_activations(target, args.layer, natural, reduce="max")
+    reference = (
+        means if args.objective == "channel" else channel_activations(target, args.layer, natural, reduce="max")
+    )
     natural_max = reference[:, channels].max(0)
     objective = (channel if args.objective == "channel" else neuron)(args.layer, channels)
-    settings = {"target": target.identity(), "layer": args.layer, "channels": channels, "objective": args.objective,
-                "method": args.method, "param": args.param if prior.takes_param else None,
-                "transforms": not args.no_transforms, "iterations": args.iterations,
-                "learning_rate": args.learning_rate or DEFAULT_LEARNING_RATES[args.method], "size": args.size,
-                "seed": args.seed, "natural_images": {**source_description(args), "count": len(natural),
-                                                      "fingerprint": pixels_fingerprint(natural)},
-                "model": args.model, "prompt": args.prompt, "steps": args.steps}
+    settings = {
+        "target": target.identity(),
+        "layer": args.layer,
+        "channels": channels,
+        "objective": args.objective,
+        "method": args.method,
+        "param": args.param if prior.takes_param else None,
+        "transforms": not args.no_transforms,
+        "iterations": args.iterations,
+        "learning_rate": args.learning_rate or DEFAULT_LEARNING_RATES[args.method],
+        "size": args.size,
+        "seed": args.seed,
+        "natural_images": {
+            **source_description(args),
+            "count": len(natural),
+            "fingerprint": pixels_fingerprint(natural),
+        },
+        "model": args.model,
+        "prompt": args.prompt,
+        "steps": args.steps,
+    }
     store = RunStore(out_dir, "visualize", settings, overwrite=args.overwrite, outputs=OUTPUTS)
     records = {r["channel"]: r for r in store.records()}
 
@@ -135,19 +180,40 @@ def run(args) -> int:
             from ..pipelines import load_pipeline
 
             pipeline = load_pipeline(args.model, device=str(device)).set_target(target, layer=args.layer)
-        print(f"diffinv visualize: {len(channels)} channels of {args.target}.{args.layer} with {args.method}, "
-              f"{args.iterations} iterations at {args.size}x{args.size}")
-        out = visualize(target, objective, len(channels), size=(args.size, args.size), method=args.method,
-                        param=args.param, iterations=args.iterations, learning_rate=args.learning_rate,
-                        transforms=None if args.no_transforms else "standard", pipeline=pipeline, prompt=args.prompt,
-                        num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed))
+        print(
+            f"diffinv visualize: {len(channels)} channels of {args.target}.{args.layer} with {args.method}, "
+            f"{args.iterations} iterations at {args.size}x{args.size}"
+        )
+        out = visualize(
+            target,
+            objective,
+            len(channels),
+            size=(args.size, args.size),
+            method=args.method,
+            param=args.param,
+            iterations=args.iterations,
+            learning_rate=args.learning_rate,
+            transforms=None if args.no_transforms else "standard",
+            pipeline=pipeline,
+            prompt=args.prompt,
+            num_inference_steps=args.steps,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
         for i, c in enumerate(channels):
             file = save_image(out.images[i], out_dir / "tiles" / f"channel_{c:04d}.png")
             reached, best = float(out.values[i]), float(natural_max.values[i])
-            store.append({"channel": c, "reached": reached, "natural_max": best,
-                          "ratio": reached / best if best > 0 else None,
-                          "natural_argmax": int(natural_max.indices[i]), "file": file.relative_to(out_dir).as_posix(),
-                          "seconds": out.seconds / len(channels), "skipped_steps": out.info["skipped_steps"]})
+            store.append(
+                {
+                    "channel": c,
+                    "reached": reached,
+                    "natural_max": best,
+                    "ratio": reached / best if best > 0 else None,
+                    "natural_argmax": int(natural_max.indices[i]),
+                    "file": file.relative_to(out_dir).as_posix(),
+                    "seconds": out.seconds / len(channels),
+                    "skipped_steps": out.info["skipped_steps"],
+                }
+            )
         records = {r["channel"]: r for r in store.records()}
 
     # 4. Grid, JSON and markdown table
@@ -168,10 +234,12 @@ def results_table(rows, settings) -> str:
         lines.append(f"| {r['channel']} | {r['reached']:.3f} | {r['natural_max']:.3f} | {ratio} |")
     what = "mean activation over positions" if settings["objective"] == "channel" else "activation at the centre"
     method = settings["method"] + (f" ({settings['param']})" if settings["param"] else "")
-    return ("\n".join(lines) + f"\n\n{method}, "
-            f"{settings['iterations']} iterations, {settings['size']}x{settings['size']}; activation = the channel's {what} "
-            f"(natural: max over {settings['natural_images']['count']} images of the channel's "
-            f"{'mean' if settings['objective'] == 'channel' else 'maximum over positions'}).\n")
+    return (
+        "\n".join(lines) + f"\n\n{method}, "
+        f"{settings['iterations']} iterations, {settings['size']}x{settings['size']}; activation = the channel's {what} "
+        f"(natural: max over {settings['natural_images']['count']} images of the channel's "
+        f"{'mean' if settings['objective'] == 'channel' else 'maximum over positions'}).\n"
+    )
 
 
 def write_tile_grid(out_dir, rows, columns: int = 4, *, size: int):

@@ -71,7 +71,9 @@ def channel_activations(
 def top_channels(activations: torch.Tensor, n: int) -> list[int]:
     """The ``n`` channels with the highest mean over images of :func:`channel_activations`' rows."""
     if n < 1 or n > activations.shape[1]:
-        raise ValueError(f"cannot pick the top {n} of {activations.shape[1]} channels; give 1..{activations.shape[1]}.")
+        raise ValueError(
+            f"cannot pick the top {n} of {activations.shape[1]} channels; give 1..{activations.shape[1]}."
+        )
     return activations.mean(0).topk(n).indices.tolist()
 
 

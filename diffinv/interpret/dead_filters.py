@@ -88,21 +88,34 @@ class DeadFilterReport:
     settings: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"num_images": self.num_images, "eps": self.eps, "rare_fraction": self.rare_fraction,
-                "variance_eps": self.variance_eps, **self.settings, "layers": self.layers}
+        return {
+            "num_images": self.num_images,
+            "eps": self.eps,
+            "rare_fraction": self.rare_fraction,
+            "variance_eps": self.variance_eps,
+            **self.settings,
+            "layers": self.layers,
+        }
 
     def markdown(self) -> str:
         def listed(channels, limit=24):
-            return ", ".join(map(str, channels[:limit])) + (f", ... ({len(channels)})" if len(channels) > limit else "")
+            return ", ".join(map(str, channels[:limit])) + (
+                f", ... ({len(channels)})" if len(channels) > limit else ""
+            )
 
-        lines = [f"Dead-filter report over {self.num_images} images: dead = max activation <= {self.eps:g} everywhere; "
-                 f"rarely active = active (max > {self.eps:g}) on fewer than {100 * self.rare_fraction:g} % of the "
-                 f"images; constant = variance <= {self.variance_eps:g}.", "",
-                 "| layer | channels | dead | rarely active | constant | dead channels | rarely active channels |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            f"Dead-filter report over {self.num_images} images: dead = max activation <= {self.eps:g} everywhere; "
+            f"rarely active = active (max > {self.eps:g}) on fewer than {100 * self.rare_fraction:g} % of the "
+            f"images; constant = variance <= {self.variance_eps:g}.",
+            "",
+            "| layer | channels | dead | rarely active | constant | dead channels | rarely active channels |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, row in self.layers.items():
-            lines.append(f"| {name} | {row['num_channels']} | {len(row['dead'])} | {len(row['rarely_active'])} | "
-                         f"{len(row['constant'])} | {listed(row['dead']) or '-'} | {listed(row['rarely_active']) or '-'} |")
+            lines.append(
+                f"| {name} | {row['num_channels']} | {len(row['dead'])} | {len(row['rarely_active'])} | "
+                f"{len(row['constant'])} | {listed(row['dead']) or '-'} | {listed(row['rarely_active']) or '-'} |"
+            )
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | os.PathLike) -> list[Path]:
@@ -174,7 +187,14 @@ def dead_filter_report(
         dead = (s.max <= eps).nonzero().flatten().tolist()
         rare = ((s.active_fraction < rare_fraction) & (s.max > eps)).nonzero().flatten().tolist()
         constant = (s.variance <= variance_eps).nonzero().flatten().tolist()
-        rows[layer] = {"num_channels": len(s.max), "dead": dead, "rarely_active": rare, "constant": constant,
-                       "max": s.max.tolist(), "active_fraction": s.active_fraction.tolist(),
-                       "mean": s.mean.tolist(), "variance": s.variance.tolist()}
+        rows[layer] = {
+            "num_channels": len(s.max),
+            "dead": dead,
+            "rarely_active": rare,
+            "constant": constant,
+            "max": s.max.tolist(),
+            "active_fraction": s.active_fraction.tolist(),
+            "mean": s.mean.tolist(),
+            "variance": s.variance.tolist(),
+        }
     return DeadFilterReport(rows, seen, eps, rare_fraction, variance_eps)

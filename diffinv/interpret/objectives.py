@@ -28,7 +28,11 @@ Indices = int | Sequence[int]
 def check_feature_map(features, layer: str) -> torch.Tensor:
     """``features`` if it is a ``(N, C, H, W)`` tensor, else a ValueError that says what the layer gives."""
     if not isinstance(features, torch.Tensor) or features.ndim != 4:
-        got = f"a tensor of shape {tuple(features.shape)}" if isinstance(features, torch.Tensor) else type(features).__name__
+        got = (
+            f"a tensor of shape {tuple(features.shape)}"
+            if isinstance(features, torch.Tensor)
+            else type(features).__name__
+        )
         raise ValueError(
             f"`layer` {layer!r} does not output a feature map (N, C, H, W) but {got}; choose a convolutional layer "
             f"(e.g. a block of the network)."
@@ -102,8 +106,10 @@ def check_channels(channels: Indices, num_channels: int, layer: str) -> None:
     """A ValueError naming the layer's channel count when an index is out of range."""
     for c in [channels] if isinstance(channels, int) else channels:
         if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < num_channels:
-            raise ValueError(f"channel {c!r} does not exist: layer {layer!r} has {num_channels} channels "
-                             f"(indices 0..{num_channels - 1}).")
+            raise ValueError(
+                f"channel {c!r} does not exist: layer {layer!r} has {num_channels} channels "
+                f"(indices 0..{num_channels - 1})."
+            )
 
 
 def _select(features: torch.Tensor, indices: Indices, layer: str) -> torch.Tensor:
@@ -135,6 +141,7 @@ def neuron(layer: str, index: Indices, x: int | None = None, y: int | None = Non
 
 
 def layer_norm(layer: str) -> Objective:
-    """"Deep dream": the mean squared activation of the whole layer."""
-    return Objective(lambda f: check_feature_map(f[layer], layer).pow(2).flatten(1).mean(1), [layer],
-                     f"layer_norm({layer})")
+    """ "Deep dream": the mean squared activation of the whole layer."""
+    return Objective(
+        lambda f: check_feature_map(f[layer], layer).pow(2).flatten(1).mean(1), [layer], f"layer_norm({layer})"
+    )

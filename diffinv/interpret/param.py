@@ -64,8 +64,9 @@ def dip_image(
         ValueError: ``size`` is not divisible by ``2 ** len(channels)``.
     """
     check_dip_size(size, len(channels), "size")
-    net, image_fn = dip_parameterization(n, size, channels=tuple(channels), input_noise_std=input_noise_std,
-                                            generator=generator, device=device)
+    net, image_fn = dip_parameterization(
+        n, size, channels=tuple(channels), input_noise_std=input_noise_std, generator=generator, device=device
+    )
     return list(net.parameters()), image_fn
 
 
@@ -92,7 +93,8 @@ def diffusion_image(
     latents = (sigma * _randn(shape, generator, device)).float().requires_grad_(True)
 
     def image_fn(train: bool = True) -> torch.Tensor:
-        return pipe.render(latents, prompt, num_inference_steps=num_inference_steps,
-                           gradient_checkpointing=train).float()
+        return pipe.render(
+            latents, prompt, num_inference_steps=num_inference_steps, gradient_checkpointing=train
+        ).float()
 
     return [latents], image_fn

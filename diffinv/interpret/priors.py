@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from ..inverters.dip import DIPConfig
 from .param import diffusion_image, dip_image, fourier_image, pixel_image
 
@@ -49,12 +47,16 @@ def _dip(n, size, *, generator, device, dip_channels, **_):
 
 
 def _diffusion(n, size, *, generator, pipeline, prompt, num_inference_steps, **_):
-    return diffusion_image(pipeline, n, size, prompt=prompt, num_inference_steps=num_inference_steps, generator=generator)
+    return diffusion_image(
+        pipeline, n, size, prompt=prompt, num_inference_steps=num_inference_steps, generator=generator
+    )
 
 
-PRIORS: dict[str, Prior] = {prior.name: prior for prior in (
-    Prior("pixel", 0.05, _pixel, takes_param=True),
-    Prior("dip", 0.01, _dip, size_multiple=2 ** len(DIPConfig.channels)),  # the default generator's levels
-    Prior("diffusion", 0.05, _diffusion, needs_pipeline=True),
-)}
-
+PRIORS: dict[str, Prior] = {
+    prior.name: prior
+    for prior in (
+        Prior("pixel", 0.05, _pixel, takes_param=True),
+        Prior("dip", 0.01, _dip, size_multiple=2 ** len(DIPConfig.channels)),  # the default generator's levels
+        Prior("diffusion", 0.05, _diffusion, needs_pipeline=True),
+    )
+}

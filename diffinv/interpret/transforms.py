@@ -71,8 +71,11 @@ def random_rotate(angles: Sequence[float], fill: float = 0.5) -> Transform:
         a = math.radians(float(_choice(angles, generator)))
         if a == 0.0:
             return images
-        theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
-                             dtype=images.dtype, device=images.device)
+        theta = torch.tensor(
+            [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+            dtype=images.dtype,
+            device=images.device,
+        )
         grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
         return F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
@@ -94,10 +97,12 @@ def compose(transforms: Sequence[Transform]) -> Transform:
 def standard_transforms(size: int) -> Transform:
     """lucent's ``standard_transforms``, scaled to an image of side ``size`` (lucent's numbers are for 224)."""
     k = max(size / 224.0, 0.25)
-    return compose([
-        pad(round(12 * k)),
-        jitter(round(8 * k)),
-        random_scale([1 + (i - 5) / 50.0 for i in range(11)]),
-        random_rotate(list(range(-10, 11)) + 5 * [0]),
-        jitter(max(1, round(4 * k))),
-    ])
+    return compose(
+        [
+            pad(round(12 * k)),
+            jitter(round(8 * k)),
+            random_scale([1 + (i - 5) / 50.0 for i in range(11)]),
+            random_rotate(list(range(-10, 11)) + 5 * [0]),
+            jitter(max(1, round(4 * k))),
+        ]
+    )

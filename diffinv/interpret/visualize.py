@@ -59,8 +59,10 @@ class VisualizationOutput:
 def check_layer(target: TargetNetwork, layer: str, size: tuple[int, int] = (64, 64)) -> int:
     """The channel count of ``layer``; a ValueError when it is not a module or not a 4-D feature map."""
     if layer not in target.layer_names():
-        raise ValueError(f"`layer` {layer!r} is not a module of {target.name!r}. Some valid layers: "
-                         f"{', '.join(target.layer_names()[:30])} ...")
+        raise ValueError(
+            f"`layer` {layer!r} is not a module of {target.name!r}. Some valid layers: "
+            f"{', '.join(target.layer_names()[:30])} ..."
+        )
     param = next(target.model.parameters(), None)
     x = torch.full((1, 3, *size), 0.5, device=target.mean.device, dtype=param.dtype if param is not None else None)
     with torch.no_grad():
@@ -120,7 +122,9 @@ def visualize(
         raise ValueError(f"`num_images` must be a positive integer, got {num_images!r}.")
     prior = PRIORS[method]
     if prior.needs_pipeline and pipeline is None:
-        raise ValueError(f"`method={method!r}` needs `pipeline=` a loaded DiffInvPipeline (e.g. `load_pipeline(path)`).")
+        raise ValueError(
+            f"`method={method!r}` needs `pipeline=` a loaded DiffInvPipeline (e.g. `load_pipeline(path)`)."
+        )
     lr = check_weight("learning_rate", prior.learning_rate if learning_rate is None else learning_rate, positive=True)
     check_weight("tv_weight", tv_weight)
     for layer in objective.layers:
@@ -136,9 +140,17 @@ def visualize(
     t_generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     # 2. The parameterization
-    params, image_fn = prior.make(num_images, size, generator=generator, device=device, param=param,
-                                  dip_channels=dip_channels, pipeline=pipeline, prompt=prompt,
-                                  num_inference_steps=num_inference_steps)
+    params, image_fn = prior.make(
+        num_images,
+        size,
+        generator=generator,
+        device=device,
+        param=param,
+        dip_channels=dip_channels,
+        pipeline=pipeline,
+        prompt=prompt,
+        num_inference_steps=num_inference_steps,
+    )
     params = [p.requires_grad_(True) for p in params]
     dtype = next(target.model.parameters()).dtype
 
@@ -160,15 +172,29 @@ def visualize(
 
     # 4. The loop: the one optimization rule
     start = time.perf_counter()
-    result = run_optimization(params, closure, iterations=iterations, lr=lr, num_images=num_images,
-                              progress=progress, desc=f"visualize {method}")
+    result = run_optimization(
+        params,
+        closure,
+        iterations=iterations,
+        lr=lr,
+        num_images=num_images,
+        progress=progress,
+        desc=f"visualize {method}",
+    )
     seconds = time.perf_counter() - start
 
     # 5. Render the best iterates and score them as they are
     with torch.no_grad():
         images = image_fn(train=False).detach().float().clamp(0, 1)
         values = values_of(images).cpu()
-    info = {"objective": objective.name, "param": param if prior.takes_param else method, "iterations": iterations,
-            "learning_rate": lr, "transforms": transforms is not None, "tv_weight": tv_weight,
-            "skipped_steps": result.skipped_steps, "size": list(size)}
+    info = {
+        "objective": objective.name,
+        "param": param if prior.takes_param else method,
+        "iterations": iterations,
+        "learning_rate": lr,
+        "transforms": transforms is not None,
+        "tv_weight": tv_weight,
+        "skipped_steps": result.skipped_steps,
+        "size": list(size),
+    }
     return VisualizationOutput(images.cpu(), values, -result.history, seconds, method, info)

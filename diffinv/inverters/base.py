@@ -130,8 +130,9 @@ class Inverter:
         if config is None:
             return cls.config_class(**options)
         if not isinstance(config, cls.config_class):
-            raise ValueError(f"`config` of method {cls.name!r} must be a {cls.config_class.__name__}, got "
-                             f"{type(config).__name__}.")
+            raise ValueError(
+                f"`config` of method {cls.name!r} must be a {cls.config_class.__name__}, got {type(config).__name__}."
+            )
         return config.replace(**options) if options else config
 
     @property
@@ -174,11 +175,16 @@ class Inverter:
             kwargs["callback"] = callback
         if feature_transform is not None:
             if not self.config.accepts_feature_transform:
-                raise ValueError(f"method {self.name!r} does not optimize the feature loss of `optimize()`, so it "
-                                 f"cannot take a `feature_transform`.")
+                raise ValueError(
+                    f"method {self.name!r} does not optimize the feature loss of `optimize()`, so it "
+                    f"cannot take a `feature_transform`."
+                )
             kwargs["feature_transform"] = feature_transform
-        for key, capability in (("init", "accepts_init"), ("anchor", "accepts_anchor"),
-                                ("early_stop", "accepts_early_stop")):
+        for key, capability in (
+            ("init", "accepts_init"),
+            ("anchor", "accepts_anchor"),
+            ("early_stop", "accepts_early_stop"),
+        ):
             if key in kwargs and not getattr(self.config, capability):
                 raise ValueError(f"method {self.name!r} takes no `{key}` (its config's `{capability}` is False).")
         feats, layer, size = resolve_features(self.target, features, image_size)
@@ -208,8 +214,15 @@ class Inverter:
         self.check_image_size(size)
         self._prepare(features, layer, size)
 
-    def start_images(self, features: torch.Tensor, layer: str, size: tuple[int, int], *,
-                     generator: torch.Generator | None = None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    def start_images(
+        self,
+        features: torch.Tensor,
+        layer: str,
+        size: tuple[int, int],
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, dict]:
         """The method's estimate as the start of a hybrid: ``(images (N, 3, H, W) in [0, 1], info)``,
         ``info`` keeping the plain values the method reported. Call :meth:`prepare` first."""
         images, _, info = self._reconstruct(features, layer, size, generator=generator, progress=progress)
@@ -255,8 +268,14 @@ class RefiningInverter(Inverter):
 
     extra_options: ClassVar[tuple[str, ...]] = ("start",)
 
-    def __init__(self, target: TargetNetwork, config: InverterConfig | None = None, *,
-                 start: Inverter | str | os.PathLike | list | torch.Tensor | None = None, **options):
+    def __init__(
+        self,
+        target: TargetNetwork,
+        config: InverterConfig | None = None,
+        *,
+        start: Inverter | str | os.PathLike | list | torch.Tensor | None = None,
+        **options,
+    ):
         super().__init__(target, config, **options)
         if isinstance(start, torch.Tensor):
             start = check_images(start, "start")
@@ -295,16 +314,19 @@ class RefiningInverter(Inverter):
         if isinstance(self._start, Inverter):
             self._start.prepare(features, layer, size)
 
-    def _start_estimate(self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator,
-                        progress: bool) -> tuple[torch.Tensor, dict]:
+    def _start_estimate(
+        self, features: torch.Tensor, layer: str, size: tuple[int, int], *, generator, progress: bool
+    ) -> tuple[torch.Tensor, dict]:
         """The hybrid's start images ``(N or 1, 3, H, W)`` at ``size`` and what the start method reported."""
         if isinstance(self._start, Inverter):
             images, info = self._start.start_images(features, layer, size, generator=generator, progress=progress)
             return images, {"start_method": self._start.name, "start_info": info}
         if isinstance(self._start, list):
             if len(self._start) not in (1, len(features)):
-                raise ValueError(f"`start` has {len(self._start)} image files for {len(features)} feature maps; give one "
-                                 f"per map, or one for all.")
+                raise ValueError(
+                    f"`start` has {len(self._start)} image files for {len(features)} feature maps; give one "
+                    f"per map, or one for all."
+                )
             return load_images(self._start, size), {"start_method": "image"}
         return self._start, {"start_method": "image"}
 
@@ -398,11 +420,23 @@ def optimize(
         return callback(i, per_image, render_now)
 
     start = time.perf_counter()
-    result = run_optimization(params, closure, iterations=iterations, lr=lr, num_images=len(features),
-                              schedule=lr_schedule, progress=progress, desc=desc,
-                              callback=None if callback is None else on_iteration, early_stop=early_stop)
+    result = run_optimization(
+        params,
+        closure,
+        iterations=iterations,
+        lr=lr,
+        num_images=len(features),
+        schedule=lr_schedule,
+        progress=progress,
+        desc=desc,
+        callback=None if callback is None else on_iteration,
+        early_stop=early_stop,
+    )
     with torch.no_grad():
         images = (final_fn or image_fn)().detach().float().clamp(0, 1).cpu()
-    info = {"skipped_steps": result.skipped_steps, "best_loss": result.best_loss.tolist(),
-            "optimize_seconds": time.perf_counter() - start}
+    info = {
+        "skipped_steps": result.skipped_steps,
+        "best_loss": result.best_loss.tolist(),
+        "optimize_seconds": time.perf_counter() - start,
+    }
     return images, result.history, info

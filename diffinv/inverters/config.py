@@ -63,8 +63,10 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "positive": ("a finite number > 0", lambda v: _is_number(v) and v > 0),
     "non_negative": ("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
     "unit": ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
-    "optional_truncation": ("a number in (0, 1] (None: a generator without truncation)",
-                            lambda v: v is None or _is_number(v) and 0 < v <= 1),
+    "optional_truncation": (
+        "a number in (0, 1] (None: a generator without truncation)",
+        lambda v: v is None or _is_number(v) and 0 < v <= 1,
+    ),
     "optional_positive": ("a finite number > 0 or None", lambda v: v is None or _is_number(v) and v > 0),
     "optional_non_negative": ("a finite number >= 0 or None", lambda v: v is None or _is_number(v) and v >= 0),
     "optional_non_negative_int": ("an integer >= 0 or None", lambda v: v is None or _is_int(v) and v >= 0),
@@ -73,20 +75,28 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "str": ("a string", lambda v: isinstance(v, str)),
     "optional_str": ("a string or None", lambda v: v is None or isinstance(v, str)),
     "compile": ("True, False or a torch.compile backend name", lambda v: isinstance(v, (bool, str))),
-    "channels": ("a non-empty sequence of positive integers",
-                 lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_int(c) and c >= 1 for c in v)),
-    "classes": ("None, a class index or a list of class indices",
-                lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_is_int(c) for c in v))),
-    "prompt": ("None, a string or a list of strings",
-               lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v))),
+    "channels": (
+        "a non-empty sequence of positive integers",
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_int(c) and c >= 1 for c in v),
+    ),
+    "classes": (
+        "None, a class index or a list of class indices",
+        lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_is_int(c) for c in v)),
+    ),
+    "prompt": (
+        "None, a string or a list of strings",
+        lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+    ),
 }
 
 
 # The help of options that several methods share (one text, one flag).
-COMPILE_HELP = ("run the networks through torch.compile, in a mode of diffinv.compilation.MODES (bare: default; "
-                "reduce-overhead uses CUDA graphs). The same results; the first iterations compile, up to a minute "
-                "on CPU, where the compiled networks were not faster; a compile failure falls back to eager with one "
-                "warning")
+COMPILE_HELP = (
+    "run the networks through torch.compile, in a mode of diffinv.compilation.MODES (bare: default; "
+    "reduce-overhead uses CUDA graphs). The same results; the first iterations compile, up to a minute "
+    "on CPU, where the compiled networks were not faster; a compile failure falls back to eager with one "
+    "warning"
+)
 
 
 class OptionError(ValueError):
@@ -98,8 +108,16 @@ class OptionError(ValueError):
         "method 'pixel': `iterations` must be a positive integer, got 0."
     """
 
-    def __init__(self, method: str, option: str, value, expected: str | None = None, *,
-                 allowed: tuple[str, ...] | None = None, message: str | None = None):
+    def __init__(
+        self,
+        method: str,
+        option: str,
+        value,
+        expected: str | None = None,
+        *,
+        allowed: tuple[str, ...] | None = None,
+        message: str | None = None,
+    ):
         self.method, self.option, self.value = method, option, value
         if message is None and allowed is not None:
             message = f"method {method!r} has no option `{option}`; its options are: {', '.join(allowed)}."
@@ -133,8 +151,16 @@ class OptionInfo:
         return self.flag or "--" + name.replace("_", "-")
 
 
-def option(default, rule: str | None = None, *, choices: tuple | None = None, help: str | None = None,
-           flag: str | None = None, values: Mapping[str, Any] | None = None, metavar: str | None = None):
+def option(
+    default,
+    rule: str | None = None,
+    *,
+    choices: tuple | None = None,
+    help: str | None = None,
+    flag: str | None = None,
+    values: Mapping[str, Any] | None = None,
+    metavar: str | None = None,
+):
     """A config field with its check (a rule of :data:`RULES`, or ``choices``, the allowed values) and,
     with ``help``, its command-line flag (:class:`OptionInfo`)."""
     if rule is not None and rule not in RULES:
@@ -217,7 +243,7 @@ class InverterConfig:
                 out[f"{name}_fingerprint"] = fingerprint_path(value)
         return out
 
-    def replace(self, **changes) -> "InverterConfig":
+    def replace(self, **changes) -> InverterConfig:
         """A copy with ``changes`` (checked like a new config; an unknown name is a ValueError)."""
         check_option_names(self.method, changes, self.option_names())
         return dataclasses.replace(self, **changes)

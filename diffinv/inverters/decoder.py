@@ -83,8 +83,14 @@ class DecoderInverter(Inverter):
     def memory_cost(cls, options, shape):
         return {"decoder": learned_model_cost(shape)}
 
-    def __init__(self, target: TargetNetwork, *, decoder: models.UpconvNet | str | os.PathLike,
-                 config: DecoderConfig | None = None, **options):
+    def __init__(
+        self,
+        target: TargetNetwork,
+        *,
+        decoder: models.UpconvNet | str | os.PathLike,
+        config: DecoderConfig | None = None,
+        **options,
+    ):
         super().__init__(target, config, **options)
         self._decoders = PerLayerModels(decoder, models.UpconvNet, "decoder", target.mean.device)
         self.config = replace(self.config, path=self._decoders.path)

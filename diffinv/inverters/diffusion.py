@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from .. import pipelines  # its names import diffusers when first used
 from ..compilation import backend
 from ..losses import feature_loss
-from ..targets import TargetNetwork
 from ..pipelines.definitions import is_local_path
+from ..targets import TargetNetwork
 from .base import Inverter, RefiningInverter
 from .config import COMPILE_HELP, FEATURE_LOSSES, InverterConfig, OptionError, OptionInfo, option
 from .sd_model import MODEL_HELP, check_model_option, model_cost
@@ -47,9 +47,23 @@ __all__ = ["CALL_DEFAULTS", "HYBRID_STRENGTH", "PIPELINE_OPTIONS", "DiffusionCon
 HYBRID_STRENGTH = 0.3  # DRAG++'s img2img strength for refining a black-box estimate
 # The arguments of DiffInvPipeline.__call__ that the config holds (same names; their defaults are the config's,
 # CALL_DEFAULTS); the others are the call's inputs and outputs (features, layer, sizes, generator, output_type, ...).
-PIPELINE_OPTIONS = ("prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "iterations",
-                    "learning_rate", "loss", "latent_prior_weight", "temporal_weight", "optimize",
-                    "gradient_checkpointing", "init", "strength", "max_retries", "compile")
+PIPELINE_OPTIONS = (
+    "prompt",
+    "negative_prompt",
+    "guidance_scale",
+    "num_inference_steps",
+    "iterations",
+    "learning_rate",
+    "loss",
+    "latent_prior_weight",
+    "temporal_weight",
+    "optimize",
+    "gradient_checkpointing",
+    "init",
+    "strength",
+    "max_retries",
+    "compile",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +100,9 @@ class DiffusionConfig(InverterConfig):
     prompt: str | list[str] | None = option(None, "prompt", help="text prompt ('auto': the target's predicted class)")
     negative_prompt: str | list[str] | None = option(None, "prompt")
     guidance_scale: float = option(1.0, "non_negative")
-    num_inference_steps: int = option(20, "positive_int", flag="--steps", help="sampler steps K of the diffusion chain")
+    num_inference_steps: int = option(
+        20, "positive_int", flag="--steps", help="sampler steps K of the diffusion chain"
+    )
     iterations: int = option(100, "positive_int", help="optimization iterations")
     learning_rate: float = option(0.1, "non_negative")
     loss: str = option("nmse", choices=FEATURE_LOSSES)
@@ -95,18 +111,30 @@ class DiffusionConfig(InverterConfig):
     optimize: str = option("initial", choices=("initial", "all"))
     gradient_checkpointing: bool = option(True, "bool")
     init: str = option("noise", choices=("noise", "image", "mapper"))
-    strength: float = option(0.5, "unit", help=f"with --init: how far the start is noised into the chain, in (0, 1] "
-                                                f"(default {HYBRID_STRENGTH} with a start)")
+    strength: float = option(
+        0.5,
+        "unit",
+        help=f"with --init: how far the start is noised into the chain, in (0, 1] "
+        f"(default {HYBRID_STRENGTH} with a start)",
+    )
     max_retries: int = option(3, "non_negative_int")
     compile: bool | str = option(False, "compile", help=COMPILE_HELP)
-    attention: str = option("sdpa", choices=("sdpa", "xformers"),  # pipelines.loaders.ATTENTION
-                            help="attention kernels, PyTorch's sdpa (default) or xformers (when installed)")
-    channels_last: bool = option(False, "bool", help="the UNet's and the decoders' weights channels-last (for GPU "
-                                                     "convolutions)")
-    taesd: str | None = option(None, "optional_str", metavar="FOLDER|random",
-                               help="decode with the tiny TAESD decoder inside the loop (a folder with its config.json "
-                                    "and weights, e.g. a copy of madebyollin/taesd; random: random weights, to try the "
-                                    "path) and with the full VAE for the final images")
+    attention: str = option(
+        "sdpa",
+        choices=("sdpa", "xformers"),  # pipelines.loaders.ATTENTION
+        help="attention kernels, PyTorch's sdpa (default) or xformers (when installed)",
+    )
+    channels_last: bool = option(
+        False, "bool", help="the UNet's and the decoders' weights channels-last (for GPU convolutions)"
+    )
+    taesd: str | None = option(
+        None,
+        "optional_str",
+        metavar="FOLDER|random",
+        help="decode with the tiny TAESD decoder inside the loop (a folder with its config.json "
+        "and weights, e.g. a copy of madebyollin/taesd; random: random weights, to try the "
+        "path) and with the full VAE for the final images",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -128,11 +156,18 @@ _LATENT_INIT, _IMAGE_INIT = "mapper", "image"
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_pipeline(model: str, torch_dtype: torch.dtype | None, device: str | None, attention: str,
-                     channels_last: bool, taesd: str | None):
+def _cached_pipeline(
+    model: str,
+    torch_dtype: torch.dtype | None,
+    device: str | None,
+    attention: str,
+    channels_last: bool,
+    taesd: str | None,
+):
     """The last loaded pipeline is kept: the benchmark builds one inverter per (layer, seed)."""
-    return pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=attention,
-                                   channels_last=channels_last, taesd=taesd)
+    return pipelines.load_pipeline(
+        model, torch_dtype=torch_dtype, device=device, attention=attention, channels_last=channels_last, taesd=taesd
+    )
 
 
 class DiffusionInverter(RefiningInverter):
@@ -178,15 +213,25 @@ class DiffusionInverter(RefiningInverter):
             path = Path(taesd).expanduser()
             if (is_local_path(os.fspath(taesd)) or path.exists()) and not (path / "config.json").is_file():
                 what = "is not a TAESD folder (no config.json)" if path.exists() else "does not exist"
-                raise OptionError(cls.name, "taesd", os.fspath(taesd), message=(
-                    f"method {cls.name!r}: `taesd` {os.fspath(taesd)!r} {what}; expected a folder with an "
-                    f"AutoencoderTiny's config.json and weights (a copy of madebyollin/taesd), or random."))
+                raise OptionError(
+                    cls.name,
+                    "taesd",
+                    os.fspath(taesd),
+                    message=(
+                        f"method {cls.name!r}: `taesd` {os.fspath(taesd)!r} {what}; expected a folder with an "
+                        f"AutoencoderTiny's config.json and weights (a copy of madebyollin/taesd), or random."
+                    ),
+                )
 
     @classmethod
     def check_refinement(cls, options):
         if options.get("strength") == 0:
-            raise OptionError(cls.name, "strength", 0, message="`strength` 0 with a hybrid start: the start must be "
-                                                                "noised into the chain; expected (0, 1].")
+            raise OptionError(
+                cls.name,
+                "strength",
+                0,
+                message="`strength` 0 with a hybrid start: the start must be noised into the chain; expected (0, 1].",
+            )
 
     @classmethod
     def memory_cost(cls, options, shape):
@@ -216,13 +261,24 @@ class DiffusionInverter(RefiningInverter):
             torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         c = self.config
         if isinstance(model, (str, os.PathLike)):
-            self.pipe = _cached_pipeline(os.fspath(model), torch_dtype, str(device), c.attention, c.channels_last, c.taesd)
+            self.pipe = _cached_pipeline(
+                os.fspath(model), torch_dtype, str(device), c.attention, c.channels_last, c.taesd
+            )
         else:
-            self.pipe = pipelines.load_pipeline(model, torch_dtype=torch_dtype, device=device, attention=c.attention,
-                                                channels_last=c.channels_last, taesd=c.taesd)
+            self.pipe = pipelines.load_pipeline(
+                model,
+                torch_dtype=torch_dtype,
+                device=device,
+                attention=c.attention,
+                channels_last=c.channels_last,
+                taesd=c.taesd,
+            )
         taesd = c.taesd if c.taesd is not None or self.pipe.loop_vae is None else type(self.pipe.loop_vae).__name__
         self.config = dataclasses.replace(
-            self.config, init=init, torch_dtype=str(self.pipe.unet.dtype), taesd=taesd,
+            self.config,
+            init=init,
+            torch_dtype=str(self.pipe.unet.dtype),
+            taesd=taesd,
             model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         )
 
@@ -259,8 +315,18 @@ class DiffusionInverter(RefiningInverter):
 
             hook = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["loss"]}
         bar = {"disable": not progress, "leave": False, "desc": f"diffusion {layer}"}
-        out = self.pipe(features, height=height, width=width, layer=layer, generator=generator, output_type="pt",
-                        target=self.target, progress_bar_config=bar, **call_kwargs, **hook)
+        out = self.pipe(
+            features,
+            height=height,
+            width=width,
+            layer=layer,
+            generator=generator,
+            output_type="pt",
+            target=self.target,
+            progress_bar_config=bar,
+            **call_kwargs,
+            **hook,
+        )
         images = out.images.float()
         if (height, width) != size:
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -279,14 +345,22 @@ class DiffusionInverter(RefiningInverter):
         return images, out.loss_history, info
 
     @torch.no_grad()
-    def _keep_better_start(self, refined: torch.Tensor, start: torch.Tensor, features: torch.Tensor, layer: str) -> dict:
+    def _keep_better_start(
+        self, refined: torch.Tensor, start: torch.Tensor, features: torch.Tensor, layer: str
+    ) -> dict:
         """Per image, the refinement or (``keep_start``) its start when the start's feature loss is lower."""
         start = start.to(refined).expand_as(refined)
         kind = self.config.loss
         feats = features.to(self.device).float()
-        losses = [feature_loss(self.target.feature(x.to(self.device), layer).float(), feats, kind).cpu()
-                  for x in (start, refined)]
+        losses = [
+            feature_loss(self.target.feature(x.to(self.device), layer).float(), feats, kind).cpu()
+            for x in (start, refined)
+        ]
         kept = losses[0] < losses[1] if self.config.keep_start else torch.zeros(len(refined), dtype=torch.bool)
         images = torch.where(kept.view(-1, 1, 1, 1).to(refined.device), start, refined)
-        return {"images": images, "kept_start": kept.tolist(), "start_loss": losses[0].tolist(),
-                "refined_loss": losses[1].tolist()}
+        return {
+            "images": images,
+            "kept_start": kept.tolist(),
+            "start_loss": losses[0].tolist(),
+            "refined_loss": losses[1].tolist(),
+        }

@@ -113,9 +113,14 @@ class DIPConfig(ImageOptimizerConfig):
     input_noise_std: float = option(1.0 / 30.0, "non_negative")
     loss: str = option("nmse", choices=FEATURE_LOSSES)
     temporal_weight: float = option(0.0, "non_negative")
-    grey_start: bool | None = option(None, "optional_bool", flag="--dip-start", values={"grey": True, "random": False},
-                                     help="start from flat grey images or from the random generators' own pattern "
-                                          "(default: grey where the features' stride is 32 or more, random below)")
+    grey_start: bool | None = option(
+        None,
+        "optional_bool",
+        flag="--dip-start",
+        values={"grey": True, "random": False},
+        help="start from flat grey images or from the random generators' own pattern "
+        "(default: grey where the features' stride is 32 or more, random below)",
+    )
     init_iterations: int = option(100, "non_negative_int")
     compile: bool | str = option(False, "compile", help=COMPILE_HELP)
 
@@ -147,15 +152,34 @@ class DIPInverter(Inverter):
     def check_image_size(self, size: tuple[int, int]) -> None:
         check_dip_size(size, len(self.config.channels))
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
-                     feature_transform=None, early_stop=None):
+    def _reconstruct(
+        self,
+        features,
+        layer,
+        size,
+        *,
+        generator,
+        progress,
+        init=None,
+        anchor=None,
+        callback=None,
+        feature_transform=None,
+        early_stop=None,
+    ):
         """``init``: images to pre-fit the generators to (warm start); ``anchor``: a fixed
         ``(1, 3, H, W)`` image before the first one in the temporal term (the previous frame)."""
         n, c = len(features), self.config
         grey = feature_stride(features, size) >= GREY_START_STRIDE if c.grey_start is None else c.grey_start
         net, render = dip_parameterization(
-            n, size, in_channels=c.in_channels, channels=c.channels, input_noise_std=c.input_noise_std,
-            grey_start=grey, generator=generator, device=self.device, compile=c.compile,
+            n,
+            size,
+            in_channels=c.in_channels,
+            channels=c.channels,
+            input_noise_std=c.input_noise_std,
+            grey_start=grey,
+            generator=generator,
+            device=self.device,
+            compile=c.compile,
         )
 
         if init is not None:

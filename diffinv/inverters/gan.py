@@ -17,13 +17,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import math
 
 from ..models.gan import (
     BigGANGenerator,
@@ -75,10 +74,13 @@ class GANConfig(InverterConfig):
     accepts_feature_transform = True
     streams_images = True  # the callback's render() gives the generator's current images (optimize)
 
-    gan: str = option("biggan-deep-128", "str",
-                      help="a BigGAN folder (config.json + pytorch_model.bin), biggan-deep-128/256/512 from the local "
-                           "pytorch-pretrained-biggan cache, or tiny / tiny:RES (random weights: for trying the path "
-                           "and timing)")
+    gan: str = option(
+        "biggan-deep-128",
+        "str",
+        help="a BigGAN folder (config.json + pytorch_model.bin), biggan-deep-128/256/512 from the local "
+        "pytorch-pretrained-biggan cache, or tiny / tiny:RES (random weights: for trying the path "
+        "and timing)",
+    )
     truncation: float | None = option(DEFAULT_TRUNCATION, "optional_truncation", help="BigGAN truncation in (0, 1]")
     restarts: int = option(DEFAULT_RESTARTS, "positive_int", help="random restarts per image, the best kept")
     iterations: int = option(200, "positive_int", help="optimization iterations")
@@ -163,24 +165,34 @@ class GANInverter(Inverter):
             generator = load_biggan(gan, truncation=c.truncation, cache_dir=cache_dir)
         self._generator = generator.to(self.device)
         name = gan if isinstance(gan, str) else os.fspath(gan) if isinstance(gan, os.PathLike) else generator.name
-        self.config = dataclasses.replace(c, gan=name, truncation=getattr(generator, "truncation", None),
-                                          optimize_class=c.optimize_class and generator.embed_dim > 0)
+        self.config = dataclasses.replace(
+            c,
+            gan=name,
+            truncation=getattr(generator, "truncation", None),
+            optimize_class=c.optimize_class and generator.embed_dim > 0,
+        )
 
     @property
     def generator(self) -> GANGenerator:
         """The frozen generator (on the target's device)."""
         return self._generator
 
-    def start_classes(self, features: torch.Tensor, layer: str, size: tuple[int, int],
-                      generator: torch.Generator | None) -> tuple[torch.Tensor, str]:
+    def start_classes(
+        self, features: torch.Tensor, layer: str, size: tuple[int, int], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, str]:
         """``(N * R,)`` starting classes (image-major) and where they came from."""
         n, r, gan, given = len(features), self.config.restarts, self.generator, self.config.classes
         if given is not None:
             if len(given) not in (1, n) or not all(0 <= int(c) < gan.num_classes for c in given):
-                raise ValueError(f"`classes` must be one class or one per image ({n}), each in [0, {gan.num_classes}), "
-                                 f"got {given!r}.")
-            classes = torch.tensor([int(c) for c in given]).expand(n) if len(given) == 1 \
+                raise ValueError(
+                    f"`classes` must be one class or one per image ({n}), each in [0, {gan.num_classes}), "
+                    f"got {given!r}."
+                )
+            classes = (
+                torch.tensor([int(c) for c in given]).expand(n)
+                if len(given) == 1
                 else torch.tensor([int(c) for c in given])
+            )
             return classes.repeat_interleave(r), "given"
         categories = self.target.categories
         if categories is not None and len(categories) == gan.num_classes:

@@ -60,9 +60,12 @@ class MapperConfig(InverterConfig):
     derived = ("path", "vae")
 
     model: str | None = option(None, "optional_str", help=MODEL_HELP)
-    strength: float = option(0.0, "unit", help="img2img strength of the refinement of its latent in [0, 1] (0: "
-                                                "decode it only)")
-    num_inference_steps: int = option(20, "positive_int", flag="--steps", help="sampler steps K of the diffusion chain")
+    strength: float = option(
+        0.0, "unit", help="img2img strength of the refinement of its latent in [0, 1] (0: decode it only)"
+    )
+    num_inference_steps: int = option(
+        20, "positive_int", flag="--steps", help="sampler steps K of the diffusion chain"
+    )
     prompt: str = option("", "str", help="text prompt of the refinement")
     guidance_scale: float = option(1.0, "non_negative")
     batch_size: int = option(16, "positive_int")
@@ -178,7 +181,9 @@ class MapperInverter(Inverter):
 
     # ------------------------------------------------------------------ img2img
     @torch.no_grad()
-    def refine(self, latents: torch.Tensor, *, generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+    def refine(
+        self, latents: torch.Tensor, *, generator: torch.Generator | None = None, progress: bool = True
+    ) -> torch.Tensor:
         """img2img: ``latents`` noised to ``strength`` and denoised by the pipeline's chain (strength 0: as is).
 
         The pipeline's :meth:`~diffinv.pipelines.DiffInvPipeline.img2img`, with the config's

@@ -22,15 +22,29 @@ from ..losses import total_variation
 from .base import RefiningInverter, feature_stride, optimize
 from .config import COMPILE_HELP, FEATURE_LOSSES, ImageOptimizerConfig, OptionError, option
 
-__all__ = ["COLOR_CORRELATION_SVD_SQRT", "PARAMETERIZATIONS", "PARAMETERIZATION_DEFAULTS", "REFINE_LEARNING_RATE",
-           "PixelConfig", "PixelInverter", "fourier_decay_power", "fourier_parameterization", "pixel_parameterization"]
+__all__ = [
+    "COLOR_CORRELATION_SVD_SQRT",
+    "PARAMETERIZATIONS",
+    "PARAMETERIZATION_DEFAULTS",
+    "REFINE_LEARNING_RATE",
+    "PixelConfig",
+    "PixelInverter",
+    "fourier_decay_power",
+    "fourier_parameterization",
+    "pixel_parameterization",
+]
 
 # lucid's square root of the ImageNet colour covariance (from its SVD), columns normalized below.
 COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 
 
 def pixel_parameterization(
-    n: int, size: tuple[int, int], *, generator: torch.Generator | None = None, device=None, init: torch.Tensor | None = None
+    n: int,
+    size: tuple[int, int],
+    *,
+    generator: torch.Generator | None = None,
+    device=None,
+    init: torch.Tensor | None = None,
 ):
     """Returns ``(params, image_fn)``: logits of ``(n, 3, H, W)`` pixels and ``sigmoid``.
 
@@ -158,9 +172,12 @@ class PixelConfig(ImageOptimizerConfig):
 
     method = "pixel"
     iterations: int = option(300, "positive_int", help="optimization iterations")
-    parameterization: str = option("fourier", choices=("fourier", "sigmoid"), flag="--param",
-                                   help="fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel "
-                                        "logits, TV, jitter)")
+    parameterization: str = option(
+        "fourier",
+        choices=("fourier", "sigmoid"),
+        flag="--param",
+        help="fourier (Fourier + colour-decorrelated; the default) or sigmoid (per-pixel logits, TV, jitter)",
+    )
     learning_rate: float | None = option(None, "optional_non_negative")
     tv_weight: float | None = option(None, "optional_non_negative")
     tv: str = option("isotropic", choices=("isotropic", "anisotropic"))
@@ -175,9 +192,13 @@ class PixelConfig(ImageOptimizerConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.decay_power is not None and self.parameterization != "fourier":
-            raise OptionError(self.method, "decay_power", self.decay_power,
-                              message=f"method 'pixel': `decay_power` applies to the 'fourier' parameterization, "
-                                      f"not {self.parameterization!r}.")
+            raise OptionError(
+                self.method,
+                "decay_power",
+                self.decay_power,
+                message=f"method 'pixel': `decay_power` applies to the 'fourier' parameterization, "
+                f"not {self.parameterization!r}.",
+            )
         for name, value in PARAMETERIZATION_DEFAULTS[self.parameterization].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -218,8 +239,20 @@ class PixelInverter(RefiningInverter):
         """The image, its gradient and Adam's two moments, for one batch."""
         return {"pixel optimizer state": 6 * 3 * 4 * shape.pixels}
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
-                     feature_transform=None, early_stop=None):
+    def _reconstruct(
+        self,
+        features,
+        layer,
+        size,
+        *,
+        generator,
+        progress,
+        init=None,
+        anchor=None,
+        callback=None,
+        feature_transform=None,
+        early_stop=None,
+    ):
         """``init``: images to start from (warm start); ``anchor``: a fixed ``(1, 3, H, W)`` image
         before the first one in the temporal term (the previous video frame)."""
         c = self.config

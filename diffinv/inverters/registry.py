@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..plugins import Units
-from ..resources import ComputeShape
 from ..targets import TargetNetwork
 from .base import Inverter
 from .config import OptionError, check_option_names
@@ -102,9 +101,11 @@ class _Names(Sequence):
 
 # Method name -> inverter class: the built-in ones, then the plugins of GROUP (read on first use).
 INVERTERS: Mapping[str, type[Inverter]] = Units(
-    GROUP, lambda: {cls.name: cls for cls in _BUILT_IN},
+    GROUP,
+    lambda: {cls.name: cls for cls in _BUILT_IN},
     lambda name, cls: isinstance(cls, type) and issubclass(cls, Inverter) and cls.name == name,
-    "an Inverter subclass whose `name` is NAME")
+    "an Inverter subclass whose `name` is NAME",
+)
 # Estimates a refiner can start from (``init``), and the methods that refine a start's estimate (RefiningInverter).
 START_METHODS = _Names(lambda: (n for n, cls in INVERTERS.items() if "start" in cls.roles))
 REFINERS = _Names(lambda: (n for n, cls in INVERTERS.items() if "refiner" in cls.roles))
@@ -120,12 +121,21 @@ def _split(name: str, init) -> tuple[str, str | None]:
     if name in HYBRID_METHODS:
         start, refiner = name.split("+")
         if init is not None and init != start:
-            raise OptionError(name, "init", init, message=f"method {name!r} starts from {start}, but `init` is "
-                                                           f"{init!r}; give one of them.")
+            raise OptionError(
+                name,
+                "init",
+                init,
+                message=f"method {name!r} starts from {start}, but `init` is {init!r}; give one of them.",
+            )
         return refiner, start
     if init is not None and name not in REFINERS:
-        raise OptionError(name, "init", init, message=f"`init` {init!r} starts a refinement ({', '.join(REFINERS)}); "
-                                                       f"it does not apply to method {name!r}.")
+        raise OptionError(
+            name,
+            "init",
+            init,
+            message=f"`init` {init!r} starts a refinement ({', '.join(REFINERS)}); "
+            f"it does not apply to method {name!r}.",
+        )
     return name, None if init in (None, "noise") else os.fspath(init)
 
 
@@ -230,10 +240,16 @@ def inverter_spec(name: str, **options) -> InverterSpec:
 
     # A hybrid: the refiner refines the start's estimate, with its own options (refine_defaults) apart
     if start in INVERTERS and start not in START_METHODS:
-        raise OptionError(name, "init", start, message=f"`init` {start!r}: a refinement starts from one of "
-                                                        f"{', '.join(START_METHODS)} or an image file.")
+        raise OptionError(
+            name,
+            "init",
+            start,
+            message=f"`init` {start!r}: a refinement starts from one of {', '.join(START_METHODS)} or an image file.",
+        )
     refiner = INVERTERS[method]
-    own = {key: default if options.get(key) is None else options[key] for key, default in refiner.refine_defaults.items()}
+    own = {
+        key: default if options.get(key) is None else options[key] for key, default in refiner.refine_defaults.items()
+    }
     refiner.check_refinement(own)
     refinement = _single_spec(method, {**_part_options(method, options), **own})
     if start in START_METHODS:
@@ -243,8 +259,12 @@ def inverter_spec(name: str, **options) -> InverterSpec:
         refinement.start = _single_spec(start, _part_options(start, start_options))
     else:
         if not Path(start).expanduser().is_file():
-            raise OptionError(name, "init", start, message=f"`init` {start!r} is neither one of "
-                                                            f"{', '.join(START_METHODS)} nor an existing image file.")
+            raise OptionError(
+                name,
+                "init",
+                start,
+                message=f"`init` {start!r} is neither one of {', '.join(START_METHODS)} nor an existing image file.",
+            )
         refinement.start = str(Path(start).expanduser())
     return refinement
 
@@ -274,5 +294,7 @@ def memory_costs(methods: Sequence[str], options: Mapping | None = None) -> dict
         names += [refiner, *([start] if start else [])]
     if options.get("init") in START_METHODS:
         names.append(options["init"])
-    return {name: functools.partial(INVERTERS[name].memory_cost, _part_options(name, options))
-            for name in dict.fromkeys(names)}
+    return {
+        name: functools.partial(INVERTERS[name].memory_cost, _part_options(name, options))
+        for name in dict.fromkeys(names)
+    }

@@ -75,16 +75,21 @@ class AtlasSplit:
 
     def settings(self) -> dict:
         """For the manifest: the request, the seed and both lists."""
-        return {"train_split": self.train_split, "seed": self.seed, "train": list(self.train),
-                "evaluation": list(self.evaluation)}
+        return {
+            "train_split": self.train_split,
+            "seed": self.seed,
+            "train": list(self.train),
+            "evaluation": list(self.evaluation),
+        }
 
 
 def _key(record: Mapping) -> tuple:
     return record["layer"], record["method"], record["seed"], record["image"]
 
 
-def _template(template: TrainConfig, kind: str, target: TargetNetwork, split: AtlasSplit, size: int,
-              progress: bool) -> TrainConfig:
+def _template(
+    template: TrainConfig, kind: str, target: TargetNetwork, split: AtlasSplit, size: int, progress: bool
+) -> TrainConfig:
     """A method's training template, resolved for the atlas: its kind, the target, the size, and the split's
     training images; without validation sources in the template, ``val_fraction`` of them (at most 16, evenly
     spread) are held out to validate it (still none of the evaluation images)."""
@@ -94,9 +99,18 @@ def _template(template: TrainConfig, kind: str, target: TargetNetwork, split: At
         held = min(_MAX_VAL_IMAGES, max(1, round(template.val_fraction * len(train_files))))
         val = train_files[:: -(-len(train_files) // held)][:held]
         train_files = [f for f in train_files if f not in set(val)]
-    return with_resolved_precision(dataclasses.replace(
-        template, target=target.name, weights=target.weights, size=size, images=train_files,
-        val_images=val or template.val_images, kind=kind, progress=progress))
+    return with_resolved_precision(
+        dataclasses.replace(
+            template,
+            target=target.name,
+            weights=target.weights,
+            size=size,
+            images=train_files,
+            val_images=val or template.val_images,
+            kind=kind,
+            progress=progress,
+        )
+    )
 
 
 def _bench_records(folder: Path) -> list[dict]:
@@ -111,8 +125,9 @@ def _bench_records(folder: Path) -> list[dict]:
     return records
 
 
-def split_images(files: Sequence[str | os.PathLike], train_split: float | int, *, seed: int = 0,
-                 num_images: int | None = None) -> AtlasSplit:
+def split_images(
+    files: Sequence[str | os.PathLike], train_split: float | int, *, seed: int = 0, num_images: int | None = None
+) -> AtlasSplit:
     """Splits ``files`` into training and evaluation images, deterministically by ``seed``.
 
     The files are shuffled by ``seed``; the first ``train_split`` of them (a fraction in [0, 1), or a
@@ -134,8 +149,10 @@ def split_images(files: Sequence[str | os.PathLike], train_split: float | int, *
     else:
         count = train_split
     if not 0 <= count < len(files):
-        raise ValueError(f"`train_split` {train_split!r} leaves no evaluation image among the {len(files)} images; "
-                         f"expected fewer than {len(files)} training images.")
+        raise ValueError(
+            f"`train_split` {train_split!r} leaves no evaluation image among the {len(files)} images; "
+            f"expected fewer than {len(files)} training images."
+        )
     if num_images is not None and num_images < 1:
         raise ValueError(f"`num_images` must be a positive integer, got {num_images!r}.")
     order = sorted(files)
@@ -213,17 +230,49 @@ def run_atlas(
         RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
     """
     start = time.perf_counter()
-    job = AtlasJob(target, split, layers, methods, out_dir, size=size, seeds=seeds, batch_size=batch_size,
-                   early_stop=early_stop, overwrite=overwrite, progress=progress, state=state)
+    job = AtlasJob(
+        target,
+        split,
+        layers,
+        methods,
+        out_dir,
+        size=size,
+        seeds=seeds,
+        batch_size=batch_size,
+        early_stop=early_stop,
+        overwrite=overwrite,
+        progress=progress,
+        state=state,
+    )
     tic = time.perf_counter()
-    run_job(job, job.store, job.items(), state=state, show=progress and (state is None or state.is_local_main_process),
-            together=True, accept=job.trained_folder)
+    run_job(
+        job,
+        job.store,
+        job.items(),
+        state=state,
+        show=progress and (state is None or state.is_local_main_process),
+        together=True,
+        accept=job.trained_folder,
+    )
     training_wall = time.perf_counter() - tic
     tic = time.perf_counter()
     earlier = {_key(r) for r in _bench_records(job.out / "bench")}  # finished before this call
-    records = run_benchmark(target, job.images, job.names, layers, job.factories(), job.out / "bench", seeds=seeds,
-                            batch_size=batch_size, settings={"dataset": "files", "split_seed": split.seed},
-                            progress=progress, state=state, early_stop=early_stop, labels=labels, judge=judge)
+    records = run_benchmark(
+        target,
+        job.images,
+        job.names,
+        layers,
+        job.factories(),
+        job.out / "bench",
+        seeds=seeds,
+        batch_size=batch_size,
+        settings={"dataset": "files", "split_seed": split.seed},
+        progress=progress,
+        state=state,
+        early_stop=early_stop,
+        labels=labels,
+        judge=judge,
+    )
     timing = job.timing(records, earlier, training_wall, time.perf_counter() - tic)
     return job.report(records, timing, start)
 
@@ -235,8 +284,22 @@ class AtlasJob(Job):
 
     desc = "atlas: training"
 
-    def __init__(self, target, split, layers, methods, out_dir, *, size, seeds, batch_size, early_stop, overwrite,
-                 progress, state):
+    def __init__(
+        self,
+        target,
+        split,
+        layers,
+        methods,
+        out_dir,
+        *,
+        size,
+        seeds,
+        batch_size,
+        early_stop,
+        overwrite,
+        progress,
+        state,
+    ):
         # 1. Check inputs
         if not layers:
             raise ValueError("`layers` is empty; give at least one layer.")
@@ -251,13 +314,26 @@ class AtlasJob(Job):
         self.images, self.names = load_image_files(list(split.evaluation), size)
         self.method_names = [*self.given, *self.trained]
         # 2. The atlas's run store: the split, the layers, the methods and the models' training
-        manifest = {"target": target.identity(), "layers": list(layers), "methods": self.method_names,
-                    "image_size": [size, size], "seeds": list(seeds), "batch_size": int(batch_size),
-                    "split": split.settings(), "decoder_training": self._training_settings(),
-                    "early_stop": None if early_stop is None else early_stop.settings()}
+        manifest = {
+            "target": target.identity(),
+            "layers": list(layers),
+            "methods": self.method_names,
+            "image_size": [size, size],
+            "seeds": list(seeds),
+            "batch_size": int(batch_size),
+            "split": split.settings(),
+            "decoder_training": self._training_settings(),
+            "early_stop": None if early_stop is None else early_stop.settings(),
+        }
         folders = tuple(f"{template.kind}s" for _, template in self.trained.values())
-        self.store = RunStore(out_dir, "atlas", manifest, overwrite=overwrite,
-                              outputs=tuple(dict.fromkeys(OUTPUTS[:1] + folders + OUTPUTS[1:])), state=state)
+        self.store = RunStore(
+            out_dir,
+            "atlas",
+            manifest,
+            overwrite=overwrite,
+            outputs=tuple(dict.fromkeys(OUTPUTS[:1] + folders + OUTPUTS[1:])),
+            state=state,
+        )
         self.out = self.store.folder
 
     def _trained(self, methods: Mapping, progress: bool) -> dict:
@@ -267,30 +343,40 @@ class AtlasJob(Job):
             cls = INVERTERS.get(name)
             kind = None if cls is None else cls.trained_model
             if kind is not None and not isinstance(value, TrainConfig):
-                raise ValueError(f"`methods[{name!r}]`: the atlas trains the {kind}s of {name!r} itself on the "
-                                 f"training split; give a TrainConfig template, not an inverter.")
+                raise ValueError(
+                    f"`methods[{name!r}]`: the atlas trains the {kind}s of {name!r} itself on the "
+                    f"training split; give a TrainConfig template, not an inverter."
+                )
             if isinstance(value, TrainConfig):
                 if kind is None:
-                    raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but method {name!r} needs no trained "
-                                     f"model (its class declares no `trained_model`).")
+                    raise ValueError(
+                        f"`methods[{name!r}]` is a TrainConfig, but method {name!r} needs no trained "
+                        f"model (its class declares no `trained_model`)."
+                    )
                 if not self.split.train:
-                    raise ValueError(f"`methods[{name!r}]` trains a {kind} but `split` has no training image; use a "
-                                     f"`train_split` > 0.")
+                    raise ValueError(
+                        f"`methods[{name!r}]` trains a {kind} but `split` has no training image; use a "
+                        f"`train_split` > 0."
+                    )
                 trained[name] = cls, _template(value, kind, self.target, self.split, self.size, progress)
         return trained
 
     def _training_settings(self) -> dict | None:
         """The manifest's training settings: the template's (one trained method), or per method."""
-        settings = {name: template_settings(template, filled=_FROM_SPLIT)
-                    for name, (_, template) in self.trained.items()}
+        settings = {
+            name: template_settings(template, filled=_FROM_SPLIT) for name, (_, template) in self.trained.items()
+        }
         if len(settings) <= 1:
             return next(iter(settings.values()), None)
         return settings
 
     # ------------------------------------------------------------------ the trainings
     def items(self) -> list[TrainingItem]:
-        return [TrainingItem(name, template.kind, layer, "none", self.out / f"{template.kind}s" / layer)
-                for layer in self.layers for name, (_, template) in self.trained.items()]
+        return [
+            TrainingItem(name, template.kind, layer, "none", self.out / f"{template.kind}s" / layer)
+            for layer in self.layers
+            for name, (_, template) in self.trained.items()
+        ]
 
     def key(self, record: Mapping) -> tuple:
         """A training's key: its layer and method (a record without a method, as the atlas wrote when it trained
@@ -317,11 +403,18 @@ class AtlasJob(Job):
         _, template = self.trained[item.method]
         result = train(dataclasses.replace(template, out=str(item.folder), layer=item.layer))
         if self.main:
-            yield {"kind": "training", "layer": item.layer,
-                   **({"method": item.method} if len(self.trained) > 1 else {}), "steps": result.step,
-                   "seconds": result.log["train_seconds"], "wall_seconds": time.perf_counter() - wall,
-                   "train_images": result.log["train_items"], "val_images": len(result.log["val_items"]),
-                   "val_psnr": result.val_psnr, "val_ssim": result.val_ssim}
+            yield {
+                "kind": "training",
+                "layer": item.layer,
+                **({"method": item.method} if len(self.trained) > 1 else {}),
+                "steps": result.step,
+                "seconds": result.log["train_seconds"],
+                "wall_seconds": time.perf_counter() - wall,
+                "train_images": result.log["train_items"],
+                "val_images": len(result.log["val_items"]),
+                "val_psnr": result.val_psnr,
+                "val_ssim": result.val_ssim,
+            }
 
     def describe(self, item: TrainingItem) -> str:
         return str(item)
@@ -342,19 +435,27 @@ class AtlasJob(Job):
         new = [r for r in records if _key(r) not in earlier]
         names = self.method_names
         inversion = {m: sum(r.get("seconds") or 0.0 for r in new if r["method"] == m) for m in names}
-        return {"decoder_training": training_wall, "evaluation": bench_wall, "processes": processes,
-                "records_made": len(new), "records_resumed": len(records) - len(new),
-                "inversion_process_seconds": inversion,
-                "metrics_and_writing_process_seconds": max(0.0, bench_wall * processes - sum(inversion.values())),
-                "inversion_process_seconds_all_records": {
-                    m: sum(r.get("seconds") or 0.0 for r in records if r["method"] == m) for m in names}}
+        return {
+            "decoder_training": training_wall,
+            "evaluation": bench_wall,
+            "processes": processes,
+            "records_made": len(new),
+            "records_resumed": len(records) - len(new),
+            "inversion_process_seconds": inversion,
+            "metrics_and_writing_process_seconds": max(0.0, bench_wall * processes - sum(inversion.values())),
+            "inversion_process_seconds_all_records": {
+                m: sum(r.get("seconds") or 0.0 for r in records if r["method"] == m) for m in names
+            },
+        }
 
     def report(self, records: list[dict], timing: dict, start: float) -> AtlasResult:
         """5. The atlas (main process): table with intervals, depth bands, gallery, timing."""
         tic = time.perf_counter()
         layers = self.layers
-        training = sorted((r for r in self.store.records() if r.get("kind") == "training"),
-                          key=lambda r: layers.index(r["layer"]) if r["layer"] in layers else len(layers))
+        training = sorted(
+            (r for r in self.store.records() if r.get("kind") == "training"),
+            key=lambda r: layers.index(r["layer"]) if r["layer"] in layers else len(layers),
+        )
         rows = summarize_intervals(records, layers, self.method_names)
         if self.main:
             self._write(records, rows, training, timing, tic, start)
@@ -370,22 +471,36 @@ class AtlasJob(Job):
         paired = paired_differences(records, layers, methods)
         files = unique_names(names)
         by_name = dict(zip(names, range(len(names))))
-        notes = [f"Target `{target.name}` ({target.weights}), {len(names)} evaluation images at {self.size}x"
-                 f"{self.size}; decoders trained on {len(split.train)} other images of the same folder (split seed "
-                 f"{split.seed}).",
-                 "Early stopping: " + ("off." if early_stop is None else
-                                       f"an image stops when its loss has not fallen by {early_stop.min_delta:.0%} in "
-                                       f"{early_stop.patience} iterations.")]
+        notes = [
+            f"Target `{target.name}` ({target.weights}), {len(names)} evaluation images at {self.size}x"
+            f"{self.size}; decoders trained on {len(split.train)} other images of the same folder (split seed "
+            f"{split.seed}).",
+            "Early stopping: "
+            + (
+                "off."
+                if early_stop is None
+                else f"an image stops when its loss has not fallen by {early_stop.min_delta:.0%} in "
+                f"{early_stop.patience} iterations."
+            ),
+        ]
         write_depth_bands(rows, out / "atlas_depth.png", layers=layers, methods=methods)
 
         def reconstruction(r):
             return image_path(out / "bench", r["layer"], r["method"], r["seed"], files[by_name[r["image"]]])
 
-        write_gallery(records, lambda name: self.images[by_name[name]], reconstruction, out / "gallery.png",
-                      layers=layers, methods=methods)
+        write_gallery(
+            records,
+            lambda name: self.images[by_name[name]],
+            reconstruction,
+            out / "gallery.png",
+            layers=layers,
+            methods=methods,
+        )
         timing["tables_and_figures"] = time.perf_counter() - tic
         timing["total"] = time.perf_counter() - start
         write_atlas_table(rows, paired, out / "results.md", training=training, notes=notes)
-        write_json(out / "results.json", {"rows": rows, "paired": paired, "training": training, "timing": timing,
-                                          "split": split.settings()})
+        write_json(
+            out / "results.json",
+            {"rows": rows, "paired": paired, "training": training, "timing": timing, "split": split.settings()},
+        )
         write_json(out / "timing.json", timing)

@@ -23,8 +23,15 @@ from PIL import Image, ImageDraw
 from ..io import atomic_path, load_image, save_figure, to_pil
 from ..stats import bootstrap_ci, format_ci, paired_difference_ci
 
-__all__ = ["ATLAS_METRICS", "paired_differences", "per_image", "summarize_intervals", "write_atlas_table",
-           "write_depth_bands", "write_gallery"]
+__all__ = [
+    "ATLAS_METRICS",
+    "paired_differences",
+    "per_image",
+    "summarize_intervals",
+    "write_atlas_table",
+    "write_depth_bands",
+    "write_gallery",
+]
 
 # (record key, column title, digits); a column appears when some record has the metric.
 ATLAS_METRICS = (
@@ -52,8 +59,9 @@ def per_image(records: Sequence[Mapping], layer: str, method: str, metric: str) 
     return {image: sum(v) / len(v) for image, v in values.items()}
 
 
-def summarize_intervals(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], *,
-                        seed: int = 0) -> list[dict]:
+def summarize_intervals(
+    records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], *, seed: int = 0
+) -> list[dict]:
     """One row per (layer, method) with records: ``n`` (images) and ``metric -> (mean, low, high)``
     for every metric of :data:`ATLAS_METRICS` that its records carry."""
     rows = []
@@ -62,8 +70,12 @@ def summarize_intervals(records: Sequence[Mapping], layers: Sequence[str], metho
             group = [r for r in records if r.get("layer") == layer and r.get("method") == method]
             if not group:
                 continue
-            row = {"layer": layer, "method": method, "n": len({r["image"] for r in group}),
-                   "white_box": bool(group[0].get("white_box", True))}
+            row = {
+                "layer": layer,
+                "method": method,
+                "n": len({r["image"] for r in group}),
+                "white_box": bool(group[0].get("white_box", True)),
+            }
             for metric, _, _ in ATLAS_METRICS:
                 values = per_image(group, layer, method, metric)
                 if values:
@@ -72,8 +84,9 @@ def summarize_intervals(records: Sequence[Mapping], layers: Sequence[str], metho
     return rows
 
 
-def paired_differences(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], *,
-                       metric: str = "psnr", seed: int = 0) -> list[dict]:
+def paired_differences(
+    records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], *, metric: str = "psnr", seed: int = 0
+) -> list[dict]:
     """Per layer and pair of methods ``(a, b)``: the mean of ``a - b`` over the images both have and its
     bootstrap interval (paired: the same images)."""
     out = []
@@ -87,8 +100,14 @@ def paired_differences(records: Sequence[Mapping], layers: Sequence[str], method
     return out
 
 
-def write_atlas_table(rows: Sequence[Mapping], paired: Sequence[Mapping], path, *, training: Sequence[Mapping] = (),
-                      notes: Sequence[str] = ()) -> str:
+def write_atlas_table(
+    rows: Sequence[Mapping],
+    paired: Sequence[Mapping],
+    path,
+    *,
+    training: Sequence[Mapping] = (),
+    notes: Sequence[str] = (),
+) -> str:
     """Writes ``results.md``: the table with intervals, the paired differences, the decoders' training,
     and ``notes``; returns the text."""
     metrics = [m for m in ATLAS_METRICS if any(m[0] in row for row in rows)]
@@ -99,22 +118,30 @@ def write_atlas_table(rows: Sequence[Mapping], paired: Sequence[Mapping], path, 
         cells += [format_ci(*row[key], digits=digits) if key in row else "n/a" for key, _, digits in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\nMean [95 % bootstrap interval] over the images (each image's seeds averaged first; "
-    text += ("2000 resamples of the images, seeded). target agr. = the target classifies the reconstruction as "
-             "the original; acc. = top-1 accuracy against the true labels; the judge is a second network the attack "
-             "never saw; judge feature cos. = cosine of its penultimate features, original vs reconstruction.\n")
+    text += (
+        "2000 resamples of the images, seeded). target agr. = the target classifies the reconstruction as "
+        "the original; acc. = top-1 accuracy against the true labels; the judge is a second network the attack "
+        "never saw; judge feature cos. = cosine of its penultimate features, original vs reconstruction.\n"
+    )
     if paired:
         metric = paired[0]["metric"]
-        text += (f"\n### Paired differences ({metric}, same images)\n\n"
-                 "| layer | methods | images | difference |\n|---|---|---|---|\n")
+        text += (
+            f"\n### Paired differences ({metric}, same images)\n\n"
+            "| layer | methods | images | difference |\n|---|---|---|---|\n"
+        )
         for p in paired:
             text += f"| {p['layer']} | {p['a']} − {p['b']} | {p['n']} | {format_ci(*p['difference'])} |\n"
     if training:
-        text += ("\n### Decoders\n\n| layer | images (training + validation) | steps | validation PSNR | s |\n"
-                 "|---|---|---|---|---|\n")
+        text += (
+            "\n### Decoders\n\n| layer | images (training + validation) | steps | validation PSNR | s |\n"
+            "|---|---|---|---|---|\n"
+        )
         for t in training:
             val = "n/a" if t.get("val_psnr") is None else f"{t['val_psnr']:.2f}"
-            text += (f"| {t['layer']} | {t.get('train_images')} + {t.get('val_images')} | {t.get('steps')} | {val} "
-                     f"| {t.get('seconds', 0):.0f} |\n")
+            text += (
+                f"| {t['layer']} | {t.get('train_images')} + {t.get('val_images')} | {t.get('steps')} | {val} "
+                f"| {t.get('seconds', 0):.0f} |\n"
+            )
     if notes:
         text += "\n" + "\n".join(notes) + "\n"
     with atomic_path(path) as tmp:
@@ -125,13 +152,21 @@ def write_atlas_table(rows: Sequence[Mapping], paired: Sequence[Mapping], path, 
 def _panels(rows: Sequence[Mapping]) -> list[tuple[str, str]]:
     """The four panels of the depth plot: PSNR, SSIM, the judge's top-1 (else the target's) and the
     judge's similarity (else LPIPS), each where some row has it."""
+
     def first(*choices):
         return next(((k, t) for k, t in choices if any(k in r for r in rows)), None)
 
-    panels = [("psnr", "PSNR (dB)"), ("ssim", "SSIM"),
-              first(("judge_accuracy", "judge top-1 accuracy"), ("judge_agreement", "judge top-1 agreement"),
-                    ("top1_accuracy", "target top-1 accuracy"), ("top1_agreement", "target top-1 agreement")),
-              first(("judge_similarity", "judge feature cosine"), ("lpips", "LPIPS"))]
+    panels = [
+        ("psnr", "PSNR (dB)"),
+        ("ssim", "SSIM"),
+        first(
+            ("judge_accuracy", "judge top-1 accuracy"),
+            ("judge_agreement", "judge top-1 agreement"),
+            ("top1_accuracy", "target top-1 accuracy"),
+            ("top1_agreement", "target top-1 agreement"),
+        ),
+        first(("judge_similarity", "judge feature cosine"), ("lpips", "LPIPS")),
+    ]
     return [p for p in panels if p is not None]
 
 
@@ -149,28 +184,46 @@ def write_depth_bands(rows: Sequence[Mapping], path, *, layers: Sequence[str], m
     n = max((r["n"] for r in rows), default=0)
     for ax, (metric, title) in zip(axes.flat, panels):
         for method in methods:
-            points = [(layers.index(r["layer"]), r[metric], r["white_box"]) for r in rows
-                      if r["method"] == method and metric in r and not math.isnan(r[metric][0])]
+            points = [
+                (layers.index(r["layer"]), r[metric], r["white_box"])
+                for r in rows
+                if r["method"] == method and metric in r and not math.isnan(r[metric][0])
+            ]
             if not points:
                 continue
             xs = [p[0] for p in points]
-            line, = ax.plot(xs, [p[1][0] for p in points], marker="o", linestyle="-" if points[0][2] else "--",
-                            label=f"{method} ({'white' if points[0][2] else 'black'}-box)")
-            ax.fill_between(xs, [p[1][1] for p in points], [p[1][2] for p in points], color=line.get_color(), alpha=0.2)
+            (line,) = ax.plot(
+                xs,
+                [p[1][0] for p in points],
+                marker="o",
+                linestyle="-" if points[0][2] else "--",
+                label=f"{method} ({'white' if points[0][2] else 'black'}-box)",
+            )
+            ax.fill_between(
+                xs, [p[1][1] for p in points], [p[1][2] for p in points], color=line.get_color(), alpha=0.2
+            )
         ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(f"leakage against depth (shallow → deep), mean and 95 % interval over {n} images", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def write_gallery(records: Sequence[Mapping], original: Callable[[str], torch.Tensor],
-                  reconstruction: Callable[[Mapping], Path], path, *, layers: Sequence[str], methods: Sequence[str],
-                  cell: int = 96, metric: str = "psnr") -> Path:
+def write_gallery(
+    records: Sequence[Mapping],
+    original: Callable[[str], torch.Tensor],
+    reconstruction: Callable[[Mapping], Path],
+    path,
+    *,
+    layers: Sequence[str],
+    methods: Sequence[str],
+    cell: int = 96,
+    metric: str = "psnr",
+) -> Path:
     """One PNG: a row per layer; for each method its best, median and worst image by ``metric`` (seed
     0's reconstruction, or the first seed's), each as original | reconstruction, titled with the value.
 
@@ -192,8 +245,11 @@ def write_gallery(records: Sequence[Mapping], original: Callable[[str], torch.Te
         y = title_h + i * (cell + 14)
         draw.text((4, y + cell // 2 - 6), layer, fill="black")
         for m, method in enumerate(methods):
-            group = [r for r in records if r.get("layer") == layer and r.get("method") == method
-                     and r.get(metric) is not None]
+            group = [
+                r
+                for r in records
+                if r.get("layer") == layer and r.get("method") == method and r.get(metric) is not None
+            ]
             first_seed = min((r.get("seed", 0) for r in group), default=0)
             group = sorted((r for r in group if r.get("seed", 0) == first_seed), key=lambda r: -float(r[metric]))
             if not group:

@@ -56,22 +56,49 @@ from ..metrics import LPIPS, reconstruction_scores
 from ..stats import bootstrap_ci, format_ci, paired_difference_ci
 from ..targets import TargetNetwork
 from .bench import DEFAULT_BATCH_SIZE, chunks
-from .items import (Job, LayerCache, TrainingItem, image_label, image_scores, item_settings, merge_records, place,
-                    run_job)
+from .items import (
+    Job,
+    LayerCache,
+    TrainingItem,
+    image_label,
+    image_scores,
+    item_settings,
+    merge_records,
+    place,
+    run_job,
+)
 from .report import SEMANTIC_METRICS, finite_per_image, write_grid, write_privacy_utility_plot
 from .store import RunStore, unique_names
 from .training import TrainConfig, template_settings, train, with_resolved_precision
 
-__all__ = ["ATTACKERS", "LOSS_BUDGETS", "UTILITY_THRESHOLD", "AttackItem", "AuditJob", "UtilityItem",
-           "audit_image_path", "decoder_folder", "defense_folder", "model_folder", "run_audit"]
+__all__ = [
+    "ATTACKERS",
+    "LOSS_BUDGETS",
+    "UTILITY_THRESHOLD",
+    "AttackItem",
+    "AuditJob",
+    "UtilityItem",
+    "audit_image_path",
+    "decoder_folder",
+    "defense_folder",
+    "model_folder",
+    "run_audit",
+]
 
 ATTACKERS = ("naive", "adaptive")
 UTILITY_THRESHOLD = 0.9
 OUTPUTS = ("images", "decoders", "report.json", "report.md", "privacy_utility.png")
 LOSS_BUDGETS = (0.01, 0.05, 0.10)  # the verdict table: the utility lost, at most (1, 5 and 10 points)
 DEFENSE = "defense"  # the `method` of a learned defense's training record
-METRICS = ("psnr", "ssim", "lpips", "top1_agreement", "feature_residual", "seconds",
-           *(m for m in SEMANTIC_METRICS if m != "top1_agreement"))
+METRICS = (
+    "psnr",
+    "ssim",
+    "lpips",
+    "top1_agreement",
+    "feature_residual",
+    "seconds",
+    *(m for m in SEMANTIC_METRICS if m != "top1_agreement"),
+)
 
 
 def _slug(spec: str) -> str:
@@ -123,13 +150,22 @@ class AttackItem:
     images: range
 
     def __str__(self) -> str:
-        return (f"{self.layer} {self.defense} {self.method} {self.attacker} images {self.images.start}-"
-                f"{self.images.stop - 1}")
+        return (
+            f"{self.layer} {self.defense} {self.method} {self.attacker} images {self.images.start}-"
+            f"{self.images.stop - 1}"
+        )
 
 
 def _key(record: Mapping) -> tuple:
-    return (record["kind"], record["layer"], record["defense"], record.get("method", ""), record.get("attacker", ""),
-            record.get("seed", 0), record.get("image", ""))
+    return (
+        record["kind"],
+        record["layer"],
+        record["defense"],
+        record.get("method", ""),
+        record.get("attacker", ""),
+        record.get("seed", 0),
+        record.get("image", ""),
+    )
 
 
 def _adaptive_reason(method: str, adaptive: bool) -> str | None:
@@ -137,8 +173,10 @@ def _adaptive_reason(method: str, adaptive: bool) -> str | None:
     trains its model on defended features), else why not."""
     if adaptive:
         return None
-    return (f"{method}: no adaptive attacker in the audit (it does not optimize the loss of `optimize()` and is not "
-            f"trained here); only the naive attack is reported")
+    return (
+        f"{method}: no adaptive attacker in the audit (it does not optimize the loss of `optimize()` and is not "
+        f"trained here); only the naive attack is reported"
+    )
 
 
 def _defense_seed(layer: str, spec: str, start: int) -> int:
@@ -161,19 +199,34 @@ def trained_methods(methods: Mapping, target: TargetNetwork, size: tuple[int, in
         cls = INVERTERS.get(name)
         kind = None if cls is None else cls.trained_model
         if kind is None:
-            raise ValueError(f"`methods[{name!r}]` is a TrainConfig, but method {name!r} needs no trained model (its "
-                             f"class declares no `trained_model`); give an Inverter or a factory for it.")
+            raise ValueError(
+                f"`methods[{name!r}]` is a TrainConfig, but method {name!r} needs no trained model (its "
+                f"class declares no `trained_model`); give an Inverter or a factory for it."
+            )
         if size[0] != size[1]:
             raise ValueError(f"the {kind} trains on square images; the images are {size[0]}x{size[1]}.")
-        trained[name] = cls, with_resolved_precision(dataclasses.replace(
-            value, target=target.name, weights=target.weights, size=size[0], kind=kind, progress=progress))
+        trained[name] = (
+            cls,
+            with_resolved_precision(
+                dataclasses.replace(
+                    value, target=target.name, weights=target.weights, size=size[0], kind=kind, progress=progress
+                )
+            ),
+        )
     return trained
 
 
 def training_record(item: TrainingItem, result, **more) -> dict:
     """The record of a finished training (atlas, audit)."""
-    return {"kind": "training", "layer": item.layer, **more, "seconds": result.log["train_seconds"],
-            "steps": result.step, "val_psnr": result.val_psnr, "val_ssim": result.val_ssim}
+    return {
+        "kind": "training",
+        "layer": item.layer,
+        **more,
+        "seconds": result.log["train_seconds"],
+        "steps": result.step,
+        "val_psnr": result.val_psnr,
+        "val_ssim": result.val_ssim,
+    }
 
 
 def run_audit(
@@ -236,15 +289,47 @@ def run_audit(
         RunSettingsError: ``out_dir`` holds a run made with other settings (and not ``overwrite``).
         ValueError: no defense setting, mismatched ``sources``, a method that cannot make images of this size.
     """
-    job = AuditJob(target, images, sources, layers, defenses, methods, out_dir, seeds=seeds, batch_size=batch_size,
-                   settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge,
-                   train_images=train_images, train_labels=train_labels, defense_training=defense_training,
-                   utility=utility)
+    job = AuditJob(
+        target,
+        images,
+        sources,
+        layers,
+        defenses,
+        methods,
+        out_dir,
+        seeds=seeds,
+        batch_size=batch_size,
+        settings=settings,
+        overwrite=overwrite,
+        progress=progress,
+        state=state,
+        labels=labels,
+        judge=judge,
+        train_images=train_images,
+        train_labels=train_labels,
+        defense_training=defense_training,
+        utility=utility,
+    )
     if job.defense_trainings():  # first the learned defenses (the decoders that know them train on their features)
-        run_job(job, job.store, job.defense_trainings(), state=state, show=job.show, prefix="defend-",
-                accept=job.trained_folder)
-    run_job(job, job.store, job.trainings(), state=state, show=job.show, together=True, prefix="train-",
-            accept=job.trained_folder)
+        run_job(
+            job,
+            job.store,
+            job.defense_trainings(),
+            state=state,
+            show=job.show,
+            prefix="defend-",
+            accept=job.trained_folder,
+        )
+    run_job(
+        job,
+        job.store,
+        job.trainings(),
+        state=state,
+        show=job.show,
+        together=True,
+        prefix="train-",
+        accept=job.trained_folder,
+    )
     run_job(job, job.store, job.items(), state=state, show=job.show)
     return job.report()
 
@@ -256,9 +341,29 @@ class AuditJob(Job):
 
     desc = "audit"
 
-    def __init__(self, target, images, sources, layers, defenses, methods, out_dir, *, seeds, batch_size, settings,
-                 overwrite, progress, state, labels, judge, train_images=None, train_labels=None,
-                 defense_training=None, utility=None):
+    def __init__(
+        self,
+        target,
+        images,
+        sources,
+        layers,
+        defenses,
+        methods,
+        out_dir,
+        *,
+        seeds,
+        batch_size,
+        settings,
+        overwrite,
+        progress,
+        state,
+        labels,
+        judge,
+        train_images=None,
+        train_labels=None,
+        defense_training=None,
+        utility=None,
+    ):
         # 1. Check inputs
         if len(sources) != len(images):
             raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
@@ -272,8 +377,11 @@ class AuditJob(Job):
         self.judge = judge.to(self.device) if judge is not None else None
         self.size = tuple(images.shape[-2:])
         self.trained = trained_methods(methods, self.target, self.size, progress)
-        self.inverters = {m: f if isinstance(f, Inverter) else f(self.target) for m, f in methods.items()
-                          if not isinstance(f, TrainConfig)}
+        self.inverters = {
+            m: f if isinstance(f, Inverter) else f(self.target)
+            for m, f in methods.items()
+            if not isinstance(f, TrainConfig)
+        }
         self.factories = {m: f for m, f in methods.items() if not isinstance(f, (Inverter, TrainConfig))}
         self.learned = [d.spec for d in self.defenses if d.learned]
         extra = self._learned_settings(train_images, train_labels, defense_training, utility)
@@ -285,15 +393,35 @@ class AuditJob(Job):
         self.state = state
         # 2. Run store
         manifest = item_settings(
-            self.target, images, sources, layers, seeds, batch_size, self.device, defenses=self.specs,
-            methods={**{n: inv.settings() for n, inv in self.inverters.items()},
-                     **{n: {"method": n, "training": template_settings(template)}
-                        for n, (_, template) in self.trained.items()}},
-            attackers=list(ATTACKERS), labels=self.label_values, judge=self.judge)
+            self.target,
+            images,
+            sources,
+            layers,
+            seeds,
+            batch_size,
+            self.device,
+            defenses=self.specs,
+            methods={
+                **{n: inv.settings() for n, inv in self.inverters.items()},
+                **{
+                    n: {"method": n, "training": template_settings(template)}
+                    for n, (_, template) in self.trained.items()
+                },
+            },
+            attackers=list(ATTACKERS),
+            labels=self.label_values,
+            judge=self.judge,
+        )
         manifest.update(extra)
         folders = tuple(f"{template.kind}s" for _, template in self.trained.values())
-        self.store = RunStore(out_dir, "audit", {**manifest, **dict(settings or {})}, overwrite=overwrite,
-                              outputs=tuple(dict.fromkeys(OUTPUTS + folders)), state=state)
+        self.store = RunStore(
+            out_dir,
+            "audit",
+            {**manifest, **dict(settings or {})},
+            overwrite=overwrite,
+            outputs=tuple(dict.fromkeys(OUTPUTS + folders)),
+            state=state,
+        )
         self.out_dir = self.store.folder
         self.main = state is None or state.is_main_process
         self.show = progress and (state is None or state.is_local_main_process)
@@ -308,34 +436,49 @@ class AuditJob(Job):
         """Checks the inputs of the learned settings and the utility; the manifest's entries for them (none for an
         audit without learned settings that measures agreement, so that its manifest is the one it always had)."""
         if utility not in (None, "accuracy", "agreement"):
-            raise ValueError(f"`utility` must be 'accuracy', 'agreement' or None (accuracy with labels and a learned "
-                             f"setting), got {utility!r}.")
+            raise ValueError(
+                f"`utility` must be 'accuracy', 'agreement' or None (accuracy with labels and a learned "
+                f"setting), got {utility!r}."
+            )
         if utility == "accuracy" and self.label_values is None:
             raise ValueError("`utility` 'accuracy' needs the true `labels` of the audited images.")
-        self.accuracy = utility == "accuracy" or (utility is None and bool(self.learned)
-                                                  and self.label_values is not None)
+        self.accuracy = utility == "accuracy" or (
+            utility is None and bool(self.learned) and self.label_values is not None
+        )
         self.train_images, self.train_labels = None, None
         self.defense_config = config or DefenseTrainConfig()
         extra = {"utility": "accuracy"} if self.accuracy else {}
         if not self.learned:
             return extra
         if train_images is None or train_labels is None or len(train_images) != len(train_labels):
-            raise ValueError(f"the learned settings {', '.join(self.learned)} train on labelled images: give "
-                             f"`train_images` (M, 3, H, W) and one class per image in `train_labels`, got "
-                             f"{None if train_images is None else tuple(train_images.shape)} and "
-                             f"{None if train_labels is None else len(train_labels)} labels.")
+            raise ValueError(
+                f"the learned settings {', '.join(self.learned)} train on labelled images: give "
+                f"`train_images` (M, 3, H, W) and one class per image in `train_labels`, got "
+                f"{None if train_images is None else tuple(train_images.shape)} and "
+                f"{None if train_labels is None else len(train_labels)} labels."
+            )
         if tuple(train_images.shape[-2:]) != self.size:
-            raise ValueError(f"`train_images` are {tuple(train_images.shape[-2:])}; expected the audited images' size "
-                             f"{self.size}.")
-        rebuilt = [m for m, inv in self.inverters.items() if inv.config.accepts_feature_transform
-                   and m not in self.factories]
+            raise ValueError(
+                f"`train_images` are {tuple(train_images.shape[-2:])}; expected the audited images' size {self.size}."
+            )
+        rebuilt = [
+            m for m, inv in self.inverters.items() if inv.config.accepts_feature_transform and m not in self.factories
+        ]
         if rebuilt:
-            raise ValueError(f"`methods[{rebuilt[0]!r}]` is an Inverter; with a learned setting the adaptive attacker "
-                             f"inverts the defended client, so give a factory `target -> Inverter` for it.")
+            raise ValueError(
+                f"`methods[{rebuilt[0]!r}]` is an Inverter; with a learned setting the adaptive attacker "
+                f"inverts the defended client, so give a factory `target -> Inverter` for it."
+            )
         self.train_images, self.train_labels = train_images.cpu(), [int(v) for v in train_labels]
-        return {**extra, "defense_training": {**self.defense_config.settings(), "images": len(train_images),
-                                              "pixels": pixels_fingerprint(self.train_images),
-                                              "labels": self.train_labels}}
+        return {
+            **extra,
+            "defense_training": {
+                **self.defense_config.settings(),
+                "images": len(train_images),
+                "pixels": pixels_fingerprint(self.train_images),
+                "labels": self.train_labels,
+            },
+        }
 
     @functools.cached_property
     def lpips(self) -> LPIPS:
@@ -353,14 +496,21 @@ class AuditJob(Job):
         """One training per trained method and layer: on clean features (the naive attacker's), and on the
         features of each defense setting (the adaptive attacker's)."""
         known = ["none", *(spec for spec in self.specs if self.by_spec[spec])]
-        return [TrainingItem(name, template.kind, layer, spec, model_folder(self.out_dir, template.kind, spec) / layer)
-                for layer in self.layers for name, (_, template) in self.trained.items() for spec in known]
+        return [
+            TrainingItem(name, template.kind, layer, spec, model_folder(self.out_dir, template.kind, spec) / layer)
+            for layer in self.layers
+            for name, (_, template) in self.trained.items()
+            for spec in known
+        ]
 
     def defense_trainings(self) -> list[TrainingItem]:
         """One training per learned setting and layer (:class:`~diffinv.jobs.items.TrainingItem` of kind
         ``defense``), claimed like every item: never trained twice, resumed when finished."""
-        return [TrainingItem(DEFENSE, DEFENSE, layer, spec, defense_folder(self.out_dir, spec, layer))
-                for layer in self.layers for spec in self.learned]
+        return [
+            TrainingItem(DEFENSE, DEFENSE, layer, spec, defense_folder(self.out_dir, spec, layer))
+            for layer in self.layers
+            for spec in self.learned
+        ]
 
     def deployment(self, layer: str, spec: str) -> Deployment:
         """The setting as the client runs it at ``layer`` (a learned one from its trained state), made once."""
@@ -381,8 +531,11 @@ class AuditJob(Job):
                     for attacker in attackers:
                         if attacker == "adaptive" and not self.adaptive(method):
                             continue
-                        work += [AttackItem(layer, spec, method, attacker, seed, chunk) for seed in self.seeds
-                                 for chunk in chunks(len(self.images), self.batch_size)]
+                        work += [
+                            AttackItem(layer, spec, method, attacker, seed, chunk)
+                            for seed in self.seeds
+                            for chunk in chunks(len(self.images), self.batch_size)
+                        ]
         return work
 
     key = staticmethod(_key)
@@ -392,8 +545,10 @@ class AuditJob(Job):
             return [("training", item.layer, item.defense, item.method, "", 0, "")]
         if isinstance(item, UtilityItem):
             return [("utility", item.layer, item.defense, "", "", 0, self.sources[i]) for i in item.images]
-        return [("attack", item.layer, item.defense, item.method, item.attacker, item.seed, self.sources[i])
-                for i in item.images]
+        return [
+            ("attack", item.layer, item.defense, item.method, item.attacker, item.seed, self.sources[i])
+            for i in item.images
+        ]
 
     def trained_folder(self, record: Mapping) -> bool:
         """Whether a training record's model is in its folder (a record alone does not make it finished)."""
@@ -420,9 +575,15 @@ class AuditJob(Job):
         """Trains the item's model (every process of a launch takes part); the main process records it."""
         _, template = self.trained[item.method]
         learned = item.defense in self.learned
-        result = train(dataclasses.replace(
-            template, out=str(item.folder), layer=item.layer, defense=None if item.defense == "none" else item.defense,
-            **({"defense_state": str(defense_folder(self.out_dir, item.defense, item.layer))} if learned else {})))
+        result = train(
+            dataclasses.replace(
+                template,
+                out=str(item.folder),
+                layer=item.layer,
+                defense=None if item.defense == "none" else item.defense,
+                **({"defense_state": str(defense_folder(self.out_dir, item.defense, item.layer))} if learned else {}),
+            )
+        )
         if self.main:
             yield training_record(item, result, defense=item.defense, method=item.method)
 
@@ -432,26 +593,42 @@ class AuditJob(Job):
         if TrainedState.exists(item.folder):
             state = TrainedState.load(item.folder)
         else:
-            state = self.by_spec[item.defense].train(self.target, item.layer, self.train_images.to(self.device),
-                                                     self.train_labels, self.defense_config, progress=self.show)
+            state = self.by_spec[item.defense].train(
+                self.target,
+                item.layer,
+                self.train_images.to(self.device),
+                self.train_labels,
+                self.defense_config,
+                progress=self.show,
+            )
             state.save(item.folder)
         meta = state.meta
-        yield {"kind": "training", "layer": item.layer, "defense": item.defense, "method": DEFENSE,
-               "seconds": meta.get("seconds"), "steps": meta.get("steps"), "privacy": meta.get("privacy"),
-               "privacy_before": meta.get("privacy_before"), "privacy_after": meta.get("privacy_after"),
-               "task_loss": (meta.get("history") or [{}])[-1].get("task")}
+        yield {
+            "kind": "training",
+            "layer": item.layer,
+            "defense": item.defense,
+            "method": DEFENSE,
+            "seconds": meta.get("seconds"),
+            "steps": meta.get("steps"),
+            "privacy": meta.get("privacy"),
+            "privacy_before": meta.get("privacy_before"),
+            "privacy_after": meta.get("privacy_after"),
+            "task_loss": (meta.get("history") or [{}])[-1].get("task"),
+        }
 
     def _features(self, layer: str, spec: str, chunk: range):
         """The clean and the defended features of a chunk (the defense drawn by the chunk's own seed)."""
+
         def extract():
-            clean = FeatureSet.extract(self.target, self.images[chunk.start:chunk.stop], layer,
-                                       sources=[self.sources[i] for i in chunk])
+            clean = FeatureSet.extract(
+                self.target, self.images[chunk.start : chunk.stop], layer, sources=[self.sources[i] for i in chunk]
+            )
             generator = torch.Generator().manual_seed(_defense_seed(layer, spec, chunk.start))
             if not self.by_spec[spec].learned:
                 return clean, apply_defense(clean, self.by_spec[spec], generator)
             deployment = self.deployment(layer, spec)  # the client's own features, then its transform
             with torch.no_grad():
-                own = deployment.target.feature(self.images[chunk.start:chunk.stop], layer)
+                own = deployment.target.feature(self.images[chunk.start : chunk.stop], layer)
                 shipped = deployment(own, generator).float().cpu().contiguous()
             return clean, dataclasses.replace(clean, features=shipped, defense=spec)
 
@@ -465,24 +642,41 @@ class AuditJob(Job):
             yield from self._utility_scores(item, defended, tic)
             return
         try:
-            agreement, reason = utility_agreement(self.target, self.images[chunk.start:chunk.stop], item.layer,
-                                                  clean.features, defended.features).tolist(), None
+            agreement, reason = (
+                utility_agreement(
+                    self.target, self.images[chunk.start : chunk.stop], item.layer, clean.features, defended.features
+                ).tolist(),
+                None,
+            )
         except UtilityUnavailable as err:
             agreement, reason = [None] * len(chunk), str(err)
         seconds = (time.perf_counter() - tic) / len(chunk)
         for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
             if key not in self.done:
-                yield {"kind": "utility", "layer": item.layer, "defense": item.defense, "image": self.sources[i],
-                       "utility": agreement[j], "reason": reason, "seconds": seconds}
+                yield {
+                    "kind": "utility",
+                    "layer": item.layer,
+                    "defense": item.defense,
+                    "image": self.sources[i],
+                    "utility": agreement[j],
+                    "reason": reason,
+                    "seconds": seconds,
+                }
 
     def _utility_scores(self, item: UtilityItem, defended: FeatureSet, tic: float) -> Iterator[dict]:
         """Utility records with the agreement and, with labels, the accuracy (:func:`~diffinv.defenses.utility_scores`);
         ``utility``: the accuracy where measured (:attr:`accuracy`), else the agreement."""
         chunk = item.images
-        labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
+        labels = None if self.label_values is None else self.label_values[chunk.start : chunk.stop]
         try:
-            scores = utility_scores(self.deployment(item.layer, item.defense), self.images[chunk.start:chunk.stop],
-                                    item.layer, self.target, defended.features, labels)
+            scores = utility_scores(
+                self.deployment(item.layer, item.defense),
+                self.images[chunk.start : chunk.stop],
+                item.layer,
+                self.target,
+                defended.features,
+                labels,
+            )
             scores, reason = {k: v.tolist() for k, v in scores.items()}, None
         except UtilityUnavailable as err:
             scores, reason = {"agreement": [None] * len(chunk)}, str(err)
@@ -492,9 +686,17 @@ class AuditJob(Job):
                 continue
             accuracy = scores.get("accuracy", [None] * len(chunk))[j]
             accuracy = None if accuracy is None or math.isnan(accuracy) else accuracy
-            yield {"kind": "utility", "layer": item.layer, "defense": item.defense, "image": self.sources[i],
-                   "utility": accuracy if self.accuracy else scores["agreement"][j], "agreement": scores["agreement"][j],
-                   "accuracy": accuracy, "reason": reason, "seconds": seconds}
+            yield {
+                "kind": "utility",
+                "layer": item.layer,
+                "defense": item.defense,
+                "image": self.sources[i],
+                "utility": accuracy if self.accuracy else scores["agreement"][j],
+                "agreement": scores["agreement"][j],
+                "accuracy": accuracy,
+                "reason": reason,
+                "seconds": seconds,
+            }
 
     def _inverter(self, item: AttackItem) -> Inverter:
         """The item's inverter: the given one, or the one of the models trained for the attacker."""
@@ -508,8 +710,9 @@ class AuditJob(Job):
         known = item.defense if item.attacker == "adaptive" else "none"
         if (item.method, known) not in self.models:
             cls, template = self.trained[item.method]
-            self.models[item.method, known] = cls(self.target, **{
-                cls.trained_model: model_folder(self.out_dir, template.kind, known)})
+            self.models[item.method, known] = cls(
+                self.target, **{cls.trained_model: model_folder(self.out_dir, template.kind, known)}
+            )
         return self.models[item.method, known]
 
     def _attack(self, item: AttackItem) -> Iterator[dict]:
@@ -520,28 +723,50 @@ class AuditJob(Job):
         if item.attacker == "adaptive" and item.method in self.inverters:
             draws = torch.Generator().manual_seed(_defense_seed(item.layer, spec, chunk.start) + 1 + item.seed)
             if not self.by_spec[spec].learned:
-                through["feature_transform"] = self.by_spec[spec].attacker_transform(defended.features.to(device),
-                                                                                     draws)
+                through["feature_transform"] = self.by_spec[spec].attacker_transform(
+                    defended.features.to(device), draws
+                )
             else:
                 deployment = self.deployment(item.layer, spec)
                 through["feature_transform"] = deployment.attacker_transform(defended.features.to(device), draws)
-                defended = dataclasses.replace(defended, weights=deployment.target.weights,
-                                               weights_fingerprint=deployment.target.weights_fingerprint())
+                defended = dataclasses.replace(
+                    defended,
+                    weights=deployment.target.weights,
+                    weights_fingerprint=deployment.target.weights_fingerprint(),
+                )
         out = inverter.invert(defended, generator=generator, progress=self.show, **through)
-        labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
-        scores = reconstruction_scores(self.target, out.images.to(device), self.images[chunk.start:chunk.stop],
-                                       lpips=self.lpips, judge=self.judge, feature_residual=out.feature_residual,
-                                       originals_cache=self.originals_scored.setdefault(chunk, {}), labels=labels)
+        labels = None if self.label_values is None else self.label_values[chunk.start : chunk.stop]
+        scores = reconstruction_scores(
+            self.target,
+            out.images.to(device),
+            self.images[chunk.start : chunk.stop],
+            lpips=self.lpips,
+            judge=self.judge,
+            feature_residual=out.feature_residual,
+            originals_cache=self.originals_scored.setdefault(chunk, {}),
+            labels=labels,
+        )
         for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
             if key in self.done:
                 continue
-            file = save_image(out.images[j], audit_image_path(self.out_dir, item.layer, spec, item.method,
-                                                              item.attacker, item.seed, self.files[i]))
-            yield {"kind": "attack", "layer": item.layer, "defense": spec, "method": item.method,
-                   "attacker": item.attacker, "seed": item.seed, "image": self.sources[i],
-                   "file": file.relative_to(self.out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                   "label": image_label(self.label_values, i), **image_scores(scores, j),
-                   "seconds": out.seconds / len(chunk)}
+            file = save_image(
+                out.images[j],
+                audit_image_path(self.out_dir, item.layer, spec, item.method, item.attacker, item.seed, self.files[i]),
+            )
+            yield {
+                "kind": "attack",
+                "layer": item.layer,
+                "defense": spec,
+                "method": item.method,
+                "attacker": item.attacker,
+                "seed": item.seed,
+                "image": self.sources[i],
+                "file": file.relative_to(self.out_dir).as_posix(),
+                "white_box": bool(inverter.white_box),
+                "label": image_label(self.label_values, i),
+                **image_scores(scores, j),
+                "seconds": out.seconds / len(chunk),
+            }
 
     # ------------------------------------------------------------------ the report
     def report(self) -> dict:
@@ -552,13 +777,28 @@ class AuditJob(Job):
         records = merge_records(self.store.records(), _key, own=own, notes=notes)
         frontier = None
         if self.accuracy or self.learned:
-            frontier = {"learned": self.learned, "baseline": [d.spec for d in self.defenses if d.baseline],
-                        "utility": "accuracy" if self.accuracy else "agreement"}
-        report = build_report(records, self.layers, self.specs, self.names,
-                              [m for m in self.names if self.adaptive(m)], meta={
-            "target": self.target.name, "image_size": list(self.size), "images": len(self.sources),
-            "seeds": self.seeds, "lpips": self.lpips.reason or "alexnet", "device": str(self.device),
-            "judge": self.judge.name if self.judge is not None else None}, frontier=frontier)
+            frontier = {
+                "learned": self.learned,
+                "baseline": [d.spec for d in self.defenses if d.baseline],
+                "utility": "accuracy" if self.accuracy else "agreement",
+            }
+        report = build_report(
+            records,
+            self.layers,
+            self.specs,
+            self.names,
+            [m for m in self.names if self.adaptive(m)],
+            meta={
+                "target": self.target.name,
+                "image_size": list(self.size),
+                "images": len(self.sources),
+                "seeds": self.seeds,
+                "lpips": self.lpips.reason or "alexnet",
+                "device": str(self.device),
+                "judge": self.judge.name if self.judge is not None else None,
+            },
+            frontier=frontier,
+        )
         report["notes"] = notes + report["notes"]
         if self.main:
             self._write(report)
@@ -572,13 +812,24 @@ class AuditJob(Job):
             warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=4)
         write_json(out_dir / "report.json", {"config": self.store.settings, **report})
         write_report_md(report, out_dir / "report.md")
-        write_privacy_utility_plot(report["settings"], out_dir / "privacy_utility.png", layers=self.layers,
-                                   methods=self.names, **({"frontier": report["frontier"]} if "frontier" in report
-                                                          else {}))
+        write_privacy_utility_plot(
+            report["settings"],
+            out_dir / "privacy_utility.png",
+            layers=self.layers,
+            methods=self.names,
+            **({"frontier": report["frontier"]} if "frontier" in report else {}),
+        )
         columns = [f"{m} {a}" for m in self.names for a in ATTACKERS]
         for layer in self.layers:
-            write_grid(self.images, self.specs, columns, lambda spec, column, layer=layer: _grid_file(
-                out_dir, layer, spec, column, self.seeds[0], self.files[0]), out_dir / f"grid_{layer}.png")
+            write_grid(
+                self.images,
+                self.specs,
+                columns,
+                lambda spec, column, layer=layer: _grid_file(
+                    out_dir, layer, spec, column, self.seeds[0], self.files[0]
+                ),
+                out_dir / f"grid_{layer}.png",
+            )
 
 
 def _grid_file(out_dir, layer, spec, column, seed, name) -> Path:
@@ -610,8 +861,15 @@ def _with_interval(summary: dict, key: str, records: Sequence[Mapping], metric: 
     return excluded
 
 
-def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Sequence[str], methods: Sequence[str],
-                 adaptive: Sequence[str] = (), meta: Mapping | None = None, frontier: Mapping | None = None) -> dict:
+def build_report(
+    records: Sequence[Mapping],
+    layers: Sequence[str],
+    specs: Sequence[str],
+    methods: Sequence[str],
+    adaptive: Sequence[str] = (),
+    meta: Mapping | None = None,
+    frontier: Mapping | None = None,
+) -> dict:
     """The audit's summary of ``records``: per (layer, defense setting) the utility and, per method and
     attacker, the mean metrics; per layer the setting that keeps utility >= 0.9 with the lowest best
     attack PSNR; the cost in seconds. ``adaptive``: the methods that have an adaptive attacker (the others
@@ -631,17 +889,32 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
     def seconds(kind):  # a value that is not a finite number counts 0
         return sum(_finite_or_zero(r.get("seconds")) for r in records if r["kind"] == kind)
 
-    cost = {"attack_seconds": seconds("attack"), "utility_seconds": seconds("utility"),
-            "decoder_training_seconds": seconds("training")}
+    cost = {
+        "attack_seconds": seconds("attack"),
+        "utility_seconds": seconds("utility"),
+        "decoder_training_seconds": seconds("training"),
+    }
     notes = []
     if left_out:
-        notes.append("Left out of the means, not a finite number (NaN, infinite or not a number): " + "; ".join(
-            f"{metric} ({', '.join(dict.fromkeys(where))})" for metric, where in left_out.items()) + ".")
-    report = {"meta": dict(meta or {}), "utility_threshold": UTILITY_THRESHOLD, "settings": rows,
-              "recommendation": _recommendations(rows, layers), "cost_seconds": cost, "notes": notes}
+        notes.append(
+            "Left out of the means, not a finite number (NaN, infinite or not a number): "
+            + "; ".join(f"{metric} ({', '.join(dict.fromkeys(where))})" for metric, where in left_out.items())
+            + "."
+        )
+    report = {
+        "meta": dict(meta or {}),
+        "utility_threshold": UTILITY_THRESHOLD,
+        "settings": rows,
+        "recommendation": _recommendations(rows, layers),
+        "cost_seconds": cost,
+        "notes": notes,
+    }
     if frontier is not None:
-        cost["defense_training_seconds"] = sum(_finite_or_zero(r.get("seconds")) for r in records
-                                               if r["kind"] == "training" and r.get("method") == DEFENSE)
+        cost["defense_training_seconds"] = sum(
+            _finite_or_zero(r.get("seconds"))
+            for r in records
+            if r["kind"] == "training" and r.get("method") == DEFENSE
+        )
         cost["decoder_training_seconds"] -= cost["defense_training_seconds"]
         report["frontier"] = frontier_report(records, rows, layers, frontier)
     return report
@@ -650,15 +923,23 @@ def build_report(records: Sequence[Mapping], layers: Sequence[str], specs: Seque
 LEAK_METRICS = ("judge_accuracy", "top1_accuracy", "top1_agreement")  # the leak: the first the records have
 
 
-def _per_image(records: Sequence[Mapping], kind: str, layer: str, spec: str, metric: str, method: str = "",
-               attacker: str = "") -> dict[str, float]:
-    group = [r for r in records if r["kind"] == kind and r["layer"] == layer and r["defense"] == spec
-             and (kind != "attack" or (r["method"] == method and r["attacker"] == attacker))]
+def _per_image(
+    records: Sequence[Mapping], kind: str, layer: str, spec: str, metric: str, method: str = "", attacker: str = ""
+) -> dict[str, float]:
+    group = [
+        r
+        for r in records
+        if r["kind"] == kind
+        and r["layer"] == layer
+        and r["defense"] == spec
+        and (kind != "attack" or (r["method"] == method and r["attacker"] == attacker))
+    ]
     return finite_per_image(group, metric)[0]
 
 
-def frontier_report(records: Sequence[Mapping], rows: Sequence[dict], layers: Sequence[str],
-                    frontier: Mapping) -> dict:
+def frontier_report(
+    records: Sequence[Mapping], rows: Sequence[dict], layers: Sequence[str], frontier: Mapping
+) -> dict:
     """The privacy-utility frontier of every setting, fixed and learned (its rows get ``accuracy``, ``agreement``,
     ``leak``, ``leak_ci`` and ``leak_attack``):
 
@@ -671,45 +952,83 @@ def frontier_report(records: Sequence[Mapping], rows: Sequence[dict], layers: Se
       on the same images: the leak's and the utility's differences with their bootstrap intervals, and whether
       the learned one *beats* it (its leak lower, the interval below 0, at no lower mean utility).
     """
-    metric = next((m for m in LEAK_METRICS if any(r.get(m) is not None for r in records if r["kind"] == "attack")),
-                  LEAK_METRICS[-1])
-    out = {"utility": frontier["utility"], "leak_metric": metric, "learned": list(frontier["learned"]),
-           "baseline": list(frontier["baseline"]), "layers": {}}
+    metric = next(
+        (m for m in LEAK_METRICS if any(r.get(m) is not None for r in records if r["kind"] == "attack")),
+        LEAK_METRICS[-1],
+    )
+    out = {
+        "utility": frontier["utility"],
+        "leak_metric": metric,
+        "learned": list(frontier["learned"]),
+        "baseline": list(frontier["baseline"]),
+        "layers": {},
+    }
     for row in rows:
-        util = [r for r in records if r["kind"] == "utility" and r["layer"] == row["layer"]
-                and r["defense"] == row["defense"]]
+        util = [
+            r
+            for r in records
+            if r["kind"] == "utility" and r["layer"] == row["layer"] and r["defense"] == row["defense"]
+        ]
         for key in ("accuracy", "agreement"):
             _with_interval(row, key, util, key)
-        best = max(((m, a, e[a][metric]) for m, e in row["attacks"].items() for a in ATTACKERS
-                    if e.get(a) and e[a].get(metric) is not None), key=lambda t: t[2], default=None)
+        best = max(
+            (
+                (m, a, e[a][metric])
+                for m, e in row["attacks"].items()
+                for a in ATTACKERS
+                if e.get(a) and e[a].get(metric) is not None
+            ),
+            key=lambda t: t[2],
+            default=None,
+        )
         row["leak"], row["leak_ci"], row["leak_attack"] = None, None, None
         if best is not None:
             row["leak"], row["leak_ci"] = best[2], row["attacks"][best[0]][best[1]].get(f"{metric}_ci")
             row["leak_attack"] = f"{best[0]} {best[1]}"
     for layer in layers:
         mine = [r for r in rows if r["layer"] == layer and r["utility"] is not None and r["leak"] is not None]
-        pareto = [r["defense"] for r in mine if not any(
-            o["utility"] >= r["utility"] and o["leak"] <= r["leak"] and (o["utility"], o["leak"]) != (r["utility"],
-                                                                                                    r["leak"])
-            for o in mine)]
+        pareto = [
+            r["defense"]
+            for r in mine
+            if not any(
+                o["utility"] >= r["utility"]
+                and o["leak"] <= r["leak"]
+                and (o["utility"], o["leak"]) != (r["utility"], r["leak"])
+                for o in mine
+            )
+        ]
         reference = next((r for r in mine if r["defense"] == "none"), None)
         verdict = []
         for budget in LOSS_BUDGETS:
             ok = [] if reference is None else [r for r in mine if r["utility"] >= reference["utility"] - budget - 1e-9]
             best = min(ok, key=lambda r: (r["leak"], -r["utility"]), default=None)
-            verdict.append({"max_loss": budget, "defense": None if best is None else best["defense"], **({} if best is None
-                            else {k: best.get(k) for k in ("utility", "utility_ci", "leak", "leak_ci", "leak_attack")})})
+            verdict.append(
+                {
+                    "max_loss": budget,
+                    "defense": None if best is None else best["defense"],
+                    **(
+                        {}
+                        if best is None
+                        else {k: best.get(k) for k in ("utility", "utility_ci", "leak", "leak_ci", "leak_attack")}
+                    ),
+                }
+            )
         versus = []
         for learned in (r for r in mine if r["defense"] in frontier["learned"]):
             for base in (r for r in mine if r["defense"] in frontier["baseline"]):
                 versus.append(_paired(records, layer, learned, base, metric))
-        out["layers"][layer] = {"pareto": pareto, "verdict": verdict, "versus_baseline": versus,
-                                "learned_beats_baseline": any(v["beats"] for v in versus)}
+        out["layers"][layer] = {
+            "pareto": pareto,
+            "verdict": verdict,
+            "versus_baseline": versus,
+            "learned_beats_baseline": any(v["beats"] for v in versus),
+        }
     return out
 
 
 def _paired(records, layer: str, learned: Mapping, base: Mapping, metric: str) -> dict:
     """A learned setting against a baseline one, paired on the images both have: leak and utility differences."""
+
     def leak(row):
         method, attacker = row["leak_attack"].split(" ")
         source = "naive" if row["defense"] == "none" else attacker
@@ -719,37 +1038,64 @@ def _paired(records, layer: str, learned: Mapping, base: Mapping, metric: str) -
     a_util = _per_image(records, "utility", layer, learned["defense"], "utility")
     b_util = _per_image(records, "utility", layer, base["defense"], "utility")
     images = sorted(set(a_leak) & set(b_leak))
-    leak_diff = paired_difference_ci([a_leak[i] for i in images], [b_leak[i] for i in images]) if images else (
-        None, None, None)
+    leak_diff = (
+        paired_difference_ci([a_leak[i] for i in images], [b_leak[i] for i in images])
+        if images
+        else (None, None, None)
+    )
     shared = sorted(set(a_util) & set(b_util))
-    util_diff = paired_difference_ci([a_util[i] for i in shared], [b_util[i] for i in shared]) if shared else (
-        None, None, None)
-    beats = (leak_diff[0] is not None and leak_diff[2] < 0 and util_diff[0] is not None and util_diff[0] >= 0)
-    return {"learned": learned["defense"], "baseline": base["defense"], "n": len(images),
-            "leak_difference": leak_diff[0], "leak_difference_ci": None if leak_diff[0] is None else list(leak_diff[1:]),
-            "utility_difference": util_diff[0],
-            "utility_difference_ci": None if util_diff[0] is None else list(util_diff[1:]), "beats": bool(beats)}
+    util_diff = (
+        paired_difference_ci([a_util[i] for i in shared], [b_util[i] for i in shared])
+        if shared
+        else (None, None, None)
+    )
+    beats = leak_diff[0] is not None and leak_diff[2] < 0 and util_diff[0] is not None and util_diff[0] >= 0
+    return {
+        "learned": learned["defense"],
+        "baseline": base["defense"],
+        "n": len(images),
+        "leak_difference": leak_diff[0],
+        "leak_difference_ci": None if leak_diff[0] is None else list(leak_diff[1:]),
+        "utility_difference": util_diff[0],
+        "utility_difference_ci": None if util_diff[0] is None else list(util_diff[1:]),
+        "beats": bool(beats),
+    }
 
 
-def _setting_row(records: Sequence[Mapping], layer: str, spec: str, methods: Sequence[str], adaptive: Sequence[str],
-                 left_out: dict) -> dict:
+def _setting_row(
+    records: Sequence[Mapping], layer: str, spec: str, methods: Sequence[str], adaptive: Sequence[str], left_out: dict
+) -> dict:
     """The report's row of one (layer, defense setting): its utility and, per method and attacker, the means
     (where values were left out: added to ``left_out``)."""
     util = [r for r in records if r["kind"] == "utility" and r["layer"] == layer and r["defense"] == spec]
-    row = {"layer": layer, "defense": spec, "utility_n": len({r["image"] for r in util}),
-           "utility_reason": next((r["reason"] for r in util if r.get("reason")), None), "attacks": {}}
+    row = {
+        "layer": layer,
+        "defense": spec,
+        "utility_n": len({r["image"] for r in util}),
+        "utility_reason": next((r["reason"] for r in util if r.get("reason")), None),
+        "attacks": {},
+    }
     if _with_interval(row, "utility", util, "utility"):
         left_out.setdefault("utility", []).append(f"{layer} {spec}")
     for method in methods:
         entry = {}
         for attacker in ATTACKERS:
             source = "naive" if spec == "none" else attacker
-            group = [r for r in records if r["kind"] == "attack" and r["layer"] == layer
-                     and r["defense"] == spec and r["method"] == method and r["attacker"] == source]
+            group = [
+                r
+                for r in records
+                if r["kind"] == "attack"
+                and r["layer"] == layer
+                and r["defense"] == spec
+                and r["method"] == method
+                and r["attacker"] == source
+            ]
             entry[attacker] = None
             if group:
-                entry[attacker] = {"n": len({r["image"] for r in group}),
-                                   "seeds": len({r.get("seed", 0) for r in group})}
+                entry[attacker] = {
+                    "n": len({r["image"] for r in group}),
+                    "seeds": len({r.get("seed", 0) for r in group}),
+                }
                 for metric in METRICS:
                     if _with_interval(entry[attacker], metric, group, metric):
                         left_out.setdefault(metric, []).append(f"{layer} {spec} {method} {source}")
@@ -758,8 +1104,12 @@ def _setting_row(records: Sequence[Mapping], layer: str, spec: str, methods: Seq
             entry["adaptive_reason"] = reason
         row["attacks"][method] = entry
     for key, metric in (("best_attack_psnr", "psnr"), ("best_attack_top1", "top1_agreement")):
-        values = [a[metric] for e in row["attacks"].values() for k, a in e.items()
-                  if k in ATTACKERS and a and a[metric] is not None]
+        values = [
+            a[metric]
+            for e in row["attacks"].values()
+            for k, a in e.items()
+            if k in ATTACKERS and a and a[metric] is not None
+        ]
         row[key] = max(values) if values else None
     return row
 
@@ -770,13 +1120,24 @@ def _recommendations(rows: Sequence[Mapping], layers: Sequence[str]) -> dict:
     for layer in layers:
         mine = [r for r in rows if r["layer"] == layer]
         reference = next((r for r in mine if r["defense"] == "none"), None)
-        ok = [r for r in mine if r["utility"] is not None and r["utility"] >= UTILITY_THRESHOLD
-              and r["best_attack_psnr"] is not None]
+        ok = [
+            r
+            for r in mine
+            if r["utility"] is not None and r["utility"] >= UTILITY_THRESHOLD and r["best_attack_psnr"] is not None
+        ]
         best = min(ok, key=lambda r: r["best_attack_psnr"], default=None)
-        recommendation[layer] = None if best is None else {
-            "defense": best["defense"], "utility": best["utility"], "best_attack_psnr": best["best_attack_psnr"],
-            "psnr_drop": (reference["best_attack_psnr"] - best["best_attack_psnr"])
-            if reference and reference["best_attack_psnr"] is not None else None}
+        recommendation[layer] = (
+            None
+            if best is None
+            else {
+                "defense": best["defense"],
+                "utility": best["utility"],
+                "best_attack_psnr": best["best_attack_psnr"],
+                "psnr_drop": (reference["best_attack_psnr"] - best["best_attack_psnr"])
+                if reference and reference["best_attack_psnr"] is not None
+                else None,
+            }
+        )
     return recommendation
 
 
@@ -787,18 +1148,30 @@ def write_report_md(report: Mapping, path) -> str:
     lines = ["# Privacy audit", ""]
     meta = report.get("meta", {})
     if meta:
-        lines += [f"Target `{meta.get('target')}`, {meta.get('images')} images at {meta.get('image_size')}, seeds "
-                  f"{meta.get('seeds')}, device {meta.get('device')}. Utility = top-1 agreement of the network run "
-                  f"from "
-                  f"the defended features with the undefended network; attack top-1 = agreement of the "
-                  f"reconstruction's class. naive / adaptive = attacker unaware of / aware of the defense. "
-                  f"Each value: mean [95 % bootstrap interval over images]; n = images (each the mean of its seeds).",
-                  ""]
+        lines += [
+            f"Target `{meta.get('target')}`, {meta.get('images')} images at {meta.get('image_size')}, seeds "
+            f"{meta.get('seeds')}, device {meta.get('device')}. Utility = top-1 agreement of the network run "
+            f"from "
+            f"the defended features with the undefended network; attack top-1 = agreement of the "
+            f"reconstruction's class. naive / adaptive = attacker unaware of / aware of the defense. "
+            f"Each value: mean [95 % bootstrap interval over images]; n = images (each the mean of its seeds).",
+            "",
+        ]
         if meta.get("lpips") != "alexnet":
             lines += [f"{meta.get('lpips')}.", ""]
-    semantic = [m for m in METRICS if m in SEMANTIC_METRICS and m != "top1_agreement" and any(
-        (a or {}).get(m) is not None for row in report["settings"] for e in row["attacks"].values()
-        for k, a in e.items() if k in ATTACKERS)]
+    semantic = [
+        m
+        for m in METRICS
+        if m in SEMANTIC_METRICS
+        and m != "top1_agreement"
+        and any(
+            (a or {}).get(m) is not None
+            for row in report["settings"]
+            for e in row["attacks"].values()
+            for k, a in e.items()
+            if k in ATTACKERS
+        )
+    ]
     for layer in dict.fromkeys(r["layer"] for r in report["settings"]):
         rows = [r for r in report["settings"] if r["layer"] == layer]
         lines += _layer_table(layer, rows)
@@ -808,10 +1181,13 @@ def write_report_md(report: Mapping, path) -> str:
         if "frontier" in report:
             lines += _frontier_tables(layer, rows, report["frontier"])
     cost = report["cost_seconds"]
-    defense_cost = (f", {cost['defense_training_seconds']:.0f} s of defense training"
-                    if "defense_training_seconds" in cost else "")
-    lines.append(f"Cost: {cost['attack_seconds']:.0f} s of attacks, {cost['utility_seconds']:.1f} s of utility, "
-                 f"{cost['decoder_training_seconds']:.0f} s of decoder training{defense_cost}.")
+    defense_cost = (
+        f", {cost['defense_training_seconds']:.0f} s of defense training" if "defense_training_seconds" in cost else ""
+    )
+    lines.append(
+        f"Cost: {cost['attack_seconds']:.0f} s of attacks, {cost['utility_seconds']:.1f} s of utility, "
+        f"{cost['decoder_training_seconds']:.0f} s of decoder training{defense_cost}."
+    )
     if report.get("notes"):
         lines += ["", "Records: " + " ".join(report["notes"])]
     text = "\n".join(lines) + "\n"
@@ -823,32 +1199,65 @@ def write_report_md(report: Mapping, path) -> str:
 def _frontier_tables(layer: str, rows: Sequence[Mapping], frontier: Mapping) -> list[str]:
     """A layer's utility (accuracy, agreement), frontier, verdict and learned-versus-noise tables."""
     mine = frontier["layers"].get(layer, {})
-    leak = {"judge_accuracy": "the judge's accuracy", "top1_accuracy": "the target's accuracy",
-            "top1_agreement": "the target's top-1 agreement"}[frontier["leak_metric"]]
-    lines = [f"### {layer}: privacy-utility frontier", "",
-             f"Utility = the defended deployment's top-1 {frontier['utility']}"
-             + (" on the true labels (agreement with the undefended network beside it)"
-                if frontier["utility"] == "accuracy" else " with the undefended network")
-             + f"; leak = the best attack's reconstructions scored by {leak}. * = on the Pareto frontier.", "",
-             "| defense | utility accuracy | utility agreement | leak | best attack |", "|---|---|---|---|---|"]
+    leak = {
+        "judge_accuracy": "the judge's accuracy",
+        "top1_accuracy": "the target's accuracy",
+        "top1_agreement": "the target's top-1 agreement",
+    }[frontier["leak_metric"]]
+    lines = [
+        f"### {layer}: privacy-utility frontier",
+        "",
+        f"Utility = the defended deployment's top-1 {frontier['utility']}"
+        + (
+            " on the true labels (agreement with the undefended network beside it)"
+            if frontier["utility"] == "accuracy"
+            else " with the undefended network"
+        )
+        + f"; leak = the best attack's reconstructions scored by {leak}. * = on the Pareto frontier.",
+        "",
+        "| defense | utility accuracy | utility agreement | leak | best attack |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         mark = " *" if row["defense"] in mine.get("pareto", ()) else ""
-        lines.append(f"| {row['defense']}{mark} | {_fmt(row, 'accuracy')} | {_fmt(row, 'agreement')} | "
-                     f"{_fmt(row, 'leak')} | {row.get('leak_attack') or 'n/a'} |")
-    lines += ["", "Verdict: the setting that leaves the strongest attack the least, for a utility loss of at most:", "",
-              "| utility loss | defense | utility | leak | best attack |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {row['defense']}{mark} | {_fmt(row, 'accuracy')} | {_fmt(row, 'agreement')} | "
+            f"{_fmt(row, 'leak')} | {row.get('leak_attack') or 'n/a'} |"
+        )
+    lines += [
+        "",
+        "Verdict: the setting that leaves the strongest attack the least, for a utility loss of at most:",
+        "",
+        "| utility loss | defense | utility | leak | best attack |",
+        "|---|---|---|---|---|",
+    ]
     for v in mine.get("verdict", ()):
-        lines.append(f"| {100 * v['max_loss']:.0f} points | {v['defense'] or 'n/a'} | {_fmt(v, 'utility')} | "
-                     f"{_fmt(v, 'leak')} | {v.get('leak_attack') or 'n/a'} |")
+        lines.append(
+            f"| {100 * v['max_loss']:.0f} points | {v['defense'] or 'n/a'} | {_fmt(v, 'utility')} | "
+            f"{_fmt(v, 'leak')} | {v.get('leak_attack') or 'n/a'} |"
+        )
     if mine.get("versus_baseline"):
-        lines += ["", "Learned defenses against plain noise, paired on the same images (learned minus noise):", "",
-                  "| learned | noise | n | leak difference | utility difference | beats noise |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Learned defenses against plain noise, paired on the same images (learned minus noise):",
+            "",
+            "| learned | noise | n | leak difference | utility difference | beats noise |",
+            "|---|---|---|---|---|---|",
+        ]
         for v in mine["versus_baseline"]:
-            lines.append(f"| {v['learned']} | {v['baseline']} | {v['n']} | {_fmt(v, 'leak_difference')} | "
-                         f"{_fmt(v, 'utility_difference')} | {'yes' if v['beats'] else 'no'} |")
-        lines += ["", "A learned defense beats plain noise at this layer: "
-                  + ("**yes**." if mine["learned_beats_baseline"] else "no (no lower leak with an interval below 0 at "
-                                                                          "no lower utility).")]
+            lines.append(
+                f"| {v['learned']} | {v['baseline']} | {v['n']} | {_fmt(v, 'leak_difference')} | "
+                f"{_fmt(v, 'utility_difference')} | {'yes' if v['beats'] else 'no'} |"
+            )
+        lines += [
+            "",
+            "A learned defense beats plain noise at this layer: "
+            + (
+                "**yes**."
+                if mine["learned_beats_baseline"]
+                else "no (no lower leak with an interval below 0 at no lower utility)."
+            ),
+        ]
     return lines + [""]
 
 
@@ -857,23 +1266,42 @@ def _fmt(summary, key, digits=2) -> str:
     value = (summary or {}).get(key)
     if value is None:
         return "n/a"
-    low, high = (summary.get(f"{key}_ci") or [value, value])
+    low, high = summary.get(f"{key}_ci") or [value, value]
     counted = summary.get(f"{key}_n")  # only where values were left out as not finite
     return format_ci(value, low, high, digits) + ("" if counted is None else f" (n = {counted})")
 
 
 def _layer_table(layer: str, rows: Sequence[Mapping]) -> list[str]:
     """A layer's table: per defense setting and method, utility and both attackers' PSNR, SSIM and top-1."""
-    lines = [f"## {layer}", "", "| defense | utility | method | n | PSNR naive | PSNR adaptive | SSIM naive | "
-             "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |", "|" + "---|" * 11]
+    lines = [
+        f"## {layer}",
+        "",
+        "| defense | utility | method | n | PSNR naive | PSNR adaptive | SSIM naive | "
+        "SSIM adaptive | top-1 naive | top-1 adaptive | s / image (adaptive) |",
+        "|" + "---|" * 11,
+    ]
     for row in rows:
         for method, entry in row["attacks"].items():
             n, a = entry.get("naive") or {}, entry.get("adaptive") or {}
-            lines.append("| " + " | ".join([
-                row["defense"], _fmt(row, "utility"), method, str(n.get("n", a.get("n", 0))),
-                _fmt(n, "psnr"), _fmt(a, "psnr"), _fmt(n, "ssim", 3), _fmt(a, "ssim", 3),
-                _fmt(n, "top1_agreement"), _fmt(a, "top1_agreement"),
-                _fmt(a if a.get("seconds") is not None else n, "seconds")]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        row["defense"],
+                        _fmt(row, "utility"),
+                        method,
+                        str(n.get("n", a.get("n", 0))),
+                        _fmt(n, "psnr"),
+                        _fmt(a, "psnr"),
+                        _fmt(n, "ssim", 3),
+                        _fmt(a, "ssim", 3),
+                        _fmt(n, "top1_agreement"),
+                        _fmt(a, "top1_agreement"),
+                        _fmt(a if a.get("seconds") is not None else n, "seconds"),
+                    ]
+                )
+                + " |"
+            )
         if row["utility_reason"]:
             lines.append(f"| {row['defense']} | n/a: {row['utility_reason']} |" + " |" * 9)
     return lines
@@ -881,31 +1309,55 @@ def _layer_table(layer: str, rows: Sequence[Mapping]) -> list[str]:
 
 def _semantic_table(rows: Sequence[Mapping], semantic: Sequence[str], judge: str | None) -> list[str]:
     """A layer's table of the accuracy against true labels and the judge's scores."""
-    titles = {"original_top1_accuracy": "target acc. (originals)", "top1_accuracy": "target acc. (recon.)",
-              "judge_original_accuracy": "judge acc. (originals)", "judge_accuracy": "judge acc. (recon.)",
-              "judge_agreement": "judge agr.", "judge_similarity": "judge feature cos."}
-    lines = ["", "True labels" + (f" and the judge `{judge}` (a network the attack never saw)" if judge else "") + ":",
-             "", "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic) + " |",
-             "|" + "---|" * (4 + len(semantic))]
+    titles = {
+        "original_top1_accuracy": "target acc. (originals)",
+        "top1_accuracy": "target acc. (recon.)",
+        "judge_original_accuracy": "judge acc. (originals)",
+        "judge_accuracy": "judge acc. (recon.)",
+        "judge_agreement": "judge agr.",
+        "judge_similarity": "judge feature cos.",
+    }
+    lines = [
+        "",
+        "True labels" + (f" and the judge `{judge}` (a network the attack never saw)" if judge else "") + ":",
+        "",
+        "| defense | method | attacker | n | " + " | ".join(titles[m] for m in semantic) + " |",
+        "|" + "---|" * (4 + len(semantic)),
+    ]
     for row in rows:
         for method, entry in row["attacks"].items():
             for attacker in ATTACKERS if row["defense"] != "none" else ("naive",):
                 summary = entry.get(attacker)
                 if summary:
-                    lines.append("| " + " | ".join([row["defense"], method, attacker, str(summary["n"]), *(
-                        _fmt(summary, m, 3 if m == "judge_similarity" else 2) for m in semantic)]) + " |")
+                    lines.append(
+                        "| "
+                        + " | ".join(
+                            [
+                                row["defense"],
+                                method,
+                                attacker,
+                                str(summary["n"]),
+                                *(_fmt(summary, m, 3 if m == "judge_similarity" else 2) for m in semantic),
+                            ]
+                        )
+                        + " |"
+                    )
     return lines
 
 
 def _recommendation(rec: Mapping | None, threshold: float) -> str:
     """The sentence under a layer's tables: the setting that keeps utility and lowers the best attack most."""
     if rec and rec["defense"] == "none" or rec and rec["psnr_drop"] is not None and rec["psnr_drop"] <= 0:
-        return (f"No defense setting that keeps utility >= {threshold} lowers the best "
-                f"attack's PSNR below no defense ({rec['best_attack_psnr']:.2f} dB).")
+        return (
+            f"No defense setting that keeps utility >= {threshold} lowers the best "
+            f"attack's PSNR below no defense ({rec['best_attack_psnr']:.2f} dB)."
+        )
     if rec:
         drop = "" if rec["psnr_drop"] is None else f", {rec['psnr_drop']:.2f} dB below no defense"
-        return (f"Keeping utility >= {threshold}: **{rec['defense']}** (utility "
-                f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to "
-                f"{rec['best_attack_psnr']:.2f}"
-                f" dB{drop}.")
+        return (
+            f"Keeping utility >= {threshold}: **{rec['defense']}** (utility "
+            f"{rec['utility']:.2f}) brings the best attack's PSNR down most, to "
+            f"{rec['best_attack_psnr']:.2f}"
+            f" dB{drop}."
+        )
     return f"No setting keeps utility >= {threshold} (or utility is unavailable)."

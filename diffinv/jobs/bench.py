@@ -40,8 +40,16 @@ from .items import Job, LayerCache, image_label, image_scores, item_settings, me
 from .report import write_depth_plot, write_grid, write_table
 from .store import RunStore, unique_names
 
-__all__ = ["DEFAULT_BATCH_SIZE", "BenchItem", "BenchJob", "PeakMemory", "image_path", "merged_records",
-           "run_benchmark", "work_items"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "BenchItem",
+    "BenchJob",
+    "PeakMemory",
+    "image_path",
+    "merged_records",
+    "run_benchmark",
+    "work_items",
+]
 
 
 class PeakMemory:
@@ -55,7 +63,7 @@ class PeakMemory:
     def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005):
         self.device, self.interval, self.peak_mb = torch.device(device), interval, 0.0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -123,17 +131,33 @@ class BenchItem:
         return f"{self.layer} {self.method} seed {self.seed} images {self.images.start}-{self.images.stop - 1}"
 
 
-def work_items(layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int], num_images: int,
-               batch_size: int = DEFAULT_BATCH_SIZE) -> list[BenchItem]:
+def work_items(
+    layers: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    num_images: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[BenchItem]:
     """Every work item of a benchmark, in a fixed order: layer, method, seed, image indices, the
     images in chunks of ``batch_size`` (inverted together). An item's numbers depend only on the item
     (its chunk, its seed), so any process may run it."""
-    return [BenchItem(layer, method, seed, chunk) for layer in layers for method in methods for seed in seeds
-            for chunk in chunks(num_images, batch_size)]
+    return [
+        BenchItem(layer, method, seed, chunk)
+        for layer in layers
+        for method in methods
+        for seed in seeds
+        for chunk in chunks(num_images, batch_size)
+    ]
 
 
-def merged_records(records: Sequence[Mapping], layers: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-                   sources: Sequence[str], notes: list[str] | None = None) -> list[dict]:
+def merged_records(
+    records: Sequence[Mapping],
+    layers: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    sources: Sequence[str],
+    notes: list[str] | None = None,
+) -> list[dict]:
     """The records of every process, one per item of the run (the last written), in the order of the settings:
     layer, method, seed, image; records of other items are left out (:func:`~diffinv.jobs.items.merge_records`,
     which says both in ``notes``)."""
@@ -198,9 +222,23 @@ def run_benchmark(
     """
     if len(sources) != len(images):
         raise ValueError(f"`sources` has {len(sources)} names for {len(images)} images.")
-    job = BenchJob(target, images, sources, layers, methods, out_dir, seeds=seeds, batch_size=batch_size,
-                   settings=settings, overwrite=overwrite, progress=progress, state=state, labels=labels, judge=judge,
-                   early_stop=early_stop)
+    job = BenchJob(
+        target,
+        images,
+        sources,
+        layers,
+        methods,
+        out_dir,
+        seeds=seeds,
+        batch_size=batch_size,
+        settings=settings,
+        overwrite=overwrite,
+        progress=progress,
+        state=state,
+        labels=labels,
+        judge=judge,
+        early_stop=early_stop,
+    )
     run_job(job, job.store, job.items(), state=state, show=job.show)
     return job.report()
 
@@ -212,8 +250,25 @@ class BenchJob(Job):
 
     desc = "benchmark"
 
-    def __init__(self, target, images, sources, layers, methods, out_dir, *, seeds, batch_size, settings, overwrite,
-                 progress, state, labels, judge, early_stop):
+    def __init__(
+        self,
+        target,
+        images,
+        sources,
+        layers,
+        methods,
+        out_dir,
+        *,
+        seeds,
+        batch_size,
+        settings,
+        overwrite,
+        progress,
+        state,
+        labels,
+        judge,
+        early_stop,
+    ):
         self.target, self.device = place(target, state)
         self.sources, self.layers, self.seeds, self.batch_size = list(sources), list(layers), list(seeds), batch_size
         self.state, self.early_stop, self.label_values = state, early_stop, labels_tensor(labels, len(images))
@@ -222,24 +277,37 @@ class BenchJob(Job):
         for inverter in self.inverters.values():
             inverter.check_image_size(tuple(images.shape[-2:]))
         manifest = item_settings(
-            self.target, images, sources, layers, seeds, batch_size, self.device,
+            self.target,
+            images,
+            sources,
+            layers,
+            seeds,
+            batch_size,
+            self.device,
             methods={name: inverter.settings() for name, inverter in self.inverters.items()},
-            labels=self.label_values, judge=self.judge,
+            labels=self.label_values,
+            judge=self.judge,
             # runs without early stopping keep the manifests they had before the option
             **({"early_stop": early_stop.settings()} if early_stop is not None else {}),
         )
-        self.store = RunStore(out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite,
-                              outputs=OUTPUTS, state=state)
+        self.store = RunStore(
+            out_dir, "bench", {**manifest, **dict(settings or {})}, overwrite=overwrite, outputs=OUTPUTS, state=state
+        )
         self.out_dir = self.store.folder
         self.main = state is None or state.is_main_process
         self.show = progress and (state is None or state.is_local_main_process)
         self.names = unique_names(sources)
         self.lpips = LPIPS()
         self.images = images.to(self.device)
-        self.meta = {"target": self.target.name, "judge": self.judge.name if self.judge is not None else None,
-                     "image_size": list(images.shape[-2:]), "lpips": self.lpips.reason or "alexnet",
-                     "device": str(self.device), "processes": 1 if state is None else state.num_processes,
-                     "threads": torch.get_num_threads()}
+        self.meta = {
+            "target": self.target.name,
+            "judge": self.judge.name if self.judge is not None else None,
+            "image_size": list(images.shape[-2:]),
+            "lpips": self.lpips.reason or "alexnet",
+            "device": str(self.device),
+            "processes": 1 if state is None else state.num_processes,
+            "threads": torch.get_num_threads(),
+        }
         self.features = LayerCache()
         self.originals_scored: dict = {}  # per batch of images: the target's and the judge's outputs on the originals
 
@@ -254,28 +322,50 @@ class BenchJob(Job):
     def records(self, item: BenchItem) -> Iterator[dict]:
         """Inverts the item's images, scores them and gives one record per image (its PNG written first)."""
         chunk, sources = item.images, self.sources
-        feats = self.features.get((item.layer, chunk), lambda: FeatureSet.extract(
-            self.target, self.images[chunk.start:chunk.stop], item.layer, sources=[sources[i] for i in chunk]))
+        feats = self.features.get(
+            (item.layer, chunk),
+            lambda: FeatureSet.extract(
+                self.target, self.images[chunk.start : chunk.stop], item.layer, sources=[sources[i] for i in chunk]
+            ),
+        )
         inverter, early_stop = self.inverters[item.method], self.early_stop
         stop = {"early_stop": early_stop} if early_stop is not None and inverter.config.accepts_early_stop else {}
         with PeakMemory(self.device) as memory:
-            out = inverter.invert(feats, generator=torch.Generator().manual_seed(item.seed), progress=self.show,
-                                  **stop)
-        labels = None if self.label_values is None else self.label_values[chunk.start:chunk.stop]
-        scores = reconstruction_scores(self.target, out.images.to(self.device), self.images[chunk.start:chunk.stop],
-                                       lpips=self.lpips, judge=self.judge, feature_residual=out.feature_residual,
-                                       originals_cache=self.originals_scored.setdefault(chunk, {}), labels=labels)
+            out = inverter.invert(
+                feats, generator=torch.Generator().manual_seed(item.seed), progress=self.show, **stop
+            )
+        labels = None if self.label_values is None else self.label_values[chunk.start : chunk.stop]
+        scores = reconstruction_scores(
+            self.target,
+            out.images.to(self.device),
+            self.images[chunk.start : chunk.stop],
+            lpips=self.lpips,
+            judge=self.judge,
+            feature_residual=out.feature_residual,
+            originals_cache=self.originals_scored.setdefault(chunk, {}),
+            labels=labels,
+        )
         for j, (i, key) in enumerate(zip(chunk, self.keys(item))):
             if key in self.done:
                 continue  # finished earlier (in a chunk that was cut short): kept as it is
-            file = save_image(out.images[j], image_path(self.out_dir, item.layer, item.method, item.seed,
-                                                        self.names[i]))
-            yield {"layer": item.layer, "method": item.method, "seed": item.seed, "image": sources[i],
-                   "file": file.relative_to(self.out_dir).as_posix(), "white_box": bool(inverter.white_box),
-                   "hybrid": bool(inverter.hybrid), "label": image_label(self.label_values, i),
-                   **image_scores(scores, j), "seconds": out.seconds / len(chunk), "peak_memory_mb": memory.peak_mb,
-                   "skipped_steps": int(out.info.get("skipped_steps", 0)),
-                   **({"iterations_run": int(out.loss_history.shape[0])} if early_stop is not None else {})}
+            file = save_image(
+                out.images[j], image_path(self.out_dir, item.layer, item.method, item.seed, self.names[i])
+            )
+            yield {
+                "layer": item.layer,
+                "method": item.method,
+                "seed": item.seed,
+                "image": sources[i],
+                "file": file.relative_to(self.out_dir).as_posix(),
+                "white_box": bool(inverter.white_box),
+                "hybrid": bool(inverter.hybrid),
+                "label": image_label(self.label_values, i),
+                **image_scores(scores, j),
+                "seconds": out.seconds / len(chunk),
+                "peak_memory_mb": memory.peak_mb,
+                "skipped_steps": int(out.info.get("skipped_steps", 0)),
+                **({"iterations_run": int(out.loss_history.shape[0])} if early_stop is not None else {}),
+            }
 
     def after(self, item: BenchItem) -> None:
         if self.main:
@@ -283,8 +373,9 @@ class BenchJob(Job):
 
     def write_results(self, notes: list[str] | None = None) -> list[dict]:
         """``results.json``: the merged records so far (``notes``: what they held that does not count)."""
-        records = merged_records(self.store.records(), self.layers, list(self.inverters), self.seeds, self.sources,
-                                 notes)
+        records = merged_records(
+            self.store.records(), self.layers, list(self.inverters), self.seeds, self.sources, notes
+        )
         write_json(self.out_dir / "results.json", {"config": {**self.meta, **self.store.settings}, "records": records})
         return records
 
@@ -297,10 +388,21 @@ class BenchJob(Job):
             records = self.write_results(notes)
             for note in notes:
                 warnings.warn(f"{str(out_dir / 'records.jsonl')!r}: {note}", stacklevel=3)
-            write_table(records, out_dir / "results.md", layers=self.layers, methods=methods, meta=self.meta,
-                        record_notes=notes)
-            write_grid(self.images, self.layers, methods, lambda layer, method: image_path(
-                out_dir, layer, method, self.seeds[0], self.names[0]), out_dir / "grid.png")
+            write_table(
+                records,
+                out_dir / "results.md",
+                layers=self.layers,
+                methods=methods,
+                meta=self.meta,
+                record_notes=notes,
+            )
+            write_grid(
+                self.images,
+                self.layers,
+                methods,
+                lambda layer, method: image_path(out_dir, layer, method, self.seeds[0], self.names[0]),
+                out_dir / "grid.png",
+            )
             write_depth_plot(records, out_dir / "psnr_vs_depth.png", layers=self.layers, methods=methods)
         if self.state is not None:
             self.state.wait_for_everyone()  # the merged outputs are written when any process returns

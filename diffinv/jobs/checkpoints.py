@@ -34,8 +34,15 @@ import torch
 
 from ..io import write_json
 
-__all__ = ["CHECKPOINT_PREFIX", "CheckpointError", "TrainerState", "latest_checkpoint", "load_checkpoint",
-           "save_checkpoint", "save_model"]
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "CheckpointError",
+    "TrainerState",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_model",
+]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 FORMAT = 2  # 1: accelerate's save_state with a pickled trainer state (refused)
@@ -63,16 +70,26 @@ class TrainerState:
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "step": self.step, "skipped": self.skipped, "seconds": self.seconds,
-                "images": self.images, "losses": list(self.losses), "validation": list(self.validation)}
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "images": self.images,
+            "losses": list(self.losses),
+            "validation": list(self.validation),
+        }
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     """The checkpoint folder with the highest step in ``out/checkpoints`` (complete ones only)."""
     folder = Path(out) / "checkpoints"
-    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()
-             and (p / STATE_FILE).is_file()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+    found = [
+        p
+        for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit() and (p / STATE_FILE).is_file()
+    ]
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
 
 def _save_tensors(tensors: dict, path: Path) -> None:
@@ -121,7 +138,8 @@ def _fail(path: Path, expected: str, err: BaseException | str) -> CheckpointErro
     return CheckpointError(
         f"checkpoint file {str(path)!r} is not {expected} ({err}); it was not loaded (nothing in a run folder is "
         f"unpickled). Delete the folder {str(path.parent)!r} to resume from an earlier checkpoint, or start a "
-        f"fresh run (--overwrite / overwrite=True).")
+        f"fresh run (--overwrite / overwrite=True)."
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -146,8 +164,9 @@ def _read_weights_only(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's text suggests weights_only=False: never here
-        raise _fail(path, "a weights-only torch file (tensors, numbers, lists and dicts)",
-                    "it holds other objects") from None
+        raise _fail(
+            path, "a weights-only torch file (tensors, numbers, lists and dicts)", "it holds other objects"
+        ) from None
     except Exception as err:  # a damaged zip, a truncated file, ...
         raise _fail(path, "a weights-only torch file (tensors, numbers, lists and dicts)", err) from None
 
@@ -170,7 +189,8 @@ def load_checkpoint(accelerator, folder: Path, state: TrainerState, model, optim
         raise CheckpointError(
             f"checkpoint {str(folder)!r} has format {found!r}, expected {FORMAT}: it was written by an older diffinv "
             f"that stored its trainer state as a pickle, which is never loaded. Start a fresh run (--overwrite / "
-            f"overwrite=True) or delete {str(folder.parent)!r}.")
+            f"overwrite=True) or delete {str(folder.parent)!r}."
+        )
     path = folder / "model.safetensors"
     try:
         load_weights(accelerator.unwrap_model(model), str(path))

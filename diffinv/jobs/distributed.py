@@ -30,8 +30,15 @@ from collections.abc import Sequence
 import torch
 from accelerate import PartialState
 
-__all__ = ["available_cores", "is_distributed_launch", "launch_local", "launch_state", "local_workers",
-           "process_device", "process_state"]
+__all__ = [
+    "available_cores",
+    "is_distributed_launch",
+    "launch_local",
+    "launch_state",
+    "local_workers",
+    "process_device",
+    "process_state",
+]
 
 
 def is_distributed_launch() -> bool:
@@ -70,13 +77,17 @@ def local_workers(workers: int | str, device: torch.device, items: int, *, force
         return max(1, min(available_cores(), items)) if device.type == "cpu" else 1
     gpus = torch.cuda.device_count() if device.type == "cuda" else None
     if gpus is not None and workers > gpus:
-        raise ValueError(f"`--workers` {workers} on {device}: each process needs a GPU of its own and this machine "
-                         f"has {gpus}; use --workers {gpus} or fewer (or --device cpu).")
+        raise ValueError(
+            f"`--workers` {workers} on {device}: each process needs a GPU of its own and this machine "
+            f"has {gpus}; use --workers {gpus} or fewer (or --device cpu)."
+        )
     cores = available_cores()
     if gpus is None and workers > cores and not force:
-        raise ValueError(f"`--workers` {workers}: this process may use {cores} CPU core{'s' if cores > 1 else ''}, "
-                         f"and more processes only share them, each with its own memory; use --workers {cores} or "
-                         f"fewer, or pass --force-workers to run more processes than cores.")
+        raise ValueError(
+            f"`--workers` {workers}: this process may use {cores} CPU core{'s' if cores > 1 else ''}, "
+            f"and more processes only share them, each with its own memory; use --workers {cores} or "
+            f"fewer, or pass --force-workers to run more processes than cores."
+        )
     return int(workers)
 
 
@@ -94,8 +105,9 @@ def launch_local(argv: Sequence[str], processes: int) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // processes)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failed process says why itself
-    config = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--module", "diffinv",
-                                           *argv])
+    config = get_args_parser().parse_args(
+        ["--standalone", "--nproc_per_node", str(processes), "--module", "diffinv", *argv]
+    )
     try:
         run(config)
     except ChildFailedError as err:

@@ -61,8 +61,21 @@ from ..io import pixels_fingerprint
 from .distributed import process_device
 from .store import RunSettingsError, RunStore
 
-__all__ = ["ItemClaims", "Job", "claimed", "LayerCache", "TrainingItem", "WorkRunner", "image_label", "image_scores",
-           "item_settings", "merge_records", "place", "record_key", "run_job"]
+__all__ = [
+    "ItemClaims",
+    "Job",
+    "claimed",
+    "LayerCache",
+    "TrainingItem",
+    "WorkRunner",
+    "image_label",
+    "image_scores",
+    "item_settings",
+    "merge_records",
+    "place",
+    "record_key",
+    "run_job",
+]
 
 CLAIMS = ".claims"  # the folder of claim files inside a run folder
 ACTIVE = ".active"  # every process working on the run holds a shared lock on it
@@ -85,8 +98,10 @@ class ItemClaims:
         """A shared lock on ``.active`` (whoever holds it exclusively may remove the folder)."""
         while True:
             if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
-                raise RunSettingsError(f"{str(self.folder)!r} is not a folder of claims (a link or a file); remove it "
-                                       f"when no process works on the run.")
+                raise RunSettingsError(
+                    f"{str(self.folder)!r} is not a folder of claims (a link or a file); remove it "
+                    f"when no process works on the run."
+                )
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / ACTIVE
             try:
@@ -98,9 +113,12 @@ class ItemClaims:
             except OSError as err:  # ENOLCK, EOPNOTSUPP: a file system without locks
                 os.close(fd)
                 self.locking = False
-                warnings.warn(f"the file system of {str(self.folder.parent)!r} does not support file locks ({err}): "
-                              f"the items are not claimed, so only one process may work on this run folder at a "
-                              f"time", stacklevel=3)
+                warnings.warn(
+                    f"the file system of {str(self.folder.parent)!r} does not support file locks ({err}): "
+                    f"the items are not claimed, so only one process may work on this run folder at a "
+                    f"time",
+                    stacklevel=3,
+                )
                 return None
             try:
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -159,12 +177,16 @@ def _open_plain(path: Path) -> int:
     except OSError as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise RunSettingsError(f"claim file {str(path)!r} cannot be opened ({err}); the claims of a run folder are "
-                           f"plain files: remove {str(path.parent)!r} when no process works on the run.") from None
+        raise RunSettingsError(
+            f"claim file {str(path)!r} cannot be opened ({err}); the claims of a run folder are "
+            f"plain files: remove {str(path.parent)!r} when no process works on the run."
+        ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise RunSettingsError(f"claim file {str(path)!r} is not a regular file; the claims of a run folder are plain "
-                           f"files: remove {str(path.parent)!r} when no process works on the run.")
+        raise RunSettingsError(
+            f"claim file {str(path)!r} is not a regular file; the claims of a run folder are plain "
+            f"files: remove {str(path.parent)!r} when no process works on the run."
+        )
     return fd
 
 
@@ -186,9 +208,17 @@ class WorkRunner:
         todo: the unfinished items when the runner was made.
     """
 
-    def __init__(self, store: RunStore, work: Sequence, item_keys: Callable[[Any], list[tuple]],
-                 key: Callable[[Mapping], tuple], state=None, *, accept: Callable[[Mapping], bool] | None = None,
-                 prefix: str = ""):
+    def __init__(
+        self,
+        store: RunStore,
+        work: Sequence,
+        item_keys: Callable[[Any], list[tuple]],
+        key: Callable[[Mapping], tuple],
+        state=None,
+        *,
+        accept: Callable[[Mapping], bool] | None = None,
+        prefix: str = "",
+    ):
         self.store, self.work, self.item_keys, self.key, self.state = store, list(work), item_keys, key, state
         self.accept, self.prefix = accept, prefix
         self._offsets: dict = {}  # this runner's place in the records (another runner of the store has its own)
@@ -203,22 +233,28 @@ class WorkRunner:
     def refresh(self) -> None:
         """Adds the keys of the records appended since the last refresh (by any process); a record without an
         item's key (planted, or of another format) makes nothing done."""
-        keys = (record_key(self.key, r) for r in self.store.new_records(self._offsets) if self.accept is None or self.accept(r))
+        keys = (
+            record_key(self.key, r)
+            for r in self.store.new_records(self._offsets)
+            if self.accept is None or self.accept(r)
+        )
         self.done.update(k for k in keys if k is not None)
 
     def finished(self, item) -> bool:
         return all(k in self.done for k in self.item_keys(item))
 
-    def run(self, run_item: Callable[[Any], None], *, desc: str, show: bool = True,
-            describe: Callable[[Any], str] = str) -> None:
+    def run(
+        self, run_item: Callable[[Any], None], *, desc: str, show: bool = True, describe: Callable[[Any], str] = str
+    ) -> None:
         """Calls ``run_item(item)`` for each unfinished item this process claims (it appends the item's
         records, skipping keys already in :attr:`done`), then waits for the items other processes hold."""
         state = self.state
         if state is None:
             bar = tqdm(total=len(self.work), initial=len(self.work) - len(self.todo), desc=desc, disable=not show)
         else:
-            bar = tqdm(desc=f"{desc} [process {state.process_index} of {state.num_processes}]", unit="item",
-                       disable=not show)
+            bar = tqdm(
+                desc=f"{desc} [process {state.process_index} of {state.num_processes}]", unit="item", disable=not show
+            )
         order = list(self._todo)
         if state is not None and state.process_index % 2:
             # odd processes go from the end: the last items to start are cheap ones of both ends rather
@@ -233,8 +269,9 @@ class WorkRunner:
             self._run(i, item, run_item, bar, describe, wait=True)
         bar.close()
 
-    def run_together(self, run_item: Callable[[Any], None], *, desc: str, show: bool = True,
-                     describe: Callable[[Any], str] = str) -> None:
+    def run_together(
+        self, run_item: Callable[[Any], None], *, desc: str, show: bool = True, describe: Callable[[Any], str] = str
+    ) -> None:
         """Like :meth:`run`, for items that every process of a launch runs at once (data-parallel training):
         the main process claims the next item (one nobody holds, else it waits for a held one) and tells the
         others which, and whether it is still unfinished; all of them call ``run_item`` on it."""
@@ -345,8 +382,17 @@ class Job:
         """Called after each item this process ran (e.g. to rewrite the tables)."""
 
 
-def run_job(job: Job, store: RunStore, items: Sequence, *, state=None, show: bool = True, together: bool = False,
-            prefix: str = "", accept: Callable[[Mapping], bool] | None = None) -> WorkRunner:
+def run_job(
+    job: Job,
+    store: RunStore,
+    items: Sequence,
+    *,
+    state=None,
+    show: bool = True,
+    together: bool = False,
+    prefix: str = "",
+    accept: Callable[[Mapping], bool] | None = None,
+) -> WorkRunner:
     """Runs the unfinished ``items`` of ``job`` in ``store`` (see the module): each item's records are
     appended as the job gives them; ``together``: every process of a launch runs each item at once
     (:meth:`WorkRunner.run_together`). Returns the runner, closed."""
@@ -363,8 +409,14 @@ def run_job(job: Job, store: RunStore, items: Sequence, *, state=None, show: boo
     return runner
 
 
-def claimed(folder: str | os.PathLike, items: Sequence, *, state=None,
-            finished: Callable[[Any], bool] = lambda item: False, prefix: str = "") -> Iterator:
+def claimed(
+    folder: str | os.PathLike,
+    items: Sequence,
+    *,
+    state=None,
+    finished: Callable[[Any], bool] = lambda item: False,
+    prefix: str = "",
+) -> Iterator:
     """The runner's claims for work that is not records of one store (the clips of a several-clip video run,
     each its own run folder, which resumes itself): yields each item of ``items`` this process claims, while it
     holds the claim (``RUN_FOLDER/.claims``: see :class:`ItemClaims`). First the items nobody holds (odd
@@ -425,9 +477,14 @@ def record_key(key: Callable[[Mapping], tuple], record: Mapping) -> tuple | None
     return k
 
 
-def merge_records(records: Iterable[Mapping], key: Callable[[Mapping], tuple],
-                  order: Sequence[Sequence] | None = None, *, own: Iterable[tuple] | None = None,
-                  notes: list[str] | None = None) -> list[dict]:
+def merge_records(
+    records: Iterable[Mapping],
+    key: Callable[[Mapping], tuple],
+    order: Sequence[Sequence] | None = None,
+    *,
+    own: Iterable[tuple] | None = None,
+    notes: list[str] | None = None,
+) -> list[dict]:
     """One record per item of the run, in the settings' order.
 
     Records are not trusted as read: one whose key is not an item of this run (a field missing; with
@@ -447,8 +504,11 @@ def merge_records(records: Iterable[Mapping], key: Callable[[Mapping], tuple],
     foreign = 0
     for record in records:
         k = record_key(key, record)
-        if k is None or (own is not None and k not in own) or (
-                ranks is not None and (len(k) != len(ranks) or any(v not in r for r, v in zip(ranks, k)))):
+        if (
+            k is None
+            or (own is not None and k not in own)
+            or (ranks is not None and (len(k) != len(ranks) or any(v not in r for r, v in zip(ranks, k))))
+        ):
             foreign += 1
             continue
         if k in unique:
@@ -456,13 +516,17 @@ def merge_records(records: Iterable[Mapping], key: Callable[[Mapping], tuple],
         unique[k] = dict(record)
     if notes is not None:
         if foreign:
-            notes.append(f"{foreign} record{'s' if foreign > 1 else ''} of items that are not in this run (another "
-                         f"layer, method, seed or image, or no item at all) left out.")
+            notes.append(
+                f"{foreign} record{'s' if foreign > 1 else ''} of items that are not in this run (another "
+                f"layer, method, seed or image, or no item at all) left out."
+            )
         if repeated:
             shown = "; ".join(" ".join(str(v) for v in k if v != "") for k in list(repeated)[:3])
             more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
-            notes.append(f"{len(repeated)} item{'s have' if len(repeated) > 1 else ' has'} several records "
-                         f"({shown}{more}): the last written of each is kept.")
+            notes.append(
+                f"{len(repeated)} item{'s have' if len(repeated) > 1 else ' has'} several records "
+                f"({shown}{more}): the last written of each is kept."
+            )
     if ranks is None:
         return list(unique.values())
     return [unique[k] for k in sorted(unique, key=lambda k: tuple(r[v] for r, v in zip(ranks, k)))]
@@ -478,17 +542,35 @@ def place(target, state):
     return target, device
 
 
-def item_settings(target, images: torch.Tensor, sources: Sequence[str], layers: Sequence[str],
-                  seeds: Sequence[int], batch_size: int, device: torch.device, *,
-                  labels: torch.Tensor | None = None, judge=None, **job) -> dict:
+def item_settings(
+    target,
+    images: torch.Tensor,
+    sources: Sequence[str],
+    layers: Sequence[str],
+    seeds: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    *,
+    labels: torch.Tensor | None = None,
+    judge=None,
+    **job,
+) -> dict:
     """The manifest of a job of work items: what every such job records, and the job's own settings.
     ``labels`` (:func:`~diffinv.judge.labels_tensor`) and ``judge`` are recorded only when given, so that
     runs without them keep the manifests they had before."""
-    return {"target": target.identity(), "layers": list(layers), **job, "seeds": list(seeds),
-            "batch_size": int(batch_size), "image_size": list(images.shape[-2:]), "images": list(sources),
-            "images_fingerprint": pixels_fingerprint(images), "device": device.type,
-            **({"labels": [image_label(labels, i) for i in range(len(labels))]} if labels is not None else {}),
-            **({"judge": judge.identity()} if judge is not None else {})}
+    return {
+        "target": target.identity(),
+        "layers": list(layers),
+        **job,
+        "seeds": list(seeds),
+        "batch_size": int(batch_size),
+        "image_size": list(images.shape[-2:]),
+        "images": list(sources),
+        "images_fingerprint": pixels_fingerprint(images),
+        "device": device.type,
+        **({"labels": [image_label(labels, i) for i in range(len(labels))]} if labels is not None else {}),
+        **({"judge": judge.identity()} if judge is not None else {}),
+    }
 
 
 def image_label(labels: torch.Tensor | None, i: int) -> int | None:

@@ -125,8 +125,15 @@ class RunStore:
             if overwrite and manifest is not None:
                 self.clear(manifest)
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_json(self.folder / MANIFEST, {"kind": kind, "diffinv_version": __version__, "settings": self.settings,
-                                                "outputs": list(self.outputs)})
+            write_json(
+                self.folder / MANIFEST,
+                {
+                    "kind": kind,
+                    "diffinv_version": __version__,
+                    "settings": self.settings,
+                    "outputs": list(self.outputs),
+                },
+            )
         if state is not None:
             state.wait_for_everyone()
 
@@ -147,11 +154,13 @@ class RunStore:
                 raise RunSettingsError(
                     f"{str(path)!r} is a symbolic link, but a run's {path.name} must be a regular file in the run "
                     f"folder (it is never read or written through a link). Remove the link (its target is not "
-                    f"touched) or choose another output folder; --overwrite does not replace it.")
+                    f"touched) or choose another output folder; --overwrite does not replace it."
+                )
             if not stat.S_ISREG(mode):
                 raise RunSettingsError(
                     f"{str(path)!r} is not a regular file (a folder, a FIFO or a device), but a run's {path.name} "
-                    f"must be one. Move it away or choose another output folder.")
+                    f"must be one. Move it away or choose another output folder."
+                )
 
     def _check_not_a_users_folder(self, overwrite: bool) -> None:
         """A folder without a manifest was never a run (or lost what said so): it may receive the run only when
@@ -169,7 +178,8 @@ class RunStore:
                 f"output folder {cut_short(str(self.folder), 200)!r} is not a diffinv run folder (it has no {MANIFEST}) and "
                 f"holds {shown}: a run writes into a new or empty folder, or a folder of files it would not "
                 f"touch, and never deletes files it did not write (--overwrite replaces only a diffinv run). Choose "
-                f"another output folder (a new one is created), or move those files away.")
+                f"another output folder (a new one is created), or move those files away."
+            )
 
     # ------------------------------------------------------------------ manifest
     def _read_manifest(self) -> dict | None:
@@ -180,8 +190,9 @@ class RunStore:
             manifest = json.loads(_read_regular(path))
             manifest["kind"], manifest["settings"]
         except (ValueError, KeyError, TypeError) as err:  # ValueError: not JSON, not UTF-8
-            raise RunSettingsError(f"{str(path)!r} is not a diffinv run manifest ({err}); move it away or choose "
-                                   f"another output folder.") from err
+            raise RunSettingsError(
+                f"{str(path)!r} is not a diffinv run manifest ({err}); move it away or choose another output folder."
+            ) from err
         return manifest
 
     def _check(self, manifest: Mapping) -> None:
@@ -196,7 +207,8 @@ class RunStore:
         if changes:
             raise RunSettingsError(
                 f"cannot resume in {where!r}: it holds a {self.kind} run made with other settings, and its results "
-                f"would be mixed with these:\n  " + "\n  ".join(changes)
+                f"would be mixed with these:\n  "
+                + "\n  ".join(changes)
                 + "\nUse the same settings to resume it, choose another output folder, or pass --overwrite "
                 "(overwrite=True) to delete its results and start a fresh run."
             )
@@ -296,12 +308,15 @@ def _read_regular(path: Path, offset: int = 0) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as err:
-        raise RunSettingsError(f"{str(path)!r} cannot be read as a regular file of the run folder ({err.strerror}); "
-                               f"move it away or choose another output folder.") from None
+        raise RunSettingsError(
+            f"{str(path)!r} cannot be read as a regular file of the run folder ({err.strerror}); "
+            f"move it away or choose another output folder."
+        ) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RunSettingsError(f"{str(path)!r} is not a regular file; move it away or choose another output "
-                                   f"folder.")
+            raise RunSettingsError(
+                f"{str(path)!r} is not a regular file; move it away or choose another output folder."
+            )
         with os.fdopen(os.dup(fd), "rb") as f:
             f.seek(offset)
             return f.read()

@@ -63,14 +63,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import datasets
+from .. import datasets, models, pipelines  # their learned models import diffusers when first used
 from ..datasets import ImageDataset
 from ..defense_training import STATE_FILE, TrainedState
 from ..defenses import parse_defense
 from ..io import fingerprint_path, write_json
 from ..losses import mse, normalized_mse
 from ..metrics import psnr, ssim
-from .. import models, pipelines  # their learned models import diffusers when first used
 from ..pipelines.definitions import ModelFilesNotFoundError, definition_dir
 from ..resources import MemoryEstimate, check_memory, estimate_training
 from ..targets import TargetNetwork
@@ -78,9 +77,22 @@ from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_
 from .report import plot_loss_curve
 from .store import RunStore
 
-__all__ = ["MIXED_PRECISION", "NOT_SETTINGS", "PER_MODEL", "TRAINED_KINDS", "TrainConfig", "TrainResult",
-           "check_training_memory", "estimate_training_memory", "load_training_data", "template_settings", "train",
-           "train_decoder", "train_mapper", "with_resolved_precision"]
+__all__ = [
+    "MIXED_PRECISION",
+    "NOT_SETTINGS",
+    "PER_MODEL",
+    "TRAINED_KINDS",
+    "TrainConfig",
+    "TrainResult",
+    "check_training_memory",
+    "estimate_training_memory",
+    "load_training_data",
+    "template_settings",
+    "train",
+    "train_decoder",
+    "train_mapper",
+    "with_resolved_precision",
+]
 
 
 def _outputs() -> tuple[str, ...]:
@@ -91,13 +103,22 @@ def _outputs() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- data
-def load_training_data(config: "TrainConfig") -> tuple[ImageDataset, ImageDataset | None]:
+def load_training_data(config: TrainConfig) -> tuple[ImageDataset, ImageDataset | None]:
     """The training set and the validation set of a :class:`TrainConfig`
     (:func:`~diffinv.datasets.load_training_data` of its data fields)."""
     return datasets.load_training_data(
-        config.images, config.videos, size=config.size, val_images=config.val_images, val_videos=config.val_videos,
-        val_samples=config.val_samples, val_fraction=config.val_fraction, max_frames=config.max_frames,
-        stride=config.stride, max_val_frames=config.max_val_frames, val_stride=config.val_stride)
+        config.images,
+        config.videos,
+        size=config.size,
+        val_images=config.val_images,
+        val_videos=config.val_videos,
+        val_samples=config.val_samples,
+        val_fraction=config.val_fraction,
+        max_frames=config.max_frames,
+        stride=config.stride,
+        max_val_frames=config.max_val_frames,
+        val_stride=config.val_stride,
+    )
 
 
 # ---------------------------------------------------------------------- configuration
@@ -223,16 +244,21 @@ class _DecoderTask:
         return {}
 
     def build(self):
-        return models.UpconvNet.for_target(self.target, self.config.layer, (self.config.size,) * 2,
-                                    hidden_channels=self.config.hidden_channels,
-                                    min_channels=self.config.min_channels)
+        return models.UpconvNet.for_target(
+            self.target,
+            self.config.layer,
+            (self.config.size,) * 2,
+            hidden_channels=self.config.hidden_channels,
+            min_channels=self.config.min_channels,
+        )
 
     def loss(self, model, images, feats):
         pred = model(feats)
         parts = {"pixel": mse(pred, images).mean()}
         if self.config.feature_weight > 0:
-            parts["feature"] = self.config.feature_weight * normalized_mse(
-                self.target.feature(pred, self.config.layer), feats).mean()
+            parts["feature"] = (
+                self.config.feature_weight * normalized_mse(self.target.feature(pred, self.config.layer), feats).mean()
+            )
         return sum(parts.values()), parts
 
     def reconstruct(self, model, feats):
@@ -241,8 +267,12 @@ class _DecoderTask:
     @staticmethod
     def meta_model(config: TrainConfig, shape, size) -> tuple:
         """``(model, vae)`` for the memory estimate, built under ``torch.device("meta")``."""
-        return models.UpconvNet(feature_shape=shape, image_size=size, hidden_channels=config.hidden_channels,
-                                min_channels=config.min_channels), None
+        return models.UpconvNet(
+            feature_shape=shape,
+            image_size=size,
+            hidden_channels=config.hidden_channels,
+            min_channels=config.min_channels,
+        ), None
 
 
 class _MapperTask:
@@ -253,8 +283,10 @@ class _MapperTask:
 
     def __init__(self, config: TrainConfig, target: TargetNetwork, device):
         if not config.model:
-            raise ValueError("`model` is required to train a mapper: the Stable Diffusion model whose VAE "
-                             "defines the latent space (a diffusers folder, or 'tiny' for random weights).")
+            raise ValueError(
+                "`model` is required to train a mapper: the Stable Diffusion model whose VAE "
+                "defines the latent space (a diffusers folder, or 'tiny' for random weights)."
+            )
         self.config, self.target = config, target
         self.vae = pipelines.load_vae(config.model).to(device)
 
@@ -264,8 +296,14 @@ class _MapperTask:
         return {"model_fingerprint": fingerprint_path(path) if path.exists() else None}
 
     def build(self):
-        return models.FeatureMapper.for_target(self.target, self.config.layer, (self.config.size,) * 2, self.vae,
-                                        model=self.config.model, hidden_channels=self.config.hidden_channels)
+        return models.FeatureMapper.for_target(
+            self.target,
+            self.config.layer,
+            (self.config.size,) * 2,
+            self.vae,
+            model=self.config.model,
+            hidden_channels=self.config.hidden_channels,
+        )
 
     def loss(self, model, images, feats):
         with torch.no_grad():
@@ -277,8 +315,10 @@ class _MapperTask:
             if self.config.pixel_weight > 0:
                 parts["pixel"] = self.config.pixel_weight * mse(decoded, images).mean()
             if self.config.feature_weight > 0:
-                parts["feature"] = self.config.feature_weight * normalized_mse(
-                    self.target.feature(decoded, self.config.layer), feats).mean()
+                parts["feature"] = (
+                    self.config.feature_weight
+                    * normalized_mse(self.target.feature(decoded, self.config.layer), feats).mean()
+                )
         return sum(parts.values()), parts
 
     def reconstruct(self, model, feats):
@@ -292,8 +332,9 @@ class _MapperTask:
         except ModelFilesNotFoundError:
             vae = config.model  # a Hub id: Stable Diffusion's VAE is assumed
         latent = (4, max(1, size[0] // 8), max(1, size[1] // 8))  # Stable Diffusion's latent space
-        return models.FeatureMapper(feature_shape=shape, latent_shape=latent,
-                                    hidden_channels=config.hidden_channels), vae
+        return models.FeatureMapper(
+            feature_shape=shape, latent_shape=latent, hidden_channels=config.hidden_channels
+        ), vae
 
 
 # The kinds of model a job can train, each declared once: ``TrainConfig.kind`` -> its task. An inverter class
@@ -304,15 +345,17 @@ TRAINED_KINDS: dict[str, type] = {task.kind: task for task in (_DecoderTask, _Ma
 def _task(kind: str) -> type:
     """The task of ``kind`` (:data:`TRAINED_KINDS`)."""
     if kind not in TRAINED_KINDS:
-        raise ValueError(f"`kind` {kind!r} is not a kind of model diffinv trains; expected one of "
-                         f"{', '.join(TRAINED_KINDS)}.")
+        raise ValueError(
+            f"`kind` {kind!r} is not a kind of model diffinv trains; expected one of {', '.join(TRAINED_KINDS)}."
+        )
     return TRAINED_KINDS[kind]
 
 
 # ---------------------------------------------------------------------- the loop
 @torch.no_grad()
-def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int,
-              defense=None) -> dict:
+def _validate(
+    task, model, target: TargetNetwork, images: torch.Tensor, layer: str, device, batch_size: int, defense=None
+) -> dict:
     model.eval()
     recon = []
     generator = torch.Generator().manual_seed(0)  # the same defended validation features every time
@@ -324,8 +367,11 @@ def _validate(task, model, target: TargetNetwork, images: torch.Tensor, layer: s
         recon.append(task.reconstruct(model, feats).cpu())
     model.train()
     recon = torch.cat(recon)
-    return {"psnr": float(psnr(recon, images).mean()), "ssim": float(ssim(recon, images).mean()),
-            "mse": float(mse(recon, images).mean())}
+    return {
+        "psnr": float(psnr(recon, images).mean()),
+        "ssim": float(ssim(recon, images).mean()),
+        "mse": float(mse(recon, images).mean()),
+    }
 
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -335,8 +381,9 @@ def _mixed_precision(choice: str, device: torch.device) -> str:
     """``TrainConfig.mixed_precision`` -> what accelerate runs: ``"auto"`` is bf16 (fp16 without it) on a GPU,
     and on the CPU bf16 where the processor computes it natively (:func:`cpu_has_native_bf16`), else ``"no"``."""
     if choice not in MIXED_PRECISION:
-        raise ValueError(f"`mixed_precision` {choice!r} is not supported; expected one of "
-                         f"{', '.join(MIXED_PRECISION)}.")
+        raise ValueError(
+            f"`mixed_precision` {choice!r} is not supported; expected one of {', '.join(MIXED_PRECISION)}."
+        )
     if choice != "auto":
         return choice
     if device.type == "cpu" or not torch.cuda.is_available():
@@ -347,7 +394,9 @@ def _mixed_precision(choice: str, device: torch.device) -> str:
 def with_resolved_precision(config: TrainConfig) -> TrainConfig:
     """``config`` with ``mixed_precision`` resolved for its device (``"auto"`` -> what runs): what a job that
     trains decoders records in its own manifest, so that the run says which precision made its numbers."""
-    return dataclasses.replace(config, mixed_precision=_mixed_precision(config.mixed_precision, _device(config.device)))
+    return dataclasses.replace(
+        config, mixed_precision=_mixed_precision(config.mixed_precision, _device(config.device))
+    )
 
 
 def _allow_precision(choice: str) -> None:
@@ -386,8 +435,17 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     with torch.device("meta"):
         target = TargetNetwork.from_name(config.target, config.layer, weights=None, input_size=None)
         model, vae = _task(config.kind).meta_model(config, target.feature_shape(config.layer, size), size)
-    return estimate_training(config.target, config.layer, size, model, batch_size=config.batch_size, name=config.kind,
-                             feature_loss=config.feature_weight > 0, vae=vae, device=_device(config.device))
+    return estimate_training(
+        config.target,
+        config.layer,
+        size,
+        model,
+        batch_size=config.batch_size,
+        name=config.kind,
+        feature_loss=config.feature_weight > 0,
+        vae=vae,
+        device=_device(config.device),
+    )
 
 
 def check_training_memory(config: TrainConfig) -> MemoryEstimate:
@@ -397,9 +455,13 @@ def check_training_memory(config: TrainConfig) -> MemoryEstimate:
         InsufficientMemoryError: it does not fit (the message gives the estimate, the memory available and the
             flags that make it smaller).
     """
-    return check_memory(estimate_training_memory(config), _device(config.device), job="the training",
-                        hint="Use a narrower model (--hidden-channels), a smaller batch (--batch-size; "
-                             "--train-batch-size in atlas and audit) or a smaller --size.")
+    return check_memory(
+        estimate_training_memory(config),
+        _device(config.device),
+        job="the training",
+        hint="Use a narrower model (--hidden-channels), a smaller batch (--batch-size; "
+        "--train-batch-size in atlas and audit) or a smaller --size.",
+    )
 
 
 # What is not a setting, defined once for every job that trains (train-decoder/train-mapper, atlas, audit):
@@ -434,8 +496,11 @@ def _settings(config: TrainConfig, task, target: TargetNetwork, accelerator, tra
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_SETTINGS + task.unused}
     del settings["weights"]  # recorded with the target, with their fingerprint
     # not the number of processes: the global batch defines the run, which resumes with any number
-    settings.update(target=target.identity(), mixed_precision=accelerator.mixed_precision,
-                    data_fingerprint=_data_fingerprint(train_set, val_set))
+    settings.update(
+        target=target.identity(),
+        mixed_precision=accelerator.mixed_precision,
+        data_fingerprint=_data_fingerprint(train_set, val_set),
+    )
     settings.update(task.settings())
     if settings.get("defense") is None:
         settings.pop("defense", None)  # runs without a defense keep the manifests they had before the field
@@ -450,7 +515,9 @@ def _checked(config: TrainConfig, task_cls) -> TrainConfig:
     """1. Check inputs (on a copy: the caller's config is never changed)."""
     config = dataclasses.replace(config, kind=task_cls.kind)
     if config.max_steps < 1 or config.batch_size < 1:
-        raise ValueError(f"`max_steps` and `batch_size` must be positive, got {config.max_steps} and {config.batch_size}.")
+        raise ValueError(
+            f"`max_steps` and `batch_size` must be positive, got {config.max_steps} and {config.batch_size}."
+        )
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"`out` {str(out)!r} is an existing file; expected an output folder.")
@@ -458,8 +525,14 @@ def _checked(config: TrainConfig, task_cls) -> TrainConfig:
     if config.defense is not None:
         learned = parse_defense(config.defense).learned
         if learned != (config.defense_state is not None):
-            raise ValueError(f"`defense` {config.defense!r} is " + ("learned: `defense_state` must name the folder of "
-                             "its trained state." if learned else "fixed: leave `defense_state` out."))
+            raise ValueError(
+                f"`defense` {config.defense!r} is "
+                + (
+                    "learned: `defense_state` must name the folder of its trained state."
+                    if learned
+                    else "fixed: leave `defense_state` out."
+                )
+            )
         if learned and not TrainedState.exists(config.defense_state):
             raise FileNotFoundError(f"`defense_state` {config.defense_state!r} holds no trained defense.")
     elif config.defense_state is not None:
@@ -481,13 +554,18 @@ def _accelerator(config: TrainConfig):
     # split_batches: the batch is the global one, so the LR schedule advances one step per optimizer
     # step whatever the number of processes (accelerate otherwise steps it once per process)
     _allow_precision(mixed_precision)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=device.type == "cpu",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     processes, rank = accelerator.num_processes, accelerator.process_index
     if config.batch_size % processes:
-        raise ValueError(f"`batch_size` {config.batch_size} is the global batch (crops per step summed over the "
-                         f"processes) and must be divisible by the number of processes, {processes}; choose e.g. "
-                         f"{processes * max(1, round(config.batch_size / processes))}.")
+        raise ValueError(
+            f"`batch_size` {config.batch_size} is the global batch (crops per step summed over the "
+            f"processes) and must be divisible by the number of processes, {processes}; choose e.g. "
+            f"{processes * max(1, round(config.batch_size / processes))}."
+        )
     return accelerator, slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
 
 
@@ -499,15 +577,27 @@ def _prepared_model(config: TrainConfig, task, target: TargetNetwork, train_set,
     model = task.build().train()
     stats_generator = torch.Generator().manual_seed(config.seed + 1)
     with torch.no_grad():
-        sample = torch.cat([target.feature(train_set.random_crops(config.batch_size, config.size, stats_generator,
-                                                                  min_scale=config.min_crop).to(device), config.layer)
-                            for _ in range(max(1, 64 // config.batch_size))])
+        sample = torch.cat(
+            [
+                target.feature(
+                    train_set.random_crops(
+                        config.batch_size, config.size, stats_generator, min_scale=config.min_crop
+                    ).to(device),
+                    config.layer,
+                )
+                for _ in range(max(1, 64 // config.batch_size))
+            ]
+        )
         if defense:
             sample = defense(sample, stats_generator)
     model.set_feature_stats(sample.cpu())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(config.warmup_steps, config.max_steps),
-                                 num_training_steps=config.max_steps)
+    lr_scheduler = get_scheduler(
+        "cosine",
+        optimizer,
+        num_warmup_steps=min(config.warmup_steps, config.max_steps),
+        num_training_steps=config.max_steps,
+    )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     state = TrainerState(config.seed)  # the same crop generator in every process: each builds its slice
     checkpoint = latest_checkpoint(Path(config.out))
@@ -521,8 +611,9 @@ def _step(config: TrainConfig, task, target, train_set, accelerator, parts, stat
     """One optimizer step of the global batch (skipped on every process when its loss is not finite)."""
     model, optimizer, lr_scheduler = parts
     tic = time.perf_counter()
-    images = train_set.random_crops(config.batch_size, config.size, state.generator,
-                                    min_scale=config.min_crop, keep=local).to(accelerator.device)
+    images = train_set.random_crops(
+        config.batch_size, config.size, state.generator, min_scale=config.min_crop, keep=local
+    ).to(accelerator.device)
     with torch.no_grad():
         feats = target.feature(images, config.layer).float()
         if defense:
@@ -560,8 +651,9 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
     # 3. Data (before the run store: a source that fails to load leaves no run behind), target, task
     train_set, val_set = load_training_data(config)
     set_seed(config.seed)
-    target = TargetNetwork.from_name(config.target, config.layer, weights=config.weights,
-                                     input_size=(config.size, config.size)).to(device)
+    target = TargetNetwork.from_name(
+        config.target, config.layer, weights=config.weights, input_size=(config.size, config.size)
+    ).to(device)
     if defense is not None and defense.learned:  # the features of the deployment: its client, its transform
         defense = defense.deployment(target, config.layer, TrainedState.load(config.defense_state))
         target = defense.target
@@ -570,8 +662,14 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
 
     # 4. Run store: the same settings resume from the latest checkpoint, other settings are refused
     #    (every process checks the folder, the main one writes the manifest, the others wait for it)
-    RunStore(out, f"train-{task.kind}", _settings(config, task, target, accelerator, train_set, val_set),
-             overwrite=config.overwrite, outputs=_outputs(), state=accelerator.state)
+    RunStore(
+        out,
+        f"train-{task.kind}",
+        _settings(config, task, target, accelerator, train_set, val_set),
+        overwrite=config.overwrite,
+        outputs=_outputs(),
+        state=accelerator.state,
+    )
     accelerator.wait_for_everyone()
 
     # 5. Model, optimizer, resumed state
@@ -583,21 +681,40 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
         if accelerator.is_main_process:
             save_model(unwrapped, out)
             write_json(out / "training_log.json", _log(config, state, train_set, val_set, start_step))
-            plot_loss_curve(state.losses, state.validation, out / "loss_curve.png",
-                            f"{task.kind} {config.target}.{config.layer} @ {config.size}px")
+            plot_loss_curve(
+                state.losses,
+                state.validation,
+                out / "loss_curve.png",
+                f"{task.kind} {config.target}.{config.layer} @ {config.size}px",
+            )
 
     # 6. Loop
-    bar = tqdm(total=config.max_steps, initial=start_step, desc=f"train-{task.kind} {config.layer}",
-               disable=not (config.progress and accelerator.is_local_main_process))
+    bar = tqdm(
+        total=config.max_steps,
+        initial=start_step,
+        desc=f"train-{task.kind} {config.layer}",
+        disable=not (config.progress and accelerator.is_local_main_process),
+    )
     while state.step < config.max_steps:
         _step(config, task, target, train_set, accelerator, (model, optimizer, lr_scheduler), state, local, defense)
         bar.update(1)
         postfix = {"loss": f"{state.losses[-1]:.4g}"}
-        if (val_images is not None and accelerator.is_main_process
-                and (state.step % config.val_every == 0 or state.step == config.max_steps)):
+        if (
+            val_images is not None
+            and accelerator.is_main_process
+            and (state.step % config.val_every == 0 or state.step == config.max_steps)
+        ):
             # the unwrapped model: no collective call, the other processes go on to the next step
-            scores = _validate(task, accelerator.unwrap_model(model), target, val_images, config.layer, device,
-                               config.batch_size, defense)
+            scores = _validate(
+                task,
+                accelerator.unwrap_model(model),
+                target,
+                val_images,
+                config.layer,
+                device,
+                config.batch_size,
+                defense,
+            )
             state.validation.append({"step": state.step, **scores})
             postfix["val_psnr"] = f"{scores['psnr']:.2f}"
         bar.set_postfix(postfix)
@@ -609,9 +726,16 @@ def _train(config: TrainConfig, task_cls) -> TrainResult:
         finish_interval()
     log = _log(config, state, train_set, val_set, start_step)
     final_val = state.validation[-1] if state.validation else {}
-    return TrainResult(out=out, step=state.step, val_psnr=final_val.get("psnr"), val_ssim=final_val.get("ssim"),
-                       seconds=state.seconds, images_per_second=log["images_per_second"], log=log,
-                       main_process=accelerator.is_main_process)
+    return TrainResult(
+        out=out,
+        step=state.step,
+        val_psnr=final_val.get("psnr"),
+        val_ssim=final_val.get("ssim"),
+        seconds=state.seconds,
+        images_per_second=log["images_per_second"],
+        log=log,
+        main_process=accelerator.is_main_process,
+    )
 
 
 def _log(config: TrainConfig, state: TrainerState, train_set, val_set, start_step: int) -> dict:

@@ -89,8 +89,19 @@ METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
 # The per-clip figures that summary.json lists (means over the clip's finished frames; no timings,
 # so that the same results give the same summary however many processes made them).
-CLIP_FIGURES = ("frames", "frames_done", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "feature_residual_mean",
-                "temporal_consistency", "source_temporal_consistency", "temporal_ratio", "flicker")
+CLIP_FIGURES = (
+    "frames",
+    "frames_done",
+    "psnr_mean",
+    "psnr_std",
+    "ssim_mean",
+    "ssim_std",
+    "feature_residual_mean",
+    "temporal_consistency",
+    "source_temporal_consistency",
+    "temporal_ratio",
+    "flicker",
+)
 # What a video run writes into its folder besides the store's manifest and records (the mp4s are
 # written by the command and the examples); `overwrite=True` removes them.
 OUTPUTS = ("frames", METRICS_FILE, "reconstruction.mp4", "side_by_side.mp4")
@@ -98,7 +109,11 @@ OUTPUTS = ("frames", METRICS_FILE, "reconstruction.mp4", "side_by_side.mp4")
 
 @torch.no_grad()
 def extract_video_features(
-    target: TargetNetwork, clip: VideoClip | torch.Tensor, layer: str | None = None, *, batch_size: int = 16,
+    target: TargetNetwork,
+    clip: VideoClip | torch.Tensor,
+    layer: str | None = None,
+    *,
+    batch_size: int = 16,
     sources: Sequence[str] | None = None,
 ) -> FeatureSet:
     """The FeatureSet of every frame of a clip (``clip.frames`` or a ``(T, 3, H, W)`` tensor).
@@ -109,11 +124,19 @@ def extract_video_features(
     if sources is None:
         sources = clip.names if isinstance(clip, VideoClip) else [f"frame_{i}" for i in range(len(frames))]
     device = target.mean.device
-    parts = [FeatureSet.extract(target, frames[i : i + batch_size].to(device), layer)
-             for i in range(0, len(frames), batch_size)]
+    parts = [
+        FeatureSet.extract(target, frames[i : i + batch_size].to(device), layer)
+        for i in range(0, len(frames), batch_size)
+    ]
     first = parts[0]
-    return FeatureSet(torch.cat([p.features for p in parts]), first.target, first.layer, first.input_size,
-                      first.preprocessing, list(sources))
+    return FeatureSet(
+        torch.cat([p.features for p in parts]),
+        first.target,
+        first.layer,
+        first.input_size,
+        first.preprocessing,
+        list(sources),
+    )
 
 
 # ---------------------------------------------------------------------- metrics
@@ -136,7 +159,9 @@ def _finite(value) -> float | None:
 
 
 def video_summary(
-    images: torch.Tensor, references: torch.Tensor | None, done: Sequence[bool] | None = None,
+    images: torch.Tensor,
+    references: torch.Tensor | None,
+    done: Sequence[bool] | None = None,
     records: Sequence[Mapping] | None = None,
 ) -> dict:
     """Means over finished frames, and the temporal-consistency figures.
@@ -158,8 +183,11 @@ def video_summary(
         values = [v for v in map(_finite, given) if v is not None]
         if len(values) < len(given):
             summary[f"{key}_left_out"] = len(given) - len(values)
-            warnings.warn(f"{len(given) - len(values)} frame record(s) with a {key} that is not a finite number "
-                          f"(NaN, infinite or not a number) left out of its mean.", stacklevel=2)
+            warnings.warn(
+                f"{len(given) - len(values)} frame record(s) with a {key} that is not a finite number "
+                f"(NaN, infinite or not a number) left out of its mean.",
+                stacklevel=2,
+            )
         if values:
             mean = sum(values) / len(values)
             summary[f"{key}_mean"] = mean
@@ -249,8 +277,9 @@ def _windows(todo: Sequence[int], window: int) -> list[list[int]]:
     return runs
 
 
-def _with_temporal_diffs(p: int, record: dict, images: torch.Tensor, references: torch.Tensor | None,
-                         done: Sequence[bool]) -> dict:
+def _with_temporal_diffs(
+    p: int, record: dict, images: torch.Tensor, references: torch.Tensor | None, done: Sequence[bool]
+) -> dict:
     """``record`` with its temporal differences filled in when the previous frame was not finished
     at the time it was written (it was inverted later, or by another process) but is now."""
     if record.get("temporal_diff") is not None or p == 0 or not (done[p] and done[p - 1]):
@@ -322,9 +351,21 @@ def invert_video(
             each changed setting) and ``overwrite`` is not set.
     """
     start_time = time.perf_counter()
-    job = VideoJob(inverter, features, window=window, references=references, frame_ids=frame_ids,
-                   warm_start=warm_start, boundary=boundary, out_dir=out_dir, overwrite=overwrite, seed=seed,
-                   settings=settings, progress=progress, state=state)
+    job = VideoJob(
+        inverter,
+        features,
+        window=window,
+        references=references,
+        frame_ids=frame_ids,
+        warm_start=warm_start,
+        boundary=boundary,
+        out_dir=out_dir,
+        overwrite=overwrite,
+        seed=seed,
+        settings=settings,
+        progress=progress,
+        state=state,
+    )
     job.run()
     return job.output(time.perf_counter() - start_time)
 
@@ -339,8 +380,9 @@ class WindowItem:
         return f"frames {self.positions[0]}-{self.positions[-1]}"
 
 
-def _video_options(inverter: Inverter, n: int, window, boundary: str, warm_start: bool | None,
-                   state) -> tuple[float, bool, str, bool]:
+def _video_options(
+    inverter: Inverter, n: int, window, boundary: str, warm_start: bool | None, state
+) -> tuple[float, bool, str, bool]:
     """``(temporal_weight, warm_start, boundary, split)`` as the run uses them (see :func:`invert_video`)."""
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"`window` must be a positive integer, got {window!r}.")
@@ -360,9 +402,11 @@ def _video_options(inverter: Inverter, n: int, window, boundary: str, warm_start
         boundary = "none"
     split = state is not None and state.num_processes > 1
     if split and (weight > 0 or warm_start):
-        raise ValueError(f"the windows of one clip can be split across processes only when they are independent "
-                         f"(temporal_weight 0 and no warm start), got temporal_weight={weight}, "
-                         f"warm_start={warm_start}: each window starts from the previous one's result.")
+        raise ValueError(
+            f"the windows of one clip can be split across processes only when they are independent "
+            f"(temporal_weight 0 and no warm start), got temporal_weight={weight}, "
+            f"warm_start={warm_start}: each window starts from the previous one's result."
+        )
     return weight, warm_start, boundary, split
 
 
@@ -370,11 +414,14 @@ def _checked_references(references: torch.Tensor | None, n: int, size) -> torch.
     if references is None:
         return None
     if len(references) != n:
-        raise ValueError(f"`references` has {len(references)} frames but `features` has {n}; "
-                         f"they must match one to one.")
+        raise ValueError(
+            f"`references` has {len(references)} frames but `features` has {n}; they must match one to one."
+        )
     if tuple(references.shape[1:]) != (3, *size):
-        raise ValueError(f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, "
-                         f"got {tuple(references.shape)}.")
+        raise ValueError(
+            f"`references` must be (T, 3, {size[0]}, {size[1]}) like the features' input size, "
+            f"got {tuple(references.shape)}."
+        )
     return references.detach().float().cpu()
 
 
@@ -385,29 +432,55 @@ class VideoJob(Job):
 
     desc = "video windows"
 
-    def __init__(self, inverter, features, *, window, references, frame_ids, warm_start, boundary, out_dir,
-                 overwrite, seed, settings, progress, state):
+    def __init__(
+        self,
+        inverter,
+        features,
+        *,
+        window,
+        references,
+        frame_ids,
+        warm_start,
+        boundary,
+        out_dir,
+        overwrite,
+        seed,
+        settings,
+        progress,
+        state,
+    ):
         # 1. Check inputs
         self.inverter, self.target, self.window, self.seed, self.state = inverter, inverter.target, window, seed, state
         self.feats, self.layer, self.size = resolve_features(self.target, features, None)
         n = len(self.feats)
-        self.weight, self.warm_start, self.boundary, self.split = _video_options(inverter, n, window, boundary,
-                                                                                 warm_start, state)
+        self.weight, self.warm_start, self.boundary, self.split = _video_options(
+            inverter, n, window, boundary, warm_start, state
+        )
         self.references = _checked_references(references, n, self.size)
         self.frame_ids = list(range(n)) if frame_ids is None else [int(i) for i in frame_ids]
         if len(self.frame_ids) != n or len(set(self.frame_ids)) != n:
-            raise ValueError(f"`frame_ids` must hold {n} distinct frame numbers, got {len(self.frame_ids)} "
-                             f"({len(set(self.frame_ids))} distinct).")
+            raise ValueError(
+                f"`frame_ids` must hold {n} distinct frame numbers, got {len(self.frame_ids)} "
+                f"({len(set(self.frame_ids))} distinct)."
+            )
         if self.split and out_dir is None:
             raise ValueError("splitting the windows of one clip across processes needs `out_dir`, where they meet.")
         self.device, self.progress = self.target.mean.device, progress
         self.manifest = {
-            "target": self.target.identity(), "layer": self.layer, "method": inverter.name,
-            "inverter": inverter.settings(), "temporal_weight": self.weight, "window": window,
-            "warm_start": self.warm_start, "boundary": self.boundary, "image_size": list(self.size),
+            "target": self.target.identity(),
+            "layer": self.layer,
+            "method": inverter.name,
+            "inverter": inverter.settings(),
+            "temporal_weight": self.weight,
+            "window": window,
+            "warm_start": self.warm_start,
+            "boundary": self.boundary,
+            "image_size": list(self.size),
             "frames": self.frame_ids,
             "frames_fingerprint": None if self.references is None else pixels_fingerprint(self.references),
-            "seed": seed, "device": self.device.type, **dict(settings or {}),
+            "seed": seed,
+            "device": self.device.type,
+            **dict(settings or {}),
         }
         # 2. The run store, and what is finished already
         self.images = torch.zeros(n, 3, *self.size)
@@ -415,8 +488,14 @@ class VideoJob(Job):
         self.frame_records: dict[int, dict] = {}
         self.store = None
         if out_dir is not None:
-            self.store = RunStore(out_dir, "video", self.manifest, overwrite=overwrite, outputs=OUTPUTS,
-                                  state=state if self.split else None)
+            self.store = RunStore(
+                out_dir,
+                "video",
+                self.manifest,
+                overwrite=overwrite,
+                outputs=OUTPUTS,
+                state=state if self.split else None,
+            )
             self.manifest = self.store.settings  # as JSON gives it back
             self.load_finished()
         self.main = not self.split or state.is_main_process
@@ -429,8 +508,14 @@ class VideoJob(Job):
         or, without a store, one after the other."""
         items = self.items()
         if self.store is not None:
-            run_job(self, self.store, items, state=self.state if self.split else None, show=False,
-                    accept=self.finished_record)
+            run_job(
+                self,
+                self.store,
+                items,
+                state=self.state if self.split else None,
+                show=False,
+                accept=self.finished_record,
+            )
             return
         for item in items:
             for _ in self.records(item):
@@ -454,16 +539,19 @@ class VideoJob(Job):
 
     def ordered(self) -> list[dict]:
         """The finished frames' records in frame order, their temporal differences filled in."""
-        return [_with_temporal_diffs(p, self.frame_records[p], self.images, self.references, self.frame_done)
-                for p in sorted(self.frame_records)]
+        return [
+            _with_temporal_diffs(p, self.frame_records[p], self.images, self.references, self.frame_done)
+            for p in sorted(self.frame_records)
+        ]
 
     # ------------------------------------------------------------------ the items
     def items(self) -> list[WindowItem]:
         """3. The windows of unfinished frames (the same list in every process: made from the same store)."""
         windows = [WindowItem(tuple(w)) for w in _windows(self.todo, self.window)]
         n = len(self.feats)
-        self.bar = tqdm(total=n, initial=n - len(self.todo), desc="video frames", unit="frame",
-                        disable=not self.progress)
+        self.bar = tqdm(
+            total=n, initial=n - len(self.todo), desc="video frames", unit="frame", disable=not self.progress
+        )
         return windows
 
     @staticmethod
@@ -510,12 +598,15 @@ class VideoJob(Job):
                 save_image(recon[i], frame_path(self.store.folder, self.frame_ids[p]))
             prev_image = images[p - 1] if p > 0 and done[p - 1] else None
             record = {
-                "position": p, "frame": self.frame_ids[p], "file": f"frames/frame_{self.frame_ids[p]:05d}.png",
+                "position": p,
+                "frame": self.frame_ids[p],
+                "file": f"frames/frame_{self.frame_ids[p]:05d}.png",
                 "window": positions[0],
                 **{k: float(v[i]) for k, v in self.scores.items()},
                 "feature_residual": float(residual[i]),
                 "temporal_diff": None if prev_image is None else _mean_abs_diff(recon[i], prev_image),
-                "source_temporal_diff": None if prev_image is None or references is None
+                "source_temporal_diff": None
+                if prev_image is None or references is None
                 else _mean_abs_diff(references[p], references[p - 1]),
                 "seconds": out.seconds / len(positions),
                 "skipped_steps": int(out.info.get("skipped_steps", 0)),
@@ -573,8 +664,11 @@ def write_clips_summary(out_dir: str | os.PathLike, clips: Sequence[tuple[str, s
         else:  # not run (yet): nothing finished
             row.update(frames_done=0)
         rows.append(row)
-    summary: dict = {"clips": rows, "frames": sum(r.get("frames", 0) for r in rows),
-                     "frames_done": sum(r.get("frames_done", 0) for r in rows)}
+    summary: dict = {
+        "clips": rows,
+        "frames": sum(r.get("frames", 0) for r in rows),
+        "frames_done": sum(r.get("frames_done", 0) for r in rows),
+    }
     for key in ("psnr", "ssim", "feature_residual"):
         values = [r[key] for r in frames if r.get(key) is not None]
         if values:

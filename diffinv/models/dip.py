@@ -20,13 +20,23 @@ def check_dip_size(size, levels: int, name: str = "image_size") -> None:
     each of the generator's ``levels`` halves the resolution on the way down and doubles it on the way up."""
     step = 2**levels
     if size[0] % step or size[1] % step:
-        raise ValueError(f"DIP needs `{name}` divisible by {step} (its {levels} levels), got {tuple(size)}; use a "
-                         f"size such as {max(step, size[0] // step * step)}.")
+        raise ValueError(
+            f"DIP needs `{name}` divisible by {step} (its {levels} levels), got {tuple(size)}; use a "
+            f"size such as {max(step, size[0] // step * step)}."
+        )
 
 
 def _conv(cin: int, cout: int, groups: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin * groups, cout * groups, kernel, stride=stride, padding=kernel // 2, groups=groups, padding_mode="reflect"),
+        nn.Conv2d(
+            cin * groups,
+            cout * groups,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            groups=groups,
+            padding_mode="reflect",
+        ),
         nn.BatchNorm2d(cout * groups),
         nn.LeakyReLU(0.2, inplace=True),
     )

@@ -156,13 +156,20 @@ class ModuleGenerator(GANGenerator):
         latent_bound: truncate latents to ``[-latent_bound, latent_bound]`` (``None``: a standard normal).
     """
 
-    def __init__(self, module: nn.Module, z_dim: int | None = None, output_range: str = "tanh",
-                 latent_bound: float | None = None):
+    def __init__(
+        self,
+        module: nn.Module,
+        z_dim: int | None = None,
+        output_range: str = "tanh",
+        latent_bound: float | None = None,
+    ):
         super().__init__()
         z_dim = z_dim or getattr(module, "z_dim", None) or getattr(module, "latent_dim", None)
         if not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"`z_dim` is required for a {type(module).__name__} generator (it has no `z_dim` or "
-                             f"`latent_dim` attribute), got {z_dim!r}.")
+            raise ValueError(
+                f"`z_dim` is required for a {type(module).__name__} generator (it has no `z_dim` or "
+                f"`latent_dim` attribute), got {z_dim!r}."
+            )
         if output_range not in ("tanh", "unit"):
             raise ValueError(f"`output_range` must be 'tanh' ([-1, 1]) or 'unit' ([0, 1]), got {output_range!r}.")
         self.module = module.eval().requires_grad_(False)
@@ -328,8 +335,13 @@ def load_biggan(
     state = torch.load(str(weights), map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if len(missing) == len(model.state_dict()):
-        raise ValueError(f"`gan` {text!r}: {weights} holds none of the weights of the BigGAN its {_CONFIG} describes "
-                         f"(unexpected keys {unexpected[:5]}).")
+        raise ValueError(
+            f"`gan` {text!r}: {weights} holds none of the weights of the BigGAN its {_CONFIG} describes "
+            f"(unexpected keys {unexpected[:5]})."
+        )
     if missing:  # loaded non-strictly, as the package itself does
-        warnings.warn(f"`gan` {text!r}: {len(missing)} tensors not in {weights} keep their initial values: {missing[:5]}")
+        warnings.warn(
+            f"`gan` {text!r}: {len(missing)} tensors not in {weights} keep their initial values: {missing[:5]}",
+            stacklevel=2,
+        )
     return BigGANGenerator(model, truncation, name=name).to(device or "cpu")

@@ -12,7 +12,14 @@ import torch
 
 from ..features import FeatureSet, check_features
 
-__all__ = ["MODEL_CLASSES", "FeatureStandardizer", "PerLayerModels", "check_model_input", "folder_kind", "resolve_model_dir"]
+__all__ = [
+    "MODEL_CLASSES",
+    "FeatureStandardizer",
+    "PerLayerModels",
+    "check_model_input",
+    "folder_kind",
+    "resolve_model_dir",
+]
 
 
 class FeatureStandardizer:
@@ -69,8 +76,11 @@ def _check_kind(folder: Path, kind: str) -> None:
     option = {"decoder": "--decoder", "mapper": "--mapper", "diffusion model": "--model"}.get(found)
     raise ValueError(
         f"`{kind}` folder {str(folder)!r} is not a trained {kind}"
-        + (f": this is a {found} folder; use {option} {str(folder)!r}." if option else
-           f" (its config.json names no {MODEL_CLASSES[kind]}). Train one with `diffinv train-{kind}`.")
+        + (
+            f": this is a {found} folder; use {option} {str(folder)!r}."
+            if option
+            else f" (its config.json names no {MODEL_CLASSES[kind]}). Train one with `diffinv train-{kind}`."
+        )
     )
 
 
@@ -86,7 +96,9 @@ def resolve_model_dir(path: str | os.PathLike, layer: str | None = None, kind: s
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"`{kind}` folder {str(path)!r} does not exist. Train one with `diffinv train-{kind}`.")
+        raise FileNotFoundError(
+            f"`{kind}` folder {str(path)!r} does not exist. Train one with `diffinv train-{kind}`."
+        )
     if not path.is_dir():
         raise ValueError(f"`{kind}` {str(path)!r} is a file; expected the folder written by `diffinv train-{kind}`.")
     if (path / "config.json").is_file() or (path / "model_index.json").is_file():
@@ -101,7 +113,8 @@ def resolve_model_dir(path: str | os.PathLike, layer: str | None = None, kind: s
         return path / layer
     found = [p.name for p in subfolders]
     raise FileNotFoundError(
-        f"`{kind}` folder {str(path)!r} has no config.json" + (f" and no sub-folder {layer!r}" if layer else "")
+        f"`{kind}` folder {str(path)!r} has no config.json"
+        + (f" and no sub-folder {layer!r}" if layer else "")
         + (f"; it has models for {', '.join(found)}." if found else ". Train one with `diffinv train-" + kind + "`.")
     )
 
@@ -138,8 +151,10 @@ class PerLayerModels:
             raise ValueError(f"`features` come from layer {layer!r} but the {self.kind} was trained on {trained}.")
         model = self.cls.from_pretrained(str(resolve_model_dir(self.path, layer, self.kind)))
         if model.config.layer != layer:
-            raise ValueError(f"`features` come from layer {layer!r} but the {self.kind} in {str(self.path)!r} was "
-                             f"trained on {model.config.layer!r}.")
+            raise ValueError(
+                f"`features` come from layer {layer!r} but the {self.kind} in {str(self.path)!r} was "
+                f"trained on {model.config.layer!r}."
+            )
         self._models[layer] = model.to(self.device).eval().requires_grad_(False)
         return self._models[layer]
 

@@ -38,7 +38,6 @@ from .vae import vae_scale_factor
 __all__ = ["FeatureMapper"]
 
 
-
 # ---------------------------------------------------------------------- building blocks
 def _groups(channels: int) -> int:
     return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
@@ -130,7 +129,11 @@ class FeatureMapper(ModelMixin, ConfigMixin, FeatureStandardizer):
             if stages < 0:
                 resample += [_ResBlock(hid), nn.Conv2d(hid, hid, 3, stride=2, padding=1)]
             else:
-                resample += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(hid, hid, 3, padding=1), _ResBlock(hid)]
+                resample += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(hid, hid, 3, padding=1),
+                    _ResBlock(hid),
+                ]
         self.resample = nn.Sequential(*resample)
         self.blocks = nn.Sequential(*[_ResBlock(hid) for _ in range(num_res_blocks)])
         self.norm_out = nn.GroupNorm(_groups(hid), hid)
@@ -147,7 +150,7 @@ class FeatureMapper(ModelMixin, ConfigMixin, FeatureStandardizer):
         *,
         model: str | None = None,
         **kwargs,
-    ) -> "FeatureMapper":
+    ) -> FeatureMapper:
         """A mapper sized for ``target``'s ``layer`` at ``image_size`` and ``vae``'s latent space.
 
         Raises:

@@ -72,25 +72,41 @@ class UpconvNet(ModelMixin, ConfigMixin, FeatureStandardizer):
             self.fc = None
             layers, start = [nn.Conv2d(channels, ch, 3, padding=1), _lrelu()], feature_shape[1]
         else:
-            self.fc = nn.Sequential(nn.Linear(channels, fc_channels), _lrelu(), nn.Linear(fc_channels, fc_channels),
-                                    _lrelu(), nn.Linear(fc_channels, ch * 16), _lrelu())
+            self.fc = nn.Sequential(
+                nn.Linear(channels, fc_channels),
+                _lrelu(),
+                nn.Linear(fc_channels, fc_channels),
+                _lrelu(),
+                nn.Linear(fc_channels, ch * 16),
+                _lrelu(),
+            )
             layers, start = [], 4
         for _ in range(num_convs):
             layers += [nn.Conv2d(ch, ch, 3, padding=1), _lrelu()]
         for _ in range(max(0, math.ceil(math.log2(image_size[0] / start) - 1e-6))):
             out = max(min_channels, ch // 2)
-            layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1), _lrelu(),
-                       nn.Conv2d(out, out, 3, padding=1), _lrelu()]
+            layers += [
+                nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1),
+                _lrelu(),
+                nn.Conv2d(out, out, 3, padding=1),
+                _lrelu(),
+            ]
             ch = out
         layers.append(nn.Conv2d(ch, 3, 3, padding=1))
         self.body = nn.Sequential(*layers)
 
     @classmethod
-    def for_target(cls, target: TargetNetwork, layer: str, image_size: tuple[int, int], **kwargs) -> "UpconvNet":
+    def for_target(cls, target: TargetNetwork, layer: str, image_size: tuple[int, int], **kwargs) -> UpconvNet:
         """A decoder sized for ``target``'s ``layer`` at ``image_size``."""
         size = tuple(int(v) for v in image_size)
-        return cls(feature_shape=target.feature_shape(layer, size), image_size=size, target=target.name,
-                   layer=layer, input_size=size, **kwargs)
+        return cls(
+            feature_shape=target.feature_shape(layer, size),
+            image_size=size,
+            target=target.name,
+            layer=layer,
+            input_size=size,
+            **kwargs,
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Features -> images (unclamped; about [0, 1] once trained)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,8 +40,10 @@ def main() -> None:
     files = split.train[: args.num_images]
     images = load_images(files, args.size)
     target = TargetNetwork.from_name("tf_efficientnet_lite0", args.layers, input_size=(args.size, args.size))
-    print(f"{len(files)} training-split images ({os.path.basename(files[0])} ...), {args.size} px, "
-          f"torch threads {torch.get_num_threads()}, load {open('/proc/loadavg').read().split()[:3]}")
+    print(
+        f"{len(files)} training-split images ({os.path.basename(files[0])} ...), {args.size} px, "
+        f"torch threads {torch.get_num_threads()}, load {Path('/proc/loadavg').read_text().split()[:3]}"
+    )
 
     rows = {}
     for layer in args.layers:
@@ -50,26 +53,45 @@ def main() -> None:
         for weight in args.weights:
             tic = time.perf_counter()
             inverter = build_inverter("deepinversion", target, iterations=args.iterations, bn_weight=weight)
-            out = inverter(features, (args.size, args.size), generator=torch.Generator().manual_seed(0),
-                           progress=False, early_stop=DEFAULT_EARLY_STOP)
+            out = inverter(
+                features,
+                (args.size, args.size),
+                generator=torch.Generator().manual_seed(0),
+                progress=False,
+                early_stop=DEFAULT_EARLY_STOP,
+            )
             values = psnr(out.images, images)
             base = values if base is None else base
             diff = values - base
-            rows[layer, weight] = (values.mean().item(), ssim(out.images, images).mean().item(), diff.mean().item(),
-                                   diff.std().item() / max(len(diff), 1) ** 0.5 * 1.96, int((diff > 0).sum()))
+            rows[layer, weight] = (
+                values.mean().item(),
+                ssim(out.images, images).mean().item(),
+                diff.mean().item(),
+                diff.std().item() / max(len(diff), 1) ** 0.5 * 1.96,
+                int((diff > 0).sum()),
+            )
             r = rows[layer, weight]
-            print(f"{layer} (stride {args.size // features.shape[-1]}) weight {weight:g}: PSNR {r[0]:.2f} SSIM {r[1]:.3f} "
-                  f"diff {r[2]:+.2f} +- {r[3]:.2f} ({r[4]}/{len(diff)} better) {time.perf_counter() - tic:.0f} s",
-                  flush=True)
+            print(
+                f"{layer} (stride {args.size // features.shape[-1]}) weight {weight:g}: PSNR {r[0]:.2f} SSIM {r[1]:.3f} "
+                f"diff {r[2]:+.2f} +- {r[3]:.2f} ({r[4]}/{len(diff)} better) {time.perf_counter() - tic:.0f} s",
+                flush=True,
+            )
 
     print("\n| layer (stride) | " + " | ".join(f"{w:g}" for w in args.weights) + " |")
     print("|---|" + "---|" * len(args.weights))
     for layer in args.layers:
         stride = args.size // target.feature_shape(layer, (args.size, args.size))[-1]
-        cells = [f"{rows[layer, w][0]:.2f}" + ("" if w == args.weights[0] else f" ({rows[layer, w][2]:+.2f} ± "
-                 f"{rows[layer, w][3]:.2f}, {rows[layer, w][4]}/{args.num_images})") for w in args.weights]
+        cells = [
+            f"{rows[layer, w][0]:.2f}"
+            + (
+                ""
+                if w == args.weights[0]
+                else f" ({rows[layer, w][2]:+.2f} ± {rows[layer, w][3]:.2f}, {rows[layer, w][4]}/{args.num_images})"
+            )
+            for w in args.weights
+        ]
         print(f"| {layer} ({stride}) | " + " | ".join(cells) + " |")
-    print(f"\nload average after: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"\nload average after: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 if __name__ == "__main__":

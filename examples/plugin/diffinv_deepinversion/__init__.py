@@ -48,8 +48,14 @@ from diffinv.inverters.config import option
 from diffinv.inverters.pixel import PARAMETERIZATIONS, fourier_decay_power
 from diffinv.losses import total_variation
 
-__all__ = ["BN_WEIGHTS", "DeepInversionConfig", "DeepInversionInverter", "StatisticsForward", "bn_statistics_loss",
-           "bn_weight_for_stride"]
+__all__ = [
+    "BN_WEIGHTS",
+    "DeepInversionConfig",
+    "DeepInversionInverter",
+    "StatisticsForward",
+    "bn_statistics_loss",
+    "bn_weight_for_stride",
+]
 
 __version__ = "0.1.0"
 
@@ -114,8 +120,9 @@ class _StatisticsTracer(torch.fx.Tracer):
         self._thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, (nn.modules.batchnorm._BatchNorm, *self._leaves))
-                or super().is_leaf_module(m, module_qualified_name))
+        return isinstance(m, (nn.modules.batchnorm._BatchNorm, *self._leaves)) or super().is_leaf_module(
+            m, module_qualified_name
+        )
 
     def call_module(self, m, forward, args, kwargs):
         if threading.get_ident() != self._thread:
@@ -154,21 +161,32 @@ class StatisticsForward:
             with truncation.TRACE_TURNS:
                 traced = tracer.trace(model)
         except Exception as err:  # noqa: BLE001 - any tracing failure is the same limit of the method
-            raise ValueError(f"method 'deepinversion' needs a network torch.fx can trace, to take the statistics of "
-                             f"its BatchNorm inputs; tracing failed: {type(err).__name__}: {str(err)[:200]}") from None
+            raise ValueError(
+                f"method 'deepinversion' needs a network torch.fx can trace, to take the statistics of "
+                f"its BatchNorm inputs; tracing failed: {type(err).__name__}: {str(err)[:200]}"
+            ) from None
         if layer not in tracer.outputs:
-            raise ValueError(f"`layer` {layer!r} does not run in the traced forward (or outputs no single tensor); "
-                             f"method 'deepinversion' takes the features of a module the forward calls.")
+            raise ValueError(
+                f"`layer` {layer!r} does not run in the traced forward (or outputs no single tensor); "
+                f"method 'deepinversion' takes the features of a module the forward calls."
+            )
         graph, env = torch.fx.Graph(), {}
         graph.graph_copy(traced, env)
         end = env[tracer.outputs[layer]]
         before = _ancestors(end)
         modules = dict(model.named_modules())
-        calls = [n for n in graph.nodes if n.op == "call_module" and n in before
-                 and isinstance(modules.get(n.target), nn.modules.batchnorm._BatchNorm)]
+        calls = [
+            n
+            for n in graph.nodes
+            if n.op == "call_module"
+            and n in before
+            and isinstance(modules.get(n.target), nn.modules.batchnorm._BatchNorm)
+        ]
         if not calls:
-            raise ValueError(f"no BatchNorm layer runs before `layer` {layer!r}: method 'deepinversion' needs the "
-                             f"running statistics of at least one (a network with BatchNorm, a deeper layer).")
+            raise ValueError(
+                f"no BatchNorm layer runs before `layer` {layer!r}: method 'deepinversion' needs the "
+                f"running statistics of at least one (a network with BatchNorm, a deeper layer)."
+            )
         graph.output((end, [n.args[0] for n in calls]))
         module = torch.fx.GraphModule(model, graph, class_name="StatisticsForward")
         module.graph.eliminate_dead_code()
@@ -235,9 +253,14 @@ class DeepInversionConfig(PixelConfig):
     """
 
     method = "deepinversion"
-    bn_weight: float | None = option(None, "optional_non_negative", help=(
-        "weight of DeepInversion's BatchNorm-statistics prior (default: tuned per feature stride, "
-        "diffinv_deepinversion.BN_WEIGHTS; 0: none)"))
+    bn_weight: float | None = option(
+        None,
+        "optional_non_negative",
+        help=(
+            "weight of DeepInversion's BatchNorm-statistics prior (default: tuned per feature stride, "
+            "diffinv_deepinversion.BN_WEIGHTS; 0: none)"
+        ),
+    )
 
 
 class DeepInversionInverter(PixelInverter):
@@ -281,8 +304,20 @@ class DeepInversionInverter(PixelInverter):
         super()._prepare(features, layer, size)
         self.statistics_forward(layer)  # fails here, before the optimization, for a network it cannot serve
 
-    def _reconstruct(self, features, layer, size, *, generator, progress, init=None, anchor=None, callback=None,
-                     feature_transform=None, early_stop=None):
+    def _reconstruct(
+        self,
+        features,
+        layer,
+        size,
+        *,
+        generator,
+        progress,
+        init=None,
+        anchor=None,
+        callback=None,
+        feature_transform=None,
+        early_stop=None,
+    ):
         """As :meth:`PixelInverter._reconstruct`, with the prior added to the per-image loss."""
         c = self.config
         stride = feature_stride(features, size)
@@ -297,18 +332,34 @@ class DeepInversionInverter(PixelInverter):
         if self.hybrid and init is None:  # a video's warm start (init) replaces the start after the first frame
             init, start_info = self._start_estimate(features, layer, size, generator=generator, progress=progress)
             init = init.to(self.device).expand(len(features), -1, -1, -1)
-        params, render = PARAMETERIZATIONS[c.parameterization](len(features), size, generator=generator,
-                                                               device=self.device, init=init, **extra)
+        params, render = PARAMETERIZATIONS[c.parameterization](
+            len(features), size, generator=generator, device=self.device, init=init, **extra
+        )
 
         def prior(images: torch.Tensor) -> torch.Tensor:
             out = inversion.prior(images) if weight else torch.zeros(len(images), device=images.device)
             return out + c.tv_weight * total_variation(images, c.tv, c.tv_beta) if c.tv_weight else out
 
         images, history, info = optimize(
-            params, lambda: _jitter(render(), c.jitter, generator), inversion, features, layer,
-            iterations=c.iterations, lr=c.learning_rate, lr_schedule=c.lr_schedule, loss=c.loss, prior_fn=prior,
-            temporal_weight=c.temporal_weight, temporal_fn=render, temporal_anchor=anchor, final_fn=render,
-            desc=f"deepinversion {layer}", progress=progress, compile=False, callback=callback,
-            feature_transform=feature_transform, early_stop=early_stop,
+            params,
+            lambda: _jitter(render(), c.jitter, generator),
+            inversion,
+            features,
+            layer,
+            iterations=c.iterations,
+            lr=c.learning_rate,
+            lr_schedule=c.lr_schedule,
+            loss=c.loss,
+            prior_fn=prior,
+            temporal_weight=c.temporal_weight,
+            temporal_fn=render,
+            temporal_anchor=anchor,
+            final_fn=render,
+            desc=f"deepinversion {layer}",
+            progress=progress,
+            compile=False,
+            callback=callback,
+            feature_transform=feature_transform,
+            early_stop=early_stop,
         )
         return images, history, {**info, **start_info, "bn_weight": weight, "bn_layers": len(forward.names)}
