@@ -1,21 +1,11 @@
 """``torch.compile`` for the networks that run every iteration, made once per network and kept.
 
-``compile=True`` (or a backend name, e.g. ``"aot_eager"``) on an optimizing inverter (``pixel``,
-``dip``) or on the pipeline call (``--compile`` on the command line) runs the target's feature function (its
-truncated forward, a ``torch.fx`` graph without hooks: threads share the compiled function), the DIP generator,
-the UNet and the VAE decoder through :func:`torch.compile`. The results equal the eager ones
-within floating-point tolerance; the first iterations pay the compile time (up to a minute on
-CPU for Lite0 or the DIP generators). It is off by default: on CPU, inductor made the
-channels-last Lite0 and DIP generators slower, not faster (51 -> 75 and 51 -> 65 ms forward+backward
-at 4 x 128 x 128; ``examples/benchmark_demo.py --skip-demo --breakdown --compile`` and
-``examples/benchmark_pipeline.py --compile`` print the figures).
-
-``compile`` may also name a ``torch.compile`` *mode* (:data:`MODES`): ``"default"``,
-``"reduce-overhead"`` (CUDA graphs: the launch overhead of the many small kernels of a UNet call goes)
-or ``"max-autotune"`` (autotuned kernels and CUDA graphs), compiled with inductor. A network whose
-compiled function fails (to compile or to run) runs eagerly from then on, with one warning per
-``compile`` value (:class:`_EagerFallback`); a failure inside a lazily compiled backward pass is not
-caught.
+``compile=True`` (or a backend name, e.g. ``"aot_eager"``) on an optimizing inverter (``pixel``, ``dip``) or on
+the pipeline call (``--compile``) runs the target's feature function (its truncated forward: threads share the
+compiled function), the DIP generator, the UNet and the VAE decoder through :func:`torch.compile`; the results
+equal the eager ones within floating-point tolerance. It is off by default. ``compile`` may also name a mode
+(:data:`MODES`). A network whose compiled function fails (to compile or to run) runs eagerly from then on, with one
+warning per ``compile`` value (:class:`_EagerFallback`); a failure inside a lazily compiled backward is not caught.
 
 Example:
     >>> unet = compiled(pipe.unet)                       # the same object at every call

@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .io import (
+from .io.images import (
     SAMPLE_PHOTOS,
-    VideoFrames,
     _fit,
     collect_images,
     from_array,
@@ -31,6 +30,7 @@ from .io import (
     sample_images,
     sample_photo,
 )
+from .io.video import VideoFrames
 
 __all__ = [
     "DATASETS",

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .io import atomic_path, check_regular_file, cut_short
+from .io.files import atomic_path, check_regular_file, cut_short
 from .targets import TargetNetwork
 
 __all__ = ["FeatureSet", "check_features", "check_images", "check_input_size", "check_sources", "resolve_features"]

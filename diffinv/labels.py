@@ -1,17 +1,9 @@
 """True class labels of image files: from WordNet ids in file names, from class subfolders, or from a CSV.
 
-Labels are ImageNet-1k class indices in the standard order (the sorted WordNet ids, the order of
-the classifier heads of timm and torchvision); the list of WordNet ids ships with timm
-(:class:`timm.data.ImageNetInfo`), so nothing is downloaded.
-
-* ``"wnid"``: the WordNet id in the file name, e.g. ``123_n01440764_tench.jpg`` -> 0 (the
-  naming of ``imagenet-sample`` folders and ImageNet's own validation files).
-* ``"imagefolder"``: the name of the file's folder (``root/CLASS/file.jpg``, torchvision's
-  ``ImageFolder`` layout): WordNet ids when every folder is named by one, else the folders in
-  sorted order are classes 0, 1, 2, ...
-* a CSV file with the columns ``file,label`` (a header line ``file,label`` is optional): ``file``
-  is the image's path as given, its path relative to the CSV's folder, or its file name; ``label``
-  a class index or a WordNet id.
+Labels are ImageNet-1k class indices in the standard order (the sorted WordNet ids, the order of the classifier
+heads of timm and torchvision); the list of WordNet ids ships with timm (:class:`timm.data.ImageNetInfo`), so
+nothing is downloaded. The sources (:data:`LABEL_SOURCES`, or a CSV file ``file,label``) are described at
+:func:`labels_for_files`.
 
 Example:
     >>> labels_for_files(["0_n01440764_tench.jpg", "2_n01484850_shark.jpg"], "wnid")
@@ -28,7 +20,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .io import IMAGE_SUFFIXES
+from .io.images import IMAGE_SUFFIXES
 
 __all__ = ["LABEL_SOURCES", "expand_imagefolders", "imagenet_wnids", "labels_for_files", "wnid_of"]
 
@@ -78,7 +70,13 @@ def labels_for_files(files: Sequence[str | os.PathLike], source: str | os.PathLi
 
     Args:
         files: the image files, in the order of the images.
-        source: ``"wnid"``, ``"imagefolder"`` or the path of a CSV file ``file,label``.
+        source: ``"wnid"``: the WordNet id in the file name, e.g. ``123_n01440764_tench.jpg`` -> 0 (the naming of
+            ``imagenet-sample`` folders and ImageNet's own validation files). ``"imagefolder"``: the name of the
+            file's folder (``root/CLASS/file.jpg``, torchvision's ``ImageFolder`` layout): WordNet ids when every
+            folder is named by one, else the folders in sorted order are classes 0, 1, 2, ... Or the path of a CSV
+            file with the columns ``file,label`` (a header line ``file,label`` is optional): ``file`` is the image's
+            path as given, its path relative to the CSV's folder, or its file name; ``label`` a class index or a
+            WordNet id.
 
     Returns:
         One class index per file.

@@ -1,24 +1,13 @@
 """The one optimization rule of every optimizing inverter (pixel, dip, diffusion, ...).
 
-* **Schedule**: Adam whose learning rate follows a cosine from ``lr`` at iteration 0 to 0 at
-  the end (:func:`cosine_lr`), indexed by the iteration, whether or not earlier steps were
-  skipped.
-* **Best iterate per image**: each image keeps the variables of the iteration where *its own*
-  loss was lowest (:class:`BestIterate`); every optimized tensor's first dimension is split
-  into one block per image (latents and pixels: one row per image; the DIP generators: the
-  blocks of the grouped convolutions).
-* **Non-finite steps**: an iteration whose loss or gradient is not finite makes no update
-  and is counted once in ``skipped_steps``; its loss history row keeps the (non-finite)
-  per-image losses.
-* **Early stopping** (optional, :class:`EarlyStopping`): an image whose best loss has not
-  improved by a relative ``min_delta`` for ``patience`` iterations stops: its variables are
-  frozen at its best iterate; the loop ends when every image has stopped. Passed explicitly
-  (``early_stop=``), from :meth:`Inverter.invert <diffinv.inverters.Inverter.invert>` down.
+* **Schedule**: Adam, its learning rate a cosine from ``lr`` at iteration 0 to 0 at the end (:func:`cosine_lr`).
+* **Best iterate per image**: each image keeps the variables of the iteration where its own loss was lowest
+  (:class:`BestIterate`; an optimized tensor's first dimension is split into one block per image).
+* **Non-finite steps**: an iteration whose loss or gradient is not finite makes no update (``skipped_steps``).
+* **Early stopping** (optional, :class:`EarlyStopping`): an image stops at its best iterate when its best loss has
+  not improved by a relative ``min_delta`` for ``patience`` iterations.
 
-:func:`run_optimization` is the loop; a method supplies a *closure* (torch.optim's name for the
-function that computes the loss and its gradient), ``closure(variables) -> (per_image_loss,
-gradients or None)``. :class:`~diffinv.pipelines.DiffInvPipeline` runs the same loop with its
-own closure (checkpointed sampler, fp16 loss scaling).
+:func:`run_optimization` is the loop; a method supplies ``closure(variables) -> (per_image_loss, gradients or None)``.
 
 Example:
     >>> result = run_optimization([logits], closure, iterations=300, lr=0.1, num_images=4)

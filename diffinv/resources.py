@@ -1,24 +1,12 @@
 """Memory: the estimated peak of a requested job, checked against what the machine has, before any work.
 
 A job that cannot fit is refused at once with the estimate and the available memory
-(:class:`InsufficientMemoryError`), instead of loading images and filling the machine until
-the allocator fails. The estimate is deliberately simple and on the high side:
-
-* the images of the job, held as float32 ``(N, 3, H, W)`` (host memory);
-* the target's weights and its activations up to the deepest requested layer (what autograd
-  keeps for the backward pass), measured by a forward pass on PyTorch's ``meta`` device at the
-  requested size (shapes only: no memory, no compute), for one batch;
-* the method's own state for one batch, as the method declares it (``Inverter.memory_cost``:
-  e.g. pixel's image, its gradient and Adam's two moments; :func:`diffusion_cost`, scaled by the
-  widths in the model folder's ``config.json`` files);
-* times :data:`MARGIN` for what the allocator and temporaries add;
-* for a job of several local processes (``--workers``), each new process's own base
-  (:data:`PROCESS_BASE_BYTES`: Python, PyTorch and the libraries loaded) besides its compute part.
-
-Several methods of one job run one after another: the largest one counts. On a GPU the
-per-batch part is compared with the GPU's free memory and the images with the host's.
-Training a decoder or mapper (:func:`estimate_training`) counts the network's weights, their
-gradients and Adam's two moments, and its activations for one batch with their gradients.
+(:class:`InsufficientMemoryError`), instead of filling the machine until the allocator fails. The estimate errs
+high: the job's images (float32, host memory); the target's weights and activations up to the deepest requested
+layer for one batch (measured on the ``meta`` device: shapes only); each method's own state for one batch, as it
+declares it (``Inverter.memory_cost``, :func:`diffusion_cost`); times :data:`MARGIN`; and each extra local
+process's base (:data:`PROCESS_BASE_BYTES`). Of several methods of one job the largest counts. Training a decoder
+or mapper: :func:`estimate_training`.
 
 Example:
     >>> estimate = estimate_memory("tf_efficientnet_lite0", ["blocks.6"], 128, images=4, methods=memory_costs(["dip"]))

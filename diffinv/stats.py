@@ -1,12 +1,9 @@
 """Confidence intervals over images: the percentile bootstrap, paired differences, and how they are printed.
 
-Every mean that diffinv prints is a mean over images; its interval comes from resampling the
-images with replacement (a seeded generator, so a table is reproducible). Two methods run on the
-same images are compared *paired*: the interval is that of the mean per-image difference, which is
-much narrower than the two intervals side by side when the images vary more than the methods.
-
-``None`` and NaN values (a metric that does not apply to an image) are left out; a single value
-gives a zero-width interval.
+Every mean that diffinv prints is a mean over images; its interval comes from resampling the images with
+replacement (a seeded generator, so a table is reproducible). Two methods run on the same images are compared
+*paired*: the interval of the mean per-image difference. ``None`` and NaN values (a metric that does not apply to
+an image) are left out; a single value gives a zero-width interval.
 
 Example:
     >>> bootstrap_ci([21.0, 22.5, 20.1, 23.2])

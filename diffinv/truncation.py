@@ -1,18 +1,12 @@
 """Truncated forward passes: a network's features at named layers, and the network run from a layer's features.
 
-No hook and no exception: for each request the forward is traced by ``torch.fx`` (as torchvision's
-``create_feature_extractor`` does) through the modules that enclose the requested layers only; every other
-module, the requested layers included, is called as it is (so a module's own Python state, a flag its
-forward reads, keeps working). The request becomes a small graph of its own
-(:meth:`LayerGraph.extractor`): the forward up to the last requested layer (everything after it is
-removed), which returns those layers' outputs. :meth:`LayerGraph.split` is the same graph with one layer's
-output replaced by given features. A network whose forward ``torch.fx`` cannot trace (Python control
-flow on tensor values in a module enclosing the layers) runs whole on per-call shallow copies of those
-modules that record the layers' outputs instead (:class:`ShadowForward`).
-
-The graphs hold the network's own modules (no copies of weights), run the same operations in the same
-order (the features are bit-identical to the plain forward's) and keep no state between calls: threads
-share them, and ``torch.compile`` compiles them like any module.
+No hook and no exception: the forward is traced by ``torch.fx`` (as torchvision's ``create_feature_extractor``
+does) through the modules that enclose the requested layers only; every other module is called as it is. The
+request becomes a small graph (:meth:`LayerGraph.extractor`) that stops after the last requested layer and
+returns their outputs; :meth:`LayerGraph.split` replaces one layer's output by given features. A forward
+``torch.fx`` cannot trace (control flow on tensor values) runs whole on per-call shallow copies of the enclosing
+modules that record the outputs (:class:`ShadowForward`). Both hold the network's own modules, give bit-identical
+features and keep no state between calls: threads share them, ``torch.compile`` compiles them.
 
 Example:
     >>> graph = LayerGraph.trace(model)

@@ -72,7 +72,7 @@ def test_a_reduced_decode_is_the_full_decode(tmp_path, monkeypatch, suffix, size
     path = tmp_path / f"astronaut{suffix}"
     Image.fromarray(sample_photo("astronaut")[:, 96:]).save(path, exif=exif.tobytes(), quality=95)
     full = load_image(path, size)
-    monkeypatch.setattr(diffinv.io, "_LARGE", 1000)
+    monkeypatch.setattr(diffinv.io.images, "_LARGE", 1000)
     reduced = load_image(path, size)
     assert reduced.shape == full.shape == (3, *(size if isinstance(size, tuple) else (size, size)))
     psnr = -10 * torch.log10(((full - reduced) ** 2).mean()).item()
@@ -81,7 +81,7 @@ def test_a_reduced_decode_is_the_full_decode(tmp_path, monkeypatch, suffix, size
 
 @pytest.mark.hostile("image-decode-memory")
 def test_an_image_that_does_not_fit_is_refused_from_its_header(capsys, bombs, tmp_path, monkeypatch):
-    monkeypatch.setattr(diffinv.io, "available_host_memory", lambda: 200 * 2**20)
+    monkeypatch.setattr(diffinv.io.decoding, "available_host_memory", lambda: 200 * 2**20)
     with pytest.raises(
         ImageMemoryError,
         match=r"huge\.png' is 13000 x 13000 pixels \(RGB\): reading it needs an "
