@@ -12,6 +12,10 @@ Example:
     (40, 28, 28)
 """
 
+# A saved pipeline names its target ["diffinv.targets", "TargetNetwork"]; diffusers' loader looks up the component's
+# base class (``ModelMixin``, whose ``from_pretrained`` loads it) in that same module.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+
 from .architecture import Architecture, architecture, module_bytes
 from .efficientnet_lite import EfficientNetLitePackages
 from .errors import SplitUnavailable, WeightsMismatchError, WeightsNotFoundError
