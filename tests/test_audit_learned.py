@@ -1,4 +1,4 @@
-"""The learned defenses of the privacy audit (diffinv.defense_training, diffinv.defenses, diffinv.jobs.audit):
+"""The learned defenses of the privacy audit (diffinv.defenses, diffinv.jobs.audit):
 each lowers its own objective, utility on true labels, the attackers of a fine-tuned client, resume."""
 
 import json
@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from diffinv.datasets import load_dataset
-from diffinv.defense_training import DefenseTrainConfig, TrainedState, distance_correlation
-from diffinv.defenses import parse_defense, parse_defenses, utility_scores
+from diffinv.defenses import (
+    DefenseTrainConfig,
+    TrainedState,
+    distance_correlation,
+    parse_defense,
+    parse_defenses,
+    utility_scores,
+)
 from diffinv.inverters import PixelInverter
 from diffinv.io import save_image
 from diffinv.jobs.audit import AttackItem, AuditJob, defense_folder, run_audit

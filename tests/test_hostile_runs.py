@@ -166,7 +166,7 @@ def test_no_job_clears_a_folder_that_is_not_a_run(tmp_path, job):
     import importlib
 
     if job == "training":
-        from diffinv.jobs.training import _outputs
+        from diffinv.jobs.training.loop import _outputs
 
         outputs = _outputs()
     else:

@@ -20,9 +20,8 @@ from diffinv.features import FeatureSet
 from diffinv.inverters.decoder import DecoderInverter
 from diffinv.inverters.mapper import MapperInverter
 from diffinv.io import save_image
-from diffinv.jobs import training
 from diffinv.jobs.store import RunSettingsError
-from diffinv.jobs.training import TrainConfig, load_training_data, train_decoder, train_mapper
+from diffinv.jobs.training import TrainConfig, load_training_data, precision, train_decoder, train_mapper
 from diffinv.models import FeatureMapper, UpconvNet, decode_latents, encode_latents
 from diffinv.pipelines import load_pipeline
 from diffinv.targets import TargetNetwork
@@ -214,7 +213,7 @@ def test_resume_continues_from_checkpoint(photo_dir, tmp_path):
 def test_auto_precision_on_cpu_is_bf16_where_native(photo_dir, tmp_path, monkeypatch, native):
     """``mixed_precision="auto"`` on a CPU: bf16 (half the decoders' training time) only where the processor
     has it natively, and the resolved choice is what the manifest records; an explicit choice is kept."""
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     result = train_decoder(config(tmp_path / "auto", photo_dir, max_steps=2))
     settings = json.loads((tmp_path / "auto" / "manifest.json").read_text())["settings"]
     assert settings["mixed_precision"] == ("bf16" if native else "no")

@@ -9,8 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..datasets import load_image_files, offline_training_sources
-from ..defense_training import DefenseTrainConfig
-from ..defenses import parse_defenses
+from ..defenses import DefenseTrainConfig, parse_defenses
 from ..inverters.registry import INVERTERS
 from ..io import collect_images
 from ..jobs.atlas import split_images

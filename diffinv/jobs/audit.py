@@ -45,8 +45,16 @@ from pathlib import Path
 
 import torch
 
-from ..defense_training import DefenseTrainConfig, TrainedState
-from ..defenses import Defense, Deployment, UtilityUnavailable, apply_defense, utility_agreement, utility_scores
+from ..defenses import (
+    Defense,
+    DefenseTrainConfig,
+    Deployment,
+    TrainedState,
+    UtilityUnavailable,
+    apply_defense,
+    utility_agreement,
+    utility_scores,
+)
 from ..features import FeatureSet
 from ..inverters import Inverter
 from ..inverters.registry import INVERTERS
