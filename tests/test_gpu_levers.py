@@ -18,9 +18,10 @@ import torch
 from diffusers import AutoencoderTiny
 
 from diffinv import compilation
+from diffinv.diffusion import decoding
 from diffinv.inverters.config import OptionError
 from diffinv.inverters.diffusion import DiffusionInverter
-from diffinv.pipelines import diffinv_pipeline, load_pipeline, load_taesd
+from diffinv.pipelines import load_pipeline, load_taesd
 from diffinv.targets import TargetNetwork
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,7 +159,7 @@ def test_attention_is_recorded_and_xformers_missing_is_a_clear_error(target):
 def test_a_non_finite_fp16_decode_is_redone_in_fp32_and_counted(target, features, monkeypatch):
     pipe = load_pipeline("tiny", target=target, layer="blocks.1", torch_dtype=torch.float16)
     pipe.set_progress_bar_config(disable=True)
-    decode, seen, state = diffinv_pipeline.decode_latents, [], {"iteration": 0}
+    decode, seen, state = decoding.decode_latents, [], {"iteration": 0}
 
     def decode_with_inf_on_iteration_1(vae, latents):  # image 1 overflows in fp16 at iteration 1
         images = decode(vae, latents)
@@ -172,7 +173,7 @@ def test_a_non_finite_fp16_decode_is_redone_in_fp32_and_counted(target, features
         state["iteration"] = step + 1
         return {}
 
-    monkeypatch.setattr(diffinv_pipeline, "decode_latents", decode_with_inf_on_iteration_1)
+    monkeypatch.setattr(decoding, "decode_latents", decode_with_inf_on_iteration_1)
     out = pipe(features, latents=_latents(), callback_on_step_end=count, **{**RUN, "iterations": 3})
     assert out.fp32_decodes.tolist() == [0, 1] and out.skipped_steps == 0
     assert torch.isfinite(out.loss_history).all() and torch.isfinite(out.images).all()
@@ -190,9 +191,9 @@ def test_taesd_decodes_in_the_loop_and_the_full_vae_the_result(pipe, target, fea
         isinstance(light.loop_vae, AutoencoderTiny)
         and light.with_target(target, "blocks.1").loop_vae is light.loop_vae
     )
-    decode, used = diffinv_pipeline.decode_latents, []
+    decode, used = decoding.decode_latents, []
     monkeypatch.setattr(
-        diffinv_pipeline,
+        decoding,
         "decode_latents",
         lambda vae, latents: used.append(type(vae).__name__) or decode(vae, latents),
     )
