@@ -13,9 +13,9 @@ import torch
 from diffinv.defenses import parse_defenses
 from diffinv.inverters import PixelInverter
 from diffinv.io import collect_images, load_images
-from diffinv.jobs import atlas, audit
+from diffinv.jobs import atlas
 from diffinv.jobs.atlas import run_atlas, split_images
-from diffinv.jobs.audit import run_audit
+from diffinv.jobs.audit import run_audit, trainings
 from diffinv.jobs.training import TrainConfig, train
 from diffinv.targets import TargetNetwork
 
@@ -33,7 +33,7 @@ OUT = Path(".")
 def main(job: str, out: str, images: str, go: str) -> None:
     global OUT
     OUT = Path(out).resolve()
-    atlas.train = audit.train = _train_and_say  # the jobs' one entry to training, watched
+    atlas.train = trainings.train = _train_and_say  # the jobs' one entry to training, watched
     torch.set_num_threads(1)
     target = TargetNetwork.from_name("tf_efficientnet_lite0", LAYERS, weights="random:0", input_size=(32, 32))
     template = TrainConfig(

@@ -12,7 +12,7 @@ from ..datasets import load_image_files, offline_training_sources
 from ..defenses import DefenseTrainConfig, parse_defenses
 from ..inverters.registry import INVERTERS
 from ..io import collect_images
-from ..jobs.atlas import split_images
+from ..jobs.atlas_split import split_images
 from ..jobs.audit import run_audit
 from ..jobs.bench import DEFAULT_BATCH_SIZE
 from ..labels import expand_imagefolders

@@ -14,8 +14,8 @@ from pathlib import Path
 from ..features import FeatureSet
 from ..inverters import INVERTERS
 from ..io import fingerprint_path, read_video, write_side_by_side, write_video
+from ..jobs.claims import claimed
 from ..jobs.distributed import launch_state
-from ..jobs.items import claimed
 from ..jobs.store import MANIFEST, unique_names
 from ..jobs.video import METRICS_FILE, SUMMARY_FILE, extract_video_features, invert_video, write_clips_summary
 from ..targets import TargetNetwork

@@ -1,20 +1,11 @@
 """The leakage atlas of a target: every depth, white-box and black-box methods, many images, intervals.
 
-:func:`run_atlas` splits a folder of images, deterministically by a seed, into the images the
-decoders train on and the evaluation images (:func:`split_images`; disjoint, both lists recorded
-in the manifest), trains one model per layer on the training part for every method that needs one (its
-class declares ``trained_model``: the decoder; :func:`~diffinv.jobs.training.train`; each a
-:class:`~diffinv.jobs.items.TrainingItem` of the job protocol's runner, so that concurrent commands on
-the same folder never train one twice), runs the benchmark
-(:func:`~diffinv.jobs.bench.run_benchmark`: every layer x method x seed on the evaluation images,
-one record per image, ``--workers`` / ``torchrun`` scale-out) and writes the atlas: the table with
-95 % bootstrap intervals, the metrics against depth with interval bands, and the best / median /
-worst gallery (:mod:`diffinv.jobs.atlas_report`).
-
-The run folder is a run store (kind ``atlas``) holding two more: ``decoders/LAYER/`` (each a
-training run; ``KINDs/LAYER/`` for a model of another kind) and ``bench/`` (the per-image records, ``bench/records.jsonl``, and the
-reconstructions). Running the same command again resumes: a layer whose decoder finished is not
-trained again, finished records are kept; other settings are refused.
+:func:`run_atlas` splits a folder of images into training and evaluation images (:func:`split_images`), trains
+one model per layer on the training part for every method that needs one (its class declares
+``trained_model``, e.g. the decoder; each a :class:`~diffinv.jobs.items.TrainingItem`, never trained twice),
+runs the benchmark (:func:`~diffinv.jobs.bench.run_benchmark`) on the evaluation images and writes the atlas
+(:mod:`diffinv.jobs.atlas_report`). The run folder is a run store (kind ``atlas``) holding ``KINDs/LAYER/``
+(the trainings) and ``bench/``; the same command again resumes, other settings are refused.
 
 Example:
     >>> split = split_images(collect_images(["photos/"]), 0.8, seed=0)
@@ -28,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,76 +31,23 @@ from ..io import write_json
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
 from .atlas_report import paired_differences, summarize_intervals, write_atlas_table, write_depth_bands, write_gallery
+from .atlas_split import AtlasSplit, split_images, training_template
 from .bench import DEFAULT_BATCH_SIZE, image_path, run_benchmark
 from .items import Job, TrainingItem, run_job
 from .store import RunStore, unique_names
-from .training import TrainConfig, template_settings, train, with_resolved_precision
+from .training import TrainConfig, template_settings, train
 
 __all__ = ["AtlasJob", "AtlasResult", "AtlasSplit", "DEFAULT_EARLY_STOP", "run_atlas", "split_images"]
 
 OUTPUTS = ("decoders", "bench", "results.md", "results.json", "atlas_depth.png", "gallery.png", "timing.json")
 # The atlas's default early stopping: an image stops when its loss has not fallen by 1 % in 40 iterations.
 DEFAULT_EARLY_STOP = EarlyStopping(patience=40, min_delta=0.01)
-# At most this many training images validate each decoder (``TrainConfig.val_fraction`` of them, held out).
-_MAX_VAL_IMAGES = 16
 # The TrainConfig fields the atlas derives from its split and image size (recorded there, not with the training).
 _FROM_SPLIT = ("images", "val_images", "size")
 
 
-@dataclass(frozen=True)
-class AtlasSplit:
-    """Which images train the decoders and which are evaluated: disjoint, each sorted.
-
-    Attributes:
-        train: image files the decoders train on.
-        evaluation: image files the atlas inverts and scores.
-        train_split: what was asked (a fraction of the folder, or a count of images).
-        seed: the seed of the shuffle that made the split.
-    """
-
-    train: tuple[str, ...]
-    evaluation: tuple[str, ...]
-    train_split: float | int
-    seed: int
-
-    def settings(self) -> dict:
-        """For the manifest: the request, the seed and both lists."""
-        return {
-            "train_split": self.train_split,
-            "seed": self.seed,
-            "train": list(self.train),
-            "evaluation": list(self.evaluation),
-        }
-
-
 def _key(record: Mapping) -> tuple:
     return record["layer"], record["method"], record["seed"], record["image"]
-
-
-def _template(
-    template: TrainConfig, kind: str, target: TargetNetwork, split: AtlasSplit, size: int, progress: bool
-) -> TrainConfig:
-    """A method's training template, resolved for the atlas: its kind, the target, the size, and the split's
-    training images; without validation sources in the template, ``val_fraction`` of them (at most 16, evenly
-    spread) are held out to validate it (still none of the evaluation images)."""
-    train_files, val = list(split.train), []
-    explicit = template.val_images or template.val_videos or template.val_samples
-    if not explicit and template.val_fraction > 0 and len(train_files) >= 2:
-        held = min(_MAX_VAL_IMAGES, max(1, round(template.val_fraction * len(train_files))))
-        val = train_files[:: -(-len(train_files) // held)][:held]
-        train_files = [f for f in train_files if f not in set(val)]
-    return with_resolved_precision(
-        dataclasses.replace(
-            template,
-            target=target.name,
-            weights=target.weights,
-            size=size,
-            images=train_files,
-            val_images=val or template.val_images,
-            kind=kind,
-            progress=progress,
-        )
-    )
 
 
 def _bench_records(folder: Path) -> list[dict]:
@@ -123,43 +60,6 @@ def _bench_records(folder: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue  # a write cut short
     return records
-
-
-def split_images(
-    files: Sequence[str | os.PathLike], train_split: float | int, *, seed: int = 0, num_images: int | None = None
-) -> AtlasSplit:
-    """Splits ``files`` into training and evaluation images, deterministically by ``seed``.
-
-    The files are shuffled by ``seed``; the first ``train_split`` of them (a fraction in [0, 1), or a
-    count) train the decoders, and the next ``num_images`` (default: all the others) are evaluated,
-    so that a smaller ``num_images`` draws its evaluation images across the whole folder.
-
-    Raises:
-        ValueError: a duplicate file, a ``train_split`` out of range, or no evaluation image left.
-    """
-    files = [str(f) for f in files]
-    if len(set(files)) != len(files):
-        raise ValueError("`files` lists some image twice; the split would not be disjoint.")
-    if isinstance(train_split, bool) or not isinstance(train_split, (int, float)):
-        raise ValueError(f"`train_split` must be a fraction in [0, 1) or a count of images, got {train_split!r}.")
-    if isinstance(train_split, float):
-        if not 0 <= train_split < 1:
-            raise ValueError(f"`train_split` {train_split!r}: a fraction must be in [0, 1) (a count is an integer).")
-        count = round(train_split * len(files))
-    else:
-        count = train_split
-    if not 0 <= count < len(files):
-        raise ValueError(
-            f"`train_split` {train_split!r} leaves no evaluation image among the {len(files)} images; "
-            f"expected fewer than {len(files)} training images."
-        )
-    if num_images is not None and num_images < 1:
-        raise ValueError(f"`num_images` must be a positive integer, got {num_images!r}.")
-    order = sorted(files)
-    random.Random(seed).shuffle(order)
-    train, rest = order[:count], order[count:]
-    evaluation = rest[:num_images] if num_images is not None else rest
-    return AtlasSplit(tuple(sorted(train)), tuple(sorted(evaluation)), train_split, int(seed))
 
 
 @dataclass
@@ -358,7 +258,7 @@ class AtlasJob(Job):
                         f"`methods[{name!r}]` trains a {kind} but `split` has no training image; use a "
                         f"`train_split` > 0."
                     )
-                trained[name] = cls, _template(value, kind, self.target, self.split, self.size, progress)
+                trained[name] = cls, training_template(value, kind, self.target, self.split, self.size, progress)
         return trained
 
     def _training_settings(self) -> dict | None:

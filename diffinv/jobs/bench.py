@@ -1,16 +1,11 @@
-"""Per-layer comparison of inversion methods: records, tables and image grids.
+"""Per-layer comparison of inversion methods: records, tables and image grids (``diffinv demo`` is this
+benchmark on embedded defaults).
 
-:func:`run_benchmark` inverts the features of every work item (layer, method, seed, chunk of
-``batch_size`` images), scores the reconstructions and appends one record per image to the run
-store as soon as each item finishes, so an interrupted run keeps its work and a re-run with the
-same settings skips what is done; a re-run with other settings is refused
-(:mod:`diffinv.jobs.store`). The work items are :class:`BenchItem`; :class:`BenchJob` turns one into its records and writes the report,
-and the job protocol's runner (:func:`~diffinv.jobs.items.run_job`) runs them: under
-``torchrun``/``accelerate launch`` they are split across the processes, each appending to its own
-records shard, and the main process merges the results; a run can be resumed with any number of
-processes, and a second command started on the same folder joins the run (it takes only the items
-no process holds) instead of doing the work again.
-``diffinv demo`` is this benchmark on embedded defaults.
+:func:`run_benchmark` inverts the features of every work item (:class:`BenchItem`: layer, method, seed, chunk
+of ``batch_size`` images), scores the reconstructions and appends one record per image to the run store
+(:mod:`diffinv.jobs.store`) as soon as each item finishes: a re-run with the same settings resumes, one with
+other settings is refused. The job protocol's runner (:func:`~diffinv.jobs.items.run_job`) splits the items
+across the processes of a launch and the commands on the same folder; the main process merges the results.
 
 Example:
     >>> records = run_benchmark(target, images, names, ["blocks.1", "blocks.6"],
@@ -20,8 +15,6 @@ Example:
 from __future__ import annotations
 
 import os
-import resource
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,8 +29,11 @@ from ..judge import Judge, labels_tensor
 from ..metrics import LPIPS, reconstruction_scores
 from ..optimization import EarlyStopping
 from ..targets import TargetNetwork
-from .items import Job, LayerCache, image_label, image_scores, item_settings, merge_records, place, run_job
-from .report import write_depth_plot, write_grid, write_table
+from .figures import write_depth_plot, write_grid
+from .items import Job, LayerCache, place, run_job
+from .peak_memory import PeakMemory
+from .records import image_label, image_scores, item_settings, merge_records
+from .report import write_table
 from .store import RunStore, unique_names
 
 __all__ = [
@@ -50,51 +46,6 @@ __all__ = [
     "run_benchmark",
     "work_items",
 ]
-
-
-class PeakMemory:
-    """Peak memory of a block of work, in MiB.
-
-    GPU: ``torch.cuda.max_memory_allocated`` (reset on entry). CPU: the process's
-    resident set size, sampled every few milliseconds by a thread (the honest peak of
-    this block, not of the whole process so far).
-    """
-
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005):
-        self.device, self.interval, self.peak_mb = torch.device(device), interval, 0.0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        self._stop = threading.Event()
-        self._peak = _rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_bytes())
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = max(self._peak, _rss_bytes()) / 2**20
-        return False
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the process peak is the best we have
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _key(record: Mapping) -> tuple:

@@ -1,39 +1,12 @@
 """The one job protocol: the work items of every job (bench, atlas, audit, video) and the runner of them.
 
-A job (:class:`Job`) lists its work items, typed dataclasses, in a fixed order (the same list for the
-same settings), says which records each item writes (their keys) and how one item becomes its records;
-:func:`run_job` and :class:`WorkRunner` do the rest:
-
-* **resume**: items whose records are all in the run store (:mod:`diffinv.jobs.store`) are done;
-* **claims**: a process runs an item only while it holds the item's claim, an exclusive ``flock`` on
-  ``RUN_FOLDER/.claims/NNNNNN`` (:class:`ItemClaims`). Every process that works on the folder takes
-  claims: the processes of a ``torchrun``/``accelerate launch`` run and independent commands started
-  on the same ``--out`` alike, so no item runs twice and a second command *joins* the run, taking the
-  items nobody holds. A process that dies releases its claims with it (the kernel drops its locks): a
-  stale claim is never waited for. After taking a claim, a process reads the records appended since
-  (:meth:`~diffinv.jobs.store.RunStore.new_records`) and skips the item if another process finished it.
-  When a process has gone through the list, it waits for the items other processes hold and runs
-  those whose holder died before finishing them; so every process returns the whole run.
-* **together**: an item that every process of a launch works on at once (the data-parallel training of a
-  decoder or a mapper, :class:`TrainingItem`) is claimed by the main process, which tells the others
-  which item it holds (:meth:`WorkRunner.run_together`); independent commands still never run it twice;
-* **progress**: one bar per process;
-* **merge**: :func:`merge_records` keeps one record per item of the run (the last written), in the settings'
-  order; records of items that are not in the run are left out, and both are said.
-
-Claims are ``flock`` locks: they hold between the processes of one machine and, on a shared file
-system that supports them (NFSv4, Lustre with ``-o flock``), between machines. The folder of claims
-is removed by the last process to finish.
-
-The items of each job: :class:`~diffinv.jobs.bench.BenchItem`; :class:`~diffinv.jobs.audit.UtilityItem`,
-:class:`~diffinv.jobs.audit.AttackItem`; :class:`~diffinv.jobs.video.WindowItem`; and the trainings of
-atlas and audit, :class:`TrainingItem` (here). Work that is not records of one store (the clips of a
-several-clip video run, each its own run folder) is claimed the same way by :func:`claimed`.
-
-The helpers that the bench and the audit use on each item are here too: the shared part of the manifest
-(:func:`item_settings`), a record's scores of a reconstruction (:func:`image_scores` of
-:func:`~diffinv.metrics.reconstruction_scores`) and a per-layer
-feature cache (:class:`LayerCache`).
+A job (:class:`Job`) lists its work items, typed dataclasses, in a fixed order (the same list for the same
+settings), says which records each item writes (their keys) and how one item becomes its records;
+:func:`run_job` and :class:`WorkRunner` do the rest: resume (items whose records are all in the run store are
+done), claims (:mod:`diffinv.jobs.claims`: no item runs twice, and every process of a launch or a second
+command on the same folder takes the items nobody holds), items that every process of a launch runs at once
+(data-parallel training, :class:`TrainingItem`), one progress bar per process, and the merge of the records
+(:func:`~diffinv.jobs.records.merge_records`).
 
 Example:
     >>> runner = run_job(job, store, job.items(), state=state, show=True)
@@ -43,13 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import fcntl
-import math
-import os
-import shutil
-import stat
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,9 +24,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..io import pixels_fingerprint
+from .claims import ItemClaims, claimed
 from .distributed import process_device
-from .store import RunSettingsError, RunStore
+from .records import image_label, image_scores, item_settings, merge_records, record_key
+from .store import RunStore
 
 __all__ = [
     "ItemClaims",
@@ -76,118 +44,6 @@ __all__ = [
     "record_key",
     "run_job",
 ]
-
-CLAIMS = ".claims"  # the folder of claim files inside a run folder
-ACTIVE = ".active"  # every process working on the run holds a shared lock on it
-
-
-class ItemClaims:
-    """Claims on the work items of a run folder: one lock file per item, ``flock``-ed exclusively
-    by the process that runs the item, and released when it is done (or when the process dies).
-
-    Args:
-        folder: the run folder.
-    """
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder) / CLAIMS
-        self.locking = True
-        self._active = self._join()
-
-    def _join(self) -> int | None:
-        """A shared lock on ``.active`` (whoever holds it exclusively may remove the folder)."""
-        while True:
-            if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
-                raise RunSettingsError(
-                    f"{str(self.folder)!r} is not a folder of claims (a link or a file); remove it "
-                    f"when no process works on the run."
-                )
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / ACTIVE
-            try:
-                fd = _open_plain(path)
-            except FileNotFoundError:
-                continue  # the last process of a run just removed the folder
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            except OSError as err:  # ENOLCK, EOPNOTSUPP: a file system without locks
-                os.close(fd)
-                self.locking = False
-                warnings.warn(
-                    f"the file system of {str(self.folder.parent)!r} does not support file locks ({err}): "
-                    f"the items are not claimed, so only one process may work on this run folder at a "
-                    f"time",
-                    stacklevel=3,
-                )
-                return None
-            try:
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    return fd
-            except FileNotFoundError:
-                pass
-            os.close(fd)  # locked a file that was removed meanwhile: join again
-
-    def acquire(self, index: int, *, wait: bool = False, prefix: str = "") -> int | None:
-        """Claims item ``index`` (of the list named ``prefix``: a job with several lists of items, e.g. its
-        trainings and its attacks): a file descriptor holding the claim, or ``None`` when another process
-        holds it (``wait``: block until it lets go instead). Without file locks, every item is this process's."""
-        if not self.locking:
-            return -1
-        fd = _open_plain(self.folder / f"{prefix}{index:06d}")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    @staticmethod
-    def release(fd: int) -> None:
-        """Lets go of a claim (the item is finished, or given up)."""
-        if fd >= 0:
-            os.close(fd)
-
-    def leave(self) -> None:
-        """This process stops working on the run (its shared lock on ``.active`` goes)."""
-        if self._active is not None:
-            os.close(self._active)
-            self._active = None
-
-    def close(self) -> bool:
-        """Leaves the run and removes the claims folder if no other process works on it; whether it did."""
-        if not self.locking:
-            return False
-        if self._active is None:
-            self._active = self._join()
-        try:
-            fcntl.flock(self._active, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.leave()
-            return False
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.leave()
-        return True
-
-
-def _open_plain(path: Path) -> int:
-    """Opens (creates) a claim file to lock it; nothing is read from it or written into it. A symbolic
-    link or anything but a regular file in its place is refused."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise RunSettingsError(
-            f"claim file {str(path)!r} cannot be opened ({err}); the claims of a run folder are "
-            f"plain files: remove {str(path.parent)!r} when no process works on the run."
-        ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RunSettingsError(
-            f"claim file {str(path)!r} is not a regular file; the claims of a run folder are plain "
-            f"files: remove {str(path.parent)!r} when no process works on the run."
-        )
-    return fd
 
 
 class WorkRunner:
@@ -409,46 +265,6 @@ def run_job(
     return runner
 
 
-def claimed(
-    folder: str | os.PathLike,
-    items: Sequence,
-    *,
-    state=None,
-    finished: Callable[[Any], bool] = lambda item: False,
-    prefix: str = "",
-) -> Iterator:
-    """The runner's claims for work that is not records of one store (the clips of a several-clip video run,
-    each its own run folder, which resumes itself): yields each item of ``items`` this process claims, while it
-    holds the claim (``RUN_FOLDER/.claims``: see :class:`ItemClaims`). First the items nobody holds (odd
-    processes of a launch go from the end), then, waiting for each, those another process held and did not
-    leave ``finished`` (it died). The last process to finish removes the claims."""
-    claims = ItemClaims(folder)
-    order = list(enumerate(items))
-    if state is not None and state.process_index % 2:
-        order.reverse()
-    held = []
-    try:
-        for wait, todo in ((False, order), (True, held)):
-            for index, item in list(todo):
-                fd = claims.acquire(index, wait=wait, prefix=prefix)
-                if fd is None:
-                    held.append((index, item))
-                    continue
-                try:
-                    if not (wait and finished(item)):
-                        yield item
-                finally:
-                    claims.release(fd)
-    finally:
-        if state is not None:
-            claims.leave()
-            state.wait_for_everyone()
-            if state.is_main_process:
-                claims.close()
-        else:
-            claims.close()
-
-
 @dataclass(frozen=True)
 class TrainingItem:
     """One model a job trains (atlas, audit): ``method``'s model of ``kind``
@@ -466,72 +282,6 @@ class TrainingItem:
         return f"train {self.kind} {self.layer}{known}"
 
 
-def record_key(key: Callable[[Mapping], tuple], record: Mapping) -> tuple | None:
-    """``key(record)``, or ``None`` when the record names no item (a field of the key missing, a value that
-    cannot be a key)."""
-    try:
-        k = key(record)
-        hash(k)
-    except (KeyError, TypeError, AttributeError):
-        return None
-    return k
-
-
-def merge_records(
-    records: Iterable[Mapping],
-    key: Callable[[Mapping], tuple],
-    order: Sequence[Sequence] | None = None,
-    *,
-    own: Iterable[tuple] | None = None,
-    notes: list[str] | None = None,
-) -> list[dict]:
-    """One record per item of the run, in the settings' order.
-
-    Records are not trusted as read: one whose key is not an item of this run (a field missing; with
-    ``order``, a value not among the settings' ones; with ``own``, a key not in it) is left out, and of an
-    item recorded more than once the last written counts (records are appended, so a later record is a
-    redone item). Each is said in ``notes`` (a list the caller passes, e.g. for the tables and a warning).
-
-    Args:
-        order: the values of each field of the key in the settings' order (``[layers, methods, ...]``); the
-            records are sorted by it.
-        own: the keys of every item of the run (when the fields' values alone do not say it).
-    """
-    ranks = None if order is None else [{v: i for i, v in enumerate(values)} for values in order]
-    own = None if own is None else set(own)
-    unique: dict[tuple, dict] = {}
-    repeated: dict[tuple, int] = {}
-    foreign = 0
-    for record in records:
-        k = record_key(key, record)
-        if (
-            k is None
-            or (own is not None and k not in own)
-            or (ranks is not None and (len(k) != len(ranks) or any(v not in r for r, v in zip(ranks, k))))
-        ):
-            foreign += 1
-            continue
-        if k in unique:
-            repeated[k] = repeated.get(k, 1) + 1
-        unique[k] = dict(record)
-    if notes is not None:
-        if foreign:
-            notes.append(
-                f"{foreign} record{'s' if foreign > 1 else ''} of items that are not in this run (another "
-                f"layer, method, seed or image, or no item at all) left out."
-            )
-        if repeated:
-            shown = "; ".join(" ".join(str(v) for v in k if v != "") for k in list(repeated)[:3])
-            more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
-            notes.append(
-                f"{len(repeated)} item{'s have' if len(repeated) > 1 else ' has'} several records "
-                f"({shown}{more}): the last written of each is kept."
-            )
-    if ranks is None:
-        return list(unique.values())
-    return [unique[k] for k in sorted(unique, key=lambda k: tuple(r[v] for r, v in zip(ranks, k)))]
-
-
 def place(target, state):
     """``(target, device)``: under a multi-process launch, the target on this process's own device."""
     device = target.mean.device
@@ -540,53 +290,6 @@ def place(target, state):
         if target.mean.device != device:
             target = target.to(device)
     return target, device
-
-
-def item_settings(
-    target,
-    images: torch.Tensor,
-    sources: Sequence[str],
-    layers: Sequence[str],
-    seeds: Sequence[int],
-    batch_size: int,
-    device: torch.device,
-    *,
-    labels: torch.Tensor | None = None,
-    judge=None,
-    **job,
-) -> dict:
-    """The manifest of a job of work items: what every such job records, and the job's own settings.
-    ``labels`` (:func:`~diffinv.judge.labels_tensor`) and ``judge`` are recorded only when given, so that
-    runs without them keep the manifests they had before."""
-    return {
-        "target": target.identity(),
-        "layers": list(layers),
-        **job,
-        "seeds": list(seeds),
-        "batch_size": int(batch_size),
-        "image_size": list(images.shape[-2:]),
-        "images": list(sources),
-        "images_fingerprint": pixels_fingerprint(images),
-        "device": device.type,
-        **({"labels": [image_label(labels, i) for i in range(len(labels))]} if labels is not None else {}),
-        **({"judge": judge.identity()} if judge is not None else {}),
-    }
-
-
-def image_label(labels: torch.Tensor | None, i: int) -> int | None:
-    """Image ``i``'s true class as a record holds it (``labels``: :func:`~diffinv.judge.labels_tensor`,
-    ``-1`` where unknown): ``None`` where unknown."""
-    return None if labels is None or labels[i] < 0 else int(labels[i])
-
-
-def image_scores(scores: Mapping, j: int) -> dict:
-    """Image ``j``'s values of per-image ``scores`` (:func:`~diffinv.metrics.reconstruction_scores`), as a
-    record holds them: floats, ``None`` where a score does not apply (or is NaN: an unknown label)."""
-    values = {}
-    for metric, column in scores.items():
-        value = None if column is None else float(column[j])
-        values[metric] = None if value is None or math.isnan(value) else value
-    return values
 
 
 class LayerCache:
