@@ -86,8 +86,13 @@ def test_the_docs_hold_commands_and_python():
 
 
 @pytest.mark.parametrize("page, command", [(p, c) for p, c in SHELL if _diffinv_args(c) is not None])
-def test_diffinv_commands_parse(page, command):
+def test_diffinv_commands_parse(page, command, tmp_path, monkeypatch):
     args = _diffinv_args(command)
+    monkeypatch.setenv("HOME", str(tmp_path))  # `~/...` folders are made where the test can make them
+    monkeypatch.chdir(tmp_path)
+    for flag, value in zip(args, args[1:]):
+        if flag.endswith("-dir"):  # the folders a command checks when it parses (the app's --models-dir, ...)
+            Path(value).expanduser().mkdir(parents=True, exist_ok=True)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

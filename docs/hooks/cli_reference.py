@@ -1,15 +1,21 @@
-"""MkDocs hook: the command-line reference, generated from diffinv's own parsers.
+"""MkDocs hook: the pages generated from the code, so that they cannot drift from it.
 
-A line ``<!-- cli-reference -->`` in a page is replaced by one section per subcommand, holding
-its ``--help`` as argparse prints it (80 columns), so the reference cannot drift from the code.
+* ``<!-- cli-reference -->`` becomes one section per subcommand, holding its ``--help`` as argparse
+  prints it (80 columns);
+* ``<!-- layout -->`` becomes the table of every module of ``diffinv/`` and ``pipelines/`` with the
+  first line of its docstring.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
+from pathlib import Path
 
 MARKER = "<!-- cli-reference -->"
+LAYOUT = "<!-- layout -->"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -29,7 +35,20 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
+def layout() -> str:
+    """A table row per module: its path and the first line of its docstring."""
+    rows = ["| module | holds |", "|---|---|"]
+    for folder in ("diffinv", "pipelines"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            first = " ".join(doc.split("\n\n")[0].split()).replace("|", "\\|")
+            rows.append(f"| `{path.relative_to(ROOT).as_posix()}` | {first} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    if MARKER not in markdown:
-        return markdown
-    return markdown.replace(MARKER, cli_reference())
+    if MARKER in markdown:
+        markdown = markdown.replace(MARKER, cli_reference())
+    if LAYOUT in markdown:
+        markdown = markdown.replace(LAYOUT, layout())
+    return markdown
