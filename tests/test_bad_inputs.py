@@ -419,7 +419,7 @@ def test_python_api_ranges(lite0, small_photos):
 
 # ---------------------------------------------------------------------- memory, checked before any work (issue 22)
 def test_memory_refused_before_images_are_loaded(capsys, tmp_path, monkeypatch):
-    import diffinv.cli.common as common
+    import diffinv.cli.common.from_args as common
     import diffinv.resources as resources
 
     def no_images(*args, **kwargs):

@@ -106,17 +106,17 @@ def test_bad_features_are_rejected(feats):
 
 
 def test_non_finite_steps_are_skipped(lite0, feats, monkeypatch):
-    import diffinv.inverters.base as base
+    import diffinv.inverters.optimizing as optimizing
 
     calls = {"n": 0}
-    real = base.feature_loss
+    real = optimizing.feature_loss
 
     def flaky(pred, target, kind):
         calls["n"] += 1
         loss = real(pred, target, kind)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(base, "feature_loss", flaky)
+    monkeypatch.setattr(optimizing, "feature_loss", flaky)
     out = PixelInverter(lite0, iterations=4)(feats, generator=torch.Generator().manual_seed(0), progress=False)
     assert out.info["skipped_steps"] == 1
     assert torch.isfinite(out.images).all()

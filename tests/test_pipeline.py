@@ -13,7 +13,7 @@ from threads import run_in_threads
 from torch import nn
 
 from diffinv.features import FeatureSet
-from diffinv.inverters import base
+from diffinv.inverters import optimizing
 from diffinv.inverters.base import InversionOutput
 from diffinv.inverters.diffusion import DiffusionInverter
 from diffinv.inverters.mapper import MapperInverter
@@ -555,7 +555,7 @@ def _scripted_loss(script: torch.Tensor, seen: list):
 
 
 def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, tiny_sd_features, monkeypatch):
-    """The same injected per-image losses give the pipeline and ``inverters.base.optimize`` the same
+    """The same injected per-image losses give the pipeline and ``inverters.optimizing.optimize`` the same
     learning rates, skipped steps, loss history and best iterate per image."""
     nan = float("nan")
     script = torch.tensor([[3.0, 1.0], [nan, nan], [2.0, 2.0], [1.0, 3.0], [4.0, 0.5], [5.0, 5.0]])
@@ -588,10 +588,10 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
     # the inverters' optimize(), its feature loss replaced by the script (identity target: features = x[:, :3])
     opt_seen = []
     opt_loss = _scripted_loss(script, opt_seen)
-    monkeypatch.setattr(base, "feature_loss", lambda predicted, features, loss: opt_loss(x))
+    monkeypatch.setattr(optimizing, "feature_loss", lambda predicted, features, loss: opt_loss(x))
     identity = TargetNetwork(nn.Sequential(nn.Identity()), "0", mean=(0, 0, 0), std=(1, 1, 1), input_size=None)
     x = z.clone()
-    _, history, info = base.optimize(
+    _, history, info = optimizing.optimize(
         [x], lambda: x[:, :3], identity, torch.zeros(2, 3, 16, 16), "0", iterations=iterations, lr=lr, progress=False
     )
 

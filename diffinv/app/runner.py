@@ -1,20 +1,11 @@
-"""The work behind the browser app, free of Gradio: inputs, runs streamed as updates, run folders.
+"""The work behind the browser app, free of Gradio: :class:`Workbench`, what the app's buttons do.
 
-:class:`Workbench` turns the app's fields into the same objects the command line builds (the
-inverter comes from the registry, :func:`~diffinv.inverters.inverter_spec`, which the command line
-calls too, so a wrong field gives the same message, naming the option), runs one inversion at a time per browser session
-(:class:`Session`) in a worker thread, and yields :class:`Update` s as the optimization goes: the
-current reconstruction every few iterations, the loss curve, then the metrics. ``Cancel`` stops
-the optimization at the next iteration; each image keeps its best iterate so far. So does closing
-the update stream (a closed page: Gradio closes the generator), and one run holds the machine at a
-time across sessions: a new run waits until the previous one has stopped.
-
-Every field a visitor sends is checked against the server's :class:`~diffinv.app.limits.Limits`
-first (sizes, iterations, seeds, counts; targets only from the server's allow-list, ``--targets``; files only
-under ``--models-dir``, run folders only under ``--runs-dir``; an upload only when the page's upload route wrote
-it), and a visitor's value is shown cut short in a message. A target's weights are built inside the one-run slot,
-after a memory check, and kept in a cache bounded in bytes (:attr:`Workbench.target_cache_bytes`); the layer list
-of a target comes from its architecture alone (the ``meta`` device: no weights, no memory).
+The Workbench turns the app's fields into the objects the command line builds (the inverter from the registry,
+:func:`~diffinv.inverters.inverter_spec`, so a wrong field gives the command line's message) after checking each
+against the server's :class:`~diffinv.app.limits.Limits`, and keeps the built targets in a cache bounded in bytes.
+Its parts: the visitor state (:mod:`~diffinv.app.visitor`), the run execution (:mod:`~diffinv.app.execution`:
+one run at a time, streamed as updates, Cancel) and one module per tab (:mod:`~diffinv.app.invert`,
+:mod:`~diffinv.app.depth`, :mod:`~diffinv.app.channels`, :mod:`~diffinv.app.runs`).
 
 Example:
     >>> bench = Workbench()
@@ -25,31 +16,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
-import json
 import os
-import queue
 import tempfile
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..features import FeatureSet
-from ..interpret.channels import channel_activations, heat_maps, invert_channels, overlay, top_channels
-from ..interpret.objectives import channel
-from ..interpret.visualize import visualize
-from ..inverters import INVERTERS, inverter_spec, memory_costs, options_for
-from ..io import SAMPLE_PHOTOS, from_array, load_image, sample_images, to_pil
-from ..jobs.report import write_depth_plot
-from ..metrics import psnr, ssim, top1_agreement
+from ..inverters import INVERTERS, inverter_spec, memory_costs
+from ..io import from_array, load_image, sample_images
 from ..pipelines.definitions import DEFINITIONS as MODEL_DEFINITIONS
 from ..resources import MARGIN, InsufficientMemoryError, available_memory, check_job_memory, format_bytes
 from ..targets import (
@@ -60,6 +40,10 @@ from ..targets import (
     installed_targets,
     module_bytes,
 )
+from .channels import ChannelsTab, ChannelView
+from .depth import DepthTab
+from .execution import RunExecution
+from .invert import InvertTab
 from .limits import (
     MAX_SEED,
     MIN_SIZE,
@@ -71,15 +55,28 @@ from .limits import (
     check_target,
     resolve_folder,
     resolve_weights,
-    run_folder,
-    served_file,
+)
+from .runs import RunsTab, RunView
+from .visitor import (
+    BUSY,
+    DEFAULT_TARGET,
+    PHOTOS,
+    RUN_BUSY,
+    WAITING,
+    BusyError,
+    InvertRequest,
+    Session,
+    Update,
+    error_message,
 )
 
 __all__ = [
+    "BUSY",
     "DEFAULT_TARGET",
     "DEFAULT_TARGET_CACHE",
     "PHOTOS",
     "RUN_BUSY",
+    "WAITING",
     "BusyError",
     "ChannelView",
     "InvertRequest",
@@ -90,183 +87,12 @@ __all__ = [
     "error_message",
 ]
 
-DEFAULT_TARGET = "tf_efficientnet_lite0"
 #: The most bytes of target weights (parameters and buffers) the app keeps built between runs: EfficientNet-Lite0
 #: takes 18 MiB per size and layer set asked for.
 DEFAULT_TARGET_CACHE = 512 * 2**20
-PHOTOS = tuple(SAMPLE_PHOTOS)
-BUSY = (
-    "Busy: a run is already in progress in this session. Wait for it to finish, or press Cancel "
-    "(runs of all sessions take turns: one at a time)."
-)
-RUN_BUSY = "Busy: another visitor's run is still going; try again in a moment (this server runs one at a time)."
-WAITING = "waiting: the previous run is stopping (one run at a time)..."
 
 
-class BusyError(RuntimeError):
-    """This session already has a run in progress (or another visitor's run holds the machine)."""
-
-    def __init__(self, message: str = BUSY):
-        super().__init__(message)
-
-
-def error_message(err: BaseException, user_errors: tuple[type[BaseException], ...] = (ValueError,)) -> str:
-    """The command line's one-line text for an error: ``diffinv app: error: ...`` (a user error as it
-    is, anything else with its type), never a traceback."""
-    if isinstance(err, user_errors):
-        return f"diffinv app: error: {err}"
-    if isinstance(err, OSError) and err.strerror:  # never the file name: it may be a server path or 100k long
-        return f"diffinv app: error: {type(err).__name__}: {err.strerror}"
-    return f"diffinv app: error: {type(err).__name__}: {err}"
-
-
-@dataclass
-class InvertRequest:
-    """The fields of the Invert and Depth tabs (names as the command line's flags).
-
-    Attributes:
-        image: a bundled photo's name (:data:`PHOTOS`), an :class:`~diffinv.app.limits.Upload` whose path the page
-            has checked (:func:`~diffinv.app.limits.check_upload`), or an ``(H, W, 3)`` uint8 array.
-        layer: the layer to invert (Depth: ignored, the target's default layers are used).
-        model, decoder, mapper: folders for the methods that need them (``tiny`` for a random-weight
-            diffusion model to try the path).
-    """
-
-    image: str | Upload | np.ndarray = "chelsea"
-    target: str = DEFAULT_TARGET
-    weights: str = "default"
-    layer: str | None = None
-    method: str = "pixel"
-    iterations: int | None = 100
-    size: int = 128
-    seed: int = 0
-    model: str | None = None
-    decoder: str | None = None
-    mapper: str | None = None
-    steps: int | None = None
-
-    def options(self, device: str = "cpu") -> dict:
-        """The fields the method takes, as the registry's options (:func:`~diffinv.inverters.build_inverter`)."""
-        blank = lambda v: v.strip() if isinstance(v, str) and v.strip() else None  # noqa: E731
-        return options_for(
-            self.method,
-            iterations=self.iterations,
-            model=blank(self.model),
-            num_inference_steps=self.steps,
-            mapper=blank(self.mapper),
-            decoder=blank(self.decoder),
-            device=device,
-        )
-
-
-@dataclass
-class Update:
-    """One step of a run, as the page shows it.
-
-    Attributes:
-        message: the status line (an error: the CLI's text, ``error`` set).
-        images: ``[(image (H, W, 3) uint8, caption)]``: the original and the reconstruction(s) so far.
-        losses: ``[(iteration, mean loss)]`` so far (Invert), or ``[]``.
-        metrics: ``{name: value}`` once a reconstruction is finished (Depth: of the last layer).
-        records: Depth: one dict per finished layer (layer, psnr, ssim, feature_residual, top1_agreement).
-        plot: Depth: the PSNR-vs-depth plot (a PNG path) once every layer is finished.
-        heartbeat: nothing new to show (the page skips it): yielded while the work runs, so that the
-            server notices a closed page within a fraction of a second and cancels the run.
-    """
-
-    message: str
-    images: list = field(default_factory=list)
-    losses: list = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
-    records: list = field(default_factory=list)
-    plot: str | None = None
-    error: bool = False
-    done: bool = False
-    heartbeat: bool = False  # nothing new to show; yielded so that a closed page is noticed (the page skips it)
-
-
-class Session:
-    """One browser session: at most one run at a time, and its Cancel switch."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.cancel = threading.Event()
-
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
-
-    def claim(self) -> None:
-        """Marks the session busy (raises :class:`BusyError` when it already is) and clears Cancel."""
-        if not self._lock.acquire(blocking=False):
-            raise BusyError()
-        self.cancel.clear()
-
-    def release(self) -> None:
-        if self._lock.locked():
-            self._lock.release()
-
-
-@dataclass
-class RunView:
-    """A ``diffinv bench`` run folder, as the Runs tab shows it."""
-
-    folder: Path
-    table: str
-    records: list[dict]
-    settings: dict
-    grid: Path | None
-    plots: list[Path]
-
-
-@dataclass
-class ChannelView:
-    """The Channels tab: the layer's channels ranked by mean activation on the image.
-
-    Attributes:
-        ranking: ``[(channel, mean activation)]``, strongest first.
-        maps: ``[(activation map (H, W, 3) uint8, caption)]`` of those channels, upsampled to the image.
-        visualizations: ``[(image, caption)]``: each channel's per-channel inversion, then its feature
-            visualization (or what a custom :attr:`Workbench.channel_visualizer` returns).
-    """
-
-    ranking: list[tuple[int, float]]
-    maps: list
-    visualizations: list
-    note: str
-
-
-def _uint8(image: torch.Tensor) -> np.ndarray:
-    return np.asarray(to_pil(image))
-
-
-def _chosen_layer(request: InvertRequest) -> tuple[str]:
-    """The Invert and Channels tabs' one layer: a module of the (checked) target."""
-    if not request.layer:
-        raise ValueError("`--layer`: no layer chosen.")
-    modules = architecture(request.target).layers
-    if not isinstance(request.layer, str) or request.layer not in modules:
-        raise ValueError(
-            f"`--layer` {_shown(request.layer)} is not a module of {request.target!r}; expected one of "
-            f"{', '.join(modules[:20])}"
-            + (" ..." if len(modules) > 20 else "")
-            + " (the page's layer list has them all)."
-        )
-    return (request.layer,)
-
-
-def _default_layers(request: InvertRequest) -> tuple[str, ...]:
-    """The Depth tab's layers: the target's default ones."""
-    layers = tuple(DEFAULT_LAYERS.get(request.target, ()))
-    if not layers:
-        raise ValueError(
-            f"`--layers`: target {_shown(request.target)} has no default layers; the Depth tab needs "
-            f"one of {', '.join(DEFAULT_LAYERS)}."
-        )
-    return layers
-
-
-class Workbench:
+class Workbench(InvertTab, DepthTab, ChannelsTab, RunsTab, RunExecution):
     """What the app's buttons do; one per app, shared by its sessions.
 
     Args:
@@ -329,11 +155,6 @@ class Workbench:
             if root is not None:
                 text = text.replace(os.path.realpath(root) + os.sep, "")
         return text
-
-    @property
-    def running(self) -> bool:
-        """A run's work is going on (held from its start until its worker has stopped, cancelled or not)."""
-        return self._run_lock.locked()
 
     # ------------------------------------------------------------------ sessions and targets
     def session(self, key: str | None) -> Session:
@@ -514,352 +335,3 @@ class Workbench:
                 device=self.device,
             )
         return make_inverter
-
-    def _metrics(self, target: TargetNetwork, recon: torch.Tensor, original: torch.Tensor, out) -> dict:
-        device = target.mean.device
-        recon, original = recon.to(device), original.to(device)
-        agree = top1_agreement(target, recon, original)
-        metrics = {
-            "psnr": float(psnr(recon, original)[0]),
-            "ssim": float(ssim(recon, original)[0]),
-            "feature_residual": float(out.feature_residual[0]),
-            "top1_agreement": None if agree is None else float(agree[0]),
-            "seconds": float(out.seconds),
-        }
-        if target.has_classifier:
-            metrics["class_original"] = target.class_name(int(target.predict(original)[0]))
-            metrics["class_reconstruction"] = target.class_name(int(target.predict(recon)[0]))
-        return metrics
-
-    def _stream(self, session: Session, work: Callable[[Callable], None]) -> Iterator[tuple]:
-        """Runs ``work(emit)`` in a worker thread and yields what it emits; an exception is yielded as
-        ``("error", message)``. The session (claimed by the caller) is released when the work ends.
-
-        One run at a time: the work starts once the previous run's worker has stopped (``("wait",)`` is
-        yielded while it waits, ``("error", RUN_BUSY)`` after :attr:`wait_seconds`). ``("beat",)`` is yielded
-        whenever :attr:`heartbeat_seconds` (if set) pass without an event. Closing this generator before the work
-        has ended (Gradio closes it when the page is closed or the job cancelled) sets the session's Cancel,
-        so the work stops at its next iteration."""
-        events: queue.Queue = queue.Queue()
-        started = finished = False
-        try:
-            deadline = time.monotonic() + self.wait_seconds
-            while not self._run_lock.acquire(timeout=self.heartbeat_seconds or 0.5):
-                if time.monotonic() > deadline:
-                    yield ("error", RUN_BUSY)
-                    return
-                yield ("wait",)
-
-            def worker():
-                try:
-                    work(events.put)
-                except BaseException as err:  # shown in the page, never as a traceback
-                    events.put(("error", self.error_text(err)))
-                finally:
-                    self._run_lock.release()
-                    session.release()
-                    events.put(None)
-
-            try:
-                threading.Thread(target=worker, daemon=True, name="diffinv-app-run").start()
-            except BaseException:
-                self._run_lock.release()
-                raise
-            started = True
-            while True:
-                try:
-                    event = events.get(timeout=self.heartbeat_seconds)
-                except queue.Empty:
-                    yield ("beat",)
-                    continue
-                if event is None:
-                    finished = True
-                    return
-                yield event
-        finally:
-            if not started:
-                session.release()
-            elif not finished:
-                session.cancel.set()
-
-    def _invert_one(self, target, make_inverter, features, request: InvertRequest, session, emit, label: str):
-        """Inverts one feature map; emits ``("step", iteration, mean loss, image or None)`` every few
-        iterations; returns the InversionOutput."""
-        inverter = make_inverter(target)
-        inverter.check_image_size((request.size, request.size))
-        config = inverter.config
-        total = request.iterations or getattr(config, "iterations", None)
-        if total and total > self.limits.max_iterations:
-            raise ValueError(
-                f"`--iterations`: the method's default, {total}, is above this server's --max-iterations "
-                f"{self.limits.max_iterations}; enter a number of iterations."
-            )
-        every = max(1, min(self.stream_every, (total or 100) // 20 or 1))
-
-        def callback(i, per_image, render):
-            loss = float(per_image.float().mean())
-            if i % every == 0 or (total and i == total - 1) or session.cancel.is_set():
-                emit(("step", label, i + 1, total, loss, _uint8(render()[0]) if config.streams_images else None))
-            else:
-                emit(("loss", label, i + 1, total, loss))
-            return session.cancel.is_set()
-
-        kwargs = {"callback": callback} if inverter.white_box else {}
-        generator = torch.Generator().manual_seed(int(request.seed))
-        return inverter.invert(features, generator=generator, progress=False, **kwargs)
-
-    def _begin(self, request: InvertRequest, session: Session, layers_of: Callable[[InvertRequest], tuple]):
-        """Claims ``session`` for a run and prepares it: ``(checked request, layers, make_inverter, original,
-        image name, build)``. Raises :class:`BusyError` when the session runs already, else the first error of
-        the fields (the session released again). ``build()`` gives the target: the run's work calls it inside the
-        run slot (from the cache, or built then, after its memory check)."""
-        session.claim()
-        try:
-            request = self.checked(request)
-            layers = layers_of(request)
-            make_inverter = self._check(request, layers)
-            original, name = self.load_image(request.image, request.size)
-            return (
-                request,
-                layers,
-                make_inverter,
-                original,
-                name,
-                lambda: self._target(request.target, request.weights, request.size, layers),
-            )
-        except BaseException:
-            session.release()
-            raise
-
-    def invert(self, request: InvertRequest, session: Session) -> Iterator[Update]:
-        """Inverts one image at one layer, streaming :class:`Update` s; the last one has the metrics."""
-        try:
-            request, _, make_inverter, original, name, build = self._begin(request, session, _chosen_layer)
-        except BaseException as err:
-            yield Update(str(err) if isinstance(err, BusyError) else self.error_text(err), error=True, done=True)
-            return
-        shown = [(_uint8(original[0]), f"original ({name})")]
-        losses: list[tuple[int, float]] = []
-
-        def work(emit):
-            target = build()
-            features = FeatureSet.extract(target, original.to(target.mean.device), request.layer, sources=[name])
-            out = self._invert_one(target, make_inverter, features, request, session, emit, request.layer)
-            emit(("done", out, self._metrics(target, out.images, original, out)))
-
-        with contextlib.closing(self._stream(session, work)) as stream:
-            yield from self._invert_updates(stream, request, session, shown, losses)
-
-    def _invert_updates(self, stream, request: InvertRequest, session: Session, shown: list, losses: list):
-        """The Invert tab's updates for the events of its run."""
-        latest = None
-        for event in stream:
-            if event[0] in ("wait", "beat"):
-                yield Update(WAITING) if event[0] == "wait" else Update("", heartbeat=True)
-            elif event[0] == "error":
-                yield Update(
-                    event[1], images=shown + ([latest] if latest else []), losses=losses, error=True, done=True
-                )
-                return
-            elif event[0] in ("step", "loss"):
-                _, _, i, total, loss = event[:5]
-                losses.append((i, loss))
-                if event[0] == "step":
-                    if event[5] is not None:
-                        latest = (event[5], f"{request.method}, iteration {i}")
-                    state = "cancelling" if session.cancel.is_set() else "running"
-                    yield Update(
-                        f"{state}: {request.method} at {request.layer}, iteration {i}/{total or '?'}, loss {loss:.4g}",
-                        images=shown + ([latest] if latest else []),
-                        losses=list(losses),
-                    )
-            elif event[0] == "done":
-                _, out, metrics = event
-                stopped = session.cancel.is_set() and len(out.loss_history) < (request.iterations or 0)
-                word = f"cancelled after {len(out.loss_history)} iterations (best iterate kept)" if stopped else "done"
-                yield Update(
-                    f"{word}: {request.method} at {request.layer} in {out.seconds:.1f} s",
-                    images=shown + [(_uint8(out.images[0]), f"{request.method} reconstruction")],
-                    losses=list(losses),
-                    metrics=metrics,
-                    done=True,
-                )
-
-    # ------------------------------------------------------------------ Depth
-    def depth(self, request: InvertRequest, session: Session) -> Iterator[Update]:
-        """Inverts one image at each of the target's default layers (shallow to deep), side by side,
-        then the PSNR-vs-depth plot (:func:`diffinv.jobs.report.write_depth_plot`)."""
-        try:
-            request, layers, make_inverter, original, name, build = self._begin(request, session, _default_layers)
-        except BaseException as err:
-            yield Update(str(err) if isinstance(err, BusyError) else self.error_text(err), error=True, done=True)
-            return
-        shown = [(_uint8(original[0]), f"original ({name})")]
-        records: list[dict] = []
-        with self._guard:
-            self._runs += 1
-            plot_path = self.work_dir / f"depth-{self._runs}" / "psnr_vs_depth.png"
-
-        def work(emit):
-            target = build()
-            x = original.to(target.mean.device)
-            for layer in layers:
-                if session.cancel.is_set():
-                    break
-                features = FeatureSet.extract(target, x, layer, sources=[name])
-                out = self._invert_one(target, make_inverter, features, request, session, emit, layer)
-                metrics = self._metrics(target, out.images, original, out)
-                records.append({"layer": layer, "method": request.method, "image": name, "white_box": True, **metrics})
-                emit(("layer", layer, out, metrics))
-            if records:
-                write_depth_plot(records, plot_path, layers=[r["layer"] for r in records], methods=[request.method])
-            emit(("done",))
-
-        with contextlib.closing(self._stream(session, work)) as stream:
-            yield from self._depth_updates(stream, request, layers, shown, records, plot_path)
-
-    def _depth_updates(self, stream, request: InvertRequest, layers, shown, records, plot_path):
-        """The Depth tab's updates for the events of its run."""
-        for event in stream:
-            if event[0] in ("wait", "beat"):
-                yield Update(WAITING) if event[0] == "wait" else Update("", heartbeat=True)
-            elif event[0] == "error":
-                yield Update(event[1], images=list(shown), records=list(records), error=True, done=True)
-                return
-            elif event[0] == "step":
-                _, layer, i, total, loss = event[:5]
-                yield Update(
-                    f"running: {request.method} at {layer} ({len(records) + 1}/{len(layers)}), iteration "
-                    f"{i}/{total or '?'}, loss {loss:.4g}",
-                    images=list(shown),
-                    records=list(records),
-                )
-            elif event[0] == "layer":
-                _, layer, out, metrics = event
-                shown.append((_uint8(out.images[0]), f"{layer}: {metrics['psnr']:.2f} dB"))
-                yield Update(
-                    f"finished {layer} ({len(records)}/{len(layers)})",
-                    images=list(shown),
-                    metrics=metrics,
-                    records=list(records),
-                )
-            elif event[0] == "done":
-                word = "cancelled" if len(records) < len(layers) else "done"
-                yield Update(
-                    f"{word}: {len(records)} of {len(layers)} layers",
-                    images=list(shown),
-                    records=list(records),
-                    plot=str(plot_path) if plot_path.is_file() else None,
-                    done=True,
-                )
-
-    # ------------------------------------------------------------------ Runs
-    def open_run(self, folder: str) -> RunView:
-        """A ``diffinv bench`` / ``diffinv demo`` run folder under the runs folder (``limits.runs_dir``): its
-        table, records, grid and plots. Only files whose real path stays under the runs folder are read (a
-        symlink out of it is treated as absent); a file that does not parse is named, its contents never shown."""
-        root = self.limits.runs_dir
-        path = run_folder(folder, self.limits)
-        name = str(folder).strip()
-
-        def read_json(file: str):
-            served = served_file(path, file, root)
-            if served is None:
-                return None
-            try:
-                return json.loads(served.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError):
-                raise ValueError(
-                    f"`--out` {name!r}: its {file} could not be read as JSON; is the run folder intact?"
-                ) from None
-
-        manifest = read_json("manifest.json")
-        if not isinstance(manifest, dict) or manifest.get("kind") != "bench":
-            kind = manifest.get("kind") if isinstance(manifest, dict) else None
-            raise ValueError(f"`--out` {name!r} holds a {str(kind)[:40]!r} run, not a 'bench' run.")
-        results = read_json("results.json")
-        records = results.get("records", []) if isinstance(results, dict) else []
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise ValueError(f"`--out` {name!r}: its results.json holds no list of records; is the run folder intact?")
-        table_file = served_file(path, "results.md", root)
-        try:
-            table = (
-                table_file.read_text(encoding="utf-8")
-                if table_file
-                else ("_No results.md yet: the run has not finished its first table._")
-            )
-        except (OSError, UnicodeDecodeError):
-            raise ValueError(f"`--out` {name!r}: its results.md could not be read as text.") from None
-        grid = served_file(path, "grid.png", root)
-        plots = sorted(
-            p
-            for p in (served_file(path, f.name, root) for f in path.glob("*.png") if f.name != "grid.png")
-            if p is not None
-        )
-        return RunView(path, table, records, manifest.get("settings", {}), grid, plots)
-
-    # ------------------------------------------------------------------ Channels
-    def channels(self, request: InvertRequest, top: int = 8) -> ChannelView:
-        """The ``top`` channels of ``request.layer`` ranked by mean activation on the image (the interpretability
-        module, :mod:`diffinv.interpret`): where each fires (its heat map over the image), the image
-        reconstructed from that channel alone with ``request.method`` (per-channel inversion), and the
-        channel's feature visualization (pixel, Fourier parameterization), each with ``request.iterations``
-        (default 128, or fewer to stay within the bound). A custom :attr:`channel_visualizer` replaces the last
-        two. The work is not cancellable, so it is bounded: ``top`` x iterations at most ``--max-iterations``."""
-        top = bounded_int(top, "--top", 1, self.limits.max_top, "this server's bound")
-        request = self.checked(request)
-        budget = self.limits.max_iterations  # one image per channel: the tab runs top x iterations image-iterations
-        if request.iterations is None:
-            request = dataclasses.replace(request, iterations=max(1, min(128, budget // top)))
-        elif request.iterations * top > budget:
-            raise ValueError(
-                f"`--iterations` {request.iterations} x `--top` {top}: the Channels tab optimizes one "
-                f"image per channel, and {request.iterations * top} image-iterations are above this "
-                f"server's --max-iterations {budget}; lower either."
-            )
-        _chosen_layer(request)
-        make_inverter = self._check(request, images=top)
-        if not self._run_lock.acquire(timeout=self.wait_seconds):
-            raise BusyError(RUN_BUSY)
-        try:
-            return self._channels(request, top, make_inverter)
-        finally:
-            self._run_lock.release()
-
-    def _channels(self, request: InvertRequest, top: int, make_inverter) -> ChannelView:
-        original, _ = self.load_image(request.image, request.size)
-        target = self._target(request.target, request.weights, request.size, (request.layer,))
-        activations = channel_activations(target, request.layer, original)[0]
-        order = top_channels(activations[None], min(top, len(activations)))
-        with torch.no_grad():
-            feats = target.feature(original.to(target.mean.device), request.layer).float().cpu()
-        overlays = overlay(original[0], heat_maps(feats, order, tuple(original.shape[-2:])))
-        maps = [(_uint8(overlays[i]), f"channel {c}: mean {float(activations[c]):.3g}") for i, c in enumerate(order)]
-        ranking = [(c, float(activations[c])) for c in order]
-        if self.channel_visualizer is not None:
-            visuals = list(self.channel_visualizer(target, request.layer, order, original, request.size))
-            return ChannelView(ranking, maps, visuals, "Channels shown by the connected visualizer.")
-        generator = torch.Generator().manual_seed(int(request.seed))
-        alone = invert_channels(
-            make_inverter(target), original, request.layer, order, generator=generator, progress=False
-        )
-        iterations = request.iterations
-        shown = visualize(
-            target,
-            channel(request.layer, order),
-            len(order),
-            size=(request.size, request.size),
-            iterations=iterations,
-            generator=torch.Generator().manual_seed(int(request.seed)),
-            progress=False,
-        )
-        visuals = [(_uint8(alone.images[i]), f"channel {c} alone ({request.method})") for i, c in enumerate(order)]
-        visuals += [
-            (_uint8(shown.images[i]), f"channel {c} visualized: {float(shown.values[i]):.3g}")
-            for i, c in enumerate(order)
-        ]
-        note = (
-            f"Per-channel inversion ({request.method}, only that channel kept) and feature visualization "
-            f"(pixel, Fourier, {iterations} iterations) of the top {len(order)} channels."
-        )
-        return ChannelView(ranking, maps, visuals, note)

@@ -7,13 +7,14 @@ white-box methods first (``diffusion``, ``pixel``, ``dip``, ``gan``), then black
 hyper-parameters and capabilities are its config (:mod:`diffinv.inverters.config`).
 """
 
-from .base import InversionOutput, Inverter, RefiningInverter, optimize
+from .base import InversionOutput, Inverter, RefiningInverter
 from .config import InverterConfig, OptionError
 from .decoder import DecoderConfig, DecoderInverter
 from .diffusion import DiffusionConfig, DiffusionInverter
 from .dip import DIPConfig, DIPInverter
 from .gan import GANConfig, GANInverter
 from .mapper import MapperConfig, MapperInverter
+from .optimizing import optimize
 from .pixel import PixelConfig, PixelInverter
 from .registry import (
     HYBRID_METHODS,

@@ -5,16 +5,7 @@ Each method has a frozen dataclass (``PixelConfig``, ``DIPConfig``, ...) next to
 with a fingerprint of each model folder: :meth:`InverterConfig.settings`); each field carries its
 rule (:func:`option`), checked when the config is made, so a wrong value fails with the option, the
 value and what was expected. Its *class variables* are the capabilities the jobs read instead of
-inspecting signatures:
-
-* ``accepts_init``: ``invert(init=images)`` warm-starts from given images (video windows);
-* ``accepts_anchor``: ``invert(anchor=image)`` puts a fixed image before the first one in the
-  temporal term (the previous video frame);
-* ``accepts_feature_transform``: the method optimizes the feature loss of
-  :func:`~diffinv.inverters.optimize`, so ``invert(feature_transform=...)`` reaches it (the adaptive
-  attacker of ``diffinv audit``);
-* ``streams_images``: the ``callback``'s ``render()`` gives the current images (the app streams them);
-* ``temporal``: the config has ``temporal_weight`` (smoothing between consecutive frames).
+inspecting signatures (``accepts_init``, ``accepts_anchor``, ...: :class:`InverterConfig`).
 
 Example:
     >>> PixelConfig(iterations=0)
@@ -180,6 +171,16 @@ class InverterConfig:
             that exists, as ``<field>_fingerprint``.
         derived: the fields the inverter fills in from what it loads (e.g. the folder a model was
             found in): settings, not options.
+
+    Capabilities (class variables the jobs read instead of inspecting signatures):
+        accepts_init: ``invert(init=images)`` warm-starts from given images (video windows).
+        accepts_anchor: ``invert(anchor=image)`` puts a fixed image before the first one in the
+            temporal term (the previous video frame).
+        accepts_feature_transform: the method optimizes the feature loss of
+            :func:`~diffinv.inverters.optimize`, so ``invert(feature_transform=...)`` reaches it (the
+            adaptive attacker of ``diffinv audit``).
+        streams_images: the ``callback``'s ``render()`` gives the current images (the app streams them).
+        temporal: the config has ``temporal_weight`` (smoothing between consecutive frames).
     """
 
     method: ClassVar[str] = "inverter"

@@ -3,23 +3,15 @@
 An adapter around :class:`diffinv.pipelines.DiffInvPipeline` so that the CLI and the
 benchmark use the diffusion method like the other inverters: images in [0, 1] at the
 requested size, per-image loss history and feature residual in an :class:`InversionOutput`.
-
-With ``start=`` it is a *hybrid*: another method's estimate (a black-box decoder, a GAN
-inversion, DIP, an image file) is encoded by the VAE, noised to img2img ``strength`` and
-refined through the rest of the chain (``pipe(..., init="image")``), as DRAG++ (ICML 2025)
-refines its inverse network's output through Stable Diffusion from strength 0.3. A mapper's
-estimate is a latent already: the chain starts from it directly (``pipe(..., init="mapper")``,
-no decode and VAE re-encode). The start counts as an iterate: an image whose refinement ends
-with a higher feature loss than its start keeps the start (``info["kept_start"]``).
-
-The pipeline's call options are the fields of :class:`DiffusionConfig` (:data:`PIPELINE_OPTIONS`); so are the
-overhead levers the pipeline is loaded with (``attention``, ``channels_last``, ``taesd``), and ``compile``
-(a backend or a mode: ``"reduce-overhead"``, ``"max-autotune"``), so that run manifests record them.
+With ``start=`` it is a *hybrid*: another method's estimate is encoded by the VAE, noised to img2img
+``strength`` and refined through the rest of the chain (a mapper's latent starts the chain directly); an
+image whose refinement ends with a higher feature loss than its start keeps the start
+(``info["kept_start"]``). The pipeline's call options and the overhead levers it is loaded with are the
+fields of :class:`DiffusionConfig`, so that run manifests record them.
 
 Example:
     >>> inverter = DiffusionInverter(target, model="path/to/stable-diffusion-v1-5", num_inference_steps=10)
     >>> out = inverter(feature_set)
-    >>> out.images.shape, out.info["prompts"]
     >>> hybrid = DiffusionInverter(target, model=..., start=DecoderInverter(target, decoder="decoders/"))
 """
 

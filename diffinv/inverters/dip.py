@@ -22,8 +22,9 @@ from torch import nn
 from ..compilation import backend, compiled
 from ..models.dip import SkipGenerator, check_dip_size
 from ..optimization import adam
-from .base import Inverter, feature_stride, optimize
+from .base import Inverter
 from .config import COMPILE_HELP, FEATURE_LOSSES, ImageOptimizerConfig, option
+from .optimizing import feature_stride, optimize
 
 __all__ = ["DIP_BYTES_PER_PIXEL", "GREY_START_STRIDE", "DIPConfig", "DIPInverter", "dip_parameterization"]
 

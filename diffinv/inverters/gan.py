@@ -34,8 +34,9 @@ from ..models.gan import (
     load_biggan,
 )
 from ..targets import TargetNetwork
-from .base import Inverter, optimize
+from .base import Inverter
 from .config import FEATURE_LOSSES, InverterConfig, OptionError, option
+from .optimizing import optimize
 
 __all__ = ["GANConfig", "GANInverter"]
 

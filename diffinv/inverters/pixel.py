@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from ..losses import total_variation
-from .base import RefiningInverter, feature_stride, optimize
+from .base import RefiningInverter
 from .config import COMPILE_HELP, FEATURE_LOSSES, ImageOptimizerConfig, OptionError, option
+from .optimizing import feature_stride, optimize
 
 __all__ = [
     "COLOR_CORRELATION_SVD_SQRT",

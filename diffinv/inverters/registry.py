@@ -3,27 +3,14 @@
 A method is one unit: its :class:`~diffinv.inverters.Inverter` class declares everything about it (its
 config and each option's rule, flag and help, the options it requires, its roles in hybrids, its
 capabilities, its memory cost), and this registry reads those declarations. :data:`INVERTERS` holds
-the built-in methods and those that installed packages add through the entry-point group
-``diffinv.inverters`` (:mod:`diffinv.plugins`), read on first use.
-
-A method is a name of :data:`INVERTERS` or a hybrid ``START+REFINER`` (:data:`HYBRID_METHODS`): a
-refiner (a method with the role ``"refiner"``: the diffusion chain, or pixel optimization) started from
-another method's estimate (the role ``"start"``), as ``build_inverter(REFINER, target, init=START)``
-does (``init`` may also be an image file). Options are checked before anything is loaded
-(:func:`inverter_spec`): the option's name against the method's, its value against the config's rule,
-the folders it names by the method's own ``check_options``. Every error is an
-:class:`~diffinv.inverters.config.OptionError` (a ``ValueError``) that names the option, the value
-and what was expected.
-
-In a hybrid each option goes to every part that takes it (``model``, ``prompt``, ``iterations``, ...),
-except the refiner's own (its ``refine_defaults``: diffusion's img2img ``strength``, a pixel
-refinement's ``learning_rate``); a ``model`` that is a loaded pipeline, not a name or folder, is the
-chain's only.
+the built-in methods and those of the entry-point group ``diffinv.inverters`` (:mod:`diffinv.plugins`).
+A hybrid ``START+REFINER`` (:data:`HYBRID_METHODS`) is a refiner started from another method's estimate.
+Options are checked before anything is loaded (:func:`inverter_spec`); every error is an
+:class:`~diffinv.inverters.config.OptionError` naming the option, the value and what was expected.
 
 Example:
     >>> inverter = build_inverter("pixel", target, iterations=200)
     >>> hybrid = build_inverter("decoder+diffusion", target, model="path/to/sd15", decoder="decoders/")
-    >>> refined = build_inverter("dip+pixel", target)  # DIP, then a pixel refinement of its images
     >>> build_inverter("pixel", target, iterations=0)
     OptionError: method 'pixel': `iterations` must be a positive integer, got 0.
 """
@@ -216,6 +203,15 @@ def _single_spec(method: str, options: Mapping) -> InverterSpec:
 
 def inverter_spec(name: str, **options) -> InverterSpec:
     """Checks method ``name`` (one of :data:`METHODS`) and its ``options``, loading nothing.
+
+    The option's name is checked against the method's, its value against the config's rule, the folders it
+    names by the method's own ``check_options``. A hybrid ``START+REFINER`` is a refiner (a method with the
+    role ``"refiner"``: the diffusion chain, or pixel optimization) started from another method's estimate
+    (the role ``"start"``), as ``inverter_spec(REFINER, init=START)`` (``init`` may also be an image file).
+    In a hybrid each option goes to every part that takes it (``model``, ``prompt``, ``iterations``, ...),
+    except the refiner's own (its ``refine_defaults``: diffusion's img2img ``strength``, a pixel
+    refinement's ``learning_rate``); a ``model`` that is a loaded pipeline, not a name or folder, is the
+    chain's only.
 
     Args:
         name: a method of :data:`INVERTERS`, or a hybrid ``START+REFINER``.

@@ -5,10 +5,9 @@ class embedding (``embed_dim > 0`` for a class-conditional generator), how laten
 (:meth:`~GANGenerator.sample_latents`, with the truncation trick) and ``forward(z, embed)`` ->
 images in [0, 1].
 
-* :class:`BigGANGenerator` wraps the BigGAN-deep architecture of the PyPI package
-  ``pytorch-pretrained-biggan``; :func:`load_biggan` loads real weights from a local folder
-  (``config.json`` + ``pytorch_model.bin``) or from the package's own cache, never downloading,
-  and builds a small random BigGAN (``"tiny"``) for tests and timing;
+* :class:`BigGANGenerator` wraps BigGAN-deep of the PyPI package ``pytorch-pretrained-biggan``;
+  :func:`load_biggan` loads real weights from a local folder or the package's own cache, never
+  downloading, and builds a small random BigGAN (``"tiny"``) for tests and timing;
 * :class:`ModuleGenerator` wraps any ``nn.Module`` ``G(z) -> images``.
 
 Example:

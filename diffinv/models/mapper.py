@@ -3,13 +3,10 @@
 When the attacker has (image, feature) pairs but no gradients of the target, inversion
 is a learned map. :class:`FeatureMapper` maps the features of one layer — spatial maps of
 any stride, or pooled vectors — to the latent of a Stable Diffusion VAE
-(``latent_channels x H/f x W/f``, ``f = 2 ** (len(vae.config.block_out_channels) - 1)``,
-8 for the real SD VAE). Decoding that latent gives the black-box reconstruction; it can
-also start the white-box optimization ("hybrid": :meth:`FeatureMapper.initial_latents`).
-
-It is a diffusers ``ModelMixin`` + ``ConfigMixin``: ``save_pretrained`` /
-``from_pretrained`` write and read ``config.json`` (target, layer, input size, feature and
-latent shapes) and the weights as safetensors. Training lives in :mod:`diffinv.training`.
+(``latent_channels x H/f x W/f``, 8 for the real SD VAE). Decoding that latent gives the black-box
+reconstruction; it can also start the white-box optimization (:meth:`FeatureMapper.initial_latents`).
+It is a diffusers ``ModelMixin`` + ``ConfigMixin`` (``save_pretrained`` / ``from_pretrained``: its
+``config.json`` and safetensors weights). Training lives in :mod:`diffinv.jobs.training`.
 
 Example:
     >>> vae = diffinv.pipelines.load_vae("path/to/stable-diffusion-v1-5")
