@@ -1,19 +1,14 @@
 """Diffusers pipelines of diffinv (importable as ``diffinv.pipelines``).
 
-* ``diffinv_pipeline.py``: :class:`DiffInvPipeline` (one class per file, diffusers style; it
-  also works as a diffusers ``custom_pipeline``) and :func:`img2img_steps`, the one definition of
-  img2img strength (the pipeline's img2img, its hybrid start and the mapper's refinement), and
-  :func:`nearest_multiple_of_8`, the size generated for an image size that is not a multiple of 8;
-* ``definitions.py``: the weight-free definitions ``tiny``, ``sd15`` and ``sd-turbo`` (the
-  sub-folders: model_index.json + component configs) and checks of model folders;
-* ``loss_scaling.py``: :class:`LossScaler`, the fp16 loss scale of the pipeline's gradient step
-  (``torch.amp.GradScaler``'s rules for gradients returned by a closure);
-* ``loaders.py``: :func:`load_pipeline`, :func:`load_vae` and :func:`load_taesd` (a lighter decoder for the
-  optimization loop).
+* ``diffinv_pipeline.py``: :class:`DiffInvPipeline` (one class per file, diffusers style; it also works
+  as a diffusers ``custom_pipeline``), :func:`img2img_steps` and :func:`nearest_multiple_of_8`;
+* ``definitions.py``: the weight-free definitions ``tiny``, ``sd15`` and ``sd-turbo`` and checks of
+  model folders;
+* ``loss_scaling.py``: :class:`LossScaler`, the fp16 loss scale of the pipeline's gradient step;
+* ``loaders.py``: :func:`load_pipeline`, :func:`load_vae` and :func:`load_taesd`.
 
-Importing the package is cheap: the pipeline's own modules are imported only when a name that needs them
-is first asked for (diffusers' model classes are already there: :class:`~diffinv.targets.TargetNetwork` is a
-diffusers ``ModelMixin``).
+Importing the package is cheap: the pipeline's own modules are imported when a name that needs them is
+first asked for.
 """
 
 import importlib

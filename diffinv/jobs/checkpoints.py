@@ -1,25 +1,14 @@
 """Checkpoints of a training run, in formats that never execute code when read.
 
-A checkpoint is a folder ``OUT/checkpoints/checkpoint-NNNNNNN`` written by every process of a run
-(:mod:`diffinv.jobs.training`):
+A checkpoint is a folder ``OUT/checkpoints/checkpoint-NNNNNNN``: the model's weights
+(``model.safetensors``), the optimizer's and scheduler's state dicts (``torch.save``, read back with
+``torch.load(weights_only=True)``), the fp16 scaler's state (JSON), the crop generator's and each
+process's random states (safetensors) and ``trainer_state.json`` (step, counters, history), written last
+to mark it complete.
 
-* ``model.safetensors``: the weights of the (unwrapped) model;
-* ``optimizer.pt``, ``scheduler.pt``: their state dicts, saved by ``torch.save`` and read back by
-  ``torch.load(weights_only=True)`` (tensors, numbers, lists and dicts only);
-* ``scaler.json``: the fp16 gradient scaler's state (runs with ``mixed_precision="fp16"`` only);
-* ``generator.safetensors``: the state of the crop generator, the random state the loop draws from;
-* ``random_states_N.safetensors``: torch's global CPU (and CUDA) generator states of process N;
-* ``trainer_state.json``: the step, the counters and the history (losses, validation scores), and
-  the format; written last, it marks the checkpoint complete.
-
-Nothing in a run folder is unpickled: a resume reads JSON, safetensors and weights-only tensor
-files only, and a file that is not what it should be stops the resume with a
-:class:`CheckpointError` that names it. Checkpoints of diffinv versions that saved a pickled
-trainer state through accelerate's ``save_state`` are refused the same way (their pickles are
-never opened).
-
-The folder is written under a temporary name and renamed when complete, so an interrupted run
-never leaves a half-written checkpoint; the ``keep`` latest are kept.
+Nothing is unpickled on resume: a file that is not what it should be stops the resume with a
+:class:`CheckpointError` that names it, and checkpoints of the older pickled format are refused the same
+way. The folder is written under a temporary name and renamed when complete; the ``keep`` latest are kept.
 """
 
 from __future__ import annotations

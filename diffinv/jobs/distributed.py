@@ -1,24 +1,15 @@
 """Scale-out with accelerate: which process does which work item, and where it runs.
 
-A job launched with ``accelerate launch`` or ``torchrun`` (several processes, GPUs or
-machines) calls :func:`process_state` once: accelerate's ``PartialState``, formed over gloo on
-CPU-only machines (``cpu=True``, which accelerate needs to form the group there) and over NCCL
-on GPUs. The jobs' work items are taken one at a time by whichever process is free (the job protocol's
-runner, :class:`~diffinv.jobs.items.WorkRunner`: items of unequal cost balance themselves); each process
-writes its finished records into the run store (its own shard, see
-:class:`~diffinv.jobs.store.RunStore`), and the main process merges the outputs at the end. A
-plain single-process command is unchanged.
-
-:func:`launch_local` starts such a job on one machine from inside a command (``--workers N``):
-N processes, each with its share of the CPU cores. On CPU that is faster than one process using
-every core: the small convolutions of a feature inversion keep one core busy far better than
-they split across several.
+A job launched with ``accelerate launch`` or ``torchrun`` calls :func:`process_state` once: accelerate's
+``PartialState``, over gloo on CPU-only machines and NCCL on GPUs. Work items are taken by whichever
+process is free (the job protocol's runner); each process writes its records to its own shard of the run
+store, and the main process merges the outputs. :func:`launch_local` starts such a job on one machine
+from inside a command (``--workers N``), each process with its share of the CPU cores.
 
 Example:
     >>> state = process_state()
     >>> run_job(job, store, items, state=state)  # diffinv.jobs.items
     >>> state.wait_for_everyone()
-    >>> if state.is_main_process: write_tables()
 """
 
 from __future__ import annotations

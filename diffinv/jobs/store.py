@@ -1,34 +1,19 @@
 """The run store: one folder per run, a manifest of what defines its results, records appended atomically.
 
-Every long job (``bench``/``demo``, ``video``, ``train-decoder``/``train-mapper``) writes into a
-:class:`RunStore`:
+* ``manifest.json``: the job kind, the diffinv version and the *settings that define the results*.
+* ``records.jsonl``: one JSON record per finished item, appended with one ``write`` and ``fsync`` (a line
+  cut short by a crash is ignored); each process of a launch appends to its own shard
+  (``records.rank1.jsonl``, ...), and :meth:`RunStore.records` reads them all.
+* the job's own outputs, each written atomically.
 
-* ``manifest.json``: the job kind, the diffinv version and the *settings that define the
-  results* (target and a fingerprint of its weights, layers, methods and their
-  hyper-parameters, image size, iterations, seeds, model folders and their fingerprints, ...).
-* ``records.jsonl``: one JSON record per finished item, appended with a single ``write`` and
-  ``fsync``; a line cut short by a crash is ignored when the folder is read again. Under a
-  multi-process launch each process appends to its own shard (``records.rank1.jsonl``, ...);
-  :meth:`RunStore.records` reads them all, so a run started with N processes can be finished
-  with any number.
-* the job's own outputs (images, tables, checkpoints), each written atomically.
-
-Opening a folder that already holds a run *resumes* it when the settings are the same, and
-*refuses* with :class:`RunSettingsError`, listing every changed setting, when they are not:
-records made under other settings are never mixed in. ``overwrite=True`` (``--overwrite``)
-clears the folder's run files and starts afresh.
-
-A run never deletes a file it did not write: a folder is a run folder when it holds a manifest; one
-that does not (a user's photos) is used only when it holds none of the names the run writes, and is
-never cleared, ``overwrite`` or not. ``overwrite`` removes the manifest, the records and the outputs
-that the manifest lists (what the run that made it declared), nothing else. The run's own files
-(manifest, records) must be regular files: a symbolic link in their place is refused when the folder
-is opened, before any work, and a record file is never read through a link.
+Opening a folder that holds a run *resumes* it with the same settings and *refuses* other settings with
+:class:`RunSettingsError`, listing each change; ``overwrite=True`` starts afresh, removing only what the
+manifest lists as the run's own files. A folder without a manifest (a user's photos) is never cleared, and
+a link in place of the manifest or a record file is refused (docs: guides/safety.md).
 
 Example:
     >>> store = RunStore("bench_out", "bench", {"target": "resnet50", "iterations": 300})
-    >>> if ("layer3", "pixel", 0, "cat.png") not in store.keys(KEY):
-    ...     store.append({"layer": "layer3", "method": "pixel", "seed": 0, "image": "cat.png", "psnr": 14.2})
+    >>> store.append({"layer": "layer3", "method": "pixel", "seed": 0, "image": "cat.png", "psnr": 14.2})
 """
 
 from __future__ import annotations
