@@ -141,7 +141,7 @@ def test_open_run_shows_a_bench_folder_and_refuses_others(bench):
             bench.open_run(name)
 
 
-def test_inverter_callback_sees_each_iteration_renders_and_stops(lite0, small_photos):
+def test_inverter_callback_sees_each_iteration_renders_and_stops(lite0_64px, photos_64px):
     from diffinv.features import FeatureSet
     from diffinv.inverters import DIPInverter
 
@@ -151,8 +151,8 @@ def test_inverter_callback_sees_each_iteration_renders_and_stops(lite0, small_ph
         seen.append((i, tuple(per_image.shape), tuple(render().shape)))
         return i == 2
 
-    feats = FeatureSet.extract(lite0, small_photos[:2], "blocks.1")
-    out = DIPInverter(lite0, iterations=50)(feats, progress=False, callback=callback)
+    feats = FeatureSet.extract(lite0_64px, photos_64px[:2], "blocks.1")
+    out = DIPInverter(lite0_64px, iterations=50)(feats, progress=False, callback=callback)
     assert seen == [(i, (2,), (2, 3, 64, 64)) for i in range(3)] and len(out.loss_history) == 3
 
 
@@ -165,7 +165,7 @@ def test_cli_defaults_are_local_and_private():
 
 # ---------------------------------------------------------------------- the running app
 @pytest.fixture(scope="module")
-def server():
+def app_url():
     pytest.importorskip("gradio")
     from diffinv.cli.app import build
 
@@ -181,10 +181,10 @@ def server():
     demo.close()
 
 
-def test_api_with_gradio_client(server):
+def test_api_with_gradio_client(app_url):
     from gradio_client import Client
 
-    client = Client(server, verbose=False)
+    client = Client(app_url, verbose=False)
     assert {"/invert", "/depth", "/channels", "/open_run", "/cancel"} <= set(
         client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     )
@@ -228,13 +228,13 @@ def test_api_with_gradio_client(server):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_page_in_headless_chromium(server, tmp_path):
+def test_page_in_headless_chromium(app_url, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     outside = []
 
     def offline(route):  # the page must work with nothing but the app's own server
         url = route.request.url
-        if url.startswith((server.rstrip("/"), "data:", "blob:")):
+        if url.startswith((app_url.rstrip("/"), "data:", "blob:")):
             route.continue_()
         else:
             outside.append(url)
@@ -245,7 +245,7 @@ def test_page_in_headless_chromium(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.route("**/*", offline)
-            page.goto(server, wait_until="networkidle")
+            page.goto(app_url, wait_until="networkidle")
             page.get_by_label("iterations (--iterations)").fill("15")
             page.get_by_label("size (--size)").fill("64")
             page.locator("#invert-run").click()

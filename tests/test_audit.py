@@ -7,44 +7,24 @@ import pytest
 import torch
 
 from diffinv.cli import main
-from diffinv.datasets import load_dataset
 from diffinv.defenses import parse_defenses
 from diffinv.features import FeatureSet
 from diffinv.inverters import DecoderInverter, PixelInverter
-from diffinv.io import save_image
 from diffinv.jobs.audit import build_report, run_audit
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.training import TrainConfig
 from diffinv.metrics import psnr
-from diffinv.targets import TargetNetwork
 
 
-@pytest.fixture(scope="module")
-def target32():
-    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(32, 32))
-
-
-@pytest.fixture(scope="module")
-def eval_images():
-    images, names, _ = load_dataset("foolbox-imagenet", 32, limit=2)
-    return images, names
-
-
-@pytest.fixture(scope="module")
-def train_folder(tmp_path_factory, photos):
-    folder = tmp_path_factory.mktemp("train")
-    for i, image in enumerate(photos):
-        save_image(image, folder / f"{i}.png")
-    return folder
-
-
-def test_audit_report_structure_and_resume(tmp_path, target32, eval_images, train_folder, one_thread):
-    images, names = eval_images
+def test_audit_report_structure_and_resume(
+    tmp_path, lite0_blocks1_32px, foolbox_imagenet_32px, photos_224px_dir, one_thread
+):
+    images, names, _ = foolbox_imagenet_32px
     defenses = parse_defenses(["none", "topk:0.1"])
     decoder = TrainConfig(
         out="",
         layer="",
-        images=[str(train_folder)],
+        images=[str(photos_224px_dir)],
         max_steps=2,
         batch_size=4,
         hidden_channels=16,
@@ -55,7 +35,7 @@ def test_audit_report_structure_and_resume(tmp_path, target32, eval_images, trai
     )
     methods = {"pixel": lambda t: PixelInverter(t, iterations=3), "decoder": decoder}
     out = tmp_path / "audit"
-    report = run_audit(target32, images, names, ["blocks.1"], defenses, methods, out, progress=False)
+    report = run_audit(lite0_blocks1_32px, images, names, ["blocks.1"], defenses, methods, out, progress=False)
 
     saved = json.loads((out / "report.json").read_text())
     assert saved["config"]["defenses"] == ["none", "topk:0.1"] and saved["config"]["layers"] == ["blocks.1"]
@@ -89,13 +69,13 @@ def test_audit_report_structure_and_resume(tmp_path, target32, eval_images, trai
 
     # resume: the same settings run nothing again; other settings are refused
     tic = time.perf_counter()
-    again = run_audit(target32, images, names, ["blocks.1"], defenses, methods, out, progress=False)
+    again = run_audit(lite0_blocks1_32px, images, names, ["blocks.1"], defenses, methods, out, progress=False)
     assert len((out / "records.jsonl").read_text().splitlines()) == len(records)
     assert again["settings"] == report["settings"]
     assert time.perf_counter() - tic < 30
     with pytest.raises(RunSettingsError, match="iterations"):
         run_audit(
-            target32,
+            lite0_blocks1_32px,
             images,
             names,
             ["blocks.1"],
@@ -106,15 +86,19 @@ def test_audit_report_structure_and_resume(tmp_path, target32, eval_images, trai
         )
 
 
-def test_interrupted_audit_resumes_where_it_stopped(tmp_path, target32, eval_images, one_thread):
-    images, names = eval_images
+def test_interrupted_audit_resumes_where_it_stopped(tmp_path, lite0_blocks1_32px, foolbox_imagenet_32px, one_thread):
+    images, names, _ = foolbox_imagenet_32px
     defenses = parse_defenses(["none", "quantize:2"])
     out = tmp_path / "audit"
     methods = {"pixel": lambda t: PixelInverter(t, iterations=2)}
-    full = run_audit(target32, images, names, ["blocks.1"], defenses, methods, out, batch_size=1, progress=False)
+    full = run_audit(
+        lite0_blocks1_32px, images, names, ["blocks.1"], defenses, methods, out, batch_size=1, progress=False
+    )
     lines = (out / "records.jsonl").read_text().splitlines()
     (out / "records.jsonl").write_text("\n".join(lines[:3]) + "\n")  # interrupted after three records
-    resumed = run_audit(target32, images, names, ["blocks.1"], defenses, methods, out, batch_size=1, progress=False)
+    resumed = run_audit(
+        lite0_blocks1_32px, images, names, ["blocks.1"], defenses, methods, out, batch_size=1, progress=False
+    )
     assert len((out / "records.jsonl").read_text().splitlines()) == len(lines)
     strip = lambda rows: [  # noqa: E731
         {
@@ -134,14 +118,14 @@ def test_interrupted_audit_resumes_where_it_stopped(tmp_path, target32, eval_ima
 
 
 def test_adaptive_decoder_is_not_worse_than_naive_on_its_own_defense(
-    tmp_path, target32, eval_images, train_folder, one_thread
+    tmp_path, lite0_blocks1_32px, foolbox_imagenet_32px, photos_224px_dir, one_thread
 ):
     """The decoder trained on defended features (the adaptive attacker) against the decoder trained on
     clean ones (the naive attacker), both decoding the same defended features of held-out photos."""
-    images, _ = eval_images
+    images, _, _ = foolbox_imagenet_32px
     common = dict(
         layer="blocks.1",
-        images=[str(train_folder)],
+        images=[str(photos_224px_dir)],
         size=32,
         max_steps=40,
         batch_size=8,
@@ -156,28 +140,30 @@ def test_adaptive_decoder_is_not_worse_than_naive_on_its_own_defense(
 
     train_decoder(TrainConfig(out=str(tmp_path / "naive"), **common))
     train_decoder(TrainConfig(out=str(tmp_path / "adaptive"), defense="noise:3", **common))
-    features = FeatureSet.extract(target32, images)
+    features = FeatureSet.extract(lite0_blocks1_32px, images)
     from diffinv.defenses import apply_defense, parse_defense
 
     defended = apply_defense(features, parse_defense("noise:3"), torch.Generator().manual_seed(0))
-    naive = DecoderInverter(target32, decoder=tmp_path / "naive")(defended, progress=False)
-    adaptive = DecoderInverter(target32, decoder=tmp_path / "adaptive")(defended, progress=False)
+    naive = DecoderInverter(lite0_blocks1_32px, decoder=tmp_path / "naive")(defended, progress=False)
+    adaptive = DecoderInverter(lite0_blocks1_32px, decoder=tmp_path / "adaptive")(defended, progress=False)
     assert psnr(adaptive.images, images).mean() >= psnr(naive.images, images).mean()
     manifest = json.loads((tmp_path / "adaptive" / "manifest.json").read_text())
     assert manifest["settings"]["defense"] == "noise:3"
     assert "defense" not in json.loads((tmp_path / "naive" / "manifest.json").read_text())["settings"]
 
 
-def test_feature_transform_reaches_the_loss_and_only_optimizing_methods_take_it(target32, eval_images):
-    images, _ = eval_images
-    features = FeatureSet.extract(target32, images[:1])
+def test_feature_transform_reaches_the_loss_and_only_optimizing_methods_take_it(
+    lite0_blocks1_32px, foolbox_imagenet_32px
+):
+    images, _, _ = foolbox_imagenet_32px
+    features = FeatureSet.extract(lite0_blocks1_32px, images[:1])
     calls = []
 
     def transform(f):
         calls.append(f.shape)
         return f
 
-    PixelInverter(target32, iterations=2)(features, progress=False, feature_transform=transform)
+    PixelInverter(lite0_blocks1_32px, iterations=2)(features, progress=False, feature_transform=transform)
     assert len(calls) == 2 and calls[0] == features.features.shape
 
 

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from diffinv.datasets import load_dataset
 from diffinv.defenses import (
     DefenseTrainConfig,
     TrainedState,
@@ -19,20 +18,8 @@ from diffinv.inverters import PixelInverter
 from diffinv.io import save_image
 from diffinv.jobs.audit import AttackItem, AuditJob, defense_folder, run_audit
 from diffinv.jobs.training import TrainConfig
-from diffinv.targets import TargetNetwork
 
 LAYER = "blocks.1"
-
-
-@pytest.fixture(scope="module")
-def target32():
-    return TargetNetwork.from_name("tf_efficientnet_lite0", LAYER, input_size=(32, 32))
-
-
-@pytest.fixture(scope="module")
-def eval_images():
-    images, names, labels = load_dataset("foolbox-imagenet", 32, limit=2)
-    return images, names, labels
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +35,10 @@ def _window(history, key, first):
 
 
 @pytest.mark.parametrize("spec", ["nopeek:20", "shredder:0.5", "adversarial:5"])
-def test_each_learned_defense_lowers_its_own_objective(spec, target32, train_set, one_thread):
+def test_each_learned_defense_lowers_its_own_objective(spec, lite0_blocks1_32px, train_set, one_thread):
     images, labels = train_set
     config = DefenseTrainConfig(steps=25, batch_size=8, learning_rate=3e-3, patience=0)
-    state = parse_defense(spec).train(target32, LAYER, images, labels, config, progress=False)
+    state = parse_defense(spec).train(lite0_blocks1_32px, LAYER, images, labels, config, progress=False)
     history = state.meta["history"]
     assert len(history) == 25 and state.meta["spec"] == spec
     assert _window(history, "objective", first=False) < _window(history, "objective", first=True)
@@ -64,7 +51,7 @@ def test_each_learned_defense_lowers_its_own_objective(spec, target32, train_set
     else:  # a fresh adversary reconstructs worse from the fine-tuned client than from the original one
         assert state.meta["privacy_after"] > state.meta["privacy_before"]
     # the target itself is not changed; the deployment is made from the saved state
-    assert not any(p.requires_grad for p in target32.parameters())
+    assert not any(p.requires_grad for p in lite0_blocks1_32px.parameters())
 
 
 def test_distance_correlation_is_one_for_a_linear_map_and_low_for_independent_samples():
@@ -76,40 +63,44 @@ def test_distance_correlation_is_one_for_a_linear_map_and_low_for_independent_sa
         distance_correlation(x, x[:3])
 
 
-def test_state_round_trip_and_bad_inputs(tmp_path, target32, train_set, one_thread):
+def test_state_round_trip_and_bad_inputs(tmp_path, lite0_blocks1_32px, train_set, one_thread):
     images, labels = train_set
     defense = parse_defense("shredder:0.1")
-    state = defense.train(target32, LAYER, images, labels, DefenseTrainConfig(steps=2, batch_size=4), progress=False)
+    state = defense.train(
+        lite0_blocks1_32px, LAYER, images, labels, DefenseTrainConfig(steps=2, batch_size=4), progress=False
+    )
     loaded = TrainedState.load(state.save(tmp_path / "s"))
     assert loaded.meta == json.loads(json.dumps(state.meta))
     assert all(torch.equal(loaded.tensors[k], state.tensors[k]) for k in state.tensors)
     with pytest.raises(ValueError, match="true labels"):
-        defense.train(target32, LAYER, images, None, progress=False)
+        defense.train(lite0_blocks1_32px, LAYER, images, None, progress=False)
     with pytest.raises(ValueError, match="stands alone"):
         parse_defense("nopeek:1+noise:0.1")
     with pytest.raises(ValueError, match="strength of 'nopeek' must be a finite number >= 0"):
         parse_defense("nopeek:-1")
     with pytest.raises(ValueError, match="learned: give its trained state"):
-        parse_defense("nopeek:1").deployment(target32, LAYER)
+        parse_defense("nopeek:1").deployment(lite0_blocks1_32px, LAYER)
     with pytest.raises(FileNotFoundError, match="holds no trained defense"):
         TrainedState.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="`steps` must be a positive integer"):
         DefenseTrainConfig(steps=0)
 
 
-def test_utility_accuracy_of_none_is_the_undefended_accuracy(target32, eval_images):
-    images, _, labels = eval_images
+def test_utility_accuracy_of_none_is_the_undefended_accuracy(lite0_blocks1_32px, foolbox_imagenet_32px):
+    images, _, labels = foolbox_imagenet_32px
     labels = torch.tensor(labels)
-    deployment = parse_defense("none").deployment(target32, LAYER)
-    scores = utility_scores(deployment, images, LAYER, target32, target32.feature(images, LAYER), labels)
-    assert torch.equal(scores["accuracy"], (target32.predict(images) == labels).float())
+    deployment = parse_defense("none").deployment(lite0_blocks1_32px, LAYER)
+    scores = utility_scores(
+        deployment, images, LAYER, lite0_blocks1_32px, lite0_blocks1_32px.feature(images, LAYER), labels
+    )
+    assert torch.equal(scores["accuracy"], (lite0_blocks1_32px.predict(images) == labels).float())
     assert torch.equal(scores["agreement"], torch.ones(len(images)))
 
 
 def test_white_box_attacker_differentiates_through_the_fine_tuned_client(
-    tmp_path, target32, eval_images, train_set, one_thread
+    tmp_path, lite0_blocks1_32px, foolbox_imagenet_32px, train_set, one_thread
 ):
-    images, names, labels = eval_images
+    images, names, labels = foolbox_imagenet_32px
     given = []
 
     def factory(target):
@@ -117,7 +108,7 @@ def test_white_box_attacker_differentiates_through_the_fine_tuned_client(
         return PixelInverter(target, iterations=2)
 
     job = AuditJob(
-        target32,
+        lite0_blocks1_32px,
         images,
         names,
         [LAYER],
@@ -141,21 +132,21 @@ def test_white_box_attacker_differentiates_through_the_fine_tuned_client(
     naive = job._inverter(AttackItem(LAYER, "nopeek:5", "pixel", "naive", 0, range(2)))
     adaptive = job._inverter(AttackItem(LAYER, "nopeek:5", "pixel", "adaptive", 0, range(2)))
     client = job.deployment(LAYER, "nopeek:5").target
-    assert naive.target is target32 and adaptive.target is client and given[-1] is client
-    assert client.weights_fingerprint() != target32.weights_fingerprint()
+    assert naive.target is lite0_blocks1_32px and adaptive.target is client and given[-1] is client
+    assert client.weights_fingerprint() != lite0_blocks1_32px.weights_fingerprint()
     # the gradient of the attacker's feature loss flows through the fine-tuned weights, not the original ones
     x = images[:1].clone().requires_grad_()
     grad_client = torch.autograd.grad(client.feature(x, LAYER).square().sum(), x)[0]
-    grad_target = torch.autograd.grad(target32.feature(x, LAYER).square().sum(), x)[0]
+    grad_target = torch.autograd.grad(lite0_blocks1_32px.feature(x, LAYER).square().sum(), x)[0]
     assert not torch.allclose(grad_client, grad_target)
 
 
 def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_training(
-    tmp_path, target32, eval_images, train_set, photos, one_thread
+    tmp_path, lite0_blocks1_32px, foolbox_imagenet_32px, train_set, photos_224px, one_thread
 ):
-    images, names, labels = eval_images
+    images, names, labels = foolbox_imagenet_32px
     folder = tmp_path / "train"
-    for i, image in enumerate(photos):
+    for i, image in enumerate(photos_224px):
         save_image(image, folder / f"{i}.png")
     decoder = TrainConfig(
         out="",
@@ -179,7 +170,7 @@ def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_tr
         train_labels=train_set[1],
         defense_training=DefenseTrainConfig(steps=3, batch_size=4),
     )
-    report = run_audit(target32, images, names, [LAYER], defenses, methods, out, **kwargs)
+    report = run_audit(lite0_blocks1_32px, images, names, [LAYER], defenses, methods, out, **kwargs)
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     trained = [r for r in records if r["kind"] == "training" and r["method"] == "defense"]
@@ -191,7 +182,7 @@ def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_tr
     # utility on true labels, agreement beside it; every cell has the judge-free semantic scores with intervals
     rows = {r["defense"]: r for r in report["settings"]}
     none = rows["none"]
-    expected = (target32.predict(images) == torch.tensor(labels)).float().mean().item()
+    expected = (lite0_blocks1_32px.predict(images) == torch.tensor(labels)).float().mean().item()
     assert none["utility"] == pytest.approx(expected) and none["accuracy"] == none["utility"]
     assert none["agreement"] == 1.0
     for spec in ("nopeek:5", "shredder:0.5"):
@@ -213,14 +204,22 @@ def test_audit_with_learned_defenses_reports_the_frontier_and_resumes_without_tr
     # resumed: nothing runs again, no defense is trained again
     states = {spec: defense_folder(out, spec, LAYER) / "state.safetensors" for spec in ("nopeek:5", "shredder:0.5")}
     stamps = {spec: path.stat().st_mtime_ns for spec, path in states.items()}
-    again = run_audit(target32, images, names, [LAYER], defenses, methods, out, **kwargs)
+    again = run_audit(lite0_blocks1_32px, images, names, [LAYER], defenses, methods, out, **kwargs)
     assert len((out / "records.jsonl").read_text().splitlines()) == len(records)
     assert {spec: path.stat().st_mtime_ns for spec, path in states.items()} == stamps
     assert again["frontier"] == json.loads(json.dumps(report["frontier"]))
     # without training images a learned setting is refused before any work
     with pytest.raises(ValueError, match="train on labelled images"):
         run_audit(
-            target32, images, names, [LAYER], defenses, methods, tmp_path / "other", progress=False, labels=labels
+            lite0_blocks1_32px,
+            images,
+            names,
+            [LAYER],
+            defenses,
+            methods,
+            tmp_path / "other",
+            progress=False,
+            labels=labels,
         )
 
 

@@ -34,10 +34,12 @@ def single_layer_target():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, small_photos, lite0):
+def files(tmp_path_factory, photos_64px, lite0_64px):
     root = tmp_path_factory.mktemp("inputs")
-    photo = save_image(small_photos[0], root / "photo.png")
-    feats = FeatureSet.extract(lite0, small_photos[:1], "blocks.1", sources=[str(photo)]).save(root / "f.safetensors")
+    photo = save_image(photos_64px[0], root / "photo.png")
+    feats = FeatureSet.extract(lite0_64px, photos_64px[:1], "blocks.1", sources=[str(photo)]).save(
+        root / "f.safetensors"
+    )
     (root / "a_file").write_text("x")
     return {"root": root, "photo": str(photo), "feats": str(feats), "file": str(root / "a_file")}
 
@@ -191,25 +193,25 @@ def test_decompression_bomb_is_a_clear_error(capsys, tmp_path, monkeypatch, file
     assert load_image(big).shape == (3, 400, 400)
 
 
-def test_extract_takes_uint8_and_half_images_and_refuses_others(lite0, small_photos):
-    reference = FeatureSet.extract(lite0, small_photos[:1], "blocks.1").features
-    as_uint8 = (small_photos[:1] * 255).round().to(torch.uint8)
+def test_extract_takes_uint8_and_half_images_and_refuses_others(lite0_64px, photos_64px):
+    reference = FeatureSet.extract(lite0_64px, photos_64px[:1], "blocks.1").features
+    as_uint8 = (photos_64px[:1] * 255).round().to(torch.uint8)
 
     def close(a):  # 8-bit / half-precision rounding of the pixels moves the features by a few %
         return ((a - reference).norm() / reference.norm()).item() < 0.05
 
-    assert close(FeatureSet.extract(lite0, as_uint8, "blocks.1").features)
-    half = FeatureSet.extract(lite0, small_photos[:1].half(), "blocks.1").features
+    assert close(FeatureSet.extract(lite0_64px, as_uint8, "blocks.1").features)
+    half = FeatureSet.extract(lite0_64px, photos_64px[:1].half(), "blocks.1").features
     assert half.dtype == torch.float32 and close(half)
     with pytest.raises(ValueError, match="`images` has dtype torch.int64"):
-        FeatureSet.extract(lite0, as_uint8.long(), "blocks.1")
+        FeatureSet.extract(lite0_64px, as_uint8.long(), "blocks.1")
     with pytest.raises(
         ValueError,
         match=r"`images` must hold finite values in \[0, 1\], got min \d+ and max \d+; divide uint8-range floats by 255",
     ):
-        FeatureSet.extract(lite0, as_uint8.float(), "blocks.1")
+        FeatureSet.extract(lite0_64px, as_uint8.float(), "blocks.1")
     with pytest.raises(ValueError, match=r"`images` is an empty batch"):
-        FeatureSet.extract(lite0, small_photos[:0], "blocks.1")
+        FeatureSet.extract(lite0_64px, photos_64px[:0], "blocks.1")
 
 
 # ---------------------------------------------------------------------- feature files
@@ -394,11 +396,11 @@ def test_training_without_data_or_with_bad_out(capsys, files, tmp_path):
 
 
 # ---------------------------------------------------------------------- Python API ranges
-def test_python_api_ranges(lite0, small_photos):
+def test_python_api_ranges(lite0_64px, photos_64px):
     from diffinv.pipelines import load_pipeline
 
     target = single_layer_target()
-    feats = FeatureSet.extract(target, small_photos[:1], "blocks.1")
+    feats = FeatureSet.extract(target, photos_64px[:1], "blocks.1")
     with pytest.raises(ValueError, match="`temporal_weight` must be a finite number >= 0, got -5"):
         PixelInverter(target, iterations=1, temporal_weight=-5).invert(feats, progress=False)
     with pytest.raises(ValueError, match="`learning_rate` must be a finite number >= 0"):

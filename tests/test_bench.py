@@ -19,9 +19,9 @@ def test_builtin_datasets():
         load_dataset("nope", 32)
 
 
-def test_bench_cli_on_a_folder(tmp_path, small_photos):
+def test_bench_cli_on_a_folder(tmp_path, photos_64px):
     folder = tmp_path / "imgs"
-    for i, img in enumerate(small_photos[:2]):
+    for i, img in enumerate(photos_64px[:2]):
         save_image(img, folder / f"{i}.png")
     out = tmp_path / "bench"
     args = [
@@ -54,11 +54,11 @@ def test_bench_cli_on_a_folder(tmp_path, small_photos):
     assert main([*args[:-2], "--out", str(tmp_path / "b2"), "--images", str(tmp_path / "empty")]) == 2
 
 
-def test_interrupted_benchmark_keeps_finished_records(tmp_path, small_photos):
+def test_interrupted_benchmark_keeps_finished_records(tmp_path, photos_64px):
     from diffinv.targets import TargetNetwork
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.1", "blocks.2"], input_size=(32, 32))
-    images = torch.nn.functional.interpolate(small_photos[:2], size=(32, 32))
+    images = torch.nn.functional.interpolate(photos_64px[:2], size=(32, 32))
     calls = {"n": 0}
 
     class Flaky(PixelInverter):

@@ -7,9 +7,9 @@ from diffinv.io import save_image
 
 
 @pytest.fixture(scope="module")
-def photo_files(tmp_path_factory, small_photos):
+def photo_files(tmp_path_factory, photos_64px):
     folder = tmp_path_factory.mktemp("photos")
-    return [str(save_image(img, folder / f"{name}.png")) for img, name in zip(small_photos[:2], ["cat", "coffee"])]
+    return [str(save_image(img, folder / f"{name}.png")) for img, name in zip(photos_64px[:2], ["cat", "coffee"])]
 
 
 def test_extract_then_invert_with_references(photo_files, tmp_path):
@@ -38,7 +38,7 @@ def test_extract_then_invert_with_references(photo_files, tmp_path):
 
 
 @pytest.mark.parametrize("flag, grey_start", [(None, None), ("grey", True), ("random", False)])
-def test_dip_start_flag_reaches_dip_only(lite0, flag, grey_start):
+def test_dip_start_flag_reaches_dip_only(lite0_64px, flag, grey_start):
     import argparse
 
     from diffinv.cli import common
@@ -47,9 +47,11 @@ def test_dip_start_flag_reaches_dip_only(lite0, flag, grey_start):
     common.add_method_args(parser)
     args = parser.parse_args([] if flag is None else ["--dip-start", flag])
     args.device = "cpu"
-    assert common.inverter_factory("dip", args)(lite0).config.grey_start is grey_start
-    assert common.inverter_factory("dip+pixel", args)(lite0).start.config.grey_start is grey_start
-    assert common.inverter_factory("pixel", args)(lite0).settings()["method"] == "pixel"  # ignored, as --param by dip
+    assert common.inverter_factory("dip", args)(lite0_64px).config.grey_start is grey_start
+    assert common.inverter_factory("dip+pixel", args)(lite0_64px).start.config.grey_start is grey_start
+    assert (
+        common.inverter_factory("pixel", args)(lite0_64px).settings()["method"] == "pixel"
+    )  # ignored, as --param by dip
 
 
 def test_cli_errors_are_clear(photo_files, tmp_path, capsys):

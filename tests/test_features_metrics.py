@@ -5,10 +5,10 @@ from diffinv.features import FeatureSet
 from diffinv.metrics import LPIPS, feature_residual, psnr, ssim, temporal_consistency, top1_agreement
 
 
-def test_featureset_round_trip(lite0, small_photos, tmp_path):
-    fs = FeatureSet.extract(lite0, small_photos, "blocks.2", sources=["a.png", "b.png", "c.png", "d.png"])
+def test_featureset_round_trip(lite0_64px, photos_64px, tmp_path):
+    fs = FeatureSet.extract(lite0_64px, photos_64px, "blocks.2", sources=["a.png", "b.png", "c.png", "d.png"])
     path = fs.save(tmp_path / "f.safetensors")
-    loaded = FeatureSet.load(path, target=lite0)
+    loaded = FeatureSet.load(path, target=lite0_64px)
     assert torch.equal(loaded.features, fs.features)
     assert (loaded.target, loaded.layer, loaded.input_size, loaded.sources) == (
         "tf_efficientnet_lite0",
@@ -20,18 +20,18 @@ def test_featureset_round_trip(lite0, small_photos, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_featureset_checks_shape_and_finiteness(lite0, small_photos, tmp_path):
-    fs = FeatureSet.extract(lite0, small_photos[:1], "blocks.2")
+def test_featureset_checks_shape_and_finiteness(lite0_64px, photos_64px, tmp_path):
+    fs = FeatureSet.extract(lite0_64px, photos_64px[:1], "blocks.2")
     wrong_layer = FeatureSet(fs.features, fs.target, "blocks.4", fs.input_size)
     with pytest.raises(ValueError, match=r"shape \(1, 40, 8, 8\) but the target layer produces \(N, 112, 4, 4\)"):
-        wrong_layer.check(lite0)
+        wrong_layer.check(lite0_64px)
     bad = fs.features.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         FeatureSet(bad, fs.target, fs.layer, fs.input_size)
     other = FeatureSet(fs.features, "resnet50", "blocks.2", fs.input_size)
     with pytest.raises(ValueError, match="extracted with target 'resnet50'"):
-        other.check(lite0)
+        other.check(lite0_64px)
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         FeatureSet.load(tmp_path / "junk.safetensors")
@@ -45,10 +45,10 @@ def test_psnr_known_values():
     assert psnr(x, y).tolist() == pytest.approx([20.0, 40.0], abs=1e-3)
 
 
-def test_ssim_matches_scikit_image(small_photos):
+def test_ssim_matches_scikit_image(photos_64px):
     from skimage.metrics import structural_similarity
 
-    x = small_photos[:2]
+    x = photos_64px[:2]
     noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     ours = ssim(noisy, x)
     for i in range(2):
@@ -90,12 +90,12 @@ def test_lpips_uses_cached_backbone(tmp_path, monkeypatch):
     assert metric(x, x).abs().max() < 1e-6
 
 
-def test_feature_residual_and_top1(lite0, small_photos):
-    x = small_photos
-    feats = lite0.feature(x, "blocks.2")
-    assert feature_residual(lite0, x, feats, "blocks.2").abs().max() < 1e-5
-    assert (feature_residual(lite0, torch.rand_like(x), feats, "blocks.2") > 0.3).all()
-    assert top1_agreement(lite0, x, x).tolist() == [1.0] * 4
+def test_feature_residual_and_top1(lite0_64px, photos_64px):
+    x = photos_64px
+    feats = lite0_64px.feature(x, "blocks.2")
+    assert feature_residual(lite0_64px, x, feats, "blocks.2").abs().max() < 1e-5
+    assert (feature_residual(lite0_64px, torch.rand_like(x), feats, "blocks.2") > 0.3).all()
+    assert top1_agreement(lite0_64px, x, x).tolist() == [1.0] * 4
 
 
 def test_temporal_consistency():

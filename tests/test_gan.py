@@ -30,12 +30,12 @@ def gan():
 
 
 @pytest.fixture(scope="module")
-def in_range(gan, target):
+def in_range(gan, lite0_blocks2_32px):
     """Features of images the generator itself renders (reachable targets)."""
     with torch.no_grad():
         z = gan.sample_latents(2, torch.Generator().manual_seed(7))
         images = gan(z, gan.class_embeddings(torch.tensor([3, 500])))
-    return FeatureSet.extract(target, images, LAYER), images
+    return FeatureSet.extract(lite0_blocks2_32px, images, LAYER), images
 
 
 def test_registered_and_small_random_biggan_is_the_real_architecture(gan):
@@ -52,19 +52,19 @@ def test_registered_and_small_random_biggan_is_the_real_architecture(gan):
     assert all(torch.equal(a, b) for a, b in zip(gan.state_dict().values(), again.state_dict().values()))
 
 
-def test_gradient_reaches_z_and_the_class_embedding(gan, target, in_range):
+def test_gradient_reaches_z_and_the_class_embedding(gan, lite0_blocks2_32px, in_range):
     features, _ = in_range
     z = gan.sample_latents(2, torch.Generator().manual_seed(0)).requires_grad_()
     embed = gan.class_embeddings(torch.tensor([1, 2])).requires_grad_()
-    feature_loss(target.feature(gan(z, embed), LAYER), features.features).sum().backward()
+    feature_loss(lite0_blocks2_32px.feature(gan(z, embed), LAYER), features.features).sum().backward()
     for grad in (z.grad, embed.grad):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert all(p.grad is None for p in gan.parameters())  # the generator is frozen
 
 
-def test_loss_falls_on_an_in_range_target(gan, target, in_range):
+def test_loss_falls_on_an_in_range_target(gan, lite0_blocks2_32px, in_range):
     features, _ = in_range
-    inverter = GANInverter(target, gan, restarts=2, iterations=40, learning_rate=0.05)
+    inverter = GANInverter(lite0_blocks2_32px, gan, restarts=2, iterations=40, learning_rate=0.05)
     out = inverter(features, generator=torch.Generator().manual_seed(0), progress=False)
     assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (40, 2)
     assert (out.loss_history[-1] < 0.8 * out.loss_history[0]).all()
@@ -85,26 +85,26 @@ def test_loss_falls_on_an_in_range_target(gan, target, in_range):
     }
 
 
-def test_best_of_restarts_and_truncation_bound(gan, target, in_range):
+def test_best_of_restarts_and_truncation_bound(gan, lite0_blocks2_32px, in_range):
     features, _ = in_range
-    out = GANInverter(target, gan, restarts=3, iterations=3, classes=5)(
+    out = GANInverter(lite0_blocks2_32px, gan, restarts=3, iterations=3, classes=5)(
         features, generator=torch.Generator().manual_seed(1), progress=False
     )
     assert out.info["class_source"] == "given" and out.info["classes"] == [5, 5]
     assert out.info["latents"].abs().max() <= 2 * 0.7  # z stays in the truncation region
-    single = GANInverter(target, gan, restarts=1, iterations=3, classes=5)(
+    single = GANInverter(lite0_blocks2_32px, gan, restarts=1, iterations=3, classes=5)(
         features, generator=torch.Generator().manual_seed(1), progress=False
     )
     assert single.info["best_restart"] == [0, 0]
 
 
-def test_any_module_generator(target, in_range):
+def test_any_module_generator(lite0_blocks2_32px, in_range):
     features, _ = in_range
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 3 * 16 * 16), nn.Unflatten(1, (3, 16, 16)), nn.Tanh())
     with pytest.raises(ValueError, match="`z_dim` is required"):
-        GANInverter(target, net)
-    out = GANInverter(target, net, z_dim=16, restarts=2, iterations=20, learning_rate=0.1)(
+        GANInverter(lite0_blocks2_32px, net)
+    out = GANInverter(lite0_blocks2_32px, net, z_dim=16, restarts=2, iterations=20, learning_rate=0.1)(
         features, generator=torch.Generator().manual_seed(0), progress=False
     )
     assert out.images.shape == (2, 3, 32, 32)  # resized to the features' input size

@@ -24,7 +24,7 @@ TARGETS = ("tf_efficientnet_lite0", "vit_tiny_patch16_224")
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory):
+def hostile_roots(tmp_path_factory):
     """``(models, runs, outside)``: the server's two roots and a folder beside them with a secret image."""
     from diffinv.targets import TargetNetwork
 
@@ -43,7 +43,7 @@ def roots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(roots):
+def app(hostile_roots):
     """``(url, bench, demo)`` of one running app (127.0.0.1) whose allow-list holds EfficientNet-Lite0 and a tiny
     ViT (random weights only), sizes up to 64 px, 50 iterations."""
     pytest.importorskip("gradio")
@@ -53,7 +53,9 @@ def app(roots):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    limits = Limits(max_size=64, max_iterations=50, models_dir=roots[0], runs_dir=roots[1], targets=TARGETS)
+    limits = Limits(
+        max_size=64, max_iterations=50, models_dir=hostile_roots[0], runs_dir=hostile_roots[1], targets=TARGETS
+    )
     bench = workbench("cpu", limits)
     demo = build_app(bench)
     demo.queue(default_concurrency_limit=1).launch(
@@ -129,9 +131,9 @@ def shown_images(outputs) -> list:
 
 # ---------------------------------------------------------------------- item 1: uploads are only uploads
 @pytest.mark.hostile("app-upload-server-path")
-def test_an_upload_that_names_a_server_file_is_refused(app, roots):
+def test_an_upload_that_names_a_server_file_is_refused(app, hostile_roots):
     url, *_ = app
-    secret = str(roots[2] / "secret.png")
+    secret = str(hostile_roots[2] / "secret.png")
     refused = (
         "**diffinv app: error: `--images` (upload): not a file uploaded to this page; upload the image "
         "with the page's upload field.**"
@@ -156,7 +158,7 @@ def test_an_upload_that_names_a_server_file_is_refused(app, roots):
     assert event == "complete" and outputs[0].startswith("done: pixel at blocks.1"), outputs
     (original, caption), _ = shown_images(outputs)
     assert caption == "original (upload)"
-    mine = roots[2] / "mine.png"
+    mine = hostile_roots[2] / "mine.png"
     mine.write_bytes(png(np.full((40, 40, 3), 60, np.uint8)))
     status, *_ = Client(url, verbose=False).predict(*fields(handle_file(str(mine))), api_name="/invert")
     assert status.startswith("done: pixel at blocks.1")
@@ -377,11 +379,11 @@ def test_a_target_of_fixed_input_size_names_the_size_it_takes(app, tmp_path, cap
 
 
 @pytest.mark.hostile("app-weights-wrong-keys")
-def test_weights_of_another_network_or_shape_get_one_line_with_counts(app, roots, tmp_path, capsys):
+def test_weights_of_another_network_or_shape_get_one_line_with_counts(app, hostile_roots, tmp_path, capsys):
     from diffinv.cli import main
 
     url, *_ = app
-    models = roots[0]
+    models = hostile_roots[0]
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     other = (
         "`--weights` {!r} is not a state dict of 'tf_efficientnet_lite0': of its 2 keys, 296 missing (e.g. "

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def good(lite0, small_photos, tmp_path_factory):
+def good(lite0_64px, photos_64px, tmp_path_factory):
     """A real feature file of Lite0's blocks.1 for two photos, and its metadata, to be altered by each test."""
-    fs = FeatureSet.extract(lite0, small_photos[:2], "blocks.1", sources=["a.png", "b.png"])
+    fs = FeatureSet.extract(lite0_64px, photos_64px[:2], "blocks.1", sources=["a.png", "b.png"])
     path = fs.save(tmp_path_factory.mktemp("features") / "good.safetensors")
     from safetensors import safe_open
 

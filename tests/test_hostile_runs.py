@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from diffinv.cli import main
-from diffinv.io import sample_images, save_image
 from diffinv.jobs.store import RunSettingsError, RunStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,26 +52,6 @@ def usage_error(capsys, *argv) -> str:
     assert code == 2, err
     assert f"diffinv {argv[0]}: error:" in err and "Traceback" not in err, err
     return err
-
-
-@pytest.fixture(scope="module")
-def target():
-    from diffinv.targets import TargetNetwork
-
-    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(16, 16), weights="random:0")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return sample_images(("chelsea", "coffee"), 16)
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory, images):
-    folder = tmp_path_factory.mktemp("photos")
-    for name, image in zip(("a", "b"), images):
-        save_image(image, folder / f"{name}.png")
-    return folder
 
 
 def bench_argv(photo_dir, out, *extra, workers="1"):
@@ -147,11 +126,11 @@ def user_folder(root: Path) -> tuple[Path, dict[Path, bytes]]:
 
 
 @pytest.mark.hostile("overwrite-user-folder")
-def test_overwrite_never_deletes_a_folder_that_is_not_a_run(capsys, photo_dir, tmp_path, monkeypatch):
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(capsys, chelsea_coffee_16px_dir, tmp_path, monkeypatch):
     folder, files = user_folder(tmp_path)
     no_work(monkeypatch)
     for extra in ((), ("--overwrite",)):
-        err = usage_error(capsys, *bench_argv(photo_dir, folder, *extra))
+        err = usage_error(capsys, *bench_argv(chelsea_coffee_16px_dir, folder, *extra))
         assert repr(str(folder)) in err and "is not a diffinv run folder" in err, err
         assert "pass --overwrite" not in err, err
         assert {p: p.read_bytes() for p in files} == files and not (folder / "manifest.json").exists()
@@ -193,15 +172,17 @@ def test_no_job_clears_a_folder_that_is_not_a_run(tmp_path, job):
 
 
 @pytest.mark.hostile("overwrite-user-folder")
-def test_overwrite_of_a_run_deletes_only_the_runs_files(target, images, tmp_path):
+def test_overwrite_of_a_run_deletes_only_the_runs_files(random_lite0_blocks1_16px, chelsea_coffee_16px, tmp_path):
     """A run made in a folder of the user's (their files under other names) is replaced with --overwrite; their
     files stay. An empty folder and a new one are fine."""
     folder = tmp_path / "run"
     folder.mkdir()  # empty: a run may start there
     (folder / "photo.jpg").write_bytes(b"the user's")
-    bench(target, images, folder)
+    bench(random_lite0_blocks1_16px, chelsea_coffee_16px, folder)
     assert (folder / "images").is_dir() and (folder / "results.md").is_file()
-    bench(target, images[:1].flip(-1).repeat(2, 1, 1, 1), folder, overwrite=True)  # other settings
+    bench(
+        random_lite0_blocks1_16px, chelsea_coffee_16px[:1].flip(-1).repeat(2, 1, 1, 1), folder, overwrite=True
+    )  # other settings
     assert (folder / "photo.jpg").read_bytes() == b"the user's"
     assert len((folder / "records.jsonl").read_text().splitlines()) == 2
 
@@ -209,9 +190,11 @@ def test_overwrite_of_a_run_deletes_only_the_runs_files(target, images, tmp_path
 # ---------------------------------------------------------------------- links in place of run files (item 8)
 @pytest.mark.hostile("records-symlink")
 @pytest.mark.parametrize("name", ["records.jsonl", "records.rank1.jsonl", "manifest.json"])
-def test_run_files_that_are_links_are_refused_before_any_work(target, images, tmp_path, monkeypatch, name):
+def test_run_files_that_are_links_are_refused_before_any_work(
+    random_lite0_blocks1_16px, chelsea_coffee_16px, tmp_path, monkeypatch, name
+):
     folder = tmp_path / "run"
-    bench(target, images, folder)
+    bench(random_lite0_blocks1_16px, chelsea_coffee_16px, folder)
     elsewhere = tmp_path / "elsewhere.jsonl"
     original = (folder / name).read_bytes() if (folder / name).exists() else b""
     elsewhere.write_bytes(original.splitlines(keepends=True)[0] if name == "records.jsonl" else original)
@@ -221,22 +204,22 @@ def test_run_files_that_are_links_are_refused_before_any_work(target, images, tm
     no_work(monkeypatch)
     for overwrite in (False, True):
         with pytest.raises(RunSettingsError, match=rf"{name}.* is a symbolic link") as err:
-            bench(target, images, folder, overwrite=overwrite)
+            bench(random_lite0_blocks1_16px, chelsea_coffee_16px, folder, overwrite=overwrite)
         assert str(folder / name) in str(err.value) and "never read" in str(err.value)
     assert elsewhere.read_bytes() == before and (folder / name).is_symlink()
 
 
 @pytest.mark.hostile("records-symlink")
-def test_records_that_are_a_link_are_refused_by_the_command(capsys, photo_dir, tmp_path, monkeypatch):
+def test_records_that_are_a_link_are_refused_by_the_command(capsys, chelsea_coffee_16px_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert run(capsys, *bench_argv(photo_dir, out))[0] == 0
+    assert run(capsys, *bench_argv(chelsea_coffee_16px_dir, out))[0] == 0
     records = out / "records.jsonl"
     elsewhere = tmp_path / "elsewhere.jsonl"
     elsewhere.write_bytes(records.read_bytes().splitlines(keepends=True)[0])  # one of the two images
     records.unlink()
     records.symlink_to(elsewhere)
     no_work(monkeypatch)
-    err = usage_error(capsys, *bench_argv(photo_dir, out))
+    err = usage_error(capsys, *bench_argv(chelsea_coffee_16px_dir, out))
     assert repr(str(records)) in err and "is a symbolic link" in err, err
 
 
@@ -256,12 +239,12 @@ def test_records_are_never_read_through_a_link(tmp_path):
 
 # ---------------------------------------------------------------------- records trusted as read (item 6)
 @pytest.fixture
-def finished(target, images, tmp_path):
+def finished(random_lite0_blocks1_16px, chelsea_coffee_16px, tmp_path):
     """A finished 2-image bench run: ``(folder, its records, the PSNR row of results.json)``."""
     from diffinv.jobs.report import summarize
 
     folder = tmp_path / "run"
-    records = bench(target, images, folder)
+    records = bench(random_lite0_blocks1_16px, chelsea_coffee_16px, folder)
     assert len(records) == 2
     return folder, records, summarize(records, ["blocks.1"], ["pixel"])[0]
 
@@ -284,12 +267,14 @@ def table_row(text: str) -> list[str]:
 
 
 @pytest.mark.hostile("records-non-finite")
-def test_non_finite_values_leave_the_mean_and_n_and_are_reported(finished, target, images, monkeypatch):
+def test_non_finite_values_leave_the_mean_and_n_and_are_reported(
+    finished, random_lite0_blocks1_16px, chelsea_coffee_16px, monkeypatch
+):
     folder, records, _ = finished
     a, b = (dict(r) for r in records)
     a["psnr"], b["ssim"], b["seconds"] = math.nan, math.inf, "slow"
     rewrite(folder, [a, b])
-    merged, text, warned = rerun(target, images, folder, monkeypatch)
+    merged, text, warned = rerun(random_lite0_blocks1_16px, chelsea_coffee_16px, folder, monkeypatch)
     cells = table_row(text)
     assert cells[3] == "2"  # images
     assert cells[4].startswith(f"{b['psnr']:.2f} [") and cells[4].endswith("(n = 1)"), cells
@@ -310,7 +295,9 @@ def test_non_finite_values_leave_the_mean_and_n_and_are_reported(finished, targe
 
 
 @pytest.mark.hostile("records-foreign-items")
-def test_records_of_items_not_in_the_run_are_left_out_and_reported(finished, target, images, monkeypatch):
+def test_records_of_items_not_in_the_run_are_left_out_and_reported(
+    finished, random_lite0_blocks1_16px, chelsea_coffee_16px, monkeypatch
+):
     folder, records, row = finished
     foreign = [
         {**records[0], "image": "zzz.png", "psnr": 99.0},
@@ -320,7 +307,7 @@ def test_records_of_items_not_in_the_run_are_left_out_and_reported(finished, tar
         {**records[0], "image": ["unhashable"]},
     ]
     rewrite(folder, [*records, *foreign])
-    merged, text, warned = rerun(target, images, folder, monkeypatch)
+    merged, text, warned = rerun(random_lite0_blocks1_16px, chelsea_coffee_16px, folder, monkeypatch)
     assert [r["image"] for r in merged] == ["a.png", "b.png"]
     assert table_row(text)[3] == "2"
     assert table_row(text)[4].startswith(f"{row['psnr'][0]:.2f} [")
@@ -330,11 +317,13 @@ def test_records_of_items_not_in_the_run_are_left_out_and_reported(finished, tar
 
 
 @pytest.mark.hostile("records-duplicates")
-def test_duplicated_records_are_resolved_and_reported(finished, target, images, monkeypatch):
+def test_duplicated_records_are_resolved_and_reported(
+    finished, random_lite0_blocks1_16px, chelsea_coffee_16px, monkeypatch
+):
     folder, records, row = finished
     planted = {**records[0], "psnr": 99.0}
     rewrite(folder, [planted, *records])  # placed first: the first written used to count
-    merged, text, warned = rerun(target, images, folder, monkeypatch)
+    merged, text, warned = rerun(random_lite0_blocks1_16px, chelsea_coffee_16px, folder, monkeypatch)
     assert [r["psnr"] for r in merged] == [r["psnr"] for r in records]
     assert table_row(text)[4].startswith(f"{row['psnr'][0]:.2f} [")
     note = "1 item has several records (blocks.1 pixel 0 a.png): the last written of each is kept"
@@ -359,15 +348,15 @@ def test_video_summary_leaves_out_values_that_are_not_finite():
 
 
 @pytest.mark.hostile("records-non-finite", "records-foreign-items", "records-duplicates")
-def test_audit_records_are_not_trusted_as_read(target, images, tmp_path, monkeypatch):
+def test_audit_records_are_not_trusted_as_read(random_lite0_blocks1_16px, chelsea_coffee_16px, tmp_path, monkeypatch):
     from diffinv.defenses import parse_defenses
     from diffinv.inverters import PixelInverter
     from diffinv.jobs.audit import run_audit
 
     def audit():
         return run_audit(
-            target,
-            images,
+            random_lite0_blocks1_16px,
+            chelsea_coffee_16px,
             ["a.png", "b.png"],
             ["blocks.1"],
             parse_defenses(["none"]),
@@ -479,7 +468,7 @@ def test_the_estimate_counts_each_processs_own_base():
 
 
 @pytest.mark.hostile("workers-memory")
-def test_workers_above_the_cores_are_refused_unless_forced(capsys, photo_dir, tmp_path, monkeypatch):
+def test_workers_above_the_cores_are_refused_unless_forced(capsys, chelsea_coffee_16px_dir, tmp_path, monkeypatch):
     import diffinv.cli.bench
     import diffinv.resources as resources
     from diffinv.jobs.distributed import available_cores
@@ -490,7 +479,7 @@ def test_workers_above_the_cores_are_refused_unless_forced(capsys, photo_dir, tm
     monkeypatch.setattr(diffinv.cli.bench, "launch_local", no_launch)
     out = tmp_path / "out"
     cores = available_cores()
-    err = usage_error(capsys, *bench_argv(photo_dir, out, workers="64"))
+    err = usage_error(capsys, *bench_argv(chelsea_coffee_16px_dir, out, workers="64"))
     assert (
         f"`--workers` 64: this process may use {cores} CPU core" in err
         and f"--workers {cores} or fewer" in err
@@ -498,13 +487,13 @@ def test_workers_above_the_cores_are_refused_unless_forced(capsys, photo_dir, tm
     ), err
     # forced: the 64 processes' own memory is in the estimate (4 GiB do not hold them)
     monkeypatch.setattr(resources, "_host_available", lambda: 4 * 2**30)
-    err = usage_error(capsys, *bench_argv(photo_dir, out, "--force-workers", workers="64"))
+    err = usage_error(capsys, *bench_argv(chelsea_coffee_16px_dir, out, "--force-workers", workers="64"))
     assert "the job needs an estimated" in err and "64 process bases" in err, err
     assert not out.exists()
 
 
 @pytest.mark.hostile("workers-memory")
-def test_workers_auto_runs_the_processes_that_fit(capsys, photo_dir, tmp_path, monkeypatch):
+def test_workers_auto_runs_the_processes_that_fit(capsys, chelsea_coffee_16px_dir, tmp_path, monkeypatch):
     import diffinv.cli.bench
     import diffinv.resources as resources
 
@@ -512,7 +501,9 @@ def test_workers_auto_runs_the_processes_that_fit(capsys, photo_dir, tmp_path, m
     monkeypatch.setattr(diffinv.cli.bench, "launch_local", lambda argv, n: launched.append(n) or 0)
     monkeypatch.setattr("diffinv.jobs.distributed.available_cores", lambda: 8)
     monkeypatch.setattr(resources, "_host_available", lambda: 3 * 2**30)  # 2 process bases and the work fit
-    argv = bench_argv(photo_dir, tmp_path / "out", "--seeds", "0", "1", "2", "3", "--batch-size", "1", workers="auto")
+    argv = bench_argv(
+        chelsea_coffee_16px_dir, tmp_path / "out", "--seeds", "0", "1", "2", "3", "--batch-size", "1", workers="auto"
+    )
     code, err = run(capsys, *argv)
     assert code == 0 and launched == [2], err
     monkeypatch.setattr(resources, "_host_available", lambda: 2**20)  # not even one
@@ -520,7 +511,7 @@ def test_workers_auto_runs_the_processes_that_fit(capsys, photo_dir, tmp_path, m
 
 
 @pytest.mark.hostile("workers-memory")
-def test_atlas_counts_its_workers_in_the_estimate(capsys, photo_dir, tmp_path, monkeypatch):
+def test_atlas_counts_its_workers_in_the_estimate(capsys, chelsea_coffee_16px_dir, tmp_path, monkeypatch):
     import diffinv.cli.atlas
     import diffinv.resources as resources
 
@@ -530,7 +521,7 @@ def test_atlas_counts_its_workers_in_the_estimate(capsys, photo_dir, tmp_path, m
         capsys,
         "atlas",
         "--images",
-        photo_dir,
+        chelsea_coffee_16px_dir,
         "--train-split",
         "0",
         "--methods",
@@ -566,7 +557,7 @@ def run_limited(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.hostile("training-memory")
 @pytest.mark.parametrize("kind", ["decoder", "mapper"])
-def test_training_too_wide_for_memory_is_refused_before_any_work(photo_dir, tmp_path, kind):
+def test_training_too_wide_for_memory_is_refused_before_any_work(chelsea_coffee_16px_dir, tmp_path, kind):
     out = tmp_path / "out"
     extra = ["--model", "tiny"] if kind == "mapper" else []
     done = run_limited(
@@ -576,7 +567,7 @@ def test_training_too_wide_for_memory_is_refused_before_any_work(photo_dir, tmp_
         "--layer",
         "blocks.1",
         "--images",
-        str(photo_dir),
+        str(chelsea_coffee_16px_dir),
         "--size",
         "16",
         "--hidden-channels",
@@ -601,19 +592,19 @@ def test_training_too_wide_for_memory_is_refused_before_any_work(photo_dir, tmp_
 
 @pytest.mark.hostile("training-memory")
 @pytest.mark.parametrize("job", ["atlas", "audit"])
-def test_decoders_a_job_trains_are_checked_before_any_work(photo_dir, tmp_path, job):
+def test_decoders_a_job_trains_are_checked_before_any_work(chelsea_coffee_16px_dir, tmp_path, job):
     out = tmp_path / "out"
     extra = (
         ["--train-split", "1", "--workers", "1"]
         if job == "atlas"
-        else ["--train-images", str(photo_dir / "a.png"), "--defenses", "none"]
+        else ["--train-images", str(chelsea_coffee_16px_dir / "a.png"), "--defenses", "none"]
     )
     done = run_limited(
         "-m",
         "diffinv",
         job,
         "--images",
-        str(photo_dir),
+        str(chelsea_coffee_16px_dir),
         "--methods",
         "decoder",
         "--size",
@@ -691,13 +682,13 @@ def test_the_smallest_size_is_ssims_window():
         ssim(x[..., :-1], x[..., :-1])
 
 
-def test_extract_keeps_sizes_below_ssims_window(capsys, photo_dir, tmp_path):
+def test_extract_keeps_sizes_below_ssims_window(capsys, chelsea_coffee_16px_dir, tmp_path):
     """extract computes no metric: a small size stays allowed there."""
     out = tmp_path / "f.safetensors"
     code, err = run(
         capsys,
         "extract",
-        photo_dir / "a.png",
+        chelsea_coffee_16px_dir / "a.png",
         "--layer",
         "blocks.1",
         "--size",

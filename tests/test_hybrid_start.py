@@ -26,36 +26,35 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def photos():
-    return sample_images(("chelsea", "coffee"), 32)
+def chelsea_coffee_32px_feats(lite0_blocks2_32px, chelsea_coffee_32px):
+    return FeatureSet.extract(lite0_blocks2_32px, chelsea_coffee_32px, LAYER)
 
 
 @pytest.fixture(scope="module")
-def features(target, photos):
-    return FeatureSet.extract(target, photos, LAYER)
-
-
-@pytest.fixture(scope="module")
-def pipe(target, photos):
+def scaled_tiny_pipeline(lite0_blocks2_32px, chelsea_coffee_32px):
     from diffinv.pipelines import load_pipeline
 
-    pipe = load_pipeline("tiny", target=target, layer=LAYER)
+    pipe = load_pipeline("tiny", target=lite0_blocks2_32px, layer=LAYER)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():  # unit-variance scaled latents, as SD's 0.18215 was chosen for its own VAE
-        raw = pipe.encode_image(photos) / pipe.vae.config.scaling_factor
+        raw = pipe.encode_image(chelsea_coffee_32px) / pipe.vae.config.scaling_factor
     pipe.vae.register_to_config(scaling_factor=float(1 / raw.std()))
     return pipe
 
 
-def test_strength_to_zero_returns_the_encoded_decoded_start(pipe, features, photos):
+def test_strength_to_zero_returns_the_encoded_decoded_start(
+    scaled_tiny_pipeline, chelsea_coffee_32px_feats, chelsea_coffee_32px
+):
     with torch.no_grad():
-        encoded_decoded = decode_latents(pipe.vae, pipe.encode_image(photos)).clamp(0, 1)
+        encoded_decoded = decode_latents(
+            scaled_tiny_pipeline.vae, scaled_tiny_pipeline.encode_image(chelsea_coffee_32px)
+        ).clamp(0, 1)
     gaps = {}
     for steps, strength in ((1000, 1e-3), (100, 1e-2), (20, 0.5)):
-        out = pipe(
-            features,
+        out = scaled_tiny_pipeline(
+            chelsea_coffee_32px_feats,
             init="image",
-            image=photos,
+            image=chelsea_coffee_32px,
             strength=strength,
             num_inference_steps=steps,
             iterations=1,
@@ -67,67 +66,90 @@ def test_strength_to_zero_returns_the_encoded_decoded_start(pipe, features, phot
     # the limit: one step from t = 0 (noise std 0.03) gives back the VAE's reconstruction of the start
     assert gaps[1e-3].mean() < 0.015 and gaps[1e-3].max() < 0.15
     assert gaps[1e-3].mean() < gaps[1e-2].mean() < gaps[0.5].mean()
-    assert (encoded_decoded - photos).abs().mean() > 5 * gaps[1e-3].mean()  # the random VAE itself is lossy
+    assert (encoded_decoded - chelsea_coffee_32px).abs().mean() > 5 * gaps[
+        1e-3
+    ].mean()  # the random VAE itself is lossy
 
 
-def test_one_start_image_for_every_feature_map_and_pil(pipe, features, photos):
+def test_one_start_image_for_every_feature_map_and_pil(
+    scaled_tiny_pipeline, chelsea_coffee_32px_feats, chelsea_coffee_32px
+):
     from diffinv.io import to_pil
 
     kwargs = dict(init="image", strength=0.5, num_inference_steps=2, iterations=1, prompt="", output_type="pt")
-    one = pipe(features, image=photos[:1], generator=torch.Generator().manual_seed(0), **kwargs)
-    pil = pipe(features, image=[to_pil(photos[0])], generator=torch.Generator().manual_seed(0), **kwargs)
+    one = scaled_tiny_pipeline(
+        chelsea_coffee_32px_feats, image=chelsea_coffee_32px[:1], generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    pil = scaled_tiny_pipeline(
+        chelsea_coffee_32px_feats,
+        image=[to_pil(chelsea_coffee_32px[0])],
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
     assert one.images.shape == (2, 3, 32, 32)
     assert (one.images - pil.images).abs().mean() < 0.01  # PIL: the same image through 8 bits
 
 
-def test_black_box_start_never_ends_worse_than_it_started(pipe, target, features, photos):
-    good = photos.clone()  # a perfect estimate: no refinement can lower its feature loss (0)
+def test_black_box_start_never_ends_worse_than_it_started(
+    scaled_tiny_pipeline, lite0_blocks2_32px, chelsea_coffee_32px_feats, chelsea_coffee_32px
+):
+    good = chelsea_coffee_32px.clone()  # a perfect estimate: no refinement can lower its feature loss (0)
     noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    decoder = DecoderInverter(target, decoder=UpconvNet.for_target(target, LAYER, (32, 32)))  # untrained: a poor start
+    decoder = DecoderInverter(
+        lite0_blocks2_32px, decoder=UpconvNet.for_target(lite0_blocks2_32px, LAYER, (32, 32))
+    )  # untrained: a poor start
     for start in (good, noise, decoder):
-        inverter = DiffusionInverter(target, pipe, start=start, num_inference_steps=4, iterations=4, prompt="")
+        inverter = DiffusionInverter(
+            lite0_blocks2_32px, scaled_tiny_pipeline, start=start, num_inference_steps=4, iterations=4, prompt=""
+        )
         assert inverter.hybrid and inverter.config.strength == 0.3  # DRAG++'s default
-        out = inverter(features, generator=torch.Generator().manual_seed(0), progress=False)
+        out = inverter(chelsea_coffee_32px_feats, generator=torch.Generator().manual_seed(0), progress=False)
         start_loss = torch.tensor(out.info["start_loss"])
-        final = feature_loss(target.feature(out.images, LAYER), features.features)
+        final = feature_loss(lite0_blocks2_32px.feature(out.images, LAYER), chelsea_coffee_32px_feats.features)
         assert (final <= start_loss + 1e-5).all(), (start, final, start_loss)
         if start is good:
-            assert out.info["kept_start"] == [True, True] and torch.allclose(out.images, photos, atol=1e-6)
+            assert out.info["kept_start"] == [True, True] and torch.allclose(
+                out.images, chelsea_coffee_32px, atol=1e-6
+            )
         else:  # a poor start is improved on, and the refinement is what comes back
             assert out.info["kept_start"] == [False, False] and (final < start_loss).all()
     assert out.info["start_method"] == "decoder" and "start" in inverter.settings()
     assert inverter.settings()["start"]["method"] == "decoder"
 
 
-def test_gan_start_then_diffusion(pipe, target, features):
-    gan = GANInverter(target, "tiny:32", restarts=2, iterations=5)
-    out = DiffusionInverter(target, pipe, start=gan, num_inference_steps=2, iterations=2, prompt="")(
-        features, generator=torch.Generator().manual_seed(0), progress=False
-    )
+def test_gan_start_then_diffusion(scaled_tiny_pipeline, lite0_blocks2_32px, chelsea_coffee_32px_feats):
+    gan = GANInverter(lite0_blocks2_32px, "tiny:32", restarts=2, iterations=5)
+    out = DiffusionInverter(
+        lite0_blocks2_32px, scaled_tiny_pipeline, start=gan, num_inference_steps=2, iterations=2, prompt=""
+    )(chelsea_coffee_32px_feats, generator=torch.Generator().manual_seed(0), progress=False)
     assert out.images.shape == (2, 3, 32, 32) and out.info["start_method"] == "gan"
     assert out.info["start_info"]["class_source"] == "predicted"
 
 
-def test_hybrid_start_bad_input(pipe, features, photos, tmp_path):
+def test_hybrid_start_bad_input(scaled_tiny_pipeline, chelsea_coffee_32px_feats, chelsea_coffee_32px, tmp_path):
     with pytest.raises(ValueError, match="`init='image'` needs `image=`"):
-        pipe(features, init="image", iterations=1)
+        scaled_tiny_pipeline(chelsea_coffee_32px_feats, init="image", iterations=1)
     with pytest.raises(ValueError, match="3 images for 2 feature maps"):
-        pipe(features, init="image", image=torch.rand(3, 3, 32, 32), iterations=1)
+        scaled_tiny_pipeline(chelsea_coffee_32px_feats, init="image", image=torch.rand(3, 3, 32, 32), iterations=1)
     with pytest.raises(ValueError, match=r"`image` must hold finite values in \[0, 1\]"):
-        pipe(features, init="image", image=photos * 255, iterations=1)
+        scaled_tiny_pipeline(chelsea_coffee_32px_feats, init="image", image=chelsea_coffee_32px * 255, iterations=1)
     with pytest.raises(ValueError, match="`image` is the start of `init='image'`"):
-        pipe(features, image=photos, iterations=1)
+        scaled_tiny_pipeline(chelsea_coffee_32px_feats, image=chelsea_coffee_32px, iterations=1)
     with pytest.raises(ValueError, match=r"`strength` must be a number in \(0, 1\]"):
-        pipe(features, init="image", image=photos, strength=0.0, iterations=1)
+        scaled_tiny_pipeline(
+            chelsea_coffee_32px_feats, init="image", image=chelsea_coffee_32px, strength=0.0, iterations=1
+        )
     with pytest.raises(FileNotFoundError, match="do not exist"):
-        DiffusionInverter(features.to_target(), pipe, start=str(tmp_path / "missing.png"))
+        DiffusionInverter(
+            chelsea_coffee_32px_feats.to_target(), scaled_tiny_pipeline, start=str(tmp_path / "missing.png")
+        )
 
 
 # ---------------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
-def feature_file(tmp_path_factory, photos):
+def feature_file(tmp_path_factory, chelsea_coffee_32px):
     folder = tmp_path_factory.mktemp("hybrid_cli")
-    files = [str(save_image(img, folder / f"{n}.png")) for img, n in zip(photos, ("cat", "coffee"))]
+    files = [str(save_image(img, folder / f"{n}.png")) for img, n in zip(chelsea_coffee_32px, ("cat", "coffee"))]
     assert main(["extract", *files, "--layer", LAYER, "--size", "32", "-o", str(folder / "f.safetensors")]) == 0
     return folder / "f.safetensors", files
 

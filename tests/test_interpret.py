@@ -254,8 +254,8 @@ COMMON = ("--target", "tf_efficientnet_lite0", "--weights", "random:0", "--size"
 
 
 @pytest.fixture(scope="module")
-def photo(tmp_path_factory, small_photos):
-    return save_image(small_photos[0], tmp_path_factory.mktemp("photo") / "cat.png")
+def photo(tmp_path_factory, photos_64px):
+    return save_image(photos_64px[0], tmp_path_factory.mktemp("photo") / "cat.png")
 
 
 def test_cli_visualize_channels_and_dead_filters(tmp_path, capsys, photo):

@@ -8,13 +8,15 @@ from diffinv.losses import total_variation
 
 
 @pytest.fixture(scope="module")
-def feats(lite0, small_photos):
-    return FeatureSet.extract(lite0, small_photos[:2], "blocks.2")
+def lite0_64px_blocks2_feats(lite0_64px, photos_64px):
+    return FeatureSet.extract(lite0_64px, photos_64px[:2], "blocks.2")
 
 
 @pytest.mark.parametrize("cls", [PixelInverter, DIPInverter])
-def test_loss_falls_and_output_is_valid(cls, lite0, feats):
-    out = cls(lite0, iterations=40)(feats, generator=torch.Generator().manual_seed(0), progress=False)
+def test_loss_falls_and_output_is_valid(cls, lite0_64px, lite0_64px_blocks2_feats):
+    out = cls(lite0_64px, iterations=40)(
+        lite0_64px_blocks2_feats, generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert out.images.shape == (2, 3, 64, 64)
     assert out.images.min() >= 0 and out.images.max() <= 1
     assert out.loss_history.shape == (40, 2)
@@ -23,27 +25,27 @@ def test_loss_falls_and_output_is_valid(cls, lite0, feats):
     assert out.method == cls.name and out.seconds > 0
 
 
-def test_dip_grey_start_renders_flat_grey_then_learns(lite0, feats):
+def test_dip_grey_start_renders_flat_grey_then_learns(lite0_64px, lite0_64px_blocks2_feats):
     _, render = dip_parameterization(2, (64, 64), grey_start=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(render(train=False), torch.full((2, 3, 64, 64), 0.5))
     _, render = dip_parameterization(2, (64, 64), generator=torch.Generator().manual_seed(0))
     assert render(train=False).std() > 0.01  # the random generators' own pattern
     # the zeroed output layer does not stall the optimization: the loss falls as from a random start
-    out = DIPInverter(lite0, iterations=40, grey_start=True)(
-        feats, generator=torch.Generator().manual_seed(0), progress=False
+    out = DIPInverter(lite0_64px, iterations=40, grey_start=True)(
+        lite0_64px_blocks2_feats, generator=torch.Generator().manual_seed(0), progress=False
     )
     assert out.info["grey_start"] is True
     assert (out.loss_history[-5:].mean(0) < 0.7 * out.loss_history[0]).all()
 
 
 @pytest.mark.parametrize("layer", ["blocks.2", "blocks.6"])
-def test_dip_grey_start_follows_the_stride_unless_given(lite0, small_photos, layer):
-    features = FeatureSet.extract(lite0, small_photos[:1], layer)
+def test_dip_grey_start_follows_the_stride_unless_given(lite0_64px, photos_64px, layer):
+    features = FeatureSet.extract(lite0_64px, photos_64px[:1], layer)
     coarse = 64 / features.features.shape[-2] >= GREY_START_STRIDE
     assert coarse == (layer == "blocks.6")  # stride 32 and 8
     runs = {}
     for grey_start in (None, not coarse):
-        out = DIPInverter(lite0, iterations=2, grey_start=grey_start)(
+        out = DIPInverter(lite0_64px, iterations=2, grey_start=grey_start)(
             features, generator=torch.Generator().manual_seed(0), progress=False
         )
         runs[grey_start] = out
@@ -51,9 +53,13 @@ def test_dip_grey_start_follows_the_stride_unless_given(lite0, small_photos, lay
     assert not torch.equal(runs[None].images, runs[not coarse].images)
 
 
-def test_same_seed_same_result(lite0, feats):
-    a = PixelInverter(lite0, iterations=5)(feats, generator=torch.Generator().manual_seed(1), progress=False)
-    b = PixelInverter(lite0, iterations=5)(feats, generator=torch.Generator().manual_seed(1), progress=False)
+def test_same_seed_same_result(lite0_64px, lite0_64px_blocks2_feats):
+    a = PixelInverter(lite0_64px, iterations=5)(
+        lite0_64px_blocks2_feats, generator=torch.Generator().manual_seed(1), progress=False
+    )
+    b = PixelInverter(lite0_64px, iterations=5)(
+        lite0_64px_blocks2_feats, generator=torch.Generator().manual_seed(1), progress=False
+    )
     assert torch.equal(a.images, b.images)
 
 
@@ -90,14 +96,14 @@ def test_tv_prior_prefers_smooth_images():
         total_variation(smooth, "cubic")
 
 
-def test_bad_features_are_rejected(feats):
+def test_bad_features_are_rejected(lite0_64px_blocks2_feats):
     from diffinv.targets import TargetNetwork
 
     lite0 = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(64, 64))
     inverter = PixelInverter(lite0, iterations=2)
     with pytest.raises(ValueError, match=r"but the target layer produces"):
         inverter(torch.rand(1, 40, 7, 7), (64, 64), progress=False)
-    bad = feats.features.clone()
+    bad = lite0_64px_blocks2_feats.features.clone()
     bad[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
         inverter(bad, (64, 64), progress=False)
@@ -105,7 +111,7 @@ def test_bad_features_are_rejected(feats):
         DIPInverter(lite0, iterations=1)(lite0.feature(torch.rand(1, 3, 72, 72), "blocks.2"), (72, 72), progress=False)
 
 
-def test_non_finite_steps_are_skipped(lite0, feats, monkeypatch):
+def test_non_finite_steps_are_skipped(lite0_64px, lite0_64px_blocks2_feats, monkeypatch):
     import diffinv.inverters.optimizing as optimizing
 
     calls = {"n": 0}
@@ -117,6 +123,8 @@ def test_non_finite_steps_are_skipped(lite0, feats, monkeypatch):
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(optimizing, "feature_loss", flaky)
-    out = PixelInverter(lite0, iterations=4)(feats, generator=torch.Generator().manual_seed(0), progress=False)
+    out = PixelInverter(lite0_64px, iterations=4)(
+        lite0_64px_blocks2_feats, generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert out.info["skipped_steps"] == 1
     assert torch.isfinite(out.images).all()

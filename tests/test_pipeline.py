@@ -41,29 +41,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_sd_target():
-    """Real EfficientNet-Lite0 weights, images fed at their own size (32x32 here)."""
-    return TargetNetwork.from_name("tf_efficientnet_lite0", ["blocks.0", "blocks.1"], input_size=None)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd_pipe(tiny_sd_target):
-    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def tiny_sd_images(tiny_sd_pipe):
+def tiny_sd_images(tiny_pipeline_lite0_blocks0_1):
     """Two in-range images: made by the same pipeline from known latents."""
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        return tiny_sd_pipe.render(z, num_inference_steps=2)
+        return tiny_pipeline_lite0_blocks0_1.render(z, num_inference_steps=2)
 
 
 @pytest.fixture(scope="module")
-def tiny_sd_features(tiny_sd_target, tiny_sd_images):
-    return FeatureSet.extract(tiny_sd_target, tiny_sd_images, "blocks.1", sources=["a", "b"])
+def tiny_sd_features(lite0_blocks0_1_anysize, tiny_sd_images):
+    return FeatureSet.extract(lite0_blocks0_1_anysize, tiny_sd_images, "blocks.1", sources=["a", "b"])
 
 
 def _seed(n=0):
@@ -89,20 +76,25 @@ def test_definitions_have_real_sizes():
     assert sizes == {"sd15": 859_520_964, "sd-turbo": 865_910_724}
 
 
-def test_tiny_pipeline_builds_offline(tiny_sd_pipe):
-    assert isinstance(tiny_sd_pipe, DiffInvPipeline)
-    assert tiny_sd_pipe.vae_scale_factor == 2 and tiny_sd_pipe.unet.config.sample_size == 16
-    assert tiny_sd_pipe.tokenizer.model_max_length == 77
+def test_tiny_pipeline_builds_offline(tiny_pipeline_lite0_blocks0_1):
+    assert isinstance(tiny_pipeline_lite0_blocks0_1, DiffInvPipeline)
+    assert (
+        tiny_pipeline_lite0_blocks0_1.vae_scale_factor == 2
+        and tiny_pipeline_lite0_blocks0_1.unet.config.sample_size == 16
+    )
+    assert tiny_pipeline_lite0_blocks0_1.tokenizer.model_max_length == 77
     # the tiny vocabulary is the start of CLIP's: same ids for these tokens
-    assert tiny_sd_pipe.tokenizer("a photo of a").input_ids[1:-1] == [320, 1125, 539, 320]
-    assert all(not p.requires_grad for p in tiny_sd_pipe.unet.parameters())
+    assert tiny_pipeline_lite0_blocks0_1.tokenizer("a photo of a").input_ids[1:-1] == [320, 1125, 539, 320]
+    assert all(not p.requires_grad for p in tiny_pipeline_lite0_blocks0_1.unet.parameters())
 
 
-def test_loads_a_stable_diffusion_directory(tiny_sd_pipe, tiny_sd_target, tiny_sd_features, tmp_path):
+def test_loads_a_stable_diffusion_directory(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features, tmp_path
+):
     """An SD 1.x layout saved by StableDiffusionPipeline, with safety-checker entries that are not loaded."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    parts = {k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
+    parts = {k: getattr(tiny_pipeline_lite0_blocks0_1, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
     scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(definition_dir("sd15") / "scheduler"))
     sd = StableDiffusionPipeline(
         **parts, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -114,22 +106,23 @@ def test_loads_a_stable_diffusion_directory(tiny_sd_pipe, tiny_sd_target, tiny_s
         feature_extractor=["transformers", "CLIPImageProcessor"],
     )
     (tmp_path / "model_index.json").write_text(json.dumps(index))
-    pipe = DiffInvPipeline.from_pretrained(tmp_path, target=tiny_sd_target, layer="blocks.1")
+    pipe = DiffInvPipeline.from_pretrained(tmp_path, target=lite0_blocks0_1_anysize, layer="blocks.1")
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and not hasattr(pipe, "safety_checker")
     out = pipe(tiny_sd_features, generator=_seed(2), **FAST)
-    ref = tiny_sd_pipe(tiny_sd_features, generator=_seed(2), **FAST)
+    ref = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(2), **FAST)
     assert torch.equal(out.images, ref.images)  # the chain depends on the betas, not the scheduler class
 
 
-def test_one_step_chain_equals_a_turbo_euler_sample(tiny_sd_pipe):
+def test_one_step_chain_equals_a_turbo_euler_sample(tiny_pipeline_lite0_blocks0_1):
     from diffusers import EulerDiscreteScheduler
 
     euler = EulerDiscreteScheduler.from_config(
         EulerDiscreteScheduler.load_config(definition_dir("sd-turbo") / "scheduler")
     )
     pipe = DiffInvPipeline(
-        **{k: getattr(tiny_sd_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}, scheduler=euler
+        **{k: getattr(tiny_pipeline_lite0_blocks0_1, k) for k in ("vae", "text_encoder", "tokenizer", "unet")},
+        scheduler=euler,
     )
     for k in (1, 2, 4, 20):
         chain = pipe.chain_scheduler(k)
@@ -154,11 +147,13 @@ def _render_loss(pipe, target, z, feats, checkpointing=True, steps=3):
     return (target.feature(images, "blocks.1") - feats).pow(2).mean()
 
 
-def test_gradient_reaches_latent_through_whole_chain(tiny_sd_pipe, tiny_sd_target, tiny_sd_features):
+def test_gradient_reaches_latent_through_whole_chain(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features
+):
     feats = tiny_sd_features.features[:1]
     z = torch.randn(1, 4, 16, 16, generator=_seed(3))
     z_var = z.clone().requires_grad_()
-    loss = _render_loss(tiny_sd_pipe, tiny_sd_target, z_var, feats)
+    loss = _render_loss(tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, z_var, feats)
     (grad,) = torch.autograd.grad(loss, z_var)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     # the gradient is the derivative of the whole chain (3 UNet calls, decode, target):
@@ -166,27 +161,34 @@ def test_gradient_reaches_latent_through_whole_chain(tiny_sd_pipe, tiny_sd_targe
     direction = grad / grad.norm()
     eps = 1e-2
     with torch.no_grad():
-        plus = _render_loss(tiny_sd_pipe, tiny_sd_target, z + eps * direction, feats)
-        minus = _render_loss(tiny_sd_pipe, tiny_sd_target, z - eps * direction, feats)
+        plus = _render_loss(tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, z + eps * direction, feats)
+        minus = _render_loss(tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, z - eps * direction, feats)
     numeric = (plus - minus) / (2 * eps)
     assert numeric.item() == pytest.approx(grad.norm().item(), rel=0.05)
 
 
-def test_checkpointed_and_plain_gradients_agree(tiny_sd_pipe, tiny_sd_target, tiny_sd_features):
+def test_checkpointed_and_plain_gradients_agree(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features
+):
     feats = tiny_sd_features.features
     z = torch.randn(2, 4, 16, 16, generator=_seed(4))
     grads = []
     for checkpointing in (True, False):
         z_var = z.clone().requires_grad_()
         grads.append(
-            torch.autograd.grad(_render_loss(tiny_sd_pipe, tiny_sd_target, z_var, feats, checkpointing), z_var)[0]
+            torch.autograd.grad(
+                _render_loss(tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, z_var, feats, checkpointing),
+                z_var,
+            )[0]
         )
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
 
 
-def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
-    fs = FeatureSet.extract(tiny_sd_target, tiny_sd_images[:1], "blocks.0")
-    out = tiny_sd_pipe(
+def test_feature_loss_falls_tenfold_on_in_range_target(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_images
+):
+    fs = FeatureSet.extract(lite0_blocks0_1_anysize, tiny_sd_images[:1], "blocks.0")
+    out = tiny_pipeline_lite0_blocks0_1(
         fs, prompt="", num_inference_steps=2, iterations=60, learning_rate=0.3, latent_prior_weight=0.0,
         generator=_seed(5), output_type="pt",
     )  # fmt: skip
@@ -197,8 +199,8 @@ def test_feature_loss_falls_tenfold_on_in_range_target(tiny_sd_pipe, tiny_sd_tar
     assert out.feature_residual[0].item() ** 2 == pytest.approx(history.min().item(), rel=1e-3)
 
 
-def test_optimizing_all_latents_lowers_the_loss(tiny_sd_pipe, tiny_sd_features):
-    out = tiny_sd_pipe(
+def test_optimizing_all_latents_lowers_the_loss(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
+    out = tiny_pipeline_lite0_blocks0_1(
         tiny_sd_features,
         prompt="",
         num_inference_steps=3,
@@ -213,48 +215,59 @@ def test_optimizing_all_latents_lowers_the_loss(tiny_sd_pipe, tiny_sd_features):
 
 
 # ---------------------------------------------------------------------- prompts
-def test_prompt_changes_the_output(tiny_sd_pipe, tiny_sd_features):
+def test_prompt_changes_the_output(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     z = torch.randn(2, 4, 16, 16, generator=_seed(7))
-    a = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", latents=z, **FAST)
-    b = tiny_sd_pipe(tiny_sd_features, prompt="a red car on a street", latents=z, **FAST)
+    a = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, prompt="a photo of a cat", latents=z, **FAST)
+    b = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, prompt="a red car on a street", latents=z, **FAST)
     assert a.prompts == ["a photo of a cat"] * 2 and b.prompts == ["a red car on a street"] * 2
     assert (a.images - b.images).abs().max() > 1e-3
     # classifier-free guidance: the negative prompt matters too
-    c = tiny_sd_pipe(tiny_sd_features, prompt="a photo of a cat", guidance_scale=3.0, latents=z, **FAST)
-    d = tiny_sd_pipe(
+    c = tiny_pipeline_lite0_blocks0_1(
+        tiny_sd_features, prompt="a photo of a cat", guidance_scale=3.0, latents=z, **FAST
+    )
+    d = tiny_pipeline_lite0_blocks0_1(
         tiny_sd_features, prompt="a photo of a cat", negative_prompt="blurry", guidance_scale=3.0, latents=z, **FAST
     )
     assert (c.images - d.images).abs().max() > 1e-3
 
 
-def test_automatic_prompt_is_the_targets_class(tiny_sd_pipe, tiny_sd_target, tiny_sd_images, tiny_sd_features):
-    expected = [f"a photo of a {tiny_sd_target.class_name(int(i))}" for i in tiny_sd_target.predict(tiny_sd_images)]
-    out = tiny_sd_pipe(tiny_sd_features, generator=_seed(), **FAST)
+def test_automatic_prompt_is_the_targets_class(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_images, tiny_sd_features
+):
+    expected = [
+        f"a photo of a {lite0_blocks0_1_anysize.class_name(int(i))}"
+        for i in lite0_blocks0_1_anysize.predict(tiny_sd_images)
+    ]
+    out = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(), **FAST)
     assert out.prompts == expected
-    assert tiny_sd_pipe(tiny_sd_features, prompt="auto", generator=_seed(), **FAST).prompts == expected
+    assert (
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features, prompt="auto", generator=_seed(), **FAST).prompts == expected
+    )
     assert expected[0] in load_prompts("imagenet_classes")
 
 
-def test_no_automatic_prompt_without_classifier(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
+def test_no_automatic_prompt_without_classifier(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_images
+):
     torch.manual_seed(0)
     conv = TargetNetwork(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()), "1", input_size=None)
     try:
-        tiny_sd_pipe.set_target(conv)
+        tiny_pipeline_lite0_blocks0_1.set_target(conv)
         feats = conv.feature(tiny_sd_images)
-        assert tiny_sd_pipe(feats, generator=_seed(), **FAST).prompts == ["", ""]
+        assert tiny_pipeline_lite0_blocks0_1(feats, generator=_seed(), **FAST).prompts == ["", ""]
         with pytest.raises(ValueError, match="prompt='auto'"):
-            tiny_sd_pipe(feats, prompt="auto", **FAST)
+            tiny_pipeline_lite0_blocks0_1(feats, prompt="auto", **FAST)
     finally:
-        tiny_sd_pipe.set_target(tiny_sd_target, layer="blocks.1")
+        tiny_pipeline_lite0_blocks0_1.set_target(lite0_blocks0_1_anysize, layer="blocks.1")
 
 
-def test_prompt_files_by_name(tiny_sd_pipe, tiny_sd_features):
+def test_prompt_files_by_name(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     assert {"imagenet_classes", "backgrounds", "foregrounds"} <= set(available_prompt_files())
     classes = load_prompts("imagenet_classes")
     assert len(classes) == 1000 and classes[285] == "a photo of a Egyptian cat"
     assert resolve_prompts("@imagenet_classes:285,1", 2) == ["a photo of a Egyptian cat", "a photo of a goldfish"]
     background = load_prompts("backgrounds")[3]
-    out = tiny_sd_pipe(tiny_sd_features, prompt="@backgrounds:3", generator=_seed(), **FAST)
+    out = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, prompt="@backgrounds:3", generator=_seed(), **FAST)
     assert out.prompts == [background, background]
     with pytest.raises(ValueError, match="out of range"):
         resolve_prompts("@backgrounds:999", 1)
@@ -265,28 +278,30 @@ def test_prompt_files_by_name(tiny_sd_pipe, tiny_sd_features):
 
 
 # ---------------------------------------------------------------------- outputs, batching, callbacks
-def test_output_types_and_tuple(tiny_sd_pipe, tiny_sd_features):
+def test_output_types_and_tuple(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     z = torch.randn(2, 4, 16, 16, generator=_seed(8))
-    pil = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "pil"})
+    pil = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, latents=z, **{**FAST, "output_type": "pil"})
     assert isinstance(pil, DiffInvPipelineOutput) and len(pil.images) == 2
     assert isinstance(pil.images[0], PIL.Image.Image) and pil.images[0].size == (32, 32)
-    arr = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "np"}).images
+    arr = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, latents=z, **{**FAST, "output_type": "np"}).images
     assert isinstance(arr, np.ndarray) and arr.shape == (2, 32, 32, 3)
-    pt = tiny_sd_pipe(tiny_sd_features, latents=z, **FAST)
+    pt = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, latents=z, **FAST)
     assert pt.images.shape == (2, 3, 32, 32) and pt.images.min() >= 0 and pt.images.max() <= 1
     np.testing.assert_allclose(arr, pt.images.permute(0, 2, 3, 1).numpy(), atol=1e-6)
     assert pt.loss_history.shape == (3, 2) and pt.feature_residual.shape == (2,)
     assert pt.latents.shape == (2, 4, 16, 16) and pt.latents.dtype == torch.float32
-    latent = tiny_sd_pipe(tiny_sd_features, latents=z, **{**FAST, "output_type": "latent"}).images
+    latent = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, latents=z, **{**FAST, "output_type": "latent"}).images
     assert latent.shape == (2, 4, 16, 16)
-    as_tuple = tiny_sd_pipe(tiny_sd_features, latents=z, return_dict=False, **FAST)
+    as_tuple = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, latents=z, return_dict=False, **FAST)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], pt.images)
 
 
-def test_batch_of_one_equals_single(tiny_sd_pipe, tiny_sd_features):
+def test_batch_of_one_equals_single(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     z = torch.randn(2, 4, 16, 16, generator=_seed(9))
-    batch = tiny_sd_pipe(tiny_sd_features, latents=z, num_inference_steps=2, iterations=5, output_type="pt")
-    single = tiny_sd_pipe(
+    batch = tiny_pipeline_lite0_blocks0_1(
+        tiny_sd_features, latents=z, num_inference_steps=2, iterations=5, output_type="pt"
+    )
+    single = tiny_pipeline_lite0_blocks0_1(
         tiny_sd_features.features[:1],
         layer="blocks.1",
         height=32,
@@ -312,11 +327,11 @@ BATCH_RUN = dict(prompt="", height=32, width=32, num_inference_steps=1, iteratio
 
 
 @pytest.fixture(scope="module")
-def smooth_pipe(tiny_sd_pipe):
+def smooth_pipe(tiny_pipeline_lite0_blocks0_1):
     """The tiny pipeline with a small smooth target (two convolutions and a SiLU, seeded)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1))
-    pipe = tiny_sd_pipe.with_target(TargetNetwork(net, "2", input_size=None), layer="2")
+    pipe = tiny_pipeline_lite0_blocks0_1.with_target(TargetNetwork(net, "2", input_size=None), layer="2")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -360,10 +375,14 @@ def test_a_batch_gives_what_single_calls_give(smooth_pipe, eight_maps, eight_sin
     assert out.skipped_steps == 0 and out.fp32_decodes.tolist() == [0] * batch
 
 
-def test_a_step_failing_for_every_image_is_skipped_alike_in_a_batch_and_alone(tiny_sd_pipe, eight_maps):
+def test_a_step_failing_for_every_image_is_skipped_alike_in_a_batch_and_alone(
+    tiny_pipeline_lite0_blocks0_1, eight_maps
+):
     torch.manual_seed(0)
     blow_up = _BlowUp()
-    pipe = tiny_sd_pipe.with_target(TargetNetwork(nn.Sequential(blow_up, nn.SiLU()), "1", input_size=None))
+    pipe = tiny_pipeline_lite0_blocks0_1.with_target(
+        TargetNetwork(nn.Sequential(blow_up, nn.SiLU()), "1", input_size=None)
+    )
     pipe.set_progress_bar_config(disable=True)
     _, z = eight_maps
     with torch.no_grad():
@@ -386,13 +405,15 @@ def test_a_step_failing_for_every_image_is_skipped_alike_in_a_batch_and_alone(ti
     "the step of the whole batch when one image's loss is not finite, and Adam's "
     "step count is one per tensor: a per-image skip needs a change there",
 )
-def test_a_step_failing_for_one_image_is_skipped_for_that_image_alone(tiny_sd_pipe, tiny_sd_features, monkeypatch):
+def test_a_step_failing_for_one_image_is_skipped_for_that_image_alone(
+    tiny_pipeline_lite0_blocks0_1, tiny_sd_features, monkeypatch
+):
     nan = float("nan")
     script = torch.tensor([[3.0, 2.0], [nan, 1.5], [2.0, 1.0]])
     z = torch.randn(2, 4, 16, 16, generator=_seed(21))
     run = dict(prompt="", num_inference_steps=1, iterations=len(script), output_type="pt")
-    batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(tiny_sd_features, latents=z, **run)
-    single = _scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, 1:])(
+    batch = _scripted_pipe(tiny_pipeline_lite0_blocks0_1, monkeypatch, script)(tiny_sd_features, latents=z, **run)
+    single = _scripted_pipe(tiny_pipeline_lite0_blocks0_1, monkeypatch, script[:, 1:])(
         tiny_sd_features.features[1:], layer="blocks.1", height=32, width=32, latents=z[1:], **run
     )
     assert torch.equal(batch.latents[1:], single.latents)
@@ -415,7 +436,9 @@ def _scripted_pipe(pipe, monkeypatch, script: torch.Tensor):
     return pipe
 
 
-def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(tiny_sd_pipe, tiny_sd_features, monkeypatch):
+def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(
+    tiny_pipeline_lite0_blocks0_1, tiny_sd_features, monkeypatch
+):
     """Each image keeps its own best iterate and stops on its own plateau, in the batch as alone."""
     script = torch.tensor(
         [[3.0, 5.0, 1.0], [2.0, 4.0, 2.0], [2.5, 3.0, 3.0], [2.6, 2.0, 0.5], [2.7, 1.0, 0.4], [2.8, 0.5, 0.3]]
@@ -432,9 +455,11 @@ def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(tiny_sd_pi
         output_type="pt",
         early_stop=EarlyStopping(patience=2),
     )
-    batch = _scripted_pipe(tiny_sd_pipe, monkeypatch, script)(feats, latents=z, **run)
+    batch = _scripted_pipe(tiny_pipeline_lite0_blocks0_1, monkeypatch, script)(feats, latents=z, **run)
     singles = [
-        _scripted_pipe(tiny_sd_pipe, monkeypatch, script[:, i : i + 1])(feats[i : i + 1], latents=z[i : i + 1], **run)
+        _scripted_pipe(tiny_pipeline_lite0_blocks0_1, monkeypatch, script[:, i : i + 1])(
+            feats[i : i + 1], latents=z[i : i + 1], **run
+        )
         for i in range(3)
     ]
     # image 0 stops after iteration 3 (best at 1), image 2 after iteration 2 (best at 0); image 1 runs all 6
@@ -444,24 +469,24 @@ def test_best_iterate_and_early_stopping_act_per_image_inside_a_batch(tiny_sd_pi
         assert torch.equal(batch.latents[i], single.latents[0])  # frozen at its own best iterate
     assert not torch.equal(batch.latents[0], z[0]) and torch.equal(batch.latents[2], z[2])  # image 2's best: its start
     with pytest.raises(ValueError, match="`early_stop` must be None or an EarlyStopping"):
-        tiny_sd_pipe(feats, early_stop=30, **{k: v for k, v in run.items() if k != "early_stop"})
+        tiny_pipeline_lite0_blocks0_1(feats, early_stop=30, **{k: v for k, v in run.items() if k != "early_stop"})
 
 
-def test_generator_makes_runs_reproducible(tiny_sd_pipe, tiny_sd_features):
-    a = tiny_sd_pipe(tiny_sd_features, generator=_seed(11), **FAST)
-    b = tiny_sd_pipe(tiny_sd_features, generator=_seed(11), **FAST)
-    c = tiny_sd_pipe(tiny_sd_features, generator=_seed(12), **FAST)
+def test_generator_makes_runs_reproducible(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
+    a = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(11), **FAST)
+    b = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(11), **FAST)
+    c = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(12), **FAST)
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
 
 
-def test_callback_sees_every_iteration_and_can_stop(tiny_sd_pipe, tiny_sd_features):
+def test_callback_sees_every_iteration_and_can_stop(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     seen = []
 
     def callback(pipe, step, timestep, kwargs):
         seen.append((step, int(timestep), tuple(kwargs["latents"].shape), kwargs["loss"].shape))
         return {"interrupt": step == 2}  # stops this call only
 
-    out = tiny_sd_pipe(
+    out = tiny_pipeline_lite0_blocks0_1(
         tiny_sd_features,
         num_inference_steps=2,
         iterations=10,
@@ -486,7 +511,9 @@ class _BlowUp(nn.Module):
         return y * float("nan") if self.broken else y
 
 
-def test_non_finite_step_is_skipped_and_reported(tiny_sd_pipe, tiny_sd_target, tiny_sd_images):
+def test_non_finite_step_is_skipped_and_reported(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_images
+):
     torch.manual_seed(0)
     blow_up = _BlowUp()
     target = TargetNetwork(nn.Sequential(blow_up), "0", input_size=None)
@@ -497,8 +524,8 @@ def test_non_finite_step_is_skipped_and_reported(tiny_sd_pipe, tiny_sd_target, t
         return {}
 
     try:
-        tiny_sd_pipe.set_target(target)
-        out = tiny_sd_pipe(
+        tiny_pipeline_lite0_blocks0_1.set_target(target)
+        out = tiny_pipeline_lite0_blocks0_1(
             feats,
             prompt="",
             num_inference_steps=2,
@@ -507,15 +534,15 @@ def test_non_finite_step_is_skipped_and_reported(tiny_sd_pipe, tiny_sd_target, t
             callback_on_step_end=break_iteration_1,
         )
     finally:
-        tiny_sd_pipe.set_target(tiny_sd_target, layer="blocks.1")
+        tiny_pipeline_lite0_blocks0_1.set_target(lite0_blocks0_1_anysize, layer="blocks.1")
     assert out.skipped_steps == 1
     assert torch.isnan(out.loss_history[1]).all() and torch.isfinite(out.loss_history[[0, 2, 3]]).all()
     assert torch.isfinite(out.images).all() and torch.isfinite(out.latents).all()
     assert torch.isfinite(out.feature_residual).all()
 
 
-def test_bfloat16_networks_keep_fp32_latents_and_loss(tiny_sd_target, tiny_sd_features):
-    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", torch_dtype=torch.bfloat16)
+def test_bfloat16_networks_keep_fp32_latents_and_loss(lite0_blocks0_1_anysize, tiny_sd_features):
+    pipe = load_pipeline("tiny", target=lite0_blocks0_1_anysize, layer="blocks.1", torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
     assert next(pipe.target.parameters()).dtype == torch.float32
@@ -524,12 +551,12 @@ def test_bfloat16_networks_keep_fp32_latents_and_loss(tiny_sd_target, tiny_sd_fe
     assert out.skipped_steps == 0 and torch.isfinite(out.loss_history).all()
 
 
-def test_xformers_is_used_when_installed_and_asked_for_else_a_clear_error(tiny_sd_target, tiny_sd_features):
+def test_xformers_is_used_when_installed_and_asked_for_else_a_clear_error(lite0_blocks0_1_anysize, tiny_sd_features):
     import importlib.util
 
     usable = importlib.util.find_spec("xformers") is not None and torch.cuda.is_available()
     if usable:
-        pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
+        pipe = load_pipeline("tiny", target=lite0_blocks0_1_anysize, layer="blocks.1", attention="xformers")
         assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"XFormersAttnProcessor"}
     else:
         with pytest.raises(
@@ -537,7 +564,7 @@ def test_xformers_is_used_when_installed_and_asked_for_else_a_clear_error(tiny_s
             match="`attention` is 'xformers' but xformers attention is not available here "
             r".*pip install xformers.*attention='sdpa'",
         ):
-            load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", attention="xformers")
+            load_pipeline("tiny", target=lite0_blocks0_1_anysize, layer="blocks.1", attention="xformers")
     with pytest.raises(ValueError, match="`attention` must be 'sdpa' or 'xformers', got 'flash'"):
         load_pipeline("tiny", attention="flash")
 
@@ -554,7 +581,9 @@ def _scripted_loss(script: torch.Tensor, seen: list):
     return loss
 
 
-def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, tiny_sd_features, monkeypatch):
+def test_pipeline_and_inverters_share_the_one_optimization_rule(
+    tiny_pipeline_lite0_blocks0_1, tiny_sd_features, monkeypatch
+):
     """The same injected per-image losses give the pipeline and ``inverters.optimizing.optimize`` the same
     learning rates, skipped steps, loss history and best iterate per image."""
     nan = float("nan")
@@ -574,8 +603,8 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
                 return per_image.detach(), None
             return per_image.detach(), [torch.autograd.grad(per_image.sum(), x)[0]]
 
-    monkeypatch.setattr(tiny_sd_pipe, "_gradient_step", gradient_step)
-    out = tiny_sd_pipe(
+    monkeypatch.setattr(tiny_pipeline_lite0_blocks0_1, "_gradient_step", gradient_step)
+    out = tiny_pipeline_lite0_blocks0_1(
         tiny_sd_features,
         prompt="",
         latents=z,
@@ -608,8 +637,10 @@ def test_pipeline_and_inverters_share_the_one_optimization_rule(tiny_sd_pipe, ti
     assert torch.equal(out.latents, x.detach()) and info["best_loss"] == [1.0, 0.5]
 
 
-def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(tiny_sd_target, tiny_sd_features, monkeypatch):
-    pipe = load_pipeline("tiny", target=tiny_sd_target, layer="blocks.1", torch_dtype=torch.float16)
+def test_fp16_gradient_overflow_is_retried_at_a_smaller_loss_scale(
+    lite0_blocks0_1_anysize, tiny_sd_features, monkeypatch
+):
+    pipe = load_pipeline("tiny", target=lite0_blocks0_1_anysize, layer="blocks.1", torch_dtype=torch.float16)
     pipe.set_progress_bar_config(disable=True)
     scales = []
 
@@ -682,34 +713,39 @@ def test_img2img_steps():
 
 
 def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(
-    tiny_sd_pipe, tiny_sd_target, tiny_sd_features, monkeypatch
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features, monkeypatch
 ):
     torch.manual_seed(0)
-    mapper = FeatureMapper.for_target(tiny_sd_target, "blocks.1", (32, 32), tiny_sd_pipe.vae, hidden_channels=8)
+    mapper = FeatureMapper.for_target(
+        lite0_blocks0_1_anysize, "blocks.1", (32, 32), tiny_pipeline_lite0_blocks0_1.vae, hidden_channels=8
+    )
     steps, strength = 4, 0.5
     chains = []
-    sample = tiny_sd_pipe._sample
+    sample = tiny_pipeline_lite0_blocks0_1._sample
 
     def spy(latents, prompt_embeds, scheduler, *args, **kwargs):
         chains.append([int(t) for t in scheduler.timesteps])
         return sample(latents, prompt_embeds, scheduler, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_sd_pipe, "_sample", spy)
-    direct = tiny_sd_pipe.img2img(
+    monkeypatch.setattr(tiny_pipeline_lite0_blocks0_1, "_sample", spy)
+    direct = tiny_pipeline_lite0_blocks0_1.img2img(
         mapper.initial_latents(tiny_sd_features), strength, num_inference_steps=steps, generator=_seed(21)
     )
     expected = [
-        int(t) for t in tiny_sd_pipe.chain_scheduler(steps).timesteps[steps - img2img_steps(steps, strength) :]
+        int(t)
+        for t in tiny_pipeline_lite0_blocks0_1.chain_scheduler(steps).timesteps[
+            steps - img2img_steps(steps, strength) :
+        ]
     ]
     assert chains == [expected] and len(expected) == 2 and direct.shape == (2, 4, 16, 16)
 
     # MapperInverter's refinement is the pipeline's img2img
     chains.clear()
     inverter = MapperInverter(
-        tiny_sd_target,
+        lite0_blocks0_1_anysize,
         mapper=mapper,
-        vae=tiny_sd_pipe.vae,
-        pipe=tiny_sd_pipe,
+        vae=tiny_pipeline_lite0_blocks0_1.vae,
+        pipe=tiny_pipeline_lite0_blocks0_1,
         strength=strength,
         num_inference_steps=steps,
     )
@@ -720,7 +756,7 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(
     # the hybrid start noises the same way into the same chain: with a zero learning rate its
     # result is the img2img of the mapper's latent
     chains.clear()
-    hybrid = tiny_sd_pipe(
+    hybrid = tiny_pipeline_lite0_blocks0_1(
         tiny_sd_features,
         init="mapper",
         mapper=mapper,
@@ -736,13 +772,13 @@ def test_mapper_refinement_and_hybrid_start_run_the_same_img2img_chain(
     torch.testing.assert_close(hybrid.images, direct, rtol=0, atol=1e-6)
 
     # strength 0: no refinement, no pipeline
-    plain = MapperInverter(tiny_sd_target, mapper=mapper, vae=tiny_sd_pipe.vae, strength=0.0)
+    plain = MapperInverter(lite0_blocks0_1_anysize, mapper=mapper, vae=tiny_pipeline_lite0_blocks0_1.vae, strength=0.0)
     out = plain(tiny_sd_features, progress=False)
     assert plain.pipe is None and out.info["img2img_steps"] == 0
     with torch.no_grad():
         assert torch.equal(out.info["latents"], mapper.initial_latents(tiny_sd_features).cpu())
     with pytest.raises(ValueError, match=r"method 'mapper': `strength` must be a number in \[0, 1\], got 1.5"):
-        MapperInverter(tiny_sd_target, mapper=mapper, strength=1.5)
+        MapperInverter(lite0_blocks0_1_anysize, mapper=mapper, strength=1.5)
 
 
 # ---------------------------------------------------------------------- the target's input size
@@ -855,7 +891,7 @@ def test_call_defaults_are_the_diffusion_configs():
 
 
 def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(
-    tiny_sd_pipe, tiny_sd_target, tiny_sd_features, monkeypatch
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features, monkeypatch
 ):
     """Per-call targets, progress bars and interrupts (what DiffusionInverter passes): three threads share one
     pipeline, each gets what it gets alone, and no pipeline is made (no clone per inversion) or changed."""
@@ -875,11 +911,15 @@ def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(
     }
 
     def run(kwargs):
-        return tiny_sd_pipe(generator=_seed(71), prompt="", progress_bar_config={"disable": True}, **FAST, **kwargs)
+        return tiny_pipeline_lite0_blocks0_1(
+            generator=_seed(71), prompt="", progress_bar_config={"disable": True}, **FAST, **kwargs
+        )
 
     single = {name: run(kwargs) for name, kwargs in calls.items()}
     assert single["other, stopped"].loss_history.shape == (1, 1) and single["other"].loss_history.shape == (3, 1)
-    inverter = DiffusionInverter(other, model=tiny_sd_pipe, device="cpu", num_inference_steps=2, iterations=2)
+    inverter = DiffusionInverter(
+        other, model=tiny_pipeline_lite0_blocks0_1, device="cpu", num_inference_steps=2, iterations=2
+    )
 
     made, init = [], DiffInvPipeline.__init__
 
@@ -898,21 +938,32 @@ def test_threads_share_one_pipeline_with_their_own_targets_and_no_copy(
                 out.loss_history, single[name].loss_history
             ), name
     assert torch.equal(results["inverter"][0].images, results["inverter"][1].images)
-    assert not made and tiny_sd_pipe.target is tiny_sd_target and tiny_sd_pipe.layer == "blocks.1"
+    assert (
+        not made
+        and tiny_pipeline_lite0_blocks0_1.target is lite0_blocks0_1_anysize
+        and tiny_pipeline_lite0_blocks0_1.layer == "blocks.1"
+    )
 
 
 def test_with_target_shares_the_components_and_leaves_the_pipeline_alone(
-    tiny_sd_pipe, tiny_sd_target, tiny_sd_features
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features
 ):
     other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=None)
-    pipe = tiny_sd_pipe.with_target(other, layer="blocks.2")
-    assert pipe.unet is tiny_sd_pipe.unet and pipe.vae is tiny_sd_pipe.vae and pipe.target is other
-    assert tiny_sd_pipe.target is tiny_sd_target and tiny_sd_pipe.layer == "blocks.1"
+    pipe = tiny_pipeline_lite0_blocks0_1.with_target(other, layer="blocks.2")
+    assert (
+        pipe.unet is tiny_pipeline_lite0_blocks0_1.unet
+        and pipe.vae is tiny_pipeline_lite0_blocks0_1.vae
+        and pipe.target is other
+    )
+    assert (
+        tiny_pipeline_lite0_blocks0_1.target is lite0_blocks0_1_anysize
+        and tiny_pipeline_lite0_blocks0_1.layer == "blocks.1"
+    )
     images = torch.rand(1, 3, 32, 32, generator=_seed(60))
     out = pipe(other.feature(images), prompt="", height=32, width=32, generator=_seed(61), **FAST)
     assert out.images.shape == (1, 3, 32, 32)
-    same = tiny_sd_pipe.with_target(tiny_sd_target, layer="blocks.1")
-    a, b = (p(tiny_sd_features, generator=_seed(62), **FAST) for p in (same, tiny_sd_pipe))
+    same = tiny_pipeline_lite0_blocks0_1.with_target(lite0_blocks0_1_anysize, layer="blocks.1")
+    a, b = (p(tiny_sd_features, generator=_seed(62), **FAST) for p in (same, tiny_pipeline_lite0_blocks0_1))
     assert torch.equal(a.images, b.images)
 
 
@@ -922,8 +973,8 @@ def test_nearest_multiple_of_8():
 
 
 # ---------------------------------------------------------------------- save / load
-def test_save_load_round_trip_gives_identical_results(tiny_sd_pipe, tiny_sd_features, tmp_path):
-    tiny_sd_pipe.save_pretrained(tmp_path)
+def test_save_load_round_trip_gives_identical_results(tiny_pipeline_lite0_blocks0_1, tiny_sd_features, tmp_path):
+    tiny_pipeline_lite0_blocks0_1.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["target"] == ["diffinv.targets", "TargetNetwork"] and index["layer"] == "blocks.1"
     saved = json.loads((tmp_path / "target" / "config.json").read_text())
@@ -931,7 +982,7 @@ def test_save_load_round_trip_gives_identical_results(tiny_sd_pipe, tiny_sd_feat
     loaded = DiffInvPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.target is not None and loaded.layer == "blocks.1" and loaded.target.input_size is None
-    a = tiny_sd_pipe(tiny_sd_features, generator=_seed(13), **FAST)
+    a = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(13), **FAST)
     b = loaded(tiny_sd_features, generator=_seed(13), **FAST)
     assert a.prompts == b.prompts
     assert torch.equal(a.images, b.images) and torch.equal(a.loss_history, b.loss_history)
@@ -955,17 +1006,23 @@ def test_round_trip_of_random_and_named_targets(tmp_path):
     assert loaded.target.input_size == (224, 224)
 
 
-def test_works_as_diffusers_custom_pipeline(tiny_sd_pipe, tiny_sd_target, tiny_sd_features, tmp_path):
+def test_works_as_diffusers_custom_pipeline(
+    tiny_pipeline_lite0_blocks0_1, lite0_blocks0_1_anysize, tiny_sd_features, tmp_path
+):
     from diffusers import DiffusionPipeline
 
-    tiny_sd_pipe.save_pretrained(tmp_path)
+    tiny_pipeline_lite0_blocks0_1.save_pretrained(tmp_path)
     pipe = DiffusionPipeline.from_pretrained(
-        tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True, target=tiny_sd_target, layer="blocks.1"
+        tmp_path,
+        custom_pipeline=str(PIPELINE_FILE),
+        trust_remote_code=True,
+        target=lite0_blocks0_1_anysize,
+        layer="blocks.1",
     )
     assert type(pipe).__name__ == "DiffInvPipeline"
     pipe.set_progress_bar_config(disable=True)
     out = pipe(tiny_sd_features, generator=_seed(14), **FAST)
-    ref = tiny_sd_pipe(tiny_sd_features, generator=_seed(14), **FAST)
+    ref = tiny_pipeline_lite0_blocks0_1(tiny_sd_features, generator=_seed(14), **FAST)
     assert torch.equal(out.images, ref.images)
 
 
@@ -1012,8 +1069,10 @@ def test_diffusers_client_loads_a_folder_with_its_own_target_weights(tmp_path, m
 
 
 # ---------------------------------------------------------------------- the Inverter adapter
-def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
-    inverter = DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", num_inference_steps=2, iterations=3)
+def test_diffusion_inverter(lite0_blocks0_1_anysize, tiny_sd_features):
+    inverter = DiffusionInverter(
+        lite0_blocks0_1_anysize, model="tiny", device="cpu", num_inference_steps=2, iterations=3
+    )
     out = inverter.invert(tiny_sd_features, generator=_seed(), progress=False)
     assert isinstance(out, InversionOutput) and out.method == "diffusion"
     assert out.images.shape == (2, 3, 32, 32) and out.loss_history.shape == (3, 2)
@@ -1021,7 +1080,7 @@ def test_diffusion_inverter(tiny_sd_target, tiny_sd_features):
     with pytest.raises(
         ValueError, match="method 'diffusion' has no option `steps`; its options are: keep_start, prompt"
     ):
-        DiffusionInverter(tiny_sd_target, model="tiny", device="cpu", steps=3)
+        DiffusionInverter(lite0_blocks0_1_anysize, model="tiny", device="cpu", steps=3)
 
 
 def test_diffusion_inverter_resizes_to_sizes_not_multiple_of_8(tiny_sd_images):
@@ -1035,38 +1094,38 @@ def test_diffusion_inverter_resizes_to_sizes_not_multiple_of_8(tiny_sd_images):
 
 
 # ---------------------------------------------------------------------- bad input
-def test_feature_shape_not_matching_the_layer(tiny_sd_pipe):
+def test_feature_shape_not_matching_the_layer(tiny_pipeline_lite0_blocks0_1):
     with pytest.raises(ValueError, match=r"`features` has shape \(1, 24, 4, 4\) but the target layer produces"):
-        tiny_sd_pipe(torch.randn(1, 24, 4, 4), height=32, width=32, **FAST)
+        tiny_pipeline_lite0_blocks0_1(torch.randn(1, 24, 4, 4), height=32, width=32, **FAST)
 
 
-def test_non_finite_features(tiny_sd_pipe, tiny_sd_features):
+def test_non_finite_features(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     bad = tiny_sd_features.features.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        tiny_sd_pipe(bad, height=32, width=32, **FAST)
+        tiny_pipeline_lite0_blocks0_1(bad, height=32, width=32, **FAST)
 
 
-def test_height_and_width_must_be_multiples_of_8(tiny_sd_pipe, tiny_sd_features):
+def test_height_and_width_must_be_multiples_of_8(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     with pytest.raises(ValueError, match="`height` and `width` have to be divisible by 8 but are 36 and 32"):
-        tiny_sd_pipe(tiny_sd_features.features, height=36, width=32, **FAST)
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features.features, height=36, width=32, **FAST)
     # features extracted at 30x30 by a target that does not resize: no multiple of 8 can match them
     odd = FeatureSet(torch.randn(1, 24, 8, 8), "tf_efficientnet_lite0", "blocks.1", (30, 30))
     with pytest.raises(ValueError, match="divisible by 8 but are 30 and 30"):
-        tiny_sd_pipe(odd, **FAST)
+        tiny_pipeline_lite0_blocks0_1(odd, **FAST)
 
 
-def test_other_bad_arguments(tiny_sd_pipe, tiny_sd_features):
+def test_other_bad_arguments(tiny_pipeline_lite0_blocks0_1, tiny_sd_features):
     with pytest.raises(ValueError, match="`output_type` must be"):
-        tiny_sd_pipe(tiny_sd_features, output_type="jpeg")
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features, output_type="jpeg")
     with pytest.raises(ValueError, match="`optimize` must be"):
-        tiny_sd_pipe(tiny_sd_features, optimize="some")
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features, optimize="some")
     with pytest.raises(ValueError, match="`iterations` must be a positive integer"):
-        tiny_sd_pipe(tiny_sd_features, iterations=0)
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features, iterations=0)
     with pytest.raises(ValueError, match=r"`latents` has shape \(1, 4, 8, 8\), expected \(2, 4, 16, 16\)"):
-        tiny_sd_pipe(tiny_sd_features, latents=torch.randn(1, 4, 8, 8), **FAST)
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features, latents=torch.randn(1, 4, 8, 8), **FAST)
     with pytest.raises(ValueError, match="`layer` is 'blocks.0' but the FeatureSet's features come from 'blocks.1'"):
-        tiny_sd_pipe(tiny_sd_features, layer="blocks.0", **FAST)
+        tiny_pipeline_lite0_blocks0_1(tiny_sd_features, layer="blocks.0", **FAST)
 
 
 def test_missing_model_files_say_how_to_provide_them(tmp_path, monkeypatch):
@@ -1102,10 +1161,10 @@ def test_real_stable_diffusion_directory():
     assert out.loss_history[-1, 0] < out.loss_history[0, 0] and out.skipped_steps <= 2
 
 
-def test_diffusion_inverter_temporal_weight_reaches_the_call(tiny_sd_target):
+def test_diffusion_inverter_temporal_weight_reaches_the_call(lite0_blocks0_1_anysize):
     from diffinv.inverters.diffusion import DiffusionInverter
 
-    inverter = DiffusionInverter(tiny_sd_target, model="tiny", iterations=1)
+    inverter = DiffusionInverter(lite0_blocks0_1_anysize, model="tiny", iterations=1)
     assert inverter.config.temporal_weight == 0.0 and inverter.config.temporal
-    inverter = DiffusionInverter(tiny_sd_target, model="tiny", iterations=1, temporal_weight=30)
+    inverter = DiffusionInverter(lite0_blocks0_1_anysize, model="tiny", iterations=1, temporal_weight=30)
     assert inverter.config.call_options()["temporal_weight"] == 30

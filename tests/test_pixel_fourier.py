@@ -10,12 +10,12 @@ from diffinv.inverters.pixel import fourier_decay_power, fourier_parameterizatio
 
 
 @pytest.fixture(scope="module")
-def feats(lite0, small_photos):
-    return FeatureSet.extract(lite0, small_photos[:2], "blocks.1")
+def lite0_64px_blocks1_feats(lite0_64px, photos_64px):
+    return FeatureSet.extract(lite0_64px, photos_64px[:2], "blocks.1")
 
 
-def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0):
-    new = PixelInverter(lite0).config
+def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0_64px):
+    new = PixelInverter(lite0_64px).config
     assert (new.parameterization, new.learning_rate, new.lr_schedule, new.decay_power) == (
         "fourier",
         0.05,
@@ -23,14 +23,14 @@ def test_fourier_is_the_default_and_sigmoid_stays_selectable(lite0):
         None,
     )
     assert [fourier_decay_power(s) for s in (2, 4, 8, 16, 32, 64)] == pytest.approx([1.2, 1.2, 1.2, 1.0, 0.8, 0.8])
-    old = PixelInverter(lite0, parameterization="sigmoid")
+    old = PixelInverter(lite0_64px, parameterization="sigmoid")
     assert (old.config.learning_rate, old.config.tv_weight, old.config.jitter) == (0.1, 0.05, 1)  # the old values
-    assert PixelInverter(lite0, parameterization="sigmoid", tv_weight=0.0).config.tv_weight == 0.0
+    assert PixelInverter(lite0_64px, parameterization="sigmoid", tv_weight=0.0).config.tv_weight == 0.0
     assert old.settings()["parameterization"] == "sigmoid" and old.settings()["learning_rate"] == 0.1
     with pytest.raises(ValueError, match=r"`parameterization` must be one of 'fourier', 'sigmoid', got 'dct'"):
-        PixelInverter(lite0, parameterization="dct")
+        PixelInverter(lite0_64px, parameterization="dct")
     with pytest.raises(ValueError, match="`decay_power` applies to the 'fourier' parameterization, not 'sigmoid'"):
-        PixelInverter(lite0, parameterization="sigmoid", decay_power=2.0)
+        PixelInverter(lite0_64px, parameterization="sigmoid", decay_power=2.0)
 
 
 def test_init_round_trips_and_visualization_shares_the_parameterization():
@@ -47,21 +47,23 @@ def test_init_round_trips_and_visualization_shares_the_parameterization():
     assert torch.equal(a, b)
 
 
-def test_fourier_inversion_loss_falls_and_beats_sigmoid(lite0, feats, small_photos):
+def test_fourier_inversion_loss_falls_and_beats_sigmoid(lite0_64px, lite0_64px_blocks1_feats, photos_64px):
     generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    fourier = PixelInverter(lite0, iterations=30)(feats, generator=generator(), progress=False)
-    sigmoid = PixelInverter(lite0, iterations=30, parameterization="sigmoid")(
-        feats, generator=generator(), progress=False
+    fourier = PixelInverter(lite0_64px, iterations=30)(lite0_64px_blocks1_feats, generator=generator(), progress=False)
+    sigmoid = PixelInverter(lite0_64px, iterations=30, parameterization="sigmoid")(
+        lite0_64px_blocks1_feats, generator=generator(), progress=False
     )
     history = fourier.loss_history
     assert (history[-5:].mean(0) < 0.5 * history[0]).all()
     assert all(f < s for f, s in zip(fourier.info["best_loss"], sigmoid.info["best_loss"]))
     assert fourier.feature_residual.mean() < sigmoid.feature_residual.mean()
-    error = lambda out: (out.images - small_photos[:2]).pow(2).mean()  # noqa: E731
+    error = lambda out: (out.images - photos_64px[:2]).pow(2).mean()  # noqa: E731
     assert error(fourier) < error(sigmoid)
 
 
-def test_fourier_refines_a_start(lite0, feats, small_photos):
+def test_fourier_refines_a_start(lite0_64px, lite0_64px_blocks1_feats, photos_64px):
     # Started from the originals themselves, a short refinement stays near them.
-    out = PixelInverter(lite0, iterations=3, learning_rate=0.005)(feats, progress=False, init=small_photos[:2])
-    assert (out.images - small_photos[:2]).abs().mean() < 0.02
+    out = PixelInverter(lite0_64px, iterations=3, learning_rate=0.005)(
+        lite0_64px_blocks1_feats, progress=False, init=photos_64px[:2]
+    )
+    assert (out.images - photos_64px[:2]).abs().mean() < 0.02

@@ -17,9 +17,7 @@ from launch import run_diffinv
 import diffinv.plugins
 from diffinv.cli import main
 from diffinv.inverters import INVERTERS, build_inverter, memory_costs, registry
-from diffinv.io import save_image
 from diffinv.resources import ComputeShape
-from diffinv.targets import TargetNetwork
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 INSTALL = "pip install --no-deps -e examples/plugin"
@@ -46,21 +44,6 @@ def plugin():
     return diffinv_deepinversion
 
 
-@pytest.fixture(scope="module")
-def target32():
-    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.2", weights="random:0", input_size=(32, 32))
-
-
-@pytest.fixture(scope="module")
-def images_dir(tmp_path_factory, photos):
-    """6 of the sample photos (two flipped) at 48 px, as files."""
-    out = tmp_path_factory.mktemp("plugin_images")
-    small = torch.nn.functional.interpolate(photos, size=(48, 48), mode="bilinear", antialias=True).clamp(0, 1)
-    for i, image in enumerate([*small, small[0].flip(-1), small[1].flip(-2)]):
-        save_image(image, out / f"img{i}.png")
-    return out
-
-
 # ---------------------------------------------------------------------- the unit
 def test_the_plugin_is_a_registered_method(plugin):
     cls = INVERTERS["deepinversion"]
@@ -79,16 +62,18 @@ def test_the_plugin_is_a_registered_method(plugin):
         build_inverter("deepinversion", None, bn_weight=-1.0)
 
 
-def test_the_prior_is_per_image_and_on_the_layers_up_to_the_layer(plugin, target32, small_photos):
-    images = torch.nn.functional.interpolate(small_photos, size=(32, 32), mode="bilinear", antialias=True)
-    shallow = plugin.StatisticsForward(target32.model, "blocks.1")
-    deep = plugin.StatisticsForward(target32.model, "blocks.2")
+def test_the_prior_is_per_image_and_on_the_layers_up_to_the_layer(plugin, random_lite0_blocks2_32px, photos_64px):
+    images = torch.nn.functional.interpolate(photos_64px, size=(32, 32), mode="bilinear", antialias=True)
+    shallow = plugin.StatisticsForward(random_lite0_blocks2_32px.model, "blocks.1")
+    deep = plugin.StatisticsForward(random_lite0_blocks2_32px.model, "blocks.2")
     assert shallow.names[0] == "bn1" and all(n.split(".")[0] in ("bn1", "blocks") for n in shallow.names)
     assert all(n == "bn1" or n.startswith(("blocks.0.", "blocks.1.")) for n in shallow.names)
     assert deep.names[: len(shallow.names)] == shallow.names and any(n.startswith("blocks.2.") for n in deep.names)
-    x = target32.preprocess(images)
+    x = random_lite0_blocks2_32px.preprocess(images)
     features, inputs = deep(x)
-    assert torch.equal(features, target32.feature(images, "blocks.2")) and len(inputs) == len(deep.norms)
+    assert torch.equal(features, random_lite0_blocks2_32px.feature(images, "blocks.2")) and len(inputs) == len(
+        deep.norms
+    )
     loss = plugin.bn_statistics_loss(inputs, deep.norms)
     alone = plugin.bn_statistics_loss(deep(x[1:2])[1], deep.norms)
     assert loss.shape == (4,) and torch.allclose(alone, loss[1:2], rtol=1e-4)  # each image's prior is its own
@@ -98,38 +83,40 @@ def test_the_prior_is_per_image_and_on_the_layers_up_to_the_layer(plugin, target
     expected = (mean - norm.running_mean).norm() + (var - norm.running_var).norm()
     assert torch.allclose(plugin.bn_statistics_loss(inputs[:1], deep.norms[:1])[2], expected, rtol=1e-4)
     with pytest.raises(ValueError, match="no BatchNorm layer runs before `layer` 'conv_stem'"):
-        plugin.StatisticsForward(target32.model, "conv_stem")
+        plugin.StatisticsForward(random_lite0_blocks2_32px.model, "conv_stem")
 
 
-def test_weights_per_stride_and_the_loss_goes_down(plugin, target32, small_photos):
+def test_weights_per_stride_and_the_loss_goes_down(plugin, random_lite0_blocks2_32px, photos_64px):
     assert (
         plugin.bn_weight_for_stride(4) == plugin.BN_WEIGHTS[4]
         and plugin.bn_weight_for_stride(64) == plugin.BN_WEIGHTS[32]
     )
-    images = torch.nn.functional.interpolate(small_photos[:2], size=(32, 32), mode="bilinear", antialias=True)
-    features = target32.feature(images, "blocks.2")
-    out = build_inverter("deepinversion", target32, iterations=8, bn_weight=1e-3)(
+    images = torch.nn.functional.interpolate(photos_64px[:2], size=(32, 32), mode="bilinear", antialias=True)
+    features = random_lite0_blocks2_32px.feature(images, "blocks.2")
+    out = build_inverter("deepinversion", random_lite0_blocks2_32px, iterations=8, bn_weight=1e-3)(
         features, (32, 32), generator=torch.Generator().manual_seed(0), progress=False
     )
     assert out.images.shape == (2, 3, 32, 32) and out.info["bn_weight"] == 1e-3 and out.info["bn_layers"] > 5
     assert (out.loss_history[-1] < out.loss_history[0]).all()
-    default = build_inverter("deepinversion", target32, iterations=2)(features, (32, 32), progress=False)
+    default = build_inverter("deepinversion", random_lite0_blocks2_32px, iterations=2)(
+        features, (32, 32), progress=False
+    )
     assert default.info["bn_weight"] == plugin.bn_weight_for_stride(32 / features.shape[-1])
     # weight 0 is the plain Fourier pixel inversion, bit for bit
-    plain = build_inverter("pixel", target32, iterations=4)(
+    plain = build_inverter("pixel", random_lite0_blocks2_32px, iterations=4)(
         features, (32, 32), generator=torch.Generator().manual_seed(1), progress=False
     )
-    zero = build_inverter("deepinversion", target32, iterations=4, bn_weight=0.0)(
+    zero = build_inverter("deepinversion", random_lite0_blocks2_32px, iterations=4, bn_weight=0.0)(
         features, (32, 32), generator=torch.Generator().manual_seed(1), progress=False
     )
     assert torch.equal(plain.images, zero.images)
 
 
-def test_three_threads_share_one_inverter(plugin, target32, small_photos):
+def test_three_threads_share_one_inverter(plugin, random_lite0_blocks2_32px, photos_64px):
     """No state shared between calls: three threads on one inverter (and one target) give the images of one."""
-    images = torch.nn.functional.interpolate(small_photos[:3], size=(32, 32), mode="bilinear", antialias=True)
-    features = [target32.feature(images[i : i + 1]) for i in range(3)]
-    inverter = build_inverter("deepinversion", target32, iterations=3, bn_weight=1e-3)
+    images = torch.nn.functional.interpolate(photos_64px[:3], size=(32, 32), mode="bilinear", antialias=True)
+    features = [random_lite0_blocks2_32px.feature(images[i : i + 1]) for i in range(3)]
+    inverter = build_inverter("deepinversion", random_lite0_blocks2_32px, iterations=3, bn_weight=1e-3)
 
     def run(i):
         return inverter(features[i], (32, 32), generator=torch.Generator().manual_seed(i), progress=False).images
@@ -145,14 +132,14 @@ def test_three_threads_share_one_inverter(plugin, target32, small_photos):
 
 
 # ---------------------------------------------------------------------- the commands
-def test_invert_and_a_hybrid(plugin, tmp_path, images_dir, capsys):
+def test_invert_and_a_hybrid(plugin, tmp_path, six_photos_48px_dir, capsys):
     feats = tmp_path / "f.safetensors"
     assert (
         main(
             [
                 "extract",
-                str(images_dir / "img0.png"),
-                str(images_dir / "img1.png"),
+                str(six_photos_48px_dir / "img0.png"),
+                str(six_photos_48px_dir / "img1.png"),
                 "--weights",
                 "random:0",
                 "--layer",
@@ -261,13 +248,13 @@ def test_bench_under_torchrun_gives_the_records_of_one_process(plugin, tmp_path)
         assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-6)
 
 
-def test_atlas(plugin, tmp_path, images_dir, capsys):
+def test_atlas(plugin, tmp_path, six_photos_48px_dir, capsys):
     out = tmp_path / "atlas"
     code = main(
         [
             "atlas",
             "--images",
-            str(images_dir),
+            str(six_photos_48px_dir),
             "--train-split",
             "2",
             "--weights",
@@ -434,7 +421,9 @@ def test_the_memory_check_refuses_what_does_not_fit(plugin, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- a plugin that fails to import
-def test_a_plugin_that_fails_to_import_is_named_and_the_built_in_methods_keep_working(monkeypatch, target32):
+def test_a_plugin_that_fails_to_import_is_named_and_the_built_in_methods_keep_working(
+    monkeypatch, random_lite0_blocks2_32px
+):
     broken = importlib.metadata.EntryPoint("brokenmethod", "diffinv_no_such_plugin_xyz:Method", "diffinv.inverters")
 
     def reset():
@@ -463,8 +452,10 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_built_in_methods_keep_wo
         ):
             INVERTERS["brokenmethod"]
         assert {"pixel", "dip", "decoder"} <= set(INVERTERS) and "brokenmethod" not in INVERTERS
-        features = target32.feature(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
-        out = build_inverter("pixel", target32, iterations=2)(features, (32, 32), progress=False)
+        features = random_lite0_blocks2_32px.feature(
+            torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        )
+        out = build_inverter("pixel", random_lite0_blocks2_32px, iterations=2)(features, (32, 32), progress=False)
         assert out.images.shape == (1, 3, 32, 32)
     finally:
         monkeypatch.undo()

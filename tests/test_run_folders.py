@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffinv.io import sample_images, save_image
+from diffinv.io import sample_images
 from diffinv.jobs.checkpoints import CheckpointError
 from diffinv.jobs.store import RunSettingsError
 from diffinv.jobs.training import TrainConfig, train_decoder
@@ -44,14 +44,6 @@ def payloads(marker: Path) -> dict[str, bytes]:
     return {"pickle": raw, "torch": buffer.getvalue()}
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for i, image in enumerate(sample_images(("chelsea", "coffee", "astronaut"), 48)):
-        save_image(image, folder / f"photo{i}.png")
-    return folder
-
-
 def train_config(out, photo_dir, **kwargs) -> TrainConfig:
     values = dict(
         out=str(out),
@@ -75,9 +67,9 @@ def train_config(out, photo_dir, **kwargs) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def trained(photo_dir, tmp_path_factory):
+def trained(three_photos_48px_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "decoder"
-    config = train_config(out, photo_dir, kind="mapper")
+    config = train_config(out, three_photos_48px_dir, kind="mapper")
     before = dataclasses.asdict(config)
     result = train_decoder(config)
     return out, config, before, result
@@ -105,7 +97,7 @@ def test_checkpoint_holds_no_pickle(trained):
         torch.load(checkpoint / name, weights_only=True)
 
 
-def test_payload_in_any_checkpoint_file_never_runs(trained, photo_dir, tmp_path):
+def test_payload_in_any_checkpoint_file_never_runs(trained, three_photos_48px_dir, tmp_path):
     out, *_ = trained
     marker = tmp_path / "PWNED"
     files = sorted(p.name for p in (out / "checkpoints" / "checkpoint-0000002").iterdir())
@@ -118,11 +110,11 @@ def test_payload_in_any_checkpoint_file_never_runs(trained, photo_dir, tmp_path)
             with pytest.raises(
                 CheckpointError, match=rf"(?s){name}'.*nothing in a run folder is unpickled|older diffinv"
             ):
-                train_decoder(train_config(run, photo_dir))
+                train_decoder(train_config(run, three_photos_48px_dir))
             assert not marker.exists(), f"a payload in {name} ({kind}) ran"
 
 
-def test_planted_pickles_beside_a_checkpoint_are_ignored(trained, photo_dir, tmp_path):
+def test_planted_pickles_beside_a_checkpoint_are_ignored(trained, three_photos_48px_dir, tmp_path):
     """accelerate's old file names (and every other file of the run folder) carry payloads: a clean resume."""
     out, *_ = trained
     marker = tmp_path / "PWNED"
@@ -135,12 +127,12 @@ def test_planted_pickles_beside_a_checkpoint_are_ignored(trained, photo_dir, tmp
         (run / "checkpoints" / "checkpoint-0000001" / name).write_bytes(payload)
     for name in ("training_log.json", "loss_curve.png", "config.json"):
         (run / name).write_bytes(payload)
-    result = train_decoder(train_config(run, photo_dir))
+    result = train_decoder(train_config(run, three_photos_48px_dir))
     assert result.log["resumed_from"] == 1 and result.step == 2 and not marker.exists()
     assert result.log["losses"] == trained[3].log["losses"]  # the same run as the uninterrupted one
 
 
-def test_checkpoint_of_the_pickled_format_is_refused(trained, photo_dir, tmp_path):
+def test_checkpoint_of_the_pickled_format_is_refused(trained, three_photos_48px_dir, tmp_path):
     out, *_ = trained
     marker = tmp_path / "PWNED"
     run = tmp_path / "old"
@@ -149,34 +141,22 @@ def test_checkpoint_of_the_pickled_format_is_refused(trained, photo_dir, tmp_pat
     (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2}))  # what accelerate-era diffinv wrote
     (checkpoint / "custom_checkpoint_0.pkl").write_bytes(payloads(marker)["torch"])
     with pytest.raises(CheckpointError, match="format 1, expected 2: it was written by an older diffinv"):
-        train_decoder(train_config(run, photo_dir))
+        train_decoder(train_config(run, three_photos_48px_dir))
     assert not marker.exists()
 
 
-def test_payload_as_manifest_is_refused(trained, photo_dir, tmp_path):
+def test_payload_as_manifest_is_refused(trained, three_photos_48px_dir, tmp_path):
     out, *_ = trained
     marker = tmp_path / "PWNED"
     run = tmp_path / "manifest"
     shutil.copytree(out, run)
     (run / "manifest.json").write_bytes(payloads(marker)["pickle"])
     with pytest.raises(RunSettingsError, match="is not a diffinv run manifest"):
-        train_decoder(train_config(run, photo_dir))
+        train_decoder(train_config(run, three_photos_48px_dir))
     assert not marker.exists()
 
 
 # ---------------------------------------------------------------------- bench, audit, video run folders
-@pytest.fixture(scope="module")
-def target():
-    from diffinv.targets import TargetNetwork
-
-    return TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", input_size=(32, 32), weights="random:0")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return sample_images(("chelsea", "coffee"), 32)
-
-
 def plant_everywhere(folder: Path, payload: bytes, *, manifest: bool) -> int:
     """Writes ``payload`` over every file of a run folder (the manifest only with ``manifest``) and
     adds a claims folder full of it; returns the number of files."""
@@ -207,14 +187,14 @@ def rerun_with_payloads(run, folder: Path, tmp_path: Path, expected_outputs):
     assert not marker.exists()
 
 
-def test_payloads_in_a_bench_folder_never_run(target, images, tmp_path):
+def test_payloads_in_a_bench_folder_never_run(random_lite0_blocks1_32px, chelsea_coffee_32px, tmp_path):
     from diffinv.inverters import PixelInverter
     from diffinv.jobs.bench import run_benchmark
 
     def run(folder):
         records = run_benchmark(
-            target,
-            images,
+            random_lite0_blocks1_32px,
+            chelsea_coffee_32px,
             ["a", "b"],
             ["blocks.1"],
             {"pixel": lambda t: PixelInverter(t, iterations=2)},
@@ -227,15 +207,15 @@ def test_payloads_in_a_bench_folder_never_run(target, images, tmp_path):
     rerun_with_payloads(run, tmp_path / "bench", tmp_path, ["results.json", "results.md", "grid.png"])
 
 
-def test_payloads_in_an_audit_folder_never_run(target, images, tmp_path):
+def test_payloads_in_an_audit_folder_never_run(random_lite0_blocks1_32px, chelsea_coffee_32px, tmp_path):
     from diffinv.defenses import parse_defenses
     from diffinv.inverters import PixelInverter
     from diffinv.jobs.audit import run_audit
 
     def run(folder):
         report = run_audit(
-            target,
-            images,
+            random_lite0_blocks1_32px,
+            chelsea_coffee_32px,
             ["a", "b"],
             ["blocks.1"],
             parse_defenses(["none", "noise:0.5"]),
@@ -248,17 +228,22 @@ def test_payloads_in_an_audit_folder_never_run(target, images, tmp_path):
     rerun_with_payloads(run, tmp_path / "audit", tmp_path, ["report.json", "report.md"])
 
 
-def test_payloads_in_a_video_folder_never_run(target, tmp_path):
+def test_payloads_in_a_video_folder_never_run(random_lite0_blocks1_32px, tmp_path):
     from diffinv.features import FeatureSet
     from diffinv.inverters import PixelInverter
     from diffinv.jobs.video import invert_video
 
     frames = sample_images(("chelsea",), 32).repeat(3, 1, 1, 1) * torch.linspace(0.6, 1, 3)[:, None, None, None]
-    features = FeatureSet.extract(target, frames, "blocks.1")
+    features = FeatureSet.extract(random_lite0_blocks1_32px, frames, "blocks.1")
 
     def run(folder):
         out = invert_video(
-            PixelInverter(target, iterations=2), features, window=2, references=frames, out_dir=folder, progress=False
+            PixelInverter(random_lite0_blocks1_32px, iterations=2),
+            features,
+            window=2,
+            references=frames,
+            out_dir=folder,
+            progress=False,
         )
         assert all(out.done)
 
@@ -284,7 +269,9 @@ def test_a_record_after_a_line_cut_short_is_kept(tmp_path):
     assert store.new_records() == [{"k": 5}] and store.new_records() == []
 
 
-def test_a_claim_that_is_a_link_is_refused_and_its_target_untouched(target, images, tmp_path):
+def test_a_claim_that_is_a_link_is_refused_and_its_target_untouched(
+    random_lite0_blocks1_32px, chelsea_coffee_32px, tmp_path
+):
     from diffinv.inverters import PixelInverter
     from diffinv.jobs.bench import run_benchmark
 
@@ -295,8 +282,8 @@ def test_a_claim_that_is_a_link_is_refused_and_its_target_untouched(target, imag
     (folder / ".claims" / "000000").symlink_to(precious)
     with pytest.raises(RunSettingsError, match=r"claim file .*000000.* cannot be opened"):
         run_benchmark(
-            target,
-            images,
+            random_lite0_blocks1_32px,
+            chelsea_coffee_32px,
             ["a", "b"],
             ["blocks.1"],
             {"pixel": lambda t: PixelInverter(t, iterations=1)},

@@ -145,7 +145,7 @@ def test_local_workers(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def bench_runs(tmp_path_factory):
     """The same small benchmark in one process (``D1``), split across 2 torchrun processes (``D2``),
     and across 2 processes that the command starts itself (``W2``, ``--workers 2``)."""
     root = tmp_path_factory.mktemp("scaleout_bench")
@@ -155,24 +155,24 @@ def runs(tmp_path_factory):
     return root
 
 
-def test_workers_flag_gives_the_records_of_one_process(runs):
-    one = json.loads((runs / "D1" / "results.json").read_text())
-    two = json.loads((runs / "W2" / "results.json").read_text())
+def test_workers_flag_gives_the_records_of_one_process(bench_runs):
+    one = json.loads((bench_runs / "D1" / "results.json").read_text())
+    two = json.loads((bench_runs / "W2" / "results.json").read_text())
     assert two["config"]["processes"] == 2 and one["config"]["processes"] == 1
     assert [key(r) for r in two["records"]] == [key(r) for r in one["records"]]
     for a, b in zip(one["records"], two["records"]):
         for metric in METRICS:
             if a[metric] is not None:
                 assert b[metric] == pytest.approx(a[metric], abs=1e-6), (key(a), metric)
-    assert len(raw_records(runs / "W2")) == ITEMS and not (runs / "W2" / ".claims").exists()
-    assert json.loads((runs / "W2" / "manifest.json").read_text()) == json.loads(
-        (runs / "D1" / "manifest.json").read_text()
+    assert len(raw_records(bench_runs / "W2")) == ITEMS and not (bench_runs / "W2" / ".claims").exists()
+    assert json.loads((bench_runs / "W2" / "manifest.json").read_text()) == json.loads(
+        (bench_runs / "D1" / "manifest.json").read_text()
     )
 
 
-def test_two_processes_give_the_records_of_one(runs):
-    one = json.loads((runs / "D1" / "results.json").read_text())["records"]
-    two = json.loads((runs / "D2" / "results.json").read_text())["records"]
+def test_two_processes_give_the_records_of_one(bench_runs):
+    one = json.loads((bench_runs / "D1" / "results.json").read_text())["records"]
+    two = json.loads((bench_runs / "D2" / "results.json").read_text())["records"]
     assert len(one) == len(two) == ITEMS
     assert [key(r) for r in two] == [key(r) for r in one]  # merged in the settings' order
     for a, b in zip(one, two):
@@ -182,18 +182,18 @@ def test_two_processes_give_the_records_of_one(runs):
             if a[metric] is not None:
                 assert b[metric] == pytest.approx(a[metric], abs=1e-6), (key(a), metric)
     # each process wrote its own shard, nothing twice, nothing lost
-    folder = runs / "D2"
+    folder = bench_runs / "D2"
     assert sorted(p.name for p in folder.glob("records*.jsonl")) == ["records.jsonl", "records.rank1.jsonl"]
     assert all((folder / name).read_text().strip() for name in ("records.jsonl", "records.rank1.jsonl"))
     raw = raw_records(folder)
     assert len(raw) == ITEMS and len({key(r) for r in raw}) == ITEMS
-    assert not list((runs / "D1").glob("records.rank*.jsonl"))
+    assert not list((bench_runs / "D1").glob("records.rank*.jsonl"))
     for name in ("results.md", "grid.png", "psnr_vs_depth.png"):
         assert (folder / name).is_file()
     assert all((folder / r["file"]).is_file() for r in two)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["settings"]["batch_size"] == 1 and "num_processes" not in json.dumps(manifest)
-    assert manifest == json.loads((runs / "D1" / "manifest.json").read_text())  # the process count is no setting
+    assert manifest == json.loads((bench_runs / "D1" / "manifest.json").read_text())  # the process count is no setting
 
 
 def test_interrupted_two_process_run_is_finished_by_one(tmp_path):
@@ -237,7 +237,7 @@ def test_interrupted_two_process_run_is_finished_by_one(tmp_path):
         assert (folder / name).is_file()
 
 
-def test_two_independent_commands_on_one_folder_share_the_work(runs, tmp_path):
+def test_two_independent_commands_on_one_folder_share_the_work(bench_runs, tmp_path):
     """Two `diffinv bench` commands (no launcher) started together on the same --out: each item runs in
     one of them only (no record twice), both return the whole run, and the numbers are those of one process."""
     argv = [*ARGS, "--iterations", "3", "--out", "D"]
@@ -252,7 +252,7 @@ def test_two_independent_commands_on_one_folder_share_the_work(runs, tmp_path):
     folder = tmp_path / "D"
     raw = raw_records(folder)
     assert len(raw) == ITEMS and len({key(r) for r in raw}) == ITEMS, logs  # nothing done twice
-    one = json.loads((runs / "D1" / "results.json").read_text())["records"]
+    one = json.loads((bench_runs / "D1" / "results.json").read_text())["records"]
     both = json.loads((folder / "results.json").read_text())["records"]
     assert [key(r) for r in both] == [key(r) for r in one]
     for a, b in zip(one, both):

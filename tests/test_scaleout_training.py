@@ -78,12 +78,12 @@ def assert_close_curves(a: list[float], b: list[float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, small_photos):
+def training_runs(tmp_path_factory, photos_64px):
     """The same training run in one process (``one``) and in 2 torchrun processes (``two``)."""
     root = tmp_path_factory.mktemp("scaleout_training")
     photos = root / "photos"
     photos.mkdir()
-    for i, image in enumerate(small_photos):
+    for i, image in enumerate(photos_64px):
         save_image(image, photos / f"photo{i}.png")
     outs = {"one": root / "one", "two": root / "two"}
     for name, processes in (("one", 1), ("two", 2)):
@@ -93,21 +93,21 @@ def runs(tmp_path_factory, small_photos):
     return {"photos": photos, **outs}
 
 
-def test_two_processes_follow_the_one_process_loss_curve(runs):
-    one, two = log(runs["one"]), log(runs["two"])
+def test_two_processes_follow_the_one_process_loss_curve(training_runs):
+    one, two = log(training_runs["one"]), log(training_runs["two"])
     assert one["step"] == two["step"] == STEPS and one["skipped_steps"] == two["skipped_steps"] == 0
     assert_close_curves(one["losses"], two["losses"])
     # validation on the main process, at the same steps, of (nearly) the same model
     assert [v["step"] for v in one["validation"]] == [v["step"] for v in two["validation"]] == [3, 6]
     assert abs(one["validation"][-1]["psnr"] - two["validation"][-1]["psnr"]) < 1e-3
-    a, b = load_file(runs["one"] / WEIGHTS), load_file(runs["two"] / WEIGHTS)
+    a, b = load_file(training_runs["one"] / WEIGHTS), load_file(training_runs["two"] / WEIGHTS)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     # the process count is no setting: both runs have the same manifest
-    manifest = json.loads((runs["two"] / "manifest.json").read_text())
+    manifest = json.loads((training_runs["two"] / "manifest.json").read_text())
     assert "processes" not in manifest["settings"] and manifest["settings"]["batch_size"] == 4
-    assert manifest == json.loads((runs["one"] / "manifest.json").read_text())
+    assert manifest == json.loads((training_runs["one"] / "manifest.json").read_text())
     # every process wrote its accelerate RNG state; the model, optimizer and trainer state once
-    checkpoint = runs["two"] / "checkpoints" / "checkpoint-0000002"
+    checkpoint = training_runs["two"] / "checkpoints" / "checkpoint-0000002"
     names = sorted(p.name for p in checkpoint.iterdir())
     assert {
         "random_states_0.safetensors",
@@ -120,41 +120,48 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     } == set(names)
 
 
-def test_two_process_run_resumed_with_one_process(runs, tmp_path):
-    out = interrupted_copy(runs["two"], tmp_path / "two_then_one", after=2)
+def test_two_process_run_resumed_with_one_process(training_runs, tmp_path):
+    out = interrupted_copy(training_runs["two"], tmp_path / "two_then_one", after=2)
     manifest = (out / "manifest.json").read_bytes()
-    assert main([*TRAIN, "--images", str(runs["photos"]), "--out", str(out)]) == 0
+    assert main([*TRAIN, "--images", str(training_runs["photos"]), "--out", str(out)]) == 0
     resumed = log(out)
     assert resumed["resumed_from"] == 2 and resumed["step"] == STEPS
-    assert resumed["losses"][:2] == log(runs["two"])["losses"][:2]  # restored from the checkpoint
-    assert_close_curves(resumed["losses"], log(runs["two"])["losses"])
+    assert resumed["losses"][:2] == log(training_runs["two"])["losses"][:2]  # restored from the checkpoint
+    assert_close_curves(resumed["losses"], log(training_runs["two"])["losses"])
     assert (out / "manifest.json").read_bytes() == manifest
     assert (out / "checkpoints" / f"checkpoint-{STEPS:07d}").is_dir()
 
 
-def test_one_process_run_resumed_with_two_processes(runs, tmp_path):
-    out = interrupted_copy(runs["one"], tmp_path / "one_then_two", after=2)
+def test_one_process_run_resumed_with_two_processes(training_runs, tmp_path):
+    out = interrupted_copy(training_runs["one"], tmp_path / "one_then_two", after=2)
     manifest = (out / "manifest.json").read_bytes()
-    done = diffinv(*TRAIN, "--images", str(runs["photos"]), "--out", str(out), processes=2)
+    done = diffinv(*TRAIN, "--images", str(training_runs["photos"]), "--out", str(out), processes=2)
     assert done.returncode == 0, done.stderr[-8000:]
     assert "resumed from step 2" in done.stdout
     resumed = log(out)
     assert resumed["resumed_from"] == 2 and resumed["step"] == STEPS
-    assert_close_curves(resumed["losses"], log(runs["one"])["losses"])
+    assert_close_curves(resumed["losses"], log(training_runs["one"])["losses"])
     assert (out / "manifest.json").read_bytes() == manifest
     # a global batch that does not split evenly is refused, before anything is written
     bad = diffinv(
-        *TRAIN, "--images", str(runs["photos"]), "--batch-size", "3", "--out", str(tmp_path / "bad"), processes=2
+        *TRAIN,
+        "--images",
+        str(training_runs["photos"]),
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path / "bad"),
+        processes=2,
     )
     assert bad.returncode != 0 and "divisible by the number of processes, 2" in bad.stderr
     assert not (tmp_path / "bad").exists()
 
 
-def test_two_process_run_killed_then_finished_by_one_process(runs, tmp_path):
+def test_two_process_run_killed_then_finished_by_one_process(training_runs, tmp_path):
     """A real interruption: the 2-process run is stopped (SIGTERM to torchrun, which terminates its
     workers) just after its first checkpoint, possibly while writing the next one; one process finishes it."""
     out, steps = tmp_path / "killed", 20
-    argv = [*TRAIN, "--max-steps", str(steps), "--images", str(runs["photos"]), "--out", str(out)]
+    argv = [*TRAIN, "--max-steps", str(steps), "--images", str(training_runs["photos"]), "--out", str(out)]
     proc = subprocess.Popen(
         command(*argv, processes=2),
         env=env(),

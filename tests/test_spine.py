@@ -66,10 +66,10 @@ def test_unique_names():
 
 # ---------------------------------------------------------------------- bench on the store
 @pytest.fixture(scope="module")
-def same_stem_folders(tmp_path_factory, small_photos):
+def same_stem_folders(tmp_path_factory, photos_64px):
     root = tmp_path_factory.mktemp("stems")
-    save_image(small_photos[0], root / "d1" / "img.png")
-    save_image(small_photos[1], root / "d2" / "img.png")
+    save_image(photos_64px[0], root / "d1" / "img.png")
+    save_image(photos_64px[1], root / "d2" / "img.png")
     return root
 
 
@@ -180,16 +180,16 @@ def test_features_record_their_weights(tmp_path, same_stem_folders, capsys):
     assert main(["invert", str(feats), "--method", "pixel", "--iterations", "2", "--out", str(out)]) == 0
 
 
-def test_state_dict_file_weights_are_fingerprinted(tmp_path, lite0, small_photos):
+def test_state_dict_file_weights_are_fingerprinted(tmp_path, lite0_64px, photos_64px):
     other = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights="random:0", input_size=(64, 64))
     path = tmp_path / "w.pth"
     torch.save(other.model.state_dict(), path)
     from_file = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.1", weights=str(path), input_size=(64, 64))
-    assert from_file.weights_fingerprint() == other.weights_fingerprint() != lite0.weights_fingerprint()
-    fs = FeatureSet.extract(from_file, small_photos[:1], "blocks.1")
+    assert from_file.weights_fingerprint() == other.weights_fingerprint() != lite0_64px.weights_fingerprint()
+    fs = FeatureSet.extract(from_file, photos_64px[:1], "blocks.1")
     assert fs.weights == str(path.resolve())
     with pytest.raises(ValueError, match="fingerprint"):
-        PixelInverter(lite0, iterations=1)(fs, progress=False)
+        PixelInverter(lite0_64px, iterations=1)(fs, progress=False)
     assert fs.to_target().weights_fingerprint() == from_file.weights_fingerprint()
 
 
@@ -230,9 +230,9 @@ def test_run_optimization_schedule_skips_and_history():
 
 
 @pytest.mark.parametrize("cls", [PixelInverter, DIPInverter])
-def test_inverters_return_each_images_best_iterate(cls, lite0, small_photos):
-    feats = FeatureSet.extract(lite0, small_photos[:2], "blocks.2")
-    out = cls(lite0, iterations=6)(feats, generator=torch.Generator().manual_seed(0), progress=False)
+def test_inverters_return_each_images_best_iterate(cls, lite0_64px, photos_64px):
+    feats = FeatureSet.extract(lite0_64px, photos_64px[:2], "blocks.2")
+    out = cls(lite0_64px, iterations=6)(feats, generator=torch.Generator().manual_seed(0), progress=False)
     best = torch.tensor(out.info["best_loss"])
     assert torch.allclose(best, out.loss_history.min(dim=0).values)
 

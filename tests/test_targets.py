@@ -9,27 +9,27 @@ from torch import nn
 from diffinv.targets import TargetNetwork, WeightsNotFoundError
 
 
-def test_efficientnet_lite0_real_weights_classify_photos(lite0, photos):
+def test_efficientnet_lite0_real_weights_classify_photos(lite0_64px, photos_224px):
     # chelsea is a cat (285, Egyptian cat), coffee an espresso (967): the weights are real.
     target = TargetNetwork.from_name("tf_efficientnet_lite0", "blocks.6")
     assert target.has_classifier and len(target.categories) == 1000
-    pred = target.predict(photos[:2])
+    pred = target.predict(photos_224px[:2])
     assert pred.tolist() == [285, 967]
     assert target.class_name(285) == "Egyptian cat"
 
 
-def test_feature_shapes_and_early_stop(lite0):
-    assert lite0.feature_shape("blocks.1", (64, 64)) == (24, 16, 16)
-    assert lite0.feature_shape("blocks.6", (64, 64)) == (320, 2, 2)
-    feats = lite0.forward(torch.rand(2, 3, 64, 64), layers=["blocks.1", "blocks.6"])
+def test_feature_shapes_and_early_stop(lite0_64px):
+    assert lite0_64px.feature_shape("blocks.1", (64, 64)) == (24, 16, 16)
+    assert lite0_64px.feature_shape("blocks.6", (64, 64)) == (320, 2, 2)
+    feats = lite0_64px.forward(torch.rand(2, 3, 64, 64), layers=["blocks.1", "blocks.6"])
     assert feats["blocks.1"].shape == (2, 24, 16, 16) and feats["blocks.6"].shape == (2, 320, 2, 2)
 
 
-def test_gradient_flows_to_pixels(lite0):
+def test_gradient_flows_to_pixels(lite0_64px):
     x = torch.rand(1, 3, 64, 64, requires_grad=True)
-    lite0.feature(x, "blocks.2").pow(2).sum().backward()
+    lite0_64px.feature(x, "blocks.2").pow(2).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    assert all(not p.requires_grad for p in lite0.parameters())
+    assert all(not p.requires_grad for p in lite0_64px.parameters())
 
 
 def test_resize_to_input_size():
@@ -74,35 +74,35 @@ def test_any_module_and_timm_name():
         TargetNetwork.from_name("not_a_model_xyz", "a", weights=None)
 
 
-def test_bad_images_shape(lite0):
+def test_bad_images_shape(lite0_64px):
     with pytest.raises(ValueError, match=r"`images` must be a \(N, 3, H, W\)"):
-        lite0.feature(torch.rand(3, 64, 64), "blocks.1")
+        lite0_64px.feature(torch.rand(3, 64, 64), "blocks.1")
 
 
-def test_input_size_per_call_leaves_the_target_as_it_is(lite0, small_photos):
+def test_input_size_per_call_leaves_the_target_as_it_is(lite0_64px, photos_64px):
     """`input_size=` resizes for one call (what the pipeline passes for features made at another size)."""
-    images = small_photos[:2]  # 64x64
+    images = photos_64px[:2]  # 64x64
     small = torch.nn.functional.interpolate(
         images, size=(32, 32), mode="bilinear", align_corners=False, antialias=True
     )
-    per_call = lite0.feature(images, "blocks.2", input_size=(32, 32))
-    assert torch.equal(per_call, lite0.feature(small, "blocks.2", input_size=(32, 32)))
-    assert per_call.shape == (2, 40, 4, 4) and lite0.input_size == (64, 64)
-    assert lite0.feature_shape("blocks.2", (96, 96), input_size=(32, 32)) == (40, 4, 4)
-    assert lite0.feature(images, "blocks.2").shape == (2, 40, 8, 8)
+    per_call = lite0_64px.feature(images, "blocks.2", input_size=(32, 32))
+    assert torch.equal(per_call, lite0_64px.feature(small, "blocks.2", input_size=(32, 32)))
+    assert per_call.shape == (2, 40, 4, 4) and lite0_64px.input_size == (64, 64)
+    assert lite0_64px.feature_shape("blocks.2", (96, 96), input_size=(32, 32)) == (40, 4, 4)
+    assert lite0_64px.feature(images, "blocks.2").shape == (2, 40, 8, 8)
 
 
-def test_concurrent_forward_passes_of_one_target(lite0, small_photos):
+def test_concurrent_forward_passes_of_one_target(lite0_64px, photos_64px):
     """The layer hooks of one thread's forward pass are invisible to another thread's (a shared target)."""
     jobs = {
         "blocks.1 at 64": dict(layers=["blocks.1"]),
         "blocks.6 at 32": dict(layers=["blocks.6"], input_size=(32, 32)),
         "both": dict(layers=["blocks.2", "blocks.4"]),
     }
-    images = small_photos[:2]
-    single = {name: lite0.forward(images, **kwargs) for name, kwargs in jobs.items()}
+    images = photos_64px[:2]
+    single = {name: lite0_64px.forward(images, **kwargs) for name, kwargs in jobs.items()}
     results = run_in_threads(
-        {name: functools.partial(lite0.forward, images, **kwargs) for name, kwargs in jobs.items()}, repeat=8
+        {name: functools.partial(lite0_64px.forward, images, **kwargs) for name, kwargs in jobs.items()}, repeat=8
     )
     for name, outs in results.items():
         for out in outs:
@@ -110,21 +110,21 @@ def test_concurrent_forward_passes_of_one_target(lite0, small_photos):
             assert all(torch.equal(out[k], single[name][k]) for k in out), name
 
 
-def test_running_the_network_from_a_layer(lite0, small_photos):
+def test_running_the_network_from_a_layer(lite0_64px, photos_64px):
     """One split (`split_logits`, checked by `check_split`) serves the automatic class and the defenses."""
-    images = small_photos
-    clean = lite0.feature(images, "blocks.6")
-    lite0.check_split("blocks.6", images, clean)
+    images = photos_64px
+    clean = lite0_64px.feature(images, "blocks.6")
+    lite0_64px.check_split("blocks.6", images, clean)
     assert torch.allclose(
-        lite0.split_logits("blocks.6", clean, torch.zeros_like(images)), lite0.logits(images), atol=1e-4
+        lite0_64px.split_logits("blocks.6", clean, torch.zeros_like(images)), lite0_64px.logits(images), atol=1e-4
     )
-    assert torch.equal(lite0.classify_features(clean, "blocks.6", (64, 64)), lite0.predict(images))
+    assert torch.equal(lite0_64px.classify_features(clean, "blocks.6", (64, 64)), lite0_64px.predict(images))
     with pytest.raises(
         ValueError,
         match=r"layer 'blocks.6' outputs \(4, 320, 2, 2\), not one tensor of the "
         r"features' shape \(4, 320, 3, 3\)",
     ):
-        lite0.split_logits("blocks.6", torch.zeros(4, 320, 3, 3), images)
+        lite0_64px.split_logits("blocks.6", torch.zeros(4, 320, 3, 3), images)
 
 
 # ---------------------------------------------------------------------- target loaders: units and plugins
@@ -254,13 +254,13 @@ class _ValueDependent(SkipNet):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_layers_of_a_forward_fx_cannot_trace(small_photos):
+def test_layers_of_a_forward_fx_cannot_trace(photos_64px):
     """Control flow on tensor values: the whole forward runs on per-call copies that record the layer (no hook);
     the features, the split and threads give what the plain forward gives, and the network is left as it was."""
     torch.manual_seed(0)
     net = _ValueDependent().eval()
     target = TargetNetwork(net, "body", has_classifier=True, input_size=None)
-    images = small_photos[:2]
+    images = photos_64px[:2]
     x = target.preprocess(images)
     with torch.no_grad():
         expected = net.body(net.stem(x))

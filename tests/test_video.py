@@ -109,11 +109,11 @@ def test_write_video_round_trip_and_side_by_side(tiny_mp4, tmp_path):
         write_video(torch.zeros(0, 3, 8, 8), tmp_path / "none.mp4")
 
 
-def test_extract_video_features(lite0, tiny_mp4):
+def test_extract_video_features(lite0_64px, tiny_mp4):
     clip = read_video(tiny_mp4, stop=5, size=64)
-    fs = extract_video_features(lite0, clip, "blocks.2", batch_size=2)
+    fs = extract_video_features(lite0_64px, clip, "blocks.2", batch_size=2)
     assert fs.features.shape == (5, 40, 8, 8) and fs.sources == clip.names and fs.input_size == (64, 64)
-    assert torch.allclose(fs.features, lite0.feature(clip.frames, "blocks.2"), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(fs.features, lite0_64px.feature(clip.frames, "blocks.2"), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- windowed inversion
@@ -144,21 +144,21 @@ class RecordingInverter(Inverter):
 
 
 @pytest.fixture(scope="module")
-def clip_features(lite0, tiny_mp4):
+def clip_features(lite0_64px, tiny_mp4):
     clip = read_video(tiny_mp4, stop=4, size=64)
-    return clip, extract_video_features(lite0, clip, "blocks.2")
+    return clip, extract_video_features(lite0_64px, clip, "blocks.2")
 
 
-def test_windows_warm_start_and_overlap(lite0, clip_features):
+def test_windows_warm_start_and_overlap(lite0_64px, clip_features):
     clip, fs = clip_features
-    independent = RecordingInverter(lite0, temporal_weight=0.0)
+    independent = RecordingInverter(lite0_64px, temporal_weight=0.0)
     out = invert_video(independent, fs, window=2, references=clip.frames, progress=False)
     assert [c["n"] for c in independent.calls] == [2, 2]
     assert all(c["init"] is None for c in independent.calls)  # λ = 0: independent frames
     assert out.summary["settings"]["boundary"] == "none" and out.done == [True] * 4
 
     # λ > 0 and no `anchor=`: the previous frame is re-inverted in front of each window.
-    smooth = RecordingInverter(lite0, temporal_weight=1.0)
+    smooth = RecordingInverter(lite0_64px, temporal_weight=1.0)
     out = invert_video(smooth, fs, window=3, references=clip.frames, progress=False)
     assert [c["n"] for c in smooth.calls] == [3, 2]
     assert smooth.calls[0]["init"] is None and smooth.calls[1]["init"].shape == (2, 3, 64, 64)
@@ -176,11 +176,11 @@ def test_windows_warm_start_and_overlap(lite0, clip_features):
         invert_video(smooth, fs, boundary="anchor", progress=False)
 
 
-def test_temporal_smoothing_steadies_reconstructions(lite0, clip_features):
+def test_temporal_smoothing_steadies_reconstructions(lite0_64px, clip_features):
     clip, fs = clip_features
     figures = {}
     for weight in (0.0, 30.0):
-        inverter = PixelInverter(lite0, iterations=15, learning_rate=0.1, temporal_weight=weight)
+        inverter = PixelInverter(lite0_64px, iterations=15, learning_rate=0.1, temporal_weight=weight)
         out = invert_video(inverter, fs, window=2, references=clip.frames, progress=False)
         figures[weight] = out.summary
     assert figures[30.0]["settings"]["boundary"] == "anchor" and figures[30.0]["settings"]["warm_start"]
@@ -190,9 +190,9 @@ def test_temporal_smoothing_steadies_reconstructions(lite0, clip_features):
         assert np.isfinite(summary["psnr_mean"]) and summary["frames_done"] == 4
 
 
-def test_dip_warm_start_and_anchor(lite0, clip_features):
+def test_dip_warm_start_and_anchor(lite0_64px, clip_features):
     clip, fs = clip_features
-    dip = DIPInverter(lite0, iterations=2, channels=(4, 8), init_iterations=2, temporal_weight=1.0)
+    dip = DIPInverter(lite0_64px, iterations=2, channels=(4, 8), init_iterations=2, temporal_weight=1.0)
     out = invert_video(dip, fs, window=2, references=clip.frames, progress=False)
     assert out.images.shape == (4, 3, 64, 64) and out.summary["settings"]["boundary"] == "anchor"
     with pytest.raises(ValueError, match="`init` must be"):
@@ -203,9 +203,9 @@ class Interrupted(Exception):
     """Stands for the process being killed mid-window."""
 
 
-def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_path, monkeypatch):
+def test_resume_does_not_recompute_finished_frames(lite0_64px, clip_features, tmp_path, monkeypatch):
     clip, fs = clip_features
-    inverter = PixelInverter(lite0, iterations=5, temporal_weight=5.0)
+    inverter = PixelInverter(lite0_64px, iterations=5, temporal_weight=5.0)
     original = PixelInverter.invert
     calls = []
 
@@ -225,14 +225,14 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
     assert [r["frame"] for r in map(json.loads, (tmp_path / "records.jsonl").read_text().splitlines())] == [0, 1]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["kind"] == "video" and manifest["settings"]["temporal_weight"] == 5.0
-    assert manifest["settings"]["target"]["weights_fingerprint"] == lite0.weights_fingerprint()
+    assert manifest["settings"]["target"]["weights_fingerprint"] == lite0_64px.weights_fingerprint()
     first = frame_path(tmp_path, 0).read_bytes()
 
     # Other settings are refused, naming each changed setting; the folder is left as it was.
     calls.clear()
     with pytest.raises(RunSettingsError, match=r"other settings(.|\n)*temporal_weight: 5.0 there, 1.0 now"):
         invert_video(
-            PixelInverter(lite0, iterations=5, temporal_weight=1.0),
+            PixelInverter(lite0_64px, iterations=5, temporal_weight=1.0),
             fs,
             window=2,
             references=clip.frames,
@@ -241,7 +241,7 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
         )
     with pytest.raises(RunSettingsError, match=r"inverter.iterations: 5 there, 6 now"):
         invert_video(
-            PixelInverter(lite0, iterations=6, temporal_weight=5.0),
+            PixelInverter(lite0_64px, iterations=6, temporal_weight=5.0),
             fs,
             window=2,
             references=clip.frames,
@@ -284,7 +284,7 @@ def test_resume_does_not_recompute_finished_frames(lite0, clip_features, tmp_pat
     assert [r["frame"] for r in json.loads((tmp_path / "metrics.json").read_text())["frames"]] == [0, 1, 2, 3]
 
     # overwrite=True starts afresh, with any settings: the old records and frames are gone.
-    other = PixelInverter(lite0, iterations=3, temporal_weight=1.0)
+    other = PixelInverter(lite0_64px, iterations=3, temporal_weight=1.0)
     fresh = invert_video(other, fs, window=2, references=clip.frames, out_dir=tmp_path, overwrite=True, progress=False)
     assert fresh.computed == [0, 1, 2, 3]
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 4
