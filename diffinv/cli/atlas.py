@@ -25,17 +25,21 @@ DEFAULT_MAX_STEPS = (
 
 def _train_split(text: str) -> float | int:
     """``--train-split``: a fraction in [0, 1) (``0.8``) or a count of images (``400``)."""
-    expected = f"expected a fraction in [0, 1) or a count of images, got {text}"
+    expected = "expected a fraction in [0, 1) or a count of images"
     try:
-        value = float(text) if any(c in text for c in ".eE") else int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(expected.replace(text, repr(text))) from None
-    if isinstance(value, float):
-        if not 0 <= value < 1:
-            raise argparse.ArgumentTypeError(expected)
-        return value
+        value = None
+    if value is None:  # not a count: a fraction
+        try:
+            fraction = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not 0 <= fraction < 1:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text}")
+        return fraction
     if value < 0:
-        raise argparse.ArgumentTypeError(expected)
+        raise argparse.ArgumentTypeError(f"{expected}, got {text}")
     return value
 
 
